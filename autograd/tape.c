@@ -1,0 +1,172 @@
+#include "autograd/tape.h"
+
+#include <string.h>
+
+#include "autograd/ops.h"
+
+int ctx_init(Ctx *c, size_t capacity, Err *e) {
+    memset(c, 0, sizeof *c);
+    c->grad_enabled = 1;
+    return arena_init(&c->arena, capacity, e);
+}
+
+void ctx_free(Ctx *c) {
+    arena_free(&c->arena);
+    memset(c, 0, sizeof *c);
+}
+
+void ctx_reset(Ctx *c) {
+    arena_reset(&c->arena);
+    c->last = NULL;
+    c->n_nodes = 0;
+    memset(&c->err, 0, sizeof c->err);
+}
+
+int ctx_set_grad(Ctx *c, int enabled) {
+    int prev = c->grad_enabled;
+    c->grad_enabled = enabled;
+    return prev;
+}
+
+void *ctx_alloc(Ctx *c, size_t bytes) {
+    void *p = arena_alloc(&c->arena, bytes);
+    if (!p)
+        err_set(&c->err, ERR_NOMEM, "arena full: asked for %zu bytes with %zu of %zu in use "
+                "(raise the arena size)", bytes, c->arena.used, c->arena.capacity);
+    return p;
+}
+
+Tensor *tensor_new(Ctx *c, int ndim, const int *shape) {
+    if (ndim < 0 || ndim > TENSOR_MAX_DIMS) {
+        err_set(&c->err, ERR_INTERNAL, "tensor_new: %d dims (max %d)", ndim, TENSOR_MAX_DIMS);
+        return NULL;
+    }
+    size_t n = 1, bytes;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || !size_mul_ok(n, (size_t)shape[i], &n)) {
+            err_set(&c->err, ERR_INTERNAL, "tensor_new: bad dimension %d", shape[i]);
+            return NULL;
+        }
+    }
+    if (!size_mul_ok(n, sizeof(float), &bytes)) {
+        err_set(&c->err, ERR_NOMEM, "tensor_new: %zu elements overflow", n);
+        return NULL;
+    }
+    Tensor *t = ctx_alloc(c, sizeof(Tensor));
+    if (!t) return NULL;
+    memset(t, 0, sizeof *t);
+    t->data = ctx_alloc(c, bytes ? bytes : sizeof(float));
+    if (!t->data) return NULL;
+    t->n = n;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    return t;
+}
+
+Tensor *tensor_zeros(Ctx *c, int ndim, const int *shape) {
+    Tensor *t = tensor_new(c, ndim, shape);
+    if (t) memset(t->data, 0, t->n * sizeof(float));
+    return t;
+}
+
+Tensor *tensor_new1(Ctx *c, int a) { return tensor_new(c, 1, (int[]){a}); }
+Tensor *tensor_new2(Ctx *c, int a, int b) { return tensor_new(c, 2, (int[]){a, b}); }
+Tensor *tensor_new3(Ctx *c, int a, int b, int d) { return tensor_new(c, 3, (int[]){a, b, d}); }
+Tensor *tensor_new4(Ctx *c, int a, int b, int d, int e) { return tensor_new(c, 4, (int[]){a, b, d, e}); }
+
+Tensor *tensor_from(Ctx *c, const float *data, int ndim, const int *shape) {
+    Tensor *t = tensor_new(c, ndim, shape);
+    if (t) memcpy(t->data, data, t->n * sizeof(float));
+    return t;
+}
+
+float *tensor_grad(Ctx *c, Tensor *t) {
+    if (t->grad) return t->grad;
+    if (t->is_param) {
+        err_set(&c->err, ERR_INTERNAL, "tensor_grad: frozen parameter has no gradient buffer");
+        return NULL;
+    }
+    t->grad = ctx_alloc(c, t->n * sizeof(float));
+    if (t->grad) memset(t->grad, 0, t->n * sizeof(float));
+    return t->grad;
+}
+
+int tape_needs_grad(const Ctx *c, Tensor *const *in, int n_in) {
+    if (!c->grad_enabled) return 0;
+    for (int i = 0; i < n_in; i++)
+        if (in[i] && in[i]->requires_grad) return 1;
+    return 0;
+}
+
+TapeNode *tape_record(Ctx *c, int op, BackwardFn backward, Tensor *out, Tensor *const *in, int n_in) {
+    if (!tape_needs_grad(c, in, n_in)) return NULL;
+    if (n_in > TAPE_MAX_INPUTS) {
+        err_set(&c->err, ERR_INTERNAL, "tape_record: %d inputs (max %d)", n_in, TAPE_MAX_INPUTS);
+        return NULL;
+    }
+    TapeNode *nd = ctx_alloc(c, sizeof *nd);
+    if (!nd) return NULL;
+    memset(nd, 0, sizeof *nd);
+    nd->op = op;
+    nd->backward = backward;
+    nd->out = out;
+    nd->n_in = n_in;
+    for (int i = 0; i < n_in; i++) nd->in[i] = in[i];
+    nd->prev = c->last;
+    c->last = nd;
+    c->n_nodes++;
+    out->requires_grad = 1;
+    return nd;
+}
+
+int tape_backward(Ctx *c, Tensor *out, const float *dout) {
+    if (c->err.code) return c->err.code;
+    if (!out->requires_grad) {
+        tape_clear(c);
+        return 0;  // nothing upstream needs a gradient
+    }
+    float *g = tensor_grad(c, out);
+    if (!g) return c->err.code;
+    if (dout) {
+        for (size_t i = 0; i < out->n; i++) g[i] += dout[i];
+    } else {
+        if (out->n != 1)
+            return err_set(&c->err, ERR_INTERNAL, "tape_backward: output has %zu elements; pass dout", out->n);
+        g[0] += 1.0f;
+    }
+    for (TapeNode *nd = c->last; nd; nd = nd->prev) {
+        if (!nd->out->grad) continue;  // no gradient reached this op's output
+        nd->backward(c, nd);
+        if (c->err.code) break;
+    }
+    tape_clear(c);
+    return c->err.code;
+}
+
+void tape_clear(Ctx *c) {
+    c->last = NULL;
+    c->n_nodes = 0;
+}
+
+CtxScope ctx_scope_begin(const Ctx *c) {
+    CtxScope s = {arena_mark(&c->arena), c->n_nodes};
+    return s;
+}
+
+Tensor *ctx_scope_end(Ctx *c, CtxScope s, Tensor *keep) {
+    if (!keep) return NULL;
+    if (c->n_nodes != s.n_nodes) return keep;  // backward still needs what was recorded
+    if ((unsigned char *)keep->data < c->arena.base + s.mark) return keep;  // not from this scope
+    Tensor hdr = *keep;
+    arena_release(&c->arena, s.mark);
+    Tensor *t = ctx_alloc(c, sizeof(Tensor));
+    // Arena memory is handed out in increasing order, so the new data block starts at or
+    // below the old one: memmove copies the overlapping region correctly.
+    float *data = t ? ctx_alloc(c, hdr.n * sizeof(float)) : NULL;
+    if (!data) return NULL;
+    memmove(data, hdr.data, hdr.n * sizeof(float));
+    *t = hdr;
+    t->data = data;
+    t->grad = NULL;
+    return t;
+}

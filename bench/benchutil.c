@@ -1,0 +1,80 @@
+#include "benchutil.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double bench_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double bench_peak_rss_mib(void) {
+    FILE *fp = fopen("/proc/self/status", "r");
+    if (!fp) return -1;
+    char line[256];
+    double kib = -1;
+    while (fgets(line, sizeof line, fp))
+        if (strncmp(line, "VmHWM:", 6) == 0) kib = atof(line + 6);
+    fclose(fp);
+    return kib / 1024.0;
+}
+
+const char *bench_cpu_flags(void) {
+    static char buf[256];
+    buf[0] = '\0';
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) strcat(buf, "avx2 ");
+    if (__builtin_cpu_supports("fma")) strcat(buf, "fma ");
+    if (__builtin_cpu_supports("avx512f")) strcat(buf, "avx512f ");
+    if (__builtin_cpu_supports("avx512vnni")) strcat(buf, "avx512_vnni ");
+    size_t n = strlen(buf);
+    if (n) buf[n - 1] = '\0';
+    else strcpy(buf, "none");
+    return buf;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double bench_time(void (*fn)(void *), void *arg, double min_seconds) {
+    fn(arg);  // warm-up: page faults, BLAS thread start-up
+    double times[1000];
+    int n = 0;
+    double start = bench_now();
+    while (n < 1000 && (n < 3 || bench_now() - start < min_seconds)) {
+        double t0 = bench_now();
+        fn(arg);
+        times[n++] = bench_now() - t0;
+    }
+    qsort(times, (size_t)n, sizeof times[0], cmp_double);
+    return times[n / 2];
+}
+
+typedef struct {
+    int M, N, K;
+    float *a, *b, *c;
+} SgemmCase;
+
+static void sgemm_run(void *p) {
+    SgemmCase *s = p;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->M, s->N, s->K, 1.0f, s->a, s->K, s->b, s->N,
+                0.0f, s->c, s->N);
+}
+
+double bench_sgemm_seconds(int M, int N, int K, double min_seconds) {
+    SgemmCase s = {M, N, K, malloc(sizeof(float) * (size_t)M * K), malloc(sizeof(float) * (size_t)K * N),
+                   malloc(sizeof(float) * (size_t)M * N)};
+    for (size_t i = 0; i < (size_t)M * K; i++) s.a[i] = (float)(i % 17) * 0.01f;
+    for (size_t i = 0; i < (size_t)K * N; i++) s.b[i] = (float)(i % 13) * 0.01f;
+    double t = bench_time(sgemm_run, &s, min_seconds);
+    free(s.a);
+    free(s.b);
+    free(s.c);
+    return t;
+}

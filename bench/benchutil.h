@@ -1,0 +1,19 @@
+/* benchutil.h: timing and machine description shared by the bench/ programs. */
+#ifndef EFFDM_BENCHUTIL_H
+#define EFFDM_BENCHUTIL_H
+
+#include <stddef.h>
+
+// Monotonic seconds.
+double bench_now(void);
+// Peak resident set size of this process in MiB (VmHWM).
+double bench_peak_rss_mib(void);
+// "avx512f avx512_vnni avx2 fma" subset the CPU has, for the header line.
+const char *bench_cpu_flags(void);
+// Runs fn(arg) once to warm up, then repeatedly for at least min_seconds (and 3 runs);
+// returns the median seconds per run.
+double bench_time(void (*fn)(void *), void *arg, double min_seconds);
+// Seconds of one cblas_sgemm of (M x K) x (K x N), median over >= min_seconds.
+double bench_sgemm_seconds(int M, int N, int K, double min_seconds);
+
+#endif

@@ -1,0 +1,49 @@
+/* cli.h: what the subcommands share: the command table entry type, option parsing,
+   the error/exit convention and the progress bar.
+
+   Each subcommand lives in cli/cmd_<name>.c as `int cmd_<name>(int argc, char **argv)`
+   (argv[0] is the subcommand name), prints results to stdout, progress and errors to
+   stderr, and returns 0, 2 (bad input) or 1 (other failure). */
+#ifndef EFFDM_CLI_H
+#define EFFDM_CLI_H
+
+#include <stdio.h>
+
+#include "util/err.h"
+
+typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_FLAG } CliOptType;
+
+typedef struct {
+    const char *name;  // "--steps"
+    CliOptType type;
+    void *dst;         // const char **, int *, float *, int * (flag: set to 1)
+    int seen;          // set by cli_parse when the option was given
+} CliOpt;
+
+// Parses argv[1..argc) against opts ("--name value" or "--name=value"). Non-option
+// arguments go to positional[0..*n_positional) (capacity max_positional). "--help" / "-h"
+// sets *help. 0 or ERR_ARG (message names the option and what was wrong).
+int cli_parse(int argc, char **argv, CliOpt *opts, int n_opts, const char **positional, int *n_positional,
+              int max_positional, int *help, Err *e);
+// Prints "effdm <cmd>: <msg>" to stderr and returns the exit status for e->code.
+int cli_fail(const char *cmd, const Err *e);
+// Applies --threads (0 = EFFDM_THREADS or all cores). 0 or ERR_ARG for a bad EFFDM_THREADS.
+int cli_threads(int threads, Err *e);
+
+// Progress bar on stderr: "label [=====>    ] 12/50  3.1 s elapsed, ETA 9.4 s  extra".
+typedef struct {
+    const char *label;
+    long total;
+    double start;
+    double last_print;
+    int is_tty;
+} Progress;
+void progress_start(Progress *p, const char *label, long total);
+// done items finished; extra is printed after the ETA (may be NULL). Rate-limited.
+void progress_update(Progress *p, long done, const char *extra);
+void progress_finish(Progress *p, const char *extra);
+
+// Flushes stdout and checks it was really written (a full disk is a failure). 0 or 1.
+int cli_close_stdout(void);
+
+#endif

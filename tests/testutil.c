@@ -1,0 +1,170 @@
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/npy.h"
+
+double rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double tol, const char *what,
+                        const char *file, int line) {
+    double r = rel_l2(ours, ref, n);
+    if (r <= tol && isfinite(r)) return;
+    size_t worst = 0;
+    double wd = -1;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)ours[i] - (double)ref[i]);
+        if (!(d <= wd)) { wd = d; worst = i; }
+    }
+    print_error("%s:%d: %s: relative L2 %.3g > %.3g; max |diff| %.4g at index %zu (ours %.6g, ref %.6g)\n",
+                file, line, what, r, tol, wd, worst, (double)ours[worst], (double)ref[worst]);
+    _fail(file, line);
+}
+
+const char *test_data_path(const char *name) {
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/%s", TEST_DATA_DIR, name);
+    return buf;
+}
+
+Tensor *test_load_npy(Ctx *c, const char *name) {
+    NpyArray a;
+    Err e = {0};
+    if (npy_read(test_data_path(name), &a, &e)) {
+        print_error("%s\n", e.msg);
+        fail();
+    }
+    Tensor *t = tensor_from(c, a.data, a.ndim, a.shape);
+    npy_free(&a);
+    assert_non_null(t);
+    return t;
+}
+
+Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale) {
+    size_t n = tensor_shape_numel(ndim, shape);
+    Tensor *t = calloc(1, sizeof *t);
+    float *data = malloc((n ? n : 1) * sizeof(float));
+    float *grad = requires_grad ? calloc(n ? n : 1, sizeof(float)) : NULL;
+    assert_non_null(t);
+    assert_non_null(data);
+    if (rng) {
+        rng_normal_fill(rng, data, n);
+        for (size_t i = 0; i < n; i++) data[i] *= scale;
+    } else {
+        memset(data, 0, n * sizeof(float));
+    }
+    tensor_init_param(t, data, grad, ndim, shape);
+    return t;
+}
+
+void test_param_free(Tensor *t) {
+    if (!t) return;
+    free(t->data);
+    free(t->grad);
+    free(t);
+}
+
+static double gc_loss(Ctx *c, GradcheckFn f, Tensor *const *inputs, void *user, const float *G) {
+    arena_reset(&c->arena);
+    tape_clear(c);
+    int prev = ctx_set_grad(c, 0);
+    Tensor *out = f(c, inputs, user);
+    ctx_set_grad(c, prev);
+    if (!out) {
+        print_error("gradcheck: forward failed: %s\n", c->err.msg);
+        fail();
+    }
+    double s = 0;
+    for (size_t i = 0; i < out->n; i++) s += (double)out->data[i] * (double)G[i];
+    return s;
+}
+
+double gradcheck(GradcheckFn f, Tensor *const *inputs, int n_inputs, void *user, GradcheckOpts o) {
+    if (o.eps == 0) o.eps = 1e-3;
+    if (o.tol == 0) o.tol = 1e-2;
+    Ctx c;
+    Err e = {0};
+    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+
+    // analytic pass
+    Tensor *out = f(&c, inputs, user);
+    if (!out) {
+        print_error("gradcheck: forward failed: %s\n", c.err.msg);
+        fail();
+    }
+    size_t nout = out->n;
+    float *G = malloc(nout * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, 42, 7);
+    rng_normal_fill(&rng, G, nout);
+    for (int i = 0; i < n_inputs; i++)
+        if (inputs[i] && inputs[i]->grad) memset(inputs[i]->grad, 0, inputs[i]->n * sizeof(float));
+    if (tape_backward(&c, out, G) != 0) {
+        print_error("gradcheck: backward failed: %s\n", c.err.msg);
+        fail();
+    }
+    double worst_all = 0;
+    for (int i = 0; i < n_inputs; i++) {
+        Tensor *x = inputs[i];
+        if (!x || !x->requires_grad) continue;
+        float *analytic = malloc(x->n * sizeof(float));
+        memcpy(analytic, x->grad, x->n * sizeof(float));
+        size_t count = x->n, stride = 1;
+        if (o.max_elems > 0 && count > (size_t)o.max_elems) stride = count / (size_t)o.max_elems;
+        double num2 = 0, diff2 = 0, worst = 0;
+        size_t worst_j = 0, checked = 0;
+        double worst_a = 0, worst_n = 0;
+        for (size_t j = 0; j < count; j += stride) {
+            float orig = x->data[j];
+            x->data[j] = orig + (float)o.eps;
+            double lp = gc_loss(&c, f, inputs, user, G);
+            x->data[j] = orig - (float)o.eps;
+            double lm = gc_loss(&c, f, inputs, user, G);
+            double h = (double)(orig + (float)o.eps) - (double)(orig - (float)o.eps);
+            double num = (lp - lm) / h;
+            if (o.kink > 0) {
+                x->data[j] = orig + (float)(o.eps / 2);
+                double lp2 = gc_loss(&c, f, inputs, user, G);
+                x->data[j] = orig - (float)(o.eps / 2);
+                double lm2 = gc_loss(&c, f, inputs, user, G);
+                double h2 = (double)(orig + (float)(o.eps / 2)) - (double)(orig - (float)(o.eps / 2));
+                double num2h = (lp2 - lm2) / h2;
+                if (fabs(num - num2h) > o.kink * (1.0 + fabs(num))) {
+                    x->data[j] = orig;
+                    continue;
+                }
+            }
+            x->data[j] = orig;
+            double d = (double)analytic[j] - num;
+            num2 += num * num;
+            diff2 += d * d;
+            if (fabs(d) > worst) { worst = fabs(d); worst_j = j; worst_a = analytic[j]; worst_n = num; }
+            checked++;
+        }
+        double rel = num2 > 0 ? sqrt(diff2 / num2) : sqrt(diff2);
+        if (rel > worst_all) worst_all = rel;
+        if (!(rel <= o.tol)) {
+            print_error("gradcheck: input %d: relative L2 %.3g > %.3g over %zu elements; worst element %zu: "
+                        "analytic %.6g numeric %.6g\n", i, rel, o.tol, checked, worst_j, worst_a, worst_n);
+            free(analytic);
+            free(G);
+            ctx_free(&c);
+            fail();
+        }
+        free(analytic);
+    }
+    free(G);
+    ctx_free(&c);
+    return worst_all;
+}

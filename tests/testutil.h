@@ -1,0 +1,48 @@
+/* testutil.h: shared helpers for the cmocka tests.
+   - rel_l2 / assert_rel_l2: parity with upstream fixtures by relative L2 error; a failure
+     prints the error, the largest |diff| and its index.
+   - gradcheck: an op's (or a whole model's) backward against central finite differences
+     of loss = sum(out * G) with random G, the loss summed in double.
+   - test_data_path: tests/data/<name> of the source tree (TEST_DATA_DIR from CMake).
+   - test_load_npy: a fixture .npy as a per-step tensor. */
+#ifndef EFFDM_TESTUTIL_H
+#define EFFDM_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "autograd/ops.h"
+#include "util/rng.h"
+
+// ||a - b|| / ||b|| in double (||b|| == 0: ||a - b||).
+double rel_l2(const float *a, const float *b, size_t n);
+// cmocka failure (with a report) when rel_l2(ours, ref, n) > tol.
+#define assert_rel_l2(ours, ref, n, tol) assert_rel_l2_impl((ours), (ref), (n), (tol), #ours, __FILE__, __LINE__)
+void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double tol, const char *what,
+                        const char *file, int line);
+
+// Path of a file in tests/data (static buffer, valid until the next call).
+const char *test_data_path(const char *name);
+// Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
+Tensor *test_load_npy(Ctx *c, const char *name);
+// A persistent test tensor with its own malloc'ed data (and grad when requires_grad),
+// filled with N(0, scale^2) from rng. Free with test_param_free.
+Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale);
+void test_param_free(Tensor *t);
+
+// Builds the op's output from inputs; called repeatedly by gradcheck.
+typedef Tensor *(*GradcheckFn)(Ctx *c, Tensor *const *inputs, void *user);
+typedef struct {
+    double eps;        // finite-difference step (default 1e-3 when 0)
+    double tol;        // max relative L2 of analytic vs numeric gradient (default 1e-2 when 0)
+    double kink;       // skip elements where out moves non-smoothly: |num(eps) - num(eps/2)| > kink * scale (0: never skip)
+    int max_elems;     // check at most this many elements per input (0: all)
+} GradcheckOpts;
+// For each input with requires_grad: analytic gradient (tape_backward with random G) vs
+// central differences of sum(out * G) in double. Fails the test on mismatch, printing
+// the input index, error, worst element. Returns the worst relative error seen.
+double gradcheck(GradcheckFn f, Tensor *const *inputs, int n_inputs, void *user, GradcheckOpts opts);
+
+#endif

@@ -1,0 +1,37 @@
+#include "util/threads.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int g_threads = 1;  // mirrors what was last passed to the libraries
+
+void threads_set(int n) {
+    if (n <= 0) n = threads_default();
+    g_threads = n;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+int threads_get(void) { return g_threads; }
+
+int threads_default(void) {
+    const char *s = getenv("EFFDM_THREADS");
+    if (s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end != s && *end == '\0' && v > 0 && v < 4096) return (int)v;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+const char *threads_blas_name(void) {
+    switch (openblas_get_parallel()) {
+    case 0: return "openblas-serial";
+    case 1: return "openblas-pthread";
+    case 2: return "openblas-openmp";
+    default: return "openblas";
+    }
+}
