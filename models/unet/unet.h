@@ -1,0 +1,85 @@
+/* unet.h: CompVis openaimodel.UNetModel (dims = 2), forward and backward.
+
+       UNetConfig cfg;  // filled by ldm_config (models/ldm_config.h) from the YAML
+       UNet m;
+       if (unet_init(&m, &cfg, &e) || unet_load(&m, wf, "model.diffusion_model.", &e)) goto fail;
+       Tensor *eps = unet_forward(&ctx, &m, x, t, context, y);   // x (N, Cin, H, W)
+       unet_free(&m);
+
+   Options: model_channels, channel_mult, num_res_blocks, attention_resolutions, num_heads /
+   num_head_channels / num_heads_upsample, use_scale_shift_norm, resblock_updown,
+   conv_resample, use_spatial_transformer (+ transformer_depth, context_dim), legacy,
+   num_classes (label_emb, for class-conditional models without cross-attention).
+   Limitations: dims = 2 only; use_checkpoint and dropout are ignored (inference/eval mode);
+   use_new_attention_order selects QKVAttention instead of QKVAttentionLegacy.
+*/
+#ifndef EFFDM_UNET_H
+#define EFFDM_UNET_H
+
+#include "autograd/ops.h"
+#include "io/weights.h"
+#include "models/layer.h"
+
+#define UNET_MAX_LEVELS 8
+
+typedef struct {
+    int image_size;
+    int in_channels;
+    int model_channels;
+    int out_channels;
+    int num_res_blocks;
+    int attention_resolutions[UNET_MAX_LEVELS];  // downsample rates ("ds") that get attention
+    int n_attention_resolutions;
+    int channel_mult[UNET_MAX_LEVELS];
+    int n_channel_mult;
+    int conv_resample;            // default 1
+    int num_classes;              // 0: no label_emb
+    int num_heads;                // default -1 as CompVis; -1 with num_head_channels set
+    int num_head_channels;        // default -1
+    int num_heads_upsample;       // default -1 (= num_heads)
+    int use_scale_shift_norm;
+    int resblock_updown;
+    int use_new_attention_order;
+    int use_spatial_transformer;
+    int transformer_depth;        // default 1
+    int context_dim;              // 0 when no cross-attention
+    int legacy;                   // default 1
+} UNetConfig;
+
+typedef struct UNet UNet;  // defined in models/unet/unet_impl.h
+
+// Fills cfg with the CompVis UNetModel defaults (everything the YAML may omit).
+void unet_config_defaults(UNetConfig *cfg);
+// Checks a config (channel_mult non-empty, heads divide channels, context_dim when
+// use_spatial_transformer, ...). 0 or ERR_VALUE naming the option.
+int unet_config_check(const UNetConfig *cfg, Err *e);
+
+// Builds the module tree and allocates one weight block. 0 or an ERR_ code.
+int unet_new(UNet **m, const UNetConfig *cfg, Err *e);
+void unet_free(UNet *m);
+// Reads every parameter `prefix + name` from f (shape-checked against the config). A
+// missing tensor is ERR_KEY naming it; extra tensors under prefix are reported through
+// `unknown` (count) and not an error. 0 or an ERR_ code.
+int unet_load(UNet *m, WeightFile *f, const char *prefix, int *unknown, Err *e);
+// Number of parameters / floats.
+size_t unet_param_count(const UNet *m);
+// All conv/linear layers in PyTorch registration order (named_modules order).
+ModelLayer **unet_layers(UNet *m, int *n);
+// Parameter by state-dict name without prefix ("out.2.weight"), or NULL.
+Tensor *unet_param(UNet *m, const char *name);
+// Gives every parameter a gradient buffer (requires_grad = 1) or removes them all (frozen).
+int unet_set_trainable(UNet *m, int trainable, Err *e);
+// Zeroes all parameter gradients.
+void unet_zero_grad(UNet *m);
+
+// eps (or v) prediction: x (N, in_channels, H, W); t[0..N) timesteps; context (N, L,
+// context_dim) or NULL; y[0..N) class labels or NULL (models with num_classes).
+// Returns (N, out_channels, H, W), or NULL (c->err says why).
+Tensor *unet_forward(Ctx *c, UNet *m, Tensor *x, const float *t, Tensor *context, const int *y);
+
+// Debug/parity hooks: when set, called with each top-level block output during forward
+// ("time_embed", "input_blocks.K", "middle_block", "output_blocks.K").
+typedef void (*UNetActHook)(const char *block, const Tensor *out, void *user);
+void unet_set_act_hook(UNet *m, UNetActHook hook, void *user);
+
+#endif
