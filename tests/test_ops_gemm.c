@@ -13,10 +13,14 @@
 
 static const double TOL_FORWARD = 1e-5;     // float32 GEMM vs double loops (K up to ~600)
 static const double TOL_BACKWARD = 1e-5;    // analytic gradients vs double adjoint loops
-static const double TOL_GRAD_BILINEAR = 1e-3;  // gradcheck of ops linear in each input (eps below)
-static const double EPS_BILINEAR = 1e-2;    // exact for a linear function: only rounding remains
-static const double TOL_GRAD_ATTN = 1e-2;   // softmax is curved: O(eps^2) truncation at eps 1e-3
-static const double EPS_ATTN = 1e-3;
+// gradcheck (central differences of sum(out G) in double): conv, matmul and linear are
+// linear in each input, so a large step is exact up to float rounding of the forward
+// (seen: ~1e-5); attention is curved, and at 70x66 tokens the float rounding of the loss
+// over a 1e-3 step alone is ~1e-2 of a gradient entry, so it too takes 1e-2 (seen: 7e-4).
+static const double EPS_BILINEAR = 1e-2;
+static const double TOL_GRAD_BILINEAR = 1e-4;
+static const double EPS_ATTN = 1e-2;
+static const double TOL_GRAD_ATTN = 2e-3;
 
 static Ctx *ctx_new(size_t bytes) {
     Ctx *c = malloc(sizeof *c);
@@ -452,7 +456,7 @@ static void test_attention_paths(void **state) {
             else
                 attention_backward_blas(dq, dk, dv, t.dout, P, t.q->data, t.k->data, t.v->data, &g, scratch);
             for (size_t i = 0; i < t.q->n; i++) dq[i] -= 1.0f;
-            assert_rel_l2(dq, t.dq_ref, t.q->n, TOL_BACKWARD * 10);  // (the +1/-1 round trip costs bits)
+            assert_rel_l2(dq, t.dq_ref, t.q->n, TOL_BACKWARD);
             assert_rel_l2(dk, t.dk_ref, t.k->n, TOL_BACKWARD);
             assert_rel_l2(dv, t.dv_ref, t.v->n, TOL_BACKWARD);
             // only dv wanted: dq, dk skipped
