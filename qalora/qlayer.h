@@ -35,6 +35,9 @@
    driver that gathers statistics over several batches). A forward before any
    calibration fails with ERR_VALUE naming the layer.
 
+   A QLayer must not move in memory once initialised: its tensors are tape inputs and the
+   attached ModelLayer points at it.
+
        QLayer q;
        QLayerConfig qc; qlayer_config_defaults(&qc);              // W4A4, r 32, 100 entries
        if (qlayer_init(&q, layer, &qc, NULL, NULL, &rng, &e)) goto fail;

@@ -89,12 +89,12 @@ void quantizer_fake(const Quantizer *q, float *y, const float *x, size_t n, int 
 // in double over fixed chunks, added in order: the result does not depend on threads.
 void quantizer_fake_backward(const Quantizer *q, float *dx, float *ddelta, float *dzero, const float *dy,
                              const float *x, size_t n, int entry);
-// Scalar twins of the uniform kernels over one (Δ, z), for tests.
-void quant_uniform_fake_ref(float *y, const float *x, size_t n, float delta, float zero, int qmax);
+// y = q(x) over one slice with one (Δ, z) (serial; the kernel behind quantizer_fake).
+void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float zero, int qmax);
 
 /* ---- integers --------------------------------------------------------------------- */
 // out[i] = clamp(round(round(x/Δ) + z), 0, 2^b - 1): the integer level of x (z is an integer
-// for weights; round activation zero points first, quantizer_round_zero).
+// for weights; round activation zero points first, quantizer_round_zero). NaN encodes as 0.
 void quantizer_encode(const Quantizer *q, uint8_t *out, const float *x, size_t n, int entry);
 // y[i] = (in[i] - z) · Δ.
 void quantizer_decode(const Quantizer *q, float *y, const uint8_t *in, size_t n, int entry);
