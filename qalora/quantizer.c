@@ -107,7 +107,8 @@ static void uq_mse_sums(double *sums, const float *x, size_t n, const float *cd,
     }
 }
 
-// Shared by the serial (one channel) and parallel (one big activation) 'mse' fits.
+// The 'mse' fit of one slice: serial (a channel, inside a parallel loop over channels) or
+// threaded over chunks (one big activation).
 static void uq_fit_mse_impl(const float *x, size_t n, int bits, float *delta, float *zero, int parallel) {
     int qmax = (1 << bits) - 1;
     float xmin = INFINITY, xmax = -INFINITY;
@@ -121,23 +122,21 @@ static void uq_fit_mse_impl(const float *x, size_t n, int bits, float *delta, fl
         quant_uniform_fit_max(x, n, bits, delta, zero);
         return;
     }
+    // Fixed chunks summed in order whether or not they run in parallel: one summation
+    // order for a given n, so the serial and the threaded fit pick the same candidate.
     double sums[QUANT_MSE_STEPS] = {0};
     size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
-    if (!parallel || nchunks < 2) {
-        uq_mse_sums(sums, x, n, cd, cz, qmax);
-    } else {
-        for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
-            size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
-            double part[QCHUNK_GROUP][QUANT_MSE_STEPS];
-#pragma omp parallel for schedule(static)
-            for (size_t k = 0; k < gn; k++) {
-                size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
-                memset(part[k], 0, sizeof part[k]);
-                uq_mse_sums(part[k], x + lo, hi - lo, cd, cz, qmax);
-            }
-            for (size_t k = 0; k < gn; k++)
-                for (int j = 0; j < QUANT_MSE_STEPS; j++) sums[j] += part[k][j];
+    for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
+        size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
+        double part[QCHUNK_GROUP][QUANT_MSE_STEPS];
+#pragma omp parallel for schedule(static) if (parallel && gn > 1)
+        for (size_t k = 0; k < gn; k++) {
+            size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
+            memset(part[k], 0, sizeof part[k]);
+            uq_mse_sums(part[k], x + lo, hi - lo, cd, cz, qmax);
         }
+        for (size_t k = 0; k < gn; k++)
+            for (int j = 0; j < QUANT_MSE_STEPS; j++) sums[j] += part[k][j];
     }
     // The reference keeps the first strictly better score, starting below 1e10.
     double best = 1e10;

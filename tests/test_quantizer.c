@@ -315,6 +315,10 @@ static void test_thread_determinism(void **state) {
     assert_memory_equal(&a.fd, &b.fd, sizeof(float));
     assert_memory_equal(&a.fz, &b.fz, sizeof(float));
     assert_true(a.dz != 0.0f);  // the data reaches outside the range: both gradient branches ran
+    float sd, sz;  // the serial single-slice fit sums the same chunks in the same order
+    quant_uniform_fit_mse(x, n, 4, &sd, &sz);
+    assert_memory_equal(&sd, &a.fd, sizeof(float));
+    assert_memory_equal(&sz, &a.fz, sizeof(float));
     free(a.y);
     free(a.dx);
     free(b.y);
