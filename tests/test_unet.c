@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "io/safetensors.h"
 #include "io/weights.h"
 #include "models/unet/unet.h"
 #include "models/unet/unet_impl.h"
@@ -384,6 +385,82 @@ static void test_load_errors(void **state) {
     assert_int_equal(unet_load(m, f, "model.", &unknown, &e), ERR_KEY);
     assert_non_null(strstr(e.msg, "'model.time_embed.0.weight'"));
     weights_close(f);
+    unet_free(m);
+}
+
+// Writes the unet_cin checkpoint's UNet tensors as a safetensors file (which sorts them by
+// name), leaving out `drop` and giving `flatten` its first two dims only. NULL: none.
+static void write_variant(const char *path, const char *drop, const char *flatten) {
+    WeightFile *f = open_case("unet_cin");
+    StWriter w = {0};
+    Err e = {0};
+    int n = weights_count(f);
+    float **bufs = calloc((size_t)n, sizeof *bufs);
+    assert_non_null(bufs);
+    for (int i = 0; i < n; i++) {
+        const WeightInfo *wi = weights_info(f, i);
+        if (strncmp(wi->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        if (drop && strcmp(wi->name + strlen(PREFIX), drop) == 0) continue;
+        bufs[i] = malloc(wi->numel * sizeof(float));
+        assert_non_null(bufs[i]);
+        assert_int_equal(weights_read_f32(f, wi->name, bufs[i], 0, NULL, &e), 0);
+        int ndim = wi->ndim;
+        if (flatten && strcmp(wi->name + strlen(PREFIX), flatten) == 0) ndim = 2;
+        assert_int_equal(st_writer_add(&w, wi->name, DT_F32, ndim, wi->shape, bufs[i], &e), 0);
+    }
+    if (st_write(&w, path, &e)) {
+        print_error("%s\n", e.msg);
+        fail();
+    }
+    st_writer_free(&w);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    free(bufs);
+    weights_close(f);
+}
+
+// The same checks on safetensors files built from the fixture: a complete one loads by name
+// (its key order is alphabetical, not registration order) and reproduces eps; a missing
+// tensor is ERR_KEY, a reshaped one ERR_SHAPE, both naming the tensor.
+static void test_load_safetensors(void **state) {
+    char dir[] = "/tmp/effdm_test_unet_XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    UNetConfig cfg;
+    cfg_cin(&cfg);
+    UNet *m = NULL;
+    Err e = {0};
+    WeightFile *f = NULL;
+    assert_int_equal(unet_new(&m, &cfg, &e), 0);
+
+    snprintf(path, sizeof path, "%s/full.safetensors", dir);
+    write_variant(path, NULL, NULL);
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    int unknown = -1;
+    assert_int_equal(unet_load(m, f, PREFIX, &unknown, &e), 0);
+    assert_int_equal(unknown, 0);
+    weights_close(f);
+    check_eps("unet_cin", &cfg, 1, m);
+    remove(path);
+
+    snprintf(path, sizeof path, "%s/missing.safetensors", dir);
+    write_variant(path, "output_blocks.3.1.transformer_blocks.0.norm2.bias", NULL);
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    assert_int_equal(unet_load(m, f, PREFIX, NULL, &e), ERR_KEY);
+    assert_non_null(strstr(e.msg, "'model.diffusion_model.output_blocks.3.1.transformer_blocks.0.norm2.bias'"));
+    assert_non_null(strstr(e.msg, "missing.safetensors"));
+    weights_close(f);
+    remove(path);
+
+    memset(&e, 0, sizeof e);
+    snprintf(path, sizeof path, "%s/shape.safetensors", dir);
+    write_variant(path, NULL, "input_blocks.4.0.skip_connection.weight");
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    assert_int_equal(unet_load(m, f, PREFIX, NULL, &e), ERR_SHAPE);
+    assert_non_null(strstr(e.msg, "'model.diffusion_model.input_blocks.4.0.skip_connection.weight'"));
+    assert_non_null(strstr(e.msg, "expected shape (64, 32, 1, 1)"));
+    assert_non_null(strstr(e.msg, "found (64, 32)"));
+    weights_close(f);
+    remove(path);
+    remove(dir);
     unet_free(m);
 }
 
@@ -764,6 +841,7 @@ int main(void) {
         cmocka_unit_test(test_grad),
         cmocka_unit_test(test_layer_list),
         cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_load_safetensors),
         cmocka_unit_test(test_config_checks),
         cmocka_unit_test(test_attention_heads),
         cmocka_unit_test(test_new_attention_order),
