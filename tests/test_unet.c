@@ -388,6 +388,22 @@ static void test_load_errors(void **state) {
     unet_free(m);
 }
 
+// h/io-ckpt bug found here: st_write without metadata passed w->meta == NULL to memcpy
+// (UBSan: "null pointer passed as argument 2"). A one-tensor file without metadata.
+static void test_st_write_without_metadata(void **state) {
+    char dir[] = "/tmp/effdm_test_unet_XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/one.safetensors", dir);
+    StWriter w = {0};
+    Err e = {0};
+    float v[2] = {1.0f, 2.0f};
+    assert_int_equal(st_writer_add(&w, "v", DT_F32, 1, (int64_t[]){2}, v, &e), 0);
+    assert_int_equal(st_write(&w, path, &e), 0);
+    st_writer_free(&w);
+    remove(path);
+    remove(dir);
+}
+
 // Writes the unet_cin checkpoint's UNet tensors as a safetensors file (which sorts them by
 // name), leaving out `drop` and giving `flatten` its first two dims only. NULL: none.
 static void write_variant(const char *path, const char *drop, const char *flatten) {
@@ -841,6 +857,7 @@ int main(void) {
         cmocka_unit_test(test_grad),
         cmocka_unit_test(test_layer_list),
         cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_st_write_without_metadata),
         cmocka_unit_test(test_load_safetensors),
         cmocka_unit_test(test_config_checks),
         cmocka_unit_test(test_attention_heads),
