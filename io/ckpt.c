@@ -35,8 +35,9 @@ static int zip_fail(Err *e, const char *name, int code, zip_error_t *ze) {
     return err_set(e, ec, "%s: cannot open as a zip archive: %s", name, zip_error_strerror(ze));
 }
 
-// Reads bytes [start, start + n) of archive entry idx into dst.
-static int entry_read(CkptFile *f, zip_uint64_t idx, int stored, size_t start, void *dst, size_t n, Err *e) {
+// Reads bytes [start, start + n) of archive entry idx into dst. whole: those are all the
+// entry's bytes, so read on to the end, where libzip verifies the CRC.
+static int entry_read(CkptFile *f, zip_uint64_t idx, int stored, size_t start, void *dst, size_t n, int whole, Err *e) {
     const char *ename = zip_get_name(f->zip, idx, 0);
     zip_file_t *zf = zip_fopen_index(f->zip, idx, 0);
     if (!zf) return err_set(e, ERR_FORMAT, "%s: entry '%s': cannot open: %s", f->path, ename, zip_strerror(f->zip));
@@ -53,6 +54,10 @@ static int entry_read(CkptFile *f, zip_uint64_t idx, int stored, size_t start, v
         zip_int64_t got = zip_fread(zf, (unsigned char *)dst + done, n - done);
         if (got <= 0) { rc = -1; break; }
         done += (size_t)got;
+    }
+    if (rc == 0 && whole) {
+        unsigned char extra;
+        if (zip_fread(zf, &extra, 1) != 0) rc = -1;  // CRC mismatch (or more data than the directory said)
     }
     if (rc)
         err_set(e, ERR_FORMAT, "%s: entry '%s': truncated or corrupt: %s", f->path, ename,
@@ -407,7 +412,8 @@ int ckpt_read(CkptFile *f, int i, void *dst, Err *e) {
     if (t->numel == 0) return 0;
     // sizes were checked against the storage at open: these products cannot overflow
     if (is_contiguous(t)) {
-        if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, dst, t->numel * es, e))
+        int whole = t->offset == 0 && t->numel == s->numel;
+        if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, dst, t->numel * es, whole, e))
             return err_prefix(e, "tensor '%s'", t->name);
         return 0;
     }
@@ -416,7 +422,7 @@ int ckpt_read(CkptFile *f, int i, void *dst, Err *e) {
     for (int d = 0; d < t->ndim; d++) span += (size_t)(t->shape[d] - 1) * (size_t)t->stride[d];
     unsigned char *tmp = malloc(span * es);
     if (!tmp) return err_set(e, ERR_NOMEM, "%s: tensor '%s': cannot allocate %zu bytes", f->path, t->name, span * es);
-    if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, tmp, span * es, e)) {
+    if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, tmp, span * es, t->offset == 0 && span == s->numel, e)) {
         free(tmp);
         return err_prefix(e, "tensor '%s'", t->name);
     }
