@@ -25,6 +25,7 @@ typedef struct {
 typedef struct {
     CfgNode *node;
     char *key;          // maps: a key read, waiting for its value
+    int key_line;       // its line
     int merge_pending;  // maps: the key was "<<"
     int in_merge_list;  // this frame is the list value of a "<<" key (node is NULL)
     CfgNode **merges;   // maps: maps named by "<<", merged at the map's end
@@ -125,7 +126,7 @@ static CfgNode *node_new(Builder *b, CfgKind kind, int line, int col) {
 }
 
 // Adds child under parent (key for maps) and gives it its path. Root: parent NULL.
-static int attach(Builder *b, CfgNode *parent, const char *key, CfgNode *child) {
+static int attach(Builder *b, CfgNode *parent, const char *key, int key_line, CfgNode *child) {
     char idx[32];
     const char *pp = parent ? parent->path : "";
     const char *seg = key;
@@ -157,6 +158,9 @@ static int attach(Builder *b, CfgNode *parent, const char *key, CfgNode *child) 
             char **keys = realloc(parent->keys, (size_t)cap * sizeof *keys);
             if (!keys) return err_set(b->e, ERR_NOMEM, "%s: out of memory", b->doc->file);
             parent->keys = keys;
+            int *lines = realloc(parent->key_lines, (size_t)cap * sizeof *lines);
+            if (!lines) return err_set(b->e, ERR_NOMEM, "%s: out of memory", b->doc->file);
+            parent->key_lines = lines;
         }
         parent->cap = cap;
     }
@@ -164,6 +168,7 @@ static int attach(Builder *b, CfgNode *parent, const char *key, CfgNode *child) 
         char *k = dup_n(b, key, strlen(key));
         if (!k) return b->e->code;
         parent->keys[parent->n] = k;
+        parent->key_lines[parent->n] = key_line;
     }
     parent->items[parent->n++] = child;
     return 0;
@@ -185,7 +190,7 @@ static int copy_node(Builder *b, const CfgNode *src, CfgNode *parent, const char
     n->quoted = src->quoted;
     n->null_ = src->null_;
     if (src->text && !(n->text = dup_n(b, src->text, strlen(src->text)))) return b->e->code;
-    if (attach(b, parent, key, n)) return b->e->code;
+    if (attach(b, parent, key, line, n)) return b->e->code;
     for (int i = 0; i < src->n; i++)
         if (copy_node(b, src->items[i], n, src->kind == CFG_MAP ? src->keys[i] : NULL, line, col, depth + 1))
             return b->e->code;
@@ -241,11 +246,11 @@ static int place(Builder *b, CfgNode *n) {
         if (b->root)
             return fail(b, NULL, "more than one root node");
         b->root = n;
-        return attach(b, NULL, NULL, n);
+        return attach(b, NULL, NULL, 0, n);
     }
     Frame *f = &b->stack[b->depth - 1];
-    if (f->node->kind == CFG_LIST) return attach(b, f->node, NULL, n);
-    int r = attach(b, f->node, f->key, n);
+    if (f->node->kind == CFG_LIST) return attach(b, f->node, NULL, 0, n);
+    int r = attach(b, f->node, f->key, f->key_line, n);
     free(f->key);
     f->key = NULL;
     return r;
@@ -285,6 +290,7 @@ static int take_key(Builder *b, Frame *f, const char *text, size_t len, int plai
         return ERR_FORMAT;
     }
     f->key = k;
+    f->key_line = b->line;
     return 0;
 }
 
@@ -425,6 +431,7 @@ void cfg_free(CfgNode *root) {
         CfgNode *n = d->all[i];
         for (int k = 0; n->kind == CFG_MAP && k < n->n; k++) free(n->keys[k]);
         free(n->keys);
+        free(n->key_lines);
         free(n->items);
         free(n->text);
         free(n->path);
@@ -502,7 +509,7 @@ int cfg_load_mem(const char *text, size_t len, const char *name, CfgNode **root,
         CfgNode *n = node_new(&b, CFG_SCALAR, 1, 1);
         if (n && (n->text = dup_n(&b, "", 0))) {
             n->null_ = 1;
-            r = attach(&b, NULL, NULL, n);
+            r = attach(&b, NULL, NULL, 0, n);
             b.root = n;
         } else {
             r = e->code ? e->code : ERR_NOMEM;

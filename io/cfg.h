@@ -91,6 +91,8 @@ const CfgNode *cfg_path(const CfgNode *root, const char *dotted);
 int cfg_len(const CfgNode *n);
 const CfgNode *cfg_at(const CfgNode *n, int i);
 const char *cfg_key_at(const CfgNode *map, int i);
+// 1-based line of a map's i-th key (0 when out of range).
+int cfg_key_line(const CfgNode *map, int i);
 // Scalar text, or NULL if not a scalar.
 const char *cfg_scalar(const CfgNode *n);
 // 1 when n is a null scalar (empty, ~, null), 0 otherwise (also for NULL n).
@@ -151,7 +153,8 @@ const char *cfg_writer_text(const CfgWriter *w, size_t *len);
 // Writes the text to path atomically and frees w. 0 or ERR_IO / ERR_NOMEM / ERR_INTERNAL
 // (unbalanced begin/end).
 int cfg_writer_commit(CfgWriter *w, const char *path, Err *e);
-// Shortest decimal text of v that strtod reads back as exactly v ("0.0015", "1e-06", ".inf").
+// Shortest decimal text of v that strtod reads back as exactly v ("0.0015", "1e-06", ".inf");
+// whole numbers below 1e15 as "2500.0".
 void cfg_format_double(double v, char *buf, size_t n);
 
 #endif

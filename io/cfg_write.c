@@ -212,8 +212,8 @@ void cfg_format_double(double v, char *buf, size_t n) {
         snprintf(buf, n, v < 0 ? "-.inf" : ".inf");
         return;
     }
-    if (v == floor(v) && fabs(v) < 1e15 && !(v == 0 && signbit(v))) {  // whole numbers as "2500", not "2.5e+03"
-        snprintf(buf, n, "%.0f", v);
+    if (v == floor(v) && fabs(v) < 1e15) {  // whole numbers as "2500.0", not "2.5e+03": still visibly real
+        snprintf(buf, n, "%.1f", v);
         return;
     }
     for (int prec = 1; prec <= 17; prec++) {

@@ -664,7 +664,11 @@ static void test_format_double(void **state) {
     cfg_format_double(1e-6, b, sizeof b);
     assert_string_equal(b, "1e-06");
     cfg_format_double(2500, b, sizeof b);
-    assert_string_equal(b, "2500");
+    assert_string_equal(b, "2500.0");
+    cfg_format_double(-0.0, b, sizeof b);
+    assert_string_equal(b, "-0.0");
+    cfg_format_double(1e300, b, sizeof b);
+    assert_string_equal(b, "1e+300");
     cfg_format_double(0.1, b, sizeof b);
     assert_string_equal(b, "0.1");
     cfg_format_double(INFINITY, b, sizeof b);
