@@ -260,7 +260,7 @@ static void test_bad_values(void **state) {
         {"train: {optimizer: {lr_act: -1e-4}}\n", {"train.optimizer.lr_act: expected a number in 0..1000, found -0.0001"}},
         {"train: {optimizer: {lr_w_delta: .nan}}\n", {"train.optimizer.lr_w_delta: expected a number", "found .nan"}},
         {"train: {optimizer: {lr_lora_divisor: 0}}\n", {"train.optimizer.lr_lora_divisor: expected a number > 0"}},
-        {"train: {optimizer: {beta1: 1.0}}\n", {"train.optimizer.beta1: expected a number >= 0 and < 1, found 1"}},
+        {"train: {optimizer: {beta1: 1.0}}\n", {"train.optimizer.beta1: expected a number >= 0 and < 1, found 1.0"}},
         {"train: {optimizer: {eps: 0}}\n", {"train.optimizer.eps: expected a number > 0"}},
         {"train: {optimizer: {weight_decay: -0.01}}\n", {"train.optimizer.weight_decay: expected a number in 0..1000"}},
         {"train: {optimizer: {warmup_steps: 5000}, epochs: 10, steps: 100}\n",

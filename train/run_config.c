@@ -244,8 +244,8 @@ static void value_text(const RunConfig *c, const KeyDesc *k, char *buf, size_t n
 // "2..8", "> 0", "0 <= x < 1" for range messages.
 static void range_text(const KeyDesc *k, char *buf, size_t n) {
     char lo[40], hi[40];
-    cfg_format_double(k->lo, lo, sizeof lo);
-    cfg_format_double(k->hi, hi, sizeof hi);
+    snprintf(lo, sizeof lo, "%.10g", k->lo);
+    snprintf(hi, sizeof hi, "%.10g", k->hi);
     if (k->type == K_INT || k->type == K_LABEL) {
         if (k->hi >= BIG) snprintf(buf, n, "an integer >= %s", lo);
         else snprintf(buf, n, "an integer in %s..%s", lo, hi);
