@@ -538,7 +538,8 @@ static void test_writer_round_trip(void **state) {
     static const char *strings[] = {"plain", "yes", "No", "null", "~", "", "1.5", "-3", ".inf", "a: b", "*star",
                                     "&amp", "#hash", "say \"hi\"\n\tnext", "  lead", "trail ", "models/zoo/x.yaml",
                                     "input_blocks.*.0", "ünïcode", "back\\slash", "[x]", "{y}", "- dash", "%pct",
-                                    "@at", "`tick", "0x10", "010", "y", "n", "on"};
+                                    "@at", "`tick", "0x10", "010", "y", "n", "on",
+                                    "nel\xc2\x85", "ls\xe2\x80\xa8", "bom\xef\xbb\xbf", "c1\xc2\x90", "del\x7f"};
     static const double doubles[] = {0.1, 1e-6, 5e-4, 1.0 / 3.0, -0.0, 1e300, 5e-324, 2500, 0.999, -1.5e-8,
                                      0.5935243180872978, INFINITY, -INFINITY};
     static const long long ints[] = {0, -1, 42, INT_MAX, INT_MIN};
@@ -584,6 +585,18 @@ static void test_writer_round_trip(void **state) {
     cfg_writer_map_end(&w);
     cfg_writer_str(&w, "weird key: x", "v");
     cfg_writer_map_end(&w);
+    // keys longer than YAML's 1024-character limit of implicit keys
+    char long_key[2001];
+    memset(long_key, 'k', 2000);
+    long_key[2000] = 0;
+    cfg_writer_int(&w, long_key, 1);
+    cfg_writer_list_begin(&w, "long_in_list");
+    cfg_writer_map_begin(&w, NULL);
+    cfg_writer_map_begin(&w, long_key);
+    cfg_writer_int(&w, "z", 2);
+    cfg_writer_map_end(&w);
+    cfg_writer_map_end(&w);
+    cfg_writer_list_end(&w);
 
     const char *path = "test_cfg_writer.yaml";
     Err e = {0};
@@ -634,6 +647,12 @@ static void test_writer_round_trip(void **state) {
     assert_int_equal(cfg_kind(cfg_path(r, "nested.empty_map")), CFG_MAP);
     assert_int_equal(cfg_get_str(cfg_child(r, "nested"), "weird key: x", &str, &e), 0);
     assert_string_equal(str, "v");
+    assert_int_equal(cfg_get_int(r, long_key, &b, &e), 0);
+    assert_int_equal(b, 1);
+    const CfgNode *li = cfg_path(r, "long_in_list[0]");
+    assert_string_equal(cfg_key_at(li, 0), long_key);
+    assert_int_equal(cfg_get_int(cfg_at(li, 0), "z", &b, &e), 0);
+    assert_int_equal(b, 2);
     assert_int_equal(e.code, 0);
     cfg_free(r);
     remove(path);
