@@ -463,7 +463,7 @@ static void test_alias_bomb(void **state) {
                        "h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n"
                        "i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n";
     const char *msg = load_fail(bomb, ERR_FORMAT);
-    assert_has(msg, "alias expansion limit");
+    assert_has(msg, "nodes after alias expansion");
     // big scalars aliased many times hit the byte budget before the node budget
     size_t big = 1 << 20;
     char *text = malloc(big + 4096);
@@ -477,7 +477,28 @@ static void test_alias_bomb(void **state) {
     CfgNode *r;
     Err e = {0};
     assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), ERR_FORMAT);
-    assert_has(e.msg, "bytes of keys and values");
+    assert_has(e.msg, "bytes of keys, values and paths after alias expansion");
+    free(text);
+}
+
+// Duplicate detection is not a linear search per key: a 150000-key map loads at once, and a
+// duplicate of its first key at the end is found (with a quadratic check this takes minutes).
+static void test_big_map(void **state) {
+    enum { N = 150000 };
+    char *text = malloc((size_t)N * 24 + 64);
+    size_t len = 0;
+    for (int i = 0; i < N; i++) len += (size_t)sprintf(text + len, "k%d: %d\n", i, i);
+    CfgNode *r;
+    Err e = {0};
+    assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), 0);
+    assert_int_equal(cfg_len(r), N);
+    int v = 0;
+    assert_int_equal(cfg_get_int(r, "k149999", &v, &e), 0);
+    assert_int_equal(v, 149999);
+    cfg_free(r);
+    len += (size_t)sprintf(text + len, "k0: again\n");
+    assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), ERR_FORMAT);
+    assert_has(e.msg, "big.yaml: k0: duplicate key 'k0' in one map (line 150001");
     free(text);
 }
 
@@ -708,6 +729,7 @@ int main(void) {
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_anchors_aliases_merge),
         cmocka_unit_test(test_alias_bomb),
+        cmocka_unit_test(test_big_map),
         cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_check_keys),
         cmocka_unit_test(test_writer_round_trip),

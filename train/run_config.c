@@ -397,7 +397,8 @@ static int read_key(const CfgNode *n, const KeyDesc *k, RunConfig *c, Err *e) {
             *int_at(c, k) = -1;
             return 0;
         }
-        if (cfg_kind(n) == CFG_SCALAR && cfg_is_quoted(n)) return node_error(n, e, "auto or an integer >= 0", "a string");
+        if (cfg_kind(n) == CFG_SCALAR && cfg_is_quoted(n))
+            return node_error(n, e, "auto or an integer >= 0", "a string");
         {
             int v;
             if (cfg_as_int(n, &v, NULL) < 0 || v < 0) {
@@ -522,8 +523,9 @@ static int check_consistency(const RunConfig *c, const char *file, Err *e) {
                        "smallest range would be empty), found (%d - 1) * %g", file, c->quant.mse_candidates,
                        c->quant.mse_shrink);
     if (t->epochs > 0 && (double)t->optimizer.warmup_steps > (double)t->epochs * t->steps)
-        return err_set(e, ERR_VALUE, "%s: train.optimizer.warmup_steps: expected at most epochs * steps = %.0f, found %d",
-                       file, (double)t->epochs * t->steps, t->optimizer.warmup_steps);
+        return err_set(e, ERR_VALUE,
+                       "%s: train.optimizer.warmup_steps: expected at most epochs * steps = %.0f, found %d", file,
+                       (double)t->epochs * t->steps, t->optimizer.warmup_steps);
     return 0;
 }
 
