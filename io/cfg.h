@@ -129,7 +129,7 @@ int cfg_suggest(const char *word, const char *const *cands, int n);
 typedef struct {
     char *buf;          // text written so far (malloc'ed; NUL-terminated when len > 0)
     size_t len, cap;
-    int failed;         // out of memory or a misuse (unbalanced begin/end): commit reports it
+    int failed;         // 1: a misuse (unbalanced begin/end, a key in a list); 2: out of memory
     int depth;          // open maps/lists
     struct { int list; int indent; int items; int dash; } stack[CFG_MAX_DEPTH];
     int open_key;       // a "key:" waits for its first child (an empty map/list then writes {} or [])

@@ -25,7 +25,7 @@ static void put(CfgWriter *w, const char *s, size_t n) {
         while (cap < w->len + n + 1) cap *= 2;
         char *b = realloc(w->buf, cap);
         if (!b) {
-            w->failed = 1;
+            w->failed = 2;
             return;
         }
         w->buf = b;
@@ -306,7 +306,7 @@ const char *cfg_writer_text(const CfgWriter *w, size_t *len) {
 
 int cfg_writer_commit(CfgWriter *w, const char *path, Err *e) {
     int r = 0;
-    if (w->failed && !w->buf && w->len == 0)
+    if (w->failed == 2)
         r = err_set(e, ERR_NOMEM, "%s: out of memory while writing YAML", path);
     else if (w->failed || w->depth != 1)
         r = err_set(e, ERR_INTERNAL, "%s: YAML writer misused (unbalanced begin/end, or a key inside a list)", path);
