@@ -15,9 +15,9 @@
        ... ref.kind, ref.n, ref.mu, ref.sigma, ref.rows (ref.n_rows), ref.mu_s ...
        featset_free(&ref);
 
-   float64 is kept exactly: the reader here parses the safetensors header itself (with
-   cJSON) because io/weights.h hands out float32. Every field is checked (dtype, shape,
-   offsets inside the file, metadata); errors name the file and the tensor or key. */
+   float64 is kept exactly (read through io/safetensors.h, not converted to float32).
+   Every field is checked (dtype, shape, metadata, finite values); errors name the file
+   and the tensor or key. */
 #ifndef EFFDM_STATS_FILE_H
 #define EFFDM_STATS_FILE_H
 
