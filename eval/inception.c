@@ -144,9 +144,10 @@ static int load_conv(WeightFile *f, IncConv *cv, float *raw, Err *e) {
     const float *g = bn, *beta = bn + cv->cout, *mean = bn + 2 * cv->cout, *var = bn + 3 * cv->cout;
     for (int o = 0; o < cv->cout; o++) {
         if (!(var[o] + INCEPTION_BN_EPS > 0)) {
+            err_set(e, ERR_VALUE, "%s: tensor '%s.bn.running_var'[%d] = %g, expected > -%g", weights_path(f), cv->name, o,
+                    var[o], INCEPTION_BN_EPS);
             free(bn);
-            return err_set(e, ERR_VALUE, "%s: tensor '%s.bn.running_var'[%d] = %g, expected > -%g", weights_path(f),
-                           cv->name, o, var[o], INCEPTION_BN_EPS);
+            return e ? e->code : ERR_VALUE;
         }
         double s = (double)g[o] / sqrt((double)var[o] + INCEPTION_BN_EPS);
         for (size_t i = 0; i < k; i++) cv->w.data[o * k + i] = (float)(raw[o * k + i] * s);

@@ -160,7 +160,7 @@ static int list_dir(ListBuilder *b, const char *dir, int depth, int label, Err *
         }
         n++;
     }
-    qsort(names, n, sizeof *names, cmp_names);
+    if (n > 1) qsort(names, n, sizeof *names, cmp_names);
     for (size_t i = 0; i < n && !rc; i++) {
         size_t len = strlen(dir) + strlen(names[i]) + 2;
         char *path = malloc(len);

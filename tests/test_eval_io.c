@@ -171,10 +171,9 @@ static void test_image_decode(void **state) {
         for (int p = 0; p < 4; p++) assert_true(im.data[c * 4 + p] == gray[p] / 255.0f);
     image_free(&im);
 
-    unsigned char flat[8 * 8];
-    memset(flat, 200, sizeof flat);
-    assert_true(stbi_write_jpg(tmp_path("flat.jpg"), 8, 8, 1, flat, 100));
-    assert_int_equal(image_read(tmp_path("flat.jpg"), 1, &im, &e), 0);
+    // an 8x8 JPEG of gray 200 (quality 100, made with stb_image_write; not written here
+    // because stb's JPEG encoder trips UBSan's shift check)
+    assert_int_equal(image_read(test_data_path("eval/flat200_8x8.jpg"), 1, &im, &e), 0);
     for (int p = 0; p < 64; p++) assert_true(fabsf(im.data[p] - 200 / 255.0f) <= 2 / 255.0f);
     image_free(&im);
 
