@@ -12,14 +12,17 @@
 #define STBI_ONLY_PNG
 #define STBI_ONLY_JPEG
 #define STBI_NO_STDIO  // we read files ourselves: one code path for files and fuzzing
-#define STBI_MAX_DIMENSIONS IMAGE_MAX_DIM
+#define STBI_MAX_DIMENSIONS IMAGE_READ_MAX_DIM
+#define STB_IMAGE_STATIC  // stbi_* stay private to this file: no clash with other users of stb
 #define STB_IMAGE_IMPLEMENTATION
-#pragma GCC diagnostic push
+// stb_image is third-party code compiled into this file only; its warnings (unused static
+// entry points, GCC's false maybe-uninitialized after inlining) stay off for the whole file,
+// since GCC reports the first kind at the end of the translation unit.
 #pragma GCC diagnostic ignored "-Wsign-compare"
 #pragma GCC diagnostic ignored "-Wunused-function"
 #pragma GCC diagnostic ignored "-Wmisleading-indentation"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <stb/stb_image.h>
-#pragma GCC diagnostic pop
 
 #include "io/fileio.h"
 
@@ -31,7 +34,7 @@ int image_read_mem(const unsigned char *buf, size_t size, const char *name, int 
     int w = 0, h = 0, file_c = 0;
     unsigned char *px = stbi_load_from_memory(buf, (int)size, &w, &h, &file_c, channels);
     if (!px) return err_set(e, ERR_FORMAT, "%s: cannot decode image: %s", name, stbi_failure_reason());
-    size_t hw = (size_t)w * (size_t)h;  // stb checked w, h <= IMAGE_MAX_DIM
+    size_t hw = (size_t)w * (size_t)h;  // stb checked w, h <= IMAGE_READ_MAX_DIM
     img->data = malloc(hw * channels * sizeof(float));
     if (!img->data) {
         stbi_image_free(px);
@@ -135,8 +138,8 @@ static int list_push(ListBuilder *b, const char *path, int label, Err *e) {
 
 // Lists dir (depth levels below the root); label applies to the files directly in dir.
 static int list_dir(ListBuilder *b, const char *dir, int depth, int label, Err *e) {
-    if (depth > IMAGE_MAX_DEPTH)
-        return err_set(e, ERR_VALUE, "%s: folders nested deeper than %d levels (a symlink loop?)", dir, IMAGE_MAX_DEPTH);
+    if (depth > IMAGE_READ_MAX_DEPTH)
+        return err_set(e, ERR_VALUE, "%s: folders nested deeper than %d levels (a symlink loop?)", dir, IMAGE_READ_MAX_DEPTH);
     DIR *d = opendir(dir);
     if (!d) return err_set(e, ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
     char **names = NULL;

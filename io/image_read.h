@@ -16,10 +16,10 @@
    - 1 channel from RGB: stb's integer luma, (77 R + 150 G + 29 B) >> 8 (ITU-R 601 weights);
    - 3 channels from gray: the gray value copied to R, G and B;
    - alpha is dropped (not composited). Layout (C, H, W), values byte / 255.
-   Width and height are at most IMAGE_MAX_DIM. Failures name the file and stb's reason.
+   Width and height are at most IMAGE_READ_MAX_DIM. Failures name the file and stb's reason.
 
    Listing: every .png/.jpg/.jpeg (any case) under dir, recursively (at most
-   IMAGE_MAX_DEPTH levels), in sorted order: folder by folder, names compared with runs of
+   IMAGE_READ_MAX_DEPTH levels), in sorted order: folder by folder, names compared with runs of
    digits taken as numbers ("2" < "10"), so effdm's DIR/<class>/<NNNNN>.png layout lists
    class 0 first. Skipped: names starting with '.', and files named grid.png (the sample
    grid effdm sample writes beside the samples). Label: when the image's parent folder
@@ -32,8 +32,8 @@
 
 #include "util/err.h"
 
-#define IMAGE_MAX_DIM 16384
-#define IMAGE_MAX_DEPTH 16
+#define IMAGE_READ_MAX_DIM 16384
+#define IMAGE_READ_MAX_DEPTH 16
 
 typedef struct {
     float *data;  // malloc'ed, C * H * W floats, (C, H, W)
