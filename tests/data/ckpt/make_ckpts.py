@@ -18,7 +18,7 @@ Files (expected values: <file stem>__<tensor name, dots as underscores>.npy, flo
   proto5.ckpt      pickle protocol 5
   archive.ckpt     views.ckpt re-zipped under the folder name "archive/" with DEFLATE
                    (compressed records: read sequentially, not by seeking)
-  nan.ckpt         a float tensor holding NaN, a half tensor holding +inf, a good tensor
+  bad_nan.ckpt     a float tensor holding NaN, a half tensor holding +inf, a good tensor
   legacy.pt        the pre-1.6 format (_use_new_zipfile_serialization=False; its bytes
                    change from run to run: torch writes object ids into it)
   bad_*.ckpt       hand-made archives (see make_bad below) for the error paths
@@ -176,7 +176,7 @@ nan_t = torch.randn(2, 3)
 nan_t[1, 2] = float("nan")
 inf_h = torch.ones(4).half()
 inf_h[3] = float("inf")
-save_ckpt({"good": torch.ones(2), "has_nan": nan_t, "has_inf": inf_h}, "nan")
+save_ckpt({"good": torch.ones(2), "has_nan": nan_t, "has_inf": inf_h}, "bad_nan")
 
 # --- legacy format ---
 save_ckpt({"w": torch.ones(2)}, "legacy", ext=".pt", _use_new_zipfile_serialization=False)
