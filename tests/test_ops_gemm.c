@@ -125,6 +125,11 @@ static const ConvCase CONV_CASES[] = {
     {2, 3, 7, 7, 4, 1, 1, 2, 2, 0, 0, 1},   // 1x1 stride 2: im2col path
     {2, 2, 7, 6, 3, 3, 2, 2, 1, 0, 2, 1},   // non-square kernel, strides and pads
     {1, 2, 5, 5, 3, 5, 5, 1, 1, 2, 2, 0},   // kernel as large as the image
+    {2, 3, 5, 6, 4, 1, 1, 1, 1, 1, 1, 1},   // pad >= kernel: stride 1 through col2im
+    // P >= 256 output positions: one GEMM per image instead of per group
+    {2, 3, 16, 17, 4, 1, 1, 1, 1, 0, 0, 1}, // 1x1: x is its own col
+    {2, 3, 16, 16, 5, 3, 3, 1, 1, 1, 1, 1}, // flipped-kernel input gradient
+    {1, 2, 40, 40, 3, 3, 3, 2, 2, 1, 1, 1}, // strided: col2im
 };
 
 // Forward and backward of conv case k against the naive loops; gradcheck when small.
@@ -153,7 +158,8 @@ static void check_conv_case(const ConvCase *k, int do_gradcheck) {
     assert_rel_l2(w->grad, dw, w->n, TOL_BACKWARD);
     if (b) assert_rel_l2(b->grad, db, b->n, TOL_BACKWARD);
     if (do_gradcheck)
-        gradcheck(f_conv, in, 3, (void *)k, (GradcheckOpts){.eps = EPS_BILINEAR, .tol = TOL_GRAD_BILINEAR});
+        gradcheck(f_conv, in, 3, (void *)k,
+                  (GradcheckOpts){.eps = EPS_BILINEAR, .tol = TOL_GRAD_BILINEAR, .max_elems = 500});
     free(ref);
     free(dy);
     free(dx);
@@ -170,7 +176,8 @@ static void test_conv2d(void **state) {
 }
 
 // Large enough that im2col processes the batch in groups of 2 images and a last group of 1
-// (8 MiB budget, 3.1 MiB of patches per image): both GEMM layouts of conv.c run.
+// (8 MiB budget, 3.1 MiB of patches per image); then a batch of small images, all in one
+// group through the staging block.
 static void test_conv2d_grouped(void **state) {
     const ConvCase k = {3, 16, 74, 74, 4, 3, 3, 1, 1, 1, 1, 1};
     check_conv_case(&k, 0);
