@@ -108,7 +108,7 @@ static void attention_forward(float *out, float *P, const float *q, const float 
         }
     }
     size_t rows = (size_t)g->B * g->H * g->Tq;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * g->Tk >= GEMM_OMP_MIN_WORK)
     for (size_t r = 0; r < rows; r++) softmax_row(P + r * g->Tk, g->Tk, g->scale);
     for (int b = 0; b < g->B; b++) {
         for (int h = 0; h < g->H; h++) {
@@ -136,7 +136,7 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
                 gemm_rm(1, 0, Tk, g->dv, Tq, 1.0f, Pbh, Tk, dout + oo, ldv, 1.0f, dv + vo, ldv);
             if (!dq && !dk) continue;
             gemm_rm(0, 1, Tq, Tk, g->dv, 1.0f, dout + oo, ldv, v + vo, ldv, 0.0f, dS, Tk);  // dP = dO v^T
-#pragma omp parallel for schedule(static) if (tt >= 8192)
+#pragma omp parallel for schedule(static) if (tt >= GEMM_OMP_MIN_WORK)
             for (int i = 0; i < Tq; i++) softmax_row_backward(dS + (size_t)i * Tk, Pbh + (size_t)i * Tk, Tk);
             if (dq)  // dq (Tq, d) += scale dS k
                 gemm_rm(0, 0, Tq, g->d, Tk, g->scale, dS, Tk, k + ko, ldq, 1.0f, dq + qo, ldq);

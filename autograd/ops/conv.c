@@ -73,7 +73,7 @@ static void valid_cols(const Patch *p, int kj, int *lo, int *hi) {
    x[g, ci, oh sh - ph + ki, ow sw - pw + kj] (0 in the padding), for G images x (G, C, H, W). */
 static void im2col(float *col, size_t ld, const float *x, int G, const Patch *p) {
     int khw = p->kh * p->kw;
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) if ((size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK)
     for (int r = 0; r < p->K; r++) {
         for (int g = 0; g < G; g++) {
             int ci = r / khw, ki = (r / p->kw) % p->kh, kj = r % p->kw;
@@ -105,7 +105,7 @@ static void im2col(float *col, size_t ld, const float *x, int G, const Patch *p)
    rows (g, ci, ih) of dx and adds their contributions in fixed (ki, kj, ow) order, so
    the result does not depend on the thread count. */
 static void col2im_add(float *dx, const float *col, size_t ld, int G, const Patch *p) {
-#pragma omp parallel for schedule(static) collapse(3)
+#pragma omp parallel for schedule(static) collapse(3) if ((size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK)
     for (int g = 0; g < G; g++) {
         for (int ci = 0; ci < p->C; ci++) {
             for (int ih = 0; ih < p->H; ih++) {
@@ -135,7 +135,7 @@ static void col2im_add(float *dx, const float *col, size_t ld, int G, const Patc
 /* y (G, M, P) = tmp (M, G P) [+ y when accumulate] [+ bias (M)]. */
 static void unstage(float *y, const float *tmp, const float *bias, int accumulate, int G, int M, size_t P) {
     size_t gp = (size_t)G * P;
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) if (gp * M >= GEMM_OMP_MIN_WORK)
     for (int g = 0; g < G; g++) {
         for (int m = 0; m < M; m++) {
             float *dst = y + ((size_t)g * M + m) * P;
@@ -153,7 +153,7 @@ static void unstage(float *y, const float *tmp, const float *bias, int accumulat
 /* tmp (M, G P) = y (G, M, P), the transpose of unstage. */
 static void stage(float *tmp, const float *y, int G, int M, size_t P) {
     size_t gp = (size_t)G * P;
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) if (gp * M >= GEMM_OMP_MIN_WORK)
     for (int g = 0; g < G; g++) {
         for (int m = 0; m < M; m++)
             memcpy(tmp + (size_t)m * gp + (size_t)g * P, y + ((size_t)g * M + m) * P, P * sizeof(float));
@@ -199,7 +199,7 @@ static int patch_gemm(Ctx *c, float *y, const float *x, const float *A, int M, c
     float beta = accumulate || bias ? 1.0f : 0.0f;
     if (pl.per_image && bias) {
         // y starts as the bias; the GEMMs then add (beta = 1)
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) if (N * ys >= GEMM_OMP_MIN_WORK)
         for (int n = 0; n < N; n++)
             for (int m = 0; m < M; m++) {
                 float *row = y + n * ys + (size_t)m * P;
