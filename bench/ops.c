@@ -401,13 +401,96 @@ static void bench_attention(int B, int H, int T, int d, Rng *rng) {
 
 /* ---- group norm -------------------------------------------------------------------- */
 
-static void bench_group_norm(int N, int C, int HW, int G, Rng *rng) {
 #ifdef BENCH_HAVE_GROUP_NORM
-    (void)rng;
-    printf("group_norm: bench row not written yet in this build\n");
+typedef struct {
+    Tensor *x, *gamma, *beta;
+    int G;
+} GroupNormArgs;
+
+static Tensor *op_group_norm(Ctx *c, void *p) {
+    GroupNormArgs *a = p;
+    return t_group_norm(c, a->x, a->gamma, a->beta, a->G, 1e-5f);
+}
+
+// Output and every gradient against double loops over the whole tensor.
+static void check_group_norm(GroupNormArgs *a, Rng *rng) {
+    Ctx c;
+    Err e = {0};
+    if (ctx_init(&c, (size_t)8 << 30, &e)) die("ctx", e.msg);
+    Tensor *y = op_group_norm(&c, a);
+    if (!y) die("group_norm", c.err.msg);
+    float *dy = malloc(y->n * sizeof(float));
+    rng_normal_fill(rng, dy, y->n);
+    memset(a->x->grad, 0, a->x->n * sizeof(float));
+    memset(a->gamma->grad, 0, a->gamma->n * sizeof(float));
+    memset(a->beta->grad, 0, a->beta->n * sizeof(float));
+    if (tape_backward(&c, y, dy)) die("group_norm backward", c.err.msg);
+    int N = a->x->shape[0], C = a->x->shape[1], cg = C / a->G;
+    size_t HW = a->x->n / ((size_t)N * C), m = (size_t)cg * HW;
+    double *dg = calloc((size_t)C, sizeof(double)), *dbt = calloc((size_t)C, sizeof(double));
+    ErrAcc ye = {0, 0}, xe = {0, 0}, ge = {0, 0}, be = {0, 0};
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < a->G; g++) {
+            size_t base = ((size_t)n * C + (size_t)g * cg) * HW;
+            const float *x = a->x->data + base, *gy = dy + base;
+            double mean = 0, var = 0, s1 = 0, s2 = 0;
+            for (size_t i = 0; i < m; i++) mean += x[i];
+            mean /= (double)m;
+            for (size_t i = 0; i < m; i++) var += (x[i] - mean) * (x[i] - mean);
+            double rstd = 1.0 / sqrt(var / (double)m + 1e-5);
+            for (size_t i = 0; i < m; i++) {
+                int ch = g * cg + (int)(i / HW);
+                double xh = (x[i] - mean) * rstd, dxh = (double)gy[i] * a->gamma->data[ch];
+                acc_add(&ye, y->data[base + i], xh * a->gamma->data[ch] + a->beta->data[ch]);
+                s1 += dxh;
+                s2 += dxh * xh;
+                dg[ch] += gy[i] * xh;
+                dbt[ch] += gy[i];
+            }
+            s1 /= (double)m;
+            s2 /= (double)m;
+            for (size_t i = 0; i < m; i++) {
+                int ch = g * cg + (int)(i / HW);
+                double xh = (x[i] - mean) * rstd, dxh = (double)gy[i] * a->gamma->data[ch];
+                acc_add(&xe, a->x->grad[base + i], rstd * (dxh - s1 - xh * s2));
+            }
+        }
+    for (int ch = 0; ch < C; ch++) {
+        acc_add(&ge, a->gamma->grad[ch], dg[ch]);
+        acc_add(&be, a->beta->grad[ch], dbt[ch]);
+    }
+    acc_check(&ye, "group_norm forward");
+    acc_check(&xe, "group_norm dx");
+    acc_check(&ge, "group_norm dgamma");
+    acc_check(&be, "group_norm dbeta");
+    free(dg);
+    free(dbt);
+    free(dy);
+    ctx_free(&c);
+}
+#endif
+
+/* Memory-bound: GB/s of the bytes it must move. Forward reads x and writes y (2 n floats);
+   backward reads dy and x and adds into dx (4 n floats). */
+static void bench_group_norm(int N, int C, int HW, int G, Rng *rng) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "N=%d C=%d %dx%d G=%d", N, C, HW, HW, G);
+#ifdef BENCH_HAVE_GROUP_NORM
+    GroupNormArgs a = {param(4, (int[]){N, C, HW, HW}, rng, 1.0f), param(1, (int[]){C}, rng, 1.0f),
+                       param(1, (int[]){C}, rng, 1.0f), G};
+    check_group_norm(&a, rng);
+    Timing t = time_op(op_group_norm, &a, rng);
+    double n = (double)a.x->n;
+    printf("%-10s fwd  %s  %s\n", "group_norm", shape, g_tags);
+    printf("            %.3f ms  %.1f GB/s  peak %.1f MiB\n", t.fwd_s * 1e3, 2 * n * 4 / t.fwd_s * 1e-9, t.peak_mib);
+    printf("%-10s bwd  %s  %s\n", "group_norm", shape, g_tags);
+    printf("            %.3f ms  %.1f GB/s  peak %.1f MiB\n", t.bwd_s * 1e3, 4 * n * 4 / t.bwd_s * 1e-9, t.peak_mib);
+    param_free(a.x);
+    param_free(a.gamma);
+    param_free(a.beta);
 #else
     (void)N, (void)C, (void)HW, (void)G, (void)rng;
-    printf("group_norm: not implemented in this build\n");
+    printf("group_norm: not implemented in this build (%s)\n", shape);
 #endif
 }
 
