@@ -94,7 +94,7 @@ static void softmax_row_backward(float *dp, const float *p, int n) {
 
 /* out (B, Tq, H dv) and P (B, H, Tq, Tk) from q, k, v. */
 static void attention_forward(float *out, float *P, const float *q, const float *k, const float *v,
-                            const AttnGeom *g) {
+                              const AttnGeom *g) {
     int ldq = g->H * g->d, ldv = g->H * g->dv;
     size_t tt = (size_t)g->Tq * g->Tk;
     // S for every head first, then all softmax rows in one parallel loop, then P v:
@@ -120,24 +120,46 @@ static void attention_forward(float *out, float *P, const float *q, const float 
     }
 }
 
+// Heads whose dS (Tq, Tk) one backward chunk computes before the dq, dk GEMMs (at least
+// one): as many as fit in 8 MiB, so softmax backward runs as one parallel loop per chunk
+// instead of one per head (each OpenMP/OpenBLAS hand-over costs time).
+#define ATTN_DS_BUDGET ((size_t)8 << 20)
+
+// Heads per backward chunk, and so the scratch of attention_backward: chunk Tq Tk floats.
+static int attention_backward_chunk(const AttnGeom *g) {
+    size_t per = (size_t)g->Tq * g->Tk * sizeof(float), heads = (size_t)g->B * g->H;
+    size_t n = per ? ATTN_DS_BUDGET / per : heads;
+    return n < 1 ? 1 : n > heads ? (int)heads : (int)n;
+}
+
 /* Adds into dq, dk, dv (each NULL when not needed) from dout (B, Tq, H dv) and P;
-   scratch holds Tq Tk floats. */
+   scratch holds attention_backward_chunk(g) Tq Tk floats. */
 static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *P, const float *q,
-                             const float *k, const float *v, const AttnGeom *g, float *scratch) {
+                               const float *k, const float *v, const AttnGeom *g, float *scratch) {
     int ldq = g->H * g->d, ldv = g->H * g->dv, Tq = g->Tq, Tk = g->Tk;
     size_t tt = (size_t)Tq * Tk;
-    float *dS = scratch;  // (Tq, Tk), one head at a time
-    for (int b = 0; b < g->B; b++) {
-        for (int h = 0; h < g->H; h++) {
-            size_t qo = (size_t)b * Tq * ldq + (size_t)h * g->d, ko = (size_t)b * Tk * ldq + (size_t)h * g->d;
+    int heads = g->B * g->H, chunk = attention_backward_chunk(g);
+    for (int bh = 0; bh < heads; bh++) {  // dv (Tk, dv) += P^T dO
+        int b = bh / g->H, h = bh % g->H;
+        size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
+        if (dv) gemm_rm(1, 0, Tk, g->dv, Tq, 1.0f, P + bh * tt, Tk, dout + oo, ldv, 1.0f, dv + vo, ldv);
+    }
+    if (!dq && !dk) return;
+    for (int h0 = 0; h0 < heads; h0 += chunk) {
+        int nh = heads - h0 < chunk ? heads - h0 : chunk;
+        for (int i = 0; i < nh; i++) {  // dP = dO v^T into scratch
+            int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
             size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
-            const float *Pbh = P + ((size_t)b * g->H + h) * tt;
-            if (dv)  // dv (Tk, dv) += P^T dO
-                gemm_rm(1, 0, Tk, g->dv, Tq, 1.0f, Pbh, Tk, dout + oo, ldv, 1.0f, dv + vo, ldv);
-            if (!dq && !dk) continue;
-            gemm_rm(0, 1, Tq, Tk, g->dv, 1.0f, dout + oo, ldv, v + vo, ldv, 0.0f, dS, Tk);  // dP = dO v^T
-#pragma omp parallel for schedule(static) if (tt >= GEMM_OMP_MIN_WORK)
-            for (int i = 0; i < Tq; i++) softmax_row_backward(dS + (size_t)i * Tk, Pbh + (size_t)i * Tk, Tk);
+            gemm_rm(0, 1, Tq, Tk, g->dv, 1.0f, dout + oo, ldv, v + vo, ldv, 0.0f, scratch + i * tt, Tk);
+        }
+        size_t rows = (size_t)nh * Tq;
+        const float *Pc = P + h0 * tt;
+#pragma omp parallel for schedule(static) if (rows * Tk >= GEMM_OMP_MIN_WORK)
+        for (size_t r = 0; r < rows; r++) softmax_row_backward(scratch + r * Tk, Pc + r * Tk, Tk);
+        for (int i = 0; i < nh; i++) {
+            int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
+            size_t qo = (size_t)b * Tq * ldq + (size_t)h * g->d, ko = (size_t)b * Tk * ldq + (size_t)h * g->d;
+            const float *dS = scratch + i * tt;
             if (dq)  // dq (Tq, d) += scale dS k
                 gemm_rm(0, 0, Tq, g->d, Tk, g->scale, dS, Tk, k + ko, ldq, 1.0f, dq + qo, ldq);
             if (dk)  // dk (Tk, d) += scale dS^T q
@@ -158,7 +180,7 @@ static void attention_backward_node(Ctx *c, TapeNode *nd) {
     float *dv = v->requires_grad ? tensor_grad(c, v) : NULL;
     if ((q->requires_grad && !dq) || (k->requires_grad && !dk) || (v->requires_grad && !dv)) return;
     size_t mark = arena_mark(&c->arena);
-    float *scratch = ctx_alloc(c, (size_t)g.Tq * g.Tk * sizeof(float));
+    float *scratch = ctx_alloc(c, (size_t)attention_backward_chunk(&g) * g.Tq * g.Tk * sizeof(float));
     if (!scratch) return;
     attention_backward(dq, dk, dv, nd->out->grad, nd->saved, q->data, k->data, v->data, &g, scratch);
     arena_release(&c->arena, mark);
