@@ -33,6 +33,13 @@ static const double TOL_PARITY = 1e-5;       // float32 engine vs double loops, 
 static const double ACC_TRAINING = 0.9186;   // TRAINING.txt: judge test accuracy
 static const double TOL_ACC = 0.0005;        // 5 of 10000 images: argmax ties under float rounding
 static const double ACC_FIRST_1000_MIN = 0.9;
+// The full test set (10000 images) takes ~30 s in a Release build and several minutes
+// unoptimised under the sanitizers; there the accuracy test stops at the first 1000.
+#ifdef NDEBUG
+static const size_t ACC_IMAGES = 10000;
+#else
+static const size_t ACC_IMAGES = 1000;
+#endif
 
 /* ---- the independent path: the README architecture as direct loops in double ---- */
 
@@ -152,7 +159,6 @@ static void test_judge_parity(void **state) {
     assert_int_equal(c.arena.used, used);  // the pass released everything it allocated
     assert_rel_l2(feats, rf, N * 128, TOL_PARITY);
     assert_rel_l2(logits, rl, N * 10, TOL_PARITY);
-    // a wrong tensor shape is a named error
     free(x);
     ctx_free(&c);
     judge_free(&j);
@@ -167,19 +173,21 @@ static void test_judge_accuracy(void **state) {
     assert_int_equal(featnet_open(&net, FEAT_JUDGE, JUDGE_PATH, &e), 0);
     FeatOpts o = featnet_default_opts(&net);
     o.keep_logits = 1;
-    o.max_rows = 100;
+    o.max_images = ACC_IMAGES;
+    o.max_rows = ACC_IMAGES / 100;
     FeatSet s;
     if (featnet_extract(&net, FMNIST_DIR "/t10k-images-idx3-ubyte.gz", &o, &s, &e)) print_error("%s\n", e.msg);
     assert_int_equal(e.code, 0);
-    assert_int_equal(s.n, 10000);
+    assert_int_equal(s.n, ACC_IMAGES);
     assert_non_null(s.labels);  // from t10k-labels-idx1-ubyte.gz beside the images
     double acc1000 = eval_class_accuracy(s.logits, s.labels, 1000, 10);
     double acc = eval_class_accuracy(s.logits, s.labels, s.n, 10);
-    print_message("judge accuracy: first 1000 %.4f, all 10000 %.4f (TRAINING.txt %.4f)\n", acc1000, acc, ACC_TRAINING);
+    print_message("judge accuracy: first 1000 %.4f, first %zu %.4f (TRAINING.txt, all 10000: %.4f)\n", acc1000, s.n,
+                  acc, ACC_TRAINING);
     assert_true(acc1000 >= ACC_FIRST_1000_MIN);
-    assert_true(fabs(acc - ACC_TRAINING) <= TOL_ACC);
+    if (s.n == 10000) assert_true(fabs(acc - ACC_TRAINING) <= TOL_ACC);
     // strided rows for precision/recall: rows 0, 100, 200, ... of the feature matrix
-    assert_int_equal(s.n_rows, 100);
+    assert_int_equal(s.n_rows, ACC_IMAGES / 100);
     float *x = malloc(1024 * sizeof(float));
     float f[128];
     IdxArray im;
