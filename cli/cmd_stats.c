@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "eval/eval.h"
 #include "eval/featnet.h"
 #include "eval/stats_file.h"
 
@@ -62,7 +63,9 @@ int cmd_stats(int argc, char **argv) {
     if (!images) err_set(&e, ERR_ARG, "--images is required (see effdm stats --help)");
     else if (!out) err_set(&e, ERR_ARG, "--out is required (see effdm stats --help)");
     else if (max < 0 || max == 1) err_set(&e, ERR_ARG, "--max: expected 0 (all) or at least 2, found %d", max);
-    else if (rows < 0) err_set(&e, ERR_ARG, "--rows: expected >= 0, found %d", rows);
+    else if (rows < EVAL_PR_K + 1)
+        err_set(&e, ERR_ARG, "--rows: expected at least %d (precision/recall with k = %d), found %d", EVAL_PR_K + 1,
+                EVAL_PR_K, rows);
     else if (batch < 0) err_set(&e, ERR_ARG, "--batch: expected >= 1, found %d", batch);
     if (e.code || featnet_kind_parse(features, &kind, &e) || cli_threads(threads, &e)) return cli_fail("stats", &e);
 
