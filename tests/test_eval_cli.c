@@ -113,7 +113,8 @@ static void test_errors(void **state) {
         const char *msg;
     } cases[] = {
         {"eval --samples x", "--ref is required"},
-        {"stats --images /nonexistent/dir --out OUT", "/nonexistent/dir"},
+        {"stats --images /nonexistent/dir --weights '" JUDGE_PATH "' --out OUT", "/nonexistent/dir"},
+        {"stats --images /tmp --weights /nonexistent/judge.ckpt --out OUT", "/nonexistent/judge.ckpt"},
         {"stats --images /tmp --features vgg --out OUT", "'vgg'"},
         {"stats --images /tmp --rows 2 --out OUT", "--rows"},
         {"stats --images /tmp --features inception --out OUT", "--weights"},
