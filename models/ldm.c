@@ -118,12 +118,16 @@ static int load_ema(Ldm *m, WeightFile *f, LdmEmaMode mode, Err *e) {
         return 0;
     }
     for (int i = 0; i < weights_count(f); i++) {
-        const char *raw = weights_info(f, i)->name;
-        if (strncmp(raw, UNET_PREFIX, plen) != 0) continue;
-        Tensor *p = unet_param(m->unet, raw + plen);
+        const WeightInfo *wi = weights_info(f, i);
+        if (strncmp(wi->name, UNET_PREFIX, plen) != 0) continue;
+        Tensor *p = unet_param(m->unet, wi->name + plen);
         if (!p) continue;
-        ema_name(name, sizeof name, raw + plen);
-        if (weights_read_f32(f, name, p->data, p->ndim, p->shape, e)) return e->code;
+        // the EMA buffer has the raw tensor's file shape (which unet_load checked); Conv1d
+        // weights are (Cout, Cin, 1) there and (Cout, Cin, 1, 1) in the Tensor: same data
+        int shape[WEIGHTS_MAX_DIMS];
+        for (int d = 0; d < wi->ndim; d++) shape[d] = (int)wi->shape[d];
+        ema_name(name, sizeof name, wi->name + plen);
+        if (weights_read_f32(f, name, p->data, wi->ndim, shape, e)) return e->code;
     }
     m->using_ema = 1;
     return 0;

@@ -65,15 +65,12 @@ static int get_int_list(const CfgNode *map, const char *key, int *out, int max, 
     return 0;
 }
 
-// YAML's ways of writing Python's None.
-static int is_none_text(const char *s) {
-    return !s || !*s || !strcmp(s, "None") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL") ||
-           !strcmp(s, "~");
-}
+// A conditioning_key read as a string: NULL (absent or null) or the text "None".
+static int is_none_text(const char *s) { return !s || !strcmp(s, "None"); }
 
 // 1 if n is absent or a scalar None (an optional Python argument left at None).
 static int is_none_node(const CfgNode *n) {
-    return !n || (cfg_kind(n) == CFG_SCALAR && is_none_text(cfg_scalar(n)));
+    return !n || cfg_is_null(n) || (cfg_kind(n) == CFG_SCALAR && !cfg_is_quoted(n) && !strcmp(cfg_scalar(n), "None"));
 }
 
 static int child_map(const CfgNode *map, const char *key, const CfgNode **out, int required, Err *e) {
@@ -308,9 +305,9 @@ static int parse_model(LdmConfig *c, const CfgNode *root, Err *e) {
     int concat_mode = 1;
     if (get_bool(p, "concat_mode", &concat_mode, e) < 0) return e->code;
     const char *ck = NULL;
-    int r = cfg_get_str(p, "conditioning_key", &ck, e);
-    if (r < 0) return e->code;
-    if (r == 1 || is_none_text(ck)) c->conditioning_key = concat_mode ? LDM_COND_CONCAT : LDM_COND_CROSSATTN;
+    if (!is_none_node(cfg_child(p, "conditioning_key")) && cfg_get_str(p, "conditioning_key", &ck, e) < 0)
+        return e->code;
+    if (is_none_text(ck)) c->conditioning_key = concat_mode ? LDM_COND_CONCAT : LDM_COND_CROSSATTN;
     else if (!strcmp(ck, "crossattn")) c->conditioning_key = LDM_COND_CROSSATTN;
     else if (!strcmp(ck, "concat")) c->conditioning_key = LDM_COND_CONCAT;
     else if (!strcmp(ck, "hybrid")) c->conditioning_key = LDM_COND_HYBRID;
@@ -323,7 +320,7 @@ static int parse_model(LdmConfig *c, const CfgNode *root, Err *e) {
     const CfgNode *uc, *fc;
     if (child_map(p, "unet_config", &uc, 1, e) < 0) return e->code;
     if (parse_unet(&c->unet, uc, e)) return e->code;
-    r = child_map(p, "first_stage_config", &fc, 0, e);
+    int r = child_map(p, "first_stage_config", &fc, 0, e);
     if (r < 0) return e->code;
     c->has_first_stage = (r == 0);
     if (c->has_first_stage && parse_first_stage(&c->first_stage, fc, e)) return e->code;
