@@ -32,6 +32,11 @@ const char *cfg_key_at(const CfgNode *map, int i) {
     return map->keys[i];
 }
 
+int cfg_key_line(const CfgNode *map, int i) {
+    if (!map || map->kind != CFG_MAP || i < 0 || i >= map->n) return 0;
+    return map->key_lines[i];
+}
+
 const CfgNode *cfg_child(const CfgNode *map, const char *key) {
     if (!map || map->kind != CFG_MAP || !key) return NULL;
     for (int i = 0; i < map->n; i++)
@@ -252,22 +257,28 @@ int cfg_get_int_list(const CfgNode *map, const char *key, int *out, int max, int
 
 // ---------------------------------------------------------------- key checks
 
-// Case-insensitive Levenshtein distance, capped (longer strings are never a typo).
+// Case-insensitive edit distance counting a swap of two neighbours as one edit ("qaunt" -> "quant"),
+// the optimal-string-alignment variant of Damerau-Levenshtein; long strings are never a typo.
 static int edit_distance(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
     if (la > 64 || lb > 64) return 1000;
-    int prev[65], cur[65];
-    for (size_t j = 0; j <= lb; j++) prev[j] = (int)j;
+    int d[65][65];
+    for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
     for (size_t i = 1; i <= la; i++) {
-        cur[0] = (int)i;
+        int ca = tolower((unsigned char)a[i - 1]);
         for (size_t j = 1; j <= lb; j++) {
-            int sub = prev[j - 1] + (tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]));
-            int del = prev[j] + 1, ins = cur[j - 1] + 1;
-            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+            int cb = tolower((unsigned char)b[j - 1]);
+            int best = d[i - 1][j - 1] + (ca != cb);
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) && tolower((unsigned char)a[i - 2]) == cb &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
         }
-        memcpy(prev, cur, (lb + 1) * sizeof prev[0]);
     }
-    return prev[lb];
+    return d[la][lb];
 }
 
 int cfg_suggest(const char *word, const char *const *cands, int n) {
@@ -292,8 +303,8 @@ int cfg_check_keys(const CfgNode *map, const char *const *allowed, int n, Err *e
         int s = cfg_suggest(map->keys[i], allowed, n);
         if (s >= 0)
             return err_set(e, ERR_KEY, "%s: %s: unknown key (line %d); did you mean '%s'?", map->doc->file, c->path,
-                           c->line, allowed[s]);
-        return err_set(e, ERR_KEY, "%s: %s: unknown key (line %d)", map->doc->file, c->path, c->line);
+                           map->key_lines[i], allowed[s]);
+        return err_set(e, ERR_KEY, "%s: %s: unknown key (line %d)", map->doc->file, c->path, map->key_lines[i]);
     }
     return 0;
 }

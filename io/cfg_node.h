@@ -21,6 +21,7 @@ struct CfgNode {
     int line, col;      // 1-based
     int n, cap;
     char **keys;        // maps: n keys
+    int *key_lines;     // maps: the line of each key
     CfgNode **items;    // maps and lists: n children
 };
 
