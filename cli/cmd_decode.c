@@ -105,6 +105,7 @@ int cmd_decode(int argc, char **argv) {
         wrote_out = 1;
         if (lv_path && (rc = npy_write(lv_path, logvar->data, 4, logvar->shape, &e))) goto done;
     }
+    if (m->warning[0]) fprintf(stderr, "effdm decode: note: %s\n", m->warning);
     printf("wrote %s\n", out);
     if (lv_path) printf("wrote %s\n", lv_path);
 done:

@@ -78,7 +78,6 @@ int cmd_forward(int argc, char **argv) {
         (y_path && (rc = read_npy("--y", y_path, &y, &e))) || (c_path && (rc = read_npy("--context", c_path, &cx, &e))))
         goto done;
     if ((rc = ldm_load(&m, cfg_path, ckpt_path, &lo, &e))) goto done;
-    if (m->warning[0]) fprintf(stderr, "effdm forward: note: %s\n", m->warning);
     const UNetConfig *u = &m->cfg.unet;
     if (x.ndim != 4 || x.shape[1] != u->in_channels) {
         rc = err_set(&e, ERR_SHAPE, "--x %s: expected (N, %d, H, W) for unet_config in_channels %d, found %s", x_path,
@@ -144,6 +143,7 @@ int cmd_forward(int argc, char **argv) {
         goto done;
     }
     if ((rc = npy_write(out, eps->data, eps->ndim, eps->shape, &e))) goto done;
+    if (m->warning[0]) fprintf(stderr, "effdm forward: note: %s\n", m->warning);
     printf("wrote %s %s\n", out, tensor_shape_str(eps, b1, sizeof b1));
 done:
     if (rc) cli_fail("forward", &e);

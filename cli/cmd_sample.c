@@ -220,7 +220,6 @@ int cmd_sample(int argc, char **argv) {
     Ldm *m = NULL;
     LdmLoadOpts lo = {(LdmEmaMode)ema, LDM_PARTS_ALL};
     if (ldm_load(&m, cfg_path, ckpt_path, &lo, &e)) return cli_fail("sample", &e);
-    if (m->warning[0]) fprintf(stderr, "effdm sample: note: %s\n", m->warning);
     int rc = 0, real_steps = sampler_real_steps(m, steps);
     int *labels = NULL;
     SampleState st = {0};
@@ -249,7 +248,7 @@ int cmd_sample(int argc, char **argv) {
     if ((rc = make_dir(out, &e))) goto done;
     if ((rc = ctx_init(&ctx, (size_t)16 << 30, &e))) goto done;  // address space only (MAP_NORESERVE)
     st.out = out;
-
+    if (m->warning[0]) fprintf(stderr, "effdm sample: note: %s\n", m->warning);
     printf("model:    %s (%s, %s%s)\n", cfg_path, ckpt_path, m->using_ema ? "EMA weights" : "raw weights",
            st.class_cond ? ", class-conditional" : ", unconditional");
     printf("sampler:  %s, %d steps (requested %d), eta %g, guidance scale %g%s, seed %d\n",
