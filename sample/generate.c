@@ -77,7 +77,7 @@ int sample_generate(Ctx *c, Ldm *m, const GenerateOpts *o, const int *y, int n, 
         return err_set(e, ERR_ARG, "--steps %d: expected 1 to %d for this model's %d timesteps", o->sampler.steps,
                        m->T / 2, m->T);
     int batch = o->batch > 0 ? o->batch : 16;
-    int chunk = o->decode_batch > 0 ? o->decode_batch : batch;
+    int chunk = o->decode_batch > 0 ? o->decode_batch : (batch < 8 ? batch : 8);
     int C, H, W;
     ldm_latent_shape(m, &C, &H, &W);
     const int zshape[4] = {batch, C, H, W};
