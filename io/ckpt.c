@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/dtype.h"
 #include "io/strmap.h"
@@ -35,8 +36,9 @@ static int zip_fail(Err *e, const char *name, int code, zip_error_t *ze) {
     return err_set(e, ec, "%s: cannot open as a zip archive: %s", name, zip_error_strerror(ze));
 }
 
-// Reads bytes [start, start + n) of archive entry idx into dst.
-static int entry_read(CkptFile *f, zip_uint64_t idx, int stored, size_t start, void *dst, size_t n, Err *e) {
+// Reads bytes [start, start + n) of archive entry idx into dst. whole: those are all the
+// entry's bytes, so read on to the end, where libzip verifies the CRC.
+static int entry_read(CkptFile *f, zip_uint64_t idx, int stored, size_t start, void *dst, size_t n, int whole, Err *e) {
     const char *ename = zip_get_name(f->zip, idx, 0);
     zip_file_t *zf = zip_fopen_index(f->zip, idx, 0);
     if (!zf) return err_set(e, ERR_FORMAT, "%s: entry '%s': cannot open: %s", f->path, ename, zip_strerror(f->zip));
@@ -53,6 +55,10 @@ static int entry_read(CkptFile *f, zip_uint64_t idx, int stored, size_t start, v
         zip_int64_t got = zip_fread(zf, (unsigned char *)dst + done, n - done);
         if (got <= 0) { rc = -1; break; }
         done += (size_t)got;
+    }
+    if (rc == 0 && whole) {
+        unsigned char extra;
+        if (zip_fread(zf, &extra, 1) != 0) rc = -1;  // CRC mismatch (or more data than the directory said)
     }
     if (rc)
         err_set(e, ERR_FORMAT, "%s: entry '%s': truncated or corrupt: %s", f->path, ename,
@@ -212,6 +218,16 @@ static int add_storage(CkptFile *f, StrMap *by_key, const PklStorage *s, const c
         err_set(e, ERR_FORMAT, "%s: tensor '%s': cannot stat record '%s': %s", f->path, tname, ename, zip_strerror(f->zip));
         return -1;
     }
+    // The directory's sizes are claims: bound them by the bytes the archive really has.
+    int stored = (st.valid & ZIP_STAT_COMP_METHOD) && st.comp_method == ZIP_CM_STORE;
+    uint64_t most = 0;
+    if ((st.valid & ZIP_STAT_COMP_SIZE) && st.comp_size <= f->archive_size)
+        most = stored ? st.comp_size : st.comp_size * CKPT_MAX_DEFLATE_RATIO;
+    if (st.size > most) {
+        err_set(e, ERR_FORMAT, "%s: tensor '%s': record '%s' claims %" PRIu64 " bytes, more than the %zu-byte archive can hold",
+                f->path, tname, ename, (uint64_t)st.size, f->archive_size);
+        return -1;
+    }
     if (st.size != bytes) {
         err_set(e, ERR_FORMAT, "%s: tensor '%s': storage record '%s' holds %" PRIu64 " bytes, expected %zu (%" PRId64 " x %s)",
                 f->path, tname, ename, (uint64_t)st.size, bytes, s->numel, s->type_name);
@@ -221,8 +237,7 @@ static int add_storage(CkptFile *f, StrMap *by_key, const PklStorage *s, const c
     if (!ns) { err_set(e, ERR_NOMEM, "%s: out of memory", f->path); return -1; }
     f->storages = ns;
     i = f->n_storages++;
-    ns[i] = (CkptStorage){s->key, (DType)s->dtype, (size_t)s->numel, (zip_uint64_t)idx,
-                          (st.valid & ZIP_STAT_COMP_METHOD) && st.comp_method == ZIP_CM_STORE};
+    ns[i] = (CkptStorage){s->key, (DType)s->dtype, (size_t)s->numel, (zip_uint64_t)idx, stored};
     if (strmap_put(by_key, s->key, i, NULL) < 0) { err_set(e, ERR_NOMEM, "%s: out of memory", f->path); return -1; }
     return i;
 }
@@ -345,8 +360,11 @@ int ckpt_open(CkptFile *f, const char *path, Err *e) {
     FILE *fp = fopen(path, "rb");
     if (!fp) return err_set(e, ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     size_t n = fread(head, 1, sizeof head, fp);
+    struct stat sb;
+    int have_size = fstat(fileno(fp), &sb) == 0;
     fclose(fp);
     if (ckpt_sniff(head, n, path, e)) return e->code;
+    f->archive_size = have_size ? (size_t)sb.st_size : 0;
     if (!(f->path = strdup(path))) return err_set(e, ERR_NOMEM, "%s: out of memory", path);
     int zerr = 0;
     f->zip = zip_open(path, ZIP_RDONLY, &zerr);
@@ -368,6 +386,7 @@ int ckpt_open(CkptFile *f, const char *path, Err *e) {
 int ckpt_open_mem(CkptFile *f, const void *buf, size_t size, const char *name, Err *e) {
     memset(f, 0, sizeof *f);
     if (ckpt_sniff(buf, size, name, e)) return e->code;
+    f->archive_size = size;
     if (!(f->path = strdup(name))) return err_set(e, ERR_NOMEM, "%s: out of memory", name);
     zip_error_t ze;
     zip_error_init(&ze);
@@ -407,7 +426,8 @@ int ckpt_read(CkptFile *f, int i, void *dst, Err *e) {
     if (t->numel == 0) return 0;
     // sizes were checked against the storage at open: these products cannot overflow
     if (is_contiguous(t)) {
-        if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, dst, t->numel * es, e))
+        int whole = t->offset == 0 && t->numel == s->numel;
+        if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, dst, t->numel * es, whole, e))
             return err_prefix(e, "tensor '%s'", t->name);
         return 0;
     }
@@ -416,7 +436,7 @@ int ckpt_read(CkptFile *f, int i, void *dst, Err *e) {
     for (int d = 0; d < t->ndim; d++) span += (size_t)(t->shape[d] - 1) * (size_t)t->stride[d];
     unsigned char *tmp = malloc(span * es);
     if (!tmp) return err_set(e, ERR_NOMEM, "%s: tensor '%s': cannot allocate %zu bytes", f->path, t->name, span * es);
-    if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, tmp, span * es, e)) {
+    if (entry_read(f, s->entry, s->stored, (size_t)t->offset * es, tmp, span * es, t->offset == 0 && span == s->numel, e)) {
         free(tmp);
         return err_prefix(e, "tensor '%s'", t->name);
     }
