@@ -3,7 +3,8 @@
    num_head_channels variant, the LSUN-style model (scale-shift norm, resblock up/down,
    legacy AttentionBlock), gradients of sum(eps * G); the layer list against the checkpoint's
    own key order; load errors; config checks; options without a fixture of their own checked
-   through weight transformations that must reproduce a fixture; the no-grad scope. */
+   through weight transformations that must reproduce a fixture; the no-grad scope; the
+   shipped teacher (loads completely; prints a timing line). One file per module (STYLE.md). */
 #include "testutil.h"
 
 #include <math.h>
@@ -225,6 +226,8 @@ static void test_grad(void **state) {
     assert_non_null(in.x->grad);
     assert_rel_l2(in.x->grad, dx->data, dx->n, TOL_GRAD);
     print_message("  dx rel L2 %.3g\n", rel_l2(in.x->grad, dx->data, dx->n));
+    // (The attn2.to_k fixture is exactly zero: the context is one token, so softmax over one
+    // key is constant in k.)
     static const char *names[] = {
         "input_blocks.1.0.in_layers.2.weight", "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
         "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", "out.2.weight", "time_embed.0.weight",
@@ -316,11 +319,15 @@ static void test_layer_list(void **state) {
     assert_null(l[q]->bias.data);  // CrossAttention to_q/k/v have no bias
     assert_string_equal(layer_leaf_name(l[q + 10]), "proj_out");
     check_layers_against_file(m, "unet_cin", 181);
-    // Parameters: every state-dict tensor under the prefix, none more.
+    // Parameters: every state-dict tensor under the prefix, in the state dict's order, none more.
     WeightFile *f = open_case("unet_cin");
     int in_file = 0;
-    for (int i = 0; i < weights_count(f); i++)
-        if (strncmp(weights_info(f, i)->name, PREFIX, strlen(PREFIX)) == 0) in_file++;
+    for (int i = 0; i < weights_count(f); i++) {
+        const char *name = weights_info(f, i)->name, *ours = NULL;
+        if (strncmp(name, PREFIX, strlen(PREFIX)) != 0) continue;
+        assert_non_null(unet_param_at(m, in_file++, &ours));
+        assert_string_equal(ours, name + strlen(PREFIX));
+    }
     assert_int_equal(unet_param_tensors(m), in_file);
     size_t floats = 0;
     for (int i = 0; i < unet_param_tensors(m); i++) floats += unet_param_at(m, i, NULL)->n;
@@ -386,6 +393,22 @@ static void test_load_errors(void **state) {
     assert_non_null(strstr(e.msg, "'model.time_embed.0.weight'"));
     weights_close(f);
     unet_free(m);
+}
+
+// h/io-ckpt bug found here: st_write without metadata passed w->meta == NULL to memcpy
+// (UBSan: "null pointer passed as argument 2"). A one-tensor file without metadata.
+static void test_st_write_without_metadata(void **state) {
+    char dir[] = "/tmp/effdm_test_unet_XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/one.safetensors", dir);
+    StWriter w = {0};
+    Err e = {0};
+    float v[2] = {1.0f, 2.0f};
+    assert_int_equal(st_writer_add(&w, "v", DT_F32, 1, (int64_t[]){2}, v, &e), 0);
+    assert_int_equal(st_write(&w, path, &e), 0);
+    st_writer_free(&w);
+    remove(path);
+    remove(dir);
 }
 
 // Writes the unet_cin checkpoint's UNet tensors as a safetensors file (which sorts them by
@@ -832,6 +855,71 @@ static void test_scope_memory(void **state) {
     unet_free(m);
 }
 
+/* ---- the shipped teacher (models/zoo/fmnist-ldm): loads completely; timing line ---- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void test_teacher(void **state) {
+    UNetConfig cfg;  // models/zoo/fmnist-ldm/config.yaml
+    cfg_cin(&cfg);
+    cfg.attention_resolutions[0] = 2;
+    cfg.n_attention_resolutions = 1;
+    cfg.context_dim = 64;
+    UNet *m = NULL;
+    Err e = {0};
+    assert_int_equal(unet_new(&m, &cfg, &e), 0);
+    WeightFile *f = NULL;
+    if (weights_open(&f, test_data_path("../../models/zoo/fmnist-ldm/model.ckpt"), &e)) {
+        print_error("%s\n", e.msg);
+        fail();
+    }
+    int unknown = -1;
+    if (unet_load(m, f, PREFIX, &unknown, &e)) {
+        print_error("%s\n", e.msg);
+        fail();
+    }
+    assert_int_equal(unknown, 0);
+    weights_close(f);
+
+    // One guided DDIM step of the distillation loop: batch 2 x 2 (cond + uncond halves).
+    const int N = 4;
+    Ctx c;
+    assert_int_equal(ctx_init(&c, ARENA_BYTES, &e), 0);
+    Rng r;
+    rng_seed(&r, 1, 0);
+    float t[4] = {981, 981, 981, 981};
+    double t0 = now_s(), t_fwd = 0, t_bwd = 0;
+    int reps = 0;
+    while (now_s() - t0 < 1.0 || reps < 3) {
+        ctx_reset(&c);
+        Tensor *x = tensor_new4(&c, N, 4, 8, 8), *ctx = tensor_new3(&c, N, 1, 64);
+        rng_normal_fill(&r, x->data, x->n);
+        rng_normal_fill(&r, ctx->data, ctx->n);
+        ctx_set_grad(&c, 0);
+        double a = now_s();
+        Tensor *eps = unet_forward(&c, m, x, t, ctx, NULL);
+        assert_non_null(eps);
+        ctx_set_grad(&c, 1);
+        x->requires_grad = 1;  // a student-like pass: activations kept, backward to the input
+        double b = now_s();
+        eps = unet_forward(&c, m, x, t, ctx, NULL);
+        assert_non_null(eps);
+        assert_int_equal(tape_backward(&c, eps, eps->data), 0);
+        double d = now_s();
+        t_fwd += b - a;
+        t_bwd += d - b;
+        reps++;
+    }
+    print_message("  teacher UNet N=%d 8x8: no-grad forward %.2f ms, forward+backward %.2f ms, thr=%d "
+                  "(%zu params)\n", N, 1e3 * t_fwd / reps, 1e3 * t_bwd / reps, threads_get(), unet_param_count(m));
+    ctx_free(&c);
+    unet_free(m);
+}
+
 int main(void) {
     threads_set(0);
     const struct CMUnitTest tests[] = {
@@ -841,6 +929,7 @@ int main(void) {
         cmocka_unit_test(test_grad),
         cmocka_unit_test(test_layer_list),
         cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_st_write_without_metadata),
         cmocka_unit_test(test_load_safetensors),
         cmocka_unit_test(test_config_checks),
         cmocka_unit_test(test_attention_heads),
@@ -851,6 +940,7 @@ int main(void) {
         cmocka_unit_test(test_no_conv_resample),
         cmocka_unit_test(test_forward_input_errors),
         cmocka_unit_test(test_scope_memory),
+        cmocka_unit_test(test_teacher),
     };
     return cmocka_run_group_tests_name("unet", tests, NULL, NULL);
 }

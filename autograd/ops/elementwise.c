@@ -142,6 +142,18 @@ static void bcast_forward(int op, float *y, const float *a, const float *b, cons
     }
 }
 
+// Unravels k over the collapsed dims dims[0..cnt) (row-major: dims[cnt-1] fastest) and adds
+// the offsets of that index in the output (*og) and in operand o (*oo).
+static void bcast_unravel(const Bcast *bc, const int *dims, int cnt, int o, size_t k, size_t *og, size_t *oo) {
+    for (int j = cnt - 1; j >= 0; j--) {
+        int d = dims[j];
+        size_t i = k % bc->size[d];
+        k /= bc->size[d];
+        *og += i * bc->so[d];
+        *oo += i * bc->st[o][d];
+    }
+}
+
 // Adds sign * g (times the other operand for mul: other != NULL) into dx, where dx is the
 // gradient of input `w` (0: a, 1: b) of a broadcast op with plan bc and n output elements.
 static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other, float sign, const Bcast *bc,
@@ -194,9 +206,12 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
         arena_release(&c->arena, mark);
         return;
     }
-    // Outer combinations of the broadcast dims (all but the last one when it is broadcast).
+    // Outer combinations of the broadcast dims (all but the last one when it is broadcast);
+    // fdims: the input's full dims before the last one, which pick an input element or row.
     int inner_bcast = bdims[nb - 1] == last;
-    int nouter = inner_bcast ? nb - 1 : nb;
+    int nouter = inner_bcast ? nb - 1 : nb, nf = 0, fdims[TENSOR_MAX_DIMS];
+    for (int d = 0; d < last; d++)
+        if (bc->st[w][d]) fdims[nf++] = d;
     size_t combos = 1;
     for (int k = 0; k < nouter; k++) combos *= bc->size[bdims[k]];
     size_t sp = bc->st[o][last];
@@ -205,24 +220,12 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
         // Each input element sums contiguous output runs of length L (e.g. H*W for a bias (N, C, 1, 1)).
 #pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
         for (size_t j = 0; j < mx; j++) {
-            size_t base_g = 0, base_p = 0, rem = j;
-            for (int d = last - 1; d >= 0; d--) {
-                if (!bc->st[w][d]) continue;
-                size_t i = rem % bc->size[d];
-                rem /= bc->size[d];
-                base_g += i * bc->so[d];
-                base_p += i * bc->st[o][d];
-            }
+            size_t base_g = 0, base_p = 0;
+            bcast_unravel(bc, fdims, nf, o, j, &base_g, &base_p);
             double acc = 0;
             for (size_t q = 0; q < combos; q++) {
-                size_t og = base_g, oth = base_p, r = q;
-                for (int k = nouter - 1; k >= 0; k--) {
-                    int d = bdims[k];
-                    size_t i = r % bc->size[d];
-                    r /= bc->size[d];
-                    og += i * bc->so[d];
-                    oth += i * bc->st[o][d];
-                }
+                size_t og = base_g, oth = base_p;
+                bcast_unravel(bc, bdims, nouter, o, q, &og, &oth);
                 const float *gr = g + og;
                 if (!other) for (size_t i = 0; i < L; i++) acc += gr[i];
                 else if (sp) for (size_t i = 0; i < L; i++) acc += (double)gr[i] * (double)other[oth + i];
@@ -240,25 +243,13 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
     for (size_t u = 0; u < xrows * nchunk; u++) {
         size_t q = u / nchunk, c0 = (u % nchunk) * EW_COL_CHUNK;
         size_t len = L - c0 < EW_COL_CHUNK ? L - c0 : EW_COL_CHUNK;
-        size_t base_g = 0, base_p = 0, rem = q;
-        for (int d = last - 1; d >= 0; d--) {
-            if (!bc->st[w][d]) continue;
-            size_t i = rem % bc->size[d];
-            rem /= bc->size[d];
-            base_g += i * bc->so[d];
-            base_p += i * bc->st[o][d];
-        }
+        size_t base_g = 0, base_p = 0;
+        bcast_unravel(bc, fdims, nf, o, q, &base_g, &base_p);
         double acc[EW_COL_CHUNK];
         for (size_t i = 0; i < len; i++) acc[i] = 0;
         for (size_t t = 0; t < combos; t++) {
-            size_t og = base_g, oth = base_p, r = t;
-            for (int k = nouter - 1; k >= 0; k--) {
-                int d = bdims[k];
-                size_t i = r % bc->size[d];
-                r /= bc->size[d];
-                og += i * bc->so[d];
-                oth += i * bc->st[o][d];
-            }
+            size_t og = base_g, oth = base_p;
+            bcast_unravel(bc, bdims, nouter, o, t, &og, &oth);
             const float *gr = g + og + c0;
             if (!other) for (size_t i = 0; i < len; i++) acc[i] += gr[i];
             else if (sp) for (size_t i = 0; i < len; i++) acc[i] += (double)gr[i] * (double)other[oth + c0 + i];

@@ -71,8 +71,9 @@ int unet_config_check(const UNetConfig *cfg, Err *e);
 int unet_new(UNet **m, const UNetConfig *cfg, Err *e);
 void unet_free(UNet *m);
 // Reads every parameter `prefix + name` from f (shape-checked against the config). A
-// missing tensor is ERR_KEY naming it; extra tensors under prefix are reported through
-// `unknown` (count) and not an error. 0 or an ERR_ code.
+// missing tensor is ERR_KEY naming it; a tensor of another shape is ERR_SHAPE naming it with
+// the expected and found shapes; extra tensors under prefix are reported through `unknown`
+// (count; may be NULL) and not an error. 0 or an ERR_ code (the weights are then partly loaded).
 int unet_load(UNet *m, WeightFile *f, const char *prefix, int *unknown, Err *e);
 // Number of parameters / floats.
 size_t unet_param_count(const UNet *m);
@@ -96,9 +97,11 @@ int unet_param_file_ndim(const UNet *m, int i);
 // The flat gradient block (unet_param_count floats, the weights' layout), or NULL when frozen.
 float *unet_grads(UNet *m);
 
-// eps (or v) prediction: x (N, in_channels, H, W); t[0..N) timesteps; context (N, L,
-// context_dim) or NULL; y[0..N) class labels or NULL (models with num_classes).
-// Returns (N, out_channels, H, W), or NULL (c->err says why).
+// eps (or v) prediction: x (N, in_channels, H, W) with H, W multiples of 2^(levels-1);
+// t[0..N) timesteps (float, as CompVis); context (N, L, context_dim), required exactly when
+// use_spatial_transformer (ignored otherwise, as upstream); y[0..N) class labels, required
+// exactly when num_classes > 0. Returns (N, out_channels, H, W), or NULL (c->err says why:
+// ERR_SHAPE / ERR_VALUE for bad inputs, else the failing op's error).
 Tensor *unet_forward(Ctx *c, UNet *m, Tensor *x, const float *t, Tensor *context, const int *y);
 
 // Debug/parity hooks: when set, called with each top-level block output during forward
