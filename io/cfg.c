@@ -2,10 +2,6 @@
    Navigation and typed getters are in cfg_get.c, the writer in cfg_write.c. */
 #include "io/cfg.h"
 
-#include <ctype.h>
-#include <errno.h>
-#include <limits.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
