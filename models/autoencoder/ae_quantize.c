@@ -16,7 +16,8 @@ Tensor *ae_quantize(Ctx *c, AeModel *m, Tensor *z) {
     int C = m->cfg.embed_dim, K = m->cfg.n_embed;
     if (z->ndim != 4 || z->shape[1] != C) {
         char buf[64];
-        err_set(&c->err, ERR_SHAPE, "ae_quantize: expected (N, %d, h, w), found %s", C, tensor_shape_str(z, buf, sizeof buf));
+        err_set(&c->err, ERR_SHAPE, "ae_quantize: expected (N, %d, h, w), found %s", C,
+                tensor_shape_str(z, buf, sizeof buf));
         return NULL;
     }
     Tensor *out = tensor_new(c, 4, z->shape);
