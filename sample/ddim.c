@@ -2,6 +2,9 @@
    and the update of p_sample_ddim (ldm/models/diffusion/ddim.py, a506df5). */
 #include "sample/ddim.h"
 
+// Element loops shorter than this run on one thread: waking OpenMP costs more than they take.
+#define SAMPLE_OMP_MIN_WORK 32768
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +88,7 @@ void ddim_update(const DdimSchedule *s, int index, const float *x, const float *
     const float sq1m = s->sqrt_one_minus_alphas[index];
     const float sqrt_at = sqrtf(a_t), sqrt_aprev = sqrtf(a_prev);
     const float dir_coef = sqrtf((1.0f - a_prev) - sigma * sigma);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= SAMPLE_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float p = (x[i] - sq1m * e[i]) / sqrt_at;
         float dir = dir_coef * e[i];
