@@ -48,7 +48,9 @@ static inline float exp_nonpos(float x) {
     p = p * r + 1.0f;
     int32_t tb, yb;
     memcpy(&tb, &t, sizeof tb);
-    int32_t eb = (tb - 0x4B400000 + 127) << 23;  // t's low mantissa bits hold k (+ 2^22)
+    // shift as unsigned: k + 127 is negative for x < -87 (masked to 0 below), and << of a
+    // negative int is undefined (UBSan)
+    int32_t eb = (int32_t)((uint32_t)(tb - 0x4B400000 + 127) << 23);  // t's low mantissa bits hold k (+ 2^22)
     float two_k, y;
     memcpy(&two_k, &eb, sizeof two_k);
     y = p * two_k;
