@@ -445,6 +445,21 @@ static void test_cli(void **state) {
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 2);
 
+    // an error after the recording (more activation inputs than recorded) writes nothing
+    char bad_run[300];
+    snprintf(bad_run, sizeof bad_run, "%s/bad", dir);
+    fp = fopen(cfg, "w");
+    assert_non_null(fp);
+    fprintf(fp,
+            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+            "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
+            "run: {out: %s}\n",
+            TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
+    assert_int_equal(run(cmd), 2);
+    assert_int_equal(access(bad_run, F_OK), -1);
+
     // the recorded inputs: every guided UNet call, both halves; step 0 is x_T of each trajectory
     WeightFile *f;
     Err e = {0};
