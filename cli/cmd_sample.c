@@ -14,12 +14,13 @@
 #include "cli/commands.h"
 #include "io/image.h"
 #include "models/ldm.h"
+#include "qalora/export.h"
 #include "sample/ddim.h"
 #include "sample/generate.h"
 #include "sample/grid.h"
 
 static const char *const usage[] = {
-    "usage: effdm sample [--ldm-config C.yaml --ckpt M.ckpt] --out DIR [options]",
+    "usage: effdm sample [--ldm-config C.yaml --ckpt M.ckpt | --model M.safetensors] --out DIR [options]",
     "",
     "Samples images from a CompVis latent-diffusion checkpoint as CompVis' DDIMSampler /",
     "PLMSSampler do, decodes them with the first stage and writes 8-bit PNGs.",
@@ -29,6 +30,9 @@ static const char *const usage[] = {
     "  --ckpt M.ckpt        its weights (.ckpt or .safetensors); both or neither. Default: the",
     "                       shipped teacher fmnist-ldm, found in $EFFDM_ZOO/fmnist-ldm when",
     "                       EFFDM_ZOO is set, else in <effdm's directory>/../models/zoo/fmnist-ldm",
+    "  --model M.safetensors  an effdm export (effdm export): the quantized model, which holds",
+    "                       its own config, first stage and schedule; every sampling step uses",
+    "                       the activation table entry of the nearest training timestep",
     "  --ema auto|on|off    EMA weights (default auto: used when the config's use_ema is true,",
     "                       the CompVis default, and the file has an EMA copy of every UNet",
     "                       parameter; a partial set is reported and the raw weights used)",
@@ -178,6 +182,7 @@ static double now_s(void) {
 
 int cmd_sample(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *out = NULL, *ema_s = "auto", *sampler_s = "ddim";
+    const char *model_path = NULL;
     int n = 64, steps = 50, klass = -1, seed = 0, batch = 16, threads = 0;
     float eta = 0.0f, scale = 1.5f;
     CliOpt opts[] = {
@@ -185,7 +190,7 @@ int cmd_sample(int argc, char **argv) {
         {"--n", OPT_INT, &n},                 {"--sampler", OPT_STR, &sampler_s}, {"--steps", OPT_INT, &steps},
         {"--eta", OPT_FLOAT, &eta},           {"--scale", OPT_FLOAT, &scale},  {"--class", OPT_INT, &klass},
         {"--seed", OPT_INT, &seed},           {"--batch", OPT_INT, &batch},    {"--threads", OPT_INT, &threads},
-        {"--out", OPT_STR, &out},
+        {"--out", OPT_STR, &out},             {"--model", OPT_STR, &model_path},
     };
     Err e = {0};
     int help = 0;
@@ -199,6 +204,8 @@ int cmd_sample(int argc, char **argv) {
     int ema = 0, sampler = 0;
     char tcfg[PATH_MAX], tckpt[PATH_MAX];
     if (!out) err_set(&e, ERR_ARG, "--out DIR is required (see effdm sample --help)");
+    else if (model_path && (cfg_path || ckpt_path || opts[2].seen))
+        err_set(&e, ERR_ARG, "--model is an effdm export: it takes no --ldm-config, --ckpt or --ema");
     else if (!cfg_path != !ckpt_path)
         err_set(&e, ERR_ARG, "--ldm-config and --ckpt go together (give both or neither)");
     else if (n < 1) err_set(&e, ERR_ARG, "--n: expected a positive number of images, found %d", n);
@@ -214,15 +221,22 @@ int cmd_sample(int argc, char **argv) {
         return cli_fail("sample", &e);
     }
     if (cli_threads(threads, &e)) return cli_fail("sample", &e);
-    if (!cfg_path) {
+    if (!cfg_path && !model_path) {
         if (find_teacher(tcfg, tckpt, sizeof tcfg, &e)) return cli_fail("sample", &e);
         cfg_path = tcfg;
         ckpt_path = tckpt;
     }
 
     Ldm *m = NULL;
+    ExportModel *em = NULL;
     LdmLoadOpts lo = {(LdmEmaMode)ema, LDM_PARTS_ALL};
-    if (ldm_load(&m, cfg_path, ckpt_path, &lo, &e)) return cli_fail("sample", &e);
+    if (model_path) {
+        if (export_load(&em, model_path, &e)) return cli_fail("sample", &e);
+        m = em->ldm;
+        cfg_path = model_path;
+    } else if (ldm_load(&m, cfg_path, ckpt_path, &lo, &e)) {
+        return cli_fail("sample", &e);
+    }
     int rc = 0, real_steps = 0;
     int *labels = NULL;
     SampleState st = {0};
@@ -249,13 +263,19 @@ int cmd_sample(int argc, char **argv) {
     if ((rc = ctx_init(&ctx, (size_t)16 << 30, &e))) goto done;  // address space only (MAP_NORESERVE)
     st.out = out;
     if (m->warning[0]) fprintf(stderr, "effdm sample: note: %s\n", m->warning);
-    printf("model:    %s (%s, %s%s)\n", cfg_path, ckpt_path, m->using_ema ? "EMA weights" : "raw weights",
-           st.class_cond ? ", class-conditional" : ", unconditional");
+    if (em)
+        printf("model:    %s (effdm export W%dA%d, %d TALSQ entr%s, UNet part %zu bytes = 1/%.2f of FP32%s)\n",
+               model_path, em->w_bits, em->a_bits, em->train_sched.n, em->train_sched.n == 1 ? "y" : "ies",
+               em->unet_bytes, (double)em->unet_fp32_bytes / (double)em->unet_bytes,
+               st.class_cond ? ", class-conditional" : ", unconditional");
+    else
+        printf("model:    %s (%s, %s%s)\n", cfg_path, ckpt_path, m->using_ema ? "EMA weights" : "raw weights",
+               st.class_cond ? ", class-conditional" : ", unconditional");
     printf("sampler:  %s, %d steps (requested %d), eta %g, guidance scale %g%s, seed %d\n",
            sampler_names[sampler], real_steps, steps, (double)eta, (double)scale,
            st.class_cond ? "" : " (unused: unconditional model)", seed);
     fflush(stdout);
-    GenerateOpts g = {.sampler = {(SamplerKind)sampler, steps, eta, scale, NULL, NULL, NULL},
+    GenerateOpts g = {.sampler = {(SamplerKind)sampler, steps, eta, scale, em ? export_on_eval : NULL, NULL, em},
                       .seed = (uint64_t)seed, .batch = batch, .on_progress = on_progress,
                       .on_batch = write_batch, .user = &st};
     long n_batches = (n + batch - 1) / batch;
@@ -276,6 +296,7 @@ done:
     free(st.grid_px);
     free(st.dir_made);
     free(labels);
-    ldm_free(m);
+    if (em) export_free(em);  // frees its model
+    else ldm_free(m);
     return rc ? err_exit_status(rc) : 0;
 }
