@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/dtype.h"
 #include "io/strmap.h"
@@ -217,6 +218,16 @@ static int add_storage(CkptFile *f, StrMap *by_key, const PklStorage *s, const c
         err_set(e, ERR_FORMAT, "%s: tensor '%s': cannot stat record '%s': %s", f->path, tname, ename, zip_strerror(f->zip));
         return -1;
     }
+    // The directory's sizes are claims: bound them by the bytes the archive really has.
+    int stored = (st.valid & ZIP_STAT_COMP_METHOD) && st.comp_method == ZIP_CM_STORE;
+    uint64_t most = 0;
+    if ((st.valid & ZIP_STAT_COMP_SIZE) && st.comp_size <= f->archive_size)
+        most = stored ? st.comp_size : st.comp_size * CKPT_MAX_DEFLATE_RATIO;
+    if (st.size > most) {
+        err_set(e, ERR_FORMAT, "%s: tensor '%s': record '%s' claims %" PRIu64 " bytes, more than the %zu-byte archive can hold",
+                f->path, tname, ename, (uint64_t)st.size, f->archive_size);
+        return -1;
+    }
     if (st.size != bytes) {
         err_set(e, ERR_FORMAT, "%s: tensor '%s': storage record '%s' holds %" PRIu64 " bytes, expected %zu (%" PRId64 " x %s)",
                 f->path, tname, ename, (uint64_t)st.size, bytes, s->numel, s->type_name);
@@ -226,8 +237,7 @@ static int add_storage(CkptFile *f, StrMap *by_key, const PklStorage *s, const c
     if (!ns) { err_set(e, ERR_NOMEM, "%s: out of memory", f->path); return -1; }
     f->storages = ns;
     i = f->n_storages++;
-    ns[i] = (CkptStorage){s->key, (DType)s->dtype, (size_t)s->numel, (zip_uint64_t)idx,
-                          (st.valid & ZIP_STAT_COMP_METHOD) && st.comp_method == ZIP_CM_STORE};
+    ns[i] = (CkptStorage){s->key, (DType)s->dtype, (size_t)s->numel, (zip_uint64_t)idx, stored};
     if (strmap_put(by_key, s->key, i, NULL) < 0) { err_set(e, ERR_NOMEM, "%s: out of memory", f->path); return -1; }
     return i;
 }
@@ -350,8 +360,11 @@ int ckpt_open(CkptFile *f, const char *path, Err *e) {
     FILE *fp = fopen(path, "rb");
     if (!fp) return err_set(e, ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     size_t n = fread(head, 1, sizeof head, fp);
+    struct stat sb;
+    int have_size = fstat(fileno(fp), &sb) == 0;
     fclose(fp);
     if (ckpt_sniff(head, n, path, e)) return e->code;
+    f->archive_size = have_size ? (size_t)sb.st_size : 0;
     if (!(f->path = strdup(path))) return err_set(e, ERR_NOMEM, "%s: out of memory", path);
     int zerr = 0;
     f->zip = zip_open(path, ZIP_RDONLY, &zerr);
@@ -373,6 +386,7 @@ int ckpt_open(CkptFile *f, const char *path, Err *e) {
 int ckpt_open_mem(CkptFile *f, const void *buf, size_t size, const char *name, Err *e) {
     memset(f, 0, sizeof *f);
     if (ckpt_sniff(buf, size, name, e)) return e->code;
+    f->archive_size = size;
     if (!(f->path = strdup(name))) return err_set(e, ERR_NOMEM, "%s: out of memory", name);
     zip_error_t ze;
     zip_error_init(&ze);

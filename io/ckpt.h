@@ -22,7 +22,8 @@
    Checked at open, for every listed tensor (messages name the file and the tensor): the
    storage type is one we read (else ERR_DTYPE), sizes/strides/offset are non-negative and
    their product fits, the view stays inside its storage, the storage entry exists and
-   holds exactly numel x element size bytes (ERR_FORMAT). A broadcast view (stride 0)
+   holds exactly numel x element size bytes, a size its compressed bytes in the archive can
+   hold (so a small file cannot claim a huge tensor) (ERR_FORMAT). A broadcast view (stride 0)
    may have more elements than its storage, up to CKPT_MAX_BROADCAST.
    Limitations: the legacy (pre-1.6) formats are ERR_UNSUPPORTED; big-endian archives
    (byteorder "big") are ERR_UNSUPPORTED; complex/quantized/sparse tensors are not read.
@@ -38,6 +39,7 @@
 #include "io/weights.h"
 
 #define CKPT_MAX_BROADCAST ((size_t)1 << 31)
+#define CKPT_MAX_DEFLATE_RATIO 1032                   // deflate's largest expansion
 #define CKPT_MAX_PICKLE ((size_t)1 << 30)  // data.pkl larger than this is refused (ERR_FORMAT)
 
 typedef struct {
@@ -67,6 +69,7 @@ typedef struct {
 typedef struct {
     char *path;           // file path, or the name given to ckpt_open_mem
     zip_t *zip;
+    size_t archive_size;  // bytes of the whole archive
     char *top;            // "model/": the folder holding data.pkl, with its slash
     PklDoc doc;
     CkptTensor *tensors;

@@ -107,6 +107,9 @@ static PklValue *top(Parser *p, const char *op) {
     return p->stack[p->sp - 1];
 }
 
+// The items above stack height start (no pointer arithmetic on an empty, NULL stack).
+static PklValue **items_from(Parser *p, size_t start) { return p->sp > start ? p->stack + start : NULL; }
+
 // Pops the innermost MARK; the items above it are stack[*start .. sp).
 static int pop_mark(Parser *p, const char *op, size_t *start) {
     if (!p->n_marks) return perr(p, "%s without a MARK", op);
@@ -475,7 +478,7 @@ static int run(Parser *p) {
         case 'l':    // LIST
         case 0x91:   // FROZENSET
             if (pop_mark(p, "TUPLE/LIST", &start)) return p->e->code;
-            v = make_seq(p, op == 't' ? PKL_TUPLE : op == 'l' ? PKL_LIST : PKL_SET, p->stack + start, p->sp - start);
+            v = make_seq(p, op == 't' ? PKL_TUPLE : op == 'l' ? PKL_LIST : PKL_SET, items_from(p, start), p->sp - start);
             p->sp = start;
             if (push(p, v)) return p->e->code;
             break;
@@ -491,7 +494,7 @@ static int run(Parser *p) {
         case 'd':  // DICT
             if (pop_mark(p, "DICT", &start)) return p->e->code;
             if (!(v = newval(p, PKL_DICT))) return p->e->code;
-            if (set_items(p, v, p->stack + start, p->sp - start, "DICT")) return p->e->code;
+            if (set_items(p, v, items_from(p, start), p->sp - start, "DICT")) return p->e->code;
             p->sp = start;
             if (push(p, v)) return p->e->code;
             break;
@@ -505,7 +508,7 @@ static int run(Parser *p) {
         case 'u':  // SETITEMS
             if (pop_mark(p, "SETITEMS", &start)) return p->e->code;
             if (start <= fence(p)) return perr(p, "SETITEMS: stack underflow (no target below the MARK)");
-            if (set_items(p, p->stack[start - 1], p->stack + start, p->sp - start, "SETITEMS")) return p->e->code;
+            if (set_items(p, p->stack[start - 1], items_from(p, start), p->sp - start, "SETITEMS")) return p->e->code;
             p->sp = start;
             break;
         case 'a':  // APPEND
@@ -516,7 +519,7 @@ static int run(Parser *p) {
         case 0x90:  // ADDITEMS
             if (pop_mark(p, op == 'e' ? "APPENDS" : "ADDITEMS", &start)) return p->e->code;
             if (start <= fence(p)) return perr(p, "%s: stack underflow (no target below the MARK)", op == 'e' ? "APPENDS" : "ADDITEMS");
-            if (append_items(p, p->stack[start - 1], p->stack + start, p->sp - start, op == 'e' ? "APPENDS" : "ADDITEMS",
+            if (append_items(p, p->stack[start - 1], items_from(p, start), p->sp - start, op == 'e' ? "APPENDS" : "ADDITEMS",
                              op == 'e' ? PKL_LIST : PKL_SET))
                 return p->e->code;
             p->sp = start;
