@@ -1,14 +1,151 @@
-/* cmd_finetune.c: effdm finetune (not implemented yet: says so, exit 2). */
+/* cmd_finetune.c: effdm finetune: EfficientDM fine-tuning (QALoRA + TALSQ distillation)
+   of a run directory, resumable. */
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "cli/cli.h"
 #include "cli/commands.h"
+#include "train/run_dir.h"
+#include "train/trainer.h"
+#include "util/threads.h"
+
+static const char *const usage[] = {
+    "usage: effdm finetune --config RUN.yaml [--threads N]",
+    "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--threads N]",
+    "",
+    "Fine-tunes the quantized student of a run directory (the config's run.out) by distilling",
+    "the FP teacher along its own DDIM trajectories (EfficientDM: QALoRA + TALSQ), one AdamW",
+    "step per trajectory step. Without a calibrated state in the run directory, the",
+    "calibration (effdm calibrate) runs first.",
+    "",
+    "  --config RUN.yaml  the run config (keys: train/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
+    "  --resume RUN_DIR   continue the run in RUN_DIR exactly where its last checkpoint stopped;",
+    "                     with --config, that config replaces the run's (it must agree on every",
+    "                     key resuming needs: the first disagreeing key is named)",
+    "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores);",
+    "                     an exact resume needs the same count as the interrupted run",
+    "",
+    "The run directory: config.yaml, calib.safetensors, state.safetensors (checkpoint every",
+    "train.checkpoint_every epochs), best.safetensors (train.select_epoch best_val), log.csv",
+    "(epoch, step, loss, lr, seconds, val_error), samples/epoch_NNN.png.",
+    "SIGINT / SIGTERM: the current step finishes, the run is saved mid-epoch, exit 130 / 143;",
+    "a second signal stops at once (the last checkpoint stays intact).",
+    "Exit status: 0 done, 2 bad input, 1 failure (a NaN/Inf loss stops with the epoch and step,",
+    "after saving the state before that step), 130 / 143 stopped by a signal.",
+    NULL,
+};
+
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+static void install_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;  // a second signal takes the default action: stop at once
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+typedef struct {
+    Progress bar;
+    int64_t first;  // global step before this call
+    int tty;
+} View;
+
+static void line(View *v, const char *msg) { fprintf(stderr, "%s%s\n", v->tty ? "\r\033[K" : "", msg); }
+
+static void on_step(const TrainerStep *s, void *user) {
+    View *v = user;
+    char extra[160];
+    snprintf(extra, sizeof extra, "epoch %d/%d step %d/%d loss %.4g lr %.3g", s->epoch + 1, s->epochs, s->step + 1,
+             s->steps, (double)s->loss, s->lr);
+    progress_update(&v->bar, (long)(s->global_step - v->first), extra);
+}
+
+static void on_val(const TrainerVal *tv, void *user) {
+    char msg[200];
+    if (tv->epoch < 0)
+        snprintf(msg, sizeof msg, "before training: val error %.6g (%.1f s)", tv->val_error, tv->seconds);
+    else
+        snprintf(msg, sizeof msg, "epoch %d: val error %.6g, best %.6g (%s %d) (%.1f s)", tv->epoch + 1, tv->val_error,
+                 tv->best_val, tv->best_epoch < 0 ? "before training," : "epoch", tv->best_epoch + 1, tv->seconds);
+    line(user, msg);
+}
+
+static void on_note(const char *msg, void *user) { line(user, msg); }
+
+static int fail(const Err *e) { return cli_fail("finetune", e); }
 
 int cmd_finetune(int argc, char **argv) {
-    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: effdm finetune ...\n\n'effdm finetune' is not implemented yet in this version.\n");
+    Err e = {0};
+    const char *config = NULL, *resume = NULL;
+    int threads = 0, help = 0, n_pos = 0;
+    const char *pos[1];
+    CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
+                     {"--threads", OPT_INT, &threads, 0}};
+    if (cli_parse(argc, argv, opts, 3, pos, &n_pos, 1, &help, &e)) return fail(&e);
+    if (help) {
+        for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
-    fprintf(stderr, "effdm finetune: not implemented yet in this version\n");
-    return 2;
+    if (n_pos) {
+        err_set(&e, ERR_ARG, "unexpected argument '%s' (see effdm finetune --help)", pos[0]);
+        return fail(&e);
+    }
+    if (!config && !resume) {
+        err_set(&e, ERR_ARG, "expected --config RUN.yaml or --resume RUN_DIR (see effdm finetune --help)");
+        return fail(&e);
+    }
+    RunConfig given, rc;
+    if (config && run_config_load(config, &given, &e)) return fail(&e);
+    RunDirStatus st;
+    if (run_dir_resolve(resume, config ? &given : NULL, &rc, &st, &e)) return fail(&e);
+    if (cli_threads(opts[2].seen ? threads : rc.run.threads, &e)) return fail(&e);
+    if (st == RUN_DIR_EMPTY) {
+        err_set(&e, ERR_IO, "%s has no calibrated state yet: run effdm calibrate --config %s first", rc.run.out,
+                config ? config : "RUN.yaml");
+        return fail(&e);
+    }
+
+    Trainer *tr;
+    if (trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
+    int epoch, step;
+    trainer_position(tr, &epoch, &step);
+    View v = {.tty = isatty(2)};
+    int S = trainer_steps_per_epoch(tr);
+    int64_t total = (int64_t)rc.train.epochs * S;
+    v.first = (int64_t)epoch * S + step;
+    fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d threads)\n", rc.run.out,
+            trainer_resumed(tr) ? "resuming" : "starting", epoch + 1, rc.train.epochs, step, S, threads_get());
+    progress_start(&v.bar, "finetune", (long)(total - v.first));
+    install_handlers();
+    TrainerHooks h = {.on_step = on_step, .on_val = on_val, .on_note = on_note, .user = &v, .stop = &stop_signal};
+    TrainerSummary s;
+    int code = trainer_run(tr, &h, &s, &e);
+    trainer_free(tr);
+    if (code == ERR_INTERRUPTED) {
+        line(&v, "");
+        fprintf(stderr, "effdm finetune: %s\n", e.msg);
+        return 128 + (stop_signal ? (int)stop_signal : SIGINT);
+    }
+    if (code) {
+        line(&v, "");
+        return fail(&e);
+    }
+    progress_finish(&v.bar, NULL);
+    printf("run          %s\n", rc.run.out);
+    printf("epochs       %d of %d (%d steps each)\n", s.epoch, s.epochs, s.steps);
+    printf("steps run    %lld in %.1f s (%.3f s/step); whole run %.1f s\n", (long long)s.steps_run, s.seconds,
+           s.steps_run ? s.seconds / (double)s.steps_run : 0.0, s.total_seconds);
+    if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
+    if (s.has_best)
+        printf("best val     %.6g at %s%d\n", s.best_val, s.best_epoch < 0 ? "the start (naive PTQ), epoch " : "epoch ",
+               s.best_epoch + 1);
+    return 0;
 }
