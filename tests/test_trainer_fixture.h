@@ -116,7 +116,7 @@ static int fix_copy_file(const char *src, const char *dst) {
 }
 
 // Copies the run directory files (not samples/) of src into a new directory dst.
-static int fix_copy_run(const char *src, const char *dst) {
+static __attribute__((unused)) int fix_copy_run(const char *src, const char *dst) {
     static const char *const files[] = {"config.yaml", "calib.safetensors", "state.safetensors", "log.csv",
                                         "best.safetensors"};
     mkdir(dst, 0777);
