@@ -2,11 +2,8 @@
    Navigation and typed getters are in cfg_get.c, the writer in cfg_write.c. */
 #include "io/cfg.h"
 
-#include <ctype.h>
-#include <errno.h>
-#include <limits.h>
-#include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +30,22 @@ typedef struct {
     char *anchor;       // anchor of this node, registered when it is complete
 } Frame;
 
+// The (map, key) pair of every map entry made so far, so a duplicate key is found in O(1)
+// (a linear search per key makes a map of 100k keys a denial of service).
+typedef struct {
+    const CfgNode *map;
+    const char *key;  // owned by map->keys
+} KeySlot;
+
+typedef struct {
+    KeySlot *slots;  // open addressing, cap a power of 2, at most half full
+    size_t cap, n;
+} KeySet;
+
 typedef struct {
     CfgDoc *doc;
     Err *e;
+    KeySet keys;
     CfgNode *root;
     Frame stack[CFG_MAX_DEPTH + 1];
     int depth;
@@ -78,7 +88,8 @@ static int fail(Builder *b, const char *key, const char *fmt, ...) {
 
 static int budget_bytes(Builder *b, size_t n) {
     if (n > CFG_MAX_TREE_BYTES || b->doc->bytes > (size_t)CFG_MAX_TREE_BYTES - n)
-        return fail(b, NULL, "the document expands to more than %d bytes of keys and values (alias expansion limit)",
+        return fail(b, NULL,
+                    "the document expands to more than %d bytes of keys, values and paths after alias expansion",
                     CFG_MAX_TREE_BYTES);
     b->doc->bytes += n;
     return 0;
@@ -99,7 +110,7 @@ static char *dup_n(Builder *b, const char *s, size_t n) {
 static CfgNode *node_new(Builder *b, CfgKind kind, int line, int col) {
     CfgDoc *d = b->doc;
     if (d->n_all >= CFG_MAX_NODES) {
-        fail(b, NULL, "the document has more than %d nodes (alias expansion limit)", CFG_MAX_NODES);
+        fail(b, NULL, "the document has more than %d nodes after alias expansion", CFG_MAX_NODES);
         return NULL;
     }
     if (d->n_all == d->cap_all) {
@@ -123,6 +134,47 @@ static CfgNode *node_new(Builder *b, CfgKind kind, int line, int col) {
     n->col = col;
     d->all[d->n_all++] = n;
     return n;
+}
+
+static size_t key_hash(const CfgNode *map, const char *key) {
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)map;  // FNV-1a, seeded by the map
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
+        h ^= *p;
+        h *= 1099511628211ull;
+    }
+    return (size_t)(h ^ (h >> 31));
+}
+
+static int map_has(const Builder *b, const CfgNode *map, const char *key) {
+    const KeySet *s = &b->keys;
+    if (!s->cap) return 0;
+    for (size_t i = key_hash(map, key) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+        if (!s->slots[i].map) return 0;
+        if (s->slots[i].map == map && !strcmp(s->slots[i].key, key)) return 1;
+    }
+}
+
+static void keyset_put(KeySet *s, const CfgNode *map, const char *key) {
+    size_t i = key_hash(map, key) & (s->cap - 1);
+    while (s->slots[i].map) i = (i + 1) & (s->cap - 1);
+    s->slots[i].map = map;
+    s->slots[i].key = key;
+    s->n++;
+}
+
+static int keyset_add(Builder *b, const CfgNode *map, const char *key) {
+    KeySet *s = &b->keys;
+    if (2 * (s->n + 1) > s->cap) {
+        KeySet bigger = {NULL, s->cap ? 2 * s->cap : 256, 0};
+        bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
+        if (!bigger.slots) return err_set(b->e, ERR_NOMEM, "%s: out of memory", b->doc->file);
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->slots[i].map) keyset_put(&bigger, s->slots[i].map, s->slots[i].key);
+        free(s->slots);
+        *s = bigger;
+    }
+    keyset_put(s, map, key);
+    return 0;
 }
 
 // Adds child under parent (key for maps) and gives it its path. Root: parent NULL.
@@ -167,16 +219,14 @@ static int attach(Builder *b, CfgNode *parent, const char *key, int key_line, Cf
     if (parent->kind == CFG_MAP) {
         char *k = dup_n(b, key, strlen(key));
         if (!k) return b->e->code;
+        if (keyset_add(b, parent, k)) {
+            free(k);
+            return b->e->code;
+        }
         parent->keys[parent->n] = k;
         parent->key_lines[parent->n] = key_line;
     }
     parent->items[parent->n++] = child;
-    return 0;
-}
-
-static int map_has(const CfgNode *map, const char *key) {
-    for (int i = 0; i < map->n; i++)
-        if (!strcmp(map->keys[i], key)) return 1;
     return 0;
 }
 
@@ -284,7 +334,7 @@ static int take_key(Builder *b, Frame *f, const char *text, size_t len, int plai
     if (!k) return err_set(b->e, ERR_NOMEM, "%s: out of memory", b->doc->file);
     memcpy(k, text, len);
     k[len] = 0;
-    if (map_has(f->node, k)) {
+    if (map_has(b, f->node, k)) {
         fail(b, k, "duplicate key '%.200s' in one map", k);
         free(k);
         return ERR_FORMAT;
@@ -398,7 +448,7 @@ static int on_end(Builder *b) {
         for (int m = 0; !r && m < f->n_merges; m++) {
             const CfgNode *src = f->merges[m];
             for (int i = 0; !r && i < src->n; i++)
-                if (!map_has(f->node, src->keys[i]))
+                if (!map_has(b, f->node, src->keys[i]))
                     r = copy_node(b, src->items[i], f->node, src->keys[i], f->node->line, f->node->col, b->depth + 1);
         }
     }
@@ -504,6 +554,7 @@ int cfg_load_mem(const char *text, size_t len, const char *name, CfgNode **root,
     yaml_parser_delete(&p);
     while (b.depth > 0) frame_clear(&b.stack[--b.depth]);
     for (int i = 0; i < b.n_anchors; i++) free(b.anchors[i].name);
+    free(b.keys.slots);
     free(b.anchors);
     if (!r && !b.root) {  // empty document: a null root
         CfgNode *n = node_new(&b, CFG_SCALAR, 1, 1);

@@ -33,7 +33,8 @@
    CFG_MAX_FILE_BYTES of input, CFG_MAX_DEPTH nested maps/lists, CFG_MAX_NODES nodes and
    CFG_MAX_TREE_BYTES of keys, scalars and paths after alias expansion (a "billion laughs"
    document stops at the budget), no NUL characters inside scalars, no recursive aliases.
-   Limitations: one document per file; map keys must be scalars; no custom tags.
+   Limitations: one document per file; map keys must be non-empty scalars; no custom tags, no
+   anchors on keys; OmegaConf interpolations ("${model.x}") are plain strings, not resolved.
 
    Writing: CfgWriter builds block-style YAML text in memory and commits it atomically
    (path.tmp + rename, see fileio.h). Scalars are written so cfg_load reads them back as
@@ -106,7 +107,8 @@ int cfg_is_quoted(const CfgNode *n);
 int cfg_get_int(const CfgNode *map, const char *key, int *out, Err *e);
 int cfg_get_double(const CfgNode *map, const char *key, double *out, Err *e);
 int cfg_get_bool(const CfgNode *map, const char *key, int *out, Err *e);
-int cfg_get_str(const CfgNode *map, const char *key, const char **out, Err *e);  // *out owned by the tree
+// Any non-null scalar has a string: `ckpt: 5` gives "5". *out is owned by the tree.
+int cfg_get_str(const CfgNode *map, const char *key, const char **out, Err *e);
 // A list of integers (a scalar is accepted as a one-element list); up to max entries.
 // *count is set with *out; more than max entries is -ERR_VALUE.
 int cfg_get_int_list(const CfgNode *map, const char *key, int *out, int max, int *count, Err *e);
@@ -127,7 +129,7 @@ int cfg_suggest(const char *word, const char *const *cands, int n);
 typedef struct {
     char *buf;          // text written so far (malloc'ed; NUL-terminated when len > 0)
     size_t len, cap;
-    int failed;         // out of memory or a misuse (unbalanced begin/end): commit reports it
+    int failed;         // 1: a misuse (unbalanced begin/end, a key in a list); 2: out of memory
     int depth;          // open maps/lists
     struct { int list; int indent; int items; int dash; } stack[CFG_MAX_DEPTH];
     int open_key;       // a "key:" waits for its first child (an empty map/list then writes {} or [])

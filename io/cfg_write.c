@@ -25,7 +25,7 @@ static void put(CfgWriter *w, const char *s, size_t n) {
         while (cap < w->len + n + 1) cap *= 2;
         char *b = realloc(w->buf, cap);
         if (!b) {
-            w->failed = 1;
+            w->failed = 2;
             return;
         }
         w->buf = b;
@@ -69,30 +69,69 @@ static int plain_ok(const char *s) {
     return 1;
 }
 
-static void put_string(CfgWriter *w, const char *s) {
-    if (plain_ok(s)) {
-        puts_(w, s);
-        return;
+// Length and code point of the UTF-8 sequence at p; 0 when it is not valid UTF-8.
+static int utf8_decode(const unsigned char *p, unsigned *cp) {
+    int n = p[0] >= 0xF0 ? 4 : p[0] >= 0xE0 ? 3 : p[0] >= 0xC0 ? 2 : 0;
+    if (!n || p[0] > 0xF4) return 0;
+    unsigned v = p[0] & (0x3F >> (n - 1));
+    for (int i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (p[i] & 0x3F);
     }
+    *cp = v;
+    return n;
+}
+
+// Double-quoted YAML of s. Escaped: quotes, backslash, and every character YAML does not allow
+// raw or would fold as a line break (C0/C1 controls, DEL, U+2028/2029, U+FEFF, U+FFFE/FFFF).
+// s must be UTF-8 (any string cfg_load produced is); other bytes are copied as they are.
+static void put_quoted(CfgWriter *w, const char *s) {
     put(w, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
-        switch (*p) {
-        case '"': puts_(w, "\\\""); break;
-        case '\\': puts_(w, "\\\\"); break;
-        case '\n': puts_(w, "\\n"); break;
-        case '\t': puts_(w, "\\t"); break;
-        case '\r': puts_(w, "\\r"); break;
-        default:
-            if (*p < 0x20 || *p == 0x7f) {
-                snprintf(esc, sizeof esc, "\\x%02x", *p);
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        char esc[16];
+        unsigned cp;
+        int n;
+        if (*p == '"') {
+            puts_(w, "\\\"");
+            p++;
+        } else if (*p == '\\') {
+            puts_(w, "\\\\");
+            p++;
+        } else if (*p == '\n') {
+            puts_(w, "\\n");
+            p++;
+        } else if (*p == '\t') {
+            puts_(w, "\\t");
+            p++;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            snprintf(esc, sizeof esc, "\\x%02x", *p);
+            puts_(w, esc);
+            p++;
+        } else if (*p < 0x80) {
+            put(w, (const char *)p, 1);
+            p++;
+        } else if ((n = utf8_decode(p, &cp)) > 0) {
+            if ((cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 || cp == 0xfeff || cp == 0xfffe ||
+                cp == 0xffff) {
+                snprintf(esc, sizeof esc, "\\u%04x", cp);
                 puts_(w, esc);
             } else {
-                put(w, (const char *)p, 1);
+                put(w, (const char *)p, (size_t)n);
             }
+            p += n;
+        } else {
+            put(w, (const char *)p, 1);
+            p++;
         }
     }
     put(w, "\"", 1);
+}
+
+static void put_string(CfgWriter *w, const char *s) {
+    if (plain_ok(s))
+        puts_(w, s);
+    else
+        put_quoted(w, s);
 }
 
 // Starts an entry of the innermost open map (key) or list (key NULL): indentation, "- " or "key:".
@@ -117,6 +156,14 @@ static void entry(CfgWriter *w, const char *key) {
     }
     if (is_list) {
         puts_(w, "-");
+    } else if (strlen(key) > 160) {
+        // YAML limits implicit keys to 1024 characters (escapes can make one 6 times longer):
+        // an explicit key, "? key" then ":" on the next line.
+        puts_(w, "? ");
+        put_string(w, key);
+        put(w, "\n", 1);
+        spaces(w, w->stack[d].indent);
+        puts_(w, ":");
     } else {
         put_string(w, key);
         puts_(w, ":");
@@ -259,7 +306,7 @@ const char *cfg_writer_text(const CfgWriter *w, size_t *len) {
 
 int cfg_writer_commit(CfgWriter *w, const char *path, Err *e) {
     int r = 0;
-    if (w->failed && !w->buf && w->len == 0)
+    if (w->failed == 2)
         r = err_set(e, ERR_NOMEM, "%s: out of memory while writing YAML", path);
     else if (w->failed || w->depth != 1)
         r = err_set(e, ERR_INTERNAL, "%s: YAML writer misused (unbalanced begin/end, or a key inside a list)", path);

@@ -78,7 +78,7 @@ void dtype_to_f32(float *dst, const void *src, DType t, size_t n) {
     const unsigned char *s = src;
     switch (t) {
     case DT_F32:
-        memmove(dst, s, n * 4);
+        if (n) memmove(dst, s, n * 4);
         break;
     case DT_F16:
         for (size_t i = 0; i < n; i++) { uint16_t v; memcpy(&v, s + 2 * i, 2); dst[i] = f16_to_f32(v); }

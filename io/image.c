@@ -134,8 +134,8 @@ int image_grid(float *out, const float *x, int N, int C, int H, int W, int per_r
         size_t left = (size_t)(k % ncol) * (W + IMAGE_GRID_PAD) + IMAGE_GRID_PAD;
         for (int c = 0; c < C; c++)
             for (int y = 0; y < H; y++)
-                memcpy(out + (size_t)c * gplane + (top + y) * gw + left, x + ((size_t)k * C + c) * plane + (size_t)y * W,
-                       (size_t)W * sizeof *out);
+                memcpy(out + (size_t)c * gplane + (top + y) * gw + left,
+                       x + ((size_t)k * C + c) * plane + (size_t)y * W, (size_t)W * sizeof *out);
     }
     return 0;
 }

@@ -1,4 +1,5 @@
-/* pickle.c: a stack machine over the pickle opcodes torch.save emits (see pickle.h).
+/* pickle.c: a stack machine over the pickle opcodes torch.save emits (see pickle.h); the
+   torch callables (REDUCE, NEWOBJ, BINPERSID) are interpreted in pickle_torch.c.
    Opcode semantics follow CPython's Modules/_pickle.c (load_* functions) and
    Lib/pickletools.py; torch specifics follow torch/serialization.py (_load,
    persistent_load) and torch/_utils.py (_rebuild_tensor_v2). */
@@ -9,25 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io/weights.h"
+#include "io/pickle_impl.h"
 
-typedef struct {
-    const unsigned char *buf;
-    size_t size, pos;
-    size_t op_pos;  // offset of the opcode being run, for messages
-    const char *name;
-    Err *e;
-    PklDoc *d;
-    PklValue **stack;
-    size_t sp, stack_cap;
-    size_t *marks;  // stack heights at each outstanding MARK (CPython's metastack)
-    size_t n_marks, marks_cap;
-    PklValue **memo;
-    size_t memo_cap, memo_count;
-} Parser;
-
-static int perr(Parser *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int perr(Parser *p, const char *fmt, ...) {
+int pkl_perr(Parser *p, const char *fmt, ...) {
     char what[384];
     va_list ap;
     va_start(ap, fmt);
@@ -53,7 +38,7 @@ static int grow(void **arr, size_t *cap, size_t need, size_t elsize) {
     return 0;
 }
 
-static PklValue *newval(Parser *p, PklType t) {
+PklValue *pkl_newval(Parser *p, PklType t) {
     if (grow((void **)&p->d->all, &p->d->cap_all, p->d->n_all + 1, sizeof(PklValue *))) { nomem(p); return NULL; }
     PklValue *v = calloc(1, sizeof *v);
     if (!v) { nomem(p); return NULL; }
@@ -63,7 +48,7 @@ static PklValue *newval(Parser *p, PklType t) {
     return v;
 }
 
-static char *dupbytes(Parser *p, const unsigned char *s, size_t n) {
+char *pkl_dupbytes(Parser *p, const unsigned char *s, size_t n) {
     char *c = malloc(n + 1);
     if (!c) { nomem(p); return NULL; }
     memcpy(c, s, n);
@@ -75,7 +60,7 @@ static char *dupbytes(Parser *p, const unsigned char *s, size_t n) {
 
 static int need(Parser *p, size_t n, const char *what) {
     if (n > p->size - p->pos)
-        return perr(p, "truncated: %s needs %zu bytes, %zu left", what, n, p->size - p->pos);
+        return pkl_perr(p, "truncated: %s needs %zu bytes, %zu left", what, n, p->size - p->pos);
     return 0;
 }
 
@@ -98,12 +83,12 @@ static int push(Parser *p, PklValue *v) {
 }
 
 static PklValue *pop(Parser *p, const char *op) {
-    if (p->sp <= fence(p)) { perr(p, "%s: stack underflow", op); return NULL; }
+    if (p->sp <= fence(p)) { pkl_perr(p, "%s: stack underflow", op); return NULL; }
     return p->stack[--p->sp];
 }
 
 static PklValue *top(Parser *p, const char *op) {
-    if (p->sp <= fence(p)) { perr(p, "%s: stack underflow", op); return NULL; }
+    if (p->sp <= fence(p)) { pkl_perr(p, "%s: stack underflow", op); return NULL; }
     return p->stack[p->sp - 1];
 }
 
@@ -112,7 +97,7 @@ static PklValue **items_from(Parser *p, size_t start) { return p->sp > start ? p
 
 // Pops the innermost MARK; the items above it are stack[*start .. sp).
 static int pop_mark(Parser *p, const char *op, size_t *start) {
-    if (!p->n_marks) return perr(p, "%s without a MARK", op);
+    if (!p->n_marks) return pkl_perr(p, "%s without a MARK", op);
     *start = p->marks[--p->n_marks];
     return 0;
 }
@@ -121,7 +106,7 @@ static int pop_mark(Parser *p, const char *op, size_t *start) {
 
 static int deepen(Parser *p, PklValue *c, const PklValue *item) {
     if (item->depth + 1 > c->depth) c->depth = item->depth + 1;
-    if (c->depth > PKL_MAX_DEPTH) return perr(p, "containers nested deeper than %d", PKL_MAX_DEPTH);
+    if (c->depth > PKL_MAX_DEPTH) return pkl_perr(p, "containers nested deeper than %d", PKL_MAX_DEPTH);
     return 0;
 }
 
@@ -131,7 +116,7 @@ static int seq_add(Parser *p, PklValue *c, PklValue *item) {
     return deepen(p, c, item);
 }
 
-static int dict_add(Parser *p, PklValue *c, PklValue *k, PklValue *v) {
+int pkl_dict_add(Parser *p, PklValue *c, PklValue *k, PklValue *v) {
     size_t cap = c->u.dict.cap;
     if (grow((void **)&c->u.dict.keys, &cap, c->u.dict.n + 1, sizeof(PklValue *))) return nomem(p);
     cap = c->u.dict.cap;
@@ -145,25 +130,25 @@ static int dict_add(Parser *p, PklValue *c, PklValue *k, PklValue *v) {
 
 // SETITEM(S) target: a dict, or an opaque object (whose items are dropped).
 static int set_items(Parser *p, PklValue *target, PklValue **kv, size_t n, const char *op) {
-    if (n % 2) return perr(p, "%s with an odd number of items (%zu)", op, n);
+    if (n % 2) return pkl_perr(p, "%s with an odd number of items (%zu)", op, n);
     if (target->type == PKL_OBJECT) return 0;
-    if (target->type != PKL_DICT) return perr(p, "%s on a %s, expected a dict", op, pkl_type_name(target->type));
+    if (target->type != PKL_DICT) return pkl_perr(p, "%s on a %s, expected a dict", op, pkl_type_name(target->type));
     for (size_t i = 0; i < n; i += 2)
-        if (dict_add(p, target, kv[i], kv[i + 1])) return p->e->code;
+        if (pkl_dict_add(p, target, kv[i], kv[i + 1])) return p->e->code;
     return 0;
 }
 
 // APPEND(S) to a list, ADDITEMS to a set (want), or to an opaque object (dropped).
 static int append_items(Parser *p, PklValue *target, PklValue **items, size_t n, const char *op, PklType want) {
     if (target->type == PKL_OBJECT) return 0;
-    if (target->type != want) return perr(p, "%s on a %s, expected a %s", op, pkl_type_name(target->type), pkl_type_name(want));
+    if (target->type != want) return pkl_perr(p, "%s on a %s, expected a %s", op, pkl_type_name(target->type), pkl_type_name(want));
     for (size_t i = 0; i < n; i++)
         if (seq_add(p, target, items[i])) return p->e->code;
     return 0;
 }
 
-static PklValue *make_seq(Parser *p, PklType t, PklValue **items, size_t n) {
-    PklValue *v = newval(p, t);
+PklValue *pkl_make_seq(Parser *p, PklType t, PklValue **items, size_t n) {
+    PklValue *v = pkl_newval(p, t);
     if (!v) return NULL;
     for (size_t i = 0; i < n; i++)
         if (seq_add(p, v, items[i])) return NULL;
@@ -175,7 +160,7 @@ static PklValue *make_seq(Parser *p, PklType t, PklValue **items, size_t n) {
 static int memo_put(Parser *p, uint64_t idx, const char *op) {
     // A well-formed pickle numbers its memo from 0 with one opcode per entry, so an index
     // past the current offset is corrupt; this also bounds the memo array by the input size.
-    if (idx > p->op_pos) return perr(p, "%s %llu: memo index larger than the pickle offset", op, (unsigned long long)idx);
+    if (idx > p->op_pos) return pkl_perr(p, "%s %llu: memo index larger than the pickle offset", op, (unsigned long long)idx);
     PklValue *v = top(p, op);
     if (!v) return p->e->code;
     if (idx >= p->memo_cap) {
@@ -189,23 +174,23 @@ static int memo_put(Parser *p, uint64_t idx, const char *op) {
 }
 
 static int memo_get(Parser *p, uint64_t idx, const char *op) {
-    if (idx >= p->memo_cap || !p->memo[idx]) return perr(p, "%s %llu: memo slot never set", op, (unsigned long long)idx);
+    if (idx >= p->memo_cap || !p->memo[idx]) return pkl_perr(p, "%s %llu: memo slot never set", op, (unsigned long long)idx);
     return push(p, p->memo[idx]);
 }
 
 // --- scalars ---
 
 static PklValue *make_int(Parser *p, int64_t i) {
-    PklValue *v = newval(p, PKL_INT);
+    PklValue *v = pkl_newval(p, PKL_INT);
     if (v) v->u.i = i;
     return v;
 }
 
 static PklValue *make_str(Parser *p, PklType t, size_t len, const char *what) {
     if (need(p, len, what)) return NULL;
-    PklValue *v = newval(p, t);
+    PklValue *v = pkl_newval(p, t);
     if (!v) return NULL;
-    v->u.str.s = dupbytes(p, p->buf + p->pos, len);
+    v->u.str.s = pkl_dupbytes(p, p->buf + p->pos, len);
     if (!v->u.str.s) return NULL;
     v->u.str.len = len;
     p->pos += len;
@@ -225,140 +210,35 @@ static PklValue *make_long(Parser *p, size_t n) {
     return make_int(p, i);
 }
 
-static int is_str(const PklValue *v, const char *s) {
+int pkl_is_str(const PklValue *v, const char *s) {
     return v && v->type == PKL_STR && v->u.str.len == strlen(s) && !memcmp(v->u.str.s, s, v->u.str.len);
 }
 
-static int is_cls(const PklValue *v, const char *module, const char *name) {
+int pkl_is_cls(const PklValue *v, const char *module, const char *name) {
     return (v->type == PKL_GLOBAL || v->type == PKL_OBJECT) && !strcmp(v->u.cls.module, module) && !strcmp(v->u.cls.name, name);
 }
 
 static PklValue *make_cls(Parser *p, PklType t, const char *module, size_t mlen, const char *name, size_t nlen) {
-    PklValue *v = newval(p, t);
+    PklValue *v = pkl_newval(p, t);
     if (!v) return NULL;
-    v->u.cls.module = dupbytes(p, (const unsigned char *)module, mlen);
-    v->u.cls.name = dupbytes(p, (const unsigned char *)name, nlen);
+    v->u.cls.module = pkl_dupbytes(p, (const unsigned char *)module, mlen);
+    v->u.cls.name = pkl_dupbytes(p, (const unsigned char *)name, nlen);
     if (!v->u.cls.module || !v->u.cls.name) return NULL;
     return v;
 }
 
-static PklValue *make_object(Parser *p, const PklValue *cls) {
+PklValue *pkl_make_object(Parser *p, const PklValue *cls) {
     return make_cls(p, PKL_OBJECT, cls->u.cls.module, strlen(cls->u.cls.module), cls->u.cls.name, strlen(cls->u.cls.name));
 }
 
 // GLOBAL's argument: "module\nname\n".
 static int read_line(Parser *p, const char **s, size_t *len) {
     const unsigned char *nl = memchr(p->buf + p->pos, '\n', p->size - p->pos);
-    if (!nl) return perr(p, "truncated: GLOBAL name without a newline");
+    if (!nl) return pkl_perr(p, "truncated: GLOBAL name without a newline");
     *s = (const char *)p->buf + p->pos;
     *len = (size_t)(nl - (p->buf + p->pos));
     p->pos += *len + 1;
     return 0;
-}
-
-// --- torch ---
-
-static const struct { const char *name; int dtype; } storage_types[] = {
-    {"FloatStorage", DT_F32}, {"HalfStorage", DT_F16},  {"BFloat16Storage", DT_BF16}, {"DoubleStorage", DT_F64},
-    {"LongStorage", DT_I64},  {"IntStorage", DT_I32},   {"ShortStorage", DT_I16},     {"CharStorage", DT_I8},
-    {"ByteStorage", DT_U8},   {"BoolStorage", DT_BOOL}, {"UntypedStorage", DT_U8},
-};
-
-// BINPERSID: torch.serialization's persistent_id for storages:
-// ('storage', storage_type, key, location, numel).
-static PklValue *persistent_load(Parser *p, const PklValue *pid) {
-    if (pid->type != PKL_TUPLE || pid->u.seq.n < 5 || !is_str(pid->u.seq.items[0], "storage")) {
-        perr(p, "BINPERSID: persistent id is not a ('storage', type, key, location, numel) tuple");
-        return NULL;
-    }
-    PklValue **a = pid->u.seq.items;
-    if (a[1]->type != PKL_GLOBAL || strncmp(a[1]->u.cls.module, "torch", 5) != 0 || a[2]->type != PKL_STR ||
-        a[3]->type != PKL_STR || a[4]->type != PKL_INT || a[4]->u.i < 0) {
-        perr(p, "BINPERSID: storage id fields are not (torch class, str key, str location, int numel >= 0)");
-        return NULL;
-    }
-    PklValue *v = newval(p, PKL_STORAGE);
-    if (!v) return NULL;
-    PklStorage *s = &v->u.storage;
-    s->dtype = -1;
-    for (size_t i = 0; i < sizeof storage_types / sizeof storage_types[0]; i++)
-        if (!strcmp(a[1]->u.cls.name, storage_types[i].name)) s->dtype = storage_types[i].dtype;
-    s->type_name = dupbytes(p, (const unsigned char *)a[1]->u.cls.name, strlen(a[1]->u.cls.name));
-    s->key = dupbytes(p, (const unsigned char *)a[2]->u.str.s, a[2]->u.str.len);
-    s->location = dupbytes(p, (const unsigned char *)a[3]->u.str.s, a[3]->u.str.len);
-    if (!s->type_name || !s->key || !s->location) return NULL;
-    s->numel = a[4]->u.i;
-    return v;
-}
-
-static int int_tuple(const PklValue *v, int64_t *out, int *n) {
-    if (v->type != PKL_TUPLE && v->type != PKL_LIST) return -1;
-    if (v->u.seq.n > PKL_MAX_DIMS) return -2;
-    for (size_t i = 0; i < v->u.seq.n; i++) {
-        if (v->u.seq.items[i]->type != PKL_INT) return -1;
-        out[i] = v->u.seq.items[i]->u.i;
-    }
-    *n = (int)v->u.seq.n;
-    return 0;
-}
-
-// _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
-// and the older _rebuild_tensor(storage, storage_offset, size, stride).
-static PklValue *rebuild_tensor(Parser *p, const char *fn, const PklValue *args) {
-    PklValue **a = args->u.seq.items;
-    if (args->u.seq.n < 4) { perr(p, "%s: %zu arguments, expected at least 4", fn, args->u.seq.n); return NULL; }
-    if (a[0]->type != PKL_STORAGE) { perr(p, "%s: argument 0 is a %s, expected a storage", fn, pkl_type_name(a[0]->type)); return NULL; }
-    if (a[1]->type != PKL_INT) { perr(p, "%s: storage_offset is a %s, expected an int", fn, pkl_type_name(a[1]->type)); return NULL; }
-    PklValue *v = newval(p, PKL_TENSOR);
-    if (!v) return NULL;
-    PklTensor *t = &v->u.tensor;
-    int nd_size = 0, nd_stride = 0;
-    int rs = int_tuple(a[2], t->size, &nd_size), rt = int_tuple(a[3], t->stride, &nd_stride);
-    if (rs == -2 || rt == -2) { perr(p, "%s: more than %d dims", fn, PKL_MAX_DIMS); return NULL; }
-    if (rs || rt) { perr(p, "%s: size and stride must be tuples of ints", fn); return NULL; }
-    if (nd_size != nd_stride) { perr(p, "%s: size has %d dims, stride %d", fn, nd_size, nd_stride); return NULL; }
-    t->storage = a[0];
-    t->offset = a[1]->u.i;
-    t->ndim = nd_size;
-    return v;
-}
-
-// REDUCE callable(*args): the few callables torch.save uses are interpreted, everything
-// else becomes an opaque object of that class.
-static PklValue *reduce(Parser *p, const PklValue *fn, const PklValue *args) {
-    if (fn->type != PKL_GLOBAL) { perr(p, "REDUCE: callable is a %s, expected a class or function", pkl_type_name(fn->type)); return NULL; }
-    if (args->type != PKL_TUPLE) { perr(p, "REDUCE: arguments are a %s, expected a tuple", pkl_type_name(args->type)); return NULL; }
-    size_t n = args->u.seq.n;
-    PklValue **a = args->u.seq.items;
-    if (is_cls(fn, "torch._utils", "_rebuild_tensor_v2")) return rebuild_tensor(p, "_rebuild_tensor_v2", args);
-    if (is_cls(fn, "torch._utils", "_rebuild_tensor")) return rebuild_tensor(p, "_rebuild_tensor", args);
-    if ((is_cls(fn, "torch._utils", "_rebuild_parameter") || is_cls(fn, "torch._utils", "_rebuild_parameter_with_state")) && n >= 1)
-        return a[0];
-    if (is_cls(fn, "torch", "Size") && n == 1 && (a[0]->type == PKL_TUPLE || a[0]->type == PKL_LIST))
-        return make_seq(p, PKL_TUPLE, a[0]->u.seq.items, a[0]->u.seq.n);
-    if (is_cls(fn, "collections", "OrderedDict")) {
-        PklValue *d = newval(p, PKL_DICT);
-        if (!d) return NULL;
-        // OrderedDict([(k, v), ...]) (Python 2 era reduce); Python 3 sends () + SETITEMS
-        if (n == 1 && (a[0]->type == PKL_LIST || a[0]->type == PKL_TUPLE)) {
-            for (size_t i = 0; i < a[0]->u.seq.n; i++) {
-                const PklValue *kv = a[0]->u.seq.items[i];
-                if ((kv->type != PKL_TUPLE && kv->type != PKL_LIST) || kv->u.seq.n != 2) {
-                    perr(p, "OrderedDict: item %zu is not a (key, value) pair", i);
-                    return NULL;
-                }
-                if (dict_add(p, d, kv->u.seq.items[0], kv->u.seq.items[1])) return NULL;
-            }
-        }
-        return d;
-    }
-    return make_object(p, fn);
-}
-
-static PklValue *newobj(Parser *p, const PklValue *cls, const char *op) {
-    if (cls->type != PKL_GLOBAL) { perr(p, "%s: class is a %s", op, pkl_type_name(cls->type)); return NULL; }
-    if (is_cls(cls, "collections", "OrderedDict")) return newval(p, PKL_DICT);
-    return make_object(p, cls);
 }
 
 // --- the machine ---
@@ -367,7 +247,7 @@ static int run(Parser *p) {
     const unsigned char *b = p->buf;
     for (;;) {
         p->op_pos = p->pos;
-        if (p->pos >= p->size) return perr(p, "truncated: pickle ends without STOP");
+        if (p->pos >= p->size) return pkl_perr(p, "truncated: pickle ends without STOP");
         unsigned op = b[p->pos++];
         PklValue *v, *k, *t;
         size_t start = 0, len;
@@ -376,7 +256,7 @@ static int run(Parser *p) {
         case 0x80:  // PROTO
             if (need(p, 1, "PROTO")) return p->e->code;
             p->d->protocol = b[p->pos++];
-            if (p->d->protocol > 5) return perr(p, "pickle protocol %d not supported (2-5)", p->d->protocol);
+            if (p->d->protocol > 5) return pkl_perr(p, "pickle protocol %d not supported (2-5)", p->d->protocol);
             break;
         case 0x95:  // FRAME: advisory framing, the opcodes simply follow
             if (need(p, 8, "FRAME")) return p->e->code;
@@ -387,11 +267,11 @@ static int run(Parser *p) {
             p->d->root = v;
             return 0;
         case 'N':
-            if (push(p, newval(p, PKL_NONE))) return p->e->code;
+            if (push(p, pkl_newval(p, PKL_NONE))) return p->e->code;
             break;
         case 0x88:  // NEWTRUE
         case 0x89:  // NEWFALSE
-            if (!(v = newval(p, PKL_BOOL))) return p->e->code;
+            if (!(v = pkl_newval(p, PKL_BOOL))) return p->e->code;
             v->u.i = op == 0x88;
             if (push(p, v)) return p->e->code;
             break;
@@ -415,7 +295,7 @@ static int run(Parser *p) {
         case 0x8b: {  // LONG4
             if (need(p, 4, "LONG4")) return p->e->code;
             int32_t n = (int32_t)(uint32_t)rd_le(p, 4);
-            if (n < 0) return perr(p, "LONG4 with negative length %d", n);
+            if (n < 0) return pkl_perr(p, "LONG4 with negative length %d", n);
             if (push(p, make_long(p, (size_t)n))) return p->e->code;
             break;
         }
@@ -424,7 +304,7 @@ static int run(Parser *p) {
             uint64_t bits = 0;
             for (int i = 0; i < 8; i++) bits = bits << 8 | b[p->pos + (size_t)i];
             p->pos += 8;
-            if (!(v = newval(p, PKL_FLOAT))) return p->e->code;
+            if (!(v = pkl_newval(p, PKL_FLOAT))) return p->e->code;
             memcpy(&v->u.f, &bits, 8);
             if (push(p, v)) return p->e->code;
             break;
@@ -445,7 +325,7 @@ static int run(Parser *p) {
         case 'T': {  // BINSTRING: 4-byte signed length
             if (need(p, 4, "string length")) return p->e->code;
             int32_t n = (int32_t)(uint32_t)rd_le(p, 4);
-            if (n < 0) return perr(p, "BINSTRING with negative length %d", n);
+            if (n < 0) return pkl_perr(p, "BINSTRING with negative length %d", n);
             if (push(p, make_str(p, PKL_STR, (size_t)n, "string"))) return p->e->code;
             break;
         }
@@ -454,23 +334,23 @@ static int run(Parser *p) {
         case 0x96:  // BYTEARRAY8
             if (need(p, 8, "string length")) return p->e->code;
             u = rd_le(p, 8);
-            if (u > p->size - p->pos) return perr(p, "truncated: string of %llu bytes, %zu left", (unsigned long long)u, p->size - p->pos);
+            if (u > p->size - p->pos) return pkl_perr(p, "truncated: string of %llu bytes, %zu left", (unsigned long long)u, p->size - p->pos);
             if (push(p, make_str(p, op == 0x8d ? PKL_STR : PKL_BYTES, (size_t)u, "string"))) return p->e->code;
             break;
         case '}':
-            if (push(p, newval(p, PKL_DICT))) return p->e->code;
+            if (push(p, pkl_newval(p, PKL_DICT))) return p->e->code;
             break;
         case ']':
-            if (push(p, newval(p, PKL_LIST))) return p->e->code;
+            if (push(p, pkl_newval(p, PKL_LIST))) return p->e->code;
             break;
         case ')':
-            if (push(p, newval(p, PKL_TUPLE))) return p->e->code;
+            if (push(p, pkl_newval(p, PKL_TUPLE))) return p->e->code;
             break;
         case 0x8f:  // EMPTY_SET
-            if (push(p, newval(p, PKL_SET))) return p->e->code;
+            if (push(p, pkl_newval(p, PKL_SET))) return p->e->code;
             break;
         case '(':  // MARK
-            if (p->n_marks >= PKL_MAX_DEPTH) return perr(p, "MARKs nested deeper than %d", PKL_MAX_DEPTH);
+            if (p->n_marks >= PKL_MAX_DEPTH) return pkl_perr(p, "MARKs nested deeper than %d", PKL_MAX_DEPTH);
             if (grow((void **)&p->marks, &p->marks_cap, p->n_marks + 1, sizeof(size_t))) return nomem(p);
             p->marks[p->n_marks++] = p->sp;
             break;
@@ -478,7 +358,7 @@ static int run(Parser *p) {
         case 'l':    // LIST
         case 0x91:   // FROZENSET
             if (pop_mark(p, "TUPLE/LIST", &start)) return p->e->code;
-            v = make_seq(p, op == 't' ? PKL_TUPLE : op == 'l' ? PKL_LIST : PKL_SET, items_from(p, start), p->sp - start);
+            v = pkl_make_seq(p, op == 't' ? PKL_TUPLE : op == 'l' ? PKL_LIST : PKL_SET, items_from(p, start), p->sp - start);
             p->sp = start;
             if (push(p, v)) return p->e->code;
             break;
@@ -486,14 +366,14 @@ static int run(Parser *p) {
         case 0x86:  // TUPLE2
         case 0x87:  // TUPLE3
             len = op - 0x84;
-            if (p->sp - fence(p) < len) return perr(p, "TUPLE%zu: stack underflow", len);
-            v = make_seq(p, PKL_TUPLE, p->stack + p->sp - len, len);
+            if (p->sp - fence(p) < len) return pkl_perr(p, "TUPLE%zu: stack underflow", len);
+            v = pkl_make_seq(p, PKL_TUPLE, p->stack + p->sp - len, len);
             p->sp -= len;
             if (push(p, v)) return p->e->code;
             break;
         case 'd':  // DICT
             if (pop_mark(p, "DICT", &start)) return p->e->code;
-            if (!(v = newval(p, PKL_DICT))) return p->e->code;
+            if (!(v = pkl_newval(p, PKL_DICT))) return p->e->code;
             if (set_items(p, v, items_from(p, start), p->sp - start, "DICT")) return p->e->code;
             p->sp = start;
             if (push(p, v)) return p->e->code;
@@ -507,7 +387,7 @@ static int run(Parser *p) {
             break;
         case 'u':  // SETITEMS
             if (pop_mark(p, "SETITEMS", &start)) return p->e->code;
-            if (start <= fence(p)) return perr(p, "SETITEMS: stack underflow (no target below the MARK)");
+            if (start <= fence(p)) return pkl_perr(p, "SETITEMS: stack underflow (no target below the MARK)");
             if (set_items(p, p->stack[start - 1], items_from(p, start), p->sp - start, "SETITEMS")) return p->e->code;
             p->sp = start;
             break;
@@ -518,7 +398,7 @@ static int run(Parser *p) {
         case 'e':   // APPENDS
         case 0x90:  // ADDITEMS
             if (pop_mark(p, op == 'e' ? "APPENDS" : "ADDITEMS", &start)) return p->e->code;
-            if (start <= fence(p)) return perr(p, "%s: stack underflow (no target below the MARK)", op == 'e' ? "APPENDS" : "ADDITEMS");
+            if (start <= fence(p)) return pkl_perr(p, "%s: stack underflow (no target below the MARK)", op == 'e' ? "APPENDS" : "ADDITEMS");
             if (append_items(p, p->stack[start - 1], items_from(p, start), p->sp - start, op == 'e' ? "APPENDS" : "ADDITEMS",
                              op == 'e' ? PKL_LIST : PKL_SET))
                 return p->e->code;
@@ -553,27 +433,27 @@ static int run(Parser *p) {
         case 0x93: {  // STACK_GLOBAL
             PklValue *n = pop(p, "STACK_GLOBAL"), *m = n ? pop(p, "STACK_GLOBAL") : NULL;
             if (!m) return p->e->code;
-            if (m->type != PKL_STR || n->type != PKL_STR) return perr(p, "STACK_GLOBAL: module and name must be str");
+            if (m->type != PKL_STR || n->type != PKL_STR) return pkl_perr(p, "STACK_GLOBAL: module and name must be str");
             if (push(p, make_cls(p, PKL_GLOBAL, m->u.str.s, m->u.str.len, n->u.str.s, n->u.str.len))) return p->e->code;
             break;
         }
         case 'R': {  // REDUCE
             PklValue *args = pop(p, "REDUCE"), *fn = args ? pop(p, "REDUCE") : NULL;
             if (!fn) return p->e->code;
-            if (push(p, reduce(p, fn, args))) return p->e->code;
+            if (push(p, pkl_reduce(p, fn, args))) return p->e->code;
             break;
         }
         case 0x81: {  // NEWOBJ cls args
             PklValue *args = pop(p, "NEWOBJ"), *cls = args ? pop(p, "NEWOBJ") : NULL;
             if (!cls) return p->e->code;
-            if (push(p, newobj(p, cls, "NEWOBJ"))) return p->e->code;
+            if (push(p, pkl_newobj(p, cls, "NEWOBJ"))) return p->e->code;
             break;
         }
         case 0x92: {  // NEWOBJ_EX cls args kwargs
             PklValue *kw = pop(p, "NEWOBJ_EX"), *args = kw ? pop(p, "NEWOBJ_EX") : NULL;
             PklValue *cls = args ? pop(p, "NEWOBJ_EX") : NULL;
             if (!cls) return p->e->code;
-            if (push(p, newobj(p, cls, "NEWOBJ_EX"))) return p->e->code;
+            if (push(p, pkl_newobj(p, cls, "NEWOBJ_EX"))) return p->e->code;
             break;
         }
         case 'b':  // BUILD: the state (OrderedDict._metadata, object attributes) is dropped
@@ -581,12 +461,12 @@ static int run(Parser *p) {
             break;
         case 'Q':  // BINPERSID
             if (!(v = pop(p, "BINPERSID"))) return p->e->code;
-            if (push(p, persistent_load(p, v))) return p->e->code;
+            if (push(p, pkl_persistent_load(p, v))) return p->e->code;
             break;
         case '0':  // POP: a value, or the MARK when the stack is at the fence (as CPython)
             if (p->sp > fence(p)) p->sp--;
             else if (p->n_marks) p->n_marks--;
-            else return perr(p, "POP: stack underflow");
+            else return pkl_perr(p, "POP: stack underflow");
             break;
         case '1':  // POP_MARK
             if (pop_mark(p, "POP_MARK", &start)) return p->e->code;
@@ -597,7 +477,7 @@ static int run(Parser *p) {
             if (push(p, v)) return p->e->code;
             break;
         default:
-            return perr(p, "pickle opcode 0x%02x not supported (not one torch.save writes)", op);
+            return pkl_perr(p, "pickle opcode 0x%02x not supported (not one torch.save writes)", op);
         }
     }
 }
@@ -658,7 +538,7 @@ void pkl_free(PklDoc *d) {
 const PklValue *pkl_dict_get(const PklValue *d, const char *key) {
     if (!d || d->type != PKL_DICT) return NULL;
     for (size_t i = d->u.dict.n; i-- > 0;)
-        if (is_str(d->u.dict.keys[i], key)) return d->u.dict.vals[i];
+        if (pkl_is_str(d->u.dict.keys[i], key)) return d->u.dict.vals[i];
     return NULL;
 }
 

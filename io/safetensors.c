@@ -382,7 +382,7 @@ int st_write(const StWriter *w, const char *path, Err *e) {
     }
     for (int i = 0; i < n; i++) order[i] = &w->tensors[i];
     qsort(order, (size_t)n, sizeof *order, by_rank_name);
-    if (w->n_meta) memcpy(meta, w->meta, (size_t)w->n_meta * sizeof *meta);  // w->meta is NULL without metadata
+    if (w->n_meta) memcpy(meta, w->meta, (size_t)w->n_meta * sizeof *meta);
     qsort(meta, (size_t)w->n_meta, sizeof *meta, by_key);
 
     Buf h = {0};

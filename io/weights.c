@@ -152,7 +152,7 @@ static void shape_text(char *out, size_t cap, const int64_t *d, int n) {
 static int read_raw(WeightFile *f, int i, void *dst, Err *e) {
     if (f->kind == WF_CKPT) return ckpt_read(&f->ck, i, dst, e);
     const StTensor *t = &f->st.tensors[i];
-    memcpy(dst, st_data(&f->st, i), t->end - t->begin);
+    if (t->end > t->begin) memcpy(dst, st_data(&f->st, i), t->end - t->begin);
     return 0;
 }
 

@@ -178,7 +178,8 @@ done:
     return rc;
 }
 
-static int load_scale_factor(Ldm *m, WeightFile *f, Err *e) {
+// warn: report a disagreement with the config (only worth it when the first stage will decode).
+static int load_scale_factor(Ldm *m, WeightFile *f, int warn_mismatch, Err *e) {
     m->scale_factor = m->cfg.scale_factor;
     const WeightInfo *wi = weights_find(f, "scale_factor");
     if (!wi) return 0;
@@ -190,7 +191,7 @@ static int load_scale_factor(Ldm *m, WeightFile *f, Err *e) {
     if (!(v > 0) || !isfinite(v))
         return err_set(e, ERR_VALUE, "%s: tensor 'scale_factor': expected a positive number, found %g",
                        weights_path(f), (double)v);
-    if (fabs((double)v - m->cfg.scale_factor) > 1e-6 * m->cfg.scale_factor)
+    if (warn_mismatch && fabs((double)v - m->cfg.scale_factor) > 1e-6 * m->cfg.scale_factor)
         warn(m, "%s: scale_factor buffer %.9g differs from the config's %.9g: using the file's", weights_path(f),
              (double)v, m->cfg.scale_factor);
     m->scale_factor = (double)v;
@@ -247,7 +248,7 @@ int ldm_load_from(Ldm **out, const LdmConfig *cfg, WeightFile *f, const LdmLoadO
         if (weights_read_f32(f, CLASS_EMB_NAME, m->class_emb_data, 2, shape, e)) goto fail;
         tensor_init_param(&m->class_emb, m->class_emb_data, NULL, 2, shape);
     }
-    if (load_schedule(m, f, e) || load_scale_factor(m, f, e)) goto fail;
+    if (load_schedule(m, f, e) || load_scale_factor(m, f, m->ae != NULL, e)) goto fail;
     const char *first_unknown = NULL;
     for (int i = 0; i < weights_count(f); i++) {
         const char *name = weights_info(f, i)->name;

@@ -21,7 +21,9 @@
    - Schedule: the file's `betas` / `alphas_cumprod` buffers (shape (timesteps)) when present,
      else make_beta_schedule from the config (float64, rounded to float32 as register_buffer).
    - scale_factor: the file's 0-d `scale_factor` buffer when present, else the config's value
-     (m->warning says so when both exist and differ beyond float32 rounding).
+     (m->warning says so when both exist, differ beyond float32 rounding and the first stage
+     is loaded). Note: CompVis itself registers the buffer only with scale_by_std: true and
+     otherwise ignores it; the shipped teacher's buffer equals its config value.
    - A missing tensor is ERR_KEY naming it; a shape that differs from the config is ERR_SHAPE
      naming the tensor (expected from the YAML, found in the file); tensors nobody reads are
      counted in m->n_unknown (and named in m->warning), not an error.

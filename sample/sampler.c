@@ -90,6 +90,7 @@ int sampler_run(Ctx *c, Ldm *m, const SamplerOpts *o, float *x, int N, const int
         int index = total - i - 1, t = s.timesteps[index];  // time_range = np.flip(ddim_timesteps)
         size_t mark = arena_mark(&c->arena);
         if (o->on_eval) o->on_eval(i, total, t, o->user);
+        if (o->on_input) o->on_input(i, t, x, N, o->user);
         Tensor *et = sampler_eps(c, m, tensor_from(c, x, 4, shape), t, y, o->scale);
         if (!et) {
             rc = c->err.code ? c->err.code : ERR_INTERNAL;
@@ -105,6 +106,7 @@ int sampler_run(Ctx *c, Ldm *m, const SamplerOpts *o, float *x, int N, const int
                 int next = index > 0 ? index - 1 : 0;
                 ddim_update(&s, index, x, et->data, NULL, xtmp, NULL, n);
                 if (o->on_eval) o->on_eval(i + 1 < total ? i + 1 : i, total, s.timesteps[next], o->user);
+                if (o->on_input) o->on_input(i + 1 < total ? i + 1 : i, s.timesteps[next], xtmp, N, o->user);
                 Tensor *en = sampler_eps(c, m, tensor_from(c, xtmp, 4, shape), s.timesteps[next], y, o->scale);
                 if (!en) {
                     rc = c->err.code ? c->err.code : ERR_INTERNAL;

@@ -38,6 +38,10 @@ typedef struct {
     // Called after each finished step (progress). May be NULL.
     void (*on_step)(int step, int total, void *user);
     void *user;
+    // Called after on_eval with the latents x (N, C, H, W) the UNet evaluation is about to
+    // see (guidance doubles them: unconditional half, then conditional), for recording
+    // calibration inputs. May be NULL. (Added by h/qmodel for `effdm calibrate`.)
+    void (*on_input)(int step, int timestep, const float *x, int N, void *user);
 } SamplerOpts;
 
 // Number of steps a run with `steps` requested takes on m, or -1 when steps is out of range.

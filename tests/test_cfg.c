@@ -463,7 +463,7 @@ static void test_alias_bomb(void **state) {
                        "h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n"
                        "i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n";
     const char *msg = load_fail(bomb, ERR_FORMAT);
-    assert_has(msg, "alias expansion limit");
+    assert_has(msg, "nodes after alias expansion");
     // big scalars aliased many times hit the byte budget before the node budget
     size_t big = 1 << 20;
     char *text = malloc(big + 4096);
@@ -477,7 +477,28 @@ static void test_alias_bomb(void **state) {
     CfgNode *r;
     Err e = {0};
     assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), ERR_FORMAT);
-    assert_has(e.msg, "bytes of keys and values");
+    assert_has(e.msg, "bytes of keys, values and paths after alias expansion");
+    free(text);
+}
+
+// Duplicate detection is not a linear search per key: a 150000-key map loads at once, and a
+// duplicate of its first key at the end is found (with a quadratic check this takes minutes).
+static void test_big_map(void **state) {
+    enum { N = 150000 };
+    char *text = malloc((size_t)N * 24 + 64);
+    size_t len = 0;
+    for (int i = 0; i < N; i++) len += (size_t)sprintf(text + len, "k%d: %d\n", i, i);
+    CfgNode *r;
+    Err e = {0};
+    assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), 0);
+    assert_int_equal(cfg_len(r), N);
+    int v = 0;
+    assert_int_equal(cfg_get_int(r, "k149999", &v, &e), 0);
+    assert_int_equal(v, 149999);
+    cfg_free(r);
+    len += (size_t)sprintf(text + len, "k0: again\n");
+    assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), ERR_FORMAT);
+    assert_has(e.msg, "big.yaml: k0: duplicate key 'k0' in one map (line 150001");
     free(text);
 }
 
@@ -538,7 +559,8 @@ static void test_writer_round_trip(void **state) {
     static const char *strings[] = {"plain", "yes", "No", "null", "~", "", "1.5", "-3", ".inf", "a: b", "*star",
                                     "&amp", "#hash", "say \"hi\"\n\tnext", "  lead", "trail ", "models/zoo/x.yaml",
                                     "input_blocks.*.0", "ünïcode", "back\\slash", "[x]", "{y}", "- dash", "%pct",
-                                    "@at", "`tick", "0x10", "010", "y", "n", "on"};
+                                    "@at", "`tick", "0x10", "010", "y", "n", "on",
+                                    "nel\xc2\x85", "ls\xe2\x80\xa8", "bom\xef\xbb\xbf", "c1\xc2\x90", "del\x7f"};
     static const double doubles[] = {0.1, 1e-6, 5e-4, 1.0 / 3.0, -0.0, 1e300, 5e-324, 2500, 0.999, -1.5e-8,
                                      0.5935243180872978, INFINITY, -INFINITY};
     static const long long ints[] = {0, -1, 42, INT_MAX, INT_MIN};
@@ -584,6 +606,18 @@ static void test_writer_round_trip(void **state) {
     cfg_writer_map_end(&w);
     cfg_writer_str(&w, "weird key: x", "v");
     cfg_writer_map_end(&w);
+    // keys longer than YAML's 1024-character limit of implicit keys
+    char long_key[2001];
+    memset(long_key, 'k', 2000);
+    long_key[2000] = 0;
+    cfg_writer_int(&w, long_key, 1);
+    cfg_writer_list_begin(&w, "long_in_list");
+    cfg_writer_map_begin(&w, NULL);
+    cfg_writer_map_begin(&w, long_key);
+    cfg_writer_int(&w, "z", 2);
+    cfg_writer_map_end(&w);
+    cfg_writer_map_end(&w);
+    cfg_writer_list_end(&w);
 
     const char *path = "test_cfg_writer.yaml";
     Err e = {0};
@@ -634,6 +668,12 @@ static void test_writer_round_trip(void **state) {
     assert_int_equal(cfg_kind(cfg_path(r, "nested.empty_map")), CFG_MAP);
     assert_int_equal(cfg_get_str(cfg_child(r, "nested"), "weird key: x", &str, &e), 0);
     assert_string_equal(str, "v");
+    assert_int_equal(cfg_get_int(r, long_key, &b, &e), 0);
+    assert_int_equal(b, 1);
+    const CfgNode *li = cfg_path(r, "long_in_list[0]");
+    assert_string_equal(cfg_key_at(li, 0), long_key);
+    assert_int_equal(cfg_get_int(cfg_at(li, 0), "z", &b, &e), 0);
+    assert_int_equal(b, 2);
     assert_int_equal(e.code, 0);
     cfg_free(r);
     remove(path);
@@ -689,6 +729,7 @@ int main(void) {
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_anchors_aliases_merge),
         cmocka_unit_test(test_alias_bomb),
+        cmocka_unit_test(test_big_map),
         cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_check_keys),
         cmocka_unit_test(test_writer_round_trip),

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -23,6 +24,8 @@
 // Converting f16/bf16/f64 to float32 and copying f32 are exact (numpy did the same
 // conversions): values must match bit for bit.
 static const double TOL_EXACT = 0.0;
+// Peak memory growth allowed while opening the 48 MB fp16 Inception file (tensors not read).
+static const long MAX_OPEN_RSS_KB = 16 * 1024;
 
 static char *path_dup(const char *name) { return strdup(test_data_path(name)); }
 
@@ -175,7 +178,7 @@ static void test_handmade_folder_name(void **state) {
 }
 
 static void test_nan_inf(void **state) {
-    WeightFile *f = open_ok("ckpt/nan.ckpt");
+    WeightFile *f = open_ok("ckpt/bad_nan.ckpt");
     float buf[8];
     Err e = {0};
     assert_int_equal(weights_read_f32(f, "good", buf, 1, (int[]){2}, &e), 0);
@@ -450,6 +453,49 @@ static void test_repo_checkpoints(void **state) {
     weights_close(f);
 }
 
+// Every .ckpt/.pth under dir (recursively) opens and reads, except the error fixtures (bad_*:
+// they fail to open or, bad_nan, to read).
+static int walk_checkpoints(const char *dir) {
+    int count = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        struct stat st;
+        if (stat(p, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) {
+            count += walk_checkpoints(p);
+            continue;
+        }
+        size_t n = strlen(de->d_name);
+        int is_ckpt = (n > 5 && !strcmp(de->d_name + n - 5, ".ckpt")) || (n > 4 && !strcmp(de->d_name + n - 4, ".pth"));
+        if (!is_ckpt || !strncmp(de->d_name, "bad_", 4)) continue;
+        WeightFile *f = NULL;
+        Err e = {0};
+        if (weights_open(&f, p, &e)) {
+            print_error("%s\n", e.msg);
+            fail();
+        }
+        read_all_tensors(f);
+        weights_close(f);
+        count++;
+    }
+    closedir(d);
+    return count;
+}
+
+static void test_every_repo_checkpoint_loads(void **state) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", test_data_path(""));
+    int n = walk_checkpoints(dir);
+    snprintf(dir, sizeof dir, "%s", test_data_path("../../models/zoo"));
+    n += walk_checkpoints(dir);
+    assert_true(n >= 13);  // 4 parity cases, 2 teacher files, 7 made by make_ckpts.py
+}
+
 static void test_shared_inception(void **state) {
     const char *p = SHARED_DIR "/fixtures/fid/inception/inception_random_fp16.pth";
     struct stat st;
@@ -459,10 +505,15 @@ static void test_shared_inception(void **state) {
     }
     WeightFile *f = NULL;
     Err e = {0};
+    struct rusage before, after;
+    getrusage(RUSAGE_SELF, &before);
     if (weights_open(&f, p, &e)) {
         print_error("%s\n", e.msg);
         fail();
     }
+    getrusage(RUSAGE_SELF, &after);
+    // lazy: opening a 48 MB file reads its directory and data.pkl, not its tensors
+    assert_true(after.ru_maxrss - before.ru_maxrss < MAX_OPEN_RSS_KB);
     assert_int_equal(weights_count(f), 566);  // a plain state dict of an fp16 Inception-v3
     const WeightInfo *wi = weights_find(f, "Conv2d_1a_3x3.conv.weight");
     assert_non_null(wi);
@@ -528,6 +579,7 @@ int main(void) {
         cmocka_unit_test(test_pickle),
         cmocka_unit_test(test_dtype_conversion),
         cmocka_unit_test(test_repo_checkpoints),
+        cmocka_unit_test(test_every_repo_checkpoint_loads),
         cmocka_unit_test(test_shared_inception),
         cmocka_unit_test(test_info_cli),
     };

@@ -21,7 +21,7 @@
    the CompVis scripts). Integers accept exact number forms (1e3), reals any YAML number form
    (1e-4, .5); booleans true/false/yes/no/on/off.
 
-   Keys (default; "ref | effdm" where the recipe decides; * = resuming needs the same value):
+   Keys (R: the default is "reference / effdm" by train.recipe; *: resuming needs the same value):
    | key                              | default                 | meaning |
    |----------------------------------|-------------------------|---------|
    | model.ldm_config               * | models/zoo/fmnist-ldm/config.yaml | CompVis YAML of the FP teacher (the shipped teacher by default) |
@@ -47,7 +47,7 @@
    | calib.eta                      * | 1.0                     | their DDIM eta, 0..1 |
    | calib.scale                    * | 1.5                     | their classifier-free guidance scale, >= 0 |
    | calib.n_samples                * | 16                      | number of teacher trajectories (random classes) |
-   | calib.batch                    * | 16                      | trajectories sampled at once (memory only) |
+   | calib.batch                      | 16                      | trajectories sampled at once (memory only) |
    | calib.n_inputs                 * | 32                      | random UNet inputs of the one activation-init forward |
    | calib.seed                     * | 7                       | RNG seed of the calibration |
    | train.recipe                   * | effdm                   | reference or effdm: picks the R defaults below |

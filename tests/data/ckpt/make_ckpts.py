@@ -18,8 +18,9 @@ Files (expected values: <file stem>__<tensor name, dots as underscores>.npy, flo
   proto5.ckpt      pickle protocol 5
   archive.ckpt     views.ckpt re-zipped under the folder name "archive/" with DEFLATE
                    (compressed records: read sequentially, not by seeking)
-  nan.ckpt         a float tensor holding NaN, a half tensor holding +inf, a good tensor
-  legacy.pt        the pre-1.6 format (_use_new_zipfile_serialization=False)
+  bad_nan.ckpt     a float tensor holding NaN, a half tensor holding +inf, a good tensor
+  legacy.pt        the pre-1.6 format (_use_new_zipfile_serialization=False; its bytes
+                   change from run to run: torch writes object ids into it)
   bad_*.ckpt       hand-made archives (see make_bad below) for the error paths
   ref.safetensors  written by hand following the format spec and the reference writer's
                    layout (huggingface/safetensors tensor.rs prepare(): dtype alignment
@@ -158,18 +159,24 @@ save_ckpt(p4, "proto5", pickle_protocol=5)
 for k, v in p4.items():
     save_expected("proto4", k, v)
 
+def fixed_info(name, method):  # a fixed timestamp, so that re-running gives the same bytes
+    zi = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    zi.compress_type = method
+    return zi
+
+
 # --- views re-zipped as "archive/" with DEFLATE ---
 with zipfile.ZipFile(out("views.ckpt")) as zin, zipfile.ZipFile(out("archive.ckpt"), "w", zipfile.ZIP_DEFLATED) as zout:
     for info in zin.infolist():
         top, rest = info.filename.split("/", 1)
-        zout.writestr("archive/" + rest, zin.read(info.filename))
+        zout.writestr(fixed_info("archive/" + rest, zipfile.ZIP_DEFLATED), zin.read(info.filename))
 
 # --- NaN / Inf ---
 nan_t = torch.randn(2, 3)
 nan_t[1, 2] = float("nan")
 inf_h = torch.ones(4).half()
 inf_h[3] = float("inf")
-save_ckpt({"good": torch.ones(2), "has_nan": nan_t, "has_inf": inf_h}, "nan")
+save_ckpt({"good": torch.ones(2), "has_nan": nan_t, "has_inf": inf_h}, "bad_nan")
 
 # --- legacy format ---
 save_ckpt({"w": torch.ones(2)}, "legacy", ext=".pt", _use_new_zipfile_serialization=False)
@@ -212,7 +219,7 @@ def tensor_pickle(entries, wrap_state_dict=True):
 def write_zip(path, records):
     with zipfile.ZipFile(out(path), "w", zipfile.ZIP_STORED) as z:
         for name, data in records:
-            z.writestr(name, data)
+            z.writestr(fixed_info(name, zipfile.ZIP_STORED), data)
 
 
 ok4 = struct.pack("<4f", 1, 2, 3, 4)
