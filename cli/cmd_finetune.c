@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "qalora/calibrate.h"
 #include "train/run_dir.h"
 #include "train/trainer.h"
 #include "util/threads.h"
@@ -68,17 +69,35 @@ static void on_step(const TrainerStep *s, void *user) {
     progress_update(&v->bar, (long)(s->global_step - v->first), extra);
 }
 
+// "epoch 12" or "before training" (epoch -1: the starting naive PTQ student).
+static const char *epoch_name(int epoch, char *buf, size_t n) {
+    if (epoch < 0) snprintf(buf, n, "before training");
+    else snprintf(buf, n, "epoch %d", epoch + 1);
+    return buf;
+}
+
 static void on_val(const TrainerVal *tv, void *user) {
-    char msg[200];
-    if (tv->epoch < 0)
-        snprintf(msg, sizeof msg, "before training: val error %.6g (%.1f s)", tv->val_error, tv->seconds);
-    else
-        snprintf(msg, sizeof msg, "epoch %d: val error %.6g, best %.6g (%s %d) (%.1f s)", tv->epoch + 1, tv->val_error,
-                 tv->best_val, tv->best_epoch < 0 ? "before training," : "epoch", tv->best_epoch + 1, tv->seconds);
+    char msg[200], a[32], b[32];
+    snprintf(msg, sizeof msg, "%s: val error %.6g (best %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
+             tv->val_error, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
     line(user, msg);
 }
 
 static void on_note(const char *msg, void *user) { line(user, msg); }
+
+typedef struct {
+    Progress bar;
+} CalibState;
+
+static void on_calib_progress(int phase, long done, long total, void *user) {
+    CalibState *c = user;
+    if (done == 0) {
+        progress_start(&c->bar, phase == CALIB_PHASE_RECORD ? "teacher trajectories" : "activation ranges", total);
+        return;
+    }
+    if (done >= total) progress_finish(&c->bar, NULL);
+    else progress_update(&c->bar, done, NULL);
+}
 
 static int fail(const Err *e) { return cli_fail("finetune", e); }
 
@@ -108,9 +127,15 @@ int cmd_finetune(int argc, char **argv) {
     if (run_dir_resolve(resume, config ? &given : NULL, &rc, &st, &e)) return fail(&e);
     if (cli_threads(opts[2].seen ? threads : rc.run.threads, &e)) return fail(&e);
     if (st == RUN_DIR_EMPTY) {
-        err_set(&e, ERR_IO, "%s has no calibrated state yet: run effdm calibrate --config %s first", rc.run.out,
-                config ? config : "RUN.yaml");
-        return fail(&e);
+        // no calibrated student yet: effdm calibrate first, into the same run directory
+        fprintf(stderr, "effdm finetune: %s has no calibrated state: calibrating first\n", rc.run.out);
+        CalibState cs = {0};
+        CalibOpts co = {0, on_calib_progress, &cs};
+        CalibSummary cal;
+        if (calibrate_run(&rc, &co, &cal, &e)) return fail(&e);
+        if (cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
+        fprintf(stderr, "effdm finetune: calibrated in %.1f s (%d UNet inputs recorded)\n", cal.sec_total,
+                cal.n_recorded);
     }
 
     Trainer *tr;
@@ -121,8 +146,11 @@ int cmd_finetune(int argc, char **argv) {
     int S = trainer_steps_per_epoch(tr);
     int64_t total = (int64_t)rc.train.epochs * S;
     v.first = (int64_t)epoch * S + step;
-    fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d threads)\n", rc.run.out,
-            trainer_resumed(tr) ? "resuming" : "starting", epoch + 1, rc.train.epochs, step, S, threads_get());
+    if (epoch >= rc.train.epochs)
+        fprintf(stderr, "effdm finetune: %s: the run is complete (%d epochs)\n", rc.run.out, rc.train.epochs);
+    else
+        fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d threads)\n", rc.run.out,
+                trainer_resumed(tr) ? "resuming" : "starting", epoch + 1, rc.train.epochs, step, S, threads_get());
     progress_start(&v.bar, "finetune", (long)(total - v.first));
     install_handlers();
     TrainerHooks h = {.on_step = on_step, .on_val = on_val, .on_note = on_note, .user = &v, .stop = &stop_signal};
@@ -144,8 +172,7 @@ int cmd_finetune(int argc, char **argv) {
     printf("steps run    %lld in %.1f s (%.3f s/step); whole run %.1f s\n", (long long)s.steps_run, s.seconds,
            s.steps_run ? s.seconds / (double)s.steps_run : 0.0, s.total_seconds);
     if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
-    if (s.has_best)
-        printf("best val     %.6g at %s%d\n", s.best_val, s.best_epoch < 0 ? "the start (naive PTQ), epoch " : "epoch ",
-               s.best_epoch + 1);
+    char be[32];
+    if (s.has_best) printf("best val     %.6g (%s)\n", s.best_val, epoch_name(s.best_epoch, be, sizeof be));
     return 0;
 }
