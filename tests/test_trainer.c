@@ -6,13 +6,15 @@
    - the LoRA learning rates against mean(Δ_w) / divisor; only trainable tensors have
      gradient buffers; the teacher records nothing on the tape;
    - delta_w_update single vs reference (one vs two AdamW moves of Δ_w);
-   - a NaN loss stops the run naming epoch and step, with the state of that step's start saved. */
+   - a NaN loss stops the run naming epoch and step, with the state of that step's start saved;
+   - an unconditional model (a tiny random one): one forward each, Σ (ε_Q - ε_P)^2. */
 #include "testutil.h"
 
 #include <math.h>
 #include <string.h>
 
 #include "test_trainer_fixture.h"
+#include "models/ldm_config.h"
 #include "train/distill_loss.h"
 #include "train/trainer.h"
 #include "util/threads.h"
@@ -342,12 +344,128 @@ static void test_nan_stops_with_last_good_state(void **state) {
     fix_remove_run(dir);
 }
 
+/* ---- an unconditional model --------------------------------------------------------- */
+
+static const char UNCOND_YAML[] =
+    "model:\n"
+    "  target: ldm.models.diffusion.ddpm.LatentDiffusion\n"
+    "  params:\n"
+    "    linear_start: 0.0015\n"
+    "    linear_end: 0.0195\n"
+    "    timesteps: 1000\n"
+    "    image_size: 8\n"
+    "    channels: 4\n"
+    "    use_ema: false\n"
+    "    unet_config:\n"
+    "      target: ldm.modules.diffusionmodules.openaimodel.UNetModel\n"
+    "      params:\n"
+    "        image_size: 8\n"
+    "        in_channels: 4\n"
+    "        out_channels: 4\n"
+    "        model_channels: 32\n"
+    "        attention_resolutions: [2]\n"
+    "        num_res_blocks: 1\n"
+    "        channel_mult: [1, 2]\n"
+    "        num_heads: 1\n"
+    "    cond_stage_config: __is_unconditional__\n";
+
+// Writes the tiny unconditional model (config + random UNet weights) into dir.
+static void write_uncond_model(const char *dir, char *yaml, char *weights, size_t n) {
+    snprintf(yaml, n, "%s/uncond.yaml", dir);
+    snprintf(weights, n, "%s/uncond.safetensors", dir);
+    FILE *f = fopen(yaml, "w");
+    assert_non_null(f);
+    fputs(UNCOND_YAML, f);
+    fclose(f);
+    Err e = {0};
+    LdmConfig cfg;
+    if (ldm_config_load(&cfg, yaml, &e)) fail_msg("%s", e.msg);
+    UNet *u;
+    assert_int_equal(unet_new(&u, &cfg.unet, &e), 0);
+    Rng r;
+    rng_seed(&r, 99, 0);
+    StWriter w = {0};
+    int np = unet_param_tensors(u);
+    char (*names)[160] = calloc((size_t)np, sizeof *names);
+    for (int i = 0; i < np; i++) {
+        const char *name;
+        Tensor *t = unet_param_at(u, i, &name);
+        rng_normal_fill(&r, t->data, t->n);
+        for (size_t k = 0; k < t->n; k++) t->data[k] *= 0.1f;
+        snprintf(names[i], sizeof names[i], "model.diffusion_model.%s", name);
+        int64_t shape[8];
+        int nd = unet_param_file_ndim(u, i);
+        for (int d = 0; d < nd; d++) shape[d] = t->shape[d];
+        assert_int_equal(st_writer_add(&w, names[i], DT_F32, nd, shape, t->data, &e), 0);
+    }
+    assert_int_equal(st_write(&w, weights, &e), 0);
+    st_writer_free(&w);
+    free(names);
+    unet_free(u);
+}
+
+static void test_unconditional_model(void **state) {
+    threads_set(2);
+    char dir[] = "/tmp/effdm_test_trainer_uncond_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char yaml[256], weights[256];
+    write_uncond_model(dir, yaml, weights, sizeof yaml);
+    char run[300];
+    snprintf(run, sizeof run, "%s/run", dir);
+    RunConfig rc;
+    fix_config(&rc, RC_RECIPE_REFERENCE, run);
+    snprintf(rc.model.ldm_config, sizeof rc.model.ldm_config, "%s", yaml);
+    snprintf(rc.model.ckpt, sizeof rc.model.ckpt, "%s", weights);
+    rc.train.val_every = 1;
+    Err e = {0};
+    if (fix_calibrate(&rc, &e)) fail_msg("%s", e.msg);
+    Trainer *tr;
+    if (trainer_open(&tr, &rc, run, &e)) fail_msg("%s", e.msg);
+    Ldm *m = trainer_ldm(tr);
+    QModel *q = trainer_qmodel(tr);
+    assert_false(ldm_is_class_conditional(m));
+    Ctx c;
+    assert_int_equal(ctx_init(&c, 256 << 20, &e), 0);
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    const int B = rc.train.batch;
+    const size_t n = (size_t)B * C * H * W;
+    // no labels are drawn: x_T is the stream's first draw
+    Rng r;
+    rng_seed(&r, (uint64_t)rc.train.seed, 0);
+    float *x = malloc(n * sizeof(float));
+    rng_normal_fill(&r, x, n);
+    qmodel_enable(q, 0);
+    float *p = eps_of(&c, m, x, B, 751, NULL);
+    qmodel_enable(q, 1);
+    qmodel_set_timestep(q, 751);
+    float *qe = eps_of(&c, m, x, B, 751, NULL);
+    qmodel_enable(q, 0);
+    double L = 0;
+    for (size_t i = 0; i < n; i++) L += ((double)qe[i] - p[i]) * ((double)qe[i] - p[i]);
+    Rec rec = {0};
+    TrainerHooks h = {.on_step = rec_step, .user = &rec};
+    TrainerSummary sum;
+    if (trainer_run(tr, &h, &sum, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(rec.n, 8);
+    assert_true(L > 0);
+    assert_true(fabs(rec.losses[0] - L) <= TOL_STEP_LOSS * L);
+    assert_true(sum.has_best);
+    free(x);
+    free(p);
+    free(qe);
+    ctx_free(&c);
+    trainer_free(tr);
+    fix_remove_run(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_closed_forms),
         cmocka_unit_test(test_steps_against_references),
         cmocka_unit_test(test_delta_w_update_modes),
         cmocka_unit_test(test_nan_stops_with_last_good_state),
+        cmocka_unit_test(test_unconditional_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
