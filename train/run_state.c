@@ -16,7 +16,8 @@
      train.best_val     F64 (1)
      train.seconds      F64 (1)          training seconds so far
      train.last_loss    F32 (1)
-   with metadata effdm.kind = "run-state", effdm.format = "1" and the position as text.
+   with metadata effdm.kind = "run-state", effdm.format = "1", the position as text and
+   effdm.threads (the thread count the state was computed with: an exact resume needs it).
    A calibrated run directory's state.safetensors has the q.* tensors only: fine-tuning
    starts from it.
    best.safetensors: the q.* state of the best validation epoch, best.epoch I64 (1),
@@ -30,6 +31,7 @@
 #include "io/safetensors.h"
 #include "io/weights.h"
 #include "train/trainer_impl.h"
+#include "util/threads.h"
 
 // Values that only exist as converted copies while a writer holds pointers to them.
 typedef struct {
@@ -69,8 +71,9 @@ int run_state_save(Trainer *tr, Err *e) {
     const int64_t xshape[4] = {tr->B, tr->C, tr->H, tr->W};
     char pos[64];
     snprintf(pos, sizeof pos, "%d/%d", tr->epoch, tr->rc.train.epochs);
-    char stp[64];
+    char stp[64], thr[32];
     snprintf(stp, sizeof stp, "%d/%d", tr->step, tr->S);
+    snprintf(thr, sizeof thr, "%d", threads_get());
     if ((rc = qmodel_write_state(&tr->q, &w, "q.", e)) || (rc = add(&w, "opt.m", DT_F32, 1, &n_opt, tr->opt.m, e)) ||
         (rc = add(&w, "opt.v", DT_F32, 1, &n_opt, tr->opt.v, e)) ||
         (rc = add(&w, "opt.step", DT_I64, 1, &one, &s.step, e)) ||
@@ -86,7 +89,8 @@ int run_state_save(Trainer *tr, Err *e) {
         (rc = add(&w, "train.seconds", DT_F64, 1, &one, &s.seconds, e)) ||
         (rc = add(&w, "train.last_loss", DT_F32, 1, &one, &s.last_loss, e)) ||
         (rc = st_writer_meta(&w, "effdm.kind", "run-state", e)) || (rc = st_writer_meta(&w, "effdm.format", "1", e)) ||
-        (rc = st_writer_meta(&w, "effdm.epoch", pos, e)) || (rc = st_writer_meta(&w, "effdm.step", stp, e)))
+        (rc = st_writer_meta(&w, "effdm.epoch", pos, e)) || (rc = st_writer_meta(&w, "effdm.step", stp, e)) ||
+        (rc = st_writer_meta(&w, "effdm.threads", thr, e)))
         goto done;
     char path[TRAINER_PATH_MAX + 32];
     state_path(tr, "state.safetensors", path, sizeof path);
@@ -191,6 +195,8 @@ int run_state_load(Trainer *tr, Err *e) {
     if (rc) return rc;
     if ((rc = qmodel_read_state(&tr->q, f, "q.", e))) goto done;
     if (weights_find(f, "train.position")) rc = load_run(tr, f, e);
+    const char *thr = weights_metadata(f, "effdm.threads");
+    tr->saved_threads = thr ? atoi(thr) : 0;
 done:
     weights_close(f);
     return rc;

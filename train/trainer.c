@@ -222,6 +222,7 @@ void trainer_position(const Trainer *tr, int *epoch, int *step) {
     *step = tr->step;
 }
 int trainer_steps_per_epoch(const Trainer *tr) { return tr->S; }
+int trainer_saved_threads(const Trainer *tr) { return tr->resumed ? tr->saved_threads : 0; }
 int trainer_resumed(const Trainer *tr) { return tr->resumed; }
 Ldm *trainer_ldm(Trainer *tr) { return tr->m; }
 QModel *trainer_qmodel(Trainer *tr) { return &tr->q; }
@@ -271,8 +272,8 @@ static int validate_epoch(Trainer *tr, int epoch, const TrainerHooks *h, Err *e)
 static int interrupted(Trainer *tr, const TrainerHooks *h, Err *e) {
     int rc = save(tr, h, e);
     if (rc) return rc;
-    return err_set(e, ERR_INTERRUPTED, "stopped at epoch %d, step %d of %d; the run is saved in %s (continue with "
-                   "--resume)", tr->epoch, tr->step, tr->S, tr->dir);
+    return err_set(e, ERR_INTERRUPTED, "stopped in epoch %d/%d after %d of its %d steps; the run is saved in %s "
+                   "(continue with --resume)", tr->epoch + 1, tr->rc.train.epochs, tr->step, tr->S, tr->dir);
 }
 
 static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err *e) {
@@ -342,8 +343,8 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
         }
         if (stopping(h) && tr->epoch < T->epochs) {
             if (!saved && (rc = save(tr, h, e))) return rc;
-            return err_set(e, ERR_INTERRUPTED, "stopped after epoch %d; the run is saved in %s (continue with "
-                           "--resume)", tr->epoch, tr->dir);
+            return err_set(e, ERR_INTERRUPTED, "stopped after epoch %d/%d; the run is saved in %s (continue with "
+                           "--resume)", tr->epoch, T->epochs, tr->dir);
         }
     }
     return 0;

@@ -57,6 +57,7 @@ struct Trainer {
     double seconds;             // training seconds over the whole run
     float last_loss;
     int resumed;                // the opened state was a run in progress
+    int saved_threads;          // effdm.threads of the opened state (0: not recorded)
     int ran;                    // trainer_run was called before (the log holds this run's rows)
 
     // per-step buffers (allocated once, before the loop)
