@@ -34,6 +34,9 @@ static int setup_model(Trainer *tr, Err *e) {
     if (m->cfg.parameterization != LDM_PARAM_EPS)
         return err_set(e, ERR_UNSUPPORTED, "%s: a %s-parameterized model: fine-tuning supports eps models only",
                        rc->model.ldm_config, ldm_parameterization_name(m->cfg.parameterization));
+    if (rc->train.sample_every > 0 && !m->ae)
+        return err_set(e, ERR_VALUE, "run config: train.sample_every: %s has no first stage to decode sample grids "
+                       "with (set it to 0)", rc->model.ldm_config);
     tr->cond = ldm_is_class_conditional(m);
     if (tr->cond) {
         int n = ldm_n_classes(m);
