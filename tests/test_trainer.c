@@ -320,7 +320,7 @@ static void test_nan_stops_with_last_good_state(void **state) {
     rec.stop = 0;
     memset(&e, 0, sizeof e);
     assert_int_equal(trainer_run(tr, &h, NULL, &e), ERR_NAN);
-    assert_non_null(strstr(e.msg, "epoch 0, step 1"));
+    assert_non_null(strstr(e.msg, "epoch 1/2, step 2/4"));
     assert_int_equal(rec.n, 1);
     trainer_free(tr);
     // the saved state is the start of step 1; the log holds step 0 only

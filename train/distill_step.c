@@ -90,7 +90,8 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     *loss_out = raw;
     if (!isfinite(raw)) {
         tape_clear(c);
-        return err_set(e, ERR_NAN, "epoch %d, step %d (t = %d): the loss is %g", tr->epoch, tr->step, t, (double)raw);
+        return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): the loss is %g", tr->epoch + 1,
+                       tr->rc.train.epochs, tr->step + 1, tr->S, t, (double)raw);
     }
 
     // equalize: the step's loss over its running mean of the previous epochs (a constant)
@@ -102,8 +103,8 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     long bad = first_nonfinite(tr->opt.grad, tr->opt.used);
     if (bad >= 0) {
         adamw_zero_grad(&tr->opt);
-        return err_set(e, ERR_NAN, "epoch %d, step %d (t = %d): gradient element %ld is %g (loss %g)", tr->epoch,
-                       tr->step, t, bad, (double)tr->opt.grad[bad], (double)raw);
+        return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): gradient element %ld is not finite (loss %g)",
+                       tr->epoch + 1, tr->rc.train.epochs, tr->step + 1, tr->S, t, bad, (double)raw);
     }
 
     // AdamW: every group's base rate times the schedule factor (adamw's own schedule is off)

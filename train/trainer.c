@@ -302,8 +302,11 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
                 // nothing of the step was applied: save the state of its start and stop
                 tr->rng = rng_before;
                 Err se = {0};
-                if (run_state_save(tr, &se))
-                    return err_set(e, ERR_IO, "%s; saving the last good state failed too: %s", e->msg, se.msg);
+                if (run_state_save(tr, &se)) {
+                    Err nan = *e;
+                    memset(e, 0, sizeof *e);
+                    return err_set(e, ERR_NAN, "%s; saving the last good state failed too: %s", nan.msg, se.msg);
+                }
                 return err_prefix(e, "training stopped (%s/state.safetensors holds the state before this step)",
                                   tr->dir);
             }
