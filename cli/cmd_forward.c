@@ -40,7 +40,8 @@ static int read_npy(const char *opt, const char *path, NpyArray *a, Err *e) {
 
 static const char *shape_str(const NpyArray *a, char *buf, size_t cap) {
     size_t k = (size_t)snprintf(buf, cap, "(");
-    for (int i = 0; i < a->ndim && k < cap; i++) k += (size_t)snprintf(buf + k, cap - k, i ? ", %d" : "%d", a->shape[i]);
+    for (int i = 0; i < a->ndim && k < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, i ? ", %d" : "%d", a->shape[i]);
     if (k < cap) snprintf(buf + k, cap - k, ")");
     return buf;
 }
@@ -86,7 +87,8 @@ int cmd_forward(int argc, char **argv) {
     }
     int N = x.shape[0];
     if (t.n != (size_t)N) {
-        rc = err_set(&e, ERR_SHAPE, "--t %s: expected %d timesteps (one per image of --x), found %zu values", t_path, N, t.n);
+        rc = err_set(&e, ERR_SHAPE, "--t %s: expected %d timesteps (one per image of --x), found %zu values", t_path,
+                     N, t.n);
         goto done;
     }
     for (size_t i = 0; i < t.n; i++)
@@ -101,7 +103,8 @@ int cmd_forward(int argc, char **argv) {
         goto done;
     }
     if (!cc && (y_path || c_path)) {
-        rc = err_set(&e, ERR_ARG, "%s: the model is unconditional: --%s is not used", cfg_path, y_path ? "y" : "context");
+        rc = err_set(&e, ERR_ARG, "%s: the model is unconditional: --%s is not used", cfg_path,
+                     y_path ? "y" : "context");
         goto done;
     }
     if (y_path) {
@@ -129,8 +132,8 @@ int cmd_forward(int argc, char **argv) {
         }
     }
     if (c_path && (cx.ndim != 3 || cx.shape[0] != N || cx.shape[2] != u->context_dim)) {
-        rc = err_set(&e, ERR_SHAPE, "--context %s: expected (%d, L, %d) (unet_config context_dim %d), found %s", c_path, N,
-                     u->context_dim, u->context_dim, shape_str(&cx, b1, sizeof b1));
+        rc = err_set(&e, ERR_SHAPE, "--context %s: expected (%d, L, %d) (unet_config context_dim %d), found %s",
+                     c_path, N, u->context_dim, u->context_dim, shape_str(&cx, b1, sizeof b1));
         goto done;
     }
     if ((rc = ctx_init(&ctx, (size_t)16 << 30, &e))) goto done;

@@ -15,6 +15,7 @@
 #include "io/image.h"
 #include "models/ldm.h"
 #include "qalora/export.h"
+#include "sample/ddim.h"
 #include "sample/generate.h"
 #include "sample/grid.h"
 
@@ -40,7 +41,8 @@ static const char *const usage[] = {
     "  --sampler ddim|plms  (default ddim)",
     "  --steps S            requested steps (default 50). CompVis' 'uniform' schedule takes",
     "                       timesteps range(0, T, T // S) + 1, so the real count can differ",
-    "                       (--steps 30 runs 31 steps); it is printed",
+    "                       (--steps 30 runs 31 steps); it is printed. Counts whose last",
+    "                       timestep would pass T are refused, as CompVis fails on them (3 of 1000)",
     "  --eta E              DDIM noise (default 0; PLMS needs 0)",
     "  --scale S            classifier-free guidance scale (default 1.5; 1 = no guidance),",
     "                       e = e_uncond + S (e_cond - e_uncond), uncond = the last label",
@@ -204,7 +206,8 @@ int cmd_sample(int argc, char **argv) {
     if (!out) err_set(&e, ERR_ARG, "--out DIR is required (see effdm sample --help)");
     else if (model_path && (cfg_path || ckpt_path || opts[2].seen))
         err_set(&e, ERR_ARG, "--model is an effdm export: it takes no --ldm-config, --ckpt or --ema");
-    else if (!cfg_path != !ckpt_path) err_set(&e, ERR_ARG, "--ldm-config and --ckpt go together (give both or neither)");
+    else if (!cfg_path != !ckpt_path)
+        err_set(&e, ERR_ARG, "--ldm-config and --ckpt go together (give both or neither)");
     else if (n < 1) err_set(&e, ERR_ARG, "--n: expected a positive number of images, found %d", n);
     else if (batch < 1) err_set(&e, ERR_ARG, "--batch: expected a positive integer, found %d", batch);
     else if (eta < 0) err_set(&e, ERR_ARG, "--eta: expected >= 0, found %g", (double)eta);
@@ -234,7 +237,7 @@ int cmd_sample(int argc, char **argv) {
     } else if (ldm_load(&m, cfg_path, ckpt_path, &lo, &e)) {
         return cli_fail("sample", &e);
     }
-    int rc = 0, real_steps = sampler_real_steps(m, steps);
+    int rc = 0, real_steps = 0;
     int *labels = NULL;
     SampleState st = {0};
     Ctx ctx = {0};
@@ -243,10 +246,7 @@ int cmd_sample(int argc, char **argv) {
                      cfg_path);
         goto done;
     }
-    if (real_steps < 1) {
-        rc = err_set(&e, ERR_ARG, "--steps %d: expected 1 to %d for this model's %d timesteps", steps, m->T / 2, m->T);
-        goto done;
-    }
+    if ((rc = ddim_check_steps(m->T, steps, &real_steps, &e))) goto done;
     st.class_cond = ldm_is_class_conditional(m);
     if (st.class_cond) {
         labels = malloc((size_t)n * sizeof(int));

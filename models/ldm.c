@@ -89,18 +89,16 @@ static void ema_name(char *dst, size_t cap, const char *rest) {
 
 static int load_ema(Ldm *m, WeightFile *f, LdmEmaMode mode, Err *e) {
     const char *path = weights_path(f);
-    size_t plen = strlen(UNET_PREFIX);
-    int total = 0, found = 0;
+    int total = unet_param_tensors(m->unet), found = 0;
     char name[600], first_missing[600] = "", first_missing_raw[600] = "";
-    for (int i = 0; i < weights_count(f); i++) {
-        const char *raw = weights_info(f, i)->name;
-        if (strncmp(raw, UNET_PREFIX, plen) != 0 || !unet_param(m->unet, raw + plen)) continue;
-        total++;
-        ema_name(name, sizeof name, raw + plen);
+    for (int i = 0; i < total; i++) {
+        const char *pname;
+        unet_param_at(m->unet, i, &pname);
+        ema_name(name, sizeof name, pname);
         if (weights_find(f, name)) found++;
         else if (!first_missing[0]) {
             snprintf(first_missing, sizeof first_missing, "%s", name);
-            snprintf(first_missing_raw, sizeof first_missing_raw, "%s", raw);
+            snprintf(first_missing_raw, sizeof first_missing_raw, "%s%s", UNET_PREFIX, pname);
         }
     }
     int complete = total > 0 && found == total;
@@ -117,17 +115,14 @@ static int load_ema(Ldm *m, WeightFile *f, LdmEmaMode mode, Err *e) {
                  found, total, first_missing);
         return 0;
     }
-    for (int i = 0; i < weights_count(f); i++) {
-        const WeightInfo *wi = weights_info(f, i);
-        if (strncmp(wi->name, UNET_PREFIX, plen) != 0) continue;
-        Tensor *p = unet_param(m->unet, wi->name + plen);
-        if (!p) continue;
-        // the EMA buffer has the raw tensor's file shape (which unet_load checked); Conv1d
-        // weights are (Cout, Cin, 1) there and (Cout, Cin, 1, 1) in the Tensor: same data
-        int shape[WEIGHTS_MAX_DIMS];
-        for (int d = 0; d < wi->ndim; d++) shape[d] = (int)wi->shape[d];
-        ema_name(name, sizeof name, wi->name + plen);
-        if (weights_read_f32(f, name, p->data, wi->ndim, shape, e)) return e->code;
+    for (int i = 0; i < total; i++) {
+        const char *pname;
+        Tensor *p = unet_param_at(m->unet, i, &pname);
+        // the buffer has the parameter's checkpoint shape: Conv1d weights are (Cout, Cin, 1) in
+        // files and (Cout, Cin, 1, 1) in the Tensor (same data)
+        int ndim = unet_param_file_ndim(m->unet, i);
+        ema_name(name, sizeof name, pname);
+        if (weights_read_f32(f, name, p->data, ndim, p->shape, e)) return e->code;
     }
     m->using_ema = 1;
     return 0;

@@ -227,7 +227,8 @@ static int parse_cond_stage(LdmCondStageConfig *cs, const CfgNode *params, Err *
         return key_err(e, ERR_UNSUPPORTED, params, "cond_stage_config",
                        "expected __is_unconditional__ or a ClassEmbedder, found '%s'", s);
     }
-    if (cfg_kind(n) != CFG_MAP) return key_err(e, ERR_VALUE, params, "cond_stage_config", "expected a map, found a list");
+    if (cfg_kind(n) != CFG_MAP)
+        return key_err(e, ERR_VALUE, params, "cond_stage_config", "expected a map, found a list");
     const char *target;
     if (get_target(n, &target, e) < 0) return e->code;
     if (strcmp(target, LDM_CLASS_EMBEDDER_TARGET) != 0)
@@ -313,8 +314,8 @@ static int parse_model(LdmConfig *c, const CfgNode *root, Err *e) {
     else if (!strcmp(ck, "hybrid")) c->conditioning_key = LDM_COND_HYBRID;
     else if (!strcmp(ck, "adm")) c->conditioning_key = LDM_COND_ADM;
     else
-        return key_err(e, ERR_VALUE, p, "conditioning_key", "expected crossattn, concat, hybrid, adm or None, found '%s'",
-                       ck);
+        return key_err(e, ERR_VALUE, p, "conditioning_key",
+                       "expected crossattn, concat, hybrid, adm or None, found '%s'", ck);
     if (c->cond_stage.kind == LDM_CS_UNCONDITIONAL) c->conditioning_key = LDM_COND_NONE;
 
     const CfgNode *uc, *fc;

@@ -2,7 +2,11 @@
    and the update of p_sample_ddim (ldm/models/diffusion/ddim.py, a506df5). */
 #include "sample/ddim.h"
 
+// Element loops shorter than this run on one thread: waking OpenMP costs more than they take.
+#define SAMPLE_OMP_MIN_WORK 32768
+
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +22,26 @@ int ddim_timesteps(int T, int S, int *out, int cap) {
     return n;
 }
 
+int ddim_check_steps(int T, int S, int *count, Err *e) {
+    int n = ddim_timesteps(T, S, NULL, 0);
+    if (n >= 1) {
+        if (count) *count = n;
+        return 0;
+    }
+    if (S < 1 || S > T)
+        return err_set(e, ERR_VALUE, "steps %d: expected 1 to %d DDIM steps for %d DDPM timesteps", S, T / 2, T);
+    int lo = S - 1, hi = S + 1;
+    while (lo >= 1 && ddim_timesteps(T, lo, NULL, 0) < 1) lo--;
+    while (hi <= T && ddim_timesteps(T, hi, NULL, 0) < 1) hi++;
+    int c = T / S, last = (T - 1) / c * c;
+    char alt[64];
+    if (lo >= 1 && hi <= T) snprintf(alt, sizeof alt, "counts that work are %d and %d", lo, hi);
+    else snprintf(alt, sizeof alt, "count that works is %d", lo >= 1 ? lo : hi);
+    return err_set(e, ERR_VALUE, "steps %d: CompVis' 'uniform' DDIM timesteps range(0, %d, %d) + 1 end at %d, past the "
+                   "last of %d DDPM timesteps (upstream raises IndexError); the nearest %s",
+                   S, T, c, last + 1, T, alt);
+}
+
 void ddim_schedule_free(DdimSchedule *s) {
     free(s->timesteps);
     free(s->alphas);
@@ -29,10 +53,8 @@ void ddim_schedule_free(DdimSchedule *s) {
 
 int ddim_schedule_init(DdimSchedule *s, const float *acp, int T, int S, double eta, Err *e) {
     memset(s, 0, sizeof *s);
-    int n = ddim_timesteps(T, S, NULL, 0);
-    if (n < 1)
-        return err_set(e, ERR_VALUE, "DDIM steps: expected 1 to %d for %d DDPM timesteps with the 'uniform' "
-                       "discretization (the last timestep T // steps * k + 1 must be < %d), found %d", T / 2, T, T, S);
+    int n;
+    if (ddim_check_steps(T, S, &n, e)) return e->code;
     if (!(eta >= 0) || !isfinite(eta)) return err_set(e, ERR_VALUE, "DDIM eta: expected >= 0, found %g", eta);
     s->n = n;
     s->timesteps = malloc((size_t)n * sizeof(int));
@@ -66,7 +88,7 @@ void ddim_update(const DdimSchedule *s, int index, const float *x, const float *
     const float sq1m = s->sqrt_one_minus_alphas[index];
     const float sqrt_at = sqrtf(a_t), sqrt_aprev = sqrtf(a_prev);
     const float dir_coef = sqrtf((1.0f - a_prev) - sigma * sigma);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= SAMPLE_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float p = (x[i] - sq1m * e[i]) / sqrt_at;
         float dir = dir_coef * e[i];

@@ -36,6 +36,9 @@ typedef struct {
 // Returns the count (ceil(T / c): S = 30, T = 1000 gives 31), or -1 when S < 1, S > T, or the
 // last timestep T' + 1 would index past alphas_cumprod (e.g. S = T: CompVis raises IndexError).
 int ddim_timesteps(int T, int S, int *out, int cap);
+// ddim_timesteps' count for S, or ERR_VALUE with a message that explains the failure and names
+// the nearest step counts that work (S = 3 of T = 1000: range(0, 1000, 333) + 1 ends at 1000).
+int ddim_check_steps(int T, int S, int *count, Err *e);
 // Builds the schedule for S requested steps over alphas_cumprod[0..T). 0 or ERR_VALUE / ERR_NOMEM.
 int ddim_schedule_init(DdimSchedule *s, const float *alphas_cumprod, int T, int S, double eta, Err *e);
 // Accepts a zeroed schedule.

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sample/ddim.h"
+
 int sample_labels(const Ldm *m, int n, int fixed_class, int *y, Err *e) {
     if (!ldm_is_class_conditional(m)) {
         if (fixed_class >= 0) return err_set(e, ERR_ARG, "--class %d: the model is unconditional", fixed_class);
@@ -70,14 +72,13 @@ static int decode_batch(Ctx *c, Ldm *m, const float *z, int count, int chunk, co
 }
 
 int sample_generate(Ctx *c, Ldm *m, const GenerateOpts *o, const int *y, int n, Err *e) {
-    if (!m->ae) return err_set(e, ERR_UNSUPPORTED, "%s: the model has no first stage to decode images with", m->cfg.path);
+    if (!m->ae)
+        return err_set(e, ERR_UNSUPPORTED, "%s: the model has no first stage to decode images with", m->cfg.path);
     if (ldm_is_class_conditional(m) && !y) return err_set(e, ERR_VALUE, "class-conditional sampling needs labels");
-    int steps = sampler_real_steps(m, o->sampler.steps);
-    if (steps < 1)
-        return err_set(e, ERR_ARG, "--steps %d: expected 1 to %d for this model's %d timesteps", o->sampler.steps,
-                       m->T / 2, m->T);
+    int steps;
+    if (ddim_check_steps(m->T, o->sampler.steps, &steps, e)) return e->code;
     int batch = o->batch > 0 ? o->batch : 16;
-    int chunk = o->decode_batch > 0 ? o->decode_batch : batch;
+    int chunk = o->decode_batch > 0 ? o->decode_batch : (batch < 8 ? batch : 8);
     int C, H, W;
     ldm_latent_shape(m, &C, &H, &W);
     const int zshape[4] = {batch, C, H, W};

@@ -31,7 +31,8 @@ typedef struct {
     SamplerOpts sampler;    // its on_step is driven by sample_generate (see on_progress)
     uint64_t seed;
     int batch;              // images per sampling batch (guidance doubles the UNet batch); <= 0: 16
-    int decode_batch;       // images per first-stage decode call; <= 0: batch
+    int decode_batch;       // images per first-stage decode call; <= 0: min(batch, 8) (decoder
+                            // activations of 256 x 256 images are large)
     // Progress: done of total sampling steps (batches x steps), after every step. May be NULL.
     void (*on_progress)(long done, long total, void *user);
     GenerateBatchFn on_batch;

@@ -283,6 +283,24 @@ static void test_vq_decode_paths(void **state) {
     }
 }
 
+// AttnBlock scores spread by more than 87 (e^-87 < FLT_MIN): the softmax must give exact zeros,
+// and (under UBSan) its exp must not shift a negative exponent (autograd/ops/attention.c exp_nonpos).
+static void test_attention_far_scores(void **state) {
+    (void)state;
+    Err e = {0};
+    Ctx c;
+    assert_int_equal(ctx_init(&c, ARENA_BYTES, &e), 0);
+    ctx_set_grad(&c, 0);
+    // one query, keys giving scores 100 and -100 (scale 1): weights 1 and e^-200 = 0
+    Tensor *q = tensor_from(&c, (const float[]){10, 10}, 3, (const int[]){1, 1, 2});
+    Tensor *k = tensor_from(&c, (const float[]){10, 0, -10, 0}, 3, (const int[]){1, 2, 2});
+    Tensor *v = tensor_from(&c, (const float[]){3, 4, 5, 6}, 3, (const int[]){1, 2, 2});
+    Tensor *o = t_attention(&c, q, k, v, 1, 1.0f);
+    assert_non_null(o);
+    assert_true(o->data[0] == 3.0f && o->data[1] == 4.0f);
+    ctx_free(&c);
+}
+
 static void test_config_checks(void **state) {
     (void)state;
     Err e = {0};
@@ -310,6 +328,7 @@ int main(void) {
         cmocka_unit_test(test_decode_memory),
         cmocka_unit_test(test_vq_quantize),
         cmocka_unit_test(test_vq_decode_paths),
+        cmocka_unit_test(test_attention_far_scores),
         cmocka_unit_test(test_config_checks),
     };
     return cmocka_run_group_tests_name("autoencoder", tests, NULL, NULL);

@@ -174,6 +174,20 @@ static void test_sample(void **state) {
     assert_non_null(strstr(g_out, "plms, 31 steps (requested 30)"));
     check_png(tmp("s1/8/00000.png"), 32, 32);
 
+    // an unconditional LDM (ae_kl: KL first stage + small UNet): DIR/<index>.png, grid 2 x 3
+    snprintf(args, sizeof args, "sample --ldm-config '%s/parity/ae_kl/config.yaml' --ckpt "
+             "'%s/parity/ae_kl/model.ckpt' --n 5 --steps 4 --eta 0.5 --out '%s'", TEST_DATA_DIR, TEST_DATA_DIR,
+             tmp("su"));
+    assert_int_equal(run(NULL, args), 0);
+    assert_non_null(strstr(g_out, "unconditional"));
+    assert_non_null(strstr(g_err, "no model_ema"));  // use_ema absent (true), no EMA in the file: noted
+    for (int i = 0; i < 5; i++) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/%05d.png", tmp("su"), i);
+        check_png(p, 32, 32);
+    }
+    check_png(tmp("su/grid.png"), 3 * 34 + 2, 2 * 34 + 2);
+
     // the default model, found relative to the executable when EFFDM_ZOO is unset
     char rel[1200];
     snprintf(rel, sizeof rel, "%s", EFFDM_BIN);
@@ -242,7 +256,7 @@ static void test_bad_input(void **state) {
     // options
     snprintf(env, sizeof env, "EFFDM_ZOO='%s/../../models/zoo'", TEST_DATA_DIR);
     snprintf(args, sizeof args, "sample --n 2 --steps 1000 --out '%s'", tmp("bad_s"));
-    expect_bad_input(run(env, args), "sample", "--steps 1000", NULL);
+    expect_bad_input(run(env, args), "sample", "steps 1000", "500");
     snprintf(args, sizeof args, "sample --n 2 --class 11 --out '%s'", tmp("bad_s"));
     expect_bad_input(run(env, args), "sample", "--class 11", NULL);
     snprintf(args, sizeof args, "sample --n 2 --sampler plms --eta 1 --out '%s'", tmp("bad_s"));

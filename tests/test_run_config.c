@@ -464,6 +464,79 @@ static void test_compare_for_resume(void **state) {
     }
 }
 
+// A non-default value for every key (as YAML), to check resuming against the header's '*' marks.
+static const struct { const char *key; const char *yaml; } CHANGED[] = {
+    {"model.ldm_config", "model: {ldm_config: x.yaml}"}, {"model.ckpt", "model: {ckpt: x.ckpt}"},
+    {"model.ema", "model: {ema: off}"}, {"model.uncond_label", "model: {uncond_label: 3}"},
+    {"quant.weight_bits", "quant: {weight_bits: 8}"}, {"quant.act_bits", "quant: {act_bits: 8}"},
+    {"quant.weight_init", "quant: {weight_init: mse}"}, {"quant.act_init", "quant: {act_init: max}"},
+    {"quant.mse_candidates", "quant: {mse_candidates: 10}"}, {"quant.mse_shrink", "quant: {mse_shrink: 0.002}"},
+    {"quant.mse_norm", "quant: {mse_norm: 2}"}, {"quant.special_bits", "quant: {special_bits: 6}"},
+    {"quant.special_first", "quant: {special_first: 0}"}, {"quant.special_last", "quant: {special_last: 0}"},
+    {"quant.fp_name_contains", "quant: {fp_name_contains: [skip]}"},
+    {"quant.quantize_attention_matmuls", "quant: {quantize_attention_matmuls: true}"},
+    {"quant.lora_rank", "quant: {lora_rank: 4}"}, {"quant.talsq", "quant: {talsq: false}"},
+    {"quant.overrides", "quant: {overrides: [{pattern: a, keep_fp: true}]}"},
+    {"calib.steps", "calib: {steps: 50}"}, {"calib.eta", "calib: {eta: 0.5}"}, {"calib.scale", "calib: {scale: 2}"},
+    {"calib.n_samples", "calib: {n_samples: 4}"}, {"calib.batch", "calib: {batch: 4}"},
+    {"calib.n_inputs", "calib: {n_inputs: 8}"}, {"calib.seed", "calib: {seed: 8}"},
+    {"train.recipe", "train: {recipe: reference}"}, {"train.epochs", "train: {epochs: 40}"},
+    {"train.batch", "train: {batch: 4}"}, {"train.steps", "train: {steps: 50}"}, {"train.eta", "train: {eta: 1}"},
+    {"train.scale", "train: {scale: 1.5}"}, {"train.loss_branches", "train: {loss_branches: guided}"},
+    {"train.loss_reduction", "train: {loss_reduction: mean}"},
+    {"train.step_weighting", "train: {step_weighting: none}"},
+    {"train.select_epoch", "train: {select_epoch: last}"}, {"train.val_every", "train: {val_every: 5}"},
+    {"train.val_inputs", "train: {val_inputs: 8}"}, {"train.checkpoint_every", "train: {checkpoint_every: 2}"},
+    {"train.sample_every", "train: {sample_every: 0}"}, {"train.seed", "train: {seed: 1}"},
+    {"train.optimizer.lr_lora_divisor", "train: {optimizer: {lr_lora_divisor: 1000}}"},
+    {"train.optimizer.lr_w_delta", "train: {optimizer: {lr_w_delta: 0}}"},
+    {"train.optimizer.lr_act", "train: {optimizer: {lr_act: 1e-4}}"},
+    {"train.optimizer.beta1", "train: {optimizer: {beta1: 0.8}}"},
+    {"train.optimizer.beta2", "train: {optimizer: {beta2: 0.99}}"},
+    {"train.optimizer.eps", "train: {optimizer: {eps: 1e-6}}"},
+    {"train.optimizer.weight_decay", "train: {optimizer: {weight_decay: 0}}"},
+    {"train.optimizer.schedule", "train: {optimizer: {schedule: cosine}}"},
+    {"train.optimizer.warmup_steps", "train: {optimizer: {warmup_steps: 10}}"},
+    {"train.optimizer.delta_w_update", "train: {optimizer: {delta_w_update: reference}}"},
+    {"sample.sampler", "sample: {sampler: plms}"}, {"sample.steps", "sample: {steps: 50}"},
+    {"sample.eta", "sample: {eta: 1}"}, {"sample.scale", "sample: {scale: 1}"},
+    {"sample.grid_rows", "sample: {grid_rows: 2}"}, {"sample.grid_cols", "sample: {grid_cols: 2}"},
+    {"sample.seed", "sample: {seed: 2}"}, {"run.out", "run: {out: elsewhere}"}, {"run.threads", "run: {threads: 1}"},
+    {"run.arena_mb", "run: {arena_mb: 64}"},
+};
+
+// Every key changed alone: run_config_first_diff names it, and run_config_compare refuses to
+// resume exactly for the keys the header's table marks with '*'.
+static void test_resume_marks_match_header(void **state) {
+    assert_int_equal(sizeof CHANGED / sizeof CHANGED[0], sizeof ALL_KEYS / sizeof ALL_KEYS[0]);
+    unsigned char *hdr;
+    size_t hn;
+    Err e = {0};
+    assert_int_equal(file_read_all(SRC_DIR "/train/run_config.h", &hdr, &hn, &e), 0);
+    RunConfig base, now;
+    load_ok("", &base);
+    for (size_t i = 0; i < sizeof CHANGED / sizeof CHANGED[0]; i++) {
+        char needle[96];
+        snprintf(needle, sizeof needle, "| %s ", CHANGED[i].key);
+        const char *row = strstr((char *)hdr, needle);
+        assert_non_null(row);
+        const char *flags = row + strlen(needle), *bar = strchr(flags, '|');
+        int starred = memchr(flags, '*', (size_t)(bar - flags)) != NULL;
+        load_ok(CHANGED[i].yaml, &now);
+        const char *diff = run_config_first_diff(&base, &now);
+        if (!diff || strcmp(diff, CHANGED[i].key)) print_error("%s: first diff %s\n", CHANGED[i].key, diff);
+        assert_string_equal(diff, CHANGED[i].key);
+        const char *key = NULL;
+        memset(&e, 0, sizeof e);
+        int rc = run_config_compare(&base, &now, &key, &e);
+        if (rc != (starred ? ERR_VALUE : 0))
+            print_error("%s: header '*' %d, compare %d\n", CHANGED[i].key, starred, rc);
+        assert_int_equal(rc, starred ? ERR_VALUE : 0);
+        if (starred) assert_string_equal(key, CHANGED[i].key);
+    }
+    free(hdr);
+}
+
 static void test_layer_quant(void **state) {
     RunConfig c;
     load_ok("quant:\n  overrides:\n"
@@ -547,6 +620,7 @@ int main(void) {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_every_key_written_and_documented),
         cmocka_unit_test(test_compare_for_resume),
+        cmocka_unit_test(test_resume_marks_match_header),
         cmocka_unit_test(test_layer_quant),
         cmocka_unit_test(test_shipped_configs),
     };

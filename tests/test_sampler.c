@@ -86,6 +86,14 @@ static void test_ddim_parameters(void **state) {
     DdimSchedule s;
     assert_int_equal(ddim_schedule_init(&s, acp, 1000, 1000, 0.0, &e), ERR_VALUE);
     assert_non_null(strstr(e.msg, "1000"));
+    // S = 3: range(0, 1000, 333) + 1 = [1, 334, 667, 1000] indexes past alphas_cumprod; 2 and 4 work
+    int n = 0;
+    memset(&e, 0, sizeof e);
+    assert_int_equal(ddim_check_steps(1000, 3, &n, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "range(0, 1000, 333)"));
+    assert_non_null(strstr(e.msg, "2 and 4"));
+    assert_int_equal(ddim_check_steps(1000, 4, &n, &e), 0);
+    assert_int_equal(n, 4);
 }
 
 // p_sample_ddim's update against its formula in double.

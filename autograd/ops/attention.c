@@ -1,46 +1,89 @@
-/* attention.c: fused scaled dot-product attention (t_attention) and its two kernel paths
-   (gemm_attention.h describes layouts and when each path runs).
+/* attention.c: fused scaled dot-product attention (t_attention).
+
+   Layouts ('b n (h d)', CompVis CrossAttention after its rearrange): q (B, Tq, H d),
+   k (B, Tk, H d), v (B, Tk, H dv), out (B, Tq, H dv); head h of a row is the slice
+   [h d, (h+1) d). Every per-head product is one cblas_sgemm whose leading dimension
+   (H d or H dv) steps over the other heads, so heads are used in place, never permuted.
+   P (B, H, Tq, Tk), the softmax probabilities, is the only value kept for backward.
+
    Forward per head: S = q k^T scale, P = softmax(S) by rows, out = P v.
-   Backward from dO, with P saved: dv += P^T dO; dP = dO v^T; dS = P (dP - rowsum(dP P));
-   dq += dS k scale; dk += dS^T q scale. */
+   Backward from dO: dv += P^T dO; dP = dO v^T; dS = P (dP - rowsum(dP P));
+   dq += dS k scale; dk += dS^T q scale.
+
+   A second path, OpenMP over (b, h) with plain loops instead of many small sgemm calls,
+   was written and measured (docs/PERFORMANCE.md): it was 2-4x slower at every shape
+   tried, down to 16x16 heads with d = 8 and single-token cross-attention, since
+   OpenBLAS's AVX-512 kernels beat the compiler's SSE2 loops even there; it was removed. */
 #include <math.h>
-#include <omp.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "autograd/ops.h"
-#include "autograd/ops/gemm_attention.h"
 #include "autograd/ops/gemm_util.h"
 
-// Per-head work (Tq Tk max(d, dv) multiply-adds) below which the loops path wins: at
-// this size an sgemm call costs about as much in set-up as in arithmetic (bench/ops).
-#define ATTN_LOOPS_MAX_WORK ((size_t)64 * 64 * 64)
+typedef struct {
+    int B, H, Tq, Tk, d, dv;
+    float scale;  // > 0
+} AttnGeom;
 
-int attention_use_loops(const AttnGeom *g) {
-    size_t dm = (size_t)(g->d > g->dv ? g->d : g->dv);
-    return (size_t)g->Tq * g->Tk * dm <= ATTN_LOOPS_MAX_WORK;
+/* e^x for x <= 0 as plain arithmetic that the compiler vectorizes (libm's expf is a
+   call per element: with it, softmax took 30% of the attention forward in perf).
+   Range reduction x = k ln2 + r, |r| <= ln2 / 2, then a degree-7 Taylor polynomial
+   (truncation 5e-9 relative) scaled by 2^k built in the exponent bits: within 1e-7
+   relative of exp over [-87, 0]. Below -87.3 (e^x < FLT_MIN) it returns 0, through a
+   bit mask because a float select blocks vectorization; NaN stays NaN. */
+static inline float exp_nonpos(float x) {
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    float t = x * 1.44269504f + shifter;
+    float k = t - shifter;
+    float r = x - k * 0.693145752f;      // ln2 in two parts: k * the first is exact
+    r = r - k * 1.42860677e-6f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t tb, yb;
+    memcpy(&tb, &t, sizeof tb);
+    // shift as unsigned: k + 127 is negative for x < -87 (masked to 0 below), and << of a
+    // negative int is undefined (UBSan)
+    int32_t eb = (int32_t)((uint32_t)(tb - 0x4B400000 + 127) << 23);  // t's low mantissa bits hold k (+ 2^22)
+    float two_k, y;
+    memcpy(&two_k, &eb, sizeof two_k);
+    y = p * two_k;
+    memcpy(&yb, &y, sizeof yb);
+    yb &= -(int32_t)!(x < -87.3f);
+    memcpy(&y, &yb, sizeof y);
+    return y;
 }
 
-size_t attention_scratch_floats(const AttnGeom *g, int loops, int nthreads) {
-    size_t dm = (size_t)(g->d > g->dv ? g->d : g->dv);
-    if (loops) return (size_t)nthreads * (dm + 1) * g->Tk;
-    return (size_t)g->Tq * g->Tk;
-}
+#define SOFTMAX_LANES 16  // fixed partial sums, so the double sum vectorizes
 
 /* s[0..n) <- softmax(s * scale). The row max is subtracted before exp so no exp
-   overflows; the sum is taken in double. */
+   overflows; the sum is taken in double over SOFTMAX_LANES partial sums in a fixed order
+   (a max needs no fixed order, so its loop is left to omp simd). */
 static void softmax_row(float *s, int n, float scale) {
     float m = -INFINITY;
+#pragma omp simd reduction(max : m)
     for (int j = 0; j < n; j++) {
-        s[j] *= scale;
-        if (s[j] > m) m = s[j];
+        float v = s[j] * scale;
+        s[j] = v;
+        m = v > m ? v : m;
     }
+#pragma omp simd
+    for (int j = 0; j < n; j++) s[j] = exp_nonpos(s[j] - m);
+    double acc[SOFTMAX_LANES] = {0};
+    int j = 0;
+    for (; j + SOFTMAX_LANES <= n; j += SOFTMAX_LANES)
+        for (int l = 0; l < SOFTMAX_LANES; l++) acc[l] += s[j + l];
+    for (; j < n; j++) acc[0] += s[j];
     double sum = 0;
-    for (int j = 0; j < n; j++) {
-        s[j] = expf(s[j] - m);
-        sum += s[j];
-    }
+    for (int l = 0; l < SOFTMAX_LANES; l++) sum += acc[l];
     float inv = (float)(1.0 / sum);
-    for (int j = 0; j < n; j++) s[j] *= inv;
+    for (j = 0; j < n; j++) s[j] *= inv;
 }
 
 /* dS = P (dP - sum_j dP_j P_j) for one row, in place over dp. */
@@ -51,10 +94,9 @@ static void softmax_row_backward(float *dp, const float *p, int n) {
     for (int j = 0; j < n; j++) dp[j] = p[j] * (dp[j] - fdot);
 }
 
-/* ---- blas path --------------------------------------------------------------------- */
-
-void attention_forward_blas(float *out, float *P, const float *q, const float *k, const float *v,
-                            const AttnGeom *g) {
+/* out (B, Tq, H dv) and P (B, H, Tq, Tk) from q, k, v. */
+static void attention_forward(float *out, float *P, const float *q, const float *k, const float *v,
+                              const AttnGeom *g) {
     int ldq = g->H * g->d, ldv = g->H * g->dv;
     size_t tt = (size_t)g->Tq * g->Tk;
     // S for every head first, then all softmax rows in one parallel loop, then P v:
@@ -68,7 +110,7 @@ void attention_forward_blas(float *out, float *P, const float *q, const float *k
         }
     }
     size_t rows = (size_t)g->B * g->H * g->Tq;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * g->Tk >= GEMM_OMP_MIN_WORK)
     for (size_t r = 0; r < rows; r++) softmax_row(P + r * g->Tk, g->Tk, g->scale);
     for (int b = 0; b < g->B; b++) {
         for (int h = 0; h < g->H; h++) {
@@ -80,22 +122,46 @@ void attention_forward_blas(float *out, float *P, const float *q, const float *k
     }
 }
 
-void attention_backward_blas(float *dq, float *dk, float *dv, const float *dout, const float *P, const float *q,
-                             const float *k, const float *v, const AttnGeom *g, float *scratch) {
+// Heads whose dS (Tq, Tk) one backward chunk computes before the dq, dk GEMMs (at least
+// one): as many as fit in 8 MiB, so softmax backward runs as one parallel loop per chunk
+// instead of one per head (each OpenMP/OpenBLAS hand-over costs time).
+#define ATTN_DS_BUDGET ((size_t)8 << 20)
+
+// Heads per backward chunk, and so the scratch of attention_backward: chunk Tq Tk floats.
+static int attention_backward_chunk(const AttnGeom *g) {
+    size_t per = (size_t)g->Tq * g->Tk * sizeof(float), heads = (size_t)g->B * g->H;
+    size_t n = per ? ATTN_DS_BUDGET / per : heads;
+    return n < 1 ? 1 : n > heads ? (int)heads : (int)n;
+}
+
+/* Adds into dq, dk, dv (each NULL when not needed) from dout (B, Tq, H dv) and P;
+   scratch holds attention_backward_chunk(g) Tq Tk floats. */
+static void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *P, const float *q,
+                               const float *k, const float *v, const AttnGeom *g, float *scratch) {
     int ldq = g->H * g->d, ldv = g->H * g->dv, Tq = g->Tq, Tk = g->Tk;
     size_t tt = (size_t)Tq * Tk;
-    float *dS = scratch;  // (Tq, Tk), one head at a time
-    for (int b = 0; b < g->B; b++) {
-        for (int h = 0; h < g->H; h++) {
-            size_t qo = (size_t)b * Tq * ldq + (size_t)h * g->d, ko = (size_t)b * Tk * ldq + (size_t)h * g->d;
+    int heads = g->B * g->H, chunk = attention_backward_chunk(g);
+    for (int bh = 0; bh < heads; bh++) {  // dv (Tk, dv) += P^T dO
+        int b = bh / g->H, h = bh % g->H;
+        size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
+        if (dv) gemm_rm(1, 0, Tk, g->dv, Tq, 1.0f, P + bh * tt, Tk, dout + oo, ldv, 1.0f, dv + vo, ldv);
+    }
+    if (!dq && !dk) return;
+    for (int h0 = 0; h0 < heads; h0 += chunk) {
+        int nh = heads - h0 < chunk ? heads - h0 : chunk;
+        for (int i = 0; i < nh; i++) {  // dP = dO v^T into scratch
+            int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
             size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
-            const float *Pbh = P + ((size_t)b * g->H + h) * tt;
-            if (dv)  // dv (Tk, dv) += P^T dO
-                gemm_rm(1, 0, Tk, g->dv, Tq, 1.0f, Pbh, Tk, dout + oo, ldv, 1.0f, dv + vo, ldv);
-            if (!dq && !dk) continue;
-            gemm_rm(0, 1, Tq, Tk, g->dv, 1.0f, dout + oo, ldv, v + vo, ldv, 0.0f, dS, Tk);  // dP = dO v^T
-#pragma omp parallel for schedule(static) if (tt >= 8192)
-            for (int i = 0; i < Tq; i++) softmax_row_backward(dS + (size_t)i * Tk, Pbh + (size_t)i * Tk, Tk);
+            gemm_rm(0, 1, Tq, Tk, g->dv, 1.0f, dout + oo, ldv, v + vo, ldv, 0.0f, scratch + i * tt, Tk);
+        }
+        size_t rows = (size_t)nh * Tq;
+        const float *Pc = P + h0 * tt;
+#pragma omp parallel for schedule(static) if (rows * Tk >= GEMM_OMP_MIN_WORK)
+        for (size_t r = 0; r < rows; r++) softmax_row_backward(scratch + r * Tk, Pc + r * Tk, Tk);
+        for (int i = 0; i < nh; i++) {
+            int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
+            size_t qo = (size_t)b * Tq * ldq + (size_t)h * g->d, ko = (size_t)b * Tk * ldq + (size_t)h * g->d;
+            const float *dS = scratch + i * tt;
             if (dq)  // dq (Tq, d) += scale dS k
                 gemm_rm(0, 0, Tq, g->d, Tk, g->scale, dS, Tk, k + ko, ldq, 1.0f, dq + qo, ldq);
             if (dk)  // dk (Tk, d) += scale dS^T q
@@ -104,121 +170,21 @@ void attention_backward_blas(float *dq, float *dk, float *dv, const float *dout,
     }
 }
 
-/* ---- loops path -------------------------------------------------------------------- */
-
-/* dst (n, rows) = src^T for src rows of n floats at stride ld: a head's k or v slice
-   transposed, so the inner loops below run over Tk with unit stride. */
-static void transpose_head(float *dst, const float *src, int rows, int n, int ld) {
-    for (int j = 0; j < rows; j++)
-        for (int c = 0; c < n; c++) dst[(size_t)c * rows + j] = src[(size_t)j * ld + c];
-}
-
-void attention_forward_loops(float *out, float *P, const float *q, const float *k, const float *v,
-                             const AttnGeom *g, float *scratch, int nthreads) {
-    int ldq = g->H * g->d, ldv = g->H * g->dv, Tq = g->Tq, Tk = g->Tk, d = g->d, dvn = g->dv;
-    size_t per_thread = attention_scratch_floats(g, 1, 1), tt = (size_t)Tq * Tk;
-    int heads = g->B * g->H;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int bh = 0; bh < heads; bh++) {
-        int b = bh / g->H, h = bh % g->H;
-        float *kt = scratch + (size_t)omp_get_thread_num() * per_thread;  // (d, Tk)
-        const float *qh = q + (size_t)b * Tq * ldq + (size_t)h * d;
-        const float *vh = v + (size_t)b * Tk * ldv + (size_t)h * dvn;
-        transpose_head(kt, k + (size_t)b * Tk * ldq + (size_t)h * d, Tk, d, ldq);
-        for (int i = 0; i < Tq; i++) {
-            float *s = P + (size_t)bh * tt + (size_t)i * Tk;
-            const float *qi = qh + (size_t)i * ldq;
-            memset(s, 0, (size_t)Tk * sizeof(float));
-            for (int c = 0; c < d; c++) {
-                float a = qi[c];
-                const float *kc = kt + (size_t)c * Tk;
-                for (int j = 0; j < Tk; j++) s[j] += a * kc[j];
-            }
-            softmax_row(s, Tk, g->scale);
-            float *o = out + ((size_t)b * Tq + i) * ldv + (size_t)h * dvn;
-            memset(o, 0, (size_t)dvn * sizeof(float));
-            for (int j = 0; j < Tk; j++) {
-                float p = s[j];
-                const float *vj = vh + (size_t)j * ldv;
-                for (int c = 0; c < dvn; c++) o[c] += p * vj[c];
-            }
-        }
-    }
-}
-
-void attention_backward_loops(float *dq, float *dk, float *dv, const float *dout, const float *P, const float *q,
-                              const float *k, const float *v, const AttnGeom *g, float *scratch, int nthreads) {
-    int ldq = g->H * g->d, ldv = g->H * g->dv, Tq = g->Tq, Tk = g->Tk, d = g->d, dvn = g->dv;
-    size_t per_thread = attention_scratch_floats(g, 1, 1), tt = (size_t)Tq * Tk;
-    int heads = g->B * g->H;
-    float scale = g->scale;
-    // each (b, h) owns its slices of dq, dk, dv: threads never add into the same element
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int bh = 0; bh < heads; bh++) {
-        int b = bh / g->H, h = bh % g->H;
-        float *vt = scratch + (size_t)omp_get_thread_num() * per_thread;  // (dv, Tk)
-        float *ds = vt + (size_t)dvn * Tk;                                 // (Tk)
-        size_t qo = (size_t)b * Tq * ldq + (size_t)h * d, ko = (size_t)b * Tk * ldq + (size_t)h * d;
-        size_t oo = (size_t)b * Tq * ldv + (size_t)h * dvn, vo = (size_t)b * Tk * ldv + (size_t)h * dvn;
-        if (dq || dk) transpose_head(vt, v + vo, Tk, dvn, ldv);
-        for (int i = 0; i < Tq; i++) {
-            const float *p = P + (size_t)bh * tt + (size_t)i * Tk;
-            const float *doi = dout + oo + (size_t)i * ldv;
-            if (dv) {
-                for (int j = 0; j < Tk; j++) {
-                    float pj = p[j];
-                    float *dvj = dv + vo + (size_t)j * ldv;
-                    for (int c = 0; c < dvn; c++) dvj[c] += pj * doi[c];
-                }
-            }
-            if (!dq && !dk) continue;
-            memset(ds, 0, (size_t)Tk * sizeof(float));
-            for (int c = 0; c < dvn; c++) {  // dP_i = dO_i v^T
-                float a = doi[c];
-                const float *vc = vt + (size_t)c * Tk;
-                for (int j = 0; j < Tk; j++) ds[j] += a * vc[j];
-            }
-            softmax_row_backward(ds, p, Tk);
-            if (dq) {
-                float *dqi = dq + qo + (size_t)i * ldq;
-                for (int j = 0; j < Tk; j++) {
-                    float a = scale * ds[j];
-                    const float *kj = k + ko + (size_t)j * ldq;
-                    for (int c = 0; c < d; c++) dqi[c] += a * kj[c];
-                }
-            }
-            if (dk) {
-                const float *qi = q + qo + (size_t)i * ldq;
-                for (int j = 0; j < Tk; j++) {
-                    float a = scale * ds[j];
-                    float *dkj = dk + ko + (size_t)j * ldq;
-                    for (int c = 0; c < d; c++) dkj[c] += a * qi[c];
-                }
-            }
-        }
-    }
-}
-
 /* ---- the op ------------------------------------------------------------------------ */
 
-// iarg: heads, loops path; farg: scale; saved: P
-static void attention_backward(Ctx *c, TapeNode *nd) {
+// iarg[0]: heads; farg[0]: scale; saved: P
+static void attention_backward_node(Ctx *c, TapeNode *nd) {
     Tensor *q = nd->in[0], *k = nd->in[1], *v = nd->in[2];
-    int H = nd->iarg[0], loops = nd->iarg[1];
+    int H = nd->iarg[0];
     AttnGeom g = {q->shape[0], H, q->shape[1], k->shape[1], q->shape[2] / H, v->shape[2] / H, nd->farg[0]};
     float *dq = q->requires_grad ? tensor_grad(c, q) : NULL;
     float *dk = k->requires_grad ? tensor_grad(c, k) : NULL;
     float *dv = v->requires_grad ? tensor_grad(c, v) : NULL;
     if ((q->requires_grad && !dq) || (k->requires_grad && !dk) || (v->requires_grad && !dv)) return;
-    int nthreads = omp_get_max_threads();
     size_t mark = arena_mark(&c->arena);
-    float *scratch = ctx_alloc(c, attention_scratch_floats(&g, loops, nthreads) * sizeof(float) + sizeof(float));
+    float *scratch = ctx_alloc(c, (size_t)attention_backward_chunk(&g) * g.Tq * g.Tk * sizeof(float));
     if (!scratch) return;
-    if (loops)
-        attention_backward_loops(dq, dk, dv, nd->out->grad, nd->saved, q->data, k->data, v->data, &g, scratch,
-                                 nthreads);
-    else
-        attention_backward_blas(dq, dk, dv, nd->out->grad, nd->saved, q->data, k->data, v->data, &g, scratch);
+    attention_backward(dq, dk, dv, nd->out->grad, nd->saved, q->data, k->data, v->data, &g, scratch);
     arena_release(&c->arena, mark);
 }
 
@@ -240,26 +206,18 @@ Tensor *t_attention(Ctx *c, Tensor *q, Tensor *k, Tensor *v, int heads, float sc
     Tensor *out = tensor_new3(c, g.B, g.Tq, heads * g.dv);
     Tensor *in[3] = {q, k, v};
     int record = tape_needs_grad(c, in, 3);
-    // P is the saved value when recording; otherwise it is scratch, released with the rest
+    // P is the saved value when recording; otherwise scratch, released before returning
     size_t mark = arena_mark(&c->arena);
     float *P = out ? ctx_alloc(c, (size_t)g.B * g.H * g.Tq * g.Tk * sizeof(float)) : NULL;
     if (!P) return NULL;
-    size_t mark_scratch = arena_mark(&c->arena);
-    int loops = attention_use_loops(&g);
-    if (loops) {
-        int nthreads = omp_get_max_threads();
-        float *scratch = ctx_alloc(c, attention_scratch_floats(&g, 1, nthreads) * sizeof(float) + sizeof(float));
-        if (!scratch) return NULL;
-        attention_forward_loops(out->data, P, q->data, k->data, v->data, &g, scratch, nthreads);
-    } else {
-        attention_forward_blas(out->data, P, q->data, k->data, v->data, &g);
+    attention_forward(out->data, P, q->data, k->data, v->data, &g);
+    if (!record) {
+        arena_release(&c->arena, mark);
+        return out;
     }
-    arena_release(&c->arena, record ? mark_scratch : mark);
-    if (!record) return out;
-    TapeNode *nd = tape_record(c, OP_ATTENTION, attention_backward, out, in, 3);
+    TapeNode *nd = tape_record(c, OP_ATTENTION, attention_backward_node, out, in, 3);
     if (!nd) return NULL;
     nd->iarg[0] = heads;
-    nd->iarg[1] = loops;
     nd->farg[0] = g.scale;
     nd->saved = P;
     return out;

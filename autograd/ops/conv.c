@@ -2,103 +2,128 @@
 
    Layouts: x (N, Cin, H, W); w (Cout, Cin, kh, kw), read as a (Cout, K) matrix with
    K = Cin kh kw; y (N, Cout, Ho, Wo); P = Ho Wo output positions per image.
-   Images are processed in groups of G: col (K, G P) holds the patches of G images side
-   by side (row r = (ci, ki, kj), w's column order; image g in columns [g P, (g+1) P)),
-   so one GEMM covers the group: small feature maps (the 8x8 latents of our UNet) would
-   otherwise give GEMMs too small to run fast. G is the largest count whose col fits in
-   CONV_COL_BUDGET bytes; col and the (Cout, G P) staging block come from the Ctx arena
-   and are released when the op returns.
-   Backward recomputes col instead of keeping it from the forward pass (it is kh kw times
-   the size of x): dw += dY col^T, dcol = w^T dY, then col2im adds dcol into dx.
-   1x1 convolutions with stride 1 and no padding need no im2col: x itself is the (Cin, P)
-   matrix of each image. */
+
+   col (K, G P) holds the patches of G images side by side: row r = (ci, ki, kj) in w's
+   column order, image g in columns [g P, (g+1) P). G is the largest count whose col fits
+   in CONV_COL_BUDGET (fewer, larger im2col loops: each hand-over between OpenMP and
+   OpenBLAS threads costs time). Then either
+   - per image: one GEMM per image reads its columns of col (leading dimension G P) and
+     writes its output in place, when P >= CONV_GEMM_MIN_COLS; or
+   - per group: one GEMM for the whole group into a (M, G P) staging block, then copied
+     to (G, M, P): small feature maps (the 8x8 latents of our UNet) would otherwise give
+     GEMMs too narrow to run fast.
+   1x1 convolutions with stride 1 and no padding done per image need no im2col: x itself
+   is the (Cin, P) matrix of each image. All scratch comes from the Ctx arena and is
+   released before the op (or its backward) returns.
+
+   Backward recomputes col instead of keeping it from the forward pass (kh kw times the
+   size of x; memory matters more): dw += dY col^T. For dx, a stride-1 convolution's input
+   gradient is itself a stride-1 convolution: of dY, padded by k - 1 - pad, with w flipped
+   in both spatial axes and its channel axes swapped, so it runs as the forward does (one
+   GEMM with inner dimension Cout kh kw, no scatter). Strided convolutions take the
+   adjoint route: dcol = w^T dY, then col2im adds dcol into dx. */
 #include <limits.h>
 #include <string.h>
 
 #include "autograd/ops.h"
 #include "autograd/ops/gemm_util.h"
 
-// Bytes of im2col scratch one group may use: large enough that a group of small images
-// makes a GEMM of a few hundred columns, small enough to stay far below the activations.
+// Bytes of im2col scratch a group may use: 8 MiB keeps a few 32x32 images of 64
+// channels (2.3 MiB each) or a whole batch of 8x8 latents per group, while staying well
+// below the activations of a training step.
 #define CONV_COL_BUDGET ((size_t)8 << 20)
+// Output positions per image from which one GEMM per image runs as fast as one per group
+// (bench/ops), so the staging copy is not worth it.
+#define CONV_GEMM_MIN_COLS 256
 
+/* One im2col pass: images (C, H, W) -> col (C kh kw, Ho Wo). */
 typedef struct {
-    int N, Cin, H, W, Cout, kh, kw, sh, sw, ph, pw, Ho, Wo;
-    int K;      // Cin kh kw
-    size_t P;   // Ho Wo
-} ConvGeom;
+    int C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo;
+    int K;     // C kh kw
+    size_t P;  // Ho Wo
+} Patch;
 
-// iarg layout of a conv node
-enum { CV_SH, CV_SW, CV_PH, CV_PW };
+static Patch patch_make(int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw) {
+    Patch p = {C, H, W, kh, kw, sh, sw, ph, pw, 0, 0, 0, 0};
+    p.Ho = (H + 2 * ph - kh) / sh + 1;
+    p.Wo = (W + 2 * pw - kw) / sw + 1;
+    p.K = C * kh * kw;
+    p.P = (size_t)p.Ho * p.Wo;
+    return p;
+}
+
+static int patch_is_pointwise(const Patch *p) {
+    return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->ph == 0 && p->pw == 0;
+}
 
 static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 /* Output columns ow whose input column iw = ow sw - pw + kj lies in [0, W): [*lo, *hi). */
-static void valid_cols(const ConvGeom *s, int kj, int *lo, int *hi) {
-    int a = s->pw - kj;                       // ow sw >= a
-    int l = a > 0 ? (a + s->sw - 1) / s->sw : 0;
-    int h = floor_div(s->W - 1 + s->pw - kj, s->sw) + 1;  // ow sw <= W - 1 + pw - kj
-    if (h > s->Wo) h = s->Wo;
+static void valid_cols(const Patch *p, int kj, int *lo, int *hi) {
+    int a = p->pw - kj;  // ow sw >= a
+    int l = a > 0 ? (a + p->sw - 1) / p->sw : 0;
+    int h = floor_div(p->W - 1 + p->pw - kj, p->sw) + 1;  // ow sw <= W - 1 + pw - kj
+    if (h > p->Wo) h = p->Wo;
     if (l > h) l = h;
     *lo = l;
     *hi = h;
 }
 
 /* col (K, ld): columns [g P, (g+1) P) of row (ci, ki, kj) get
-   x[g, ci, oh sh - ph + ki, ow sw - pw + kj] (0 in the padding), for G images x (G, Cin, H, W). */
-static void im2col(float *col, size_t ld, const float *x, int G, const ConvGeom *s) {
-    int khw = s->kh * s->kw;
-#pragma omp parallel for schedule(static) collapse(2)
-    for (int r = 0; r < s->K; r++) {
+   x[g, ci, oh sh - ph + ki, ow sw - pw + kj] (0 in the padding), for G images x (G, C, H, W). */
+static void im2col(float *col, size_t ld, const float *x, int G, const Patch *p) {
+    int khw = p->kh * p->kw;
+#pragma omp parallel for schedule(static) collapse(2) if ((size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK)
+    for (int r = 0; r < p->K; r++) {
         for (int g = 0; g < G; g++) {
-            int ci = r / khw, ki = (r / s->kw) % s->kh, kj = r % s->kw;
-            const float *xp = x + ((size_t)g * s->Cin + ci) * s->H * s->W;
-            float *dst = col + (size_t)r * ld + (size_t)g * s->P;
+            int ci = r / khw, ki = (r / p->kw) % p->kh, kj = r % p->kw;
+            const float *xp = x + ((size_t)g * p->C + ci) * p->H * p->W;
+            float *dst = col + (size_t)r * ld + (size_t)g * p->P;
             int lo, hi;
-            valid_cols(s, kj, &lo, &hi);
-            for (int oh = 0; oh < s->Ho; oh++) {
-                int ih = oh * s->sh - s->ph + ki;
-                float *row = dst + (size_t)oh * s->Wo;
-                if (ih < 0 || ih >= s->H || lo == hi) {
-                    memset(row, 0, (size_t)s->Wo * sizeof(float));
+            valid_cols(p, kj, &lo, &hi);
+            for (int oh = 0; oh < p->Ho; oh++) {
+                int ih = oh * p->sh - p->ph + ki;
+                float *row = dst + (size_t)oh * p->Wo;
+                if (ih < 0 || ih >= p->H || lo == hi) {
+                    memset(row, 0, (size_t)p->Wo * sizeof(float));
                     continue;
                 }
-                const float *xrow = xp + (size_t)ih * s->W - s->pw + kj;  // xrow[ow sw] = x[ih, ow sw - pw + kj]
+                const float *xrow = xp + (size_t)ih * p->W - p->pw + kj;  // xrow[ow sw] = x[ih, ow sw - pw + kj]
                 if (lo > 0) memset(row, 0, (size_t)lo * sizeof(float));
-                if (s->sw == 1) {
+                if (p->sw == 1) {
                     memcpy(row + lo, xrow + lo, (size_t)(hi - lo) * sizeof(float));
                 } else {
-                    for (int ow = lo; ow < hi; ow++) row[ow] = xrow[ow * s->sw];
+                    for (int ow = lo; ow < hi; ow++) row[ow] = xrow[ow * p->sw];
                 }
-                if (hi < s->Wo) memset(row + hi, 0, (size_t)(s->Wo - hi) * sizeof(float));
+                if (hi < p->Wo) memset(row + hi, 0, (size_t)(p->Wo - hi) * sizeof(float));
             }
         }
     }
 }
 
-/* dx (G, Cin, H, W) += col2im(col (K, ld)), the adjoint of im2col. Each thread owns whole
+/* dx (G, C, H, W) += col2im(col (K, ld)), the adjoint of im2col. Each thread owns whole
    rows (g, ci, ih) of dx and adds their contributions in fixed (ki, kj, ow) order, so
    the result does not depend on the thread count. */
-static void col2im_add(float *dx, const float *col, size_t ld, int G, const ConvGeom *s) {
-#pragma omp parallel for schedule(static) collapse(3)
+static void col2im_add(float *dx, const float *col, size_t ld, int G, const Patch *p) {
+#pragma omp parallel for schedule(static) collapse(3) if ((size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK)
     for (int g = 0; g < G; g++) {
-        for (int ci = 0; ci < s->Cin; ci++) {
-            for (int ih = 0; ih < s->H; ih++) {
-                float *dxrow = dx + (((size_t)g * s->Cin + ci) * s->H + ih) * s->W;
-                for (int ki = 0; ki < s->kh; ki++) {
-                    int t = ih + s->ph - ki;  // = oh sh
-                    if (t < 0 || t % s->sh) continue;
-                    int oh = t / s->sh;
-                    if (oh >= s->Ho) continue;
-                    for (int kj = 0; kj < s->kw; kj++) {
-                        int r = (ci * s->kh + ki) * s->kw + kj, lo, hi;
-                        valid_cols(s, kj, &lo, &hi);
-                        const float *src = col + (size_t)r * ld + (size_t)g * s->P + (size_t)oh * s->Wo;
-                        float *d = dxrow - s->pw + kj;  // d[ow sw] = dx[ih, ow sw - pw + kj]
-                        if (s->sw == 1) {
+        for (int ci = 0; ci < p->C; ci++) {
+            for (int ih = 0; ih < p->H; ih++) {
+                float *dxrow = dx + (((size_t)g * p->C + ci) * p->H + ih) * p->W;
+                for (int ki = 0; ki < p->kh; ki++) {
+                    int t = ih + p->ph - ki;  // = oh sh
+                    if (t < 0 || t % p->sh) continue;
+                    int oh = t / p->sh;
+                    if (oh >= p->Ho) continue;
+                    for (int kj = 0; kj < p->kw; kj++) {
+                        int r = (ci * p->kh + ki) * p->kw + kj, lo, hi;
+                        valid_cols(p, kj, &lo, &hi);
+                        const float *src = col + (size_t)r * ld + (size_t)g * p->P + (size_t)oh * p->Wo;
+                        float *d = dxrow - p->pw + kj;  // d[ow sw] = dx[ih, ow sw - pw + kj]
+                        if (p->sw == 1) {
                             for (int ow = lo; ow < hi; ow++) d[ow] += src[ow];
                         } else {
-                            for (int ow = lo; ow < hi; ow++) d[ow * s->sw] += src[ow];
+                            for (int ow = lo; ow < hi; ow++) d[ow * p->sw] += src[ow];
                         }
                     }
                 }
@@ -107,148 +132,203 @@ static void col2im_add(float *dx, const float *col, size_t ld, int G, const Conv
     }
 }
 
-/* y (G, Cout, P) = tmp (Cout, G P) + b (b may be NULL). */
-static void unstage_output(float *y, const float *tmp, const float *b, int G, const ConvGeom *s) {
-    size_t gp = (size_t)G * s->P;
-#pragma omp parallel for schedule(static) collapse(2)
+/* y (G, M, P) = tmp (M, G P) [+ y when accumulate] [+ bias (M)]. */
+static void unstage(float *y, const float *tmp, const float *bias, int accumulate, int G, int M, size_t P) {
+    size_t gp = (size_t)G * P;
+#pragma omp parallel for schedule(static) collapse(2) if (gp * M >= GEMM_OMP_MIN_WORK)
     for (int g = 0; g < G; g++) {
-        for (int co = 0; co < s->Cout; co++) {
-            float *dst = y + ((size_t)g * s->Cout + co) * s->P;
-            const float *src = tmp + (size_t)co * gp + (size_t)g * s->P;
-            float bias = b ? b[co] : 0.0f;
-            for (size_t p = 0; p < s->P; p++) dst[p] = src[p] + bias;
-        }
-    }
-}
-
-/* tmp (Cout, G P) = dy (G, Cout, P), the transpose of unstage_output. */
-static void stage_grad(float *tmp, const float *dy, int G, const ConvGeom *s) {
-    size_t gp = (size_t)G * s->P;
-#pragma omp parallel for schedule(static) collapse(2)
-    for (int g = 0; g < G; g++) {
-        for (int co = 0; co < s->Cout; co++)
-            memcpy(tmp + (size_t)co * gp + (size_t)g * s->P, dy + ((size_t)g * s->Cout + co) * s->P,
-                   s->P * sizeof(float));
-    }
-}
-
-static int is_pointwise(const ConvGeom *s) {
-    return s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 && s->pw == 0;
-}
-
-// Images per im2col group (>= 1): as many as CONV_COL_BUDGET holds.
-static int group_size(const ConvGeom *s) {
-    size_t per = (size_t)s->K * s->P * sizeof(float);
-    size_t g = per ? CONV_COL_BUDGET / per : (size_t)s->N;
-    if (g < 1) g = 1;
-    if (g > (size_t)s->N) g = (size_t)s->N;
-    return (int)g;
-}
-
-// 0, or -1 when the scratch did not fit in the arena (c->err says so).
-static int conv_forward(Ctx *c, float *y, const float *x, const float *w, const float *b, const ConvGeom *s) {
-    size_t xs = (size_t)s->Cin * s->H * s->W, ys = (size_t)s->Cout * s->P;
-    if (is_pointwise(s)) {
-        for (int n = 0; n < s->N; n++) {
-            float *yn = y + n * ys;
-            if (b) {
-#pragma omp parallel for schedule(static)
-                for (int co = 0; co < s->Cout; co++)
-                    for (size_t p = 0; p < s->P; p++) yn[co * s->P + p] = b[co];
+        for (int m = 0; m < M; m++) {
+            float *dst = y + ((size_t)g * M + m) * P;
+            const float *src = tmp + (size_t)m * gp + (size_t)g * P;
+            float b = bias ? bias[m] : 0.0f;
+            if (accumulate) {
+                for (size_t i = 0; i < P; i++) dst[i] += src[i] + b;
+            } else {
+                for (size_t i = 0; i < P; i++) dst[i] = src[i] + b;
             }
-            gemm_rm(0, 0, s->Cout, (int)s->P, s->Cin, 1.0f, w, s->Cin, x + n * xs, (int)s->P, b ? 1.0f : 0.0f,
-                    yn, (int)s->P);
         }
+    }
+}
+
+/* tmp (M, G P) = y (G, M, P), the transpose of unstage. */
+static void stage(float *tmp, const float *y, int G, int M, size_t P) {
+    size_t gp = (size_t)G * P;
+#pragma omp parallel for schedule(static) collapse(2) if (gp * M >= GEMM_OMP_MIN_WORK)
+    for (int g = 0; g < G; g++) {
+        for (int m = 0; m < M; m++)
+            memcpy(tmp + (size_t)m * gp + (size_t)g * P, y + ((size_t)g * M + m) * P, P * sizeof(float));
+    }
+}
+
+typedef struct {
+    int G;          // images per im2col group
+    int per_image;  // one GEMM per image (else per group, through a staging block)
+    int direct;     // per image, and x is its own col (1x1, stride 1, no padding)
+} Plan;
+
+static Plan plan_make(const Patch *p, int N) {
+    Plan pl;
+    pl.per_image = p->P >= CONV_GEMM_MIN_COLS;
+    pl.direct = pl.per_image && patch_is_pointwise(p);
+    size_t per = (size_t)p->K * p->P * sizeof(float);
+    size_t g = per ? CONV_COL_BUDGET / per : (size_t)N;
+    pl.G = g < 1 ? 1 : g > (size_t)N ? N : (int)g;
+    return pl;
+}
+
+// col (K, G P) and, when staging, tmp (M, G P) from the arena; 0 or -1 (c->err set).
+static int scratch_alloc(Ctx *c, const Patch *p, const Plan *pl, int M, float **col, float **tmp) {
+    size_t cols = (size_t)pl->G * p->P;
+    *col = ctx_alloc(c, (size_t)p->K * cols * sizeof(float));
+    *tmp = NULL;
+    if (!*col) return -1;
+    if (!pl->per_image) {
+        *tmp = ctx_alloc(c, (size_t)M * cols * sizeof(float));
+        if (!*tmp) return -1;
+    }
+    return 0;
+}
+
+/* y (N, M, P) = A (M, K) im2col(x) + bias (M, may be NULL), or y += A im2col(x) when
+   accumulate (bias then NULL); x (N, C, H, W). 0, or -1 when scratch did not fit. */
+static int patch_gemm(Ctx *c, float *y, const float *x, const float *A, int M, const float *bias, int accumulate,
+                      int N, const Patch *p) {
+    Plan pl = plan_make(p, N);
+    size_t xs = (size_t)p->C * p->H * p->W, ys = (size_t)M * p->P;
+    int P = (int)p->P, K = p->K;
+    float beta = accumulate || bias ? 1.0f : 0.0f;
+    if (pl.per_image && bias) {
+        // y starts as the bias; the GEMMs then add (beta = 1)
+#pragma omp parallel for schedule(static) collapse(2) if (N * ys >= GEMM_OMP_MIN_WORK)
+        for (int n = 0; n < N; n++)
+            for (int m = 0; m < M; m++) {
+                float *row = y + n * ys + (size_t)m * P;
+                for (int i = 0; i < P; i++) row[i] = bias[m];
+            }
+    }
+    if (pl.direct) {
+        for (int n = 0; n < N; n++) gemm_rm(0, 0, M, P, K, 1.0f, A, K, x + n * xs, P, beta, y + n * ys, P);
         return 0;
     }
-    int G = group_size(s);
     size_t mark = arena_mark(&c->arena);
-    float *col = ctx_alloc(c, (size_t)s->K * G * s->P * sizeof(float));
-    float *tmp = G > 1 ? ctx_alloc(c, (size_t)s->Cout * G * s->P * sizeof(float)) : NULL;
-    if (!col || (G > 1 && !tmp)) return -1;
-    for (int n0 = 0; n0 < s->N; n0 += G) {
-        int g = s->N - n0 < G ? s->N - n0 : G;
-        int gp = g * (int)s->P;
-        im2col(col, (size_t)gp, x + n0 * xs, g, s);
-        if (g == 1) {
-            float *yn = y + n0 * ys;
-            if (b) {
-#pragma omp parallel for schedule(static)
-                for (int co = 0; co < s->Cout; co++)
-                    for (size_t p = 0; p < s->P; p++) yn[co * s->P + p] = b[co];
-            }
-            gemm_rm(0, 0, s->Cout, gp, s->K, 1.0f, w, s->K, col, gp, b ? 1.0f : 0.0f, yn, gp);
+    float *col, *tmp;
+    if (scratch_alloc(c, p, &pl, M, &col, &tmp)) return -1;
+    for (int n0 = 0; n0 < N; n0 += pl.G) {
+        int g = N - n0 < pl.G ? N - n0 : pl.G, gp = g * P;
+        im2col(col, (size_t)gp, x + n0 * xs, g, p);
+        if (pl.per_image) {
+            for (int i = 0; i < g; i++)
+                gemm_rm(0, 0, M, P, K, 1.0f, A, K, col + (size_t)i * P, gp, beta, y + (n0 + i) * ys, P);
         } else {
-            gemm_rm(0, 0, s->Cout, gp, s->K, 1.0f, w, s->K, col, gp, 0.0f, tmp, gp);
-            unstage_output(y + n0 * ys, tmp, b, g, s);
+            gemm_rm(0, 0, M, gp, K, 1.0f, A, K, col, gp, 0.0f, tmp, gp);
+            unstage(y + n0 * ys, tmp, bias, accumulate, g, M, p->P);
         }
     }
     arena_release(&c->arena, mark);
     return 0;
 }
 
-static void geom_from(ConvGeom *s, const Tensor *x, const Tensor *w, const int *iarg) {
-    s->N = x->shape[0];
-    s->Cin = x->shape[1];
-    s->H = x->shape[2];
-    s->W = x->shape[3];
-    s->Cout = w->shape[0];
-    s->kh = w->shape[2];
-    s->kw = w->shape[3];
-    s->sh = iarg[CV_SH];
-    s->sw = iarg[CV_SW];
-    s->ph = iarg[CV_PH];
-    s->pw = iarg[CV_PW];
-    s->Ho = (s->H + 2 * s->ph - s->kh) / s->sh + 1;
-    s->Wo = (s->W + 2 * s->pw - s->kw) / s->sw + 1;
-    s->K = s->Cin * s->kh * s->kw;
-    s->P = (size_t)s->Ho * s->Wo;
+/* dw (M, K) += sum over the batch of dy_n im2col(x_n)^T; dy (N, M, P), x (N, C, H, W).
+   beta = 1 throughout, adding images (and groups) in order. 0, or -1 (scratch). */
+static int patch_gemm_wgrad(Ctx *c, float *dw, const float *dy, const float *x, int M, int N, const Patch *p) {
+    Plan pl = plan_make(p, N);
+    size_t xs = (size_t)p->C * p->H * p->W, ys = (size_t)M * p->P;
+    int P = (int)p->P, K = p->K;
+    if (pl.direct) {
+        for (int n = 0; n < N; n++) gemm_rm(0, 1, M, K, P, 1.0f, dy + n * ys, P, x + n * xs, P, 1.0f, dw, K);
+        return 0;
+    }
+    size_t mark = arena_mark(&c->arena);
+    float *col, *tmp;
+    if (scratch_alloc(c, p, &pl, M, &col, &tmp)) return -1;
+    for (int n0 = 0; n0 < N; n0 += pl.G) {
+        int g = N - n0 < pl.G ? N - n0 : pl.G, gp = g * P;
+        im2col(col, (size_t)gp, x + n0 * xs, g, p);
+        if (pl.per_image) {
+            for (int i = 0; i < g; i++)
+                gemm_rm(0, 1, M, K, P, 1.0f, dy + (n0 + i) * ys, P, col + (size_t)i * P, gp, 1.0f, dw, K);
+        } else {
+            stage(tmp, dy + n0 * ys, g, M, p->P);
+            gemm_rm(0, 1, M, K, gp, 1.0f, tmp, gp, col, gp, 1.0f, dw, K);
+        }
+    }
+    arena_release(&c->arena, mark);
+    return 0;
+}
+
+/* dx (N, C, H, W) += col2im(A^T dy_n) for each image; A (M, K) = w, dy (N, M, P).
+   For any stride. 0, or -1 (scratch). */
+static int patch_gemm_xgrad_col2im(Ctx *c, float *dx, const float *dy, const float *A, int M, int N,
+                                   const Patch *p) {
+    Plan pl = plan_make(p, N);
+    pl.direct = 0;  // dcol is never dx itself here (the stride-1 route handles 1x1)
+    size_t xs = (size_t)p->C * p->H * p->W, ys = (size_t)M * p->P;
+    int P = (int)p->P, K = p->K;
+    size_t mark = arena_mark(&c->arena);
+    float *col, *tmp;
+    if (scratch_alloc(c, p, &pl, M, &col, &tmp)) return -1;
+    for (int n0 = 0; n0 < N; n0 += pl.G) {
+        int g = N - n0 < pl.G ? N - n0 : pl.G, gp = g * P;
+        if (pl.per_image) {
+            for (int i = 0; i < g; i++)
+                gemm_rm(1, 0, K, P, M, 1.0f, A, K, dy + (n0 + i) * ys, P, 0.0f, col + (size_t)i * P, gp);
+        } else {
+            stage(tmp, dy + n0 * ys, g, M, p->P);
+            gemm_rm(1, 0, K, gp, M, 1.0f, A, K, tmp, gp, 0.0f, col, gp);
+        }
+        col2im_add(dx + n0 * xs, col, (size_t)gp, g, p);
+    }
+    arena_release(&c->arena, mark);
+    return 0;
+}
+
+/* dx += the stride-1 input gradient as a convolution of dy: wf (Cin, Cout, kh, kw) with
+   wf[ci, co, a, b] = w[co, ci, kh-1-a, kw-1-b], padding kh-1-ph, kw-1-pw. Needs stride 1
+   and pad < kernel size (so that padding is not negative). 0, or -1 (scratch). */
+static int conv_xgrad_flipped(Ctx *c, float *dx, const float *dy, const float *w, int N, int Cout,
+                              const Patch *p) {
+    int Cin = p->C, kh = p->kh, kw = p->kw, khw = kh * kw;
+    size_t mark = arena_mark(&c->arena);
+    float *wf = ctx_alloc(c, (size_t)Cin * Cout * khw * sizeof(float));
+    if (!wf) return -1;
+    for (int ci = 0; ci < Cin; ci++)
+        for (int co = 0; co < Cout; co++)
+            for (int a = 0; a < kh; a++)
+                for (int b = 0; b < kw; b++)
+                    wf[(((size_t)ci * Cout + co) * kh + a) * kw + b] =
+                        w[(((size_t)co * Cin + ci) * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
+    Patch q = patch_make(Cout, p->Ho, p->Wo, kh, kw, 1, 1, kh - 1 - p->ph, kw - 1 - p->pw);
+    int rc = patch_gemm(c, dx, dy, wf, Cin, NULL, 1, N, &q);
+    arena_release(&c->arena, mark);
+    return rc;
+}
+
+/* ---- the op ------------------------------------------------------------------------ */
+
+// iarg layout of a conv node
+enum { CV_SH, CV_SW, CV_PH, CV_PW };
+
+static Patch patch_of(const Tensor *x, const Tensor *w, const int *iarg) {
+    return patch_make(x->shape[1], x->shape[2], x->shape[3], w->shape[2], w->shape[3], iarg[CV_SH], iarg[CV_SW],
+                      iarg[CV_PH], iarg[CV_PW]);
 }
 
 static void conv_backward(Ctx *c, TapeNode *nd) {
     Tensor *x = nd->in[0], *w = nd->in[1], *b = nd->in[2];
-    ConvGeom s;
-    geom_from(&s, x, w, nd->iarg);
+    Patch p = patch_of(x, w, nd->iarg);
+    int N = x->shape[0], Cout = w->shape[0];
     const float *dy = nd->out->grad;
     float *dx = x->requires_grad ? tensor_grad(c, x) : NULL;
     float *dw = w->requires_grad ? tensor_grad(c, w) : NULL;
     float *db = b && b->requires_grad ? tensor_grad(c, b) : NULL;
     if ((x->requires_grad && !dx) || (w->requires_grad && !dw) || (b && b->requires_grad && !db)) return;
-    size_t xs = (size_t)s.Cin * s.H * s.W, ys = (size_t)s.Cout * s.P;
-    int P = (int)s.P;
-    if (db) gemm_channel_sum_add(db, dy, s.N, s.Cout, s.P);
-    if (is_pointwise(&s)) {
-        // beta = 1 throughout: the batch entries (and other uses of w, x) add into one gradient
-        for (int n = 0; n < s.N; n++) {
-            if (dw) gemm_rm(0, 1, s.Cout, s.Cin, P, 1.0f, dy + n * ys, P, x->data + n * xs, P, 1.0f, dw, s.Cin);
-            if (dx) gemm_rm(1, 0, s.Cin, P, s.Cout, 1.0f, w->data, s.Cin, dy + n * ys, P, 1.0f, dx + n * xs, P);
-        }
-        return;
-    }
-    if (!dw && !dx) return;
-    int G = group_size(&s);
-    size_t mark = arena_mark(&c->arena);
-    float *col = ctx_alloc(c, (size_t)s.K * G * s.P * sizeof(float));
-    float *tmp = G > 1 ? ctx_alloc(c, (size_t)s.Cout * G * s.P * sizeof(float)) : NULL;
-    if (!col || (G > 1 && !tmp)) return;
-    for (int n0 = 0; n0 < s.N; n0 += G) {
-        int g = s.N - n0 < G ? s.N - n0 : G;
-        int gp = g * P;
-        const float *dyg = dy + n0 * ys;  // (Cout, g P) after staging
-        if (g > 1) {
-            stage_grad(tmp, dyg, g, &s);
-            dyg = tmp;
-        }
-        if (dw) {  // dw (Cout, K) += dY (Cout, gP) col^T; beta = 1 sums the groups in order
-            im2col(col, (size_t)gp, x->data + n0 * xs, g, &s);
-            gemm_rm(0, 1, s.Cout, s.K, gp, 1.0f, dyg, gp, col, gp, 1.0f, dw, s.K);
-        }
-        if (dx) {  // dcol (K, gP) = w^T dY, reusing col's memory
-            gemm_rm(1, 0, s.K, gp, s.Cout, 1.0f, w->data, s.K, dyg, gp, 0.0f, col, gp);
-            col2im_add(dx + n0 * xs, col, (size_t)gp, g, &s);
-        }
-    }
-    arena_release(&c->arena, mark);
+    if (db) gemm_channel_sum_add(db, dy, N, Cout, p.P);
+    if (dw && patch_gemm_wgrad(c, dw, dy, x->data, Cout, N, &p)) return;
+    if (!dx) return;
+    if (p.sh == 1 && p.sw == 1 && p.ph < p.kh && p.pw < p.kw)
+        conv_xgrad_flipped(c, dx, dy, w->data, N, Cout, &p);
+    else
+        patch_gemm_xgrad_col2im(c, dx, dy, w->data, Cout, N, &p);
 }
 
 Tensor *t_conv2d_ex(Ctx *c, Tensor *x, Tensor *w, Tensor *b, int stride_h, int stride_w, int pad_h, int pad_w) {
@@ -272,17 +352,20 @@ Tensor *t_conv2d_ex(Ctx *c, Tensor *x, Tensor *w, Tensor *b, int stride_h, int s
         return NULL;
     }
     int iarg[4] = {stride_h, stride_w, pad_h, pad_w};
-    ConvGeom s;
-    geom_from(&s, x, w, iarg);
-    // cblas dimensions are int: one group's columns (at most N P) and K must fit
-    if ((size_t)s.N * s.P > INT_MAX || (size_t)s.K > INT_MAX / 2) {
+    Patch p = patch_of(x, w, iarg);
+    int N = x->shape[0], Cout = w->shape[0];
+    // cblas dimensions are int: a group's columns (at most N max(P, H W)) and the inner
+    // dimensions (K, and Cout kh kw of the flipped input gradient) must fit
+    size_t hw = (size_t)p.H * p.W, cols = (size_t)N * (p.P > hw ? p.P : hw);
+    size_t inner = (size_t)p.kh * p.kw * (size_t)(Cout > p.C ? Cout : p.C);
+    if (cols > INT_MAX || inner > INT_MAX) {
         err_set(&c->err, ERR_SHAPE, "conv2d: x %s with w %s exceeds int GEMM dimensions",
                 tensor_shape_str(x, sx, sizeof sx), tensor_shape_str(w, sw, sizeof sw));
         return NULL;
     }
-    Tensor *y = tensor_new4(c, s.N, s.Cout, s.Ho, s.Wo);
+    Tensor *y = tensor_new4(c, N, Cout, p.Ho, p.Wo);
     if (!y) return NULL;
-    if (conv_forward(c, y->data, x->data, w->data, b ? b->data : NULL, &s)) return NULL;
+    if (patch_gemm(c, y->data, x->data, w->data, Cout, b ? b->data : NULL, 0, N, &p)) return NULL;
     Tensor *in[3] = {x, w, b};
     TapeNode *nd = tape_record(c, OP_CONV2D, conv_backward, y, in, 3);
     if (nd) memcpy(nd->iarg, iarg, sizeof iarg);

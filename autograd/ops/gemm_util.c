@@ -26,7 +26,7 @@ void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
 
 void gemm_colsum_add(float *db, const float *dy, size_t rows, int cols) {
     int nblocks = (cols + COLSUM_BLOCK - 1) / COLSUM_BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * (size_t)cols >= GEMM_OMP_MIN_WORK)
     for (int blk = 0; blk < nblocks; blk++) {
         int j0 = blk * COLSUM_BLOCK, w = cols - j0 < COLSUM_BLOCK ? cols - j0 : COLSUM_BLOCK;
         double acc[COLSUM_BLOCK] = {0};
@@ -39,7 +39,7 @@ void gemm_colsum_add(float *db, const float *dy, size_t rows, int cols) {
 }
 
 void gemm_channel_sum_add(float *db, const float *dy, int N, int C, size_t P) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C * P >= GEMM_OMP_MIN_WORK)
     for (int ch = 0; ch < C; ch++) {
         double s = 0;
         for (int n = 0; n < N; n++) {

@@ -12,6 +12,10 @@
 
 #include <stddef.h>
 
+// Elements a loop must touch before it is worth waking OpenMP threads for: below this,
+// the hand-over costs more than the loop (parallel regions use `if (work >= ...)`).
+#define GEMM_OMP_MIN_WORK 32768
+
 // C (M,N) = alpha op(A) op(B) + beta C, row-major, op(X) = X^T when trans_x != 0, as
 // cblas_sgemm. Also correct for empty shapes, which cblas rejects (lda >= 1): M or N == 0
 // does nothing; K == 0 leaves beta C (zeros when beta == 0).

@@ -157,7 +157,7 @@ Tensor *t_linear(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
     if (!y) return NULL;
     if (b) {
         // y starts as the bias rows; the GEMM then adds x w^T (beta = 1)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * nout >= GEMM_OMP_MIN_WORK)
         for (int r = 0; r < rows; r++) memcpy(y->data + (size_t)r * nout, b->data, (size_t)nout * sizeof(float));
     }
     gemm_rm(0, 1, rows, nout, nin, 1.0f, x->data, nin, w->data, nin, b ? 1.0f : 0.0f, y->data, nout);

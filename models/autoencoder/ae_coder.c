@@ -161,7 +161,8 @@ Tensor *ae_encoder_forward(Ctx *c, AeCoder *k, const AeDDConfig *dd, Tensor *x) 
     Tensor *h = ctx_scope_end(c, s, layer_forward(c, &k->conv_in, x));
     for (int i = 0; i < k->n_level && h; i++) {
         h = level_blocks(c, &k->level[i], h, s);
-        if (k->level[i].has_resample) h = ctx_scope_end(c, s, ae_downsample_forward(c, &k->level[i], dd->resamp_with_conv, h));
+        if (k->level[i].has_resample)
+            h = ctx_scope_end(c, s, ae_downsample_forward(c, &k->level[i], dd->resamp_with_conv, h));
     }
     h = mid_forward(c, k, dd, h, s);
     h = layer_forward(c, &k->conv_out, ae_norm_swish(c, &k->norm_out, h));
@@ -175,7 +176,8 @@ Tensor *ae_decoder_forward(Ctx *c, AeCoder *k, const AeDDConfig *dd, Tensor *z) 
     h = mid_forward(c, k, dd, h, s);
     for (int i = k->n_level - 1; i >= 0 && h; i--) {
         h = level_blocks(c, &k->level[i], h, s);
-        if (k->level[i].has_resample) h = ctx_scope_end(c, s, ae_upsample_forward(c, &k->level[i], dd->resamp_with_conv, h));
+        if (k->level[i].has_resample)
+            h = ctx_scope_end(c, s, ae_upsample_forward(c, &k->level[i], dd->resamp_with_conv, h));
     }
     h = layer_forward(c, &k->conv_out, ae_norm_swish(c, &k->norm_out, h));
     return ctx_scope_end(c, s, h);

@@ -16,7 +16,8 @@ Tensor *ae_quantize(Ctx *c, AeModel *m, Tensor *z) {
     int C = m->cfg.embed_dim, K = m->cfg.n_embed;
     if (z->ndim != 4 || z->shape[1] != C) {
         char buf[64];
-        err_set(&c->err, ERR_SHAPE, "ae_quantize: expected (N, %d, h, w), found %s", C, tensor_shape_str(z, buf, sizeof buf));
+        err_set(&c->err, ERR_SHAPE, "ae_quantize: expected (N, %d, h, w), found %s", C,
+                tensor_shape_str(z, buf, sizeof buf));
         return NULL;
     }
     Tensor *out = tensor_new(c, 4, z->shape);
@@ -31,7 +32,7 @@ Tensor *ae_quantize(Ctx *c, AeModel *m, Tensor *z) {
     int N = z->shape[0];
     size_t HW = (size_t)z->shape[2] * z->shape[3];
     long P = (long)N * (long)HW;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (P * (long)K >= 32768)  // tiny lookups stay on one thread
     for (long p = 0; p < P; p++) {
         size_t n = (size_t)p / HW, q = (size_t)p % HW;
         const float *zp = z->data + n * C * HW + q;  // channel k of this position at zp[k * HW]

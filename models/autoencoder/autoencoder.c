@@ -27,9 +27,11 @@ int ae_config_check(const AeConfig *cfg, Err *e) {
     const AeDDConfig *dd = &cfg->dd;
     if (dd->ch <= 0 || dd->z_channels <= 0 || dd->in_channels <= 0 || dd->out_ch <= 0 || dd->resolution <= 0)
         return err_set(e, ERR_VALUE, "ddconfig: ch, z_channels, in_channels, out_ch, resolution must be positive");
-    if (dd->num_res_blocks < 0) return err_set(e, ERR_VALUE, "ddconfig.num_res_blocks: expected >= 0, found %d", dd->num_res_blocks);
+    if (dd->num_res_blocks < 0)
+        return err_set(e, ERR_VALUE, "ddconfig.num_res_blocks: expected >= 0, found %d", dd->num_res_blocks);
     if (dd->n_ch_mult < 1 || dd->n_ch_mult > AE_MAX_LEVELS)
-        return err_set(e, ERR_VALUE, "ddconfig.ch_mult: expected 1 to %d entries, found %d", AE_MAX_LEVELS, dd->n_ch_mult);
+        return err_set(e, ERR_VALUE, "ddconfig.ch_mult: expected 1 to %d entries, found %d", AE_MAX_LEVELS,
+                       dd->n_ch_mult);
     for (int i = 0; i < dd->n_ch_mult; i++) {
         // GroupNorm(32, C) needs C divisible by 32
         if (dd->ch_mult[i] <= 0 || (dd->ch * dd->ch_mult[i]) % 32 != 0)
