@@ -20,7 +20,7 @@ static const char *const usage[] = {
     "  --samples DIR     the sample folder (or an idx image file)",
     "  --ref FILE        statistics written by effdm stats",
     "  --features NAME   judge or inception; default: the network the statistics were made with",
-    "  --weights FILE    network weights; judge default: " FEATNET_DEFAULT_JUDGE,
+    "  --weights FILE    network weights; judge default: the shipped models/zoo/fmnist-ldm/judge.ckpt",
     "  --json FILE       also write the results as JSON",
     "  --max N           use the first N samples only (default: all)",
     "  --batch N         images per forward pass (default 256 judge, 8 inception)",
@@ -32,26 +32,6 @@ static const char *const usage[] = {
     "Exit status: 0, 2 for bad input (arguments, files), 1 for other failures.",
     NULL,
 };
-
-static void on_progress(void *user, size_t done, size_t total) {
-    Progress *p = user;
-    p->total = total > 0 ? (long)total : 1;
-    progress_update(p, (long)done, NULL);
-}
-
-static int write_json(const char *path, const EvalResult *r, Err *e) {
-    char *s = eval_result_json(r);
-    if (!s) return err_set(e, ERR_NOMEM, "%s: out of memory formatting the results", path);
-    AtomicFile f;
-    int rc = atomic_open(&f, path, e);
-    if (!rc) {
-        atomic_write(&f, s, strlen(s));
-        atomic_write(&f, "\n", 1);
-        rc = atomic_commit(&f, e);
-    }
-    free(s);
-    return rc;
-}
 
 int cmd_eval(int argc, char **argv) {
     const char *samples = NULL, *ref = NULL, *features = NULL, *weights = NULL, *json = NULL;
@@ -81,25 +61,6 @@ int cmd_eval(int argc, char **argv) {
     o.weights = weights;
     o.batch = batch;
     o.max_images = (size_t)max;
-    Progress p;
-    progress_start(&p, "eval", 1);
-    o.progress = on_progress;
-    o.progress_user = &p;
-    EvalResult r;
-    if (eval_run(samples, ref, &o, &r, &e)) return cli_fail("eval", &e);
-    progress_finish(&p, NULL);
-    printf("samples %s (%zu images) vs %s (%zu images), features: %s\n", samples, r.n_samples, ref, r.n_ref,
-           featnet_kind_name(r.kind));
-    printf("  %-16s %s\n", "metric", "value");
-    printf("  %-16s %.4f%s\n", "FID", r.fid, r.fid_offset > 0 ? "  (1e-6 added to the covariance diagonals)" : "");
-    if (r.has_sfid) printf("  %-16s %.4f\n", "sFID", r.sfid);
-    else printf("  %-16s %s\n", "sFID", "n/a (Inception only)");
-    printf("  %-16s %.4f +- %.4f\n", "IS", r.is_mean, r.is_std);
-    printf("  %-16s %.4f\n", "precision", r.precision);
-    printf("  %-16s %.4f\n", "recall", r.recall);
-    if (r.has_accuracy) printf("  %-16s %.4f\n", "class accuracy", r.accuracy);
-    else printf("  %-16s %s\n", "class accuracy", "n/a (judge + class folders only)");
-    printf("  %-16s %zu\n", "samples", r.n_samples);
-    if (json && write_json(json, &r, &e)) return cli_fail("eval", &e);
+    if (cli_eval_report(samples, ref, &o, json, &e)) return cli_fail("eval", &e);
     return 0;
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "eval/eval.h"
 #include "cli/commands.h"
 #include "io/image.h"
 #include "models/ldm.h"
@@ -59,6 +60,12 @@ static const char *const usage[] = {
     "                       one row per class (first 16 images of each, at most 32 classes),",
     "                       or up to 16 x 16 images for unconditional models. Every PNG is",
     "                       written atomically (temp file + rename)",
+    "evaluation:",
+    "  --eval REF           after sampling, evaluate the images against statistics REF from",
+    "                       effdm stats (FID, IS, precision/recall, class accuracy; see",
+    "                       effdm eval); REF 'fmnist' = the shipped Fashion-MNIST test-set",
+    "                       judge statistics",
+    "  --eval-json FILE     where to write the results as JSON (default DIR/eval.json)",
     "",
     "Images are clamp((decode(z / scale_factor) + 1) / 2, 0, 1) stored as round(255 x).",
     "Progress and ETA go to stderr; a summary to stdout. Exit status: 0, 2 for bad input",
@@ -139,28 +146,10 @@ static int write_grid(SampleState *s, Err *e) {
     return rc;
 }
 
-// The shipped teacher: $EFFDM_ZOO/fmnist-ldm, else <dir of the executable>/../models/zoo/fmnist-ldm.
+// The shipped teacher (cli_zoo_path: $EFFDM_ZOO/fmnist-ldm or next to the executable).
 static int find_teacher(char *cfg, char *ckpt, size_t cap, Err *e) {
-    char dir[PATH_MAX];
-    const char *zoo = getenv("EFFDM_ZOO");
-    if (zoo && *zoo) {
-        snprintf(dir, sizeof dir, "%s/fmnist-ldm", zoo);
-    } else {
-        char exe[PATH_MAX];
-        ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-        if (len <= 0) return err_set(e, ERR_IO, "cannot locate the effdm executable to find the shipped teacher; "
-                                     "pass --ldm-config and --ckpt or set EFFDM_ZOO");
-        exe[len] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) *slash = '\0';
-        snprintf(dir, sizeof dir, "%s/../models/zoo/fmnist-ldm", exe);
-    }
-    snprintf(cfg, cap, "%s/config.yaml", dir);
-    snprintf(ckpt, cap, "%s/model.ckpt", dir);
-    if (access(cfg, R_OK) != 0 || access(ckpt, R_OK) != 0)
-        return err_set(e, ERR_IO, "no model given and the shipped teacher is not at %s (%s); pass --ldm-config and "
-                       "--ckpt, or set EFFDM_ZOO to the folder holding fmnist-ldm/", dir,
-                       zoo && *zoo ? "from EFFDM_ZOO" : "relative to the effdm executable");
+    if (cli_zoo_path("config.yaml", cfg, cap, e) || cli_zoo_path("model.ckpt", ckpt, cap, e))
+        return err_prefix(e, "no model given (--model, or --ldm-config and --ckpt) and the shipped teacher is missing");
     return 0;
 }
 
@@ -182,7 +171,7 @@ static double now_s(void) {
 
 int cmd_sample(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *out = NULL, *ema_s = "auto", *sampler_s = "ddim";
-    const char *model_path = NULL;
+    const char *model_path = NULL, *eval_ref = NULL, *eval_json = NULL;
     int n = 64, steps = 50, klass = -1, seed = 0, batch = 16, threads = 0;
     float eta = 0.0f, scale = 1.5f;
     CliOpt opts[] = {
@@ -191,6 +180,7 @@ int cmd_sample(int argc, char **argv) {
         {"--eta", OPT_FLOAT, &eta},           {"--scale", OPT_FLOAT, &scale},  {"--class", OPT_INT, &klass},
         {"--seed", OPT_INT, &seed},           {"--batch", OPT_INT, &batch},    {"--threads", OPT_INT, &threads},
         {"--out", OPT_STR, &out},             {"--model", OPT_STR, &model_path},
+        {"--eval", OPT_STR, &eval_ref},       {"--eval-json", OPT_STR, &eval_json},
     };
     Err e = {0};
     int help = 0;
@@ -221,6 +211,20 @@ int cmd_sample(int argc, char **argv) {
         return cli_fail("sample", &e);
     }
     if (cli_threads(threads, &e)) return cli_fail("sample", &e);
+    char eval_ref_buf[PATH_MAX], eval_json_buf[PATH_MAX];
+    if (eval_ref && !strcmp(eval_ref, "fmnist")) {
+        if (cli_zoo_path("fmnist_test_judge.safetensors", eval_ref_buf, sizeof eval_ref_buf, &e))
+            return cli_fail("sample", &e);
+        eval_ref = eval_ref_buf;
+    }
+    if (eval_ref && access(eval_ref, R_OK) != 0) {  // fail before sampling, not after
+        err_set(&e, ERR_IO, "--eval %s: cannot read the reference statistics", eval_ref);
+        return cli_fail("sample", &e);
+    }
+    if (eval_json && !eval_ref) {
+        err_set(&e, ERR_ARG, "--eval-json needs --eval");
+        return cli_fail("sample", &e);
+    }
     if (!cfg_path && !model_path) {
         if (find_teacher(tcfg, tckpt, sizeof tcfg, &e)) return cli_fail("sample", &e);
         cfg_path = tcfg;
@@ -289,6 +293,15 @@ int cmd_sample(int argc, char **argv) {
     if ((rc = write_grid(&st, &e))) goto done;
     printf("wrote %d images to %s/ (grid: %s/grid.png, %d x %d) in %.1f s, %.2f images/s\n", st.written, out, out,
            st.plan.rows, st.plan.cols, secs, n / secs);
+    if (eval_ref) {
+        fflush(stdout);
+        if (!eval_json) {
+            snprintf(eval_json_buf, sizeof eval_json_buf, "%s/eval.json", out);
+            eval_json = eval_json_buf;
+        }
+        EvalOpts eo = eval_default_opts();
+        if ((rc = cli_eval_report(out, eval_ref, &eo, eval_json, &e))) goto done;
+    }
 done:
     if (rc) cli_fail("sample", &e);
     ctx_free(&ctx);

@@ -21,7 +21,7 @@ static const char *const usage[] = {
     "  --features NAME   judge (default: the Fashion-MNIST judge shipped with the teacher)",
     "                    or inception (pytorch-fid's FID Inception; needs --weights)",
     "  --weights FILE    network weights (.ckpt/.pth/.safetensors); judge default:",
-    "                    " FEATNET_DEFAULT_JUDGE,
+    "                    the shipped models/zoo/fmnist-ldm/judge.ckpt",
     "  --max N           use the first N images only (default: all)",
     "  --rows N          feature rows kept for precision/recall (default 10000; evenly",
     "                    strided when there are more images)",
@@ -69,6 +69,11 @@ int cmd_stats(int argc, char **argv) {
     else if (batch < 0) err_set(&e, ERR_ARG, "--batch: expected >= 1, found %d", batch);
     if (e.code || featnet_kind_parse(features, &kind, &e) || cli_threads(threads, &e)) return cli_fail("stats", &e);
 
+    char judge[4096];
+    if (!weights && kind == FEAT_JUDGE) {
+        if (cli_zoo_path("judge.ckpt", judge, sizeof judge, &e)) return cli_fail("stats", &e);
+        weights = judge;
+    }
     FeatNet net;
     if (featnet_open(&net, kind, weights, &e)) return cli_fail("stats", &e);
     FeatOpts o = featnet_default_opts(&net);
@@ -86,7 +91,7 @@ int cmd_stats(int argc, char **argv) {
     if (!rc) {
         p.total = (long)s.n;
         progress_finish(&p, NULL);
-        rc = stats_write(out, &s, images, weights ? weights : (kind == FEAT_JUDGE ? FEATNET_DEFAULT_JUDGE : NULL), &e);
+        rc = stats_write(out, &s, images, weights, &e);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (!rc) {

@@ -70,7 +70,8 @@ int eval_run(const char *samples_dir, const char *ref_path, const EvalOpts *o, E
                      featnet_kind_name(ref.kind), featnet_kind_name((FeatKind)o->features));
         goto done;
     }
-    if ((rc = featnet_open(&net, ref.kind, o->weights, e))) goto done;
+    const char *w = o->weights ? o->weights : (ref.kind == FEAT_JUDGE ? o->judge_weights : NULL);
+    if ((rc = featnet_open(&net, ref.kind, w, e))) goto done;
     FeatOpts fo = featnet_default_opts(&net);
     if (o->batch > 0) fo.batch = o->batch;
     fo.max_images = o->max_images;

@@ -29,9 +29,10 @@
 #define EVAL_PR_K 3
 #define EVAL_IS_SEED 0
 
-typedef struct {
+typedef struct EvalOpts {
     int features;           // FeatKind, or -1: the network the reference was made with
-    const char *weights;    // network weights (NULL: the shipped judge; Inception needs one)
+    const char *weights;    // network weights (NULL: judge_weights for the judge; Inception needs one)
+    const char *judge_weights;  // the judge used when weights is NULL (NULL: FEATNET_DEFAULT_JUDGE)
     int batch;              // 0: the network's default
     size_t max_images;      // 0: every sample
     FeatProgress progress;  // may be NULL
