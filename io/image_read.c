@@ -26,8 +26,67 @@
 
 #include "io/fileio.h"
 
+// Debian's stb_image (2.27) writes past its Huffman tables when a JPEG DHT segment's 16
+// code counts sum past 256 (later stb releases reject it: "bad DHT header"). We walk the
+// JPEG's marker segments first, including DHTs between the scans of progressive files,
+// and refuse such a table before stb sees it. Returns 0 when the file is not a JPEG or
+// every DHT is sane.
+static int jpeg_check_dht(const unsigned char *b, size_t n, const char *name, Err *e) {
+    // stb's marker reader skips 0xFF fill bytes, even before SOI
+    size_t i = 0;
+    while (i < n && b[i] == 0xFF) i++;
+    if (i == 0 || i >= n || b[i] != 0xD8) return 0;
+    i++;
+    while (i + 1 < n) {
+        if (b[i] != 0xFF) {
+            i++;  // entropy-coded data after a scan header: look for the next marker
+            continue;
+        }
+        unsigned char m = b[i + 1];
+        if (m == 0xFF) { i++; continue; }                                          // fill byte
+        if (m == 0x00 || (m >= 0xD0 && m <= 0xD7) || m == 0x01) { i += 2; continue; }  // stuffing, RSTn, TEM
+        if (m == 0xD9) return 0;                                                   // end of image
+        if (i + 4 > n) return 0;  // truncated: stb reports it
+        size_t len = ((size_t)b[i + 2] << 8) | b[i + 3], end = i + 2 + len;
+        if (len < 2) return 0;  // stb skips to the end and reports the missing marker
+        if (end > n) end = n;   // stb reads past the end as zeros: check what is there
+        if (m == 0xC4) {
+            size_t k = i + 4;
+            while (k < end) {
+                size_t sum = 0;
+                // stb reads all 16 counts even when the segment claims fewer bytes
+                for (size_t c = k + 1; c <= k + 16 && c < n; c++) sum += b[c];
+                if (sum > 256)
+                    return err_set(e, ERR_FORMAT, "%s: bad JPEG Huffman table: %zu codes (at most 256)", name, sum);
+                k += 17 + sum;
+            }
+        }
+        i = end;
+    }
+    return 0;
+}
+
+// stb_image grows its IDAT buffer to a chunk's declared length before checking that the
+// bytes exist, so a 140-byte PNG can make it allocate 2 GiB. Every chunk must lie inside
+// the file: then stb's buffers stay within a small multiple of the file size.
+static int png_check_chunks(const unsigned char *b, size_t n, const char *name, Err *e) {
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    if (n < 8 || memcmp(b, sig, 8) != 0) return 0;
+    size_t i = 8;
+    while (i + 8 <= n) {
+        size_t len = ((size_t)b[i] << 24) | ((size_t)b[i + 1] << 16) | ((size_t)b[i + 2] << 8) | b[i + 3];
+        if (len > n - i - 8 || n - i - 8 - len < 4)
+            return err_set(e, ERR_FORMAT, "%s: PNG chunk '%.4s' at byte %zu claims %zu bytes past the end of the file",
+                           name, (const char *)b + i + 4, i, len);
+        if (!memcmp(b + i + 4, "IEND", 4)) return 0;
+        i += 12 + len;
+    }
+    return 0;  // no IEND: stb reports it
+}
+
 int image_read_mem(const unsigned char *buf, size_t size, const char *name, int channels, LoadedImage *img, Err *e) {
     memset(img, 0, sizeof *img);
+    if (jpeg_check_dht(buf, size, name, e) || png_check_chunks(buf, size, name, e)) return e ? e->code : ERR_FORMAT;
     if (channels != 1 && channels != 3)
         return err_set(e, ERR_VALUE, "%s: %d channels asked for, expected 1 or 3", name, channels);
     if (size > 0x7fffffff) return err_set(e, ERR_FORMAT, "%s: image file larger than 2 GiB", name);
