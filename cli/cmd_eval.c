@@ -18,7 +18,7 @@ static const char *const usage[] = {
     "Definitions: docs/EVALUATION.md.",
     "",
     "  --samples DIR     the sample folder (or an idx image file)",
-    "  --ref FILE        statistics written by effdm stats",
+    "  --ref FILE        statistics written by effdm stats; fmnist = the shipped Fashion-MNIST\n                    test-set judge statistics",
     "  --features NAME   judge or inception; default: the network the statistics were made with",
     "  --weights FILE    network weights; judge default: the shipped models/zoo/fmnist-ldm/judge.ckpt",
     "  --json FILE       also write the results as JSON",
@@ -61,6 +61,11 @@ int cmd_eval(int argc, char **argv) {
     o.weights = weights;
     o.batch = batch;
     o.max_images = (size_t)max;
+    char ref_buf[4096];
+    if (!strcmp(ref, "fmnist")) {  // the shipped Fashion-MNIST test-set statistics
+        if (cli_zoo_path("fmnist_test_judge.safetensors", ref_buf, sizeof ref_buf, &e)) return cli_fail("eval", &e);
+        ref = ref_buf;
+    }
     if (cli_eval_report(samples, ref, &o, json, &e)) return cli_fail("eval", &e);
     return 0;
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "train/run_config.h"
 #include "cli/commands.h"
 #include "qalora/export.h"
 
@@ -19,8 +20,9 @@ static const char *const usage[] = {
     "",
     "  --run RUN_DIR   the run directory (config.yaml, state.safetensors)",
     "  --out FILE      the export to write (atomically)",
-    "  --epoch WHICH   last: state.safetensors (default); best: best.safetensors, the epoch",
-    "                  with the lowest validation error (train.select_epoch best_val)",
+    "  --epoch WHICH   last: state.safetensors; best: best.safetensors, the epoch with the",
+    "                  lowest validation error. Default: the run's train.select_epoch",
+    "                  (best_val -> best, last -> last)",
     "  --fp16-layers   store the weights of the layers left FP (skip connections, Downsample",
     "                  convs, layers kept FP) as float16: half their size; the model is then no",
     "                  longer bit-exact to the student (default: exact F32)",
@@ -33,7 +35,7 @@ static const char *const usage[] = {
 
 int cmd_export(int argc, char **argv) {
     Err e = {0};
-    const char *run = NULL, *out = NULL, *epoch = "last";
+    const char *run = NULL, *out = NULL, *epoch = NULL;
     int threads = 0, help = 0, fp16 = 0;
     CliOpt opts[] = {
         {"--fp16-layers", OPT_FLAG, &fp16, 0},
@@ -50,6 +52,13 @@ int cmd_export(int argc, char **argv) {
     if (!run || !out) {
         err_set(&e, ERR_ARG, "%s is required (see --help)", !run ? "--run RUN_DIR" : "--out M.safetensors");
         return cli_fail("export", &e);
+    }
+    char cfg_path[4096];
+    if (!epoch) {  // the run's own choice: train.select_epoch of its resolved config
+        RunConfig rc;
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.yaml", run);
+        if (run_config_load(cfg_path, &rc, &e)) return cli_fail("export", &e);
+        epoch = rc.train.select_epoch == RC_SELECT_BEST_VAL ? "best" : "last";
     }
     if (strcmp(epoch, "last") != 0 && strcmp(epoch, "best") != 0) {
         err_set(&e, ERR_ARG, "--epoch: expected 'last' or 'best', found '%s'", epoch);

@@ -86,7 +86,17 @@ typedef struct {
 } SampleState;
 
 // mkdir that accepts an existing directory. 0 or ERR_IO naming the path.
+// mkdir -p: the output folder and any missing parents.
 static int make_dir(const char *path, Err *e) {
+    char tmp[PATH_MAX];
+    if (strlen(path) >= sizeof tmp) return err_set(e, ERR_ARG, "%s: path too long", path);
+    strcpy(tmp, path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        mkdir(tmp, 0777);  // failures show up at the final mkdir below
+        *p = '/';
+    }
     if (mkdir(path, 0777) == 0) return 0;
     struct stat st;
     if (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 0;

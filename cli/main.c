@@ -33,7 +33,7 @@ static void usage(FILE *fp) {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(fp, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(fp,
-            "\ncommon options: --threads N (default: $EFFDM_THREADS, else all cores)\n"
+            "\nthreads: the computing commands take --threads N (default: $EFFDM_THREADS, else all cores)\n"
             "exit status: 0 success, 2 bad input (arguments, files, configs), 1 other failure\n");
 }
 
