@@ -1,6 +1,7 @@
 /* cmd_export.c: effdm export: a run directory's student as one deployable .safetensors
    (qalora/export.h). */
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -59,6 +60,13 @@ int cmd_export(int argc, char **argv) {
         snprintf(cfg_path, sizeof cfg_path, "%s/config.yaml", run);
         if (run_config_load(cfg_path, &rc, &e)) return cli_fail("export", &e);
         epoch = rc.train.select_epoch == RC_SELECT_BEST_VAL ? "best" : "last";
+        snprintf(cfg_path, sizeof cfg_path, "%s/best.safetensors", run);
+        if (!strcmp(epoch, "best") && access(cfg_path, R_OK) != 0) {
+            // a calibrated run that was never fine-tuned: its only state is the naive PTQ model
+            fprintf(stderr, "effdm export: note: %s has no best.safetensors (not fine-tuned yet): "
+                    "exporting state.safetensors\n", run);
+            epoch = "last";
+        }
     }
     if (strcmp(epoch, "last") != 0 && strcmp(epoch, "best") != 0) {
         err_set(&e, ERR_ARG, "--epoch: expected 'last' or 'best', found '%s'", epoch);
