@@ -27,19 +27,6 @@ static const double TOL_EXPORT = 1e-5;  // EFFICIENTDM.md: the export computes t
 static const double SIZE_TARGET = 1.0 / 6.0;  // W4: UNet part <= 1/6 of the FP32 UNet
 static const int N_IN = 3;
 
-static Ctx *ctx_new(size_t bytes) {
-    Ctx *c = malloc(sizeof *c);
-    Err e = {0};
-    assert_non_null(c);
-    assert_int_equal(ctx_init(c, bytes, &e), 0);
-    return c;
-}
-
-static void ctx_delete(Ctx *c) {
-    ctx_free(c);
-    free(c);
-}
-
 static char *tmp_path(const char *suffix) {
     static int k;
     char *p = malloc(256);
@@ -151,7 +138,7 @@ static int nearest_entry(const TalsqSchedule *s, int t) {
 
 static void check_equivalence(int w_bits, int a_bits, int train_steps) {
     Teacher T = teacher_open();
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_REFERENCE);
     rc.quant.weight_bits = w_bits;
@@ -234,7 +221,7 @@ static void check_equivalence(int w_bits, int a_bits, int train_steps) {
     unlink(path);
     free(path);
     qmodel_free(&q);
-    ctx_delete(c);
+    test_ctx_delete(c);
     teacher_close(&T);
 }
 
@@ -257,7 +244,7 @@ static size_t zero_bytes(const float *z, int n, int round_first) {
 
 static void test_size(void **state) {
     Teacher T = teacher_open();
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_EFFDM);
     QModel q;
@@ -316,7 +303,7 @@ static void test_size(void **state) {
     free(p32);
     free(p16);
     qmodel_free(&q);
-    ctx_delete(c);
+    test_ctx_delete(c);
     teacher_close(&T);
 }
 
@@ -354,7 +341,7 @@ static void corrupt_copy(const char *src, const char *dst, const Corruption *k) 
 
 static void test_corrupt(void **state) {
     Teacher T = teacher_open();
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_EFFDM);
     QModel q;
@@ -404,7 +391,7 @@ static void test_corrupt(void **state) {
     free(good);
     free(bad);
     qmodel_free(&q);
-    ctx_delete(c);
+    test_ctx_delete(c);
     teacher_close(&T);
 }
 

@@ -21,19 +21,6 @@ static const int FIXTURE_ENTRIES = 5;
 static const int FIXTURE_RANK = 4;
 static const double TOL_GRADCHECK = 1e-3;  // the LoRA path is linear in A, B and Δ_w: FD is exact up to float
 
-static Ctx *ctx_new(size_t bytes) {
-    Ctx *c = malloc(sizeof *c);
-    Err e = {0};
-    assert_non_null(c);
-    assert_int_equal(ctx_init(c, bytes, &e), 0);
-    return c;
-}
-
-static void ctx_delete(Ctx *c) {
-    ctx_free(c);
-    free(c);
-}
-
 static float *fdup(const float *p, size_t n) {
     float *q = malloc(n * sizeof(float));
     assert_non_null(q);
@@ -71,7 +58,7 @@ static void report(const char *prefix, const char *what, const float *ours, cons
 /* ---- the upstream fixture ------------------------------------------------------------ */
 
 static void run_fixture(const char *prefix, LayerKind kind) {
-    Ctx *d = ctx_new((size_t)1 << 24), *c = ctx_new((size_t)1 << 26);
+    Ctx *d = test_ctx_new((size_t)1 << 24), *c = test_ctx_new((size_t)1 << 26);
     Tensor *x = fx(d, prefix, "x"), *W = fx(d, prefix, "W"), *bias = fx(d, prefix, "bias");
     Tensor *w_delta = fx(d, prefix, "w_delta"), *w_zp = fx(d, prefix, "w_zero_point");
     Tensor *W_int = fx(d, prefix, "W_int"), *lA = fx(d, prefix, "lora_A"), *lB = fx(d, prefix, "lora_B");
@@ -167,8 +154,8 @@ static void run_fixture(const char *prefix, LayerKind kind) {
     free(dwz);
     qlayer_free(&q);
     layer_release(&l);
-    ctx_delete(c);
-    ctx_delete(d);
+    test_ctx_delete(c);
+    test_ctx_delete(d);
 }
 
 static void test_fixture_conv(void **state) { run_fixture("conv_", LAYER_CONV2D); }
@@ -178,14 +165,14 @@ static void test_fixture_linear(void **state) { run_fixture("linear_", LAYER_LIN
 
 static void random_layer(ModelLayer *l, LayerKind kind, const char *name, int cout, int cin, int k, int stride,
                          int pad, Rng *r) {
-    Ctx *d = ctx_new((size_t)1 << 22);
+    Ctx *d = test_ctx_new((size_t)1 << 22);
     Tensor *w = kind == LAYER_LINEAR ? tensor_new2(d, cout, cin) : tensor_new4(d, cout, cin, k, k);
     Tensor *b = tensor_new1(d, cout);
     rng_normal_fill(r, w->data, w->n);
     rng_normal_fill(r, b->data, b->n);
     for (size_t i = 0; i < w->n; i++) w->data[i] *= 0.2f;
     layer_make(l, kind, name, w, b, stride, pad);
-    ctx_delete(d);
+    test_ctx_delete(d);
 }
 
 // Closed form of the naive PTQ weight: per channel 'max' range in double, round half to even.
@@ -237,14 +224,14 @@ static void test_init_is_naive_ptq(void **state) {
     assert_int_equal(q.lora_b.shape[1], 32);
     for (size_t i = 0; i < q.lora_b.n; i++) assert_float_equal(q.lora_b.data[i], 0.0f, 0.0f);
     // W_eff of a fresh layer is the naive PTQ weight
-    Ctx *c = ctx_new((size_t)1 << 24);
+    Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *weff = qlayer_weight(c, &q);
     assert_non_null(weff);
     float *ref = malloc(l.weight.n * sizeof(float));
     naive_ptq_ref(ref, l.weight.data, cout, l.weight.n / cout, 4);
     for (size_t i = 0; i < l.weight.n; i++) assert_float_equal(weff->data[i], ref[i], 0.0f);
     free(ref);
-    ctx_delete(c);
+    test_ctx_delete(c);
     qlayer_free(&q);
     layer_release(&l);
 }
@@ -300,7 +287,7 @@ static void test_special_layer(void **state) {
     qlayer_set_act(&q, 0.05f, 128.0f);
     qlayer_attach(&q);
 
-    Ctx *c = ctx_new((size_t)1 << 24);
+    Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *x = tensor_new4(c, 2, cin, 7, 7);
     rng_normal_fill(&r, x->data, x->n);
     int entry = 3;  // ignored: a special layer has one static (Δ, z)
@@ -322,7 +309,7 @@ static void test_special_layer(void **state) {
     assert_int_equal(c->n_nodes, 0);  // nothing requires a gradient: nothing recorded
     qlayer_free(&q);
     assert_null(l.quant_forward);  // free detaches
-    ctx_delete(c);
+    test_ctx_delete(c);
     layer_release(&l);
 }
 
@@ -352,7 +339,7 @@ static void test_calibration_and_entries(void **state) {
     Err e = {0};
     assert_int_equal(qlayer_init(&q, &l, &cfg, NULL, NULL, &r, &e), 0);
     qlayer_attach(&q);
-    Ctx *c = ctx_new((size_t)1 << 24);
+    Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *x = tensor_new2(c, 8, 10);
     rng_normal_fill(&r, x->data, x->n);
 
@@ -407,7 +394,7 @@ static void test_calibration_and_entries(void **state) {
     assert_null(layer_forward(c, &l, x));
     assert_non_null(strstr(c->err.msg, "entry 4"));
 
-    ctx_delete(c);
+    test_ctx_delete(c);
     qlayer_free(&q);
     layer_release(&l);
 }
@@ -453,7 +440,7 @@ static void test_merge_export(void **state) {
 
     uint8_t *lv = malloc(l.weight.n);
     assert_int_equal(qlayer_merge(&q, lv, &e), 0);
-    Ctx *c = ctx_new((size_t)1 << 24);
+    Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *weff = qlayer_weight(c, &q);
     size_t K = l.weight.n / cout;
     for (size_t i = 0; i < l.weight.n; i++) {
@@ -493,7 +480,7 @@ static void test_merge_export(void **state) {
 
     free(block);
     free(lv);
-    ctx_delete(c);
+    test_ctx_delete(c);
     qlayer_free(&q);
     layer_release(&l);
 }

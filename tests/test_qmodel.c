@@ -19,19 +19,6 @@
 static const double TOL_PTQ = 1e-5;   // same formulas, possibly another summation order in the convs
 static const int N_IN = 4;            // UNet inputs per forward
 
-static Ctx *ctx_new(size_t bytes) {
-    Ctx *c = malloc(sizeof *c);
-    Err e = {0};
-    assert_non_null(c);
-    assert_int_equal(ctx_init(c, bytes, &e), 0);
-    return c;
-}
-
-static void ctx_delete(Ctx *c) {
-    ctx_free(c);
-    free(c);
-}
-
 static Ldm *teacher_load(void) {
     Ldm *m = NULL;
     Err e = {0};
@@ -227,7 +214,7 @@ static Tensor *ref_forward(Ctx *c, ModelLayer *l, Tensor *x) {
 
 static void test_naive_ptq_and_fp(void **state) {
     Ldm *m = teacher_load();
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     Inputs in = inputs_make(m, N_IN, 11);
     int t = (int)in.t[0];
     for (int i = 0; i < in.n; i++) in.t[i] = (float)t;  // one timestep: one TALSQ entry for the batch
@@ -292,7 +279,7 @@ static void test_naive_ptq_and_fp(void **state) {
     free(ptq);
     free(fp_again);
     inputs_free(&in);
-    ctx_delete(c);
+    test_ctx_delete(c);
     ldm_free(m);
 }
 
@@ -330,7 +317,7 @@ static void test_timestep_entries(void **state) {
 
 static void test_trainable(void **state) {
     Ldm *m = teacher_load();
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     QModelConfig qc;
     qmodel_config_defaults(&qc);
     QModel q;
@@ -402,7 +389,7 @@ static void test_trainable(void **state) {
     free(g);
     free(t);
     inputs_free(&in);
-    ctx_delete(c);
+    test_ctx_delete(c);
     ldm_free(m);
 }
 
@@ -426,7 +413,7 @@ static void perturb(QModel *q, uint64_t seed) {
 
 static void test_state_round_trip(void **state) {
     Ldm *m = teacher_load();
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     QModelConfig qc;
     qmodel_config_defaults(&qc);
     QModel a, b;
@@ -501,7 +488,7 @@ static void test_state_round_trip(void **state) {
     free(yb);
     inputs_free(&in);
     qmodel_free(&a);
-    ctx_delete(c);
+    test_ctx_delete(c);
     ldm_free(m);
 }
 

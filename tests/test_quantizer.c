@@ -16,19 +16,6 @@
 
 static const float TOL_HAND = 1e-6f;  // hand-computed gradients of float32 values
 
-static Ctx *ctx_new(size_t bytes) {
-    Ctx *c = malloc(sizeof *c);
-    Err e = {0};
-    assert_non_null(c);
-    assert_int_equal(ctx_init(c, bytes, &e), 0);
-    return c;
-}
-
-static void ctx_delete(Ctx *c) {
-    ctx_free(c);
-    free(c);
-}
-
 /* ---- rounding --------------------------------------------------------------------- */
 
 static void test_round_half_even(void **state) {
@@ -120,7 +107,7 @@ static void test_init_mse_closed_form(void **state) {
 // The fixture's w_delta / w_zero_point come from the upstream 'mse' init on W (4 bits,
 // channel-wise); W_int = clamp(round(W/Δ) + z, 0, 15).
 static void check_fixture_mse(const char *prefix) {
-    Ctx *c = ctx_new((size_t)1 << 22);
+    Ctx *c = test_ctx_new((size_t)1 << 22);
     char p[128];
     snprintf(p, sizeof p, "parity/qalora/%sW.npy", prefix);
     Tensor *W = test_load_npy(c, p);
@@ -153,7 +140,7 @@ static void check_fixture_mse(const char *prefix) {
     free(lv);
     free(d);
     free(z);
-    ctx_delete(c);
+    test_ctx_delete(c);
 }
 
 static void test_init_mse_fixture(void **state) {
@@ -170,7 +157,7 @@ static void test_init_mse_fixture(void **state) {
 //   x = -0.6: x/Δ = -1.2, u = -1 + 1.25 = 0.25 inside: q = -0.5,   dΔ = -1 + 1.2 = 0.2, dz = 0
 // With dy = (1, 2, 3, 4): dx = (1, 0, 0, 4), dΔ = -0.4 + 3.5 - 3.75 + 0.8 = 0.15, dz = -2.5.
 static void test_op_gradients_hand(void **state) {
-    Ctx *c = ctx_new((size_t)1 << 20);
+    Ctx *c = test_ctx_new((size_t)1 << 20);
     float d[3] = {9.0f, 0.5f, 9.0f}, z[3] = {9.0f, 1.25f, 9.0f}, dd[3] = {0}, dz[3] = {0};
     Quantizer q;
     quantizer_setup(&q, QUANT_UNIFORM, 2, 0, 3, d, z, dd, dz);  // a 3-entry table, entry 1 active
@@ -216,11 +203,11 @@ static void test_op_gradients_hand(void **state) {
     assert_float_equal(dzc[0], -1.0f, TOL_HAND);
     assert_float_equal(dzc[1], -1.5f, TOL_HAND);
     assert_null(x->grad);  // x needs no gradient: none allocated
-    ctx_delete(c);
+    test_ctx_delete(c);
 }
 
 static void test_op_errors(void **state) {
-    Ctx *c = ctx_new((size_t)1 << 20);
+    Ctx *c = test_ctx_new((size_t)1 << 20);
     float d[3] = {1, 1, 1}, z[3] = {0, 0, 0};
     Quantizer q;
     quantizer_setup(&q, QUANT_UNIFORM, 4, 1, 3, d, z, NULL, NULL);
@@ -244,7 +231,7 @@ static void test_op_errors(void **state) {
     memset(&e, 0, sizeof e);
     quantizer_setup(&q, QUANT_UNIFORM, 9, 1, 1, d, z, NULL, NULL);
     assert_int_equal(quantizer_fit(&q, d, 2, QUANT_INIT_MAX, -1, &e), ERR_VALUE);
-    ctx_delete(c);
+    test_ctx_delete(c);
 }
 
 /* ---- tables, zero points -------------------------------------------------------- */
