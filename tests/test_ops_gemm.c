@@ -220,7 +220,8 @@ static void test_matmul(void **state) {
                 int ashape[4] = {B0, B1, ta ? K : M, ta ? M : K};
                 int bshape[4] = {B0, B1, tb ? N : K, tb ? K : N};
                 Tensor *a = test_param_new(4, ashape, 1, &r, 1.0f);
-                Tensor *b = shared ? test_param_new(2, bshape + 2, 1, &r, 1.0f) : test_param_new(4, bshape, 1, &r, 1.0f);
+                Tensor *b = shared ? test_param_new(2, bshape + 2, 1, &r, 1.0f)
+                                   : test_param_new(4, bshape, 1, &r, 1.0f);
                 Ctx *c = ctx_new((size_t)1 << 26);
                 MatmulArgs args = {ta, tb};
                 Tensor *in[2] = {a, b};
