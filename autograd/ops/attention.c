@@ -46,14 +46,16 @@ static inline float exp_nonpos(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t tb, yb;
+    // t's bits are 0x4B400000 + k: rebuild 2^k as exponent bits k + 127. Unsigned, so
+    // that out-of-range k (x < -87.3, masked below; NaN) wraps instead of being undefined.
+    uint32_t tb, yb;
     memcpy(&tb, &t, sizeof tb);
-    int32_t eb = (tb - 0x4B400000 + 127) << 23;  // t's low mantissa bits hold k (+ 2^22)
+    uint32_t eb = (tb - 0x4B400000u + 127u) << 23;
     float two_k, y;
     memcpy(&two_k, &eb, sizeof two_k);
     y = p * two_k;
     memcpy(&yb, &y, sizeof yb);
-    yb &= -(int32_t)!(x < -87.3f);
+    yb &= 0u - (uint32_t)!(x < -87.3f);
     memcpy(&y, &yb, sizeof y);
     return y;
 }
