@@ -6,14 +6,17 @@
 
    Each case is first checked against naive double loops (a sample of outputs and of
    every input gradient); a mismatch stops the bench with status 1. Times are medians
-   (bench_time: one warm-up, then at least --seconds of runs). The forward is timed with
+   over 5 rounds that interleave the op and its sgemm reference (each round: bench_time,
+   one warm-up, then the median of at least --seconds / 5 of runs). The forward is timed with
    the tape recording, as in training; the backward is the op's backward function alone,
    run on the node that forward recorded. "peak" is the arena's high-water mark for the
    case: inputs, output, saved values, gradients and scratch.
    FLOPs: conv 2 N Cout Ho Wo Cin kh kw (backward twice that: dw and dx), linear
    2 rows in out (backward twice), attention 4 B H Tq Tk d (backward twice); bias sums,
    softmax and im2col are not counted. The sgemm reference for each row is one (M x K)(K x N)
-   product with the op's GEMM shape, K doubled for backward rows. */
+   product with the op's GEMM shape, K doubled for backward rows: conv (Cout, N Ho Wo,
+   Cin kh kw), linear (rows, out, in), attention (B H Tq, Tk, 2 d), its per-head
+   products stacked. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -85,25 +88,58 @@ static void run_backward(void *p) {
     if (r->c->err.code) die("backward", r->c->err.msg);
 }
 
+// Rounds of interleaved op and sgemm timing (each round: at least --seconds / ROUNDS of
+// each). Other programs' load on a shared machine drifts over seconds; interleaving makes
+// it hit the op and its sgemm reference alike, and the median over rounds drops the worst.
+#define ROUNDS 5
+
 typedef struct {
-    double fwd_s, bwd_s, peak_mib;
+    int M, N, K;  // sgemm of equal FLOPs; M == 0: none (memory-bound op)
+} SgemmShape;
+
+typedef struct {
+    double fwd_s, bwd_s;              // op medians over rounds
+    double fwd_sgemm_s, bwd_sgemm_s;  // the sgemm references, same rounds
+    double peak_mib;
 } Timing;
 
-// Times op forward, then its recorded node's backward with a random output gradient.
-static Timing time_op(OpFn op, void *args, Rng *rng) {
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    return v[n / 2];
+}
+
+// Times op forward, then its recorded node's backward with a random output gradient,
+// each interleaved with its sgemm reference.
+static Timing time_op(OpFn op, void *args, Rng *rng, SgemmShape fwd, SgemmShape bwd) {
     Ctx c;
     Err e = {0};
     if (ctx_init(&c, (size_t)8 << 30, &e)) die("ctx", e.msg);
     Run r = {&c, op, args, arena_mark(&c.arena), NULL};
-    Timing t;
-    t.fwd_s = bench_time(run_forward, &r, g_seconds);
+    double part = g_seconds / ROUNDS, t_op[ROUNDS], t_sg[ROUNDS];
+    Timing t = {0, 0, 0, 0, 0};
+    for (int i = 0; i < ROUNDS; i++) {
+        t_op[i] = bench_time(run_forward, &r, part);
+        t_sg[i] = fwd.M ? bench_sgemm_seconds(fwd.M, fwd.N, fwd.K, part) : 0;
+    }
+    t.fwd_s = median(t_op, ROUNDS);
+    t.fwd_sgemm_s = median(t_sg, ROUNDS);
     run_forward(&r);
     r.node = c.last;
     if (!r.node) die("backward", "forward recorded no node");
     float *dy = tensor_grad(&c, r.node->out);
     if (!dy) die("backward", c.err.msg);
     rng_normal_fill(rng, dy, r.node->out->n);
-    t.bwd_s = bench_time(run_backward, &r, g_seconds);
+    for (int i = 0; i < ROUNDS; i++) {
+        t_op[i] = bench_time(run_backward, &r, part);
+        t_sg[i] = bwd.M ? bench_sgemm_seconds(bwd.M, bwd.N, bwd.K, part) : 0;
+    }
+    t.bwd_s = median(t_op, ROUNDS);
+    t.bwd_sgemm_s = median(t_sg, ROUNDS);
     t.peak_mib = (double)c.arena.peak / (1024.0 * 1024.0);
     ctx_free(&c);
     return t;
@@ -220,14 +256,13 @@ static void bench_conv(int N, int C, int HW, int k, Rng *rng) {
     ConvArgs a = {param(4, (int[]){N, C, HW, HW}, rng, 1.0f), param(4, (int[]){C, C, k, k}, rng, 0.1f),
                   param(1, (int[]){C}, rng, 1.0f), 1, k / 2};
     check_conv(&a, rng);
-    Timing t = time_op(op_conv, &a, rng);
     int K = C * k * k, P = HW * HW;  // same padding: Ho = H
+    Timing t = time_op(op_conv, &a, rng, (SgemmShape){C, N * P, K}, (SgemmShape){C, N * P, 2 * K});
     double flops = 2.0 * N * C * P * (double)K;
     char shape[96];
     snprintf(shape, sizeof shape, "N=%d Cin=%d Cout=%d %dx%d k%d", N, C, C, HW, HW, k);
-    print_row("conv2d", "fwd", shape, t.fwd_s, flops, bench_sgemm_seconds(C, N * P, K, g_seconds), t.peak_mib);
-    print_row("conv2d", "bwd", shape, t.bwd_s, 2 * flops, bench_sgemm_seconds(C, N * P, 2 * K, g_seconds),
-              t.peak_mib);
+    print_row("conv2d", "fwd", shape, t.fwd_s, flops, t.fwd_sgemm_s, t.peak_mib);
+    print_row("conv2d", "bwd", shape, t.bwd_s, 2 * flops, t.bwd_sgemm_s, t.peak_mib);
     param_free(a.x);
     param_free(a.w);
     param_free(a.b);
@@ -285,13 +320,12 @@ static void bench_linear(int rows, int nin, int nout, Rng *rng) {
     LinearArgs a = {param(2, (int[]){rows, nin}, rng, 1.0f), param(2, (int[]){nout, nin}, rng, 0.05f),
                     param(1, (int[]){nout}, rng, 1.0f)};
     check_linear(&a, rng);
-    Timing t = time_op(op_linear, &a, rng);
+    Timing t = time_op(op_linear, &a, rng, (SgemmShape){rows, nout, nin}, (SgemmShape){rows, nout, 2 * nin});
     double flops = 2.0 * rows * nin * (double)nout;
     char shape[96];
     snprintf(shape, sizeof shape, "%d x %d -> %d", rows, nin, nout);
-    print_row("linear", "fwd", shape, t.fwd_s, flops, bench_sgemm_seconds(rows, nout, nin, g_seconds), t.peak_mib);
-    print_row("linear", "bwd", shape, t.bwd_s, 2 * flops, bench_sgemm_seconds(rows, nout, 2 * nin, g_seconds),
-              t.peak_mib);
+    print_row("linear", "fwd", shape, t.fwd_s, flops, t.fwd_sgemm_s, t.peak_mib);
+    print_row("linear", "bwd", shape, t.bwd_s, 2 * flops, t.bwd_sgemm_s, t.peak_mib);
     param_free(a.x);
     param_free(a.w);
     param_free(a.b);
@@ -385,15 +419,13 @@ static void bench_attention(int B, int H, int T, int d, Rng *rng) {
     AttnArgs a = {param(3, (int[]){B, T, H * d}, rng, 1.0f), param(3, (int[]){B, T, H * d}, rng, 1.0f),
                   param(3, (int[]){B, T, H * d}, rng, 1.0f), H};
     check_attention(&a, rng);
-    Timing t = time_op(op_attention, &a, rng);
+    // sgemm of equal FLOPs: the per-head products stacked, (B H T x 2d) times (2d x T)
+    Timing t = time_op(op_attention, &a, rng, (SgemmShape){B * H * T, T, 2 * d}, (SgemmShape){B * H * T, T, 4 * d});
     double flops = 4.0 * B * H * (double)T * T * d;
     char shape[96];
     snprintf(shape, sizeof shape, "B=%d H=%d T=%d d=%d self", B, H, T, d);
-    // sgemm of equal FLOPs: (T x 2 B H d) times (2 B H d x T)
-    print_row("attention", "fwd", shape, t.fwd_s, flops, bench_sgemm_seconds(T, T, 2 * B * H * d, g_seconds),
-              t.peak_mib);
-    print_row("attention", "bwd", shape, t.bwd_s, 2 * flops, bench_sgemm_seconds(T, T, 4 * B * H * d, g_seconds),
-              t.peak_mib);
+    print_row("attention", "fwd", shape, t.fwd_s, flops, t.fwd_sgemm_s, t.peak_mib);
+    print_row("attention", "bwd", shape, t.bwd_s, 2 * flops, t.bwd_sgemm_s, t.peak_mib);
     param_free(a.q);
     param_free(a.k);
     param_free(a.v);
@@ -479,7 +511,7 @@ static void bench_group_norm(int N, int C, int HW, int G, Rng *rng) {
     GroupNormArgs a = {param(4, (int[]){N, C, HW, HW}, rng, 1.0f), param(1, (int[]){C}, rng, 1.0f),
                        param(1, (int[]){C}, rng, 1.0f), G};
     check_group_norm(&a, rng);
-    Timing t = time_op(op_group_norm, &a, rng);
+    Timing t = time_op(op_group_norm, &a, rng, (SgemmShape){0, 0, 0}, (SgemmShape){0, 0, 0});
     double n = (double)a.x->n;
     printf("%-10s fwd  %s  %s\n", "group_norm", shape, g_tags);
     printf("            %.3f ms  %.1f GB/s  peak %.1f MiB\n", t.fwd_s * 1e3, 2 * n * 4 / t.fwd_s * 1e-9, t.peak_mib);
@@ -544,6 +576,7 @@ int main(int argc, char **argv) {
     rng_seed(&rng, 2024, 0);
     bench_conv(8, 64, 32, 3, &rng);
     bench_conv(8, 128, 16, 3, &rng);
+    bench_conv(16, 64, 8, 3, &rng);  // the small teacher's 8x8 latents: one GEMM per group
     bench_linear(4096, 512, 512, &rng);
     bench_attention(1, 16, 256, 64, &rng);
     bench_attention(32, 1, 16, 64, &rng);  // the small teacher's 4x4 latent self-attention

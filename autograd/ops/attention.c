@@ -46,26 +46,37 @@ static inline float exp_nonpos(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t tb, yb;
+    // t's bits are 0x4B400000 + k: rebuild 2^k as exponent bits k + 127. Unsigned, so
+    // that out-of-range k (x < -87.3, masked below; NaN) wraps instead of being undefined.
+    uint32_t tb, yb;
     memcpy(&tb, &t, sizeof tb);
-    // shift as unsigned: k + 127 is negative for x < -87 (masked to 0 below), and << of a
-    // negative int is undefined (UBSan)
-    int32_t eb = (int32_t)((uint32_t)(tb - 0x4B400000 + 127) << 23);  // t's low mantissa bits hold k (+ 2^22)
+    uint32_t eb = (tb - 0x4B400000u + 127u) << 23;
     float two_k, y;
     memcpy(&two_k, &eb, sizeof two_k);
     y = p * two_k;
     memcpy(&yb, &y, sizeof yb);
-    yb &= -(int32_t)!(x < -87.3f);
+    yb &= 0u - (uint32_t)!(x < -87.3f);
     memcpy(&y, &yb, sizeof y);
     return y;
 }
 
-#define SOFTMAX_LANES 16  // fixed partial sums, so the double sum vectorizes
+#define SOFTMAX_LANES 16  // fixed partial sums, so the double sums vectorize
+
+/* The softmax loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load
+   time: the build targets baseline x86-64 (SSE2), where softmax took a third of the
+   single-thread attention forward. The clones give identical bits (checked on this
+   code): no loop reorders a float sum (the partial sums are per lane) and ISO C mode
+   (-std=c11) keeps GCC from fusing multiply-adds. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SOFTMAX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SOFTMAX_CLONES
+#endif
 
 /* s[0..n) <- softmax(s * scale). The row max is subtracted before exp so no exp
    overflows; the sum is taken in double over SOFTMAX_LANES partial sums in a fixed order
    (a max needs no fixed order, so its loop is left to omp simd). */
-static void softmax_row(float *s, int n, float scale) {
+SOFTMAX_CLONES static void softmax_row(float *s, int n, float scale) {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int j = 0; j < n; j++) {
@@ -86,12 +97,18 @@ static void softmax_row(float *s, int n, float scale) {
     for (j = 0; j < n; j++) s[j] *= inv;
 }
 
-/* dS = P (dP - sum_j dP_j P_j) for one row, in place over dp. */
-static void softmax_row_backward(float *dp, const float *p, int n) {
+/* dS = P (dP - sum_j dP_j P_j) for one row, in place over dp; the sum in double over
+   SOFTMAX_LANES partial sums. */
+SOFTMAX_CLONES static void softmax_row_backward(float *dp, const float *p, int n) {
+    double acc[SOFTMAX_LANES] = {0};
+    int j = 0;
+    for (; j + SOFTMAX_LANES <= n; j += SOFTMAX_LANES)
+        for (int l = 0; l < SOFTMAX_LANES; l++) acc[l] += (double)dp[j + l] * p[j + l];
+    for (; j < n; j++) acc[0] += (double)dp[j] * p[j];
     double dot = 0;
-    for (int j = 0; j < n; j++) dot += (double)dp[j] * p[j];
+    for (int l = 0; l < SOFTMAX_LANES; l++) dot += acc[l];
     float fdot = (float)dot;
-    for (int j = 0; j < n; j++) dp[j] = p[j] * (dp[j] - fdot);
+    for (j = 0; j < n; j++) dp[j] = p[j] * (dp[j] - fdot);
 }
 
 /* out (B, Tq, H dv) and P (B, H, Tq, Tk) from q, k, v. */

@@ -26,7 +26,8 @@ static void matmul_forward(float *C, const float *A, const float *B, int batch, 
         return;
     }
     size_t sa = (size_t)M * K, sb = shared_b ? 0 : (size_t)K * N, sc = (size_t)M * N;
-    for (int i = 0; i < batch; i++) gemm_rm(ta, tb, M, N, K, 1.0f, A + i * sa, lda, B + i * sb, ldb, 0.0f, C + i * sc, N);
+    for (int i = 0; i < batch; i++)
+        gemm_rm(ta, tb, M, N, K, 1.0f, A + i * sa, lda, B + i * sb, ldb, 0.0f, C + i * sc, N);
 }
 
 static void matmul_backward(Ctx *c, TapeNode *nd) {
