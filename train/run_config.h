@@ -75,7 +75,7 @@
    | train.optimizer.schedule       * | linear                  | learning-rate schedule over epochs * steps: linear (to 0), cosine (to 0), constant |
    | train.optimizer.warmup_steps   * | 0                       | linear warm-up steps, <= epochs * steps |
    | train.optimizer.delta_w_update R * | reference / single    | reference: two AdamW updates per step for the shared Δ_w (base path, quantizer path); single: one update of the total gradient |
-   | sample.sampler                   | ddim                    | ddim or plms, for grids and `effdm sample` defaults |
+   | sample.sampler                   | ddim                    | ddim or plms, of the sample grids drawn during fine-tuning (`effdm sample` takes its own flags) |
    | sample.steps                     | 20                      | sampling steps (paper FID protocol: 20) |
    | sample.eta                       | 0.0                     | DDIM eta, 0..1 |
    | sample.scale                     | 3.0                     | guidance scale |
