@@ -69,16 +69,51 @@ static void valid_cols(const Patch *p, int kj, int *lo, int *hi) {
     *hi = h;
 }
 
+/* One image's part of a col row (ci, ki, kj) when stride is 1 and Wo == W (the usual
+   "same" convolutions): output rows then read consecutive input rows at the same stride,
+   so all valid rows are one block copy of the plane xp (H, W) shifted by ki - ph rows and
+   kj - pw columns; the columns that wrapped around the row ends are zeroed after. For 8x8
+   latents this is one memcpy instead of 3 small calls per output row (in perf, im2col
+   was a fifth of a teacher-size convolution). */
+static void im2col_row_same_width(float *dst, const float *xp, int ki, int kj, const Patch *p) {
+    int W = p->W, Ho = p->Ho, lo, hi;
+    int oh0 = p->ph - ki > 0 ? p->ph - ki : 0;               // first oh with ih = oh - ph + ki >= 0
+    int oh1 = p->H + p->ph - ki < Ho ? p->H + p->ph - ki : Ho;  // end of the oh with ih < H
+    if (oh1 < oh0) oh1 = oh0;
+    memset(dst, 0, (size_t)oh0 * W * sizeof(float));
+    memset(dst + (size_t)oh1 * W, 0, (size_t)(Ho - oh1) * W * sizeof(float));
+    if (oh1 == oh0) return;
+    float *blk = dst + (size_t)oh0 * W;
+    // blk[e] = xp[s0 + e]; elements whose source falls outside the plane are all in
+    // wrapped columns (a valid (ih, iw) is inside it), so they are zeroed instead
+    long s0 = (long)(oh0 - p->ph + ki) * W + (kj - p->pw), n = (long)(oh1 - oh0) * W, plane = (long)p->H * W;
+    long e0 = s0 < 0 ? -s0 : 0, e1 = s0 + n > plane ? plane - s0 : n;
+    if (e1 < e0) e1 = e0;
+    memset(blk, 0, (size_t)e0 * sizeof(float));
+    if (e1 > e0) memcpy(blk + e0, xp + s0 + e0, (size_t)(e1 - e0) * sizeof(float));
+    memset(blk + e1, 0, (size_t)(n - e1) * sizeof(float));
+    valid_cols(p, kj, &lo, &hi);
+    for (int r = 0; r < oh1 - oh0; r++) {
+        float *row = blk + (size_t)r * W;
+        for (int ow = 0; ow < lo; ow++) row[ow] = 0.0f;
+        for (int ow = hi; ow < W; ow++) row[ow] = 0.0f;
+    }
+}
+
 /* col (K, ld): columns [g P, (g+1) P) of row (ci, ki, kj) get
    x[g, ci, oh sh - ph + ki, ow sw - pw + kj] (0 in the padding), for G images x (G, C, H, W). */
 static void im2col(float *col, size_t ld, const float *x, int G, const Patch *p) {
-    int khw = p->kh * p->kw;
+    int khw = p->kh * p->kw, same_width = p->sh == 1 && p->sw == 1 && p->Wo == p->W;
 #pragma omp parallel for schedule(static) collapse(2) if ((size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK)
     for (int r = 0; r < p->K; r++) {
         for (int g = 0; g < G; g++) {
             int ci = r / khw, ki = (r / p->kw) % p->kh, kj = r % p->kw;
             const float *xp = x + ((size_t)g * p->C + ci) * p->H * p->W;
             float *dst = col + (size_t)r * ld + (size_t)g * p->P;
+            if (same_width) {
+                im2col_row_same_width(dst, xp, ki, kj, p);
+                continue;
+            }
             int lo, hi;
             valid_cols(p, kj, &lo, &hi);
             for (int oh = 0; oh < p->Ho; oh++) {
