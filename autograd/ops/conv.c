@@ -80,8 +80,8 @@ static void im2col_row_same_width(float *dst, const float *xp, int ki, int kj, c
     int oh0 = p->ph - ki > 0 ? p->ph - ki : 0;               // first oh with ih = oh - ph + ki >= 0
     int oh1 = p->H + p->ph - ki < Ho ? p->H + p->ph - ki : Ho;  // end of the oh with ih < H
     if (oh1 < oh0) oh1 = oh0;
-    memset(dst, 0, (size_t)oh0 * W * sizeof(float));
-    memset(dst + (size_t)oh1 * W, 0, (size_t)(Ho - oh1) * W * sizeof(float));
+    if (oh0 > 0) memset(dst, 0, (size_t)oh0 * W * sizeof(float));
+    if (oh1 < Ho) memset(dst + (size_t)oh1 * W, 0, (size_t)(Ho - oh1) * W * sizeof(float));
     if (oh1 == oh0) return;
     float *blk = dst + (size_t)oh0 * W;
     // blk[e] = xp[s0 + e]; elements whose source falls outside the plane are all in
@@ -89,15 +89,16 @@ static void im2col_row_same_width(float *dst, const float *xp, int ki, int kj, c
     long s0 = (long)(oh0 - p->ph + ki) * W + (kj - p->pw), n = (long)(oh1 - oh0) * W, plane = (long)p->H * W;
     long e0 = s0 < 0 ? -s0 : 0, e1 = s0 + n > plane ? plane - s0 : n;
     if (e1 < e0) e1 = e0;
-    memset(blk, 0, (size_t)e0 * sizeof(float));
+    if (e0 > 0) memset(blk, 0, (size_t)e0 * sizeof(float));
     if (e1 > e0) memcpy(blk + e0, xp + s0 + e0, (size_t)(e1 - e0) * sizeof(float));
-    memset(blk + e1, 0, (size_t)(n - e1) * sizeof(float));
+    if (n > e1) memset(blk + e1, 0, (size_t)(n - e1) * sizeof(float));
+    // wrapped columns, a few per row: column-wise, so the compiler does not turn each
+    // row's 1-element run into a memset call
     valid_cols(p, kj, &lo, &hi);
-    for (int r = 0; r < oh1 - oh0; r++) {
-        float *row = blk + (size_t)r * W;
-        for (int ow = 0; ow < lo; ow++) row[ow] = 0.0f;
-        for (int ow = hi; ow < W; ow++) row[ow] = 0.0f;
-    }
+    for (int ow = 0; ow < lo; ow++)
+        for (int r = 0; r < oh1 - oh0; r++) blk[(size_t)r * W + ow] = 0.0f;
+    for (int ow = hi; ow < W; ow++)
+        for (int r = 0; r < oh1 - oh0; r++) blk[(size_t)r * W + ow] = 0.0f;
 }
 
 /* col (K, ld): columns [g P, (g+1) P) of row (ci, ki, kj) get
