@@ -4,13 +4,18 @@
 
        ./build/bench/ops --threads 2 [--seconds 1]
 
+   Unless OMP_WAIT_POLICY is set, it restarts itself once with PASSIVE (see main: the
+   default spin policy costs the GEMMs after every OpenMP loop a core); the header line
+   says which policy ran.
+
    Each case is first checked against naive double loops (a sample of outputs and of
    every input gradient); a mismatch stops the bench with status 1. Times are medians
    over 5 rounds that interleave the op and its sgemm reference (each round: bench_time,
    one warm-up, then the median of at least --seconds / 5 of runs). The forward is timed with
    the tape recording, as in training; the backward is the op's backward function alone,
    run on the node that forward recorded. "peak" is the arena's high-water mark for the
-   case: inputs, output, saved values, gradients and scratch.
+   case: output, saved values, scratch and the output gradient (inputs and their
+   gradients live outside the arena, as parameters do).
    FLOPs: conv 2 N Cout Ho Wo Cin kh kw (backward twice that: dw and dx), linear
    2 rows in out (backward twice), attention 4 B H Tq Tk d (backward twice); bias sums,
    softmax and im2col are not counted. The sgemm reference for each row is one (M x K)(K x N)

@@ -127,10 +127,11 @@ static const ConvCase CONV_CASES[] = {
     {2, 2, 7, 6, 3, 3, 2, 2, 1, 0, 2, 1},   // non-square kernel, strides and pads
     {1, 2, 5, 5, 3, 5, 5, 1, 1, 2, 2, 0},   // kernel as large as the image
     {2, 3, 5, 6, 4, 1, 1, 1, 1, 1, 1, 1},   // pad >= kernel: stride 1 through col2im
-    // P >= 256 output positions: one GEMM per image instead of per group
-    {2, 3, 16, 17, 4, 1, 1, 1, 1, 0, 0, 1}, // 1x1: x is its own col
-    {2, 3, 16, 16, 5, 3, 3, 1, 1, 1, 1, 1}, // flipped-kernel input gradient
-    {1, 2, 40, 40, 3, 3, 3, 2, 2, 1, 1, 1}, // strided: col2im
+    {1, 2, 40, 40, 3, 3, 3, 2, 2, 1, 1, 1}, // strided, staged: col2im
+    // P >= 1024 output positions: one GEMM per image instead of per group
+    {2, 3, 32, 33, 4, 1, 1, 1, 1, 0, 0, 1}, // 1x1: x is its own col
+    {2, 3, 32, 32, 5, 3, 3, 1, 1, 1, 1, 1}, // flipped-kernel input gradient
+    {1, 2, 66, 66, 3, 3, 3, 2, 2, 1, 1, 1}, // strided: col2im
 };
 
 // Forward and backward of conv case k against the naive loops; gradcheck when small.
