@@ -77,8 +77,9 @@ export_model() {  # NAME
     "$PY" - "$out" "$Q/logs/$name.export.log" "$epoch" "$Q/meta/$name.export.json" <<'EOF'
 import json, os, re, sys
 t = open(sys.argv[2], errors="replace").read()
-m = re.search(r"UNet[^\n]*?([0-9.]+)\s*(MiB|MB|KiB|kB|B)\b", t)
+m = re.search(r"UNet part: (\d+) bytes .*?vs FP32 UNet (\d+) bytes", t)
 json.dump({"file_bytes": os.path.getsize(sys.argv[1]), "epoch": sys.argv[3],
+           "unet_bytes": int(m.group(1)) if m else None, "unet_fp32_bytes": int(m.group(2)) if m else None,
            "export_log": t.strip().splitlines()[-3:]}, open(sys.argv[4] + ".tmp", "w"))
 EOF
     mv "$Q/meta/$name.export.json.tmp" "$Q/meta/$name.export.json"

@@ -84,12 +84,20 @@ def table(n_filter, title):
         desc, wa = variant_desc(name)
         ft = jload(os.path.join(Q, "meta", name + ".finetune.json")) or {}
         ex = jload(os.path.join(Q, "meta", name + ".export.json")) or {}
+        try:  # the UNet part as `effdm export` prints it
+            with open(os.path.join(Q, "logs", name + ".export.log")) as f:
+                m = re.search(r"UNet part: (\d+) bytes .*?vs FP32 UNet (\d+) bytes", f.read())
+            if m:
+                ex["unet_bytes"], ex["unet_fp32_bytes"] = int(m.group(1)), int(m.group(2))
+        except OSError:
+            pass
         wall = "%.0f s" % ft["wall_s"] if ft.get("wall_s") is not None else "-"
         if ft.get("calib_s"):
             wall += " (calib %.0f s)" % ft["calib_s"]
         rss = "%.0f MiB" % (ft["peak_rss_kb"] / 1024) if ft.get("peak_rss_kb") else "-"
         size = "%.2f MiB" % (ex["file_bytes"] / 2 ** 20) if ex.get("file_bytes") else "-"
-        unet = ex.get("unet_part", "-") if ex else "-"
+        unet = ("%.2f MiB (1/%.2f of FP32)" % (ex["unet_bytes"] / 2 ** 20, ex["unet_fp32_bytes"] / ex["unet_bytes"])
+                if ex.get("unet_bytes") else "-")
         out.append("| `%s`: %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, desc, wa, ",".join(map(str, seeds)),
             fmt([e.get("fid") for e in evs], 2), fmt([e.get("class_accuracy") for e in evs]),
