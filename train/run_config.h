@@ -67,7 +67,7 @@
    | train.seed                     * | 3407                    | RNG seed of the distillation (labels, x_T, eta noise) |
    | train.optimizer.lr_lora_divisor * | 2500                   | LoRA A/B learning rate = mean(Δ_w of the layer) / divisor, > 0 |
    | train.optimizer.lr_w_delta     * | 1e-6                    | learning rate of the weight quantizer steps Δ_w, >= 0 |
-   | train.optimizer.lr_act         * | 5e-4                    | learning rate of the activation tables Δ_a, z_a, >= 0 |
+   | train.optimizer.lr_act       R * | 5e-4 / 1e-4             | learning rate of the activation tables Δ_a, z_a, >= 0 (0: frozen) |
    | train.optimizer.beta1          * | 0.9                     | AdamW beta1, 0 <= b < 1 |
    | train.optimizer.beta2          * | 0.999                   | AdamW beta2, 0 <= b < 1 |
    | train.optimizer.eps            * | 1e-8                    | AdamW eps, > 0 |
