@@ -50,7 +50,7 @@ def fmt(vals, nd=3):
     return ("%." + str(nd) + "f ± %." + str(nd) + "f") % (statistics.mean(vals), statistics.stdev(vals))
 
 
-def rows_for(n_filter):
+def rows_for(n_filter, seed_filter=None, min_seeds=1):
     """One row per variant: metrics over the seeds whose sample count is n_filter."""
     names = sorted(os.listdir(os.path.join(Q, "eval"))) if os.path.isdir(os.path.join(Q, "eval")) else []
     order = {"fp": 0}
@@ -63,18 +63,21 @@ def rows_for(n_filter):
             e = jload(p)
             if e is None:
                 continue
-            seeds.append(int(tag.split("_")[0][1:]))
+            seed = int(tag.split("_")[0][1:])
+            if seed_filter is not None and seed not in seed_filter:
+                continue
+            seeds.append(seed)
             evs.append(e)
             cmps.append(jload(os.path.join(Q, "cmp", name, tag + ".json")) if name != "fp"
                         else {"rmse": 0.0, "agreement": 1.0})
-        if not evs:
+        if len(evs) < min_seeds:
             continue
         rows.append((name, seeds, evs, [c for c in cmps if c]))
     return rows
 
 
-def table(n_filter, title):
-    rows = rows_for(n_filter)
+def table(n_filter, title, seed_filter=None, min_seeds=1):
+    rows = rows_for(n_filter, seed_filter, min_seeds)
     if not rows:
         return ""
     out = ["### %s" % title, "",
@@ -142,7 +145,9 @@ def main():
         with open(notes) as f:
             parts.append(f.read().rstrip() + "\n")
     for n in sorted(ns, reverse=True):
-        parts.append(table(n, "All variants, %d samples per seed" % n))
+        parts.append(table(n, "Confirmation: every variant with >= 3 seeds, %d samples per seed (mean ± sd over seeds)" % n,
+                           min_seeds=3))
+        parts.append(table(n, "Every variant at seed 0 (screening), %d samples" % n, seed_filter={0}))
     parts += ["## Exact commands", "",
               "```sh",
               "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2",
