@@ -145,6 +145,7 @@ static void test_effdm_recipe(void **state) {
     assert_true(c.train.eta == 0.0);
     assert_true(c.train.scale == 3.0);
     assert_int_equal(c.train.optimizer.delta_w_update, RC_DW_SINGLE);
+    assert_true(c.train.optimizer.lr_act == 1e-4);  // docs/RESULTS.md
     // everything else as the reference
     RunConfig x = c;
     x.train.recipe = r.train.recipe;
@@ -155,6 +156,7 @@ static void test_effdm_recipe(void **state) {
     x.train.eta = r.train.eta;
     x.train.scale = r.train.scale;
     x.train.optimizer.delta_w_update = r.train.optimizer.delta_w_update;
+    x.train.optimizer.lr_act = r.train.optimizer.lr_act;
     assert_null(run_config_first_diff(&x, &r));
     // explicit keys win over the recipe, in either order of the keys
     load_ok("train:\n  steps: 100\n  recipe: effdm\n  loss_branches: guided\n", &c);
@@ -451,7 +453,7 @@ static void test_compare_for_resume(void **state) {
         {"train: {recipe: reference}\n", "train.recipe", {"train.recipe is effdm in the run and reference now"}},
         {"quant: {overrides: [{pattern: x, keep_fp: true}]}\n", "quant.overrides",
          {"quant.overrides differ", "0 overrides in the run, 1 overrides now"}},
-        {"train: {optimizer: {lr_act: 1e-3}}\n", "train.optimizer.lr_act", {"is 0.0005 in the run and 0.001 now"}},
+        {"train: {optimizer: {lr_act: 1e-3}}\n", "train.optimizer.lr_act", {"is 0.0001 in the run and 0.001 now"}},
         {"train: {steps: 50}\n", "train.steps", {"is 20 in the run and 50 now"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -490,7 +492,7 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"train.sample_every", "train: {sample_every: 0}"}, {"train.seed", "train: {seed: 1}"},
     {"train.optimizer.lr_lora_divisor", "train: {optimizer: {lr_lora_divisor: 1000}}"},
     {"train.optimizer.lr_w_delta", "train: {optimizer: {lr_w_delta: 0}}"},
-    {"train.optimizer.lr_act", "train: {optimizer: {lr_act: 1e-4}}"},
+    {"train.optimizer.lr_act", "train: {optimizer: {lr_act: 1e-3}}"},
     {"train.optimizer.beta1", "train: {optimizer: {beta1: 0.8}}"},
     {"train.optimizer.beta2", "train: {optimizer: {beta2: 0.99}}"},
     {"train.optimizer.eps", "train: {optimizer: {eps: 1e-6}}"},
