@@ -90,7 +90,8 @@
    tables), 1e-4 has the best class accuracy (one seed) and the lowest FID; loss_branches all
    ties with both (kept: both). Against naive PTQ the recipe cuts the pixel distance to the
    FP samples by a third (same-noise RMSE 0.12 -> 0.08) and raises judge agreement with FP,
-   but FID and class accuracy are a tie within seed noise: not yet a win on every column.
+   but FID ties and class accuracy is slightly lower (-0.007 over 5 seeds): not yet a win
+   on every column.
 
    Limitations: at most RC_MAX_OVERRIDES overrides and RC_MAX_FP_NAMES fp names; strings are
    limited to the buffer sizes below (longer: ERR_VALUE). Whether a step count fits the model's
