@@ -154,8 +154,11 @@ CtxScope ctx_scope_begin(const Ctx *c) {
 }
 
 Tensor *ctx_scope_end(Ctx *c, CtxScope s, Tensor *keep) {
-    if (!keep) return NULL;
     if (c->n_nodes != s.n_nodes) return keep;  // backward still needs what was recorded
+    if (!keep) {
+        arena_release(&c->arena, s.mark);  // nothing to keep (or an op failed): free it all
+        return NULL;
+    }
     if ((unsigned char *)keep->data < c->arena.base + s.mark) return keep;  // not from this scope
     Tensor hdr = *keep;
     arena_release(&c->arena, s.mark);

@@ -95,6 +95,7 @@ void tape_clear(Ctx *c);
 
 CtxScope ctx_scope_begin(const Ctx *c);
 // Ends a scope keeping only `keep` (moved down to the scope start); returns its new header.
+// keep == NULL frees everything allocated in the scope and returns NULL.
 // If a node was recorded inside the scope, frees nothing and returns keep unchanged.
 Tensor *ctx_scope_end(Ctx *c, CtxScope s, Tensor *keep);
 

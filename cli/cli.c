@@ -136,6 +136,29 @@ void progress_finish(Progress *p, const char *extra) {
     progress_print(p, p->total, extra, 1);
 }
 
+int cli_zoo_path(const char *name, char *out, size_t cap, Err *e) {
+    char dir[4096];
+    const char *zoo = getenv("EFFDM_ZOO");
+    if (zoo && *zoo) {
+        snprintf(dir, sizeof dir, "%s/fmnist-ldm", zoo);
+    } else {
+        char exe[4096];
+        ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (len <= 0)
+            return err_set(e, ERR_IO, "cannot locate the effdm executable to find the shipped model folder; "
+                           "set EFFDM_ZOO to the folder holding fmnist-ldm/");
+        exe[len] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        snprintf(dir, sizeof dir, "%s/../models/zoo/fmnist-ldm", exe);
+    }
+    snprintf(out, cap, "%s/%s", dir, name);
+    if (access(out, R_OK) != 0)
+        return err_set(e, ERR_IO, "%s: not found (the shipped fmnist-ldm folder, located %s); set EFFDM_ZOO to the "
+                       "folder holding fmnist-ldm/", out, zoo && *zoo ? "from EFFDM_ZOO" : "relative to the effdm executable");
+    return 0;
+}
+
 int cli_close_stdout(void) {
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "effdm: error writing to stdout: %s\n", strerror(errno));

@@ -1,14 +1,86 @@
-/* cmd_calibrate.c: effdm calibrate (not implemented yet: says so, exit 2). */
+/* cmd_calibrate.c: effdm calibrate: naive PTQ of a run (qalora/calibrate.h). */
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/cli.h"
 #include "cli/commands.h"
+#include "qalora/calibrate.h"
+
+static const char *const usage[] = {
+    "usage: effdm calibrate --config R.yaml [--threads N] [--force]",
+    "",
+    "Naive PTQ, the starting point of fine-tuning: runs the FP teacher's DDIM sampler",
+    "(calib.steps, calib.eta, calib.scale, calib.n_samples random classes, calib.batch at a",
+    "time) and records every UNet input, conditional and unconditional halves alike; builds",
+    "the quantized student (quant.*: 'max' weight ranges) and fits the activation ranges in",
+    "one forward of the fake-quantized network on calib.n_inputs random recorded inputs.",
+    "",
+    "Writes the run directory run.out: config.yaml (the resolved config), calib.safetensors",
+    "(the recorded inputs; fine-tuning draws its validation set from the unused ones) and",
+    "state.safetensors (the student). `effdm export --run DIR` turns it into a sampleable",
+    "W4A4 model: the naive PTQ baseline.",
+    "",
+    "  --config R.yaml  run config (keys and defaults: train/run_config.h)",
+    "  --threads N      threads (default: run.threads, else $EFFDM_THREADS, else all cores)",
+    "  --force          replace an existing state.safetensors in run.out (a calibrated or",
+    "                   fine-tuned student is lost)",
+    "",
+    "Exit status: 0, 2 on bad input (arguments, config, model files), 1 on other failures.",
+    NULL,
+};
+
+typedef struct {
+    Progress bar;
+    int phase;
+} ProgressState;
+
+static void on_progress(int phase, long done, long total, void *user) {
+    ProgressState *p = user;
+    if (done == 0) {
+        progress_start(&p->bar, phase == CALIB_PHASE_RECORD ? "teacher trajectories" : "activation ranges", total);
+        p->phase = phase;
+        return;
+    }
+    const char *unit = phase == CALIB_PHASE_RECORD ? "steps" : "layers";
+    if (done >= total) progress_finish(&p->bar, unit);
+    else progress_update(&p->bar, done, unit);
+}
 
 int cmd_calibrate(int argc, char **argv) {
-    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: effdm calibrate ...\n\n'effdm calibrate' is not implemented yet in this version.\n");
+    Err e = {0};
+    const char *config = NULL;
+    int threads = 0, force = 0, help = 0;
+    CliOpt opts[] = {
+        {"--config", OPT_STR, &config, 0},
+        {"--threads", OPT_INT, &threads, 0},
+        {"--force", OPT_FLAG, &force, 0},
+    };
+    if (cli_parse(argc, argv, opts, 3, NULL, NULL, 0, &help, &e)) return cli_fail("calibrate", &e);
+    if (help) {
+        for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
-    fprintf(stderr, "effdm calibrate: not implemented yet in this version\n");
-    return 2;
+    if (!config) {
+        err_set(&e, ERR_ARG, "--config R.yaml is required (see --help)");
+        return cli_fail("calibrate", &e);
+    }
+    static RunConfig rc;  // large (paths, overrides): off the stack
+    if (run_config_load(config, &rc, &e)) return cli_fail("calibrate", &e);
+    if (cli_threads(opts[1].seen ? threads : rc.run.threads, &e)) return cli_fail("calibrate", &e);
+    ProgressState ps = {0};
+    CalibOpts o = {force, on_progress, &ps};
+    CalibSummary s;
+    if (calibrate_run(&rc, &o, &s, &e)) return cli_fail("calibrate", &e);
+    if (s.warning[0]) fprintf(stderr, "effdm calibrate: note: %s\n", s.warning);
+    printf("calibrated %s in %.1f s (teacher trajectories %.1f s, activation ranges %.1f s)\n", rc.run.out,
+           s.sec_total, s.sec_record, s.sec_calib);
+    printf("  layers: %d trainable (W%dA%d, LoRA rank %d, %d TALSQ entr%s), %d special (W%dA%d), %d FP\n",
+           s.trainable, s.w_bits, s.a_bits, s.rank, s.entries, s.entries == 1 ? "y" : "ies", s.special,
+           s.special_bits, s.special_bits, s.fp);
+    printf("  calibration: %d trajectories x %d DDIM steps (eta %g, scale %g), %d UNet inputs recorded, %d used "
+           "for the activation ranges%s\n",
+           rc.calib.n_samples, s.steps, rc.calib.eta, rc.calib.scale, s.n_recorded, s.n_used,
+           s.using_ema ? "; teacher: EMA weights" : "");
+    printf("  wrote %s/config.yaml, calib.safetensors, state.safetensors\n", rc.run.out);
+    return 0;
 }

@@ -1,14 +1,88 @@
-/* cmd_export.c: effdm export (not implemented yet: says so, exit 2). */
+/* cmd_export.c: effdm export: a run directory's student as one deployable .safetensors
+   (qalora/export.h). */
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 
+#include "cli/cli.h"
+#include "train/run_config.h"
 #include "cli/commands.h"
+#include "qalora/export.h"
+
+static const char *const usage[] = {
+    "usage: effdm export --run RUN_DIR --out M.safetensors [--epoch last|best] [--fp16-layers] [--threads N]",
+    "",
+    "Merges the LoRA branches into the weights, packs the integer levels (2 per byte at",
+    "4 bits, 4 per byte at 2 bits, special layers 1 per byte), and writes per-channel Δ/z,",
+    "the activation tables (rounded zero points) with their training timesteps, the FP",
+    "rest of the UNet, the first stage, the class embedder, the schedule and the CompVis",
+    "YAML into one file: `effdm sample --model M.safetensors` needs nothing else.",
+    "A calibrated run directory (effdm calibrate) exports the naive PTQ model.",
+    "",
+    "  --run RUN_DIR   the run directory (config.yaml, state.safetensors)",
+    "  --out FILE      the export to write (atomically)",
+    "  --epoch WHICH   last: state.safetensors; best: best.safetensors, the epoch with the",
+    "                  lowest validation error. Default: the run's train.select_epoch",
+    "                  (best_val -> best, last -> last)",
+    "  --fp16-layers   store the weights of the layers left FP (skip connections, Downsample",
+    "                  convs, layers kept FP) as float16: half their size; the model is then no",
+    "                  longer bit-exact to the student (default: exact F32)",
+    "  --threads N     threads (default: $EFFDM_THREADS, else all cores)",
+    "",
+    "Prints the size of the UNet part against the FP32 UNet (the FP autoencoder comes on top).",
+    "Exit status: 0, 2 on bad input (arguments, run directory, files), 1 on other failures.",
+    NULL,
+};
 
 int cmd_export(int argc, char **argv) {
-    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: effdm export ...\n\n'effdm export' is not implemented yet in this version.\n");
+    Err e = {0};
+    const char *run = NULL, *out = NULL, *epoch = NULL;
+    int threads = 0, help = 0, fp16 = 0;
+    CliOpt opts[] = {
+        {"--fp16-layers", OPT_FLAG, &fp16, 0},
+        {"--run", OPT_STR, &run, 0},
+        {"--out", OPT_STR, &out, 0},
+        {"--epoch", OPT_STR, &epoch, 0},
+        {"--threads", OPT_INT, &threads, 0},
+    };
+    if (cli_parse(argc, argv, opts, 5, NULL, NULL, 0, &help, &e)) return cli_fail("export", &e);
+    if (help) {
+        for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
-    fprintf(stderr, "effdm export: not implemented yet in this version\n");
-    return 2;
+    if (!run || !out) {
+        err_set(&e, ERR_ARG, "%s is required (see --help)", !run ? "--run RUN_DIR" : "--out M.safetensors");
+        return cli_fail("export", &e);
+    }
+    char cfg_path[4096];
+    if (!epoch) {  // the run's own choice: train.select_epoch of its resolved config
+        RunConfig rc;
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.yaml", run);
+        if (run_config_load(cfg_path, &rc, &e)) return cli_fail("export", &e);
+        epoch = rc.train.select_epoch == RC_SELECT_BEST_VAL ? "best" : "last";
+        snprintf(cfg_path, sizeof cfg_path, "%s/best.safetensors", run);
+        if (!strcmp(epoch, "best") && access(cfg_path, R_OK) != 0) {
+            // a calibrated run that was never fine-tuned: its only state is the naive PTQ model
+            fprintf(stderr, "effdm export: note: %s has no best.safetensors (not fine-tuned yet): "
+                    "exporting state.safetensors\n", run);
+            epoch = "last";
+        }
+    }
+    if (strcmp(epoch, "last") != 0 && strcmp(epoch, "best") != 0) {
+        err_set(&e, ERR_ARG, "--epoch: expected 'last' or 'best', found '%s'", epoch);
+        return cli_fail("export", &e);
+    }
+    if (cli_threads(threads, &e)) return cli_fail("export", &e);
+    ExportSummary s;
+    ExportOpts eo = {epoch, fp16};
+    if (export_run(run, &eo, out, &s, &e)) return cli_fail("export", &e);
+    printf("exported %s (%s) to %s%s\n", run, epoch, out, fp16 ? " (FP layers as float16)" : "");
+    printf("  layers: %d trainable (W%dA%d, %d TALSQ entr%s), %d special (W%dA%d), %d FP\n", s.trainable, s.w_bits,
+           s.a_bits, s.entries, s.entries == 1 ? "y" : "ies", s.special, s.special_bits, s.special_bits, s.fp);
+    printf("  UNet part: %zu bytes (%.2f MiB) vs FP32 UNet %zu bytes (%.2f MiB): 1/%.2f\n", s.unet_bytes,
+           (double)s.unet_bytes / 1048576.0, s.unet_fp32_bytes, (double)s.unet_fp32_bytes / 1048576.0,
+           s.unet_bytes ? (double)s.unet_fp32_bytes / (double)s.unet_bytes : 0.0);
+    printf("  whole file: %zu bytes of tensors (%.2f MiB; first stage, class embedder, schedule included)\n",
+           s.total_bytes, (double)s.total_bytes / 1048576.0);
+    return 0;
 }

@@ -1,14 +1,184 @@
-/* cmd_finetune.c: effdm finetune (not implemented yet: says so, exit 2). */
+/* cmd_finetune.c: effdm finetune: EfficientDM fine-tuning (QALoRA + TALSQ distillation)
+   of a run directory, resumable. */
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "cli/cli.h"
 #include "cli/commands.h"
+#include "qalora/calibrate.h"
+#include "train/run_dir.h"
+#include "train/trainer.h"
+#include "util/threads.h"
+
+static const char *const usage[] = {
+    "usage: effdm finetune --config RUN.yaml [--threads N]",
+    "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--threads N]",
+    "",
+    "Fine-tunes the quantized student of a run directory (the config's run.out) by distilling",
+    "the FP teacher along its own DDIM trajectories (EfficientDM: QALoRA + TALSQ), one AdamW",
+    "step per trajectory step. Without a calibrated state in the run directory, the",
+    "calibration (effdm calibrate) runs first.",
+    "",
+    "  --config RUN.yaml  the run config (keys: train/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
+    "  --resume RUN_DIR   continue the run in RUN_DIR exactly where its last checkpoint stopped;",
+    "                     with --config, that config replaces the run's (it must agree on every",
+    "                     key resuming needs: the first disagreeing key is named)",
+    "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores);",
+    "                     an exact resume needs the same count as the interrupted run",
+    "",
+    "The run directory: config.yaml, calib.safetensors, state.safetensors (checkpoint every",
+    "train.checkpoint_every epochs), best.safetensors (train.select_epoch best_val), log.csv",
+    "(epoch, step, loss, lr, seconds, val_error), samples/epoch_NNN.png.",
+    "SIGINT / SIGTERM: the current step finishes, the run is saved mid-epoch, exit 130 / 143;",
+    "a second signal stops at once (the last checkpoint stays intact).",
+    "Exit status: 0 done, 2 bad input, 1 failure (a NaN/Inf loss stops with the epoch and step,",
+    "after saving the state before that step), 130 / 143 stopped by a signal.",
+    NULL,
+};
+
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+static void install_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;  // a second signal takes the default action: stop at once
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+typedef struct {
+    Progress bar;
+    int64_t first;  // global step before this call
+    int tty;
+} View;
+
+static void line(View *v, const char *msg) { fprintf(stderr, "%s%s\n", v->tty ? "\r\033[K" : "", msg); }
+
+static void on_step(const TrainerStep *s, void *user) {
+    View *v = user;
+    char extra[160];
+    snprintf(extra, sizeof extra, "epoch %d/%d step %d/%d loss %.4g lr %.3g", s->epoch + 1, s->epochs, s->step + 1,
+             s->steps, (double)s->loss, s->lr);
+    progress_update(&v->bar, (long)(s->global_step - v->first), extra);
+}
+
+// "epoch 12" or "before training" (epoch -1: the starting naive PTQ student).
+static const char *epoch_name(int epoch, char *buf, size_t n) {
+    if (epoch < 0) snprintf(buf, n, "before training");
+    else snprintf(buf, n, "epoch %d", epoch + 1);
+    return buf;
+}
+
+static void on_val(const TrainerVal *tv, void *user) {
+    char msg[200], a[32], b[32];
+    snprintf(msg, sizeof msg, "%s: val error %.6g (best %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
+             tv->val_error, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
+    line(user, msg);
+}
+
+static void on_note(const char *msg, void *user) { line(user, msg); }
+
+typedef struct {
+    Progress bar;
+} CalibState;
+
+static void on_calib_progress(int phase, long done, long total, void *user) {
+    CalibState *c = user;
+    if (done == 0) {
+        progress_start(&c->bar, phase == CALIB_PHASE_RECORD ? "teacher trajectories" : "activation ranges", total);
+        return;
+    }
+    if (done >= total) progress_finish(&c->bar, NULL);
+    else progress_update(&c->bar, done, NULL);
+}
+
+static int fail(const Err *e) { return cli_fail("finetune", e); }
 
 int cmd_finetune(int argc, char **argv) {
-    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: effdm finetune ...\n\n'effdm finetune' is not implemented yet in this version.\n");
+    Err e = {0};
+    const char *config = NULL, *resume = NULL;
+    int threads = 0, help = 0, n_pos = 0;
+    const char *pos[1];
+    CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
+                     {"--threads", OPT_INT, &threads, 0}};
+    if (cli_parse(argc, argv, opts, 3, pos, &n_pos, 1, &help, &e)) return fail(&e);
+    if (help) {
+        for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
-    fprintf(stderr, "effdm finetune: not implemented yet in this version\n");
-    return 2;
+    if (n_pos) {
+        err_set(&e, ERR_ARG, "unexpected argument '%s' (see effdm finetune --help)", pos[0]);
+        return fail(&e);
+    }
+    if (!config && !resume) {
+        err_set(&e, ERR_ARG, "expected --config RUN.yaml or --resume RUN_DIR (see effdm finetune --help)");
+        return fail(&e);
+    }
+    RunConfig given, rc;
+    if (config && run_config_load(config, &given, &e)) return fail(&e);
+    RunDirStatus st;
+    if (run_dir_resolve(resume, config ? &given : NULL, &rc, &st, &e)) return fail(&e);
+    if (cli_threads(opts[2].seen ? threads : rc.run.threads, &e)) return fail(&e);
+    if (st == RUN_DIR_EMPTY) {
+        // no calibrated student yet: effdm calibrate first, into the same run directory
+        fprintf(stderr, "effdm finetune: %s has no calibrated state: calibrating first\n", rc.run.out);
+        CalibState cs = {0};
+        CalibOpts co = {0, on_calib_progress, &cs};
+        CalibSummary cal;
+        if (calibrate_run(&rc, &co, &cal, &e)) return fail(&e);
+        if (cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
+        fprintf(stderr, "effdm finetune: calibrated in %.1f s (%d UNet inputs recorded)\n", cal.sec_total,
+                cal.n_recorded);
+    }
+
+    Trainer *tr;
+    if (trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
+    int epoch, step;
+    trainer_position(tr, &epoch, &step);
+    View v = {.tty = isatty(2)};
+    int S = trainer_steps_per_epoch(tr);
+    int64_t total = (int64_t)rc.train.epochs * S;
+    v.first = (int64_t)epoch * S + step;
+    if (epoch >= rc.train.epochs)
+        fprintf(stderr, "effdm finetune: %s: the run is complete (%d epochs)\n", rc.run.out, rc.train.epochs);
+    else
+        fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d thread%s)\n", rc.run.out,
+                trainer_resumed(tr) ? "resuming" : "starting", epoch + 1, rc.train.epochs, step, S, threads_get(),
+                threads_get() == 1 ? "" : "s");
+    int saved = trainer_saved_threads(tr);
+    if (saved > 0 && saved != threads_get())
+        fprintf(stderr, "effdm finetune: note: the run was computed with %d threads, it continues with %d: the "
+                "result will not be bit-identical to an uninterrupted run (use --threads %d for that)\n", saved,
+                threads_get(), saved);
+    progress_start(&v.bar, "finetune", (long)(total - v.first));
+    install_handlers();
+    TrainerHooks h = {.on_step = on_step, .on_val = on_val, .on_note = on_note, .user = &v, .stop = &stop_signal};
+    TrainerSummary s;
+    int code = trainer_run(tr, &h, &s, &e);
+    trainer_free(tr);
+    if (code == ERR_INTERRUPTED) {
+        line(&v, "");
+        fprintf(stderr, "effdm finetune: %s\n", e.msg);
+        return 128 + (stop_signal ? (int)stop_signal : SIGINT);
+    }
+    if (code) {
+        line(&v, "");
+        return fail(&e);
+    }
+    progress_finish(&v.bar, NULL);
+    printf("run          %s\n", rc.run.out);
+    printf("epochs       %d of %d (%d steps each)\n", s.epoch, s.epochs, s.steps);
+    printf("steps run    %lld in %.1f s (%.3f s/step); whole run %.1f s\n", (long long)s.steps_run, s.seconds,
+           s.steps_run ? s.seconds / (double)s.steps_run : 0.0, s.total_seconds);
+    if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
+    char be[32];
+    if (s.has_best) printf("best val     %.6g (%s)\n", s.best_val, epoch_name(s.best_epoch, be, sizeof be));
+    return 0;
 }

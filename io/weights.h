@@ -60,4 +60,21 @@ const char *weights_metadata(const WeightFile *f, const char *key);
 // Name of a dtype ("F32", "BF16", ...).
 const char *dtype_name(DType t);
 
+// --- Added with the readers (io/weights.c): memory input, raw reads, what `effdm info` shows.
+// Same as weights_open over an in-memory file image, which must stay valid until
+// weights_close; name is used in messages. This is what the fuzz targets call.
+int weights_open_mem(WeightFile **f, const void *buf, size_t size, const char *name, Err *e);
+// Reads tensor `name` in its stored dtype (C order, little-endian): dst_bytes must be
+// numel x element size (else ERR_SHAPE). No conversion, no NaN check. ERR_KEY when missing.
+int weights_read_raw(WeightFile *f, const char *name, void *dst, size_t dst_bytes, Err *e);
+// "pytorch" (a torch.save zip archive) or "safetensors".
+const char *weights_format(const WeightFile *f);
+// safetensors `__metadata__` entries in header order (0 for .ckpt); key i, value in *value.
+int weights_metadata_count(const WeightFile *f);
+const char *weights_metadata_key(const WeightFile *f, int i, const char **value);
+// Top-level entries of a .ckpt's pickled dict (0 for safetensors): key i, and in *desc a
+// one-line description of its value ("int 5054", "dict (476 entries)", "object argparse.Namespace").
+int weights_top_count(const WeightFile *f);
+const char *weights_top_key(const WeightFile *f, int i, const char **desc);
+
 #endif

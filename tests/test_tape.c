@@ -134,6 +134,12 @@ static void test_scope_frees_intermediates(void **state) {
     assert_true(arena_mark(&c.arena) - before <= 2 * ARENA_ALIGN + 1000 * sizeof(float));
     for (int i = 0; i < 1000; i++) assert_true(y->data[i] == 2.0f * i);
     assert_true(x->data[999] == 999.0f);
+    // keep == NULL releases everything allocated in the scope
+    size_t mark = arena_mark(&c.arena);
+    s = ctx_scope_begin(&c);
+    assert_non_null(tensor_new1(&c, 5000));
+    assert_null(ctx_scope_end(&c, s, NULL));
+    assert_int_equal(arena_mark(&c.arena), mark);
     ctx_free(&c);
 }
 

@@ -32,6 +32,19 @@ void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double to
     _fail(file, line);
 }
 
+Ctx *test_ctx_new(size_t bytes) {
+    Ctx *c = malloc(sizeof *c);
+    Err e = {0};
+    assert_non_null(c);
+    assert_int_equal(ctx_init(c, bytes, &e), 0);
+    return c;
+}
+
+void test_ctx_delete(Ctx *c) {
+    ctx_free(c);
+    free(c);
+}
+
 const char *test_data_path(const char *name) {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/%s", TEST_DATA_DIR, name);

@@ -23,6 +23,11 @@ double rel_l2(const float *a, const float *b, size_t n);
 void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double tol, const char *what,
                         const char *file, int line);
 
+// A heap-allocated context with an arena of `bytes` (fails the test if it cannot be made);
+// release with test_ctx_delete.
+Ctx *test_ctx_new(size_t bytes);
+void test_ctx_delete(Ctx *c);
+
 // Path of a file in tests/data (static buffer, valid until the next call).
 const char *test_data_path(const char *name);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.

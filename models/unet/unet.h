@@ -1,17 +1,30 @@
 /* unet.h: CompVis openaimodel.UNetModel (dims = 2), forward and backward.
 
        UNetConfig cfg;  // filled by ldm_config (models/ldm_config.h) from the YAML
-       UNet m;
-       if (unet_init(&m, &cfg, &e) || unet_load(&m, wf, "model.diffusion_model.", &e)) goto fail;
-       Tensor *eps = unet_forward(&ctx, &m, x, t, context, y);   // x (N, Cin, H, W)
-       unet_free(&m);
+       UNet *m = NULL;
+       int unknown;
+       if (unet_new(&m, &cfg, &e) || unet_load(m, wf, "model.diffusion_model.", &unknown, &e)) goto fail;
+       Tensor *eps = unet_forward(&ctx, m, x, t, context, y);   // x (N, Cin, H, W)
+       if (!eps) ... ctx.err says why
+       unet_free(m);
 
    Options: model_channels, channel_mult, num_res_blocks, attention_resolutions, num_heads /
    num_head_channels / num_heads_upsample, use_scale_shift_norm, resblock_updown,
    conv_resample, use_spatial_transformer (+ transformer_depth, context_dim), legacy,
    num_classes (label_emb, for class-conditional models without cross-attention).
    Limitations: dims = 2 only; use_checkpoint and dropout are ignored (inference/eval mode);
-   use_new_attention_order selects QKVAttention instead of QKVAttentionLegacy.
+   use_new_attention_order selects QKVAttention instead of QKVAttentionLegacy. n_embed
+   (predict_codebook_ids) and a list-valued context_dim are not supported. A model with
+   cross-attention needs a context (upstream's fallback to self-attention is not offered);
+   attention_resolutions entries that match no level are ignored, as upstream.
+
+   Memory: unet_forward runs each top-level block inside a ctx scope, so a forward that
+   records nothing (no-grad, or frozen weights and an input without gradient) keeps only the
+   block outputs (the skip connections) plus one block's intermediates at a time.
+
+   Parameter names are the state-dict names without prefix ("input_blocks.1.1.proj_in.weight"),
+   listed in registration order; Conv1d weights (AttentionBlock qkv / proj_out) are (Cout, Cin, 1)
+   in files and (Cout, Cin, 1, 1) in memory.
 */
 #ifndef EFFDM_UNET_H
 #define EFFDM_UNET_H
@@ -58,8 +71,9 @@ int unet_config_check(const UNetConfig *cfg, Err *e);
 int unet_new(UNet **m, const UNetConfig *cfg, Err *e);
 void unet_free(UNet *m);
 // Reads every parameter `prefix + name` from f (shape-checked against the config). A
-// missing tensor is ERR_KEY naming it; extra tensors under prefix are reported through
-// `unknown` (count) and not an error. 0 or an ERR_ code.
+// missing tensor is ERR_KEY naming it; a tensor of another shape is ERR_SHAPE naming it with
+// the expected and found shapes; extra tensors under prefix are reported through `unknown`
+// (count; may be NULL) and not an error. 0 or an ERR_ code (the weights are then partly loaded).
 int unet_load(UNet *m, WeightFile *f, const char *prefix, int *unknown, Err *e);
 // Number of parameters / floats.
 size_t unet_param_count(const UNet *m);
@@ -72,9 +86,22 @@ int unet_set_trainable(UNet *m, int trainable, Err *e);
 // Zeroes all parameter gradients.
 void unet_zero_grad(UNet *m);
 
-// eps (or v) prediction: x (N, in_channels, H, W); t[0..N) timesteps; context (N, L,
-// context_dim) or NULL; y[0..N) class labels or NULL (models with num_classes).
-// Returns (N, out_channels, H, W), or NULL (c->err says why).
+// The config the model was built with.
+const UNetConfig *unet_config(const UNet *m);
+// Number of parameter tensors; the i-th in registration order (state-dict order) and its
+// name (owned by m), or NULL when i is out of range. For EMA maps, exports, optimizers.
+int unet_param_tensors(const UNet *m);
+Tensor *unet_param_at(UNet *m, int i, const char **name);
+// Number of dims of the i-th parameter in checkpoint files (3 for Conv1d weights).
+int unet_param_file_ndim(const UNet *m, int i);
+// The flat gradient block (unet_param_count floats, the weights' layout), or NULL when frozen.
+float *unet_grads(UNet *m);
+
+// eps (or v) prediction: x (N, in_channels, H, W) with H, W multiples of 2^(levels-1);
+// t[0..N) timesteps (float, as CompVis); context (N, L, context_dim), required exactly when
+// use_spatial_transformer (ignored otherwise, as upstream); y[0..N) class labels, required
+// exactly when num_classes > 0. Returns (N, out_channels, H, W), or NULL (c->err says why:
+// ERR_SHAPE / ERR_VALUE for bad inputs, else the failing op's error).
 Tensor *unet_forward(Ctx *c, UNet *m, Tensor *x, const float *t, Tensor *context, const int *y);
 
 // Debug/parity hooks: when set, called with each top-level block output during forward

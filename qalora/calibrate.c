@@ -1,0 +1,335 @@
+/* calibrate.c: naive PTQ of a run (the reference's teacher trajectories + quantize_ldm_naive.py
+   + the TALSQ-table initialising forward of train_efficientdm.py, in one pass). */
+#include "qalora/calibrate.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "io/safetensors.h"
+#include "sample/generate.h"
+#include "sample/sampler.h"
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void calib_record_free(CalibRecord *rec) {
+    free(rec->x);
+    free(rec->t);
+    free(rec->y);
+    free(rec->traj);
+    free(rec->step);
+    memset(rec, 0, sizeof *rec);
+}
+
+// What the recording hook needs about the batch being sampled.
+typedef struct {
+    CalibRecord *rec;
+    const int *y;       // the batch's labels (NULL: unconditional)
+    int first;          // trajectory index of the batch's first image
+    int guided;         // 1: the UNet sees [unconditional half, conditional half]
+    int uncond;
+    long done, total;
+    const CalibOpts *o;
+} RecordCtx;
+
+static void push(CalibRecord *rec, const float *x, int t, int y, int traj, int step) {
+    size_t per = (size_t)rec->C * rec->H * rec->W;
+    int i = rec->n++;
+    memcpy(rec->x + (size_t)i * per, x, per * sizeof(float));
+    rec->t[i] = (float)t;
+    if (rec->y) rec->y[i] = y;
+    rec->traj[i] = traj;
+    rec->step[i] = step;
+}
+
+static void on_input(int step, int timestep, const float *x, int N, void *user) {
+    RecordCtx *r = user;
+    CalibRecord *rec = r->rec;
+    size_t per = (size_t)rec->C * rec->H * rec->W;
+    int halves = r->guided ? 2 : 1;
+    if (rec->n + halves * N > rec->cap) return;  // cannot happen: cap counts every evaluation
+    if (r->guided)
+        for (int j = 0; j < N; j++) push(rec, x + (size_t)j * per, timestep, r->uncond, r->first + j, step);
+    for (int j = 0; j < N; j++) push(rec, x + (size_t)j * per, timestep, r->y ? r->y[j] : -1, r->first + j, step);
+}
+
+static void on_step(int step, int total, void *user) {
+    RecordCtx *r = user;
+    r->done++;
+    if (r->o && r->o->on_progress) r->o->on_progress(CALIB_PHASE_RECORD, r->done, r->total, r->o->user);
+}
+
+int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibOpts *o, CalibRecord *rec, Err *e) {
+    memset(rec, 0, sizeof *rec);
+    int steps = sampler_real_steps(m, cc->steps);
+    if (steps < 1)
+        return err_set(e, ERR_VALUE, "calib.steps: %d DDIM steps do not fit the model's %d timesteps", cc->steps,
+                       m->T);
+    if (cc->n_samples < 1 || cc->batch < 1)
+        return err_set(e, ERR_VALUE, "calib.n_samples, calib.batch: expected >= 1, found %d, %d", cc->n_samples,
+                       cc->batch);
+    int cond = ldm_is_class_conditional(m);
+    if (cond && ldm_n_classes(m) < 2)
+        return err_set(e, ERR_VALUE, "%s: a class-conditional model needs a real class besides the unconditional "
+                       "label", m->cfg.path);
+    int guided = cond && cc->scale != 1.0;
+    ldm_latent_shape(m, &rec->C, &rec->H, &rec->W);
+    size_t per = (size_t)rec->C * rec->H * rec->W;
+    size_t cap;
+    if (!size_mul_ok((size_t)cc->n_samples * (size_t)steps, guided ? 2u : 1u, &cap) || cap > (size_t)1 << 30 ||
+        !size_mul_ok(cap, per * sizeof(float), &(size_t){0}))
+        return err_set(e, ERR_VALUE, "calib: %d trajectories x %d steps are too many inputs to record",
+                       cc->n_samples, steps);
+    rec->cap = (int)cap;
+    rec->x = malloc(cap * per * sizeof(float));
+    rec->t = malloc(cap * sizeof(float));
+    rec->y = cond ? malloc(cap * sizeof(int64_t)) : NULL;
+    rec->traj = malloc(cap * sizeof(int64_t));
+    rec->step = malloc(cap * sizeof(int64_t));
+    int B = cc->batch < cc->n_samples ? cc->batch : cc->n_samples;
+    float *x = malloc((size_t)B * per * sizeof(float));
+    int *y = malloc((size_t)B * sizeof(int));
+    int *labels = malloc((size_t)cc->n_samples * sizeof(int));
+    Rng *rng = malloc((size_t)B * sizeof(Rng));
+    int rc = 0;
+    if (!rec->x || !rec->t || (cond && !rec->y) || !rec->traj || !rec->step || !x || !y || !labels || !rng) {
+        rc = err_set(e, ERR_NOMEM, "calib: out of memory for %zu recorded inputs", cap);
+        goto done;
+    }
+    // classes first, from their own stream, so they do not depend on the batch size
+    Rng lr;
+    rng_seed(&lr, (uint64_t)cc->seed, CALIB_STREAM_LABELS);
+    for (int j = 0; j < cc->n_samples; j++) labels[j] = cond ? (int)rng_below(&lr, (uint32_t)ldm_uncond_label(m)) : -1;
+    int n_batches = (cc->n_samples + B - 1) / B;
+    RecordCtx r = {rec, NULL, 0, guided, ldm_uncond_label(m), 0, (long)n_batches * steps, o};
+    SamplerOpts so = {0};
+    so.kind = SAMPLER_DDIM;
+    so.steps = cc->steps;
+    so.eta = (float)cc->eta;
+    so.scale = (float)cc->scale;
+    so.on_step = on_step;
+    so.on_input = on_input;
+    so.user = &r;
+    if (o && o->on_progress) o->on_progress(CALIB_PHASE_RECORD, 0, r.total, o->user);
+    for (int first = 0; first < cc->n_samples && !rc; first += B) {
+        int nb = cc->n_samples - first < B ? cc->n_samples - first : B;
+        for (int j = 0; j < nb; j++) {
+            sample_initial_noise(&rng[j], (uint64_t)cc->seed, first + j, x + (size_t)j * per, per);
+            y[j] = labels[first + j];
+        }
+        r.y = cond ? y : NULL;
+        r.first = first;
+        rc = sampler_run(c, m, &so, x, nb, cond ? y : NULL, rng, e);
+    }
+    if (!rc && rec->n != rec->cap)
+        rc = err_set(e, ERR_INTERNAL, "calib: recorded %d UNet inputs, expected %d", rec->n, rec->cap);
+done:
+    free(x);
+    free(y);
+    free(labels);
+    free(rng);
+    if (rc) calib_record_free(rec);
+    return rc;
+}
+
+int calib_pick(Rng *r, int n, int k, int64_t *idx, Err *e) {
+    if (k < 1 || k > n)
+        return err_set(e, ERR_VALUE, "calib.n_inputs: %d inputs asked of %d recorded (expected 1..%d)", k, n, n);
+    int *perm = malloc((size_t)n * sizeof *perm);
+    if (!perm) return err_set(e, ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)rng_below(r, (uint32_t)(n - i));
+        int tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+        idx[i] = perm[i];
+    }
+    free(perm);
+    return 0;
+}
+
+int calib_record_write(const CalibRecord *rec, const int64_t *used, int n_used, const char *path, Err *e) {
+    StWriter w = {0};
+    int64_t n = rec->n;
+    int rc = st_writer_add(&w, "x", DT_F32, 4, (int64_t[]){n, rec->C, rec->H, rec->W}, rec->x, e);
+    if (!rc) rc = st_writer_add(&w, "t", DT_F32, 1, &n, rec->t, e);
+    if (!rc && rec->y) rc = st_writer_add(&w, "y", DT_I64, 1, &n, rec->y, e);
+    if (!rc) rc = st_writer_add(&w, "traj", DT_I64, 1, &n, rec->traj, e);
+    if (!rc) rc = st_writer_add(&w, "step", DT_I64, 1, &n, rec->step, e);
+    if (!rc) rc = st_writer_add(&w, "used", DT_I64, 1, (int64_t[]){n_used}, used, e);
+    if (!rc) rc = st_writer_meta(&w, "effdm.kind", "calib", e);
+    if (!rc) rc = st_writer_meta(&w, "effdm.format", "1", e);
+    if (!rc) rc = st_write(&w, path, e);
+    st_writer_free(&w);
+    return rc;
+}
+
+// mkdir -p. 0 or ERR_IO; *created = 1 when the last component was created by this call.
+static int make_dirs(const char *path, int *created, Err *e) {
+    char buf[RC_PATH_MAX];
+    *created = 0;
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return err_set(e, ERR_VALUE, "run.out: path too long");
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return err_set(e, ERR_IO, "run.out: cannot create directory '%s': %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) == 0) *created = 1;
+    else if (errno != EEXIST)
+        return err_set(e, ERR_IO, "run.out: cannot create directory '%s': %s", buf, strerror(errno));
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+        return err_set(e, ERR_IO, "run.out: '%s' is not a directory", buf);
+    return 0;
+}
+
+static void path_join(char *dst, size_t cap, const char *dir, const char *name) {
+    size_t n = strlen(dir);
+    snprintf(dst, cap, "%s%s%s", dir, (n && dir[n - 1] == '/') ? "" : "/", name);
+}
+
+typedef struct {
+    const CalibOpts *o;
+    long done, total;
+} ActProgress;
+
+// QLayer.calib_hook: one more layer reached by the calibration forward.
+static void act_progress(void *user, QLayer *q, const Tensor *x) {
+    ActProgress *p = user;
+    p->done++;
+    p->o->on_progress(CALIB_PHASE_ACTS, p->done, p->total, p->o->user);
+}
+
+int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err *e) {
+    CalibSummary local;
+    if (!s) s = &local;
+    memset(s, 0, sizeof *s);
+    double t0 = now_seconds();
+    char p_cfg[RC_PATH_MAX + 32], p_calib[RC_PATH_MAX + 32], p_state[RC_PATH_MAX + 32];
+    path_join(p_cfg, sizeof p_cfg, rc->run.out, "config.yaml");
+    path_join(p_calib, sizeof p_calib, rc->run.out, "calib.safetensors");
+    path_join(p_state, sizeof p_state, rc->run.out, "state.safetensors");
+    if (!(o && o->force) && access(p_state, F_OK) == 0)
+        return err_set(e, ERR_VALUE, "run directory '%s' already holds state.safetensors (a calibrated or fine-tuned "
+                       "student); use --force to replace it", rc->run.out);
+    QModelConfig qc;
+    if (qmodel_config_from_run(&qc, rc, e)) return e->code;
+
+    Ldm *m = NULL;
+    Ctx ctx = {0};
+    int ctx_ok = 0, q_ok = 0, created = 0;
+    QModel q;
+    CalibRecord rec = {0};
+    int64_t *used = NULL;
+    float *cx = NULL, *ct = NULL;
+    int *cy = NULL;
+    StWriter w = {0};
+    int wrote_calib = 0, wrote_state = 0;
+    LdmLoadOpts lo = {rc->model.ema == RC_EMA_ON ? LDM_EMA_ON : (rc->model.ema == RC_EMA_OFF ? LDM_EMA_OFF : LDM_EMA_AUTO),
+                      LDM_PART_UNET | LDM_PART_COND_STAGE};
+    int code = ldm_load(&m, rc->model.ldm_config, rc->model.ckpt, &lo, e);
+    if (code) goto fail;
+    snprintf(s->warning, sizeof s->warning, "%s", m->warning);
+    s->using_ema = m->using_ema;
+    if (rc->model.uncond_label >= 0 && rc->model.uncond_label != ldm_uncond_label(m)) {
+        code = err_set(e, ERR_VALUE, "model.uncond_label: %d other than the last class index (%d) is not implemented "
+                       "yet", rc->model.uncond_label, ldm_uncond_label(m));
+        goto fail;
+    }
+    if ((code = ctx_init(&ctx, (size_t)rc->run.arena_mb << 20, e))) goto fail;
+    ctx_ok = 1;
+
+    // 1. teacher trajectories
+    double t1 = now_seconds();
+    if ((code = calib_record(&ctx, m, &rc->calib, o, &rec, e))) goto fail;
+    s->sec_record = now_seconds() - t1;
+    s->steps = sampler_real_steps(m, rc->calib.steps);
+    s->n_recorded = rec.n;
+
+    // 2. the student: naive PTQ weights, activation ranges from one forward
+    t1 = now_seconds();
+    Rng r;
+    rng_seed(&r, (uint64_t)rc->calib.seed, CALIB_STREAM_LORA);
+    if ((code = qmodel_init(&q, m->unet, &qc, m->T, &r, e))) goto fail;
+    q_ok = 1;
+    int k = rc->calib.n_inputs;
+    used = malloc((size_t)(k > 0 ? k : 1) * sizeof *used);
+    if (!used) {
+        code = err_set(e, ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    rng_seed(&r, (uint64_t)rc->calib.seed, CALIB_STREAM_PICK);
+    if ((code = calib_pick(&r, rec.n, k, used, e))) goto fail;
+    size_t per = (size_t)rec.C * rec.H * rec.W;
+    cx = malloc((size_t)k * per * sizeof(float));
+    ct = malloc((size_t)k * sizeof(float));
+    cy = malloc((size_t)k * sizeof(int));
+    if (!cx || !ct || !cy) {
+        code = err_set(e, ERR_NOMEM, "out of memory for %d calibration inputs", k);
+        goto fail;
+    }
+    for (int i = 0; i < k; i++) {
+        memcpy(cx + (size_t)i * per, rec.x + (size_t)used[i] * per, per * sizeof(float));
+        ct[i] = rec.t[used[i]];
+        cy[i] = rec.y ? (int)rec.y[used[i]] : 0;
+    }
+    ActProgress ap = {o, 0, q.n_q};
+    if (o && o->on_progress) {
+        o->on_progress(CALIB_PHASE_ACTS, 0, ap.total, o->user);
+        for (int i = 0; i < q.n_q; i++) {
+            q.q[i].calib_hook = act_progress;
+            q.q[i].calib_user = &ap;
+        }
+    }
+    code = qmodel_calibrate_ldm(&q, &ctx, m, cx, ct, rec.y ? cy : NULL, k, e);
+    for (int i = 0; i < q.n_q; i++) q.q[i].calib_hook = NULL;
+    if (code) goto fail;
+    s->sec_calib = now_seconds() - t1;
+    s->n_used = k;
+    qmodel_counts(&q, &s->trainable, &s->special, &s->fp);
+    s->w_bits = qc.sel.w_bits;
+    s->a_bits = qc.sel.a_bits;
+    s->special_bits = qc.sel.special_bits;
+    s->rank = qc.rank;
+    s->entries = q.cfg.talsq ? q.train_sched.n : 1;
+
+    // 3. the run directory
+    if ((code = make_dirs(rc->run.out, &created, e))) goto fail;
+    if ((code = calib_record_write(&rec, used, k, p_calib, e))) goto fail;
+    wrote_calib = 1;
+    if ((code = qmodel_write_state(&q, &w, "q.", e)) || (code = st_writer_meta(&w, "effdm.kind", "calibrated", e)) ||
+        (code = st_writer_meta(&w, "effdm.format", "1", e)) ||
+        (code = st_writer_meta(&w, "effdm.source", rc->model.ckpt, e)) || (code = st_write(&w, p_state, e)))
+        goto fail;
+    wrote_state = 1;
+    if ((code = run_config_write(rc, p_cfg, e))) goto fail;
+    s->sec_total = now_seconds() - t0;
+    goto done;
+fail:
+    if (wrote_calib) unlink(p_calib);
+    if (wrote_state) unlink(p_state);
+    if (created) rmdir(rc->run.out);
+done:
+    st_writer_free(&w);
+    free(used);
+    free(cx);
+    free(ct);
+    free(cy);
+    calib_record_free(&rec);
+    if (q_ok) qmodel_free(&q);
+    if (ctx_ok) ctx_free(&ctx);
+    ldm_free(m);
+    return code;
+}

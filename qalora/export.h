@@ -1,0 +1,134 @@
+/* export.h: the deployed model (EFFICIENTDM.md "Output and sampling"): LoRA merged into
+   integer weights, packed, with everything sampling needs in one .safetensors, and the
+   loader that samples from it.
+
+       ExportSummary s;
+       ExportOpts o = {.epoch = "last"};
+       if (export_run("runs/x", &o, "x-w4a4.safetensors", &s, &e)) return e.code;
+
+       ExportModel *em;
+       if (export_load(&em, "x-w4a4.safetensors", &e)) return e.code;
+       SamplerOpts o = {..., .on_eval = export_on_eval, .user = em};   // TALSQ entry per step
+       sampler_run(&ctx, em->ldm, &o, x, N, y, rng, &e);
+       export_free(em);
+
+   Format (effdm.format "1"). Tensors (CompVis names, so the file reads like a checkpoint):
+     model.diffusion_model.<param>          F32  every UNet parameter that is not the weight of a
+                                                 quantized layer (biases, norms, embeddings, FP
+                                                 layers); Conv1d weights (Cout, Cin, 1) as CompVis.
+                                                 With fp16_layers the weights of the FP conv/linear
+                                                 layers (skip connections, Downsample ops, layers
+                                                 kept FP) are F16: half their size, no longer
+                                                 bit-exact (see "Size" below)
+     model.diffusion_model.<layer>.qweight  U8   (bytes) the layer's integer levels
+                                                 q = clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1) of the
+                                                 weight in C order, packed as pack.h defines (2 per
+                                                 byte at 4 bits, 4 per byte at 2 bits, 1 at 8 bits)
+     model.diffusion_model.<layer>.w_delta  F32  (Cout) channel steps Δ_w
+     model.diffusion_model.<layer>.w_zero   U8   (Cout) channel zero points z_w (integers; I16 or F32 when
+                                                 a value does not fit 0..255 / a 16-bit integer)
+     model.diffusion_model.<layer>.a_delta  F32  (S) activation steps, one per training timestep
+                                                 (S = 1: one static range, special layers)
+     model.diffusion_model.<layer>.a_zero   U8   (S) activation zero points, rounded to integers (I16 or
+                                                 F32 as w_zero)
+     first_stage_model.*, cond_stage_model.embedding.weight   F32  the FP autoencoder / class embedder
+     betas, alphas_cumprod                  F32  (T) the teacher's schedule buffers
+     scale_factor                           F32  () the latent scale
+   Metadata:
+     effdm.format       "1"
+     effdm.ldm_config   the CompVis model YAML, verbatim (the export is self-contained)
+     effdm.quant        JSON: w_bits, a_bits, special_bits, rank, talsq, train_steps, timesteps
+                        (ascending; entry i of every table belongs to timesteps[i]), and layers:
+                        [{name, role ("trainable" | "special"), w_bits, a_bits, entries}] in
+                        registration order
+     effdm.source       the teacher checkpoint; effdm.source_config its YAML path
+     effdm.run, effdm.epoch   the run directory and which state ("last" | "best")
+     effdm.ema          "1" when the UNet weights are the teacher's EMA weights
+     effdm.unet_bytes, effdm.unet_fp32_bytes   size of the UNet part vs the FP32 UNet
+   A weight is dequantized as (q - z_w)·Δ_w, exactly W_eff of the student; activations are
+   fake-quantized with the tables (rounded z_a); sampling timestep t uses the entry of the
+   nearest training timestep (talsq.h), for any step count.
+
+   Size. The UNet part is the packed levels plus, in F32, Δ_w, the tables and everything left
+   FP. On the shipped teacher (1.45 M UNet parameters) the FP rest is large: the 1x1 skip
+   connections and the Downsample conv alone are 164 kB, the biases 41 kB, so an exact W4A4
+   export is about 1/5.9 of the FP32 UNet - no exact encoding reaches 1/6 there (levels + FP
+   rest + Δ_w already take 966 kB of the 968 kB budget). fp16_layers stores the FP layers'
+   weights as float16 (relative error <= 2^-11 on those weights only; biases, norms, Δ and
+   tables stay exact) and gives about 1/6.4. Default: exact.
+*/
+#ifndef EFFDM_EXPORT_H
+#define EFFDM_EXPORT_H
+
+#include <stddef.h>
+
+#include "io/weights.h"
+#include "models/ldm.h"
+#include "qalora/qmodel.h"
+#include "qalora/talsq.h"
+
+#define EXPORT_FORMAT "1"
+
+typedef struct {
+    size_t unet_bytes;        // bytes of the model.diffusion_model.* tensors
+    size_t unet_fp32_bytes;   // the FP32 UNet: 4 x its parameters
+    size_t total_bytes;       // bytes of all tensors
+    int trainable, special, fp;
+    int w_bits, a_bits, special_bits;
+    int entries;
+} ExportSummary;
+
+// What export_write records about where the model came from (all may be NULL).
+typedef struct {
+    const char *source;       // teacher checkpoint path
+    const char *source_config;
+    const char *yaml;         // CompVis YAML text (required)
+    const char *run_dir;
+    const char *epoch;        // "last" / "best"
+    int ema;                  // the UNet holds EMA weights
+    int fp16_layers;          // FP conv/linear weights as F16 (see "Size")
+} ExportInfo;
+
+typedef struct {
+    const char *epoch;        // "last" (default when NULL) or "best"
+    int fp16_layers;
+} ExportOpts;
+
+// Writes the export of student q over teacher m (the UNet q wraps; first stage and class
+// embedder loaded) to path atomically. teacher: the checkpoint m was loaded from (lists the
+// first-stage tensors). 0 or an ERR_ code.
+int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo *info, const char *path,
+                 ExportSummary *s, Err *e);
+// The state file of a run directory for epoch "last" (state.safetensors) or "best"
+// (best.safetensors) into dst. 0 or ERR_ARG for another name.
+int export_state_path(char *dst, size_t cap, const char *run_dir, const char *epoch, Err *e);
+// The whole export of a run directory: its config.yaml, the teacher it names, the student
+// restored from the epoch's state file. 0 or an ERR_ code (files and tensors named).
+int export_run(const char *run_dir, const ExportOpts *o, const char *path, ExportSummary *s, Err *e);
+
+/* ---- loading ---------------------------------------------------------------------------- */
+typedef struct ExportLayer ExportLayer;
+
+typedef struct {
+    Ldm *ldm;                 // first stage, class embedder, schedule; ldm->unet runs the quantized model
+    int n_layers;
+    ExportLayer *layers;      // the quantized layers (attached to the UNet's layers)
+    TalsqSchedule train_sched;
+    int entry;                // current TALSQ entry of every layer
+    int w_bits, a_bits, special_bits, rank;
+    size_t unet_bytes, unet_fp32_bytes;
+    char source[1024];
+} ExportModel;
+
+// Loads an export (format above). Every tensor is checked: missing is ERR_KEY, wrong shape or
+// packed size ERR_SHAPE, bad dtype ERR_DTYPE, out-of-range levels or tables ERR_VALUE - each
+// naming the tensor; missing or bad metadata ERR_FORMAT naming the key. 0 or an ERR_ code.
+int export_load(ExportModel **m, const char *path, Err *e);
+// Accepts NULL.
+void export_free(ExportModel *m);
+// Selects the TALSQ entry of the training timestep nearest to DDPM timestep t.
+void export_set_timestep(ExportModel *m, int t);
+// SamplerOpts.on_eval for an ExportModel (user): export_set_timestep(user, timestep).
+void export_on_eval(int step, int total, int timestep, void *user);
+
+#endif

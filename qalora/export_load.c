@@ -1,0 +1,319 @@
+/* export_load.c: an effdm export (export.h) as a sampleable model: the quantized layers run
+   the dequantized integer weights (exactly the student's W_eff) on fake-quantized inputs. */
+#include "qalora/export.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/dtype.h"
+#include "models/ldm_config.h"
+#include "qalora/pack.h"
+
+#define UNET_PREFIX "model.diffusion_model."
+
+struct ExportLayer {
+    ModelLayer *layer;   // weight data = the dequantized W_eff
+    int special;
+    int w_bits, a_bits, entries;
+    Quantizer aq;        // the activation table (rounded z_a)
+    float *a_delta, *a_zero;
+    const int *entry;
+};
+
+// The deployed layer: fake-quantized input with the table entry, then the FP op on W_eff.
+static Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x) {
+    ExportLayer *q = l->quant;
+    if (!x) return NULL;
+    int entry = (q->special || q->aq.n == 1) ? 0 : *q->entry;
+    Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
+    Tensor *b = l->bias.data ? &l->bias : NULL;
+    if (l->kind == LAYER_LINEAR) return t_linear(c, xq, &l->weight, b);
+    return t_conv2d(c, xq, &l->weight, b, l->stride, l->pad);
+}
+
+void export_free(ExportModel *m) {
+    if (!m) return;
+    for (int k = 0; m->layers && k < m->n_layers; k++) {
+        ExportLayer *L = &m->layers[k];
+        if (L->layer && L->layer->quant == L) {
+            L->layer->quant = NULL;
+            L->layer->quant_forward = NULL;
+        }
+        free(L->a_delta);
+        free(L->a_zero);
+    }
+    free(m->layers);
+    ldm_free(m->ldm);
+    free(m);
+}
+
+void export_set_timestep(ExportModel *m, int t) { m->entry = talsq_entry(&m->train_sched, t); }
+
+void export_on_eval(int step, int total, int timestep, void *user) { export_set_timestep(user, timestep); }
+
+static int json_int(const cJSON *o, const char *key, int *out, const char *path, Err *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+        return err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: '%s' is missing or not an integer", path, key);
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+// Reads a F32 tensor of n values and exact shape (n). ERR_KEY / ERR_SHAPE naming it.
+static int read_vec(WeightFile *f, const char *name, float *dst, int n, Err *e) {
+    if (!weights_find(f, name)) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", weights_path(f), name);
+    return weights_read_f32(f, name, dst, 1, &n, e);
+}
+
+static int all_integers(const float *v, int n) {
+    for (int i = 0; i < n; i++)
+        if (v[i] != rintf(v[i])) return 0;
+    return 1;
+}
+
+// One quantized layer: levels -> W_eff into the UNet's weight, the activation table.
+static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int entries, Err *e) {
+    ModelLayer *l = L->layer;
+    const char *path = weights_path(f);
+    char name[600];
+    size_t n = l->weight.n, nb = pack_size(n, w_bits);
+    int co = l->weight.shape[0];
+    size_t k = n / (size_t)co;
+    snprintf(name, sizeof name, UNET_PREFIX "%s.qweight", l->name);
+    const WeightInfo *wi = weights_find(f, name);
+    if (!wi) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", path, name);
+    if (wi->dtype != DT_U8)
+        return err_set(e, ERR_DTYPE, "%s: tensor '%s': expected U8, found %s", path, name, dtype_name(wi->dtype));
+    if (wi->ndim != 1 || wi->numel != nb)
+        return err_set(e, ERR_SHAPE, "%s: tensor '%s': expected (%zu) bytes for %zu %d-bit levels, found %zu in %d "
+                       "dims", path, name, nb, n, w_bits, wi->numel, wi->ndim);
+    uint8_t *packed = malloc(nb), *lv = malloc(n);
+    float *wd = malloc((size_t)co * sizeof(float)), *wz = malloc((size_t)co * sizeof(float));
+    L->a_delta = malloc((size_t)entries * sizeof(float));
+    L->a_zero = malloc((size_t)entries * sizeof(float));
+    int rc = 0;
+    if (!packed || !lv || !wd || !wz || !L->a_delta || !L->a_zero) {
+        rc = err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
+        goto done;
+    }
+    if ((rc = weights_read_raw(f, name, packed, nb, e))) goto done;
+    unpack_ints(lv, packed, n, w_bits);
+    int qmax = (1 << w_bits) - 1;
+    for (size_t i = 0; i < n; i++)
+        if (lv[i] > qmax) {
+            rc = err_set(e, ERR_VALUE, "%s: tensor '%s': level %d at %zu exceeds %d (%d bits)", path, name, lv[i], i,
+                         qmax, w_bits);
+            goto done;
+        }
+    snprintf(name, sizeof name, UNET_PREFIX "%s.w_delta", l->name);
+    if ((rc = read_vec(f, name, wd, co, e))) goto done;
+    snprintf(name, sizeof name, UNET_PREFIX "%s.w_zero", l->name);
+    if ((rc = read_vec(f, name, wz, co, e))) goto done;
+    if (!all_integers(wz, co)) {
+        rc = err_set(e, ERR_VALUE, "%s: tensor '%s': zero points must be integers", path, name);
+        goto done;
+    }
+    // W_eff[o, j] = (q - z_w[o]) Δ_w[o]: the student's fake-quantized weight exactly
+    for (int o = 0; o < co; o++)
+        for (size_t j = 0; j < k; j++)
+            l->weight.data[(size_t)o * k + j] = ((float)lv[(size_t)o * k + j] - wz[o]) * wd[o];
+    snprintf(name, sizeof name, UNET_PREFIX "%s.a_delta", l->name);
+    if ((rc = read_vec(f, name, L->a_delta, entries, e))) goto done;
+    snprintf(name, sizeof name, UNET_PREFIX "%s.a_zero", l->name);
+    if ((rc = read_vec(f, name, L->a_zero, entries, e))) goto done;
+    if (!all_integers(L->a_zero, entries)) {
+        rc = err_set(e, ERR_VALUE, "%s: tensor '%s': zero points must be integers", path, name);
+        goto done;
+    }
+    quantizer_setup(&L->aq, QUANT_UNIFORM, a_bits, 0, entries, L->a_delta, L->a_zero, NULL, NULL);
+done:
+    free(packed);
+    free(lv);
+    free(wd);
+    free(wz);
+    return rc;
+}
+
+static ModelLayer *find_layer(ModelLayer **all, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(all[i]->name, name)) return all[i];
+    return NULL;
+}
+
+// effdm.quant -> layers, schedule, bits. ERR_FORMAT naming the key.
+static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int n_all, const char *path, Err *e) {
+    cJSON *o = cJSON_Parse(json);
+    int rc = 0;
+    if (!o || !cJSON_IsObject(o)) {
+        rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant is not a JSON object", path);
+        goto done;
+    }
+    if ((rc = json_int(o, "w_bits", &em->w_bits, path, e)) || (rc = json_int(o, "a_bits", &em->a_bits, path, e)) ||
+        (rc = json_int(o, "special_bits", &em->special_bits, path, e)) ||
+        (rc = json_int(o, "rank", &em->rank, path, e)))
+        goto done;
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(o, "timesteps");
+    int nts = cJSON_IsArray(ts) ? cJSON_GetArraySize(ts) : -1;
+    if (nts < 1 || nts > TALSQ_MAX_ENTRIES) {
+        rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: 'timesteps' must be an array of 1..%d integers", path,
+                     TALSQ_MAX_ENTRIES);
+        goto done;
+    }
+    int t[TALSQ_MAX_ENTRIES];
+    for (int i = 0; i < nts; i++) {
+        const cJSON *v = cJSON_GetArrayItem(ts, i);
+        if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) {
+            rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: timesteps[%d] is not an integer", path, i);
+            goto done;
+        }
+        t[i] = (int)v->valuedouble;
+    }
+    if ((rc = talsq_from_timesteps(&em->train_sched, t, nts, e))) {
+        err_prefix(e, "%s: metadata effdm.quant", path);
+        goto done;
+    }
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(o, "layers");
+    int nl = cJSON_IsArray(layers) ? cJSON_GetArraySize(layers) : -1;
+    if (nl < 0 || nl > n_all) {
+        rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: 'layers' must be an array of at most %d layers", path,
+                     n_all);
+        goto done;
+    }
+    em->layers = calloc((size_t)(nl ? nl : 1), sizeof *em->layers);
+    if (!em->layers) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int k = 0; k < nl; k++) {
+        const cJSON *L = cJSON_GetArrayItem(layers, k);
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(L, "name"), *role = cJSON_GetObjectItemCaseSensitive(L, "role");
+        if (!cJSON_IsString(nm) || !cJSON_IsString(role)) {
+            rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layers[%d] needs 'name' and 'role'", path, k);
+            goto done;
+        }
+        ModelLayer *ml = find_layer(all, n_all, nm->valuestring);
+        if (!ml || (ml->kind != LAYER_CONV2D && ml->kind != LAYER_LINEAR) || ml->quant) {
+            rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layers[%d] '%s' is not a conv2d/linear layer of "
+                         "this UNet (or listed twice)", path, k, nm->valuestring);
+            goto done;
+        }
+        int special = !strcmp(role->valuestring, "special");
+        if (!special && strcmp(role->valuestring, "trainable") != 0) {
+            rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s': role '%s' (expected trainable or "
+                         "special)", path, nm->valuestring, role->valuestring);
+            goto done;
+        }
+        int wb = 0, ab = 0, entries = 0;
+        if ((rc = json_int(L, "w_bits", &wb, path, e)) || (rc = json_int(L, "a_bits", &ab, path, e)) ||
+            (rc = json_int(L, "entries", &entries, path, e)))
+            goto done;
+        if (wb < QUANT_MIN_BITS || wb > QUANT_MAX_BITS || ab < QUANT_MIN_BITS || ab > QUANT_MAX_BITS ||
+            (entries != 1 && entries != nts) || (special && entries != 1)) {
+            rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s': W%d/A%d with %d entries (expected "
+                         "%d..%d bits, 1 or %d entries)", path, nm->valuestring, wb, ab, entries, QUANT_MIN_BITS,
+                         QUANT_MAX_BITS, nts);
+            goto done;
+        }
+        ExportLayer *X = &em->layers[k];
+        X->layer = ml;
+        X->special = special;
+        X->entry = &em->entry;
+        X->w_bits = wb;
+        X->a_bits = ab;
+        X->entries = entries;
+        ml->quant = X;  // marks the layer as listed until it is attached
+        em->n_layers = k + 1;
+    }
+done:
+    cJSON_Delete(o);
+    return rc;
+}
+
+int export_load(ExportModel **out, const char *path, Err *e) {
+    *out = NULL;
+    ExportModel *em = calloc(1, sizeof *em);
+    LdmConfig *cfg = malloc(sizeof *cfg);
+    WeightFile *f = NULL;
+    UNet *u = NULL;
+    int rc = 0;
+    if (!em || !cfg) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = weights_open(&f, path, e))) goto fail;
+    const char *fmt = weights_metadata(f, "effdm.format");
+    if (!fmt) {
+        rc = err_set(e, ERR_FORMAT, "%s: not an effdm export (no metadata 'effdm.format')", path);
+        goto fail;
+    }
+    if (strcmp(fmt, EXPORT_FORMAT) != 0) {
+        rc = err_set(e, ERR_UNSUPPORTED, "%s: effdm.format '%s' (this build reads '%s')", path, fmt, EXPORT_FORMAT);
+        goto fail;
+    }
+    const char *yaml = weights_metadata(f, "effdm.ldm_config"), *quant = weights_metadata(f, "effdm.quant");
+    if (!yaml || !quant) {
+        rc = err_set(e, ERR_FORMAT, "%s: metadata '%s' is missing", path, !yaml ? "effdm.ldm_config" : "effdm.quant");
+        goto fail;
+    }
+    char cname[1200];
+    snprintf(cname, sizeof cname, "%s (effdm.ldm_config)", path);
+    if ((rc = ldm_config_load_mem(cfg, yaml, strlen(yaml), cname, e))) goto fail;
+    LdmLoadOpts lo = {LDM_EMA_OFF, LDM_PART_FIRST_STAGE | LDM_PART_COND_STAGE};
+    if ((rc = ldm_load_from(&em->ldm, cfg, f, &lo, e))) goto fail;
+    if ((rc = unet_new(&u, &cfg->unet, e))) {
+        err_prefix(e, "%s: effdm.ldm_config: model.params.unet_config", path);
+        goto fail;
+    }
+    em->ldm->unet = u;
+    int n_all;
+    ModelLayer **all = unet_layers(u, &n_all);
+    if ((rc = parse_quant(em, quant, all, n_all, path, e))) goto fail;
+    // FP parameters: everything that is not the weight of a listed layer
+    for (int i = 0; i < unet_param_tensors(u); i++) {
+        const char *pn;
+        Tensor *p = unet_param_at(u, i, &pn);
+        int quantized = 0;
+        for (int k = 0; k < em->n_layers && !quantized; k++) quantized = em->layers[k].layer->weight.data == p->data;
+        if (quantized) continue;
+        char name[600];
+        snprintf(name, sizeof name, UNET_PREFIX "%s", pn);
+        if (!weights_find(f, name)) {
+            rc = err_set(e, ERR_KEY, "%s: tensor '%s' is missing", path, name);
+            goto fail;
+        }
+        int nd = unet_param_file_ndim(u, i);
+        if ((rc = weights_read_f32(f, name, p->data, nd, p->shape, e))) goto fail;
+    }
+    for (int k = 0; k < em->n_layers; k++) {
+        ExportLayer *X = &em->layers[k];
+        if ((rc = load_layer(X, f, X->w_bits, X->a_bits, X->entries, e))) goto fail;
+        X->layer->quant = X;
+        X->layer->quant_forward = export_layer_forward;
+    }
+    em->unet_fp32_bytes = unet_param_count(u) * sizeof(float);
+    for (int i = 0; i < weights_count(f); i++) {
+        const WeightInfo *wi = weights_info(f, i);
+        if (!strncmp(wi->name, UNET_PREFIX, strlen(UNET_PREFIX)))
+            em->unet_bytes += wi->numel * dtype_size(wi->dtype);
+    }
+    const char *src = weights_metadata(f, "effdm.source");
+    snprintf(em->source, sizeof em->source, "%s", src ? src : "");
+    em->entry = 0;
+    weights_close(f);
+    free(cfg);
+    *out = em;
+    return 0;
+fail:
+    // layers marked but not attached: clear the marks before the UNet goes
+    if (em && em->layers)
+        for (int k = 0; k < em->n_layers; k++)
+            if (em->layers[k].layer && em->layers[k].layer->quant_forward != export_layer_forward)
+                em->layers[k].layer->quant = NULL;
+    export_free(em);
+    weights_close(f);
+    free(cfg);
+    return rc;
+}

@@ -1,0 +1,47 @@
+#include "qalora/pack.h"
+
+#include <string.h>
+
+// The sizes the format above promises: 7 nibbles take 4 bytes, 5 crumbs 2 bytes.
+_Static_assert(PACK_BYTES(7, 4) == 4 && PACK_BYTES(8, 4) == 4, "4-bit: two levels per byte");
+_Static_assert(PACK_BYTES(5, 2) == 2 && PACK_BYTES(4, 2) == 1, "2-bit: four levels per byte");
+_Static_assert(PACK_BYTES(3, 8) == 3, "8-bit: one level per byte");
+
+int pack_container_bits(int bits) { return bits <= 2 ? 2 : (bits <= 4 ? 4 : 8); }
+
+size_t pack_size(size_t n, int bits) { return PACK_BYTES(n, pack_container_bits(bits)); }
+
+void pack_ints(uint8_t *dst, const uint8_t *src, size_t n, int bits) {
+    int b = pack_container_bits(bits), per = 8 / b;
+    uint8_t mask = (uint8_t)((1u << b) - 1u);
+    if (b == 8) {
+        memcpy(dst, src, n);
+        return;
+    }
+    memset(dst, 0, pack_size(n, bits));
+    for (size_t i = 0; i < n; i++) dst[i / per] |= (uint8_t)((src[i] & mask) << ((i % per) * b));
+}
+
+void unpack_ints(uint8_t *dst, const uint8_t *src, size_t n, int bits) {
+    int b = pack_container_bits(bits), per = 8 / b;
+    uint8_t mask = (uint8_t)((1u << b) - 1u);
+    if (b == 8) {
+        memcpy(dst, src, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = (uint8_t)((src[i / per] >> ((i % per) * b)) & mask);
+}
+
+void unpack_dequant(float *y, const uint8_t *src, int bits, int rows, size_t row_len, const float *delta,
+                    const float *zero) {
+    int b = pack_container_bits(bits), per = 8 / b;
+    unsigned mask = (1u << b) - 1u;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        for (size_t j = 0; j < row_len; j++) {
+            size_t i = (size_t)r * row_len + j;  // flat index: rows are not byte-aligned
+            unsigned level = (src[i / per] >> ((i % per) * b)) & mask;
+            y[i] = ((float)level - zero[r]) * delta[r];
+        }
+    }
+}

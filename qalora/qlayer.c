@@ -1,0 +1,319 @@
+/* qlayer.c: the QALoRA layer (EfficientDM quant_layer.py QuantModule_intnlora) and the
+   special 8-bit layer (QuantModule). */
+#include "qalora/qlayer.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void qlayer_config_defaults(QLayerConfig *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->w_bits = 4;
+    cfg->a_bits = 4;
+    cfg->rank = 32;
+    cfg->n_entries = 100;
+    cfg->w_init = QUANT_INIT_MAX;
+    cfg->a_init = QUANT_INIT_MSE;
+}
+
+// Output channels and weight row length of a conv2d / linear layer; 0 or an ERR_ code.
+static int layer_dims(const ModelLayer *l, int *cout, size_t *k, Err *e) {
+    char s[64];
+    if (l->kind == LAYER_CONV1D)
+        return err_set(e, ERR_VALUE, "layer '%s': conv1d layers are not quantized (they stay FP)", l->name);
+    int want = l->kind == LAYER_LINEAR ? 2 : 4;
+    if (!l->weight.data || l->weight.ndim != want || l->weight.n == 0)
+        return err_set(e, ERR_SHAPE, "layer '%s': weight of shape %s (expected %d dims)", l->name,
+                       tensor_shape_str(&l->weight, s, sizeof s), want);
+    *cout = l->weight.shape[0];
+    *k = l->weight.n / (size_t)*cout;
+    return 0;
+}
+
+static int bits_valid(int b) { return b >= QUANT_MIN_BITS && b <= QUANT_MAX_BITS; }
+
+int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params, size_t *n_grads, Err *e) {
+    int cout = 0;
+    size_t k = 0;
+    *n_params = *n_grads = 0;
+    int rc = layer_dims(l, &cout, &k, e);
+    if (rc) return rc;
+    if (!bits_valid(cfg->w_bits) || !bits_valid(cfg->a_bits))
+        return err_set(e, ERR_VALUE, "layer '%s': %d-bit weights, %d-bit activations (supported: %d..%d)", l->name,
+                       cfg->w_bits, cfg->a_bits, QUANT_MIN_BITS, QUANT_MAX_BITS);
+    if (cfg->special) return 0;
+    if (cfg->rank < 0 || cfg->n_entries < 1)
+        return err_set(e, ERR_VALUE, "layer '%s': LoRA rank %d, %d TALSQ entries (expected rank >= 0, entries >= 1)",
+                       l->name, cfg->rank, cfg->n_entries);
+    size_t r = (size_t)cfg->rank, S = (size_t)cfg->n_entries, co = (size_t)cout;
+    *n_params = r * k + co * r + co + 2 * S;
+    *n_grads = *n_params + co;
+    return 0;
+}
+
+static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, Err *e) {
+    size_t co = (size_t)q->cout, nw = l->weight.n;
+    // fixed: [Δ_w (Cout) | z_w (Cout) | Δ_a | z_a | fake-quantized weight (Cout·K)]
+    q->fixed = malloc((2 * co + 2 + nw) * sizeof(float));
+    if (!q->fixed) return err_set(e, ERR_NOMEM, "layer '%s': out of memory", l->name);
+    float *wd = q->fixed, *wz = wd + co, *ad = wz + co, *az = ad + 1, *wfq = az + 1;
+    quantizer_setup(&q->wq, QUANT_UNIFORM, cfg->w_bits, 1, q->cout, wd, wz, NULL, NULL);
+    if (quantizer_fit(&q->wq, l->weight.data, nw, cfg->w_init, -1, e)) return err_prefix(e, "layer '%s'", l->name);
+    quantizer_fake(&q->wq, wfq, l->weight.data, nw, 0);
+    tensor_init_param(&q->w_fq, wfq, NULL, l->weight.ndim, l->weight.shape);
+    *ad = *az = 0.0f;
+    quantizer_setup(&q->aq, QUANT_UNIFORM, cfg->a_bits, 0, 1, ad, az, NULL, NULL);
+    return 0;
+}
+
+int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params, float *grads, Rng *rng,
+                Err *e) {
+    memset(q, 0, sizeof *q);
+    size_t np, ng;
+    int rc = qlayer_sizes(l, cfg, &np, &ng, e);
+    if (rc) return rc;
+    q->layer = l;
+    q->special = cfg->special;
+    q->a_init = cfg->a_init;
+    layer_dims(l, &q->cout, &q->k, e);
+    if (cfg->special) {
+        q->n_entries = 1;
+        if (init_special(q, l, cfg, e)) goto fail;
+        return 0;
+    }
+    q->rank = cfg->rank;
+    q->n_entries = cfg->n_entries;
+    if (!params) params = q->own_params = calloc(np, sizeof(float));
+    if (!grads) grads = q->own_grads = calloc(ng, sizeof(float));
+    q->fixed = malloc((size_t)q->cout * sizeof(float));
+    q->w_int = malloc(l->weight.n);
+    if (!params || !grads || !q->fixed || !q->w_int) {
+        err_set(e, ERR_NOMEM, "layer '%s': out of memory for its quantized state", l->name);
+        goto fail;
+    }
+    q->params = params;
+    q->grads = grads;
+    memset(grads, 0, ng * sizeof(float));
+    size_t r = (size_t)q->rank, co = (size_t)q->cout, S = (size_t)q->n_entries;
+    float *A = params, *B = A + r * q->k, *wd = B + co * r, *ad = wd + co, *az = ad + S;
+    float *gA = grads, *gB = gA + r * q->k, *gwq = gB + co * r, *gwb = gwq + co, *gad = gwb + co, *gaz = gad + S;
+
+    // naive PTQ: Δ_w, z_w from the FP weights, W_int = clamp(round(W/Δ_w) + z_w)
+    quantizer_setup(&q->wq, QUANT_UNIFORM, cfg->w_bits, 1, q->cout, wd, q->fixed, gwq, NULL);
+    if (quantizer_fit(&q->wq, l->weight.data, l->weight.n, cfg->w_init, -1, e)) {
+        err_prefix(e, "layer '%s'", l->name);
+        goto fail;
+    }
+    quantizer_encode(&q->wq, q->w_int, l->weight.data, l->weight.n, 0);
+    tensor_init_param(&q->w_delta_base, wd, gwb, 1, (int[]){q->cout});
+
+    if (q->rank > 0) {
+        // torch nn.init.kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(fan_in)
+        double bound = sqrt(6.0 / ((1.0 + 5.0) * (double)q->k));
+        if (l->kind == LAYER_LINEAR) {
+            tensor_init_param(&q->lora_a, A, gA, 2, (int[]){q->rank, (int)q->k});
+            tensor_init_param(&q->lora_b, B, gB, 2, (int[]){q->cout, q->rank});
+        } else {
+            const int *ws = l->weight.shape;
+            tensor_init_param(&q->lora_a, A, gA, 4, (int[]){q->rank, ws[1], ws[2], ws[3]});
+            tensor_init_param(&q->lora_b, B, gB, 4, (int[]){q->cout, q->rank, 1, 1});
+        }
+        rng_uniform_fill(rng, A, r * q->k, (float)-bound, (float)bound);
+        memset(B, 0, co * r * sizeof(float));
+    }
+    memset(ad, 0, 2 * S * sizeof(float));
+    quantizer_setup(&q->aq, QUANT_UNIFORM, cfg->a_bits, 0, q->n_entries, ad, az, gad, gaz);
+    return 0;
+fail:
+    qlayer_free(q);
+    return e->code;
+}
+
+void qlayer_free(QLayer *q) {
+    if (!q) return;
+    qlayer_detach(q);
+    free(q->own_params);
+    free(q->own_grads);
+    free(q->fixed);
+    free(q->w_int);
+    memset(q, 0, sizeof *q);
+}
+
+static Tensor *qlayer_forward_hook(Ctx *c, ModelLayer *l, Tensor *x) { return qlayer_forward(c, l->quant, x); }
+
+void qlayer_attach(QLayer *q) {
+    q->layer->quant = q;
+    q->layer->quant_forward = qlayer_forward_hook;
+}
+
+void qlayer_detach(QLayer *q) {
+    if (q->layer && q->layer->quant == q) {
+        q->layer->quant = NULL;
+        q->layer->quant_forward = NULL;
+    }
+}
+
+int qlayer_trainable(QLayer *q, Tensor *out[QLAYER_MAX_SLOTS]) {
+    if (q->special) return 0;
+    int n = 0;
+    if (q->rank > 0) {
+        out[n++] = &q->lora_a;
+        out[n++] = &q->lora_b;
+    }
+    out[n++] = &q->wq.delta;
+    out[n++] = &q->w_delta_base;
+    out[n++] = &q->aq.delta;
+    out[n++] = &q->aq.zero;
+    return n;
+}
+
+void qlayer_bind_grads(QLayer *q, float *grads) {
+    Tensor *t[QLAYER_MAX_SLOTS];
+    int n = qlayer_trainable(q, t);
+    float *g = grads;
+    for (int i = 0; i < n; i++) {
+        t[i]->grad = g;
+        t[i]->requires_grad = 1;
+        memset(g, 0, t[i]->n * sizeof(float));
+        g += t[i]->n;
+    }
+    if (n) {
+        free(q->own_grads);
+        q->own_grads = NULL;
+        q->grads = grads;
+    }
+}
+
+void qlayer_set_act(QLayer *q, float delta, float zero) {
+    for (int i = 0; i < q->aq.n; i++) {
+        q->aq.delta.data[i] = delta;
+        q->aq.zero.data[i] = zero;
+    }
+    q->act_ready = 1;
+}
+
+/* ---- the weight path ------------------------------------------------------------- */
+
+// out (Cout, K) = (W_int - z_w) Δ_w + B·A. The GEMM adds onto the dequantized weight
+// (beta = 1), as the reference adds its LoRA weight to the dequantized one.
+static void qweight_compute(const QLayer *q, float *out) {
+    size_t K = q->k;
+    const float *d = q->wq.delta.data, *z = q->wq.zero.data;
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < q->cout; o++)
+        for (size_t j = 0; j < K; j++) out[(size_t)o * K + j] = ((float)q->w_int[(size_t)o * K + j] - z[o]) * d[o];
+    if (q->rank > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, q->cout, (int)K, q->rank, 1.0f, q->lora_b.data,
+                    q->rank, q->lora_a.data, (int)K, 1.0f, out, (int)K);
+}
+
+// in[0] = w_delta_base, in[1] = lora_a, in[2] = lora_b (NULL without LoRA); saved = the QLayer.
+//   d Δ_w[o] += Σ_j g[o, j] (W_int[o, j] - z_w[o]);  dB += g Aᵀ;  dA += Bᵀ g
+static void qweight_backward(Ctx *c, TapeNode *nd) {
+    const QLayer *q = nd->saved;
+    const float *g = nd->out->grad;
+    size_t K = q->k;
+    Tensor *db_t = nd->in[0], *a = nd->in[1], *b = nd->in[2];
+    if (db_t->requires_grad) {
+        float *dd = tensor_grad(c, db_t);
+        if (!dd) return;
+        const float *z = q->wq.zero.data;
+#pragma omp parallel for schedule(static)
+        for (int o = 0; o < q->cout; o++) {
+            double s = 0;
+            for (size_t j = 0; j < K; j++)
+                s += (double)g[(size_t)o * K + j] * ((double)q->w_int[(size_t)o * K + j] - (double)z[o]);
+            dd[o] += (float)s;
+        }
+    }
+    if (b && b->requires_grad) {
+        float *dB = tensor_grad(c, b);
+        if (!dB) return;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q->cout, q->rank, (int)K, 1.0f, g, (int)K, a->data,
+                    (int)K, 1.0f, dB, q->rank);
+    }
+    if (a && a->requires_grad) {
+        float *dA = tensor_grad(c, a);
+        if (!dA) return;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, q->rank, (int)K, q->cout, 1.0f, b->data, q->rank, g,
+                    (int)K, 1.0f, dA, (int)K);
+    }
+}
+
+Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q) {
+    if (q->special) {
+        err_set(&c->err, ERR_INTERNAL, "layer '%s': a special layer has no LoRA weight path", q->layer->name);
+        return NULL;
+    }
+    const Tensor *w = &q->layer->weight;
+    Tensor *out = tensor_new(c, w->ndim, w->shape);
+    if (!out) return NULL;
+    qweight_compute(q, out->data);
+    // One fused op (dequantize + LoRA product + add) keeps two weight-sized tensors per
+    // layer and step off the arena, compared with t_mul / t_matmul / t_add.
+    Tensor *in[3] = {&q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL, q->rank > 0 ? &q->lora_b : NULL};
+    TapeNode *nd = tape_record(c, OP_FAKE_QUANT, qweight_backward, out, in, 3);
+    if (nd) nd->saved = q;
+    return out;
+}
+
+Tensor *qlayer_weight(Ctx *c, QLayer *q) {
+    if (q->special) return &q->w_fq;
+    return t_fake_quant(c, qlayer_weight_prequant(c, q), &q->wq, 0);
+}
+
+/* ---- forward --------------------------------------------------------------------- */
+
+Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
+    if (!x) return NULL;
+    ModelLayer *l = q->layer;
+    if (q->calib_hook) q->calib_hook(q->calib_user, q, x);
+    if (q->calib == QCALIB_FIT) {
+        // the reference fits on the input of this very forward, then quantizes it
+        Err fe = {0};
+        if (quantizer_fit(&q->aq, x->data, x->n, q->a_init, -1, &fe)) {
+            err_set(&c->err, fe.code, "layer '%s': activation calibration: %s", l->name, fe.msg);
+            return NULL;
+        }
+        q->act_ready = 1;
+    }
+    if (!q->act_ready) {
+        err_set(&c->err, ERR_VALUE, "layer '%s': activation quantizer not calibrated (run a calibration forward "
+                "or load its ranges)", l->name);
+        return NULL;
+    }
+    int entry = (q->special || !q->entry) ? 0 : *q->entry;
+    if (entry < 0 || entry >= q->aq.n) {
+        err_set(&c->err, ERR_VALUE, "layer '%s': TALSQ entry %d of %d", l->name, entry, q->aq.n);
+        return NULL;
+    }
+    Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
+    Tensor *w = qlayer_weight(c, q);
+    Tensor *b = l->bias.data ? &l->bias : NULL;
+    if (l->kind == LAYER_LINEAR) return t_linear(c, xq, w, b);
+    return t_conv2d(c, xq, w, b, l->stride, l->pad);
+}
+
+/* ---- merge / export -------------------------------------------------------------- */
+
+int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e) {
+    const Tensor *w = &q->layer->weight;
+    if (q->special) {
+        quantizer_encode(&q->wq, levels, w->data, w->n, 0);
+        return 0;
+    }
+    float *win = malloc(w->n * sizeof(float));
+    if (!win) return err_set(e, ERR_NOMEM, "layer '%s': out of memory merging its weight", q->layer->name);
+    qweight_compute(q, win);
+    quantizer_encode(&q->wq, levels, win, w->n, 0);
+    free(win);
+    return 0;
+}
+
+void qlayer_export_act(const QLayer *q, float *delta, float *zero) {
+    for (int i = 0; i < q->aq.n; i++) {
+        delta[i] = q->aq.delta.data[i];
+        zero[i] = rintf(q->aq.zero.data[i]);
+    }
+}

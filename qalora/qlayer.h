@@ -1,0 +1,141 @@
+/* qlayer.h: EfficientDM's quantized layer over a model's conv2d / linear (the reference's
+   QuantModule_intnlora for trainable layers, QuantModule for the special ones).
+
+   Trainable layer (QALoRA + TALSQ):
+       W_base = (W_int - z_w) · Δ_w                  W_int: naive-PTQ levels (fixed), z_w fixed
+       W_eff  = q_w(W_base + B·A)                    channel-wise, w_bits, step Δ_w again
+       out    = conv2d / linear(q_a[entry](x), W_eff, bias)
+   - LoRA: linear A (r, in), B (out, r); conv k x k: A (r, Cin, kh, kw), B (Cout, r, 1, 1),
+     so ΔW[o, i, u, v] = Σ_r B[o, r] A[r, i, u, v] (A as a conv with the layer's stride and
+     padding followed by B as a 1x1 conv is the same map). A: Kaiming-uniform (a = √5,
+     bound 1/√fan_in, fan_in = in or Cin·kh·kw), B: zeros, so a new layer computes
+     exactly the naive PTQ model.
+   - Δ_w is used twice. Its data is ONE array, seen by two Tensors with SEPARATE gradient
+     buffers: `wq.delta` (quantizer path, q_w's step) and `w_delta_base` (base path,
+     W_base). The reference applies one AdamW update per path; summing both gradients
+     gives the single-update variant.
+   - q_a is a table of n_entries (Δ_a, z_a) pairs (TALSQ), one per training timestep;
+     the entry used is *entry, an int owned by whoever drives the model (sampler,
+     trainer), so that all layers switch together. Only that entry gets gradient.
+   Special layer: special bits (8) for both; W fake-quantized from the FP weights once
+   (naive PTQ ranges), one static (Δ_a, z_a), no LoRA, nothing trained.
+
+   Storage. Trainable state lives in caller-provided blocks (the trainer's flat parameter
+   and gradient blocks) or in blocks the layer allocates itself (pass NULL):
+       params: [A (r·K) | B (Cout·r) | Δ_w (Cout) | Δ_a (S) | z_a (S)]
+       grads:  [dA | dB | dΔ_w quantizer path (Cout) | dΔ_w base path (Cout) | dΔ_a | dz_a]
+   with K = Cin·kh·kw (conv) or in (linear), S = n_entries; qlayer_sizes gives the counts
+   (0 for special layers). W_int, z_w and all special-layer state are owned by the layer.
+
+   Calibration (activation ranges, EFFICIENTDM.md "Calibration data"): with calib =
+   QCALIB_FIT the next forward fits q_a to the input the layer really receives (a_init,
+   'mse' by default) and writes the result into every table entry, then quantizes with it,
+   as the reference's first forward does; run one forward of the whole model in that mode
+   (layers before already quantized). calib_hook, when set, sees every input first (for a
+   driver that gathers statistics over several batches). A forward before any
+   calibration fails with ERR_VALUE naming the layer.
+
+   A QLayer must not move in memory once initialised: its tensors are tape inputs and the
+   attached ModelLayer points at it.
+
+       QLayer q;
+       QLayerConfig qc; qlayer_config_defaults(&qc);              // W4A4, r 32, 100 entries
+       if (qlayer_init(&q, layer, &qc, NULL, NULL, &rng, &e)) goto fail;
+       q.entry = &model_entry;  qlayer_attach(&q);                 // layer_forward now runs q
+       q.calib = QCALIB_FIT;  unet_forward(...);  q.calib = QCALIB_OFF;
+       ...
+       qlayer_free(&q);                                            // also detaches
+*/
+#ifndef EFFDM_QLAYER_H
+#define EFFDM_QLAYER_H
+
+#include <stdint.h>
+
+#include "models/layer.h"
+#include "qalora/quantizer.h"
+#include "util/rng.h"
+
+typedef enum { QCALIB_OFF, QCALIB_FIT } QCalibMode;
+
+typedef struct {
+    int w_bits, a_bits;   // 2..8 (special layers: the special bit width, 8)
+    int rank;             // LoRA rank (32; the reference does not clip it); 0: no LoRA
+    int n_entries;        // TALSQ table size = number of training timesteps (100)
+    QuantInit w_init;     // weight ranges: QUANT_INIT_MAX (naive PTQ, default) or QUANT_INIT_MSE
+    QuantInit a_init;     // activation ranges at calibration: QUANT_INIT_MSE (default)
+    int special;          // 1: special layer (see top)
+} QLayerConfig;
+
+typedef struct QLayer {
+    ModelLayer *layer;    // the wrapped layer (FP weight and bias; stride, pad)
+    int special;
+    int rank, n_entries;
+    int cout;             // output channels / features
+    size_t k;             // weight row length: Cin·kh·kw or in
+    QuantInit a_init;
+
+    uint8_t *w_int;       // trainable: (Cout, K) naive-PTQ levels in [0, 2^w_bits - 1]
+    Tensor w_fq;          // special: the fake-quantized weight, weight-shaped, frozen
+    Quantizer wq;         // channel-wise: delta = Δ_w (grad: quantizer path), zero = z_w (frozen)
+    Tensor w_delta_base;  // trainable: Δ_w's data again, grad: base path
+    Tensor lora_a;        // trainable, rank > 0: (r, Cin, kh, kw) or (r, in)
+    Tensor lora_b;        // trainable, rank > 0: (Cout, r, 1, 1) or (out, r)
+    Quantizer aq;         // layer-wise: n_entries (trainable) or 1 (special) entries
+
+    const int *entry;     // current TALSQ entry (driver-owned); NULL: entry 0
+    int act_ready;        // 1 once aq holds calibrated (or loaded) values
+    QCalibMode calib;
+    void (*calib_hook)(void *user, struct QLayer *q, const Tensor *x);
+    void *calib_user;
+
+    float *params, *grads;          // the trainable state (see top)
+    float *own_params, *own_grads;  // set when the layer allocated them
+    float *fixed;                   // z_w, special Δ/z and the fake-quantized weight
+} QLayer;
+
+// W4A4, rank 32, 100 entries, 'max' weights, 'mse' activations, trainable.
+void qlayer_config_defaults(QLayerConfig *cfg);
+// Floats of trainable state and of gradients the layer needs in the caller's blocks.
+// 0, or ERR_SHAPE / ERR_VALUE for a layer or config it cannot wrap.
+int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params, size_t *n_grads, Err *e);
+// Wraps l (not attached yet): fits the weight ranges on l's FP weights (cfg->w_init), stores
+// W_int, initialises LoRA (A from rng), leaves the activation quantizer uncalibrated.
+// params / grads: blocks of qlayer_sizes floats, or NULL to allocate them. 0 or an ERR_ code.
+int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params, float *grads, Rng *rng,
+                Err *e);
+// Detaches and releases what the layer allocated; accepts a zeroed or half-built QLayer.
+void qlayer_free(QLayer *q);
+// layer_forward(l) runs qlayer_forward from now on / runs the FP op again.
+void qlayer_attach(QLayer *q);
+void qlayer_detach(QLayer *q);
+
+// The layer's output for x (see top); NULL with c->err set on failure.
+Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x);
+// W_eff = q_w(W_base + B·A) (trainable) or the fake-quantized weight (special), weight-shaped.
+Tensor *qlayer_weight(Ctx *c, QLayer *q);
+// W_base + B·A before q_w (trainable layers), recorded as OP_FAKE_QUANT: gradients to
+// w_delta_base, lora_a, lora_b. Exposed for tests.
+Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q);
+
+// The trainable tensors of a trainable layer in gradient-block order (lora_a, lora_b when
+// rank > 0, then wq.delta, w_delta_base, aq.delta, aq.zero), for the optimizer's slots;
+// wq.delta and w_delta_base share their data. Returns the count (0 for special layers).
+#define QLAYER_MAX_SLOTS 6
+int qlayer_trainable(QLayer *q, Tensor *out[QLAYER_MAX_SLOTS]);
+// Points every gradient at `grads` (qlayer_sizes floats, same layout; e.g. the
+// optimizer's flat buffer at the first slot's offset) and zeroes it; frees the layer's own.
+void qlayer_bind_grads(QLayer *q, float *grads);
+
+// Sets every activation table entry to (delta, zero) and marks the layer calibrated.
+void qlayer_set_act(QLayer *q, float delta, float zero);
+
+/* ---- merge / export ------------------------------------------------------------- */
+// The deployed integer weight: levels[Cout·K] = clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1)
+// with W_in = W_base + B·A (trainable) or the FP weight (special), so that
+// (level - z_w)·Δ_w is W_eff exactly. 0 or ERR_NOMEM.
+int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e);
+// The activation table for export: delta[i] = Δ_a[i], zero[i] = round(z_a[i]) (half to
+// even) for the aq.n entries; the exported model's fake-quant reference uses these.
+void qlayer_export_act(const QLayer *q, float *delta, float *zero);
+
+#endif

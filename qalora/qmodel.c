@@ -1,0 +1,530 @@
+/* qmodel.c: the quantized student over a UNet (EfficientDM quant_model.py
+   QuantModel_intnlora: quant_module_refactor, set_first_last_layer_to_8bit, the TALSQ
+   step counter as one shared entry). */
+#include "qalora/qmodel.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(QMODEL_MAX_OVERRIDES >= RC_MAX_OVERRIDES, "every run-config override fits a QModelConfig");
+_Static_assert(QMODEL_PATTERN_MAX >= RC_PATTERN_MAX, "override patterns fit");
+_Static_assert(QMODEL_MAX_FP_NAMES >= RC_MAX_FP_NAMES && QMODEL_FP_NAME_MAX >= RC_NAME_MAX, "fp names fit");
+
+void qmodel_config_defaults(QModelConfig *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    qsel_config_defaults(&cfg->sel);
+    cfg->rank = 32;
+    cfg->train_steps = 100;
+    cfg->talsq = 1;
+    cfg->w_init = QUANT_INIT_MAX;
+    cfg->a_init = QUANT_INIT_MSE;
+    snprintf(cfg->fp_names[0], QMODEL_FP_NAME_MAX, "skip");
+    snprintf(cfg->fp_names[1], QMODEL_FP_NAME_MAX, "op");
+    cfg->n_fp_names = 2;
+}
+
+int qmodel_config_from_run(QModelConfig *cfg, const RunConfig *rc, Err *e) {
+    const RcQuant *rq = &rc->quant;
+    qmodel_config_defaults(cfg);
+    if (rq->quantize_attention_matmuls)
+        return err_set(e, ERR_VALUE, "run config: quant.quantize_attention_matmuls: true is not implemented yet "
+                       "(the attention matmuls stay FP, as in the reference)");
+    int uses_mse = rq->weight_init == RC_INIT_MSE || rq->act_init == RC_INIT_MSE;
+    if (uses_mse && (rq->mse_candidates != QUANT_MSE_STEPS || rq->mse_shrink != 0.01 ||
+                     (float)rq->mse_norm != QUANT_MSE_P))
+        return err_set(e, ERR_VALUE, "run config: quant.mse_candidates / mse_shrink / mse_norm: only %d / 0.01 / "
+                       "%.1f are implemented yet, found %d / %g / %g", QUANT_MSE_STEPS, (double)QUANT_MSE_P,
+                       rq->mse_candidates, rq->mse_shrink, rq->mse_norm);
+    if (rq->n_overrides > QMODEL_MAX_OVERRIDES || rq->n_fp_names > QMODEL_MAX_FP_NAMES)
+        return err_set(e, ERR_VALUE, "run config: quant: %d overrides, %d fp names (at most %d, %d)",
+                       rq->n_overrides, rq->n_fp_names, QMODEL_MAX_OVERRIDES, QMODEL_MAX_FP_NAMES);
+    cfg->sel.w_bits = rq->weight_bits;
+    cfg->sel.a_bits = rq->act_bits;
+    cfg->sel.special_bits = rq->special_bits;
+    cfg->sel.n_first_special = rq->special_first;
+    cfg->sel.n_last_special = rq->special_last;
+    cfg->rank = rq->lora_rank;
+    cfg->talsq = rq->talsq;
+    cfg->train_steps = rc->train.steps;
+    cfg->w_init = rq->weight_init == RC_INIT_MSE ? QUANT_INIT_MSE : QUANT_INIT_MAX;
+    cfg->a_init = rq->act_init == RC_INIT_MSE ? QUANT_INIT_MSE : QUANT_INIT_MAX;
+    cfg->n_fp_names = rq->n_fp_names;
+    for (int i = 0; i < rq->n_fp_names; i++)
+        snprintf(cfg->fp_names[i], QMODEL_FP_NAME_MAX, "%s", rq->fp_name_contains[i]);
+    for (int i = 0; i < rq->n_overrides; i++) {
+        const RcOverride *o = &rq->overrides[i];
+        snprintf(cfg->pattern_store[i], QMODEL_PATTERN_MAX, "%s", o->pattern);
+        cfg->override_store[i] = (QSelOverride){cfg->pattern_store[i], o->keep_fp, o->weight_bits, o->act_bits};
+    }
+    cfg->sel.overrides = rq->n_overrides ? cfg->override_store : NULL;
+    cfg->sel.n_overrides = rq->n_overrides;
+    return 0;
+}
+
+// Copies cfg into q->cfg so that the overrides live in q (the caller's array may go away).
+static int config_copy(QModelConfig *dst, const QModelConfig *src, Err *e) {
+    *dst = *src;
+    if (src->sel.n_overrides > QMODEL_MAX_OVERRIDES)
+        return err_set(e, ERR_VALUE, "quantization config: %d overrides (at most %d)", src->sel.n_overrides,
+                       QMODEL_MAX_OVERRIDES);
+    if (src->n_fp_names < 0 || src->n_fp_names > QMODEL_MAX_FP_NAMES)
+        return err_set(e, ERR_VALUE, "quantization config: %d fp names (at most %d)", src->n_fp_names,
+                       QMODEL_MAX_FP_NAMES);
+    for (int i = 0; i < src->sel.n_overrides; i++) {
+        const QSelOverride *o = &src->sel.overrides[i];
+        snprintf(dst->pattern_store[i], QMODEL_PATTERN_MAX, "%s", o->pattern ? o->pattern : "");
+        dst->override_store[i] = *o;
+        dst->override_store[i].pattern = dst->pattern_store[i];
+    }
+    dst->sel.overrides = src->sel.n_overrides ? dst->override_store : NULL;
+    return 0;
+}
+
+// 1 if the layer's leaf name contains one of the configured fp names.
+static int fp_name_match(const QModelConfig *cfg, const ModelLayer *l) {
+    const char *leaf = layer_leaf_name(l);
+    for (int i = 0; i < cfg->n_fp_names; i++)
+        if (cfg->fp_names[i][0] && strstr(leaf, cfg->fp_names[i])) return 1;
+    return 0;
+}
+
+// select.h with the configured fp names: layers those names keep FP are hidden from
+// qsel_select, so the special positions are counted among the layers really quantized (as
+// the reference counts its replaced modules). select.h's own rule ("skip", "op") must be
+// covered by the names: quantizing those layers is not implemented.
+static int select_layers(QModel *q, Err *e) {
+    ModelLayer **sub = malloc((size_t)q->n_all * sizeof *sub);
+    int *sub_of = malloc((size_t)q->n_all * sizeof *sub_of);
+    QSelChoice *sub_choice = calloc((size_t)q->n_all, sizeof *sub_choice);
+    int rc = 0, n_sub = 0;
+    if (!sub || !sub_of || !sub_choice) {
+        rc = err_set(e, ERR_NOMEM, "out of memory selecting layers");
+        goto done;
+    }
+    for (int i = 0; i < q->n_all; i++) {
+        ModelLayer *l = q->all[i];
+        int conv_or_linear = l->kind == LAYER_CONV2D || l->kind == LAYER_LINEAR;
+        int fp_by_name = conv_or_linear && fp_name_match(&q->cfg, l);
+        if (conv_or_linear && !qsel_rule_quantizes(l) && !fp_by_name) {
+            rc = err_set(e, ERR_VALUE, "quant.fp_name_contains: layer '%s' would be quantized: quantizing layers "
+                         "whose name contains 'skip' or 'op' is not implemented yet (keep both names in the list)",
+                         l->name);
+            goto done;
+        }
+        sub_of[i] = -1;
+        if (fp_by_name) continue;
+        sub_of[i] = n_sub;
+        sub[n_sub++] = l;
+    }
+    if ((rc = qsel_select(sub, n_sub, &q->cfg.sel, sub_choice, e))) goto done;
+    for (int i = 0; i < q->n_all; i++) {
+        if (sub_of[i] >= 0) q->choice[i] = sub_choice[sub_of[i]];
+        else q->choice[i] = (QSelChoice){QSEL_FP, 0, 0};
+    }
+done:
+    free(sub);
+    free(sub_of);
+    free(sub_choice);
+    return rc;
+}
+
+static void layer_qconfig(const QModel *q, int i, QLayerConfig *lc) {
+    const QSelChoice *ch = &q->choice[i];
+    qlayer_config_defaults(lc);
+    lc->w_bits = ch->w_bits;
+    lc->a_bits = ch->a_bits;
+    lc->special = ch->role == QSEL_SPECIAL;
+    lc->rank = lc->special ? 0 : q->cfg.rank;
+    lc->n_entries = q->cfg.talsq ? q->train_sched.n : 1;
+    lc->w_init = q->cfg.w_init;
+    lc->a_init = q->cfg.a_init;
+}
+
+int qmodel_init(QModel *q, UNet *unet, const QModelConfig *cfg, int T, Rng *rng, Err *e) {
+    memset(q, 0, sizeof *q);
+    q->unet = unet;
+    if (config_copy(&q->cfg, cfg, e)) return e->code;
+    if (cfg->rank < 0) return err_set(e, ERR_VALUE, "quant.lora_rank: expected >= 0, found %d", cfg->rank);
+    if (q->cfg.talsq) {
+        if (talsq_ddim_uniform(&q->train_sched, T, cfg->train_steps, e)) return err_prefix(e, "train.steps");
+    } else {
+        // one activation (Δ, z) per layer: a table of one entry serves every timestep
+        int t0 = 0;
+        talsq_from_timesteps(&q->train_sched, &t0, 1, e);
+    }
+    q->all = unet_layers(unet, &q->n_all);
+    q->choice = calloc((size_t)q->n_all, sizeof *q->choice);
+    q->q_index = malloc((size_t)q->n_all * sizeof *q->q_index);
+    q->state_sel = malloc((size_t)q->n_all * 3 * sizeof *q->state_sel);
+    q->state_ts = malloc((size_t)q->train_sched.n * sizeof *q->state_ts);
+    if (!q->choice || !q->q_index || !q->state_sel || !q->state_ts) {
+        err_set(e, ERR_NOMEM, "out of memory for the quantized model");
+        goto fail;
+    }
+    if (select_layers(q, e)) goto fail;
+    for (int i = 0; i < q->n_all; i++) q->q_index[i] = q->choice[i].role == QSEL_FP ? -1 : q->n_q++;
+    q->q = calloc((size_t)(q->n_q ? q->n_q : 1), sizeof *q->q);
+    q->param_off = calloc((size_t)(q->n_q ? q->n_q : 1), sizeof *q->param_off);
+    q->grad_off = calloc((size_t)(q->n_q ? q->n_q : 1), sizeof *q->grad_off);
+    if (!q->q || !q->param_off || !q->grad_off) {
+        err_set(e, ERR_NOMEM, "out of memory for %d quantized layers", q->n_q);
+        goto fail;
+    }
+    // size table, then one parameter block and one gradient block carved by it
+    for (int i = 0; i < q->n_all; i++) {
+        int k = q->q_index[i];
+        if (k < 0) continue;
+        QLayerConfig lc;
+        layer_qconfig(q, i, &lc);
+        size_t np, ng;
+        if (qlayer_sizes(q->all[i], &lc, &np, &ng, e)) goto fail;
+        q->param_off[k] = q->n_params;
+        q->grad_off[k] = q->n_grads;
+        q->n_params += np;
+        q->n_grads += ng;
+    }
+    q->params = calloc(q->n_params ? q->n_params : 1, sizeof(float));
+    q->own_grads = calloc(q->n_grads ? q->n_grads : 1, sizeof(float));
+    if (!q->params || !q->own_grads) {
+        err_set(e, ERR_NOMEM, "out of memory for %zu trainable parameters", q->n_params);
+        goto fail;
+    }
+    q->grads = q->own_grads;
+    for (int i = 0; i < q->n_all; i++) {
+        int k = q->q_index[i];
+        if (k < 0) continue;
+        QLayerConfig lc;
+        layer_qconfig(q, i, &lc);
+        int special = lc.special;
+        if (qlayer_init(&q->q[k], q->all[i], &lc, special ? NULL : q->params + q->param_off[k],
+                        special ? NULL : q->grads + q->grad_off[k], rng, e))
+            goto fail;
+        q->q[k].entry = &q->entry;
+    }
+    for (int i = 0; i < q->n_all; i++) {
+        q->state_sel[3 * i] = (int32_t)q->choice[i].role;
+        q->state_sel[3 * i + 1] = q->choice[i].w_bits;
+        q->state_sel[3 * i + 2] = q->choice[i].a_bits;
+    }
+    q->state_cfg[0] = q->cfg.rank;
+    q->state_cfg[1] = q->cfg.talsq ? q->train_sched.n : 1;
+    q->state_cfg[2] = q->cfg.talsq;
+    q->state_cfg[3] = q->n_all;
+    for (int i = 0; i < q->train_sched.n; i++) q->state_ts[i] = q->train_sched.timesteps[i];
+    return 0;
+fail:
+    qmodel_free(q);
+    return e->code;
+}
+
+void qmodel_free(QModel *q) {
+    if (!q) return;
+    if (q->q)
+        for (int k = 0; k < q->n_q; k++) qlayer_free(&q->q[k]);
+    free(q->q);
+    free(q->choice);
+    free(q->q_index);
+    free(q->param_off);
+    free(q->grad_off);
+    free(q->params);
+    free(q->own_grads);
+    free(q->state_sel);
+    free(q->state_ts);
+    memset(q, 0, sizeof *q);
+}
+
+void qmodel_enable(QModel *q, int on) {
+    for (int k = 0; k < q->n_q; k++) {
+        if (on) qlayer_attach(&q->q[k]);
+        else qlayer_detach(&q->q[k]);
+    }
+    q->enabled = on;
+}
+
+void qmodel_set_timestep(QModel *q, int t) { q->entry = q->cfg.talsq ? talsq_entry(&q->train_sched, t) : 0; }
+
+void qmodel_counts(const QModel *q, int *trainable, int *special, int *fp) {
+    int n[3] = {0, 0, 0};
+    for (int i = 0; i < q->n_all; i++) n[q->choice[i].role]++;
+    if (trainable) *trainable = n[QSEL_TRAINABLE];
+    if (special) *special = n[QSEL_SPECIAL];
+    if (fp) *fp = n[QSEL_FP];
+}
+
+QLayer *qmodel_find(QModel *q, const char *name) {
+    for (int k = 0; k < q->n_q; k++)
+        if (!strcmp(q->q[k].layer->name, name)) return &q->q[k];
+    return NULL;
+}
+
+/* ---- training interface ------------------------------------------------------------ */
+
+int qmodel_trainable(QModel *q, QTrainable *out) {
+    static const char *const suffix[QMODEL_GROUP_COUNT] = {"", "w_delta", "w_delta_base", ""};
+    int n = 0;
+    for (int k = 0; k < q->n_q; k++) {
+        QLayer *ql = &q->q[k];
+        Tensor *t[QLAYER_MAX_SLOTS];
+        int m = qlayer_trainable(ql, t);
+        size_t off = q->grad_off[k];
+        for (int j = 0; j < m; j++) {
+            if (out) {
+                QTrainable *o = &out[n];
+                o->t = t[j];
+                o->layer = k;
+                o->grad_off = off;
+                const char *nm;
+                if (t[j] == &ql->lora_a) o->group = QMODEL_GROUP_LORA, nm = "lora_a";
+                else if (t[j] == &ql->lora_b) o->group = QMODEL_GROUP_LORA, nm = "lora_b";
+                else if (t[j] == &ql->wq.delta) o->group = QMODEL_GROUP_W_DELTA_Q, nm = suffix[QMODEL_GROUP_W_DELTA_Q];
+                else if (t[j] == &ql->w_delta_base)
+                    o->group = QMODEL_GROUP_W_DELTA_BASE, nm = suffix[QMODEL_GROUP_W_DELTA_BASE];
+                else if (t[j] == &ql->aq.delta) o->group = QMODEL_GROUP_ACT, nm = "a_delta";
+                else o->group = QMODEL_GROUP_ACT, nm = "a_zero";
+                snprintf(o->name, sizeof o->name, "q.%s.%s", ql->layer->name, nm);
+            }
+            off += t[j]->n;
+            n++;
+        }
+    }
+    return n;
+}
+
+double qmodel_lora_lr(const QModel *q, int layer, double divisor) {
+    const QLayer *ql = &q->q[layer];
+    double s = 0;
+    for (int c = 0; c < ql->wq.n; c++) s += (double)ql->wq.delta.data[c];
+    return s / (double)ql->wq.n / divisor;
+}
+
+void qmodel_bind_grads(QModel *q, float *grads) {
+    for (int k = 0; k < q->n_q; k++)
+        if (!q->q[k].special) qlayer_bind_grads(&q->q[k], grads + q->grad_off[k]);
+    if (grads != q->own_grads) {
+        free(q->own_grads);
+        q->own_grads = NULL;
+    }
+    q->grads = grads;
+}
+
+void qmodel_zero_grads(QModel *q) {
+    if (q->grads && q->n_grads) memset(q->grads, 0, q->n_grads * sizeof(float));
+}
+
+/* ---- calibration ------------------------------------------------------------------- */
+
+int qmodel_calibrate_acts(QModel *q, Ctx *c, QModelForwardFn fwd, void *user, Err *e) {
+    int was_enabled = q->enabled;
+    qmodel_enable(q, 1);
+    for (int k = 0; k < q->n_q; k++) {
+        q->q[k].calib = QCALIB_FIT;
+        q->q[k].act_ready = 0;
+    }
+    int prev_grad = ctx_set_grad(c, 0);
+    size_t mark = arena_mark(&c->arena);
+    Tensor *out = fwd(c, user);
+    int rc = 0;
+    if (!out) rc = err_set(e, c->err.code ? c->err.code : ERR_INTERNAL, "calibration forward: %s", c->err.msg);
+    arena_release(&c->arena, mark);
+    ctx_set_grad(c, prev_grad);
+    for (int k = 0; k < q->n_q; k++) {
+        q->q[k].calib = QCALIB_OFF;
+        if (!rc && !q->q[k].act_ready)
+            rc = err_set(e, ERR_VALUE, "calibration forward: layer '%s' received no input", q->q[k].layer->name);
+    }
+    if (!was_enabled) qmodel_enable(q, 0);
+    return rc;
+}
+
+typedef struct {
+    Ldm *ldm;
+    const float *x, *t;
+    const int *y;
+    int n;
+} LdmCalib;
+
+static Tensor *ldm_calib_forward(Ctx *c, void *user) {
+    LdmCalib *u = user;
+    int C, H, W;
+    ldm_latent_shape(u->ldm, &C, &H, &W);
+    Tensor *x = tensor_from(c, u->x, 4, (int[]){u->n, C, H, W});
+    return ldm_apply_model(c, u->ldm, x, u->t, u->y);
+}
+
+int qmodel_calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n, Err *e) {
+    if (ldm->unet != q->unet)
+        return err_set(e, ERR_INTERNAL, "qmodel_calibrate_ldm: the model's UNet is not the one the student wraps");
+    if (n < 1) return err_set(e, ERR_VALUE, "calibration: no inputs");
+    LdmCalib u = {ldm, x, t, y, n};
+    return qmodel_calibrate_acts(q, c, ldm_calib_forward, &u, e);
+}
+
+/* ---- state I/O --------------------------------------------------------------------- */
+
+static int add_f32(StWriter *w, const char *name, const float *data, int ndim, const int *shape, Err *e) {
+    int64_t s[WEIGHTS_MAX_DIMS];
+    for (int d = 0; d < ndim; d++) s[d] = shape[d];
+    return st_writer_add(w, name, DT_F32, ndim, s, data, e);
+}
+
+int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e) {
+    char name[512];
+    snprintf(name, sizeof name, "%ssel.layers", prefix);
+    if (st_writer_add(w, name, DT_I32, 2, (int64_t[]){q->n_all, 3}, q->state_sel, e)) return e->code;
+    snprintf(name, sizeof name, "%ssel.config", prefix);
+    if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){4}, q->state_cfg, e)) return e->code;
+    snprintf(name, sizeof name, "%stalsq.timesteps", prefix);
+    if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){q->train_sched.n}, q->state_ts, e)) return e->code;
+    for (int k = 0; k < q->n_q; k++) {
+        const QLayer *ql = &q->q[k];
+        const char *ln = ql->layer->name;
+        const Tensor *wt = &ql->layer->weight;
+        int co = ql->cout, S = ql->aq.n;
+        if (!ql->special) {
+            int64_t s[WEIGHTS_MAX_DIMS];
+            for (int d = 0; d < wt->ndim; d++) s[d] = wt->shape[d];
+            snprintf(name, sizeof name, "%s%s.w_int", prefix, ln);
+            if (st_writer_add(w, name, DT_U8, wt->ndim, s, ql->w_int, e)) return e->code;
+            if (ql->rank > 0) {
+                snprintf(name, sizeof name, "%s%s.lora_a", prefix, ln);
+                if (add_f32(w, name, ql->lora_a.data, ql->lora_a.ndim, ql->lora_a.shape, e)) return e->code;
+                snprintf(name, sizeof name, "%s%s.lora_b", prefix, ln);
+                if (add_f32(w, name, ql->lora_b.data, ql->lora_b.ndim, ql->lora_b.shape, e)) return e->code;
+            }
+        }
+        snprintf(name, sizeof name, "%s%s.w_delta", prefix, ln);
+        if (add_f32(w, name, ql->wq.delta.data, 1, &co, e)) return e->code;
+        snprintf(name, sizeof name, "%s%s.w_zero", prefix, ln);
+        if (add_f32(w, name, ql->wq.zero.data, 1, &co, e)) return e->code;
+        snprintf(name, sizeof name, "%s%s.a_delta", prefix, ln);
+        if (add_f32(w, name, ql->aq.delta.data, 1, &S, e)) return e->code;
+        snprintf(name, sizeof name, "%s%s.a_zero", prefix, ln);
+        if (add_f32(w, name, ql->aq.zero.data, 1, &S, e)) return e->code;
+    }
+    return 0;
+}
+
+// Reads an integer tensor of the given dtype and exact shape (raw bytes). ERR_KEY / ERR_SHAPE
+// / ERR_DTYPE naming it.
+static int read_ints(WeightFile *f, const char *name, DType dt, int ndim, const int64_t *shape, void *dst,
+                     size_t elem, Err *e) {
+    const WeightInfo *wi = weights_find(f, name);
+    if (!wi) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", weights_path(f), name);
+    if (wi->dtype != dt)
+        return err_set(e, ERR_DTYPE, "%s: tensor '%s': expected dtype %s, found %s", weights_path(f), name,
+                       dtype_name(dt), dtype_name(wi->dtype));
+    int same = wi->ndim == ndim;
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) {
+        same = same && wi->shape[d] == shape[d];
+        n *= (size_t)shape[d];
+    }
+    if (!same) {
+        char a[96] = "", b[96] = "";
+        for (int d = 0; d < ndim; d++)
+            snprintf(a + strlen(a), sizeof a - strlen(a), "%s%lld", d ? ", " : "", (long long)shape[d]);
+        for (int d = 0; d < wi->ndim; d++)
+            snprintf(b + strlen(b), sizeof b - strlen(b), "%s%lld", d ? ", " : "", (long long)wi->shape[d]);
+        return err_set(e, ERR_SHAPE, "%s: tensor '%s': expected shape (%s), found (%s)", weights_path(f), name, a,
+                       b);
+    }
+    return weights_read_raw(f, name, dst, n * elem, e);
+}
+
+static int read_f32(WeightFile *f, const char *name, float *dst, int ndim, const int *shape, Err *e) {
+    if (!weights_find(f, name)) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", weights_path(f), name);
+    return weights_read_f32(f, name, dst, ndim, shape, e);
+}
+
+// The saved selection and config against the QModel's (built from the current config).
+static int check_selection(QModel *q, WeightFile *f, const char *prefix, Err *e) {
+    char name[512];
+    const char *path = weights_path(f);
+    int32_t cfgv[4];
+    snprintf(name, sizeof name, "%ssel.config", prefix);
+    if (read_ints(f, name, DT_I32, 1, (int64_t[]){4}, cfgv, 4, e)) return e->code;
+    if (cfgv[3] != q->n_all)
+        return err_set(e, ERR_VALUE, "%s: the state is of a model with %d conv/linear layers, this UNet has %d", path,
+                       cfgv[3], q->n_all);
+    if (cfgv[0] != q->state_cfg[0])
+        return err_set(e, ERR_VALUE, "%s: LoRA rank %d in the state, %d in the config (quant.lora_rank)", path,
+                       cfgv[0], q->state_cfg[0]);
+    if (cfgv[2] != q->state_cfg[2] || cfgv[1] != q->state_cfg[1])
+        return err_set(e, ERR_VALUE, "%s: TALSQ %s with %d entries in the state, %s with %d in the config "
+                       "(quant.talsq, train.steps)", path, cfgv[2] ? "on" : "off", cfgv[1],
+                       q->state_cfg[2] ? "on" : "off", q->state_cfg[1]);
+    int32_t *sel = malloc((size_t)q->n_all * 3 * sizeof *sel);
+    int32_t *ts = malloc((size_t)q->train_sched.n * sizeof *ts);
+    int rc = 0;
+    if (!sel || !ts) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    snprintf(name, sizeof name, "%ssel.layers", prefix);
+    if ((rc = read_ints(f, name, DT_I32, 2, (int64_t[]){q->n_all, 3}, sel, 4, e))) goto done;
+    for (int i = 0; i < q->n_all; i++) {
+        const int32_t *s = sel + 3 * i, *m = q->state_sel + 3 * i;
+        if (s[0] == m[0] && s[1] == m[1] && s[2] == m[2]) continue;
+        QSelRole sr = (s[0] >= QSEL_FP && s[0] <= QSEL_SPECIAL) ? (QSelRole)s[0] : QSEL_FP;
+        rc = err_set(e, ERR_VALUE, "%s: layer '%s': %s W%d/A%d in the state, %s W%d/A%d in the config", path,
+                     q->all[i]->name, qsel_role_name(sr), s[1], s[2], qsel_role_name((QSelRole)m[0]), m[1], m[2]);
+        goto done;
+    }
+    snprintf(name, sizeof name, "%stalsq.timesteps", prefix);
+    if ((rc = read_ints(f, name, DT_I32, 1, (int64_t[]){q->train_sched.n}, ts, 4, e))) goto done;
+    for (int i = 0; i < q->train_sched.n; i++)
+        if (ts[i] != q->train_sched.timesteps[i]) {
+            rc = err_set(e, ERR_VALUE, "%s: training timestep %d is %d in the state, %d in the config", path, i,
+                         ts[i], q->train_sched.timesteps[i]);
+            goto done;
+        }
+done:
+    free(sel);
+    free(ts);
+    return rc;
+}
+
+static int read_layer(QLayer *ql, WeightFile *f, const char *prefix, Err *e) {
+    char name[512];
+    const char *ln = ql->layer->name;
+    const Tensor *wt = &ql->layer->weight;
+    int co = ql->cout, S = ql->aq.n;
+    if (!ql->special) {
+        int64_t s[WEIGHTS_MAX_DIMS];
+        for (int d = 0; d < wt->ndim; d++) s[d] = wt->shape[d];
+        snprintf(name, sizeof name, "%s%s.w_int", prefix, ln);
+        if (read_ints(f, name, DT_U8, wt->ndim, s, ql->w_int, 1, e)) return e->code;
+        int qmax = quantizer_qmax(&ql->wq);
+        for (size_t i = 0; i < wt->n; i++)
+            if (ql->w_int[i] > qmax)
+                return err_set(e, ERR_VALUE, "%s: tensor '%s': level %d at %zu exceeds %d (%d bits)", weights_path(f),
+                               name, ql->w_int[i], i, qmax, ql->wq.bits);
+        if (ql->rank > 0) {
+            snprintf(name, sizeof name, "%s%s.lora_a", prefix, ln);
+            if (read_f32(f, name, ql->lora_a.data, ql->lora_a.ndim, ql->lora_a.shape, e)) return e->code;
+            snprintf(name, sizeof name, "%s%s.lora_b", prefix, ln);
+            if (read_f32(f, name, ql->lora_b.data, ql->lora_b.ndim, ql->lora_b.shape, e)) return e->code;
+        }
+    }
+    snprintf(name, sizeof name, "%s%s.w_delta", prefix, ln);
+    if (read_f32(f, name, ql->wq.delta.data, 1, &co, e)) return e->code;
+    snprintf(name, sizeof name, "%s%s.w_zero", prefix, ln);
+    if (read_f32(f, name, ql->wq.zero.data, 1, &co, e)) return e->code;
+    snprintf(name, sizeof name, "%s%s.a_delta", prefix, ln);
+    if (read_f32(f, name, ql->aq.delta.data, 1, &S, e)) return e->code;
+    snprintf(name, sizeof name, "%s%s.a_zero", prefix, ln);
+    if (read_f32(f, name, ql->aq.zero.data, 1, &S, e)) return e->code;
+    // a special layer's fixed weight follows from the FP weight and its (now restored) ranges
+    if (ql->special) quantizer_fake(&ql->wq, ql->w_fq.data, wt->data, wt->n, 0);
+    ql->act_ready = 1;
+    return 0;
+}
+
+int qmodel_read_state(QModel *q, WeightFile *f, const char *prefix, Err *e) {
+    if (check_selection(q, f, prefix, e)) return e->code;
+    for (int k = 0; k < q->n_q; k++)
+        if (read_layer(&q->q[k], f, prefix, e)) return e->code;
+    return 0;
+}

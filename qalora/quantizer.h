@@ -1,0 +1,112 @@
+/* quantizer.h: the fake quantizers of EfficientDM, their initialisation from data, their
+   integer encoding, and the fake-quant ops of the tape (OP_FAKE_QUANT).
+
+   One interface, several kinds: a Quantizer is a kind, a bit width and a set of entries
+   (one (Δ, z) pair each); every function switches on the kind. Only QUANT_UNIFORM exists
+   today; a non-uniform power-exponent quantizer (NUPES) and outlier-kept weight ranges
+   (EasyQuant) are meant to be added as further kinds with their own kernels.
+
+   QUANT_UNIFORM (EfficientDM quant_layer.py UniformAffineQuantizer, asymmetric):
+       q(x) = (clamp(round(x/Δ) + z, 0, 2^b - 1) - z) · Δ
+   round is round-half-to-even (torch.round, rintf). z is not rounded inside q: the
+   activation zero points are trained as real numbers. Gradients as the reference's
+   round_ste + relu-written clip give them (derivation in fake_quant.c):
+       d/dx = 1 inside the clamp range, 0 outside (straight-through round)
+       d/dΔ = round(x/Δ) - x/Δ inside, clamp(round(x/Δ) + z) - z outside
+       d/dz = 0 inside, -Δ outside
+   where "inside" means 0 <= round(x/Δ) + z <= 2^b - 1 (both ends pass the gradient).
+
+   Entries: channel-wise (entry c serves slice c along dim 0 of x: the output channel of a
+   weight) or layer-wise, where the quantizer holds a table of entries of which one is
+   active per call (TALSQ: one entry per training timestep; a static quantizer has one).
+
+       float d[16], z[16];
+       Quantizer q;
+       quantizer_setup(&q, QUANT_UNIFORM, 4, 1, 16, d, z, NULL, NULL);  // 16 channels, frozen
+       quantizer_fit(&q, w, w_n, QUANT_INIT_MAX, -1, &e);                // naive PTQ ranges
+       Tensor *wq = t_fake_quant(c, w_tensor, &q, 0);                   // on the tape
+
+   Limitations: bits 2..8 (integers fit a byte); channel-wise means dim 0 only.
+*/
+#ifndef EFFDM_QUANTIZER_H
+#define EFFDM_QUANTIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "autograd/ops.h"
+
+#define QUANT_MIN_BITS 2
+#define QUANT_MAX_BITS 8
+// 'mse' init: candidate ranges [min, max] * (1 - 0.01 i), i = 0 .. QUANT_MSE_STEPS - 1,
+// scored by mean(|x - q(x)|^QUANT_MSE_P) (LAPQ's L_p norm, as the reference).
+#define QUANT_MSE_STEPS 80
+#define QUANT_MSE_P 2.4f
+// 'max' init: a range narrower than this gets this Δ (the reference's warning floor).
+#define QUANT_MIN_DELTA 1e-8
+
+typedef enum { QUANT_UNIFORM, QUANT_KIND_COUNT } QuantKind;
+
+typedef enum {
+    QUANT_INIT_MAX,  // x_min = min(x, 0), x_max = max(x, 0), Δ = (x_max - x_min)/(2^b - 1), z = round(-x_min/Δ)
+    QUANT_INIT_MSE,  // best of QUANT_MSE_STEPS shrunk [min(x), max(x)] ranges (no clipping at 0)
+} QuantInit;
+
+typedef struct Quantizer {
+    QuantKind kind;
+    int bits;          // QUANT_MIN_BITS..QUANT_MAX_BITS: integers in [0, 2^bits - 1]
+    int channel_wise;  // 1: entry c serves slice c along dim 0 of x (n = x.shape[0]); 0: one entry per call
+    int n;             // number of entries
+    Tensor delta;      // (n) step sizes; grad != NULL when Δ is trained
+    Tensor zero;       // (n) zero points (real; integers after fitting); grad != NULL when trained
+} Quantizer;
+
+// Points q at caller-owned arrays of n floats (grads may be NULL: frozen). Returns q.
+Quantizer *quantizer_setup(Quantizer *q, QuantKind kind, int bits, int channel_wise, int n, float *delta,
+                           float *zero, float *ddelta, float *dzero);
+// Largest integer level, 2^bits - 1.
+int quantizer_qmax(const Quantizer *q);
+// Name of a kind ("uniform").
+const char *quant_kind_name(QuantKind k);
+
+/* ---- initialisation from data ------------------------------------------------------- */
+// Fits entries to x (n floats). Channel-wise: every channel c to its slice x[c*len ..
+// (c+1)*len), len = n / q->n (entry ignored). Layer-wise: one (Δ, z) from all of x,
+// written into `entry`, or into every entry when entry < 0 (a fresh TALSQ table).
+// Returns 0, or ERR_VALUE (e says why) when n is not a multiple of the channel count, entry
+// is out of range, or x holds a non-finite value. Degenerate data (a constant slice, where
+// every 'mse' candidate has Δ = 0) gets the 'max' fit, whose Δ is at least QUANT_MIN_DELTA.
+int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int entry, Err *e);
+// One range from data, for a single slice (the kernels behind quantizer_fit).
+void quant_uniform_fit_max(const float *x, size_t n, int bits, float *delta, float *zero);
+void quant_uniform_fit_mse(const float *x, size_t n, int bits, float *delta, float *zero);
+
+/* ---- fake quantization (forward / backward on raw arrays) ---------------------------- */
+// y = q(x) for n floats (y may equal x). Layer-wise quantizers use `entry`.
+void quantizer_fake(const Quantizer *q, float *y, const float *x, size_t n, int entry);
+// Adds the gradients of sum(q(x) * dy) into dx (n floats), ddelta and dzero (q->n floats,
+// indexed as the entries); pass NULL for a gradient nobody needs. The per-entry sums run
+// in double over fixed chunks, added in order: the result does not depend on threads.
+void quantizer_fake_backward(const Quantizer *q, float *dx, float *ddelta, float *dzero, const float *dy,
+                             const float *x, size_t n, int entry);
+// y = q(x) over one slice with one (Δ, z) (serial; the kernel behind quantizer_fake).
+void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float zero, int qmax);
+
+/* ---- integers --------------------------------------------------------------------- */
+// out[i] = clamp(round(round(x/Δ) + z), 0, 2^b - 1): the integer level of x (z is an integer
+// for weights; round activation zero points first, quantizer_round_zero). NaN encodes as 0.
+void quantizer_encode(const Quantizer *q, uint8_t *out, const float *x, size_t n, int entry);
+// y[i] = (in[i] - z) · Δ.
+void quantizer_decode(const Quantizer *q, float *y, const uint8_t *in, size_t n, int entry);
+// Rounds every zero point to the nearest integer (half to even): what an integer kernel
+// and the export use for the trained real-valued activation zero points.
+void quantizer_round_zero(Quantizer *q);
+
+/* ---- tape ops (OP_FAKE_QUANT) -------------------------------------------------------- */
+// q(x) as a new per-step tensor of x's shape. Channel-wise: q->n == x.shape[0]; layer-wise:
+// entry in [0, q->n) is the active table entry, the only one that receives a gradient.
+// Backward adds into x, q->delta and q->zero where they require a gradient.
+// NULL with c->err set (ERR_SHAPE / ERR_VALUE) on a mismatch.
+Tensor *t_fake_quant(Ctx *c, Tensor *x, Quantizer *q, int entry);
+
+#endif

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# quality.sh: the quality table of docs/RESULTS.md, resumable.
+#
+#   scripts/quality.sh [VARIANT...]        # default: every scripts/quality/variants/*.yaml, and fp
+#   SEEDS="0 1 2" N=1000 scripts/quality.sh fp ptq-w4a4 effdm-w4a4
+#   scripts/quality.sh --report            # only regenerate docs/RESULTS.md from the cache
+#
+# A variant NAME is the run config scripts/quality/variants/NAME.yaml (its run.out is replaced
+# by $QUALITY_DIR/runs/NAME); the variant `fp` is the FP teacher. For each variant:
+#   finetune (calibrates first; train.epochs 0 = naive PTQ) under /usr/bin/time -v
+#     -> $Q/runs/NAME/, $Q/meta/NAME.finetune.json (wall seconds, peak RSS)
+#   export (--epoch best when train.select_epoch is best_val) -> $Q/models/NAME.safetensors,
+#     $Q/meta/NAME.export.json (file size, UNet part size)
+#   for each seed S: sample N class-balanced images, DDIM 20 steps, eta 0, guidance 3.0 (the
+#     paper protocol) -> $Q/samples/NAME/sS_nN/
+#     eval (FID(judge), IS, precision/recall, class accuracy) -> $Q/eval/NAME/sS_nN.json
+#     same-noise comparison with fp's samples of the same seed (pixel RMSE, judge class
+#     agreement; scripts/quality/compare.py) -> $Q/cmp/NAME/sS_nN.json
+# Every finished step is cached (a file is written under a .tmp name and renamed when done)
+# and skipped when it exists; an interrupted finetune is continued with --resume.
+# Finally scripts/quality/report.py writes docs/RESULTS.md from the cache.
+# Environment: QUALITY_DIR (default runs/quality), SEEDS (default "0"), N (default 1000),
+# EFFDM (default ./build/effdm), PY (default /usr/bin/python3). Run from the repository root.
+set -euo pipefail
+
+Q=${QUALITY_DIR:-runs/quality}
+SEEDS=${SEEDS:-0}
+N=${N:-1000}
+EFFDM=${EFFDM:-./build/effdm}
+PY=${PY:-/usr/bin/python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+VDIR=$HERE/quality/variants
+REF=models/zoo/fmnist-ldm/fmnist_test_judge.safetensors
+STEPS=20 ETA=0 SCALE=3
+
+mkdir -p "$Q"/{runs,cfg,models,meta,samples,eval,cmp,logs}
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+# time_json LOG OUT: wall seconds and peak RSS (KiB) from /usr/bin/time -v output
+time_json() {
+    "$PY" - "$1" "$2" <<'EOF'
+import json, re, sys
+t = open(sys.argv[1], errors="replace").read()
+w = re.findall(r"Elapsed \(wall clock\) time.*: (\S+)", t)[-1].split(":")
+sec = sum(float(x) * 60 ** i for i, x in enumerate(reversed(w)))
+rss = int(re.findall(r"Maximum resident set size \(kbytes\): (\d+)", t)[-1])
+cal = re.findall(r"calibrated in ([0-9.]+) s", t)
+json.dump({"wall_s": sec, "peak_rss_kb": rss, "calib_s": float(cal[-1]) if cal else None},
+          open(sys.argv[2] + ".tmp", "w"))
+EOF
+    mv "$2.tmp" "$2"
+}
+
+finetune() {  # NAME
+    local name=$1 cfg=$Q/cfg/$1.yaml run=$Q/runs/$1
+    [[ -f $Q/meta/$name.finetune.json ]] && return 0
+    sed '/^run:/,$d' "$VDIR/$name.yaml" > "$cfg"
+    printf 'run:\n  out: %s\n' "$run" >> "$cfg"
+    local tlog=$Q/logs/$name.finetune.log
+    log "$name: finetune"
+    if [[ -f $run/state.safetensors ]] && grep -q . "$run/log.csv" 2>/dev/null; then
+        /usr/bin/time -v "$EFFDM" finetune --resume "$run" --config "$cfg" >> "$tlog" 2>&1
+    else
+        /usr/bin/time -v "$EFFDM" finetune --config "$cfg" > "$tlog" 2>&1
+    fi
+    time_json "$tlog" "$Q/meta/$name.finetune.json"
+}
+
+export_model() {  # NAME
+    local name=$1 run=$Q/runs/$1 out=$Q/models/$1.safetensors epoch=last
+    [[ -f $out && -f $Q/meta/$name.export.json ]] && return 0
+    if grep -Eq '^\s*select_epoch:\s*best_val' "$run/config.yaml" && [[ -f $run/best.safetensors ]]; then
+        epoch=best
+    fi
+    log "$name: export --epoch $epoch"
+    "$EFFDM" export --run "$run" --out "$out" --epoch $epoch > "$Q/logs/$name.export.log" 2>&1
+    "$PY" - "$out" "$Q/logs/$name.export.log" "$epoch" "$Q/meta/$name.export.json" <<'EOF'
+import json, os, re, sys
+t = open(sys.argv[2], errors="replace").read()
+m = re.search(r"UNet part: (\d+) bytes .*?vs FP32 UNet (\d+) bytes", t)
+json.dump({"file_bytes": os.path.getsize(sys.argv[1]), "epoch": sys.argv[3],
+           "unet_bytes": int(m.group(1)) if m else None, "unet_fp32_bytes": int(m.group(2)) if m else None,
+           "export_log": t.strip().splitlines()[-3:]}, open(sys.argv[4] + ".tmp", "w"))
+EOF
+    mv "$Q/meta/$name.export.json.tmp" "$Q/meta/$name.export.json"
+}
+
+sample_eval() {  # NAME SEED
+    local name=$1 s=$2 tag=s$2_n$N
+    local dir=$Q/samples/$name/$tag model=()
+    [[ $name != fp ]] && model=(--model "$Q/models/$name.safetensors")
+    if [[ ! -d $dir ]]; then
+        log "$name: sample seed $s, $N images"
+        rm -rf "$dir.tmp"; mkdir -p "$Q/samples/$name"
+        "$EFFDM" sample "${model[@]}" --n "$N" --steps $STEPS --eta $ETA --scale $SCALE \
+            --seed "$s" --out "$dir.tmp" > "$Q/logs/$name.$tag.sample.log" 2>&1
+        mv "$dir.tmp" "$dir"
+    fi
+    mkdir -p "$Q/eval/$name" "$Q/cmp/$name"
+    if [[ ! -f $Q/eval/$name/$tag.json ]]; then
+        log "$name: eval seed $s"
+        "$EFFDM" eval --samples "$dir" --ref $REF --json "$Q/eval/$name/$tag.json.tmp" \
+            > "$Q/logs/$name.$tag.eval.log" 2>&1
+        mv "$Q/eval/$name/$tag.json.tmp" "$Q/eval/$name/$tag.json"
+    fi
+    if [[ $name != fp && ! -f $Q/cmp/$name/$tag.json ]]; then
+        sample_eval fp "$s"
+        log "$name: same-noise comparison with fp, seed $s"
+        "$PY" "$HERE/quality/compare.py" "$Q/samples/fp/$tag" "$dir" "$Q/cmp/$name/$tag.json" > /dev/null
+    fi
+}
+
+report() { "$PY" "$HERE/quality/report.py" "$Q" docs/RESULTS.md; }
+
+if [[ ${1:-} == --report ]]; then report; exit 0; fi
+if [[ $# -eq 0 ]]; then
+    set -- fp
+    for f in "$VDIR"/*.yaml; do set -- "$@" "$(basename "$f" .yaml)"; done
+fi
+for name in "$@"; do
+    if [[ $name != fp ]]; then
+        [[ -f $VDIR/$name.yaml ]] || { echo "quality.sh: no $VDIR/$name.yaml" >&2; exit 2; }
+        finetune "$name"
+        export_model "$name"
+    fi
+    for s in $SEEDS; do sample_eval "$name" "$s"; done
+done
+report

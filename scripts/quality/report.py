@@ -1,0 +1,170 @@
+#!/usr/bin/python3
+"""report.py QUALITY_DIR OUT.md: writes docs/RESULTS.md from the cache of scripts/quality.sh.
+The prose (findings, grids, what did not work) is scripts/quality/notes.md, inserted as is;
+tables, commands, machine and date are generated here."""
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+Q, OUT = sys.argv[1], sys.argv[2]
+
+
+def jload(p):
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def variant_desc(name):
+    if name == "fp":
+        return "FP teacher", "32/32"
+    p = os.path.join(HERE, "variants", name + ".yaml")
+    desc, w, a = name, "?", "?"
+    with open(p) as f:
+        t = f.read()
+    m = re.match(r"#\s*(.*)", t)
+    if m:
+        desc = m.group(1).strip()
+    mw = re.search(r"weight_bits:\s*(\d+)", t)
+    ma = re.search(r"act_bits:\s*(\d+)", t)
+    w = mw.group(1) if mw else "4"
+    a = ma.group(1) if ma else "4"
+    return desc, "%s/%s" % (w, a)
+
+
+def fmt(vals, nd=3):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return ("%." + str(nd) + "f") % vals[0]
+    return ("%." + str(nd) + "f ± %." + str(nd) + "f") % (statistics.mean(vals), statistics.stdev(vals))
+
+
+def rows_for(n_filter, seed_filter=None, min_seeds=1):
+    """One row per variant: metrics over the seeds whose sample count is n_filter."""
+    names = sorted(os.listdir(os.path.join(Q, "eval"))) if os.path.isdir(os.path.join(Q, "eval")) else []
+    order = {"fp": 0}
+    names.sort(key=lambda s: (order.get(s, 1 if s.startswith("ptq") else 2 if s.startswith("ref") else 3), s))
+    rows = []
+    for name in names:
+        evs, cmps, seeds = [], [], []
+        for p in sorted(glob.glob(os.path.join(Q, "eval", name, "s*_n%d.json" % n_filter))):
+            tag = os.path.basename(p)[:-5]
+            e = jload(p)
+            if e is None:
+                continue
+            seed = int(tag.split("_")[0][1:])
+            if seed_filter is not None and seed not in seed_filter:
+                continue
+            seeds.append(seed)
+            evs.append(e)
+            cmps.append(jload(os.path.join(Q, "cmp", name, tag + ".json")) if name != "fp"
+                        else {"rmse": 0.0, "agreement": 1.0})
+        if len(evs) < min_seeds:
+            continue
+        rows.append((name, seeds, evs, [c for c in cmps if c]))
+    return rows
+
+
+def table(n_filter, title, seed_filter=None, min_seeds=1):
+    rows = rows_for(n_filter, seed_filter, min_seeds)
+    if not rows:
+        return ""
+    out = ["### %s" % title, "",
+           "| variant | W/A | seeds | FID(judge) | class acc | precision | recall | IS | pixel RMSE to FP (same noise) | judge agreement with FP | fine-tune wall | peak RSS | export | UNet part |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, seeds, evs, cmps in rows:
+        desc, wa = variant_desc(name)
+        ft = jload(os.path.join(Q, "meta", name + ".finetune.json")) or {}
+        ex = jload(os.path.join(Q, "meta", name + ".export.json")) or {}
+        try:  # the UNet part as `effdm export` prints it
+            with open(os.path.join(Q, "logs", name + ".export.log")) as f:
+                m = re.search(r"UNet part: (\d+) bytes .*?vs FP32 UNet (\d+) bytes", f.read())
+            if m:
+                ex["unet_bytes"], ex["unet_fp32_bytes"] = int(m.group(1)), int(m.group(2))
+        except OSError:
+            pass
+        wall = "%.0f s" % ft["wall_s"] if ft.get("wall_s") is not None else "-"
+        if ft.get("calib_s"):
+            wall += " (calib %.0f s)" % ft["calib_s"]
+        rss = "%.0f MiB" % (ft["peak_rss_kb"] / 1024) if ft.get("peak_rss_kb") else "-"
+        size = "%.2f MiB" % (ex["file_bytes"] / 2 ** 20) if ex.get("file_bytes") else "-"
+        unet = ("%.2f MiB (1/%.2f of FP32)" % (ex["unet_bytes"] / 2 ** 20, ex["unet_fp32_bytes"] / ex["unet_bytes"])
+                if ex.get("unet_bytes") else "-")
+        out.append("| `%s`: %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            name, desc, wa, ",".join(map(str, seeds)),
+            fmt([e.get("fid") for e in evs], 2), fmt([e.get("class_accuracy") for e in evs]),
+            fmt([e.get("precision") for e in evs]), fmt([e.get("recall") for e in evs]),
+            fmt([e.get("is_mean") for e in evs], 2),
+            fmt([c.get("rmse") for c in cmps], 4), fmt([c.get("agreement") for c in cmps]),
+            wall, rss, size, unet))
+    out.append("")
+    return "\n".join(out)
+
+
+def sh(cmd):
+    try:
+        return subprocess.check_output(cmd, shell=True, text=True, stderr=subprocess.DEVNULL).strip()
+    except subprocess.CalledProcessError:
+        return "?"
+
+
+def main():
+    ns = sorted({int(m.group(1)) for p in glob.glob(os.path.join(Q, "eval", "*", "*.json"))
+                 for m in [re.search(r"_n(\d+)\.json$", p)] if m})
+    parts = ["# Quality results: effdm on the shipped Fashion-MNIST teacher", "",
+             "Generated by `scripts/quality/report.py` from the cache of `scripts/quality.sh` "
+             "(numbers) and `scripts/quality/notes.md` (text). Do not edit by hand.", "",
+             "- date (UTC): %s" % datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
+             "- commit: %s" % sh("git rev-parse --short HEAD"),
+             "- machine: %s, %s cores, %s, %s" % (
+                 sh("lscpu | sed -n 's/^Model name: *//p'"), os.cpu_count(), platform.system(),
+                 platform.release()),
+             "- protocol (every table): DDIM 20 steps, eta 0, guidance 3.0, class-balanced "
+             "samples (image i has class i mod 10 and its own noise stream (seed, i)); FID(judge), "
+             "IS, precision/recall (k = 3) and class accuracy by `effdm eval` against "
+             "`models/zoo/fmnist-ldm/fmnist_test_judge.safetensors`; pixel RMSE (pixels in "
+             "[0, 1]) and judge class agreement against the FP teacher's samples of the SAME "
+             "seed (same noise) by `scripts/quality/compare.py`. With several seeds a cell is "
+             "mean ± sample standard deviation over the seeds.",
+             "- fine-tune wall: `effdm finetune` under `/usr/bin/time -v` (calibration "
+             "included, its share in parentheses), peak RSS likewise; export: the "
+             "`effdm export` file (FP autoencoder included).", ""]
+    notes = os.path.join(HERE, "notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            parts.append(f.read().rstrip() + "\n")
+    for n in sorted(ns, reverse=True):
+        parts.append(table(n, "Confirmation: every variant with >= 3 seeds, %d samples per seed (mean ± sd over seeds)" % n,
+                           min_seeds=3))
+        parts.append(table(n, "Every variant at seed 0 (screening), %d samples" % n, seed_filter={0}))
+    parts += ["## Exact commands", "",
+              "```sh",
+              "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2",
+              "# per variant NAME (scripts/quality/variants/NAME.yaml, run.out set to $Q/runs/NAME):",
+              "./build/effdm finetune --config $Q/cfg/NAME.yaml",
+              "./build/effdm export --run $Q/runs/NAME --out $Q/models/NAME.safetensors [--epoch best]",
+              "./build/effdm sample --model $Q/models/NAME.safetensors --n N --steps 20 --eta 0 --scale 3 --seed S --out $Q/samples/NAME/sS_nN",
+              "./build/effdm sample --n N --steps 20 --eta 0 --scale 3 --seed S --out $Q/samples/fp/sS_nN   # FP teacher",
+              "./build/effdm eval --samples DIR --ref models/zoo/fmnist-ldm/fmnist_test_judge.safetensors --json out.json",
+              "/usr/bin/python3 scripts/quality/compare.py $Q/samples/fp/sS_nN $Q/samples/NAME/sS_nN out.json",
+              "# all of it, cached and resumable:",
+              "SEEDS=\"0 1 2\" N=1000 scripts/quality.sh fp ptq-w4a4 NAME ...",
+              "```", ""]
+    with open(OUT + ".tmp", "w") as f:
+        f.write("\n".join(parts))
+    os.replace(OUT + ".tmp", OUT)
+
+
+if __name__ == "__main__":
+    main()

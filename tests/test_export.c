@@ -1,0 +1,525 @@
+/* test_export.c: the deployed model against the fake-quantized student it comes from
+   (W4A4 and W2A8, after simulated training, at training and other sampling timesteps), the
+   TALSQ mapping against a brute-force nearest timestep, the size of the UNet part against a
+   byte count computed here from the format, corrupted exports (each error names the tensor
+   or key), and the CLI: calibrate -> export -> sample --model, with the recorded inputs
+   checked against the sampler's documented noise streams. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "io/fileio.h"
+#include "io/safetensors.h"
+#include "models/ldm.h"
+#include "qalora/calibrate.h"
+#include "qalora/export.h"
+#include "qalora/pack.h"
+#include "sample/generate.h"
+
+#define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
+static const double TOL_EXPORT = 1e-5;  // EFFICIENTDM.md: the export computes the student exactly
+static const double SIZE_TARGET = 1.0 / 6.0;  // W4: UNet part <= 1/6 of the FP32 UNet
+static const int N_IN = 3;
+
+static char *tmp_path(const char *suffix) {
+    static int k;
+    char *p = malloc(256);
+    snprintf(p, 256, "/tmp/effdm_test_export_%d_%d%s", (int)getpid(), k++, suffix);
+    return p;
+}
+
+typedef struct {
+    Ldm *m;
+    WeightFile *f;     // the teacher checkpoint (first-stage tensor names)
+    char *yaml;
+} Teacher;
+
+static Teacher teacher_open(void) {
+    Teacher t = {0};
+    Err e = {0};
+    LdmConfig *cfg = malloc(sizeof *cfg);
+    assert_int_equal(ldm_config_load(cfg, TEACHER_DIR "/config.yaml", &e), 0);
+    assert_int_equal(weights_open(&t.f, TEACHER_DIR "/model.ckpt", &e), 0);
+    LdmLoadOpts o = {LDM_EMA_AUTO, LDM_PARTS_ALL};
+    int rc = ldm_load_from(&t.m, cfg, t.f, &o, &e);
+    if (rc) print_error("teacher: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    unsigned char *buf;
+    size_t n;
+    assert_int_equal(file_read_all(TEACHER_DIR "/config.yaml", &buf, &n, &e), 0);
+    t.yaml = malloc(n + 1);
+    memcpy(t.yaml, buf, n);
+    t.yaml[n] = '\0';
+    free(buf);
+    free(cfg);
+    return t;
+}
+
+static void teacher_close(Teacher *t) {
+    ldm_free(t->m);
+    weights_close(t->f);
+    free(t->yaml);
+}
+
+// Random UNet inputs at one timestep t.
+static void inputs(Ldm *m, int n, int t, uint64_t seed, float *x, float *ts, int *y) {
+    Rng r;
+    rng_seed(&r, seed, 0);
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    rng_normal_fill(&r, x, (size_t)n * C * H * W);
+    for (int i = 0; i < n; i++) {
+        ts[i] = (float)t;
+        y[i] = (int)rng_below(&r, (uint32_t)ldm_n_classes(m));
+    }
+}
+
+static float *forward(Ctx *c, Ldm *m, const float *x, const float *t, const int *y, int n) {
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    ctx_reset(c);
+    ctx_set_grad(c, 0);
+    Tensor *out = ldm_apply_model(c, m, tensor_from(c, x, 4, (int[]){n, C, H, W}), t, y);
+    if (!out) print_error("forward: %s\n", c->err.msg);
+    assert_non_null(out);
+    float *r = malloc(out->n * sizeof(float));
+    memcpy(r, out->data, out->n * sizeof(float));
+    return r;
+}
+
+// A calibrated student of rc's quant config, moved away from its start (simulated training):
+// LoRA B, Δ_w, the activation tables (z_a real-valued, as training leaves it).
+static void student_make(QModel *q, Ctx *c, Teacher *T, const RunConfig *rc, int perturb) {
+    Err e = {0};
+    QModelConfig qc;
+    assert_int_equal(qmodel_config_from_run(&qc, rc, &e), 0);
+    Rng r;
+    rng_seed(&r, 5, 0);
+    assert_int_equal(qmodel_init(q, T->m->unet, &qc, T->m->T, &r, &e), 0);
+    int C, H, W, n = 4;
+    ldm_latent_shape(T->m, &C, &H, &W);
+    float *x = malloc((size_t)n * C * H * W * sizeof(float)), t[4];
+    int y[4];
+    inputs(T->m, n, 500, 77, x, t, y);
+    for (int i = 0; i < n; i++) t[i] = (float)(100 + 250 * i);
+    int rcode = qmodel_calibrate_ldm(q, c, T->m, x, t, y, n, &e);
+    if (rcode) print_error("calibrate: %s\n", e.msg);
+    assert_int_equal(rcode, 0);
+    free(x);
+    if (!perturb) return;
+    rng_seed(&r, 6, 0);
+    for (int k = 0; k < q->n_q; k++) {
+        QLayer *ql = &q->q[k];
+        for (int i = 0; i < ql->aq.n; i++) {
+            ql->aq.delta.data[i] *= 1.0f + 0.4f * (rng_uniform(&r) - 0.5f);
+            ql->aq.zero.data[i] += 3.0f * (rng_uniform(&r) - 0.5f);
+        }
+        if (ql->special) continue;
+        for (size_t i = 0; i < ql->lora_b.n; i++) ql->lora_b.data[i] = 2e-3f * (rng_uniform(&r) - 0.5f);
+        for (int o = 0; o < ql->cout; o++) ql->wq.delta.data[o] *= 1.0f + 0.1f * (rng_uniform(&r) - 0.5f);
+    }
+}
+
+// Nearest training timestep, ties to the smaller: by brute force.
+static int nearest_entry(const TalsqSchedule *s, int t) {
+    int best = 0;
+    for (int i = 1; i < s->n; i++) {
+        long d = labs((long)s->timesteps[i] - t), db = labs((long)s->timesteps[best] - t);
+        if (d < db) best = i;
+    }
+    return best;
+}
+
+static void check_equivalence(int w_bits, int a_bits, int train_steps) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    rc.quant.weight_bits = w_bits;
+    rc.quant.act_bits = a_bits;
+    rc.train.steps = train_steps;
+    QModel q;
+    student_make(&q, c, &T, &rc, 1);
+    // the export's activation reference uses the rounded zero points (EFFICIENTDM.md TALSQ)
+    for (int k = 0; k < q.n_q; k++) quantizer_round_zero(&q.q[k].aq);
+
+    char *path = tmp_path(".safetensors");
+    Err e = {0};
+    ExportInfo info = {.source = TEACHER_DIR "/model.ckpt", .yaml = T.yaml, .epoch = "last"};
+    ExportSummary s;
+    int r = export_write(&q, T.m, T.f, &info, path, &s, &e);
+    if (r) print_error("export: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    ExportModel *em = NULL;
+    r = export_load(&em, path, &e);
+    if (r) print_error("load: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    assert_int_equal(em->n_layers, q.n_q);
+    assert_int_equal(em->train_sched.n, q.train_sched.n);
+    print_message("  W%dA%d, %d entries: UNet part %zu of %zu bytes (1/%.2f)\n", w_bits, a_bits, em->train_sched.n,
+                  s.unet_bytes, s.unet_fp32_bytes, (double)s.unet_fp32_bytes / (double)s.unet_bytes);
+
+    // the deployed weight is the student's W_eff, bit for bit
+    for (int k = 0; k < q.n_q; k++) {
+        ctx_reset(c);
+        ctx_set_grad(c, 0);
+        Tensor *weff = qlayer_weight(c, &q.q[k]);
+        int n_all;
+        ModelLayer **L = unet_layers(em->ldm->unet, &n_all);
+        const ModelLayer *dl = L[q.q[k].layer->index];
+        assert_string_equal(dl->name, q.q[k].layer->name);
+        assert_memory_equal(dl->weight.data, weff->data, weff->n * sizeof(float));
+    }
+
+    // outputs at training timesteps and at the timesteps of 20- and 30-step samplers
+    TalsqSchedule s20, s30;
+    assert_int_equal(talsq_ddim_uniform(&s20, 1000, 20, &e), 0);
+    assert_int_equal(talsq_ddim_uniform(&s30, 1000, 30, &e), 0);
+    int ts[] = {q.train_sched.timesteps[0], q.train_sched.timesteps[q.train_sched.n - 1], s20.timesteps[9],
+                s30.timesteps[1], s30.timesteps[17], s30.timesteps[30], 500};
+    int C, H, W;
+    ldm_latent_shape(T.m, &C, &H, &W);
+    float *x = malloc((size_t)N_IN * C * H * W * sizeof(float)), t[N_IN];
+    int y[N_IN];
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+        inputs(T.m, N_IN, ts[i], 100 + i, x, t, y);
+        qmodel_enable(&q, 1);
+        qmodel_set_timestep(&q, ts[i]);
+        float *ys = forward(c, T.m, x, t, y, N_IN);
+        qmodel_enable(&q, 0);
+        export_set_timestep(em, ts[i]);
+        assert_int_equal(em->entry, nearest_entry(&q.train_sched, ts[i]));
+        assert_int_equal(em->entry, q.entry);
+        float *ye = forward(c, em->ldm, x, t, y, N_IN);
+        size_t n = (size_t)N_IN * C * H * W;
+        double err = rel_l2(ye, ys, n);
+        print_message("    t = %3d (entry %2d): export vs student rel L2 %.3g\n", ts[i], em->entry, err);
+        assert_rel_l2(ye, ys, n, TOL_EXPORT);
+        free(ys);
+        free(ye);
+    }
+    // the packed layout: 2 levels per byte at 4 bits, 4 per byte at 2 bits, 1 at 8 bits
+    WeightFile *f;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    for (int k = 0; k < q.n_q; k++) {
+        char name[300];
+        snprintf(name, sizeof name, "model.diffusion_model.%s.qweight", q.q[k].layer->name);
+        const WeightInfo *wi = weights_find(f, name);
+        assert_non_null(wi);
+        size_t n = q.q[k].layer->weight.n, per = 8 / (size_t)(q.q[k].wq.bits == 8 ? 8 : q.q[k].wq.bits);
+        assert_int_equal(wi->numel, (n + per - 1) / per);
+    }
+    weights_close(f);
+    free(x);
+    export_free(em);
+    unlink(path);
+    free(path);
+    qmodel_free(&q);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
+static void test_equivalence_w4a4(void **state) { check_equivalence(4, 4, 100); }
+static void test_equivalence_w2a8(void **state) { check_equivalence(2, 8, 20); }
+
+/* ---- size ---------------------------------------------------------------------------- */
+
+// Bytes of n integer zero points in the format's container: U8 when all are in 0..255, I16
+// when all fit 16 bits, else F32 (export.h).
+static size_t zero_bytes(const float *z, int n, int round_first) {
+    int u8 = 1, i16 = 1;
+    for (int i = 0; i < n; i++) {
+        float v = round_first ? rintf(z[i]) : z[i];
+        if (v < -32768.0f || v > 32767.0f) u8 = i16 = 0;
+        else if (v < 0.0f || v > 255.0f) u8 = 0;
+    }
+    return (size_t)n * (u8 ? 1 : (i16 ? 2 : 4));
+}
+
+static void test_size(void **state) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    QModel q;
+    student_make(&q, c, &T, &rc, 0);
+    Err e = {0};
+    char *p32 = tmp_path(".safetensors"), *p16 = tmp_path(".safetensors");
+    ExportInfo info = {.yaml = T.yaml};
+    ExportSummary s32, s16;
+    assert_int_equal(export_write(&q, T.m, T.f, &info, p32, &s32, &e), 0);
+    info.fp16_layers = 1;
+    assert_int_equal(export_write(&q, T.m, T.f, &info, p16, &s16, &e), 0);
+
+    // the UNet part from the format's definition: packed levels, zero points in their
+    // container, F32 Δ and tables, the rest F32 (F16 for FP layer weights in p16)
+    size_t fp32 = 0, levels = 0, ranges = 0, fp_rest = 0, fp_layers = 0, n_fp_layers_w = 0;
+    for (int i = 0; i < unet_param_tensors(T.m->unet); i++) {
+        const char *name;
+        Tensor *p = unet_param_at(T.m->unet, i, &name);
+        fp32 += 4 * p->n;
+        int quant = 0;
+        for (int k = 0; k < q.n_q; k++) quant |= q.q[k].layer->weight.data == p->data;
+        if (quant) continue;
+        int is_fp_layer_w = 0;
+        for (int j = 0; j < q.n_all; j++) is_fp_layer_w |= q.all[j]->weight.data == p->data;
+        if (is_fp_layer_w) {
+            fp_layers += p->n;
+            n_fp_layers_w++;
+        } else {
+            fp_rest += 4 * p->n;
+        }
+    }
+    for (int k = 0; k < q.n_q; k++) {
+        const QLayer *ql = &q.q[k];
+        int b = ql->wq.bits <= 2 ? 2 : (ql->wq.bits <= 4 ? 4 : 8);
+        levels += (ql->layer->weight.n * (size_t)b + 7) / 8;
+        ranges += (size_t)ql->cout * 4 + zero_bytes(ql->wq.zero.data, ql->cout, 0) + (size_t)ql->aq.n * 4 +
+                  zero_bytes(ql->aq.zero.data, ql->aq.n, 1);
+    }
+    size_t want32 = levels + ranges + fp_rest + 4 * fp_layers, want16 = levels + ranges + fp_rest + 2 * fp_layers;
+    print_message("  FP32 UNet %zu bytes; export UNet part %zu (1/%.2f), with F16 FP layers %zu (1/%.2f); "
+                  "levels %zu, ranges+tables %zu, FP rest %zu, FP layer weights %zu floats in %zu tensors\n",
+                  fp32, s32.unet_bytes, (double)fp32 / s32.unet_bytes, s16.unet_bytes, (double)fp32 / s16.unet_bytes,
+                  levels, ranges, fp_rest, fp_layers, n_fp_layers_w);
+    assert_int_equal(s32.unet_fp32_bytes, fp32);
+    assert_int_equal(s32.unet_bytes, want32);
+    assert_int_equal(s16.unet_bytes, want16);
+    assert_true((double)s16.unet_bytes <= SIZE_TARGET * (double)fp32);
+    assert_true((double)s32.unet_bytes <= (1.0 / 5.5) * (double)fp32);  // exact: about 1/5.9 (export.h "Size")
+    // the file agrees with the summary
+    ExportModel *em;
+    assert_int_equal(export_load(&em, p16, &e), 0);
+    assert_int_equal(em->unet_bytes, s16.unet_bytes);
+    export_free(em);
+    unlink(p32);
+    unlink(p16);
+    free(p32);
+    free(p16);
+    qmodel_free(&q);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
+/* ---- corrupted exports ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *drop;        // tensor left out
+    const char *reshape;     // tensor written with one element less (1-D view)
+    const char *drop_meta;   // metadata key left out
+} Corruption;
+
+// Copies src to dst with one corruption (raw bytes; the writer keeps our pointers).
+static void corrupt_copy(const char *src, const char *dst, const Corruption *k) {
+    StFile f;
+    Err e = {0};
+    assert_int_equal(st_open(&f, src, &e), 0);
+    StWriter w = {0};
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        if (k->drop && !strcmp(t->name, k->drop)) continue;
+        if (k->reshape && !strcmp(t->name, k->reshape)) {
+            int64_t n = (int64_t)t->numel - 1;
+            assert_int_equal(st_writer_add(&w, t->name, t->dtype, 1, &n, st_data(&f, i), &e), 0);
+            continue;
+        }
+        assert_int_equal(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, st_data(&f, i), &e), 0);
+    }
+    for (int i = 0; i < f.n_meta; i++)
+        if (!k->drop_meta || strcmp(f.meta[i].key, k->drop_meta) != 0)
+            assert_int_equal(st_writer_meta(&w, f.meta[i].key, f.meta[i].value, &e), 0);
+    assert_int_equal(st_write(&w, dst, &e), 0);
+    st_writer_free(&w);
+    st_close(&f);
+}
+
+static void test_corrupt(void **state) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    QModel q;
+    student_make(&q, c, &T, &rc, 1);
+    Err e = {0};
+    char *good = tmp_path(".safetensors"), *bad = tmp_path(".safetensors");
+    ExportInfo info = {.yaml = T.yaml};
+    assert_int_equal(export_write(&q, T.m, T.f, &info, good, NULL, &e), 0);
+    const char *L = "model.diffusion_model.input_blocks.1.0.in_layers.2";
+    char qw[200], wd[200], az[200];
+    snprintf(qw, sizeof qw, "%s.qweight", L);
+    snprintf(wd, sizeof wd, "%s.w_delta", L);
+    snprintf(az, sizeof az, "%s.a_zero", L);
+    struct {
+        Corruption k;
+        int code;
+        const char *named;
+    } cases[] = {
+        {{"model.diffusion_model.out.0.weight", NULL, NULL}, ERR_KEY, "model.diffusion_model.out.0.weight"},
+        {{"model.diffusion_model.input_blocks.3.0.op.weight", NULL, NULL}, ERR_KEY, "input_blocks.3.0.op.weight"},
+        {{qw, NULL, NULL}, ERR_KEY, qw},
+        {{NULL, qw, NULL}, ERR_SHAPE, qw},
+        {{NULL, wd, NULL}, ERR_SHAPE, wd},
+        {{az, NULL, NULL}, ERR_KEY, az},
+        {{NULL, "model.diffusion_model.out.0.bias", NULL}, ERR_SHAPE, "out.0.bias"},
+        {{"first_stage_model.decoder.conv_out.weight", NULL, NULL}, ERR_KEY, "first_stage_model.decoder.conv_out"},
+        {{NULL, NULL, "effdm.quant"}, ERR_FORMAT, "effdm.quant"},
+        {{NULL, NULL, "effdm.format"}, ERR_FORMAT, "effdm.format"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        corrupt_copy(good, bad, &cases[i].k);
+        ExportModel *em = NULL;
+        e = (Err){0};
+        int r = export_load(&em, bad, &e);
+        print_message("  case %zu: %s (%s)\n", i, err_name(r), e.msg);
+        assert_int_equal(r, cases[i].code);
+        assert_null(em);
+        assert_non_null(strstr(e.msg, cases[i].named));
+    }
+    // the teacher checkpoint is not an export
+    ExportModel *em = NULL;
+    e = (Err){0};
+    assert_int_equal(export_load(&em, TEACHER_DIR "/model.ckpt", &e), ERR_FORMAT);
+    assert_non_null(strstr(e.msg, "not an effdm export"));
+    unlink(good);
+    unlink(bad);
+    free(good);
+    free(bad);
+    qmodel_free(&q);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
+/* ---- the CLI ------------------------------------------------------------------------ */
+
+static int run(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int exists(const char *dir, const char *name) {
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
+static const int CLI_STEPS = 4, CLI_SAMPLES = 2, CLI_INPUTS = 4, CLI_SEED = 11;
+
+static void test_cli(void **state) {
+    char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *model = tmp_path(".safetensors"), *out = tmp_path("_s");
+    char run_dir[300], cmd[2000];
+    snprintf(run_dir, sizeof run_dir, "%s/run", dir);
+    FILE *fp = fopen(cfg, "w");
+    assert_non_null(fp);
+    fprintf(fp,
+            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+            "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
+            "train: {steps: 10}\n"
+            "run: {out: %s}\n",
+            TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2", EFFDM_BIN, cfg);
+    assert_int_equal(run(cmd), 0);
+    assert_true(exists(run_dir, "config.yaml"));
+    assert_true(exists(run_dir, "calib.safetensors"));
+    assert_true(exists(run_dir, "state.safetensors"));
+    // a second calibration does not replace the student silently
+    snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
+    assert_int_equal(run(cmd), 2);
+
+    // an error after the recording (more activation inputs than recorded) writes nothing
+    char bad_run[300];
+    snprintf(bad_run, sizeof bad_run, "%s/bad", dir);
+    fp = fopen(cfg, "w");
+    assert_non_null(fp);
+    fprintf(fp,
+            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+            "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
+            "run: {out: %s}\n",
+            TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
+    assert_int_equal(run(cmd), 2);
+    assert_int_equal(access(bad_run, F_OK), -1);
+
+    // the recorded inputs: every guided UNet call, both halves; step 0 is x_T of each trajectory
+    WeightFile *f;
+    Err e = {0};
+    char p[400];
+    snprintf(p, sizeof p, "%s/calib.safetensors", run_dir);
+    assert_int_equal(weights_open(&f, p, &e), 0);
+    int n = CLI_SAMPLES * CLI_STEPS * 2;
+    const WeightInfo *wx = weights_find(f, "x");
+    assert_non_null(wx);
+    assert_int_equal(wx->shape[0], n);
+    size_t per = (size_t)wx->shape[1] * wx->shape[2] * wx->shape[3];
+    float *x = malloc((size_t)n * per * sizeof(float)), *t = malloc((size_t)n * sizeof(float));
+    int64_t y[64], traj[64], step[64], used[64];
+    assert_int_equal(weights_read_f32(f, "x", x, 4, (int[]){n, (int)wx->shape[1], (int)wx->shape[2],
+                                                            (int)wx->shape[3]}, &e), 0);
+    assert_int_equal(weights_read_f32(f, "t", t, 1, &n, &e), 0);
+    assert_int_equal(weights_read_raw(f, "y", y, (size_t)n * 8, &e), 0);
+    assert_int_equal(weights_read_raw(f, "traj", traj, (size_t)n * 8, &e), 0);
+    assert_int_equal(weights_read_raw(f, "step", step, (size_t)n * 8, &e), 0);
+    assert_int_equal(weights_read_raw(f, "used", used, (size_t)CLI_INPUTS * 8, &e), 0);
+    float *xT = malloc(per * sizeof(float));
+    Rng r;
+    int seen_step0 = 0, n_uncond = 0;
+    for (int i = 0; i < n; i++) {
+        assert_true(step[i] >= 0 && step[i] < CLI_STEPS);
+        // CompVis uniform: c = 1000 / 4 = 250, timesteps 1, 251, 501, 751, walked from the top
+        assert_int_equal((int)t[i], 1 + 250 * (CLI_STEPS - 1 - (int)step[i]));
+        n_uncond += y[i] == 10;
+        if (step[i] != 0) continue;
+        sample_initial_noise(&r, CLI_SEED, (int)traj[i], xT, per);
+        assert_memory_equal(x + (size_t)i * per, xT, per * sizeof(float));
+        seen_step0++;
+    }
+    assert_int_equal(seen_step0, 2 * CLI_SAMPLES);
+    assert_int_equal(n_uncond, n / 2);
+    for (int i = 0; i < CLI_INPUTS; i++) {
+        assert_true(used[i] >= 0 && used[i] < n);
+        for (int j = 0; j < i; j++) assert_true(used[i] != used[j]);
+    }
+    weights_close(f);
+    free(x);
+    free(t);
+    free(xT);
+
+    // export (naive PTQ) and sample from it
+    snprintf(cmd, sizeof cmd, "%s export --run %s --out %s --threads 2", EFFDM_BIN, run_dir, model);
+    assert_int_equal(run(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s export --run %s --out %s.best --epoch best 2>/dev/null", EFFDM_BIN, run_dir, model);
+    assert_int_equal(run(cmd), 2);  // no best.safetensors before fine-tuning
+    snprintf(cmd, sizeof cmd, "%s info %s | grep -q 'effdm.quant'", EFFDM_BIN, model);
+    assert_int_equal(run(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2",
+             EFFDM_BIN, model, out);
+    assert_int_equal(run(cmd), 0);
+    assert_true(exists(out, "grid.png"));
+    assert_true(exists(out, "0/00000.png"));
+    assert_true(exists(out, "3/00003.png"));
+    snprintf(cmd, sizeof cmd, "%s sample --model %s --ckpt x --out %s 2>/dev/null", EFFDM_BIN, model, out);
+    assert_int_equal(run(cmd), 2);
+
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s %s %s", dir, cfg, model, out);
+    assert_int_equal(run(cmd), 0);
+    free(dir);
+    free(cfg);
+    free(model);
+    free(out);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_equivalence_w4a4), cmocka_unit_test(test_equivalence_w2a8),
+        cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
+        cmocka_unit_test(test_cli),
+    };
+    return cmocka_run_group_tests_name("export", tests, NULL, NULL);
+}

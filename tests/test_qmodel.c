@@ -1,0 +1,550 @@
+/* test_qmodel.c: the quantized student over the shipped teacher (models/zoo/fmnist-ldm):
+   layer selection (counted here from the names), the naive-PTQ student against weights
+   fake-quantized in this file with EFFICIENTDM.md's formulas, the FP teacher path when
+   disabled, the TALSQ entry mapping, the trainable-tensor listing and gradient binding,
+   the state round trip (bit-identical outputs) and its mismatch errors, and the run-config
+   mapping. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "models/ldm.h"
+#include "qalora/qmodel.h"
+
+#define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
+static const double TOL_PTQ = 1e-5;   // same formulas, possibly another summation order in the convs
+static const int N_IN = 4;            // UNet inputs per forward
+
+static Ldm *teacher_load(void) {
+    Ldm *m = NULL;
+    Err e = {0};
+    LdmLoadOpts o = {LDM_EMA_AUTO, LDM_PARTS_ALL};
+    int rc = ldm_load(&m, TEACHER_DIR "/config.yaml", TEACHER_DIR "/model.ckpt", &o, &e);
+    if (rc) print_error("teacher: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    return m;
+}
+
+typedef struct {
+    float *x, *t;
+    int *y;
+    int n;
+} Inputs;
+
+static Inputs inputs_make(Ldm *m, int n, uint64_t seed) {
+    Rng r;
+    rng_seed(&r, seed, 0);
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    Inputs in = {malloc((size_t)n * C * H * W * sizeof(float)), malloc((size_t)n * sizeof(float)),
+                 malloc((size_t)n * sizeof(int)), n};
+    rng_normal_fill(&r, in.x, (size_t)n * C * H * W);
+    for (int i = 0; i < n; i++) {
+        in.t[i] = (float)(1 + rng_below(&r, 999));
+        in.y[i] = (int)rng_below(&r, (uint32_t)ldm_n_classes(m));
+    }
+    return in;
+}
+
+static void inputs_free(Inputs *in) {
+    free(in->x);
+    free(in->t);
+    free(in->y);
+}
+
+// UNet output for the inputs (a malloc'ed copy).
+static float *forward(Ctx *c, Ldm *m, const Inputs *in, size_t *n_out) {
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    ctx_reset(c);
+    ctx_set_grad(c, 0);
+    Tensor *x = tensor_from(c, in->x, 4, (int[]){in->n, C, H, W});
+    Tensor *out = ldm_apply_model(c, m, x, in->t, in->y);
+    if (!out) print_error("forward: %s\n", c->err.msg);
+    assert_non_null(out);
+    float *r = malloc(out->n * sizeof(float));
+    memcpy(r, out->data, out->n * sizeof(float));
+    *n_out = out->n;
+    return r;
+}
+
+static void student_init(QModel *q, Ldm *m, const QModelConfig *qc, uint64_t seed) {
+    Rng r;
+    rng_seed(&r, seed, 1);
+    Err e = {0};
+    int rc = qmodel_init(q, m->unet, qc, m->T, &r, &e);
+    if (rc) print_error("qmodel_init: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+}
+
+static void student_calibrate(QModel *q, Ctx *c, Ldm *m, uint64_t seed) {
+    Inputs in = inputs_make(m, N_IN, seed);
+    Err e = {0};
+    int rc = qmodel_calibrate_ldm(q, c, m, in.x, in.t, in.y, in.n, &e);
+    if (rc) print_error("calibrate: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    inputs_free(&in);
+}
+
+/* ---- selection ---------------------------------------------------------------------- */
+
+static void test_selection(void **state) {
+    Ldm *m = teacher_load();
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    QModel q;
+    student_init(&q, m, &qc, 1);
+    // count from the names: conv2d/linear without "skip"/"op" in the leaf are quantized
+    int n_all, n_quant = 0, n_fp = 0;
+    ModelLayer **L = unet_layers(m->unet, &n_all);
+    for (int i = 0; i < n_all; i++) {
+        const char *leaf = strrchr(L[i]->name, '.') ? strrchr(L[i]->name, '.') + 1 : L[i]->name;
+        int quant = (L[i]->kind == LAYER_CONV2D || L[i]->kind == LAYER_LINEAR) && !strstr(leaf, "skip") &&
+                    !strstr(leaf, "op");
+        n_quant += quant;
+        n_fp += !quant;
+    }
+    int tr, sp, fp;
+    qmodel_counts(&q, &tr, &sp, &fp);
+    print_message("  teacher: %d layers, %d trainable, %d special, %d FP\n", n_all, tr, sp, fp);
+    assert_int_equal(sp, 4);
+    assert_int_equal(tr, n_quant - 4);
+    assert_int_equal(fp, n_fp);
+    assert_true(fp > 0);
+    assert_int_equal(q.n_q, n_quant);
+    const char *specials[] = {"time_embed.0", "time_embed.2", "input_blocks.0.0", "out.2"};
+    for (int k = 0; k < 4; k++) {
+        QLayer *ql = qmodel_find(&q, specials[k]);
+        assert_non_null(ql);
+        assert_true(ql->special);
+        assert_int_equal(ql->wq.bits, 8);
+        assert_int_equal(ql->aq.bits, 8);
+        assert_int_equal(ql->aq.n, 1);
+    }
+    int n_special_seen = 0;
+    for (int k = 0; k < q.n_q; k++) {
+        n_special_seen += q.q[k].special;
+        if (q.q[k].special) continue;
+        assert_int_equal(q.q[k].wq.bits, 4);
+        assert_int_equal(q.q[k].aq.bits, 4);
+        assert_int_equal(q.q[k].aq.n, 100);
+        assert_int_equal(q.q[k].rank, 32);
+        assert_ptr_equal(q.q[k].entry, &q.entry);
+    }
+    assert_int_equal(n_special_seen, 4);
+    // the FP layers: skip connections, downsample ops
+    assert_null(qmodel_find(&q, "input_blocks.3.0.op"));
+    qmodel_free(&q);
+
+    // extra fp names keep more layers FP without moving the special positions
+    snprintf(qc.fp_names[2], QMODEL_FP_NAME_MAX, "proj_in");
+    qc.n_fp_names = 3;
+    student_init(&q, m, &qc, 1);
+    int tr2, sp2, fp2;
+    qmodel_counts(&q, &tr2, &sp2, &fp2);
+    assert_int_equal(sp2, 4);
+    assert_true(tr2 < tr);
+    assert_int_equal(tr2 + fp2, tr + fp);
+    assert_non_null(qmodel_find(&q, "out.2"));
+    qmodel_free(&q);
+
+    // dropping "op" would quantize Downsample convs: not implemented, says which layer
+    qmodel_config_defaults(&qc);
+    qc.n_fp_names = 1;
+    Rng r;
+    rng_seed(&r, 1, 1);
+    Err e = {0};
+    assert_int_equal(qmodel_init(&q, m->unet, &qc, m->T, &r, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, ".op'"));
+    // an override that matches nothing is an error naming it
+    qmodel_config_defaults(&qc);
+    QSelOverride ov = {"no_such_layer.*", 1, 0, 0};
+    qc.sel.overrides = &ov;
+    qc.sel.n_overrides = 1;
+    e = (Err){0};
+    assert_int_equal(qmodel_init(&q, m->unet, &qc, m->T, &r, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "no_such_layer"));
+    ldm_free(m);
+}
+
+/* ---- naive PTQ and the FP path -------------------------------------------------------- */
+
+// EFFICIENTDM.md "Quantizers": q(x) = (clamp(round(x/Δ) + z, 0, 2^b - 1) - z) · Δ.
+static float fq(float x, float d, float z, int bits) {
+    float v = rintf(x / d) + z, qmax = (float)((1 << bits) - 1);
+    v = v < 0 ? 0 : (v > qmax ? qmax : v);
+    return (v - z) * d;
+}
+
+// 'max' init per output channel (Δ and z from the channel's range, computed exactly), then
+// fake quantization, all in this file.
+static void naive_weight(const float *w, float *out, int cout, size_t k, int bits) {
+    for (int o = 0; o < cout; o++) {
+        const float *r = w + (size_t)o * k;
+        double lo = 0, hi = 0;
+        for (size_t j = 0; j < k; j++) {
+            lo = r[j] < lo ? r[j] : lo;
+            hi = r[j] > hi ? r[j] : hi;
+        }
+        double d = (hi - lo) / (double)((1 << bits) - 1);
+        float z = (float)rint(-lo / d);
+        for (size_t j = 0; j < k; j++) out[(size_t)o * k + j] = fq(r[j], (float)d, z, bits);
+    }
+}
+
+typedef struct {
+    Tensor w;        // independently fake-quantized weight
+    float ad, az;    // activation range (of the current entry)
+    int a_bits;
+} RefLayer;
+
+static Tensor *ref_forward(Ctx *c, ModelLayer *l, Tensor *x) {
+    RefLayer *r = l->quant;
+    Tensor *xq = tensor_new(c, x->ndim, x->shape);
+    if (!xq) return NULL;
+    for (size_t i = 0; i < x->n; i++) xq->data[i] = fq(x->data[i], r->ad, r->az, r->a_bits);
+    Tensor *b = l->bias.data ? &l->bias : NULL;
+    if (l->kind == LAYER_LINEAR) return t_linear(c, xq, &r->w, b);
+    return t_conv2d(c, xq, &r->w, b, l->stride, l->pad);
+}
+
+static void test_naive_ptq_and_fp(void **state) {
+    Ldm *m = teacher_load();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    Inputs in = inputs_make(m, N_IN, 11);
+    int t = (int)in.t[0];
+    for (int i = 0; i < in.n; i++) in.t[i] = (float)t;  // one timestep: one TALSQ entry for the batch
+    size_t n, n2;
+    float *fp_ref = forward(c, m, &in, &n);  // before any quantization exists
+
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    QModel q;
+    student_init(&q, m, &qc, 2);
+    student_calibrate(&q, c, m, 5);
+    assert_int_equal(q.enabled, 0);  // calibration leaves the model as it found it
+    // entries of a fresh table are all the calibrated range
+    for (int k = 0; k < q.n_q; k++)
+        for (int i = 1; i < q.q[k].aq.n; i++) assert_true(q.q[k].aq.delta.data[i] == q.q[k].aq.delta.data[0]);
+
+    qmodel_enable(&q, 1);
+    qmodel_set_timestep(&q, t);
+    float *student = forward(c, m, &in, &n2);
+    assert_int_equal(n, n2);
+
+    // the reference: every quantized layer replaced by an independently fake-quantized copy
+    qmodel_enable(&q, 0);
+    RefLayer *ref = calloc((size_t)q.n_q, sizeof *ref);
+    for (int k = 0; k < q.n_q; k++) {
+        QLayer *ql = &q.q[k];
+        ModelLayer *l = ql->layer;
+        float *w = malloc(l->weight.n * sizeof(float));
+        naive_weight(l->weight.data, w, ql->cout, ql->k, ql->wq.bits);
+        tensor_init_param(&ref[k].w, w, NULL, l->weight.ndim, l->weight.shape);
+        int entry = ql->special ? 0 : q.entry;
+        ref[k].ad = ql->aq.delta.data[entry];
+        ref[k].az = ql->aq.zero.data[entry];
+        ref[k].a_bits = ql->aq.bits;
+        l->quant = &ref[k];
+        l->quant_forward = ref_forward;
+    }
+    float *ptq = forward(c, m, &in, &n2);
+    for (int k = 0; k < q.n_q; k++) {
+        q.q[k].layer->quant = NULL;
+        q.q[k].layer->quant_forward = NULL;
+        free(ref[k].w.data);
+    }
+    free(ref);
+    print_message("  naive PTQ student vs reference: rel L2 %.3g; student vs FP: %.3g\n", rel_l2(student, ptq, n),
+                  rel_l2(student, fp_ref, n));
+    assert_rel_l2(student, ptq, n, TOL_PTQ);
+    assert_true(rel_l2(student, fp_ref, n) > 1e-3);  // W4A4 really changes the output
+
+    // disabled: exactly the FP teacher
+    float *fp_again = forward(c, m, &in, &n2);
+    assert_memory_equal(fp_again, fp_ref, n * sizeof(float));
+
+    qmodel_enable(&q, 1);
+    qmodel_free(&q);
+    // freeing detaches: the UNet is the teacher again
+    float *after = forward(c, m, &in, &n2);
+    assert_memory_equal(after, fp_ref, n * sizeof(float));
+    free(after);
+    free(fp_ref);
+    free(student);
+    free(ptq);
+    free(fp_again);
+    inputs_free(&in);
+    test_ctx_delete(c);
+    ldm_free(m);
+}
+
+/* ---- TALSQ entry mapping ------------------------------------------------------------ */
+
+static void test_timestep_entries(void **state) {
+    Ldm *m = teacher_load();
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    QModel q;
+    student_init(&q, m, &qc, 3);
+    // training timesteps 1, 11, ..., 991 (CompVis uniform, S = 100): nearest, ties to the smaller
+    assert_int_equal(q.train_sched.n, 100);
+    struct { int t, entry; } cases[] = {{1, 0}, {991, 99}, {999, 99}, {6, 0}, {7, 1}, {16, 1}, {17, 2}, {501, 50}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        qmodel_set_timestep(&q, cases[i].t);
+        assert_int_equal(q.entry, cases[i].entry);
+    }
+    qmodel_free(&q);
+    qc.train_steps = 30;  // range(0, 1000, 33): 31 entries
+    student_init(&q, m, &qc, 3);
+    assert_int_equal(q.train_sched.n, 31);
+    assert_int_equal(q.q[5].aq.n, q.q[5].special ? 1 : 31);
+    qmodel_free(&q);
+    qc.talsq = 0;
+    student_init(&q, m, &qc, 3);
+    for (int k = 0; k < q.n_q; k++) assert_int_equal(q.q[k].aq.n, 1);
+    qmodel_set_timestep(&q, 981);
+    assert_int_equal(q.entry, 0);
+    qmodel_free(&q);
+    ldm_free(m);
+}
+
+/* ---- trainable tensors, gradients, learning rates ---------------------------------- */
+
+static void test_trainable(void **state) {
+    Ldm *m = teacher_load();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    QModel q;
+    student_init(&q, m, &qc, 4);
+    int tr;
+    qmodel_counts(&q, &tr, NULL, NULL);
+    int n = qmodel_trainable(&q, NULL);
+    assert_int_equal(n, 6 * tr);
+    QTrainable *t = calloc((size_t)n, sizeof *t);
+    assert_int_equal(qmodel_trainable(&q, t), n);
+    size_t off = 0, nparam = 0;
+    int groups[QMODEL_GROUP_COUNT] = {0};
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(t[i].grad_off, off);  // contiguous, in block order
+        assert_ptr_equal(t[i].t->grad, q.grads + off);
+        off += t[i].t->n;
+        groups[t[i].group]++;
+        if (t[i].group != QMODEL_GROUP_W_DELTA_BASE) nparam += t[i].t->n;
+        if (t[i].group == QMODEL_GROUP_W_DELTA_BASE) {
+            assert_ptr_equal(t[i].t->data, t[i - 1].t->data);  // Δ_w shared by both paths
+            assert_int_equal(t[i - 1].group, QMODEL_GROUP_W_DELTA_Q);
+        }
+    }
+    assert_int_equal(off, q.n_grads);
+    assert_int_equal(nparam, q.n_params);
+    assert_int_equal(groups[QMODEL_GROUP_LORA], 2 * tr);
+    assert_int_equal(groups[QMODEL_GROUP_ACT], 2 * tr);
+    assert_int_equal(strncmp(t[0].name, "q.", 2), 0);
+    assert_string_equal(t[0].name + strlen(t[0].name) - 7, ".lora_a");
+    // lr = mean(Δ_w) / divisor, from the layer's channel steps
+    int k = t[0].layer;
+    double s = 0;
+    for (int o = 0; o < q.q[k].cout; o++) s += q.q[k].wq.delta.data[o];
+    assert_true(fabs(qmodel_lora_lr(&q, k, 2500.0) - s / q.q[k].cout / 2500.0) < 1e-15);
+
+    // bind to an outside block; a student backward fills it, and only it
+    student_calibrate(&q, c, m, 6);
+    float *g = calloc(q.n_grads, sizeof(float));
+    qmodel_bind_grads(&q, g);
+    assert_ptr_equal(q.grads, g);
+    for (int i = 0; i < n; i++) assert_ptr_equal(t[i].t->grad, g + t[i].grad_off);
+    Inputs in = inputs_make(m, 2, 21);
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    qmodel_enable(&q, 1);
+    qmodel_set_timestep(&q, (int)in.t[0]);
+    ctx_reset(c);
+    ctx_set_grad(c, 1);
+    Tensor *x = tensor_from(c, in.x, 4, (int[]){in.n, C, H, W});
+    Tensor *out = ldm_apply_model(c, m, x, in.t, in.y);
+    assert_non_null(out);
+    Tensor *loss = t_sum(c, out);
+    assert_non_null(loss);
+    assert_int_equal(tape_backward(c, loss, NULL), 0);
+    double gl = 0, gb = 0;
+    for (int i = 0; i < n; i++) {
+        const Tensor *tt = t[i].t;
+        for (size_t j = 0; j < tt->n; j++) {
+            double v = fabs(g[t[i].grad_off + j]);
+            if (t[i].group == QMODEL_GROUP_LORA) gl += v;
+            if (t[i].group == QMODEL_GROUP_W_DELTA_BASE) gb += v;
+        }
+    }
+    assert_true(gl > 0);  // B = 0 still passes gradient to B
+    assert_true(gb > 0);
+    qmodel_zero_grads(&q);
+    for (size_t j = 0; j < q.n_grads; j++) assert_true(g[j] == 0.0f);
+    qmodel_free(&q);
+    free(g);
+    free(t);
+    inputs_free(&in);
+    test_ctx_delete(c);
+    ldm_free(m);
+}
+
+/* ---- state round trip ----------------------------------------------------------------- */
+
+// Moves LoRA B, Δ_w, and the tables away from their initial values (simulated training).
+static void perturb(QModel *q, uint64_t seed) {
+    Rng r;
+    rng_seed(&r, seed, 2);
+    for (int k = 0; k < q->n_q; k++) {
+        QLayer *ql = &q->q[k];
+        if (ql->special) continue;
+        for (size_t i = 0; i < ql->lora_b.n; i++) ql->lora_b.data[i] = 1e-3f * (rng_uniform(&r) - 0.5f);
+        for (int o = 0; o < ql->cout; o++) ql->wq.delta.data[o] *= 1.0f + 0.05f * (rng_uniform(&r) - 0.5f);
+        for (int i = 0; i < ql->aq.n; i++) {
+            ql->aq.delta.data[i] *= 1.0f + 0.3f * (rng_uniform(&r) - 0.5f);
+            ql->aq.zero.data[i] += 2.0f * (rng_uniform(&r) - 0.5f);
+        }
+    }
+}
+
+static void test_state_round_trip(void **state) {
+    Ldm *m = teacher_load();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    QModel a, b;
+    student_init(&a, m, &qc, 7);
+    student_calibrate(&a, c, m, 8);
+    perturb(&a, 9);
+    char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    Err e = {0};
+    StWriter w = {0};
+    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
+    assert_int_equal(st_write(&w, path, &e), 0);
+    st_writer_free(&w);
+
+    Inputs in = inputs_make(m, N_IN, 12);
+    for (int i = 0; i < in.n; i++) in.t[i] = 333;
+    size_t n, n2;
+    qmodel_enable(&a, 1);
+    qmodel_set_timestep(&a, 333);
+    float *ya = forward(c, m, &in, &n);
+    qmodel_enable(&a, 0);
+
+    student_init(&b, m, &qc, 99);  // other LoRA A, uncalibrated
+    WeightFile *f = NULL;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    int rc = qmodel_read_state(&b, f, "q.", &e);
+    if (rc) print_error("read: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    qmodel_enable(&b, 1);
+    qmodel_set_timestep(&b, 333);
+    float *yb = forward(c, m, &in, &n2);
+    qmodel_enable(&b, 0);
+    assert_int_equal(n, n2);
+    assert_memory_equal(ya, yb, n * sizeof(float));
+    qmodel_free(&b);
+
+    // a student of other bits / rank / entries cannot load it: the error names the layer or key
+    QModelConfig q8 = qc;
+    q8.sel.w_bits = 8;
+    student_init(&b, m, &q8, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "layer '"));
+    assert_non_null(strstr(e.msg, "W4"));
+    qmodel_free(&b);
+    QModelConfig qr = qc;
+    qr.rank = 8;
+    student_init(&b, m, &qr, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "rank"));
+    qmodel_free(&b);
+    QModelConfig qs = qc;
+    qs.train_steps = 20;
+    student_init(&b, m, &qs, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "train.steps"));
+    qmodel_free(&b);
+    // another prefix: the first tensor looked for is missing, named
+    student_init(&b, m, &qc, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "x.", &e), ERR_KEY);
+    assert_non_null(strstr(e.msg, "x.sel.config"));
+    qmodel_free(&b);
+    weights_close(f);
+    unlink(path);
+
+    free(ya);
+    free(yb);
+    inputs_free(&in);
+    qmodel_free(&a);
+    test_ctx_delete(c);
+    ldm_free(m);
+}
+
+/* ---- run config mapping --------------------------------------------------------------- */
+
+static void test_config_from_run(void **state) {
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    QModelConfig qc, def;
+    qmodel_config_defaults(&def);
+    Err e = {0};
+    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), 0);
+    assert_int_equal(qc.sel.w_bits, def.sel.w_bits);
+    assert_int_equal(qc.sel.a_bits, def.sel.a_bits);
+    assert_int_equal(qc.sel.special_bits, 8);
+    assert_int_equal(qc.sel.n_first_special, 3);
+    assert_int_equal(qc.sel.n_last_special, 1);
+    assert_int_equal(qc.rank, 32);
+    assert_int_equal(qc.train_steps, 100);
+    assert_int_equal(qc.talsq, 1);
+    assert_int_equal(qc.w_init, QUANT_INIT_MAX);
+    assert_int_equal(qc.a_init, QUANT_INIT_MSE);
+    assert_int_equal(qc.n_fp_names, 2);
+
+    rc.quant.weight_bits = 2;
+    rc.quant.act_bits = 8;
+    rc.quant.lora_rank = 4;
+    rc.train.steps = 20;
+    rc.quant.n_overrides = 1;
+    snprintf(rc.quant.overrides[0].pattern, RC_PATTERN_MAX, "out.*");
+    rc.quant.overrides[0].keep_fp = 1;
+    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), 0);
+    assert_int_equal(qc.sel.w_bits, 2);
+    assert_int_equal(qc.sel.a_bits, 8);
+    assert_int_equal(qc.rank, 4);
+    assert_int_equal(qc.train_steps, 20);
+    assert_int_equal(qc.sel.n_overrides, 1);
+    assert_string_equal(qc.sel.overrides[0].pattern, "out.*");
+    assert_int_equal(qc.sel.overrides[0].keep_fp, 1);
+
+    rc.quant.quantize_attention_matmuls = 1;
+    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "quantize_attention_matmuls"));
+    assert_non_null(strstr(e.msg, "not implemented"));
+    rc.quant.quantize_attention_matmuls = 0;
+    rc.quant.mse_candidates = 40;
+    e = (Err){0};
+    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "mse_candidates"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_from_run),  cmocka_unit_test(test_selection),
+        cmocka_unit_test(test_naive_ptq_and_fp), cmocka_unit_test(test_timestep_entries),
+        cmocka_unit_test(test_trainable),        cmocka_unit_test(test_state_round_trip),
+    };
+    return cmocka_run_group_tests_name("qmodel", tests, NULL, NULL);
+}

@@ -1,0 +1,316 @@
+/* test_resume.c: exact resume. A run interrupted after k optimizer steps and resumed from its
+   run directory must give BIT-identical losses, final trainable tensors, optimizer moments,
+   best state and log to the same run uninterrupted (same seed, same thread count):
+   - in process: a stop raised after step k (mid-epoch, and at an epoch's end with its
+     validation, sample grid and checkpoint still pending), a fresh Trainer resumes from disk;
+   - effdm finetune as a child process: SIGINT mid-run (exit 130, saved mid-epoch) and
+     SIGKILL mid-run (the last checkpoint), then `effdm finetune --resume`; every file of the
+     run directory must open after the kill.
+   The run: 2 epochs of 4 steps on the shipped teacher with the effdm recipe's loss (both
+   branches, equalized steps, best_val) at eta 1 (noise drawn every step), validation every
+   epoch, a small sample grid every epoch. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "io/fileio.h"
+#include "io/weights.h"
+#include "test_trainer_fixture.h"
+#include "train/trainer.h"
+#include "util/threads.h"
+
+#define MAX_STEPS 64
+
+typedef struct {
+    volatile sig_atomic_t stop;
+    int64_t stop_at;
+    float losses[MAX_STEPS];
+    int n;
+} Rec;
+
+static void rec_step(const TrainerStep *s, void *user) {
+    Rec *r = user;
+    if (r->n < MAX_STEPS) r->losses[r->n++] = s->loss;
+    if (r->stop_at && s->global_step == r->stop_at) r->stop = 1;
+}
+
+static char base_dir[64];  // the calibrated run directory every case copies
+static char ref_dir[64];   // the uninterrupted run
+static Rec ref_rec;
+static RunConfig base_rc;
+
+static void config_for(RunConfig *rc, const char *dir) {
+    fix_config(rc, RC_RECIPE_EFFDM, dir);
+    rc->train.eta = 1.0;
+    rc->train.sample_every = 1;
+    rc->sample.steps = 2;
+    rc->sample.grid_rows = 1;
+    rc->sample.grid_cols = 2;
+}
+
+// Opens dir (as copied from base_dir) and runs it until the end or the stop. Returns the code.
+static int run_dir(const char *dir, Rec *rec) {
+    RunConfig rc = base_rc;
+    snprintf(rc.run.out, sizeof rc.run.out, "%s", dir);
+    Err e = {0};
+    Trainer *tr;
+    if (trainer_open(&tr, &rc, dir, &e)) fail_msg("open %s: %s", dir, e.msg);
+    TrainerHooks h = {.on_step = rec_step, .user = rec, .stop = &rec->stop};
+    int code = trainer_run(tr, &h, NULL, &e);
+    if (code && code != ERR_INTERRUPTED) fail_msg("run %s: %s", dir, e.msg);
+    trainer_free(tr);
+    return code;
+}
+
+static int setup(void **state) {
+    threads_set(2);
+    snprintf(base_dir, sizeof base_dir, "/tmp/effdm_test_resume_base_XXXXXX");
+    snprintf(ref_dir, sizeof ref_dir, "/tmp/effdm_test_resume_ref_XXXXXX");
+    if (!mkdtemp(base_dir) || !mkdtemp(ref_dir)) return -1;
+    config_for(&base_rc, base_dir);
+    Err e = {0};
+    if (fix_calibrate(&base_rc, &e)) {
+        fprintf(stderr, "calibration: %s\n", e.msg);
+        return -1;
+    }
+    if (fix_copy_run(base_dir, ref_dir)) return -1;
+    memset(&ref_rec, 0, sizeof ref_rec);
+    if (run_dir(ref_dir, &ref_rec) != 0) return -1;
+    return ref_rec.n == 8 ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    fix_remove_run(base_dir);
+    fix_remove_run(ref_dir);
+    return 0;
+}
+
+// Every tensor of a's file is in b's with the same dtype, shape and bytes (but `skip`).
+static void assert_same_tensors(const char *a_path, const char *b_path, const char *skip) {
+    Err e = {0};
+    WeightFile *a, *b;
+    if (weights_open(&a, a_path, &e)) fail_msg("%s", e.msg);
+    if (weights_open(&b, b_path, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(weights_count(a), weights_count(b));
+    for (int i = 0; i < weights_count(a); i++) {
+        const WeightInfo *wa = weights_info(a, i), *wb = weights_find(b, wa->name);
+        if (!wb) fail_msg("%s: tensor %s missing", b_path, wa->name);
+        if (skip && !strcmp(wa->name, skip)) continue;
+        assert_int_equal(wa->dtype, wb->dtype);
+        assert_int_equal(wa->numel, wb->numel);
+        size_t bytes = wa->numel * (wa->dtype == DT_F32 ? 4 : wa->dtype == DT_U8 ? 1 : wa->dtype == DT_I32 ? 4 : 8);
+        unsigned char *da = malloc(bytes ? bytes : 1), *db = malloc(bytes ? bytes : 1);
+        assert_int_equal(weights_read_raw(a, wa->name, da, bytes, &e), 0);
+        assert_int_equal(weights_read_raw(b, wb->name, db, bytes, &e), 0);
+        if (memcmp(da, db, bytes)) fail_msg("%s differs between %s and %s", wa->name, a_path, b_path);
+        free(da);
+        free(db);
+    }
+    weights_close(a);
+    weights_close(b);
+}
+
+// log.csv without its seconds column (wall times differ): every other field identical.
+static char *log_without_seconds(const char *dir) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    unsigned char *buf;
+    size_t n;
+    Err e = {0};
+    if (file_read_all(path, &buf, &n, &e)) fail_msg("%s", e.msg);
+    char *out = malloc(n + 1);
+    size_t k = 0;
+    int field = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = (char)buf[i];
+        if (ch == '\n') field = 0;
+        else if (ch == ',') field++;
+        if (field == 4 && ch != ',') continue;  // the seconds column
+        out[k++] = ch;
+    }
+    out[k] = 0;
+    free(buf);
+    return out;
+}
+
+static void assert_same_run(const char *dir, const Rec *rec) {
+    assert_int_equal(rec->n, ref_rec.n);
+    for (int i = 0; i < rec->n; i++)
+        if (memcmp(&rec->losses[i], &ref_rec.losses[i], sizeof(float)))
+            fail_msg("step %d: loss %.9g resumed, %.9g uninterrupted", i, (double)rec->losses[i],
+                     (double)ref_rec.losses[i]);
+    char a[2048], b[2048];
+    snprintf(a, sizeof a, "%s/state.safetensors", ref_dir);
+    snprintf(b, sizeof b, "%s/state.safetensors", dir);
+    assert_same_tensors(a, b, "train.seconds");
+    snprintf(a, sizeof a, "%s/best.safetensors", ref_dir);
+    snprintf(b, sizeof b, "%s/best.safetensors", dir);
+    assert_same_tensors(a, b, NULL);
+    char *la = log_without_seconds(ref_dir), *lb = log_without_seconds(dir);
+    assert_string_equal(la, lb);
+    free(la);
+    free(lb);
+    snprintf(a, sizeof a, "%s/samples/epoch_002.png", ref_dir);
+    snprintf(b, sizeof b, "%s/samples/epoch_002.png", dir);
+    unsigned char *pa, *pb;
+    size_t na, nb;
+    Err e = {0};
+    assert_int_equal(file_read_all(a, &pa, &na, &e), 0);
+    assert_int_equal(file_read_all(b, &pb, &nb, &e), 0);
+    assert_true(na == nb && !memcmp(pa, pb, na));
+    free(pa);
+    free(pb);
+}
+
+static void resume_after(int64_t k) {
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/effdm_test_resume_k_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(fix_copy_run(base_dir, dir), 0);
+    Rec rec = {.stop_at = k};
+    assert_int_equal(run_dir(dir, &rec), ERR_INTERRUPTED);
+    assert_int_equal(rec.n, (int)k);
+    rec.stop_at = 0;
+    rec.stop = 0;
+    assert_int_equal(run_dir(dir, &rec), 0);  // a new Trainer, from the files alone
+    assert_same_run(dir, &rec);
+    fix_remove_run(dir);
+}
+
+static void test_resume_mid_epoch(void **state) { resume_after(3); }
+static void test_resume_at_epoch_end(void **state) { resume_after(4); }
+
+/* ---- effdm finetune as a child process ----------------------------------------------- */
+
+static pid_t spawn_finetune(const char *dir) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) dup2(fd, 2);
+        execl(EFFDM_BIN, EFFDM_BIN, "finetune", "--resume", dir, "--threads", "2", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+// Waits until dir/log.csv holds a row starting with `prefix` (or the child exits). 1 if seen.
+static int wait_for_row(const char *dir, const char *prefix, pid_t pid) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    for (int i = 0; i < 120000; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            char line[256];
+            int seen = 0;
+            while (fgets(line, sizeof line, f))
+                if (!strncmp(line, prefix, strlen(prefix))) seen = 1;
+            fclose(f);
+            if (seen) return 1;
+        }
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) return 0;
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static int wait_exit(pid_t pid) {
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (WIFSIGNALED(status)) return 1000 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
+
+// Every file of the run directory opens as what it is.
+static void assert_dir_intact(const char *dir) {
+    char path[2048];
+    Err e = {0};
+    RunConfig rc;
+    snprintf(path, sizeof path, "%s/config.yaml", dir);
+    if (run_config_load(path, &rc, &e)) fail_msg("%s", e.msg);
+    static const char *const st[] = {"state.safetensors", "calib.safetensors", "best.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, st[i]);
+        if (i == 2 && access(path, F_OK) != 0) continue;
+        WeightFile *f;
+        if (weights_open(&f, path, &e)) fail_msg("%s", e.msg);
+        weights_close(f);
+    }
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char line[128];
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_string_equal(line, "epoch,step,loss,lr,seconds,val_error\n");
+    fclose(f);
+}
+
+// Losses of log.csv's step rows (validation rows skipped).
+static int log_losses(const char *dir, float *out, int cap) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char line[256];
+    int n = 0;
+    assert_non_null(fgets(line, sizeof line, f));
+    while (fgets(line, sizeof line, f) && n < cap) {
+        int ep, st;
+        float loss;
+        if (sscanf(line, "%d,%d,%f,", &ep, &st, &loss) == 3) out[n++] = loss;
+    }
+    fclose(f);
+    return n;
+}
+
+static void child_case(int sig, const char *kill_after_row, int want_status) {
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/effdm_test_resume_sig_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(fix_copy_run(base_dir, dir), 0);
+    pid_t pid = spawn_finetune(dir);
+    assert_true(pid > 0);
+    if (!wait_for_row(dir, kill_after_row, pid)) fail_msg("the child finished before row %s", kill_after_row);
+    kill(pid, sig);
+    assert_int_equal(wait_exit(pid), want_status);
+    assert_dir_intact(dir);
+    pid = spawn_finetune(dir);
+    assert_int_equal(wait_exit(pid), 0);
+    assert_dir_intact(dir);
+    // the whole run's losses (log.csv: each printed exactly) and final state equal the reference
+    float losses[MAX_STEPS];
+    int n = log_losses(dir, losses, MAX_STEPS);
+    assert_int_equal(n, ref_rec.n);
+    for (int i = 0; i < n; i++) {
+        char a[32], b[32];
+        snprintf(a, sizeof a, "%.9g", (double)losses[i]);
+        snprintf(b, sizeof b, "%.9g", (double)ref_rec.losses[i]);
+        assert_string_equal(a, b);
+    }
+    char a[2048], b[2048];
+    snprintf(a, sizeof a, "%s/state.safetensors", ref_dir);
+    snprintf(b, sizeof b, "%s/state.safetensors", dir);
+    assert_same_tensors(a, b, "train.seconds");
+    fix_remove_run(dir);
+}
+
+// SIGINT after step 1 of epoch 0 was logged: the child finishes its step, saves, exits 130.
+static void test_sigint_child(void **state) { child_case(SIGINT, "0,1,", 128 + SIGINT); }
+// SIGKILL once epoch 1 runs (epoch 0's checkpoint is on disk): resume from that checkpoint.
+static void test_sigkill_child(void **state) { child_case(SIGKILL, "1,0,", 1000 + SIGKILL); }
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resume_mid_epoch),
+        cmocka_unit_test(test_resume_at_epoch_end),
+        cmocka_unit_test(test_sigint_child),
+        cmocka_unit_test(test_sigkill_child),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

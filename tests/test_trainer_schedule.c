@@ -1,0 +1,128 @@
+/* test_trainer_schedule.c: the learning-rate schedules against their closed forms (evaluated
+   here independently, including the reference's LambdaLR) and log.csv truncation on resume. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "io/fileio.h"
+#include "train/run_log.h"
+#include "train/schedule.h"
+
+static void test_linear_is_the_reference_lambda(void **state) {
+    const int64_t total = 160 * 100;
+    for (int64_t s = 0; s <= total + 5; s += 37) {
+        // EfficientDM reference: LambdaLR(lambda s: max(0.0, float(total - s) / float(max(1, total))))
+        double ref = (double)(total - s) / (double)total;
+        if (ref < 0) ref = 0;
+        assert_true(lr_schedule_factor(RC_SCHED_LINEAR, 0, total, s) == ref);
+    }
+    assert_true(lr_schedule_factor(RC_SCHED_LINEAR, 0, total, 0) == 1.0);
+    assert_true(lr_schedule_factor(RC_SCHED_LINEAR, 0, total, total) == 0.0);
+}
+
+static void test_warmup_and_other_schedules(void **state) {
+    const int64_t total = 1000, warm = 100;
+    for (int64_t s = 0; s < warm; s++) {
+        double ref = (double)s / 100.0;
+        assert_true(lr_schedule_factor(RC_SCHED_LINEAR, warm, total, s) == ref);
+        assert_true(lr_schedule_factor(RC_SCHED_COSINE, warm, total, s) == ref);
+        assert_true(lr_schedule_factor(RC_SCHED_CONSTANT, warm, total, s) == ref);
+    }
+    // after warm-up: linear falls from 1 at s = warm to 0 at s = total
+    assert_true(lr_schedule_factor(RC_SCHED_LINEAR, warm, total, warm) == 1.0);
+    assert_true(fabs(lr_schedule_factor(RC_SCHED_LINEAR, warm, total, 550) - 0.5) < 1e-15);
+    assert_true(lr_schedule_factor(RC_SCHED_LINEAR, warm, total, total) == 0.0);
+    // cosine: 1 at the start, 1/2 half-way, (1 + cos(pi/4))/2 at a quarter, 0 at the end and after
+    assert_true(lr_schedule_factor(RC_SCHED_COSINE, warm, total, warm) == 1.0);
+    assert_true(fabs(lr_schedule_factor(RC_SCHED_COSINE, warm, total, 550) - 0.5) < 1e-15);
+    assert_true(fabs(lr_schedule_factor(RC_SCHED_COSINE, warm, total, 325) - (1 + sqrt(0.5)) / 2) < 1e-15);
+    assert_true(lr_schedule_factor(RC_SCHED_COSINE, warm, total, total) < 1e-15);
+    assert_true(lr_schedule_factor(RC_SCHED_COSINE, warm, total, total + 300) < 1e-15);
+    assert_true(lr_schedule_factor(RC_SCHED_CONSTANT, 0, total, 0) == 1.0);
+    assert_true(lr_schedule_factor(RC_SCHED_CONSTANT, warm, total, total) == 1.0);
+}
+
+static char *slurp(const char *path) {
+    unsigned char *buf;
+    size_t n;
+    Err e = {0};
+    if (file_read_all(path, &buf, &n, &e)) return NULL;
+    char *s = realloc(buf, n + 1);
+    s[n] = 0;
+    return s;
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_log_truncates_to_checkpoint(void **state) {
+    char dir[] = "/tmp/effdm_test_log_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    Err e = {0};
+    RunLog l;
+    // a fresh log: header, then rows
+    assert_int_equal(run_log_open(&l, path, 0, 0, &e), 0);
+    for (int ep = 0; ep < 2; ep++) {
+        for (int s = 0; s < 3; s++) assert_int_equal(run_log_step(&l, ep, s, 1.5f + s, 1e-3, 0.25, &e), 0);
+        assert_int_equal(run_log_val(&l, ep, 3, 0.125, 1.0, &e), 0);
+    }
+    assert_int_equal(run_log_close(&l, &e), 0);
+    char *full = slurp(path);
+    assert_non_null(full);
+    assert_true(strncmp(full, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n", strlen(RUN_LOG_HEADER) + 22) == 0);
+
+    // checkpoint (1, 1): keep epoch 0 (3 steps + validation) and step (1, 0)
+    assert_int_equal(run_log_open(&l, path, 1, 1, &e), 0);
+    assert_int_equal(run_log_close(&l, &e), 0);
+    char *cut = slurp(path);
+    const char *want = RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
+                       "0,3,,,1.000,0.125\n1,0,1.5,0.001,0.250,\n";
+    assert_string_equal(cut, want);
+    free(cut);
+
+    // checkpoint (0, 3): the epoch-end work (validation) of epoch 0 is still pending: its row goes
+    write_text(path, full);
+    assert_int_equal(run_log_open(&l, path, 0, 3, &e), 0);
+    assert_int_equal(run_log_step(&l, 0, 3, 9.0f, 0, 0, &e), 0);
+    assert_int_equal(run_log_close(&l, &e), 0);
+    cut = slurp(path);
+    want = RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
+           "0,3,9,0,0.000,\n";
+    assert_string_equal(cut, want);
+    free(cut);
+
+    // a torn last line (killed mid-write) is dropped
+    write_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.");
+    assert_int_equal(run_log_open(&l, path, 5, 0, &e), 0);
+    assert_int_equal(run_log_close(&l, &e), 0);
+    cut = slurp(path);
+    assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n");
+    free(cut);
+
+    // not a log
+    write_text(path, "hello\n");
+    assert_int_equal(run_log_open(&l, path, 0, 0, &e), ERR_FORMAT);
+    assert_non_null(strstr(e.msg, "log.csv"));
+    free(full);
+    unlink(path);
+    rmdir(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear_is_the_reference_lambda),
+        cmocka_unit_test(test_warmup_and_other_schedules),
+        cmocka_unit_test(test_log_truncates_to_checkpoint),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,129 @@
+/* distill_step.c: one distillation step (EFFICIENTDM.md "Distillation loop", 2.): teacher ε
+   without gradient, student ε with TALSQ entry of t, loss, backward, AdamW, and the DDIM
+   update of the trajectory with the teacher's guided ε - the reference's
+   DDIMSampler_trainer.p_sample_ddim. */
+#include <math.h>
+#include <string.h>
+
+#include "train/schedule.h"
+#include "train/trainer_impl.h"
+
+void trainer_begin_epoch(Trainer *tr) {
+    // torch.randint(0, uncond, (B,)) with uncond the last label: a uniform real class
+    for (int b = 0; b < tr->B; b++) {
+        int v = 0;
+        if (tr->cond) {
+            v = (int)rng_below(&tr->rng, (uint32_t)tr->n_real);
+            if (v >= tr->uncond_label) v++;  // skip the unconditional label wherever it is
+        }
+        tr->labels[b] = v;
+    }
+    rng_normal_fill(&tr->rng, tr->x, (size_t)tr->B * tr->per);
+}
+
+double trainer_lr_factor(const Trainer *tr) {
+    const RcOptimizer *o = &tr->rc.train.optimizer;
+    int64_t total = (int64_t)tr->rc.train.epochs * tr->S;
+    return lr_schedule_factor(o->schedule, o->warmup_steps, total, tr->opt.step);
+}
+
+// Index of the first non-finite value of g[0..n), or -1.
+static long first_nonfinite(const float *g, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(g[i])) return (long)i;
+    return -1;
+}
+
+static int op_failed(Ctx *c, Err *e, const char *what) {
+    return err_set(e, c->err.code ? c->err.code : ERR_INTERNAL, "%s: %s", what,
+                   c->err.msg[0] ? c->err.msg : "failed");
+}
+
+int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
+    Ctx *c = &tr->ctx;
+    ctx_reset(c);
+    const int index = tr->S - 1 - tr->step, t = tr->ddim.timesteps[index];
+    const int B = tr->B, rows = tr->pair ? 2 * B : B;
+    const size_t n = (size_t)B * tr->per;
+    const int shape[4] = {rows, tr->C, tr->H, tr->W};
+    const float scale = (float)tr->rc.train.scale;
+
+    // x_in = cat([x] * 2), c_in = cat([unconditional_conditioning, c]) as the reference
+    memcpy(tr->xin, tr->x, n * sizeof(float));
+    if (tr->pair) memcpy(tr->xin + n, tr->x, n * sizeof(float));
+    for (int i = 0; i < rows; i++) tr->tin[i] = (float)t;
+    if (tr->cond) {
+        for (int b = 0; b < B; b++) {
+            if (tr->pair) {
+                tr->yin[b] = tr->uncond_label;
+                tr->yin[B + b] = tr->labels[b];
+            } else {
+                tr->yin[b] = tr->labels[b];
+            }
+        }
+    }
+    const int *y = tr->cond ? tr->yin : NULL;
+
+    // teacher: FP path, grad mode off (records nothing), intermediates freed by the scope
+    qmodel_enable(&tr->q, 0);
+    int prev = ctx_set_grad(c, 0);
+    CtxScope sc = ctx_scope_begin(c);
+    Tensor *p = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
+    p = ctx_scope_end(c, sc, p);
+    ctx_set_grad(c, prev);
+    if (!p) return op_failed(c, e, "teacher forward");
+    if (!tr->pair)
+        memcpy(tr->eps_g, p->data, n * sizeof(float));
+    else if (scale == 1.0f)  // upstream calls the model once, conditionally, at scale 1
+        memcpy(tr->eps_g, p->data + n, n * sizeof(float));
+    else
+        distill_guided(tr->eps_g, p->data, n, scale);
+
+    // student: fake-quantized path at the TALSQ entry of t, on the tape
+    qmodel_enable(&tr->q, 1);
+    qmodel_set_timestep(&tr->q, t);
+    ctx_set_grad(c, 1);
+    Tensor *qo = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
+    Tensor *loss = distill_loss(c, &tr->loss, qo, p);
+    if (!loss) return op_failed(c, e, "student forward");
+    const float raw = loss->data[0];
+    *loss_out = raw;
+    if (!isfinite(raw)) {
+        tape_clear(c);
+        return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): the loss is %g", tr->epoch + 1,
+                       tr->rc.train.epochs, tr->step + 1, tr->S, t, (double)raw);
+    }
+
+    // equalize: the step's loss over its running mean of the previous epochs (a constant)
+    float w = 1.0f;
+    if (tr->rc.train.step_weighting == RC_STEPW_EQUALIZE && tr->stepw_count[tr->step] > 0 &&
+        tr->stepw_mean[tr->step] > 0)
+        w = (float)(1.0 / tr->stepw_mean[tr->step]);
+    if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
+    long bad = first_nonfinite(tr->opt.grad, tr->opt.used);
+    if (bad >= 0) {
+        adamw_zero_grad(&tr->opt);
+        return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): gradient element %ld is not finite (loss %g)",
+                       tr->epoch + 1, tr->rc.train.epochs, tr->step + 1, tr->S, t, bad, (double)raw);
+    }
+
+    // AdamW: every group's base rate times the schedule factor (adamw's own schedule is off)
+    double f = trainer_lr_factor(tr);
+    for (int g = 0; g < tr->opt.n_groups; g++) tr->opt.groups[g].lr = tr->base_lr[g] * f;
+    adamw_step(&tr->opt);
+    adamw_zero_grad(&tr->opt);
+    *lr_out = tr->rc.train.optimizer.lr_act * f;
+
+    double cnt = (double)tr->stepw_count[tr->step];
+    tr->stepw_mean[tr->step] = (tr->stepw_mean[tr->step] * cnt + (double)raw) / (cnt + 1.0);
+    tr->stepw_count[tr->step]++;
+
+    // x_{t-1} from the teacher's guided ε (eta noise from the run's RNG)
+    int noisy = tr->ddim.sigmas[index] != 0.0f;
+    if (noisy) rng_normal_fill(&tr->rng, tr->noise, n);
+    ddim_update(&tr->ddim, index, tr->x, tr->eps_g, noisy ? tr->noise : NULL, tr->x, NULL, n);
+    tr->last_loss = raw;
+    tr->step++;
+    ctx_reset(c);
+    return 0;
+}

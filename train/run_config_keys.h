@@ -1,0 +1,57 @@
+/* run_config_keys.h: the run config's key table, shared by run_config.c (reading, checking),
+   run_config_write.c (writing, comparing) and run_config_keys.c (the table, defaults, texts).
+   Internal to train/: everything else goes through run_config.h. */
+#ifndef EFFDM_RUN_CONFIG_KEYS_H
+#define EFFDM_RUN_CONFIG_KEYS_H
+
+#include <stddef.h>
+
+#include "train/run_config.h"
+
+typedef enum { K_INT, K_DOUBLE, K_BOOL, K_ENUM, K_STR, K_LABEL, K_NAMES, K_OVERRIDES } KeyType;
+
+typedef struct {
+    const char *path;
+    KeyType type;
+    size_t off;                  // offset of the value in RunConfig
+    size_t size;                 // K_STR: buffer size
+    double lo, hi;               // K_INT, K_DOUBLE: inclusive range
+    int hi_open;                 // the range excludes hi (AdamW betas < 1)
+    int lo_open;                 // the range excludes lo (eps > 0)
+    const char *const *names;    // K_ENUM: the YAML names, in enum order
+    int n_names;
+    double def[RC_RECIPE_COUNT]; // K_INT, K_DOUBLE, K_BOOL, K_ENUM, K_LABEL defaults (reference, effdm)
+    const char *sdef;            // K_STR default
+    int resume;                  // 1: resuming a run needs the same value
+} KeyDesc;
+
+// Every scalar key, and one row for each list key (quant.fp_name_contains, quant.overrides).
+extern const KeyDesc RC_KEYS[];
+extern const int RC_N_KEYS;
+extern const double RC_BIG;  // "no upper limit" for counts that only have to fit an int
+
+// Field access through a row's offset.
+static inline int *rc_int_at(RunConfig *c, const KeyDesc *k) { return (int *)((char *)c + k->off); }
+static inline const int *rc_cint_at(const RunConfig *c, const KeyDesc *k) {
+    return (const int *)((const char *)c + k->off);
+}
+static inline double *rc_dbl_at(RunConfig *c, const KeyDesc *k) { return (double *)((char *)c + k->off); }
+static inline const double *rc_cdbl_at(const RunConfig *c, const KeyDesc *k) {
+    return (const double *)((const char *)c + k->off);
+}
+static inline char *rc_str_at(RunConfig *c, const KeyDesc *k) { return (char *)c + k->off; }
+static inline const char *rc_cstr_at(const RunConfig *c, const KeyDesc *k) { return (const char *)c + k->off; }
+// Enums are stored as their enum type, which is an int-sized integer here.
+_Static_assert(sizeof(RcEma) == sizeof(int) && sizeof(RcRecipe) == sizeof(int) && sizeof(RcInit) == sizeof(int),
+               "enum fields are read and written as int");
+
+// The row of a key path, or NULL.
+const KeyDesc *rc_key_find(const char *path);
+// Value text of a key, for messages ("4", "0.0015", "mse", "auto", "'path'").
+void rc_value_text(const RunConfig *c, const KeyDesc *k, char *buf, size_t n);
+// The range of a numeric key as text ("an integer in 2..8", "a number > 0 and <= 1").
+void rc_range_text(const KeyDesc *k, char *buf, size_t n);
+// 1 when v is inside the row's range (NaN never is).
+int rc_in_range(const KeyDesc *k, double v);
+
+#endif

@@ -1,0 +1,203 @@
+/* run_state.c: state.safetensors and best.safetensors of a run directory.
+
+   state.safetensors holds everything an exact resume needs, beside the student's own state
+   (qmodel_write_state, prefix "q."):
+     opt.m, opt.v       F32 (n)          AdamW moments over the flat gradient block
+     opt.step           I64 (1)          optimizer steps taken
+     opt.lr_lora        F64 (layers)     LoRA learning rates fixed when fine-tuning started
+     train.position     I64 (4)          epoch, step (next to run; = steps: epoch end pending),
+                                         drawn (the epoch's labels / x_T are drawn), init_val_done
+     train.x            F32 (B, C, H, W) x_t of the trajectory at `step`
+     train.labels       I64 (B)          the epoch's class labels
+     train.rng          I64 (2)          the run RNG's PCG32 state and inc (bit patterns)
+     train.stepw_mean   F64 (S)          running mean of each step index's raw loss
+     train.stepw_count  I64 (S)
+     train.best         I64 (2)          has_best, best_epoch (-1: the starting model)
+     train.best_val     F64 (1)
+     train.seconds      F64 (1)          training seconds so far
+     train.last_loss    F32 (1)
+   with metadata effdm.kind = "run-state", effdm.format = "1", the position as text and
+   effdm.threads (the thread count the state was computed with: an exact resume needs it).
+   A calibrated run directory's state.safetensors has the q.* tensors only: fine-tuning
+   starts from it.
+   best.safetensors: the q.* state of the best validation epoch, best.epoch I64 (1),
+   best.val F64 (1), metadata effdm.kind = "best-state".
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/dtype.h"
+#include "io/safetensors.h"
+#include "io/weights.h"
+#include "train/trainer_impl.h"
+#include "util/threads.h"
+
+// Values that only exist as converted copies while a writer holds pointers to them.
+typedef struct {
+    int64_t step, position[4], rng[2], best[2], *labels;
+    double best_val, seconds;
+    float last_loss;
+} StateScalars;
+
+static int add(StWriter *w, const char *name, DType dt, int ndim, const int64_t *shape, const void *data, Err *e) {
+    return st_writer_add(w, name, dt, ndim, shape, data, e);
+}
+
+static void state_path(const Trainer *tr, const char *file, char *out, size_t size) {
+    snprintf(out, size, "%s/%s", tr->dir, file);
+}
+
+int run_state_save(Trainer *tr, Err *e) {
+    StWriter w = {0};
+    StateScalars s = {0};
+    int rc = 0;
+    s.labels = calloc((size_t)tr->B, sizeof(int64_t));
+    if (!s.labels) return err_set(e, ERR_NOMEM, "out of memory saving the run state");
+    for (int b = 0; b < tr->B; b++) s.labels[b] = tr->labels[b];
+    s.step = tr->opt.step;
+    s.position[0] = tr->epoch;
+    s.position[1] = tr->step;
+    s.position[2] = tr->drawn;
+    s.position[3] = tr->init_val_done;
+    memcpy(&s.rng[0], &tr->rng.state, sizeof(int64_t));
+    memcpy(&s.rng[1], &tr->rng.inc, sizeof(int64_t));
+    s.best[0] = tr->has_best;
+    s.best[1] = tr->best_epoch;
+    s.best_val = tr->best_val;
+    s.seconds = tr->seconds;
+    s.last_loss = tr->last_loss;
+    const int64_t n_opt = (int64_t)tr->opt.used, one = 1, two = 2, four = 4, S = tr->S, nl = tr->n_tl, B = tr->B;
+    const int64_t xshape[4] = {tr->B, tr->C, tr->H, tr->W};
+    char pos[64];
+    snprintf(pos, sizeof pos, "%d/%d", tr->epoch, tr->rc.train.epochs);
+    char stp[64], thr[32];
+    snprintf(stp, sizeof stp, "%d/%d", tr->step, tr->S);
+    snprintf(thr, sizeof thr, "%d", threads_get());
+    if ((rc = qmodel_write_state(&tr->q, &w, "q.", e)) || (rc = add(&w, "opt.m", DT_F32, 1, &n_opt, tr->opt.m, e)) ||
+        (rc = add(&w, "opt.v", DT_F32, 1, &n_opt, tr->opt.v, e)) ||
+        (rc = add(&w, "opt.step", DT_I64, 1, &one, &s.step, e)) ||
+        (rc = add(&w, "opt.lr_lora", DT_F64, 1, &nl, tr->lr_lora, e)) ||
+        (rc = add(&w, "train.position", DT_I64, 1, &four, s.position, e)) ||
+        (rc = add(&w, "train.x", DT_F32, 4, xshape, tr->x, e)) ||
+        (rc = add(&w, "train.labels", DT_I64, 1, &B, s.labels, e)) ||
+        (rc = add(&w, "train.rng", DT_I64, 1, &two, s.rng, e)) ||
+        (rc = add(&w, "train.stepw_mean", DT_F64, 1, &S, tr->stepw_mean, e)) ||
+        (rc = add(&w, "train.stepw_count", DT_I64, 1, &S, tr->stepw_count, e)) ||
+        (rc = add(&w, "train.best", DT_I64, 1, &two, s.best, e)) ||
+        (rc = add(&w, "train.best_val", DT_F64, 1, &one, &s.best_val, e)) ||
+        (rc = add(&w, "train.seconds", DT_F64, 1, &one, &s.seconds, e)) ||
+        (rc = add(&w, "train.last_loss", DT_F32, 1, &one, &s.last_loss, e)) ||
+        (rc = st_writer_meta(&w, "effdm.kind", "run-state", e)) || (rc = st_writer_meta(&w, "effdm.format", "1", e)) ||
+        (rc = st_writer_meta(&w, "effdm.epoch", pos, e)) || (rc = st_writer_meta(&w, "effdm.step", stp, e)) ||
+        (rc = st_writer_meta(&w, "effdm.threads", thr, e)))
+        goto done;
+    char path[TRAINER_PATH_MAX + 32];
+    state_path(tr, "state.safetensors", path, sizeof path);
+    rc = st_write(&w, path, e);
+done:
+    st_writer_free(&w);
+    free(s.labels);
+    return rc;
+}
+
+int run_state_save_best(Trainer *tr, Err *e) {
+    StWriter w = {0};
+    int64_t epoch = tr->best_epoch, one = 1;
+    double val = tr->best_val;
+    int rc;
+    if (!(rc = qmodel_write_state(&tr->q, &w, "q.", e)) && !(rc = add(&w, "best.epoch", DT_I64, 1, &one, &epoch, e)) &&
+        !(rc = add(&w, "best.val", DT_F64, 1, &one, &val, e)) &&
+        !(rc = st_writer_meta(&w, "effdm.kind", "best-state", e)) &&
+        !(rc = st_writer_meta(&w, "effdm.format", "1", e))) {
+        char path[TRAINER_PATH_MAX + 32];
+        state_path(tr, "best.safetensors", path, sizeof path);
+        rc = st_write(&w, path, e);
+    }
+    st_writer_free(&w);
+    return rc;
+}
+
+// Reads tensor `name` of dtype dt and numel n into dst (raw bytes). ERR_KEY / ERR_DTYPE /
+// ERR_SHAPE naming the file and tensor.
+static int read_exact(WeightFile *f, const char *name, DType dt, size_t n, void *dst, Err *e) {
+    const WeightInfo *wi = weights_find(f, name);
+    if (!wi) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", weights_path(f), name);
+    if (wi->dtype != dt)
+        return err_set(e, ERR_DTYPE, "%s: tensor '%s': expected %s, found %s", weights_path(f), name, dtype_name(dt),
+                       dtype_name(wi->dtype));
+    if (wi->numel != n)
+        return err_set(e, ERR_SHAPE, "%s: tensor '%s': expected %zu elements for this run config, found %zu",
+                       weights_path(f), name, n, wi->numel);
+    return weights_read_raw(f, name, dst, n * dtype_size(dt), e);
+}
+
+// The train.* / opt.* part of a run state.
+static int load_run(Trainer *tr, WeightFile *f, Err *e) {
+    StateScalars s = {0};
+    int rc;
+    s.labels = calloc((size_t)tr->B, sizeof(int64_t));
+    if (!s.labels) return err_set(e, ERR_NOMEM, "out of memory reading the run state");
+    if ((rc = read_exact(f, "opt.m", DT_F32, tr->opt.used, tr->opt.m, e)) ||
+        (rc = read_exact(f, "opt.v", DT_F32, tr->opt.used, tr->opt.v, e)) ||
+        (rc = read_exact(f, "opt.step", DT_I64, 1, &s.step, e)) ||
+        (rc = read_exact(f, "opt.lr_lora", DT_F64, (size_t)tr->n_tl, tr->lr_lora, e)) ||
+        (rc = read_exact(f, "train.position", DT_I64, 4, s.position, e)) ||
+        (rc = read_exact(f, "train.x", DT_F32, (size_t)tr->B * tr->per, tr->x, e)) ||
+        (rc = read_exact(f, "train.labels", DT_I64, (size_t)tr->B, s.labels, e)) ||
+        (rc = read_exact(f, "train.rng", DT_I64, 2, s.rng, e)) ||
+        (rc = read_exact(f, "train.stepw_mean", DT_F64, (size_t)tr->S, tr->stepw_mean, e)) ||
+        (rc = read_exact(f, "train.stepw_count", DT_I64, (size_t)tr->S, tr->stepw_count, e)) ||
+        (rc = read_exact(f, "train.best", DT_I64, 2, s.best, e)) ||
+        (rc = read_exact(f, "train.best_val", DT_F64, 1, &s.best_val, e)) ||
+        (rc = read_exact(f, "train.seconds", DT_F64, 1, &s.seconds, e)) ||
+        (rc = read_exact(f, "train.last_loss", DT_F32, 1, &s.last_loss, e)))
+        goto done;
+    int64_t ep = s.position[0], st = s.position[1];
+    if (ep < 0 || ep > tr->rc.train.epochs || st < 0 || st > tr->S || (ep == tr->rc.train.epochs && st != 0) ||
+        s.step != ep * tr->S + st || (s.rng[1] & 1) == 0) {
+        rc = err_set(e, ERR_FORMAT, "%s: inconsistent run position (epoch %lld, step %lld, %lld optimizer steps) for "
+                     "%d epochs of %d steps", weights_path(f), (long long)ep, (long long)st, (long long)s.step,
+                     tr->rc.train.epochs, tr->S);
+        goto done;
+    }
+    for (int b = 0; b < tr->B; b++) {
+        if (tr->cond && (s.labels[b] < 0 || s.labels[b] >= ldm_n_classes(tr->m))) {
+            rc = err_set(e, ERR_VALUE, "%s: train.labels[%d] = %lld is not a label of the model", weights_path(f), b,
+                         (long long)s.labels[b]);
+            goto done;
+        }
+        tr->labels[b] = (int)s.labels[b];
+    }
+    tr->opt.step = s.step;
+    tr->epoch = (int)ep;
+    tr->step = (int)st;
+    tr->drawn = s.position[2] != 0;
+    tr->init_val_done = s.position[3] != 0;
+    memcpy(&tr->rng.state, &s.rng[0], sizeof(int64_t));
+    memcpy(&tr->rng.inc, &s.rng[1], sizeof(int64_t));
+    tr->has_best = s.best[0] != 0;
+    tr->best_epoch = (int)s.best[1];
+    tr->best_val = s.best_val;
+    tr->seconds = s.seconds;
+    tr->last_loss = s.last_loss;
+    tr->resumed = 1;
+done:
+    free(s.labels);
+    return rc;
+}
+
+int run_state_load(Trainer *tr, Err *e) {
+    char path[TRAINER_PATH_MAX + 32];
+    state_path(tr, "state.safetensors", path, sizeof path);
+    WeightFile *f;
+    int rc = weights_open(&f, path, e);
+    if (rc) return rc;
+    if ((rc = qmodel_read_state(&tr->q, f, "q.", e))) goto done;
+    if (weights_find(f, "train.position")) rc = load_run(tr, f, e);
+    const char *thr = weights_metadata(f, "effdm.threads");
+    tr->saved_threads = thr ? atoi(thr) : 0;
+done:
+    weights_close(f);
+    return rc;
+}

@@ -1,0 +1,384 @@
+/* trainer.c: setting a run up (teacher, student, optimizer groups, buffers) and the epoch
+   loop with its epoch-end work, checkpoints and stops (see trainer.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "train/trainer_impl.h"
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// 64-byte aligned, zeroed: the same alignment in every run, so SIMD kernels see the same
+// data layout (bit-identical resume).
+static void *zalloc(size_t n, size_t size) {
+    size_t bytes;
+    if (!size_mul_ok(n ? n : 1, size, &bytes)) return NULL;
+    bytes = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+static LdmEmaMode ema_mode(RcEma e) { return e == RC_EMA_ON ? LDM_EMA_ON : e == RC_EMA_OFF ? LDM_EMA_OFF : LDM_EMA_AUTO; }
+
+// The model-dependent checks of the run config, and the shapes the loop uses.
+static int setup_model(Trainer *tr, Err *e) {
+    const RunConfig *rc = &tr->rc;
+    Ldm *m = tr->m;
+    if (m->cfg.parameterization != LDM_PARAM_EPS)
+        return err_set(e, ERR_UNSUPPORTED, "%s: a %s-parameterized model: fine-tuning supports eps models only",
+                       rc->model.ldm_config, ldm_parameterization_name(m->cfg.parameterization));
+    if (rc->train.sample_every > 0 && !m->ae)
+        return err_set(e, ERR_VALUE, "run config: train.sample_every: %s has no first stage to decode sample grids "
+                       "with (set it to 0)", rc->model.ldm_config);
+    tr->cond = ldm_is_class_conditional(m);
+    if (tr->cond) {
+        int n = ldm_n_classes(m);
+        tr->uncond_label = rc->model.uncond_label < 0 ? ldm_uncond_label(m) : rc->model.uncond_label;
+        if (tr->uncond_label >= n)
+            return err_set(e, ERR_VALUE, "run config: model.uncond_label: expected 0..%d (the model has %d labels), "
+                           "found %d", n - 1, n, tr->uncond_label);
+        if (n < 2)
+            return err_set(e, ERR_VALUE, "%s: %d class label(s): no class is left beside the unconditional one",
+                           rc->model.ldm_config, n);
+        tr->n_real = n - 1;
+    }
+    ldm_latent_shape(m, &tr->C, &tr->H, &tr->W);
+    tr->per = (size_t)tr->C * tr->H * tr->W;
+    tr->B = rc->train.batch;
+    if (ddim_timesteps(m->T, rc->train.steps, NULL, 0) < 1)
+        return err_set(e, ERR_VALUE, "run config: train.steps: %d DDIM steps do not fit the model's %d timesteps",
+                       rc->train.steps, m->T);
+    if (ddim_schedule_init(&tr->ddim, m->alphas_cumprod, m->T, rc->train.steps, rc->train.eta, e)) return e->code;
+    tr->S = tr->ddim.n;
+    // both halves when guidance or a per-branch loss needs them; the reference's guided
+    // loss at scale 1 is one conditional call
+    tr->pair = tr->cond && (rc->train.scale != 1.0 || rc->train.loss_branches != RC_BRANCHES_GUIDED);
+    tr->loss = (DistillLoss){rc->train.loss_branches, rc->train.loss_reduction, (float)rc->train.scale, !tr->pair};
+    return 0;
+}
+
+// AdamW slots in the gradient block's order, three groups per trainable layer (see trainer.h).
+static int setup_optimizer(Trainer *tr, Err *e) {
+    QModel *q = &tr->q;
+    int nt = qmodel_trainable(q, NULL);
+    QTrainable *ts = calloc((size_t)(nt > 0 ? nt : 1), sizeof *ts);
+    int *tl_of = calloc((size_t)(q->n_q > 0 ? q->n_q : 1), sizeof *tl_of);
+    if (!ts || !tl_of) {
+        free(ts);
+        free(tl_of);
+        return err_set(e, ERR_NOMEM, "out of memory for the optimizer's slot table");
+    }
+    qmodel_trainable(q, ts);
+    tr->n_tl = 0;
+    for (int i = 0; i < q->n_q; i++) tl_of[i] = q->q[i].special ? -1 : tr->n_tl++;
+    int rc = 0;
+    tr->lr_lora = calloc((size_t)(tr->n_tl ? tr->n_tl : 1), sizeof(double));
+    tr->base_lr = calloc((size_t)(tr->n_tl > 0 ? 3 * tr->n_tl : 1), sizeof(double));
+    if (!tr->lr_lora || !tr->base_lr) {
+        rc = err_set(e, ERR_NOMEM, "out of memory for the learning rates");
+        goto done;
+    }
+    if ((rc = adamw_init(&tr->opt, q->n_grads, 3 * tr->n_tl, e))) goto done;
+    const RcOptimizer *o = &tr->rc.train.optimizer;
+    for (int g = 0; g < 3 * tr->n_tl; g++) adamw_group(&tr->opt, g, 0.0, o->beta1, o->beta2, o->eps, o->weight_decay);
+    int single = o->delta_w_update == RC_DW_SINGLE;
+    for (int i = 0; i < nt; i++) {
+        const QTrainable *s = &ts[i];
+        if (s->grad_off != tr->opt.used) {
+            rc = err_set(e, ERR_INTERNAL, "trainable tensor '%s' at gradient offset %zu, expected %zu", s->name,
+                         s->grad_off, tr->opt.used);
+            goto done;
+        }
+        int tl = tl_of[s->layer];
+        int g = 3 * tl + (s->group == QMODEL_GROUP_LORA ? 0 : s->group == QMODEL_GROUP_ACT ? 2 : 1);
+        if (single && s->group == QMODEL_GROUP_W_DELTA_BASE) {
+            // one slot of the summed gradient: the base path's gradient region stays unused
+            // (zero), its moments with it; the tensor's grad is pointed at the quantizer
+            // path's below, so backward adds both paths into one buffer
+            tr->opt.used += s->t->n;
+            continue;
+        }
+        size_t off;
+        if ((rc = adamw_add_slot(&tr->opt, g, s->t->data, s->t->n, &off, e))) goto done;
+    }
+    if (tr->opt.used != q->n_grads) {
+        rc = err_set(e, ERR_INTERNAL, "optimizer slots cover %zu of %zu gradient floats", tr->opt.used, q->n_grads);
+        goto done;
+    }
+    tr->opt.total_steps = 0;  // the trainer applies the schedule to each group's rate (schedule.h)
+    qmodel_bind_grads(q, tr->opt.grad);
+    if (single) {
+        Tensor *wq = NULL;
+        for (int i = 0; i < nt; i++) {
+            if (ts[i].group == QMODEL_GROUP_W_DELTA_Q) wq = ts[i].t;
+            if (ts[i].group == QMODEL_GROUP_W_DELTA_BASE) ts[i].t->grad = wq->grad;
+        }
+    }
+done:
+    free(ts);
+    free(tl_of);
+    return rc;
+}
+
+// The LoRA rates of a run that starts now (scale-aware LoRA optimization).
+static void compute_lora_lrs(Trainer *tr) {
+    for (int i = 0, tl = 0; i < tr->q.n_q; i++)
+        if (!tr->q.q[i].special) tr->lr_lora[tl++] = qmodel_lora_lr(&tr->q, i, tr->rc.train.optimizer.lr_lora_divisor);
+}
+
+static int alloc_buffers(Trainer *tr, Err *e) {
+    size_t n = (size_t)tr->B * tr->per;
+    tr->x = zalloc(n, sizeof(float));
+    tr->noise = zalloc(n, sizeof(float));
+    tr->eps_g = zalloc(n, sizeof(float));
+    tr->xin = zalloc(2 * n, sizeof(float));
+    tr->tin = zalloc(2 * (size_t)tr->B, sizeof(float));
+    tr->yin = zalloc(2 * (size_t)tr->B, sizeof(int));
+    tr->labels = zalloc((size_t)tr->B, sizeof(int));
+    tr->stepw_mean = zalloc((size_t)tr->S, sizeof(double));
+    tr->stepw_count = zalloc((size_t)tr->S, sizeof(int64_t));
+    if (!tr->x || !tr->noise || !tr->eps_g || !tr->xin || !tr->tin || !tr->yin || !tr->labels || !tr->stepw_mean ||
+        !tr->stepw_count)
+        return err_set(e, ERR_NOMEM, "out of memory for the trajectory buffers (batch %d)", tr->B);
+    return 0;
+}
+
+int trainer_open(Trainer **out, const RunConfig *rc, const char *run_dir, Err *e) {
+    *out = NULL;
+    Trainer *tr = calloc(1, sizeof *tr);
+    if (!tr) return err_set(e, ERR_NOMEM, "out of memory");
+    tr->rc = *rc;
+    snprintf(tr->dir, sizeof tr->dir, "%s", run_dir);
+    tr->last_loss = NAN;
+    tr->best_epoch = -1;
+    int rc_code;
+    LdmLoadOpts lo = {.ema = ema_mode(rc->model.ema),
+                      .parts = LDM_PART_UNET | LDM_PART_COND_STAGE | (rc->train.sample_every > 0 ? LDM_PART_FIRST_STAGE : 0)};
+    if ((rc_code = ldm_load(&tr->m, rc->model.ldm_config, rc->model.ckpt, &lo, e))) goto fail;
+    if ((rc_code = setup_model(tr, e))) goto fail;
+
+    QModelConfig qc;
+    if ((rc_code = qmodel_config_from_run(&qc, rc, e))) goto fail;
+    Rng init_rng;  // LoRA A's initial draw; the state file then overwrites every trainable value
+    rng_seed(&init_rng, (uint64_t)rc->calib.seed, 1);
+    if ((rc_code = qmodel_init(&tr->q, tr->m->unet, &qc, tr->m->T, &init_rng, e))) goto fail;
+    tr->q_ready = 1;
+    if (tr->q.train_sched.n != tr->S) {
+        rc_code = err_set(e, ERR_INTERNAL, "the student has %d TALSQ entries for %d training steps", tr->q.train_sched.n,
+                          tr->S);
+        goto fail;
+    }
+    if ((rc_code = setup_optimizer(tr, e))) goto fail;
+    if ((rc_code = alloc_buffers(tr, e))) goto fail;
+    rng_seed(&tr->rng, (uint64_t)rc->train.seed, 0);
+    if ((rc_code = run_state_load(tr, e))) goto fail;
+    if (!tr->resumed) compute_lora_lrs(tr);
+    for (int tl = 0; tl < tr->n_tl; tl++) {
+        tr->base_lr[3 * tl] = tr->lr_lora[tl];
+        tr->base_lr[3 * tl + 1] = rc->train.optimizer.lr_w_delta;
+        tr->base_lr[3 * tl + 2] = rc->train.optimizer.lr_act;
+    }
+    if ((rc_code = ctx_init(&tr->ctx, (size_t)rc->run.arena_mb << 20, e))) goto fail;
+    tr->ctx_ready = 1;
+    if ((rc_code = trainer_load_val(tr, e))) goto fail;
+    *out = tr;
+    return 0;
+fail:
+    trainer_free(tr);
+    return rc_code;
+}
+
+void trainer_free(Trainer *tr) {
+    if (!tr) return;
+    run_log_close(&tr->log, NULL);
+    if (tr->q_ready) qmodel_free(&tr->q);
+    adamw_free(&tr->opt);
+    if (tr->ctx_ready) ctx_free(&tr->ctx);
+    ddim_schedule_free(&tr->ddim);
+    ldm_free(tr->m);
+    free(tr->lr_lora);
+    free(tr->base_lr);
+    free(tr->x);
+    free(tr->noise);
+    free(tr->eps_g);
+    free(tr->xin);
+    free(tr->tin);
+    free(tr->yin);
+    free(tr->labels);
+    free(tr->stepw_mean);
+    free(tr->stepw_count);
+    free(tr->val_x);
+    free(tr->val_t);
+    free(tr->val_y);
+    free(tr);
+}
+
+void trainer_position(const Trainer *tr, int *epoch, int *step) {
+    *epoch = tr->epoch;
+    *step = tr->step;
+}
+int trainer_steps_per_epoch(const Trainer *tr) { return tr->S; }
+int trainer_saved_threads(const Trainer *tr) { return tr->resumed ? tr->saved_threads : 0; }
+int trainer_resumed(const Trainer *tr) { return tr->resumed; }
+Ldm *trainer_ldm(Trainer *tr) { return tr->m; }
+QModel *trainer_qmodel(Trainer *tr) { return &tr->q; }
+double trainer_lora_lr(const Trainer *tr, int i) { return i >= 0 && i < tr->n_tl ? tr->lr_lora[i] : -1.0; }
+
+/* ---- the loop ------------------------------------------------------------------------ */
+
+static void note(const TrainerHooks *h, const char *fmt, const char *arg) {
+    if (!h || !h->on_note) return;
+    char msg[TRAINER_PATH_MAX + 128];
+    snprintf(msg, sizeof msg, fmt, arg);
+    h->on_note(msg, h->user);
+}
+
+static int stopping(const TrainerHooks *h) { return h && h->stop && *h->stop; }
+
+static int save(Trainer *tr, const TrainerHooks *h, Err *e) {
+    if (run_state_save(tr, e)) return e->code;
+    char path[TRAINER_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/state.safetensors", tr->dir);
+    note(h, "checkpoint %s", path);
+    return 0;
+}
+
+// Validation of the current student as epoch `epoch` (-1: the starting model): logged, best
+// record updated, best.safetensors written when it improves under select_epoch best_val.
+static int validate_epoch(Trainer *tr, int epoch, const TrainerHooks *h, Err *e) {
+    double t0 = now_seconds(), v;
+    int rc = trainer_validate(tr, h ? h->stop : NULL, &v, e);
+    if (rc) return rc;
+    double dt = now_seconds() - t0;
+    if (!tr->has_best || v < tr->best_val) {
+        tr->has_best = 1;
+        tr->best_epoch = epoch;
+        tr->best_val = v;
+        if (tr->rc.train.select_epoch == RC_SELECT_BEST_VAL && (rc = run_state_save_best(tr, e))) return rc;
+    }
+    if ((rc = run_log_val(&tr->log, epoch, tr->S, v, dt, e))) return rc;
+    if (h && h->on_val) {
+        TrainerVal tv = {epoch, v, tr->best_epoch, tr->best_val, dt};
+        h->on_val(&tv, h->user);
+    }
+    return 0;
+}
+
+// Stop requested: save the position reached and report it.
+static int interrupted(Trainer *tr, const TrainerHooks *h, Err *e) {
+    int rc = save(tr, h, e);
+    if (rc) return rc;
+    return err_set(e, ERR_INTERRUPTED, "stopped in epoch %d/%d after %d of its %d steps; the run is saved in %s "
+                   "(continue with --resume)", tr->epoch + 1, tr->rc.train.epochs, tr->step, tr->S, tr->dir);
+}
+
+static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err *e) {
+    const RcTrain *T = &tr->rc.train;
+    int rc;
+    if (T->val_every > 0 && !tr->init_val_done && tr->epoch == 0 && tr->step == 0 && T->epochs > 0) {
+        rc = validate_epoch(tr, -1, h, e);
+        if (rc == ERR_INTERRUPTED) return interrupted(tr, h, e);
+        if (rc) return rc;
+        tr->init_val_done = 1;
+    }
+    while (tr->epoch < T->epochs) {
+        if (tr->step < tr->S) {
+            if (tr->step == 0 && !tr->drawn) {
+                trainer_begin_epoch(tr);
+                tr->drawn = 1;
+            }
+            double t0 = now_seconds(), lr = 0;
+            float loss;
+            Rng rng_before = tr->rng;
+            rc = trainer_step(tr, &loss, &lr, e);
+            if (rc == ERR_NAN) {
+                // nothing of the step was applied: save the state of its start and stop
+                tr->rng = rng_before;
+                Err se = {0};
+                if (run_state_save(tr, &se)) {
+                    Err nan = *e;
+                    memset(e, 0, sizeof *e);
+                    return err_set(e, ERR_NAN, "%s; saving the last good state failed too: %s", nan.msg, se.msg);
+                }
+                return err_prefix(e, "training stopped (%s/state.safetensors holds the state before this step)",
+                                  tr->dir);
+            }
+            if (rc) return rc;
+            double dt = now_seconds() - t0;
+            tr->seconds += dt;
+            sum->seconds += dt;
+            sum->steps_run++;
+            sum->final_loss = loss;
+            if ((rc = run_log_step(&tr->log, tr->epoch, tr->step - 1, loss, lr, dt, e))) return rc;
+            if (h && h->on_step) {
+                TrainerStep s = {tr->epoch, tr->step - 1, T->epochs, tr->S, tr->opt.step,
+                                 (int64_t)T->epochs * tr->S, loss, lr, dt};
+                h->on_step(&s, h->user);
+            }
+            if (stopping(h)) return interrupted(tr, h, e);
+            continue;
+        }
+        // epoch end
+        int done = tr->epoch + 1, last = done == T->epochs;
+        if (T->val_every > 0 && (done % T->val_every == 0 || last)) {
+            rc = validate_epoch(tr, tr->epoch, h, e);
+            if (rc == ERR_INTERRUPTED) return interrupted(tr, h, e);
+            if (rc) return rc;
+        }
+        if (T->sample_every > 0 && done % T->sample_every == 0) {
+            char path[TRAINER_PATH_MAX + 64];
+            rc = trainer_sample_grid(tr, tr->epoch, h ? h->stop : NULL, path, sizeof path, e);
+            if (rc == ERR_INTERRUPTED) return interrupted(tr, h, e);
+            if (rc) return rc;
+            note(h, "samples %s", path);
+        }
+        tr->epoch++;
+        tr->step = 0;
+        tr->drawn = 0;
+        int saved = 0;
+        if ((T->checkpoint_every > 0 && tr->epoch % T->checkpoint_every == 0) || tr->epoch == T->epochs) {
+            if ((rc = save(tr, h, e))) return rc;
+            saved = 1;
+        }
+        if (stopping(h) && tr->epoch < T->epochs) {
+            if (!saved && (rc = save(tr, h, e))) return rc;
+            return err_set(e, ERR_INTERRUPTED, "stopped after epoch %d/%d; the run is saved in %s (continue with "
+                           "--resume)", tr->epoch, T->epochs, tr->dir);
+        }
+    }
+    return 0;
+}
+
+int trainer_run(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err *e) {
+    TrainerSummary local;
+    if (!sum) sum = &local;
+    memset(sum, 0, sizeof *sum);
+    sum->start_epoch = tr->epoch;
+    sum->start_step = tr->step;
+    sum->final_loss = NAN;
+    char path[TRAINER_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/log.csv", tr->dir);
+    // a fresh start keeps no row (a failed earlier attempt may have left some)
+    int fresh = !tr->resumed && !tr->ran;
+    tr->ran = 1;
+    int rc = run_log_open(&tr->log, path, fresh ? -1 : tr->epoch, fresh ? 0 : tr->step, e);
+    if (!rc) rc = run_loop(tr, h, sum, e);
+    Err ce = {0};
+    if (run_log_close(&tr->log, &ce) && !rc) rc = err_set(e, ce.code, "%s", ce.msg);
+    sum->epoch = tr->epoch;
+    sum->step = tr->step;
+    sum->epochs = tr->rc.train.epochs;
+    sum->steps = tr->S;
+    sum->total_seconds = tr->seconds;
+    sum->has_best = tr->has_best;
+    sum->best_epoch = tr->best_epoch;
+    sum->best_val = tr->best_val;
+    return rc;
+}

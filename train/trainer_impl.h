@@ -1,0 +1,110 @@
+/* trainer_impl.h: the Trainer's state, shared by the files of train/ that implement it
+   (trainer.c: setup and loop; distill_step.c: one optimizer step; run_state.c: checkpoint
+   I/O; validate.c: validation error; train_samples.c: sample grids). Not a public header. */
+#ifndef EFFDM_TRAINER_IMPL_H
+#define EFFDM_TRAINER_IMPL_H
+
+#include <stdint.h>
+
+#include "autograd/tape.h"
+#include "sample/ddim.h"
+#include "train/adamw.h"
+#include "train/distill_loss.h"
+#include "train/run_log.h"
+#include "train/trainer.h"
+#include "util/rng.h"
+
+#define TRAINER_PATH_MAX 4096
+
+struct Trainer {
+    RunConfig rc;
+    char dir[TRAINER_PATH_MAX];
+    Ldm *m;
+    QModel q;
+    int q_ready;                // q was initialised (qmodel_free needed)
+    AdamW opt;
+    Ctx ctx;
+    int ctx_ready;
+    DdimSchedule ddim;          // the training trajectory's schedule (train.steps, train.eta)
+    DistillLoss loss;
+
+    // shapes
+    int S;                      // steps per epoch (ddim.n)
+    int B;                      // trajectories per epoch (train.batch)
+    int C, H, W;
+    size_t per;                 // C * H * W
+    int cond;                   // class-conditional model
+    int pair;                   // 1: the UNet batch is [∅ | c] (2B rows); 0: B rows (single branch)
+    int uncond_label;
+    int n_real;                 // labels drawn: [0, n_real + 1) without uncond_label
+
+    // optimizer groups: per trainable layer 3 groups (LoRA, Δ_w, activations)
+    int n_tl;                   // trainable layers
+    double *lr_lora;            // [n_tl], computed once when fine-tuning starts
+    double *base_lr;            // [3 n_tl]
+
+    // position and run state (saved in state.safetensors)
+    int epoch, step;            // next step; step == S: epoch-end work pending
+    int drawn;                  // the epoch's labels and x_T are drawn (x holds x_t of `step`)
+    Rng rng;
+    float *x;                   // (B, C, H, W) the trajectory's current x_t
+    int *labels;                // (B)
+    double *stepw_mean;         // [S] running mean of each step index's raw loss over epochs
+    int64_t *stepw_count;       // [S]
+    int has_best, best_epoch;
+    double best_val;
+    int init_val_done;          // the starting model's validation (epoch -1) is logged
+    double seconds;             // training seconds over the whole run
+    float last_loss;
+    int resumed;                // the opened state was a run in progress
+    int saved_threads;          // effdm.threads of the opened state (0: not recorded)
+    int ran;                    // trainer_run was called before (the log holds this run's rows)
+
+    // per-step buffers (allocated once, before the loop)
+    float *noise;               // (B, C, H, W)
+    float *xin;                 // (2B, C, H, W): [x_t | x_t] or x_t
+    float *tin;                 // (2B) timesteps
+    int *yin;                   // (2B) [∅ | y] or y
+    float *eps_p;               // (2B, C, H, W) teacher output
+    float *eps_g;               // (B, C, H, W) teacher guided ε (drives the trajectory)
+
+    // validation inputs (held-out calibration inputs)
+    int n_val;
+    float *val_x;               // (n_val, C, H, W)
+    float *val_t;               // (n_val)
+    int *val_y;                 // (n_val) or NULL (unconditional)
+
+    RunLog log;
+};
+
+/* distill_step.c */
+// Draws the epoch's labels and x_T from the run's RNG.
+void trainer_begin_epoch(Trainer *tr);
+// One optimizer step at tr->step of tr->epoch (see trainer.h); advances x_t and the RNG.
+// *loss receives the raw loss. 0, ERR_NAN (nothing updated: the state is that of the start
+// of the step), or the op's error (c->err).
+int trainer_step(Trainer *tr, float *loss, double *lr, Err *e);
+// Current schedule factor (train/schedule.h) at the optimizer's step count.
+double trainer_lr_factor(const Trainer *tr);
+
+/* run_state.c */
+// Writes state.safetensors (and nothing else) atomically. 0 or ERR_IO / ERR_NOMEM.
+int run_state_save(Trainer *tr, Err *e);
+// Writes best.safetensors (the student state and the best record). 0 or an ERR_ code.
+int run_state_save_best(Trainer *tr, Err *e);
+// Reads state.safetensors into tr (the student; with train.* tensors the run position,
+// optimizer, RNG...; sets tr->resumed). The AdamW slots must be registered. 0 or an ERR_ code.
+int run_state_load(Trainer *tr, Err *e);
+
+/* validate.c */
+// Reads the held-out validation inputs from calib.safetensors (train.val_inputs of them).
+int trainer_load_val(Trainer *tr, Err *e);
+// Mean squared ε error of the student vs the teacher over the validation inputs.
+// ERR_INTERRUPTED when the stop flag rose in between (nothing changed). 0 or an ERR_ code.
+int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e);
+
+/* train_samples.c */
+// samples/epoch_NNN.png of the student (sample.* keys). 0 or an ERR_ code.
+int trainer_sample_grid(Trainer *tr, int epoch, volatile sig_atomic_t *stop, char *path, size_t path_size, Err *e);
+
+#endif

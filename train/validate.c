@@ -1,0 +1,110 @@
+/* validate.c: the validation error of a run (DESIGN.md "Formats": student vs teacher ε on a
+   fixed set of held-out calibration inputs, to choose epochs and catch divergence).
+
+   The inputs: calib.safetensors' recorded teacher UNet inputs minus those the activation
+   initialisation used; of the M left, train.val_inputs evenly spaced ones (k M / V for
+   k < V, so every part of the trajectories is represented), the same for the whole run.
+   The error: Σ (ε_Q - ε_P)^2 / (V · C · H · W), a mean squared error per element, each
+   input at the TALSQ entry of its own timestep, summed in double in input order. Inputs
+   that share a timestep run as one batch. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/calib_inputs.h"
+#include "train/trainer_impl.h"
+
+int trainer_load_val(Trainer *tr, Err *e) {
+    int V = tr->rc.train.val_inputs;
+    if (tr->rc.train.val_every <= 0 || V <= 0) return 0;
+    char path[TRAINER_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/calib.safetensors", tr->dir);
+    CalibInputs ci;
+    int rc = calib_inputs_read(&ci, path, tr->C, tr->H, tr->W, tr->cond, e);
+    if (rc) return rc;
+    int M = ci.n - ci.n_used;
+    if (M < V) {
+        rc = err_set(e, ERR_VALUE, "run config: train.val_inputs: %d held-out inputs wanted, %s has %d beside the %d "
+                     "the activation initialisation used", V, path, M, ci.n_used);
+        goto done;
+    }
+    int *held = malloc((size_t)M * sizeof(int));
+    char *used = calloc((size_t)ci.n, 1);
+    tr->val_x = malloc((size_t)V * tr->per * sizeof(float));
+    tr->val_t = malloc((size_t)V * sizeof(float));
+    tr->val_y = tr->cond ? malloc((size_t)V * sizeof(int)) : NULL;
+    if (!held || !used || !tr->val_x || !tr->val_t || (tr->cond && !tr->val_y)) {
+        free(held);
+        free(used);
+        rc = err_set(e, ERR_NOMEM, "out of memory for %d validation inputs", V);
+        goto done;
+    }
+    for (int i = 0; i < ci.n_used; i++) used[ci.used[i]] = 1;
+    for (int i = 0, k = 0; i < ci.n; i++)
+        if (!used[i]) held[k++] = i;
+    // evenly spaced, then ordered by timestep (stable) so equal timesteps form one batch
+    int *sel = malloc((size_t)V * sizeof(int));
+    if (!sel) {
+        free(held);
+        free(used);
+        rc = err_set(e, ERR_NOMEM, "out of memory for %d validation inputs", V);
+        goto done;
+    }
+    for (int k = 0; k < V; k++) sel[k] = held[(size_t)k * (size_t)M / (size_t)V];
+    for (int a = 1; a < V; a++) {  // insertion sort: V is small
+        int v = sel[a], b = a - 1;
+        while (b >= 0 && ci.t[sel[b]] > ci.t[v]) {
+            sel[b + 1] = sel[b];
+            b--;
+        }
+        sel[b + 1] = v;
+    }
+    for (int k = 0; k < V; k++) {
+        memcpy(tr->val_x + (size_t)k * tr->per, ci.x + (size_t)sel[k] * tr->per, tr->per * sizeof(float));
+        tr->val_t[k] = ci.t[sel[k]];
+        if (tr->cond) tr->val_y[k] = ci.y[sel[k]];
+    }
+    tr->n_val = V;
+    free(sel);
+    free(held);
+    free(used);
+done:
+    calib_inputs_free(&ci);
+    return rc;
+}
+
+int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e) {
+    Ctx *c = &tr->ctx;
+    double sum = 0;
+    int prev = ctx_set_grad(c, 0);
+    int rc = 0;
+    for (int k = 0; k < tr->n_val && !rc;) {
+        int n = 1;
+        while (k + n < tr->n_val && tr->val_t[k + n] == tr->val_t[k] && n < 2 * tr->B) n++;
+        if (stop && *stop) {
+            rc = ERR_INTERRUPTED;
+            err_set(e, rc, "stopped during validation");
+            break;
+        }
+        ctx_reset(c);
+        const int shape[4] = {n, tr->C, tr->H, tr->W};
+        const int *y = tr->cond ? tr->val_y + k : NULL;
+        qmodel_enable(&tr->q, 0);
+        Tensor *p = ldm_apply_model(c, tr->m, tensor_from(c, tr->val_x + (size_t)k * tr->per, 4, shape), tr->val_t + k, y);
+        qmodel_enable(&tr->q, 1);
+        qmodel_set_timestep(&tr->q, (int)tr->val_t[k]);
+        Tensor *q = ldm_apply_model(c, tr->m, tensor_from(c, tr->val_x + (size_t)k * tr->per, 4, shape), tr->val_t + k, y);
+        if (!p || !q) {
+            rc = err_set(e, c->err.code ? c->err.code : ERR_INTERNAL, "validation: %s", c->err.msg);
+            break;
+        }
+        for (size_t i = 0; i < q->n; i++) {
+            double d = (double)q->data[i] - (double)p->data[i];
+            sum += d * d;
+        }
+        k += n;
+    }
+    ctx_reset(c);
+    ctx_set_grad(c, prev);
+    if (!rc) *err_out = tr->n_val ? sum / ((double)tr->n_val * (double)tr->per) : 0.0;
+    return rc;
+}
