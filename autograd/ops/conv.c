@@ -4,9 +4,9 @@
    K = Cin kh kw; y (N, Cout, Ho, Wo); P = Ho Wo output positions per image.
 
    col (K, G P) holds the patches of G images side by side: row r = (ci, ki, kj) in w's
-   column order, image g in columns [g P, (g+1) P). G is the largest count whose col fits
-   in CONV_COL_BUDGET (fewer, larger im2col loops: each hand-over between OpenMP and
-   OpenBLAS threads costs time). Then either
+   column order, image g in columns [g P, (g+1) P). The batch is split into the fewest
+   equal groups whose col fits in CONV_COL_BUDGET (fewer, larger im2col loops: each
+   hand-over between OpenMP and OpenBLAS threads costs time). Then either
    - per image: one GEMM per image reads its columns of col (leading dimension G P) and
      writes its output in place, when P >= CONV_GEMM_MIN_COLS; or
    - per group: one GEMM for the whole group into a (M, G P) staging block, then copied
@@ -20,8 +20,8 @@
    size of x; memory matters more): dw += dY col^T. For dx, a stride-1 convolution's input
    gradient is itself a stride-1 convolution: of dY, padded by k - 1 - pad, with w flipped
    in both spatial axes and its channel axes swapped, so it runs as the forward does (one
-   GEMM with inner dimension Cout kh kw, no scatter). Strided convolutions take the
-   adjoint route: dcol = w^T dY, then col2im adds dcol into dx. */
+   GEMM with inner dimension Cout kh kw, no scatter). Strided convolutions (and padding
+   >= kernel size) take the adjoint route: dcol = w^T dY, then col2im adds dcol into dx. */
 #include <limits.h>
 #include <string.h>
 
