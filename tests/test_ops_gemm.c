@@ -22,19 +22,6 @@ static const double TOL_GRAD_BILINEAR = 1e-4;
 static const double EPS_ATTN = 1e-2;
 static const double TOL_GRAD_ATTN = 2e-3;
 
-static Ctx *ctx_new(size_t bytes) {
-    Ctx *c = malloc(sizeof *c);
-    Err e = {0};
-    assert_non_null(c);
-    assert_int_equal(ctx_init(c, bytes, &e), 0);
-    return c;
-}
-
-static void ctx_delete(Ctx *c) {
-    ctx_free(c);
-    free(c);
-}
-
 static float *falloc(size_t n) {
     float *p = calloc(n ? n : 1, sizeof(float));
     assert_non_null(p);
@@ -141,7 +128,7 @@ static void check_conv_case(const ConvCase *k, int do_gradcheck) {
     Tensor *x = test_param_new(4, (int[]){k->N, k->Cin, k->H, k->W}, 1, &r, 1.0f);
     Tensor *w = test_param_new(4, (int[]){k->Cout, k->Cin, k->kh, k->kw}, 1, &r, 0.5f);
     Tensor *b = k->bias ? test_param_new(1, (int[]){k->Cout}, 1, &r, 1.0f) : NULL;
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     Tensor *in[3] = {x, w, b};
     Tensor *y = f_conv(c, in, (void *)k);
     assert_non_null(y);
@@ -167,7 +154,7 @@ static void check_conv_case(const ConvCase *k, int do_gradcheck) {
     free(dx);
     free(dw);
     free(db);
-    ctx_delete(c);
+    test_ctx_delete(c);
     test_param_free(x);
     test_param_free(w);
     test_param_free(b);
@@ -224,7 +211,7 @@ static void test_matmul(void **state) {
                 Tensor *a = test_param_new(4, ashape, 1, &r, 1.0f);
                 Tensor *b = shared ? test_param_new(2, bshape + 2, 1, &r, 1.0f)
                                    : test_param_new(4, bshape, 1, &r, 1.0f);
-                Ctx *c = ctx_new((size_t)1 << 26);
+                Ctx *c = test_ctx_new((size_t)1 << 26);
                 MatmulArgs args = {ta, tb};
                 Tensor *in[2] = {a, b};
                 Tensor *y = f_matmul(c, in, &args);
@@ -239,7 +226,7 @@ static void test_matmul(void **state) {
                 assert_rel_l2(y->data, ref, y->n, TOL_FORWARD);
                 gradcheck(f_matmul, in, 2, &args, (GradcheckOpts){.eps = EPS_BILINEAR, .tol = TOL_GRAD_BILINEAR});
                 free(ref);
-                ctx_delete(c);
+                test_ctx_delete(c);
                 test_param_free(a);
                 test_param_free(b);
             }
@@ -248,7 +235,7 @@ static void test_matmul(void **state) {
     // plain 2-D x 2-D, and mismatched shapes report ERR_SHAPE
     Tensor *a = test_param_new(2, (int[]){3, 7}, 1, &r, 1.0f);
     Tensor *b = test_param_new(2, (int[]){7, 2}, 1, &r, 1.0f);
-    Ctx *c = ctx_new((size_t)1 << 24);
+    Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *y = t_matmul(c, a, b, 0, 0);
     float ref[6];
     matmul_ref(ref, a->data, b->data, 3, 2, 7, 0, 0);
@@ -256,7 +243,7 @@ static void test_matmul(void **state) {
     assert_null(t_matmul(c, a, b, 1, 0));
     assert_int_equal(c->err.code, ERR_SHAPE);
     assert_non_null(strstr(c->err.msg, "matmul"));
-    ctx_delete(c);
+    test_ctx_delete(c);
     test_param_free(a);
     test_param_free(b);
 }
@@ -272,7 +259,7 @@ static void check_linear(int ndim, const int *xshape, int nout, int bias, int do
     Tensor *w = test_param_new(2, (int[]){nout, nin}, 1, &r, 0.5f);
     Tensor *b = bias ? test_param_new(1, (int[]){nout}, 1, &r, 1.0f) : NULL;
     size_t rows = x->n / (size_t)nin;
-    Ctx *c = ctx_new((size_t)1 << 28);
+    Ctx *c = test_ctx_new((size_t)1 << 28);
     Tensor *in[3] = {x, w, b};
     Tensor *y = f_linear(c, in, NULL);
     assert_non_null(y);
@@ -305,7 +292,7 @@ static void check_linear(int ndim, const int *xshape, int nout, int bias, int do
     free(dx);
     free(dw);
     free(db);
-    ctx_delete(c);
+    test_ctx_delete(c);
     test_param_free(x);
     test_param_free(w);
     test_param_free(b);
@@ -459,7 +446,7 @@ static void test_attention_op(void **state) {
         rng_seed(&r, 51, ci);
         AttnData t;
         attn_data_init(&t, a, &r);
-        Ctx *c = ctx_new((size_t)1 << 28);
+        Ctx *c = test_ctx_new((size_t)1 << 28);
         AttnArgs args = {a->H, a->scale};
         Tensor *in[3] = {t.q, t.k, t.v};
         Tensor *y = f_attention(c, in, &args);
@@ -475,7 +462,7 @@ static void test_attention_op(void **state) {
         if (a->gradcheck)
             gradcheck(f_attention, in, 3, &args,
                       (GradcheckOpts){.eps = EPS_ATTN, .tol = TOL_GRAD_ATTN, .max_elems = 300});
-        ctx_delete(c);
+        test_ctx_delete(c);
         attn_data_free(&t);
     }
 }
@@ -484,7 +471,7 @@ static void test_attention_op(void **state) {
 static void test_attention_nan(void **state) {
     Rng r;
     rng_seed(&r, 57, 0);
-    Ctx *c = ctx_new((size_t)1 << 24);
+    Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *q = tensor_new3(c, 1, 3, 8), *k = tensor_new3(c, 1, 5, 8), *v = tensor_new3(c, 1, 5, 8);
     rng_normal_fill(&r, q->data, q->n);
     rng_normal_fill(&r, k->data, k->n);
@@ -497,7 +484,7 @@ static void test_attention_nan(void **state) {
             int poisoned = t == 1 && j < 4;
             assert_int_equal(isnan(y->data[t * 8 + j]) != 0, poisoned);
         }
-    ctx_delete(c);
+    test_ctx_delete(c);
 }
 
 /* ---- determinism and frozen weights --------------------------------------------- */
@@ -508,7 +495,7 @@ typedef struct {
 
 // One forward + backward of f over inputs, copied out; grads zeroed first when zero.
 static RunResult run_once(GradcheckFn f, Tensor *const *in, int n_in, void *u, const float *dout, int zero) {
-    Ctx *c = ctx_new((size_t)1 << 30);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     for (int i = 0; i < n_in; i++)
         if (zero && in[i] && in[i]->grad) memset(in[i]->grad, 0, in[i]->n * sizeof(float));
     Tensor *y = f(c, in, u);
@@ -521,7 +508,7 @@ static RunResult run_once(GradcheckFn f, Tensor *const *in, int n_in, void *u, c
         res.grads[i] = falloc(in[i]->n);
         memcpy(res.grads[i], in[i]->grad, in[i]->n * sizeof(float));
     }
-    ctx_delete(c);
+    test_ctx_delete(c);
     return res;
 }
 
@@ -616,12 +603,12 @@ static void test_frozen_weights(void **state) {
         assert_null(b->grad);
         assert_memory_equal(w->data, wcopy, w->n * sizeof(float));
         x->requires_grad = 0;  // teacher mode: all frozen
-        Ctx *c = ctx_new((size_t)1 << 24);
+        Ctx *c = test_ctx_new((size_t)1 << 24);
         Tensor *y = f_conv(c, in, &k);
         assert_non_null(y);
         assert_int_equal(c->n_nodes, 0);
         assert_false(y->requires_grad);
-        ctx_delete(c);
+        test_ctx_delete(c);
         free(wcopy);
         test_param_free(x);
         test_param_free(w);
@@ -658,7 +645,7 @@ static void test_frozen_weights(void **state) {
 }
 
 static void test_shape_errors(void **state) {
-    Ctx *c = ctx_new((size_t)1 << 24);
+    Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *x = tensor_zeros(c, 4, (int[]){1, 3, 5, 5});
     Tensor *w = tensor_zeros(c, 4, (int[]){2, 4, 3, 3});
     assert_null(t_conv2d(c, x, w, NULL, 1, 1));
@@ -685,7 +672,7 @@ static void test_shape_errors(void **state) {
     assert_null(t_linear(c, x, w, NULL));
     assert_int_equal(c->err.code, ERR_SHAPE);
     assert_null(t_linear(c, NULL, w, NULL));  // NULL propagates
-    ctx_delete(c);
+    test_ctx_delete(c);
 }
 
 int main(void) {
