@@ -253,14 +253,7 @@ static float *run_resample(int threads, size_t *len) {
 }
 
 static void test_resample_determinism(void **state) {
-    size_t n1, n2, n3;
-    float *a = run_resample(2, &n1), *b = run_resample(2, &n2), *one = run_resample(1, &n3);
-    assert_int_equal(n1, n2);
-    assert_int_equal(n1, n3);
-    assert_memory_equal(a, b, n1 * sizeof(float));
-    assert_memory_equal(a, one, n1 * sizeof(float));
-    free(a), free(b), free(one);
-    threads_set(0);
+    assert_thread_deterministic(run_resample);
 }
 
 int main(void) {

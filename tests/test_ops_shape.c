@@ -383,14 +383,7 @@ static float *run_shape_ops(int threads, size_t *len) {
 }
 
 static void test_shape_determinism(void **state) {
-    size_t n1, n2, n3;
-    float *a = run_shape_ops(2, &n1), *b = run_shape_ops(2, &n2), *one = run_shape_ops(1, &n3);
-    assert_int_equal(n1, n2);
-    assert_int_equal(n1, n3);
-    assert_memory_equal(a, b, n1 * sizeof(float));
-    assert_memory_equal(a, one, n1 * sizeof(float));
-    free(a), free(b), free(one);
-    threads_set(0);
+    assert_thread_deterministic(run_shape_ops);
 }
 
 int main(void) {

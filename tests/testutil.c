@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "io/npy.h"
+#include "util/threads.h"
 
 double rel_l2(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
@@ -43,6 +44,19 @@ Ctx *test_ctx_new(size_t bytes) {
 void test_ctx_delete(Ctx *c) {
     ctx_free(c);
     free(c);
+}
+
+void assert_thread_deterministic(float *(*run)(int threads, size_t *len)) {
+    size_t n1, n2, n3;
+    float *a = run(2, &n1), *b = run(2, &n2), *one = run(1, &n3);
+    assert_int_equal(n1, n2);
+    assert_int_equal(n1, n3);
+    assert_memory_equal(a, b, n1 * sizeof(float));
+    assert_memory_equal(a, one, n1 * sizeof(float));
+    free(a);
+    free(b);
+    free(one);
+    threads_set(0);
 }
 
 const char *test_data_path(const char *name) {

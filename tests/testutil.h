@@ -37,6 +37,11 @@ Tensor *test_load_npy(Ctx *c, const char *name);
 Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale);
 void test_param_free(Tensor *t);
 
+// Runs run(2) twice and run(1) once (each returns a malloc'ed buffer of *len floats: the
+// outputs and gradients of a computation) and fails unless all three are bit-identical:
+// same inputs + same threads = same bits, and the thread count does not change the bits.
+void assert_thread_deterministic(float *(*run)(int threads, size_t *len));
+
 // Builds the op's output from inputs; called repeatedly by gradcheck.
 typedef Tensor *(*GradcheckFn)(Ctx *c, Tensor *const *inputs, void *user);
 typedef struct {
