@@ -23,18 +23,9 @@ static const double TOL_FORWARD = 1e-4;
 static char g_dir[64];
 static char g_out[8192], g_err[8192];
 
-static int setup(void **state) {
-    (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/effdm_cli_XXXXXX");
-    return mkdtemp(g_dir) ? 0 : -1;
-}
+static int setup(void **state) { return test_tmpdir_make(g_dir, sizeof g_dir, "cli"); }
 
-static int teardown(void **state) {
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
+static int teardown(void **state) { return test_tmpdir_remove(g_dir); }
 
 static const char *tmp(const char *name) {
     static char buf[4][512];

@@ -25,16 +25,9 @@
 
 static char tmp[256];
 
-static int setup_tmp(void **state) {
-    snprintf(tmp, sizeof tmp, "/tmp/effdm_test_eval_cli_%d", (int)getpid());
-    return mkdir(tmp, 0700);
-}
+static int setup_tmp(void **state) { return test_tmpdir_make(tmp, sizeof tmp, "eval_cli"); }
 
-static int teardown_tmp(void **state) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    return system(cmd) == 0 ? 0 : -1;
-}
+static int teardown_tmp(void **state) { return test_tmpdir_remove(tmp); }
 
 // Runs `effdm <args>` with stderr to tmp/stderr.txt; returns the exit status.
 static int run(const char *args) {

@@ -27,16 +27,9 @@
 
 static char tmpdir[256];
 
-static int setup_tmp(void **state) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/effdm_test_eval_io_%d", (int)getpid());
-    return mkdir(tmpdir, 0700);
-}
+static int setup_tmp(void **state) { return test_tmpdir_make(tmpdir, sizeof tmpdir, "eval_io"); }
 
-static int teardown_tmp(void **state) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
-}
+static int teardown_tmp(void **state) { return test_tmpdir_remove(tmpdir); }
 
 static const char *tmp_path(const char *name) {
     static char buf[512];

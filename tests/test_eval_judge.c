@@ -203,16 +203,9 @@ static void test_judge_accuracy(void **state) {
 
 static char tmpdir[256];
 
-static int setup_tmp(void **state) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/effdm_test_eval_judge_%d", (int)getpid());
-    return mkdir(tmpdir, 0700);
-}
+static int setup_tmp(void **state) { return test_tmpdir_make(tmpdir, sizeof tmpdir, "eval_judge"); }
 
-static int teardown_tmp(void **state) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
-}
+static int teardown_tmp(void **state) { return test_tmpdir_remove(tmpdir); }
 
 // 200 test images written as 32x32 gray PNGs into class folders (as effdm sample writes
 // them), measured against statistics of the same 200 images from the idx file: FID ~ 0

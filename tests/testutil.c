@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,21 @@ void assert_thread_deterministic(float *(*run)(int threads, size_t *len)) {
     free(b);
     free(one);
     threads_set(0);
+}
+
+int test_tmpdir_make(char *dir, size_t cap, const char *tag) {
+    if ((size_t)snprintf(dir, cap, "/tmp/effdm_%s_XXXXXX", tag) >= cap) return -1;
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int tmpdir_remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+int test_tmpdir_remove(const char *dir) {
+    // depth first (children before their folder), not following symbolic links
+    return nftw(dir, tmpdir_remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
 }
 
 const char *test_data_path(const char *name) {

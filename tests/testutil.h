@@ -28,6 +28,12 @@ void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double to
 Ctx *test_ctx_new(size_t bytes);
 void test_ctx_delete(Ctx *c);
 
+// A fresh private directory /tmp/effdm_<tag>_XXXXXX (mkdtemp) written into dir[cap], and
+// its removal with everything in it (no shell). 0 on success, -1 otherwise, as cmocka group
+// setup/teardown functions return.
+int test_tmpdir_make(char *dir, size_t cap, const char *tag);
+int test_tmpdir_remove(const char *dir);
+
 // Path of a file in tests/data (static buffer, valid until the next call).
 const char *test_data_path(const char *name);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
