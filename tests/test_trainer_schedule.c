@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "io/fileio.h"
+#include "train/distill_loss.h"
 #include "train/run_log.h"
 #include "train/schedule.h"
 
@@ -54,6 +55,46 @@ static char *slurp(const char *path) {
     char *s = realloc(buf, n + 1);
     s[n] = 0;
     return s;
+}
+
+
+// distill_ddim_weight against finite differences of ddim_update itself: moving ε by h at
+// position i moves x_prev by c h; the weight is c² over the mean c².
+static void test_ddim_weight_is_the_update_sensitivity(void **state) {
+    (void)state;
+    enum { T = 1000 };
+    static float ac[T];
+    double a = 1.0;
+    for (int i = 0; i < T; i++) {  // the linear-in-sqrt beta schedule of the shipped teacher
+        double sb = sqrt(0.0015) + (sqrt(0.0195) - sqrt(0.0015)) * i / (T - 1);
+        a *= 1.0 - sb * sb;
+        ac[i] = (float)a;
+    }
+    const double etas[2] = {0.0, 1.0};
+    for (int k = 0; k < 2; k++) {
+        DdimSchedule s = {0};
+        Err e = {0};
+        assert_int_equal(ddim_schedule_init(&s, ac, T, 10, etas[k], &e), 0);
+        double c2[16], sum = 0;
+        for (int i = 0; i < s.n; i++) {
+            float x = 0.3f, e0 = -0.2f, h = 1e-2f, e1 = e0 + h, noise = 0.5f, y0, y1;
+            ddim_update(&s, i, &x, &e0, s.sigmas[i] != 0 ? &noise : NULL, &y0, NULL, 1);
+            ddim_update(&s, i, &x, &e1, s.sigmas[i] != 0 ? &noise : NULL, &y1, NULL, 1);
+            double c = ((double)y1 - y0) / h;
+            c2[i] = c * c;
+            sum += c2[i];
+        }
+        for (int i = 0; i < s.n; i++) {
+            double want = c2[i] * s.n / sum, got = distill_ddim_weight(&s, i);
+            assert_true(fabs(got - want) <= 2e-3 * want + 1e-6);
+        }
+        // at eta 0 the noisiest step weighs most, the last (t = 1) least
+        if (etas[k] == 0.0) {
+            assert_true(distill_ddim_weight(&s, s.n - 1) > 2.0);
+            assert_true(distill_ddim_weight(&s, 0) < 0.01);
+        }
+        ddim_schedule_free(&s);
+    }
 }
 
 static void write_text(const char *path, const char *text) {
@@ -123,6 +164,7 @@ int main(void) {
         cmocka_unit_test(test_linear_is_the_reference_lambda),
         cmocka_unit_test(test_warmup_and_other_schedules),
         cmocka_unit_test(test_log_truncates_to_checkpoint),
+        cmocka_unit_test(test_ddim_weight_is_the_update_sensitivity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

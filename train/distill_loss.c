@@ -1,6 +1,8 @@
 /* distill_loss.c: the loss of one distillation step (see distill_loss.h). */
 #include "train/distill_loss.h"
 
+#include <math.h>
+
 void distill_guided(float *out, const float *p, size_t n, float scale) {
     const float *eu = p, *ec = p + n;
     for (size_t i = 0; i < n; i++) out[i] = eu[i] + scale * (ec[i] - eu[i]);
@@ -41,4 +43,19 @@ Tensor *distill_loss(Ctx *c, const DistillLoss *L, Tensor *q, Tensor *p) {
         loss = loss ? t_add(c, loss, lg) : lg;
     }
     return loss;
+}
+
+// c of one position (see distill_loss.h), in double
+static double ddim_coef(const DdimSchedule *s, int i) {
+    double a = s->alphas[i], ap = s->alphas_prev[i], sg = s->sigmas[i];
+    double rest = 1.0 - ap - sg * sg;
+    return sqrt(rest > 0 ? rest : 0) - sqrt(ap) * sqrt(1.0 - a) / sqrt(a);
+}
+
+double distill_ddim_weight(const DdimSchedule *s, int index) {
+    double sum = 0;
+    for (int i = 0; i < s->n; i++) sum += ddim_coef(s, i) * ddim_coef(s, i);
+    if (!(sum > 0)) return 1.0;
+    double c = ddim_coef(s, index);
+    return c * c * s->n / sum;
 }

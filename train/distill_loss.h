@@ -17,6 +17,7 @@
 #define EFFDM_DISTILL_LOSS_H
 
 #include "autograd/ops.h"
+#include "sample/ddim.h"
 #include "train/run_config.h"
 
 typedef struct {
@@ -26,6 +27,13 @@ typedef struct {
     int single;      // 1: q and p hold one branch of B rows (see top)
 } DistillLoss;
 
+// The step weight of DDIM schedule position index (train.step_weighting ddim): an ε error δ
+// at that step moves the next sample x_{t-1} by c·δ with
+//   c = sqrt(1 - ᾱ_prev - σ²) - sqrt(ᾱ_prev) sqrt(1 - ᾱ)/sqrt(ᾱ)
+// (DDIMSampler's update), so the weight is c² over the mean of c² across the schedule's
+// positions (mean weight 1). On the teacher's 20 steps it runs from ~0.25 (t = 51) to ~3.5
+// (t = 951); the final step (t = 1, whose update barely depends on ε) gets ~0.003.
+double distill_ddim_weight(const DdimSchedule *s, int index);
 // ε_g into out[0..n) from p = [ε_u | ε_c] (2n floats): out = ε_u + s (ε_c - ε_u).
 void distill_guided(float *out, const float *p, size_t n, float scale);
 // The loss (shape (1)) of student q against teacher p (same shape: (2B, ...) or, single,

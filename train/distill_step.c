@@ -95,10 +95,12 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     }
 
     // equalize: the step's loss over its running mean of the previous epochs (a constant)
+    // ddim: equalize, then how much the step's ε error moves x_{t-1} (distill_loss.h)
     float w = 1.0f;
-    if (tr->rc.train.step_weighting == RC_STEPW_EQUALIZE && tr->stepw_count[tr->step] > 0 &&
-        tr->stepw_mean[tr->step] > 0)
+    RcStepWeighting sw = tr->rc.train.step_weighting;
+    if (sw != RC_STEPW_NONE && tr->stepw_count[tr->step] > 0 && tr->stepw_mean[tr->step] > 0)
         w = (float)(1.0 / tr->stepw_mean[tr->step]);
+    if (sw == RC_STEPW_DDIM) w *= (float)distill_ddim_weight(&tr->ddim, index);
     if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
     long bad = first_nonfinite(tr->opt.grad, tr->opt.used);
     if (bad >= 0) {

@@ -118,7 +118,7 @@ typedef enum { RC_EMA_AUTO, RC_EMA_ON, RC_EMA_OFF } RcEma;
 typedef enum { RC_INIT_MAX, RC_INIT_MSE } RcInit;
 typedef enum { RC_BRANCHES_GUIDED, RC_BRANCHES_BOTH, RC_BRANCHES_ALL } RcLossBranches;
 typedef enum { RC_REDUCE_SUM, RC_REDUCE_MEAN } RcReduction;
-typedef enum { RC_STEPW_NONE, RC_STEPW_EQUALIZE } RcStepWeighting;
+typedef enum { RC_STEPW_NONE, RC_STEPW_EQUALIZE, RC_STEPW_DDIM } RcStepWeighting;
 typedef enum { RC_SELECT_LAST, RC_SELECT_BEST_VAL } RcSelect;
 typedef enum { RC_SCHED_LINEAR, RC_SCHED_COSINE, RC_SCHED_CONSTANT } RcSchedule;
 typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;

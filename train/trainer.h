@@ -16,7 +16,8 @@
           intermediates are freed by ctx scopes) on [x_t | x_t] with labels [∅ | y];
         - student: the same inputs with TALSQ entry of t, grad mode on;
         - loss (train/distill_loss.h) times the step weight (train.step_weighting equalize:
-          1 / running mean of this step index's raw loss over the previous epochs);
+          1 / running mean of this step index's raw loss over the previous epochs; ddim:
+          that times distill_ddim_weight, how far an ε error moves x_{t-1});
         - backward into the optimizer's flat gradient block (only the trainable tensors
           have gradient buffers), one AdamW step (train/adamw.h);
         - x_{t-1} = DDIM update with the TEACHER's guided ε, eta noise from the run's RNG.
