@@ -1,5 +1,7 @@
 /* cmd_info.c: effdm info FILE: what a checkpoint, safetensors file or effdm export holds. */
+#include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -14,7 +16,8 @@ static const char *const usage[] = {
     "picked by content, not by extension), the top-level keys of a .ckpt with their types,",
     "the tensor count, parameters per prefix (model.diffusion_model., first_stage_model.,",
     "cond_stage_model., model_ema., other), a dtype histogram and the safetensors metadata",
-    "(for an effdm export, every effdm.* entry in full).",
+    "(for an effdm export: where it came from, bit widths, TALSQ timesteps, one line per",
+    "quantized layer, the UNet size against FP32 and the embedded CompVis YAML).",
     "",
     "Tensor data is not read. Exit status: 0, or 2 when FILE is missing or not a valid",
     "tensor file (the message says why).",
@@ -41,6 +44,67 @@ static void print_clean(const char *s, size_t max) {
     size_t n = strlen(s);
     for (size_t i = 0; i < n && i < max; i++) putchar((unsigned char)s[i] < 0x20 ? '?' : s[i]);
     if (n > max) printf("... (%zu bytes)", n);
+}
+
+static const char *meta_or(WeightFile *f, const char *key, const char *dflt) {
+    const char *v = weights_metadata(f, key);
+    return v ? v : dflt;
+}
+
+static int json_int_or(const cJSON *o, const char *key, int dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valueint : dflt;
+}
+
+// The effdm.* entries of an export, readable: provenance, bits, one line per quantized layer,
+// sizes, the embedded YAML. A malformed effdm.quant is shown raw (effdm sample rejects it).
+static void print_export(WeightFile *f) {
+    printf("effdm export (format %s):\n", meta_or(f, "effdm.format", "?"));
+    printf("  source:      %s (config %s)\n", meta_or(f, "effdm.source", "?"), meta_or(f, "effdm.source_config", "?"));
+    printf("  run:         %s, epoch %s%s\n", meta_or(f, "effdm.run", "?"), meta_or(f, "effdm.epoch", "?"),
+           !strcmp(meta_or(f, "effdm.ema", "0"), "1") ? ", EMA weights" : "");
+    printf("  FP layers:   %s\n", meta_or(f, "effdm.fp_layers", "F32"));
+    const char *ub = weights_metadata(f, "effdm.unet_bytes"), *fb = weights_metadata(f, "effdm.unet_fp32_bytes");
+    if (ub && fb && atof(ub) > 0)
+        printf("  UNet part:   %s bytes vs FP32 UNet %s bytes (1/%.2f)\n", ub, fb, atof(fb) / atof(ub));
+    const char *qj = weights_metadata(f, "effdm.quant");
+    cJSON *q = qj ? cJSON_Parse(qj) : NULL;
+    const cJSON *layers = q ? cJSON_GetObjectItemCaseSensitive(q, "layers") : NULL;
+    if (!cJSON_IsArray(layers)) {
+        printf("  quant:       ");
+        print_clean(qj ? qj : "(missing)", 300);
+        printf("\n");
+    } else {
+        printf("  quant:       W%dA%d, special layers %d-bit, LoRA rank %d, TALSQ %s, %d training steps\n",
+               json_int_or(q, "w_bits", 0), json_int_or(q, "a_bits", 0), json_int_or(q, "special_bits", 0),
+               json_int_or(q, "rank", 0), cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(q, "talsq")) ? "on" : "off",
+               json_int_or(q, "train_steps", 0));
+        const cJSON *ts = cJSON_GetObjectItemCaseSensitive(q, "timesteps"), *t;
+        printf("  timesteps:  ");
+        cJSON_ArrayForEach(t, ts) printf(" %d", t->valueint);
+        printf("\n  layers (%d quantized; name, role, weight/activation bits, table entries):\n",
+               cJSON_GetArraySize(layers));
+        const cJSON *l;
+        cJSON_ArrayForEach(l, layers) {
+            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(l, "name"), *ro = cJSON_GetObjectItemCaseSensitive(l, "role");
+            printf("    %-58s %-9s W%d A%d %3d\n", cJSON_IsString(nm) ? nm->valuestring : "?",
+                   cJSON_IsString(ro) ? ro->valuestring : "?", json_int_or(l, "w_bits", 0), json_int_or(l, "a_bits", 0),
+                   json_int_or(l, "entries", 0));
+        }
+    }
+    cJSON_Delete(q);
+    const char *yaml = weights_metadata(f, "effdm.ldm_config");
+    if (yaml) {
+        printf("  CompVis config (effdm.ldm_config):\n    ");
+        for (const char *p = yaml; *p; p++) {
+            if (*p == '\n') {
+                if (p[1]) printf("\n    ");
+            } else {
+                putchar((unsigned char)*p < 0x20 ? '?' : *p);
+            }
+        }
+        printf("\n");
+    }
 }
 
 int cmd_info(int argc, char **argv) {
@@ -113,12 +177,18 @@ int cmd_info(int argc, char **argv) {
         if (dt_counts[t])
             printf("  %-5s %6d tensors %15s elements\n", dtype_name((DType)t), dt_counts[t], grouped(dt_params[t], g1, sizeof g1));
 
-    int nm = weights_metadata_count(f);
-    if (is_st) {
-        printf("metadata (%d):\n", nm);
+    int nm = weights_metadata_count(f), is_export = weights_metadata(f, "effdm.format") != NULL;
+    int shown = 0;  // an export's effdm.* entries are summarized by print_export
+    for (int i = 0; i < nm; i++) {
+        const char *v;
+        shown += !(is_export && !strncmp(weights_metadata_key(f, i, &v), "effdm.", 6));
+    }
+    if (is_st && shown) {
+        printf("metadata (%d):\n", shown);
         for (int i = 0; i < nm; i++) {
             const char *v;
             const char *k = weights_metadata_key(f, i, &v);
+            if (is_export && !strncmp(k, "effdm.", 6)) continue;  // summarized below
             printf("  ");
             print_clean(k, 60);
             printf(" = ");
@@ -126,17 +196,7 @@ int cmd_info(int argc, char **argv) {
             printf("\n");
         }
     }
-    if (weights_metadata(f, "effdm.format")) {
-        printf("effdm export:\n");
-        for (int i = 0; i < nm; i++) {
-            const char *v;
-            const char *k = weights_metadata_key(f, i, &v);
-            if (strncmp(k, "effdm.", 6) != 0) continue;
-            printf("  %s = ", k);
-            print_clean(v, (size_t)-1);
-            printf("\n");
-        }
-    }
+    if (is_export) print_export(f);
     weights_close(f);
     return 0;
 }

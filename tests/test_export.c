@@ -496,7 +496,7 @@ static void test_cli(void **state) {
     assert_int_equal(run(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s.best --epoch best 2>/dev/null", EFFDM_BIN, run_dir, model);
     assert_int_equal(run(cmd), 2);  // no best.safetensors before fine-tuning
-    snprintf(cmd, sizeof cmd, "%s info %s | grep -q 'effdm.quant'", EFFDM_BIN, model);
+    snprintf(cmd, sizeof cmd, "%s info %s | grep -Eq 'quant: +W4A4, special layers 8-bit'", EFFDM_BIN, model);
     assert_int_equal(run(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2",
              EFFDM_BIN, model, out);
