@@ -59,7 +59,8 @@ static const char *const usage[] = {
     "                       DIR/<index>.png (index = 5-digit image number), and DIR/grid.png:",
     "                       one row per class (first 16 images of each, at most 32 classes),",
     "                       or up to 16 x 16 images for unconditional models. Every PNG is",
-    "                       written atomically (temp file + rename)",
+    "                       written atomically (temp file + rename); when sampling fails, the",
+    "                       images written so far and the directories made are removed",
     "evaluation:",
     "  --eval REF           after sampling, evaluate the images against statistics REF from",
     "                       effdm stats (FID, IS, precision/recall, class accuracy; see",
@@ -77,7 +78,10 @@ typedef struct {
     const char *out;
     int class_cond;
     int n_labels;
-    char *dir_made;           // (n_labels) class directories already created
+    char *dir_made;           // (n_labels) class directories already created (2: by this run)
+    int out_made;             // the output directory was created by this run
+    const int *labels;        // (n) every image's label, for the clean-up on failure
+    int complete;             // every image and the grid are written
     SampleGridPlan plan;
     unsigned char *grid_px;   // (rows * cols, C, H, W) 8-bit copies of the grid images
     int img_shape[4];
@@ -85,9 +89,9 @@ typedef struct {
     int written;
 } SampleState;
 
-// mkdir that accepts an existing directory. 0 or ERR_IO naming the path.
-// mkdir -p: the output folder and any missing parents.
-static int make_dir(const char *path, Err *e) {
+// mkdir -p: the output folder and any missing parents; accepts an existing directory.
+// *made (may be NULL) = 1 when path itself was created. 0 or ERR_IO naming the path.
+static int make_dir(const char *path, int *made, Err *e) {
     char tmp[PATH_MAX];
     if (strlen(path) >= sizeof tmp) return err_set(e, ERR_ARG, "%s: path too long", path);
     strcpy(tmp, path);
@@ -97,7 +101,11 @@ static int make_dir(const char *path, Err *e) {
         mkdir(tmp, 0777);  // failures show up at the final mkdir below
         *p = '/';
     }
-    if (mkdir(path, 0777) == 0) return 0;
+    if (made) *made = 0;
+    if (mkdir(path, 0777) == 0) {
+        if (made) *made = 1;
+        return 0;
+    }
     struct stat st;
     if (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 0;
     return err_set(e, ERR_IO, "%s: cannot create the output directory: %s", path,
@@ -121,8 +129,9 @@ static int write_batch(const float *images, const int *shape, const float *z, co
         if (s->class_cond) {
             int k = labels[i];
             snprintf(path, sizeof path, "%s/%d", s->out, k);
-            if (!s->dir_made[k] && make_dir(path, e)) return e->code;
-            s->dir_made[k] = 1;
+            int made = 0;
+            if (!s->dir_made[k] && make_dir(path, &made, e)) return e->code;
+            if (!s->dir_made[k]) s->dir_made[k] = made ? 2 : 1;
             snprintf(path, sizeof path, "%s/%d/%05d.png", s->out, k, idx);
         } else {
             snprintf(path, sizeof path, "%s/%05d.png", s->out, idx);
@@ -135,6 +144,27 @@ static int write_batch(const float *images, const int *shape, const float *z, co
             for (size_t k = 0; k < per; k++) s->grid_px[(size_t)slot * per + k] = image_to_u8(img[k]);
     }
     return 0;
+}
+
+// After a failure: removes the images this run wrote (indices 0..written-1, in order), the
+// grid, and the directories it created, so that a failed run leaves no partial output.
+static void remove_partial(SampleState *s) {
+    char path[PATH_MAX];
+    for (int idx = 0; idx < s->written; idx++) {
+        if (s->class_cond)
+            snprintf(path, sizeof path, "%s/%d/%05d.png", s->out, s->labels[idx], idx);
+        else
+            snprintf(path, sizeof path, "%s/%05d.png", s->out, idx);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/grid.png", s->out);
+    if (s->out_made) unlink(path);
+    for (int k = 0; s->dir_made && k < s->n_labels; k++)
+        if (s->dir_made[k] == 2) {
+            snprintf(path, sizeof path, "%s/%d", s->out, k);
+            rmdir(path);
+        }
+    if (s->out_made) rmdir(s->out);
 }
 
 static void on_progress(long done, long total, void *user) {
@@ -273,7 +303,8 @@ int cmd_sample(int argc, char **argv) {
     }
     if ((rc = sample_labels(m, n, klass, labels, &e))) goto done;
     if ((rc = sample_grid_plan(&st.plan, labels, n, &e))) goto done;
-    if ((rc = make_dir(out, &e))) goto done;
+    if ((rc = make_dir(out, &st.out_made, &e))) goto done;
+    st.labels = labels;
     if ((rc = ctx_init(&ctx, (size_t)16 << 30, &e))) goto done;  // address space only (MAP_NORESERVE)
     st.out = out;
     if (m->warning[0]) fprintf(stderr, "effdm sample: note: %s\n", m->warning);
@@ -301,6 +332,7 @@ int cmd_sample(int argc, char **argv) {
     snprintf(extra, sizeof extra, "%.2f images/s", n / secs);
     progress_finish(&st.prog, extra);
     if ((rc = write_grid(&st, &e))) goto done;
+    st.complete = 1;  // from here on a failure (the evaluation) keeps the images
     printf("wrote %d images to %s/ (grid: %s/grid.png, %d x %d) in %.1f s, %.2f images/s\n", st.written, out, out,
            st.plan.rows, st.plan.cols, secs, n / secs);
     if (eval_ref) {
@@ -313,6 +345,7 @@ int cmd_sample(int argc, char **argv) {
         if ((rc = cli_eval_report(out, eval_ref, &eo, eval_json, &e))) goto done;
     }
 done:
+    if (rc && st.out && !st.complete) remove_partial(&st);
     if (rc) cli_fail("sample", &e);
     ctx_free(&ctx);
     sample_grid_plan_free(&st.plan);

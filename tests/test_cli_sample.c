@@ -189,6 +189,25 @@ static void test_sample(void **state) {
         assert_int_equal(run("env -u EFFDM_ZOO", args), 0);
         check_png(tmp("s0/0/00000.png"), 32, 32);
     }
+    // a failure after images were written (grid.png cannot be replaced: it is a directory)
+    // leaves no partial output: the class directories it made and their images are removed,
+    // the existing output directory and what was in it stay
+    char keep[600];
+    assert_int_equal(mkdir(tmp("fail"), 0777), 0);
+    assert_int_equal(mkdir(tmp("fail/grid.png"), 0777), 0);
+    snprintf(keep, sizeof keep, "%s/mine.txt", tmp("fail"));
+    FILE *kf = fopen(keep, "w");
+    assert_non_null(kf);
+    fclose(kf);
+    snprintf(args, sizeof args, "sample --n 3 --steps 2 --batch 2 --out '%s'", tmp("fail"));
+    assert_int_not_equal(run(env, args), 0);
+    assert_non_null(strstr(g_err, "grid.png"));
+    assert_false(exists(tmp("fail/0/00000.png")));
+    assert_false(exists(tmp("fail/0")));
+    assert_false(exists(tmp("fail/2")));
+    assert_true(exists(keep));
+    assert_true(exists(tmp("fail/grid.png")));
+
     snprintf(args, sizeof args, "sample --n 1 --steps 2 --out '%s'", tmp("nozoo"));
     expect_bad_input(run("EFFDM_ZOO=/nonexistent", args), "sample", "/nonexistent/fmnist-ldm", "EFFDM_ZOO");
     assert_false(exists(tmp("nozoo")));
