@@ -5,6 +5,7 @@
      written out here from the schedule's closed form (with the eta noise);
    - the LoRA learning rates against mean(Δ_w) / divisor; only trainable tensors have
      gradient buffers; the teacher records nothing on the tape;
+   - train.trajectory student: the second step's state from the student's guided ε;
    - delta_w_update single vs reference (one vs two AdamW moves of Δ_w);
    - a NaN loss stops the run naming epoch and step, with the state of that step's start saved;
    - an unconditional model (a tiny random one): one forward each, Σ (ε_Q - ε_P)^2. */
@@ -118,8 +119,9 @@ static float *eps_of(Ctx *c, Ldm *m, const float *x, int B, int t, const int *y)
 }
 
 // Guided loss of the reference recipe, in double, from per-branch calls.
+// eps_q_out (may be NULL): the student's guided ε.
 static double ref_guided_loss(Ctx *c, Ldm *m, QModel *q, const float *x, int B, int t, const int *y, int uncond,
-                              double s, double *eps_g_out, size_t n) {
+                              double s, double *eps_g_out, double *eps_q_out, size_t n) {
     int *yu = malloc(B * sizeof(int));
     for (int i = 0; i < B; i++) yu[i] = uncond;
     qmodel_enable(q, 0);
@@ -133,6 +135,7 @@ static double ref_guided_loss(Ctx *c, Ldm *m, QModel *q, const float *x, int B, 
         double pg = pu[i] + s * ((double)pc[i] - pu[i]), qg = qu[i] + s * ((double)qc[i] - qu[i]);
         L += (qg - pg) * (qg - pg);
         eps_g_out[i] = pg;
+        if (eps_q_out) eps_q_out[i] = qg;
     }
     free(pc);
     free(pu);
@@ -211,7 +214,7 @@ static void test_steps_against_references(void **state) {
     // training timesteps of 4 steps over 1000: 1, 251, 501, 751 (CompVis 'uniform')
     const int ts[4] = {1, 251, 501, 751};
     double *eps_g = malloc(n * sizeof(double));
-    double L0 = ref_guided_loss(&c, m, q, x, B, ts[3], y, uncond, 1.5, eps_g, n);
+    double L0 = ref_guided_loss(&c, m, q, x, B, ts[3], y, uncond, 1.5, eps_g, NULL, n);
 
     Rec rec = {.stop_at = 1};
     TrainerHooks h = {.on_step = rec_step, .user = &rec, .stop = &rec.stop};
@@ -230,7 +233,7 @@ static void test_steps_against_references(void **state) {
         x1[i] = (float)(sqrt(ap) * x0 + sqrt(1 - ap - sig * sig) * eps_g[i] + sig * noise[i]);
     }
     // the second step's loss, with the student the first step produced
-    double L1 = ref_guided_loss(&c, m, q, x1, B, ts[2], y, uncond, 1.5, eps_g, n);
+    double L1 = ref_guided_loss(&c, m, q, x1, B, ts[2], y, uncond, 1.5, eps_g, NULL, n);
     rec.stop_at = 2;
     rec.stop = 0;
     assert_int_equal(trainer_run(tr, &h, NULL, &e), ERR_INTERRUPTED);
@@ -242,6 +245,70 @@ static void test_steps_against_references(void **state) {
     free(x1);
     free(x);
     free(eps_g);
+    ctx_free(&c);
+    trainer_free(tr);
+    fix_remove_run(dir);
+}
+
+// train.trajectory student: x_{t-1} comes from the student's guided ε (before its update), so
+// the second step's loss is the one at that state, not at the teacher's.
+static void test_student_trajectory(void **state) {
+    threads_set(2);
+    char dir[] = "/tmp/effdm_test_trainer_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    RunConfig rc;
+    fix_config(&rc, RC_RECIPE_REFERENCE, dir);
+    rc.train.val_every = 0;
+    rc.train.trajectory = RC_TRAJ_STUDENT;
+    Err e = {0};
+    assert_int_equal(fix_calibrate(&rc, &e), 0);
+    Trainer *tr;
+    if (trainer_open(&tr, &rc, dir, &e)) fail_msg("%s", e.msg);
+    Ldm *m = trainer_ldm(tr);
+    QModel *q = trainer_qmodel(tr);
+    Ctx c;
+    assert_int_equal(ctx_init(&c, 512 << 20, &e), 0);
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    const int B = rc.train.batch;
+    const size_t n = (size_t)B * C * H * W;
+    Rng r;
+    rng_seed(&r, (uint64_t)rc.train.seed, 0);
+    int y[2];
+    const int uncond = ldm_n_classes(m) - 1;
+    for (int b = 0; b < B; b++) y[b] = (int)rng_below(&r, (uint32_t)uncond);
+    float *x = malloc(n * sizeof(float)), *noise = malloc(n * sizeof(float));
+    float *xs = malloc(n * sizeof(float)), *xt = malloc(n * sizeof(float));
+    double *eps_g = malloc(n * sizeof(double)), *eps_q = malloc(n * sizeof(double));
+    rng_normal_fill(&r, x, n);
+    ref_guided_loss(&c, m, q, x, B, 751, y, uncond, 1.5, eps_g, eps_q, n);
+    Rec rec = {.stop_at = 1};
+    TrainerHooks h = {.on_step = rec_step, .user = &rec, .stop = &rec.stop};
+    assert_int_equal(trainer_run(tr, &h, NULL, &e), ERR_INTERRUPTED);
+    const double a = m->alphas_cumprod[751], ap = m->alphas_cumprod[501];
+    const double sig = sqrt((1 - ap) / (1 - a) * (1 - a / ap));
+    rng_normal_fill(&r, noise, n);
+    for (size_t i = 0; i < n; i++) {
+        double x0s = (x[i] - sqrt(1 - a) * eps_q[i]) / sqrt(a), x0t = (x[i] - sqrt(1 - a) * eps_g[i]) / sqrt(a);
+        xs[i] = (float)(sqrt(ap) * x0s + sqrt(1 - ap - sig * sig) * eps_q[i] + sig * noise[i]);
+        xt[i] = (float)(sqrt(ap) * x0t + sqrt(1 - ap - sig * sig) * eps_g[i] + sig * noise[i]);
+    }
+    double Ls = ref_guided_loss(&c, m, q, xs, B, 501, y, uncond, 1.5, eps_g, NULL, n);
+    double Lt = ref_guided_loss(&c, m, q, xt, B, 501, y, uncond, 1.5, eps_g, NULL, n);
+    rec.stop_at = 2;
+    rec.stop = 0;
+    assert_int_equal(trainer_run(tr, &h, NULL, &e), ERR_INTERRUPTED);
+    assert_int_equal(rec.n, 2);
+    print_message("  second step: loss %.6g, at the student's state %.6g, at the teacher's %.6g\n", rec.losses[1], Ls,
+                  Lt);
+    assert_true(fabs(rec.losses[1] - Ls) <= TOL_STEP_LOSS * Ls + TOL_TRAJ);
+    assert_true(fabs(Lt - Ls) > 10 * (TOL_STEP_LOSS * Ls + TOL_TRAJ));  // the two states are told apart
+    free(x);
+    free(noise);
+    free(xs);
+    free(xt);
+    free(eps_g);
+    free(eps_q);
     ctx_free(&c);
     trainer_free(tr);
     fix_remove_run(dir);
@@ -463,6 +530,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_closed_forms),
         cmocka_unit_test(test_steps_against_references),
+        cmocka_unit_test(test_student_trajectory),
         cmocka_unit_test(test_delta_w_update_modes),
         cmocka_unit_test(test_nan_stops_with_last_good_state),
         cmocka_unit_test(test_unconditional_model),

@@ -86,6 +86,14 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     Tensor *qo = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
     Tensor *loss = distill_loss(c, &tr->loss, qo, p);
     if (!loss) return op_failed(c, e, "student forward");
+    if (tr->rc.train.trajectory == RC_TRAJ_STUDENT) {  // the student's own guided ε drives x_{t-1}
+        if (!tr->pair)
+            memcpy(tr->eps_g, qo->data, n * sizeof(float));
+        else if (scale == 1.0f)
+            memcpy(tr->eps_g, qo->data + n, n * sizeof(float));
+        else
+            distill_guided(tr->eps_g, qo->data, n, scale);
+    }
     const float raw = loss->data[0];
     *loss_out = raw;
     if (!isfinite(raw)) {
@@ -120,7 +128,8 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     tr->stepw_mean[tr->step] = (tr->stepw_mean[tr->step] * cnt + (double)raw) / (cnt + 1.0);
     tr->stepw_count[tr->step]++;
 
-    // x_{t-1} from the teacher's guided ε (eta noise from the run's RNG)
+    // x_{t-1} from the guided ε of the teacher (or, trajectory student, the student's; eta
+    // noise from the run's RNG)
     int noisy = tr->ddim.sigmas[index] != 0.0f;
     if (noisy) rng_normal_fill(&tr->rng, tr->noise, n);
     ddim_update(&tr->ddim, index, tr->x, tr->eps_g, noisy ? tr->noise : NULL, tr->x, NULL, n);

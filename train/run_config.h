@@ -58,7 +58,8 @@
    | train.scale                  R * | 1.5 / 3.0               | guidance scale of the training trajectory |
    | train.loss_branches          R * | guided / both           | guided: loss on the guided ε only (reference); both: on ε_c and ε_u separately; all: both + guided |
    | train.loss_reduction           * | sum                     | sum (reference) or mean of the squared error |
-   | train.step_weighting         R * | none / equalize         | none: the raw per-step loss; equalize: each step's loss divided by its running mean over epochs |
+   | train.step_weighting         R * | none / equalize         | none: the raw per-step loss; equalize: each step's loss divided by its running mean over epochs; ddim: equalize times how far the step's ε error moves x_{t-1} |
+   | train.trajectory               * | teacher                 | whose guided ε moves the training trajectory x_t -> x_{t-1}: teacher (reference) or student (the student is trained where its own sampler goes) |
    | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's, or the epoch with the lowest validation error |
    | train.val_every                  | 10                      | validation error every N epochs (0: never; best_val needs >= 1) |
    | train.val_inputs               * | 64                      | held-out calibration inputs of the validation error |
@@ -123,6 +124,7 @@ typedef enum { RC_SELECT_LAST, RC_SELECT_BEST_VAL } RcSelect;
 typedef enum { RC_SCHED_LINEAR, RC_SCHED_COSINE, RC_SCHED_CONSTANT } RcSchedule;
 typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;
 typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
+typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
 
 typedef struct {
     char pattern[RC_PATTERN_MAX];  // fnmatch(3) glob on the layer name; '*' also matches dots
@@ -173,6 +175,7 @@ typedef struct {
     int epochs, batch, steps;
     double eta, scale;
     RcLossBranches loss_branches;
+    RcTrajectory trajectory;
     RcReduction loss_reduction;
     RcStepWeighting step_weighting;
     RcSelect select_epoch;

@@ -18,6 +18,7 @@ static const char *const STEPW_NAMES[] = {"none", "equalize", "ddim"};
 static const char *const SELECT_NAMES[] = {"last", "best_val"};
 static const char *const SCHED_NAMES[] = {"linear", "cosine", "constant"};
 static const char *const DW_NAMES[] = {"reference", "single"};
+static const char *const TRAJ_NAMES[] = {"teacher", "student"};
 static const char *const SAMPLER_NAMES[] = {"ddim", "plms"};
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -98,6 +99,8 @@ const KeyDesc RC_KEYS[] = {
      .names = REDUCE_NAMES, .n_names = N_OF(REDUCE_NAMES), .def = {RC_REDUCE_SUM, RC_REDUCE_SUM}, .resume = 1},
     {.path = "train.step_weighting", .type = K_ENUM, .off = offsetof(RunConfig, train.step_weighting),
      .names = STEPW_NAMES, .n_names = N_OF(STEPW_NAMES), .def = {RC_STEPW_NONE, RC_STEPW_EQUALIZE}, .resume = 1},
+    {.path = "train.trajectory", .type = K_ENUM, .off = offsetof(RunConfig, train.trajectory),
+     .names = TRAJ_NAMES, .n_names = N_OF(TRAJ_NAMES), .def = {RC_TRAJ_TEACHER, RC_TRAJ_TEACHER}, .resume = 1},
     {.path = "train.select_epoch", .type = K_ENUM, .off = offsetof(RunConfig, train.select_epoch),
      .names = SELECT_NAMES, .n_names = N_OF(SELECT_NAMES), .def = {RC_SELECT_LAST, RC_SELECT_BEST_VAL},
      .resume = 1},
