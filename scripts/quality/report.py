@@ -112,6 +112,41 @@ def table(n_filter, title, seed_filter=None, min_seeds=1):
     return "\n".join(out)
 
 
+def paired(n_filter):
+    """Per-seed differences of every fine-tuned variant (>= 3 seeds) against the naive PTQ
+    variant of the same W/A on the same seeds (same noise): mean ± sd and how many seeds favour
+    the variant. The judgement "closer to FP than PTQ" is read here, not from overlapping ± bands."""
+    rows = {name: (seeds, evs, cmps) for name, seeds, evs, cmps in rows_for(n_filter, min_seeds=3)}
+    out = []
+    for name, (seeds, evs, cmps) in rows.items():
+        if name == "fp" or name.startswith("ptq"):
+            continue
+        wa = variant_desc(name)[1]
+        base = next((b for b in rows if b.startswith("ptq") and variant_desc(b)[1] == wa), None)
+        if base is None:
+            continue
+        bseeds, bevs, bcmps = rows[base]
+        common = [s for s in seeds if s in bseeds]
+        if len(common) < 3:
+            continue
+        def col(key, src, bsrc, lower_better, nd=4):
+            d = [src[seeds.index(s)].get(key) - bsrc[bseeds.index(s)].get(key) for s in common]
+            better = sum(1 for v in d if (v < 0) == lower_better and v != 0)
+            f = "%+." + str(nd) + "f ± %." + str(nd) + "f (%d/%d)"
+            return f % (statistics.mean(d), statistics.stdev(d), better, len(d))
+        if not out:
+            out = ["### Paired against naive PTQ (same seeds, same noise), %d samples per seed" % n_filter, "",
+                   "Cell: mean ± sd over seeds of (variant - PTQ); in parentheses the seeds on which the "
+                   "variant is closer to FP (lower FID, RMSE; higher accuracy, agreement).", "",
+                   "| variant | vs | seeds | ΔFID(judge) | Δclass acc | Δpixel RMSE to FP | Δagreement with FP |",
+                   "|---|---|---|---|---|---|---|"]
+        out.append("| `%s` | `%s` | %s | %s | %s | %s | %s |" % (
+            name, base, ",".join(map(str, common)), col("fid", evs, bevs, True, 2),
+            col("class_accuracy", evs, bevs, False), col("rmse", cmps, bcmps, True),
+            col("agreement", cmps, bcmps, False)))
+    return "\n".join(out + [""]) if out else ""
+
+
 def sh(cmd):
     try:
         return subprocess.check_output(cmd, shell=True, text=True, stderr=subprocess.DEVNULL).strip()
@@ -147,6 +182,7 @@ def main():
     for n in sorted(ns, reverse=True):
         parts.append(table(n, "Confirmation: every variant with >= 3 seeds, %d samples per seed (mean ± sd over seeds)" % n,
                            min_seeds=3))
+        parts.append(paired(n))
         parts.append(table(n, "Every variant at seed 0 (screening), %d samples" % n, seed_filter={0}))
     parts += ["## Exact commands", "",
               "```sh",
