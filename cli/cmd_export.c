@@ -82,6 +82,10 @@ int cmd_export(int argc, char **argv) {
     printf("  UNet part: %zu bytes (%.2f MiB) vs FP32 UNet %zu bytes (%.2f MiB): 1/%.2f\n", s.unet_bytes,
            (double)s.unet_bytes / 1048576.0, s.unet_fp32_bytes, (double)s.unet_fp32_bytes / 1048576.0,
            s.unet_bytes ? (double)s.unet_fp32_bytes / (double)s.unet_bytes : 0.0);
+    if (s.n_gain)
+        printf("  guidance gain: %.3f (train.guidance_gain fit on %d teacher trajectories: latent MSE to the teacher "
+               "%.4g at gain 1, %.4g at the best grid point)\n", (double)s.gain_min, s.gain_samples, (double)s.gain_err1,
+               (double)s.gain_err);
     printf("  whole file: %zu bytes of tensors (%.2f MiB; first stage, class embedder, schedule included)\n",
            s.total_bytes, (double)s.total_bytes / 1048576.0);
     return 0;

@@ -313,7 +313,20 @@ int cmd_sample(int argc, char **argv) {
                model_path, em->w_bits, em->a_bits, em->train_sched.n, em->train_sched.n == 1 ? "y" : "ies",
                em->unet_bytes, (double)em->unet_fp32_bytes / (double)em->unet_bytes,
                st.class_cond ? ", class-conditional" : ", unconditional");
-    else
+    if (em && em->guidance_gain && st.class_cond && scale != 1.0f) {
+        float lo = em->guidance_gain[0], hi = lo;
+        for (int k = 1; k < em->train_sched.n; k++) {
+            if (em->guidance_gain[k] < lo) lo = em->guidance_gain[k];
+            if (em->guidance_gain[k] > hi) hi = em->guidance_gain[k];
+        }
+        if (lo == hi)
+            printf("guidance: x%.3f on the guidance term (the export's fitted gain): effective scale %.3g\n", (double)lo,
+                   (double)(scale * lo));
+        else
+            printf("guidance: the export's gain per step (%.3f to %.3f) multiplies the guidance term\n", (double)lo,
+                   (double)hi);
+    }
+    if (!em)
         printf("model:    %s (%s, %s%s)\n", cfg_path, ckpt_path, m->using_ema ? "EMA weights" : "raw weights",
                st.class_cond ? ", class-conditional" : ", unconditional");
     printf("sampler:  %s, %d steps (requested %d), eta %g, guidance scale %g%s, seed %d\n",

@@ -51,6 +51,7 @@ enum {
 typedef struct {
     LdmEmaMode ema;
     int parts;                 // LDM_PART_* mask; 0 means LDM_PARTS_ALL
+    const char *other_known;   // one more top-level tensor the caller reads itself (or NULL)
 } LdmLoadOpts;
 
 typedef struct {
@@ -67,6 +68,9 @@ typedef struct {
     int schedule_from_file;    // 1: betas and alphas_cumprod were read from the file
     int using_ema;             // 1: the UNet holds the EMA weights
     int n_unknown;             // tensors in the file nobody reads
+    // Guided ε = ε_u + scale·gain·(ε_c - ε_u) (sampler_eps); 0 means 1. A quantized export
+    // sets it per sampling step from its fitted table (qalora/guidance_gain.h).
+    float guidance_gain;
     char warning[768];         // non-fatal notes for the caller to show ("" when none)
 } Ldm;
 

@@ -13,6 +13,7 @@
 #include "io/fileio.h"
 #include "io/safetensors.h"
 #include "models/ldm_config.h"
+#include "qalora/guidance_gain.h"
 #include "qalora/pack.h"
 #include "train/run_config.h"
 
@@ -240,6 +241,15 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
     if (!rc) rc = add(&w, "betas", DT_F32, 1, (int64_t[]){m->T}, m->betas, &unet, &total, e);
     if (!rc) rc = add(&w, "alphas_cumprod", DT_F32, 1, (int64_t[]){m->T}, m->alphas_cumprod, &unet, &total, e);
     if (!rc) rc = add(&w, "scale_factor", DT_F32, 0, NULL, &sf, &unet, &total, e);
+    if (!rc && info->guidance_gain && info->n_gain > 0) {
+        rc = add(&w, "guidance_gain", DT_F32, 1, (int64_t[]){info->n_gain}, info->guidance_gain, &unet, &total, e);
+        s->n_gain = info->n_gain;
+        s->gain_min = s->gain_max = info->guidance_gain[0];
+        for (int k = 1; k < info->n_gain; k++) {
+            if (info->guidance_gain[k] < s->gain_min) s->gain_min = info->guidance_gain[k];
+            if (info->guidance_gain[k] > s->gain_max) s->gain_max = info->guidance_gain[k];
+        }
+    }
 
     // metadata
     char num[64];
@@ -305,6 +315,7 @@ int export_run(const char *run_dir, const ExportOpts *o, const char *path, Expor
     Ldm *m = NULL;
     QModel q;
     int q_ok = 0, code = 0;
+    float *gain = NULL;
     unsigned char *yaml = NULL;
     size_t yaml_len = 0;
     if (!rc || !lc) {
@@ -339,6 +350,29 @@ int export_run(const char *run_dir, const ExportOpts *o, const char *path, Expor
     q_ok = 1;
     if ((code = weights_open(&sf, p_state, e)) || (code = qmodel_read_state(&q, sf, "q.", e))) goto done;
     ExportInfo info = {rc->model.ckpt, rc->model.ldm_config, text, run_dir, epoch, m->using_ema, o && o->fp16_layers};
+    if (rc->train.guidance_gain == RC_GAIN_FIT && ldm_is_class_conditional(m) && rc->train.scale != 1.0) {
+        info.n_gain = q.train_sched.n;
+        gain = malloc((size_t)info.n_gain * sizeof(float));
+        if (!gain) {
+            code = err_set(e, ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        GuidanceFitOpts go = {rc->train.steps, rc->train.eta, rc->train.scale, rc->train.guidance_fit_samples, 16,
+                              (uint64_t)rc->train.seed + 1};
+        GuidanceFit fit;
+        if ((code = guidance_gain_fit(&q, m, &go, &fit, e))) goto done;
+        for (int k = 0; k < info.n_gain; k++) gain[k] = fit.gain;
+        info.guidance_gain = gain;
+        code = export_write(&q, m, tf, &info, path, s, e);
+        if (!code && s) {
+            s->gain_err1 = fit.err[1];  // grid point 1.0
+            s->gain_err = fit.err[0];
+            for (int k = 0; k < fit.n_grid; k++)
+                if (fit.err[k] < s->gain_err) s->gain_err = fit.err[k];
+            s->gain_samples = go.n_samples;
+        }
+        goto done;
+    }
     code = export_write(&q, m, tf, &info, path, s, e);
 done:
     if (q_ok) qmodel_free(&q);
@@ -346,6 +380,7 @@ done:
     weights_close(tf);
     weights_close(sf);
     free(yaml);
+    free(gain);
     free(rc);
     free(lc);
     return code;

@@ -34,6 +34,8 @@
      first_stage_model.*, cond_stage_model.embedding.weight   F32  the FP autoencoder / class embedder
      betas, alphas_cumprod                  F32  (T) the teacher's schedule buffers
      scale_factor                           F32  () the latent scale
+     guidance_gain                          F32  (S) optional: the gain on the guidance term per TALSQ
+                                                 entry (guidance_gain.h; train.guidance_gain fit)
    Metadata:
      effdm.format       "1"
      effdm.ldm_config   the CompVis model YAML, verbatim (the export is self-contained)
@@ -76,6 +78,10 @@ typedef struct {
     int trainable, special, fp;
     int w_bits, a_bits, special_bits;
     int entries;
+    int n_gain;               // guidance gains written (0: none)
+    float gain_min, gain_max;
+    float gain_err1, gain_err; // the fit's latent MSE to the teacher at gain 1 and at the gain
+    int gain_samples;
 } ExportSummary;
 
 // What export_write records about where the model came from (all may be NULL).
@@ -87,6 +93,8 @@ typedef struct {
     const char *epoch;        // "last" / "best"
     int ema;                  // the UNet holds EMA weights
     int fp16_layers;          // FP conv/linear weights as F16 (see "Size")
+    const float *guidance_gain;  // (n_gain) per TALSQ entry, or NULL
+    int n_gain;
 } ExportInfo;
 
 typedef struct {
@@ -103,7 +111,8 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
 // (best.safetensors) into dst. 0 or ERR_ARG for another name.
 int export_state_path(char *dst, size_t cap, const char *run_dir, const char *epoch, Err *e);
 // The whole export of a run directory: its config.yaml, the teacher it names, the student
-// restored from the epoch's state file. 0 or an ERR_ code (files and tensors named).
+// restored from the epoch's state file, with guidance gains fitted when the run config's
+// train.guidance_gain is fit (class-conditional models, train.scale != 1). 0 or an ERR_ code (files and tensors named).
 int export_run(const char *run_dir, const ExportOpts *o, const char *path, ExportSummary *s, Err *e);
 
 /* ---- loading ---------------------------------------------------------------------------- */
@@ -115,6 +124,7 @@ typedef struct {
     ExportLayer *layers;      // the quantized layers (attached to the UNet's layers)
     TalsqSchedule train_sched;
     int entry;                // current TALSQ entry of every layer
+    float *guidance_gain;     // (train_sched.n) or NULL: export_set_timestep sets ldm->guidance_gain
     int w_bits, a_bits, special_bits, rank;
     size_t unet_bytes, unet_fp32_bytes;
     char source[1024];
@@ -126,7 +136,8 @@ typedef struct {
 int export_load(ExportModel **m, const char *path, Err *e);
 // Accepts NULL.
 void export_free(ExportModel *m);
-// Selects the TALSQ entry of the training timestep nearest to DDPM timestep t.
+// Selects the TALSQ entry of the training timestep nearest to DDPM timestep t (and its
+// guidance gain, when the export has them).
 void export_set_timestep(ExportModel *m, int t);
 // SamplerOpts.on_eval for an ExportModel (user): export_set_timestep(user, timestep).
 void export_on_eval(int step, int total, int timestep, void *user);

@@ -46,11 +46,15 @@ void export_free(ExportModel *m) {
         free(L->a_zero);
     }
     free(m->layers);
+    free(m->guidance_gain);
     ldm_free(m->ldm);
     free(m);
 }
 
-void export_set_timestep(ExportModel *m, int t) { m->entry = talsq_entry(&m->train_sched, t); }
+void export_set_timestep(ExportModel *m, int t) {
+    m->entry = talsq_entry(&m->train_sched, t);
+    if (m->guidance_gain) m->ldm->guidance_gain = m->guidance_gain[m->entry];
+}
 
 void export_on_eval(int step, int total, int timestep, void *user) { export_set_timestep(user, timestep); }
 
@@ -261,7 +265,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     char cname[1200];
     snprintf(cname, sizeof cname, "%s (effdm.ldm_config)", path);
     if ((rc = ldm_config_load_mem(cfg, yaml, strlen(yaml), cname, e))) goto fail;
-    LdmLoadOpts lo = {LDM_EMA_OFF, LDM_PART_FIRST_STAGE | LDM_PART_COND_STAGE};
+    LdmLoadOpts lo = {LDM_EMA_OFF, LDM_PART_FIRST_STAGE | LDM_PART_COND_STAGE, "guidance_gain"};
     if ((rc = ldm_load_from(&em->ldm, cfg, f, &lo, e))) goto fail;
     if ((rc = unet_new(&u, &cfg->unet, e))) {
         err_prefix(e, "%s: effdm.ldm_config: model.params.unet_config", path);
@@ -292,6 +296,21 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         if ((rc = load_layer(X, f, X->w_bits, X->a_bits, X->entries, e))) goto fail;
         X->layer->quant = X;
         X->layer->quant_forward = export_layer_forward;
+    }
+    if (weights_find(f, "guidance_gain")) {  // optional (guidance_gain.h)
+        int ng = em->train_sched.n;
+        em->guidance_gain = malloc((size_t)ng * sizeof(float));
+        if (!em->guidance_gain) {
+            rc = err_set(e, ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        if ((rc = read_vec(f, "guidance_gain", em->guidance_gain, ng, e))) goto fail;
+        for (int k = 0; k < ng; k++)
+            if (!isfinite(em->guidance_gain[k]) || em->guidance_gain[k] <= 0 || em->guidance_gain[k] > 100) {
+                rc = err_set(e, ERR_VALUE, "%s: tensor 'guidance_gain': entry %d is %g, expected a gain in (0, 100]", path,
+                             k, (double)em->guidance_gain[k]);
+                goto fail;
+            }
     }
     em->unet_fp32_bytes = unet_param_count(u) * sizeof(float);
     for (int i = 0; i < weights_count(f); i++) {

@@ -50,7 +50,8 @@ Tensor *sampler_eps(Ctx *c, Ldm *m, Tensor *x, int t, const int *y, float scale)
         out = both ? tensor_new(c, 4, x->shape) : NULL;
         if (out) {
             const float *eu = both->data, *ec = both->data + x->n;
-            for (size_t i = 0; i < x->n; i++) out->data[i] = eu[i] + scale * (ec[i] - eu[i]);
+            const float g = m->guidance_gain > 0 ? scale * m->guidance_gain : scale;
+            for (size_t i = 0; i < x->n; i++) out->data[i] = eu[i] + g * (ec[i] - eu[i]);
         }
     }
     if (out && m->cfg.parameterization != LDM_PARAM_EPS) to_eps(m, t, x->data, out->data, out->n);

@@ -8,7 +8,8 @@
 
    Guidance (class-conditional models, scale != 1): one UNet call on the batch doubled as
    upstream's torch.cat([unconditional_conditioning, c]) - the unconditional half first, with the
-   label ldm_uncond_label(m) - then e = e_u + scale (e_c - e_u). scale == 1 makes one plain
+   label ldm_uncond_label(m) - then e = e_u + scale (e_c - e_u) (times m->guidance_gain when a
+   quantized export set one for the step). scale == 1 makes one plain
    conditional call (upstream skips guidance then); unconditional models ignore scale.
    Parameterization: eps models are used as they are. x0 and v outputs are turned into eps
    (x0: (x / sqrt(a_t) - x0) / sqrt(1 / a_t - 1), as DDPM._predict_eps_from_xstart; v:

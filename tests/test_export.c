@@ -19,6 +19,7 @@
 #include "models/ldm.h"
 #include "qalora/calibrate.h"
 #include "qalora/export.h"
+#include "qalora/guidance_gain.h"
 #include "qalora/pack.h"
 #include "sample/generate.h"
 
@@ -419,7 +420,7 @@ static void test_cli(void **state) {
     fprintf(fp,
             "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
             "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
-            "train: {steps: 10}\n"
+            "train: {steps: 10, guidance_fit_samples: 4}\n"
             "run: {out: %s}\n",
             TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
     fclose(fp);
@@ -494,12 +495,27 @@ static void test_cli(void **state) {
     // export (naive PTQ) and sample from it
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s --threads 2", EFFDM_BIN, run_dir, model);
     assert_int_equal(run(cmd), 0);
+    {  // the effdm recipe fits a guidance gain (guidance_gain.h): one value per TALSQ entry, on the grid's range,
+       // and selecting an entry sets the model's gain
+        ExportModel *em;
+        Err e = {0};
+        if (export_load(&em, model, &e)) fail_msg("%s", e.msg);
+        assert_non_null(em->guidance_gain);
+        assert_int_equal(em->train_sched.n, 10);
+        for (int k = 0; k < em->train_sched.n; k++) {
+            assert_true(em->guidance_gain[k] >= 0.9f && em->guidance_gain[k] <= 1.6f);
+            assert_true(em->guidance_gain[k] == em->guidance_gain[0]);
+        }
+        export_set_timestep(em, 500);
+        assert_true(em->ldm->guidance_gain == em->guidance_gain[em->entry]);
+        export_free(em);
+    }
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s.best --epoch best 2>/dev/null", EFFDM_BIN, run_dir, model);
     assert_int_equal(run(cmd), 2);  // no best.safetensors before fine-tuning
     snprintf(cmd, sizeof cmd, "%s info %s | grep -Eq 'quant: +W4A4, special layers 8-bit'", EFFDM_BIN, model);
     assert_int_equal(run(cmd), 0);
-    snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2",
-             EFFDM_BIN, model, out);
+    snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
+             "'the export.s fitted gain'", EFFDM_BIN, model, out);
     assert_int_equal(run(cmd), 0);
     assert_true(exists(out, "grid.png"));
     assert_true(exists(out, "0/00000.png"));
@@ -515,11 +531,24 @@ static void test_cli(void **state) {
     free(out);
 }
 
+// guidance_parabola_min: the vertex of y = (x - 1.23)^2 + 0.5 from three samples, clamping, and
+// the middle point when there is no curvature.
+static void test_guidance_parabola(void **state) {
+    (void)state;
+    float x[3] = {1.1f, 1.2f, 1.3f}, y[3];
+    for (int i = 0; i < 3; i++) y[i] = (x[i] - 1.23f) * (x[i] - 1.23f) + 0.5f;
+    assert_true(fabsf(guidance_parabola_min(x, y) - 1.23f) < 1e-4f);
+    for (int i = 0; i < 3; i++) y[i] = (x[i] - 2.0f) * (x[i] - 2.0f);
+    assert_true(guidance_parabola_min(x, y) == 1.3f);
+    for (int i = 0; i < 3; i++) y[i] = 1.0f - x[i];
+    assert_true(guidance_parabola_min(x, y) == 1.2f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_equivalence_w4a4), cmocka_unit_test(test_equivalence_w2a8),
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
-        cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola),
     };
     return cmocka_run_group_tests_name("export", tests, NULL, NULL);
 }

@@ -31,7 +31,7 @@ static const char *const ALL_KEYS[] = {
     "quant.overrides",
     "calib.steps", "calib.eta", "calib.scale", "calib.n_samples", "calib.batch", "calib.n_inputs", "calib.seed",
     "train.recipe", "train.epochs", "train.batch", "train.steps", "train.eta", "train.scale",
-    "train.loss_branches", "train.loss_reduction", "train.step_weighting", "train.trajectory", "train.select_epoch",
+    "train.loss_branches", "train.loss_reduction", "train.step_weighting", "train.trajectory", "train.guidance_gain", "train.guidance_fit_samples", "train.select_epoch",
     "train.val_every", "train.val_inputs", "train.checkpoint_every", "train.sample_every", "train.seed",
     "train.optimizer.lr_lora_divisor", "train.optimizer.lr_w_delta", "train.optimizer.lr_act",
     "train.optimizer.beta1", "train.optimizer.beta2", "train.optimizer.eps", "train.optimizer.weight_decay",
@@ -146,6 +146,8 @@ static void test_effdm_recipe(void **state) {
     assert_true(c.train.scale == 3.0);
     assert_int_equal(c.train.optimizer.delta_w_update, RC_DW_SINGLE);
     assert_true(c.train.optimizer.lr_act == 1e-4);  // docs/RESULTS.md
+    assert_int_equal(c.train.guidance_gain, RC_GAIN_FIT);
+    assert_int_equal(r.train.guidance_gain, RC_GAIN_OFF);
     // everything else as the reference
     RunConfig x = c;
     x.train.recipe = r.train.recipe;
@@ -157,6 +159,7 @@ static void test_effdm_recipe(void **state) {
     x.train.scale = r.train.scale;
     x.train.optimizer.delta_w_update = r.train.optimizer.delta_w_update;
     x.train.optimizer.lr_act = r.train.optimizer.lr_act;
+    x.train.guidance_gain = r.train.guidance_gain;
     assert_null(run_config_first_diff(&x, &r));
     // explicit keys win over the recipe, in either order of the keys
     load_ok("train:\n  steps: 100\n  recipe: effdm\n  loss_branches: guided\n", &c);
@@ -501,6 +504,8 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"train.optimizer.warmup_steps", "train: {optimizer: {warmup_steps: 10}}"},
     {"train.optimizer.delta_w_update", "train: {optimizer: {delta_w_update: reference}}"},
     {"train.trajectory", "train: {trajectory: student}"},
+    {"train.guidance_gain", "train: {guidance_gain: off}"},
+    {"train.guidance_fit_samples", "train: {guidance_fit_samples: 8}"},
     {"sample.sampler", "sample: {sampler: plms}"}, {"sample.steps", "sample: {steps: 50}"},
     {"sample.eta", "sample: {eta: 1}"}, {"sample.scale", "sample: {scale: 1}"},
     {"sample.grid_rows", "sample: {grid_rows: 2}"}, {"sample.grid_cols", "sample: {grid_cols: 2}"},

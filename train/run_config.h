@@ -59,6 +59,8 @@
    | train.loss_branches          R * | guided / both           | guided: loss on the guided ε only (reference); both: on ε_c and ε_u separately; all: both + guided |
    | train.loss_reduction           * | sum                     | sum (reference) or mean of the squared error |
    | train.step_weighting         R * | none / equalize         | none: the raw per-step loss; equalize: each step's loss divided by its running mean over epochs; ddim: equalize times how far the step's ε error moves x_{t-1} |
+   | train.guidance_gain          R   | off / fit               | fit: the export fits one gain per step on the guidance term to the teacher (qalora/guidance_gain.h); off: none |
+   | train.guidance_fit_samples       | 64                      | teacher trajectories of that fit |
    | train.trajectory               * | teacher                 | whose guided ε moves the training trajectory x_t -> x_{t-1}: teacher (reference) or student (the student is trained where its own sampler goes) |
    | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's, or the epoch with the lowest validation error |
    | train.val_every                  | 10                      | validation error every N epochs (0: never; best_val needs >= 1) |
@@ -125,6 +127,7 @@ typedef enum { RC_SCHED_LINEAR, RC_SCHED_COSINE, RC_SCHED_CONSTANT } RcSchedule;
 typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;
 typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
 typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
+typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
 
 typedef struct {
     char pattern[RC_PATTERN_MAX];  // fnmatch(3) glob on the layer name; '*' also matches dots
@@ -176,6 +179,8 @@ typedef struct {
     double eta, scale;
     RcLossBranches loss_branches;
     RcTrajectory trajectory;
+    RcGuidanceGain guidance_gain;
+    int guidance_fit_samples;
     RcReduction loss_reduction;
     RcStepWeighting step_weighting;
     RcSelect select_epoch;

@@ -19,6 +19,7 @@ static const char *const SELECT_NAMES[] = {"last", "best_val"};
 static const char *const SCHED_NAMES[] = {"linear", "cosine", "constant"};
 static const char *const DW_NAMES[] = {"reference", "single"};
 static const char *const TRAJ_NAMES[] = {"teacher", "student"};
+static const char *const GAIN_NAMES[] = {"off", "fit"};
 static const char *const SAMPLER_NAMES[] = {"ddim", "plms"};
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -101,6 +102,10 @@ const KeyDesc RC_KEYS[] = {
      .names = STEPW_NAMES, .n_names = N_OF(STEPW_NAMES), .def = {RC_STEPW_NONE, RC_STEPW_EQUALIZE}, .resume = 1},
     {.path = "train.trajectory", .type = K_ENUM, .off = offsetof(RunConfig, train.trajectory),
      .names = TRAJ_NAMES, .n_names = N_OF(TRAJ_NAMES), .def = {RC_TRAJ_TEACHER, RC_TRAJ_TEACHER}, .resume = 1},
+    {.path = "train.guidance_gain", .type = K_ENUM, .off = offsetof(RunConfig, train.guidance_gain),
+     .names = GAIN_NAMES, .n_names = N_OF(GAIN_NAMES), .def = {RC_GAIN_OFF, RC_GAIN_FIT}, .resume = 0},
+    {.path = "train.guidance_fit_samples", .type = K_INT, .off = offsetof(RunConfig, train.guidance_fit_samples),
+     .lo = 1, .hi = RC_BIG, .def = {64, 64}, .resume = 0},
     {.path = "train.select_epoch", .type = K_ENUM, .off = offsetof(RunConfig, train.select_epoch),
      .names = SELECT_NAMES, .n_names = N_OF(SELECT_NAMES), .def = {RC_SELECT_LAST, RC_SELECT_BEST_VAL},
      .resume = 1},
