@@ -564,7 +564,32 @@ static void test_fp16_layers(void **state) {
         n_w += w->n;
     }
     assert_true(n_changed > n_w / 2);  // the teacher's weights are not float16 values
+    // calibration (the naive PTQ model) fits the activation ranges on what the rounded layers
+    // pass on: the same ranges as a float32 student over a teacher whose weights are rounded
     student_calibrate(&q, c, m, 4);
+    QModelConfig q32 = qc;
+    q32.fp_f16 = 0;
+    QModel r;
+    student_init(&r, m, &q32, 3);
+    assert_int_equal(r.n_fp16, 0);
+    for (int k = 0; k < q.n_fp16; k++)
+        memcpy(q.fp16[k].layer->weight.data, q.fp16[k].data, q.fp16[k].w16.n * sizeof(float));
+    student_calibrate(&r, c, m, 4);
+    for (int k = 0; k < q.n_fp16; k++)
+        memcpy(q.fp16[k].layer->weight.data, saved[k], q.fp16[k].w16.n * sizeof(float));
+    int n_range_diff = 0;
+    for (int k = 0; k < q.n_q; k++) {
+        assert_memory_equal(r.q[k].aq.delta.data, q.q[k].aq.delta.data, q.q[k].aq.n * sizeof(float));
+        assert_memory_equal(r.q[k].aq.zero.data, q.q[k].aq.zero.data, q.q[k].aq.n * sizeof(float));
+    }
+    qmodel_free(&r);
+    student_init(&r, m, &q32, 3);  // and over the float32 teacher some range differs
+    student_calibrate(&r, c, m, 4);
+    for (int k = 0; k < q.n_q; k++) n_range_diff += r.q[k].aq.delta.data[0] != q.q[k].aq.delta.data[0];
+    print_message("  calibration: %d of %d activation ranges differ between f16 and f32 FP layers\n", n_range_diff,
+                  q.n_q);
+    assert_true(n_range_diff > 0);
+    qmodel_free(&r);
     perturb(&q, 5);
     qmodel_enable(&q, 1);
     float *g16, *gref;
