@@ -490,6 +490,32 @@ static void test_state_round_trip(void **state) {
     assert_non_null(strstr(e.msg, "x.sel.config"));
     qmodel_free(&b);
     weights_close(f);
+
+    // a state written before quant.fp_layers existed (no sel.fp_bits) trained float32 FP layers
+    StFile sf;
+    assert_int_equal(st_open(&sf, path, &e), 0);
+    w = (StWriter){0};
+    for (int i = 0; i < sf.n_tensors; i++)
+        if (strcmp(sf.tensors[i].name, "q.sel.fp_bits") != 0)
+            assert_int_equal(st_writer_add(&w, sf.tensors[i].name, sf.tensors[i].dtype, sf.tensors[i].ndim,
+                                           sf.tensors[i].shape, st_data(&sf, i), &e), 0);
+    assert_int_equal(w.n_tensors, sf.n_tensors - 1);
+    char old_path[sizeof path + 8];
+    snprintf(old_path, sizeof old_path, "%s.old", path);
+    assert_int_equal(st_write(&w, old_path, &e), 0);
+    st_writer_free(&w);
+    st_close(&sf);
+    assert_int_equal(weights_open(&f, old_path, &e), 0);
+    student_init(&b, m, &qc, 1);
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), 0);
+    qmodel_free(&b);
+    student_init(&b, m, &qh, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "predates quant.fp_layers"));
+    qmodel_free(&b);
+    weights_close(f);
+    unlink(old_path);
     unlink(path);
 
     free(ya);
