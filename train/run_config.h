@@ -93,7 +93,8 @@
    FP samples by a third (same-noise RMSE 0.12 -> 0.08) and raises judge agreement with FP,
    but FID ties and class accuracy is slightly lower (-0.007 over 5 seeds): not yet a win
    on every column. quant.fp_layers f16 is there for the export's size (qalora/export.h
-   "Size"), not for quality: it rounds only the weights of the layers left FP.
+   "Size"), not for quality: at W4A4 PTQ over 3 seeds its effect is within the seed spread
+   but leans slightly worse (accuracy -0.01, RMSE +0.6%; docs/RESULTS.md).
 
    Limitations: at most RC_MAX_OVERRIDES overrides and RC_MAX_FP_NAMES fp names; strings are
    limited to the buffer sizes below (longer: ERR_VALUE). Whether a step count fits the model's
