@@ -24,9 +24,12 @@ static const char *const usage[] = {
     "  --epoch WHICH   last: state.safetensors; best: best.safetensors, the epoch with the",
     "                  lowest validation error. Default: the run's train.select_epoch",
     "                  (best_val -> best, last -> last)",
-    "  --fp16-layers   store the weights of the layers left FP (skip connections, Downsample",
-    "                  convs, layers kept FP) as float16: half their size; the model is then no",
-    "                  longer bit-exact to the student (default: exact F32)",
+    "  --fp16-layers   for a run with quant.fp_layers f32 (the reference recipe's default): store",
+    "                  the weights of the layers left FP (skip connections, Downsample convs,",
+    "                  layers kept FP) as float16 anyway: half their size, but the model is then",
+    "                  no longer bit-exact to the student. Runs with quant.fp_layers f16 (the",
+    "                  effdm recipe's default) always write them as F16, exactly: the student",
+    "                  was trained with those float16 values; the flag changes nothing there",
     "  --threads N     threads (default: $EFFDM_THREADS, else all cores)",
     "",
     "Prints the size of the UNet part against the FP32 UNet (the FP autoencoder comes on top).",
@@ -76,7 +79,9 @@ int cmd_export(int argc, char **argv) {
     ExportSummary s;
     ExportOpts eo = {epoch, fp16};
     if (export_run(run, &eo, out, &s, &e)) return cli_fail("export", &e);
-    printf("exported %s (%s) to %s%s\n", run, epoch, out, fp16 ? " (FP layers as float16)" : "");
+    printf("exported %s (%s) to %s%s\n", run, epoch, out,
+           !s.fp16_layers ? "" : (s.exact ? " (FP layers as float16, as the student ran them)"
+                                          : " (FP layers rounded to float16 at export: not bit-exact to the student)"));
     printf("  layers: %d trainable (W%dA%d, %d TALSQ entr%s), %d special (W%dA%d), %d FP\n", s.trainable, s.w_bits,
            s.a_bits, s.entries, s.entries == 1 ? "y" : "ies", s.special, s.special_bits, s.special_bits, s.fp);
     printf("  UNet part: %zu bytes (%.2f MiB) vs FP32 UNet %zu bytes (%.2f MiB): 1/%.2f\n", s.unet_bytes,

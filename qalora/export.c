@@ -155,6 +155,9 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
     size_t unet = 0, total = 0;
     if (!lb) return err_set(e, ERR_NOMEM, "export: out of memory");
     UNet *u = m->unet;
+    // a student with float16 FP layers computed with exactly these F16 values; forcing F16
+    // onto a float32 student rounds weights it never used (export.h "Size")
+    int fp16 = q->cfg.fp_f16 || info->fp16_layers;
 
     // the UNet's FP parameters, in registration order
     for (int i = 0; i < unet_param_tensors(u) && !rc; i++) {
@@ -165,7 +168,7 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
         int nd = unet_param_file_ndim(u, i);
         for (int d = 0; d < nd; d++) shape[d] = p->shape[d];
         snprintf(name, sizeof name, UNET_PREFIX "%s", pn);
-        if (info->fp16_layers && fp_layer_weight(q, p)) {
+        if (fp16 && fp_layer_weight(q, p)) {
             uint16_t *h = keep_alloc(&keep, p->n * sizeof *h);
             if (!h) {
                 rc = err_set(e, ERR_NOMEM, "export: out of memory");
@@ -262,7 +265,8 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
     if (!rc && info->run_dir) rc = st_writer_meta(&w, "effdm.run", info->run_dir, e);
     if (!rc && info->epoch) rc = st_writer_meta(&w, "effdm.epoch", info->epoch, e);
     if (!rc) rc = st_writer_meta(&w, "effdm.ema", info->ema ? "1" : "0", e);
-    if (!rc) rc = st_writer_meta(&w, "effdm.fp_layers", info->fp16_layers ? "F16" : "F32", e);
+    if (!rc)
+        rc = st_writer_meta(&w, "effdm.fp_layers", fp16 ? (q->cfg.fp_f16 ? "F16" : "F16-at-export") : "F32", e);
     snprintf(num, sizeof num, "%zu", unet);
     if (!rc) rc = st_writer_meta(&w, "effdm.unet_bytes", num, e);
     snprintf(num, sizeof num, "%zu", unet_param_count(u) * sizeof(float));
@@ -278,6 +282,8 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
         s->a_bits = q->cfg.sel.a_bits;
         s->special_bits = q->cfg.sel.special_bits;
         s->entries = q->cfg.talsq ? q->train_sched.n : 1;
+        s->fp16_layers = fp16;
+        s->exact = !fp16 || q->cfg.fp_f16;
     }
     cJSON_free(json);
     for (int k = 0; k < q->n_q; k++) {
@@ -349,6 +355,7 @@ int export_run(const char *run_dir, const ExportOpts *o, const char *path, Expor
     if ((code = qmodel_init(&q, m->unet, &qc, m->T, &r, e))) goto done;
     q_ok = 1;
     if ((code = weights_open(&sf, p_state, e)) || (code = qmodel_read_state(&q, sf, "q.", e))) goto done;
+    // quant.fp_layers f16: qc makes the FP layers F16 (exact); o->fp16_layers forces it on an f32 run
     ExportInfo info = {rc->model.ckpt, rc->model.ldm_config, text, run_dir, epoch, m->using_ema, o && o->fp16_layers};
     if (rc->train.guidance_gain == RC_GAIN_FIT && ldm_is_class_conditional(m) && rc->train.scale != 1.0) {
         info.n_gain = q.train_sched.n;

@@ -16,10 +16,11 @@
      model.diffusion_model.<param>          F32  every UNet parameter that is not the weight of a
                                                  quantized layer (biases, norms, embeddings, FP
                                                  layers); Conv1d weights (Cout, Cin, 1) as CompVis.
-                                                 With fp16_layers the weights of the FP conv/linear
-                                                 layers (skip connections, Downsample ops, layers
-                                                 kept FP) are F16: half their size, no longer
-                                                 bit-exact (see "Size" below)
+                                                 F16: the weights of the FP conv/linear layers (skip
+                                                 connections, Downsample ops, layers kept FP) when the
+                                                 run's quant.fp_layers is f16 - the student ran those
+                                                 very values, so the export stays exact - or when
+                                                 fp16_layers forces it on an f32 run (not exact)
      model.diffusion_model.<layer>.qweight  U8   (bytes) the layer's integer levels
                                                  q = clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1) of the
                                                  weight in C order, packed as pack.h defines (2 per
@@ -46,6 +47,8 @@
      effdm.source       the teacher checkpoint; effdm.source_config its YAML path
      effdm.run, effdm.epoch   the run directory and which state ("last" | "best")
      effdm.ema          "1" when the UNet weights are the teacher's EMA weights
+     effdm.fp_layers    the FP layers' weights: "F32", "F16" (the student's own float16 values,
+                        exact) or "F16-at-export" (an f32 student rounded by fp16_layers: not exact)
      effdm.unet_bytes, effdm.unet_fp32_bytes   size of the UNet part vs the FP32 UNet
    A weight is dequantized as (q - z_w)·Δ_w, exactly W_eff of the student; activations are
    fake-quantized with the tables (rounded z_a); sampling timestep t uses the entry of the
@@ -53,11 +56,17 @@
 
    Size. The UNet part is the packed levels plus, in F32, Δ_w, the tables and everything left
    FP. On the shipped teacher (1.45 M UNet parameters) the FP rest is large: the 1x1 skip
-   connections and the Downsample conv alone are 164 kB, the biases 41 kB, so an exact W4A4
-   export is about 1/5.9 of the FP32 UNet - no exact encoding reaches 1/6 there (levels + FP
-   rest + Δ_w already take 966 kB of the 968 kB budget). fp16_layers stores the FP layers'
-   weights as float16 (relative error <= 2^-11 on those weights only; biases, norms, Δ and
-   tables stay exact) and gives about 1/6.4. Default: exact.
+   connections and the Downsample convs alone are 164 kB in F32, the biases 41 kB, so with
+   float32 FP layers a W4A4 export is 986,572 bytes, 1/5.89 of the FP32 UNet (5,806,352 bytes)
+   - no exact encoding of that student reaches 1/6 (levels + FP rest + Δ_w already take 966
+   kB of the 968 kB budget). So the student itself runs those layers' weights rounded to
+   float16 (run config quant.fp_layers: f16, the effdm recipe's default; fplayer.h): the export
+   stores them as F16 (82 kB) and computes exactly what the student computed, 904,652 bytes =
+   1/6.42. Biases, norms, embeddings, Δ and the tables stay F32. The teacher is untouched
+   (relative error of the rounded weights <= 2^-11). The reference recipe keeps f32 (parity
+   with the reference code); fp16_layers forces F16 on such a student at export: the same size,
+   but then the export is no longer bit-exact to the student. Quality of f16 vs f32 at W4A4
+   PTQ (docs/RESULTS.md, 3 seeds): inside the seed spread, leaning slightly worse.
 */
 #ifndef EFFDM_EXPORT_H
 #define EFFDM_EXPORT_H
@@ -78,6 +87,8 @@ typedef struct {
     int trainable, special, fp;
     int w_bits, a_bits, special_bits;
     int entries;
+    int fp16_layers;          // the FP conv/linear weights were written as F16
+    int exact;                // 0: F16 forced on a float32 student (fp16_layers): not bit-exact
     int n_gain;               // guidance gains written (0: none)
     float gain_min, gain_max;
     float gain_err1, gain_err; // the fit's latent MSE to the teacher at gain 1 and at the gain
@@ -92,14 +103,14 @@ typedef struct {
     const char *run_dir;
     const char *epoch;        // "last" / "best"
     int ema;                  // the UNet holds EMA weights
-    int fp16_layers;          // FP conv/linear weights as F16 (see "Size")
+    int fp16_layers;          // FP conv/linear weights as F16 even for a float32 student (see "Size")
     const float *guidance_gain;  // (n_gain) per TALSQ entry, or NULL
     int n_gain;
 } ExportInfo;
 
 typedef struct {
     const char *epoch;        // "last" (default when NULL) or "best"
-    int fp16_layers;
+    int fp16_layers;          // ExportInfo.fp16_layers (runs with quant.fp_layers f16 write F16 anyway)
 } ExportOpts;
 
 // Writes the export of student q over teacher m (the UNet q wraps; first stage and class

@@ -50,6 +50,7 @@ int qmodel_config_from_run(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     cfg->train_steps = rc->train.steps;
     cfg->w_init = rq->weight_init == RC_INIT_MSE ? QUANT_INIT_MSE : QUANT_INIT_MAX;
     cfg->a_init = rq->act_init == RC_INIT_MSE ? QUANT_INIT_MSE : QUANT_INIT_MAX;
+    cfg->fp_f16 = rq->fp_layers == RC_FP_F16;
     cfg->n_fp_names = rq->n_fp_names;
     for (int i = 0; i < rq->n_fp_names; i++)
         snprintf(cfg->fp_names[i], QMODEL_FP_NAME_MAX, "%s", rq->fp_name_contains[i]);
@@ -142,6 +143,20 @@ static void layer_qconfig(const QModel *q, int i, QLayerConfig *lc) {
     lc->a_init = q->cfg.a_init;
 }
 
+// The float16 copies of the layers left FP (conv1d included: the export's FP layers are the same set).
+static int init_fp16(QModel *q, Err *e) {
+    int n = 0;
+    for (int i = 0; i < q->n_all; i++) n += q->choice[i].role == QSEL_FP;
+    q->fp16 = calloc((size_t)(n ? n : 1), sizeof *q->fp16);
+    if (!q->fp16) return err_set(e, ERR_NOMEM, "out of memory for %d float16 layers", n);
+    for (int i = 0; i < q->n_all; i++) {
+        if (q->choice[i].role != QSEL_FP) continue;
+        if (fplayer_init(&q->fp16[q->n_fp16], q->all[i], e)) return err_prefix(e, "quant.fp_layers: f16");
+        q->n_fp16++;
+    }
+    return 0;
+}
+
 int qmodel_init(QModel *q, UNet *unet, const QModelConfig *cfg, int T, Rng *rng, Err *e) {
     memset(q, 0, sizeof *q);
     q->unet = unet;
@@ -213,6 +228,8 @@ int qmodel_init(QModel *q, UNet *unet, const QModelConfig *cfg, int T, Rng *rng,
     q->state_cfg[2] = q->cfg.talsq;
     q->state_cfg[3] = q->n_all;
     for (int i = 0; i < q->train_sched.n; i++) q->state_ts[i] = q->train_sched.timesteps[i];
+    q->state_fp_bits = q->cfg.fp_f16 ? 16 : 32;
+    if (q->cfg.fp_f16 && init_fp16(q, e)) goto fail;
     return 0;
 fail:
     qmodel_free(q);
@@ -223,6 +240,8 @@ void qmodel_free(QModel *q) {
     if (!q) return;
     if (q->q)
         for (int k = 0; k < q->n_q; k++) qlayer_free(&q->q[k]);
+    for (int k = 0; k < q->n_fp16; k++) fplayer_free(&q->fp16[k]);
+    free(q->fp16);
     free(q->q);
     free(q->choice);
     free(q->q_index);
@@ -239,6 +258,10 @@ void qmodel_enable(QModel *q, int on) {
     for (int k = 0; k < q->n_q; k++) {
         if (on) qlayer_attach(&q->q[k]);
         else qlayer_detach(&q->q[k]);
+    }
+    for (int k = 0; k < q->n_fp16; k++) {
+        if (on) fplayer_attach(&q->fp16[k]);
+        else fplayer_detach(&q->fp16[k]);
     }
     q->enabled = on;
 }
@@ -375,6 +398,8 @@ int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e)
     if (st_writer_add(w, name, DT_I32, 2, (int64_t[]){q->n_all, 3}, q->state_sel, e)) return e->code;
     snprintf(name, sizeof name, "%ssel.config", prefix);
     if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){4}, q->state_cfg, e)) return e->code;
+    snprintf(name, sizeof name, "%ssel.fp_bits", prefix);
+    if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){1}, &q->state_fp_bits, e)) return e->code;
     snprintf(name, sizeof name, "%stalsq.timesteps", prefix);
     if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){q->train_sched.n}, q->state_ts, e)) return e->code;
     for (int k = 0; k < q->n_q; k++) {
@@ -455,6 +480,15 @@ static int check_selection(QModel *q, WeightFile *f, const char *prefix, Err *e)
         return err_set(e, ERR_VALUE, "%s: TALSQ %s with %d entries in the state, %s with %d in the config "
                        "(quant.talsq, train.steps)", path, cfgv[2] ? "on" : "off", cfgv[1],
                        q->state_cfg[2] ? "on" : "off", q->state_cfg[1]);
+    // states written before quant.fp_layers existed trained float32 FP layers
+    int32_t fp_bits = 32;
+    snprintf(name, sizeof name, "%ssel.fp_bits", prefix);
+    if (weights_find(f, name) && read_ints(f, name, DT_I32, 1, (int64_t[]){1}, &fp_bits, 4, e)) return e->code;
+    if (fp_bits != q->state_fp_bits)
+        return err_set(e, ERR_VALUE, "%s: the FP layers' weights are float%d in the state, float%d in the config "
+                       "(quant.fp_layers: f%d)%s", path, (int)fp_bits, (int)q->state_fp_bits, (int)q->state_fp_bits,
+                       fp_bits == 32 && !weights_find(f, name) ? " - the state predates quant.fp_layers: set "
+                       "quant.fp_layers: f32 in the run's config.yaml" : "");
     int32_t *sel = malloc((size_t)q->n_all * 3 * sizeof *sel);
     int32_t *ts = malloc((size_t)q->train_sched.n * sizeof *ts);
     int rc = 0;

@@ -25,10 +25,15 @@
    trainable tensor with its parameter group and its offset in that gradient block, in
    block order, so an optimizer can give each its AdamW slots.
 
+   The layers left FP are the teacher's; with cfg.fp_f16 (run config quant.fp_layers: f16)
+   the student runs their weights rounded to float16 (fplayer.h: a frozen copy, attached
+   and detached with the QLayers), so that the export stores them as F16 exactly.
+
    Everything else that defines the student (W_int, z_w, special-layer ranges, calibrated
-   activation tables, the selection, bits, rank and training timesteps) is saved and
-   restored by qmodel_write_state / qmodel_read_state; the FP UNet itself is not (it is the
-   teacher, loaded from its checkpoint).
+   activation tables, the selection, bits, rank, training timesteps, the FP layers'
+   precision) is saved and restored by qmodel_write_state / qmodel_read_state; the FP UNet
+   itself is not (it is the teacher, loaded from its checkpoint), nor are the float16
+   copies (they follow from it).
 
    Limitations: fp_name_contains must keep every layer select.h keeps FP ("skip", "op");
    extra names are supported. quantize_attention_matmuls and non-default 'mse' search
@@ -44,6 +49,7 @@
 #include "io/weights.h"
 #include "models/ldm.h"
 #include "models/unet/unet.h"
+#include "qalora/fplayer.h"
 #include "qalora/qlayer.h"
 #include "qalora/select.h"
 #include "qalora/talsq.h"
@@ -61,6 +67,7 @@ typedef struct {
     int train_steps;            // training DDIM steps S: TALSQ table entries (100 reference; 30 -> 31 entries)
     int talsq;                  // 0: one activation (Δ, z) per layer (table of 1 entry)
     QuantInit w_init, a_init;   // 'max' / 'mse'
+    int fp_f16;                 // 1: the FP conv/linear layers run float16-rounded weights (fplayer.h)
     // Conv2d/Linear layers whose leaf name contains one of these stay FP ({"skip", "op"}).
     char fp_names[QMODEL_MAX_FP_NAMES][QMODEL_FP_NAME_MAX];
     int n_fp_names;
@@ -92,6 +99,9 @@ typedef struct {
     int32_t *state_sel;         // (n_all, 3) role, w_bits, a_bits: written by qmodel_write_state
     int32_t state_cfg[4];       // rank, n_entries, talsq, n_all
     int32_t *state_ts;          // (train_sched.n) training timesteps
+    int n_fp16;                 // FP conv/linear layers run with float16-rounded weights (cfg.fp_f16)
+    FpLayer *fp16;              // [n_fp16], registration order; attached with the QLayers
+    int32_t state_fp_bits;      // 16 or 32: the FP layers' weight precision, written to the state
 } QModel;
 
 // Parameter groups of the trainable tensors (EFFICIENTDM.md "Distillation loop", 3).
@@ -111,7 +121,8 @@ typedef struct {
     char name[160];             // "q.<layer name>.lora_a" (state tensor name with prefix "q.")
 } QTrainable;
 
-// The reference defaults: W4A4, special 8-bit first 3 + last 1, rank 32, 100 entries, max / mse init.
+// The reference defaults: W4A4, special 8-bit first 3 + last 1, rank 32, 100 entries, max / mse init,
+// FP layers in float32.
 void qmodel_config_defaults(QModelConfig *cfg);
 // The quant.* keys of a run config (plus train.steps for the TALSQ entries). 0, or ERR_VALUE
 // naming the key for options this build does not implement (quantize_attention_matmuls,
@@ -165,6 +176,8 @@ int qmodel_calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const floa
 // Adds to w every tensor that defines the student beyond the FP UNet, named prefix + ...:
 //   sel.layers   I32 (n_all, 3)  role (0 fp, 1 trainable, 2 special), w_bits, a_bits per layer
 //   sel.config   I32 (4)         rank, TALSQ entries, talsq on/off, n_all
+//   sel.fp_bits  I32 (1)         16 or 32: the FP layers' weights (absent in states written
+//                                before quant.fp_layers existed: those are 32)
 //   talsq.timesteps I32 (S)      training timesteps (entry i <-> timestep i)
 //   <layer>.w_int   U8 weight-shaped (trainable)   <layer>.w_delta, .w_zero F32 (Cout)
 //   <layer>.lora_a, .lora_b F32 (trainable, rank > 0)
@@ -172,7 +185,7 @@ int qmodel_calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const floa
 // The data stays q's: keep q unchanged until st_write. 0 or an ERR_ code.
 int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e);
 // Restores what qmodel_write_state saved into a QModel built (qmodel_init) from the same
-// config over the same UNet. The selection, bits, rank and timesteps must match: ERR_VALUE
+// config over the same UNet. The selection, bits, rank, timesteps and FP-layer precision must match: ERR_VALUE
 // naming the layer or key otherwise; a missing tensor is ERR_KEY, a wrong shape ERR_SHAPE
 // (both naming the tensor). Marks every layer calibrated. 0 or an ERR_ code.
 int qmodel_read_state(QModel *q, WeightFile *f, const char *prefix, Err *e);

@@ -137,11 +137,12 @@ static int nearest_entry(const TalsqSchedule *s, int t) {
     return best;
 }
 
-static void check_equivalence(int w_bits, int a_bits, int train_steps) {
+static void check_equivalence(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    rc.quant.fp_layers = fp_layers;
     rc.quant.weight_bits = w_bits;
     rc.quant.act_bits = a_bits;
     rc.train.steps = train_steps;
@@ -163,8 +164,11 @@ static void check_equivalence(int w_bits, int a_bits, int train_steps) {
     assert_int_equal(r, 0);
     assert_int_equal(em->n_layers, q.n_q);
     assert_int_equal(em->train_sched.n, q.train_sched.n);
-    print_message("  W%dA%d, %d entries: UNet part %zu of %zu bytes (1/%.2f)\n", w_bits, a_bits, em->train_sched.n,
-                  s.unet_bytes, s.unet_fp32_bytes, (double)s.unet_fp32_bytes / (double)s.unet_bytes);
+    print_message("  W%dA%d, %d entries, FP layers %s: UNet part %zu of %zu bytes (1/%.2f)\n", w_bits, a_bits,
+                  em->train_sched.n, fp_layers == RC_FP_F16 ? "f16" : "f32", s.unet_bytes, s.unet_fp32_bytes,
+                  (double)s.unet_fp32_bytes / (double)s.unet_bytes);
+    assert_int_equal(s.fp16_layers, fp_layers == RC_FP_F16);
+    assert_int_equal(s.exact, 1);
 
     // the deployed weight is the student's W_eff, bit for bit
     for (int k = 0; k < q.n_q; k++) {
@@ -176,6 +180,15 @@ static void check_equivalence(int w_bits, int a_bits, int train_steps) {
         const ModelLayer *dl = L[q.q[k].layer->index];
         assert_string_equal(dl->name, q.q[k].layer->name);
         assert_memory_equal(dl->weight.data, weff->data, weff->n * sizeof(float));
+    }
+    // the layers left FP: the weights the student ran (float16-rounded copies, or the teacher's)
+    int n_all_e;
+    ModelLayer **LE = unet_layers(em->ldm->unet, &n_all_e);
+    assert_int_equal(q.n_fp16, fp_layers == RC_FP_F16 ? q.n_all - q.n_q : 0);
+    for (int i = 0, k16 = 0; i < q.n_all; i++) {
+        if (q.choice[i].role != QSEL_FP) continue;
+        const float *ran = fp_layers == RC_FP_F16 ? q.fp16[k16++].data : q.all[i]->weight.data;
+        assert_memory_equal(LE[i]->weight.data, ran, LE[i]->weight.n * sizeof(float));
     }
 
     // outputs at training timesteps and at the timesteps of 20- and 30-step samplers
@@ -226,8 +239,9 @@ static void check_equivalence(int w_bits, int a_bits, int train_steps) {
     teacher_close(&T);
 }
 
-static void test_equivalence_w4a4(void **state) { check_equivalence(4, 4, 100); }
-static void test_equivalence_w2a8(void **state) { check_equivalence(2, 8, 20); }
+static void test_equivalence_w4a4(void **state) { check_equivalence(4, 4, 100, RC_FP_F16); }
+static void test_equivalence_w4a4_f32(void **state) { check_equivalence(4, 4, 100, RC_FP_F32); }
+static void test_equivalence_w2a8(void **state) { check_equivalence(2, 8, 20, RC_FP_F16); }
 
 /* ---- size ---------------------------------------------------------------------------- */
 
@@ -248,15 +262,24 @@ static void test_size(void **state) {
     Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    assert_int_equal(rc.quant.fp_layers, RC_FP_F16);  // the default run: float16 FP layers
     QModel q;
-    student_make(&q, c, &T, &rc, 0);
     Err e = {0};
-    char *p32 = tmp_path(".safetensors"), *p16 = tmp_path(".safetensors");
+    char *p32 = tmp_path(".safetensors"), *p16 = tmp_path(".safetensors"), *pforced = tmp_path(".safetensors");
     ExportInfo info = {.yaml = T.yaml};
-    ExportSummary s32, s16;
-    assert_int_equal(export_write(&q, T.m, T.f, &info, p32, &s32, &e), 0);
-    info.fp16_layers = 1;
+    ExportSummary s32, s16, sforced;
+    student_make(&q, c, &T, &rc, 0);
     assert_int_equal(export_write(&q, T.m, T.f, &info, p16, &s16, &e), 0);
+    qmodel_free(&q);
+    rc.quant.fp_layers = RC_FP_F32;
+    student_make(&q, c, &T, &rc, 0);
+    assert_int_equal(export_write(&q, T.m, T.f, &info, p32, &s32, &e), 0);
+    info.fp16_layers = 1;  // forced onto the float32 student: the size of p16, not exact
+    assert_int_equal(export_write(&q, T.m, T.f, &info, pforced, &sforced, &e), 0);
+    assert_true(s16.fp16_layers && s16.exact);
+    assert_true(!s32.fp16_layers && s32.exact);
+    assert_true(sforced.fp16_layers && !sforced.exact);
+    assert_int_equal(sforced.unet_bytes, s16.unet_bytes);
 
     // the UNet part from the format's definition: packed levels, zero points in their
     // container, F32 Δ and tables, the rest F32 (F16 for FP layer weights in p16)
@@ -294,15 +317,25 @@ static void test_size(void **state) {
     assert_int_equal(s16.unet_bytes, want16);
     assert_true((double)s16.unet_bytes <= SIZE_TARGET * (double)fp32);
     assert_true((double)s32.unet_bytes <= (1.0 / 5.5) * (double)fp32);  // exact: about 1/5.9 (export.h "Size")
-    // the file agrees with the summary
+    // the file agrees with the summary, and says what its FP layers are
+    static const char *const fp_meta[3] = {"F16", "F32", "F16-at-export"};
+    const char *paths[3] = {p16, p32, pforced};
+    for (int i = 0; i < 3; i++) {
+        WeightFile *f;
+        assert_int_equal(weights_open(&f, paths[i], &e), 0);
+        assert_string_equal(weights_metadata(f, "effdm.fp_layers"), fp_meta[i]);
+        weights_close(f);
+    }
     ExportModel *em;
     assert_int_equal(export_load(&em, p16, &e), 0);
     assert_int_equal(em->unet_bytes, s16.unet_bytes);
     export_free(em);
     unlink(p32);
     unlink(p16);
+    unlink(pforced);
     free(p32);
     free(p16);
+    free(pforced);
     qmodel_free(&q);
     test_ctx_delete(c);
     teacher_close(&T);
@@ -546,7 +579,8 @@ static void test_guidance_parabola(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_equivalence_w4a4), cmocka_unit_test(test_equivalence_w2a8),
+        cmocka_unit_test(test_equivalence_w4a4), cmocka_unit_test(test_equivalence_w4a4_f32),
+        cmocka_unit_test(test_equivalence_w2a8),
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
         cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola),
     };

@@ -28,7 +28,7 @@ static const char *const ALL_KEYS[] = {
     "quant.weight_bits", "quant.act_bits", "quant.weight_init", "quant.act_init", "quant.mse_candidates",
     "quant.mse_shrink", "quant.mse_norm", "quant.special_bits", "quant.special_first", "quant.special_last",
     "quant.fp_name_contains", "quant.quantize_attention_matmuls", "quant.lora_rank", "quant.talsq",
-    "quant.overrides",
+    "quant.fp_layers", "quant.overrides",
     "calib.steps", "calib.eta", "calib.scale", "calib.n_samples", "calib.batch", "calib.n_inputs", "calib.seed",
     "train.recipe", "train.epochs", "train.batch", "train.steps", "train.eta", "train.scale",
     "train.loss_branches", "train.loss_reduction", "train.step_weighting", "train.trajectory", "train.guidance_gain", "train.guidance_fit_samples", "train.select_epoch",
@@ -88,6 +88,8 @@ static void test_reference_defaults(void **state) {
     assert_int_equal(c.quant.lora_rank, 32);
     assert_int_equal(c.train.optimizer.delta_w_update, RC_DW_REFERENCE);
     assert_int_equal(c.quant.talsq, 1);
+    // the reference code keeps the unquantized conv/linear weights in float32
+    assert_int_equal(c.quant.fp_layers, RC_FP_F32);
     // "Distillation loop": 160 epochs, batch 2, 100 steps, eta 1.0, scale 1.5, last class unconditional,
     // summed loss on the guided output, no step weights, the last epoch
     assert_int_equal(c.train.recipe, RC_RECIPE_REFERENCE);
@@ -148,6 +150,7 @@ static void test_effdm_recipe(void **state) {
     assert_true(c.train.optimizer.lr_act == 1e-4);  // docs/RESULTS.md
     assert_int_equal(c.train.guidance_gain, RC_GAIN_FIT);
     assert_int_equal(r.train.guidance_gain, RC_GAIN_OFF);
+    assert_int_equal(c.quant.fp_layers, RC_FP_F16);   // qalora/export.h "Size"
     // everything else as the reference
     RunConfig x = c;
     x.train.recipe = r.train.recipe;
@@ -160,6 +163,7 @@ static void test_effdm_recipe(void **state) {
     x.train.optimizer.delta_w_update = r.train.optimizer.delta_w_update;
     x.train.optimizer.lr_act = r.train.optimizer.lr_act;
     x.train.guidance_gain = r.train.guidance_gain;
+    x.quant.fp_layers = r.quant.fp_layers;
     assert_null(run_config_first_diff(&x, &r));
     // explicit keys win over the recipe, in either order of the keys
     load_ok("train:\n  steps: 100\n  recipe: effdm\n  loss_branches: guided\n", &c);
@@ -223,6 +227,7 @@ static void test_unknown_keys(void **state) {
         {"quant:\n  overrides:\n    - {pattern: x, weigth_bits: 4}\n",
          {"quant.overrides[0].weigth_bits: unknown key (line 3)", "did you mean 'weight_bits'?"}},
         {"quant:\n  overrides:\n    - {weight_bits: 4}\n", {"quant.overrides[0]: missing key 'pattern'"}},
+        {"quant:\n  fp_layer: f32\n", {"quant.fp_layer: unknown key (line 2)", "did you mean 'quant.fp_layers'?"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         RunConfig c;
@@ -247,6 +252,8 @@ static void test_bad_values(void **state) {
         {"quant: {weight_init: mes}\n", {"quant.weight_init: expected one of max, mse, found 'mes'",
                                          "did you mean 'mse'?"}},
         {"quant: {talsq: maybe}\n", {"quant.talsq: expected a boolean"}},
+        {"quant: {fp_layers: f61}\n", {"quant.fp_layers: expected one of f32, f16, found 'f61'",
+                                       "did you mean 'f16'?"}},
         {"quant: {fp_name_contains: skip}\n", {"quant.fp_name_contains: expected a list"}},
         {"quant: {fp_name_contains: [skip, '']}\n",
          {"quant.fp_name_contains[1]: expected a name part, found an empty string"}},
@@ -347,6 +354,7 @@ static const char *const FULL =
     "quant:\n  weight_bits: 3\n  act_bits: 6\n  weight_init: mse\n  act_init: max\n  mse_candidates: 50\n"
     "  mse_shrink: 0.015\n  mse_norm: 2.0\n  special_bits: 6\n  special_first: 0\n  special_last: 2\n"
     "  fp_name_contains: [skip, yes, '1.5']\n  quantize_attention_matmuls: true\n  lora_rank: 7\n  talsq: false\n"
+    "  fp_layers: f16\n"
     "  overrides:\n    - {pattern: '*', act_bits: 8}\n    - {pattern: 'a?[bc]*', keep_fp: on}\n"
     "    - {pattern: \"input_blocks.1.*\", weight_bits: 2, act_bits: 3}\n"
     "calib: {steps: 100, eta: 0.25, scale: 0, n_samples: 3, batch: 1, n_inputs: 5, seed: 0}\n"
@@ -458,6 +466,7 @@ static void test_compare_for_resume(void **state) {
          {"quant.overrides differ", "0 overrides in the run, 1 overrides now"}},
         {"train: {optimizer: {lr_act: 1e-3}}\n", "train.optimizer.lr_act", {"is 0.0001 in the run and 0.001 now"}},
         {"train: {steps: 50}\n", "train.steps", {"is 20 in the run and 50 now"}},
+        {"quant: {fp_layers: f32}\n", "quant.fp_layers", {"quant.fp_layers is f16 in the run and f32 now"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         load_ok(cases[i].yaml, &now);
@@ -481,6 +490,7 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"quant.fp_name_contains", "quant: {fp_name_contains: [skip]}"},
     {"quant.quantize_attention_matmuls", "quant: {quantize_attention_matmuls: true}"},
     {"quant.lora_rank", "quant: {lora_rank: 4}"}, {"quant.talsq", "quant: {talsq: false}"},
+    {"quant.fp_layers", "quant: {fp_layers: f32}"},
     {"quant.overrides", "quant: {overrides: [{pattern: a, keep_fp: true}]}"},
     {"calib.steps", "calib: {steps: 50}"}, {"calib.eta", "calib: {eta: 0.5}"}, {"calib.scale", "calib: {scale: 2}"},
     {"calib.n_samples", "calib: {n_samples: 4}"}, {"calib.batch", "calib: {batch: 4}"},
@@ -605,6 +615,7 @@ static void test_shipped_configs(void **state) {
         assert_string_equal(c.model.ckpt, cfgs[i].ckpt);
         assert_string_equal(c.run.out, cfgs[i].out);
         assert_int_equal(c.quant.lora_rank, 32);
+        assert_int_equal(c.quant.fp_layers, cfgs[i].recipe == RC_RECIPE_EFFDM ? RC_FP_F16 : RC_FP_F32);
         assert_int_equal(c.train.epochs, 160);
         assert_int_equal(run_config_validate(&c, &e), 0);
     }

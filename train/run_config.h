@@ -42,6 +42,7 @@
    | quant.quantize_attention_matmuls * | false                 | also quantize QK^T and softmax*V (an extension; the reference keeps them FP) |
    | quant.lora_rank                * | 32                      | LoRA rank r of every trainable layer, >= 1 |
    | quant.talsq                    * | true                    | TALSQ: one activation (Δ, z) per training timestep; false: one per layer |
+   | quant.fp_layers              R * | f32 / f16               | precision of the weights of the conv/linear layers the student keeps FP (skip connections, Downsample ops, fp_name_contains, keep_fp): f16 rounds them to float16 in the student (the teacher stays f32), so the export stores them as F16 and is still exact |
    | quant.overrides                * | []                      | per-layer overrides, applied in order (a later match wins, field by field): {pattern: glob on the layer name, e.g. "output_blocks.*", weight_bits, act_bits, keep_fp} |
    | calib.steps                    * | 250                     | DDIM steps of the teacher trajectories that provide calibration inputs |
    | calib.eta                      * | 1.0                     | their DDIM eta, 0..1 |
@@ -50,7 +51,7 @@
    | calib.batch                      | 16                      | trajectories sampled at once (memory only) |
    | calib.n_inputs                 * | 32                      | random UNet inputs of the one activation-init forward |
    | calib.seed                     * | 7                       | RNG seed of the calibration |
-   | train.recipe                   * | effdm                   | reference or effdm: picks the R defaults below |
+   | train.recipe                   * | effdm                   | reference or effdm: picks the defaults of the rows marked R |
    | train.epochs                   * | 160                     | epochs (one trajectory each, `steps` optimizer steps per epoch); 0 = naive PTQ only |
    | train.batch                    * | 2                       | random class labels (trajectories) per epoch |
    | train.steps                  R * | 100 / 20                | DDIM steps of the training trajectory = TALSQ table entries |
@@ -94,7 +95,9 @@
    ties with both (kept: both). Against naive PTQ the recipe cuts the pixel distance to the
    FP samples by a third (same-noise RMSE 0.12 -> 0.08) and raises judge agreement with FP,
    but FID ties and class accuracy is slightly lower (-0.007 over 5 seeds): not yet a win
-   on every column.
+   on every column. quant.fp_layers f16 is there for the export's size (qalora/export.h
+   "Size"), not for quality: at W4A4 PTQ over 3 seeds its effect is within the seed spread
+   but leans slightly worse (accuracy -0.01, RMSE +0.6%; docs/RESULTS.md).
 
    Limitations: at most RC_MAX_OVERRIDES overrides and RC_MAX_FP_NAMES fp names; strings are
    limited to the buffer sizes below (longer: ERR_VALUE). Whether a step count fits the model's
@@ -128,6 +131,7 @@ typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;
 typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
 typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
 typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
+typedef enum { RC_FP_F32, RC_FP_F16 } RcFpLayers;
 
 typedef struct {
     char pattern[RC_PATTERN_MAX];  // fnmatch(3) glob on the layer name; '*' also matches dots
@@ -154,6 +158,7 @@ typedef struct {
     int quantize_attention_matmuls;
     int lora_rank;
     int talsq;
+    RcFpLayers fp_layers;
     RcOverride overrides[RC_MAX_OVERRIDES];
     int n_overrides;
 } RcQuant;
@@ -231,9 +236,10 @@ int run_config_to_yaml(const RunConfig *c, char **text, size_t *len, Err *e);
 int run_config_write(const RunConfig *c, const char *path, Err *e);
 // Resuming a run saved with config `run` under config `now`: 0 when every key marked * in the
 // table is equal; else ERR_VALUE ("cannot resume: quant.weight_bits is 4 in the run, 8 now")
-// and *key (if not NULL) the first such key's path.
+// and *key (if not NULL) the first such key's path (train.recipe before all others: it sets the
+// defaults of the R keys, so it is the cause to name).
 int run_config_compare(const RunConfig *run, const RunConfig *now, const char **key, Err *e);
-// Path of the first key whose value differs between a and b (any key), or NULL when equal.
+// Path of the first key whose value differs between a and b (any key; train.recipe first), or NULL when equal.
 const char *run_config_first_diff(const RunConfig *a, const RunConfig *b);
 // Short name of an enum value as written in the YAML ("mse", "best_val", ...); key is the path.
 const char *run_config_enum_name(const char *key, int value);

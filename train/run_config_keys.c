@@ -21,6 +21,7 @@ static const char *const DW_NAMES[] = {"reference", "single"};
 static const char *const TRAJ_NAMES[] = {"teacher", "student"};
 static const char *const GAIN_NAMES[] = {"off", "fit"};
 static const char *const SAMPLER_NAMES[] = {"ddim", "plms"};
+static const char *const FP_LAYERS_NAMES[] = {"f32", "f16"};
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 const double RC_BIG = 1e9;
@@ -64,6 +65,9 @@ const KeyDesc RC_KEYS[] = {
     {.path = "quant.lora_rank", .type = K_INT, .off = offsetof(RunConfig, quant.lora_rank), .lo = 1, .hi = 65536,
      .def = {32, 32}, .resume = 1},
     {.path = "quant.talsq", .type = K_BOOL, .off = offsetof(RunConfig, quant.talsq), .def = {1, 1}, .resume = 1},
+    // f32 for the reference recipe: the reference code keeps those layers in float32 (parity)
+    {.path = "quant.fp_layers", .type = K_ENUM, .off = offsetof(RunConfig, quant.fp_layers), .names = FP_LAYERS_NAMES,
+     .n_names = N_OF(FP_LAYERS_NAMES), .def = {RC_FP_F32, RC_FP_F16}, .resume = 1},
     {.path = "quant.overrides", .type = K_OVERRIDES, .off = offsetof(RunConfig, quant.overrides), .resume = 1},
 
     {.path = "calib.steps", .type = K_INT, .off = offsetof(RunConfig, calib.steps), .lo = 1, .hi = 100000,

@@ -136,16 +136,26 @@ static int key_equal(const RunConfig *a, const RunConfig *b, const KeyDesc *k) {
     return 0;
 }
 
+// The i-th key in comparison order: train.recipe first, then the table's order. The recipe
+// picks the defaults of other keys (quant.fp_layers comes before it in the table), so when it
+// differs it is the difference to report, not one of its consequences.
+static const KeyDesc *compare_key(int i) {
+    const KeyDesc *recipe = rc_key_find("train.recipe");
+    if (i == 0) return recipe;
+    const KeyDesc *k = &RC_KEYS[i - 1];
+    return k < recipe ? k : &RC_KEYS[i];
+}
+
 const char *run_config_first_diff(const RunConfig *a, const RunConfig *b) {
     for (int i = 0; i < RC_N_KEYS; i++)
-        if (!key_equal(a, b, &RC_KEYS[i])) return RC_KEYS[i].path;
+        if (!key_equal(a, b, compare_key(i))) return compare_key(i)->path;
     return NULL;
 }
 
 int run_config_compare(const RunConfig *run, const RunConfig *now, const char **key, Err *e) {
     if (key) *key = NULL;
     for (int i = 0; i < RC_N_KEYS; i++) {
-        const KeyDesc *k = &RC_KEYS[i];
+        const KeyDesc *k = compare_key(i);
         if (!k->resume || key_equal(run, now, k)) continue;
         if (key) *key = k->path;
         char va[RC_PATH_MAX + 8], vb[RC_PATH_MAX + 8];
