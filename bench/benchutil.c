@@ -23,6 +23,13 @@ double bench_peak_rss_mib(void) {
     return kib / 1024.0;
 }
 
+int bench_reset_peak_rss(void) {
+    FILE *fp = fopen("/proc/self/clear_refs", "w");
+    if (!fp) return -1;
+    int ok = fputs("5", fp) >= 0;
+    return fclose(fp) == 0 && ok ? 0 : -1;
+}
+
 const char *bench_cpu_flags(void) {
     static char buf[256];
     buf[0] = '\0';

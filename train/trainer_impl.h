@@ -75,6 +75,12 @@ struct Trainer {
     int *val_y;                 // (n_val) or NULL (unconditional)
 
     RunLog log;
+
+    // the last step's split (seconds): teacher forward, student forward + loss, backward,
+    // AdamW + trajectory update; and the arena in use when the backward started
+    double split[4];
+    size_t step_arena_peak;
+    struct Profile *prof_teacher, *prof_student;  // trainer_set_profile (may be NULL)
 };
 
 /* distill_step.c */
