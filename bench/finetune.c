@@ -145,6 +145,7 @@ static int run_case(const Case *k) {
 
     // the peak from here on: the steps, not the calibration before them
     int reset = bench_reset_peak_rss() == 0;
+    double rss0 = bench_rss_mib();
     StepLog log = {.warmup = k->warmup};
     TrainerHooks h = {.on_step = on_step, .user = &log};
     if (trainer_bench_steps(tr, k->warmup, &h, &e)) goto fail;
@@ -196,15 +197,24 @@ static int run_case(const Case *k) {
            reset ? " of the steps" : " (whole process)", rss, weights,
            mib(mem.teacher), mib(mem.student), mib(mem.optimizer), mib(mem.activations), mib(mem.arena_peak),
            rss / (weights + mib(mem.activations)));
+    printf("             RSS / (weights + arena peak) %.2f (the backward's intermediate gradients come on top "
+           "of the saved activations); RSS before the steps %.1f MiB (weights, libraries, BLAS buffers)\n",
+           rss / (weights + mib(mem.arena_peak)), rss0);
+    printf("  teacher    %zu tape nodes after its forward; arena high-water %.1f MiB during it (block outputs "
+           "kept for the skips + one block's intermediates), %.1f KiB kept (its output)\n", mem.teacher_nodes,
+           mib(mem.teacher_peak), (double)mem.teacher_kept / 1024);
     if (k->profile) {
         char *buf = malloc(1 << 16);
         if (buf) {
             prof_format(pt, 0, buf, 1 << 16);
             printf("  teacher (%d steps) ", n);
             fputs(buf, stdout);
-            prof_format(ps, wall, buf, 1 << 16);
+            prof_format(ps, 0, buf, 1 << 16);
             printf("  student (%d steps) ", n);
             fputs(buf, stdout);
+            double tt = prof_total(pt), st = prof_total(ps);
+            printf("  wall of the %d steps %.3f s: teacher ops %.3f, student ops %.3f, outside ops (AdamW, DDIM "
+                   "update, copies) %.3f\n", n, wall, tt, st, wall - tt - st);
             free(buf);
         }
     }

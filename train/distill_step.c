@@ -76,10 +76,17 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     qmodel_enable(&tr->q, 0);
     c->prof = tr->prof_teacher;
     int prev = ctx_set_grad(c, 0);
+    // the teacher's own high-water mark (TrainerMemory): restart the arena's, then restore it
+    size_t peak0 = c->arena.peak, used0 = c->arena.used;
+    c->arena.peak = used0;
     CtxScope sc = ctx_scope_begin(c);
     Tensor *p = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
     p = ctx_scope_end(c, sc, p);
     ctx_set_grad(c, prev);
+    tr->teacher_peak = c->arena.peak - used0;
+    tr->teacher_kept = c->arena.used - used0;
+    tr->teacher_nodes = c->n_nodes;
+    if (c->arena.peak < peak0) c->arena.peak = peak0;
     if (!p) return op_failed(c, e, "teacher forward");
     if (!tr->pair)
         memcpy(tr->eps_g, p->data, n * sizeof(float));

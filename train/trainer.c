@@ -250,6 +250,9 @@ void trainer_memory(const Trainer *tr, TrainerMemory *mem) {
     mem->optimizer = 3 * tr->opt.capacity * sizeof(float);  // grad, m, v
     mem->activations = tr->step_arena_peak;
     mem->arena_peak = tr->ctx.arena.peak;
+    mem->teacher_peak = tr->teacher_peak;
+    mem->teacher_kept = tr->teacher_kept;
+    mem->teacher_nodes = tr->teacher_nodes;
 }
 
 void trainer_set_profile(Trainer *tr, struct Profile *teacher, struct Profile *student) {

@@ -86,6 +86,9 @@ typedef struct {
     size_t optimizer;           // AdamW gradient block and moments
     size_t activations;         // arena in use when the last step's backward started (tape + saved values)
     size_t arena_peak;          // high-water mark of the step arena since open
+    // the last step's teacher forward (no grad, ctx scopes): its arena high-water mark above
+    // the step's start, what it kept (its output), and the tape nodes it left (0 expected)
+    size_t teacher_peak, teacher_kept, teacher_nodes;
 } TrainerMemory;
 
 // One validation (epoch -1: the starting model).
