@@ -31,6 +31,10 @@ done
 PEER="${PEER:-/work/shared/peer}"
 LDM="${LDM:-/tmp/ldm}"
 EDM="${EDM:-/tmp/edm_ref}"
+# Both under the same OpenMP wait policy (libgomp reads it at start; torch and effdm both use
+# libgomp): PASSIVE unless the caller set one. With the default spin policy on a loaded machine
+# the peer's teacher sampling ran 36x slower (4.9 s per DDIM step instead of 0.13 s).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 BENCH=build/bench/finetune
 [ -x "$BENCH" ] || { echo "$0: $BENCH not built (cmake --build build)" >&2; exit 2; }
 [ -f "$PEER/peer_edm.py" ] || { echo "$0: no $PEER/peer_edm.py (set PEER)" >&2; exit 2; }
@@ -40,17 +44,21 @@ trap 'rm -rf "$TMP"' EXIT
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores," \
      "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_vnni|amx_tile)$' | tr '\n' ' ')"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "threads: $THREADS"
+echo "threads: $THREADS, OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
 
 effdm_run() {
     "$BENCH" --model fmnist --batch 2 --steps 20 --warmup 3 --threads "$THREADS" > "$TMP/effdm$1.txt"
-    grep 's/step' "$TMP/effdm$1.txt" | awk '{print $3}'
+    grep -E '^  s/step +median' "$TMP/effdm$1.txt" | awk '{print $3}'
 }
 
 E1=$(effdm_run 1)
 echo "effdm  run 1: $E1 s/step (median of 20)"
 LDM="$LDM" EDM="$EDM" /usr/bin/python3 "$PEER/peer_edm.py" 4 4 "$EPOCHS" --threads "$THREADS" \
     > "$TMP/peer.json" 2> "$TMP/peer.err" || { tail -5 "$TMP/peer.err" >&2; exit 1; }
+# CompVis prints a few lines on stdout too: the result is the last line
+tail -n 1 "$TMP/peer.json" > "$TMP/peer1.json"
+mv "$TMP/peer1.json" "$TMP/peer.json"
+[ -s "$TMP/peer.json" ] || { echo "$0: the peer printed no result:" >&2; tail -5 "$TMP/peer.err" >&2; exit 1; }
 P=$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['sec_per_step_median'])" "$TMP/peer.json")
 PMEAN=$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['sec_per_step_mean'])" "$TMP/peer.json")
 BLAS=$(/usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['blas'], 'torch', d['torch'], 'peak RSS', round(d['peak_rss_mb']), 'MB')" "$TMP/peer.json")
