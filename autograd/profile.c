@@ -2,7 +2,6 @@
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 void prof_init(Profile *p) {
@@ -86,10 +85,17 @@ static void out(Out *o, const char *fmt, ...) {
     if (n > 0) o->len += (size_t)n;
 }
 
-static const double *sort_key;
-static int by_key_desc(const void *a, const void *b) {
-    double x = sort_key[*(const int *)a], y = sort_key[*(const int *)b];
-    return (x < y) - (x > y);
+// idx[0..n) = 0..n-1 ordered by key descending (insertion sort: n <= PROF_MAX_BLOCKS, and
+// qsort would need the keys in a global).
+static void order_desc(const double *key, int *idx, int n) {
+    for (int i = 0; i < n; i++) {
+        int j = i;
+        while (j > 0 && key[idx[j - 1]] < key[i]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = i;
+    }
 }
 
 int prof_format(const Profile *p, double wall, char *buf, size_t cap) {
@@ -102,12 +108,8 @@ int prof_format(const Profile *p, double wall, char *buf, size_t cap) {
     out(&o, "profile by op kind (forward + backward)\n");
     out(&o, "  %-20s %10s %8s %10s %8s %10s %6s %8s\n", "op", "fwd s", "calls", "bwd s", "nodes", "total s", "%",
         "GFLOP/s");
-    for (int i = 0; i < OP_COUNT; i++) {
-        key[i] = p->sec[0][i] + p->sec[1][i];
-        idx[i] = i;
-    }
-    sort_key = key;
-    qsort(idx, OP_COUNT, sizeof idx[0], by_key_desc);
+    for (int i = 0; i < OP_COUNT; i++) key[i] = p->sec[0][i] + p->sec[1][i];
+    order_desc(key, idx, OP_COUNT);
     for (int k = 0; k < OP_COUNT; k++) {
         int i = idx[k];
         if (!p->count[0][i] && !p->count[1][i]) continue;
@@ -119,11 +121,8 @@ int prof_format(const Profile *p, double wall, char *buf, size_t cap) {
     }
     out(&o, "profile by block\n");
     out(&o, "  %-20s %10s %8s %10s %8s %10s %6s\n", "block", "fwd s", "calls", "bwd s", "nodes", "total s", "%");
-    for (int i = 0; i < p->n_blocks; i++) {
-        key[i] = p->block_sec[i][0] + p->block_sec[i][1];
-        idx[i] = i;
-    }
-    qsort(idx, (size_t)p->n_blocks, sizeof idx[0], by_key_desc);
+    for (int i = 0; i < p->n_blocks; i++) key[i] = p->block_sec[i][0] + p->block_sec[i][1];
+    order_desc(key, idx, p->n_blocks);
     for (int k = 0; k < p->n_blocks; k++) {
         int i = idx[k];
         if (!p->block_count[i][0] && !p->block_count[i][1]) continue;
