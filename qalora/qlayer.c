@@ -202,7 +202,7 @@ void qlayer_set_act(QLayer *q, float delta, float zero) {
 static void qweight_compute(const QLayer *q, float *out) {
     size_t K = q->k;
     const float *d = q->wq.delta.data, *z = q->wq.zero.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)q->cout * K >= QUANT_OMP_MIN_WORK)
     for (int o = 0; o < q->cout; o++)
         for (size_t j = 0; j < K; j++) out[(size_t)o * K + j] = ((float)q->w_int[(size_t)o * K + j] - z[o]) * d[o];
     if (q->rank > 0)
@@ -221,7 +221,7 @@ static void qweight_backward(Ctx *c, TapeNode *nd) {
         float *dd = tensor_grad(c, db_t);
         if (!dd) return;
         const float *z = q->wq.zero.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)q->cout * K >= QUANT_OMP_MIN_WORK)
         for (int o = 0; o < q->cout; o++) {
             double s = 0;
             for (size_t j = 0; j < K; j++)
