@@ -51,6 +51,7 @@ typedef enum {
     OP_MSE_LOSS,
     OP_ATTENTION,
     OP_FAKE_QUANT,   // reserved for qalora/ (quantizer ops live there, recorded with this kind)
+    OP_LORA_WEIGHT,  // reserved for qalora/: W_base + B·A of a trainable layer, before its fake-quant
     OP_COUNT
 } OpKind;
 

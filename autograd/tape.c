@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 int ctx_init(Ctx *c, size_t capacity, Err *e) {
     memset(c, 0, sizeof *c);
@@ -136,7 +137,13 @@ int tape_backward(Ctx *c, Tensor *out, const float *dout) {
     }
     for (TapeNode *nd = c->last; nd; nd = nd->prev) {
         if (!nd->out->grad) continue;  // no gradient reached this op's output
-        nd->backward(c, nd);
+        if (c->prof) {
+            double t0 = prof_now();
+            nd->backward(c, nd);
+            prof_add_backward(c->prof, nd, prof_now() - t0);
+        } else {
+            nd->backward(c, nd);
+        }
         if (c->err.code) break;
     }
     tape_clear(c);

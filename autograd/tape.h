@@ -30,6 +30,7 @@
 
 struct Ctx;
 struct TapeNode;
+struct Profile;
 // Adds the gradient of node->out (node->out->grad) into the grads of its inputs that need one.
 typedef void (*BackwardFn)(struct Ctx *c, struct TapeNode *node);
 
@@ -42,6 +43,8 @@ typedef struct TapeNode {
     void *saved;                     // op-specific values kept for backward (arena memory)
     int iarg[8];                     // small integer op parameters
     float farg[4];                   // small float op parameters
+    int prof_block;                  // profiler block of the forward (autograd/profile.h)
+    double prof_flops;               // its forward FLOPs (GEMM ops, when profiling)
     struct TapeNode *prev;
 } TapeNode;
 
@@ -51,6 +54,7 @@ typedef struct Ctx {
     TapeNode *last;        // most recent node
     size_t n_nodes;
     Err err;               // first failure inside an op (ops then return NULL)
+    struct Profile *prof;  // NULL: not profiling (autograd/profile.h)
 } Ctx;
 
 typedef struct {

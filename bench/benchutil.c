@@ -12,15 +12,28 @@ double bench_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-double bench_peak_rss_mib(void) {
+// A "Key:   N kB" line of /proc/self/status, in MiB (-1 when absent).
+static double status_mib(const char *key) {
     FILE *fp = fopen("/proc/self/status", "r");
     if (!fp) return -1;
     char line[256];
     double kib = -1;
+    size_t n = strlen(key);
     while (fgets(line, sizeof line, fp))
-        if (strncmp(line, "VmHWM:", 6) == 0) kib = atof(line + 6);
+        if (strncmp(line, key, n) == 0) kib = atof(line + n);
     fclose(fp);
     return kib / 1024.0;
+}
+
+double bench_peak_rss_mib(void) { return status_mib("VmHWM:"); }
+
+double bench_rss_mib(void) { return status_mib("VmRSS:"); }
+
+int bench_reset_peak_rss(void) {
+    FILE *fp = fopen("/proc/self/clear_refs", "w");
+    if (!fp) return -1;
+    int ok = fputs("5", fp) >= 0;
+    return fclose(fp) == 0 && ok ? 0 : -1;
 }
 
 const char *bench_cpu_flags(void) {

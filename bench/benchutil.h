@@ -8,6 +8,10 @@
 double bench_now(void);
 // Peak resident set size of this process in MiB (VmHWM).
 double bench_peak_rss_mib(void);
+// Current resident set size of this process in MiB (VmRSS).
+double bench_rss_mib(void);
+// Resets the peak RSS to the current RSS (writes 5 to /proc/self/clear_refs); 0 or -1.
+int bench_reset_peak_rss(void);
 // "avx512f avx512_vnni avx2 fma" subset the CPU has, for the header line.
 const char *bench_cpu_flags(void);
 // Runs fn(arg) once to warm up, then repeatedly for at least min_seconds (and 3 runs);

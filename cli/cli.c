@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/profile.h"
 #include "util/threads.h"
 
 static int parse_value(CliOpt *o, const char *v, Err *e) {
@@ -134,6 +135,16 @@ void progress_update(Progress *p, long done, const char *extra) {
 
 void progress_finish(Progress *p, const char *extra) {
     progress_print(p, p->total, extra, 1);
+}
+
+int cli_print_profile(const Profile *p, double wall, Err *e) {
+    int len = prof_format(p, wall, NULL, 0);
+    char *buf = malloc((size_t)len + 1);
+    if (!buf) return err_set(e, ERR_NOMEM, "out of memory for the profile report");
+    prof_format(p, wall, buf, (size_t)len + 1);
+    fputs(buf, stdout);
+    free(buf);
+    return 0;
 }
 
 int cli_zoo_path(const char *name, char *out, size_t cap, Err *e) {

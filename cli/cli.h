@@ -54,6 +54,11 @@ int cli_zoo_path(const char *name, char *out, size_t cap, Err *e);
 struct EvalOpts;
 int cli_eval_report(const char *samples, const char *ref, struct EvalOpts *o, const char *json, Err *e);
 
+// Prints a profile (autograd/profile.h) to stdout: per op kind, per block, the total and
+// the wall time it was measured over. 0 or ERR_NOMEM.
+struct Profile;
+int cli_print_profile(const struct Profile *p, double wall, Err *e);
+
 // Flushes stdout and checks it was really written (a full disk is a failure). 0 or 1.
 int cli_close_stdout(void);
 

@@ -3,9 +3,12 @@
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "autograd/profile.h"
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "qalora/calibrate.h"
@@ -28,6 +31,11 @@ static const char *const usage[] = {
     "                     key resuming needs: the first disagreeing key is named)",
     "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores);",
     "                     an exact resume needs the same count as the interrupted run",
+    "  --profile          at the end, print where the time of the steps went: per op kind",
+    "                     (conv2d, linear, attention, group_norm, fake_quant, lora_weight, ...; forward",
+    "                     and backward, calls, % of the total) and per UNet block (input_blocks.N,",
+    "                     middle_block, output_blocks.N, out, time_embed), teacher and student",
+    "                     together (validations and sample grids included); see docs/USER_GUIDE.md",
     "",
     "The run directory: config.yaml, calib.safetensors, state.safetensors (checkpoint every",
     "train.checkpoint_every epochs), best.safetensors (train.select_epoch best_val), log.csv",
@@ -40,6 +48,12 @@ static const char *const usage[] = {
 };
 
 static volatile sig_atomic_t stop_signal = 0;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static void on_signal(int sig) { stop_signal = sig; }
 
@@ -104,11 +118,11 @@ static int fail(const Err *e) { return cli_fail("finetune", e); }
 int cmd_finetune(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL, *resume = NULL;
-    int threads = 0, help = 0, n_pos = 0;
+    int threads = 0, help = 0, n_pos = 0, profile = 0;
     const char *pos[1];
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
-                     {"--threads", OPT_INT, &threads, 0}};
-    if (cli_parse(argc, argv, opts, 3, pos, &n_pos, 1, &help, &e)) return fail(&e);
+                     {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0}};
+    if (cli_parse(argc, argv, opts, 4, pos, &n_pos, 1, &help, &e)) return fail(&e);
     if (help) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
@@ -161,8 +175,16 @@ int cmd_finetune(int argc, char **argv) {
     install_handlers();
     TrainerHooks h = {.on_step = on_step, .on_val = on_val, .on_note = on_note, .user = &v, .stop = &stop_signal};
     TrainerSummary s;
+    Profile *prof = profile ? malloc(sizeof *prof) : NULL;
+    if (prof) {
+        prof_init(prof);
+        trainer_set_profile(tr, prof, prof);
+    }
+    double t0 = now_seconds();
     int code = trainer_run(tr, &h, &s, &e);
+    double wall = now_seconds() - t0;
     trainer_free(tr);
+    if (code) free(prof);
     if (code == ERR_INTERRUPTED) {
         line(&v, "");
         fprintf(stderr, "effdm finetune: %s\n", e.msg);
@@ -180,5 +202,10 @@ int cmd_finetune(int argc, char **argv) {
     if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
     char be[32];
     if (s.has_best) printf("best val     %.6g (%s)\n", s.best_val, epoch_name(s.best_epoch, be, sizeof be));
+    if (prof) {
+        code = cli_print_profile(prof, wall, &e);
+        free(prof);
+        if (code) return fail(&e);
+    }
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/profile.h"
 #include "cli/cli.h"
 #include "eval/eval.h"
 #include "cli/commands.h"
@@ -67,6 +68,12 @@ static const char *const usage[] = {
     "                       effdm eval); REF 'fmnist' = the shipped Fashion-MNIST test-set",
     "                       judge statistics",
     "  --eval-json FILE     where to write the results as JSON (default DIR/eval.json)",
+    "",
+    "other:",
+    "  --profile            at the end, print where the time went: per op kind (conv2d, linear,",
+    "                       attention, group_norm, fake_quant, ... with calls and % of the total)",
+    "                       and per UNet block (input_blocks.N, middle_block, output_blocks.N,",
+    "                       out, time_embed; first_stage = the decoder); see docs/USER_GUIDE.md",
     "",
     "Images are clamp((decode(z / scale_factor) + 1) / 2, 0, 1) stored as round(255 x).",
     "Progress and ETA go to stderr; a summary to stdout. Exit status: 0, 2 for bad input",
@@ -212,7 +219,7 @@ static double now_s(void) {
 int cmd_sample(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *out = NULL, *ema_s = "auto", *sampler_s = "ddim";
     const char *model_path = NULL, *eval_ref = NULL, *eval_json = NULL;
-    int n = 64, steps = 50, klass = -1, seed = 0, batch = 16, threads = 0;
+    int n = 64, steps = 50, klass = -1, seed = 0, batch = 16, threads = 0, profile = 0;
     float eta = 0.0f, scale = 1.5f;
     CliOpt opts[] = {
         {"--ldm-config", OPT_STR, &cfg_path}, {"--ckpt", OPT_STR, &ckpt_path}, {"--ema", OPT_STR, &ema_s},
@@ -221,6 +228,7 @@ int cmd_sample(int argc, char **argv) {
         {"--seed", OPT_INT, &seed},           {"--batch", OPT_INT, &batch},    {"--threads", OPT_INT, &threads},
         {"--out", OPT_STR, &out},             {"--model", OPT_STR, &model_path},
         {"--eval", OPT_STR, &eval_ref},       {"--eval-json", OPT_STR, &eval_json},
+        {"--profile", OPT_FLAG, &profile},
     };
     Err e = {0};
     int help = 0;
@@ -285,6 +293,7 @@ int cmd_sample(int argc, char **argv) {
     int *labels = NULL;
     SampleState st = {0};
     Ctx ctx = {0};
+    Profile *prof = NULL;
     if (!m->ae) {
         rc = err_set(&e, ERR_UNSUPPORTED, "%s: model.params.first_stage_config is missing: images cannot be decoded",
                      cfg_path);
@@ -306,6 +315,14 @@ int cmd_sample(int argc, char **argv) {
     if ((rc = make_dir(out, &st.out_made, &e))) goto done;
     st.labels = labels;
     if ((rc = ctx_init(&ctx, (size_t)16 << 30, &e))) goto done;  // address space only (MAP_NORESERVE)
+    if (profile) {
+        if (!(prof = malloc(sizeof *prof))) {
+            rc = err_set(&e, ERR_NOMEM, "out of memory for the profile");
+            goto done;
+        }
+        prof_init(prof);
+        ctx.prof = prof;
+    }
     st.out = out;
     if (m->warning[0]) fprintf(stderr, "effdm sample: note: %s\n", m->warning);
     if (em)
@@ -341,6 +358,7 @@ int cmd_sample(int argc, char **argv) {
     double t0 = now_s();
     if ((rc = sample_generate(&ctx, m, &g, labels, n, &e))) goto done;
     double secs = now_s() - t0;
+    ctx.prof = NULL;
     char extra[64];
     snprintf(extra, sizeof extra, "%.2f images/s", n / secs);
     progress_finish(&st.prog, extra);
@@ -348,6 +366,7 @@ int cmd_sample(int argc, char **argv) {
     st.complete = 1;  // from here on a failure (the evaluation) keeps the images
     printf("wrote %d images to %s/ (grid: %s/grid.png, %d x %d) in %.1f s, %.2f images/s\n", st.written, out, out,
            st.plan.rows, st.plan.cols, secs, n / secs);
+    if (prof && (rc = cli_print_profile(prof, secs, &e))) goto done;
     if (eval_ref) {
         fflush(stdout);
         if (!eval_json) {
@@ -361,6 +380,7 @@ done:
     if (rc && st.out && !st.complete) remove_partial(&st);
     if (rc) cli_fail("sample", &e);
     ctx_free(&ctx);
+    free(prof);
     sample_grid_plan_free(&st.plan);
     free(st.grid_px);
     free(st.dir_made);

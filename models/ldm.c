@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/profile.h"
 #include "models/ldm_schedule.h"
+#include "util/rng.h"
 
 #define UNET_PREFIX "model.diffusion_model."
 #define AE_PREFIX "first_stage_model."
@@ -152,18 +154,18 @@ static int load_schedule(Ldm *m, WeightFile *f, Err *e) {
     }
     // load_state_dict then overwrites each buffer the file holds
     int from_file = 0;
-    if (weights_find(f, "betas")) {
+    if (f && weights_find(f, "betas")) {
         if ((rc = weights_read_f32(f, "betas", m->betas, 1, (int[]){T}, e))) goto done;
         from_file++;
     }
-    if (weights_find(f, "alphas_cumprod")) {
+    if (f && weights_find(f, "alphas_cumprod")) {
         if ((rc = weights_read_f32(f, "alphas_cumprod", m->alphas_cumprod, 1, (int[]){T}, e))) goto done;
         from_file++;
     }
     m->schedule_from_file = from_file == 2;
     for (int i = 0; i < T; i++)
         if (!(m->alphas_cumprod[i] > 0 && m->alphas_cumprod[i] <= 1)) {
-            rc = err_set(e, ERR_VALUE, "%s: alphas_cumprod[%d] = %g is outside (0, 1]", weights_path(f), i,
+            rc = err_set(e, ERR_VALUE, "%s: alphas_cumprod[%d] = %g is outside (0, 1]", f ? weights_path(f) : c->path, i,
                          (double)m->alphas_cumprod[i]);
             goto done;
         }
@@ -273,6 +275,52 @@ int ldm_load(Ldm **m, const char *config_path, const char *weights_path, const L
     return rc;
 }
 
+int ldm_new_random(Ldm **out, const LdmConfig *cfg, uint64_t seed, Err *e) {
+    *out = NULL;
+    const int parts = LDM_PART_UNET | LDM_PART_COND_STAGE;
+    if (check_config(cfg, parts, e)) return e->code;
+    Ldm *m = calloc(1, sizeof *m);
+    if (!m) return err_set(e, ERR_NOMEM, "out of memory");
+    m->cfg = *cfg;
+    Rng r;
+    rng_seed(&r, seed, 0);
+    if (unet_new(&m->unet, &cfg->unet, e)) {
+        err_prefix(e, "%s: model.params.unet_config", cfg->path);
+        goto fail;
+    }
+    // torch's default Conv/Linear init scale U(-1/sqrt(fan_in), 1/sqrt(fan_in)); norms
+    // gamma 1, every bias 0: activations stay O(1) through the depth of the UNet
+    for (int i = 0; i < unet_param_tensors(m->unet); i++) {
+        const char *name;
+        Tensor *t = unet_param_at(m->unet, i, &name);
+        size_t len = strlen(name);
+        int is_bias = len >= 5 && !strcmp(name + len - 5, ".bias");
+        if (is_bias) memset(t->data, 0, t->n * sizeof(float));
+        else if (t->ndim == 1) for (size_t k = 0; k < t->n; k++) t->data[k] = 1.0f;
+        else {
+            float b = 1.0f / sqrtf((float)(t->n / (size_t)t->shape[0]));
+            rng_uniform_fill(&r, t->data, t->n, -b, b);
+        }
+    }
+    if (cfg->cond_stage.kind == LDM_CS_CLASS_EMBEDDER) {
+        const int shape[2] = {cfg->cond_stage.n_classes, cfg->cond_stage.embed_dim};
+        m->class_emb_data = malloc((size_t)shape[0] * (size_t)shape[1] * sizeof(float));
+        if (!m->class_emb_data) {
+            err_set(e, ERR_NOMEM, "out of memory for %s", CLASS_EMB_NAME);
+            goto fail;
+        }
+        rng_normal_fill(&r, m->class_emb_data, (size_t)shape[0] * (size_t)shape[1]);  // nn.Embedding: N(0, 1)
+        tensor_init_param(&m->class_emb, m->class_emb_data, NULL, 2, shape);
+    }
+    if (load_schedule(m, NULL, e)) goto fail;
+    m->scale_factor = cfg->scale_factor;
+    *out = m;
+    return 0;
+fail:
+    ldm_free(m);
+    return e->code;
+}
+
 int ldm_is_class_conditional(const Ldm *m) {
     return m->cfg.cond_stage.kind == LDM_CS_CLASS_EMBEDDER && m->cfg.conditioning_key == LDM_COND_CROSSATTN;
 }
@@ -324,6 +372,9 @@ Tensor *ldm_decode_first_stage(Ctx *c, Ldm *m, Tensor *z) {
     // the float32 buffer gives the float32 quotient.
     float inv = m->scale_factor_from_file ? 1.0f / (float)m->scale_factor : (float)(1.0 / m->scale_factor);
     CtxScope s = ctx_scope_begin(c);
+    int pb = prof_block_begin(c, "first_stage", -1);
     Tensor *zs = t_scale(c, z, inv);
-    return ctx_scope_end(c, s, ae_decode(c, m->ae, zs));
+    Tensor *img = ae_decode(c, m->ae, zs);
+    prof_block_end(c, pb);
+    return ctx_scope_end(c, s, img);
 }

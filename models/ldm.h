@@ -33,6 +33,8 @@
 #ifndef EFFDM_LDM_H
 #define EFFDM_LDM_H
 
+#include <stdint.h>
+
 #include "autograd/ops.h"
 #include "io/weights.h"
 #include "models/autoencoder/autoencoder.h"
@@ -79,6 +81,10 @@ typedef struct {
 int ldm_load(Ldm **m, const char *config_path, const char *weights_path, const LdmLoadOpts *opts, Err *e);
 // Same from a parsed config and an open file (not closed).
 int ldm_load_from(Ldm **m, const LdmConfig *cfg, WeightFile *f, const LdmLoadOpts *opts, Err *e);
+// A model of the config's architecture with random weights (no file: benchmarks of models
+// whose checkpoint is absent): the UNet (conv/linear U(+-1/sqrt(fan_in)), norms 1, biases 0)
+// and the class embedder (N(0, 1)), the config's schedule; no first stage. 0 or an ERR_ code.
+int ldm_new_random(Ldm **m, const LdmConfig *cfg, uint64_t seed, Err *e);
 // Accepts NULL.
 void ldm_free(Ldm *m);
 

@@ -212,7 +212,8 @@ static void act_progress(void *user, QLayer *q, const Tensor *x) {
     p->o->on_progress(CALIB_PHASE_ACTS, p->done, p->total, p->o->user);
 }
 
-int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err *e) {
+// given: a model to calibrate on (borrowed), or NULL to load rc->model.
+static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibSummary *s, Err *e) {
     CalibSummary local;
     if (!s) s = &local;
     memset(s, 0, sizeof *s);
@@ -227,7 +228,7 @@ int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err 
     QModelConfig qc;
     if (qmodel_config_from_run(&qc, rc, e)) return e->code;
 
-    Ldm *m = NULL;
+    Ldm *m = given;
     Ctx ctx = {0};
     int ctx_ok = 0, q_ok = 0, created = 0;
     QModel q;
@@ -239,7 +240,7 @@ int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err 
     int wrote_calib = 0, wrote_state = 0;
     LdmLoadOpts lo = {rc->model.ema == RC_EMA_ON ? LDM_EMA_ON : (rc->model.ema == RC_EMA_OFF ? LDM_EMA_OFF : LDM_EMA_AUTO),
                       LDM_PART_UNET | LDM_PART_COND_STAGE};
-    int code = ldm_load(&m, rc->model.ldm_config, rc->model.ckpt, &lo, e);
+    int code = given ? 0 : ldm_load(&m, rc->model.ldm_config, rc->model.ckpt, &lo, e);
     if (code) goto fail;
     snprintf(s->warning, sizeof s->warning, "%s", m->warning);
     s->using_ema = m->using_ema;
@@ -330,6 +331,14 @@ done:
     calib_record_free(&rec);
     if (q_ok) qmodel_free(&q);
     if (ctx_ok) ctx_free(&ctx);
-    ldm_free(m);
+    if (!given) ldm_free(m);
     return code;
+}
+
+int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err *e) {
+    return calibrate(rc, NULL, o, s, e);
+}
+
+int calibrate_run_with(const RunConfig *rc, Ldm *m, const CalibOpts *o, CalibSummary *s, Err *e) {
+    return calibrate(rc, m, o, s, e);
 }

@@ -84,5 +84,8 @@ int calib_pick(Rng *r, int n, int k, int64_t *idx, Err *e);
 int calib_record_write(const CalibRecord *rec, const int64_t *used, int n_used, const char *path, Err *e);
 // The whole naive PTQ of run config rc into rc->run.out (see top). s may be NULL. 0 or an ERR_ code.
 int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err *e);
+// The same on a model the caller built (borrowed; rc->model's paths are only recorded):
+// benchmarks of randomly initialised architectures (ldm_new_random). 0 or an ERR_ code.
+int calibrate_run_with(const RunConfig *rc, Ldm *m, const CalibOpts *o, CalibSummary *s, Err *e);
 
 #endif

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/profile.h"
+
 void qlayer_config_defaults(QLayerConfig *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->w_bits = 4;
@@ -200,7 +202,7 @@ void qlayer_set_act(QLayer *q, float delta, float zero) {
 static void qweight_compute(const QLayer *q, float *out) {
     size_t K = q->k;
     const float *d = q->wq.delta.data, *z = q->wq.zero.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)q->cout * K >= QUANT_OMP_MIN_WORK)
     for (int o = 0; o < q->cout; o++)
         for (size_t j = 0; j < K; j++) out[(size_t)o * K + j] = ((float)q->w_int[(size_t)o * K + j] - z[o]) * d[o];
     if (q->rank > 0)
@@ -219,7 +221,7 @@ static void qweight_backward(Ctx *c, TapeNode *nd) {
         float *dd = tensor_grad(c, db_t);
         if (!dd) return;
         const float *z = q->wq.zero.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)q->cout * K >= QUANT_OMP_MIN_WORK)
         for (int o = 0; o < q->cout; o++) {
             double s = 0;
             for (size_t j = 0; j < K; j++)
@@ -241,7 +243,7 @@ static void qweight_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q) {
+static Tensor *weight_prequant_op(Ctx *c, QLayer *q) {
     if (q->special) {
         err_set(&c->err, ERR_INTERNAL, "layer '%s': a special layer has no LoRA weight path", q->layer->name);
         return NULL;
@@ -253,8 +255,16 @@ Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q) {
     // One fused op (dequantize + LoRA product + add) keeps two weight-sized tensors per
     // layer and step off the arena, compared with t_mul / t_matmul / t_add.
     Tensor *in[3] = {&q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL, q->rank > 0 ? &q->lora_b : NULL};
-    TapeNode *nd = tape_record(c, OP_FAKE_QUANT, qweight_backward, out, in, 3);
+    TapeNode *nd = tape_record(c, OP_LORA_WEIGHT, qweight_backward, out, in, 3);
     if (nd) nd->saved = q;
+    return out;
+}
+
+Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = weight_prequant_op(c, q);
+    // the LoRA product B·A: one (Cout, r) x (r, K) GEMM
+    prof_end(c, pm, OP_LORA_WEIGHT, out && !q->special ? 2.0 * (double)q->cout * (double)q->rank * (double)q->k : 0.0);
     return out;
 }
 

@@ -113,7 +113,7 @@ void qlayer_detach(QLayer *q);
 Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x);
 // W_eff = q_w(W_base + B·A) (trainable) or the fake-quantized weight (special), weight-shaped.
 Tensor *qlayer_weight(Ctx *c, QLayer *q);
-// W_base + B·A before q_w (trainable layers), recorded as OP_FAKE_QUANT: gradients to
+// W_base + B·A before q_w (trainable layers), recorded as OP_LORA_WEIGHT: gradients to
 // w_delta_base, lora_a, lora_b. Exposed for tests.
 Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q);
 

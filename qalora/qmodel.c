@@ -276,6 +276,17 @@ void qmodel_counts(const QModel *q, int *trainable, int *special, int *fp) {
     if (fp) *fp = n[QSEL_FP];
 }
 
+size_t qmodel_bytes(const QModel *q) {
+    size_t b = q->n_params * sizeof(float) + (q->own_grads ? q->n_grads * sizeof(float) : 0);
+    for (int i = 0; i < q->n_q; i++) {
+        const QLayer *l = &q->q[i];
+        size_t nw = l->layer->weight.n, co = (size_t)l->cout;
+        if (l->special) b += (2 * co + 2 + nw) * sizeof(float);  // qlayer.c: [Δ_w | z_w | Δ_a | z_a | W_fq]
+        else b += co * sizeof(float) + nw;                       // z_w, W_int (one byte per level)
+    }
+    return b;
+}
+
 QLayer *qmodel_find(QModel *q, const char *name) {
     for (int k = 0; k < q->n_q; k++)
         if (!strcmp(q->q[k].layer->name, name)) return &q->q[k];

@@ -141,6 +141,9 @@ void qmodel_enable(QModel *q, int on);
 void qmodel_set_timestep(QModel *q, int t);
 // Number of trainable / special / FP layers (FP: conv/linear layers left unquantized, incl. conv1d).
 void qmodel_counts(const QModel *q, int *trainable, int *special, int *fp);
+// Bytes the student holds beyond the FP UNet: trainable block and its gradients, W_int,
+// z_w, special layers' fixed ranges and fake-quantized weights.
+size_t qmodel_bytes(const QModel *q);
 // The QLayer wrapping the layer named `name`, or NULL.
 QLayer *qmodel_find(QModel *q, const char *name);
 

@@ -44,7 +44,7 @@ void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float z
 
 static void uq_fake_par(float *y, const float *x, size_t n, float delta, float zero, int qmax) {
     float fq = (float)qmax;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) y[i] = (uq_level(x[i], delta, zero, fq) - zero) * delta;
 }
 
@@ -208,7 +208,7 @@ void quantizer_fake(const Quantizer *q, float *y, const float *x, size_t n, int 
         if (q->channel_wise) {
             size_t len = q_slice_len(q, n);
             int qmax = quantizer_qmax(q);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
             for (int ch = 0; ch < q->n; ch++)
                 quant_uniform_fake(y + (size_t)ch * len, x + (size_t)ch * len, len, q->delta.data[ch],
                                        q->zero.data[ch], qmax);
@@ -226,7 +226,7 @@ void quantizer_fake_backward(const Quantizer *q, float *dx, float *ddelta, float
     int qmax = quantizer_qmax(q);
     if (q->channel_wise) {
         size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
         for (int ch = 0; ch < q->n; ch++) {
             double sd, sz;
             size_t off = (size_t)ch * len;
@@ -243,7 +243,7 @@ void quantizer_fake_backward(const Quantizer *q, float *dx, float *ddelta, float
     for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
         size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
         double pd[QCHUNK_GROUP], pz[QCHUNK_GROUP];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (gn > 1 && n >= QUANT_OMP_MIN_WORK)
         for (size_t k = 0; k < gn; k++) {
             size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
             uq_backward_slice(dx ? dx + lo : NULL, &pd[k], &pz[k], dy + lo, x + lo, hi - lo, d, z, qmax);

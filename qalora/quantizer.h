@@ -34,6 +34,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Below this many elements the fake-quant loops (and the LoRA weight path of qlayer.c) run on
+// one thread: waking OpenMP threads costs more than they save there (the rule and value of
+// GEMM_OMP_MIN_WORK in autograd/ops/gemm_util.h). Results do not depend on it (fixed chunks).
+#define QUANT_OMP_MIN_WORK 32768
+
 #include "autograd/ops.h"
 
 #define QUANT_MIN_BITS 2

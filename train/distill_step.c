@@ -4,6 +4,7 @@
    DDIMSampler_trainer.p_sample_ddim. */
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "train/schedule.h"
 #include "train/trainer_impl.h"
@@ -34,6 +35,12 @@ static long first_nonfinite(const float *g, size_t n) {
     return -1;
 }
 
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int op_failed(Ctx *c, Err *e, const char *what) {
     return err_set(e, c->err.code ? c->err.code : ERR_INTERNAL, "%s: %s", what,
                    c->err.msg[0] ? c->err.msg : "failed");
@@ -42,6 +49,7 @@ static int op_failed(Ctx *c, Err *e, const char *what) {
 int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     Ctx *c = &tr->ctx;
     ctx_reset(c);
+    double t0 = now_seconds();
     const int index = tr->S - 1 - tr->step, t = tr->ddim.timesteps[index];
     const int B = tr->B, rows = tr->pair ? 2 * B : B;
     const size_t n = (size_t)B * tr->per;
@@ -66,11 +74,19 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
 
     // teacher: FP path, grad mode off (records nothing), intermediates freed by the scope
     qmodel_enable(&tr->q, 0);
+    c->prof = tr->prof_teacher;
     int prev = ctx_set_grad(c, 0);
+    // the teacher's own high-water mark (TrainerMemory): restart the arena's, then restore it
+    size_t peak0 = c->arena.peak, used0 = c->arena.used;
+    c->arena.peak = used0;
     CtxScope sc = ctx_scope_begin(c);
     Tensor *p = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
     p = ctx_scope_end(c, sc, p);
     ctx_set_grad(c, prev);
+    tr->teacher_peak = c->arena.peak - used0;
+    tr->teacher_kept = c->arena.used - used0;
+    tr->teacher_nodes = c->n_nodes;
+    if (c->arena.peak < peak0) c->arena.peak = peak0;
     if (!p) return op_failed(c, e, "teacher forward");
     if (!tr->pair)
         memcpy(tr->eps_g, p->data, n * sizeof(float));
@@ -79,7 +95,11 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     else
         distill_guided(tr->eps_g, p->data, n, scale);
 
+    double t1 = now_seconds();
+    tr->split[0] = t1 - t0;
+
     // student: fake-quantized path at the TALSQ entry of t, on the tape
+    c->prof = tr->prof_student;
     qmodel_enable(&tr->q, 1);
     qmodel_set_timestep(&tr->q, t);
     ctx_set_grad(c, 1);
@@ -109,7 +129,12 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     if (sw != RC_STEPW_NONE && tr->stepw_count[tr->step] > 0 && tr->stepw_mean[tr->step] > 0)
         w = (float)(1.0 / tr->stepw_mean[tr->step]);
     if (sw == RC_STEPW_DDIM) w *= (float)distill_ddim_weight(&tr->ddim, index);
+    double t2 = now_seconds();
+    tr->split[1] = t2 - t1;
+    tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
     if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
+    double t3 = now_seconds();
+    tr->split[2] = t3 - t2;
     long bad = first_nonfinite(tr->opt.grad, tr->opt.used);
     if (bad >= 0) {
         adamw_zero_grad(&tr->opt);
@@ -136,5 +161,6 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     tr->last_loss = raw;
     tr->step++;
     ctx_reset(c);
+    tr->split[3] = now_seconds() - t3;
     return 0;
 }

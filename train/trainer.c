@@ -152,16 +152,26 @@ static int alloc_buffers(Trainer *tr, Err *e) {
 
 int trainer_open(Trainer **out, const RunConfig *rc, const char *run_dir, Err *e) {
     *out = NULL;
+    LdmLoadOpts lo = {.ema = ema_mode(rc->model.ema),
+                      .parts = LDM_PART_UNET | LDM_PART_COND_STAGE | (rc->train.sample_every > 0 ? LDM_PART_FIRST_STAGE : 0)};
+    Ldm *m;
+    if (ldm_load(&m, rc->model.ldm_config, rc->model.ckpt, &lo, e)) return e->code;
+    return trainer_open_with(out, rc, m, run_dir, e);
+}
+
+int trainer_open_with(Trainer **out, const RunConfig *rc, Ldm *m, const char *run_dir, Err *e) {
+    *out = NULL;
     Trainer *tr = calloc(1, sizeof *tr);
-    if (!tr) return err_set(e, ERR_NOMEM, "out of memory");
+    if (!tr) {
+        ldm_free(m);
+        return err_set(e, ERR_NOMEM, "out of memory");
+    }
+    tr->m = m;
     tr->rc = *rc;
     snprintf(tr->dir, sizeof tr->dir, "%s", run_dir);
     tr->last_loss = NAN;
     tr->best_epoch = -1;
     int rc_code;
-    LdmLoadOpts lo = {.ema = ema_mode(rc->model.ema),
-                      .parts = LDM_PART_UNET | LDM_PART_COND_STAGE | (rc->train.sample_every > 0 ? LDM_PART_FIRST_STAGE : 0)};
-    if ((rc_code = ldm_load(&tr->m, rc->model.ldm_config, rc->model.ckpt, &lo, e))) goto fail;
     if ((rc_code = setup_model(tr, e))) goto fail;
 
     QModelConfig qc;
@@ -230,6 +240,51 @@ int trainer_resumed(const Trainer *tr) { return tr->resumed; }
 Ldm *trainer_ldm(Trainer *tr) { return tr->m; }
 QModel *trainer_qmodel(Trainer *tr) { return &tr->q; }
 double trainer_lora_lr(const Trainer *tr, int i) { return i >= 0 && i < tr->n_tl ? tr->lr_lora[i] : -1.0; }
+
+void trainer_memory(const Trainer *tr, TrainerMemory *mem) {
+    memset(mem, 0, sizeof *mem);
+    const Ldm *m = tr->m;
+    mem->teacher = unet_param_count(m->unet) * sizeof(float);
+    if (m->class_emb.data) mem->teacher += m->class_emb.n * sizeof(float);
+    mem->student = qmodel_bytes(&tr->q);
+    mem->optimizer = 3 * tr->opt.capacity * sizeof(float);  // grad, m, v
+    mem->activations = tr->step_arena_peak;
+    mem->arena_peak = tr->ctx.arena.peak;
+    mem->teacher_peak = tr->teacher_peak;
+    mem->teacher_kept = tr->teacher_kept;
+    mem->teacher_nodes = tr->teacher_nodes;
+}
+
+void trainer_set_profile(Trainer *tr, struct Profile *teacher, struct Profile *student) {
+    tr->prof_teacher = teacher;
+    tr->prof_student = student;
+    tr->ctx.prof = student;
+}
+
+int trainer_bench_steps(Trainer *tr, int n, const TrainerHooks *h, Err *e) {
+    const RcTrain *T = &tr->rc.train;
+    for (int i = 0; i < n; i++) {
+        if (tr->step >= tr->S) {  // next epoch, without the epoch-end work
+            tr->epoch++;
+            tr->step = 0;
+            tr->drawn = 0;
+        }
+        if (tr->step == 0 && !tr->drawn) {
+            trainer_begin_epoch(tr);
+            tr->drawn = 1;
+        }
+        double t0 = now_seconds(), lr = 0;
+        float loss;
+        int rc = trainer_step(tr, &loss, &lr, e);
+        if (rc) return rc;
+        if (h && h->on_step) {
+            TrainerStep s = {tr->epoch, tr->step - 1, T->epochs, tr->S, tr->opt.step, (int64_t)T->epochs * tr->S,
+                             loss, lr, now_seconds() - t0, {tr->split[0], tr->split[1], tr->split[2], tr->split[3]}};
+            h->on_step(&s, h->user);
+        }
+    }
+    return 0;
+}
 
 /* ---- the loop ------------------------------------------------------------------------ */
 
@@ -319,7 +374,8 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
             if ((rc = run_log_step(&tr->log, tr->epoch, tr->step - 1, loss, lr, dt, e))) return rc;
             if (h && h->on_step) {
                 TrainerStep s = {tr->epoch, tr->step - 1, T->epochs, tr->S, tr->opt.step,
-                                 (int64_t)T->epochs * tr->S, loss, lr, dt};
+                                 (int64_t)T->epochs * tr->S, loss, lr, dt,
+                                 {tr->split[0], tr->split[1], tr->split[2], tr->split[3]}};
                 h->on_step(&s, h->user);
             }
             if (stopping(h)) return interrupted(tr, h, e);

@@ -76,7 +76,21 @@ typedef struct {
     float loss;                 // the raw loss (before step weighting)
     double lr;                  // the activation tables' learning rate after the schedule
     double seconds;             // wall time of the step
+    // its split: teacher forward, student forward + loss, backward, AdamW + DDIM update
+    double split[4];
 } TrainerStep;
+
+// Memory of an opened run, in bytes (bench/finetune).
+typedef struct {
+    size_t teacher;             // FP UNet parameters + class embedding
+    size_t student;             // QALoRA state: LoRA, Δ/z, TALSQ tables, W_int, special weights (qmodel_bytes)
+    size_t optimizer;           // AdamW gradient block and moments
+    size_t activations;         // arena in use when the last step's backward started (tape + saved values)
+    size_t arena_peak;          // high-water mark of the step arena since open
+    // the last step's teacher forward (no grad, ctx scopes): its arena high-water mark above
+    // the step's start, what it kept (its output), and the tape nodes it left (0 expected)
+    size_t teacher_peak, teacher_kept, teacher_nodes;
+} TrainerMemory;
 
 // One validation (epoch -1: the starting model).
 typedef struct {
@@ -122,8 +136,21 @@ int trainer_open(Trainer **tr, const RunConfig *rc, const char *run_dir, Err *e)
 // ERR_INTERRUPTED after a stop (state saved), ERR_NAN (state of the last good step saved),
 // or another ERR_ code (I/O, memory). sum (may be NULL) is filled in every case.
 int trainer_run(Trainer *tr, const TrainerHooks *hooks, TrainerSummary *sum, Err *e);
+// trainer_open on a model the caller built (ownership passes to the trainer, also on
+// failure); rc->model's paths are not read. For benchmarks of random-init architectures.
+int trainer_open_with(Trainer **tr, const RunConfig *rc, Ldm *m, const char *run_dir, Err *e);
 // Frees everything; accepts NULL.
 void trainer_free(Trainer *tr);
+// Runs n optimizer steps (trainer_step, the loop's own step) from the current position with
+// no validation, sample grid, checkpoint or log row (benchmarks); an epoch end starts the
+// next epoch at once. Only hooks->on_step is used (hooks may be NULL). 0 or the step's error.
+int trainer_bench_steps(Trainer *tr, int n, const TrainerHooks *hooks, Err *e);
+// Profiles (autograd/profile.h) the steps from now on: the teacher's forward into `teacher`,
+// the student's forward and backward (and validations, sample grids) into `student`; the
+// two may be the same profile, and NULL stops profiling that part. Borrowed.
+void trainer_set_profile(Trainer *tr, struct Profile *teacher, struct Profile *student);
+// Memory held by the run (see TrainerMemory).
+void trainer_memory(const Trainer *tr, TrainerMemory *mem);
 
 // Position of the next step (epoch, step; step == steps: the epoch's end work is pending).
 void trainer_position(const Trainer *tr, int *epoch, int *step);

@@ -75,6 +75,14 @@ struct Trainer {
     int *val_y;                 // (n_val) or NULL (unconditional)
 
     RunLog log;
+
+    // the last step's split (seconds): teacher forward, student forward + loss, backward,
+    // AdamW + trajectory update; and the arena in use when the backward started
+    double split[4];
+    size_t step_arena_peak;
+    size_t teacher_peak, teacher_kept;  // arena bytes of the last teacher forward: high-water, kept after it
+    size_t teacher_nodes;               // tape nodes after it (0: no gradient bookkeeping)
+    struct Profile *prof_teacher, *prof_student;  // trainer_set_profile (may be NULL)
 };
 
 /* distill_step.c */

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 // Below this many elements the loops run on one thread.
 #define ACT_PAR_MIN 32768
@@ -77,9 +78,9 @@ static Tensor *unary_op(Ctx *c, int op, Tensor *x) {
     return out;
 }
 
-Tensor *t_silu(Ctx *c, Tensor *x) { return unary_op(c, OP_SILU, x); }
-Tensor *t_gelu(Ctx *c, Tensor *x) { return unary_op(c, OP_GELU, x); }
-Tensor *t_relu(Ctx *c, Tensor *x) { return unary_op(c, OP_RELU, x); }
+static Tensor *silu_op(Ctx *c, Tensor *x) { return unary_op(c, OP_SILU, x); }
+static Tensor *gelu_op(Ctx *c, Tensor *x) { return unary_op(c, OP_GELU, x); }
+static Tensor *relu_op(Ctx *c, Tensor *x) { return unary_op(c, OP_RELU, x); }
 
 // x (R, 2D) as rows: a = x[r, :D], gate = x[r, D:]; out (R, D) = a * gelu(gate).
 static void geglu_backward(Ctx *c, TapeNode *nd) {
@@ -99,7 +100,7 @@ static void geglu_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_geglu(Ctx *c, Tensor *x) {
+static Tensor *geglu_op(Ctx *c, Tensor *x) {
     if (!x) return NULL;
     int last = x->ndim ? x->shape[x->ndim - 1] : 1;
     if (x->ndim == 0 || last % 2) {
@@ -122,5 +123,35 @@ Tensor *t_geglu(Ctx *c, Tensor *x) {
         for (size_t i = 0; i < D; i++) y[r * D + i] = a[i] * gelu_f(gate[i]);
     }
     tape_record(c, OP_GEGLU, geglu_backward, out, &x, 1);
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_silu(Ctx *c, Tensor *x) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = silu_op(c, x);
+    prof_end(c, pm, OP_SILU, 0.0);
+    return out;
+}
+
+Tensor *t_gelu(Ctx *c, Tensor *x) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = gelu_op(c, x);
+    prof_end(c, pm, OP_GELU, 0.0);
+    return out;
+}
+
+Tensor *t_relu(Ctx *c, Tensor *x) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = relu_op(c, x);
+    prof_end(c, pm, OP_RELU, 0.0);
+    return out;
+}
+
+Tensor *t_geglu(Ctx *c, Tensor *x) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = geglu_op(c, x);
+    prof_end(c, pm, OP_GEGLU, 0.0);
     return out;
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 #include "autograd/ops/gemm_util.h"
 
 typedef struct {
@@ -205,7 +206,7 @@ static void attention_backward_node(Ctx *c, TapeNode *nd) {
     arena_release(&c->arena, mark);
 }
 
-Tensor *t_attention(Ctx *c, Tensor *q, Tensor *k, Tensor *v, int heads, float scale) {
+static Tensor *attention_op(Ctx *c, Tensor *q, Tensor *k, Tensor *v, int heads, float scale) {
     if (!q || !k || !v) return NULL;
     char sq[96], sk[96], sv[96];
     int ok = q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && heads >= 1 && q->shape[0] == k->shape[0] &&
@@ -237,5 +238,14 @@ Tensor *t_attention(Ctx *c, Tensor *q, Tensor *k, Tensor *v, int heads, float sc
     nd->iarg[0] = heads;
     nd->farg[0] = g.scale;
     nd->saved = P;
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_attention(Ctx *c, Tensor *q, Tensor *k, Tensor *v, int heads, float scale) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = attention_op(c, q, k, v, heads, scale);
+    prof_end(c, pm, OP_ATTENTION, out ? 2.0 * (double)(q->n + out->n) * (double)k->shape[1] : 0.0);
     return out;
 }

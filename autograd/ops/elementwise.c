@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 // Below this many output elements the loops run on one thread: the fork costs more.
 #define EW_PAR_MIN 32768
@@ -292,9 +293,9 @@ static Tensor *binary_op(Ctx *c, int op, Tensor *a, Tensor *b) {
     return out;
 }
 
-Tensor *t_add(Ctx *c, Tensor *a, Tensor *b) { return binary_op(c, OP_ADD, a, b); }
-Tensor *t_sub(Ctx *c, Tensor *a, Tensor *b) { return binary_op(c, OP_SUB, a, b); }
-Tensor *t_mul(Ctx *c, Tensor *a, Tensor *b) { return binary_op(c, OP_MUL, a, b); }
+static Tensor *add_op(Ctx *c, Tensor *a, Tensor *b) { return binary_op(c, OP_ADD, a, b); }
+static Tensor *sub_op(Ctx *c, Tensor *a, Tensor *b) { return binary_op(c, OP_SUB, a, b); }
+static Tensor *mul_op(Ctx *c, Tensor *a, Tensor *b) { return binary_op(c, OP_MUL, a, b); }
 
 // farg[0]: d out / d x (s for scale, 1 for add_scalar)
 static void affine_backward(Ctx *c, TapeNode *nd) {
@@ -307,7 +308,7 @@ static void affine_backward(Ctx *c, TapeNode *nd) {
     for (size_t i = 0; i < x->n; i++) dx[i] += s * g[i];
 }
 
-Tensor *t_scale(Ctx *c, Tensor *x, float s) {
+static Tensor *scale_op(Ctx *c, Tensor *x, float s) {
     if (!x) return NULL;
     Tensor *out = tensor_new(c, x->ndim, x->shape);
     if (!out) return NULL;
@@ -320,7 +321,7 @@ Tensor *t_scale(Ctx *c, Tensor *x, float s) {
     return out;
 }
 
-Tensor *t_add_scalar(Ctx *c, Tensor *x, float s) {
+static Tensor *add_scalar_op(Ctx *c, Tensor *x, float s) {
     if (!x) return NULL;
     Tensor *out = tensor_new(c, x->ndim, x->shape);
     if (!out) return NULL;
@@ -330,5 +331,42 @@ Tensor *t_add_scalar(Ctx *c, Tensor *x, float s) {
     for (size_t i = 0; i < x->n; i++) y[i] = xd[i] + s;
     TapeNode *nd = tape_record(c, OP_ADD_SCALAR, affine_backward, out, &x, 1);
     if (nd) nd->farg[0] = 1.0f;
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_add(Ctx *c, Tensor *a, Tensor *b) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = add_op(c, a, b);
+    prof_end(c, pm, OP_ADD, 0.0);
+    return out;
+}
+
+Tensor *t_sub(Ctx *c, Tensor *a, Tensor *b) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = sub_op(c, a, b);
+    prof_end(c, pm, OP_SUB, 0.0);
+    return out;
+}
+
+Tensor *t_mul(Ctx *c, Tensor *a, Tensor *b) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = mul_op(c, a, b);
+    prof_end(c, pm, OP_MUL, 0.0);
+    return out;
+}
+
+Tensor *t_scale(Ctx *c, Tensor *x, float s) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = scale_op(c, x, s);
+    prof_end(c, pm, OP_SCALE, 0.0);
+    return out;
+}
+
+Tensor *t_add_scalar(Ctx *c, Tensor *x, float s) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = add_scalar_op(c, x, s);
+    prof_end(c, pm, OP_ADD_SCALAR, 0.0);
     return out;
 }

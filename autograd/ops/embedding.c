@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 // Below this many elements the loops run on one thread.
 #define EMB_PAR_MIN 32768
@@ -31,7 +32,7 @@ static void embedding_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_embedding(Ctx *c, Tensor *w, const int *idx, int n) {
+static Tensor *embedding_op(Ctx *c, Tensor *w, const int *idx, int n) {
     if (!w) return NULL;
     char s[64];
     if (w->ndim != 2 || n < 0) {
@@ -72,7 +73,7 @@ Tensor *t_embedding(Ctx *c, Tensor *w, const int *idx, int n) {
    cast to float32 before the multiply and divide), so we do the same, in the same order:
    args reach ~1000 for t = 999, where one ulp of a float args already moves cos/sin by
    ~6e-5, so computing freqs in double would not match torch. */
-Tensor *t_timestep_embedding(Ctx *c, const float *t, int n, int dim, float max_period) {
+static Tensor *timestep_embedding_op(Ctx *c, const float *t, int n, int dim, float max_period) {
     if (n < 0 || dim <= 0 || !(max_period > 0.0f)) {
         err_set(&c->err, ERR_VALUE, "timestep_embedding: n %d, dim %d, max_period %g: need n >= 0, dim > 0, "
                 "max_period > 0", n, dim, (double)max_period);
@@ -97,5 +98,21 @@ Tensor *t_timestep_embedding(Ctx *c, const float *t, int n, int dim, float max_p
         }
         if (dim % 2) y[dim - 1] = 0.0f;
     }
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_embedding(Ctx *c, Tensor *w, const int *idx, int n) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = embedding_op(c, w, idx, n);
+    prof_end(c, pm, OP_EMBEDDING, 0.0);
+    return out;
+}
+
+Tensor *t_timestep_embedding(Ctx *c, const float *t, int n, int dim, float max_period) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = timestep_embedding_op(c, t, n, dim, max_period);
+    prof_end(c, pm, OP_TIMESTEP_EMBEDDING, 0.0);
     return out;
 }

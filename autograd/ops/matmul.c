@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 #include "autograd/ops/gemm_util.h"
 
 // iarg layout of a matmul node
@@ -62,7 +63,7 @@ static void matmul_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_matmul(Ctx *c, Tensor *a, Tensor *b, int trans_a, int trans_b) {
+static Tensor *matmul_op(Ctx *c, Tensor *a, Tensor *b, int trans_a, int trans_b) {
     if (!a || !b) return NULL;
     if (a->ndim < 2 || b->ndim < 2) {
         shape_error(c, "matmul", "both operands need at least 2 dims", a, b);
@@ -133,7 +134,7 @@ static void linear_backward(Ctx *c, TapeNode *nd) {
     if (db) gemm_colsum_add(db, dy, (size_t)rows, nout);
 }
 
-Tensor *t_linear(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
+static Tensor *linear_op(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
     if (!x || !w) return NULL;
     if (w->ndim != 2 || x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1]) {
         shape_error(c, "linear", "x (..., in) and w (out, in) expected", x, w);
@@ -166,4 +167,20 @@ Tensor *t_linear(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
     TapeNode *nd = tape_record(c, OP_LINEAR, linear_backward, y, in, 3);
     if (nd) nd->iarg[0] = rows;
     return y;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_matmul(Ctx *c, Tensor *a, Tensor *b, int trans_a, int trans_b) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = matmul_op(c, a, b, trans_a, trans_b);
+    prof_end(c, pm, OP_MATMUL, out ? 2.0 * (double)out->n * (double)(trans_a ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1]) : 0.0);
+    return out;
+}
+
+Tensor *t_linear(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = linear_op(c, x, w, b);
+    prof_end(c, pm, OP_LINEAR, out ? 2.0 * (double)out->n * (double)w->shape[w->ndim - 1] : 0.0);
+    return out;
 }

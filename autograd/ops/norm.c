@@ -16,6 +16,7 @@
 #include <math.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 // Below this many elements the loops run on one thread.
 #define NORM_PAR_MIN 16384
@@ -97,7 +98,7 @@ static void layer_norm_backward(Ctx *c, TapeNode *nd) {
     arena_release(&c->arena, mark);
 }
 
-Tensor *t_layer_norm(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, float eps) {
+static Tensor *layer_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, float eps) {
     if (!x) return NULL;
     if (x->ndim == 0) {
         err_set(&c->err, ERR_SHAPE, "layer_norm: input has no dimensions");
@@ -193,7 +194,7 @@ static void group_norm_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_group_norm(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int G, float eps) {
+static Tensor *group_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int G, float eps) {
     if (!x) return NULL;
     char s[64];
     if (x->ndim < 2) {
@@ -242,5 +243,21 @@ Tensor *t_group_norm(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int G, floa
         nd->saved = stats;
         nd->iarg[0] = G;
     }
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_layer_norm(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, float eps) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = layer_norm_op(c, x, gamma, beta, eps);
+    prof_end(c, pm, OP_LAYER_NORM, 0.0);
+    return out;
+}
+
+Tensor *t_group_norm(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int G, float eps) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = group_norm_op(c, x, gamma, beta, G, eps);
+    prof_end(c, pm, OP_GROUP_NORM, 0.0);
     return out;
 }

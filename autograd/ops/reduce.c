@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 #define REDUCE_CHUNK 4096
 
@@ -60,9 +61,9 @@ static Tensor *reduce_op(Ctx *c, Tensor *x, int op, float factor) {
     return out;
 }
 
-Tensor *t_sum(Ctx *c, Tensor *x) { return reduce_op(c, x, OP_SUM, 1.0f); }
+static Tensor *sum_op(Ctx *c, Tensor *x) { return reduce_op(c, x, OP_SUM, 1.0f); }
 
-Tensor *t_mean(Ctx *c, Tensor *x) {
+static Tensor *mean_op(Ctx *c, Tensor *x) {
     return x ? reduce_op(c, x, OP_MEAN, x->n ? 1.0f / (float)x->n : 0.0f) : NULL;
 }
 
@@ -81,7 +82,7 @@ static void mse_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_mse_loss(Ctx *c, Tensor *a, Tensor *b, int mean) {
+static Tensor *mse_loss_op(Ctx *c, Tensor *a, Tensor *b, int mean) {
     if (!a || !b) return NULL;
     if (!tensor_same_shape(a, b)) {
         char sa[64], sb[64];
@@ -96,5 +97,28 @@ Tensor *t_mse_loss(Ctx *c, Tensor *a, Tensor *b, int mean) {
     Tensor *in[2] = {a, b};
     TapeNode *nd = tape_record(c, OP_MSE_LOSS, mse_backward, out, in, 2);
     if (nd) nd->farg[0] = factor;
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_sum(Ctx *c, Tensor *x) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = sum_op(c, x);
+    prof_end(c, pm, OP_SUM, 0.0);
+    return out;
+}
+
+Tensor *t_mean(Ctx *c, Tensor *x) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = mean_op(c, x);
+    prof_end(c, pm, OP_MEAN, 0.0);
+    return out;
+}
+
+Tensor *t_mse_loss(Ctx *c, Tensor *a, Tensor *b, int mean) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = mse_loss_op(c, a, b, mean);
+    prof_end(c, pm, OP_MSE_LOSS, 0.0);
     return out;
 }

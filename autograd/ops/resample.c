@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 // Below this many elements the planes run on one thread.
 #define RS_PAR_MIN 16384
@@ -34,7 +35,7 @@ static void upsample_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_upsample_nearest2x(Ctx *c, Tensor *x) {
+static Tensor *upsample_nearest2x_op(Ctx *c, Tensor *x) {
     if (!x) return NULL;
     if (need_4d(c, "upsample_nearest2x", x)) return NULL;
     Tensor *out = tensor_new4(c, x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3]);
@@ -112,7 +113,7 @@ static void avg_pool_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_avg_pool2d(Ctx *c, Tensor *x, int k, int stride, int pad, int count_include_pad) {
+static Tensor *avg_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad, int count_include_pad) {
     if (!x) return NULL;
     int Ho, Wo;
     if (pool_shape(c, "avg_pool2d", x, k, stride, pad, &Ho, &Wo)) return NULL;
@@ -164,7 +165,7 @@ static void max_pool_backward(Ctx *c, TapeNode *nd) {
         for (size_t o = 0; o < HWo; o++) dx[p * HW + (size_t)arg[p * HWo + o]] += g[p * HWo + o];
 }
 
-Tensor *t_max_pool2d(Ctx *c, Tensor *x, int k, int stride, int pad) {
+static Tensor *max_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad) {
     if (!x) return NULL;
     int Ho, Wo;
     if (pool_shape(c, "max_pool2d", x, k, stride, pad, &Ho, &Wo)) return NULL;
@@ -229,7 +230,7 @@ static void pad_backward(Ctx *c, TapeNode *nd) {
         }
 }
 
-Tensor *t_pad2d(Ctx *c, Tensor *x, int left, int right, int top, int bottom, float value) {
+static Tensor *pad2d_op(Ctx *c, Tensor *x, int left, int right, int top, int bottom, float value) {
     if (!x) return NULL;
     if (need_4d(c, "pad2d", x)) return NULL;
     if (left < 0 || right < 0 || top < 0 || bottom < 0) {
@@ -256,5 +257,35 @@ Tensor *t_pad2d(Ctx *c, Tensor *x, int left, int right, int top, int bottom, flo
         nd->iarg[0] = left;
         nd->iarg[1] = top;
     }
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_upsample_nearest2x(Ctx *c, Tensor *x) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = upsample_nearest2x_op(c, x);
+    prof_end(c, pm, OP_UPSAMPLE_NEAREST2X, 0.0);
+    return out;
+}
+
+Tensor *t_avg_pool2d(Ctx *c, Tensor *x, int k, int stride, int pad, int count_include_pad) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = avg_pool2d_op(c, x, k, stride, pad, count_include_pad);
+    prof_end(c, pm, OP_AVG_POOL2D, 0.0);
+    return out;
+}
+
+Tensor *t_max_pool2d(Ctx *c, Tensor *x, int k, int stride, int pad) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = max_pool2d_op(c, x, k, stride, pad);
+    prof_end(c, pm, OP_MAX_POOL2D, 0.0);
+    return out;
+}
+
+Tensor *t_pad2d(Ctx *c, Tensor *x, int left, int right, int top, int bottom, float value) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = pad2d_op(c, x, left, right, top, bottom, value);
+    prof_end(c, pm, OP_PAD2D, 0.0);
     return out;
 }

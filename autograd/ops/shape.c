@@ -7,11 +7,12 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/profile.h"
 
 // Below this many elements the loops run on one thread.
 #define SHAPE_PAR_MIN 32768
 
-Tensor *t_reshape(Ctx *c, Tensor *x, int ndim, const int *shape) {
+static Tensor *reshape_op(Ctx *c, Tensor *x, int ndim, const int *shape) {
     if (!x) return NULL;
     char s[64];
     if (ndim < 0 || ndim > TENSOR_MAX_DIMS) {
@@ -103,7 +104,7 @@ static void permute_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_permute(Ctx *c, Tensor *x, const int *perm) {
+static Tensor *permute_op(Ctx *c, Tensor *x, const int *perm) {
     if (!x) return NULL;
     int p[TENSOR_MAX_DIMS], seen[TENSOR_MAX_DIMS] = {0}, shape[TENSOR_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++) {
@@ -172,7 +173,7 @@ static void concat_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_concat(Ctx *c, Tensor *const *xs, int n, int dim) {
+static Tensor *concat_op(Ctx *c, Tensor *const *xs, int n, int dim) {
     if (n <= 0) {
         err_set(&c->err, ERR_SHAPE, "concat: %d inputs", n);
         return NULL;
@@ -244,7 +245,7 @@ static void slice_backward(Ctx *c, TapeNode *nd) {
     }
 }
 
-Tensor *t_slice(Ctx *c, Tensor *x, int dim, int start, int len) {
+static Tensor *slice_op(Ctx *c, Tensor *x, int dim, int start, int len) {
     if (!x) return NULL;
     int d = dim < 0 ? dim + x->ndim : dim;
     char s[64];
@@ -274,5 +275,35 @@ Tensor *t_slice(Ctx *c, Tensor *x, int dim, int start, int len) {
         nd->iarg[0] = d;
         nd->iarg[1] = start;
     }
+    return out;
+}
+
+/* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
+
+Tensor *t_reshape(Ctx *c, Tensor *x, int ndim, const int *shape) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = reshape_op(c, x, ndim, shape);
+    prof_end(c, pm, OP_RESHAPE, 0.0);
+    return out;
+}
+
+Tensor *t_permute(Ctx *c, Tensor *x, const int *perm) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = permute_op(c, x, perm);
+    prof_end(c, pm, OP_PERMUTE, 0.0);
+    return out;
+}
+
+Tensor *t_concat(Ctx *c, Tensor *const *xs, int n, int dim) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = concat_op(c, xs, n, dim);
+    prof_end(c, pm, OP_CONCAT, 0.0);
+    return out;
+}
+
+Tensor *t_slice(Ctx *c, Tensor *x, int dim, int start, int len) {
+    ProfMark pm = prof_begin(c);
+    Tensor *out = slice_op(c, x, dim, start, len);
+    prof_end(c, pm, OP_SLICE, 0.0);
     return out;
 }

@@ -1,6 +1,7 @@
 // unet_forward: CompVis openaimodel.py UNetModel.forward (commit a506df5).
 #include <stdio.h>
 
+#include "autograd/profile.h"
 #include "models/unet/unet_impl.h"
 
 #define UNET_TIMESTEP_MAX_PERIOD 10000.0f  // diffusionmodules/util.py timestep_embedding default
@@ -74,39 +75,51 @@ Tensor *unet_forward(Ctx *c, UNet *m, Tensor *x, const float *t, Tensor *context
     // block's intermediates are released as soon as its output exists. What stays is every
     // block output, as upstream's hs list keeps them for the skip connections.
     CtxScope sc = ctx_scope_begin(c);
+    int pb = prof_block_begin(c, "time_embed", -1);
     Tensor *emb = t_timestep_embedding(c, t, N, cfg->model_channels, UNET_TIMESTEP_MAX_PERIOD);
     emb = layer_forward(c, &m->layers[m->time_embed[0]], emb);
     emb = layer_forward(c, &m->layers[m->time_embed[1]], t_silu(c, emb));
     emb = ctx_scope_end(c, sc, emb);
+    prof_block_end(c, pb);
     hook(m, "time_embed", -1, emb);
+    pb = prof_block_begin(c, "time_embed", -1);
     if (cfg->num_classes > 0) emb = t_add(c, emb, t_embedding(c, &m->label_emb, y, N));
     Tensor *emb_act = t_silu(c, emb);  // the SiLU opening every ResBlock's emb_layers
+    prof_block_end(c, pb);
 
     Tensor **hs = ctx_alloc(c, (size_t)m->n_input_blocks * sizeof *hs);
     if (!hs || !emb_act) return NULL;
     Tensor *h = x;
     for (int i = 0; i < m->n_input_blocks; i++) {
         sc = ctx_scope_begin(c);
+        pb = prof_block_begin(c, "input_blocks", i);
         h = ctx_scope_end(c, sc, seq_forward(c, m, &m->input_blocks[i], h, emb_act, context));
+        prof_block_end(c, pb);
         if (!h) return NULL;
         hs[i] = h;
         hook(m, "input_blocks", i, h);
     }
     sc = ctx_scope_begin(c);
+    pb = prof_block_begin(c, "middle_block", -1);
     h = ctx_scope_end(c, sc, seq_forward(c, m, &m->middle_block, h, emb_act, context));
+    prof_block_end(c, pb);
     hook(m, "middle_block", -1, h);
     int n_hs = m->n_input_blocks;
     for (int i = 0; i < m->n_output_blocks && h; i++) {
         sc = ctx_scope_begin(c);
+        pb = prof_block_begin(c, "output_blocks", i);
         Tensor *cat[2] = {h, hs[--n_hs]};
         h = t_concat(c, cat, 2, 1);  // th.cat([h, hs.pop()], dim=1)
         h = ctx_scope_end(c, sc, seq_forward(c, m, &m->output_blocks[i], h, emb_act, context));
+        prof_block_end(c, pb);
         hook(m, "output_blocks", i, h);
     }
     // out = GroupNorm32, SiLU, conv3x3 (model_channels -> out_channels).
     UNetNorm *on = &m->norms[m->out_norm];
     sc = ctx_scope_begin(c);
+    pb = prof_block_begin(c, "out", -1);
     h = t_group_norm(c, h, &on->weight, &on->bias, UNET_GN_GROUPS, UNET_GN_EPS);
     h = layer_forward(c, &m->layers[m->out_conv], t_silu(c, h));
+    prof_block_end(c, pb);
     return ctx_scope_end(c, sc, h);
 }
