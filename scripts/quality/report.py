@@ -119,11 +119,9 @@ def paired(n_filter):
     rows = {name: (seeds, evs, cmps) for name, seeds, evs, cmps in rows_for(n_filter, min_seeds=3)}
     out = []
     for name, (seeds, evs, cmps) in rows.items():
-        if name == "fp" or name.startswith("ptq"):
-            continue
         wa = variant_desc(name)[1]
-        base = next((b for b in rows if b.startswith("ptq") and variant_desc(b)[1] == wa), None)
-        if base is None:
+        base = "ptq-w%sa%s" % tuple(wa.split("/"))  # the naive PTQ variant of the same bits
+        if name == "fp" or name == base or base not in rows:
             continue
         bseeds, bevs, bcmps = rows[base]
         common = [s for s in seeds if s in bseeds]
