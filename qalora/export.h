@@ -64,6 +64,7 @@
 
 #include "io/weights.h"
 #include "models/ldm.h"
+#include "qalora/int_gemm.h"
 #include "qalora/qmodel.h"
 #include "qalora/talsq.h"
 
@@ -117,6 +118,12 @@ typedef struct {
     int entry;                // current TALSQ entry of every layer
     int w_bits, a_bits, special_bits, rank;
     size_t unet_bytes, unet_fp32_bytes;
+    int use_float;            // 1: every layer runs the float reference path (EFFDM_KERNEL=float)
+    IntGemmKind kernel;       // the integer kernel variant (export_set_kernel)
+    int n_int_layers;         // layers the integer path computes exactly; the others always run the float path
+    size_t qlevel_bytes;      // the quantized layers in memory: packed levels,
+    size_t qscale_bytes;      //   per-channel Δ_w, z_w and kernel integers,
+    size_t qfp32_bytes;       //   and the FP32 weights they stand for
     char source[1024];
 } ExportModel;
 
@@ -126,6 +133,15 @@ typedef struct {
 int export_load(ExportModel **m, const char *path, Err *e);
 // Accepts NULL.
 void export_free(ExportModel *m);
+// How the quantized layers run: "auto" or NULL (the fastest integer kernel this CPU has),
+// "ref" | "avx2" | "vnni" (that integer kernel), "float" (the reference path). export_load
+// applies $EFFDM_KERNEL. 0, ERR_ARG for another name, ERR_UNSUPPORTED for a kernel this CPU lacks.
+int export_set_kernel(ExportModel *m, const char *name, Err *e);
+// "float", "ref", "avx2" or "vnni": what the quantized layers run.
+const char *export_kernel_name(const ExportModel *m);
+// The deployed weight W_eff = (q - z_w) Δ_w of the quantized layer `name` into w (its
+// weight's element count). 0, or ERR_KEY when no quantized layer has that name.
+int export_layer_weight(const ExportModel *m, const char *name, float *w);
 // Selects the TALSQ entry of the training timestep nearest to DDPM timestep t.
 void export_set_timestep(ExportModel *m, int t);
 // SamplerOpts.on_eval for an ExportModel (user): export_set_timestep(user, timestep).
