@@ -20,13 +20,20 @@
 
 /* ---- load time ----------------------------------------------------------------------- */
 
+// Position of weight (ci, ki, kj) in a stored row (export_int.h: taps outer, channels inner).
+static size_t kpos(const ExportLayer *L, int ci, int ki, int kj) { return (size_t)(ki * L->kw + kj) * L->cp + ci; }
+
 int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_delta, const float *w_zero, Err *e) {
     ModelLayer *l = L->layer;
     int co = l->weight.shape[0];
     size_t K = l->weight.n / (size_t)co;
     L->cout = co;
     L->K = (int)K;
-    L->K4 = (int)((K + 3) / 4);
+    L->cin = l->kind == LAYER_CONV2D ? l->weight.shape[1] : (int)K;
+    L->kh = l->kind == LAYER_CONV2D ? l->weight.shape[2] : 1;
+    L->kw = l->kind == LAYER_CONV2D ? l->weight.shape[3] : 1;
+    L->cp = (L->cin + 3) / 4 * 4;
+    L->K4 = L->kh * L->kw * L->cp / 4;
     L->cbits = pack_container_bits(L->w_bits);
     L->wc = L->cbits == 8 ? 128 : 0;
     size_t kp = (size_t)L->K4 * 4;
@@ -63,13 +70,16 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
             wz = 0;
         }
         long long r = 0;
-        for (size_t k = 0; k < K; k++) {
-            row[k] = q[k];
-            r += (long long)q[k] - (long long)wz;
-            int v = abs((int)q[k] - L->wc);
-            L->wmax = v > L->wmax ? v : L->wmax;
-        }
-        for (size_t k = K; k < kp; k++) row[k] = (uint8_t)L->wc;  // stored as 0
+        memset(row, L->wc, kp);  // padded channels: stored as 0
+        for (int ci = 0; ci < L->cin; ci++)
+            for (int ki = 0; ki < L->kh; ki++)
+                for (int kj = 0; kj < L->kw; kj++) {
+                    uint8_t v = q[((size_t)ci * L->kh + ki) * L->kw + kj];
+                    row[kpos(L, ci, ki, kj)] = v;
+                    r += (long long)v - (long long)wz;
+                    int a = abs((int)v - L->wc);
+                    L->wmax = a > L->wmax ? a : L->wmax;
+                }
         pack_ints(L->wpack + (size_t)o * L->row_bytes, row, kp, L->cbits);
         double zo = wz - L->wc;
         double bound = (double)kp * 255.0 * 128.0 + fabs(zo) * 255.0 * (double)K + zamax * fabs((double)r);
@@ -119,15 +129,22 @@ static void unpack_row_s8(int8_t *dst, const uint8_t *src, int K4, int cbits, in
     }
 }
 
-void export_layer_dequant(const ExportLayer *L, float *w) {
-    size_t kp = (size_t)L->K4 * 4;
-    int8_t *row = malloc(kp);
-    if (!row) return;
+// W_eff in the weight's own (Cout, Cin, kh, kw) order into w, from the stored rows.
+static void dequant_into(const ExportLayer *L, float *w, int8_t *row) {
     for (int o = 0; o < L->cout; o++) {
         unpack_row_s8(row, L->wpack + (size_t)o * L->row_bytes, L->K4, L->cbits, L->wc);
-        for (int k = 0; k < L->K; k++)
-            w[(size_t)o * L->K + k] = ((float)(row[k] + L->wc) - L->w_zero[o]) * L->w_delta[o];
+        float *wo = w + (size_t)o * L->K, z = L->w_zero[o], d = L->w_delta[o];
+        for (int ci = 0; ci < L->cin; ci++)
+            for (int ki = 0; ki < L->kh; ki++)
+                for (int kj = 0; kj < L->kw; kj++)
+                    wo[((size_t)ci * L->kh + ki) * L->kw + kj] = ((float)(row[kpos(L, ci, ki, kj)] + L->wc) - z) * d;
     }
+}
+
+void export_layer_dequant(const ExportLayer *L, float *w) {
+    int8_t *row = malloc((size_t)L->K4 * 4);
+    if (!row) return;
+    dequant_into(L, w, row);
     free(row);
 }
 
@@ -140,11 +157,7 @@ static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, i
     if (!xq || !w) return NULL;
     int8_t *row = ctx_alloc(c, (size_t)q->K4 * 4);
     if (!row) return NULL;
-    for (int o = 0; o < q->cout; o++) {
-        unpack_row_s8(row, q->wpack + (size_t)o * q->row_bytes, q->K4, q->cbits, q->wc);
-        for (int k = 0; k < q->K; k++)
-            w->data[(size_t)o * q->K + k] = ((float)(row[k] + q->wc) - q->w_zero[o]) * q->w_delta[o];
-    }
+    dequant_into(q, w->data, row);
     Tensor *b = l->bias.data ? &l->bias : NULL;
     if (l->kind == LAYER_LINEAR) return t_linear(c, xq, w, b);
     return t_conv2d(c, xq, w, b, l->stride, l->pad);
@@ -162,33 +175,55 @@ static void quantize(IntGemmKind k, uint8_t *xq, const float *x, size_t n, float
     }
 }
 
-/* rows (K4*4, ld) u8: row r = (ci, ki, kj) holds xq[g, ci, oh s - p + ki, ow s - p + kj] in
-   column g P + oh Wo + ow, pad where that falls outside; rows past K are 0. */
-static void im2col_u8(uint8_t *rows, size_t ld, const uint8_t *xq, int N, int C, int H, int W, int kh, int kw,
-                      int s, int p, int Ho, int Wo, int Kp, uint8_t pad) {
-    int K = C * kh * kw;
+/* One image's part of a col4 row of words when stride is 1 and Wo == W: all valid output
+   rows read one block of the plane src (H, W) shifted by ki - p rows and kj - p columns, so
+   they are one copy; the columns that wrapped around row ends are set to pad after (as
+   conv.c's im2col_row_same_width, on 4-channel words). */
+static void im2col_words_same_width(uint32_t *dst, const uint32_t *src, int H, int W, int p, int ki, int kj,
+                                    int Ho, uint32_t pad) {
+    int oh0 = p - ki > 0 ? p - ki : 0, oh1 = H + p - ki < Ho ? H + p - ki : Ho;
+    if (oh1 < oh0) oh1 = oh0;
+    for (size_t i = 0; i < (size_t)oh0 * W; i++) dst[i] = pad;
+    for (size_t i = (size_t)oh1 * W; i < (size_t)Ho * W; i++) dst[i] = pad;
+    if (oh1 == oh0) return;
+    uint32_t *blk = dst + (size_t)oh0 * W;
+    long s0 = (long)(oh0 - p + ki) * W + (kj - p), n = (long)(oh1 - oh0) * W, plane = (long)H * W;
+    long e0 = s0 < 0 ? -s0 : 0, e1 = s0 + n > plane ? plane - s0 : n;
+    if (e1 < e0) e1 = e0;
+    for (long i = 0; i < e0; i++) blk[i] = pad;
+    if (e1 > e0) memcpy(blk + e0, src + s0 + e0, (size_t)(e1 - e0) * sizeof(uint32_t));
+    for (long i = e1; i < n; i++) blk[i] = pad;
+    int lo = p - kj > 0 ? p - kj : 0, hi = W + p - kj < W ? W + p - kj : W;  // valid ow: iw = ow - p + kj in [0, W)
+    for (int ow = 0; ow < lo; ow++)
+        for (int r = 0; r < oh1 - oh0; r++) blk[(size_t)r * W + ow] = pad;
+    for (int ow = hi; ow < W; ow++)
+        for (int r = 0; r < oh1 - oh0; r++) blk[(size_t)r * W + ow] = pad;
+}
+
+/* A (col4 as words, K4 = kh kw C4 groups of ld columns) from x4 (N, C4, H, W) words of 4
+   channel levels: group (ki kw + kj) C4 + c4, column g P + oh Wo + ow holds
+   x4[g, c4, oh s - p + ki, ow s - p + kj], pad outside the image. */
+static void im2col_words(uint32_t *A, size_t ld, const uint32_t *x4, int N, int C4, int H, int W, int kh, int kw,
+                         int s, int p, int Ho, int Wo, uint32_t pad) {
+    int groups = kh * kw * C4;
     size_t P = (size_t)Ho * Wo;
-#pragma omp parallel for schedule(static) collapse(2) if ((size_t)Kp * ld >= GEMM_OMP_MIN_WORK)
-    for (int r = 0; r < Kp; r++) {
+    int same_width = s == 1 && Wo == W;
+#pragma omp parallel for schedule(static) collapse(2) if ((size_t)groups * ld >= GEMM_OMP_MIN_WORK / 4)
+    for (int gk = 0; gk < groups; gk++) {
         for (int g = 0; g < N; g++) {
-            uint8_t *dst = rows + (size_t)r * ld + (size_t)g * P;
-            if (r >= K) {
-                memset(dst, 0, P);
+            int tap = gk / C4, c4 = gk % C4, ki = tap / kw, kj = tap % kw;
+            const uint32_t *src = x4 + ((size_t)g * C4 + c4) * H * W;
+            uint32_t *dst = A + (size_t)gk * ld + (size_t)g * P;
+            if (same_width) {
+                im2col_words_same_width(dst, src, H, W, p, ki, kj, Ho, pad);
                 continue;
             }
-            int ci = r / (kh * kw), ki = (r / kw) % kh, kj = r % kw;
-            const uint8_t *xp = xq + ((size_t)g * C + ci) * H * W;
             for (int oh = 0; oh < Ho; oh++) {
                 int ih = oh * s - p + ki;
-                uint8_t *d = dst + (size_t)oh * Wo;
-                if (ih < 0 || ih >= H) {
-                    memset(d, pad, (size_t)Wo);
-                    continue;
-                }
-                const uint8_t *xr = xp + (size_t)ih * W;
+                uint32_t *d = dst + (size_t)oh * Wo;
                 for (int ow = 0; ow < Wo; ow++) {
                     int iw = ow * s - p + kj;
-                    d[ow] = iw >= 0 && iw < W ? xr[iw] : pad;
+                    d[ow] = ih >= 0 && ih < H && iw >= 0 && iw < W ? src[(size_t)ih * W + iw] : pad;
                 }
             }
         }
@@ -224,8 +259,8 @@ static void interleave4(uint8_t *A, const uint8_t *rows, int K4, size_t n) {
     }
 }
 
-/* Ws (cout + 1, K4*4) s8: the layer's rows, then a row of ones over the real K (its GEMM
-   row is S[n], the column sums of the activation levels). */
+/* Ws (cout + 1, K4*4) s8: the layer's rows, then a row of ones over the real channels (its
+   GEMM row is S[n], the column sums of the activation levels). */
 static int8_t *weights_s8(Ctx *c, const ExportLayer *q) {
     size_t kp = (size_t)q->K4 * 4;
     int8_t *Ws = ctx_alloc(c, (size_t)(q->cout + 1) * kp);
@@ -233,7 +268,7 @@ static int8_t *weights_s8(Ctx *c, const ExportLayer *q) {
     for (int o = 0; o < q->cout; o++)
         unpack_row_s8(Ws + (size_t)o * kp, q->wpack + (size_t)o * q->row_bytes, q->K4, q->cbits, q->wc);
     int8_t *ones = Ws + (size_t)q->cout * kp;
-    for (size_t k = 0; k < kp; k++) ones[k] = k < (size_t)q->K ? 1 : 0;
+    for (size_t k = 0; k < kp; k++) ones[k] = (int)(k % (size_t)q->cp) < q->cin ? 1 : 0;
     return Ws;
 }
 
@@ -247,16 +282,30 @@ static int32_t *gemm(Ctx *c, const ExportLayer *q, const uint8_t *A, size_t n) {
     return Cm;
 }
 
+// Levels of `rows` rows of len floats into rows of lenp >= len bytes (the rest 0).
+static void quantize_rows(IntGemmKind k, uint8_t *xq, const float *x, size_t rows, size_t len, size_t lenp,
+                          float delta, float zero, int qmax) {
+    if (len == lenp) {
+        quantize(k, xq, x, rows * len, delta, zero, qmax);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (rows * len >= GEMM_OMP_MIN_WORK)
+    for (size_t r = 0; r < rows; r++) {
+        int_quant_u8(k, xq + r * lenp, x + r * len, len, delta, zero, qmax);
+        memset(xq + r * lenp + len, 0, lenp - len);
+    }
+}
+
 static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
-    if (x->ndim != 4 || x->shape[1] * l->weight.shape[2] * l->weight.shape[3] != q->K) {
-        err_set(&c->err, ERR_SHAPE, "export layer '%s': input of %d dims, %d channels for %d weights per output",
-                l->name, x->ndim, x->ndim > 1 ? x->shape[1] : 0, q->K);
+    if (x->ndim != 4 || x->shape[1] != q->cin) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': input of %d dims, %d channels (expected 4, %d)", l->name,
+                x->ndim, x->ndim > 1 ? x->shape[1] : 0, q->cin);
         return NULL;
     }
     int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    int kh = l->weight.shape[2], kw = l->weight.shape[3], s = l->stride, p = l->pad;
+    int kh = q->kh, kw = q->kw, s = l->stride, p = l->pad, C4 = q->cp / 4;
     int Ho = (H + 2 * p - kh) / s + 1, Wo = (W + 2 * p - kw) / s + 1;
-    size_t P = (size_t)Ho * Wo, n = (size_t)N * P;
+    size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W;
     if (Ho < 1 || Wo < 1 || n > INT_MAX) {
         err_set(&c->err, ERR_SHAPE, "export layer '%s': %dx%d input gives no output or too many", l->name, H, W);
         return NULL;
@@ -264,12 +313,16 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
     Tensor *y = tensor_new4(c, N, q->cout, Ho, Wo);
     if (!y) return NULL;
     size_t mark = arena_mark(&c->arena);
-    int Kp = q->K4 * 4;
-    uint8_t *xq = ctx_alloc(c, x->n), *rows = ctx_alloc(c, (size_t)Kp * n), *A = ctx_alloc(c, (size_t)Kp * n);
-    if (!xq || !rows || !A) return NULL;
-    quantize(q->model->kernel, xq, x->data, x->n, da, (float)za, (1 << q->a_bits) - 1);
-    im2col_u8(rows, n, xq, N, C, H, W, kh, kw, s, p, Ho, Wo, Kp, (uint8_t)za);
-    interleave4(A, rows, q->K4, n);
+    size_t nxp = (size_t)N * q->cp * HW;
+    uint8_t *xq = ctx_alloc(c, nxp), *x4 = ctx_alloc(c, nxp), *A = ctx_alloc(c, (size_t)q->K4 * 4 * n);
+    if (!xq || !x4 || !A) return NULL;
+    quantize_rows(q->model->kernel, xq, x->data, (size_t)N, (size_t)C * HW, (size_t)q->cp * HW, da, (float)za,
+                  (1 << q->a_bits) - 1);
+    // planes (g, 4 c4 .. 4 c4 + 3) -> words of 4 channel levels: the same interleave as col4
+    interleave4(x4, xq, N * C4, HW);
+    uint32_t pad = (uint32_t)za * 0x01010101u;
+    im2col_words((uint32_t *)(void *)A, n, (const uint32_t *)(const void *)x4, N, C4, H, W, kh, kw, s, p, Ho, Wo,
+                 pad);
     int32_t *Cm = gemm(c, q, A, n);
     if (!Cm) return NULL;
     const int32_t *S = Cm + (size_t)q->cout * n;
@@ -289,8 +342,12 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
     return y;
 }
 
+// Rows per block of the linear epilogue: C is (out, rows), y (rows, out), so a block reads
+// one 64-byte line of C per output and reuses it for 16 rows.
+#define LINEAR_ROW_BLOCK 16
+
 static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
-    int in = q->K, co = q->cout;
+    int in = q->cin, co = q->cout;
     if (x->ndim < 1 || x->shape[x->ndim - 1] != in) {
         err_set(&c->err, ERR_SHAPE, "export layer '%s': input's last dim is not %d", l->name, in);
         return NULL;
@@ -307,28 +364,30 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
     if (!y) return NULL;
     size_t mark = arena_mark(&c->arena);
     int K4 = q->K4;
-    uint8_t *xq = ctx_alloc(c, x->n), *A = ctx_alloc(c, (size_t)K4 * 4 * n);
+    uint8_t *xq = ctx_alloc(c, n * (size_t)q->cp), *A = ctx_alloc(c, (size_t)K4 * 4 * n);
     if (!xq || !A) return NULL;
-    quantize(q->model->kernel, xq, x->data, x->n, da, (float)za, (1 << q->a_bits) - 1);
-    // A[(g n + r) 4 + i] = xq[r, 4g + i]: each row's 4-level groups become one column
-#pragma omp parallel for schedule(static) if ((size_t)K4 * 4 * n >= GEMM_OMP_MIN_WORK)
-    for (size_t r = 0; r < n; r++) {
-        const uint8_t *src = xq + r * (size_t)in;
-        for (int g = 0; g < K4; g++) {
-            uint8_t *d = A + ((size_t)g * n + r) * 4;
-            for (int i = 0; i < 4; i++) d[i] = 4 * g + i < in ? src[4 * g + i] : 0;
-        }
-    }
+    quantize_rows(q->model->kernel, xq, x->data, n, (size_t)in, (size_t)q->cp, da, (float)za, (1 << q->a_bits) - 1);
+    // col4: word g of row r (levels 4g .. 4g + 3) goes to column r of group g, a transpose
+    // of the (rows, K4) word matrix
+    const uint32_t *xw = (const uint32_t *)(const void *)xq;
+    uint32_t *Aw = (uint32_t *)(void *)A;
+#pragma omp parallel for schedule(static) if ((size_t)K4 * n >= GEMM_OMP_MIN_WORK / 4)
+    for (int g = 0; g < K4; g++)
+        for (size_t r = 0; r < n; r++) Aw[(size_t)g * n + r] = xw[r * K4 + g];
     int32_t *Cm = gemm(c, q, A, n);
     if (!Cm) return NULL;
     const int32_t *S = Cm + (size_t)co * n;
     const float *bias = l->bias.data;
+    size_t blocks = (n + LINEAR_ROW_BLOCK - 1) / LINEAR_ROW_BLOCK;
 #pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
-    for (size_t r = 0; r < n; r++) {
-        float *yr = y->data + r * co;
-        for (int o = 0; o < co; o++) {
-            int32_t v = Cm[(size_t)o * n + r] - q->zoff[o] * S[r] - za * q->rsum[o];
-            yr[o] = (float)v * (da * q->w_delta[o]) + (bias ? bias[o] : 0.0f);
+    for (size_t bk = 0; bk < blocks; bk++) {
+        size_t r0 = bk * LINEAR_ROW_BLOCK, r1 = r0 + LINEAR_ROW_BLOCK < n ? r0 + LINEAR_ROW_BLOCK : n;
+        for (size_t r = r0; r < r1; r++) {
+            float *yr = y->data + r * co;
+            for (int o = 0; o < co; o++) {
+                int32_t v = Cm[(size_t)o * n + r] - q->zoff[o] * S[r] - za * q->rsum[o];
+                yr[o] = (float)v * (da * q->w_delta[o]) + (bias ? bias[o] : 0.0f);
+            }
         }
     }
     arena_release(&c->arena, mark);

@@ -3,11 +3,12 @@
 
    In memory a layer keeps its integer levels packed (pack.h containers: 2 per byte at 4
    bits, 4 at 2 bits, 1 at 8 bits), one byte-aligned row of K4*4 levels per output channel
-   (K = Cin kh kw, padded to a multiple of 4 with the level that means 0), plus per channel
-   Δ_w, z_w and the two integers the kernel needs. The float W_eff is never materialized in
+   in tap-major order (below; input channels padded to a multiple of 4 with the level that
+   means 0), plus per channel Δ_w, z_w and the two integers the kernel needs. The float W_eff is never materialized in
    the model: the UNet's weight pages of these layers stay untouched.
    - integer path: x -> u8 levels with the active TALSQ entry (exactly t_fake_quant's
-     levels), im2col of the levels (padding = z_a, the level of a real 0), int_gemm against
+     levels), 4 channels interleaved into 32-bit words, im2col of the words (padding = z_a,
+     the level of a real 0) straight into int_gemm's col4 layout, int_gemm against
      the unpacked s8 weights (unpacked per call into arena scratch, 1 byte per weight),
      then y[o,n] = Δ_a Δ_w[o] (D[o,n] - zoff[o] S[n] - z_a R[o]) + bias[o], with
      D = Σ_k a_k (q_k - c), S[n] = Σ_k a_k (a ones row of the same GEMM), R[o] = Σ_k (q_k - z_w[o]),
@@ -29,8 +30,11 @@ struct ExportLayer {
     int w_bits, a_bits, entries;
     Quantizer aq;        // the activation table (rounded z_a)
     float *a_delta, *a_zero;
-    // weights
-    int cout, K, K4;
+    // weights; a row's levels are reordered to k' = (ki kw + kj) cp + ci (channels innermost,
+    // padded to cp = a multiple of 4 with zero weights), so that a k-group of 4 is 4 channels
+    // at one kernel tap: the im2col of 4-channel words (export_int.c). Linear: kh = kw = 1.
+    int cout, K, K4;     // K = cin kh kw real weights per output; K4 = kh kw cp / 4 groups
+    int cin, cp, kh, kw;
     int cbits;           // container width: 2, 4 or 8
     int wc;              // c above: the level stored as 0 in the s8 weights
     int wmax;            // max |q - c|
