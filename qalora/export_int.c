@@ -342,8 +342,7 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
     return y;
 }
 
-// Rows per block of the linear epilogue: C is (out, rows), y (rows, out), so a block reads
-// one 64-byte line of C per output and reuses it for 16 rows.
+// Block of the linear epilogue's transpose (rows x outputs): 16 floats are one cache line.
 #define LINEAR_ROW_BLOCK 16
 
 static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
@@ -378,16 +377,25 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
     if (!Cm) return NULL;
     const int32_t *S = Cm + (size_t)co * n;
     const float *bias = l->bias.data;
+    // rescale in C's (out, rows) layout, where the loop runs over contiguous rows and
+    // vectorizes, into T; then a blocked transpose into y (rows, out)
+    float *T = ctx_alloc(c, (size_t)co * n * sizeof(float));
+    if (!T) return NULL;
+#pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
+    for (int o = 0; o < co; o++) {
+        const int32_t *d = Cm + (size_t)o * n;
+        float *t = T + (size_t)o * n, sc = da * q->w_delta[o], b = bias ? bias[o] : 0.0f;
+        int32_t zo = q->zoff[o], zr = za * q->rsum[o];
+        for (size_t r = 0; r < n; r++) t[r] = (float)(d[r] - zo * S[r] - zr) * sc + b;
+    }
     size_t blocks = (n + LINEAR_ROW_BLOCK - 1) / LINEAR_ROW_BLOCK;
 #pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
     for (size_t bk = 0; bk < blocks; bk++) {
         size_t r0 = bk * LINEAR_ROW_BLOCK, r1 = r0 + LINEAR_ROW_BLOCK < n ? r0 + LINEAR_ROW_BLOCK : n;
-        for (size_t r = r0; r < r1; r++) {
-            float *yr = y->data + r * co;
-            for (int o = 0; o < co; o++) {
-                int32_t v = Cm[(size_t)o * n + r] - q->zoff[o] * S[r] - za * q->rsum[o];
-                yr[o] = (float)v * (da * q->w_delta[o]) + (bias ? bias[o] : 0.0f);
-            }
+        for (int o0 = 0; o0 < co; o0 += LINEAR_ROW_BLOCK) {
+            int o1 = o0 + LINEAR_ROW_BLOCK < co ? o0 + LINEAR_ROW_BLOCK : co;
+            for (size_t r = r0; r < r1; r++)
+                for (int o = o0; o < o1; o++) y->data[r * co + o] = T[(size_t)o * n + r];
         }
     }
     arena_release(&c->arena, mark);
