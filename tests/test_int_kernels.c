@@ -5,6 +5,9 @@
      widening path), 4- and 8-bit activations, sizes that are not multiples of any vector or
      tile width, a leading dimension wider than N. The activation quantizer of each variant
      against the fake-quant level (quant_uniform_fake) on halfway points, clamps and NaN.
+   - Synthetic layers the teacher lacks (input channels not a multiple of 4, strided and
+     pointwise convs, linear layers of odd sizes on 3-D inputs), every weight/activation
+     width: integer path vs float path, and the stored rows dequantize to W_eff exactly.
    - Layers: exports of a calibrated, perturbed student (W4A4, W4A8, W2A8; the first 3 and
      the last layer are the 8-bit special layers) run with every variant; each quantized
      layer computes its output by the integer path and by the float path (fake quant +
@@ -145,6 +148,110 @@ static void test_quant_variants(void **state) {
     free(q);
 }
 
+/* ---- single layers of shapes the teacher lacks ------------------------------------------ */
+
+// One synthetic quantized layer (random levels, Δ_w, z_w, table) run by both paths.
+static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits,
+                            const int *xshape, int xdim, Rng *r) {
+    ModelLayer ml;
+    memset(&ml, 0, sizeof ml);
+    ml.kind = kind;
+    snprintf(ml.name, sizeof ml.name, "synthetic");
+    int wshape[4] = {cout, cin, k, k};
+    size_t nw = kind == LAYER_CONV2D ? (size_t)cout * cin * k * k : (size_t)cout * cin;
+    float *dummy = calloc(nw, sizeof(float)), *bias = malloc((size_t)cout * sizeof(float));
+    tensor_init_param(&ml.weight, dummy, NULL, kind == LAYER_CONV2D ? 4 : 2, kind == LAYER_CONV2D ? wshape
+                                                                                             : (int[]){cout, cin});
+    rng_normal_fill(r, bias, (size_t)cout);
+    tensor_init_param(&ml.bias, bias, NULL, 1, (int[]){cout});
+    ml.stride = stride;
+    ml.pad = pad;
+    ExportModel em;
+    memset(&em, 0, sizeof em);
+    ExportLayer L;
+    memset(&L, 0, sizeof L);
+    L.layer = &ml;
+    L.model = &em;
+    L.w_bits = w_bits;
+    L.a_bits = a_bits;
+    L.entries = 2;
+    L.a_delta = malloc(2 * sizeof(float));
+    L.a_zero = malloc(2 * sizeof(float));
+    int amax = (1 << a_bits) - 1;
+    L.a_delta[0] = 4.0f / (float)amax;
+    L.a_zero[0] = (float)(amax / 3);
+    L.a_delta[1] = 6.0f / (float)amax;
+    L.a_zero[1] = (float)amax;  // a table entry at the top of the range
+    quantizer_setup(&L.aq, QUANT_UNIFORM, a_bits, 0, 2, L.a_delta, L.a_zero, NULL, NULL);
+    uint8_t *lv = malloc(nw);
+    float *wd = malloc((size_t)cout * sizeof(float)), *wz = malloc((size_t)cout * sizeof(float));
+    for (size_t i = 0; i < nw; i++) lv[i] = (uint8_t)rng_below(r, 1u << w_bits);
+    for (int o = 0; o < cout; o++) {
+        wd[o] = 0.01f + 0.05f * rng_uniform(r);
+        wz[o] = (float)rng_below(r, 1u << w_bits);
+    }
+    Err e = {0};
+    assert_int_equal(export_layer_prepare(&L, lv, wd, wz, &e), 0);
+    assert_true(L.int_ok);
+    ml.quant = &L;
+    ml.quant_forward = export_layer_forward;
+    float *w = malloc(nw * sizeof(float));
+    export_layer_dequant(&L, w);
+    for (int o = 0; o < cout; o++)  // the stored (reordered, padded) rows give W_eff back
+        for (size_t j = 0; j < nw / (size_t)cout; j++)
+            assert_true(w[(size_t)o * (nw / cout) + j] == ((float)lv[(size_t)o * (nw / cout) + j] - wz[o]) * wd[o]);
+    Ctx *c = test_ctx_new((size_t)256 << 20);
+    ctx_set_grad(c, 0);
+    Tensor *x = tensor_new(c, xdim, xshape);
+    rng_normal_fill(r, x->data, x->n);
+    for (int entry = 0; entry < 2; entry++) {
+        em.entry = entry;
+        em.use_float = 1;
+        Tensor *yf = layer_forward(c, &ml, x);
+        assert_non_null(yf);
+        for (int kind2 = 0; kind2 < INT_GEMM_COUNT; kind2++) {
+            if (!int_gemm_supported((IntGemmKind)kind2)) continue;
+            em.use_float = 0;
+            em.kernel = (IntGemmKind)kind2;
+            Tensor *yi = layer_forward(c, &ml, x);
+            assert_non_null(yi);
+            assert_int_equal(yi->n, yf->n);
+            assert_memory_equal(yi->shape, yf->shape, sizeof yf->shape);
+            double err = rel_l2(yi->data, yf->data, yf->n);
+            if (err > TOL_LAYER)
+                fail_msg("%s: %s cout %d cin %d k %d s %d p %d W%dA%d entry %d: relative L2 %.3g",
+                         int_gemm_name((IntGemmKind)kind2), kind == LAYER_CONV2D ? "conv" : "linear", cout, cin, k,
+                         stride, pad, w_bits, a_bits, entry, err);
+        }
+    }
+    test_ctx_delete(c);
+    export_layer_release(&L);
+    free(dummy);
+    free(bias);
+    free(lv);
+    free(wd);
+    free(wz);
+    free(w);
+}
+
+static void test_layer_shapes(void **state) {
+    Rng r;
+    rng_seed(&r, 11, 0);
+    const int wb[] = {2, 4, 8}, ab[] = {4, 8};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++) {
+            // input channels not a multiple of 4 (padded), "same" 3x3 on a non-square map
+            check_synthetic(LAYER_CONV2D, 7, 5, 3, 1, 1, wb[i], ab[j], (int[]){3, 5, 6, 5}, 4, &r);
+            // strided (the general im2col), odd map
+            check_synthetic(LAYER_CONV2D, 9, 6, 3, 2, 1, wb[i], ab[j], (int[]){2, 6, 7, 7}, 4, &r);
+            // pointwise, 2 images
+            check_synthetic(LAYER_CONV2D, 17, 8, 1, 1, 0, wb[i], ab[j], (int[]){2, 8, 4, 4}, 4, &r);
+            // linear on a 3-D input, odd sizes
+            check_synthetic(LAYER_LINEAR, 13, 7, 1, 1, 0, wb[i], ab[j], (int[]){2, 5, 7}, 3, &r);
+            check_synthetic(LAYER_LINEAR, 33, 64, 1, 1, 0, wb[i], ab[j], (int[]){37, 64}, 2, &r);
+        }
+}
+
 /* ---- layers of an exported model ------------------------------------------------------ */
 
 static ExportModel *g_em;  // the model under test (the layer hook has no user pointer)
@@ -266,6 +373,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_variants),
         cmocka_unit_test(test_quant_variants),
+        cmocka_unit_test(test_layer_shapes),
         cmocka_unit_test(test_layers_w4a4),
         cmocka_unit_test(test_layers_w4a8),
         cmocka_unit_test(test_layers_w2a8),
