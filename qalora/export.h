@@ -49,6 +49,23 @@
    fake-quantized with the tables (rounded z_a); sampling timestep t uses the entry of the
    nearest training timestep (talsq.h), for any step count.
 
+   In memory (export_load; details in export_int.h). The quantized layers keep their levels
+   packed as in the file's containers (2 per byte at 4 bits, 4 at 2 bits, 1 at 8 bits), one
+   byte-aligned row per output channel, reordered tap-major (k' = (ki kw + kj) cp + ci, input
+   channels padded to cp, a multiple of 4, with zero weights), plus per output channel Δ_w,
+   z_w, z_w - c and Σ_k (q - z_w) (16 bytes). The float W_eff is never built: the UNet's
+   weight tensors of these layers stay unwritten (their pages untouched), and
+   export_layer_weight dequantizes one on request. On the shipped teacher the quantized
+   layers hold 0.71 MB of levels + 0.15 MB per channel for 5.59 MB of FP32 weights (the
+   4-bit layers' levels exactly 1/8). Each layer runs (ExportModel.use_float / kernel):
+   - integer (default): activations -> u8 levels with the active table entry (the levels
+     t_fake_quant uses), im2col of 4-channel words with z_a as padding, int_gemm (int8 x
+     uint8, int32 sums: AVX-512 VNNI, AVX2 or portable C) against the unpacked s8 rows, then
+     y = Δ_a Δ_w (D - (z_w - c) S - z_a R) + bias in float. Equal to the float path up to
+     the rounding of that rescale (relative L2 <= 2.5e-7 per layer, test_int_kernels).
+   - float (EFFDM_KERNEL=float): fake_quant(x), W_eff dequantized per call into the arena,
+     the FP conv/linear: the student's computation bit for bit (test_export).
+
    Size. The UNet part is the packed levels plus, in F32, Δ_w, the tables and everything left
    FP. On the shipped teacher (1.45 M UNet parameters) the FP rest is large: the 1x1 skip
    connections and the Downsample conv alone are 164 kB, the biases 41 kB, so an exact W4A4
