@@ -278,7 +278,7 @@ static int32_t *gemm(Ctx *c, const ExportLayer *q, const uint8_t *A, size_t n) {
     int32_t *Cm = ctx_alloc(c, (size_t)(q->cout + 1) * n * sizeof(int32_t));
     if (!Ws || !Cm) return NULL;
     int_gemm(q->model->kernel, Cm, n, Ws, (size_t)q->K4 * 4, A, n, q->cout + 1, (int)n, q->K4,
-             q->wmax > 1 ? q->wmax : 1);
+             q->wmax > 1 ? q->wmax : 1, (1 << q->a_bits) - 1);
     return Cm;
 }
 
@@ -342,11 +342,15 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
     return y;
 }
 
-// Block of the linear epilogue's transpose (rows x outputs): 16 floats are one cache line.
-#define LINEAR_ROW_BLOCK 16
-
+/* A linear layer computes y (rows, out) with the operands' roles swapped, so that the GEMM
+   writes y's layout and no transpose is needed: the activation levels become the broadcast
+   s8 operand as a' = a - 128 (XOR 0x80), the weight levels q (0..255) the u8 col4 operand
+   over outputs, plus a column of ones over the real inputs. Then
+       C[r][o] = Σ_k a'q = D[r][o] - 128 Q[o],  C[r][out] = Σ_k a' = S[r] - 128 cin,
+   with D = Σ a q, Q[o] = Σ_k q = R[o] + cin z_w[o], and as for convs
+       Σ (a - z_a)(q - z_w) = D - z_w S - z_a R. */
 static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
-    int in = q->cin, co = q->cout;
+    int in = q->cin, co = q->cout, K4 = q->K4;
     if (x->ndim < 1 || x->shape[x->ndim - 1] != in) {
         err_set(&c->err, ERR_SHAPE, "export layer '%s': input's last dim is not %d", l->name, in);
         return NULL;
@@ -361,42 +365,44 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
     shape[x->ndim - 1] = co;
     Tensor *y = tensor_new(c, x->ndim, shape);
     if (!y) return NULL;
-    size_t mark = arena_mark(&c->arena);
-    int K4 = q->K4;
-    uint8_t *xq = ctx_alloc(c, n * (size_t)q->cp), *A = ctx_alloc(c, (size_t)K4 * 4 * n);
-    if (!xq || !A) return NULL;
-    quantize_rows(q->model->kernel, xq, x->data, n, (size_t)in, (size_t)q->cp, da, (float)za, (1 << q->a_bits) - 1);
-    // col4: word g of row r (levels 4g .. 4g + 3) goes to column r of group g, a transpose
-    // of the (rows, K4) word matrix
-    const uint32_t *xw = (const uint32_t *)(const void *)xq;
-    uint32_t *Aw = (uint32_t *)(void *)A;
-#pragma omp parallel for schedule(static) if ((size_t)K4 * n >= GEMM_OMP_MIN_WORK / 4)
-    for (int g = 0; g < K4; g++)
-        for (size_t r = 0; r < n; r++) Aw[(size_t)g * n + r] = xw[r * K4 + g];
-    int32_t *Cm = gemm(c, q, A, n);
-    if (!Cm) return NULL;
-    const int32_t *S = Cm + (size_t)co * n;
-    const float *bias = l->bias.data;
-    // rescale in C's (out, rows) layout, where the loop runs over contiguous rows and
-    // vectorizes, into T; then a blocked transpose into y (rows, out)
-    float *T = ctx_alloc(c, (size_t)co * n * sizeof(float));
-    if (!T) return NULL;
-#pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
+    size_t mark = arena_mark(&c->arena), kp = (size_t)K4 * 4, ldn = (size_t)co + 1;
+    uint8_t *xq = ctx_alloc(c, n * kp), *Wt = ctx_alloc(c, kp * ldn);
+    int8_t *row = ctx_alloc(c, kp);
+    int32_t *Cm = ctx_alloc(c, n * ldn * sizeof(int32_t)), *Q = ctx_alloc(c, (size_t)co * sizeof(int32_t));
+    if (!xq || !Wt || !row || !Cm || !Q) return NULL;
+    quantize_rows(q->model->kernel, xq, x->data, n, (size_t)in, kp, da, (float)za, (1 << q->a_bits) - 1);
+    for (size_t i = 0; i < n * kp; i++) xq[i] ^= 0x80;  // a - 128 as s8 (padding: weights 0 there)
+    // Wt col4 over ldn columns: q of output o at column o (0 past cin), ones at column co
     for (int o = 0; o < co; o++) {
-        const int32_t *d = Cm + (size_t)o * n;
-        float *t = T + (size_t)o * n, sc = da * q->w_delta[o], b = bias ? bias[o] : 0.0f;
-        int32_t zo = q->zoff[o], zr = za * q->rsum[o];
-        for (size_t r = 0; r < n; r++) t[r] = (float)(d[r] - zo * S[r] - zr) * sc + b;
-    }
-    size_t blocks = (n + LINEAR_ROW_BLOCK - 1) / LINEAR_ROW_BLOCK;
-#pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
-    for (size_t bk = 0; bk < blocks; bk++) {
-        size_t r0 = bk * LINEAR_ROW_BLOCK, r1 = r0 + LINEAR_ROW_BLOCK < n ? r0 + LINEAR_ROW_BLOCK : n;
-        for (int o0 = 0; o0 < co; o0 += LINEAR_ROW_BLOCK) {
-            int o1 = o0 + LINEAR_ROW_BLOCK < co ? o0 + LINEAR_ROW_BLOCK : co;
-            for (size_t r = r0; r < r1; r++)
-                for (int o = o0; o < o1; o++) y->data[r * co + o] = T[(size_t)o * n + r];
+        unpack_row_s8(row, q->wpack + (size_t)o * q->row_bytes, K4, q->cbits, q->wc);
+        int32_t sum = 0;
+        for (size_t k = 0; k < kp; k++) {
+            uint8_t v = (int)k < in ? (uint8_t)(row[k] + q->wc) : 0;
+            Wt[((k / 4) * ldn + (size_t)o) * 4 + k % 4] = v;
+            sum += v;
         }
+        Q[o] = sum;
+    }
+    for (size_t k = 0; k < kp; k++) Wt[((k / 4) * ldn + (size_t)co) * 4 + k % 4] = (int)k < in ? 1 : 0;
+    int_gemm(q->model->kernel, Cm, ldn, (const int8_t *)xq, kp, Wt, ldn, (int)n, (int)ldn, K4, 128,
+             (1 << q->cbits) - 1);
+    const float *bias = l->bias.data;
+    // per output, the parts that do not depend on the row: 128 Q - z_a R, and the scale
+    float *sc = ctx_alloc(c, (size_t)co * sizeof(float)), *bo = ctx_alloc(c, (size_t)co * sizeof(float));
+    int32_t *k1 = ctx_alloc(c, (size_t)co * sizeof(int32_t)), *zw = ctx_alloc(c, (size_t)co * sizeof(int32_t));
+    if (!sc || !bo || !k1 || !zw) return NULL;
+    for (int o = 0; o < co; o++) {
+        k1[o] = 128 * Q[o] - za * q->rsum[o];
+        zw[o] = q->zoff[o] + q->wc;
+        sc[o] = da * q->w_delta[o];
+        bo[o] = bias ? bias[o] : 0.0f;
+    }
+#pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
+    for (size_t r = 0; r < n; r++) {
+        const int32_t *cr = Cm + r * ldn;
+        int32_t s = cr[co] + 128 * in;
+        float *yr = y->data + r * co;
+        for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
     }
     arena_release(&c->arena, mark);
     return y;

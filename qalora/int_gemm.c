@@ -58,7 +58,8 @@ void int_gemm_ref(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uin
 }
 
 void int_gemm(IntGemmKind k, int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda,
-              int M, int N, int K4, int wmax) {
+              int M, int N, int K4, int wmax, int amax) {
+    int wide = 4L * amax * wmax > 32767;
     int tn = (N + INT_TILE_N - 1) / INT_TILE_N, tm = (M + INT_TILE_M - 1) / INT_TILE_M;
     size_t work = (size_t)M * N * (size_t)K4;
 #pragma omp parallel for schedule(static) collapse(2) if (work >= 4 * GEMM_OMP_MIN_WORK)
@@ -72,7 +73,7 @@ void int_gemm(IntGemmKind k, int32_t *C, size_t ldc, const int8_t *W, size_t ldw
             switch (k) {
 #if defined(__x86_64__) && defined(__GNUC__)
             case INT_GEMM_VNNI: int_gemm_vnni_tile(c, ldc, w, ldw, a, lda, mm, nn, K4); break;
-            case INT_GEMM_AVX2: int_gemm_avx2_tile(c, ldc, w, ldw, a, lda, mm, nn, K4, wmax > 32); break;
+            case INT_GEMM_AVX2: int_gemm_avx2_tile(c, ldc, w, ldw, a, lda, mm, nn, K4, wide); break;
 #endif
             default: int_gemm_ref(c, ldc, w, ldw, a, lda, mm, nn, K4); break;
             }

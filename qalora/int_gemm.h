@@ -13,8 +13,8 @@
      C  (M, ldc)  int32: C[m][n] = sum_k W[m][k] a[k][n], exactly (no saturation, any variant),
         as long as the true sums fit int32 (K4*4 * 255 * 128 < 2^31: K < 65000).
    Variants: REF (portable C, the twin the others are tested against), AVX2 (maddubs +
-   madd: u8 x s8 pairs saturate at 16 bits, so weights with |w| > 32 take a widening
-   16-bit path), VNNI (AVX-512 vpdpbusd, 16 columns per instruction). The SIMD variants are
+   madd: u8 x s8 pairs saturate at 16 bits, so operands whose sums of 4 products can pass
+   32767 take a widening 16-bit path), VNNI (AVX-512 vpdpbusd, 16 columns per instruction). The SIMD variants are
    compiled with target attributes and chosen at run time, so the binary runs on any x86-64.
    Threads: int_gemm splits (column block, row block) tiles over OpenMP; call it outside a
    parallel region.
@@ -34,10 +34,11 @@ int int_gemm_supported(IntGemmKind k);
 // The fastest supported variant.
 IntGemmKind int_gemm_best(void);
 
-// C (M, ldc) = W (M, ldw) x A (col4, K4 groups, N columns, lda >= N); wmax >= max |W|
-// (selects the AVX2 path: maddubs when wmax <= 32, widening otherwise).
+// C (M, ldc) = W (M, ldw) x A (col4, K4 groups, N columns, lda >= N); wmax >= max |W|,
+// amax >= max A: they select the AVX2 path (maddubs when 4 amax wmax <= 32767, widening
+// otherwise).
 void int_gemm(IntGemmKind k, int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda,
-              int M, int N, int K4, int wmax);
+              int M, int N, int K4, int wmax, int amax);
 // The portable variant itself (single-threaded over the given tile), the reference of the tests.
 void int_gemm_ref(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M, int N,
                   int K4);

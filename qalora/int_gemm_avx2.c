@@ -1,11 +1,11 @@
 /* int_gemm_avx2.c: the AVX2 variant of int_gemm (int_gemm.h) and the AVX2 activation
    quantizer; compiled with target attributes, called only when the CPU has AVX2.
 
-   Narrow path (|w| <= 32): _mm256_maddubs_epi16 multiplies u8 activations by s8 weights
-   and adds adjacent pairs into s16 with saturation. Two k-groups are summed in s16 before
-   _mm256_madd_epi16 widens: 4 products of at most 255 * 32 = 8160 give at most 32640 <
-   32767, so nothing saturates and the result is exact.
-   Wide path (8-bit weights, |w| up to 128): the activations are widened to s16 first
+   Narrow path (4 max|a| max|w| <= 32767, e.g. 8-bit activations x 4-bit weights: 15300):
+   _mm256_maddubs_epi16 multiplies u8 activations by s8 weights and adds adjacent pairs
+   into s16 with saturation. Two k-groups are summed in s16 before _mm256_madd_epi16
+   widens: 4 products, so under that bound nothing saturates and the result is exact.
+   Wide path (8-bit x 8-bit, up to 255 * 128): the activations are widened to s16 first
    (_mm256_cvtepu8_epi16) and multiplied by s16 weights with _mm256_madd_epi16 (exact in
    s32); each column then holds two partial sums, added at the end by hadd. */
 #include "qalora/int_gemm.h"

@@ -1,7 +1,7 @@
 /* test_int_kernels.c: the integer runtime of the exported model (qalora/int_gemm.h,
    qalora/export_int.h).
    - Kernels: every variant this CPU runs (ref, avx2, vnni) against a naive int32 loop over
-     the plain (K, N) matrices, bit for bit: 2-, 4- and 8-bit weights (8 bits is the AVX2
+     the plain (K, N) matrices, bit for bit: 2-, 4- and 8-bit weights (W8 A8 is the AVX2
      widening path), 4- and 8-bit activations, sizes that are not multiples of any vector or
      tile width, a leading dimension wider than N. The activation quantizer of each variant
      against the fake-quant level (quant_uniform_fake) on halfway points, clamps and NaN.
@@ -77,7 +77,7 @@ static void check_case(int M, int N, int K, int w_bits, int a_bits, Rng *r) {
     for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
         if (!int_gemm_supported((IntGemmKind)kind)) continue;
         memset(C, 0x5A, (size_t)M * ldc * sizeof(int32_t));
-        int_gemm((IntGemmKind)kind, C, ldc, Wp, ldw, A, lda, M, N, K4, wmax);
+        int_gemm((IntGemmKind)kind, C, ldc, Wp, ldw, A, lda, M, N, K4, wmax, (1 << a_bits) - 1);
         for (int m = 0; m < M; m++) {
             if (memcmp(C + (size_t)m * ldc, ref + (size_t)m * N, (size_t)N * sizeof(int32_t)) != 0)
                 fail_msg("%s: W%d A%d M=%d N=%d K=%d: row %d differs", int_gemm_name((IntGemmKind)kind), w_bits,
