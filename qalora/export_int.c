@@ -345,8 +345,8 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
 /* A linear layer computes y (rows, out) with the operands' roles swapped, so that the GEMM
    writes y's layout and no transpose is needed: the activation levels become the broadcast
    s8 operand as a' = a - 128 (XOR 0x80), the weight levels q (0..255) the u8 col4 operand
-   over outputs, plus a column of ones over the real inputs. Then
-       C[r][o] = Σ_k a'q = D[r][o] - 128 Q[o],  C[r][out] = Σ_k a' = S[r] - 128 cin,
+   over outputs; the row sums S[r] = Σ_k a are taken while flipping. Then
+       C[r][o] = Σ_k a'q = D[r][o] - 128 Q[o],
    with D = Σ a q, Q[o] = Σ_k q = R[o] + cin z_w[o], and as for convs
        Σ (a - z_a)(q - z_w) = D - z_w S - z_a R. */
 static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
@@ -365,14 +365,24 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
     shape[x->ndim - 1] = co;
     Tensor *y = tensor_new(c, x->ndim, shape);
     if (!y) return NULL;
-    size_t mark = arena_mark(&c->arena), kp = (size_t)K4 * 4, ldn = (size_t)co + 1;
+    size_t mark = arena_mark(&c->arena), kp = (size_t)K4 * 4, ldn = (size_t)co;
     uint8_t *xq = ctx_alloc(c, n * kp), *Wt = ctx_alloc(c, kp * ldn);
     int8_t *row = ctx_alloc(c, kp);
     int32_t *Cm = ctx_alloc(c, n * ldn * sizeof(int32_t)), *Q = ctx_alloc(c, (size_t)co * sizeof(int32_t));
-    if (!xq || !Wt || !row || !Cm || !Q) return NULL;
+    int32_t *S = ctx_alloc(c, n * sizeof(int32_t));
+    if (!xq || !Wt || !row || !Cm || !Q || !S) return NULL;
     quantize_rows(q->model->kernel, xq, x->data, n, (size_t)in, kp, da, (float)za, (1 << q->a_bits) - 1);
-    for (size_t i = 0; i < n * kp; i++) xq[i] ^= 0x80;  // a - 128 as s8 (padding: weights 0 there)
-    // Wt col4 over ldn columns: q of output o at column o (0 past cin), ones at column co
+    // S[r] here, not as a GEMM column: out + 1 columns would cost a whole extra (masked)
+    // 32-column strip of the kernel when out is a multiple of 32
+#pragma omp parallel for schedule(static) if (n * kp >= GEMM_OMP_MIN_WORK)
+    for (size_t r = 0; r < n; r++) {
+        uint8_t *a = xq + r * kp;
+        int32_t sum = 0;
+        for (int k = 0; k < in; k++) sum += a[k];
+        S[r] = sum;
+        for (size_t k = 0; k < kp; k++) a[k] ^= 0x80;  // a - 128 as s8 (padding: weights 0 there)
+    }
+    // Wt col4 over ldn columns: q of output o at column o (0 past cin)
     for (int o = 0; o < co; o++) {
         unpack_row_s8(row, q->wpack + (size_t)o * q->row_bytes, K4, q->cbits, q->wc);
         int32_t sum = 0;
@@ -383,7 +393,6 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
         }
         Q[o] = sum;
     }
-    for (size_t k = 0; k < kp; k++) Wt[((k / 4) * ldn + (size_t)co) * 4 + k % 4] = (int)k < in ? 1 : 0;
     int_gemm(q->model->kernel, Cm, ldn, (const int8_t *)xq, kp, Wt, ldn, (int)n, (int)ldn, K4, 128,
              (1 << q->cbits) - 1);
     const float *bias = l->bias.data;
@@ -400,7 +409,7 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
 #pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
     for (size_t r = 0; r < n; r++) {
         const int32_t *cr = Cm + r * ldn;
-        int32_t s = cr[co] + 128 * in;
+        int32_t s = S[r];
         float *yr = y->data + r * co;
         for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
     }
