@@ -5,7 +5,8 @@
    weights into int32 without intermediate saturation (that would be dpbusds), so every
    weight width (2, 4, 8 bits) takes the same path and the result is exact. A lane is one
    column of a k-group in the col4 layout; the 4 weights of a row are broadcast. Micro-tile:
-   4 rows x 32 columns = 8 accumulators; column tails are masked. */
+   8 rows x 32 columns = 16 accumulators (then 4-row and 1-row tiles for the rest);
+   column tails are masked. */
 #include "qalora/int_gemm.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -23,11 +24,12 @@ VNNI_INLINE int32_t load_w4(const int8_t *w) {
 
 VNNI_INLINE __mmask16 first_lanes(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
-/* Rows [0, MR) x 32 columns (n valid). */
+/* Rows [0, MR) x 32 columns (n valid), MR <= 8: 16 accumulators + 2 activation vectors
+   + 1 broadcast weight fit the 32 zmm registers. */
 VNNI_INLINE void micro(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int MR,
                        int n, int K4) {
     __mmask16 m0 = first_lanes(n), m1 = first_lanes(n > 16 ? n - 16 : 0);
-    __m512i acc[4][2];
+    __m512i acc[8][2];
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     for (int g = 0; g < K4; g++) {
         const uint8_t *ap = A + (size_t)g * lda * 4;
@@ -50,6 +52,7 @@ VNNI void int_gemm_vnni_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw
         int n = N - n0 < 32 ? N - n0 : 32;
         const uint8_t *a = A + (size_t)n0 * 4;
         int m = 0;
+        for (; m + 8 <= M; m += 8) micro(C + (size_t)m * ldc + n0, ldc, W + (size_t)m * ldw, ldw, a, lda, 8, n, K4);
         for (; m + 4 <= M; m += 4) micro(C + (size_t)m * ldc + n0, ldc, W + (size_t)m * ldw, ldw, a, lda, 4, n, K4);
         for (; m < M; m++) micro(C + (size_t)m * ldc + n0, ldc, W + (size_t)m * ldw, ldw, a, lda, 1, n, K4);
     }
