@@ -4,15 +4,17 @@
    In memory a layer keeps its integer levels packed (pack.h containers: 2 per byte at 4
    bits, 4 at 2 bits, 1 at 8 bits), one byte-aligned row of K4*4 levels per output channel
    in tap-major order (below; input channels padded to a multiple of 4 with the level that
-   means 0), plus per channel Δ_w, z_w and the two integers the kernel needs. The float W_eff is never materialized in
-   the model: the UNet's weight pages of these layers stay untouched.
+   means 0), plus per channel Δ_w, z_w and the two integers the kernel needs. The float
+   W_eff is never materialized in the model: the UNet's weight pages of these layers stay
+   untouched.
    - integer path: x -> u8 levels with the active TALSQ entry (exactly t_fake_quant's
      levels), 4 channels interleaved into 32-bit words, im2col of the words (padding = z_a,
      the level of a real 0) straight into int_gemm's col4 layout, int_gemm against
      the unpacked s8 weights (unpacked per call into arena scratch, 1 byte per weight),
      then y[o,n] = Δ_a Δ_w[o] (D[o,n] - zoff[o] S[n] - z_a R[o]) + bias[o], with
-     D = Σ_k a_k (q_k - c), S[n] = Σ_k a_k (a ones row of the same GEMM), R[o] = Σ_k (q_k - z_w[o]),
-     zoff[o] = z_w[o] - c; c = 0 for 2/4-bit containers (q fits s8), 128 for 8 bits.
+     D = Σ_k a_k (q_k - c), S[n] = Σ_k a_k (convs: a ones row of the same GEMM),
+     R[o] = Σ_k (q_k - z_w[o]), zoff[o] = z_w[o] - c; c = 0 for 2/4-bit containers (q fits
+     s8), 128 for 8 bits. Linear layers swap the GEMM's operands (see int_linear).
    - float path (EFFDM_KERNEL=float, and layers the integer path cannot take exactly): the
      deployed model as it was first written, fake_quant(x) then the FP op on W_eff
      dequantized per call; the reference the integer path is tested against. */
