@@ -12,6 +12,12 @@ double bench_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double bench_cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 // A "Key:   N kB" line of /proc/self/status, in MiB (-1 when absent).
 static double status_mib(const char *key) {
     FILE *fp = fopen("/proc/self/status", "r");

@@ -6,6 +6,9 @@
 
 // Monotonic seconds.
 double bench_now(void);
+// CPU seconds used by this process (all its threads): on a machine shared with other jobs
+// this counts the work done, not the time spent waiting for a core.
+double bench_cpu_now(void);
 // Peak resident set size of this process in MiB (VmHWM).
 double bench_peak_rss_mib(void);
 // Current resident set size of this process in MiB (VmRSS).

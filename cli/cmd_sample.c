@@ -34,7 +34,10 @@ static const char *const usage[] = {
     "                       EFFDM_ZOO is set, else in <effdm's directory>/../models/zoo/fmnist-ldm",
     "  --model M.safetensors  an effdm export (effdm export): the quantized model, which holds",
     "                       its own config, first stage and schedule; every sampling step uses",
-    "                       the activation table entry of the nearest training timestep",
+    "                       the activation table entry of the nearest training timestep.",
+    "                       Its quantized layers run integer kernels (u8 activations, packed",
+    "                       weights, int32 sums): the fastest this CPU has, or the one named",
+    "                       by $EFFDM_KERNEL (vnni, avx2, ref; float: the fake-quant reference)",
     "  --ema auto|on|off    EMA weights (default auto: used when the config's use_ema is true,",
     "                       the CompVis default, and the file has an EMA copy of every UNet",
     "                       parameter; a partial set is reported and the raw weights used)",
@@ -330,6 +333,9 @@ int cmd_sample(int argc, char **argv) {
                model_path, em->w_bits, em->a_bits, em->train_sched.n, em->train_sched.n == 1 ? "y" : "ies",
                em->unet_bytes, (double)em->unet_fp32_bytes / (double)em->unet_bytes,
                st.class_cond ? ", class-conditional" : ", unconditional");
+    if (em)
+        printf("kernels:  %s (%d of %d quantized layers integer; EFFDM_KERNEL=auto|vnni|avx2|ref|float)\n",
+               export_kernel_name(em), em->use_float ? 0 : em->n_int_layers, em->n_layers);
     if (em && em->guidance_gain && st.class_cond && scale != 1.0f) {
         float lo = em->guidance_gain[0], hi = lo;
         for (int k = 1; k < em->train_sched.n; k++) {

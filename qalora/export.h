@@ -54,6 +54,23 @@
    fake-quantized with the tables (rounded z_a); sampling timestep t uses the entry of the
    nearest training timestep (talsq.h), for any step count.
 
+   In memory (export_load; details in export_int.h). The quantized layers keep their levels
+   packed as in the file's containers (2 per byte at 4 bits, 4 at 2 bits, 1 at 8 bits), one
+   byte-aligned row per output channel, reordered tap-major (k' = (ki kw + kj) cp + ci, input
+   channels padded to cp, a multiple of 4, with zero weights), plus per output channel Δ_w,
+   z_w, z_w - c and Σ_k (q - z_w) (16 bytes). The float W_eff is never built: the UNet's
+   weight tensors of these layers stay unwritten (their pages untouched), and
+   export_layer_weight dequantizes one on request. On the shipped teacher the quantized
+   layers hold 0.71 MB of levels + 0.15 MB per channel for 5.59 MB of FP32 weights (the
+   4-bit layers' levels exactly 1/8). Each layer runs (ExportModel.use_float / kernel):
+   - integer (default): activations -> u8 levels with the active table entry (the levels
+     t_fake_quant uses), im2col of 4-channel words with z_a as padding, int_gemm (int8 x
+     uint8, int32 sums: AVX-512 VNNI, AVX2 or portable C) against the unpacked s8 rows, then
+     y = Δ_a Δ_w (D - (z_w - c) S - z_a R) + bias in float. Equal to the float path up to
+     the rounding of that rescale (relative L2 <= 2.5e-7 per layer, test_int_kernels).
+   - float (EFFDM_KERNEL=float): fake_quant(x), W_eff dequantized per call into the arena,
+     the FP conv/linear: the student's computation bit for bit (test_export).
+
    Size. The UNet part is the packed levels plus, in F32, Δ_w, the tables and everything left
    FP. On the shipped teacher (1.45 M UNet parameters) the FP rest is large: the 1x1 skip
    connections and the Downsample convs alone are 164 kB in F32, the biases 41 kB, so with
@@ -75,6 +92,7 @@
 
 #include "io/weights.h"
 #include "models/ldm.h"
+#include "qalora/int_gemm.h"
 #include "qalora/qmodel.h"
 #include "qalora/talsq.h"
 
@@ -138,6 +156,12 @@ typedef struct {
     float *guidance_gain;     // (train_sched.n) or NULL: export_set_timestep sets ldm->guidance_gain
     int w_bits, a_bits, special_bits, rank;
     size_t unet_bytes, unet_fp32_bytes;
+    int use_float;            // 1: every layer runs the float reference path (EFFDM_KERNEL=float)
+    IntGemmKind kernel;       // the integer kernel variant (export_set_kernel)
+    int n_int_layers;         // layers the integer path computes exactly; the others always run the float path
+    size_t qlevel_bytes;      // the quantized layers in memory: packed levels,
+    size_t qscale_bytes;      //   per-channel Δ_w, z_w and kernel integers,
+    size_t qfp32_bytes;       //   and the FP32 weights they stand for
     char source[1024];
 } ExportModel;
 
@@ -147,6 +171,15 @@ typedef struct {
 int export_load(ExportModel **m, const char *path, Err *e);
 // Accepts NULL.
 void export_free(ExportModel *m);
+// How the quantized layers run: "auto" or NULL (the fastest integer kernel this CPU has),
+// "ref" | "avx2" | "vnni" (that integer kernel), "float" (the reference path). export_load
+// applies $EFFDM_KERNEL. 0, ERR_ARG for another name, ERR_UNSUPPORTED for a kernel this CPU lacks.
+int export_set_kernel(ExportModel *m, const char *name, Err *e);
+// "float", "ref", "avx2" or "vnni": what the quantized layers run.
+const char *export_kernel_name(const ExportModel *m);
+// The deployed weight W_eff = (q - z_w) Δ_w of the quantized layer `name` into w (its
+// weight's element count). 0, or ERR_KEY when no quantized layer has that name.
+int export_layer_weight(const ExportModel *m, const char *name, float *w);
 // Selects the TALSQ entry of the training timestep nearest to DDPM timestep t (and its
 // guidance gain, when the export has them).
 void export_set_timestep(ExportModel *m, int t);

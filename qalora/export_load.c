@@ -1,5 +1,6 @@
-/* export_load.c: an effdm export (export.h) as a sampleable model: the quantized layers run
-   the dequantized integer weights (exactly the student's W_eff) on fake-quantized inputs. */
+/* export_load.c: an effdm export (export.h) as a sampleable model: the quantized layers keep
+   their packed levels and run as export_int.h describes (integer kernels, or the float
+   reference path: fake-quantized input, W_eff dequantized per call). */
 #include "qalora/export.h"
 
 #include <cjson/cJSON.h>
@@ -10,29 +11,10 @@
 
 #include "io/dtype.h"
 #include "models/ldm_config.h"
+#include "qalora/export_int.h"
 #include "qalora/pack.h"
 
 #define UNET_PREFIX "model.diffusion_model."
-
-struct ExportLayer {
-    ModelLayer *layer;   // weight data = the dequantized W_eff
-    int special;
-    int w_bits, a_bits, entries;
-    Quantizer aq;        // the activation table (rounded z_a)
-    float *a_delta, *a_zero;
-    const int *entry;
-};
-
-// The deployed layer: fake-quantized input with the table entry, then the FP op on W_eff.
-static Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x) {
-    ExportLayer *q = l->quant;
-    if (!x) return NULL;
-    int entry = (q->special || q->aq.n == 1) ? 0 : *q->entry;
-    Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
-    Tensor *b = l->bias.data ? &l->bias : NULL;
-    if (l->kind == LAYER_LINEAR) return t_linear(c, xq, &l->weight, b);
-    return t_conv2d(c, xq, &l->weight, b, l->stride, l->pad);
-}
 
 void export_free(ExportModel *m) {
     if (!m) return;
@@ -42,13 +24,45 @@ void export_free(ExportModel *m) {
             L->layer->quant = NULL;
             L->layer->quant_forward = NULL;
         }
-        free(L->a_delta);
-        free(L->a_zero);
+        export_layer_release(L);
     }
     free(m->layers);
     free(m->guidance_gain);
     ldm_free(m->ldm);
     free(m);
+}
+
+int export_set_kernel(ExportModel *m, const char *name, Err *e) {
+    if (!name || !*name || !strcmp(name, "auto")) {
+        m->use_float = 0;
+        m->kernel = int_gemm_best();
+        return 0;
+    }
+    if (!strcmp(name, "float")) {
+        m->use_float = 1;
+        m->kernel = int_gemm_best();
+        return 0;
+    }
+    for (int k = 0; k < INT_GEMM_COUNT; k++) {
+        if (strcmp(name, int_gemm_name((IntGemmKind)k)) != 0) continue;
+        if (!int_gemm_supported((IntGemmKind)k))
+            return err_set(e, ERR_UNSUPPORTED, "EFFDM_KERNEL '%s': this CPU (or build) cannot run it", name);
+        m->use_float = 0;
+        m->kernel = (IntGemmKind)k;
+        return 0;
+    }
+    return err_set(e, ERR_ARG, "EFFDM_KERNEL '%s': expected auto, float, ref, avx2 or vnni", name);
+}
+
+const char *export_kernel_name(const ExportModel *m) { return m->use_float ? "float" : int_gemm_name(m->kernel); }
+
+int export_layer_weight(const ExportModel *m, const char *name, float *w) {
+    for (int k = 0; k < m->n_layers; k++)
+        if (!strcmp(m->layers[k].layer->name, name)) {
+            export_layer_dequant(&m->layers[k], w);
+            return 0;
+        }
+    return ERR_KEY;
 }
 
 void export_set_timestep(ExportModel *m, int t) {
@@ -78,14 +92,13 @@ static int all_integers(const float *v, int n) {
     return 1;
 }
 
-// One quantized layer: levels -> W_eff into the UNet's weight, the activation table.
+// One quantized layer: packed levels, per-channel Δ_w / z_w, the activation table.
 static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int entries, Err *e) {
     ModelLayer *l = L->layer;
     const char *path = weights_path(f);
     char name[600];
     size_t n = l->weight.n, nb = pack_size(n, w_bits);
     int co = l->weight.shape[0];
-    size_t k = n / (size_t)co;
     snprintf(name, sizeof name, UNET_PREFIX "%s.qweight", l->name);
     const WeightInfo *wi = weights_find(f, name);
     if (!wi) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", path, name);
@@ -120,10 +133,6 @@ static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int
         rc = err_set(e, ERR_VALUE, "%s: tensor '%s': zero points must be integers", path, name);
         goto done;
     }
-    // W_eff[o, j] = (q - z_w[o]) Δ_w[o]: the student's fake-quantized weight exactly
-    for (int o = 0; o < co; o++)
-        for (size_t j = 0; j < k; j++)
-            l->weight.data[(size_t)o * k + j] = ((float)lv[(size_t)o * k + j] - wz[o]) * wd[o];
     snprintf(name, sizeof name, UNET_PREFIX "%s.a_delta", l->name);
     if ((rc = read_vec(f, name, L->a_delta, entries, e))) goto done;
     snprintf(name, sizeof name, UNET_PREFIX "%s.a_zero", l->name);
@@ -133,6 +142,8 @@ static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int
         goto done;
     }
     quantizer_setup(&L->aq, QUANT_UNIFORM, a_bits, 0, entries, L->a_delta, L->a_zero, NULL, NULL);
+    // the levels stay packed (export_int.h); W_eff is never written into the UNet's weight
+    rc = export_layer_prepare(L, lv, wd, wz, e);
 done:
     free(packed);
     free(lv);
@@ -224,7 +235,7 @@ static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int 
         ExportLayer *X = &em->layers[k];
         X->layer = ml;
         X->special = special;
-        X->entry = &em->entry;
+        X->model = em;
         X->w_bits = wb;
         X->a_bits = ab;
         X->entries = entries;
@@ -296,6 +307,10 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         if ((rc = load_layer(X, f, X->w_bits, X->a_bits, X->entries, e))) goto fail;
         X->layer->quant = X;
         X->layer->quant_forward = export_layer_forward;
+        em->n_int_layers += X->int_ok;
+        em->qlevel_bytes += export_layer_level_bytes(X);
+        em->qscale_bytes += export_layer_scale_bytes(X);
+        em->qfp32_bytes += X->layer->weight.n * sizeof(float);
     }
     if (weights_find(f, "guidance_gain")) {  // optional (guidance_gain.h)
         int ng = em->train_sched.n;
@@ -312,6 +327,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
                 goto fail;
             }
     }
+    if ((rc = export_set_kernel(em, getenv("EFFDM_KERNEL"), e))) goto fail;
     em->unet_fp32_bytes = unet_param_count(u) * sizeof(float);
     for (int i = 0; i < weights_count(f); i++) {
         const WeightInfo *wi = weights_info(f, i);

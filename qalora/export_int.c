@@ -1,0 +1,429 @@
+/* export_int.c: how an export layer runs (export_int.h): the integer path (quantize to u8,
+   im2col, int_gemm, rescale) and the float reference path. */
+#include "qalora/export_int.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "autograd/ops/gemm_util.h"
+#include "qalora/int_gemm.h"
+#include "qalora/pack.h"
+
+// Elements one thread quantizes per work item.
+#define QUANT_CHUNK 4096
+
+/* ---- load time ----------------------------------------------------------------------- */
+
+// Position of weight (ci, ki, kj) in a stored row (export_int.h: taps outer, channels inner).
+static size_t kpos(const ExportLayer *L, int ci, int ki, int kj) { return (size_t)(ki * L->kw + kj) * L->cp + ci; }
+
+int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_delta, const float *w_zero, Err *e) {
+    ModelLayer *l = L->layer;
+    int co = l->weight.shape[0];
+    size_t K = l->weight.n / (size_t)co;
+    L->cout = co;
+    L->K = (int)K;
+    L->cin = l->kind == LAYER_CONV2D ? l->weight.shape[1] : (int)K;
+    L->kh = l->kind == LAYER_CONV2D ? l->weight.shape[2] : 1;
+    L->kw = l->kind == LAYER_CONV2D ? l->weight.shape[3] : 1;
+    L->cp = (L->cin + 3) / 4 * 4;
+    L->K4 = L->kh * L->kw * L->cp / 4;
+    L->cbits = pack_container_bits(L->w_bits);
+    L->wc = L->cbits == 8 ? 128 : 0;
+    size_t kp = (size_t)L->K4 * 4;
+    L->row_bytes = pack_size(kp, L->cbits);
+    L->wpack = malloc((size_t)co * L->row_bytes);
+    L->w_delta = malloc((size_t)co * sizeof(float));
+    L->w_zero = malloc((size_t)co * sizeof(float));
+    L->zoff = malloc((size_t)co * sizeof(int32_t));
+    L->rsum = malloc((size_t)co * sizeof(int32_t));
+    uint8_t *row = malloc(kp);
+    if (!L->wpack || !L->w_delta || !L->w_zero || !L->zoff || !L->rsum || !row) {
+        free(row);
+        return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
+    }
+    memcpy(L->w_delta, w_delta, (size_t)co * sizeof(float));
+    memcpy(L->w_zero, w_zero, (size_t)co * sizeof(float));
+    // The int32 sums must not overflow: bound |D| + |zoff| S + |z_a| |R| per channel (S <=
+    // 255 K) in double; zero points far outside the level range get the float path.
+    double amax = (double)((1 << L->a_bits) - 1), zamax = 0;
+    int pad_ok = 1;
+    for (int i = 0; i < L->entries; i++) {
+        double z = fabs((double)L->a_zero[i]);
+        zamax = z > zamax ? z : zamax;
+        if (L->a_zero[i] < 0.0f || L->a_zero[i] > (float)amax) pad_ok = 0;
+    }
+    int ok = l->kind == LAYER_LINEAR || l->kind == LAYER_CONV2D;
+    if (l->kind == LAYER_CONV2D && l->pad > 0 && !pad_ok) ok = 0;  // padding needs the level z_a
+    L->wmax = 0;
+    for (int o = 0; o < co; o++) {
+        const uint8_t *q = levels + (size_t)o * K;
+        double wz = (double)w_zero[o];
+        if (fabs(wz) > (double)(1 << 20)) {
+            ok = 0;
+            wz = 0;
+        }
+        long long r = 0;
+        memset(row, L->wc, kp);  // padded channels: stored as 0
+        for (int ci = 0; ci < L->cin; ci++)
+            for (int ki = 0; ki < L->kh; ki++)
+                for (int kj = 0; kj < L->kw; kj++) {
+                    uint8_t v = q[((size_t)ci * L->kh + ki) * L->kw + kj];
+                    row[kpos(L, ci, ki, kj)] = v;
+                    r += (long long)v - (long long)wz;
+                    int a = abs((int)v - L->wc);
+                    L->wmax = a > L->wmax ? a : L->wmax;
+                }
+        pack_ints(L->wpack + (size_t)o * L->row_bytes, row, kp, L->cbits);
+        double zo = wz - L->wc;
+        double bound = (double)kp * 255.0 * 128.0 + fabs(zo) * 255.0 * (double)K + zamax * fabs((double)r);
+        if (bound >= 2147483647.0 || fabs((double)r) >= 2147483647.0) ok = 0;
+        L->zoff[o] = ok ? (int32_t)zo : 0;
+        L->rsum[o] = ok ? (int32_t)r : 0;
+    }
+    free(row);
+    L->int_ok = ok;
+    return 0;
+}
+
+void export_layer_release(ExportLayer *L) {
+    free(L->a_delta);
+    free(L->a_zero);
+    free(L->wpack);
+    free(L->w_delta);
+    free(L->w_zero);
+    free(L->zoff);
+    free(L->rsum);
+}
+
+size_t export_layer_level_bytes(const ExportLayer *L) { return (size_t)L->cout * L->row_bytes; }
+
+size_t export_layer_scale_bytes(const ExportLayer *L) {
+    return (size_t)L->cout * (2 * sizeof(float) + 2 * sizeof(int32_t));
+}
+
+// One packed row as s8 weights q - c (K4*4 of them).
+static void unpack_row_s8(int8_t *dst, const uint8_t *src, int K4, int cbits, int wc) {
+    size_t kp = (size_t)K4 * 4;
+    if (cbits == 4) {
+        for (size_t i = 0; i < kp / 2; i++) {
+            dst[2 * i] = (int8_t)(src[i] & 15);
+            dst[2 * i + 1] = (int8_t)(src[i] >> 4);
+        }
+    } else if (cbits == 2) {
+        for (size_t i = 0; i < kp / 4; i++) {
+            uint8_t b = src[i];
+            dst[4 * i] = (int8_t)(b & 3);
+            dst[4 * i + 1] = (int8_t)((b >> 2) & 3);
+            dst[4 * i + 2] = (int8_t)((b >> 4) & 3);
+            dst[4 * i + 3] = (int8_t)(b >> 6);
+        }
+    } else {
+        for (size_t i = 0; i < kp; i++) dst[i] = (int8_t)((int)src[i] - wc);
+    }
+}
+
+// W_eff in the weight's own (Cout, Cin, kh, kw) order into w, from the stored rows.
+static void dequant_into(const ExportLayer *L, float *w, int8_t *row) {
+    for (int o = 0; o < L->cout; o++) {
+        unpack_row_s8(row, L->wpack + (size_t)o * L->row_bytes, L->K4, L->cbits, L->wc);
+        float *wo = w + (size_t)o * L->K, z = L->w_zero[o], d = L->w_delta[o];
+        for (int ci = 0; ci < L->cin; ci++)
+            for (int ki = 0; ki < L->kh; ki++)
+                for (int kj = 0; kj < L->kw; kj++)
+                    wo[((size_t)ci * L->kh + ki) * L->kw + kj] = ((float)(row[kpos(L, ci, ki, kj)] + L->wc) - z) * d;
+    }
+}
+
+void export_layer_dequant(const ExportLayer *L, float *w) {
+    int8_t *row = malloc((size_t)L->K4 * 4);
+    if (!row) return;
+    dequant_into(L, w, row);
+    free(row);
+}
+
+/* ---- the float path ------------------------------------------------------------------ */
+
+// fake_quant(x) with the table entry, then the FP op on W_eff (dequantized into the arena).
+static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
+    Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
+    Tensor *w = tensor_new(c, l->weight.ndim, l->weight.shape);
+    if (!xq || !w) return NULL;
+    int8_t *row = ctx_alloc(c, (size_t)q->K4 * 4);
+    if (!row) return NULL;
+    dequant_into(q, w->data, row);
+    Tensor *b = l->bias.data ? &l->bias : NULL;
+    if (l->kind == LAYER_LINEAR) return t_linear(c, xq, w, b);
+    return t_conv2d(c, xq, w, b, l->stride, l->pad);
+}
+
+/* ---- the integer path ---------------------------------------------------------------- */
+
+// Levels of n activations, in parallel chunks.
+static void quantize(IntGemmKind k, uint8_t *xq, const float *x, size_t n, float delta, float zero, int qmax) {
+    size_t chunks = (n + QUANT_CHUNK - 1) / QUANT_CHUNK;
+#pragma omp parallel for schedule(static) if (n >= GEMM_OMP_MIN_WORK)
+    for (size_t i = 0; i < chunks; i++) {
+        size_t a = i * QUANT_CHUNK, len = n - a < QUANT_CHUNK ? n - a : QUANT_CHUNK;
+        int_quant_u8(k, xq + a, x + a, len, delta, zero, qmax);
+    }
+}
+
+/* One image's part of a col4 row of words when stride is 1 and Wo == W: all valid output
+   rows read one block of the plane src (H, W) shifted by ki - p rows and kj - p columns, so
+   they are one copy; the columns that wrapped around row ends are set to pad after (as
+   conv.c's im2col_row_same_width, on 4-channel words). */
+static void im2col_words_same_width(uint32_t *dst, const uint32_t *src, int H, int W, int p, int ki, int kj,
+                                    int Ho, uint32_t pad) {
+    int oh0 = p - ki > 0 ? p - ki : 0, oh1 = H + p - ki < Ho ? H + p - ki : Ho;
+    if (oh1 < oh0) oh1 = oh0;
+    for (size_t i = 0; i < (size_t)oh0 * W; i++) dst[i] = pad;
+    for (size_t i = (size_t)oh1 * W; i < (size_t)Ho * W; i++) dst[i] = pad;
+    if (oh1 == oh0) return;
+    uint32_t *blk = dst + (size_t)oh0 * W;
+    long s0 = (long)(oh0 - p + ki) * W + (kj - p), n = (long)(oh1 - oh0) * W, plane = (long)H * W;
+    long e0 = s0 < 0 ? -s0 : 0, e1 = s0 + n > plane ? plane - s0 : n;
+    if (e1 < e0) e1 = e0;
+    for (long i = 0; i < e0; i++) blk[i] = pad;
+    if (e1 > e0) memcpy(blk + e0, src + s0 + e0, (size_t)(e1 - e0) * sizeof(uint32_t));
+    for (long i = e1; i < n; i++) blk[i] = pad;
+    int lo = p - kj > 0 ? p - kj : 0, hi = W + p - kj < W ? W + p - kj : W;  // valid ow: iw = ow - p + kj in [0, W)
+    for (int ow = 0; ow < lo; ow++)
+        for (int r = 0; r < oh1 - oh0; r++) blk[(size_t)r * W + ow] = pad;
+    for (int ow = hi; ow < W; ow++)
+        for (int r = 0; r < oh1 - oh0; r++) blk[(size_t)r * W + ow] = pad;
+}
+
+/* A (col4 as words, K4 = kh kw C4 groups of ld columns) from x4 (N, C4, H, W) words of 4
+   channel levels: group (ki kw + kj) C4 + c4, column g P + oh Wo + ow holds
+   x4[g, c4, oh s - p + ki, ow s - p + kj], pad outside the image. */
+static void im2col_words(uint32_t *A, size_t ld, const uint32_t *x4, int N, int C4, int H, int W, int kh, int kw,
+                         int s, int p, int Ho, int Wo, uint32_t pad) {
+    int groups = kh * kw * C4;
+    size_t P = (size_t)Ho * Wo;
+    int same_width = s == 1 && Wo == W;
+#pragma omp parallel for schedule(static) collapse(2) if ((size_t)groups * ld >= GEMM_OMP_MIN_WORK / 4)
+    for (int gk = 0; gk < groups; gk++) {
+        for (int g = 0; g < N; g++) {
+            int tap = gk / C4, c4 = gk % C4, ki = tap / kw, kj = tap % kw;
+            const uint32_t *src = x4 + ((size_t)g * C4 + c4) * H * W;
+            uint32_t *dst = A + (size_t)gk * ld + (size_t)g * P;
+            if (same_width) {
+                im2col_words_same_width(dst, src, H, W, p, ki, kj, Ho, pad);
+                continue;
+            }
+            for (int oh = 0; oh < Ho; oh++) {
+                int ih = oh * s - p + ki;
+                uint32_t *d = dst + (size_t)oh * Wo;
+                for (int ow = 0; ow < Wo; ow++) {
+                    int iw = ow * s - p + kj;
+                    d[ow] = ih >= 0 && ih < H && iw >= 0 && iw < W ? src[(size_t)ih * W + iw] : pad;
+                }
+            }
+        }
+    }
+}
+
+/* A (col4, K4 groups of n columns) from rows (K4*4, n): A[(g n + j) 4 + i] = rows[4g + i][j]. */
+static void interleave4(uint8_t *A, const uint8_t *rows, int K4, size_t n) {
+#pragma omp parallel for schedule(static) if ((size_t)K4 * n * 4 >= GEMM_OMP_MIN_WORK)
+    for (int g = 0; g < K4; g++) {
+        const uint8_t *r0 = rows + (size_t)4 * g * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+        uint8_t *d = A + (size_t)g * n * 4;
+        size_t j = 0;
+#if defined(__SSE2__)
+        // two rounds of unpacking: bytes of rows (0,1) and (2,3) into pairs, pairs into quads
+        for (; j + 16 <= n; j += 16) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(r0 + j)), b = _mm_loadu_si128((const __m128i *)(r1 + j));
+            __m128i c = _mm_loadu_si128((const __m128i *)(r2 + j)), e = _mm_loadu_si128((const __m128i *)(r3 + j));
+            __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+            __m128i ce0 = _mm_unpacklo_epi8(c, e), ce1 = _mm_unpackhi_epi8(c, e);
+            _mm_storeu_si128((__m128i *)(d + 4 * j), _mm_unpacklo_epi16(ab0, ce0));
+            _mm_storeu_si128((__m128i *)(d + 4 * j + 16), _mm_unpackhi_epi16(ab0, ce0));
+            _mm_storeu_si128((__m128i *)(d + 4 * j + 32), _mm_unpacklo_epi16(ab1, ce1));
+            _mm_storeu_si128((__m128i *)(d + 4 * j + 48), _mm_unpackhi_epi16(ab1, ce1));
+        }
+#endif
+        for (; j < n; j++) {
+            d[4 * j] = r0[j];
+            d[4 * j + 1] = r1[j];
+            d[4 * j + 2] = r2[j];
+            d[4 * j + 3] = r3[j];
+        }
+    }
+}
+
+/* Ws (cout + 1, K4*4) s8: the layer's rows, then a row of ones over the real channels (its
+   GEMM row is S[n], the column sums of the activation levels). */
+static int8_t *weights_s8(Ctx *c, const ExportLayer *q) {
+    size_t kp = (size_t)q->K4 * 4;
+    int8_t *Ws = ctx_alloc(c, (size_t)(q->cout + 1) * kp);
+    if (!Ws) return NULL;
+    for (int o = 0; o < q->cout; o++)
+        unpack_row_s8(Ws + (size_t)o * kp, q->wpack + (size_t)o * q->row_bytes, q->K4, q->cbits, q->wc);
+    int8_t *ones = Ws + (size_t)q->cout * kp;
+    for (size_t k = 0; k < kp; k++) ones[k] = (int)(k % (size_t)q->cp) < q->cin ? 1 : 0;
+    return Ws;
+}
+
+// int_gemm of Ws against A (n columns) into Cm (cout + 1, n) int32 from the arena.
+static int32_t *gemm(Ctx *c, const ExportLayer *q, const uint8_t *A, size_t n) {
+    int8_t *Ws = weights_s8(c, q);
+    int32_t *Cm = ctx_alloc(c, (size_t)(q->cout + 1) * n * sizeof(int32_t));
+    if (!Ws || !Cm) return NULL;
+    int_gemm(q->model->kernel, Cm, n, Ws, (size_t)q->K4 * 4, A, n, q->cout + 1, (int)n, q->K4,
+             q->wmax > 1 ? q->wmax : 1, (1 << q->a_bits) - 1);
+    return Cm;
+}
+
+// Levels of `rows` rows of len floats into rows of lenp >= len bytes (the rest 0).
+static void quantize_rows(IntGemmKind k, uint8_t *xq, const float *x, size_t rows, size_t len, size_t lenp,
+                          float delta, float zero, int qmax) {
+    if (len == lenp) {
+        quantize(k, xq, x, rows * len, delta, zero, qmax);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (rows * len >= GEMM_OMP_MIN_WORK)
+    for (size_t r = 0; r < rows; r++) {
+        int_quant_u8(k, xq + r * lenp, x + r * len, len, delta, zero, qmax);
+        memset(xq + r * lenp + len, 0, lenp - len);
+    }
+}
+
+static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
+    if (x->ndim != 4 || x->shape[1] != q->cin) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': input of %d dims, %d channels (expected 4, %d)", l->name,
+                x->ndim, x->ndim > 1 ? x->shape[1] : 0, q->cin);
+        return NULL;
+    }
+    int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int kh = q->kh, kw = q->kw, s = l->stride, p = l->pad, C4 = q->cp / 4;
+    int Ho = (H + 2 * p - kh) / s + 1, Wo = (W + 2 * p - kw) / s + 1;
+    size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W;
+    if (Ho < 1 || Wo < 1 || n > INT_MAX) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': %dx%d input gives no output or too many", l->name, H, W);
+        return NULL;
+    }
+    Tensor *y = tensor_new4(c, N, q->cout, Ho, Wo);
+    if (!y) return NULL;
+    size_t mark = arena_mark(&c->arena);
+    size_t nxp = (size_t)N * q->cp * HW;
+    uint8_t *xq = ctx_alloc(c, nxp), *x4 = ctx_alloc(c, nxp), *A = ctx_alloc(c, (size_t)q->K4 * 4 * n);
+    if (!xq || !x4 || !A) return NULL;
+    quantize_rows(q->model->kernel, xq, x->data, (size_t)N, (size_t)C * HW, (size_t)q->cp * HW, da, (float)za,
+                  (1 << q->a_bits) - 1);
+    // planes (g, 4 c4 .. 4 c4 + 3) -> words of 4 channel levels: the same interleave as col4
+    interleave4(x4, xq, N * C4, HW);
+    uint32_t pad = (uint32_t)za * 0x01010101u;
+    im2col_words((uint32_t *)(void *)A, n, (const uint32_t *)(const void *)x4, N, C4, H, W, kh, kw, s, p, Ho, Wo,
+                 pad);
+    int32_t *Cm = gemm(c, q, A, n);
+    if (!Cm) return NULL;
+    const int32_t *S = Cm + (size_t)q->cout * n;
+    const float *bias = l->bias.data;
+    int co = q->cout;
+#pragma omp parallel for schedule(static) collapse(2) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
+    for (int g = 0; g < N; g++) {
+        for (int o = 0; o < co; o++) {
+            const int32_t *d = Cm + (size_t)o * n + (size_t)g * P, *sg = S + (size_t)g * P;
+            float *yr = y->data + ((size_t)g * co + o) * P;
+            float sc = da * q->w_delta[o], b = bias ? bias[o] : 0.0f;
+            int32_t zo = q->zoff[o], zr = za * q->rsum[o];
+            for (size_t i = 0; i < P; i++) yr[i] = (float)(d[i] - zo * sg[i] - zr) * sc + b;
+        }
+    }
+    arena_release(&c->arena, mark);
+    return y;
+}
+
+/* A linear layer computes y (rows, out) with the operands' roles swapped, so that the GEMM
+   writes y's layout and no transpose is needed: the activation levels become the broadcast
+   s8 operand as a' = a - 128 (XOR 0x80), the weight levels q (0..255) the u8 col4 operand
+   over outputs; the row sums S[r] = Σ_k a are taken while flipping. Then
+       C[r][o] = Σ_k a'q = D[r][o] - 128 Q[o],
+   with D = Σ a q, Q[o] = Σ_k q = R[o] + cin z_w[o], and as for convs
+       Σ (a - z_a)(q - z_w) = D - z_w S - z_a R. */
+static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
+    int in = q->cin, co = q->cout, K4 = q->K4;
+    if (x->ndim < 1 || x->shape[x->ndim - 1] != in) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': input's last dim is not %d", l->name, in);
+        return NULL;
+    }
+    size_t n = x->n / (size_t)in;  // rows
+    if (n > INT_MAX) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': more than INT_MAX rows", l->name);
+        return NULL;
+    }
+    int shape[TENSOR_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = co;
+    Tensor *y = tensor_new(c, x->ndim, shape);
+    if (!y) return NULL;
+    size_t mark = arena_mark(&c->arena), kp = (size_t)K4 * 4, ldn = (size_t)co;
+    uint8_t *xq = ctx_alloc(c, n * kp), *Wt = ctx_alloc(c, kp * ldn);
+    int8_t *row = ctx_alloc(c, kp);
+    int32_t *Cm = ctx_alloc(c, n * ldn * sizeof(int32_t)), *Q = ctx_alloc(c, (size_t)co * sizeof(int32_t));
+    int32_t *S = ctx_alloc(c, n * sizeof(int32_t));
+    if (!xq || !Wt || !row || !Cm || !Q || !S) return NULL;
+    quantize_rows(q->model->kernel, xq, x->data, n, (size_t)in, kp, da, (float)za, (1 << q->a_bits) - 1);
+    // S[r] here, not as a GEMM column: out + 1 columns would cost a whole extra (masked)
+    // 32-column strip of the kernel when out is a multiple of 32
+#pragma omp parallel for schedule(static) if (n * kp >= GEMM_OMP_MIN_WORK)
+    for (size_t r = 0; r < n; r++) {
+        uint8_t *a = xq + r * kp;
+        int32_t sum = 0;
+        for (int k = 0; k < in; k++) sum += a[k];
+        S[r] = sum;
+        for (size_t k = 0; k < kp; k++) a[k] ^= 0x80;  // a - 128 as s8 (padding: weights 0 there)
+    }
+    // Wt col4 over ldn columns: q of output o at column o (0 past cin)
+    for (int o = 0; o < co; o++) {
+        unpack_row_s8(row, q->wpack + (size_t)o * q->row_bytes, K4, q->cbits, q->wc);
+        int32_t sum = 0;
+        for (size_t k = 0; k < kp; k++) {
+            uint8_t v = (int)k < in ? (uint8_t)(row[k] + q->wc) : 0;
+            Wt[((k / 4) * ldn + (size_t)o) * 4 + k % 4] = v;
+            sum += v;
+        }
+        Q[o] = sum;
+    }
+    int_gemm(q->model->kernel, Cm, ldn, (const int8_t *)xq, kp, Wt, ldn, (int)n, (int)ldn, K4, 128,
+             (1 << q->cbits) - 1);
+    const float *bias = l->bias.data;
+    // per output, the parts that do not depend on the row: 128 Q - z_a R, and the scale
+    float *sc = ctx_alloc(c, (size_t)co * sizeof(float)), *bo = ctx_alloc(c, (size_t)co * sizeof(float));
+    int32_t *k1 = ctx_alloc(c, (size_t)co * sizeof(int32_t)), *zw = ctx_alloc(c, (size_t)co * sizeof(int32_t));
+    if (!sc || !bo || !k1 || !zw) return NULL;
+    for (int o = 0; o < co; o++) {
+        k1[o] = 128 * Q[o] - za * q->rsum[o];
+        zw[o] = q->zoff[o] + q->wc;
+        sc[o] = da * q->w_delta[o];
+        bo[o] = bias ? bias[o] : 0.0f;
+    }
+#pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
+    for (size_t r = 0; r < n; r++) {
+        const int32_t *cr = Cm + r * ldn;
+        int32_t s = S[r];
+        float *yr = y->data + r * co;
+        for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
+    }
+    arena_release(&c->arena, mark);
+    return y;
+}
+
+Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x) {
+    ExportLayer *q = l->quant;
+    if (!x) return NULL;
+    int entry = (q->special || q->aq.n == 1) ? 0 : q->model->entry;
+    if (q->model->use_float || !q->int_ok) return float_forward(c, l, q, x, entry);
+    float da = q->aq.delta.data[entry];
+    int za = (int)q->aq.zero.data[entry];
+    if (l->kind == LAYER_LINEAR) return int_linear(c, l, q, x, da, za);
+    return int_conv(c, l, q, x, da, za);
+}

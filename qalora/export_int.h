@@ -1,0 +1,65 @@
+/* export_int.h: the quantized layers of a loaded export and the two ways they run (internal
+   to qalora/: export_load.c builds them, export_int.c runs them).
+
+   In memory a layer keeps its integer levels packed (pack.h containers: 2 per byte at 4
+   bits, 4 at 2 bits, 1 at 8 bits), one byte-aligned row of K4*4 levels per output channel
+   in tap-major order (below; input channels padded to a multiple of 4 with the level that
+   means 0), plus per channel Δ_w, z_w and the two integers the kernel needs. The float
+   W_eff is never materialized in the model: the UNet's weight pages of these layers stay
+   untouched.
+   - integer path: x -> u8 levels with the active TALSQ entry (exactly t_fake_quant's
+     levels), 4 channels interleaved into 32-bit words, im2col of the words (padding = z_a,
+     the level of a real 0) straight into int_gemm's col4 layout, int_gemm against
+     the unpacked s8 weights (unpacked per call into arena scratch, 1 byte per weight),
+     then y[o,n] = Δ_a Δ_w[o] (D[o,n] - zoff[o] S[n] - z_a R[o]) + bias[o], with
+     D = Σ_k a_k (q_k - c), S[n] = Σ_k a_k (convs: a ones row of the same GEMM),
+     R[o] = Σ_k (q_k - z_w[o]), zoff[o] = z_w[o] - c; c = 0 for 2/4-bit containers (q fits
+     s8), 128 for 8 bits. Linear layers swap the GEMM's operands (see int_linear).
+   - float path (EFFDM_KERNEL=float, and layers the integer path cannot take exactly): the
+     deployed model as it was first written, fake_quant(x) then the FP op on W_eff
+     dequantized per call; the reference the integer path is tested against. */
+#ifndef EFFDM_EXPORT_INT_H
+#define EFFDM_EXPORT_INT_H
+
+#include <stdint.h>
+
+#include "qalora/export.h"
+
+struct ExportLayer {
+    ModelLayer *layer;   // the UNet's layer (its weight data is never written)
+    const ExportModel *model;
+    int special;
+    int w_bits, a_bits, entries;
+    Quantizer aq;        // the activation table (rounded z_a)
+    float *a_delta, *a_zero;
+    // weights; a row's levels are reordered to k' = (ki kw + kj) cp + ci (channels innermost,
+    // padded to cp = a multiple of 4 with zero weights), so that a k-group of 4 is 4 channels
+    // at one kernel tap: the im2col of 4-channel words (export_int.c). Linear: kh = kw = 1.
+    int cout, K, K4;     // K = cin kh kw real weights per output; K4 = kh kw cp / 4 groups
+    int cin, cp, kh, kw;
+    int cbits;           // container width: 2, 4 or 8
+    int wc;              // c above: the level stored as 0 in the s8 weights
+    int wmax;            // max |q - c|
+    size_t row_bytes;    // packed bytes of one row of K4*4 levels
+    uint8_t *wpack;      // (cout, row_bytes)
+    float *w_delta;      // (cout) Δ_w
+    float *w_zero;       // (cout) z_w (integers)
+    int32_t *zoff;       // (cout) z_w - c
+    int32_t *rsum;       // (cout) Σ_k (q - z_w)
+    int int_ok;          // 1: the integer path is exact for this layer (else it runs the float path)
+};
+
+// Builds the packed rows and per-channel integers of L from its n = cout K levels (one per
+// byte, C order), Δ_w and z_w (cout each, copied). Decides int_ok. 0 or ERR_NOMEM.
+int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_delta, const float *w_zero, Err *e);
+// Frees what export_layer_prepare allocated (and the activation table); accepts a zeroed layer.
+void export_layer_release(ExportLayer *L);
+// W_eff[o, k] = (q - z_w[o]) Δ_w[o] into w (cout K floats): the student's weight exactly.
+void export_layer_dequant(const ExportLayer *L, float *w);
+// Bytes the layer's weights occupy in memory: packed levels, and Δ_w / z_w / zoff / rsum.
+size_t export_layer_level_bytes(const ExportLayer *L);
+size_t export_layer_scale_bytes(const ExportLayer *L);
+// ModelLayer.quant_forward of an export layer: the integer or the float path (above).
+Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x);
+
+#endif

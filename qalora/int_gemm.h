@@ -1,0 +1,58 @@
+/* int_gemm.h: the integer kernels of the exported model (export_int.c): u8 activations times
+   s8 weights with int32 accumulation, and the float -> u8 activation quantizer they read.
+
+       IntGemmKind k = int_gemm_best();                    // vnni > avx2 > ref on this CPU
+       int_quant_u8(k, xq, x, n, delta, zero, qmax);       // levels of the activations
+       int_gemm(k, C, ldc, W, ldw, A, lda, M, N, K4, wmax); // C = W A, exact int32
+
+   Layouts (all row-major, sizes in elements):
+     W  (M, ldw)  int8: row m holds the K4*4 weights of output m (pad with 0 past the real K).
+     A  "col4": the (K4*4, N) u8 matrix with every 4 consecutive rows interleaved, so column n
+        of k-group g is 4 bytes at A + (g*lda + n)*4: A[(g*lda + n)*4 + kk] = a[4g + kk][n].
+        This is what one 32-bit lane of vpdpbusd (and of maddubs + madd) sums over.
+     C  (M, ldc)  int32: C[m][n] = sum_k W[m][k] a[k][n], exactly (no saturation, any variant),
+        as long as the true sums fit int32 (K4*4 * 255 * 128 < 2^31: K < 65000).
+   Variants: REF (portable C, the twin the others are tested against), AVX2 (maddubs +
+   madd: u8 x s8 pairs saturate at 16 bits, so operands whose sums of 4 products can pass
+   32767 take a widening 16-bit path), VNNI (AVX-512 vpdpbusd, 16 columns per instruction). The SIMD variants are
+   compiled with target attributes and chosen at run time, so the binary runs on any x86-64.
+   Threads: int_gemm splits (column block, row block) tiles over OpenMP; call it outside a
+   parallel region.
+*/
+#ifndef EFFDM_INT_GEMM_H
+#define EFFDM_INT_GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { INT_GEMM_REF, INT_GEMM_AVX2, INT_GEMM_VNNI, INT_GEMM_COUNT } IntGemmKind;
+
+// "ref", "avx2", "vnni".
+const char *int_gemm_name(IntGemmKind k);
+// 1 when this CPU (and build) can run variant k.
+int int_gemm_supported(IntGemmKind k);
+// The fastest supported variant.
+IntGemmKind int_gemm_best(void);
+
+// C (M, ldc) = W (M, ldw) x A (col4, K4 groups, N columns, lda >= N); wmax >= max |W|,
+// amax >= max A: they select the AVX2 path (maddubs when 4 amax wmax <= 32767, widening
+// otherwise).
+void int_gemm(IntGemmKind k, int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda,
+              int M, int N, int K4, int wmax, int amax);
+// The portable variant itself (single-threaded over the given tile), the reference of the tests.
+void int_gemm_ref(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M, int N,
+                  int K4);
+// q[i] = clamp(rint(x[i] / delta) + zero, 0, qmax) as bytes: the level t_fake_quant uses
+// (x / Δ divided, not multiplied by 1/Δ; round half to even; zero an integer; NaN -> 0).
+// Serial: the caller splits the work.
+void int_quant_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax);
+
+/* Variant entry points (int_gemm_avx2.c, int_gemm_vnni.c); call through int_gemm. Each
+   handles one tile serially. */
+void int_gemm_avx2_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M,
+                        int N, int K4, int wide);
+void int_gemm_vnni_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M,
+                        int N, int K4);
+void int_quant_u8_avx2(uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax);
+
+#endif

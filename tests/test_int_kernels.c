@@ -1,0 +1,382 @@
+/* test_int_kernels.c: the integer runtime of the exported model (qalora/int_gemm.h,
+   qalora/export_int.h).
+   - Kernels: every variant this CPU runs (ref, avx2, vnni) against a naive int32 loop over
+     the plain (K, N) matrices, bit for bit: 2-, 4- and 8-bit weights (W8 A8 is the AVX2
+     widening path), 4- and 8-bit activations, sizes that are not multiples of any vector or
+     tile width, a leading dimension wider than N. The activation quantizer of each variant
+     against the fake-quant level (quant_uniform_fake) on halfway points, clamps and NaN.
+   - Synthetic layers the teacher lacks (input channels not a multiple of 4, strided and
+     pointwise convs, linear layers of odd sizes on 3-D inputs), every weight/activation
+     width: integer path vs float path, and the stored rows dequantize to W_eff exactly.
+   - Layers: exports of a calibrated, perturbed student (W4A4, W4A8, W2A8; the first 3 and
+     the last layer are the 8-bit special layers) run with every variant; each quantized
+     layer computes its output by the integer path and by the float path (fake quant +
+     W_eff, what test_export checks against the student) on the same input, inside real
+     UNet forwards at several timesteps, and the two must agree to TOL_LAYER.
+   - Memory: the quantized layers' packed levels are 1/8 (4 bits) of their FP32 weights. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qalora/export.h"
+#include "qalora/export_int.h"
+#include "qalora/int_gemm.h"
+#include "qalora/quantizer.h"
+#include "test_export_fixture.h"
+
+// Integer path vs float path of one layer on one input: the integer sums are exact, the
+// float path rounds its K-term sums (K <= 576 here) and the rescale Δ_a Δ_w rounds once:
+// a few float ulps per output: measured at most 2.5e-7 relative L2 (printed per run).
+static const double TOL_LAYER = 1e-5;
+// Whole UNet, integer vs float path: a last-bit difference in one layer's output can move a
+// downstream activation across a rounding boundary (one level: a relative change of 1/15
+// of that activation at A4), so whole-model agreement is only approximate; reported, and
+// bounded loosely to catch a wrong kernel (which gives O(1) errors). Measured: 2.4e-7 (W4A4,
+// no level moved), 3.6e-3 (W4A8), 2.5e-3 (W2A8); test_export once saw 2.8e-2 at W4A4.
+static const double TOL_MODEL = 0.1;
+
+// (v - c) of a b-bit level as the runtime stores it: c = 0 up to 4 bits, 128 at 8 bits.
+static int8_t weight_value(Rng *r, int bits) {
+    int q = (int)rng_below(r, 1u << bits);
+    return (int8_t)(bits > 4 ? q - 128 : q);
+}
+
+// C = W a over plain matrices W (M, K), a (K, N): the definition.
+static void naive(int32_t *C, const int8_t *W, const uint8_t *a, int M, int N, int K) {
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            int32_t s = 0;
+            for (int k = 0; k < K; k++) s += (int32_t)W[(size_t)m * K + k] * a[(size_t)k * N + n];
+            C[(size_t)m * N + n] = s;
+        }
+}
+
+static void check_case(int M, int N, int K, int w_bits, int a_bits, Rng *r) {
+    int K4 = (K + 3) / 4;
+    size_t ldw = (size_t)K4 * 4 + 4, lda = (size_t)N + 3, ldc = (size_t)N + 5;
+    int8_t *W = calloc((size_t)M * K, 1), *Wp = calloc((size_t)M * ldw, 1);
+    uint8_t *a = malloc((size_t)K * N), *A = calloc((size_t)K4 * lda * 4, 1);
+    int32_t *ref = malloc((size_t)M * N * sizeof(int32_t)), *C = malloc((size_t)M * ldc * sizeof(int32_t));
+    int wmax = 0;
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++) {
+            int8_t v = weight_value(r, w_bits);
+            W[(size_t)m * K + k] = Wp[(size_t)m * ldw + k] = v;
+            wmax = abs(v) > wmax ? abs(v) : wmax;
+        }
+    for (int k = 0; k < K; k++)
+        for (int n = 0; n < N; n++) {
+            uint8_t v = (uint8_t)rng_below(r, 1u << a_bits);
+            if (k % 7 == 0 && n % 3 == 0) v = (uint8_t)((1 << a_bits) - 1);  // extremes: saturation would show
+            a[(size_t)k * N + n] = v;
+            A[((size_t)(k / 4) * lda + n) * 4 + k % 4] = v;
+        }
+    naive(ref, W, a, M, N, K);
+    for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+        if (!int_gemm_supported((IntGemmKind)kind)) continue;
+        memset(C, 0x5A, (size_t)M * ldc * sizeof(int32_t));
+        int_gemm((IntGemmKind)kind, C, ldc, Wp, ldw, A, lda, M, N, K4, wmax, (1 << a_bits) - 1);
+        for (int m = 0; m < M; m++) {
+            if (memcmp(C + (size_t)m * ldc, ref + (size_t)m * N, (size_t)N * sizeof(int32_t)) != 0)
+                fail_msg("%s: W%d A%d M=%d N=%d K=%d: row %d differs", int_gemm_name((IntGemmKind)kind), w_bits,
+                         a_bits, M, N, K, m);
+            // nothing written past the N columns of a row
+            assert_int_equal(C[(size_t)m * ldc + N], 0x5A5A5A5A);
+        }
+    }
+    free(W);
+    free(Wp);
+    free(a);
+    free(A);
+    free(ref);
+    free(C);
+}
+
+static void test_gemm_variants(void **state) {
+    Rng r;
+    rng_seed(&r, 42, 0);
+    const int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {17, 33, 61}, {33, 100, 291}, {65, 130, 577}, {4, 64, 8},
+                             {129, 1024, 288}};
+    const int wb[] = {2, 4, 8}, ab[] = {4, 8};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 2; j++) check_case(shapes[s][0], shapes[s][1], shapes[s][2], wb[i], ab[j], &r);
+    for (int kind = 0; kind < INT_GEMM_COUNT; kind++)
+        print_message("  %s: %s\n", int_gemm_name((IntGemmKind)kind),
+                      int_gemm_supported((IntGemmKind)kind) ? "checked" : "not supported here");
+}
+
+static void test_quant_variants(void **state) {
+    const size_t n = 1003;
+    float *x = malloc(n * sizeof(float)), *fq = malloc(n * sizeof(float));
+    uint8_t *q = malloc(n);
+    Rng r;
+    rng_seed(&r, 7, 0);
+    const float delta = 0.0625f;
+    const int bits[] = {4, 8};
+    const float zeros[] = {0.0f, 5.0f, 130.0f};
+    for (int bi = 0; bi < 2; bi++)
+        for (int zi = 0; zi < 3; zi++) {
+            int qmax = (1 << bits[bi]) - 1;
+            float z = zeros[zi] > (float)qmax ? (float)qmax : zeros[zi];
+            rng_normal_fill(&r, x, n);
+            for (size_t i = 0; i < n; i++) x[i] *= 4.0f;
+            for (size_t i = 0; i < 40; i++) x[i] = ((float)i - 20.0f + 0.5f) * delta;  // halfway points
+            x[50] = NAN;
+            x[51] = 1e30f;
+            x[52] = -1e30f;
+            quant_uniform_fake(fq, x, n, delta, z, qmax);
+            for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+                if (!int_gemm_supported((IntGemmKind)kind)) continue;
+                int_quant_u8((IntGemmKind)kind, q, x, n, delta, z, qmax);
+                for (size_t i = 0; i < n; i++) {
+                    if (i == 50) {
+                        assert_int_equal(q[i], 0);  // NaN -> level 0 (the fake-quant output is NaN)
+                        continue;
+                    }
+                    float back = ((float)q[i] - z) * delta;
+                    if (back != fq[i])
+                        fail_msg("%s: A%d z=%g: x[%zu]=%g: level %d, fake quant %g", int_gemm_name((IntGemmKind)kind),
+                                 bits[bi], z, i, x[i], q[i], fq[i]);
+                }
+            }
+        }
+    free(x);
+    free(fq);
+    free(q);
+}
+
+/* ---- single layers of shapes the teacher lacks ------------------------------------------ */
+
+// One synthetic quantized layer (random levels, Δ_w, z_w, table) run by both paths.
+static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits,
+                            const int *xshape, int xdim, Rng *r) {
+    ModelLayer ml;
+    memset(&ml, 0, sizeof ml);
+    ml.kind = kind;
+    snprintf(ml.name, sizeof ml.name, "synthetic");
+    int wshape[4] = {cout, cin, k, k};
+    size_t nw = kind == LAYER_CONV2D ? (size_t)cout * cin * k * k : (size_t)cout * cin;
+    float *dummy = calloc(nw, sizeof(float)), *bias = malloc((size_t)cout * sizeof(float));
+    tensor_init_param(&ml.weight, dummy, NULL, kind == LAYER_CONV2D ? 4 : 2, kind == LAYER_CONV2D ? wshape
+                                                                                             : (int[]){cout, cin});
+    rng_normal_fill(r, bias, (size_t)cout);
+    tensor_init_param(&ml.bias, bias, NULL, 1, (int[]){cout});
+    ml.stride = stride;
+    ml.pad = pad;
+    ExportModel em;
+    memset(&em, 0, sizeof em);
+    ExportLayer L;
+    memset(&L, 0, sizeof L);
+    L.layer = &ml;
+    L.model = &em;
+    L.w_bits = w_bits;
+    L.a_bits = a_bits;
+    L.entries = 2;
+    L.a_delta = malloc(2 * sizeof(float));
+    L.a_zero = malloc(2 * sizeof(float));
+    int amax = (1 << a_bits) - 1;
+    L.a_delta[0] = 4.0f / (float)amax;
+    L.a_zero[0] = (float)(amax / 3);
+    L.a_delta[1] = 6.0f / (float)amax;
+    L.a_zero[1] = (float)amax;  // a table entry at the top of the range
+    quantizer_setup(&L.aq, QUANT_UNIFORM, a_bits, 0, 2, L.a_delta, L.a_zero, NULL, NULL);
+    uint8_t *lv = malloc(nw);
+    float *wd = malloc((size_t)cout * sizeof(float)), *wz = malloc((size_t)cout * sizeof(float));
+    for (size_t i = 0; i < nw; i++) lv[i] = (uint8_t)rng_below(r, 1u << w_bits);
+    for (int o = 0; o < cout; o++) {
+        wd[o] = 0.01f + 0.05f * rng_uniform(r);
+        wz[o] = (float)rng_below(r, 1u << w_bits);
+    }
+    Err e = {0};
+    assert_int_equal(export_layer_prepare(&L, lv, wd, wz, &e), 0);
+    assert_true(L.int_ok);
+    ml.quant = &L;
+    ml.quant_forward = export_layer_forward;
+    float *w = malloc(nw * sizeof(float));
+    export_layer_dequant(&L, w);
+    for (int o = 0; o < cout; o++)  // the stored (reordered, padded) rows give W_eff back
+        for (size_t j = 0; j < nw / (size_t)cout; j++)
+            assert_true(w[(size_t)o * (nw / cout) + j] == ((float)lv[(size_t)o * (nw / cout) + j] - wz[o]) * wd[o]);
+    Ctx *c = test_ctx_new((size_t)256 << 20);
+    ctx_set_grad(c, 0);
+    Tensor *x = tensor_new(c, xdim, xshape);
+    rng_normal_fill(r, x->data, x->n);
+    for (int entry = 0; entry < 2; entry++) {
+        em.entry = entry;
+        em.use_float = 1;
+        Tensor *yf = layer_forward(c, &ml, x);
+        assert_non_null(yf);
+        for (int kind2 = 0; kind2 < INT_GEMM_COUNT; kind2++) {
+            if (!int_gemm_supported((IntGemmKind)kind2)) continue;
+            em.use_float = 0;
+            em.kernel = (IntGemmKind)kind2;
+            Tensor *yi = layer_forward(c, &ml, x);
+            assert_non_null(yi);
+            assert_int_equal(yi->n, yf->n);
+            assert_memory_equal(yi->shape, yf->shape, sizeof yf->shape);
+            double err = rel_l2(yi->data, yf->data, yf->n);
+            if (err > TOL_LAYER)
+                fail_msg("%s: %s cout %d cin %d k %d s %d p %d W%dA%d entry %d: relative L2 %.3g",
+                         int_gemm_name((IntGemmKind)kind2), kind == LAYER_CONV2D ? "conv" : "linear", cout, cin, k,
+                         stride, pad, w_bits, a_bits, entry, err);
+        }
+    }
+    test_ctx_delete(c);
+    export_layer_release(&L);
+    free(dummy);
+    free(bias);
+    free(lv);
+    free(wd);
+    free(wz);
+    free(w);
+}
+
+static void test_layer_shapes(void **state) {
+    Rng r;
+    rng_seed(&r, 11, 0);
+    const int wb[] = {2, 4, 8}, ab[] = {4, 8};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++) {
+            // input channels not a multiple of 4 (padded), "same" 3x3 on a non-square map
+            check_synthetic(LAYER_CONV2D, 7, 5, 3, 1, 1, wb[i], ab[j], (int[]){3, 5, 6, 5}, 4, &r);
+            // strided (the general im2col), odd map
+            check_synthetic(LAYER_CONV2D, 9, 6, 3, 2, 1, wb[i], ab[j], (int[]){2, 6, 7, 7}, 4, &r);
+            // pointwise, 2 images
+            check_synthetic(LAYER_CONV2D, 17, 8, 1, 1, 0, wb[i], ab[j], (int[]){2, 8, 4, 4}, 4, &r);
+            // linear on a 3-D input, odd sizes
+            check_synthetic(LAYER_LINEAR, 13, 7, 1, 1, 0, wb[i], ab[j], (int[]){2, 5, 7}, 3, &r);
+            check_synthetic(LAYER_LINEAR, 33, 64, 1, 1, 0, wb[i], ab[j], (int[]){37, 64}, 2, &r);
+        }
+}
+
+/* ---- layers of an exported model ------------------------------------------------------ */
+
+static ExportModel *g_em;  // the model under test (the layer hook has no user pointer)
+static double g_worst, g_worst_special;
+static int g_calls;
+static char g_worst_name[128];
+
+// Runs both paths of the layer on x and compares; the forward continues on the float output.
+static Tensor *both_paths(Ctx *c, ModelLayer *l, Tensor *x) {
+    ExportLayer *q = l->quant;
+    assert_true(q->int_ok);
+    g_em->use_float = 1;
+    Tensor *yf = export_layer_forward(c, l, x);
+    g_em->use_float = 0;
+    Tensor *yi = export_layer_forward(c, l, x);
+    if (!yf || !yi) return NULL;
+    assert_int_equal(yf->n, yi->n);
+    double r = rel_l2(yi->data, yf->data, yf->n);
+    if (r > TOL_LAYER)
+        fail_msg("%s: layer %s (W%d A%d): integer vs float path relative L2 %.3g > %.g", export_kernel_name(g_em),
+                 l->name, q->w_bits, q->a_bits, r, TOL_LAYER);
+    if (q->special && r > g_worst_special) g_worst_special = r;
+    if (!q->special && r > g_worst) {
+        g_worst = r;
+        snprintf(g_worst_name, sizeof g_worst_name, "%s", l->name);
+    }
+    g_calls++;
+    return yf;
+}
+
+static void check_layers(int w_bits, int a_bits) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    rc.quant.weight_bits = w_bits;
+    rc.quant.act_bits = a_bits;
+    rc.train.steps = 20;
+    QModel q;
+    student_make(&q, c, &T, &rc, 1);
+    for (int k = 0; k < q.n_q; k++) quantizer_round_zero(&q.q[k].aq);
+    char *path = tmp_path(".safetensors");
+    Err e = {0};
+    ExportInfo info = {.source = TEACHER_DIR "/model.ckpt", .yaml = T.yaml, .epoch = "last"};
+    ExportSummary s;
+    assert_int_equal(export_write(&q, T.m, T.f, &info, path, &s, &e), 0);
+    qmodel_free(&q);
+    ExportModel *em = NULL;
+    int r = export_load(&em, path, &e);
+    if (r) print_error("load: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    assert_int_equal(em->n_int_layers, em->n_layers);
+
+    // memory: the 4-bit layers' levels are 1/8 of their FP32 weights (rows padded to 4 levels)
+    size_t lv4 = 0, fp4 = 0;
+    for (int k = 0; k < em->n_layers; k++) {
+        const ExportLayer *L = &em->layers[k];
+        if (L->w_bits != 4) continue;
+        lv4 += export_layer_level_bytes(L);
+        fp4 += L->layer->weight.n * sizeof(float);
+    }
+    if (w_bits == 4) assert_true(lv4 * 8 <= fp4 + fp4 / 64);
+    print_message("  W%dA%d: quantized layers in memory: levels %zu + per-channel %zu bytes vs FP32 %zu (1/%.2f); "
+                  "4-bit layers' levels 1/%.2f (0: none)\n", w_bits, a_bits, em->qlevel_bytes, em->qscale_bytes, em->qfp32_bytes,
+                  (double)em->qfp32_bytes / (double)(em->qlevel_bytes + em->qscale_bytes),
+                  lv4 ? (double)fp4 / (double)lv4 : 0.0);
+
+    int C, H, W, n = 3;
+    ldm_latent_shape(T.m, &C, &H, &W);
+    size_t nx = (size_t)n * C * H * W;
+    float *x = malloc(nx * sizeof(float)), t[3];
+    int y[3];
+    const int ts[] = {1, 500, 999};
+    for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+        if (!int_gemm_supported((IntGemmKind)kind)) continue;
+        assert_int_equal(export_set_kernel(em, int_gemm_name((IntGemmKind)kind), &e), 0);
+        g_em = em;
+        g_worst = g_worst_special = 0;
+        g_calls = 0;
+        double worst_model = 0;
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+            inputs(T.m, n, ts[i], 300 + i, x, t, y);
+            export_set_timestep(em, ts[i]);
+            for (int k = 0; k < em->n_layers; k++) em->layers[k].layer->quant_forward = both_paths;
+            float *yb = forward(c, em->ldm, x, t, y, n);
+            for (int k = 0; k < em->n_layers; k++) em->layers[k].layer->quant_forward = export_layer_forward;
+            // whole model: integer path against the float path
+            em->use_float = 0;
+            float *yi = forward(c, em->ldm, x, t, y, n);
+            em->use_float = 1;
+            float *yf = forward(c, em->ldm, x, t, y, n);
+            em->use_float = 0;
+            assert_memory_equal(yb, yf, nx * sizeof(float));  // the hook returned the float outputs
+            double rm = rel_l2(yi, yf, nx);
+            worst_model = rm > worst_model ? rm : worst_model;
+            assert_rel_l2(yi, yf, nx, TOL_MODEL);
+            free(yb);
+            free(yi);
+            free(yf);
+        }
+        assert_int_equal(g_calls, (int)(sizeof ts / sizeof ts[0]) * em->n_layers);
+        print_message("    %-4s: %d layer calls, integer vs float worst relative L2 %.2g (W%dA%d, %s), %.2g "
+                      "(8-bit special layers); whole UNet %.2g\n", int_gemm_name((IntGemmKind)kind), g_calls, g_worst,
+                      w_bits, a_bits, g_worst_name, g_worst_special, worst_model);
+    }
+    free(x);
+    export_free(em);
+    unlink(path);
+    free(path);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
+static void test_layers_w4a4(void **state) { check_layers(4, 4); }
+static void test_layers_w4a8(void **state) { check_layers(4, 8); }
+static void test_layers_w2a8(void **state) { check_layers(2, 8); }
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemm_variants),
+        cmocka_unit_test(test_quant_variants),
+        cmocka_unit_test(test_layer_shapes),
+        cmocka_unit_test(test_layers_w4a4),
+        cmocka_unit_test(test_layers_w4a8),
+        cmocka_unit_test(test_layers_w2a8),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
