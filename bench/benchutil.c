@@ -97,3 +97,13 @@ double bench_sgemm_seconds(int M, int N, int K, double min_seconds) {
     free(s.c);
     return t;
 }
+
+void bench_fwd_run(void *p) {
+    BenchFwd *f = p;
+    size_t mark = arena_mark(&f->c->arena);
+    if (!ldm_apply_model(f->c, f->m, f->x, f->t, f->y)) {
+        fprintf(stderr, "forward failed: %s\n", f->c->err.msg);
+        exit(1);
+    }
+    arena_release(&f->c->arena, mark);
+}

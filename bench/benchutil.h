@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "models/ldm.h"
+
 // Monotonic seconds.
 double bench_now(void);
 // CPU seconds used by this process (all its threads): on a machine shared with other jobs
@@ -22,5 +24,16 @@ const char *bench_cpu_flags(void);
 double bench_time(void (*fn)(void *), void *arg, double min_seconds);
 // Seconds of one cblas_sgemm of (M x K) x (K x N), median over >= min_seconds.
 double bench_sgemm_seconds(int M, int N, int K, double min_seconds);
+
+// One no-grad forward of m's UNet on x (N, C, H, W) at timesteps t with labels y (NULL for an
+// unconditional model), its arena released after: a bench_time body. Exits on failure.
+typedef struct {
+    Ctx *c;
+    Ldm *m;
+    Tensor *x;
+    float *t;
+    int *y;
+} BenchFwd;
+void bench_fwd_run(void *p);
 
 #endif

@@ -60,24 +60,6 @@ static Tensor *timed_fp_layer(Ctx *c, ModelLayer *l, Tensor *x) {
     return y;
 }
 
-typedef struct {
-    Ctx *c;
-    Ldm *m;
-    Tensor *x;
-    float *t;
-    int *y;
-} FwdCase;
-
-static void fwd_run(void *p) {
-    FwdCase *f = p;
-    size_t mark = arena_mark(&f->c->arena);
-    if (!ldm_apply_model(f->c, f->m, f->x, f->t, f->y)) {
-        fprintf(stderr, "forward failed: %s\n", f->c->err.msg);
-        exit(1);
-    }
-    arena_release(&f->c->arena, mark);
-}
-
 static int count_batch(const float *images, const int *shape, const float *z, const int *labels, int first, int count,
                        void *user, Err *e) {
     *(int *)user += count;
@@ -105,7 +87,7 @@ static void select_case(Case *k) {
 }
 
 // One forward at batch 16, a copy of the output (malloc).
-static float *forward_copy(Ctx *c, Case *k, FwdCase *f) {
+static float *forward_copy(Ctx *c, Case *k, BenchFwd *f) {
     select_case(k);
     size_t mark = arena_mark(&c->arena);
     Tensor *y = ldm_apply_model(c, k->m, f->x, f->t, f->y);
@@ -220,7 +202,7 @@ int main(int argc, char **argv) {
     }
     Tensor *x = tensor_zeros(&c, 4, (int[]){BATCH, C, H, W});
     for (size_t i = 0; i < x->n; i++) x->data[i] = (float)((i * 7919) % 201) / 100.0f - 1.0f;
-    FwdCase f = {&c, NULL, x, t, ldm_is_class_conditional(teacher) ? y : NULL};
+    BenchFwd f = {&c, NULL, x, t, ldm_is_class_conditional(teacher) ? y : NULL};
     export_set_timestep(e8, 500);
     export_set_timestep(e4, 500);
     for (int k = 1; k < n_cases; k += 2) {
@@ -242,12 +224,12 @@ int main(int argc, char **argv) {
             select_case(cs);
             f.m = cs->m;
             if (cs->em) export_set_timestep(cs->em, 500);
-            fwd_run(&f);  // warm-up
+            bench_fwd_run(&f);  // warm-up
             g_layer_seconds = 0;
             int reps = 0;
             double t0 = bench_now(), c0 = bench_cpu_now();
             while (reps < 3 || bench_cpu_now() - c0 < 1.0) {
-                fwd_run(&f);
+                bench_fwd_run(&f);
                 reps++;
             }
             double s = (bench_cpu_now() - c0) / reps;

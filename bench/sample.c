@@ -20,24 +20,6 @@
 #include "sample/generate.h"
 #include "util/threads.h"
 
-typedef struct {
-    Ctx *c;
-    Ldm *m;
-    Tensor *x;
-    float *t;
-    int *y;
-} FwdCase;
-
-static void fwd_run(void *p) {
-    FwdCase *f = p;
-    size_t mark = arena_mark(&f->c->arena);
-    if (!ldm_apply_model(f->c, f->m, f->x, f->t, f->y)) {
-        fprintf(stderr, "forward failed: %s\n", f->c->err.msg);
-        exit(1);
-    }
-    arena_release(&f->c->arena, mark);
-}
-
 static double rel_l2(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
@@ -145,8 +127,8 @@ int main(int argc, char **argv) {
         }
         Tensor *x = tensor_zeros(&c, 4, (int[]){B, C, H, W});
         for (size_t i = 0; i < x->n; i++) x->data[i] = (float)((i * 7919) % 201) / 100.0f - 1.0f;
-        FwdCase f = {&c, m, x, t, ldm_is_class_conditional(m) ? y : NULL};
-        double s = bench_time(fwd_run, &f, 1.0);
+        BenchFwd f = {&c, m, x, t, ldm_is_class_conditional(m) ? y : NULL};
+        double s = bench_time(bench_fwd_run, &f, 1.0);
         printf("unet forward  batch %-3d  %9.2f ms  %8.2f ms/image  peak arena %.1f MiB\n", B, 1e3 * s, 1e3 * s / B,
                (double)c.arena.peak / (1 << 20));
         free(t);
