@@ -357,6 +357,9 @@ int export_run(const char *run_dir, const ExportOpts *o, const char *path, Expor
     if ((code = weights_open(&sf, p_state, e)) || (code = qmodel_read_state(&q, sf, "q.", e))) goto done;
     // quant.fp_layers f16: qc makes the FP layers F16 (exact); o->fp16_layers forces it on an f32 run
     ExportInfo info = {rc->model.ckpt, rc->model.ldm_config, text, run_dir, epoch, m->using_ema, o && o->fp16_layers};
+    GuidanceFitOpts go = {rc->train.steps, rc->train.eta, rc->train.scale, rc->train.guidance_fit_samples, 16,
+                          (uint64_t)rc->train.seed + 1};
+    GuidanceFit fit = {0};
     if (rc->train.guidance_gain == RC_GAIN_FIT && ldm_is_class_conditional(m) && rc->train.scale != 1.0) {
         info.n_gain = q.train_sched.n;
         gain = malloc((size_t)info.n_gain * sizeof(float));
@@ -364,23 +367,18 @@ int export_run(const char *run_dir, const ExportOpts *o, const char *path, Expor
             code = err_set(e, ERR_NOMEM, "out of memory");
             goto done;
         }
-        GuidanceFitOpts go = {rc->train.steps, rc->train.eta, rc->train.scale, rc->train.guidance_fit_samples, 16,
-                              (uint64_t)rc->train.seed + 1};
-        GuidanceFit fit;
         if ((code = guidance_gain_fit(&q, m, &go, &fit, e))) goto done;
         for (int k = 0; k < info.n_gain; k++) gain[k] = fit.gain;
         info.guidance_gain = gain;
-        code = export_write(&q, m, tf, &info, path, s, e);
-        if (!code && s) {
-            s->gain_err1 = fit.err[1];  // grid point 1.0
-            s->gain_err = fit.err[0];
-            for (int k = 0; k < fit.n_grid; k++)
-                if (fit.err[k] < s->gain_err) s->gain_err = fit.err[k];
-            s->gain_samples = go.n_samples;
-        }
-        goto done;
     }
     code = export_write(&q, m, tf, &info, path, s, e);
+    if (!code && s && info.guidance_gain) {
+        s->gain_err1 = fit.err[1];  // grid point 1.0
+        s->gain_err = fit.err[0];
+        for (int k = 0; k < fit.n_grid; k++)
+            if (fit.err[k] < s->gain_err) s->gain_err = fit.err[k];
+        s->gain_samples = go.n_samples;
+    }
 done:
     if (q_ok) qmodel_free(&q);
     ldm_free(m);
