@@ -146,6 +146,15 @@ static double ref_guided_loss(Ctx *c, Ldm *m, QModel *q, const float *x, int B, 
     return L;
 }
 
+// Calibrates the run directory dir of rc and opens its trainer; fails the test otherwise.
+static Trainer *calibrated_trainer(const RunConfig *rc, const char *dir) {
+    Err e = {0};
+    if (fix_calibrate(rc, &e)) fail_msg("calibrate: %s", e.msg);
+    Trainer *tr;
+    if (trainer_open(&tr, rc, dir, &e)) fail_msg("%s", e.msg);
+    return tr;
+}
+
 static void test_steps_against_references(void **state) {
     threads_set(2);
     char dir[] = "/tmp/effdm_test_trainer_XXXXXX";
@@ -154,9 +163,7 @@ static void test_steps_against_references(void **state) {
     fix_config(&rc, RC_RECIPE_REFERENCE, dir);
     rc.train.val_every = 0;
     Err e = {0};
-    assert_int_equal(fix_calibrate(&rc, &e), 0);
-    Trainer *tr;
-    if (trainer_open(&tr, &rc, dir, &e)) fail_msg("%s", e.msg);
+    Trainer *tr = calibrated_trainer(&rc, dir);
     Ldm *m = trainer_ldm(tr);
     QModel *q = trainer_qmodel(tr);
 
@@ -261,9 +268,7 @@ static void test_student_trajectory(void **state) {
     rc.train.val_every = 0;
     rc.train.trajectory = RC_TRAJ_STUDENT;
     Err e = {0};
-    assert_int_equal(fix_calibrate(&rc, &e), 0);
-    Trainer *tr;
-    if (trainer_open(&tr, &rc, dir, &e)) fail_msg("%s", e.msg);
+    Trainer *tr = calibrated_trainer(&rc, dir);
     Ldm *m = trainer_ldm(tr);
     QModel *q = trainer_qmodel(tr);
     Ctx c;
@@ -325,9 +330,7 @@ static double delta_w_move(RcDeltaWUpdate mode) {
     rc.train.optimizer.lr_w_delta = 1e-4;
     rc.train.optimizer.weight_decay = 0;
     Err e = {0};
-    assert_int_equal(fix_calibrate(&rc, &e), 0);
-    Trainer *tr;
-    if (trainer_open(&tr, &rc, dir, &e)) fail_msg("%s", e.msg);
+    Trainer *tr = calibrated_trainer(&rc, dir);
     QModel *q = trainer_qmodel(tr);
     size_t total = 0;
     for (int i = 0; i < q->n_q; i++)
@@ -370,9 +373,7 @@ static void test_nan_stops_with_last_good_state(void **state) {
     fix_config(&rc, RC_RECIPE_EFFDM, dir);
     rc.train.val_every = 0;
     Err e = {0};
-    assert_int_equal(fix_calibrate(&rc, &e), 0);
-    Trainer *tr;
-    if (trainer_open(&tr, &rc, dir, &e)) fail_msg("%s", e.msg);
+    Trainer *tr = calibrated_trainer(&rc, dir);
     Rec rec = {.stop_at = 1};
     TrainerHooks h = {.on_step = rec_step, .user = &rec, .stop = &rec.stop};
     assert_int_equal(trainer_run(tr, &h, NULL, &e), ERR_INTERRUPTED);
