@@ -18,25 +18,6 @@
 static const double TOL_PARTITION = 0.01;  // block totals vs op totals (the brief: within 1%)
 static const size_t ARENA_BYTES = (size_t)256 << 20;
 
-static void cfg_small(UNetConfig *c) {
-    unet_config_defaults(c);
-    c->image_size = 8;
-    c->in_channels = 4;
-    c->out_channels = 4;
-    c->model_channels = 32;
-    c->attention_resolutions[0] = 1;
-    c->attention_resolutions[1] = 2;
-    c->n_attention_resolutions = 2;
-    c->num_res_blocks = 2;
-    c->channel_mult[0] = 1;
-    c->channel_mult[1] = 2;
-    c->n_channel_mult = 2;
-    c->num_heads = 1;
-    c->use_spatial_transformer = 1;
-    c->transformer_depth = 1;
-    c->context_dim = 32;
-}
-
 static int find_block(const Profile *p, const char *name) {
     for (int i = 0; i < p->n_blocks; i++)
         if (!strcmp(p->block_name[i], name)) return i;
@@ -65,7 +46,7 @@ static void forward_backward(Ctx *c, UNet *m, Rng *r) {
 static void test_counts_and_blocks(void **state) {
     (void)state;
     UNetConfig cfg;
-    cfg_small(&cfg);
+    test_unet_config_cin(&cfg);
     UNet *m = NULL;
     Err e = {0};
     assert_int_equal(unet_new(&m, &cfg, &e), 0);

@@ -26,24 +26,7 @@ static const size_t ARENA_BYTES = (size_t)1 << 30;
 
 /* ---- configs, by hand from each case's config.yaml (model.params.unet_config.params) ---- */
 
-static void cfg_cin(UNetConfig *c) {
-    unet_config_defaults(c);
-    c->image_size = 8;
-    c->in_channels = 4;
-    c->out_channels = 4;
-    c->model_channels = 32;
-    c->attention_resolutions[0] = 1;
-    c->attention_resolutions[1] = 2;
-    c->n_attention_resolutions = 2;
-    c->num_res_blocks = 2;
-    c->channel_mult[0] = 1;
-    c->channel_mult[1] = 2;
-    c->n_channel_mult = 2;
-    c->num_heads = 1;
-    c->use_spatial_transformer = 1;
-    c->transformer_depth = 1;
-    c->context_dim = 32;
-}
+static void cfg_cin(UNetConfig *c) { test_unet_config_cin(c); }
 
 static void cfg_cin_head_channels(UNetConfig *c) {
     cfg_cin(c);

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "autograd/ops.h"
+#include "models/unet/unet.h"
 #include "util/rng.h"
 
 // ||a - b|| / ||b|| in double (||b|| == 0: ||a - b||).
@@ -60,5 +61,10 @@ typedef struct {
 // central differences of sum(out * G) in double. Fails the test on mismatch, printing
 // the input index, error, worst element. Returns the worst relative error seen.
 double gradcheck(GradcheckFn f, Tensor *const *inputs, int n_inputs, void *user, GradcheckOpts opts);
+
+// The small class-conditional UNet of the unet_cin parity case (tests/data/parity/unet_cin/
+// config.yaml): 8x8x4, 32 channels, mult (1, 2), attention at 1 and 2, spatial transformer
+// with a 32-wide context.
+void test_unet_config_cin(UNetConfig *c);
 
 #endif
