@@ -16,16 +16,22 @@
 #     eval (FID(judge), IS, precision/recall, class accuracy) -> $Q/eval/NAME/sS_nN.json
 #     same-noise comparison with fp's samples of the same seed (pixel RMSE, judge class
 #     agreement; scripts/quality/compare.py) -> $Q/cmp/NAME/sS_nN.json
+#     eval against the FP teacher's own samples (FID to FP: how far the model's sample
+#     distribution is from the one it imitates) -> $Q/evalfp/NAME/sS_nN.json; the reference
+#     is N FP samples for each seed of FPREF_SEEDS (seeds never used for evaluation, so no
+#     image shares its noise with an evaluated one) -> $Q/fpref/<seeds>_nN.safetensors
 # Every finished step is cached (a file is written under a .tmp name and renamed when done)
 # and skipped when it exists; an interrupted finetune is continued with --resume.
 # Finally scripts/quality/report.py writes docs/RESULTS.md from the cache.
 # Environment: QUALITY_DIR (default runs/quality), SEEDS (default "0"), N (default 1000),
-# EFFDM (default ./build/effdm), PY (default /usr/bin/python3). Run from the repository root.
+# FPREF_SEEDS (default "100 101 102 103 104"), EFFDM (default ./build/effdm),
+# PY (default /usr/bin/python3). Run from the repository root.
 set -euo pipefail
 
 Q=${QUALITY_DIR:-runs/quality}
 SEEDS=${SEEDS:-0}
 N=${N:-1000}
+FPREF_SEEDS=${FPREF_SEEDS:-100 101 102 103 104}
 EFFDM=${EFFDM:-./build/effdm}
 PY=${PY:-/usr/bin/python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,7 +39,8 @@ VDIR=$HERE/quality/variants
 REF=models/zoo/fmnist-ldm/fmnist_test_judge.safetensors
 STEPS=20 ETA=0 SCALE=3
 
-mkdir -p "$Q"/{runs,cfg,models,meta,samples,eval,cmp,logs}
+mkdir -p "$Q"/{runs,cfg,models,meta,samples,eval,evalfp,fpref,cmp,logs}
+FPREF=$Q/fpref/$(echo $FPREF_SEEDS | tr ' ' '-')_n$N.safetensors
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 # time_json LOG OUT: wall seconds and peak RSS (KiB) from /usr/bin/time -v output
@@ -85,23 +92,49 @@ EOF
     mv "$Q/meta/$name.export.json.tmp" "$Q/meta/$name.export.json"
 }
 
-sample_eval() {  # NAME SEED
-    local name=$1 s=$2 tag=s$2_n$N
-    local dir=$Q/samples/$name/$tag model=()
+sample() {  # NAME SEED DIR
+    local name=$1 s=$2 dir=$3 tag=s$2_n$N model=()
     [[ $name != fp ]] && model=(--model "$Q/models/$name.safetensors")
     if [[ ! -d $dir ]]; then
         log "$name: sample seed $s, $N images"
-        rm -rf "$dir.tmp"; mkdir -p "$Q/samples/$name"
+        rm -rf "$dir.tmp"; mkdir -p "$(dirname "$dir")"
         "$EFFDM" sample "${model[@]}" --n "$N" --steps $STEPS --eta $ETA --scale $SCALE \
             --seed "$s" --out "$dir.tmp" > "$Q/logs/$name.$tag.sample.log" 2>&1
         mv "$dir.tmp" "$dir"
     fi
-    mkdir -p "$Q/eval/$name" "$Q/cmp/$name"
+}
+
+fp_reference() {  # the statistics of the FP teacher's samples of FPREF_SEEDS -> $FPREF
+    [[ -f $FPREF ]] && return 0
+    local s links=$FPREF.d
+    rm -rf "$links"; mkdir -p "$links"
+    for s in $FPREF_SEEDS; do
+        sample fp "$s" "$Q/samples/fpref/s${s}_n$N"
+        ln -s "$Q/samples/fpref/s${s}_n$N" "$links/s$s"
+    done
+    log "fp reference: stats of seeds $FPREF_SEEDS"
+    "$EFFDM" stats --images "$links" --out "$FPREF.tmp.safetensors" > "$Q/logs/fpref.stats.log" 2>&1
+    mv "$FPREF.tmp.safetensors" "$FPREF"
+    rm -rf "$links"
+}
+
+sample_eval() {  # NAME SEED
+    local name=$1 s=$2 tag=s$2_n$N
+    local dir=$Q/samples/$name/$tag
+    sample "$name" "$s" "$dir"
+    mkdir -p "$Q/eval/$name" "$Q/evalfp/$name" "$Q/cmp/$name"
     if [[ ! -f $Q/eval/$name/$tag.json ]]; then
         log "$name: eval seed $s"
         "$EFFDM" eval --samples "$dir" --ref $REF --json "$Q/eval/$name/$tag.json.tmp" \
             > "$Q/logs/$name.$tag.eval.log" 2>&1
         mv "$Q/eval/$name/$tag.json.tmp" "$Q/eval/$name/$tag.json"
+    fi
+    if [[ ! -f $Q/evalfp/$name/$tag.json ]]; then
+        fp_reference
+        log "$name: eval seed $s against the FP teacher's samples"
+        "$EFFDM" eval --samples "$dir" --ref "$FPREF" --json "$Q/evalfp/$name/$tag.json.tmp" \
+            > "$Q/logs/$name.$tag.evalfp.log" 2>&1
+        mv "$Q/evalfp/$name/$tag.json.tmp" "$Q/evalfp/$name/$tag.json"
     fi
     if [[ $name != fp && ! -f $Q/cmp/$name/$tag.json ]]; then
         sample_eval fp "$s"

@@ -57,7 +57,7 @@ def rows_for(n_filter, seed_filter=None, min_seeds=1):
     names.sort(key=lambda s: (order.get(s, 1 if s.startswith("ptq") else 2 if s.startswith("ref") else 3), s))
     rows = []
     for name in names:
-        evs, cmps, seeds = [], [], []
+        evs, cmps, fps, seeds = [], [], [], []
         for p in sorted(glob.glob(os.path.join(Q, "eval", name, "s*_n%d.json" % n_filter))):
             tag = os.path.basename(p)[:-5]
             e = jload(p)
@@ -68,11 +68,12 @@ def rows_for(n_filter, seed_filter=None, min_seeds=1):
                 continue
             seeds.append(seed)
             evs.append(e)
+            fps.append(jload(os.path.join(Q, "evalfp", name, tag + ".json")) or {})
             cmps.append(jload(os.path.join(Q, "cmp", name, tag + ".json")) if name != "fp"
                         else {"rmse": 0.0, "agreement": 1.0})
         if len(evs) < min_seeds:
             continue
-        rows.append((name, seeds, evs, [c for c in cmps if c]))
+        rows.append((name, seeds, evs, [c for c in cmps if c], fps))
     return rows
 
 
@@ -81,9 +82,9 @@ def table(n_filter, title, seed_filter=None, min_seeds=1):
     if not rows:
         return ""
     out = ["### %s" % title, "",
-           "| variant | W/A | seeds | FID(judge) | class acc | precision | recall | IS | pixel RMSE to FP (same noise) | judge agreement with FP | fine-tune wall | peak RSS | export | UNet part |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, seeds, evs, cmps in rows:
+           "| variant | W/A | seeds | FID(judge) | class acc | precision | recall | IS | FID to FP samples | pixel RMSE to FP (same noise) | judge agreement with FP | fine-tune wall | peak RSS | export | UNet part |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, seeds, evs, cmps, fps in rows:
         desc, wa = variant_desc(name)
         ft = jload(os.path.join(Q, "meta", name + ".finetune.json")) or {}
         ex = jload(os.path.join(Q, "meta", name + ".export.json")) or {}
@@ -101,11 +102,11 @@ def table(n_filter, title, seed_filter=None, min_seeds=1):
         size = "%.2f MiB" % (ex["file_bytes"] / 2 ** 20) if ex.get("file_bytes") else "-"
         unet = ("%.2f MiB (1/%.2f of FP32)" % (ex["unet_bytes"] / 2 ** 20, ex["unet_fp32_bytes"] / ex["unet_bytes"])
                 if ex.get("unet_bytes") else "-")
-        out.append("| `%s`: %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        out.append("| `%s`: %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, desc, wa, ",".join(map(str, seeds)),
             fmt([e.get("fid") for e in evs], 2), fmt([e.get("class_accuracy") for e in evs]),
             fmt([e.get("precision") for e in evs]), fmt([e.get("recall") for e in evs]),
-            fmt([e.get("is_mean") for e in evs], 2),
+            fmt([e.get("is_mean") for e in evs], 2), fmt([f.get("fid") for f in fps], 2),
             fmt([c.get("rmse") for c in cmps], 4), fmt([c.get("agreement") for c in cmps]),
             wall, rss, size, unet))
     out.append("")
@@ -116,18 +117,21 @@ def paired(n_filter):
     """Per-seed differences of every fine-tuned variant (>= 3 seeds) against the naive PTQ
     variant of the same W/A on the same seeds (same noise): mean ± sd and how many seeds favour
     the variant. The judgement "closer to FP than PTQ" is read here, not from overlapping ± bands."""
-    rows = {name: (seeds, evs, cmps) for name, seeds, evs, cmps in rows_for(n_filter, min_seeds=3)}
+    rows = {name: (seeds, evs, cmps, fps) for name, seeds, evs, cmps, fps in rows_for(n_filter, min_seeds=3)}
     out = []
-    for name, (seeds, evs, cmps) in rows.items():
+    for name, (seeds, evs, cmps, fps) in rows.items():
         wa = variant_desc(name)[1]
         base = "ptq-w%sa%s" % tuple(wa.split("/"))  # the naive PTQ variant of the same bits
         if name == "fp" or name == base or base not in rows:
             continue
-        bseeds, bevs, bcmps = rows[base]
+        bseeds, bevs, bcmps, bfps = rows[base]
         common = [s for s in seeds if s in bseeds]
         if len(common) < 3:
             continue
         def col(key, src, bsrc, lower_better, nd=4):
+            if any(src[seeds.index(s)].get(key) is None or bsrc[bseeds.index(s)].get(key) is None
+                   for s in common):
+                return "-"
             d = [src[seeds.index(s)].get(key) - bsrc[bseeds.index(s)].get(key) for s in common]
             better = sum(1 for v in d if (v < 0) == lower_better and v != 0)
             f = "%+." + str(nd) + "f ± %." + str(nd) + "f (%d/%d)"
@@ -136,11 +140,12 @@ def paired(n_filter):
             out = ["### Paired against naive PTQ (same seeds, same noise), %d samples per seed" % n_filter, "",
                    "Cell: mean ± sd over seeds of (variant - PTQ); in parentheses the seeds on which the "
                    "variant is closer to FP (lower FID, RMSE; higher accuracy, agreement).", "",
-                   "| variant | vs | seeds | ΔFID(judge) | Δclass acc | Δpixel RMSE to FP | Δagreement with FP |",
-                   "|---|---|---|---|---|---|---|"]
-        out.append("| `%s` | `%s` | %s | %s | %s | %s | %s |" % (
+                   "| variant | vs | seeds | ΔFID(judge) | Δclass acc | ΔFID to FP samples | Δpixel RMSE to FP | Δagreement with FP |",
+                   "|---|---|---|---|---|---|---|---|"]
+        out.append("| `%s` | `%s` | %s | %s | %s | %s | %s | %s |" % (
             name, base, ",".join(map(str, common)), col("fid", evs, bevs, True, 2),
-            col("class_accuracy", evs, bevs, False), col("rmse", cmps, bcmps, True),
+            col("class_accuracy", evs, bevs, False), col("fid", fps, bfps, True, 2),
+            col("rmse", cmps, bcmps, True),
             col("agreement", cmps, bcmps, False)))
     return "\n".join(out + [""]) if out else ""
 
@@ -168,7 +173,11 @@ def main():
              "IS, precision/recall (k = 3) and class accuracy by `effdm eval` against "
              "`models/zoo/fmnist-ldm/fmnist_test_judge.safetensors`; pixel RMSE (pixels in "
              "[0, 1]) and judge class agreement against the FP teacher's samples of the SAME "
-             "seed (same noise) by `scripts/quality/compare.py`. With several seeds a cell is "
+             "seed (same noise) by `scripts/quality/compare.py`; FID to FP samples: FID(judge) "
+             "of the same samples against 5000 FP-teacher samples of seeds 100-104 (its own noise, "
+             "never an evaluated image's; `effdm stats` of those, then `effdm eval`), the "
+             "distance of the model's sample distribution from the teacher's it imitates - "
+             "the FP row is the floor of that measure at 1000 samples. With several seeds a cell is "
              "mean ± sample standard deviation over the seeds.",
              "- fine-tune wall: `effdm finetune` under `/usr/bin/time -v` (calibration "
              "included, its share in parentheses), peak RSS likewise; export: the "
