@@ -3,6 +3,7 @@
 #include "qalora/calibrate.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,6 +213,38 @@ static void act_progress(void *user, QLayer *q, const Tensor *x) {
     p->o->on_progress(CALIB_PHASE_ACTS, p->done, p->total, p->o->user);
 }
 
+// calib.act_ranges per_step: refits TALSQ entry i of every trainable layer on up to k recorded
+// inputs (drawn from r without replacement) whose timestep is nearest the entry's training
+// timestep. cx, ct, cy: buffers for k inputs.
+static int calibrate_per_step(QModel *q, Ctx *ctx, Ldm *m, const CalibRecord *rec, int k, Rng *r, float *cx,
+                              float *ct, int *cy, Err *e) {
+    if (!q->cfg.talsq) return err_set(e, ERR_VALUE, "calib.act_ranges: per_step needs quant.talsq: true");
+    size_t per = (size_t)rec->C * rec->H * rec->W;
+    int *near = malloc((size_t)rec->n * sizeof *near);
+    if (!near) return err_set(e, ERR_NOMEM, "out of memory");
+    int code = 0;
+    for (int i = 0; i < q->train_sched.n && !code; i++) {
+        float ti = (float)q->train_sched.timesteps[i], best = INFINITY;
+        for (int j = 0; j < rec->n; j++) best = fminf(best, fabsf(rec->t[j] - ti));
+        int n_near = 0;
+        for (int j = 0; j < rec->n; j++)
+            if (fabsf(rec->t[j] - ti) == best) near[n_near++] = j;
+        int kk = n_near < k ? n_near : k;
+        for (int a = 0; a < kk; a++) {  // partial Fisher-Yates: kk distinct records
+            int b = a + (int)rng_below(r, (uint32_t)(n_near - a));
+            int tmp = near[a];
+            near[a] = near[b];
+            near[b] = tmp;
+            memcpy(cx + (size_t)a * per, rec->x + (size_t)near[a] * per, per * sizeof(float));
+            ct[a] = rec->t[near[a]];
+            cy[a] = rec->y ? (int)rec->y[near[a]] : 0;
+        }
+        code = qmodel_calibrate_ldm_entry(q, ctx, m, cx, ct, rec->y ? cy : NULL, kk, i, e);
+    }
+    free(near);
+    return code;
+}
+
 // given: a model to calibrate on (borrowed), or NULL to load rc->model.
 static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibSummary *s, Err *e) {
     CalibSummary local;
@@ -297,6 +330,8 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     code = qmodel_calibrate_ldm(&q, &ctx, m, cx, ct, rec.y ? cy : NULL, k, e);
     for (int i = 0; i < q.n_q; i++) q.q[i].calib_hook = NULL;
     if (code) goto fail;
+    if (rc->calib.act_ranges == RC_ACTR_PER_STEP && (code = calibrate_per_step(&q, &ctx, m, &rec, k, &r, cx, ct, cy, e)))
+        goto fail;
     s->sec_calib = now_seconds() - t1;
     s->n_used = k;
     qmodel_counts(&q, &s->trainable, &s->special, &s->fp);

@@ -14,7 +14,10 @@
    the unconditional label n_classes - 1. Every UNet input is recorded as the UNet sees it:
    with guidance the unconditional half (label n_classes - 1) then the conditional half of
    each step. calib.n_inputs of them, drawn without replacement from CALIB_STREAM_PICK,
-   are the one activation-calibration batch.
+   are the one activation-calibration batch. With calib.act_ranges per_step each TALSQ entry
+   i is then refitted in one more forward (entry i active) on up to calib.n_inputs recorded
+   inputs of the recorded timesteps nearest the entry's training timestep, drawn from the
+   same stream (special layers keep their one range).
 
    Run directory (each file written atomically; on an error those this call wrote are removed):
      config.yaml         the resolved run config (run_config_write)

@@ -279,10 +279,12 @@ Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
     if (!x) return NULL;
     ModelLayer *l = q->layer;
     if (q->calib_hook) q->calib_hook(q->calib_user, q, x);
-    if (q->calib == QCALIB_FIT) {
+    int fit_entry = q->calib == QCALIB_FIT_ENTRY && !q->special && q->aq.n > 1;
+    if (q->calib == QCALIB_FIT || fit_entry) {
         // the reference fits on the input of this very forward, then quantizes it
         Err fe = {0};
-        if (quantizer_fit(&q->aq, x->data, x->n, q->a_init, -1, &fe)) {
+        int which = fit_entry ? (q->entry ? *q->entry : 0) : -1;
+        if (quantizer_fit(&q->aq, x->data, x->n, q->a_init, which, &fe)) {
             err_set(&c->err, fe.code, "layer '%s': activation calibration: %s", l->name, fe.msg);
             return NULL;
         }

@@ -31,7 +31,8 @@
    QCALIB_FIT the next forward fits q_a to the input the layer really receives (a_init,
    'mse' by default) and writes the result into every table entry, then quantizes with it,
    as the reference's first forward does; run one forward of the whole model in that mode
-   (layers before already quantized). calib_hook, when set, sees every input first (for a
+   (layers before already quantized). QCALIB_FIT_ENTRY refits only the current entry of a
+   trainable layer (after a QCALIB_FIT forward), for per-timestep initial ranges. calib_hook, when set, sees every input first (for a
    driver that gathers statistics over several batches). A forward before any
    calibration fails with ERR_VALUE naming the layer.
 
@@ -55,7 +56,9 @@
 #include "qalora/quantizer.h"
 #include "util/rng.h"
 
-typedef enum { QCALIB_OFF, QCALIB_FIT } QCalibMode;
+// QCALIB_FIT_ENTRY: fit only the current TALSQ entry (*entry) of a trainable layer's table;
+// special layers and one-entry tables keep their ranges (calib.act_ranges per_step).
+typedef enum { QCALIB_OFF, QCALIB_FIT, QCALIB_FIT_ENTRY } QCalibMode;
 
 typedef struct {
     int w_bits, a_bits;   // 2..8 (special layers: the special bit width, 8)

@@ -349,12 +349,13 @@ void qmodel_zero_grads(QModel *q) {
 
 /* ---- calibration ------------------------------------------------------------------- */
 
-int qmodel_calibrate_acts(QModel *q, Ctx *c, QModelForwardFn fwd, void *user, Err *e) {
+// One forward with every layer in `mode` (QCALIB_FIT resets the layers' ranges first).
+static int calibrate_forward(QModel *q, Ctx *c, QModelForwardFn fwd, void *user, QCalibMode mode, Err *e) {
     int was_enabled = q->enabled;
     qmodel_enable(q, 1);
     for (int k = 0; k < q->n_q; k++) {
-        q->q[k].calib = QCALIB_FIT;
-        q->q[k].act_ready = 0;
+        q->q[k].calib = mode;
+        if (mode == QCALIB_FIT) q->q[k].act_ready = 0;
     }
     int prev_grad = ctx_set_grad(c, 0);
     size_t mark = arena_mark(&c->arena);
@@ -370,6 +371,10 @@ int qmodel_calibrate_acts(QModel *q, Ctx *c, QModelForwardFn fwd, void *user, Er
     }
     if (!was_enabled) qmodel_enable(q, 0);
     return rc;
+}
+
+int qmodel_calibrate_acts(QModel *q, Ctx *c, QModelForwardFn fwd, void *user, Err *e) {
+    return calibrate_forward(q, c, fwd, user, QCALIB_FIT, e);
 }
 
 typedef struct {
@@ -393,6 +398,22 @@ int qmodel_calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const floa
     if (n < 1) return err_set(e, ERR_VALUE, "calibration: no inputs");
     LdmCalib u = {ldm, x, t, y, n};
     return qmodel_calibrate_acts(q, c, ldm_calib_forward, &u, e);
+}
+
+int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n,
+                               int entry, Err *e) {
+    if (ldm->unet != q->unet)
+        return err_set(e, ERR_INTERNAL, "qmodel_calibrate_ldm_entry: the model's UNet is not the one the student wraps");
+    if (n < 1) return err_set(e, ERR_VALUE, "calibration: no inputs");
+    if (!q->cfg.talsq) return err_set(e, ERR_VALUE, "calibration: per-step ranges need quant.talsq: true");
+    if (entry < 0 || entry >= q->train_sched.n)
+        return err_set(e, ERR_VALUE, "calibration: TALSQ entry %d of %d", entry, q->train_sched.n);
+    int was = q->entry;
+    q->entry = entry;
+    LdmCalib u = {ldm, x, t, y, n};
+    int rc = calibrate_forward(q, c, ldm_calib_forward, &u, QCALIB_FIT_ENTRY, e);
+    q->entry = was;
+    return rc;
 }
 
 /* ---- state I/O --------------------------------------------------------------------- */

@@ -174,6 +174,11 @@ int qmodel_calibrate_acts(QModel *q, Ctx *c, QModelForwardFn fwd, void *user, Er
 // The same on n recorded UNet inputs of ldm's UNet (which q wraps): x (n, C, H, W) floats,
 // t[0..n) timesteps, y[0..n) labels (NULL for unconditional models), as one batch.
 int qmodel_calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n, Err *e);
+// After qmodel_calibrate_ldm: refits TALSQ entry `entry` of every trainable layer on these
+// inputs (one forward with that entry active, layers before already quantized with it);
+// special layers and one-entry tables keep their ranges. 0 or an ERR_ code.
+int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n,
+                               int entry, Err *e);
 
 /* ---- state I/O -------------------------------------------------------------------- */
 // Adds to w every tensor that defines the student beyond the FP UNet, named prefix + ...:

@@ -314,6 +314,91 @@ static void test_timestep_entries(void **state) {
     ldm_free(m);
 }
 
+/* ---- per-step activation ranges (calib.act_ranges per_step) ------------------------ */
+
+typedef struct {
+    QModel *q;
+    float delta[256], zero[256];  // per quantized layer: the 'mse' fit of the input it received
+} FitCapture;
+
+static void fit_capture(void *user, QLayer *ql, const Tensor *x) {
+    FitCapture *f = user;
+    int k = (int)(ql - f->q->q);
+    quant_uniform_fit_mse(x->data, x->n, ql->aq.bits, &f->delta[k], &f->zero[k]);
+}
+
+static void test_entry_calibration(void **state) {
+    Ldm *m = teacher_load();
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    qc.train_steps = 20;
+    QModel q;
+    student_init(&q, m, &qc, 5);
+    Ctx c = {0};
+    Err e = {0};
+    assert_int_equal(ctx_init(&c, (size_t)256 << 20, &e), 0);
+    student_calibrate(&q, &c, m, 5);
+    assert_true(q.n_q <= 256);
+    int S = q.train_sched.n, entry = 7;
+    size_t tab = (size_t)q.n_q * S;
+    float *d0 = malloc(tab * sizeof(float)), *z0 = malloc(tab * sizeof(float));
+    for (int k = 0; k < q.n_q; k++)
+        for (int i = 0; i < q.q[k].aq.n; i++) {
+            d0[(size_t)k * S + i] = q.q[k].aq.delta.data[i];
+            z0[(size_t)k * S + i] = q.q[k].aq.zero.data[i];
+        }
+    Inputs in = inputs_make(m, N_IN, 77);
+    for (int i = 0; i < in.n; i++) in.t[i] = (float)q.train_sched.timesteps[entry];
+    q.entry = 3;
+    int rc = qmodel_calibrate_ldm_entry(&q, &c, m, in.x, in.t, in.y, in.n, entry, &e);
+    if (rc) print_error("entry calibration: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(q.entry, 3);  // the driver's entry is restored
+    // independently: a forward with that entry active, each layer's input fitted here
+    FitCapture f = {&q, {0}, {0}};
+    for (int k = 0; k < q.n_q; k++) {
+        q.q[k].calib_hook = fit_capture;
+        q.q[k].calib_user = &f;
+    }
+    qmodel_enable(&q, 1);
+    q.entry = entry;
+    size_t n_out;
+    free(forward(&c, m, &in, &n_out));
+    for (int k = 0; k < q.n_q; k++) q.q[k].calib_hook = NULL;
+    int changed = 0;
+    for (int k = 0; k < q.n_q; k++) {
+        const QLayer *ql = &q.q[k];
+        for (int i = 0; i < ql->aq.n; i++) {
+            float d = ql->aq.delta.data[i], z = ql->aq.zero.data[i];
+            if (ql->special || i != entry) {  // untouched, bit for bit
+                assert_memory_equal(&d, &d0[(size_t)k * S + i], sizeof d);
+                assert_memory_equal(&z, &z0[(size_t)k * S + i], sizeof z);
+                continue;
+            }
+            assert_float_equal(d, f.delta[k], 1e-6 * f.delta[k]);
+            assert_float_equal(z, f.zero[k], 1e-6);
+            changed += d != d0[(size_t)k * S + i];
+        }
+    }
+    print_message("  entry %d refitted: %d of %d layers changed range\n", entry, changed, q.n_q - 4);
+    assert_true(changed > (q.n_q - 4) / 2);
+    // bad entry, and a student without TALSQ
+    assert_int_equal(qmodel_calibrate_ldm_entry(&q, &c, m, in.x, in.t, in.y, in.n, S, &e), ERR_VALUE);
+    qmodel_free(&q);
+    qc.talsq = 0;
+    student_init(&q, m, &qc, 5);
+    student_calibrate(&q, &c, m, 5);
+    e = (Err){0};
+    assert_int_equal(qmodel_calibrate_ldm_entry(&q, &c, m, in.x, in.t, in.y, in.n, 0, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "quant.talsq"));
+    qmodel_free(&q);
+    inputs_free(&in);
+    free(d0);
+    free(z0);
+    ctx_free(&c);
+    ldm_free(m);
+}
+
 /* ---- trainable tensors, gradients, learning rates ---------------------------------- */
 
 static void test_trainable(void **state) {
@@ -712,7 +797,7 @@ int main(void) {
         cmocka_unit_test(test_config_from_run),  cmocka_unit_test(test_selection),
         cmocka_unit_test(test_naive_ptq_and_fp), cmocka_unit_test(test_timestep_entries),
         cmocka_unit_test(test_trainable),        cmocka_unit_test(test_state_round_trip),
-        cmocka_unit_test(test_fp16_layers),
+        cmocka_unit_test(test_fp16_layers),      cmocka_unit_test(test_entry_calibration),
     };
     return cmocka_run_group_tests_name("qmodel", tests, NULL, NULL);
 }

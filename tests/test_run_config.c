@@ -30,6 +30,7 @@ static const char *const ALL_KEYS[] = {
     "quant.fp_name_contains", "quant.quantize_attention_matmuls", "quant.lora_rank", "quant.talsq",
     "quant.fp_layers", "quant.overrides",
     "calib.steps", "calib.eta", "calib.scale", "calib.n_samples", "calib.batch", "calib.n_inputs", "calib.seed",
+    "calib.act_ranges",
     "train.recipe", "train.epochs", "train.batch", "train.steps", "train.eta", "train.scale",
     "train.loss_branches", "train.loss_reduction", "train.step_weighting", "train.trajectory", "train.guidance_gain", "train.guidance_fit_samples", "train.select_epoch",
     "train.val_every", "train.val_inputs", "train.checkpoint_every", "train.sample_every", "train.seed",
@@ -84,6 +85,8 @@ static void test_reference_defaults(void **state) {
     assert_true(c.calib.eta == 1.0);
     assert_true(c.calib.scale == 1.5);
     assert_int_equal(c.calib.n_inputs, 32);
+    // every TALSQ entry starts from the one calibrated range
+    assert_int_equal(c.calib.act_ranges, RC_ACTR_SHARED);
     // "QALoRA": rank 32, two AdamW updates of the shared delta_w; TALSQ on
     assert_int_equal(c.quant.lora_rank, 32);
     assert_int_equal(c.train.optimizer.delta_w_update, RC_DW_REFERENCE);
@@ -254,6 +257,8 @@ static void test_bad_values(void **state) {
         {"quant: {talsq: maybe}\n", {"quant.talsq: expected a boolean"}},
         {"quant: {fp_layers: f61}\n", {"quant.fp_layers: expected one of f32, f16, found 'f61'",
                                        "did you mean 'f16'?"}},
+        {"calib: {act_ranges: perstep}\n", {"calib.act_ranges: expected one of shared, per_step, found 'perstep'",
+                                             "did you mean 'per_step'?"}},
         {"quant: {fp_name_contains: skip}\n", {"quant.fp_name_contains: expected a list"}},
         {"quant: {fp_name_contains: [skip, '']}\n",
          {"quant.fp_name_contains[1]: expected a name part, found an empty string"}},
@@ -495,6 +500,7 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"calib.steps", "calib: {steps: 50}"}, {"calib.eta", "calib: {eta: 0.5}"}, {"calib.scale", "calib: {scale: 2}"},
     {"calib.n_samples", "calib: {n_samples: 4}"}, {"calib.batch", "calib: {batch: 4}"},
     {"calib.n_inputs", "calib: {n_inputs: 8}"}, {"calib.seed", "calib: {seed: 8}"},
+    {"calib.act_ranges", "calib: {act_ranges: per_step}"},
     {"train.recipe", "train: {recipe: reference}"}, {"train.epochs", "train: {epochs: 40}"},
     {"train.batch", "train: {batch: 4}"}, {"train.steps", "train: {steps: 50}"}, {"train.eta", "train: {eta: 1}"},
     {"train.scale", "train: {scale: 1.5}"}, {"train.loss_branches", "train: {loss_branches: guided}"},

@@ -51,6 +51,7 @@
    | calib.batch                      | 16                      | trajectories sampled at once (memory only) |
    | calib.n_inputs                 * | 32                      | random UNet inputs of the one activation-init forward |
    | calib.seed                     * | 7                       | RNG seed of the calibration |
+   | calib.act_ranges               * | shared                  | initial TALSQ tables: shared (reference: every entry = the range of the one calibration forward on n_inputs random inputs) or per_step (then each entry refitted in one more forward, with that entry active, on n_inputs recorded inputs of the timesteps nearest its training timestep) |
    | train.recipe                   * | effdm                   | reference or effdm: picks the defaults of the rows marked R |
    | train.epochs                   * | 160                     | epochs (one trajectory each, `steps` optimizer steps per epoch); 0 = naive PTQ only |
    | train.batch                    * | 2                       | random class labels (trajectories) per epoch |
@@ -132,6 +133,7 @@ typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
 typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
 typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
 typedef enum { RC_FP_F32, RC_FP_F16 } RcFpLayers;
+typedef enum { RC_ACTR_SHARED, RC_ACTR_PER_STEP } RcActRanges;
 
 typedef struct {
     char pattern[RC_PATTERN_MAX];  // fnmatch(3) glob on the layer name; '*' also matches dots
@@ -168,6 +170,7 @@ typedef struct {
     double eta, scale;
     int n_samples, batch, n_inputs;
     int seed;
+    RcActRanges act_ranges;
 } RcCalib;
 
 typedef struct {

@@ -22,6 +22,7 @@ static const char *const TRAJ_NAMES[] = {"teacher", "student"};
 static const char *const GAIN_NAMES[] = {"off", "fit"};
 static const char *const SAMPLER_NAMES[] = {"ddim", "plms"};
 static const char *const FP_LAYERS_NAMES[] = {"f32", "f16"};
+static const char *const ACT_RANGES_NAMES[] = {"shared", "per_step"};
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 const double RC_BIG = 1e9;
@@ -84,6 +85,9 @@ const KeyDesc RC_KEYS[] = {
      .def = {32, 32}, .resume = 1},
     {.path = "calib.seed", .type = K_INT, .off = offsetof(RunConfig, calib.seed), .lo = 0, .hi = 2147483647.0,
      .def = {7, 7}, .resume = 1},
+    {.path = "calib.act_ranges", .type = K_ENUM, .off = offsetof(RunConfig, calib.act_ranges),
+     .names = ACT_RANGES_NAMES, .n_names = N_OF(ACT_RANGES_NAMES), .def = {RC_ACTR_SHARED, RC_ACTR_SHARED},
+     .resume = 1},
 
     {.path = "train.recipe", .type = K_ENUM, .off = offsetof(RunConfig, train.recipe), .names = RECIPE_NAMES,
      .n_names = N_OF(RECIPE_NAMES), .def = {RC_RECIPE_REFERENCE, RC_RECIPE_EFFDM}, .resume = 1},
