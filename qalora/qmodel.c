@@ -418,10 +418,40 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 
 /* ---- state I/O --------------------------------------------------------------------- */
 
-static int add_f32(StWriter *w, const char *name, const float *data, int ndim, const int *shape, Err *e) {
-    int64_t s[WEIGHTS_MAX_DIMS];
-    for (int d = 0; d < ndim; d++) s[d] = shape[d];
-    return st_writer_add(w, name, DT_F32, ndim, s, data, e);
+// The tensors of one layer in a state (writer and reader walk the same list): name suffix,
+// dtype, shape and where the values live.
+enum { LAYER_TENSORS_MAX = 7 };
+typedef struct {
+    const char *suffix;
+    DType dtype;
+    int ndim;
+    int64_t shape[WEIGHTS_MAX_DIMS];
+    void *data;
+} LayerTensor;
+
+static int layer_tensor_f32(LayerTensor *t, const char *suffix, float *data, int ndim, const int *shape) {
+    *t = (LayerTensor){suffix, DT_F32, ndim, {0}, data};
+    for (int d = 0; d < ndim; d++) t->shape[d] = shape[d];
+    return 1;
+}
+
+static int layer_tensors(QLayer *ql, LayerTensor *t) {
+    int n = 0;
+    if (!ql->special) {
+        const Tensor *wt = &ql->layer->weight;
+        t[n] = (LayerTensor){"w_int", DT_U8, wt->ndim, {0}, ql->w_int};
+        for (int d = 0; d < wt->ndim; d++) t[n].shape[d] = wt->shape[d];
+        n++;
+        if (ql->rank > 0) {
+            n += layer_tensor_f32(&t[n], "lora_a", ql->lora_a.data, ql->lora_a.ndim, ql->lora_a.shape);
+            n += layer_tensor_f32(&t[n], "lora_b", ql->lora_b.data, ql->lora_b.ndim, ql->lora_b.shape);
+        }
+    }
+    n += layer_tensor_f32(&t[n], "w_delta", ql->wq.delta.data, 1, &ql->cout);
+    n += layer_tensor_f32(&t[n], "w_zero", ql->wq.zero.data, 1, &ql->cout);
+    n += layer_tensor_f32(&t[n], "a_delta", ql->aq.delta.data, 1, &ql->aq.n);
+    n += layer_tensor_f32(&t[n], "a_zero", ql->aq.zero.data, 1, &ql->aq.n);
+    return n;
 }
 
 int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e) {
@@ -435,30 +465,12 @@ int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e)
     snprintf(name, sizeof name, "%stalsq.timesteps", prefix);
     if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){q->train_sched.n}, q->state_ts, e)) return e->code;
     for (int k = 0; k < q->n_q; k++) {
-        const QLayer *ql = &q->q[k];
-        const char *ln = ql->layer->name;
-        const Tensor *wt = &ql->layer->weight;
-        int co = ql->cout, S = ql->aq.n;
-        if (!ql->special) {
-            int64_t s[WEIGHTS_MAX_DIMS];
-            for (int d = 0; d < wt->ndim; d++) s[d] = wt->shape[d];
-            snprintf(name, sizeof name, "%s%s.w_int", prefix, ln);
-            if (st_writer_add(w, name, DT_U8, wt->ndim, s, ql->w_int, e)) return e->code;
-            if (ql->rank > 0) {
-                snprintf(name, sizeof name, "%s%s.lora_a", prefix, ln);
-                if (add_f32(w, name, ql->lora_a.data, ql->lora_a.ndim, ql->lora_a.shape, e)) return e->code;
-                snprintf(name, sizeof name, "%s%s.lora_b", prefix, ln);
-                if (add_f32(w, name, ql->lora_b.data, ql->lora_b.ndim, ql->lora_b.shape, e)) return e->code;
-            }
+        LayerTensor lt[LAYER_TENSORS_MAX];
+        int n = layer_tensors((QLayer *)&q->q[k], lt);
+        for (int i = 0; i < n; i++) {
+            snprintf(name, sizeof name, "%s%s.%s", prefix, q->q[k].layer->name, lt[i].suffix);
+            if (st_writer_add(w, name, lt[i].dtype, lt[i].ndim, lt[i].shape, lt[i].data, e)) return e->code;
         }
-        snprintf(name, sizeof name, "%s%s.w_delta", prefix, ln);
-        if (add_f32(w, name, ql->wq.delta.data, 1, &co, e)) return e->code;
-        snprintf(name, sizeof name, "%s%s.w_zero", prefix, ln);
-        if (add_f32(w, name, ql->wq.zero.data, 1, &co, e)) return e->code;
-        snprintf(name, sizeof name, "%s%s.a_delta", prefix, ln);
-        if (add_f32(w, name, ql->aq.delta.data, 1, &S, e)) return e->code;
-        snprintf(name, sizeof name, "%s%s.a_zero", prefix, ln);
-        if (add_f32(w, name, ql->aq.zero.data, 1, &S, e)) return e->code;
     }
     return 0;
 }
@@ -554,34 +566,24 @@ done:
 
 static int read_layer(QLayer *ql, WeightFile *f, const char *prefix, Err *e) {
     char name[512];
-    const char *ln = ql->layer->name;
+    LayerTensor lt[LAYER_TENSORS_MAX];
+    int n = layer_tensors(ql, lt);
     const Tensor *wt = &ql->layer->weight;
-    int co = ql->cout, S = ql->aq.n;
-    if (!ql->special) {
-        int64_t s[WEIGHTS_MAX_DIMS];
-        for (int d = 0; d < wt->ndim; d++) s[d] = wt->shape[d];
-        snprintf(name, sizeof name, "%s%s.w_int", prefix, ln);
-        if (read_ints(f, name, DT_U8, wt->ndim, s, ql->w_int, 1, e)) return e->code;
-        int qmax = quantizer_qmax(&ql->wq);
-        for (size_t i = 0; i < wt->n; i++)
-            if (ql->w_int[i] > qmax)
-                return err_set(e, ERR_VALUE, "%s: tensor '%s': level %d at %zu exceeds %d (%d bits)", weights_path(f),
-                               name, ql->w_int[i], i, qmax, ql->wq.bits);
-        if (ql->rank > 0) {
-            snprintf(name, sizeof name, "%s%s.lora_a", prefix, ln);
-            if (read_f32(f, name, ql->lora_a.data, ql->lora_a.ndim, ql->lora_a.shape, e)) return e->code;
-            snprintf(name, sizeof name, "%s%s.lora_b", prefix, ln);
-            if (read_f32(f, name, ql->lora_b.data, ql->lora_b.ndim, ql->lora_b.shape, e)) return e->code;
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "%s%s.%s", prefix, ql->layer->name, lt[i].suffix);
+        if (lt[i].dtype == DT_F32) {
+            int shape[WEIGHTS_MAX_DIMS];
+            for (int d = 0; d < lt[i].ndim; d++) shape[d] = (int)lt[i].shape[d];
+            if (read_f32(f, name, lt[i].data, lt[i].ndim, shape, e)) return e->code;
+            continue;
         }
+        if (read_ints(f, name, DT_U8, lt[i].ndim, lt[i].shape, ql->w_int, 1, e)) return e->code;
+        int qmax = quantizer_qmax(&ql->wq);
+        for (size_t j = 0; j < wt->n; j++)
+            if (ql->w_int[j] > qmax)
+                return err_set(e, ERR_VALUE, "%s: tensor '%s': level %d at %zu exceeds %d (%d bits)", weights_path(f),
+                               name, ql->w_int[j], j, qmax, ql->wq.bits);
     }
-    snprintf(name, sizeof name, "%s%s.w_delta", prefix, ln);
-    if (read_f32(f, name, ql->wq.delta.data, 1, &co, e)) return e->code;
-    snprintf(name, sizeof name, "%s%s.w_zero", prefix, ln);
-    if (read_f32(f, name, ql->wq.zero.data, 1, &co, e)) return e->code;
-    snprintf(name, sizeof name, "%s%s.a_delta", prefix, ln);
-    if (read_f32(f, name, ql->aq.delta.data, 1, &S, e)) return e->code;
-    snprintf(name, sizeof name, "%s%s.a_zero", prefix, ln);
-    if (read_f32(f, name, ql->aq.zero.data, 1, &S, e)) return e->code;
     // a special layer's fixed weight follows from the FP weight and its (now restored) ranges
     if (ql->special) quantizer_fake(&ql->wq, ql->w_fq.data, wt->data, wt->n, 0);
     ql->act_ready = 1;
