@@ -139,7 +139,7 @@ def paired(n_filter):
         if not out:
             out = ["### Paired against naive PTQ (same seeds, same noise), %d samples per seed" % n_filter, "",
                    "Cell: mean ± sd over seeds of (variant - PTQ); in parentheses the seeds on which the "
-                   "variant is closer to FP (lower FID, RMSE; higher accuracy, agreement).", "",
+                   "variant is closer to FP (lower FID, FID to FP, RMSE; higher accuracy, agreement).", "",
                    "| variant | vs | seeds | ΔFID(judge) | Δclass acc | ΔFID to FP samples | Δpixel RMSE to FP | Δagreement with FP |",
                    "|---|---|---|---|---|---|---|---|"]
         out.append("| `%s` | `%s` | %s | %s | %s | %s | %s | %s |" % (
