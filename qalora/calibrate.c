@@ -218,7 +218,6 @@ static void act_progress(void *user, QLayer *q, const Tensor *x) {
 // timestep. cx, ct, cy: buffers for k inputs.
 static int calibrate_per_step(QModel *q, Ctx *ctx, Ldm *m, const CalibRecord *rec, int k, Rng *r, float *cx,
                               float *ct, int *cy, Err *e) {
-    if (!q->cfg.talsq) return err_set(e, ERR_VALUE, "calib.act_ranges: per_step needs quant.talsq: true");
     size_t per = (size_t)rec->C * rec->H * rec->W;
     int *near = malloc((size_t)rec->n * sizeof *near);
     if (!near) return err_set(e, ERR_NOMEM, "out of memory");

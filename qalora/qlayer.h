@@ -32,8 +32,9 @@
    'mse' by default) and writes the result into every table entry, then quantizes with it,
    as the reference's first forward does; run one forward of the whole model in that mode
    (layers before already quantized). QCALIB_FIT_ENTRY refits only the current entry of a
-   trainable layer (after a QCALIB_FIT forward), for per-timestep initial ranges. calib_hook, when set, sees every input first (for a
-   driver that gathers statistics over several batches). A forward before any
+   trainable layer (after a QCALIB_FIT forward), for per-timestep initial ranges.
+   calib_hook, when set, sees every input first (for a driver that gathers statistics over
+   several batches). A forward before any
    calibration fails with ERR_VALUE naming the layer.
 
    A QLayer must not move in memory once initialised: its tensors are tape inputs and the

@@ -392,26 +392,28 @@ static Tensor *ldm_calib_forward(Ctx *c, void *user) {
     return ldm_apply_model(c, u->ldm, x, u->t, u->y);
 }
 
-int qmodel_calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n, Err *e) {
+// One calibration forward in `mode` on n recorded inputs of ldm's UNet.
+static int calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n,
+                         QCalibMode mode, Err *e) {
     if (ldm->unet != q->unet)
-        return err_set(e, ERR_INTERNAL, "qmodel_calibrate_ldm: the model's UNet is not the one the student wraps");
+        return err_set(e, ERR_INTERNAL, "calibration: the model's UNet is not the one the student wraps");
     if (n < 1) return err_set(e, ERR_VALUE, "calibration: no inputs");
     LdmCalib u = {ldm, x, t, y, n};
-    return qmodel_calibrate_acts(q, c, ldm_calib_forward, &u, e);
+    return calibrate_forward(q, c, ldm_calib_forward, &u, mode, e);
+}
+
+int qmodel_calibrate_ldm(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n, Err *e) {
+    return calibrate_ldm(q, c, ldm, x, t, y, n, QCALIB_FIT, e);
 }
 
 int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, const float *t, const int *y, int n,
                                int entry, Err *e) {
-    if (ldm->unet != q->unet)
-        return err_set(e, ERR_INTERNAL, "qmodel_calibrate_ldm_entry: the model's UNet is not the one the student wraps");
-    if (n < 1) return err_set(e, ERR_VALUE, "calibration: no inputs");
-    if (!q->cfg.talsq) return err_set(e, ERR_VALUE, "calibration: per-step ranges need quant.talsq: true");
+    if (!q->cfg.talsq) return err_set(e, ERR_VALUE, "calib.act_ranges: per_step needs quant.talsq: true");
     if (entry < 0 || entry >= q->train_sched.n)
         return err_set(e, ERR_VALUE, "calibration: TALSQ entry %d of %d", entry, q->train_sched.n);
     int was = q->entry;
     q->entry = entry;
-    LdmCalib u = {ldm, x, t, y, n};
-    int rc = calibrate_forward(q, c, ldm_calib_forward, &u, QCALIB_FIT_ENTRY, e);
+    int rc = calibrate_ldm(q, c, ldm, x, t, y, n, QCALIB_FIT_ENTRY, e);
     q->entry = was;
     return rc;
 }
