@@ -22,6 +22,8 @@ const char *bench_cpu_flags(void);
 // Runs fn(arg) once to warm up, then repeatedly for at least min_seconds (and 3 runs);
 // returns the median seconds per run.
 double bench_time(void (*fn)(void *), void *arg, double min_seconds);
+// ||a - b|| / ||b|| over n floats (in double); ||a - b|| when b is all zero.
+double bench_rel_l2(const float *a, const float *b, size_t n);
 // Seconds of one cblas_sgemm of (M x K) x (K x N), median over >= min_seconds.
 double bench_sgemm_seconds(int M, int N, int K, double min_seconds);
 

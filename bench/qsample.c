@@ -101,16 +101,6 @@ static float *forward_copy(Ctx *c, Case *k, BenchFwd *f) {
     return r;
 }
 
-static double rel_l2(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? __builtin_sqrt(num / den) : __builtin_sqrt(num);
-}
-
 int main(int argc, char **argv) {
     int threads = 0, rounds = 3;
     const char *w4a8 = NULL, *w4a4 = NULL, *kernel = "auto";
@@ -208,7 +198,7 @@ int main(int argc, char **argv) {
     for (int k = 1; k < n_cases; k += 2) {
         float *yi = forward_copy(&c, &cases[k], &f), *yf = forward_copy(&c, &cases[k + 1], &f);
         printf("check: %s vs %s forward: relative L2 %.2g\n", cases[k].label, cases[k + 1].label,
-               rel_l2(yi, yf, (size_t)BATCH * C * H * W));
+               bench_rel_l2(yi, yf, (size_t)BATCH * C * H * W));
         free(yi);
         free(yf);
     }

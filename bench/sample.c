@@ -20,16 +20,6 @@
 #include "sample/generate.h"
 #include "util/threads.h"
 
-static double rel_l2(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? __builtin_sqrt(num / den) : __builtin_sqrt(num);
-}
-
 // DDIM 20 steps, guidance 1.5 from the fixture's x_T against its z: the check before timing.
 static void check_ddim_ref(Ctx *c, Ldm *m, const char *dir) {
     char p1[PATH_MAX], p2[PATH_MAX], p3[PATH_MAX];
@@ -49,7 +39,7 @@ static void check_ddim_ref(Ctx *c, Ldm *m, const char *dir) {
         fprintf(stderr, "check failed: %s\n", e.msg);
         exit(1);
     }
-    double r = rel_l2(xT.data, z.data, z.n);
+    double r = bench_rel_l2(xT.data, z.data, z.n);
     printf("check: DDIM 20 steps, guidance 1.5 vs CompVis ddim_ref z: relative L2 %.2g %s\n", r,
            r <= 1e-4 ? "(ok)" : "(MISMATCH)");
     if (r > 1e-4) exit(1);
