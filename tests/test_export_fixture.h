@@ -12,6 +12,7 @@
 #include "io/fileio.h"
 #include "models/ldm.h"
 #include "qalora/calibrate.h"
+#include "qalora/export.h"
 #include "qalora/qmodel.h"
 #include "train/run_config.h"
 
@@ -114,6 +115,19 @@ static void student_make(QModel *q, Ctx *c, Teacher *T, const RunConfig *rc, int
         for (size_t i = 0; i < ql->lora_b.n; i++) ql->lora_b.data[i] = 2e-3f * (rng_uniform(&r) - 0.5f);
         for (int o = 0; o < ql->cout; o++) ql->wq.delta.data[o] *= 1.0f + 0.1f * (rng_uniform(&r) - 0.5f);
     }
+}
+
+// Rounds the student's activation zero points (the export's activation reference uses the
+// rounded z_a, EFFICIENTDM.md TALSQ) and exports it to a new temporary file: its path.
+static char *student_export(QModel *q, Teacher *T, ExportSummary *s) {
+    for (int k = 0; k < q->n_q; k++) quantizer_round_zero(&q->q[k].aq);
+    char *path = tmp_path(".safetensors");
+    Err e = {0};
+    ExportInfo info = {.source = TEACHER_DIR "/model.ckpt", .yaml = T->yaml, .epoch = "last"};
+    int r = export_write(q, T->m, T->f, &info, path, s, &e);
+    if (r) print_error("export: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    return path;
 }
 
 #endif

@@ -292,12 +292,9 @@ static void check_layers(int w_bits, int a_bits) {
     rc.train.steps = 20;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
-    for (int k = 0; k < q.n_q; k++) quantizer_round_zero(&q.q[k].aq);
-    char *path = tmp_path(".safetensors");
-    Err e = {0};
-    ExportInfo info = {.source = TEACHER_DIR "/model.ckpt", .yaml = T.yaml, .epoch = "last"};
     ExportSummary s;
-    assert_int_equal(export_write(&q, T.m, T.f, &info, path, &s, &e), 0);
+    char *path = student_export(&q, &T, &s);
+    Err e = {0};
     qmodel_free(&q);
     ExportModel *em = NULL;
     int r = export_load(&em, path, &e);
