@@ -32,6 +32,10 @@
                == fake(x) bit for bit whenever z_k is an integer (the export's contract:
                the exported model computes exactly the fake-quantized student).
      decode    y = the value of each level with entry k.
+     decode_backward
+               the gradient of sum(decode(levels) · dy) in the entry's values, levels fixed:
+               g as for backward. (QALoRA's base weight W_base = decode(W_int) trains Δ_w
+               through it; qlayer.h.)
      packed_size / pack / unpack
                the export's byte layout of n levels (pack.h's for uniform); unpack(pack(l)) == l.
      affine    1: encode and decode are the uniform ones on (Δ_k, z_k) - level =
@@ -67,6 +71,8 @@ typedef struct QKindOps {
                      const float *x, size_t n);
     void (*encode)(const Quantizer *q, int k, uint8_t *out, const float *x, size_t n);
     void (*decode)(const Quantizer *q, int k, float *y, const uint8_t *in, size_t n);
+    void (*decode_backward)(const Quantizer *q, int k, double g[QKIND_GRAD_SLOTS], const float *dy,
+                            const uint8_t *in, size_t n);
     // The export's bytes for n levels of q (the whole tensor).
     size_t (*packed_size)(const Quantizer *q, size_t n);
     void (*pack)(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n);

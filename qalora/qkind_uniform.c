@@ -165,6 +165,19 @@ static void uq_decode(const Quantizer *q, int k, float *y, const uint8_t *in, si
     for (size_t i = 0; i < n; i++) y[i] = ((float)in[i] - z) * d;
 }
 
+// d/dΔ of Σ dy (l - z) Δ is Σ dy (l - z); d/dz is -Δ Σ dy.
+static void uq_decode_backward(const Quantizer *q, int k, double g[QKIND_GRAD_SLOTS], const float *dy,
+                               const uint8_t *in, size_t n) {
+    double z = (double)q->zero.data[k], sd = 0, sy = 0;
+    for (size_t i = 0; i < n; i++) {
+        sd += (double)dy[i] * ((double)in[i] - z);
+        sy += (double)dy[i];
+    }
+    memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
+    g[0] = sd;
+    g[1] = -(double)q->delta.data[k] * sy;
+}
+
 static size_t uq_packed_size(const Quantizer *q, size_t n) { return pack_size(n, q->bits); }
 
 static void uq_pack(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n) {
@@ -184,6 +197,7 @@ const QKindOps QKIND_UNIFORM_OPS = {
     .backward = uq_backward,
     .encode = uq_encode,
     .decode = uq_decode,
+    .decode_backward = uq_decode_backward,
     .packed_size = uq_packed_size,
     .pack = uq_pack,
     .unpack = uq_unpack,

@@ -135,12 +135,12 @@ void quantizer_encode(const Quantizer *q, uint8_t *out, const float *x, size_t n
     const QKindOps *ops = quantizer_ops(q);
     if (q->channel_wise) {
         size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
         for (int ch = 0; ch < q->n; ch++) ops->encode(q, ch, out + (size_t)ch * len, x + (size_t)ch * len, len);
         return;
     }
     size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
     for (size_t k = 0; k < nchunks; k++) {
         size_t lo = k * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
         ops->encode(q, entry, out + lo, x + lo, hi - lo);
@@ -151,16 +151,47 @@ void quantizer_decode(const Quantizer *q, float *y, const uint8_t *in, size_t n,
     const QKindOps *ops = quantizer_ops(q);
     if (q->channel_wise) {
         size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
         for (int ch = 0; ch < q->n; ch++) ops->decode(q, ch, y + (size_t)ch * len, in + (size_t)ch * len, len);
         return;
     }
     size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
     for (size_t k = 0; k < nchunks; k++) {
         size_t lo = k * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
         ops->decode(q, entry, y + lo, in + lo, hi - lo);
     }
+}
+
+void quantizer_decode_backward(const Quantizer *q, float *ddelta, float *dzero, float *dparam, const float *dy,
+                               const uint8_t *in, size_t n, int entry) {
+    const QKindOps *ops = quantizer_ops(q);
+    int np = ops->n_param;
+    if (q->channel_wise) {
+        size_t len = q_slice_len(q, n);
+#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
+        for (int ch = 0; ch < q->n; ch++) {
+            double g[QKIND_GRAD_SLOTS];
+            size_t off = (size_t)ch * len;
+            ops->decode_backward(q, ch, g, dy + off, in + off, len);
+            add_grads(ddelta, dzero, dparam, np, ch, g);
+        }
+        return;
+    }
+    size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
+    double total[QKIND_GRAD_SLOTS] = {0};
+    for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
+        size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
+        double part[QCHUNK_GROUP][QKIND_GRAD_SLOTS];
+#pragma omp parallel for schedule(static) if (gn > 1 && n >= QUANT_OMP_MIN_WORK)
+        for (size_t k = 0; k < gn; k++) {
+            size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
+            ops->decode_backward(q, entry, part[k], dy + lo, in + lo, hi - lo);
+        }
+        for (size_t k = 0; k < gn; k++)
+            for (int j = 0; j < QKIND_GRAD_SLOTS; j++) total[j] += part[k][j];
+    }
+    add_grads(ddelta, dzero, dparam, np, entry, total);
 }
 
 void quantizer_round_zero(Quantizer *q) {

@@ -122,6 +122,11 @@ void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float z
 void quantizer_encode(const Quantizer *q, uint8_t *out, const float *x, size_t n, int entry);
 // y[i] = the value of level in[i] (uniform: (in[i] - z) · Δ).
 void quantizer_decode(const Quantizer *q, float *y, const uint8_t *in, size_t n, int entry);
+// Adds the gradients of sum(decode(in) * dy) with the levels fixed into ddelta, dzero,
+// dparam (indexed as the entries; NULL: not needed), summed in double per entry or fixed
+// chunk, in order (uniform: d/dΔ = Σ dy (in - z)).
+void quantizer_decode_backward(const Quantizer *q, float *ddelta, float *dzero, float *dparam, const float *dy,
+                               const uint8_t *in, size_t n, int entry);
 // Rounds every zero point to the nearest integer (half to even): what an integer kernel
 // and the export use for the trained real-valued activation zero points.
 void quantizer_round_zero(Quantizer *q);

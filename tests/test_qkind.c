@@ -3,7 +3,8 @@
    and found by lookup; the uniform row's fake-quant forward against a naive double loop
    (round half to even, clamp, per channel or per table entry) on random data of odd
    sizes; its gradients (input STE, LSQ step and zero point) against central finite
-   differences; its encode/decode/pack round trips for 2, 3, 4 and 8 bits.
+   differences; its encode/decode/pack round trips for 2, 3, 4 and 8 bits and decode's
+   gradient (the QALoRA base path's) against central differences.
 
    Finite differences. The fake quantizer is flat almost everywhere in x, so its
    straight-through gradients are the exact derivative of the reference's surrogate
@@ -50,6 +51,7 @@ static void test_table_complete(void **state) {
         assert_non_null(o->backward);
         assert_non_null(o->encode);
         assert_non_null(o->decode);
+        assert_non_null(o->decode_backward);
         assert_non_null(o->packed_size);
         assert_non_null(o->pack);
         assert_non_null(o->unpack);
@@ -159,7 +161,8 @@ static void test_uniform_fake_naive(void **state) {
         fill_slice(&r, xl, n, dl[1], zl[1], qmax);
         quantizer_setup(&q, QUANT_UNIFORM, bits, 0, 3, dl, zl, NULL, NULL);
         quantizer_fake(&q, yl, xl, n, 1);
-        for (size_t i = 0; i < n; i++) check_close(yl[i], naive_q(xl[i], dl[1], zl[1], qmax), dl[1], "layer-wise", bits, i);
+        for (size_t i = 0; i < n; i++)
+            check_close(yl[i], naive_q(xl[i], dl[1], zl[1], qmax), dl[1], "layer-wise", bits, i);
         free(xl);
         free(yl);
     }
@@ -239,7 +242,8 @@ static void check_outside_delta(Rng *r, int bits) {
     double fd = (loss(x, G, N, d + h, z, qmax, 0, d) - loss(x, G, N, d - h, z, qmax, 0, d)) / (2 * h);
     double scale = 0;
     for (int i = 0; i < N; i++) scale += fabs(G[i]) * qmax;
-    if (fabs(dd - fd) > TOL_FD * scale) fail_msg("outside, %d bits: dΔ %.9g, q's central difference %.9g", bits, dd, fd);
+    if (fabs(dd - fd) > TOL_FD * scale)
+        fail_msg("outside, %d bits: dΔ %.9g, q's central difference %.9g", bits, dd, fd);
     for (int i = 0; i < N; i++) assert_float_equal(dx[i], 0.0f, 0.0f);
 }
 
@@ -318,6 +322,26 @@ static void test_uniform_levels_roundtrip(void **state) {
         quantizer_decode(&q, y1, e, CO * K, 0);
         quantizer_fake(&q, y2, x, CO * K, 0);
         assert_memory_equal(y1, y2, sizeof y1);
+
+        // decode's gradient in Δ and z with the levels fixed, against central differences of
+        // Σ dy (l - z) Δ (linear in both: exact up to rounding)
+        float *dy = malloc((size_t)CO * L * sizeof(float)), dd[CO] = {0}, dz[CO] = {0};
+        for (int i = 0; i < CO * L; i++) dy[i] = 2.0f * rng_uniform(&r) - 1.0f;
+        quantizer_decode_backward(&q, dd, dz, NULL, dy, lv, (size_t)CO * L, 0);
+        for (int o = 0; o < CO; o++) {
+            double hd = FD_REL_STEP * d[o], hz = FD_REL_STEP, fd = 0, fz = 0, scale = 0;
+            for (int l = 0; l < L; l++) {
+                double g = dy[o * L + l];
+                fd += g * ((l - z[o]) * (d[o] + hd) - (l - z[o]) * (d[o] - hd)) / (2 * hd);
+                fz += g * ((l - z[o] - hz) * d[o] - (l - z[o] + hz) * d[o]) / (2 * hz);
+                scale += fabs(g) * (L + fabs(z[o]));
+            }
+            if (fabs(dd[o] - fd) > TOL_FD * scale)
+                fail_msg("decode, %d bits: dΔ %.9g, central difference %.9g", bits, dd[o], fd);
+            if (fabs(dz[o] - fz) > TOL_FD * scale * d[o])
+                fail_msg("decode, %d bits: dz %.9g, central difference %.9g", bits, dz[o], fz);
+        }
+        free(dy);
 
         // the export's bytes: an odd count, the container's size, exact round trip
         size_t n = 1001;
