@@ -48,6 +48,11 @@ int qmodel_config_from_run(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     cfg->sel.special_bits = rq->special_bits;
     cfg->sel.n_first_special = rq->special_first;
     cfg->sel.n_last_special = rq->special_last;
+    if (!qkind_valid(rq->weight_quantizer) || !qkind_valid(rq->act_quantizer))
+        return err_set(e, ERR_VALUE, "run config: quant.weight_quantizer / act_quantizer: kinds %d / %d outside the "
+                       "table", rq->weight_quantizer, rq->act_quantizer);
+    cfg->sel.w_kind = (QuantKind)rq->weight_quantizer;
+    cfg->sel.a_kind = (QuantKind)rq->act_quantizer;
     cfg->rank = rq->lora_rank;
     cfg->talsq = rq->talsq;
     cfg->train_steps = rc->train.steps;
@@ -60,7 +65,8 @@ int qmodel_config_from_run(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     for (int i = 0; i < rq->n_overrides; i++) {
         const RcOverride *o = &rq->overrides[i];
         snprintf(cfg->pattern_store[i], QMODEL_PATTERN_MAX, "%s", o->pattern);
-        cfg->override_store[i] = (QSelOverride){cfg->pattern_store[i], o->keep_fp, o->weight_bits, o->act_bits};
+        cfg->override_store[i] = (QSelOverride){cfg->pattern_store[i], o->keep_fp, o->weight_bits, o->act_bits,
+                                                o->weight_quantizer, o->act_quantizer};
     }
     cfg->sel.overrides = rq->n_overrides ? cfg->override_store : NULL;
     cfg->sel.n_overrides = rq->n_overrides;

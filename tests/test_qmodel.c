@@ -689,6 +689,22 @@ static void test_state_quantizer_kinds(void **state) {
         qmodel_free(&b);
         weights_close(f);
     }
+    // the run config's kinds reach the selection, per-layer overrides included
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    rc.quant.n_overrides = 1;
+    snprintf(rc.quant.overrides[0].pattern, RC_PATTERN_MAX, "out.*");
+    rc.quant.overrides[0].act_quantizer = 1 + QUANT_UNIFORM;
+    QModelConfig qr;
+    assert_int_equal(qmodel_config_from_run(&qr, &rc, &e), 0);
+    assert_int_equal(qr.sel.w_kind, QUANT_UNIFORM);
+    assert_int_equal(qr.sel.a_kind, QUANT_UNIFORM);
+    assert_int_equal(qr.sel.overrides[0].w_kind, 0);
+    assert_int_equal(qr.sel.overrides[0].a_kind, 1 + QUANT_UNIFORM);
+    rc.quant.weight_quantizer = QUANT_KIND_COUNT;
+    e = (Err){0};
+    assert_int_equal(qmodel_config_from_run(&qr, &rc, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "quant.weight_quantizer"));
     // a kind outside the table is refused when the student is built
     QModelConfig bad = qc;
     bad.sel.w_kind = QUANT_KIND_COUNT;
