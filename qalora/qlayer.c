@@ -50,10 +50,12 @@ int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params,
     if (!qkind_valid((int)cfg->w_kind) || !qkind_valid((int)cfg->a_kind))
         return err_set(e, ERR_VALUE, "layer '%s': quantizer kinds %d, %d (the table has %d)", l->name, (int)cfg->w_kind,
                        (int)cfg->a_kind, QUANT_KIND_COUNT);
-    // their values would need places in the blocks (qlayer.h "Storage"), the state and the export
-    if (qkind_get(cfg->w_kind)->n_param || qkind_get(cfg->a_kind)->n_param)
-        return err_set(e, ERR_UNSUPPORTED, "layer '%s': %s / %s quantizers: kinds with learnable values of their own "
-                       "are not wired into the layer yet", l->name, quant_kind_name(cfg->w_kind),
+    // their values would need places in the blocks (qlayer.h "Storage"), the state and the export;
+    // side tables (kinds that keep one) likewise: wired in the next commit
+    if (qkind_get(cfg->w_kind)->n_param || qkind_get(cfg->a_kind)->n_param || qkind_get(cfg->w_kind)->side ||
+        qkind_get(cfg->a_kind)->side)
+        return err_set(e, ERR_UNSUPPORTED, "layer '%s': %s / %s quantizers: kinds with learnable values or side "
+                       "tables of their own are not wired into the layer yet", l->name, quant_kind_name(cfg->w_kind),
                        quant_kind_name(cfg->a_kind));
     if (cfg->special) return 0;
     if (cfg->rank < 0 || cfg->n_entries < 1)

@@ -425,7 +425,7 @@ static void test_quantizer_kinds(void **state) {
         int code;
         const char *named[2];
     } cases[] = {
-        {"\"a_quantizer\":\"uniform\"}", "\"a_quantizer\":\"nupes\"}", ERR_UNSUPPORTED, {"'nupes'", "(uniform)"}},
+        {"\"a_quantizer\":\"uniform\"}", "\"a_quantizer\":\"nupes\"}", ERR_UNSUPPORTED, {"'nupes'", "(uniform, "}},
         {"\"w_quantizer\":\"uniform\"", "\"w_quantizer\":4", ERR_FORMAT, {"w_quantizer", "time_embed.0"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

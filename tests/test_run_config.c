@@ -491,7 +491,8 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"model.ema", "model: {ema: off}"}, {"model.uncond_label", "model: {uncond_label: 3}"},
     {"quant.weight_bits", "quant: {weight_bits: 8}"}, {"quant.act_bits", "quant: {act_bits: 8}"},
     {"quant.weight_init", "quant: {weight_init: mse}"}, {"quant.act_init", "quant: {act_init: max}"},
-    {"quant.weight_quantizer", NULL}, {"quant.act_quantizer", NULL},  // see only_value_changed
+    {"quant.weight_quantizer", "quant: {weight_quantizer: easyquant}"},
+    {"quant.act_quantizer", NULL},  // see only_value_changed
     {"quant.mse_candidates", "quant: {mse_candidates: 10}"}, {"quant.mse_shrink", "quant: {mse_shrink: 0.002}"},
     {"quant.mse_norm", "quant: {mse_norm: 2}"}, {"quant.special_bits", "quant: {special_bits: 6}"},
     {"quant.special_first", "quant: {special_first: 0}"}, {"quant.special_last", "quant: {special_last: 0}"},
@@ -533,11 +534,10 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
 };
 
 // A key whose only valid value is its default has no YAML that changes it (CHANGED's NULL):
-// the quantizer-kind keys while the kind table has one row. Their field is set to the next
-// kind's number instead - a second kind's name in CHANGED replaces this.
+// quant.act_quantizer while every other kind quantizes weights only. Its field is set to the
+// next kind's number instead - an activation kind's name in CHANGED replaces this.
 static void only_value_changed(const char *key, RunConfig *c) {
-    if (!strcmp(key, "quant.weight_quantizer")) c->quant.weight_quantizer = 1;
-    else if (!strcmp(key, "quant.act_quantizer")) c->quant.act_quantizer = 1;
+    if (!strcmp(key, "quant.act_quantizer")) c->quant.act_quantizer = 1;
     else fail_msg("%s: no value to change it to", key);
 }
 
