@@ -27,7 +27,8 @@
 static const char *const ALL_KEYS[] = {
     "model.ldm_config", "model.ckpt", "model.ema", "model.uncond_label",
     "quant.weight_bits", "quant.act_bits", "quant.weight_init", "quant.act_init", "quant.weight_quantizer",
-    "quant.act_quantizer", "quant.mse_candidates",
+    "quant.act_quantizer", "quant.easyquant_outlier_fraction", "quant.easyquant_steps", "quant.easyquant_lr",
+    "quant.mse_candidates",
     "quant.mse_shrink", "quant.mse_norm", "quant.special_bits", "quant.special_first", "quant.special_last",
     "quant.fp_name_contains", "quant.quantize_attention_matmuls", "quant.lora_rank", "quant.talsq",
     "quant.fp_layers", "quant.overrides",
@@ -493,6 +494,8 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"quant.weight_init", "quant: {weight_init: mse}"}, {"quant.act_init", "quant: {act_init: max}"},
     {"quant.weight_quantizer", "quant: {weight_quantizer: easyquant}"},
     {"quant.act_quantizer", NULL},  // see only_value_changed
+    {"quant.easyquant_outlier_fraction", "quant: {easyquant_outlier_fraction: 0.01}"},
+    {"quant.easyquant_steps", "quant: {easyquant_steps: 10}"}, {"quant.easyquant_lr", "quant: {easyquant_lr: 0.1}"},
     {"quant.mse_candidates", "quant: {mse_candidates: 10}"}, {"quant.mse_shrink", "quant: {mse_shrink: 0.002}"},
     {"quant.mse_norm", "quant: {mse_norm: 2}"}, {"quant.special_bits", "quant: {special_bits: 6}"},
     {"quant.special_first", "quant: {special_first: 0}"}, {"quant.special_last", "quant: {special_last: 0}"},
@@ -640,6 +643,18 @@ static void test_quantizer_keys(void **state) {
     }
     assert_int_equal(load("quant: {weight_quantizer: unifrom}\n", &c, &e), ERR_VALUE);
     assert_has(e.msg, "did you mean 'uniform'");
+    // easyquant: weights only; its settings
+    load_ok("quant: {weight_quantizer: easyquant}\n", &c);
+    assert_int_equal(c.quant.weight_quantizer, QUANT_EASYQUANT);
+    assert_true(c.quant.easyquant_outlier_fraction == 0.005);
+    assert_int_equal(c.quant.easyquant_steps, 100);
+    assert_true(c.quant.easyquant_lr == 0.01);
+    assert_int_equal(load("quant: {act_quantizer: easyquant}\n", &c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.act_quantizer: easyquant quantizes weights only");
+    assert_int_equal(load("quant: {overrides: [{pattern: 'out.*', act_quantizer: easyquant}]}\n", &c, &e), ERR_VALUE);
+    assert_has(e.msg, "act_quantizer: expected a quantizer kind for activations");
+    assert_int_equal(load("quant: {easyquant_outlier_fraction: 1}\n", &c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.easyquant_outlier_fraction");
 
     // an override may set only kinds; it round-trips through the resolved YAML
     load_ok("quant:\n  overrides:\n"
