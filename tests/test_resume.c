@@ -20,6 +20,7 @@
 #include "io/fileio.h"
 #include "io/weights.h"
 #include "test_trainer_fixture.h"
+#include "train/run_log.h"
 #include "train/trainer.h"
 #include "util/threads.h"
 
@@ -247,7 +248,7 @@ static void assert_dir_intact(const char *dir) {
     assert_non_null(f);
     char line[128];
     assert_non_null(fgets(line, sizeof line, f));
-    assert_string_equal(line, "epoch,step,loss,lr,seconds,val_error\n");
+    assert_string_equal(line, RUN_LOG_HEADER "\n");
     fclose(f);
 }
 
