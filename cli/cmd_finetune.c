@@ -67,10 +67,17 @@ static void install_handlers(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
+// The rise of the sampled validation's teacher error (relative) above which the summary warns.
+#define FINETUNE_REAL_WARN 0.02
+
 typedef struct {
     Progress bar;
     int64_t first;  // global step before this call
     int tty;
+    RcSelect select;  // train.select_epoch (names the best record)
+    // the sampled validation of the starting model and of the best epoch, as seen by this call
+    SampleCheck start, best_seen;
+    int has_start, best_seen_epoch;
 } View;
 
 static void line(View *v, const char *msg) { fprintf(stderr, "%s%s\n", v->tty ? "\r\033[K" : "", msg); }
@@ -91,11 +98,20 @@ static const char *epoch_name(int epoch, char *buf, size_t n) {
 }
 
 static void on_val(const TrainerVal *tv, void *user) {
-    char msg[300], a[32], b[32], smp[96] = "";
-    if (isfinite(tv->sample_mse))
-        snprintf(smp, sizeof smp, ", sampled: latent mse %.5g, fd %.5g", tv->sample_mse, tv->sample_fd);
-    snprintf(msg, sizeof msg, "%s: val error %.6g%s (best %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
-             tv->val_error, smp, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
+    View *view = user;
+    if (isfinite(tv->sampled.mse)) {
+        if (tv->epoch == -1) view->start = tv->sampled, view->has_start = 1;
+        if (tv->best_epoch == tv->epoch) view->best_seen = tv->sampled, view->best_seen_epoch = tv->epoch;
+    }
+    char msg[300], a[32], b[32], smp[128] = "";
+    if (isfinite(tv->sampled.mse))
+        snprintf(smp, sizeof smp, ", sampled: latent mse %.5g, fd %.5g, teacher error x%.4f", tv->sampled.mse,
+                 tv->sampled.fd, tv->sampled.real);
+    // under best_sampled the best record is the sampled score (2: the starting model's)
+    const char *what = isfinite(tv->sampled.mse) && ((View *)user)->select == RC_SELECT_BEST_SAMPLED
+                           ? "sampled score" : "val error";
+    snprintf(msg, sizeof msg, "%s: val error %.6g%s (best %s %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
+             tv->val_error, smp, what, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
     line(user, msg);
 }
 
@@ -158,7 +174,7 @@ int cmd_finetune(int argc, char **argv) {
     if (trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
     int epoch, step;
     trainer_position(tr, &epoch, &step);
-    View v = {.tty = isatty(2)};
+    View v = {.tty = isatty(2), .select = rc.train.select_epoch, .best_seen_epoch = -2};
     int S = trainer_steps_per_epoch(tr);
     int64_t total = (int64_t)rc.train.epochs * S;
     v.first = (int64_t)epoch * S + step;
@@ -203,7 +219,23 @@ int cmd_finetune(int argc, char **argv) {
            s.steps_run ? s.seconds / (double)s.steps_run : 0.0, s.total_seconds);
     if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
     char be[32];
-    if (s.has_best) printf("best val     %.6g (%s)\n", s.best_val, epoch_name(s.best_epoch, be, sizeof be));
+    if (s.has_best)
+        printf("best %s %.6g (%s)\n", rc.train.select_epoch == RC_SELECT_BEST_SAMPLED ? "score" : "val  ", s.best_val,
+               epoch_name(s.best_epoch, be, sizeof be));
+    // the teacher's denoising error on the samples rose with fine-tuning: on the test teachers
+    // (docs/RESULTS.md) that went with a loss of judge precision and, on one, of test-set FID
+    if (v.has_start && s.has_best && v.best_seen_epoch == s.best_epoch && s.best_epoch >= 0 &&
+        v.best_seen.real > v.start.real * (1.0 + FINETUNE_REAL_WARN))
+        fprintf(stderr, "effdm finetune: warning: the chosen epoch's samples are less plausible to the teacher than "
+                "the starting model's (naive PTQ): teacher denoising error x%.4f of its own samples vs x%.4f; on "
+                "test teachers this went with lower precision and, on one, a worse test-set FID than naive PTQ "
+                "(train.select_epoch best_sampled keeps the starting model in that case)\n",
+                v.best_seen.real, v.start.real);
+    if (s.has_best && s.best_epoch == -1 && s.epoch == s.epochs && s.epochs > 0 &&
+        rc.train.select_epoch != RC_SELECT_LAST)
+        fprintf(stderr, "effdm finetune: warning: no fine-tuned epoch beat the starting model (naive PTQ) on the %s; "
+                "the run's best, which effdm export takes by default, is that starting model\n",
+                rc.train.select_epoch == RC_SELECT_BEST_SAMPLED ? "sampled validation" : "validation error");
     if (prof) {
         code = cli_print_profile(prof, wall, &e);
         free(prof);

@@ -332,7 +332,7 @@ int export_run(const char *run_dir, const ExportOpts *o, const char *path, Expor
     if (access(p_state, F_OK) != 0) {
         code = err_set(e, ERR_IO, "%s: no such file (%s)", p_state,
                        !strcmp(epoch, "best") ? "best.safetensors is written by fine-tuning with train.select_epoch "
-                                                "best_val" : "calibrate the run first");
+                                                "best_val or best_sampled" : "calibrate the run first");
         goto done;
     }
     QModelConfig qc;

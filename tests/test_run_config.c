@@ -154,6 +154,8 @@ static void test_effdm_recipe(void **state) {
     assert_int_equal(c.train.guidance_gain, RC_GAIN_FIT);
     assert_int_equal(r.train.guidance_gain, RC_GAIN_OFF);
     assert_int_equal(c.quant.fp_layers, RC_FP_F16);   // qalora/export.h "Size"
+    assert_int_equal(c.train.val_samples, 32);        // the sampled validation (train/sample_check.c)
+    assert_int_equal(r.train.val_samples, 0);
     // everything else as the reference
     RunConfig x = c;
     x.train.recipe = r.train.recipe;
@@ -167,6 +169,7 @@ static void test_effdm_recipe(void **state) {
     x.train.optimizer.lr_act = r.train.optimizer.lr_act;
     x.train.guidance_gain = r.train.guidance_gain;
     x.quant.fp_layers = r.quant.fp_layers;
+    x.train.val_samples = r.train.val_samples;
     assert_null(run_config_first_diff(&x, &r));
     // explicit keys win over the recipe, in either order of the keys
     load_ok("train:\n  steps: 100\n  recipe: effdm\n  loss_branches: guided\n", &c);

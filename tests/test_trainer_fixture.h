@@ -27,6 +27,7 @@ static void fix_config(RunConfig *rc, RcRecipe recipe, const char *out) {
     rc->train.batch = 2;
     rc->train.val_every = 1;
     rc->train.val_inputs = 4;
+    rc->train.val_samples = 0;  // the sampled validation has its own test (test_trainer.c)
     rc->train.checkpoint_every = 1;
     rc->train.sample_every = 0;
     rc->calib.steps = 10;

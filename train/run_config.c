@@ -258,7 +258,10 @@ static int read_group(const CfgNode *map, const char *prefix, RunConfig *c, Err 
 // Checks that involve several keys. file: for messages ("run config" without one).
 static int check_consistency(const RunConfig *c, const char *file, Err *e) {
     const RcTrain *t = &c->train;
-    if (t->select_epoch == RC_SELECT_BEST_VAL && t->val_every < 1)
+    if (t->select_epoch == RC_SELECT_BEST_SAMPLED && t->val_samples < 8)
+        return err_set(e, ERR_VALUE, "%s: train.select_epoch: best_sampled needs train.val_samples >= 8, found %d", file,
+                       t->val_samples);
+    if (t->select_epoch != RC_SELECT_LAST && t->val_every < 1)
         return err_set(e, ERR_VALUE, "%s: train.select_epoch: best_val needs train.val_every >= 1, found %d", file,
                        t->val_every);
     double span = (c->quant.mse_candidates - 1) * c->quant.mse_shrink;

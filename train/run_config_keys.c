@@ -15,7 +15,7 @@ static const char *const INIT_NAMES[] = {"max", "mse"};
 static const char *const BRANCH_NAMES[] = {"guided", "both", "all"};
 static const char *const REDUCE_NAMES[] = {"sum", "mean"};
 static const char *const STEPW_NAMES[] = {"none", "equalize", "ddim"};
-static const char *const SELECT_NAMES[] = {"last", "best_val"};
+static const char *const SELECT_NAMES[] = {"last", "best_val", "best_sampled"};
 static const char *const SCHED_NAMES[] = {"linear", "cosine", "constant"};
 static const char *const DW_NAMES[] = {"reference", "single"};
 static const char *const TRAJ_NAMES[] = {"teacher", "student"};
@@ -122,7 +122,7 @@ const KeyDesc RC_KEYS[] = {
     {.path = "train.val_inputs", .type = K_INT, .off = offsetof(RunConfig, train.val_inputs), .lo = 1, .hi = RC_BIG,
      .def = {64, 64}, .resume = 1},
     {.path = "train.val_samples", .type = K_INT, .off = offsetof(RunConfig, train.val_samples), .lo = 0,
-     .hi = RC_BIG, .def = {0, 0}, .resume = 1},
+     .hi = RC_BIG, .def = {0, 32}, .resume = 1},
     {.path = "train.checkpoint_every", .type = K_INT, .off = offsetof(RunConfig, train.checkpoint_every), .lo = 0,
      .hi = RC_BIG, .def = {1, 1}, .resume = 0},
     {.path = "train.sample_every", .type = K_INT, .off = offsetof(RunConfig, train.sample_every), .lo = 0,

@@ -93,9 +93,10 @@ int run_log_step(RunLog *l, int epoch, int step, float loss, double lr, double s
 }
 
 int run_log_val(RunLog *l, int epoch, int steps_per_epoch, double val_error, double sample_mse, double sample_fd,
-                double seconds, Err *e) {
-    char extra[64] = ",,";
-    if (isfinite(sample_mse) && isfinite(sample_fd)) snprintf(extra, sizeof extra, ",%.9g,%.9g", sample_mse, sample_fd);
+                double sample_real, double seconds, Err *e) {
+    char extra[96] = ",,,";
+    if (isfinite(sample_mse) && isfinite(sample_fd))
+        snprintf(extra, sizeof extra, ",%.9g,%.9g,%.9g", sample_mse, sample_fd, sample_real);
     return finish_line(l, fprintf(l->fp, "%d,%d,,,%.3f,%.9g%s\n", epoch, steps_per_epoch, seconds, val_error, extra),
                        e);
 }

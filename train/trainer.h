@@ -92,11 +92,20 @@ typedef struct {
     size_t teacher_peak, teacher_kept, teacher_nodes;
 } TrainerMemory;
 
+// The sampled validation (train.val_samples; train/sample_check.c): final latents of the
+// student against the teacher's, same noise. NaN when off.
+typedef struct {
+    double mse;   // mean squared difference of the latents (closeness image by image)
+    double fd;    // Fréchet distance of the two latent sets (closeness of the distributions)
+    double real;  // the teacher's denoising error on the student's samples over that on its own (1: as
+                  // plausible to the teacher as its own samples; higher: less plausible)
+} SampleCheck;
+
 // One validation (epoch -1: the starting model).
 typedef struct {
     int epoch;
     double val_error;           // mean squared ε error, student vs teacher, per element
-    double sample_mse, sample_fd;  // the sampled validation (train.val_samples; NaN when off)
+    SampleCheck sampled;        // the sampled validation (train.val_samples; NaN when off)
     int best_epoch;             // best so far (incl. this one)
     double best_val;
     double seconds;
