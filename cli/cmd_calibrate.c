@@ -20,7 +20,7 @@ static const char *const usage[] = {
     "state.safetensors (the student). `effdm export --run DIR` turns it into a sampleable",
     "W4A4 model: the naive PTQ baseline.",
     "",
-    "  --config R.yaml  run config (keys and defaults: train/run_config.h)",
+    "  --config R.yaml  run config (keys and defaults: run/run_config.h)",
     "  --threads N      threads (default: run.threads, else $EFFDM_THREADS, else all cores)",
     "  --force          replace an existing state.safetensors in run.out (a calibrated or",
     "                   fine-tuned student is lost)",

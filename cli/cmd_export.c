@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 #include "cli/commands.h"
 #include "qalora/export.h"
 

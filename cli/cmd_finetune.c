@@ -12,7 +12,7 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "qalora/calibrate.h"
-#include "train/run_dir.h"
+#include "run/run_dir.h"
 #include "train/trainer.h"
 #include "util/threads.h"
 
@@ -25,7 +25,7 @@ static const char *const usage[] = {
     "step per trajectory step. Without a calibrated state in the run directory, the",
     "calibration (effdm calibrate) runs first.",
     "",
-    "  --config RUN.yaml  the run config (keys: train/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
+    "  --config RUN.yaml  the run config (keys: run/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
     "  --resume RUN_DIR   continue the run in RUN_DIR exactly where its last checkpoint stopped;",
     "                     with --config, that config replaces the run's (it must agree on every",
     "                     key resuming needs: the first disagreeing key is named)",

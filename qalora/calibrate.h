@@ -39,7 +39,7 @@
 
 #include "models/ldm.h"
 #include "qalora/qmodel.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 // RNG streams of calib.seed (the trajectories use streams 0 .. n_samples - 1).
 #define CALIB_STREAM_LABELS ((UINT64_C(1) << 62) + 1)

@@ -15,7 +15,7 @@
 #include "models/ldm_config.h"
 #include "qalora/guidance_gain.h"
 #include "qalora/pack.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 #define UNET_PREFIX "model.diffusion_model."
 #define AE_PREFIX "first_stage_model."

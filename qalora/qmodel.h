@@ -53,7 +53,7 @@
 #include "qalora/qlayer.h"
 #include "qalora/select.h"
 #include "qalora/talsq.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 #include "util/rng.h"
 
 #define QMODEL_MAX_OVERRIDES 64

@@ -14,7 +14,7 @@
 #include "qalora/calibrate.h"
 #include "qalora/export.h"
 #include "qalora/qmodel.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 #define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
 

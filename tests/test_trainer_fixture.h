@@ -13,7 +13,7 @@
 #include "io/safetensors.h"
 #include "models/ldm.h"
 #include "qalora/calibrate.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 #define FIX_ROOT TEST_DATA_DIR "/../.."
 

@@ -62,7 +62,7 @@
 
 #include "models/ldm.h"
 #include "qalora/qmodel.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 #include "util/err.h"
 
 typedef struct Trainer Trainer;

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "io/cfg.h"
-#include "train/run_config_keys.h"
+#include "run/run_config_keys.h"
 
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 

@@ -20,7 +20,7 @@
 #ifndef EFFDM_RUN_DIR_H
 #define EFFDM_RUN_DIR_H
 
-#include "train/run_config.h"
+#include "run/run_config.h"
 #include "util/err.h"
 
 typedef enum {

@@ -1,12 +1,12 @@
 /* run_config_keys.h: the run config's key table, shared by run_config.c (reading, checking),
    run_config_write.c (writing, comparing) and run_config_keys.c (the table, defaults, texts).
-   Internal to train/: everything else goes through run_config.h. */
+   Internal to run/: everything else goes through run_config.h. */
 #ifndef EFFDM_RUN_CONFIG_KEYS_H
 #define EFFDM_RUN_CONFIG_KEYS_H
 
 #include <stddef.h>
 
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 typedef enum { K_INT, K_DOUBLE, K_BOOL, K_ENUM, K_STR, K_LABEL, K_NAMES, K_OVERRIDES } KeyType;
 
