@@ -1,10 +1,10 @@
-/* cmd_calibrate.c: effdm calibrate: naive PTQ of a run (qalora/calibrate.h). */
+/* cmd_calibrate.c: effdm calibrate: naive PTQ of a run (run/run_calibrate.h). */
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
 #include "cli/commands.h"
-#include "qalora/calibrate.h"
+#include "run/run_calibrate.h"
 
 static const char *const usage[] = {
     "usage: effdm calibrate --config R.yaml [--threads N] [--force]",
@@ -70,7 +70,7 @@ int cmd_calibrate(int argc, char **argv) {
     ProgressState ps = {0};
     CalibOpts o = {force, on_progress, &ps};
     CalibSummary s;
-    if (calibrate_run(&rc, &o, &s, &e)) return cli_fail("calibrate", &e);
+    if (run_calibrate(&rc, &o, &s, &e)) return cli_fail("calibrate", &e);
     if (s.warning[0]) fprintf(stderr, "effdm calibrate: note: %s\n", s.warning);
     printf("calibrated %s in %.1f s (teacher trajectories %.1f s, activation ranges %.1f s)\n", rc.run.out,
            s.sec_total, s.sec_record, s.sec_calib);

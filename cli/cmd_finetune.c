@@ -11,7 +11,7 @@
 #include "autograd/profile.h"
 #include "cli/cli.h"
 #include "cli/commands.h"
-#include "qalora/calibrate.h"
+#include "run/run_calibrate.h"
 #include "run/run_dir.h"
 #include "train/trainer.h"
 #include "util/threads.h"
@@ -146,7 +146,7 @@ int cmd_finetune(int argc, char **argv) {
         CalibState cs = {0};
         CalibOpts co = {0, on_calib_progress, &cs};
         CalibSummary cal;
-        if (calibrate_run(&rc, &co, &cal, &e)) return fail(&e);
+        if (run_calibrate(&rc, &co, &cal, &e)) return fail(&e);
         if (cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
         fprintf(stderr, "effdm finetune: calibrated in %.1f s (%d UNet inputs recorded)\n", cal.sec_total,
                 cal.n_recorded);

@@ -112,6 +112,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qalora/calibrate.h"  // RcCalib: the calib.* group is qalora's own plain struct
 #include "util/err.h"
 
 enum {
@@ -135,7 +136,6 @@ typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
 typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
 typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
 typedef enum { RC_FP_F32, RC_FP_F16 } RcFpLayers;
-typedef enum { RC_ACTR_SHARED, RC_ACTR_PER_STEP } RcActRanges;
 
 typedef struct {
     char pattern[RC_PATTERN_MAX];  // fnmatch(3) glob on the layer name; '*' also matches dots
@@ -166,14 +166,6 @@ typedef struct {
     RcOverride overrides[RC_MAX_OVERRIDES];
     int n_overrides;
 } RcQuant;
-
-typedef struct {
-    int steps;
-    double eta, scale;
-    int n_samples, batch, n_inputs;
-    int seed;
-    RcActRanges act_ranges;
-} RcCalib;
 
 typedef struct {
     double lr_lora_divisor, lr_w_delta, lr_act;

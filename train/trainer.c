@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "run/run_wire.h"  // (until the trainer takes its own config: next commit)
 #include "train/trainer_impl.h"
 
 static double now_seconds(void) {
@@ -175,7 +176,7 @@ int trainer_open_with(Trainer **out, const RunConfig *rc, Ldm *m, const char *ru
     if ((rc_code = setup_model(tr, e))) goto fail;
 
     QModelConfig qc;
-    if ((rc_code = qmodel_config_from_run(&qc, rc, e))) goto fail;
+    if ((rc_code = run_qmodel_config(&qc, rc, e))) goto fail;
     Rng init_rng;  // LoRA A's initial draw; the state file then overwrites every trainable value
     rng_seed(&init_rng, (uint64_t)rc->calib.seed, 1);
     if ((rc_code = qmodel_init(&tr->q, tr->m->unet, &qc, tr->m->T, &init_rng, e))) goto fail;
