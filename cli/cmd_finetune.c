@@ -13,7 +13,7 @@
 #include "cli/commands.h"
 #include "run/run_calibrate.h"
 #include "run/run_dir.h"
-#include "train/trainer.h"
+#include "run/run_train.h"
 #include "util/threads.h"
 
 static const char *const usage[] = {
@@ -153,7 +153,7 @@ int cmd_finetune(int argc, char **argv) {
     }
 
     Trainer *tr;
-    if (trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
+    if (run_trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
     int epoch, step;
     trainer_position(tr, &epoch, &step);
     View v = {.tty = isatty(2)};

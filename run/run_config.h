@@ -112,7 +112,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "qalora/calibrate.h"  // RcCalib: the calib.* group is qalora's own plain struct
+#include "qalora/calibrate.h"     // RcCalib: the calib.* group is qalora's own plain struct
+#include "train/train_config.h"   // RcTrain, RcSample: the train.* and sample.* groups are train's
 #include "util/err.h"
 
 enum {
@@ -123,18 +124,8 @@ enum {
     RC_MAX_FP_NAMES = 16,
 };
 
-typedef enum { RC_RECIPE_REFERENCE, RC_RECIPE_EFFDM, RC_RECIPE_COUNT } RcRecipe;
 typedef enum { RC_EMA_AUTO, RC_EMA_ON, RC_EMA_OFF } RcEma;
 typedef enum { RC_INIT_MAX, RC_INIT_MSE } RcInit;
-typedef enum { RC_BRANCHES_GUIDED, RC_BRANCHES_BOTH, RC_BRANCHES_ALL } RcLossBranches;
-typedef enum { RC_REDUCE_SUM, RC_REDUCE_MEAN } RcReduction;
-typedef enum { RC_STEPW_NONE, RC_STEPW_EQUALIZE, RC_STEPW_DDIM } RcStepWeighting;
-typedef enum { RC_SELECT_LAST, RC_SELECT_BEST_VAL } RcSelect;
-typedef enum { RC_SCHED_LINEAR, RC_SCHED_COSINE, RC_SCHED_CONSTANT } RcSchedule;
-typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;
-typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
-typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
-typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
 typedef enum { RC_FP_F32, RC_FP_F16 } RcFpLayers;
 
 typedef struct {
@@ -168,43 +159,15 @@ typedef struct {
 } RcQuant;
 
 typedef struct {
-    double lr_lora_divisor, lr_w_delta, lr_act;
-    double beta1, beta2, eps, weight_decay;
-    RcSchedule schedule;
-    int warmup_steps;
-    RcDeltaWUpdate delta_w_update;
-} RcOptimizer;
-
-typedef struct {
-    RcRecipe recipe;
-    int epochs, batch, steps;
-    double eta, scale;
-    RcLossBranches loss_branches;
-    RcTrajectory trajectory;
-    RcGuidanceGain guidance_gain;
-    int guidance_fit_samples;
-    RcReduction loss_reduction;
-    RcStepWeighting step_weighting;
-    RcSelect select_epoch;
-    int val_every, val_inputs, checkpoint_every, sample_every;
-    int seed;
-    RcOptimizer optimizer;
-} RcTrain;
-
-typedef struct {
-    RcSampler sampler;
-    int steps;
-    double eta, scale;
-    int grid_rows, grid_cols;
-    int seed;
-} RcSample;
-
-typedef struct {
     char out[RC_PATH_MAX];
     int threads;
     int arena_mb;
 } RcRun;
 
+// The calib, train and sample groups are the structs of the layers that read them
+// (qalora/calibrate.h, train/train_config.h): RunConfig composes them, so those layers never
+// include run/. model, quant and run are the run layer's own; run/run_wire.h maps them onto
+// what qalora/ and train/ take (QModelConfig, TrainConfig).
 typedef struct {
     RcModel model;
     RcQuant quant;

@@ -2,6 +2,7 @@
 #include "run/run_wire.h"
 
 #include <stdio.h>
+#include <string.h>
 
 _Static_assert(QMODEL_MAX_OVERRIDES >= RC_MAX_OVERRIDES, "every run-config override fits a QModelConfig");
 _Static_assert(QMODEL_PATTERN_MAX >= RC_PATTERN_MAX, "override patterns fit");
@@ -44,4 +45,14 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     cfg->sel.overrides = rq->n_overrides ? cfg->override_store : NULL;
     cfg->sel.n_overrides = rq->n_overrides;
     return 0;
+}
+
+void run_train_config(TrainConfig *tc, const RunConfig *rc) {
+    memset(tc, 0, sizeof *tc);
+    tc->train = rc->train;
+    tc->sample = rc->sample;
+    tc->uncond_label = rc->model.uncond_label;
+    tc->arena_mb = rc->run.arena_mb;
+    tc->init_seed = (uint64_t)rc->calib.seed;
+    snprintf(tc->model_name, sizeof tc->model_name, "%s", rc->model.ldm_config);
 }

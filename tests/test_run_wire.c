@@ -1,6 +1,6 @@
 /* test_run_wire.c: a RunConfig as the plain structs of the layers below the run layer
    (run/run_wire.h): the student's QModelConfig from quant.* and train.steps, and the options
-   this build refuses. */
+   this build refuses; the trainer's TrainConfig. */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -9,6 +9,7 @@
 #include "qalora/qmodel.h"
 #include "run/run_config.h"
 #include "run/run_wire.h"
+#include "train/train_config.h"
 
 static void test_qmodel_config(void **state) {
     RunConfig rc;
@@ -61,9 +62,32 @@ static void test_qmodel_config(void **state) {
     assert_non_null(strstr(e.msg, "mse_candidates"));
 }
 
+static void test_train_config(void **state) {
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    rc.train.epochs = 7;
+    rc.train.optimizer.lr_act = 3e-4;
+    rc.sample.grid_cols = 5;
+    rc.model.uncond_label = 9;
+    rc.run.arena_mb = 64;
+    rc.calib.seed = 11;
+    snprintf(rc.model.ldm_config, sizeof rc.model.ldm_config, "teacher.yaml");
+    TrainConfig tc;
+    run_train_config(&tc, &rc);
+    assert_memory_equal(&tc.train, &rc.train, sizeof tc.train);  // the group itself, not a copy of some fields
+    assert_memory_equal(&tc.sample, &rc.sample, sizeof tc.sample);
+    assert_int_equal(tc.train.epochs, 7);
+    assert_int_equal(tc.sample.grid_cols, 5);
+    assert_int_equal(tc.uncond_label, 9);
+    assert_int_equal(tc.arena_mb, 64);
+    assert_int_equal(tc.init_seed, 11);
+    assert_string_equal(tc.model_name, "teacher.yaml");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qmodel_config),
+        cmocka_unit_test(test_train_config),
     };
     return cmocka_run_group_tests_name("run_wire", tests, NULL, NULL);
 }
