@@ -21,6 +21,14 @@
    the CompVis scripts). Integers accept exact number forms (1e3), reals any YAML number form
    (1e-4, .5); booleans true/false/yes/no/on/off.
 
+   Command-line overrides: `effdm finetune` and `effdm calibrate` take --set KEY=VALUE
+   (repeatable: --set train.epochs=4 --set run.out=/tmp/x; run_config_load_set). Each reads
+   as if it were a line of the file after all others: VALUE is YAML text like the file's
+   values, with the same types, ranges and messages (lists in flow form, e.g.
+   --set 'quant.overrides=[{pattern: "out.*", keep_fp: true}]'), a later assignment wins, a
+   --set of train.recipe picks the recipe's defaults as the file's key does, and an unknown
+   key gets the same "did you mean". The run's config.yaml holds the result.
+
    Keys (R: the default is "reference / effdm" by train.recipe; *: resuming needs the same value):
    | key                              | default                 | meaning |
    |----------------------------------|-------------------------|---------|
@@ -186,6 +194,15 @@ void run_config_defaults(RunConfig *c, RcRecipe recipe);
 int run_config_load(const char *path, RunConfig *c, Err *e);
 // The same from YAML text; name is used in messages and for the run.out default.
 int run_config_load_mem(const char *text, size_t len, const char *name, RunConfig *c, Err *e);
+// run_config_load, then the --set assignments sets[0..n_sets) ("train.epochs=4") over the file
+// in order (see top), then the checks across keys. An assignment's errors name it ("--set
+// train.epochs=x: train.epochs: expected an integer >= 0, found 'x'"): ERR_KEY (unknown key,
+// with "did you mean"), ERR_VALUE, ERR_FORMAT (a value that is no YAML), ERR_ARG (no '=', a key
+// that is not a dotted name, a value over several lines).
+int run_config_load_set(const char *path, const char *const *sets, int n_sets, RunConfig *c, Err *e);
+// The same over YAML text (name as in run_config_load_mem).
+int run_config_load_mem_set(const char *text, size_t len, const char *name, const char *const *sets, int n_sets,
+                            RunConfig *c, Err *e);
 // Range and consistency checks of a filled RunConfig (e.g. after command-line overrides).
 // 0 or ERR_VALUE naming the key ("run config: quant.weight_bits: expected 2..8, found 9").
 int run_config_validate(const RunConfig *c, Err *e);
