@@ -99,9 +99,11 @@ static const char *epoch_name(int epoch, char *buf, size_t n) {
 }
 
 static void on_val(const TrainerVal *tv, void *user) {
-    char msg[200], a[32], b[32];
-    snprintf(msg, sizeof msg, "%s: val error %.6g (best %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
-             tv->val_error, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
+    char msg[300], a[32], b[32], smp[96] = "";
+    if (isfinite(tv->sample_mse))
+        snprintf(smp, sizeof smp, ", sampled: latent mse %.5g, fd %.5g", tv->sample_mse, tv->sample_fd);
+    snprintf(msg, sizeof msg, "%s: val error %.6g%s (best %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
+             tv->val_error, smp, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
     line(user, msg);
 }
 

@@ -75,6 +75,7 @@
    | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's, or the epoch with the lowest validation error |
    | train.val_every                  | 10                      | validation error every N epochs (0: never; best_val needs >= 1) |
    | train.val_inputs               * | 64                      | held-out calibration inputs of the validation error |
+   | train.val_samples              * | 0                       | images of the sampled validation (train/sample_check.c): sampled with the sample.* protocol by the teacher and by the student at every validation; their final latents' mean squared difference and Fréchet distance are logged; 0: off |
    | train.checkpoint_every           | 1                       | checkpoint every N epochs (0: only at the end and on a signal) |
    | train.sample_every               | 20                      | sample grid every N epochs (0: never) |
    | train.seed                     * | 3407                    | RNG seed of the distillation (labels, x_T, eta noise) |

@@ -121,6 +121,8 @@ const KeyDesc RC_KEYS[] = {
      .def = {10, 10}, .resume = 0},
     {.path = "train.val_inputs", .type = K_INT, .off = offsetof(RunConfig, train.val_inputs), .lo = 1, .hi = RC_BIG,
      .def = {64, 64}, .resume = 1},
+    {.path = "train.val_samples", .type = K_INT, .off = offsetof(RunConfig, train.val_samples), .lo = 0,
+     .hi = RC_BIG, .def = {0, 0}, .resume = 1},
     {.path = "train.checkpoint_every", .type = K_INT, .off = offsetof(RunConfig, train.checkpoint_every), .lo = 0,
      .hi = RC_BIG, .def = {1, 1}, .resume = 0},
     {.path = "train.sample_every", .type = K_INT, .off = offsetof(RunConfig, train.sample_every), .lo = 0,

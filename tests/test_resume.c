@@ -21,6 +21,7 @@
 #include "io/weights.h"
 #include "test_trainer_fixture.h"
 #include "run/run_train.h"
+#include "train/run_log.h"
 #include "util/threads.h"
 
 #define MAX_STEPS 64
@@ -247,7 +248,7 @@ static void assert_dir_intact(const char *dir) {
     assert_non_null(f);
     char line[128];
     assert_non_null(fgets(line, sizeof line, f));
-    assert_string_equal(line, "epoch,step,loss,lr,seconds,val_error\n");
+    assert_string_equal(line, RUN_LOG_HEADER "\n");
     fclose(f);
 }
 

@@ -47,7 +47,7 @@ typedef struct {
     RcReduction loss_reduction;
     RcStepWeighting step_weighting;
     RcSelect select_epoch;
-    int val_every, val_inputs, checkpoint_every, sample_every;
+    int val_every, val_inputs, val_samples, checkpoint_every, sample_every;
     int seed;
     RcOptimizer optimizer;
 } RcTrain;

@@ -215,6 +215,7 @@ void trainer_free(Trainer *tr) {
     free(tr->val_x);
     free(tr->val_t);
     free(tr->val_y);
+    free(tr->chk_teacher);
     free(tr);
 }
 
@@ -296,8 +297,9 @@ static int save(Trainer *tr, const TrainerHooks *h, Err *e) {
 // Validation of the current student as epoch `epoch` (-1: the starting model): logged, best
 // record updated, best.safetensors written when it improves under select_epoch best_val.
 static int validate_epoch(Trainer *tr, int epoch, const TrainerHooks *h, Err *e) {
-    double t0 = now_seconds(), v;
+    double t0 = now_seconds(), v, smse = NAN, sfd = NAN;
     int rc = trainer_validate(tr, h ? h->stop : NULL, &v, e);
+    if (!rc && tr->cfg.train.val_samples > 0) rc = trainer_sample_check(tr, h ? h->stop : NULL, &smse, &sfd, e);
     if (rc) return rc;
     double dt = now_seconds() - t0;
     if (!tr->has_best || v < tr->best_val) {
@@ -306,9 +308,9 @@ static int validate_epoch(Trainer *tr, int epoch, const TrainerHooks *h, Err *e)
         tr->best_val = v;
         if (tr->cfg.train.select_epoch == RC_SELECT_BEST_VAL && (rc = run_state_save_best(tr, e))) return rc;
     }
-    if ((rc = run_log_val(&tr->log, epoch, tr->S, v, dt, e))) return rc;
+    if ((rc = run_log_val(&tr->log, epoch, tr->S, v, smse, sfd, dt, e))) return rc;
     if (h && h->on_val) {
-        TrainerVal tv = {epoch, v, tr->best_epoch, tr->best_val, dt};
+        TrainerVal tv = {epoch, v, smse, sfd, tr->best_epoch, tr->best_val, dt};
         h->on_val(&tv, h->user);
     }
     return 0;

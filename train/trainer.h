@@ -96,6 +96,7 @@ typedef struct {
 typedef struct {
     int epoch;
     double val_error;           // mean squared ε error, student vs teacher, per element
+    double sample_mse, sample_fd;  // the sampled validation (train.val_samples; NaN when off)
     int best_epoch;             // best so far (incl. this one)
     double best_val;
     double seconds;

@@ -73,6 +73,7 @@ struct Trainer {
     float *val_x;               // (n_val, C, H, W)
     float *val_t;               // (n_val)
     int *val_y;                 // (n_val) or NULL (unconditional)
+    float *chk_teacher;         // (val_samples, C, H, W) the teacher's final latents of the sampled validation
 
     RunLog log;
 
@@ -110,6 +111,12 @@ int trainer_load_val(Trainer *tr, Err *e);
 // Mean squared ε error of the student vs the teacher over the validation inputs.
 // ERR_INTERRUPTED when the stop flag rose in between (nothing changed). 0 or an ERR_ code.
 int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e);
+
+/* sample_check.c */
+// The sampled validation (train.val_samples images, sample.* protocol): mean squared
+// difference and Fréchet distance of the student's final latents to the teacher's (the
+// teacher's sampled once and kept). ERR_INTERRUPTED when stopped. 0 or an ERR_ code.
+int trainer_sample_check(Trainer *tr, volatile sig_atomic_t *stop, double *mse_out, double *fd_out, Err *e);
 
 /* train_samples.c */
 // samples/epoch_NNN.png of the student (sample.* keys). 0 or an ERR_ code.

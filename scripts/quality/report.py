@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-Q, OUT = sys.argv[1], sys.argv[2]
+Q = OUT = None  # the cache and the output file: set by main (or by a caller: teachers_report.py)
 
 
 def jload(p):
@@ -150,6 +150,29 @@ def paired(n_filter):
     return "\n".join(out + [""]) if out else ""
 
 
+def teacher_sections():
+    """The test teachers (scripts/teachers/train_teacher.py), each in its cache
+    <dir of Q>/quality-<name> made by TEACHER=... scripts/quality.sh: the same tables."""
+    global Q
+    main_q, out = Q, []
+    for tq in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(main_q)), "quality-*"))):
+        name = os.path.basename(tq)[len("quality-"):]
+        Q = tq
+        ns = sorted({int(m.group(1)) for p in glob.glob(os.path.join(Q, "eval", "*", "*.json"))
+                     for m in [re.search(r"_n(\d+)\.json$", p)] if m})
+        part = []
+        for n in sorted(ns, reverse=True):
+            part.append(table(n, "Test teacher `%s`: every variant, %d samples per seed (mean ± sd over seeds)" % (name, n)))
+            part.append(paired(n))
+        notes = os.path.join(HERE, "teachers", name + ".md")
+        if os.path.exists(notes):
+            with open(notes) as f:
+                part.insert(0, f.read().rstrip() + "\n")
+        out += part
+    Q = main_q
+    return out
+
+
 def sh(cmd):
     try:
         return subprocess.check_output(cmd, shell=True, text=True, stderr=subprocess.DEVNULL).strip()
@@ -158,6 +181,8 @@ def sh(cmd):
 
 
 def main():
+    global Q, OUT
+    Q, OUT = sys.argv[1], sys.argv[2]
     ns = sorted({int(m.group(1)) for p in glob.glob(os.path.join(Q, "eval", "*", "*.json"))
                  for m in [re.search(r"_n(\d+)\.json$", p)] if m})
     parts = ["# Quality results: effdm on the shipped Fashion-MNIST teacher", "",
@@ -191,6 +216,13 @@ def main():
                            min_seeds=3))
         parts.append(paired(n))
         parts.append(table(n, "Every variant at seed 0 (screening), %d samples" % n, seed_filter={0}))
+    teachers = teacher_sections()
+    if teachers:
+        parts += ["## Test teachers of other shapes", "",
+                  "Made by `scripts/teachers/train_teacher.py NAME DIR` (CompVis modules, the shipped "
+                  "teacher's first stage and recipe, UNet of another shape; the shapes are listed in the "
+                  "script) and measured by `TEACHER=DIR scripts/quality.sh ...` with the same protocol, "
+                  "FID to FP against the test teacher's own samples (seeds 100-101, 2000 images).", ""] + teachers
     parts += ["## Exact commands", "",
               "```sh",
               "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2",
