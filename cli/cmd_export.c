@@ -1,14 +1,14 @@
 /* cmd_export.c: effdm export: a run directory's student as one deployable .safetensors
-   (qalora/export.h). */
+   (run/run_export.h; the format: qalora/export.h). */
 #include <stdio.h>
 #include <unistd.h>
 #include <string.h>
 
 #include "cli/cli.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 #include "cli/commands.h"
 #include "io/weights.h"
-#include "qalora/export.h"
+#include "run/run_export.h"
 
 static const char *const usage[] = {
     "usage: effdm export --run RUN_DIR --out M.safetensors [--epoch last|best] [--fp16-layers] [--threads N]",
@@ -94,7 +94,7 @@ int cmd_export(int argc, char **argv) {
     }
     ExportSummary s;
     ExportOpts eo = {epoch, fp16};
-    if (export_run(run, &eo, out, &s, &e)) return cli_fail("export", &e);
+    if (run_export(run, &eo, out, &s, &e)) return cli_fail("export", &e);
     printf("exported %s (%s) to %s%s\n", run, epoch, out,
            !s.fp16_layers ? "" : (s.exact ? " (FP layers as float16, as the student ran them)"
                                           : " (FP layers rounded to float16 at export: not bit-exact to the student)"));

@@ -11,24 +11,32 @@
 #include "autograd/profile.h"
 #include "cli/cli.h"
 #include "cli/commands.h"
-#include "qalora/calibrate.h"
-#include "train/run_dir.h"
-#include "train/trainer.h"
+#include "run/run_calibrate.h"
+#include "run/run_dir.h"
+#include "run/run_train.h"
 #include "util/threads.h"
 
 static const char *const usage[] = {
-    "usage: effdm finetune --config RUN.yaml [--threads N]",
-    "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--threads N]",
+    "usage: effdm finetune --config RUN.yaml [--set KEY=VALUE ...] [--threads N]",
+    "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--set KEY=VALUE ...] [--threads N]",
     "",
     "Fine-tunes the quantized student of a run directory (the config's run.out) by distilling",
     "the FP teacher along its own DDIM trajectories (EfficientDM: QALoRA + TALSQ), one AdamW",
     "step per trajectory step. Without a calibrated state in the run directory, the",
     "calibration (effdm calibrate) runs first.",
     "",
-    "  --config RUN.yaml  the run config (keys: train/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
+    "  --config RUN.yaml  the run config (keys: run/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
     "  --resume RUN_DIR   continue the run in RUN_DIR exactly where its last checkpoint stopped;",
     "                     with --config, that config replaces the run's (it must agree on every",
     "                     key resuming needs: the first disagreeing key is named)",
+    "  --set KEY=VALUE    set one run-config key after the file, as if it were the file's last",
+    "                     line (repeatable; a later one wins): --set train.epochs=4",
+    "                     --set run.out=/tmp/x. VALUE is read like the YAML file's values (lists",
+    "                     in flow form: --set 'quant.fp_name_contains=[skip, op]'); an unknown",
+    "                     key or a bad value is an error (exit 2). The run's config.yaml records",
+    "                     the result. With --resume and no --config the assignments apply to the",
+    "                     run's own config.yaml: keys resuming needs (marked * in run/run_config.h)",
+    "                     must keep their value, others (train.checkpoint_every, ...) may change",
     "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores);",
     "                     an exact resume needs the same count as the interrupted run",
     "  --profile          at the end, print where the time of the steps went: per op kind",
@@ -137,10 +145,12 @@ int cmd_finetune(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL, *resume = NULL;
     int threads = 0, help = 0, n_pos = 0, profile = 0;
+    CliStrs sets = {0};
     const char *pos[1];
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
-                     {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0}};
-    if (cli_parse(argc, argv, opts, 4, pos, &n_pos, 1, &help, &e)) return fail(&e);
+                     {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0},
+                     {"--set", OPT_STRS, &sets, 0}};
+    if (cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e)) return fail(&e);
     if (help) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
@@ -154,9 +164,19 @@ int cmd_finetune(int argc, char **argv) {
         return fail(&e);
     }
     RunConfig given, rc;
-    if (config && run_config_load(config, &given, &e)) return fail(&e);
+    const RunConfig *gp = NULL;
+    char run_cfg[4096];
+    const char *base = config;
+    if (!config && sets.n) {  // --resume DIR --set ...: over the run's own config
+        snprintf(run_cfg, sizeof run_cfg, "%s/config.yaml", resume);
+        if (access(run_cfg, F_OK) == 0) base = run_cfg;  // else run_dir_resolve names what is missing
+    }
+    if (base) {
+        if (run_config_load_set(base, sets.v, sets.n, &given, &e)) return fail(&e);
+        gp = &given;
+    }
     RunDirStatus st;
-    if (run_dir_resolve(resume, config ? &given : NULL, &rc, &st, &e)) return fail(&e);
+    if (run_dir_resolve(resume, gp, &rc, &st, &e)) return fail(&e);
     if (cli_threads(opts[2].seen ? threads : rc.run.threads, &e)) return fail(&e);
     if (st == RUN_DIR_EMPTY) {
         // no calibrated student yet: effdm calibrate first, into the same run directory
@@ -164,14 +184,14 @@ int cmd_finetune(int argc, char **argv) {
         CalibState cs = {0};
         CalibOpts co = {0, on_calib_progress, &cs};
         CalibSummary cal;
-        if (calibrate_run(&rc, &co, &cal, &e)) return fail(&e);
+        if (run_calibrate(&rc, &co, &cal, &e)) return fail(&e);
         if (cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
         fprintf(stderr, "effdm finetune: calibrated in %.1f s (%d UNet inputs recorded)\n", cal.sec_total,
                 cal.n_recorded);
     }
 
     Trainer *tr;
-    if (trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
+    if (run_trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
     int epoch, step;
     trainer_position(tr, &epoch, &step);
     View v = {.tty = isatty(2), .select = rc.train.select_epoch, .best_seen_epoch = -2};

@@ -1,4 +1,4 @@
-/* test_run_config.c: the run config (train/run_config.h): the reference recipe's defaults are
+/* test_run_config.c: the run config (run/run_config.h): the reference recipe's defaults are
    EFFICIENTDM.md's numbers (written out here from that page, not read from the code), unknown
    keys with suggestions, type and range errors naming file, key path and line, the round trip
    through the resolved YAML, resume comparisons, per-layer quantization, the shipped configs. */
@@ -11,7 +11,7 @@
 
 #include "io/cfg.h"
 #include "io/fileio.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 #define SRC_DIR TEST_DATA_DIR "/../.."
 
@@ -437,7 +437,7 @@ static void test_every_key_written_and_documented(void **state) {
 
     unsigned char *hdr;
     size_t hn;
-    assert_int_equal(file_read_all(SRC_DIR "/train/run_config.h", &hdr, &hn, &e), 0);
+    assert_int_equal(file_read_all(SRC_DIR "/run/run_config.h", &hdr, &hn, &e), 0);
     for (size_t i = 0; i < sizeof ALL_KEYS / sizeof ALL_KEYS[0]; i++) {
         char needle[96];
         snprintf(needle, sizeof needle, "| %s ", ALL_KEYS[i]);
@@ -540,7 +540,7 @@ static void test_resume_marks_match_header(void **state) {
     unsigned char *hdr;
     size_t hn;
     Err e = {0};
-    assert_int_equal(file_read_all(SRC_DIR "/train/run_config.h", &hdr, &hn, &e), 0);
+    assert_int_equal(file_read_all(SRC_DIR "/run/run_config.h", &hdr, &hn, &e), 0);
     RunConfig base, now;
     load_ok("", &base);
     for (size_t i = 0; i < sizeof CHANGED / sizeof CHANGED[0]; i++) {

@@ -18,7 +18,7 @@
 #include "io/weights.h"
 #include "models/ldm_config.h"
 #include "train/distill_loss.h"
-#include "train/trainer.h"
+#include "run/run_train.h"
 #include "util/threads.h"
 
 static const double TOL_LOSS = 1e-5;      // float32 loss vs double closed form
@@ -152,7 +152,7 @@ static Trainer *calibrated_trainer(const RunConfig *rc, const char *dir) {
     Err e = {0};
     if (fix_calibrate(rc, &e)) fail_msg("calibrate: %s", e.msg);
     Trainer *tr;
-    if (trainer_open(&tr, rc, dir, &e)) fail_msg("%s", e.msg);
+    if (run_trainer_open(&tr, rc, dir, &e)) fail_msg("%s", e.msg);
     return tr;
 }
 
@@ -489,7 +489,7 @@ static void test_unconditional_model(void **state) {
     Err e = {0};
     if (fix_calibrate(&rc, &e)) fail_msg("%s", e.msg);
     Trainer *tr;
-    if (trainer_open(&tr, &rc, run, &e)) fail_msg("%s", e.msg);
+    if (run_trainer_open(&tr, &rc, run, &e)) fail_msg("%s", e.msg);
     Ldm *m = trainer_ldm(tr);
     QModel *q = trainer_qmodel(tr);
     assert_false(ldm_is_class_conditional(m));

@@ -73,7 +73,7 @@ int run_state_save(Trainer *tr, Err *e) {
     const int64_t n_opt = (int64_t)tr->opt.used, one = 1, two = 2, three = 3, four = 4, S = tr->S, nl = tr->n_tl, B = tr->B;
     const int64_t xshape[4] = {tr->B, tr->C, tr->H, tr->W};
     char pos[64];
-    snprintf(pos, sizeof pos, "%d/%d", tr->epoch, tr->rc.train.epochs);
+    snprintf(pos, sizeof pos, "%d/%d", tr->epoch, tr->cfg.train.epochs);
     char stp[64], thr[32];
     snprintf(stp, sizeof stp, "%d/%d", tr->step, tr->S);
     snprintf(thr, sizeof thr, "%d", threads_get());
@@ -161,11 +161,11 @@ static int load_run(Trainer *tr, WeightFile *f, Err *e) {
     if (weights_find(f, "train.val_start") && (rc = read_exact(f, "train.val_start", DT_F64, 3, tr->val_start, e)))
         goto done;
     int64_t ep = s.position[0], st = s.position[1];
-    if (ep < 0 || ep > tr->rc.train.epochs || st < 0 || st > tr->S || (ep == tr->rc.train.epochs && st != 0) ||
+    if (ep < 0 || ep > tr->cfg.train.epochs || st < 0 || st > tr->S || (ep == tr->cfg.train.epochs && st != 0) ||
         s.step != ep * tr->S + st || (s.rng[1] & 1) == 0) {
         rc = err_set(e, ERR_FORMAT, "%s: inconsistent run position (epoch %lld, step %lld, %lld optimizer steps) for "
                      "%d epochs of %d steps", weights_path(f), (long long)ep, (long long)st, (long long)s.step,
-                     tr->rc.train.epochs, tr->S);
+                     tr->cfg.train.epochs, tr->S);
         goto done;
     }
     for (int b = 0; b < tr->B; b++) {

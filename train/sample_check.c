@@ -54,8 +54,8 @@ static int on_batch(const float *images, const int *shape, const float *z, const
 
 // Final latents of K images of the student (student = 1) or the FP teacher into z.
 static int sample_latents(Trainer *tr, int student, float *z, volatile sig_atomic_t *stop, Err *e) {
-    const RcSample *s = &tr->rc.sample;
-    int K = tr->rc.train.val_samples;
+    const RcSample *s = &tr->cfg.sample;
+    int K = tr->cfg.train.val_samples;
     int *y = NULL;
     if (tr->cond) {
         y = malloc((size_t)K * sizeof(int));
@@ -72,7 +72,7 @@ static int sample_latents(Trainer *tr, int student, float *z, volatile sig_atomi
                                   .scale = (float)s->scale,
                                   .on_eval = student ? on_eval : NULL,
                                   .user = tr},
-                      .seed = (uint64_t)tr->rc.train.seed + 1,
+                      .seed = (uint64_t)tr->cfg.train.seed + 1,
                       .batch = 16,
                       .skip_decode = 1,
                       .on_batch = on_batch,
@@ -109,7 +109,7 @@ static void pool(const float *z, int K, int C, int H, int W, int f, float *out) 
 
 // Mean squared error of the teacher's ε on K latents z noised to two small timesteps.
 static int teacher_denoise_error(Trainer *tr, const float *z, double *out, Err *e) {
-    const int K = tr->rc.train.val_samples, T = tr->m->T, bs = 16;
+    const int K = tr->cfg.train.val_samples, T = tr->m->T, bs = 16;
     const int ts[2] = {T / 50, T / 10};
     const float *acp = tr->m->alphas_cumprod;
     float *x = malloc((size_t)bs * tr->per * sizeof(float)), *n = malloc((size_t)bs * tr->per * sizeof(float));
@@ -130,7 +130,7 @@ static int teacher_denoise_error(Trainer *tr, const float *z, double *out, Err *
             int cnt = K - first < bs ? K - first : bs;
             for (int i = 0; i < cnt; i++) {
                 Rng r;
-                rng_seed(&r, (uint64_t)tr->rc.train.seed + 2, (uint64_t)(first + i) * 2 + (uint64_t)k);
+                rng_seed(&r, (uint64_t)tr->cfg.train.seed + 2, (uint64_t)(first + i) * 2 + (uint64_t)k);
                 float *ni = n + (size_t)i * tr->per, *xi = x + (size_t)i * tr->per;
                 const float *zi = z + (size_t)(first + i) * tr->per;
                 rng_normal_fill(&r, ni, tr->per);
@@ -171,7 +171,7 @@ static int stats(const float *x, int K, int D, double *mu, double *sigma, Err *e
 }
 
 int trainer_sample_check(Trainer *tr, volatile sig_atomic_t *stop, SampleCheck *out, Err *e) {
-    int K = tr->rc.train.val_samples, rc = 0;
+    int K = tr->cfg.train.val_samples, rc = 0;
     size_t n = (size_t)K * tr->per;
     if (!tr->chk_teacher) {
         float *zt = malloc(n * sizeof(float));

@@ -17,7 +17,7 @@
 #define TRAINER_PATH_MAX 4096
 
 struct Trainer {
-    RunConfig rc;
+    TrainConfig cfg;            // what the run asked for (train/train_config.h)
     char dir[TRAINER_PATH_MAX];
     Ldm *m;
     QModel q;

@@ -2,7 +2,7 @@
    path, type, place in RunConfig, range, defaults per recipe and whether resuming needs it
    unchanged; the two list keys (quant.fp_name_contains, quant.overrides) have rows whose
    values the reader and writer handle themselves. Also: defaults, and value texts for messages. */
-#include "train/run_config_keys.h"
+#include "run/run_config_keys.h"
 
 #include <stdio.h>
 #include <string.h>
