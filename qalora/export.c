@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "models/ldm_config.h"
 #include "qalora/pack.h"
+#include "qalora/qkind.h"
 
 #define UNET_PREFIX "model.diffusion_model."
 #define AE_PREFIX "first_stage_model."
@@ -123,6 +124,8 @@ static char *quant_json(const QModel *q) {
         cJSON_AddNumberToObject(l, "w_bits", ql->wq.bits);
         cJSON_AddNumberToObject(l, "a_bits", ql->aq.bits);
         cJSON_AddNumberToObject(l, "entries", ql->aq.n);
+        cJSON_AddStringToObject(l, "w_quantizer", quant_kind_name(ql->wq.kind));
+        cJSON_AddStringToObject(l, "a_quantizer", quant_kind_name(ql->aq.kind));
         cJSON_AddItemToArray(layers, l);
     }
     char *s = cJSON_PrintUnformatted(o);
@@ -179,7 +182,8 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
     // the quantized layers: merged, packed levels; ranges; tables with rounded zero points
     for (int k = 0; k < q->n_q && !rc; k++) {
         const QLayer *ql = &q->q[k];
-        size_t n = ql->layer->weight.n, nb = pack_size(n, ql->wq.bits);
+        const QKindOps *wops = quantizer_ops(&ql->wq);
+        size_t n = ql->layer->weight.n, nb = wops->packed_size(&ql->wq, n);
         int S = ql->aq.n;
         levels = realloc(levels, n);
         lb[k].packed = malloc(nb);
@@ -190,7 +194,7 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
             break;
         }
         if ((rc = qlayer_merge(ql, levels, e))) break;
-        pack_ints(lb[k].packed, levels, n, ql->wq.bits);
+        wops->pack(&ql->wq, lb[k].packed, levels, n);
         qlayer_export_act(ql, lb[k].a_delta, lb[k].a_zero);
         const char *ln = ql->layer->name;
         int64_t co = ql->cout, s1 = S, sb = (int64_t)nb;

@@ -22,10 +22,11 @@
                                                  run's quant.fp_layers is f16 - the student ran those
                                                  very values, so the export stays exact - or when
                                                  fp16_layers forces it on an f32 run (not exact)
-     model.diffusion_model.<layer>.qweight  U8   (bytes) the layer's integer levels
-                                                 q = clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1) of the
-                                                 weight in C order, packed as pack.h defines (2 per
-                                                 byte at 4 bits, 4 per byte at 2 bits, 1 at 8 bits)
+     model.diffusion_model.<layer>.qweight  U8   (bytes) the layer's integer levels of the weight in C
+                                                 order, in its weight kind's bytes (qkind.h pack);
+                                                 uniform: q = clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1)
+                                                 packed as pack.h defines (2 per byte at 4 bits, 4 per
+                                                 byte at 2 bits, 1 at 8 bits)
      model.diffusion_model.<layer>.w_delta  F32  (Cout) channel steps Δ_w
      model.diffusion_model.<layer>.w_zero   U8   (Cout) channel zero points z_w (integers; I16 or F32 when
                                                  a value does not fit 0..255 / a 16-bit integer)
@@ -43,16 +44,18 @@
      effdm.ldm_config   the CompVis model YAML, verbatim (the export is self-contained)
      effdm.quant        JSON: w_bits, a_bits, special_bits, rank, talsq, train_steps, timesteps
                         (ascending; entry i of every table belongs to timesteps[i]), and layers:
-                        [{name, role ("trainable" | "special"), w_bits, a_bits, entries}] in
-                        registration order
+                        [{name, role ("trainable" | "special"), w_bits, a_bits, entries,
+                        w_quantizer, a_quantizer}] in registration order; w_quantizer / a_quantizer
+                        name the quantizer kinds (qkind.h: "uniform"); absent (exports written
+                        before kinds existed): uniform; a kind this build does not know: ERR_UNSUPPORTED
      effdm.source       the teacher checkpoint; effdm.source_config its YAML path
      effdm.run, effdm.epoch   the run directory and which state ("last" | "best")
      effdm.ema          "1" when the UNet weights are the teacher's EMA weights
      effdm.fp_layers    the FP layers' weights: "F32", "F16" (the student's own float16 values,
                         exact) or "F16-at-export" (an f32 student rounded by fp16_layers: not exact)
      effdm.unet_bytes, effdm.unet_fp32_bytes   size of the UNet part vs the FP32 UNet
-   A weight is dequantized as (q - z_w)·Δ_w, exactly W_eff of the student; activations are
-   fake-quantized with the tables (rounded z_a); sampling timestep t uses the entry of the
+   A weight is dequantized as (q - z_w)·Δ_w (its kind's decode), exactly W_eff of the student;
+   activations are fake-quantized with the tables (rounded z_a); sampling timestep t uses the entry of the
    nearest training timestep (talsq.h), for any step count.
 
    In memory (export_load; details in export_int.h). The quantized layers keep their levels

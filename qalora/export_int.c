@@ -14,6 +14,7 @@
 #include "autograd/ops/gemm_util.h"
 #include "qalora/int_gemm.h"
 #include "qalora/pack.h"
+#include "qalora/qkind.h"
 
 // Elements one thread quantizes per work item.
 #define QUANT_CHUNK 4096
@@ -50,6 +51,7 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     }
     memcpy(L->w_delta, w_delta, (size_t)co * sizeof(float));
     memcpy(L->w_zero, w_zero, (size_t)co * sizeof(float));
+    quantizer_setup(&L->wq, L->w_kind, L->w_bits, 1, co, L->w_delta, L->w_zero, NULL, NULL);
     // The int32 sums must not overflow: bound |D| + |zoff| S + |z_a| |R| per channel (S <=
     // 255 K) in double; zero points far outside the level range get the float path.
     double amax = (double)((1 << L->a_bits) - 1), zamax = 0;
@@ -59,7 +61,9 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
         zamax = z > zamax ? z : zamax;
         if (L->a_zero[i] < 0.0f || L->a_zero[i] > (float)amax) pad_ok = 0;
     }
-    int ok = l->kind == LAYER_LINEAR || l->kind == LAYER_CONV2D;
+    // the integer kernels compute uniform levels (qkind.h "affine")
+    int ok = (l->kind == LAYER_LINEAR || l->kind == LAYER_CONV2D) && quantizer_ops(&L->wq)->affine &&
+             quantizer_ops(&L->aq)->affine;
     if (l->kind == LAYER_CONV2D && l->pad > 0 && !pad_ok) ok = 0;  // padding needs the level z_a
     L->wmax = 0;
     for (int o = 0; o < co; o++) {
@@ -129,23 +133,26 @@ static void unpack_row_s8(int8_t *dst, const uint8_t *src, int K4, int cbits, in
     }
 }
 
-// W_eff in the weight's own (Cout, Cin, kh, kw) order into w, from the stored rows.
-static void dequant_into(const ExportLayer *L, float *w, int8_t *row) {
+// W_eff in the weight's own (Cout, Cin, kh, kw) order into w, from the stored rows: each
+// row's levels back in C order (lv, K bytes), decoded by the weight kind. row: K4*4 bytes.
+static void dequant_into(const ExportLayer *L, float *w, int8_t *row, uint8_t *lv) {
+    const QKindOps *ops = quantizer_ops(&L->wq);
     for (int o = 0; o < L->cout; o++) {
         unpack_row_s8(row, L->wpack + (size_t)o * L->row_bytes, L->K4, L->cbits, L->wc);
-        float *wo = w + (size_t)o * L->K, z = L->w_zero[o], d = L->w_delta[o];
         for (int ci = 0; ci < L->cin; ci++)
             for (int ki = 0; ki < L->kh; ki++)
                 for (int kj = 0; kj < L->kw; kj++)
-                    wo[((size_t)ci * L->kh + ki) * L->kw + kj] = ((float)(row[kpos(L, ci, ki, kj)] + L->wc) - z) * d;
+                    lv[((size_t)ci * L->kh + ki) * L->kw + kj] = (uint8_t)(row[kpos(L, ci, ki, kj)] + L->wc);
+        ops->decode(&L->wq, o, w + (size_t)o * L->K, lv, (size_t)L->K);
     }
 }
 
 void export_layer_dequant(const ExportLayer *L, float *w) {
     int8_t *row = malloc((size_t)L->K4 * 4);
-    if (!row) return;
-    dequant_into(L, w, row);
+    uint8_t *lv = malloc((size_t)L->K);
+    if (row && lv) dequant_into(L, w, row, lv);
     free(row);
+    free(lv);
 }
 
 /* ---- the float path ------------------------------------------------------------------ */
@@ -156,8 +163,9 @@ static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, i
     Tensor *w = tensor_new(c, l->weight.ndim, l->weight.shape);
     if (!xq || !w) return NULL;
     int8_t *row = ctx_alloc(c, (size_t)q->K4 * 4);
-    if (!row) return NULL;
-    dequant_into(q, w->data, row);
+    uint8_t *lv = ctx_alloc(c, (size_t)q->K);
+    if (!row || !lv) return NULL;
+    dequant_into(q, w->data, row, lv);
     Tensor *b = l->bias.data ? &l->bias : NULL;
     if (l->kind == LAYER_LINEAR) return t_linear(c, xq, w, b);
     return t_conv2d(c, xq, w, b, l->stride, l->pad);

@@ -17,7 +17,10 @@
      s8), 128 for 8 bits. Linear layers swap the GEMM's operands (see int_linear).
    - float path (EFFDM_KERNEL=float, and layers the integer path cannot take exactly): the
      deployed model as it was first written, fake_quant(x) then the FP op on W_eff
-     dequantized per call; the reference the integer path is tested against. */
+     dequantized per call; the reference the integer path is tested against.
+   The quantizer kinds (qkind.h) decide which: the integer path needs both kinds affine
+   (uniform levels); other kinds always run the float path, which decodes the weight and
+   fake-quantizes the input through the kind table. */
 #ifndef EFFDM_EXPORT_INT_H
 #define EFFDM_EXPORT_INT_H
 
@@ -30,7 +33,9 @@ struct ExportLayer {
     const ExportModel *model;
     int special;
     int w_bits, a_bits, entries;
-    Quantizer aq;        // the activation table (rounded z_a)
+    QuantKind w_kind, a_kind;  // quantizer kinds (qkind.h; uniform when the export names none)
+    Quantizer wq;        // the weight quantizer: channel-wise over w_delta / w_zero (export_layer_prepare)
+    Quantizer aq;        // the activation table (rounded z_a), of a_kind
     float *a_delta, *a_zero;
     // weights; a row's levels are reordered to k' = (ki kw + kj) cp + ci (channels innermost,
     // padded to cp = a multiple of 4 with zero weights), so that a k-group of 4 is 4 channels
@@ -50,11 +55,13 @@ struct ExportLayer {
 };
 
 // Builds the packed rows and per-channel integers of L from its n = cout K levels (one per
-// byte, C order), Δ_w and z_w (cout each, copied). Decides int_ok. 0 or ERR_NOMEM.
+// byte, C order), Δ_w and z_w (cout each, copied) and sets up wq (w_kind, w_bits). Decides
+// int_ok (aq must be set up). 0 or ERR_NOMEM.
 int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_delta, const float *w_zero, Err *e);
 // Frees what export_layer_prepare allocated (and the activation table); accepts a zeroed layer.
 void export_layer_release(ExportLayer *L);
-// W_eff[o, k] = (q - z_w[o]) Δ_w[o] into w (cout K floats): the student's weight exactly.
+// W_eff = the weight kind's decode of the levels (uniform: (q - z_w[o]) Δ_w[o]) into w (cout K
+// floats): the student's weight exactly.
 void export_layer_dequant(const ExportLayer *L, float *w);
 // Bytes the layer's weights occupy in memory: packed levels, and Δ_w / z_w / zoff / rsum.
 size_t export_layer_level_bytes(const ExportLayer *L);

@@ -12,7 +12,7 @@
 #include "io/dtype.h"
 #include "models/ldm_config.h"
 #include "qalora/export_int.h"
-#include "qalora/pack.h"
+#include "qalora/qkind.h"
 
 #define UNET_PREFIX "model.diffusion_model."
 
@@ -92,21 +92,25 @@ static int all_integers(const float *v, int n) {
     return 1;
 }
 
-// One quantized layer: packed levels, per-channel Δ_w / z_w, the activation table.
+// One quantized layer: packed levels, per-channel Δ_w / z_w, the activation table. The
+// levels' bytes are the weight kind's (qkind.h packed_size / unpack).
 static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int entries, Err *e) {
     ModelLayer *l = L->layer;
     const char *path = weights_path(f);
     char name[600];
-    size_t n = l->weight.n, nb = pack_size(n, w_bits);
     int co = l->weight.shape[0];
+    Quantizer wq;  // the kind and bits, for the byte layout
+    quantizer_setup(&wq, L->w_kind, w_bits, 1, co, NULL, NULL, NULL, NULL);
+    const QKindOps *wops = quantizer_ops(&wq);
+    size_t n = l->weight.n, nb = wops->packed_size(&wq, n);
     snprintf(name, sizeof name, UNET_PREFIX "%s.qweight", l->name);
     const WeightInfo *wi = weights_find(f, name);
     if (!wi) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", path, name);
     if (wi->dtype != DT_U8)
         return err_set(e, ERR_DTYPE, "%s: tensor '%s': expected U8, found %s", path, name, dtype_name(wi->dtype));
     if (wi->ndim != 1 || wi->numel != nb)
-        return err_set(e, ERR_SHAPE, "%s: tensor '%s': expected (%zu) bytes for %zu %d-bit levels, found %zu in %d "
-                       "dims", path, name, nb, n, w_bits, wi->numel, wi->ndim);
+        return err_set(e, ERR_SHAPE, "%s: tensor '%s': expected (%zu) bytes for %zu %d-bit %s levels, found %zu in %d "
+                       "dims", path, name, nb, n, w_bits, wops->name, wi->numel, wi->ndim);
     uint8_t *packed = malloc(nb), *lv = malloc(n);
     float *wd = malloc((size_t)co * sizeof(float)), *wz = malloc((size_t)co * sizeof(float));
     L->a_delta = malloc((size_t)entries * sizeof(float));
@@ -117,7 +121,7 @@ static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int
         goto done;
     }
     if ((rc = weights_read_raw(f, name, packed, nb, e))) goto done;
-    unpack_ints(lv, packed, n, w_bits);
+    wops->unpack(&wq, lv, packed, n);
     int qmax = (1 << w_bits) - 1;
     for (size_t i = 0; i < n; i++)
         if (lv[i] > qmax) {
@@ -141,7 +145,7 @@ static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int
         rc = err_set(e, ERR_VALUE, "%s: tensor '%s': zero points must be integers", path, name);
         goto done;
     }
-    quantizer_setup(&L->aq, QUANT_UNIFORM, a_bits, 0, entries, L->a_delta, L->a_zero, NULL, NULL);
+    quantizer_setup(&L->aq, L->a_kind, a_bits, 0, entries, L->a_delta, L->a_zero, NULL, NULL);
     // the levels stay packed (export_int.h); W_eff is never written into the UNet's weight
     rc = export_layer_prepare(L, lv, wd, wz, e);
 done:
@@ -150,6 +154,25 @@ done:
     free(wd);
     free(wz);
     return rc;
+}
+
+// A layer's quantizer kind: its name under `key` ("w_quantizer", "a_quantizer"); absent:
+// uniform (exports written before kinds existed). ERR_FORMAT / ERR_UNSUPPORTED naming it.
+static int json_kind(const cJSON *L, const char *key, const char *layer, QuantKind *out, const char *path, Err *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(L, key);
+    *out = QUANT_UNIFORM;
+    if (!v) return 0;
+    if (!cJSON_IsString(v))
+        return err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s': '%s' is not a string", path, layer, key);
+    if (qkind_find(v->valuestring, out)) {
+        char known[256];
+        return err_set(e, ERR_UNSUPPORTED, "%s: metadata effdm.quant: layer '%s': %s '%s' is not a quantizer kind "
+                       "this build knows (%s)", path, layer, key, v->valuestring, qkind_list(known, sizeof known));
+    }
+    if (qkind_get(*out)->n_param)
+        return err_set(e, ERR_UNSUPPORTED, "%s: metadata effdm.quant: layer '%s': %s '%s': kinds with learnable "
+                       "values of their own are not loaded yet", path, layer, key, v->valuestring);
+    return 0;
 }
 
 static ModelLayer *find_layer(ModelLayer **all, int n, const char *name) {
@@ -222,8 +245,11 @@ static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int 
             goto done;
         }
         int wb = 0, ab = 0, entries = 0;
+        QuantKind wk, ak;
         if ((rc = json_int(L, "w_bits", &wb, path, e)) || (rc = json_int(L, "a_bits", &ab, path, e)) ||
-            (rc = json_int(L, "entries", &entries, path, e)))
+            (rc = json_int(L, "entries", &entries, path, e)) ||
+            (rc = json_kind(L, "w_quantizer", nm->valuestring, &wk, path, e)) ||
+            (rc = json_kind(L, "a_quantizer", nm->valuestring, &ak, path, e)))
             goto done;
         if (wb < QUANT_MIN_BITS || wb > QUANT_MAX_BITS || ab < QUANT_MIN_BITS || ab > QUANT_MAX_BITS ||
             (entries != 1 && entries != nts) || (special && entries != 1)) {
@@ -238,6 +264,8 @@ static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int 
         X->model = em;
         X->w_bits = wb;
         X->a_bits = ab;
+        X->w_kind = wk;
+        X->a_kind = ak;
         X->entries = entries;
         ml->quant = X;  // marks the layer as listed until it is attached
         em->n_layers = k + 1;

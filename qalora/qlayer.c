@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "autograd/profile.h"
+#include "qalora/qkind.h"
 
 void qlayer_config_defaults(QLayerConfig *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -17,6 +18,8 @@ void qlayer_config_defaults(QLayerConfig *cfg) {
     cfg->n_entries = 100;
     cfg->w_init = QUANT_INIT_MAX;
     cfg->a_init = QUANT_INIT_MSE;
+    cfg->w_kind = QUANT_UNIFORM;
+    cfg->a_kind = QUANT_UNIFORM;
 }
 
 // Output channels and weight row length of a conv2d / linear layer; 0 or an ERR_ code.
@@ -44,6 +47,14 @@ int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params,
     if (!bits_valid(cfg->w_bits) || !bits_valid(cfg->a_bits))
         return err_set(e, ERR_VALUE, "layer '%s': %d-bit weights, %d-bit activations (supported: %d..%d)", l->name,
                        cfg->w_bits, cfg->a_bits, QUANT_MIN_BITS, QUANT_MAX_BITS);
+    if (!qkind_valid((int)cfg->w_kind) || !qkind_valid((int)cfg->a_kind))
+        return err_set(e, ERR_VALUE, "layer '%s': quantizer kinds %d, %d (the table has %d)", l->name, (int)cfg->w_kind,
+                       (int)cfg->a_kind, QUANT_KIND_COUNT);
+    // their values would need places in the blocks (qlayer.h "Storage"), the state and the export
+    if (qkind_get(cfg->w_kind)->n_param || qkind_get(cfg->a_kind)->n_param)
+        return err_set(e, ERR_UNSUPPORTED, "layer '%s': %s / %s quantizers: kinds with learnable values of their own "
+                       "are not wired into the layer yet", l->name, quant_kind_name(cfg->w_kind),
+                       quant_kind_name(cfg->a_kind));
     if (cfg->special) return 0;
     if (cfg->rank < 0 || cfg->n_entries < 1)
         return err_set(e, ERR_VALUE, "layer '%s': LoRA rank %d, %d TALSQ entries (expected rank >= 0, entries >= 1)",
@@ -60,12 +71,12 @@ static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg,
     q->fixed = malloc((2 * co + 2 + nw) * sizeof(float));
     if (!q->fixed) return err_set(e, ERR_NOMEM, "layer '%s': out of memory", l->name);
     float *wd = q->fixed, *wz = wd + co, *ad = wz + co, *az = ad + 1, *wfq = az + 1;
-    quantizer_setup(&q->wq, QUANT_UNIFORM, cfg->w_bits, 1, q->cout, wd, wz, NULL, NULL);
+    quantizer_setup(&q->wq, cfg->w_kind, cfg->w_bits, 1, q->cout, wd, wz, NULL, NULL);
     if (quantizer_fit(&q->wq, l->weight.data, nw, cfg->w_init, -1, e)) return err_prefix(e, "layer '%s'", l->name);
     quantizer_fake(&q->wq, wfq, l->weight.data, nw, 0);
     tensor_init_param(&q->w_fq, wfq, NULL, l->weight.ndim, l->weight.shape);
     *ad = *az = 0.0f;
-    quantizer_setup(&q->aq, QUANT_UNIFORM, cfg->a_bits, 0, 1, ad, az, NULL, NULL);
+    quantizer_setup(&q->aq, cfg->a_kind, cfg->a_bits, 0, 1, ad, az, NULL, NULL);
     return 0;
 }
 
@@ -102,7 +113,7 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     float *gA = grads, *gB = gA + r * q->k, *gwq = gB + co * r, *gwb = gwq + co, *gad = gwb + co, *gaz = gad + S;
 
     // naive PTQ: Δ_w, z_w from the FP weights, W_int = clamp(round(W/Δ_w) + z_w)
-    quantizer_setup(&q->wq, QUANT_UNIFORM, cfg->w_bits, 1, q->cout, wd, q->fixed, gwq, NULL);
+    quantizer_setup(&q->wq, cfg->w_kind, cfg->w_bits, 1, q->cout, wd, q->fixed, gwq, NULL);
     if (quantizer_fit(&q->wq, l->weight.data, l->weight.n, cfg->w_init, -1, e)) {
         err_prefix(e, "layer '%s'", l->name);
         goto fail;
@@ -125,7 +136,7 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
         memset(B, 0, co * r * sizeof(float));
     }
     memset(ad, 0, 2 * S * sizeof(float));
-    quantizer_setup(&q->aq, QUANT_UNIFORM, cfg->a_bits, 0, q->n_entries, ad, az, gad, gaz);
+    quantizer_setup(&q->aq, cfg->a_kind, cfg->a_bits, 0, q->n_entries, ad, az, gad, gaz);
     return 0;
 fail:
     qlayer_free(q);
@@ -197,21 +208,18 @@ void qlayer_set_act(QLayer *q, float delta, float zero) {
 
 /* ---- the weight path ------------------------------------------------------------- */
 
-// out (Cout, K) = (W_int - z_w) Δ_w + B·A. The GEMM adds onto the dequantized weight
-// (beta = 1), as the reference adds its LoRA weight to the dequantized one.
+// out (Cout, K) = decode(W_int) + B·A (uniform: (W_int - z_w) Δ_w + B·A). The GEMM adds onto
+// the dequantized weight (beta = 1), as the reference adds its LoRA weight to the dequantized one.
 static void qweight_compute(const QLayer *q, float *out) {
     size_t K = q->k;
-    const float *d = q->wq.delta.data, *z = q->wq.zero.data;
-#pragma omp parallel for schedule(static) if ((size_t)q->cout * K >= QUANT_OMP_MIN_WORK)
-    for (int o = 0; o < q->cout; o++)
-        for (size_t j = 0; j < K; j++) out[(size_t)o * K + j] = ((float)q->w_int[(size_t)o * K + j] - z[o]) * d[o];
+    quantizer_decode(&q->wq, out, q->w_int, (size_t)q->cout * K, 0);
     if (q->rank > 0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, q->cout, (int)K, q->rank, 1.0f, q->lora_b.data,
                     q->rank, q->lora_a.data, (int)K, 1.0f, out, (int)K);
 }
 
 // in[0] = w_delta_base, in[1] = lora_a, in[2] = lora_b (NULL without LoRA); saved = the QLayer.
-//   d Δ_w[o] += Σ_j g[o, j] (W_int[o, j] - z_w[o]);  dB += g Aᵀ;  dA += Bᵀ g
+//   d Δ_w[o] += the decode's gradient (uniform: Σ_j g[o, j] (W_int[o, j] - z_w[o]));  dB += g Aᵀ;  dA += Bᵀ g
 static void qweight_backward(Ctx *c, TapeNode *nd) {
     const QLayer *q = nd->saved;
     const float *g = nd->out->grad;
@@ -220,14 +228,7 @@ static void qweight_backward(Ctx *c, TapeNode *nd) {
     if (db_t->requires_grad) {
         float *dd = tensor_grad(c, db_t);
         if (!dd) return;
-        const float *z = q->wq.zero.data;
-#pragma omp parallel for schedule(static) if ((size_t)q->cout * K >= QUANT_OMP_MIN_WORK)
-        for (int o = 0; o < q->cout; o++) {
-            double s = 0;
-            for (size_t j = 0; j < K; j++)
-                s += (double)g[(size_t)o * K + j] * ((double)q->w_int[(size_t)o * K + j] - (double)z[o]);
-            dd[o] += (float)s;
-        }
+        quantizer_decode_backward(&q->wq, dd, NULL, NULL, g, q->w_int, (size_t)q->cout * K, 0);
     }
     if (b && b->requires_grad) {
         float *dB = tensor_grad(c, b);

@@ -3,6 +3,7 @@
 
    Trainable layer (QALoRA + TALSQ):
        W_base = (W_int - z_w) · Δ_w                  W_int: naive-PTQ levels (fixed), z_w fixed
+                                                     (the weight kind's decode of W_int)
        W_eff  = q_w(W_base + B·A)                    channel-wise, w_bits, step Δ_w again
        out    = conv2d / linear(q_a[entry](x), W_eff, bias)
    - LoRA: linear A (r, in), B (out, r); conv k x k: A (r, Cin, kh, kw), B (Cout, r, 1, 1),
@@ -19,6 +20,10 @@
      trainer), so that all layers switch together. Only that entry gets gradient.
    Special layer: special bits (8) for both; W fake-quantized from the FP weights once
    (naive PTQ ranges), one static (Δ_a, z_a), no LoRA, nothing trained.
+   q_w and q_a are of the kinds the config gives (QLayerConfig.w_kind / a_kind, recorded in
+   wq.kind / aq.kind; uniform by default): the layer reaches them only through quantizer.h,
+   which runs the kind's row of the table (qkind.h). Kinds with learnable values of their
+   own (n_param > 0) are not wired into the blocks below yet: ERR_UNSUPPORTED.
 
    Storage. Trainable state lives in caller-provided blocks (the trainer's flat parameter
    and gradient blocks) or in blocks the layer allocates itself (pass NULL):
@@ -67,6 +72,8 @@ typedef struct {
     int n_entries;        // TALSQ table size = number of training timesteps (100)
     QuantInit w_init;     // weight ranges: QUANT_INIT_MAX (naive PTQ, default) or QUANT_INIT_MSE
     QuantInit a_init;     // activation ranges at calibration: QUANT_INIT_MSE (default)
+    QuantKind w_kind;     // quantizer kind of the weights (qkind.h): QUANT_UNIFORM (default)
+    QuantKind a_kind;     // quantizer kind of the activations: QUANT_UNIFORM (default)
     int special;          // 1: special layer (see top)
 } QLayerConfig;
 
@@ -80,11 +87,11 @@ typedef struct QLayer {
 
     uint8_t *w_int;       // trainable: (Cout, K) naive-PTQ levels in [0, 2^w_bits - 1]
     Tensor w_fq;          // special: the fake-quantized weight, weight-shaped, frozen
-    Quantizer wq;         // channel-wise: delta = Δ_w (grad: quantizer path), zero = z_w (frozen)
+    Quantizer wq;         // channel-wise, of the weight kind: delta = Δ_w (grad: quantizer path), zero = z_w (frozen)
     Tensor w_delta_base;  // trainable: Δ_w's data again, grad: base path
     Tensor lora_a;        // trainable, rank > 0: (r, Cin, kh, kw) or (r, in)
     Tensor lora_b;        // trainable, rank > 0: (Cout, r, 1, 1) or (out, r)
-    Quantizer aq;         // layer-wise: n_entries (trainable) or 1 (special) entries
+    Quantizer aq;         // layer-wise, of the activation kind: n_entries (trainable) or 1 (special) entries
 
     const int *entry;     // current TALSQ entry (driver-owned); NULL: entry 0
     int act_ready;        // 1 once aq holds calibrated (or loaded) values
@@ -97,10 +104,11 @@ typedef struct QLayer {
     float *fixed;                   // z_w, special Δ/z and the fake-quantized weight
 } QLayer;
 
-// W4A4, rank 32, 100 entries, 'max' weights, 'mse' activations, trainable.
+// W4A4, rank 32, 100 entries, 'max' weights, 'mse' activations, uniform quantizers, trainable.
 void qlayer_config_defaults(QLayerConfig *cfg);
 // Floats of trainable state and of gradients the layer needs in the caller's blocks.
-// 0, or ERR_SHAPE / ERR_VALUE for a layer or config it cannot wrap.
+// 0, or ERR_SHAPE / ERR_VALUE for a layer or config it cannot wrap (ERR_UNSUPPORTED: a
+// quantizer kind with learnable values of its own).
 int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params, size_t *n_grads, Err *e);
 // Wraps l (not attached yet): fits the weight ranges on l's FP weights (cfg->w_init), stores
 // W_int, initialises LoRA (A from rng), leaves the activation quantizer uncalibrated.
@@ -134,9 +142,10 @@ void qlayer_bind_grads(QLayer *q, float *grads);
 void qlayer_set_act(QLayer *q, float delta, float zero);
 
 /* ---- merge / export ------------------------------------------------------------- */
-// The deployed integer weight: levels[Cout·K] = clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1)
-// with W_in = W_base + B·A (trainable) or the FP weight (special), so that
-// (level - z_w)·Δ_w is W_eff exactly. 0 or ERR_NOMEM.
+// The deployed integer weight: levels[Cout·K] = the weight kind's levels of W_in (uniform:
+// clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1)) with W_in = W_base + B·A (trainable) or the FP
+// weight (special), so that decoding them (uniform: (level - z_w)·Δ_w) is W_eff exactly.
+// 0 or ERR_NOMEM.
 int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e);
 // The activation table for export: delta[i] = Δ_a[i], zero[i] = round(z_a[i]) (half to
 // even) for the aq.n entries; the exported model's fake-quant reference uses these.

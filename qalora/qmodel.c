@@ -3,10 +3,13 @@
    step counter as one shared entry). */
 #include "qalora/qmodel.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "qalora/qkind.h"
 
 void qmodel_config_defaults(QModelConfig *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -98,6 +101,8 @@ static void layer_qconfig(const QModel *q, int i, QLayerConfig *lc) {
     lc->n_entries = q->cfg.talsq ? q->train_sched.n : 1;
     lc->w_init = q->cfg.w_init;
     lc->a_init = q->cfg.a_init;
+    lc->w_kind = ch->w_kind;
+    lc->a_kind = ch->a_kind;
 }
 
 // The float16 copies of the layers left FP (conv1d included: the export's FP layers are the same set).
@@ -413,8 +418,87 @@ static int layer_tensors(QLayer *ql, LayerTensor *t) {
     return n;
 }
 
+/* The layers' quantizer kinds, in the metadata <prefix>sel.quantizers: a JSON object
+   {"<layer>": ["<weight kind>", "<activation kind>"], ...} over the quantized layers in
+   registration order. States written before kinds existed have none: every layer uniform. */
+static int write_kinds(const QModel *q, StWriter *w, const char *prefix, Err *e) {
+    cJSON *o = cJSON_CreateObject();
+    int ok = o != NULL;
+    for (int k = 0; ok && k < q->n_q; k++) {
+        const QLayer *ql = &q->q[k];
+        const char *pair[2] = {quant_kind_name(ql->wq.kind), quant_kind_name(ql->aq.kind)};
+        cJSON *a = cJSON_CreateStringArray(pair, 2);
+        ok = a && cJSON_AddItemToObject(o, ql->layer->name, a);
+        if (a && !ok) cJSON_Delete(a);
+    }
+    char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!text) return err_set(e, ERR_NOMEM, "out of memory writing the quantizer kinds");
+    char key[512];
+    snprintf(key, sizeof key, "%s%s", prefix, QMODEL_KINDS_META);
+    int rc = st_writer_meta(w, key, text, e);
+    cJSON_free(text);
+    return rc;
+}
+
+// The kind named at index i of a layer's pair, checked against the layer's own.
+static int check_kind(const QLayer *ql, const cJSON *pair, int i, QuantKind have, const char *path, const char *key,
+                      Err *e) {
+    static const char *const what[2] = {"weight", "activation"};
+    static const char *const cfg_key[2] = {"quant.weight_quantizer", "quant.act_quantizer"};
+    const cJSON *v = cJSON_GetArrayItem(pair, i);
+    QuantKind k;
+    if (!cJSON_IsString(v))
+        return err_set(e, ERR_FORMAT, "%s: metadata %s: layer '%s': expected [weight kind, activation kind]", path, key,
+                       ql->layer->name);
+    if (qkind_find(v->valuestring, &k)) {
+        char known[256];
+        return err_set(e, ERR_VALUE, "%s: metadata %s: layer '%s': unknown %s quantizer '%s' (this build knows: %s)",
+                       path, key, ql->layer->name, what[i], v->valuestring, qkind_list(known, sizeof known));
+    }
+    if (k != have)
+        return err_set(e, ERR_VALUE, "%s: layer '%s': %s quantizer '%s' in the state, '%s' in the config (%s, "
+                       "quant.overrides)", path, ql->layer->name, what[i], quant_kind_name(k), quant_kind_name(have),
+                       cfg_key[i]);
+    return 0;
+}
+
+// The saved kinds against the QModel's; absent: every layer uniform (older states).
+static int check_kinds(const QModel *q, WeightFile *f, const char *prefix, Err *e) {
+    char key[512];
+    const char *path = weights_path(f);
+    snprintf(key, sizeof key, "%s%s", prefix, QMODEL_KINDS_META);
+    const char *text = weights_metadata(f, key);
+    if (!text) {
+        for (int k = 0; k < q->n_q; k++) {
+            const QLayer *ql = &q->q[k];
+            if (ql->wq.kind != QUANT_UNIFORM || ql->aq.kind != QUANT_UNIFORM)
+                return err_set(e, ERR_VALUE, "%s: layer '%s': uniform quantizers in the state (it records no "
+                               "kinds: written before quantizer kinds existed), %s / %s in the config "
+                               "(quant.weight_quantizer, quant.act_quantizer, quant.overrides)", path, ql->layer->name,
+                               quant_kind_name(ql->wq.kind), quant_kind_name(ql->aq.kind));
+        }
+        return 0;
+    }
+    cJSON *o = cJSON_Parse(text);
+    int rc = 0;
+    if (!cJSON_IsObject(o)) rc = err_set(e, ERR_FORMAT, "%s: metadata %s is not a JSON object", path, key);
+    for (int k = 0; !rc && k < q->n_q; k++) {
+        const QLayer *ql = &q->q[k];
+        const cJSON *pair = cJSON_GetObjectItemCaseSensitive(o, ql->layer->name);
+        if (!cJSON_IsArray(pair) || cJSON_GetArraySize(pair) != 2)
+            rc = err_set(e, ERR_FORMAT, "%s: metadata %s: layer '%s': expected [weight kind, activation kind]", path,
+                         key, ql->layer->name);
+        else if (!(rc = check_kind(ql, pair, 0, ql->wq.kind, path, key, e)))
+            rc = check_kind(ql, pair, 1, ql->aq.kind, path, key, e);
+    }
+    cJSON_Delete(o);
+    return rc;
+}
+
 int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e) {
     char name[512];
+    if (write_kinds(q, w, prefix, e)) return e->code;
     snprintf(name, sizeof name, "%ssel.layers", prefix);
     if (st_writer_add(w, name, DT_I32, 2, (int64_t[]){q->n_all, 3}, q->state_sel, e)) return e->code;
     snprintf(name, sizeof name, "%ssel.config", prefix);
@@ -550,7 +634,7 @@ static int read_layer(QLayer *ql, WeightFile *f, const char *prefix, Err *e) {
 }
 
 int qmodel_read_state(QModel *q, WeightFile *f, const char *prefix, Err *e) {
-    if (check_selection(q, f, prefix, e)) return e->code;
+    if (check_selection(q, f, prefix, e) || check_kinds(q, f, prefix, e)) return e->code;
     for (int k = 0; k < q->n_q; k++)
         if (read_layer(&q->q[k], f, prefix, e)) return e->code;
     return 0;

@@ -30,7 +30,7 @@
    and detached with the QLayers), so that the export stores them as F16 exactly.
 
    Everything else that defines the student (W_int, z_w, special-layer ranges, calibrated
-   activation tables, the selection, bits, rank, training timesteps, the FP layers'
+   activation tables, the selection, bits, quantizer kinds, rank, training timesteps, the FP layers'
    precision) is saved and restored by qmodel_write_state / qmodel_read_state; the FP UNet
    itself is not (it is the teacher, loaded from its checkpoint), nor are the float16
    copies (they follow from it).
@@ -181,6 +181,8 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
                                int entry, Err *e);
 
 /* ---- state I/O -------------------------------------------------------------------- */
+// The metadata key (after the prefix) of the layers' quantizer kinds in a state.
+#define QMODEL_KINDS_META "sel.quantizers"
 // Adds to w every tensor that defines the student beyond the FP UNet, named prefix + ...:
 //   sel.layers   I32 (n_all, 3)  role (0 fp, 1 trainable, 2 special), w_bits, a_bits per layer
 //   sel.config   I32 (4)         rank, TALSQ entries, talsq on/off, n_all
@@ -190,12 +192,16 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 //   <layer>.w_int   U8 weight-shaped (trainable)   <layer>.w_delta, .w_zero F32 (Cout)
 //   <layer>.lora_a, .lora_b F32 (trainable, rank > 0)
 //   <layer>.a_delta, .a_zero F32 (S trainable, 1 special)
+// and the metadata prefix + "sel.quantizers": the quantizer kinds of every quantized layer,
+// JSON {"<layer>": ["<weight kind>", "<activation kind>"], ...} (qkind.h names; absent in
+// states written before kinds existed: all uniform).
 // The data stays q's: keep q unchanged until st_write. 0 or an ERR_ code.
 int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e);
 // Restores what qmodel_write_state saved into a QModel built (qmodel_init) from the same
-// config over the same UNet. The selection, bits, rank, timesteps and FP-layer precision must match: ERR_VALUE
-// naming the layer or key otherwise; a missing tensor is ERR_KEY, a wrong shape ERR_SHAPE
-// (both naming the tensor). Marks every layer calibrated. 0 or an ERR_ code.
+// config over the same UNet. The selection, bits, quantizer kinds, rank, timesteps and FP-layer
+// precision must match: ERR_VALUE naming the layer or key otherwise (a kind this build does
+// not know too); a missing tensor is ERR_KEY, a wrong shape ERR_SHAPE (both naming the
+// tensor). Marks every layer calibrated. 0 or an ERR_ code.
 int qmodel_read_state(QModel *q, WeightFile *f, const char *prefix, Err *e);
 
 #endif

@@ -2,9 +2,13 @@
    integer encoding, and the fake-quant ops of the tape (OP_FAKE_QUANT).
 
    One interface, several kinds: a Quantizer is a kind, a bit width and a set of entries
-   (one (Δ, z) pair each); every function switches on the kind. Only QUANT_UNIFORM exists
-   today; a non-uniform power-exponent quantizer (NUPES) and outlier-kept weight ranges
-   (EasyQuant) are meant to be added as further kinds with their own kernels.
+   (one (Δ, z) pair each, plus the kind's own learnable values if it has any). The
+   functions below check their arguments, cut x into slices (the channels of a
+   channel-wise quantizer, fixed chunks of a layer-wise one), thread over them, and run the
+   kind's kernels through the kind table (qkind.h: one row of operations per kind, one
+   file per kind). Nothing here or in the layers switches on the kind. Kinds:
+   QUANT_UNIFORM (qkind_uniform.c) today; a non-uniform power-exponent quantizer (NUPES)
+   and outlier-kept weight ranges (EasyQuant) are meant to be added as further rows.
 
    QUANT_UNIFORM (EfficientDM quant_layer.py UniformAffineQuantizer, asymmetric):
        q(x) = (clamp(round(x/Δ) + z, 0, 2^b - 1) - z) · Δ
@@ -50,7 +54,11 @@
 // 'max' init: a range narrower than this gets this Δ (the reference's warning floor).
 #define QUANT_MIN_DELTA 1e-8
 
-typedef enum { QUANT_UNIFORM, QUANT_KIND_COUNT } QuantKind;
+// One value per row of the kind table (qkind.c checks that the two stay in step).
+typedef enum {
+    QUANT_UNIFORM,     // uniform affine, asymmetric (qkind_uniform.c)
+    QUANT_KIND_COUNT
+} QuantKind;
 
 typedef enum {
     QUANT_INIT_MAX,  // x_min = min(x, 0), x_max = max(x, 0), Δ = (x_max - x_min)/(2^b - 1), z = round(-x_min/Δ)
@@ -58,31 +66,37 @@ typedef enum {
 } QuantInit;
 
 typedef struct Quantizer {
-    QuantKind kind;
+    QuantKind kind;    // a row of the kind table (qkind.h)
     int bits;          // QUANT_MIN_BITS..QUANT_MAX_BITS: integers in [0, 2^bits - 1]
     int channel_wise;  // 1: entry c serves slice c along dim 0 of x (n = x.shape[0]); 0: one entry per call
     int n;             // number of entries
     Tensor delta;      // (n) step sizes; grad != NULL when Δ is trained
     Tensor zero;       // (n) zero points (real; integers after fitting); grad != NULL when trained
+    Tensor param;      // (n * P) the kind's own learnable values, P = its n_param per entry (entry k's
+                       // at k*P); data NULL when the kind has none (uniform)
 } Quantizer;
 
-// Points q at caller-owned arrays of n floats (grads may be NULL: frozen). Returns q.
+// Points q at caller-owned arrays of n floats (grads may be NULL: frozen); no kind parameters
+// (quantizer_setup_param adds them). Returns q.
 Quantizer *quantizer_setup(Quantizer *q, QuantKind kind, int bits, int channel_wise, int n, float *delta,
                            float *zero, float *ddelta, float *dzero);
+// Points q->param at caller-owned n * P floats (P = the kind's n_param; dparam may be NULL).
+void quantizer_setup_param(Quantizer *q, float *param, float *dparam);
 // Largest integer level, 2^bits - 1.
 int quantizer_qmax(const Quantizer *q);
-// Name of a kind ("uniform").
+// Name of a kind ("uniform"); "?" for a value outside the table.
 const char *quant_kind_name(QuantKind k);
 
 /* ---- initialisation from data ------------------------------------------------------- */
 // Fits entries to x (n floats). Channel-wise: every channel c to its slice x[c*len ..
-// (c+1)*len), len = n / q->n (entry ignored). Layer-wise: one (Δ, z) from all of x,
-// written into `entry`, or into every entry when entry < 0 (a fresh TALSQ table).
+// (c+1)*len), len = n / q->n (entry ignored). Layer-wise: one (Δ, z) (and the kind's
+// parameters) from all of x, written into `entry`, or into every entry when entry < 0 (a
+// fresh TALSQ table).
 // Returns 0, or ERR_VALUE (e says why) when n is not a multiple of the channel count, entry
 // is out of range, or x holds a non-finite value. Degenerate data (a constant slice, where
 // every 'mse' candidate has Δ = 0) gets the 'max' fit, whose Δ is at least QUANT_MIN_DELTA.
 int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int entry, Err *e);
-// One range from data, for a single slice (the kernels behind quantizer_fit).
+// One uniform range from data, for a single slice (qkind_uniform.c's kernels behind quantizer_fit).
 void quant_uniform_fit_max(const float *x, size_t n, int bits, float *delta, float *zero);
 void quant_uniform_fit_mse(const float *x, size_t n, int bits, float *delta, float *zero);
 
@@ -94,15 +108,25 @@ void quantizer_fake(const Quantizer *q, float *y, const float *x, size_t n, int 
 // in double over fixed chunks, added in order: the result does not depend on threads.
 void quantizer_fake_backward(const Quantizer *q, float *dx, float *ddelta, float *dzero, const float *dy,
                              const float *x, size_t n, int entry);
-// y = q(x) over one slice with one (Δ, z) (serial; the kernel behind quantizer_fake).
+// The same, also adding the gradient of the kind's own parameters into dparam (q->n * P
+// floats, indexed as q->param; NULL when nobody needs it).
+void quantizer_fake_backward_all(const Quantizer *q, float *dx, float *ddelta, float *dzero, float *dparam,
+                                 const float *dy, const float *x, size_t n, int entry);
+// y = uniform q(x) over one slice with one (Δ, z) (serial; qkind_uniform.c's fake-quant kernel).
 void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float zero, int qmax);
 
 /* ---- integers --------------------------------------------------------------------- */
-// out[i] = clamp(round(round(x/Δ) + z), 0, 2^b - 1): the integer level of x (z is an integer
-// for weights; round activation zero points first, quantizer_round_zero). NaN encodes as 0.
+// out[i] = the integer level of x[i] in [0, 2^b - 1], so that decoding it gives q(x[i]) for
+// integer zero points (round activation zero points first, quantizer_round_zero). Uniform:
+// clamp(round(round(x/Δ) + z), 0, 2^b - 1); NaN encodes as 0.
 void quantizer_encode(const Quantizer *q, uint8_t *out, const float *x, size_t n, int entry);
-// y[i] = (in[i] - z) · Δ.
+// y[i] = the value of level in[i] (uniform: (in[i] - z) · Δ).
 void quantizer_decode(const Quantizer *q, float *y, const uint8_t *in, size_t n, int entry);
+// Adds the gradients of sum(decode(in) * dy) with the levels fixed into ddelta, dzero,
+// dparam (indexed as the entries; NULL: not needed), summed in double per entry or fixed
+// chunk, in order (uniform: d/dΔ = Σ dy (in - z)).
+void quantizer_decode_backward(const Quantizer *q, float *ddelta, float *dzero, float *dparam, const float *dy,
+                               const uint8_t *in, size_t n, int entry);
 // Rounds every zero point to the nearest integer (half to even): what an integer kernel
 // and the export use for the trained real-valued activation zero points.
 void quantizer_round_zero(Quantizer *q);

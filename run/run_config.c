@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "io/cfg.h"
+#include "qalora/qkind.h"
 #include "run/run_config_keys.h"
 
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -88,11 +89,13 @@ static int read_names(const CfgNode *n, RunConfig *c, Err *e) {
     return 0;
 }
 
-static const char *const OVERRIDE_KEYS[] = {"pattern", "weight_bits", "act_bits", "keep_fp"};
+static const char *const OVERRIDE_KEYS[] = {"pattern", "weight_bits", "act_bits", "weight_quantizer", "act_quantizer",
+                                            "keep_fp"};
 
 static int read_overrides(const CfgNode *n, RunConfig *c, Err *e) {
     if (cfg_kind(n) != CFG_LIST)
-        return node_error(n, e, "a list of {pattern, weight_bits, act_bits, keep_fp} maps", "a non-list");
+        return node_error(n, e, "a list of {pattern, weight_bits, act_bits, weight_quantizer, act_quantizer, keep_fp} "
+                          "maps", "a non-list");
     if (cfg_len(n) > RC_MAX_OVERRIDES) {
         char found[32], expected[64];
         snprintf(found, sizeof found, "%d", cfg_len(n));
@@ -100,12 +103,15 @@ static int read_overrides(const CfgNode *n, RunConfig *c, Err *e) {
         return node_error(n, e, expected, found);
     }
     static const KeyDesc bits = {.path = "bits", .type = K_INT, .lo = 2, .hi = 8};
+    static const KeyDesc kinds = {.path = "quantizer", .type = K_ENUM, .names = QKIND_NAMES,
+                                  .n_names = QUANT_KIND_COUNT};
     memset(c->quant.overrides, 0, sizeof c->quant.overrides);
     for (int i = 0; i < cfg_len(n); i++) {
         const CfgNode *m = cfg_at(n, i);
         RcOverride *o = &c->quant.overrides[i];
         if (cfg_kind(m) != CFG_MAP)
-            return node_error(m, e, "a map {pattern, weight_bits, act_bits, keep_fp}", "a non-map");
+            return node_error(m, e, "a map {pattern, weight_bits, act_bits, weight_quantizer, act_quantizer, keep_fp}",
+                              "a non-map");
         if (cfg_check_keys(m, OVERRIDE_KEYS, N_OF(OVERRIDE_KEYS), e)) return e->code;
         const CfgNode *p = cfg_child(m, "pattern");
         if (!p)
@@ -113,16 +119,21 @@ static int read_overrides(const CfgNode *n, RunConfig *c, Err *e) {
                            cfg_node_path(m), cfg_line(m));
         if (read_string(p, "a glob pattern", o->pattern, RC_PATTERN_MAX, e)) return ERR_VALUE;
         const CfgNode *wb = cfg_child(m, "weight_bits"), *ab = cfg_child(m, "act_bits");
+        const CfgNode *wq = cfg_child(m, "weight_quantizer"), *aq = cfg_child(m, "act_quantizer");
         const CfgNode *kf = cfg_child(m, "keep_fp");
         if (wb && read_int_ranged(wb, &bits, &o->weight_bits, e)) return ERR_VALUE;
         if (ab && read_int_ranged(ab, &bits, &o->act_bits, e)) return ERR_VALUE;
+        if (wq && read_enum(wq, &kinds, &o->weight_quantizer, e)) return ERR_VALUE;
+        if (aq && read_enum(aq, &kinds, &o->act_quantizer, e)) return ERR_VALUE;
+        o->weight_quantizer += wq ? 1 : 0;  // 1 + the kind; 0: unchanged
+        o->act_quantizer += aq ? 1 : 0;
         if (kf && cfg_as_bool(kf, &o->keep_fp, e) < 0) return ERR_VALUE;
-        if (o->keep_fp && (wb || ab))
-            return err_set(e, ERR_VALUE, "%s: %s: keep_fp: true leaves the layer FP; it cannot also set bits "
-                           "(line %d)", cfg_file(m), cfg_node_path(m), cfg_line(m));
-        if (!wb && !ab && !kf)
-            return err_set(e, ERR_VALUE, "%s: %s: an override needs weight_bits, act_bits or keep_fp (line %d)",
-                           cfg_file(m), cfg_node_path(m), cfg_line(m));
+        if (o->keep_fp && (wb || ab || wq || aq))
+            return err_set(e, ERR_VALUE, "%s: %s: keep_fp: true leaves the layer FP; it cannot also set bits or "
+                           "quantizers (line %d)", cfg_file(m), cfg_node_path(m), cfg_line(m));
+        if (!wb && !ab && !wq && !aq && !kf)
+            return err_set(e, ERR_VALUE, "%s: %s: an override needs weight_bits, act_bits, weight_quantizer, "
+                           "act_quantizer or keep_fp (line %d)", cfg_file(m), cfg_node_path(m), cfg_line(m));
     }
     c->quant.n_overrides = cfg_len(n);
     return 0;
@@ -302,10 +313,11 @@ int run_config_validate(const RunConfig *c, Err *e) {
             bad = c->quant.n_overrides < 0 || c->quant.n_overrides > RC_MAX_OVERRIDES;
             for (int j = 0; !bad && j < c->quant.n_overrides; j++) {
                 const RcOverride *o = &c->quant.overrides[j];
-                int wb = o->weight_bits, ab = o->act_bits;
+                int wb = o->weight_bits, ab = o->act_bits, wq = o->weight_quantizer, aq = o->act_quantizer;
                 bad = !o->pattern[0] || !memchr(o->pattern, 0, RC_PATTERN_MAX) || (wb && (wb < 2 || wb > 8)) ||
-                      (ab && (ab < 2 || ab > 8)) || (o->keep_fp != 0 && o->keep_fp != 1) ||
-                      (o->keep_fp && (wb || ab)) || (!o->keep_fp && !wb && !ab);
+                      (ab && (ab < 2 || ab > 8)) || (wq && !qkind_valid(wq - 1)) || (aq && !qkind_valid(aq - 1)) ||
+                      (o->keep_fp != 0 && o->keep_fp != 1) || (o->keep_fp && (wb || ab || wq || aq)) ||
+                      (!o->keep_fp && !wb && !ab && !wq && !aq);
             }
             break;
         }

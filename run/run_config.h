@@ -40,6 +40,8 @@
    | quant.act_bits                 * | 4                       | activation bits (layer inputs) of the trainable layers, 2..8 |
    | quant.weight_init              * | max                     | weight (Δ, z) init per output channel: max (naive PTQ: min/max incl. 0) or mse (search below) |
    | quant.act_init                 * | mse                     | activation (Δ, z) init per layer: mse or max |
+   | quant.weight_quantizer         * | uniform                 | quantizer kind of the weights of every quantized layer (special ones too): a name of the kind table (qalora/qkind.h; docs/QUANTIZERS.md): uniform (EfficientDM's uniform affine) |
+   | quant.act_quantizer            * | uniform                 | quantizer kind of the activations (layer inputs) of every quantized layer: as weight_quantizer |
    | quant.mse_candidates           * | 80                      | mse search: candidate ranges i = 0..N-1, both ends scaled by (1 - shrink * i) |
    | quant.mse_shrink               * | 0.01                    | mse search: range shrink per candidate; (N - 1) * shrink < 1 |
    | quant.mse_norm                 * | 2.4                     | mse search: score = mean(abs(x - q(x)) ^ norm) |
@@ -51,7 +53,7 @@
    | quant.lora_rank                * | 32                      | LoRA rank r of every trainable layer, >= 1 |
    | quant.talsq                    * | true                    | TALSQ: one activation (Δ, z) per training timestep; false: one per layer |
    | quant.fp_layers              R * | f32 / f16               | precision of the weights of the conv/linear layers the student keeps FP (skip connections, Downsample ops, fp_name_contains, keep_fp): f16 rounds them to float16 in the student (the teacher stays f32), so the export stores them as F16 and is still exact |
-   | quant.overrides                * | []                      | per-layer overrides, applied in order (a later match wins, field by field): {pattern: glob on the layer name, e.g. "output_blocks.*", weight_bits, act_bits, keep_fp} |
+   | quant.overrides                * | []                      | per-layer overrides, applied in order (a later match wins, field by field): {pattern: glob on the layer name, e.g. "output_blocks.*", weight_bits, act_bits, weight_quantizer, act_quantizer, keep_fp} |
    | calib.steps                    * | 250                     | DDIM steps of the teacher trajectories that provide calibration inputs |
    | calib.eta                      * | 1.0                     | their DDIM eta, 0..1 |
    | calib.scale                    * | 1.5                     | their classifier-free guidance scale, >= 0 |
@@ -141,7 +143,9 @@ typedef struct {
     char pattern[RC_PATTERN_MAX];  // fnmatch(3) glob on the layer name; '*' also matches dots
     int weight_bits;               // 0: unchanged
     int act_bits;                  // 0: unchanged
-    int keep_fp;                   // 1: the layer stays FP (then no bits may be given)
+    int weight_quantizer;          // 1 + a quantizer kind (qalora/qkind.h QuantKind); 0: unchanged
+    int act_quantizer;             // 1 + a quantizer kind; 0: unchanged
+    int keep_fp;                   // 1: the layer stays FP (then no bits or kinds may be given)
 } RcOverride;
 
 typedef struct {
@@ -154,6 +158,7 @@ typedef struct {
 typedef struct {
     int weight_bits, act_bits;
     RcInit weight_init, act_init;
+    int weight_quantizer, act_quantizer;  // quantizer kinds (qalora/qkind.h QuantKind)
     int mse_candidates;
     double mse_shrink, mse_norm;
     int special_bits, special_first, special_last;
@@ -226,12 +231,14 @@ const char *run_config_enum_name(const char *key, int value);
 typedef struct {
     int quantized;          // 0: the layer stays FP (fp_name_contains, or an override's keep_fp)
     int weight_bits, act_bits;
+    int weight_quantizer, act_quantizer;  // quantizer kinds (0, uniform, for FP layers)
     uint64_t matched;       // bit i set: override i matched the layer (report patterns that match nothing)
 } RcLayerQuant;
 // For a Conv2d/Linear layer named `name` (module path without the model prefix,
 // "input_blocks.1.0.in_layers.2"): FP if its last name component contains a fp_name_contains
-// entry; else special_bits when `special` (first/last layers) or weight_bits/act_bits; then
-// every override whose pattern matches, in order: bits replace bits, keep_fp makes the layer FP.
+// entry; else special_bits when `special` (first/last layers) or weight_bits/act_bits, and the
+// weight_quantizer/act_quantizer kinds; then every override whose pattern matches, in order:
+// bits replace bits, kinds replace kinds, keep_fp makes the layer FP.
 // Overrides never quantize a layer that is FP (remove the name part from fp_name_contains for
 // that); `matched` records matches either way. FP layers get weight_bits = act_bits = 0.
 void run_config_layer_quant(const RunConfig *c, const char *name, int special, RcLayerQuant *out);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "io/cfg.h"
+#include "qalora/qkind.h"
 
 static const char *const RECIPE_NAMES[] = {"reference", "effdm"};
 static const char *const EMA_NAMES[] = {"auto", "on", "off"};
@@ -47,6 +48,11 @@ const KeyDesc RC_KEYS[] = {
      .names = INIT_NAMES, .n_names = N_OF(INIT_NAMES), .def = {RC_INIT_MAX, RC_INIT_MAX}, .resume = 1},
     {.path = "quant.act_init", .type = K_ENUM, .off = offsetof(RunConfig, quant.act_init), .names = INIT_NAMES,
      .n_names = N_OF(INIT_NAMES), .def = {RC_INIT_MSE, RC_INIT_MSE}, .resume = 1},
+    // the values are the kind table's names (qalora/qkind.h), so a new kind is a new value here
+    {.path = "quant.weight_quantizer", .type = K_ENUM, .off = offsetof(RunConfig, quant.weight_quantizer),
+     .names = QKIND_NAMES, .n_names = QUANT_KIND_COUNT, .def = {QUANT_UNIFORM, QUANT_UNIFORM}, .resume = 1},
+    {.path = "quant.act_quantizer", .type = K_ENUM, .off = offsetof(RunConfig, quant.act_quantizer),
+     .names = QKIND_NAMES, .n_names = QUANT_KIND_COUNT, .def = {QUANT_UNIFORM, QUANT_UNIFORM}, .resume = 1},
     {.path = "quant.mse_candidates", .type = K_INT, .off = offsetof(RunConfig, quant.mse_candidates), .lo = 1,
      .hi = 100000, .def = {80, 80}, .resume = 1},
     {.path = "quant.mse_shrink", .type = K_DOUBLE, .off = offsetof(RunConfig, quant.mse_shrink), .lo = 0, .hi = 1,

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "io/cfg.h"
+#include "qalora/qkind.h"
 #include "run/run_config_keys.h"
 
 // ---------------------------------------------------------------- writing
@@ -34,6 +35,8 @@ static void write_key(CfgWriter *w, const RunConfig *c, const KeyDesc *k, const 
             cfg_writer_str(w, "pattern", o->pattern);
             if (o->weight_bits) cfg_writer_int(w, "weight_bits", o->weight_bits);
             if (o->act_bits) cfg_writer_int(w, "act_bits", o->act_bits);
+            if (o->weight_quantizer) cfg_writer_str(w, "weight_quantizer", quant_kind_name(o->weight_quantizer - 1));
+            if (o->act_quantizer) cfg_writer_str(w, "act_quantizer", quant_kind_name(o->act_quantizer - 1));
             if (o->keep_fp) cfg_writer_bool(w, "keep_fp", 1);
             cfg_writer_map_end(w);
         }
@@ -128,6 +131,7 @@ static int key_equal(const RunConfig *a, const RunConfig *b, const KeyDesc *k) {
         for (int i = 0; i < a->quant.n_overrides; i++) {
             const RcOverride *x = &a->quant.overrides[i], *y = &b->quant.overrides[i];
             if (strcmp(x->pattern, y->pattern) || x->weight_bits != y->weight_bits || x->act_bits != y->act_bits ||
+                x->weight_quantizer != y->weight_quantizer || x->act_quantizer != y->act_quantizer ||
                 x->keep_fp != y->keep_fp)
                 return 0;
         }
@@ -181,6 +185,8 @@ void run_config_layer_quant(const RunConfig *c, const char *name, int special, R
         if (strstr(leaf, c->quant.fp_name_contains[i])) out->quantized = 0;
     out->weight_bits = special ? c->quant.special_bits : c->quant.weight_bits;
     out->act_bits = special ? c->quant.special_bits : c->quant.act_bits;
+    out->weight_quantizer = c->quant.weight_quantizer;
+    out->act_quantizer = c->quant.act_quantizer;
     for (int i = 0; i < c->quant.n_overrides; i++) {
         const RcOverride *o = &c->quant.overrides[i];
         if (fnmatch(o->pattern, name, 0) != 0) continue;
@@ -188,6 +194,8 @@ void run_config_layer_quant(const RunConfig *c, const char *name, int special, R
         if (o->keep_fp) out->quantized = 0;
         if (o->weight_bits) out->weight_bits = o->weight_bits;
         if (o->act_bits) out->act_bits = o->act_bits;
+        if (o->weight_quantizer) out->weight_quantizer = o->weight_quantizer - 1;
+        if (o->act_quantizer) out->act_quantizer = o->act_quantizer - 1;
     }
-    if (!out->quantized) out->weight_bits = out->act_bits = 0;
+    if (!out->quantized) out->weight_bits = out->act_bits = out->weight_quantizer = out->act_quantizer = 0;
 }

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "qalora/qkind.h"
+
 _Static_assert(QMODEL_MAX_OVERRIDES >= RC_MAX_OVERRIDES, "every run-config override fits a QModelConfig");
 _Static_assert(QMODEL_PATTERN_MAX >= RC_PATTERN_MAX, "override patterns fit");
 _Static_assert(QMODEL_MAX_FP_NAMES >= RC_MAX_FP_NAMES && QMODEL_FP_NAME_MAX >= RC_NAME_MAX, "fp names fit");
@@ -28,6 +30,11 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     cfg->sel.special_bits = rq->special_bits;
     cfg->sel.n_first_special = rq->special_first;
     cfg->sel.n_last_special = rq->special_last;
+    if (!qkind_valid(rq->weight_quantizer) || !qkind_valid(rq->act_quantizer))
+        return err_set(e, ERR_VALUE, "run config: quant.weight_quantizer / act_quantizer: kinds %d / %d outside the "
+                       "table", rq->weight_quantizer, rq->act_quantizer);
+    cfg->sel.w_kind = (QuantKind)rq->weight_quantizer;
+    cfg->sel.a_kind = (QuantKind)rq->act_quantizer;
     cfg->rank = rq->lora_rank;
     cfg->talsq = rq->talsq;
     cfg->train_steps = rc->train.steps;
@@ -40,7 +47,8 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     for (int i = 0; i < rq->n_overrides; i++) {
         const RcOverride *o = &rq->overrides[i];
         snprintf(cfg->pattern_store[i], QMODEL_PATTERN_MAX, "%s", o->pattern);
-        cfg->override_store[i] = (QSelOverride){cfg->pattern_store[i], o->keep_fp, o->weight_bits, o->act_bits};
+        cfg->override_store[i] = (QSelOverride){cfg->pattern_store[i], o->keep_fp, o->weight_bits, o->act_bits,
+                                                o->weight_quantizer, o->act_quantizer};
     }
     cfg->sel.overrides = rq->n_overrides ? cfg->override_store : NULL;
     cfg->sel.n_overrides = rq->n_overrides;

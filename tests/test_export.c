@@ -2,7 +2,8 @@
    (W4A4 and W2A8, after simulated training, at training and other sampling timesteps), the
    TALSQ mapping against a brute-force nearest timestep, the size of the UNet part against a
    byte count computed here from the format, corrupted exports (each error names the tensor
-   or key), and the CLI: calibrate -> export -> sample --model, with the recorded inputs
+   or key), the layers' quantizer kinds (recorded; an export without them loads as uniform),
+   and the CLI: calibrate -> export -> sample --model, with the recorded inputs
    checked against the sampler's documented noise streams. */
 #include "testutil.h"
 
@@ -19,6 +20,7 @@
 #include "models/ldm.h"
 #include "qalora/calibrate.h"
 #include "qalora/export.h"
+#include "qalora/export_int.h"
 #include "qalora/guidance_gain.h"
 #include "qalora/pack.h"
 #include "sample/generate.h"
@@ -326,6 +328,128 @@ static void test_corrupt(void **state) {
     teacher_close(&T);
 }
 
+/* ---- quantizer kinds in the export ------------------------------------------------------ */
+
+// Copies src to dst with every `from` in the metadata value of `key` replaced by `to`.
+static void meta_replace_copy(const char *src, const char *dst, const char *key, const char *from, const char *to) {
+    StFile f;
+    Err e = {0};
+    assert_int_equal(st_open(&f, src, &e), 0);
+    StWriter w = {0};
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        assert_int_equal(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, st_data(&f, i), &e), 0);
+    }
+    for (int i = 0; i < f.n_meta; i++) {
+        const char *v = f.meta[i].value;
+        if (strcmp(f.meta[i].key, key) != 0) {
+            assert_int_equal(st_writer_meta(&w, f.meta[i].key, v, &e), 0);
+            continue;
+        }
+        size_t cap = strlen(v) * (strlen(to) + 1) + 1, nf = strlen(from);
+        char *out = malloc(cap), *o = out;
+        int hits = 0;
+        for (const char *p = v; *p;) {
+            if (!strncmp(p, from, nf)) {
+                o += sprintf(o, "%s", to);
+                p += nf;
+                hits++;
+            } else {
+                *o++ = *p++;
+            }
+        }
+        *o = '\0';
+        assert_true(hits > 0);
+        assert_int_equal(st_writer_meta(&w, f.meta[i].key, out, &e), 0);
+        free(out);
+    }
+    assert_int_equal(st_write(&w, dst, &e), 0);
+    st_writer_free(&w);
+    st_close(&f);
+}
+
+// Every layer records its quantizer kinds (effdm.quant layers[].w_quantizer / a_quantizer); an
+// export written before kinds existed (no such fields) loads as uniform and computes the same
+// bits; a kind this build does not know, or a malformed one, is refused naming the layer.
+static void test_quantizer_kinds(void **state) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    QModel q;
+    student_make(&q, c, &T, &rc, 1);
+    char *path = student_export(&q, &T, NULL), *old = tmp_path(".safetensors"), *bad = tmp_path(".safetensors");
+    Err e = {0};
+    WeightFile *f;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    const char *json = weights_metadata(f, "effdm.quant");
+    assert_non_null(json);
+    const char *rec = "\"w_quantizer\":\"uniform\",\"a_quantizer\":\"uniform\"";
+    int n_rec = 0;
+    for (const char *p = json; (p = strstr(p, rec)); p++) n_rec++;
+    assert_int_equal(n_rec, q.n_q);
+    weights_close(f);
+
+    meta_replace_copy(path, old, "effdm.quant", ",\"w_quantizer\":\"uniform\",\"a_quantizer\":\"uniform\"", "");
+    ExportModel *en = NULL, *eo = NULL;
+    assert_int_equal(export_load(&en, path, &e), 0);
+    int r = export_load(&eo, old, &e);
+    if (r) print_error("old format: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    assert_int_equal(eo->n_layers, en->n_layers);
+    for (int k = 0; k < eo->n_layers; k++) {
+        assert_int_equal(eo->layers[k].w_kind, QUANT_UNIFORM);
+        assert_int_equal(eo->layers[k].a_kind, QUANT_UNIFORM);
+        assert_int_equal(eo->layers[k].int_ok, en->layers[k].int_ok);
+    }
+    int C, H, W;
+    ldm_latent_shape(T.m, &C, &H, &W);
+    float *x = malloc((size_t)N_IN * C * H * W * sizeof(float)), t[N_IN];
+    int y[N_IN];
+    inputs(T.m, N_IN, 321, 5, x, t, y);
+    for (int use_float = 0; use_float < 2; use_float++) {
+        assert_int_equal(export_set_kernel(en, use_float ? "float" : "auto", &e), 0);
+        assert_int_equal(export_set_kernel(eo, use_float ? "float" : "auto", &e), 0);
+        export_set_timestep(en, 321);
+        export_set_timestep(eo, 321);
+        float *yn = forward(c, en->ldm, x, t, y, N_IN), *yo = forward(c, eo->ldm, x, t, y, N_IN);
+        assert_memory_equal(yn, yo, (size_t)N_IN * C * H * W * sizeof(float));
+        free(yn);
+        free(yo);
+    }
+    export_free(en);
+    export_free(eo);
+
+    struct {
+        const char *from, *to;
+        int code;
+        const char *named[2];
+    } cases[] = {
+        {"\"a_quantizer\":\"uniform\"}", "\"a_quantizer\":\"nupes\"}", ERR_UNSUPPORTED, {"'nupes'", "(uniform)"}},
+        {"\"w_quantizer\":\"uniform\"", "\"w_quantizer\":4", ERR_FORMAT, {"w_quantizer", "time_embed.0"}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        meta_replace_copy(path, bad, "effdm.quant", cases[i].from, cases[i].to);
+        ExportModel *em = NULL;
+        e = (Err){0};
+        r = export_load(&em, bad, &e);
+        print_message("  case %zu: %s (%s)\n", i, err_name(r), e.msg);
+        assert_int_equal(r, cases[i].code);
+        assert_null(em);
+        for (int j = 0; j < 2; j++) assert_non_null(strstr(e.msg, cases[i].named[j]));
+    }
+    free(x);
+    unlink(path);
+    unlink(old);
+    unlink(bad);
+    free(path);
+    free(old);
+    free(bad);
+    qmodel_free(&q);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
 /* ---- the CLI ------------------------------------------------------------------------ */
 
 static int run(const char *cmd) {
@@ -480,6 +604,7 @@ int main(void) {
         cmocka_unit_test(test_equivalence_w2a8),
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
         cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola),
+        cmocka_unit_test(test_quantizer_kinds),
     };
     return cmocka_run_group_tests_name("export", tests, NULL, NULL);
 }

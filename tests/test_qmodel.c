@@ -2,8 +2,9 @@
    layer selection (counted here from the names), the naive-PTQ student against weights
    fake-quantized in this file with EFFICIENTDM.md's formulas, the FP teacher path when
    disabled, the TALSQ entry mapping, the trainable-tensor listing and gradient binding,
-   the state round trip (bit-identical outputs) and its mismatch errors. (The run config's
-   mapping onto QModelConfig: test_run_wire.c.) */
+   the state round trip (bit-identical outputs) and its mismatch errors, the layers'
+   quantizer kinds in the state (an older state without them loads as uniform). (The run
+   config's mapping onto QModelConfig: test_run_wire.c.) */
 #include "testutil.h"
 
 #include <math.h>
@@ -611,6 +612,97 @@ static void test_state_round_trip(void **state) {
     ldm_free(m);
 }
 
+/* ---- the layers' quantizer kinds in the state ------------------------------------------- */
+
+// Copies the state src to dst with its kinds metadata replaced by `kinds` (NULL: left out, as
+// in a state written before kinds existed).
+static void state_copy_kinds(const char *src, const char *dst, const char *kinds) {
+    StFile sf;
+    Err e = {0};
+    assert_int_equal(st_open(&sf, src, &e), 0);
+    StWriter w = {0};
+    for (int i = 0; i < sf.n_tensors; i++)
+        assert_int_equal(st_writer_add(&w, sf.tensors[i].name, sf.tensors[i].dtype, sf.tensors[i].ndim,
+                                       sf.tensors[i].shape, st_data(&sf, i), &e), 0);
+    for (int i = 0; i < sf.n_meta; i++)
+        if (strcmp(sf.meta[i].key, "q." QMODEL_KINDS_META) != 0)
+            assert_int_equal(st_writer_meta(&w, sf.meta[i].key, sf.meta[i].value, &e), 0);
+    if (kinds) assert_int_equal(st_writer_meta(&w, "q." QMODEL_KINDS_META, kinds, &e), 0);
+    assert_int_equal(st_write(&w, dst, &e), 0);
+    st_writer_free(&w);
+    st_close(&sf);
+}
+
+static void test_state_quantizer_kinds(void **state) {
+    Ldm *m = teacher_load();
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    QModel a, b;
+    student_init(&a, m, &qc, 7);
+    for (int k = 0; k < a.n_q; k++) {  // every layer records its kinds (uniform by default)
+        assert_int_equal(a.q[k].wq.kind, QUANT_UNIFORM);
+        assert_int_equal(a.q[k].aq.kind, QUANT_UNIFORM);
+    }
+    char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    Err e = {0};
+    StWriter w = {0};
+    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
+    assert_int_equal(st_write(&w, path, &e), 0);
+    st_writer_free(&w);
+    WeightFile *f = NULL;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    const char *kinds = weights_metadata(f, "q." QMODEL_KINDS_META);
+    assert_non_null(kinds);
+    char want[300];
+    snprintf(want, sizeof want, "\"%s\":[\"uniform\",\"uniform\"]", a.q[a.n_q - 1].layer->name);
+    assert_non_null(strstr(kinds, want));
+    weights_close(f);
+
+    char other[sizeof path + 8];
+    snprintf(other, sizeof other, "%s.k", path);
+    struct {
+        const char *kinds;  // NULL: none (an older state)
+        int code;
+        const char *named[2];
+    } cases[] = {
+        {NULL, 0, {"", ""}},
+        {"{\"time_embed.0\":[\"nupes\",\"uniform\"]}", ERR_VALUE, {"unknown weight quantizer 'nupes'", "uniform"}},
+        {"{}", ERR_FORMAT, {"time_embed.0", QMODEL_KINDS_META}},
+        {"[1]", ERR_FORMAT, {"not a JSON object", QMODEL_KINDS_META}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        state_copy_kinds(path, other, cases[i].kinds);
+        assert_int_equal(weights_open(&f, other, &e), 0);
+        student_init(&b, m, &qc, 99);
+        e = (Err){0};
+        int rc = qmodel_read_state(&b, f, "q.", &e);
+        print_message("  case %zu: %s (%s)\n", i, rc ? err_name(rc) : "ok", e.msg);
+        assert_int_equal(rc, cases[i].code);
+        for (int j = 0; rc && j < 2; j++) assert_non_null(strstr(e.msg, cases[i].named[j]));
+        if (!rc)  // the older state restores the same student (b drew another LoRA A)
+            for (int k = 0; k < a.n_q; k++)
+                if (!a.q[k].special)
+                    assert_memory_equal(b.q[k].lora_a.data, a.q[k].lora_a.data, a.q[k].lora_a.n * sizeof(float));
+        qmodel_free(&b);
+        weights_close(f);
+    }
+    // a kind outside the table is refused when the student is built
+    QModelConfig bad = qc;
+    bad.sel.w_kind = QUANT_KIND_COUNT;
+    e = (Err){0};
+    Rng r;
+    rng_seed(&r, 1, 0);
+    assert_int_equal(qmodel_init(&b, m->unet, &bad, m->T, &r, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "quantizer kinds"));
+    unlink(other);
+    unlink(path);
+    qmodel_free(&a);
+    ldm_free(m);
+}
+
 /* ---- float16 FP layers (quant.fp_layers: f16) ----------------------------------------- */
 
 // Student forward (+ backward of sum(out) with grad) at one timestep; returns the output, and the
@@ -744,7 +836,7 @@ int main(void) {
         cmocka_unit_test(test_selection),        cmocka_unit_test(test_naive_ptq_and_fp),
         cmocka_unit_test(test_timestep_entries), cmocka_unit_test(test_trainable),
         cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_fp16_layers),
-        cmocka_unit_test(test_entry_calibration),
+        cmocka_unit_test(test_entry_calibration), cmocka_unit_test(test_state_quantizer_kinds),
     };
     return cmocka_run_group_tests_name("qmodel", tests, NULL, NULL);
 }

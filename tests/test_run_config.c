@@ -11,6 +11,7 @@
 
 #include "io/cfg.h"
 #include "io/fileio.h"
+#include "qalora/qkind.h"
 #include "run/run_config.h"
 
 #define SRC_DIR TEST_DATA_DIR "/../.."
@@ -25,7 +26,8 @@
 // adds or drops without documenting it fails test_every_key_written_and_documented).
 static const char *const ALL_KEYS[] = {
     "model.ldm_config", "model.ckpt", "model.ema", "model.uncond_label",
-    "quant.weight_bits", "quant.act_bits", "quant.weight_init", "quant.act_init", "quant.mse_candidates",
+    "quant.weight_bits", "quant.act_bits", "quant.weight_init", "quant.act_init", "quant.weight_quantizer",
+    "quant.act_quantizer", "quant.mse_candidates",
     "quant.mse_shrink", "quant.mse_norm", "quant.special_bits", "quant.special_first", "quant.special_last",
     "quant.fp_name_contains", "quant.quantize_attention_matmuls", "quant.lora_rank", "quant.talsq",
     "quant.fp_layers", "quant.overrides",
@@ -492,6 +494,7 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"model.ema", "model: {ema: off}"}, {"model.uncond_label", "model: {uncond_label: 3}"},
     {"quant.weight_bits", "quant: {weight_bits: 8}"}, {"quant.act_bits", "quant: {act_bits: 8}"},
     {"quant.weight_init", "quant: {weight_init: mse}"}, {"quant.act_init", "quant: {act_init: max}"},
+    {"quant.weight_quantizer", NULL}, {"quant.act_quantizer", NULL},  // see only_value_changed
     {"quant.mse_candidates", "quant: {mse_candidates: 10}"}, {"quant.mse_shrink", "quant: {mse_shrink: 0.002}"},
     {"quant.mse_norm", "quant: {mse_norm: 2}"}, {"quant.special_bits", "quant: {special_bits: 6}"},
     {"quant.special_first", "quant: {special_first: 0}"}, {"quant.special_last", "quant: {special_last: 0}"},
@@ -533,6 +536,15 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"run.arena_mb", "run: {arena_mb: 64}"},
 };
 
+// A key whose only valid value is its default has no YAML that changes it (CHANGED's NULL):
+// the quantizer-kind keys while the kind table has one row. Their field is set to the next
+// kind's number instead - a second kind's name in CHANGED replaces this.
+static void only_value_changed(const char *key, RunConfig *c) {
+    if (!strcmp(key, "quant.weight_quantizer")) c->quant.weight_quantizer = 1;
+    else if (!strcmp(key, "quant.act_quantizer")) c->quant.act_quantizer = 1;
+    else fail_msg("%s: no value to change it to", key);
+}
+
 // Every key changed alone: run_config_first_diff names it, and run_config_compare refuses to
 // resume exactly for the keys the header's table marks with '*'.
 static void test_resume_marks_match_header(void **state) {
@@ -550,7 +562,8 @@ static void test_resume_marks_match_header(void **state) {
         assert_non_null(row);
         const char *flags = row + strlen(needle), *bar = strchr(flags, '|');
         int starred = memchr(flags, '*', (size_t)(bar - flags)) != NULL;
-        load_ok(CHANGED[i].yaml, &now);
+        load_ok(CHANGED[i].yaml ? CHANGED[i].yaml : "", &now);
+        if (!CHANGED[i].yaml) only_value_changed(CHANGED[i].key, &now);
         const char *diff = run_config_first_diff(&base, &now);
         if (!diff || strcmp(diff, CHANGED[i].key)) print_error("%s: first diff %s\n", CHANGED[i].key, diff);
         assert_string_equal(diff, CHANGED[i].key);
@@ -603,6 +616,79 @@ static void test_layer_quant(void **state) {
     assert_int_equal(q.quantized, 1);
 }
 
+// quant.weight_quantizer / act_quantizer and the overrides' weight_quantizer / act_quantizer:
+// names of the quantizer-kind table, anything else refused with the list of known kinds;
+// they go through the resolved YAML, into run_config_layer_quant, and resuming needs them.
+static void test_quantizer_keys(void **state) {
+    RunConfig c, back;
+    load_ok("", &c);
+    assert_int_equal(c.quant.weight_quantizer, QUANT_UNIFORM);
+    assert_int_equal(c.quant.act_quantizer, QUANT_UNIFORM);
+    load_ok("quant: {weight_quantizer: uniform, act_quantizer: uniform}\n", &c);
+    assert_int_equal(c.quant.weight_quantizer, QUANT_UNIFORM);
+    char known[256], want[300];
+    snprintf(want, sizeof want, "expected one of %s, found 'nupes'", qkind_list(known, sizeof known));
+    static const struct { const char *yaml, *parts[2]; } bad[] = {
+        {"quant: {weight_quantizer: nupes}\n", {"quant.weight_quantizer", NULL}},
+        {"quant: {act_quantizer: nupes}\n", {"quant.act_quantizer", NULL}},
+        {"quant: {overrides: [{pattern: 'out.*', weight_quantizer: nupes}]}\n", {"weight_quantizer", NULL}},
+        {"quant: {overrides: [{pattern: 'out.*', act_quantizer: nupes}]}\n", {"act_quantizer", NULL}},
+        {"quant: {overrides: [{pattern: 'out.*', weight_quantizer: uniform, keep_fp: true}]}\n",
+         {"cannot also set bits or quantizers", "keep_fp"}},
+    };
+    Err e;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(load(bad[i].yaml, &c, &e), ERR_VALUE);
+        for (int p = 0; p < 2 && bad[i].parts[p]; p++) assert_has(e.msg, bad[i].parts[p]);
+        if (i < 4) assert_has(e.msg, want);
+    }
+    assert_int_equal(load("quant: {weight_quantizer: unifrom}\n", &c, &e), ERR_VALUE);
+    assert_has(e.msg, "did you mean 'uniform'");
+
+    // an override may set only kinds; it round-trips through the resolved YAML
+    load_ok("quant:\n  overrides:\n"
+            "    - {pattern: 'output_blocks.*', act_quantizer: uniform}\n"
+            "    - {pattern: 'output_blocks.2.*', weight_bits: 8, weight_quantizer: uniform}\n",
+            &c);
+    assert_int_equal(c.quant.overrides[0].weight_quantizer, 0);
+    assert_int_equal(c.quant.overrides[0].act_quantizer, 1 + QUANT_UNIFORM);
+    assert_int_equal(c.quant.overrides[1].weight_quantizer, 1 + QUANT_UNIFORM);
+    assert_int_equal(run_config_validate(&c, &e), 0);
+    char *text;
+    size_t len;
+    assert_int_equal(run_config_to_yaml(&c, &text, &len, &e), 0);
+    assert_has(text, "weight_quantizer: uniform");
+    assert_has(text, "act_quantizer: uniform");
+    load_ok(text, &back);
+    set_str(back.run.out, sizeof back.run.out, c.run.out);
+    assert_null(run_config_first_diff(&c, &back));
+    free(text);
+    e = (Err){0};
+    RcLayerQuant q;
+    run_config_layer_quant(&c, "output_blocks.2.0.in_layers.2", 0, &q);
+    assert_int_equal(q.weight_quantizer, QUANT_UNIFORM);
+    assert_int_equal(q.act_quantizer, QUANT_UNIFORM);
+    assert_int_equal(q.matched, 3);
+    // resuming needs the same overrides, kinds included
+    RunConfig without;
+    load_ok("quant:\n  overrides:\n    - {pattern: 'output_blocks.2.*', weight_bits: 8}\n", &without);
+    load_ok("quant:\n  overrides:\n    - {pattern: 'output_blocks.2.*', weight_bits: 8, weight_quantizer: uniform}\n",
+            &c);
+    const char *key = NULL;
+    assert_int_equal(run_config_compare(&without, &c, &key, &e), ERR_VALUE);
+    assert_string_equal(key, "quant.overrides");
+    // validate: a kind outside the table
+    c.quant.overrides[0].act_quantizer = 1 + QUANT_KIND_COUNT;
+    e = (Err){0};
+    assert_int_equal(run_config_validate(&c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.overrides");
+    load_ok("", &c);
+    c.quant.weight_quantizer = QUANT_KIND_COUNT;
+    e = (Err){0};
+    assert_int_equal(run_config_validate(&c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.weight_quantizer");
+}
+
 static void test_shipped_configs(void **state) {
     static const struct { const char *file; int wb, ab; RcRecipe recipe; const char *ckpt; const char *out; } cfgs[] = {
         {"fmnist-ldm-w4a4.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a4"},
@@ -652,6 +738,7 @@ int main(void) {
         cmocka_unit_test(test_resume_marks_match_header),
         cmocka_unit_test(test_layer_quant),
         cmocka_unit_test(test_shipped_configs),
+        cmocka_unit_test(test_quantizer_keys),
     };
     return cmocka_run_group_tests_name("run_config", tests, NULL, NULL);
 }

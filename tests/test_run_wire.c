@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "qalora/qkind.h"
 #include "qalora/qmodel.h"
 #include "run/run_config.h"
 #include "run/run_wire.h"
@@ -84,9 +85,33 @@ static void test_train_config(void **state) {
     assert_string_equal(tc.model_name, "teacher.yaml");
 }
 
+// The run config's quantizer kinds reach the selection, per-layer overrides included; a kind
+// outside the table is refused naming the key.
+static void test_quantizer_kinds(void **state) {
+    (void)state;
+    Err e = {0};
+    // the run config's kinds reach the selection, per-layer overrides included
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    rc.quant.n_overrides = 1;
+    snprintf(rc.quant.overrides[0].pattern, RC_PATTERN_MAX, "out.*");
+    rc.quant.overrides[0].act_quantizer = 1 + QUANT_UNIFORM;
+    QModelConfig qr;
+    assert_int_equal(run_qmodel_config(&qr, &rc, &e), 0);
+    assert_int_equal(qr.sel.w_kind, QUANT_UNIFORM);
+    assert_int_equal(qr.sel.a_kind, QUANT_UNIFORM);
+    assert_int_equal(qr.sel.overrides[0].w_kind, 0);
+    assert_int_equal(qr.sel.overrides[0].a_kind, 1 + QUANT_UNIFORM);
+    rc.quant.weight_quantizer = QUANT_KIND_COUNT;
+    e = (Err){0};
+    assert_int_equal(run_qmodel_config(&qr, &rc, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "quant.weight_quantizer"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qmodel_config),
+        cmocka_unit_test(test_quantizer_kinds),
         cmocka_unit_test(test_train_config),
     };
     return cmocka_run_group_tests_name("run_wire", tests, NULL, NULL);

@@ -1,0 +1,100 @@
+/* qkind.h: the quantizer kinds - one row of operations per kind, one file per kind, one
+   table (as ggml's type_traits: adding a kind is a new row and a new file; no switch on the
+   kind grows anywhere else).
+
+       QuantKind k;
+       if (qkind_find("uniform", &k) != 0) ...          // config values and file records
+       const QKindOps *ops = qkind_get(k);              // or quantizer_ops(&q)
+       ops->pack(&q, dst, levels, n);
+
+   Rows (QuantKind in quantizer.h, in the same order):
+       QUANT_UNIFORM   "uniform"   qkind_uniform.c   EfficientDM's uniform affine quantizer
+
+   The generic functions of quantizer.h check arguments, cut x into slices, thread and
+   reduce; a kind supplies serial kernels over one slice:
+   - a channel-wise quantizer (weights) calls them once per output channel k with the
+     whole channel (n = row length);
+   - a layer-wise quantizer (activations, TALSQ tables) calls them with the active entry k
+     on fixed chunks of x (any length), from several threads at once: fake, backward,
+     encode and decode must be element-wise there (a value's result depends only on the
+     value and the entry), so that chunking and thread count never change a bit.
+   A kind's contracts (docs/QUANTIZERS.md says how to add one):
+     fit       sets entry k (Δ_k, z_k and the kind's parameters) from the n values of x;
+               `how` is the run's init (max / mse); parallel = 1 only for a layer-wise fit
+               (one slice: the kernel may thread inside and must give the same bits as
+               with parallel = 0). x is finite (checked). Never fails.
+     fake      y = q(x) with entry k (y may equal x).
+     backward  the gradient of sum(q(x) · dy): adds into dx (NULL: not needed) and
+               returns the slice's sums in g[0] (d/dΔ_k), g[1] (d/dz_k), g[2 + j] (the
+               kind's parameter j), in double; g has 2 + QKIND_MAX_PARAM slots, all
+               written. Straight-through where q is flat, the exact derivative elsewhere.
+     encode    out = the integer level (0 .. 2^bits - 1) of each x, so that decode(encode(x))
+               == fake(x) bit for bit whenever z_k is an integer (the export's contract:
+               the exported model computes exactly the fake-quantized student).
+     decode    y = the value of each level with entry k.
+     decode_backward
+               the gradient of sum(decode(levels) · dy) in the entry's values, levels fixed:
+               g as for backward. (QALoRA's base weight W_base = decode(W_int) trains Δ_w
+               through it; qlayer.h.)
+     packed_size / pack / unpack
+               the export's byte layout of n levels (pack.h's for uniform); unpack(pack(l)) == l.
+     affine    1: encode and decode are the uniform ones on (Δ_k, z_k) - level =
+               clamp(round(round(x/Δ) + z)), value = (level - z)·Δ - so the export's integer
+               kernels (export_int.h: activation levels by int_quant_u8, int8 x uint8 GEMM,
+               then a Δ_a Δ_w (...) rescale) compute layers of this kind from the levels;
+               0: such layers run the export's float path (the weight decoded, the input
+               fake-quantized) - e.g. a look-up-table kind.
+     n_param   learnable values per entry beyond (Δ, z) (Quantizer.param), 0..QKIND_MAX_PARAM.
+               Their storage in the layers' trainable blocks, the run state and the export
+               is not wired yet: qlayer_init refuses a kind with n_param > 0 until it is.
+*/
+#ifndef EFFDM_QKIND_H
+#define EFFDM_QKIND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qalora/quantizer.h"
+
+#define QKIND_MAX_PARAM 2
+// Gradient sums a backward kernel returns: Δ, z and the kind's parameters.
+#define QKIND_GRAD_SLOTS (2 + QKIND_MAX_PARAM)
+
+typedef struct QKindOps {
+    const char *name;   // the config and file name ("uniform")
+    int n_param;        // learnable values per entry beyond (Δ, z); 0 .. QKIND_MAX_PARAM
+    int affine;         // 1: uniform levels on (Δ, z): the export's integer kernels can run them
+    // Kernels over one slice with entry k (contracts above). Serial, except fit with parallel = 1.
+    void (*fit)(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel);
+    void (*fake)(const Quantizer *q, int k, float *y, const float *x, size_t n);
+    void (*backward)(const Quantizer *q, int k, float *dx, double g[QKIND_GRAD_SLOTS], const float *dy,
+                     const float *x, size_t n);
+    void (*encode)(const Quantizer *q, int k, uint8_t *out, const float *x, size_t n);
+    void (*decode)(const Quantizer *q, int k, float *y, const uint8_t *in, size_t n);
+    void (*decode_backward)(const Quantizer *q, int k, double g[QKIND_GRAD_SLOTS], const float *dy,
+                            const uint8_t *in, size_t n);
+    // The export's bytes for n levels of q (the whole tensor).
+    size_t (*packed_size)(const Quantizer *q, size_t n);
+    void (*pack)(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n);
+    void (*unpack)(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n);
+} QKindOps;
+
+// The rows, one per file.
+extern const QKindOps QKIND_UNIFORM_OPS;  // qkind_uniform.c
+
+// The kind names in QuantKind order (the config's enum names).
+extern const char *const QKIND_NAMES[QUANT_KIND_COUNT];
+
+// The row of kind k (k must be a QuantKind below QUANT_KIND_COUNT: checked by assert).
+const QKindOps *qkind_get(QuantKind k);
+// The row of q's kind.
+const QKindOps *quantizer_ops(const Quantizer *q);
+// 1 when k is a row of the table.
+int qkind_valid(int k);
+// The kind named `name` into *out: 0, or ERR_VALUE (no message: callers name the key or
+// tensor and list qkind_list's names).
+int qkind_find(const char *name, QuantKind *out);
+// "uniform, easyquant, ...": every name, for messages. Returns buf.
+char *qkind_list(char *buf, size_t n);
+
+#endif

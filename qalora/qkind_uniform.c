@@ -1,0 +1,204 @@
+/* qkind_uniform.c: the uniform affine quantizer (EfficientDM quant_layer.py
+   UniformAffineQuantizer, asymmetric; formulas and gradients in quantizer.h, their
+   derivation in fake_quant.c), the first row of the kind table (qkind.h):
+       q(x) = (clamp(round(x/Δ) + z, 0, 2^b - 1) - z) · Δ
+   Fit: 'max' (naive PTQ) or 'mse' (the reference's 80-candidate L_2.4 search). Levels:
+   clamp(round(round(x/Δ) + z)), packed as pack.h defines. */
+#include <math.h>
+#include <string.h>
+
+#include "qalora/pack.h"
+#include "qalora/qkind.h"
+
+// Elements per chunk of the threaded 'mse' search; chunks are summed in double and added in
+// order, 64 chunks per parallel region (so the partials fit on the stack).
+#define QCHUNK 4096
+#define QCHUNK_GROUP 64
+
+static inline float uq_level(float x, float delta, float zero, float qmax) {
+    float u = rintf(x / delta) + zero;  // x / Δ (not x * (1/Δ)): torch divides
+    return u < 0.0f ? 0.0f : (u > qmax ? qmax : u);
+}
+
+void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float zero, int qmax) {
+    for (size_t i = 0; i < n; i++) y[i] = (uq_level(x[i], delta, zero, (float)qmax) - zero) * delta;
+}
+
+/* ---- fit ----------------------------------------------------------------------------- */
+
+void quant_uniform_fit_max(const float *x, size_t n, int bits, float *delta, float *zero) {
+    // In double like the reference, which works on .item() values (Python floats).
+    double lo = 0, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+    }
+    double d = (hi - lo) / (double)((1 << bits) - 1);
+    if (d < QUANT_MIN_DELTA) d = QUANT_MIN_DELTA;
+    *delta = (float)d;
+    *zero = (float)rint(-lo / d);  // Python round(): half to even
+}
+
+// Candidate i of the 'mse' search, in float32 as the reference's tensor arithmetic:
+// the Python factor (1 - 0.01 i) is a double cast to float by torch before the multiply.
+static void uq_mse_candidate(float xmin, float xmax, int i, int qmax, float *delta, float *zero) {
+    float s = (float)(1.0 - (double)i * 0.01);
+    float nmax = xmax * s, nmin = xmin * s;
+    float d = (nmax - nmin) / (float)qmax;
+    *delta = d;
+    *zero = rintf(-nmin / d);
+}
+
+// sums[k] += sum over x of |x - q_k(x)|^p for every candidate k (serial).
+static void uq_mse_sums(double *sums, const float *x, size_t n, const float *cd, const float *cz, int qmax) {
+    float fq = (float)qmax;
+    for (int k = 0; k < QUANT_MSE_STEPS; k++) {
+        float d = cd[k], z = cz[k];
+        double s = 0;
+        for (size_t i = 0; i < n; i++) {
+            float xq = (uq_level(x[i], d, z, fq) - z) * d;
+            float diff = fabsf(x[i] - xq);
+            if (diff > 0.0f) s += (double)powf(diff, QUANT_MSE_P);
+        }
+        sums[k] += s;
+    }
+}
+
+// The 'mse' fit of one slice: serial (a channel, inside a parallel loop over channels) or
+// threaded over chunks (one big activation).
+static void uq_fit_mse_impl(const float *x, size_t n, int bits, float *delta, float *zero, int parallel) {
+    int qmax = (1 << bits) - 1;
+    float xmin = INFINITY, xmax = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] < xmin) xmin = x[i];
+        if (x[i] > xmax) xmax = x[i];
+    }
+    float cd[QUANT_MSE_STEPS], cz[QUANT_MSE_STEPS];
+    for (int k = 0; k < QUANT_MSE_STEPS; k++) uq_mse_candidate(xmin, xmax, k, qmax, &cd[k], &cz[k]);
+    if (!(cd[0] > 0.0f) || !isfinite(cd[0])) {  // constant data: every candidate has Δ = 0
+        quant_uniform_fit_max(x, n, bits, delta, zero);
+        return;
+    }
+    // Fixed chunks summed in order whether or not they run in parallel: one summation
+    // order for a given n, so the serial and the threaded fit pick the same candidate.
+    double sums[QUANT_MSE_STEPS] = {0};
+    size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
+    for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
+        size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
+        double part[QCHUNK_GROUP][QUANT_MSE_STEPS];
+#pragma omp parallel for schedule(static) if (parallel && gn > 1)
+        for (size_t k = 0; k < gn; k++) {
+            size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
+            memset(part[k], 0, sizeof part[k]);
+            uq_mse_sums(part[k], x + lo, hi - lo, cd, cz, qmax);
+        }
+        for (size_t k = 0; k < gn; k++)
+            for (int j = 0; j < QUANT_MSE_STEPS; j++) sums[j] += part[k][j];
+    }
+    // The reference keeps the first strictly better score, starting below 1e10.
+    double best = 1e10;
+    int best_k = -1;
+    for (int k = 0; k < QUANT_MSE_STEPS; k++) {
+        double score = sums[k] / (double)n;
+        if (cd[k] > 0.0f && score < best) {
+            best = score;
+            best_k = k;
+        }
+    }
+    if (best_k < 0) {
+        quant_uniform_fit_max(x, n, bits, delta, zero);
+        return;
+    }
+    *delta = cd[best_k];
+    *zero = cz[best_k];
+}
+
+void quant_uniform_fit_mse(const float *x, size_t n, int bits, float *delta, float *zero) {
+    uq_fit_mse_impl(x, n, bits, delta, zero, 0);
+}
+
+/* ---- the row's kernels ----------------------------------------------------------------- */
+
+static void uq_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel) {
+    float *d = &q->delta.data[k], *z = &q->zero.data[k];
+    if (how == QUANT_INIT_MAX) quant_uniform_fit_max(x, n, q->bits, d, z);
+    else uq_fit_mse_impl(x, n, q->bits, d, z, parallel);
+}
+
+static void uq_fake(const Quantizer *q, int k, float *y, const float *x, size_t n) {
+    quant_uniform_fake(y, x, n, q->delta.data[k], q->zero.data[k], quantizer_qmax(q));
+}
+
+// Gradient of sum(q(x) * dy) over one slice: dx += (and g[0], g[1] = the slice's sums for Δ, z).
+// With u = round(x/Δ) + z and "inside" = 0 <= u <= qmax:
+//   dq/dx = inside; dq/dΔ = (clamp(u) - z) - inside * x/Δ; dq/dz = -Δ (1 - inside).
+static void uq_backward(const Quantizer *q, int k, float *dx, double g[QKIND_GRAD_SLOTS], const float *dy,
+                        const float *x, size_t n) {
+    float delta = q->delta.data[k], zero = q->zero.data[k], fq = (float)quantizer_qmax(q);
+    double acc_d = 0, acc_z = 0;
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i] / delta;
+        float u = rintf(v) + zero;
+        int inside = u >= 0.0f && u <= fq;
+        float uc = inside ? u : (u < 0.0f ? 0.0f : fq);
+        float gi = dy[i];
+        if (dx && inside) dx[i] += gi;
+        acc_d += (double)gi * ((double)(uc - zero) - (inside ? (double)v : 0.0));
+        if (!inside) acc_z -= (double)gi * (double)delta;
+    }
+    memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
+    g[0] = acc_d;
+    g[1] = acc_z;
+}
+
+static void uq_encode(const Quantizer *q, int k, uint8_t *out, const float *x, size_t n) {
+    float d = q->delta.data[k], z = q->zero.data[k], fq = (float)quantizer_qmax(q);
+    for (size_t i = 0; i < n; i++) {
+        float u = rintf(rintf(x[i] / d) + z);
+        u = u > fq ? fq : u;
+        out[i] = (uint8_t)(u >= 0.0f ? u : 0.0f);  // NaN fails the test: level 0, never a cast of NaN
+    }
+}
+
+static void uq_decode(const Quantizer *q, int k, float *y, const uint8_t *in, size_t n) {
+    float d = q->delta.data[k], z = q->zero.data[k];
+    for (size_t i = 0; i < n; i++) y[i] = ((float)in[i] - z) * d;
+}
+
+// d/dΔ of Σ dy (l - z) Δ is Σ dy (l - z); d/dz is -Δ Σ dy.
+static void uq_decode_backward(const Quantizer *q, int k, double g[QKIND_GRAD_SLOTS], const float *dy,
+                               const uint8_t *in, size_t n) {
+    double z = (double)q->zero.data[k], sd = 0, sy = 0;
+    for (size_t i = 0; i < n; i++) {
+        sd += (double)dy[i] * ((double)in[i] - z);
+        sy += (double)dy[i];
+    }
+    memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
+    g[0] = sd;
+    g[1] = -(double)q->delta.data[k] * sy;
+}
+
+static size_t uq_packed_size(const Quantizer *q, size_t n) { return pack_size(n, q->bits); }
+
+static void uq_pack(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n) {
+    pack_ints(dst, levels, n, q->bits);
+}
+
+static void uq_unpack(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n) {
+    unpack_ints(levels, src, n, q->bits);
+}
+
+const QKindOps QKIND_UNIFORM_OPS = {
+    .name = "uniform",
+    .n_param = 0,
+    .affine = 1,
+    .fit = uq_fit,
+    .fake = uq_fake,
+    .backward = uq_backward,
+    .encode = uq_encode,
+    .decode = uq_decode,
+    .decode_backward = uq_decode_backward,
+    .packed_size = uq_packed_size,
+    .pack = uq_pack,
+    .unpack = uq_unpack,
+};

@@ -1,0 +1,377 @@
+/* test_qkind.c: the quantizer-kind table (qalora/qkind.h) and its rows against independent
+   references: every row complete (no NULL function, a name, n_param in range), names unique
+   and found by lookup; the uniform row's fake-quant forward against a naive double loop
+   (round half to even, clamp, per channel or per table entry) on random data of odd
+   sizes; its gradients (input STE, LSQ step and zero point) against central finite
+   differences; its encode/decode/pack round trips for 2, 3, 4 and 8 bits and decode's
+   gradient (the QALoRA base path's) against central differences.
+
+   Finite differences. The fake quantizer is flat almost everywhere in x, so its
+   straight-through gradients are the exact derivative of the reference's surrogate
+   (quant_layer.py round_ste: round(v) = v + detach(round(v) - v)):
+       s(x, Δ, z) = (clamp(x/Δ + r + z, 0, L) - z) · Δ,   r = round(x0/Δ0) - x0/Δ0 frozen
+   which equals q at the evaluation point. Every gradient is checked against central
+   differences of s, and where q itself is differentiable in a parameter (d/dΔ outside the
+   clamp range, d/dz everywhere) against those of q too. The data is built away from the
+   points where either is not differentiable: x/Δ at least 0.1 from a rounding boundary,
+   round(x/Δ) + z at least 0.6 from both clamp ends. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qalora/qkind.h"
+#include "qalora/quantizer.h"
+#include "util/threads.h"
+
+static const double TOL_VALUE = 1e-6;  // |ours - naive| / max(|naive|, Δ): one float rounding of (l - z)·Δ
+static const double TOL_FD = 1e-5;     // gradient sums vs central differences (both in double but the float sums)
+static const double FD_REL_STEP = 1e-4;  // finite-difference step, relative to the parameter (Δ) or absolute (x, z)
+static const float FRAC_MAX = 0.4f;    // x/Δ = level + f, |f| <= FRAC_MAX: 0.1 from a rounding boundary
+static const double CLAMP_GAP = 0.6;   // round(x/Δ) + z stays this far from 0 and 2^b - 1
+static const int BITS[] = {2, 3, 4, 8};
+#define N_BITS ((int)(sizeof BITS / sizeof BITS[0]))
+
+/* ---- the table ---------------------------------------------------------------------- */
+
+static void test_table_complete(void **state) {
+    for (int k = 0; k < QUANT_KIND_COUNT; k++) {
+        const QKindOps *o = qkind_get((QuantKind)k);
+        assert_non_null(o);
+        assert_non_null(o->name);
+        assert_true(o->name[0] != '\0');
+        assert_string_equal(o->name, QKIND_NAMES[k]);
+        assert_string_equal(quant_kind_name((QuantKind)k), o->name);
+        assert_true(o->n_param >= 0 && o->n_param <= QKIND_MAX_PARAM);
+        assert_true(o->affine == 0 || o->affine == 1);
+        assert_non_null(o->fit);
+        assert_non_null(o->fake);
+        assert_non_null(o->backward);
+        assert_non_null(o->encode);
+        assert_non_null(o->decode);
+        assert_non_null(o->decode_backward);
+        assert_non_null(o->packed_size);
+        assert_non_null(o->pack);
+        assert_non_null(o->unpack);
+        assert_true(qkind_valid(k));
+    }
+    assert_false(qkind_valid(-1));
+    assert_false(qkind_valid(QUANT_KIND_COUNT));
+    assert_string_equal(quant_kind_name(QUANT_KIND_COUNT), "?");
+    assert_ptr_equal(qkind_get(QUANT_UNIFORM), &QKIND_UNIFORM_OPS);
+    Quantizer q;
+    float d = 1, z = 0;
+    quantizer_setup(&q, QUANT_UNIFORM, 4, 0, 1, &d, &z, NULL, NULL);
+    assert_ptr_equal(quantizer_ops(&q), &QKIND_UNIFORM_OPS);
+}
+
+static void test_names_unique_and_found(void **state) {
+    char list[512];
+    qkind_list(list, sizeof list);
+    for (int k = 0; k < QUANT_KIND_COUNT; k++) {
+        for (int j = k + 1; j < QUANT_KIND_COUNT; j++) assert_true(strcmp(QKIND_NAMES[k], QKIND_NAMES[j]) != 0);
+        QuantKind f = QUANT_KIND_COUNT;
+        assert_int_equal(qkind_find(QKIND_NAMES[k], &f), 0);
+        assert_int_equal(f, k);
+        assert_non_null(strstr(list, QKIND_NAMES[k]));
+    }
+    QuantKind f = QUANT_UNIFORM;
+    assert_int_equal(qkind_find("Uniform", &f), ERR_VALUE);  // names are exact
+    assert_int_equal(qkind_find("", &f), ERR_VALUE);
+    assert_int_equal(qkind_find(NULL, &f), ERR_VALUE);
+    assert_string_equal(qkind_list(list, sizeof list), "uniform");
+    char tiny[3];
+    qkind_list(tiny, sizeof tiny);  // truncated, still a string
+    assert_int_equal(strlen(tiny), 2);
+}
+
+/* ---- data away from the kinks -------------------------------------------------------- */
+
+// x = (m + f) Δ with an integer level m and |f| <= FRAC_MAX, m + z away from the clamp
+// ends by CLAMP_GAP; about a fifth of the values outside the range (both sides).
+static void fill_slice(Rng *r, float *x, size_t n, float delta, float zero, int qmax) {
+    for (size_t i = 0; i < n; i++) {
+        double u;
+        int m;
+        do {
+            m = (int)floor((double)(rng_uniform(r) * (float)(qmax + 8))) - 4 - (int)lrint(zero);
+            u = m + (double)zero;
+        } while (fabs(u) < CLAMP_GAP || fabs(u - qmax) < CLAMP_GAP);
+        float f = FRAC_MAX * (2.0f * rng_uniform(r) - 1.0f);
+        x[i] = ((float)m + f) * delta;
+        // the float product can land anywhere near (m + f) Δ: keep it unless it moved a level
+        double v = (double)x[i] / (double)delta;
+        if (fabs(v - m) > 0.45) x[i] = (float)m * delta;
+    }
+}
+
+// q(x) in double: round half to even (nearbyint), clamp, per entry.
+static double naive_q(double x, double delta, double zero, int qmax) {
+    double u = nearbyint(x / delta) + zero;
+    u = u < 0 ? 0 : (u > qmax ? qmax : u);
+    return (u - zero) * delta;
+}
+
+// The straight-through surrogate s of the top comment, with r frozen at (x0, Δ0).
+static double surrogate(double x, double delta, double zero, int qmax, double r) {
+    double u = x / delta + r + zero;
+    u = u < 0 ? 0 : (u > qmax ? qmax : u);
+    return (u - zero) * delta;
+}
+
+static void check_close(double ours, double ref, double scale, const char *what, int bits, size_t i) {
+    double err = fabs(ours - ref) / (fabs(ref) > scale ? fabs(ref) : scale);
+    if (err > TOL_VALUE) fail_msg("%s, %d bits, element %zu: %.9g, naive %.9g", what, bits, i, ours, ref);
+}
+
+/* ---- forward against the naive loop -------------------------------------------------- */
+
+// Channel-wise (a 7 x 3 x 3 x 5 weight: 7 channels of 45) and layer-wise (a 3-entry table,
+// entry 1, real z; 3 chunks and a ragged tail), each bit width.
+static void test_uniform_fake_naive(void **state) {
+    Rng r;
+    rng_seed(&r, 11, 0);
+    for (int b = 0; b < N_BITS; b++) {
+        int bits = BITS[b], qmax = (1 << bits) - 1;
+        enum { CO = 7, K = 45 };
+        float x[CO * K], y[CO * K], y2[CO * K], d[CO], z[CO];
+        for (int o = 0; o < CO; o++) {
+            d[o] = 0.01f + 0.2f * rng_uniform(&r);
+            z[o] = (float)rng_below(&r, (uint32_t)qmax + 1);
+            fill_slice(&r, x + o * K, K, d[o], z[o], qmax);
+        }
+        x[3] = 0.0f;  // zero is a level
+        Quantizer q;
+        quantizer_setup(&q, QUANT_UNIFORM, bits, 1, CO, d, z, NULL, NULL);
+        quantizer_fake(&q, y, x, CO * K, 0);
+        for (int o = 0; o < CO; o++)
+            for (int j = 0; j < K; j++) {
+                size_t i = (size_t)o * K + j;
+                check_close(y[i], naive_q(x[i], d[o], z[o], qmax), d[o], "channel-wise", bits, i);
+            }
+        // the row's kernel on one channel is what the generic call ran
+        QKIND_UNIFORM_OPS.fake(&q, 4, y2, x + 4 * K, K);
+        assert_memory_equal(y2, y + 4 * K, K * sizeof(float));
+
+        size_t n = 3 * 4096 + 37;
+        float *xl = malloc(n * sizeof(float)), *yl = malloc(n * sizeof(float));
+        float dl[3] = {9.0f, 0.037f, 9.0f}, zl[3] = {0.0f, (float)(qmax / 3) + 0.3f, 0.0f};
+        fill_slice(&r, xl, n, dl[1], zl[1], qmax);
+        quantizer_setup(&q, QUANT_UNIFORM, bits, 0, 3, dl, zl, NULL, NULL);
+        quantizer_fake(&q, yl, xl, n, 1);
+        for (size_t i = 0; i < n; i++)
+            check_close(yl[i], naive_q(xl[i], dl[1], zl[1], qmax), dl[1], "layer-wise", bits, i);
+        free(xl);
+        free(yl);
+    }
+    // ties go to the even level (Δ a power of two: x/Δ exact)
+    const float ties[] = {0.25f, 0.75f, -0.25f, -0.75f, 1.25f};  // x/Δ = 0.5, 1.5, -0.5, -1.5, 2.5
+    float d = 0.5f, z = 4.0f, y[5];
+    Quantizer q;
+    quantizer_setup(&q, QUANT_UNIFORM, 4, 0, 1, &d, &z, NULL, NULL);
+    quantizer_fake(&q, y, ties, 5, 0);
+    const float want[] = {0.0f, 1.0f, 0.0f, -1.0f, 1.0f};
+    for (int i = 0; i < 5; i++) assert_float_equal(y[i], want[i], 0.0f);
+}
+
+/* ---- gradients against central differences ------------------------------------------- */
+
+// loss(Δ, z) = Σ_i G_i f(x_i) over one slice, in double; f = s (surrogate != 0, r frozen at
+// (x, d0)) or q.
+static double loss(const float *x, const float *G, size_t n, double delta, double zero, int qmax, int surr,
+                   double d0) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = nearbyint((double)x[i] / d0) - (double)x[i] / d0;
+        double f = surr ? surrogate(x[i], delta, zero, qmax, r) : naive_q(x[i], delta, zero, qmax);
+        s += (double)G[i] * f;
+    }
+    return s;
+}
+
+// One slice of n values with (Δ, z): the analytic sums g_d, g_z (ours) and dx against
+// central differences (surrogate: all; q: Δ only when every value is outside, z always).
+static void check_slice_grads(const float *x, const float *G, const float *dx, size_t n, double gd, double gz,
+                              float delta, float zero, int qmax, const char *what, int bits) {
+    double hd = FD_REL_STEP * delta, hz = FD_REL_STEP;
+    for (int surr = 1; surr >= 0; surr--) {
+        double fd = (loss(x, G, n, delta + hd, zero, qmax, surr, delta) -
+                     loss(x, G, n, delta - hd, zero, qmax, surr, delta)) / (2 * hd);
+        double fz = (loss(x, G, n, delta, zero + hz, qmax, surr, delta) -
+                     loss(x, G, n, delta, zero - hz, qmax, surr, delta)) / (2 * hz);
+        double scale_d = 0, scale_z = 0;
+        for (size_t i = 0; i < n; i++) {
+            scale_d += fabs(G[i]) * qmax;
+            scale_z += fabs(G[i]) * delta;
+        }
+        // q's own d/dΔ is round(x/Δ) inside the range, not the LSQ round(x/Δ) - x/Δ: only the
+        // surrogate's here (check_outside_delta checks q's where they agree)
+        if (surr && fabs(gd - fd) > TOL_FD * scale_d)
+            fail_msg("%s, %d bits: dΔ %.9g, surrogate central difference %.9g", what, bits, gd, fd);
+        if (fabs(gz - fz) > TOL_FD * scale_z)
+            fail_msg("%s, %d bits: dz %.9g, %s central difference %.9g", what, bits, gz, surr ? "surrogate" : "q",
+                     fz);
+    }
+    // dx: the surrogate is linear in x between the clamp ends (slope 1), flat outside
+    for (size_t i = 0; i < n; i++) {
+        double r = nearbyint((double)x[i] / delta) - (double)x[i] / delta, h = FD_REL_STEP * delta;
+        double f = (surrogate(x[i] + h, delta, zero, qmax, r) - surrogate(x[i] - h, delta, zero, qmax, r)) / (2 * h);
+        if (fabs((double)dx[i] - G[i] * f) > TOL_FD * fabs(G[i]) + 1e-12)
+            fail_msg("%s, %d bits, element %zu: dx %.9g, surrogate central difference %.9g", what, bits, i, dx[i],
+                     G[i] * f);
+    }
+}
+
+// Outside the range q's own d/dΔ is defined and equals the LSQ gradient: checked on a slice of
+// clamped values only.
+static void check_outside_delta(Rng *r, int bits) {
+    int qmax = (1 << bits) - 1;
+    enum { N = 33 };
+    float x[N], G[N], dx[N] = {0}, d = 0.07f, z = 2.0f, dd = 0, dz = 0;
+    for (int i = 0; i < N; i++) {
+        int m = (i % 2) ? qmax + 2 + (int)rng_below(r, 5) : -(int)z - 2 - (int)rng_below(r, 5);  // both sides
+        x[i] = ((float)m + FRAC_MAX * (2.0f * rng_uniform(r) - 1.0f)) * d;
+        G[i] = 2.0f * rng_uniform(r) - 1.0f;
+    }
+    Quantizer q;
+    quantizer_setup(&q, QUANT_UNIFORM, bits, 0, 1, &d, &z, NULL, NULL);
+    quantizer_fake_backward(&q, dx, &dd, &dz, G, x, N, 0);
+    double h = FD_REL_STEP * d;
+    double fd = (loss(x, G, N, d + h, z, qmax, 0, d) - loss(x, G, N, d - h, z, qmax, 0, d)) / (2 * h);
+    double scale = 0;
+    for (int i = 0; i < N; i++) scale += fabs(G[i]) * qmax;
+    if (fabs(dd - fd) > TOL_FD * scale)
+        fail_msg("outside, %d bits: dΔ %.9g, q's central difference %.9g", bits, dd, fd);
+    for (int i = 0; i < N; i++) assert_float_equal(dx[i], 0.0f, 0.0f);
+}
+
+static void test_uniform_grads_fd(void **state) {
+    Rng r;
+    rng_seed(&r, 12, 0);
+    for (int b = 0; b < N_BITS; b++) {
+        int bits = BITS[b], qmax = (1 << bits) - 1;
+        // channel-wise: 5 channels of 19, integer zero points (weights)
+        enum { CO = 5, K = 19 };
+        float x[CO * K], G[CO * K], dx[CO * K], d[CO], z[CO], dd[CO], dz[CO];
+        for (int o = 0; o < CO; o++) {
+            d[o] = 0.02f + 0.3f * rng_uniform(&r);
+            z[o] = (float)rng_below(&r, (uint32_t)qmax + 1);
+            fill_slice(&r, x + o * K, K, d[o], z[o], qmax);
+        }
+        for (int i = 0; i < CO * K; i++) G[i] = 2.0f * rng_uniform(&r) - 1.0f;
+        memset(dx, 0, sizeof dx);
+        memset(dd, 0, sizeof dd);
+        memset(dz, 0, sizeof dz);
+        Quantizer q;
+        quantizer_setup(&q, QUANT_UNIFORM, bits, 1, CO, d, z, NULL, NULL);
+        quantizer_fake_backward(&q, dx, dd, dz, G, x, CO * K, 0);
+        for (int o = 0; o < CO; o++)
+            check_slice_grads(x + o * K, G + o * K, dx + o * K, K, dd[o], dz[o], d[o], z[o], qmax, "channel-wise",
+                              bits);
+
+        // layer-wise: a 2-entry table, entry 0, a real zero point (activations); several chunks
+        size_t n = 2 * 4096 + 101;
+        float *xl = malloc(n * sizeof(float)), *Gl = malloc(n * sizeof(float)), *dxl = calloc(n, sizeof(float));
+        float dl[2] = {0.05f, 1.0f}, zl[2] = {(float)(qmax / 2) + 0.35f, 0.0f}, ddl[2] = {0}, dzl[2] = {0};
+        fill_slice(&r, xl, n, dl[0], zl[0], qmax);
+        for (size_t i = 0; i < n; i++) Gl[i] = 2.0f * rng_uniform(&r) - 1.0f;
+        quantizer_setup(&q, QUANT_UNIFORM, bits, 0, 2, dl, zl, NULL, NULL);
+        quantizer_fake_backward(&q, dxl, ddl, dzl, Gl, xl, n, 0);
+        check_slice_grads(xl, Gl, dxl, n, ddl[0], dzl[0], dl[0], zl[0], qmax, "layer-wise", bits);
+        assert_float_equal(ddl[1], 0.0f, 0.0f);  // the inactive entry
+        assert_float_equal(dzl[1], 0.0f, 0.0f);
+        free(xl);
+        free(Gl);
+        free(dxl);
+        check_outside_delta(&r, bits);
+    }
+}
+
+/* ---- integers ------------------------------------------------------------------------ */
+
+// For every level l: encode(decode(l)) == l (integer z, any Δ); decode(encode(x)) == fake(x)
+// bit for bit; unpack(pack(levels)) == levels on an odd count. Per bit width.
+static void test_uniform_levels_roundtrip(void **state) {
+    Rng r;
+    rng_seed(&r, 13, 0);
+    for (int b = 0; b < N_BITS; b++) {
+        int bits = BITS[b], qmax = (1 << bits) - 1, L = qmax + 1;
+        enum { CO = 3 };
+        float d[CO] = {1e-3f, 0.173f, 37.5f}, z[CO];
+        for (int o = 0; o < CO; o++) z[o] = (float)rng_below(&r, (uint32_t)L);
+        uint8_t *lv = malloc((size_t)CO * L), *lv2 = malloc((size_t)CO * L);
+        float *v = malloc((size_t)CO * L * sizeof(float));
+        for (int o = 0; o < CO; o++)
+            for (int l = 0; l < L; l++) lv[o * L + l] = (uint8_t)l;
+        Quantizer q;
+        quantizer_setup(&q, QUANT_UNIFORM, bits, 1, CO, d, z, NULL, NULL);
+        quantizer_decode(&q, v, lv, (size_t)CO * L, 0);
+        quantizer_encode(&q, lv2, v, (size_t)CO * L, 0);
+        assert_memory_equal(lv, lv2, (size_t)CO * L);
+        for (int o = 0; o < CO; o++)  // decode is (l - z) Δ
+            for (int l = 0; l < L; l++) assert_true(v[o * L + l] == ((float)l - z[o]) * d[o]);
+
+        // decode(encode(x)) == fake(x) on random data, clamped values included
+        enum { K = 29 };
+        float x[CO * K], y1[CO * K], y2[CO * K];
+        uint8_t e[CO * K];
+        for (int i = 0; i < CO * K; i++) x[i] = (2.0f * rng_uniform(&r) - 1.0f) * d[i / K] * (float)(L + 4);
+        quantizer_encode(&q, e, x, CO * K, 0);
+        quantizer_decode(&q, y1, e, CO * K, 0);
+        quantizer_fake(&q, y2, x, CO * K, 0);
+        assert_memory_equal(y1, y2, sizeof y1);
+
+        // decode's gradient in Δ and z with the levels fixed, against central differences of
+        // Σ dy (l - z) Δ (linear in both: exact up to rounding)
+        float *dy = malloc((size_t)CO * L * sizeof(float)), dd[CO] = {0}, dz[CO] = {0};
+        for (int i = 0; i < CO * L; i++) dy[i] = 2.0f * rng_uniform(&r) - 1.0f;
+        quantizer_decode_backward(&q, dd, dz, NULL, dy, lv, (size_t)CO * L, 0);
+        for (int o = 0; o < CO; o++) {
+            double hd = FD_REL_STEP * d[o], hz = FD_REL_STEP, fd = 0, fz = 0, scale = 0;
+            for (int l = 0; l < L; l++) {
+                double g = dy[o * L + l];
+                fd += g * ((l - z[o]) * (d[o] + hd) - (l - z[o]) * (d[o] - hd)) / (2 * hd);
+                fz += g * ((l - z[o] - hz) * d[o] - (l - z[o] + hz) * d[o]) / (2 * hz);
+                scale += fabs(g) * (L + fabs(z[o]));
+            }
+            if (fabs(dd[o] - fd) > TOL_FD * scale)
+                fail_msg("decode, %d bits: dΔ %.9g, central difference %.9g", bits, dd[o], fd);
+            if (fabs(dz[o] - fz) > TOL_FD * scale * d[o])
+                fail_msg("decode, %d bits: dz %.9g, central difference %.9g", bits, dz[o], fz);
+        }
+        free(dy);
+
+        // the export's bytes: an odd count, the container's size, exact round trip
+        size_t n = 1001;
+        uint8_t *src = malloc(n), *back = malloc(n);
+        for (size_t i = 0; i < n; i++) src[i] = (uint8_t)rng_below(&r, (uint32_t)L);
+        const QKindOps *ops = quantizer_ops(&q);
+        size_t nb = ops->packed_size(&q, n);
+        int container = bits <= 2 ? 2 : (bits <= 4 ? 4 : 8);
+        assert_int_equal(nb, (n * (size_t)container + 7) / 8);
+        uint8_t *packed = malloc(nb);
+        ops->pack(&q, packed, src, n);
+        ops->unpack(&q, back, packed, n);
+        assert_memory_equal(src, back, n);
+        free(packed);
+        free(src);
+        free(back);
+        free(lv);
+        free(lv2);
+        free(v);
+    }
+}
+
+int main(void) {
+    threads_set(0);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table_complete),
+        cmocka_unit_test(test_names_unique_and_found),
+        cmocka_unit_test(test_uniform_fake_naive),
+        cmocka_unit_test(test_uniform_grads_fd),
+        cmocka_unit_test(test_uniform_levels_roundtrip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
