@@ -34,8 +34,8 @@
 #include "autograd/profile.h"
 #include "bench/benchutil.h"
 #include "models/ldm.h"
-#include "qalora/calibrate.h"
-#include "train/trainer.h"
+#include "run/run_calibrate.h"
+#include "run/run_train.h"
 #include "util/threads.h"
 
 #define MAX_STEPS 256
@@ -126,12 +126,12 @@ static int run_case(const Case *k) {
             goto fail;
         }
         free(lc);
-        if (calibrate_run_with(&rc, m, NULL, NULL, &e)) goto fail;
+        if (run_calibrate_with(&rc, m, NULL, NULL, &e)) goto fail;
         Ldm *owned = m;
         m = NULL;
-        if (trainer_open_with(&tr, &rc, owned, rc.run.out, &e)) goto fail;
+        if (run_trainer_open_with(&tr, &rc, owned, rc.run.out, &e)) goto fail;
     } else {
-        if (calibrate_run(&rc, NULL, NULL, &e) || trainer_open(&tr, &rc, rc.run.out, &e)) goto fail;
+        if (run_calibrate(&rc, NULL, NULL, &e) || run_trainer_open(&tr, &rc, rc.run.out, &e)) goto fail;
     }
     double setup = bench_now() - t0;
     int C, H, W;

@@ -32,6 +32,13 @@ static int parse_value(CliOpt *o, const char *v, Err *e) {
         *(float *)o->dst = x;
         return 0;
     }
+    case OPT_STRS: {
+        CliStrs *l = o->dst;
+        if (l->n >= CLI_MAX_REPEAT)
+            return err_set(e, ERR_ARG, "%s: given more than %d times", o->name, CLI_MAX_REPEAT);
+        l->v[l->n++] = v;
+        return 0;
+    }
     case OPT_FLAG:
         break;
     }
@@ -57,7 +64,7 @@ int cli_parse(int argc, char **argv, CliOpt *opts, int n_opts, const char **posi
         for (int k = 0; k < n_opts; k++)
             if (strlen(opts[k].name) == len && !strncmp(opts[k].name, a, len)) o = &opts[k];
         if (!o) return err_set(e, ERR_ARG, "unknown option '%.*s' (see --help)", (int)len, a);
-        if (o->seen) return err_set(e, ERR_ARG, "%s given twice", o->name);
+        if (o->seen && o->type != OPT_STRS) return err_set(e, ERR_ARG, "%s given twice", o->name);
         o->seen = 1;
         if (o->type == OPT_FLAG) {
             if (eq) return err_set(e, ERR_ARG, "%s takes no value", o->name);

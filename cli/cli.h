@@ -11,16 +11,24 @@
 
 #include "util/err.h"
 
-typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_FLAG } CliOptType;
+typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_FLAG, OPT_STRS } CliOptType;
 
 typedef struct {
     const char *name;  // "--steps"
     CliOptType type;
-    void *dst;         // const char **, int *, float *, int * (flag: set to 1)
+    void *dst;         // const char **, int *, float *, int * (flag: set to 1), CliStrs * (OPT_STRS)
     int seen;          // set by cli_parse when the option was given
 } CliOpt;
 
-// Parses argv[1..argc) against opts ("--name value" or "--name=value"). Non-option
+// The values of a repeatable option (OPT_STRS: "--set a=1 --set b=2"), in command-line order.
+enum { CLI_MAX_REPEAT = 64 };
+typedef struct {
+    const char *v[CLI_MAX_REPEAT];
+    int n;
+} CliStrs;
+
+// Parses argv[1..argc) against opts ("--name value" or "--name=value"; only OPT_STRS options
+// may be given more than once, at most CLI_MAX_REPEAT times). Non-option
 // arguments go to positional[0..*n_positional) (capacity max_positional). "--help" / "-h"
 // sets *help. 0 or ERR_ARG (message names the option and what was wrong).
 int cli_parse(int argc, char **argv, CliOpt *opts, int n_opts, const char **positional, int *n_positional,

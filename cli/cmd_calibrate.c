@@ -1,13 +1,13 @@
-/* cmd_calibrate.c: effdm calibrate: naive PTQ of a run (qalora/calibrate.h). */
+/* cmd_calibrate.c: effdm calibrate: naive PTQ of a run (run/run_calibrate.h). */
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
 #include "cli/commands.h"
-#include "qalora/calibrate.h"
+#include "run/run_calibrate.h"
 
 static const char *const usage[] = {
-    "usage: effdm calibrate --config R.yaml [--threads N] [--force]",
+    "usage: effdm calibrate --config R.yaml [--set KEY=VALUE ...] [--threads N] [--force]",
     "",
     "Naive PTQ, the starting point of fine-tuning: runs the FP teacher's DDIM sampler",
     "(calib.steps, calib.eta, calib.scale, calib.n_samples random classes, calib.batch at a",
@@ -20,7 +20,12 @@ static const char *const usage[] = {
     "state.safetensors (the student). `effdm export --run DIR` turns it into a sampleable",
     "W4A4 model: the naive PTQ baseline.",
     "",
-    "  --config R.yaml  run config (keys and defaults: train/run_config.h)",
+    "  --config R.yaml  run config (keys and defaults: run/run_config.h)",
+    "  --set KEY=VALUE  set one run-config key after the file, as if it were the file's last",
+    "                   line (repeatable; a later one wins): --set calib.n_samples=8",
+    "                   --set run.out=/tmp/x. VALUE is read like the YAML file's values (lists",
+    "                   in flow form: --set 'quant.fp_name_contains=[skip, op]'); an unknown key",
+    "                   or a bad value is an error (exit 2). config.yaml records the result",
     "  --threads N      threads (default: run.threads, else $EFFDM_THREADS, else all cores)",
     "  --force          replace an existing state.safetensors in run.out (a calibrated or",
     "                   fine-tuned student is lost)",
@@ -50,12 +55,14 @@ int cmd_calibrate(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL;
     int threads = 0, force = 0, help = 0;
+    CliStrs sets = {0};
     CliOpt opts[] = {
         {"--config", OPT_STR, &config, 0},
         {"--threads", OPT_INT, &threads, 0},
         {"--force", OPT_FLAG, &force, 0},
+        {"--set", OPT_STRS, &sets, 0},
     };
-    if (cli_parse(argc, argv, opts, 3, NULL, NULL, 0, &help, &e)) return cli_fail("calibrate", &e);
+    if (cli_parse(argc, argv, opts, 4, NULL, NULL, 0, &help, &e)) return cli_fail("calibrate", &e);
     if (help) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
@@ -65,12 +72,12 @@ int cmd_calibrate(int argc, char **argv) {
         return cli_fail("calibrate", &e);
     }
     static RunConfig rc;  // large (paths, overrides): off the stack
-    if (run_config_load(config, &rc, &e)) return cli_fail("calibrate", &e);
+    if (run_config_load_set(config, sets.v, sets.n, &rc, &e)) return cli_fail("calibrate", &e);
     if (cli_threads(opts[1].seen ? threads : rc.run.threads, &e)) return cli_fail("calibrate", &e);
     ProgressState ps = {0};
     CalibOpts o = {force, on_progress, &ps};
     CalibSummary s;
-    if (calibrate_run(&rc, &o, &s, &e)) return cli_fail("calibrate", &e);
+    if (run_calibrate(&rc, &o, &s, &e)) return cli_fail("calibrate", &e);
     if (s.warning[0]) fprintf(stderr, "effdm calibrate: note: %s\n", s.warning);
     printf("calibrated %s in %.1f s (teacher trajectories %.1f s, activation ranges %.1f s)\n", rc.run.out,
            s.sec_total, s.sec_record, s.sec_calib);

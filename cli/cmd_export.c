@@ -1,13 +1,14 @@
 /* cmd_export.c: effdm export: a run directory's student as one deployable .safetensors
-   (qalora/export.h). */
+   (run/run_export.h; the format: qalora/export.h). */
 #include <stdio.h>
 #include <unistd.h>
 #include <string.h>
 
 #include "cli/cli.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 #include "cli/commands.h"
-#include "qalora/export.h"
+#include "io/weights.h"
+#include "run/run_export.h"
 
 static const char *const usage[] = {
     "usage: effdm export --run RUN_DIR --out M.safetensors [--epoch last|best] [--fp16-layers] [--threads N]",
@@ -21,9 +22,10 @@ static const char *const usage[] = {
     "",
     "  --run RUN_DIR   the run directory (config.yaml, state.safetensors)",
     "  --out FILE      the export to write (atomically)",
-    "  --epoch WHICH   last: state.safetensors; best: best.safetensors, the epoch with the",
-    "                  lowest validation error. Default: the run's train.select_epoch",
-    "                  (best_val -> best, last -> last)",
+    "  --epoch WHICH   last: state.safetensors; best: best.safetensors, the epoch the run's",
+    "                  validation chose (the starting model, naive PTQ, when no epoch beat it).",
+    "                  Default: the run's train.select_epoch (best_val, best_sampled -> best;",
+    "                  last -> last)",
     "  --fp16-layers   for a run with quant.fp_layers f32 (the reference recipe's default): store",
     "                  the weights of the layers left FP (skip connections, Downsample convs,",
     "                  layers kept FP) as float16 anyway: half their size, but the model is then",
@@ -62,7 +64,7 @@ int cmd_export(int argc, char **argv) {
         RunConfig rc;
         snprintf(cfg_path, sizeof cfg_path, "%s/config.yaml", run);
         if (run_config_load(cfg_path, &rc, &e)) return cli_fail("export", &e);
-        epoch = rc.train.select_epoch == RC_SELECT_BEST_VAL ? "best" : "last";
+        epoch = rc.train.select_epoch != RC_SELECT_LAST ? "best" : "last";
         snprintf(cfg_path, sizeof cfg_path, "%s/best.safetensors", run);
         if (!strcmp(epoch, "best") && access(cfg_path, R_OK) != 0) {
             // a calibrated run that was never fine-tuned: its only state is the naive PTQ model
@@ -76,9 +78,23 @@ int cmd_export(int argc, char **argv) {
         return cli_fail("export", &e);
     }
     if (cli_threads(threads, &e)) return cli_fail("export", &e);
+    if (!strcmp(epoch, "best")) {  // say so when the run's best is its starting model
+        char bp[4200];
+        WeightFile *bf;
+        int64_t be = 0;
+        Err ignore = {0};
+        snprintf(bp, sizeof bp, "%s/best.safetensors", run);
+        if (!weights_open(&bf, bp, &ignore)) {
+            if (weights_find(bf, "best.epoch") && !weights_read_raw(bf, "best.epoch", &be, sizeof be, &ignore) && be < 0)
+                fprintf(stderr, "effdm export: note: the run's best is its starting model (naive PTQ): no fine-tuned "
+                        "epoch beat it on the run's validation (train.select_epoch); --epoch last exports the "
+                        "fine-tuned student anyway\n");
+            weights_close(bf);
+        }
+    }
     ExportSummary s;
     ExportOpts eo = {epoch, fp16};
-    if (export_run(run, &eo, out, &s, &e)) return cli_fail("export", &e);
+    if (run_export(run, &eo, out, &s, &e)) return cli_fail("export", &e);
     printf("exported %s (%s) to %s%s\n", run, epoch, out,
            !s.fp16_layers ? "" : (s.exact ? " (FP layers as float16, as the student ran them)"
                                           : " (FP layers rounded to float16 at export: not bit-exact to the student)"));

@@ -11,24 +11,32 @@
 #include "autograd/profile.h"
 #include "cli/cli.h"
 #include "cli/commands.h"
-#include "qalora/calibrate.h"
-#include "train/run_dir.h"
-#include "train/trainer.h"
+#include "run/run_calibrate.h"
+#include "run/run_dir.h"
+#include "run/run_train.h"
 #include "util/threads.h"
 
 static const char *const usage[] = {
-    "usage: effdm finetune --config RUN.yaml [--threads N]",
-    "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--threads N]",
+    "usage: effdm finetune --config RUN.yaml [--set KEY=VALUE ...] [--threads N]",
+    "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--set KEY=VALUE ...] [--threads N]",
     "",
     "Fine-tunes the quantized student of a run directory (the config's run.out) by distilling",
     "the FP teacher along its own DDIM trajectories (EfficientDM: QALoRA + TALSQ), one AdamW",
     "step per trajectory step. Without a calibrated state in the run directory, the",
     "calibration (effdm calibrate) runs first.",
     "",
-    "  --config RUN.yaml  the run config (keys: train/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
+    "  --config RUN.yaml  the run config (keys: run/run_config.h; e.g. configs/fmnist-ldm-w4a4.yaml)",
     "  --resume RUN_DIR   continue the run in RUN_DIR exactly where its last checkpoint stopped;",
     "                     with --config, that config replaces the run's (it must agree on every",
     "                     key resuming needs: the first disagreeing key is named)",
+    "  --set KEY=VALUE    set one run-config key after the file, as if it were the file's last",
+    "                     line (repeatable; a later one wins): --set train.epochs=4",
+    "                     --set run.out=/tmp/x. VALUE is read like the YAML file's values (lists",
+    "                     in flow form: --set 'quant.fp_name_contains=[skip, op]'); an unknown",
+    "                     key or a bad value is an error (exit 2). The run's config.yaml records",
+    "                     the result. With --resume and no --config the assignments apply to the",
+    "                     run's own config.yaml: keys resuming needs (marked * in run/run_config.h)",
+    "                     must keep their value, others (train.checkpoint_every, ...) may change",
     "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores);",
     "                     an exact resume needs the same count as the interrupted run",
     "  --profile          at the end, print where the time of the steps went: per op kind",
@@ -67,10 +75,17 @@ static void install_handlers(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
+// The rise of the sampled validation's teacher error (relative) above which the summary warns.
+#define FINETUNE_REAL_WARN 0.02
+
 typedef struct {
     Progress bar;
     int64_t first;  // global step before this call
     int tty;
+    RcSelect select;  // train.select_epoch (names the best record)
+    // the sampled validation of the starting model and of the best epoch, as seen by this call
+    SampleCheck start, best_seen;
+    int has_start, best_seen_epoch;
 } View;
 
 static void line(View *v, const char *msg) { fprintf(stderr, "%s%s\n", v->tty ? "\r\033[K" : "", msg); }
@@ -91,9 +106,20 @@ static const char *epoch_name(int epoch, char *buf, size_t n) {
 }
 
 static void on_val(const TrainerVal *tv, void *user) {
-    char msg[200], a[32], b[32];
-    snprintf(msg, sizeof msg, "%s: val error %.6g (best %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
-             tv->val_error, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
+    View *view = user;
+    if (isfinite(tv->sampled.mse)) {
+        if (tv->epoch == -1) view->start = tv->sampled, view->has_start = 1;
+        if (tv->best_epoch == tv->epoch) view->best_seen = tv->sampled, view->best_seen_epoch = tv->epoch;
+    }
+    char msg[300], a[32], b[32], smp[128] = "";
+    if (isfinite(tv->sampled.mse))
+        snprintf(smp, sizeof smp, ", sampled: latent mse %.5g, fd %.5g, teacher error x%.4f", tv->sampled.mse,
+                 tv->sampled.fd, tv->sampled.real);
+    // under best_sampled the best record is the sampled score (2: the starting model's)
+    const char *what = isfinite(tv->sampled.mse) && ((View *)user)->select == RC_SELECT_BEST_SAMPLED
+                           ? "sampled score" : "val error";
+    snprintf(msg, sizeof msg, "%s: val error %.6g%s (best %s %.6g, %s) %.1f s", epoch_name(tv->epoch, a, sizeof a),
+             tv->val_error, smp, what, tv->best_val, epoch_name(tv->best_epoch, b, sizeof b), tv->seconds);
     line(user, msg);
 }
 
@@ -119,10 +145,12 @@ int cmd_finetune(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL, *resume = NULL;
     int threads = 0, help = 0, n_pos = 0, profile = 0;
+    CliStrs sets = {0};
     const char *pos[1];
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
-                     {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0}};
-    if (cli_parse(argc, argv, opts, 4, pos, &n_pos, 1, &help, &e)) return fail(&e);
+                     {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0},
+                     {"--set", OPT_STRS, &sets, 0}};
+    if (cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e)) return fail(&e);
     if (help) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
@@ -136,9 +164,19 @@ int cmd_finetune(int argc, char **argv) {
         return fail(&e);
     }
     RunConfig given, rc;
-    if (config && run_config_load(config, &given, &e)) return fail(&e);
+    const RunConfig *gp = NULL;
+    char run_cfg[4096];
+    const char *base = config;
+    if (!config && sets.n) {  // --resume DIR --set ...: over the run's own config
+        snprintf(run_cfg, sizeof run_cfg, "%s/config.yaml", resume);
+        if (access(run_cfg, F_OK) == 0) base = run_cfg;  // else run_dir_resolve names what is missing
+    }
+    if (base) {
+        if (run_config_load_set(base, sets.v, sets.n, &given, &e)) return fail(&e);
+        gp = &given;
+    }
     RunDirStatus st;
-    if (run_dir_resolve(resume, config ? &given : NULL, &rc, &st, &e)) return fail(&e);
+    if (run_dir_resolve(resume, gp, &rc, &st, &e)) return fail(&e);
     if (cli_threads(opts[2].seen ? threads : rc.run.threads, &e)) return fail(&e);
     if (st == RUN_DIR_EMPTY) {
         // no calibrated student yet: effdm calibrate first, into the same run directory
@@ -146,17 +184,17 @@ int cmd_finetune(int argc, char **argv) {
         CalibState cs = {0};
         CalibOpts co = {0, on_calib_progress, &cs};
         CalibSummary cal;
-        if (calibrate_run(&rc, &co, &cal, &e)) return fail(&e);
+        if (run_calibrate(&rc, &co, &cal, &e)) return fail(&e);
         if (cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
         fprintf(stderr, "effdm finetune: calibrated in %.1f s (%d UNet inputs recorded)\n", cal.sec_total,
                 cal.n_recorded);
     }
 
     Trainer *tr;
-    if (trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
+    if (run_trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
     int epoch, step;
     trainer_position(tr, &epoch, &step);
-    View v = {.tty = isatty(2)};
+    View v = {.tty = isatty(2), .select = rc.train.select_epoch, .best_seen_epoch = -2};
     int S = trainer_steps_per_epoch(tr);
     int64_t total = (int64_t)rc.train.epochs * S;
     v.first = (int64_t)epoch * S + step;
@@ -201,7 +239,23 @@ int cmd_finetune(int argc, char **argv) {
            s.steps_run ? s.seconds / (double)s.steps_run : 0.0, s.total_seconds);
     if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
     char be[32];
-    if (s.has_best) printf("best val     %.6g (%s)\n", s.best_val, epoch_name(s.best_epoch, be, sizeof be));
+    if (s.has_best)
+        printf("best %s %.6g (%s)\n", rc.train.select_epoch == RC_SELECT_BEST_SAMPLED ? "score" : "val  ", s.best_val,
+               epoch_name(s.best_epoch, be, sizeof be));
+    // the teacher's denoising error on the samples rose with fine-tuning: on the test teachers
+    // (docs/RESULTS.md) that went with a loss of judge precision and, on one, of test-set FID
+    if (v.has_start && s.has_best && v.best_seen_epoch == s.best_epoch && s.best_epoch >= 0 &&
+        v.best_seen.real > v.start.real * (1.0 + FINETUNE_REAL_WARN))
+        fprintf(stderr, "effdm finetune: warning: the chosen epoch's samples are less plausible to the teacher than "
+                "the starting model's (naive PTQ): teacher denoising error x%.4f of its own samples vs x%.4f; on "
+                "test teachers this went with lower precision and, on one, a worse test-set FID than naive PTQ "
+                "(train.select_epoch best_sampled keeps the starting model in that case)\n",
+                v.best_seen.real, v.start.real);
+    if (s.has_best && s.best_epoch == -1 && s.epoch == s.epochs && s.epochs > 0 &&
+        rc.train.select_epoch != RC_SELECT_LAST)
+        fprintf(stderr, "effdm finetune: warning: no fine-tuned epoch beat the starting model (naive PTQ) on the %s; "
+                "the run's best, which effdm export takes by default, is that starting model\n",
+                rc.train.select_epoch == RC_SELECT_BEST_SAMPLED ? "sampled validation" : "validation error");
     if (prof) {
         code = cli_print_profile(prof, wall, &e);
         free(prof);

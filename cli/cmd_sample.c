@@ -251,7 +251,9 @@ int cmd_sample(int argc, char **argv) {
         err_set(&e, ERR_ARG, "--ldm-config and --ckpt go together (give both or neither)");
     else if (n < 1) err_set(&e, ERR_ARG, "--n: expected a positive number of images, found %d", n);
     else if (batch < 1) err_set(&e, ERR_ARG, "--batch: expected a positive integer, found %d", batch);
-    else if (eta < 0) err_set(&e, ERR_ARG, "--eta: expected >= 0, found %g", (double)eta);
+    else if (!(eta >= 0 && eta <= 1)) err_set(&e, ERR_ARG, "--eta: expected 0..1 (DDIM), found %g", (double)eta);
+    else if (!(scale >= 0) || !isfinite(scale))
+        err_set(&e, ERR_ARG, "--scale: expected a finite guidance scale >= 0, found %g", (double)scale);
     else if (seed < 0) err_set(&e, ERR_ARG, "--seed: expected a non-negative integer, found %d", seed);
     else if (opts[8].seen && klass < 0) err_set(&e, ERR_ARG, "--class: expected a label >= 0, found %d", klass);
     if (e.code || parse_choice("--ema", ema_s, ema_names, 3, &ema, &e) ||
@@ -270,6 +272,10 @@ int cmd_sample(int argc, char **argv) {
     }
     if (eval_ref && access(eval_ref, R_OK) != 0) {  // fail before sampling, not after
         err_set(&e, ERR_IO, "--eval %s: cannot read the reference statistics", eval_ref);
+        return cli_fail("sample", &e);
+    }
+    if (eval_ref && n < EVAL_IS_SPLITS) {  // eval would refuse after the sampling: refuse now
+        err_set(&e, ERR_ARG, "--eval needs --n >= %d (the Inception Score splits), found %d", EVAL_IS_SPLITS, n);
         return cli_fail("sample", &e);
     }
     if (eval_json && !eval_ref) {

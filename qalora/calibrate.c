@@ -1,25 +1,16 @@
-/* calibrate.c: naive PTQ of a run (the reference's teacher trajectories + quantize_ldm_naive.py
-   + the TALSQ-table initialising forward of train_efficientdm.py, in one pass). */
+/* calibrate.c: naive PTQ (the reference's teacher trajectories + quantize_ldm_naive.py
+   + the TALSQ-table initialising forward of train_efficientdm.py, in one pass). The run
+   directory it starts: run/run_calibrate.c. */
 #include "qalora/calibrate.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "io/safetensors.h"
 #include "sample/generate.h"
 #include "sample/sampler.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void calib_record_free(CalibRecord *rec) {
     free(rec->x);
@@ -38,7 +29,7 @@ typedef struct {
     int guided;         // 1: the UNet sees [unconditional half, conditional half]
     int uncond;
     long done, total;
-    const CalibOpts *o;
+    const CalibProgress *o;
 } RecordCtx;
 
 static void push(CalibRecord *rec, const float *x, int t, int y, int traj, int step) {
@@ -68,7 +59,7 @@ static void on_step(int step, int total, void *user) {
     if (r->o && r->o->on_progress) r->o->on_progress(CALIB_PHASE_RECORD, r->done, r->total, r->o->user);
 }
 
-int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibOpts *o, CalibRecord *rec, Err *e) {
+int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibProgress *o, CalibRecord *rec, Err *e) {
     memset(rec, 0, sizeof *rec);
     int steps = sampler_real_steps(m, cc->steps);
     if (steps < 1)
@@ -174,35 +165,8 @@ int calib_record_write(const CalibRecord *rec, const int64_t *used, int n_used, 
     return rc;
 }
 
-// mkdir -p. 0 or ERR_IO; *created = 1 when the last component was created by this call.
-static int make_dirs(const char *path, int *created, Err *e) {
-    char buf[RC_PATH_MAX];
-    *created = 0;
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return err_set(e, ERR_VALUE, "run.out: path too long");
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return err_set(e, ERR_IO, "run.out: cannot create directory '%s': %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) == 0) *created = 1;
-    else if (errno != EEXIST)
-        return err_set(e, ERR_IO, "run.out: cannot create directory '%s': %s", buf, strerror(errno));
-    struct stat st;
-    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
-        return err_set(e, ERR_IO, "run.out: '%s' is not a directory", buf);
-    return 0;
-}
-
-static void path_join(char *dst, size_t cap, const char *dir, const char *name) {
-    size_t n = strlen(dir);
-    snprintf(dst, cap, "%s%s%s", dir, (n && dir[n - 1] == '/') ? "" : "/", name);
-}
-
 typedef struct {
-    const CalibOpts *o;
+    const CalibProgress *o;
     long done, total;
 } ActProgress;
 
@@ -244,135 +208,47 @@ static int calibrate_per_step(QModel *q, Ctx *ctx, Ldm *m, const CalibRecord *re
     return code;
 }
 
-// given: a model to calibrate on (borrowed), or NULL to load rc->model.
-static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibSummary *s, Err *e) {
-    CalibSummary local;
-    if (!s) s = &local;
-    memset(s, 0, sizeof *s);
-    double t0 = now_seconds();
-    char p_cfg[RC_PATH_MAX + 32], p_calib[RC_PATH_MAX + 32], p_state[RC_PATH_MAX + 32];
-    path_join(p_cfg, sizeof p_cfg, rc->run.out, "config.yaml");
-    path_join(p_calib, sizeof p_calib, rc->run.out, "calib.safetensors");
-    path_join(p_state, sizeof p_state, rc->run.out, "state.safetensors");
-    if (!(o && o->force) && access(p_state, F_OK) == 0)
-        return err_set(e, ERR_VALUE, "run directory '%s' already holds state.safetensors (a calibrated or fine-tuned "
-                       "student); use --force to replace it", rc->run.out);
-    QModelConfig qc;
-    if (qmodel_config_from_run(&qc, rc, e)) return e->code;
-
-    Ldm *m = given;
-    Ctx ctx = {0};
-    int ctx_ok = 0, q_ok = 0, created = 0;
-    QModel q;
-    CalibRecord rec = {0};
-    int64_t *used = NULL;
+int calib_student_fit(QModel *q, Ctx *ctx, Ldm *m, const QModelConfig *qc, const RcCalib *cc,
+                      const CalibRecord *rec, int64_t *used, const CalibProgress *o, Err *e) {
+    Rng r;
+    rng_seed(&r, (uint64_t)cc->seed, CALIB_STREAM_LORA);
+    int code = qmodel_init(q, m->unet, qc, m->T, &r, e);
+    if (code) return code;
     float *cx = NULL, *ct = NULL;
     int *cy = NULL;
-    StWriter w = {0};
-    int wrote_calib = 0, wrote_state = 0;
-    LdmLoadOpts lo = {rc->model.ema == RC_EMA_ON ? LDM_EMA_ON : (rc->model.ema == RC_EMA_OFF ? LDM_EMA_OFF : LDM_EMA_AUTO),
-                      LDM_PART_UNET | LDM_PART_COND_STAGE};
-    int code = given ? 0 : ldm_load(&m, rc->model.ldm_config, rc->model.ckpt, &lo, e);
-    if (code) goto fail;
-    snprintf(s->warning, sizeof s->warning, "%s", m->warning);
-    s->using_ema = m->using_ema;
-    if (rc->model.uncond_label >= 0 && rc->model.uncond_label != ldm_uncond_label(m)) {
-        code = err_set(e, ERR_VALUE, "model.uncond_label: %d other than the last class index (%d) is not implemented "
-                       "yet", rc->model.uncond_label, ldm_uncond_label(m));
-        goto fail;
-    }
-    if ((code = ctx_init(&ctx, (size_t)rc->run.arena_mb << 20, e))) goto fail;
-    ctx_ok = 1;
-
-    // 1. teacher trajectories
-    double t1 = now_seconds();
-    if ((code = calib_record(&ctx, m, &rc->calib, o, &rec, e))) goto fail;
-    s->sec_record = now_seconds() - t1;
-    s->steps = sampler_real_steps(m, rc->calib.steps);
-    s->n_recorded = rec.n;
-
-    // 2. the student: naive PTQ weights, activation ranges from one forward
-    t1 = now_seconds();
-    Rng r;
-    rng_seed(&r, (uint64_t)rc->calib.seed, CALIB_STREAM_LORA);
-    if ((code = qmodel_init(&q, m->unet, &qc, m->T, &r, e))) goto fail;
-    q_ok = 1;
-    int k = rc->calib.n_inputs;
-    used = malloc((size_t)(k > 0 ? k : 1) * sizeof *used);
-    if (!used) {
-        code = err_set(e, ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    rng_seed(&r, (uint64_t)rc->calib.seed, CALIB_STREAM_PICK);
-    if ((code = calib_pick(&r, rec.n, k, used, e))) goto fail;
-    size_t per = (size_t)rec.C * rec.H * rec.W;
+    int k = cc->n_inputs;
+    rng_seed(&r, (uint64_t)cc->seed, CALIB_STREAM_PICK);
+    if ((code = calib_pick(&r, rec->n, k, used, e))) goto done;
+    size_t per = (size_t)rec->C * rec->H * rec->W;
     cx = malloc((size_t)k * per * sizeof(float));
     ct = malloc((size_t)k * sizeof(float));
     cy = malloc((size_t)k * sizeof(int));
     if (!cx || !ct || !cy) {
         code = err_set(e, ERR_NOMEM, "out of memory for %d calibration inputs", k);
-        goto fail;
+        goto done;
     }
     for (int i = 0; i < k; i++) {
-        memcpy(cx + (size_t)i * per, rec.x + (size_t)used[i] * per, per * sizeof(float));
-        ct[i] = rec.t[used[i]];
-        cy[i] = rec.y ? (int)rec.y[used[i]] : 0;
+        memcpy(cx + (size_t)i * per, rec->x + (size_t)used[i] * per, per * sizeof(float));
+        ct[i] = rec->t[used[i]];
+        cy[i] = rec->y ? (int)rec->y[used[i]] : 0;
     }
-    ActProgress ap = {o, 0, q.n_q};
+    ActProgress ap = {o, 0, q->n_q};
     if (o && o->on_progress) {
         o->on_progress(CALIB_PHASE_ACTS, 0, ap.total, o->user);
-        for (int i = 0; i < q.n_q; i++) {
-            q.q[i].calib_hook = act_progress;
-            q.q[i].calib_user = &ap;
+        for (int i = 0; i < q->n_q; i++) {
+            q->q[i].calib_hook = act_progress;
+            q->q[i].calib_user = &ap;
         }
     }
-    code = qmodel_calibrate_ldm(&q, &ctx, m, cx, ct, rec.y ? cy : NULL, k, e);
-    for (int i = 0; i < q.n_q; i++) q.q[i].calib_hook = NULL;
-    if (code) goto fail;
-    if (rc->calib.act_ranges == RC_ACTR_PER_STEP && (code = calibrate_per_step(&q, &ctx, m, &rec, k, &r, cx, ct, cy, e)))
-        goto fail;
-    s->sec_calib = now_seconds() - t1;
-    s->n_used = k;
-    qmodel_counts(&q, &s->trainable, &s->special, &s->fp);
-    s->w_bits = qc.sel.w_bits;
-    s->a_bits = qc.sel.a_bits;
-    s->special_bits = qc.sel.special_bits;
-    s->rank = qc.rank;
-    s->entries = q.cfg.talsq ? q.train_sched.n : 1;
-
-    // 3. the run directory
-    if ((code = make_dirs(rc->run.out, &created, e))) goto fail;
-    if ((code = calib_record_write(&rec, used, k, p_calib, e))) goto fail;
-    wrote_calib = 1;
-    if ((code = qmodel_write_state(&q, &w, "q.", e)) || (code = st_writer_meta(&w, "effdm.kind", "calibrated", e)) ||
-        (code = st_writer_meta(&w, "effdm.format", "1", e)) ||
-        (code = st_writer_meta(&w, "effdm.source", rc->model.ckpt, e)) || (code = st_write(&w, p_state, e)))
-        goto fail;
-    wrote_state = 1;
-    if ((code = run_config_write(rc, p_cfg, e))) goto fail;
-    s->sec_total = now_seconds() - t0;
-    goto done;
-fail:
-    if (wrote_calib) unlink(p_calib);
-    if (wrote_state) unlink(p_state);
-    if (created) rmdir(rc->run.out);
+    code = qmodel_calibrate_ldm(q, ctx, m, cx, ct, rec->y ? cy : NULL, k, e);
+    for (int i = 0; i < q->n_q; i++) q->q[i].calib_hook = NULL;
+    if (code) goto done;
+    // the pick stream goes on: per_step draws its inputs after the shared batch's
+    if (cc->act_ranges == RC_ACTR_PER_STEP) code = calibrate_per_step(q, ctx, m, rec, k, &r, cx, ct, cy, e);
 done:
-    st_writer_free(&w);
-    free(used);
     free(cx);
     free(ct);
     free(cy);
-    calib_record_free(&rec);
-    if (q_ok) qmodel_free(&q);
-    if (ctx_ok) ctx_free(&ctx);
-    if (!given) ldm_free(m);
+    if (code) qmodel_free(q);
     return code;
-}
-
-int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err *e) {
-    return calibrate(rc, NULL, o, s, e);
-}
-
-int calibrate_run_with(const RunConfig *rc, Ldm *m, const CalibOpts *o, CalibSummary *s, Err *e) {
-    return calibrate(rc, m, o, s, e);
 }

@@ -1,11 +1,14 @@
-/* calibrate.h: naive PTQ of a run (EFFICIENTDM.md "Calibration data"): record the teacher's
-   UNet inputs along its DDIM trajectories, build the student with 'max' weight ranges,
-   fit the activation ranges in one forward of the fake-quantized network, and write the
-   run directory a fine-tuning run starts from.
+/* calibrate.h: naive PTQ (EFFICIENTDM.md "Calibration data"): record the teacher's UNet
+   inputs along its DDIM trajectories, build the student with 'max' weight ranges and fit
+   the activation ranges in one forward of the fake-quantized network. Writing a run
+   directory from this is the run layer's (run/run_calibrate.h: "calibrate this run").
 
-       CalibOpts o = {.force = 0, .on_progress = bar, .user = &p};
-       CalibSummary s;
-       if (calibrate_run(&run_config, &o, &s, &e)) return e.code;   // writes run_config.run.out/
+       RcCalib cc = {.steps = 250, .eta = 1, .scale = 1.5, .n_samples = 16, .batch = 16,
+                     .n_inputs = 32, .seed = 7};                 // a run: its calib.* keys
+       CalibRecord rec;  QModel q;  int64_t used[32];
+       if (calib_record(&ctx, ldm, &cc, NULL, &rec, &e)) return e.code;
+       if (calib_student_fit(&q, &ctx, ldm, &qc, &cc, &rec, used, NULL, &e)) ...;
+       calib_record_write(&rec, used, cc.n_inputs, "calib.safetensors", &e);
 
    Recording (calib.*): calib.n_samples trajectories, calib.batch at a time; trajectory j
    has class rng_below(n_classes - 1) from the stream CALIB_STREAM_LABELS of calib.seed,
@@ -19,18 +22,13 @@
    inputs of the recorded timesteps nearest the entry's training timestep, drawn from the
    same stream (special layers keep their one range).
 
-   Run directory (each file written atomically; on an error those this call wrote are removed):
-     config.yaml         the resolved run config (run_config_write)
-     calib.safetensors   x F32 (N, C, H, W), t F32 (N) DDPM timesteps, y I64 (N) labels
-                         (class-conditional models), used I64 (n_inputs) indices of the
-                         activation-calibration inputs, traj I64 (N) trajectory, step I64 (N)
-                         sampling step (0 = first, highest t); metadata effdm.kind = "calib"
-     state.safetensors   the student (qmodel_write_state, prefix "q."); metadata
-                         effdm.kind = "calibrated", effdm.format = "1", effdm.source
-   An existing state.safetensors (a calibrated or fine-tuned run) is only replaced with force.
+   calib.safetensors (calib_record_write; the trainer reads its unused inputs for validation,
+   train/calib_inputs.h): x F32 (N, C, H, W), t F32 (N) DDPM timesteps, y I64 (N) labels
+   (class-conditional models), used I64 (n_inputs) indices of the activation-calibration
+   inputs, traj I64 (N) trajectory, step I64 (N) sampling step (0 = first, highest t);
+   metadata effdm.kind = "calib".
 
-   Limitations: model.uncond_label other than auto is not implemented (ERR_VALUE); x0 / v
-   models are calibrated on their raw output path like eps models.
+   Limitations: x0 / v models are calibrated on their raw output path like eps models.
 */
 #ifndef EFFDM_CALIBRATE_H
 #define EFFDM_CALIBRATE_H
@@ -39,7 +37,6 @@
 
 #include "models/ldm.h"
 #include "qalora/qmodel.h"
-#include "train/run_config.h"
 
 // RNG streams of calib.seed (the trajectories use streams 0 .. n_samples - 1).
 #define CALIB_STREAM_LABELS ((UINT64_C(1) << 62) + 1)
@@ -47,6 +44,27 @@
 #define CALIB_STREAM_LORA ((UINT64_C(1) << 62) + 3)
 
 enum { CALIB_PHASE_RECORD, CALIB_PHASE_ACTS };
+
+typedef enum { RC_ACTR_SHARED, RC_ACTR_PER_STEP } RcActRanges;
+
+// The calib.* keys of a run config, as plain data: qalora/ owns what it is told, the run layer
+// (run/run_config.h) composes it into RunConfig and its key table addresses these fields, which
+// is why the struct keeps the run config's Rc name (DESIGN.md: qalora never includes run/).
+typedef struct {
+    int steps;
+    double eta, scale;
+    int n_samples, batch, n_inputs;
+    int seed;
+    RcActRanges act_ranges;
+} RcCalib;
+
+// Progress: phase CALIB_PHASE_RECORD counts sampler steps (batches x steps), phase
+// CALIB_PHASE_ACTS the quantized layers reached by the calibration forward; done = 0
+// starts a phase, done = total ends it.
+typedef struct {
+    void (*on_progress)(int phase, long done, long total, void *user);  // may be NULL
+    void *user;
+} CalibProgress;
 
 typedef struct {
     int n, cap;
@@ -58,37 +76,20 @@ typedef struct {
     int64_t *step; // (n) sampling step (0 = first)
 } CalibRecord;
 
-typedef struct {
-    int force;     // replace an existing state.safetensors
-    // Progress: phase CALIB_PHASE_RECORD counts sampler steps (batches x steps), phase
-    // CALIB_PHASE_ACTS the quantized layers reached by the calibration forward; done = 0
-    // starts a phase, done = total ends it. May be NULL.
-    void (*on_progress)(int phase, long done, long total, void *user);
-    void *user;
-} CalibOpts;
-
-typedef struct {
-    int trainable, special, fp;      // layer counts
-    int w_bits, a_bits, special_bits, rank, entries;
-    int steps;                       // real DDIM steps of a trajectory
-    int n_recorded, n_used;
-    int using_ema;
-    double sec_record, sec_calib, sec_total;
-    char warning[768];               // the teacher loader's notes ("" when none)
-} CalibSummary;
-
 // Records the UNet inputs of cc's teacher trajectories on m into rec (see top). 0 or an ERR_ code.
-int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibOpts *o, CalibRecord *rec, Err *e);
+int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibProgress *p, CalibRecord *rec, Err *e);
 // Accepts a zeroed record.
 void calib_record_free(CalibRecord *rec);
 // k distinct indices of [0, n) drawn with r (partial Fisher-Yates), in draw order. 0 or ERR_VALUE/ERR_NOMEM.
 int calib_pick(Rng *r, int n, int k, int64_t *idx, Err *e);
 // Writes the record and the used indices to path as calib.safetensors (see top). 0 or an ERR_ code.
 int calib_record_write(const CalibRecord *rec, const int64_t *used, int n_used, const char *path, Err *e);
-// The whole naive PTQ of run config rc into rc->run.out (see top). s may be NULL. 0 or an ERR_ code.
-int calibrate_run(const RunConfig *rc, const CalibOpts *o, CalibSummary *s, Err *e);
-// The same on a model the caller built (borrowed; rc->model's paths are only recorded):
-// benchmarks of randomly initialised architectures (ldm_new_random). 0 or an ERR_ code.
-int calibrate_run_with(const RunConfig *rc, Ldm *m, const CalibOpts *o, CalibSummary *s, Err *e);
+// The student of the naive PTQ on recorded inputs (see top): qmodel_init over m's UNet per qc
+// (LoRA A drawn from stream CALIB_STREAM_LORA of cc->seed), cc->n_inputs of rec's inputs drawn
+// into used[0..n_inputs) (stream CALIB_STREAM_PICK), one activation-calibration forward on
+// them and, with cc->act_ranges per_step, one refit per TALSQ entry. p may be NULL. On
+// success q is initialised (the caller qmodel_frees it); on failure it is freed. 0 or an ERR_ code.
+int calib_student_fit(QModel *q, Ctx *ctx, Ldm *m, const QModelConfig *qc, const RcCalib *cc,
+                      const CalibRecord *rec, int64_t *used, const CalibProgress *p, Err *e);
 
 #endif

@@ -3,8 +3,9 @@
    loader that samples from it.
 
        ExportSummary s;
-       ExportOpts o = {.epoch = "last"};
-       if (export_run("runs/x", &o, "x-w4a4.safetensors", &s, &e)) return e.code;
+       ExportInfo info = {.source = ckpt, .source_config = yaml_path, .yaml = yaml_text};
+       if (export_write(&q, ldm, teacher_file, &info, "x-w4a4.safetensors", &s, &e)) return e.code;
+       // a run directory: run/run_export.h run_export("runs/x", ...) ("export this run")
 
        ExportModel *em;
        if (export_load(&em, "x-w4a4.safetensors", &e)) return e.code;
@@ -135,23 +136,11 @@ typedef struct {
     int n_gain;
 } ExportInfo;
 
-typedef struct {
-    const char *epoch;        // "last" (default when NULL) or "best"
-    int fp16_layers;          // ExportInfo.fp16_layers (runs with quant.fp_layers f16 write F16 anyway)
-} ExportOpts;
-
 // Writes the export of student q over teacher m (the UNet q wraps; first stage and class
 // embedder loaded) to path atomically. teacher: the checkpoint m was loaded from (lists the
 // first-stage tensors). 0 or an ERR_ code.
 int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo *info, const char *path,
                  ExportSummary *s, Err *e);
-// The state file of a run directory for epoch "last" (state.safetensors) or "best"
-// (best.safetensors) into dst. 0 or ERR_ARG for another name.
-int export_state_path(char *dst, size_t cap, const char *run_dir, const char *epoch, Err *e);
-// The whole export of a run directory: its config.yaml, the teacher it names, the student
-// restored from the epoch's state file, with guidance gains fitted when the run config's
-// train.guidance_gain is fit (class-conditional models, train.scale != 1). 0 or an ERR_ code (files and tensors named).
-int export_run(const char *run_dir, const ExportOpts *o, const char *path, ExportSummary *s, Err *e);
 
 /* ---- loading ---------------------------------------------------------------------------- */
 typedef struct ExportLayer ExportLayer;

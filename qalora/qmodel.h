@@ -9,7 +9,7 @@
    forward + backward.
 
        QModel q;
-       QModelConfig qc; if (qmodel_config_from_run(&qc, &run_config, &e)) ...;  // or qmodel_config_defaults
+       QModelConfig qc; qmodel_config_defaults(&qc);   // a run fills it from its config (run/run_wire.h)
        if (qmodel_init(&q, unet, &qc, T, &rng, &e)) goto fail;         // selection, W_int, LoRA init
        if (qmodel_calibrate_ldm(&q, &ctx, ldm, x, t, y, &e)) ...;     // activation ranges (naive PTQ)
        qmodel_enable(&q, 1);
@@ -35,9 +35,14 @@
    itself is not (it is the teacher, loaded from its checkpoint), nor are the float16
    copies (they follow from it).
 
+   QModelConfig is plain data and the student's whole specification: qalora/ never sees a
+   run config (the run layer above it maps one onto this struct, run/run_wire.h), so the
+   method can be built, tested and benchmarked without one, and the folders depend one way.
+
    Limitations: fp_name_contains must keep every layer select.h keeps FP ("skip", "op");
    extra names are supported. quantize_attention_matmuls and non-default 'mse' search
-   parameters (candidates, shrink, norm) are not implemented (ERR_VALUE says so).
+   parameters (candidates, shrink, norm) are not implemented: QModelConfig has no field for
+   them, and run_qmodel_config refuses a run config that asks for them (ERR_VALUE).
 */
 #ifndef EFFDM_QMODEL_H
 #define EFFDM_QMODEL_H
@@ -53,7 +58,6 @@
 #include "qalora/qlayer.h"
 #include "qalora/select.h"
 #include "qalora/talsq.h"
-#include "train/run_config.h"
 #include "util/rng.h"
 
 #define QMODEL_MAX_OVERRIDES 64
@@ -72,7 +76,7 @@ typedef struct {
     // Conv2d/Linear layers whose leaf name contains one of these stay FP ({"skip", "op"}).
     char fp_names[QMODEL_MAX_FP_NAMES][QMODEL_FP_NAME_MAX];
     int n_fp_names;
-    // Storage for overrides built by qmodel_config_from_run (sel.overrides points here then).
+    // Storage for overrides a caller copies in (run_qmodel_config does; sel.overrides points here then).
     QSelOverride override_store[QMODEL_MAX_OVERRIDES];
     char pattern_store[QMODEL_MAX_OVERRIDES][QMODEL_PATTERN_MAX];
 } QModelConfig;
@@ -125,10 +129,6 @@ typedef struct {
 // The reference defaults: W4A4, special 8-bit first 3 + last 1, rank 32, 100 entries, max / mse init,
 // FP layers in float32.
 void qmodel_config_defaults(QModelConfig *cfg);
-// The quant.* keys of a run config (plus train.steps for the TALSQ entries). 0, or ERR_VALUE
-// naming the key for options this build does not implement (quantize_attention_matmuls,
-// non-default mse search parameters, more overrides than QMODEL_MAX_OVERRIDES).
-int qmodel_config_from_run(QModelConfig *cfg, const RunConfig *rc, Err *e);
 // Wraps the UNet's layers per cfg. Weights are fitted now (w_init); activations are
 // uncalibrated until qmodel_calibrate_acts (or qmodel_read_state). T: the model's DDPM
 // timesteps (for the TALSQ schedule). The QModel must not move afterwards (layers point at

@@ -55,7 +55,9 @@ int ddim_schedule_init(DdimSchedule *s, const float *acp, int T, int S, double e
     memset(s, 0, sizeof *s);
     int n;
     if (ddim_check_steps(T, S, &n, e)) return e->code;
-    if (!(eta >= 0) || !isfinite(eta)) return err_set(e, ERR_VALUE, "DDIM eta: expected >= 0, found %g", eta);
+    // eta > 1 makes 1 - alpha_prev - sigma^2 negative under dir_xt's square root at some step:
+    // CompVis gives NaN latents there, so such an eta is an input error, not a sampler mode
+    if (!(eta >= 0 && eta <= 1)) return err_set(e, ERR_VALUE, "DDIM eta: expected 0..1, found %g", eta);
     s->n = n;
     s->timesteps = malloc((size_t)n * sizeof(int));
     s->alphas = malloc((size_t)n * sizeof(float));

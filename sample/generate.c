@@ -72,7 +72,7 @@ static int decode_batch(Ctx *c, Ldm *m, const float *z, int count, int chunk, co
 }
 
 int sample_generate(Ctx *c, Ldm *m, const GenerateOpts *o, const int *y, int n, Err *e) {
-    if (!m->ae)
+    if (!m->ae && !o->skip_decode)
         return err_set(e, ERR_UNSUPPORTED, "%s: the model has no first stage to decode images with", m->cfg.path);
     if (ldm_is_class_conditional(m) && !y) return err_set(e, ERR_VALUE, "class-conditional sampling needs labels");
     int steps;
@@ -84,12 +84,16 @@ int sample_generate(Ctx *c, Ldm *m, const GenerateOpts *o, const int *y, int n, 
     const int zshape[4] = {batch, C, H, W};
     size_t per = (size_t)C * H * W;
     // decoded size: out_ch x (H f) x (W f) with f = 2^(levels - 1)
-    const AeDDConfig *dd = &ae_config(m->ae)->dd;
-    size_t f = (size_t)1 << (dd->n_ch_mult - 1), per_img = (size_t)dd->out_ch * H * f * W * f;
+    size_t per_img = 0;
+    if (!o->skip_decode) {
+        const AeDDConfig *dd = &ae_config(m->ae)->dd;
+        size_t f = (size_t)1 << (dd->n_ch_mult - 1);
+        per_img = (size_t)dd->out_ch * H * f * W * f;
+    }
     float *z = malloc((size_t)batch * per * sizeof(float));
-    float *img = malloc((size_t)batch * per_img * sizeof(float));
+    float *img = o->skip_decode ? NULL : malloc((size_t)batch * per_img * sizeof(float));
     Rng *rng = malloc((size_t)batch * sizeof(Rng));
-    if (!z || !img || !rng) {
+    if (!z || (!img && !o->skip_decode) || !rng) {
         free(z);
         free(img);
         free(rng);
@@ -107,9 +111,11 @@ int sample_generate(Ctx *c, Ldm *m, const GenerateOpts *o, const int *y, int n, 
         for (int i = 0; i < count; i++) sample_initial_noise(&rng[i], o->seed, first + i, z + (size_t)i * per, per);
         if ((rc = sampler_run(c, m, &so, z, count, y ? y + first : NULL, rng, e))) break;
         ps.done_before += steps;
-        int img_shape[4];
-        if ((rc = decode_batch(c, m, z, count, chunk, zshape, img, img_shape, e))) break;
-        sample_to_unit_range(img, (size_t)count * per_img);
+        int img_shape[4] = {count, C, H, W};
+        if (!o->skip_decode) {
+            if ((rc = decode_batch(c, m, z, count, chunk, zshape, img, img_shape, e))) break;
+            sample_to_unit_range(img, (size_t)count * per_img);
+        }
         if (o->on_batch) rc = o->on_batch(img, img_shape, z, y ? y + first : NULL, first, count, o->user, e);
     }
     free(z);

@@ -31,6 +31,7 @@ typedef struct {
     SamplerOpts sampler;    // its on_step is driven by sample_generate (see on_progress)
     uint64_t seed;
     int batch;              // images per sampling batch (guidance doubles the UNet batch); <= 0: 16
+    int skip_decode;        // 1: latents only (on_batch gets images NULL, shape the latents')
     int decode_batch;       // images per first-stage decode call; <= 0: min(batch, 8) (decoder
                             // activations of 256 x 256 images are large)
     // Progress: done of total sampling steps (batches x steps), after every step. May be NULL.

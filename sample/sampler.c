@@ -129,9 +129,17 @@ int sampler_run(Ctx *c, Ldm *m, const SamplerOpts *o, float *x, int N, const int
             memcpy(old[n_old++], et->data, n * sizeof(float));
         }
         arena_release(&c->arena, mark);
+        // a non-finite latent would be written as a black image and scored: stop here instead
+        for (size_t k = 0; k < n; k++)
+            if (!isfinite(x[k])) {
+                rc = err_set(e, ERR_NAN, "sampling step %d/%d (t = %d): latent %zu of image %zu is %g", i + 1, total,
+                             t, k % per, k / per, (double)x[k]);
+                break;
+            }
+        if (rc) break;
         if (o->on_step) o->on_step(i, total, o->user);
     }
-    if (rc) err_set(e, rc, "%s", c->err.msg[0] ? c->err.msg : "sampling failed");
+    if (rc && rc != ERR_NAN) err_set(e, rc, "%s", c->err.msg[0] ? c->err.msg : "sampling failed");
     arena_release(&c->arena, mark0);
     ctx_set_grad(c, prev_grad);
     free(work);

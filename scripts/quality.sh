@@ -23,12 +23,23 @@
 # Every finished step is cached (a file is written under a .tmp name and renamed when done)
 # and skipped when it exists; an interrupted finetune is continued with --resume.
 # Finally scripts/quality/report.py writes docs/RESULTS.md from the cache.
+# Another teacher: TEACHER=DIR (a CompVis config.yaml + model.ckpt, e.g. one made by
+# scripts/teachers/train_teacher.py) samples the FP rows from it and points every variant's
+# model.ldm_config / model.ckpt at it; the cache is then runs/quality-<DIR's name>.
 # Environment: QUALITY_DIR (default runs/quality), SEEDS (default "0"), N (default 1000),
 # FPREF_SEEDS (default "100 101 102 103 104"), EFFDM (default ./build/effdm),
 # PY (default /usr/bin/python3). Run from the repository root.
 set -euo pipefail
 
-Q=${QUALITY_DIR:-runs/quality}
+TEACHER=${TEACHER:-}
+FPMODEL=()
+if [[ -n $TEACHER ]]; then
+    [[ -f $TEACHER/config.yaml && -f $TEACHER/model.ckpt ]] || { echo "quality.sh: TEACHER=$TEACHER: no config.yaml + model.ckpt there" >&2; exit 2; }
+    Q=${QUALITY_DIR:-runs/quality-$(basename "$TEACHER")}
+    FPMODEL=(--ldm-config "$TEACHER/config.yaml" --ckpt "$TEACHER/model.ckpt")
+else
+    Q=${QUALITY_DIR:-runs/quality}
+fi
 SEEDS=${SEEDS:-0}
 N=${N:-1000}
 FPREF_SEEDS=${FPREF_SEEDS:-100 101 102 103 104}
@@ -40,6 +51,7 @@ REF=models/zoo/fmnist-ldm/fmnist_test_judge.safetensors
 STEPS=20 ETA=0 SCALE=3
 
 mkdir -p "$Q"/{runs,cfg,models,meta,samples,eval,evalfp,fpref,cmp,logs}
+Q=$(cd "$Q" && pwd)  # absolute: the FP reference links its sample folders by path
 FPREF=$Q/fpref/$(echo $FPREF_SEEDS | tr ' ' '-')_n$N.safetensors
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
@@ -63,6 +75,11 @@ finetune() {  # NAME
     [[ -f $Q/meta/$name.finetune.json ]] && return 0
     sed '/^run:/,$d' "$VDIR/$name.yaml" > "$cfg"
     printf 'run:\n  out: %s\n' "$run" >> "$cfg"
+    if [[ -n $TEACHER ]]; then  # the variant's model lines point at the test teacher
+        sed -i -e "s|^\(\s*ldm_config:\).*|\1 $TEACHER/config.yaml|" \
+               -e "s|^\(\s*ckpt:\).*|\1 $TEACHER/model.ckpt|" "$cfg"
+        grep -q "ckpt: $TEACHER/model.ckpt" "$cfg" || { echo "quality.sh: $VDIR/$name.yaml has no model.ckpt line" >&2; exit 2; }
+    fi
     local tlog=$Q/logs/$name.finetune.log
     log "$name: finetune"
     if [[ -f $run/state.safetensors ]] && grep -q . "$run/log.csv" 2>/dev/null; then
@@ -93,7 +110,7 @@ EOF
 }
 
 sample() {  # NAME SEED DIR
-    local name=$1 s=$2 dir=$3 tag=s$2_n$N model=()
+    local name=$1 s=$2 dir=$3 tag=s$2_n$N model=("${FPMODEL[@]}")
     [[ $name != fp ]] && model=(--model "$Q/models/$name.safetensors")
     if [[ ! -d $dir ]]; then
         log "$name: sample seed $s, $N images"
@@ -143,7 +160,10 @@ sample_eval() {  # NAME SEED
     fi
 }
 
-report() { "$PY" "$HERE/quality/report.py" "$Q" docs/RESULTS.md; }
+report() {  # docs/RESULTS.md is the shipped teacher's; test teachers: scripts/quality/teachers_report.py
+    [[ -n $TEACHER ]] && return 0
+    "$PY" "$HERE/quality/report.py" "$Q" docs/RESULTS.md
+}
 
 if [[ ${1:-} == --report ]]; then report; exit 0; fi
 if [[ $# -eq 0 ]]; then

@@ -271,6 +271,16 @@ static void test_bad_input(void **state) {
     expect_bad_input(run(env, args), "sample", "--class 11", NULL);
     snprintf(args, sizeof args, "sample --n 2 --sampler plms --eta 1 --out '%s'", tmp("bad_s"));
     expect_bad_input(run(env, args), "sample", "eta", NULL);
+    // eta > 1 gave NaN latents written as black images (exit 0); a NaN scale likewise
+    snprintf(args, sizeof args, "sample --n 2 --steps 4 --eta 1.2 --out '%s'", tmp("bad_s"));
+    expect_bad_input(run(env, args), "sample", "--eta", "1.2");
+    snprintf(args, sizeof args, "sample --n 2 --steps 4 --scale nan --out '%s'", tmp("bad_s"));
+    expect_bad_input(run(env, args), "sample", "--scale", "nan");
+    snprintf(args, sizeof args, "sample --n 2 --steps 4 --scale -1 --out '%s'", tmp("bad_s"));
+    expect_bad_input(run(env, args), "sample", "--scale", "-1");
+    // --eval that needs 10 samples is refused before any sampling
+    snprintf(args, sizeof args, "sample --n 9 --steps 4 --eval fmnist --out '%s'", tmp("bad_s"));
+    expect_bad_input(run(env, args), "sample", "--n >= 10", "9");
     snprintf(args, sizeof args, "sample --n 2 --ema maybe --out '%s'", tmp("bad_s"));
     expect_bad_input(run(env, args), "sample", "--ema", "maybe");
     snprintf(args, sizeof args, "sample --n 2 --ema on --out '%s'", tmp("bad_s"));

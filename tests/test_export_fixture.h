@@ -14,7 +14,8 @@
 #include "qalora/calibrate.h"
 #include "qalora/export.h"
 #include "qalora/qmodel.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
+#include "run/run_wire.h"
 
 #define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
 
@@ -89,7 +90,7 @@ static float *forward(Ctx *c, Ldm *m, const float *x, const float *t, const int 
 static void student_make(QModel *q, Ctx *c, Teacher *T, const RunConfig *rc, int perturb) {
     Err e = {0};
     QModelConfig qc;
-    assert_int_equal(qmodel_config_from_run(&qc, rc, &e), 0);
+    assert_int_equal(run_qmodel_config(&qc, rc, &e), 0);
     Rng r;
     rng_seed(&r, 5, 0);
     assert_int_equal(qmodel_init(q, T->m->unet, &qc, T->m->T, &r, &e), 0);

@@ -3,8 +3,8 @@
    fake-quantized in this file with EFFICIENTDM.md's formulas, the FP teacher path when
    disabled, the TALSQ entry mapping, the trainable-tensor listing and gradient binding,
    the state round trip (bit-identical outputs) and its mismatch errors, the layers'
-   quantizer kinds in the state (an older state without them loads as uniform), and the
-   run-config mapping. */
+   quantizer kinds in the state (an older state without them loads as uniform). (The run
+   config's mapping onto QModelConfig: test_run_wire.c.) */
 #include "testutil.h"
 
 #include <math.h>
@@ -689,22 +689,6 @@ static void test_state_quantizer_kinds(void **state) {
         qmodel_free(&b);
         weights_close(f);
     }
-    // the run config's kinds reach the selection, per-layer overrides included
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_EFFDM);
-    rc.quant.n_overrides = 1;
-    snprintf(rc.quant.overrides[0].pattern, RC_PATTERN_MAX, "out.*");
-    rc.quant.overrides[0].act_quantizer = 1 + QUANT_UNIFORM;
-    QModelConfig qr;
-    assert_int_equal(qmodel_config_from_run(&qr, &rc, &e), 0);
-    assert_int_equal(qr.sel.w_kind, QUANT_UNIFORM);
-    assert_int_equal(qr.sel.a_kind, QUANT_UNIFORM);
-    assert_int_equal(qr.sel.overrides[0].w_kind, 0);
-    assert_int_equal(qr.sel.overrides[0].a_kind, 1 + QUANT_UNIFORM);
-    rc.quant.weight_quantizer = QUANT_KIND_COUNT;
-    e = (Err){0};
-    assert_int_equal(qmodel_config_from_run(&qr, &rc, &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "quant.weight_quantizer"));
     // a kind outside the table is refused when the student is built
     QModelConfig bad = qc;
     bad.sel.w_kind = QUANT_KIND_COUNT;
@@ -924,66 +908,13 @@ static void test_fp16_layers(void **state) {
     ldm_free(m);
 }
 
-/* ---- run config mapping --------------------------------------------------------------- */
-
-static void test_config_from_run(void **state) {
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
-    QModelConfig qc, def;
-    qmodel_config_defaults(&def);
-    Err e = {0};
-    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), 0);
-    assert_int_equal(qc.sel.w_bits, def.sel.w_bits);
-    assert_int_equal(qc.sel.a_bits, def.sel.a_bits);
-    assert_int_equal(qc.sel.special_bits, 8);
-    assert_int_equal(qc.sel.n_first_special, 3);
-    assert_int_equal(qc.sel.n_last_special, 1);
-    assert_int_equal(qc.rank, 32);
-    assert_int_equal(qc.train_steps, 100);
-    assert_int_equal(qc.talsq, 1);
-    assert_int_equal(qc.w_init, QUANT_INIT_MAX);
-    assert_int_equal(qc.a_init, QUANT_INIT_MSE);
-    assert_int_equal(qc.n_fp_names, 2);
-    assert_int_equal(qc.fp_f16, def.fp_f16);
-    assert_int_equal(qc.fp_f16, 0);
-    rc.quant.fp_layers = RC_FP_F16;
-    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), 0);
-    assert_int_equal(qc.fp_f16, 1);
-
-    rc.quant.weight_bits = 2;
-    rc.quant.act_bits = 8;
-    rc.quant.lora_rank = 4;
-    rc.train.steps = 20;
-    rc.quant.n_overrides = 1;
-    snprintf(rc.quant.overrides[0].pattern, RC_PATTERN_MAX, "out.*");
-    rc.quant.overrides[0].keep_fp = 1;
-    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), 0);
-    assert_int_equal(qc.sel.w_bits, 2);
-    assert_int_equal(qc.sel.a_bits, 8);
-    assert_int_equal(qc.rank, 4);
-    assert_int_equal(qc.train_steps, 20);
-    assert_int_equal(qc.sel.n_overrides, 1);
-    assert_string_equal(qc.sel.overrides[0].pattern, "out.*");
-    assert_int_equal(qc.sel.overrides[0].keep_fp, 1);
-
-    rc.quant.quantize_attention_matmuls = 1;
-    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "quantize_attention_matmuls"));
-    assert_non_null(strstr(e.msg, "not implemented"));
-    rc.quant.quantize_attention_matmuls = 0;
-    rc.quant.mse_candidates = 40;
-    e = (Err){0};
-    assert_int_equal(qmodel_config_from_run(&qc, &rc, &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "mse_candidates"));
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config_from_run),  cmocka_unit_test(test_selection),
-        cmocka_unit_test(test_naive_ptq_and_fp), cmocka_unit_test(test_timestep_entries),
-        cmocka_unit_test(test_trainable),        cmocka_unit_test(test_state_round_trip),
-        cmocka_unit_test(test_fp16_layers),      cmocka_unit_test(test_entry_calibration),
-        cmocka_unit_test(test_state_quantizer_kinds), cmocka_unit_test(test_state_easyquant),
+        cmocka_unit_test(test_selection),        cmocka_unit_test(test_naive_ptq_and_fp),
+        cmocka_unit_test(test_timestep_entries), cmocka_unit_test(test_trainable),
+        cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_fp16_layers),
+        cmocka_unit_test(test_entry_calibration), cmocka_unit_test(test_state_quantizer_kinds),
+        cmocka_unit_test(test_state_easyquant),
     };
     return cmocka_run_group_tests_name("qmodel", tests, NULL, NULL);
 }

@@ -20,7 +20,8 @@
 #include "io/fileio.h"
 #include "io/weights.h"
 #include "test_trainer_fixture.h"
-#include "train/trainer.h"
+#include "run/run_train.h"
+#include "train/run_log.h"
 #include "util/threads.h"
 
 #define MAX_STEPS 64
@@ -58,7 +59,7 @@ static int run_dir(const char *dir, Rec *rec) {
     snprintf(rc.run.out, sizeof rc.run.out, "%s", dir);
     Err e = {0};
     Trainer *tr;
-    if (trainer_open(&tr, &rc, dir, &e)) fail_msg("open %s: %s", dir, e.msg);
+    if (run_trainer_open(&tr, &rc, dir, &e)) fail_msg("open %s: %s", dir, e.msg);
     TrainerHooks h = {.on_step = rec_step, .user = rec, .stop = &rec->stop};
     int code = trainer_run(tr, &h, NULL, &e);
     if (code && code != ERR_INTERRUPTED) fail_msg("run %s: %s", dir, e.msg);
@@ -247,7 +248,7 @@ static void assert_dir_intact(const char *dir) {
     assert_non_null(f);
     char line[128];
     assert_non_null(fgets(line, sizeof line, f));
-    assert_string_equal(line, "epoch,step,loss,lr,seconds,val_error\n");
+    assert_string_equal(line, RUN_LOG_HEADER "\n");
     fclose(f);
 }
 

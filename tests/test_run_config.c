@@ -1,4 +1,4 @@
-/* test_run_config.c: the run config (train/run_config.h): the reference recipe's defaults are
+/* test_run_config.c: the run config (run/run_config.h): the reference recipe's defaults are
    EFFICIENTDM.md's numbers (written out here from that page, not read from the code), unknown
    keys with suggestions, type and range errors naming file, key path and line, the round trip
    through the resolved YAML, resume comparisons, per-layer quantization, the shipped configs. */
@@ -12,7 +12,7 @@
 #include "io/cfg.h"
 #include "io/fileio.h"
 #include "qalora/qkind.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 #define SRC_DIR TEST_DATA_DIR "/../.."
 
@@ -36,7 +36,7 @@ static const char *const ALL_KEYS[] = {
     "calib.act_ranges",
     "train.recipe", "train.epochs", "train.batch", "train.steps", "train.eta", "train.scale",
     "train.loss_branches", "train.loss_reduction", "train.step_weighting", "train.trajectory", "train.guidance_gain", "train.guidance_fit_samples", "train.select_epoch",
-    "train.val_every", "train.val_inputs", "train.checkpoint_every", "train.sample_every", "train.seed",
+    "train.val_every", "train.val_inputs", "train.val_samples", "train.checkpoint_every", "train.sample_every", "train.seed",
     "train.optimizer.lr_lora_divisor", "train.optimizer.lr_w_delta", "train.optimizer.lr_act",
     "train.optimizer.beta1", "train.optimizer.beta2", "train.optimizer.eps", "train.optimizer.weight_decay",
     "train.optimizer.schedule", "train.optimizer.warmup_steps", "train.optimizer.delta_w_update",
@@ -157,6 +157,8 @@ static void test_effdm_recipe(void **state) {
     assert_int_equal(c.train.guidance_gain, RC_GAIN_FIT);
     assert_int_equal(r.train.guidance_gain, RC_GAIN_OFF);
     assert_int_equal(c.quant.fp_layers, RC_FP_F16);   // qalora/export.h "Size"
+    assert_int_equal(c.train.val_samples, 32);        // the sampled validation (train/sample_check.c)
+    assert_int_equal(r.train.val_samples, 0);
     // everything else as the reference
     RunConfig x = c;
     x.train.recipe = r.train.recipe;
@@ -170,6 +172,7 @@ static void test_effdm_recipe(void **state) {
     x.train.optimizer.lr_act = r.train.optimizer.lr_act;
     x.train.guidance_gain = r.train.guidance_gain;
     x.quant.fp_layers = r.quant.fp_layers;
+    x.train.val_samples = r.train.val_samples;
     assert_null(run_config_first_diff(&x, &r));
     // explicit keys win over the recipe, in either order of the keys
     load_ok("train:\n  steps: 100\n  recipe: effdm\n  loss_branches: guided\n", &c);
@@ -437,7 +440,7 @@ static void test_every_key_written_and_documented(void **state) {
 
     unsigned char *hdr;
     size_t hn;
-    assert_int_equal(file_read_all(SRC_DIR "/train/run_config.h", &hdr, &hn, &e), 0);
+    assert_int_equal(file_read_all(SRC_DIR "/run/run_config.h", &hdr, &hn, &e), 0);
     for (size_t i = 0; i < sizeof ALL_KEYS / sizeof ALL_KEYS[0]; i++) {
         char needle[96];
         snprintf(needle, sizeof needle, "| %s ", ALL_KEYS[i]);
@@ -514,7 +517,8 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"train.loss_reduction", "train: {loss_reduction: mean}"},
     {"train.step_weighting", "train: {step_weighting: none}"},
     {"train.select_epoch", "train: {select_epoch: last}"}, {"train.val_every", "train: {val_every: 5}"},
-    {"train.val_inputs", "train: {val_inputs: 8}"}, {"train.checkpoint_every", "train: {checkpoint_every: 2}"},
+    {"train.val_inputs", "train: {val_inputs: 8}"}, {"train.val_samples", "train: {val_samples: 16}"},
+    {"train.checkpoint_every", "train: {checkpoint_every: 2}"},
     {"train.sample_every", "train: {sample_every: 0}"}, {"train.seed", "train: {seed: 1}"},
     {"train.optimizer.lr_lora_divisor", "train: {optimizer: {lr_lora_divisor: 1000}}"},
     {"train.optimizer.lr_w_delta", "train: {optimizer: {lr_w_delta: 0}}"},
@@ -551,7 +555,7 @@ static void test_resume_marks_match_header(void **state) {
     unsigned char *hdr;
     size_t hn;
     Err e = {0};
-    assert_int_equal(file_read_all(SRC_DIR "/train/run_config.h", &hdr, &hn, &e), 0);
+    assert_int_equal(file_read_all(SRC_DIR "/run/run_config.h", &hdr, &hn, &e), 0);
     RunConfig base, now;
     load_ok("", &base);
     for (size_t i = 0; i < sizeof CHANGED / sizeof CHANGED[0]; i++) {

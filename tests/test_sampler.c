@@ -302,6 +302,31 @@ static void test_batch_independence(void **state) {
     ctx_free(&c);
 }
 
+// Non-finite latents stop the sampler at the step where they appear (they used to be decoded
+// and written as black images), and eta outside 0..1 is refused before any step.
+static void test_nonfinite(void **state) {
+    (void)state;
+    Err e = {0};
+    Ctx c;
+    assert_int_equal(ctx_init(&c, ARENA_BYTES, &e), 0);
+    enum { PER = 4 * 8 * 8 };
+    float x[2 * PER];
+    Rng r[2];
+    int y[2] = {1, 2};
+    for (int i = 0; i < 2; i++) sample_initial_noise(&r[i], 5, i, x + i * PER, PER);
+    x[PER + 17] = NAN;  // image 1
+    SamplerOpts o = {.kind = SAMPLER_DDIM, .steps = 4, .eta = 0.0f, .scale = 3.0f};
+    assert_int_equal(sampler_run(&c, g_teacher, &o, x, 2, y, r, &e), ERR_NAN);
+    assert_non_null(strstr(e.msg, "sampling step 1/4"));
+    assert_non_null(strstr(e.msg, "image 1"));
+    e = (Err){0};
+    o.eta = 1.2f;
+    for (int i = 0; i < 2; i++) sample_initial_noise(&r[i], 5, i, x + i * PER, PER);
+    assert_int_equal(sampler_run(&c, g_teacher, &o, x, 2, y, r, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "eta"));
+    ctx_free(&c);
+}
+
 typedef struct {
     float img[12][32 * 32];
     int labels[12];
@@ -362,6 +387,7 @@ int main(void) {
         cmocka_unit_test(test_teacher_ddim_s50),
         cmocka_unit_test(test_eval_order),
         cmocka_unit_test(test_batch_independence),
+        cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_generate),
     };
     return cmocka_run_group_tests_name("sampler", tests, load_teacher, free_teacher);

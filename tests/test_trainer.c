@@ -15,9 +15,10 @@
 #include <string.h>
 
 #include "test_trainer_fixture.h"
+#include "io/weights.h"
 #include "models/ldm_config.h"
 #include "train/distill_loss.h"
-#include "train/trainer.h"
+#include "run/run_train.h"
 #include "util/threads.h"
 
 static const double TOL_LOSS = 1e-5;      // float32 loss vs double closed form
@@ -151,7 +152,7 @@ static Trainer *calibrated_trainer(const RunConfig *rc, const char *dir) {
     Err e = {0};
     if (fix_calibrate(rc, &e)) fail_msg("calibrate: %s", e.msg);
     Trainer *tr;
-    if (trainer_open(&tr, rc, dir, &e)) fail_msg("%s", e.msg);
+    if (run_trainer_open(&tr, rc, dir, &e)) fail_msg("%s", e.msg);
     return tr;
 }
 
@@ -488,7 +489,7 @@ static void test_unconditional_model(void **state) {
     Err e = {0};
     if (fix_calibrate(&rc, &e)) fail_msg("%s", e.msg);
     Trainer *tr;
-    if (trainer_open(&tr, &rc, run, &e)) fail_msg("%s", e.msg);
+    if (run_trainer_open(&tr, &rc, run, &e)) fail_msg("%s", e.msg);
     Ldm *m = trainer_ldm(tr);
     QModel *q = trainer_qmodel(tr);
     assert_false(ldm_is_class_conditional(m));
@@ -527,6 +528,121 @@ static void test_unconditional_model(void **state) {
     fix_remove_run(dir);
 }
 
+
+// Rows of log.csv: step losses (in order) and validation rows (epoch, mse, fd, real).
+typedef struct {
+    float loss[64];
+    int n_loss;
+    int val_epoch[16];
+    double mse[16], fd[16], real[16];
+    int n_val;
+} LogRows;
+
+static void read_log(const char *dir, LogRows *r) {
+    char path[2048], line[512];
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    memset(r, 0, sizeof *r);
+    assert_non_null(fgets(line, sizeof line, f));  // header
+    while (fgets(line, sizeof line, f)) {
+        char *fld[9] = {0};
+        int n = 0;
+        for (char *p = line; n < 9;) {
+            fld[n++] = p;
+            char *c = strpbrk(p, ",\n");
+            if (!c) break;
+            int end = *c == '\n';
+            *c = 0;
+            p = c + 1;
+            if (end) break;
+        }
+        if (fld[2] && *fld[2]) {
+            assert_true(r->n_loss < 64);
+            r->loss[r->n_loss++] = strtof(fld[2], NULL);
+        } else if (n >= 9 && *fld[6]) {
+            assert_true(r->n_val < 16);
+            r->val_epoch[r->n_val] = atoi(fld[0]);
+            r->mse[r->n_val] = strtod(fld[6], NULL);
+            r->fd[r->n_val] = strtod(fld[7], NULL);
+            r->real[r->n_val] = strtod(fld[8], NULL);
+            r->n_val++;
+        }
+    }
+    fclose(f);
+}
+
+// train.val_samples: the sampled validation does not change the training (its own noise
+// streams), logs its three measures at every validation, and select_epoch best_sampled picks
+// the epoch the rule of trainer.c gives - recomputed here from the log: eligible when both mse
+// and fd are at most the starting model's and real at most 2% above it, score mse/mse0 + fd/fd0, the starting model (score
+// 2) when nothing beats it - and writes that epoch to best.safetensors.
+static void test_sampled_validation(void **state) {
+    (void)state;
+    threads_set(2);
+    char d0[] = "/tmp/effdm_test_sampled0_XXXXXX", d1[] = "/tmp/effdm_test_sampled1_XXXXXX";
+    assert_non_null(mkdtemp(d0));
+    assert_non_null(mkdtemp(d1));
+    LogRows plain, checked;
+    for (int k = 0; k < 2; k++) {
+        const char *dir = k ? d1 : d0;
+        RunConfig rc;
+        fix_config(&rc, RC_RECIPE_EFFDM, dir);
+        rc.train.epochs = 3;
+        rc.sample.steps = 4;
+        if (k) {
+            rc.train.val_samples = 8;
+            rc.train.select_epoch = RC_SELECT_BEST_SAMPLED;
+        }
+        Err e = {0};
+        assert_int_equal(run_config_validate(&rc, &e), 0);
+        Trainer *tr = calibrated_trainer(&rc, dir);
+        TrainerSummary s;
+        if (trainer_run(tr, NULL, &s, &e)) fail_msg("%s", e.msg);
+        trainer_free(tr);
+        read_log(dir, k ? &checked : &plain);
+        if (k) {
+            assert_int_equal(s.has_best, 1);
+            const LogRows *r = &checked;
+            assert_int_equal(r->n_val, 4);  // before training, then after each of 3 epochs
+            assert_int_equal(r->val_epoch[0], -1);
+            int best = -1;
+            double best_score = 2.0;
+            for (int i = 0; i < r->n_val; i++) {
+                assert_true(isfinite(r->mse[i]) && r->mse[i] > 0);
+                if (i > 0 && !(r->real[i] <= r->real[0] * 1.02)) continue;  // less plausible: not eligible
+                assert_true(isfinite(r->fd[i]) && r->fd[i] >= 0);
+                assert_true(isfinite(r->real[i]) && r->real[i] > 0);
+                if (i == 0) continue;
+                if (r->mse[i] <= r->mse[0] && r->fd[i] <= r->fd[0]) {
+                    double sc = r->mse[i] / r->mse[0] + r->fd[i] / r->fd[0];
+                    if (sc < best_score) best_score = sc, best = r->val_epoch[i];
+                }
+            }
+            assert_int_equal(s.best_epoch, best);
+            char path[2048];
+            snprintf(path, sizeof path, "%s/best.safetensors", dir);
+            WeightFile *f;
+            assert_int_equal(weights_open(&f, path, &e), 0);
+            int64_t be;
+            double bv;
+            assert_int_equal(weights_read_raw(f, "best.epoch", &be, sizeof be, &e), 0);
+            assert_int_equal(weights_read_raw(f, "best.val", &bv, sizeof bv, &e), 0);
+            weights_close(f);
+            assert_int_equal((int)be, best);
+            assert_true(fabs(bv - best_score) <= 1e-6 * best_score);
+            // best_sampled without the sampled validation is a config error
+            rc.train.val_samples = 0;
+            assert_int_equal(run_config_validate(&rc, &e), ERR_VALUE);
+            assert_non_null(strstr(e.msg, "train.val_samples"));
+        }
+    }
+    assert_int_equal(plain.n_loss, checked.n_loss);
+    for (int i = 0; i < plain.n_loss; i++) assert_true(plain.loss[i] == checked.loss[i]);
+    fix_remove_run(d0);
+    fix_remove_run(d1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_closed_forms),
@@ -535,6 +651,7 @@ int main(void) {
         cmocka_unit_test(test_delta_w_update_modes),
         cmocka_unit_test(test_nan_stops_with_last_good_state),
         cmocka_unit_test(test_unconditional_model),
+        cmocka_unit_test(test_sampled_validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

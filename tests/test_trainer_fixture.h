@@ -12,8 +12,8 @@
 
 #include "io/safetensors.h"
 #include "models/ldm.h"
-#include "qalora/calibrate.h"
-#include "train/run_config.h"
+#include "run/run_calibrate.h"
+#include "run/run_config.h"
 
 #define FIX_ROOT TEST_DATA_DIR "/../.."
 
@@ -27,6 +27,7 @@ static void fix_config(RunConfig *rc, RcRecipe recipe, const char *out) {
     rc->train.batch = 2;
     rc->train.val_every = 1;
     rc->train.val_inputs = 4;
+    rc->train.val_samples = 0;  // the sampled validation has its own test (test_trainer.c)
     rc->train.checkpoint_every = 1;
     rc->train.sample_every = 0;
     rc->calib.steps = 10;
@@ -37,10 +38,10 @@ static void fix_config(RunConfig *rc, RcRecipe recipe, const char *out) {
     snprintf(rc->run.out, sizeof rc->run.out, "%s", out);
 }
 
-// Creates rc->run.out as a calibrated run directory (effdm calibrate's calibrate_run).
+// Creates rc->run.out as a calibrated run directory (effdm calibrate's run_calibrate).
 static int fix_calibrate(const RunConfig *rc, Err *e) {
     CalibOpts o = {0};
-    return calibrate_run(rc, &o, NULL, e);
+    return run_calibrate(rc, &o, NULL, e);
 }
 
 // Copies file src to dst (test helper). 0 on success.

@@ -115,7 +115,7 @@ static void test_log_truncates_to_checkpoint(void **state) {
     assert_int_equal(run_log_open(&l, path, 0, 0, &e), 0);
     for (int ep = 0; ep < 2; ep++) {
         for (int s = 0; s < 3; s++) assert_int_equal(run_log_step(&l, ep, s, 1.5f + s, 1e-3, 0.25, &e), 0);
-        assert_int_equal(run_log_val(&l, ep, 3, 0.125, 1.0, &e), 0);
+        assert_int_equal(run_log_val(&l, ep, 3, 0.125, NAN, NAN, NAN, 1.0, &e), 0);
     }
     assert_int_equal(run_log_close(&l, &e), 0);
     char *full = slurp(path);
@@ -127,7 +127,7 @@ static void test_log_truncates_to_checkpoint(void **state) {
     assert_int_equal(run_log_close(&l, &e), 0);
     char *cut = slurp(path);
     const char *want = RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
-                       "0,3,,,1.000,0.125\n1,0,1.5,0.001,0.250,\n";
+                       "0,3,,,1.000,0.125,,,\n1,0,1.5,0.001,0.250,\n";
     assert_string_equal(cut, want);
     free(cut);
 
@@ -148,6 +148,22 @@ static void test_log_truncates_to_checkpoint(void **state) {
     assert_int_equal(run_log_close(&l, &e), 0);
     cut = slurp(path);
     assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n");
+    free(cut);
+
+    // the sampled validation's columns
+    assert_int_equal(run_log_open(&l, path, 9, 0, &e), 0);
+    assert_int_equal(run_log_val(&l, 2, 3, 0.5, 0.25, 1.5, 1.25, 2.0, &e), 0);
+    assert_int_equal(run_log_close(&l, &e), 0);
+    cut = slurp(path);
+    assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n2,3,,,2.000,0.5,0.25,1.5,1.25\n");
+    free(cut);
+
+    // a log written before those columns: its rows are kept, its header renewed
+    write_text(path, RUN_LOG_HEADER_V1 "\n0,0,1.5,0.001,0.250,\n0,3,,,1.000,0.125\n");
+    assert_int_equal(run_log_open(&l, path, 5, 0, &e), 0);
+    assert_int_equal(run_log_close(&l, &e), 0);
+    cut = slurp(path);
+    assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,3,,,1.000,0.125\n");
     free(cut);
 
     // not a log

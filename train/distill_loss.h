@@ -18,7 +18,7 @@
 
 #include "autograd/ops.h"
 #include "sample/ddim.h"
-#include "train/run_config.h"
+#include "train/train_config.h"
 
 typedef struct {
     RcLossBranches branches;

@@ -23,8 +23,8 @@ void trainer_begin_epoch(Trainer *tr) {
 }
 
 double trainer_lr_factor(const Trainer *tr) {
-    const RcOptimizer *o = &tr->rc.train.optimizer;
-    int64_t total = (int64_t)tr->rc.train.epochs * tr->S;
+    const RcOptimizer *o = &tr->cfg.train.optimizer;
+    int64_t total = (int64_t)tr->cfg.train.epochs * tr->S;
     return lr_schedule_factor(o->schedule, o->warmup_steps, total, tr->opt.step);
 }
 
@@ -54,7 +54,7 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     const int B = tr->B, rows = tr->pair ? 2 * B : B;
     const size_t n = (size_t)B * tr->per;
     const int shape[4] = {rows, tr->C, tr->H, tr->W};
-    const float scale = (float)tr->rc.train.scale;
+    const float scale = (float)tr->cfg.train.scale;
 
     // x_in = cat([x] * 2), c_in = cat([unconditional_conditioning, c]) as the reference
     memcpy(tr->xin, tr->x, n * sizeof(float));
@@ -106,7 +106,7 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     Tensor *qo = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
     Tensor *loss = distill_loss(c, &tr->loss, qo, p);
     if (!loss) return op_failed(c, e, "student forward");
-    if (tr->rc.train.trajectory == RC_TRAJ_STUDENT) {  // the student's own guided ε drives x_{t-1}
+    if (tr->cfg.train.trajectory == RC_TRAJ_STUDENT) {  // the student's own guided ε drives x_{t-1}
         if (!tr->pair)
             memcpy(tr->eps_g, qo->data, n * sizeof(float));
         else if (scale == 1.0f)
@@ -119,13 +119,13 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     if (!isfinite(raw)) {
         tape_clear(c);
         return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): the loss is %g", tr->epoch + 1,
-                       tr->rc.train.epochs, tr->step + 1, tr->S, t, (double)raw);
+                       tr->cfg.train.epochs, tr->step + 1, tr->S, t, (double)raw);
     }
 
     // equalize: the step's loss over its running mean of the previous epochs (a constant)
     // ddim: equalize, then how much the step's ε error moves x_{t-1} (distill_loss.h)
     float w = 1.0f;
-    RcStepWeighting sw = tr->rc.train.step_weighting;
+    RcStepWeighting sw = tr->cfg.train.step_weighting;
     if (sw != RC_STEPW_NONE && tr->stepw_count[tr->step] > 0 && tr->stepw_mean[tr->step] > 0)
         w = (float)(1.0 / tr->stepw_mean[tr->step]);
     if (sw == RC_STEPW_DDIM) w *= (float)distill_ddim_weight(&tr->ddim, index);
@@ -139,7 +139,7 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     if (bad >= 0) {
         adamw_zero_grad(&tr->opt);
         return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): gradient element %ld is not finite (loss %g)",
-                       tr->epoch + 1, tr->rc.train.epochs, tr->step + 1, tr->S, t, bad, (double)raw);
+                       tr->epoch + 1, tr->cfg.train.epochs, tr->step + 1, tr->S, t, bad, (double)raw);
     }
 
     // AdamW: every group's base rate times the schedule factor (adamw's own schedule is off)
@@ -147,7 +147,7 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     for (int g = 0; g < tr->opt.n_groups; g++) tr->opt.groups[g].lr = tr->base_lr[g] * f;
     adamw_step(&tr->opt);
     adamw_zero_grad(&tr->opt);
-    *lr_out = tr->rc.train.optimizer.lr_act * f;
+    *lr_out = tr->cfg.train.optimizer.lr_act * f;
 
     double cnt = (double)tr->stepw_count[tr->step];
     tr->stepw_mean[tr->step] = (tr->stepw_mean[tr->step] * cnt + (double)raw) / (cnt + 1.0);

@@ -2,6 +2,7 @@
 #include "train/run_log.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,8 +31,12 @@ static int truncate_log(const char *path, int epoch, int step, Err *e) {
     size_t size;
     if (file_read_all(path, &buf, &size, e)) return e->code;
     const char *s = (const char *)buf;
-    size_t hl = strlen(RUN_LOG_HEADER);
-    if (size < hl + 1 || memcmp(s, RUN_LOG_HEADER, hl) != 0 || s[hl] != '\n') {
+    size_t hl = strlen(RUN_LOG_HEADER), hl1 = strlen(RUN_LOG_HEADER_V1);
+    int v1 = 0;  // a log written before the sampled validation's columns: its header is renewed
+    if (size >= hl1 + 1 && !memcmp(s, RUN_LOG_HEADER_V1, hl1) && s[hl1] == '\n') {
+        v1 = 1;
+        hl = hl1;
+    } else if (size < hl + 1 || memcmp(s, RUN_LOG_HEADER, hl) != 0 || s[hl] != '\n') {
         free(buf);
         return err_set(e, ERR_FORMAT, "%s: not a run log (expected the header line '%s')", path, RUN_LOG_HEADER);
     }
@@ -46,10 +51,15 @@ static int truncate_log(const char *path, int epoch, int step, Err *e) {
         keep = (size_t)(nl - s) + 1;
     }
     int rc = 0;
-    if (keep < size) {
+    if (keep < size || v1) {
         AtomicFile f;
         if (!(rc = atomic_open(&f, path, e))) {
-            atomic_write(&f, buf, keep);
+            if (v1) {
+                atomic_write(&f, RUN_LOG_HEADER "\n", strlen(RUN_LOG_HEADER) + 1);
+                atomic_write(&f, buf + hl + 1, keep - hl - 1);
+            } else {
+                atomic_write(&f, buf, keep);
+            }
             rc = atomic_commit(&f, e);
         }
     }
@@ -82,8 +92,13 @@ int run_log_step(RunLog *l, int epoch, int step, float loss, double lr, double s
     return finish_line(l, fprintf(l->fp, "%d,%d,%.9g,%.9g,%.3f,\n", epoch, step, (double)loss, lr, seconds), e);
 }
 
-int run_log_val(RunLog *l, int epoch, int steps_per_epoch, double val_error, double seconds, Err *e) {
-    return finish_line(l, fprintf(l->fp, "%d,%d,,,%.3f,%.9g\n", epoch, steps_per_epoch, seconds, val_error), e);
+int run_log_val(RunLog *l, int epoch, int steps_per_epoch, double val_error, double sample_mse, double sample_fd,
+                double sample_real, double seconds, Err *e) {
+    char extra[96] = ",,,";
+    if (isfinite(sample_mse) && isfinite(sample_fd))
+        snprintf(extra, sizeof extra, ",%.9g,%.9g,%.9g", sample_mse, sample_fd, sample_real);
+    return finish_line(l, fprintf(l->fp, "%d,%d,,,%.3f,%.9g%s\n", epoch, steps_per_epoch, seconds, val_error, extra),
+                       e);
 }
 
 int run_log_close(RunLog *l, Err *e) {

@@ -14,6 +14,8 @@
      train.stepw_count  I64 (S)
      train.best         I64 (2)          has_best, best_epoch (-1: the starting model)
      train.best_val     F64 (1)
+     train.val_start    F64 (3)          the starting model's sampled validation (mse, fd, real; NaN:
+                                         not measured; absent in states of older versions)
      train.seconds      F64 (1)          training seconds so far
      train.last_loss    F32 (1)
    with metadata effdm.kind = "run-state", effdm.format = "1", the position as text and
@@ -23,6 +25,7 @@
    best.safetensors: the q.* state of the best validation epoch, best.epoch I64 (1),
    best.val F64 (1), metadata effdm.kind = "best-state".
 */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +70,10 @@ int run_state_save(Trainer *tr, Err *e) {
     s.best_val = tr->best_val;
     s.seconds = tr->seconds;
     s.last_loss = tr->last_loss;
-    const int64_t n_opt = (int64_t)tr->opt.used, one = 1, two = 2, four = 4, S = tr->S, nl = tr->n_tl, B = tr->B;
+    const int64_t n_opt = (int64_t)tr->opt.used, one = 1, two = 2, three = 3, four = 4, S = tr->S, nl = tr->n_tl, B = tr->B;
     const int64_t xshape[4] = {tr->B, tr->C, tr->H, tr->W};
     char pos[64];
-    snprintf(pos, sizeof pos, "%d/%d", tr->epoch, tr->rc.train.epochs);
+    snprintf(pos, sizeof pos, "%d/%d", tr->epoch, tr->cfg.train.epochs);
     char stp[64], thr[32];
     snprintf(stp, sizeof stp, "%d/%d", tr->step, tr->S);
     snprintf(thr, sizeof thr, "%d", threads_get());
@@ -86,6 +89,7 @@ int run_state_save(Trainer *tr, Err *e) {
         (rc = add(&w, "train.stepw_count", DT_I64, 1, &S, tr->stepw_count, e)) ||
         (rc = add(&w, "train.best", DT_I64, 1, &two, s.best, e)) ||
         (rc = add(&w, "train.best_val", DT_F64, 1, &one, &s.best_val, e)) ||
+        (rc = add(&w, "train.val_start", DT_F64, 1, &three, tr->val_start, e)) ||
         (rc = add(&w, "train.seconds", DT_F64, 1, &one, &s.seconds, e)) ||
         (rc = add(&w, "train.last_loss", DT_F32, 1, &one, &s.last_loss, e)) ||
         (rc = st_writer_meta(&w, "effdm.kind", "run-state", e)) || (rc = st_writer_meta(&w, "effdm.format", "1", e)) ||
@@ -153,12 +157,15 @@ static int load_run(Trainer *tr, WeightFile *f, Err *e) {
         (rc = read_exact(f, "train.seconds", DT_F64, 1, &s.seconds, e)) ||
         (rc = read_exact(f, "train.last_loss", DT_F32, 1, &s.last_loss, e)))
         goto done;
+    tr->val_start[0] = tr->val_start[1] = tr->val_start[2] = NAN;
+    if (weights_find(f, "train.val_start") && (rc = read_exact(f, "train.val_start", DT_F64, 3, tr->val_start, e)))
+        goto done;
     int64_t ep = s.position[0], st = s.position[1];
-    if (ep < 0 || ep > tr->rc.train.epochs || st < 0 || st > tr->S || (ep == tr->rc.train.epochs && st != 0) ||
+    if (ep < 0 || ep > tr->cfg.train.epochs || st < 0 || st > tr->S || (ep == tr->cfg.train.epochs && st != 0) ||
         s.step != ep * tr->S + st || (s.rng[1] & 1) == 0) {
         rc = err_set(e, ERR_FORMAT, "%s: inconsistent run position (epoch %lld, step %lld, %lld optimizer steps) for "
                      "%d epochs of %d steps", weights_path(f), (long long)ep, (long long)st, (long long)s.step,
-                     tr->rc.train.epochs, tr->S);
+                     tr->cfg.train.epochs, tr->S);
         goto done;
     }
     for (int b = 0; b < tr->B; b++) {

@@ -18,7 +18,7 @@
 
 #include <stdint.h>
 
-#include "train/run_config.h"
+#include "train/train_config.h"
 
 // Factor in [0, 1] at step s of a run of `total` optimizer steps with `warmup` warm-up steps.
 double lr_schedule_factor(RcSchedule kind, int64_t warmup, int64_t total, int64_t s);

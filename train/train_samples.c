@@ -44,7 +44,7 @@ static int on_batch(const float *images, const int *shape, const float *z, const
 }
 
 int trainer_sample_grid(Trainer *tr, int epoch, volatile sig_atomic_t *stop, char *path, size_t path_size, Err *e) {
-    const RcSample *s = &tr->rc.sample;
+    const RcSample *s = &tr->cfg.sample;
     int cols = s->grid_cols > 0 ? s->grid_cols : 8;
     int rows = s->grid_rows > 0 ? s->grid_rows : tr->cond ? tr->n_real : 8;
     int n = rows * cols;

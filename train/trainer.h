@@ -2,8 +2,8 @@
    the quantized student (qalora/qmodel.h) learns the FP teacher's ε along the teacher's
    own DDIM trajectories, one AdamW step per trajectory step, with exact resume.
 
-       Trainer *tr;
-       if (trainer_open(&tr, &run_config, "runs/x", &e)) return e.code;   // the run dir holds a calibrated state
+       Trainer *tr;   // a run: run/run_train.h run_trainer_open(&tr, &run_config, dir, &e)
+       if (trainer_open(&tr, &tc, &qc, ldm, "runs/x", &e)) return e.code;  // the dir holds a calibrated state
        TrainerHooks h = {.on_step = show, .stop = &stop_flag};
        int rc = trainer_run(tr, &h, &summary, &e);       // ERR_INTERRUPTED after a stop (saved)
        trainer_free(tr);
@@ -62,7 +62,7 @@
 
 #include "models/ldm.h"
 #include "qalora/qmodel.h"
-#include "train/run_config.h"
+#include "train/train_config.h"
 #include "util/err.h"
 
 typedef struct Trainer Trainer;
@@ -92,10 +92,20 @@ typedef struct {
     size_t teacher_peak, teacher_kept, teacher_nodes;
 } TrainerMemory;
 
+// The sampled validation (train.val_samples; train/sample_check.c): final latents of the
+// student against the teacher's, same noise. NaN when off.
+typedef struct {
+    double mse;   // mean squared difference of the latents (closeness image by image)
+    double fd;    // Fréchet distance of the two latent sets (closeness of the distributions)
+    double real;  // the teacher's denoising error on the student's samples over that on its own (1: as
+                  // plausible to the teacher as its own samples; higher: less plausible)
+} SampleCheck;
+
 // One validation (epoch -1: the starting model).
 typedef struct {
     int epoch;
     double val_error;           // mean squared ε error, student vs teacher, per element
+    SampleCheck sampled;        // the sampled validation (train.val_samples; NaN when off)
     int best_epoch;             // best so far (incl. this one)
     double best_val;
     double seconds;
@@ -124,21 +134,20 @@ typedef struct {
     double best_val;
 } TrainerSummary;
 
-// Opens the run directory `run_dir` for fine-tuning under config rc (which the caller has
-// checked against the run's config.yaml): loads the teacher (rc->model), builds the student
-// and restores it from run_dir/state.safetensors - a calibrated state (fine-tuning starts:
-// the LoRA learning rates are computed now) or a run state (resume at its position) - and
-// reads the validation inputs from calib.safetensors. 0, or ERR_IO (no state: calibrate
-// first), the loaders' errors, ERR_UNSUPPORTED (x0 / v models), ERR_VALUE (a config the
-// model cannot serve, naming the key).
-int trainer_open(Trainer **tr, const RunConfig *rc, const char *run_dir, Err *e);
+// Opens the run directory `run_dir` for fine-tuning the teacher m (ownership passes to the
+// trainer, also on failure) under tc (which the caller has checked against the run's
+// config.yaml): builds the student per `student` (borrowed for this call) and restores it from
+// run_dir/state.safetensors - a calibrated state (fine-tuning starts: the LoRA learning rates
+// are computed now) or a run state (resume at its position) - and reads the validation inputs
+// from calib.safetensors. m needs its first stage when tc->train.sample_every > 0. 0, or
+// ERR_IO (no state: calibrate first), the readers' errors, ERR_UNSUPPORTED (x0 / v models),
+// ERR_VALUE (a config the model cannot serve, naming the key).
+int trainer_open(Trainer **tr, const TrainConfig *tc, const QModelConfig *student, Ldm *m, const char *run_dir,
+                 Err *e);
 // Runs from the current position to the end of train.epochs (see top). 0 when finished,
 // ERR_INTERRUPTED after a stop (state saved), ERR_NAN (state of the last good step saved),
 // or another ERR_ code (I/O, memory). sum (may be NULL) is filled in every case.
 int trainer_run(Trainer *tr, const TrainerHooks *hooks, TrainerSummary *sum, Err *e);
-// trainer_open on a model the caller built (ownership passes to the trainer, also on
-// failure); rc->model's paths are not read. For benchmarks of random-init architectures.
-int trainer_open_with(Trainer **tr, const RunConfig *rc, Ldm *m, const char *run_dir, Err *e);
 // Frees everything; accepts NULL.
 void trainer_free(Trainer *tr);
 // Runs n optimizer steps (trainer_step, the loop's own step) from the current position with

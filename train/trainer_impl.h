@@ -17,7 +17,7 @@
 #define TRAINER_PATH_MAX 4096
 
 struct Trainer {
-    RunConfig rc;
+    TrainConfig cfg;            // what the run asked for (train/train_config.h)
     char dir[TRAINER_PATH_MAX];
     Ldm *m;
     QModel q;
@@ -52,7 +52,8 @@ struct Trainer {
     double *stepw_mean;         // [S] running mean of each step index's raw loss over epochs
     int64_t *stepw_count;       // [S]
     int has_best, best_epoch;
-    double best_val;
+    double best_val;            // best_val: the ε error; best_sampled: the sampled score (trainer.c)
+    double val_start[3];        // the starting model's sampled mse, fd, real (NaN: not measured)
     int init_val_done;          // the starting model's validation (epoch -1) is logged
     double seconds;             // training seconds over the whole run
     float last_loss;
@@ -73,6 +74,8 @@ struct Trainer {
     float *val_x;               // (n_val, C, H, W)
     float *val_t;               // (n_val)
     int *val_y;                 // (n_val) or NULL (unconditional)
+    float *chk_teacher;         // (val_samples, C, H, W) the teacher's final latents of the sampled validation
+    double chk_teacher_real;    // the teacher's denoising error on them (sample_check.c)
 
     RunLog log;
 
@@ -110,6 +113,11 @@ int trainer_load_val(Trainer *tr, Err *e);
 // Mean squared ε error of the student vs the teacher over the validation inputs.
 // ERR_INTERRUPTED when the stop flag rose in between (nothing changed). 0 or an ERR_ code.
 int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e);
+
+/* sample_check.c */
+// The sampled validation (train.val_samples images, sample.* protocol; the teacher's sampled
+// once and kept): the measures of TrainerVal (trainer.h). ERR_INTERRUPTED when stopped.
+int trainer_sample_check(Trainer *tr, volatile sig_atomic_t *stop, SampleCheck *out, Err *e);
 
 /* train_samples.c */
 // samples/epoch_NNN.png of the student (sample.* keys). 0 or an ERR_ code.

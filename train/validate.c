@@ -14,8 +14,8 @@
 #include "train/trainer_impl.h"
 
 int trainer_load_val(Trainer *tr, Err *e) {
-    int V = tr->rc.train.val_inputs;
-    if (tr->rc.train.val_every <= 0 || V <= 0) return 0;
+    int V = tr->cfg.train.val_inputs;
+    if (tr->cfg.train.val_every <= 0 || V <= 0) return 0;
     char path[TRAINER_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/calib.safetensors", tr->dir);
     CalibInputs ci;

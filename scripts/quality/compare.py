@@ -17,7 +17,11 @@ import judge_np  # noqa: E402
 
 
 def listing(d):
-    out = []
+    """(class folder, file) of every image; an unconditional model's flat folder: class ''."""
+    out = [("", f) for f in sorted(os.listdir(d)) if f.endswith(".png") and f != "grid.png"
+           and not f.startswith(".")]
+    if out:
+        return out
     for c in sorted(os.listdir(d), key=lambda s: (len(s), s)):
         p = os.path.join(d, c)
         if os.path.isdir(p):
@@ -48,14 +52,14 @@ def main():
     judge = judge_np.Judge(os.environ.get("JUDGE", "models/zoo/fmnist-ldm/judge.ckpt"))
     pa = judge.logits(a[:, None] * 2 - 1).argmax(1)
     pb = judge.logits(b[:, None] * 2 - 1).argmax(1)
-    lab = np.array([int(c) for c, _ in items])
+    lab = np.array([int(c) if c else -1 for c, _ in items])
     res = {
         "n": len(items),
         "rmse": float(np.sqrt(np.mean(d ** 2))),
         "rmse_img_mean": float(np.mean(np.sqrt(np.mean(d ** 2, axis=1)))),
         "agreement": float(np.mean(pa == pb)),
-        "judge_acc_model": float(np.mean(pb == lab)),
-        "judge_acc_fp": float(np.mean(pa == lab)),
+        "judge_acc_model": float(np.mean(pb == lab)) if (lab >= 0).all() else None,
+        "judge_acc_fp": float(np.mean(pa == lab)) if (lab >= 0).all() else None,
     }
     tmp = out + ".tmp"
     with open(tmp, "w") as f:

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "io/cfg.h"
-#include "train/run_config.h"
+#include "run/run_config.h"
 
 static void check_failure(int rc, const Err *e) {
     if (rc <= 0 || rc >= ERR_COUNT || e->code != rc || !e->msg[0]) abort();

@@ -6,7 +6,7 @@
 
 #include "io/cfg.h"
 #include "qalora/qkind.h"
-#include "train/run_config_keys.h"
+#include "run/run_config_keys.h"
 
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -275,7 +275,10 @@ static int check_consistency(const RunConfig *c, const char *file, Err *e) {
     if (qkind_valid(c->quant.act_quantizer) && qkind_get((QuantKind)c->quant.act_quantizer)->weight_only)
         return err_set(e, ERR_VALUE, "%s: quant.act_quantizer: %s quantizes weights only; expected a kind for "
                        "activations", file, quant_kind_name((QuantKind)c->quant.act_quantizer));
-    if (t->select_epoch == RC_SELECT_BEST_VAL && t->val_every < 1)
+    if (t->select_epoch == RC_SELECT_BEST_SAMPLED && t->val_samples < 8)
+        return err_set(e, ERR_VALUE, "%s: train.select_epoch: best_sampled needs train.val_samples >= 8, found %d", file,
+                       t->val_samples);
+    if (t->select_epoch != RC_SELECT_LAST && t->val_every < 1)
         return err_set(e, ERR_VALUE, "%s: train.select_epoch: best_val needs train.val_every >= 1, found %d", file,
                        t->val_every);
     double span = (c->quant.mse_candidates - 1) * c->quant.mse_shrink;
@@ -350,20 +353,27 @@ static void default_out(const char *name, char *out, size_t n) {
     snprintf(out, n, "runs/%.*s", (int)len, base);
 }
 
-static int load_tree(const CfgNode *root, const char *name, RunConfig *c, Err *e) {
-    // The recipe first: it picks the defaults of the other keys.
+int rc_load_tree(const CfgNode *root, const char *name, CfgNode *const *sets, int n_sets, RunConfig *c, Err *e) {
+    // The recipe first: it picks the defaults of the other keys (a --set of it wins as a later
+    // line of the file would).
     RcRecipe recipe = RC_RECIPE_EFFDM;
-    const CfgNode *train = cfg_child(root, "train");
-    const CfgNode *rn = cfg_child(train, "recipe");
-    if (rn) {
-        int r;
-        if (read_enum(rn, rc_key_find("train.recipe"), &r, e)) return ERR_VALUE;
-        recipe = (RcRecipe)r;
+    for (int i = -1; i < n_sets; i++) {
+        const CfgNode *train = cfg_child(i < 0 ? root : sets[i], "train");
+        const CfgNode *rn = cfg_child(train, "recipe");
+        if (rn) {
+            int r;
+            if (read_enum(rn, rc_key_find("train.recipe"), &r, e)) return ERR_VALUE;
+            recipe = (RcRecipe)r;
+        }
     }
     run_config_defaults(c, recipe);
     default_out(name, c->run.out, sizeof c->run.out);
     if (read_group(root, "", c, e)) return e->code;
-    return check_consistency(c, name, e);
+    for (int i = 0; i < n_sets; i++)
+        if (read_group(sets[i], "", c, e)) return e->code;
+    char what[1100];  // a check across keys names the file, and the assignments when they took part
+    snprintf(what, sizeof what, "%.1000s with --set", name);
+    return check_consistency(c, n_sets > 0 ? what : name, e);
 }
 
 int run_config_load_mem(const char *text, size_t len, const char *name, RunConfig *c, Err *e) {
@@ -371,7 +381,7 @@ int run_config_load_mem(const char *text, size_t len, const char *name, RunConfi
     if (!name) name = "(memory)";
     int r = cfg_load_mem(text, len, name, &root, e);
     if (r) return r;
-    r = load_tree(root, name, c, e);
+    r = rc_load_tree(root, name, NULL, 0, c, e);
     cfg_free(root);
     return r;
 }
@@ -380,7 +390,7 @@ int run_config_load(const char *path, RunConfig *c, Err *e) {
     CfgNode *root;
     int r = cfg_load(path, &root, e);
     if (r) return r;
-    r = load_tree(root, path, c, e);
+    r = rc_load_tree(root, path, NULL, 0, c, e);
     cfg_free(root);
     return r;
 }

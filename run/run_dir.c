@@ -1,5 +1,5 @@
 /* run_dir.c: resolving a finetune command's run directory and config (see run_dir.h). */
-#include "train/run_dir.h"
+#include "run/run_dir.h"
 
 #include <dirent.h>
 #include <stdio.h>

@@ -1,12 +1,14 @@
 /* run_config_keys.h: the run config's key table, shared by run_config.c (reading, checking),
-   run_config_write.c (writing, comparing) and run_config_keys.c (the table, defaults, texts).
-   Internal to train/: everything else goes through run_config.h. */
+   run_config_write.c (writing, comparing), run_config_set.c (--set) and run_config_keys.c
+   (the table, defaults, texts).
+   Internal to run/: everything else goes through run_config.h. */
 #ifndef EFFDM_RUN_CONFIG_KEYS_H
 #define EFFDM_RUN_CONFIG_KEYS_H
 
 #include <stddef.h>
 
-#include "train/run_config.h"
+#include "io/cfg.h"
+#include "run/run_config.h"
 
 typedef enum { K_INT, K_DOUBLE, K_BOOL, K_ENUM, K_STR, K_LABEL, K_NAMES, K_OVERRIDES } KeyType;
 
@@ -53,5 +55,9 @@ void rc_value_text(const RunConfig *c, const KeyDesc *k, char *buf, size_t n);
 void rc_range_text(const KeyDesc *k, char *buf, size_t n);
 // 1 when v is inside the row's range (NaN never is).
 int rc_in_range(const KeyDesc *k, double v);
+// A run config from a parsed file (name: for messages and the run.out default) and then the
+// one-key documents of --set assignments (sets[0..n_sets), applied in order over the file as
+// later lines of it; NULL, 0 for none), then the checks across keys. 0 or an ERR_ code.
+int rc_load_tree(const CfgNode *root, const char *name, CfgNode *const *sets, int n_sets, RunConfig *c, Err *e);
 
 #endif

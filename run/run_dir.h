@@ -5,7 +5,7 @@
        RunConfig rc; RunDirStatus st;
        if (run_dir_resolve(resume_dir_or_NULL, &given_or_NULL, &rc, &st, &e)) return e.code;
        if (st == RUN_DIR_EMPTY) ... calibrate into rc.run.out ...
-       trainer_open(&tr, &rc, rc.run.out, &e);
+       run_trainer_open(&tr, &rc, rc.run.out, &e);
 
    --config C (resume_dir NULL): the run directory is C's run.out. No state.safetensors:
    RUN_DIR_EMPTY (calibration comes first). A calibrated state: its config.yaml must agree
@@ -20,7 +20,7 @@
 #ifndef EFFDM_RUN_DIR_H
 #define EFFDM_RUN_DIR_H
 
-#include "train/run_config.h"
+#include "run/run_config.h"
 #include "util/err.h"
 
 typedef enum {

@@ -7,7 +7,7 @@
 
 #include "io/cfg.h"
 #include "qalora/qkind.h"
-#include "train/run_config_keys.h"
+#include "run/run_config_keys.h"
 
 // ---------------------------------------------------------------- writing
 
@@ -48,7 +48,7 @@ static void write_key(CfgWriter *w, const RunConfig *c, const KeyDesc *k, const 
 static int build_yaml(const RunConfig *c, CfgWriter *w) {
     cfg_writer_init(w);
     cfg_writer_comment(w, "effdm run config, fully resolved: every key with its value (defaults filled in).\n"
-                          "Keys and defaults: train/run_config.h. Written by effdm " EFFDM_VERSION ".");
+                          "Keys and defaults: run/run_config.h. Written by effdm " EFFDM_VERSION ".");
     char open[4][48];  // the groups open now, outermost first
     int n_open = 0;
     for (int i = 0; i < RC_N_KEYS; i++) {

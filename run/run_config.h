@@ -21,6 +21,14 @@
    the CompVis scripts). Integers accept exact number forms (1e3), reals any YAML number form
    (1e-4, .5); booleans true/false/yes/no/on/off.
 
+   Command-line overrides: `effdm finetune` and `effdm calibrate` take --set KEY=VALUE
+   (repeatable: --set train.epochs=4 --set run.out=/tmp/x; run_config_load_set). Each reads
+   as if it were a line of the file after all others: VALUE is YAML text like the file's
+   values, with the same types, ranges and messages (lists in flow form, e.g.
+   --set 'quant.overrides=[{pattern: "out.*", keep_fp: true}]'), a later assignment wins, a
+   --set of train.recipe picks the recipe's defaults as the file's key does, and an unknown
+   key gets the same "did you mean". The run's config.yaml holds the result.
+
    Keys (R: the default is "reference / effdm" by train.recipe; *: resuming needs the same value):
    | key                              | default                 | meaning |
    |----------------------------------|-------------------------|---------|
@@ -69,9 +77,10 @@
    | train.guidance_gain          R   | off / fit               | fit: the export fits one gain per step on the guidance term to the teacher (qalora/guidance_gain.h); off: none |
    | train.guidance_fit_samples       | 256                     | teacher trajectories of that fit (64 gave gains 1.086-1.166 for one recipe: its error curve is flat) |
    | train.trajectory               * | teacher                 | whose guided ε moves the training trajectory x_t -> x_{t-1}: teacher (reference) or student (the student is trained where its own sampler goes) |
-   | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's, or the epoch with the lowest validation error |
+   | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's; best_val: the lowest validation error; best_sampled: the lowest sampled score (mse/mse0 + fd/fd0) among the epochs at least as good as the starting model (0) on mse and fd with real at most 2% above its (trainer.c), else the starting model (naive PTQ) - needs val_samples >= 8 |
    | train.val_every                  | 10                      | validation error every N epochs (0: never; best_val needs >= 1) |
    | train.val_inputs               * | 64                      | held-out calibration inputs of the validation error |
+   | train.val_samples            R * | 0 / 32                  | images of the sampled validation (train/sample_check.c): sampled with the sample.* protocol by the teacher and by the student at every validation; logged: the final latents' mean squared difference (mse) and Fréchet distance (fd), and the teacher's denoising error on the student's samples relative to its own (real); finetune warns when the chosen epoch's real is > 2% above the starting model's; 0: off |
    | train.checkpoint_every           | 1                       | checkpoint every N epochs (0: only at the end and on a signal) |
    | train.sample_every               | 20                      | sample grid every N epochs (0: never) |
    | train.seed                     * | 3407                    | RNG seed of the distillation (labels, x_T, eta noise) |
@@ -117,6 +126,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qalora/calibrate.h"     // RcCalib: the calib.* group is qalora's own plain struct
+#include "train/train_config.h"   // RcTrain, RcSample: the train.* and sample.* groups are train's
 #include "util/err.h"
 
 enum {
@@ -127,20 +138,9 @@ enum {
     RC_MAX_FP_NAMES = 16,
 };
 
-typedef enum { RC_RECIPE_REFERENCE, RC_RECIPE_EFFDM, RC_RECIPE_COUNT } RcRecipe;
 typedef enum { RC_EMA_AUTO, RC_EMA_ON, RC_EMA_OFF } RcEma;
 typedef enum { RC_INIT_MAX, RC_INIT_MSE } RcInit;
-typedef enum { RC_BRANCHES_GUIDED, RC_BRANCHES_BOTH, RC_BRANCHES_ALL } RcLossBranches;
-typedef enum { RC_REDUCE_SUM, RC_REDUCE_MEAN } RcReduction;
-typedef enum { RC_STEPW_NONE, RC_STEPW_EQUALIZE, RC_STEPW_DDIM } RcStepWeighting;
-typedef enum { RC_SELECT_LAST, RC_SELECT_BEST_VAL } RcSelect;
-typedef enum { RC_SCHED_LINEAR, RC_SCHED_COSINE, RC_SCHED_CONSTANT } RcSchedule;
-typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;
-typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
-typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
-typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
 typedef enum { RC_FP_F32, RC_FP_F16 } RcFpLayers;
-typedef enum { RC_ACTR_SHARED, RC_ACTR_PER_STEP } RcActRanges;
 
 typedef struct {
     char pattern[RC_PATTERN_MAX];  // fnmatch(3) glob on the layer name; '*' also matches dots
@@ -179,51 +179,15 @@ typedef struct {
 } RcQuant;
 
 typedef struct {
-    int steps;
-    double eta, scale;
-    int n_samples, batch, n_inputs;
-    int seed;
-    RcActRanges act_ranges;
-} RcCalib;
-
-typedef struct {
-    double lr_lora_divisor, lr_w_delta, lr_act;
-    double beta1, beta2, eps, weight_decay;
-    RcSchedule schedule;
-    int warmup_steps;
-    RcDeltaWUpdate delta_w_update;
-} RcOptimizer;
-
-typedef struct {
-    RcRecipe recipe;
-    int epochs, batch, steps;
-    double eta, scale;
-    RcLossBranches loss_branches;
-    RcTrajectory trajectory;
-    RcGuidanceGain guidance_gain;
-    int guidance_fit_samples;
-    RcReduction loss_reduction;
-    RcStepWeighting step_weighting;
-    RcSelect select_epoch;
-    int val_every, val_inputs, checkpoint_every, sample_every;
-    int seed;
-    RcOptimizer optimizer;
-} RcTrain;
-
-typedef struct {
-    RcSampler sampler;
-    int steps;
-    double eta, scale;
-    int grid_rows, grid_cols;
-    int seed;
-} RcSample;
-
-typedef struct {
     char out[RC_PATH_MAX];
     int threads;
     int arena_mb;
 } RcRun;
 
+// The calib, train and sample groups are the structs of the layers that read them
+// (qalora/calibrate.h, train/train_config.h): RunConfig composes them, so those layers never
+// include run/. model, quant and run are the run layer's own; run/run_wire.h maps them onto
+// what qalora/ and train/ take (QModelConfig, TrainConfig).
 typedef struct {
     RcModel model;
     RcQuant quant;
@@ -242,6 +206,15 @@ void run_config_defaults(RunConfig *c, RcRecipe recipe);
 int run_config_load(const char *path, RunConfig *c, Err *e);
 // The same from YAML text; name is used in messages and for the run.out default.
 int run_config_load_mem(const char *text, size_t len, const char *name, RunConfig *c, Err *e);
+// run_config_load, then the --set assignments sets[0..n_sets) ("train.epochs=4") over the file
+// in order (see top), then the checks across keys. An assignment's errors name it ("--set
+// train.epochs=x: train.epochs: expected an integer >= 0, found 'x'"): ERR_KEY (unknown key,
+// with "did you mean"), ERR_VALUE, ERR_FORMAT (a value that is no YAML), ERR_ARG (no '=', a key
+// that is not a dotted name, a value over several lines).
+int run_config_load_set(const char *path, const char *const *sets, int n_sets, RunConfig *c, Err *e);
+// The same over YAML text (name as in run_config_load_mem).
+int run_config_load_mem_set(const char *text, size_t len, const char *name, const char *const *sets, int n_sets,
+                            RunConfig *c, Err *e);
 // Range and consistency checks of a filled RunConfig (e.g. after command-line overrides).
 // 0 or ERR_VALUE naming the key ("run config: quant.weight_bits: expected 2..8, found 9").
 int run_config_validate(const RunConfig *c, Err *e);

@@ -2,7 +2,7 @@
    path, type, place in RunConfig, range, defaults per recipe and whether resuming needs it
    unchanged; the two list keys (quant.fp_name_contains, quant.overrides) have rows whose
    values the reader and writer handle themselves. Also: defaults, and value texts for messages. */
-#include "train/run_config_keys.h"
+#include "run/run_config_keys.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -16,7 +16,7 @@ static const char *const INIT_NAMES[] = {"max", "mse"};
 static const char *const BRANCH_NAMES[] = {"guided", "both", "all"};
 static const char *const REDUCE_NAMES[] = {"sum", "mean"};
 static const char *const STEPW_NAMES[] = {"none", "equalize", "ddim"};
-static const char *const SELECT_NAMES[] = {"last", "best_val"};
+static const char *const SELECT_NAMES[] = {"last", "best_val", "best_sampled"};
 static const char *const SCHED_NAMES[] = {"linear", "cosine", "constant"};
 static const char *const DW_NAMES[] = {"reference", "single"};
 static const char *const TRAJ_NAMES[] = {"teacher", "student"};
@@ -135,6 +135,8 @@ const KeyDesc RC_KEYS[] = {
      .def = {10, 10}, .resume = 0},
     {.path = "train.val_inputs", .type = K_INT, .off = offsetof(RunConfig, train.val_inputs), .lo = 1, .hi = RC_BIG,
      .def = {64, 64}, .resume = 1},
+    {.path = "train.val_samples", .type = K_INT, .off = offsetof(RunConfig, train.val_samples), .lo = 0,
+     .hi = RC_BIG, .def = {0, 32}, .resume = 1},
     {.path = "train.checkpoint_every", .type = K_INT, .off = offsetof(RunConfig, train.checkpoint_every), .lo = 0,
      .hi = RC_BIG, .def = {1, 1}, .resume = 0},
     {.path = "train.sample_every", .type = K_INT, .off = offsetof(RunConfig, train.sample_every), .lo = 0,

@@ -1,0 +1,33 @@
+/* run_export.h: "export this run": a run directory's student as one deployable .safetensors
+   (the format: qalora/export.h).
+
+       ExportSummary s;
+       ExportOpts o = {.epoch = "last"};
+       if (run_export("runs/x", &o, "x-w4a4.safetensors", &s, &e)) return e.code;
+
+   The run's config.yaml names the teacher (model.*) and the student (quant.*, train.steps);
+   the student's trained values come from the epoch's state file. With train.guidance_gain fit
+   (class-conditional models, train.scale != 1) the gain is fitted now
+   (qalora/guidance_gain.h: train.steps, train.eta, train.scale, train.guidance_fit_samples,
+   seed train.seed + 1) and stored in the export.
+*/
+#ifndef EFFDM_RUN_EXPORT_H
+#define EFFDM_RUN_EXPORT_H
+
+#include <stddef.h>
+
+#include "qalora/export.h"
+#include "util/err.h"
+
+typedef struct {
+    const char *epoch;        // "last" (default when NULL) or "best"
+    int fp16_layers;          // ExportInfo.fp16_layers (runs with quant.fp_layers f16 write F16 anyway)
+} ExportOpts;
+
+// The state file of a run directory for epoch "last" (state.safetensors) or "best"
+// (best.safetensors) into dst. 0 or ERR_ARG for another name.
+int run_export_state_path(char *dst, size_t cap, const char *run_dir, const char *epoch, Err *e);
+// The whole export of a run directory (see top) to path. 0 or an ERR_ code (files and tensors named).
+int run_export(const char *run_dir, const ExportOpts *o, const char *path, ExportSummary *s, Err *e);
+
+#endif

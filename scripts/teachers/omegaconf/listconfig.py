@@ -1,0 +1,2 @@
+class ListConfig(list):
+    """Never instantiated here: configs reach UNetModel as plain lists."""

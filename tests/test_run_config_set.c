@@ -1,0 +1,278 @@
+/* test_run_config_set.c: --set KEY=VALUE over a run config (run/run_config_set.c): an
+   assignment gives exactly the config of a file with that key written in it (values, lists,
+   train.recipe's defaults, a later assignment winning), its errors name it (unknown key with
+   "did you mean", type and range, malformed assignments, values that are no YAML), and end
+   to end through effdm calibrate / finetune: exit status 2 and the message for bad ones, the
+   result recorded in the run's config.yaml, and --resume refusing a key resuming needs. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "run/run_config.h"
+
+#define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
+
+#define assert_has(msg, part)                                                              \
+    do {                                                                                   \
+        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
+        assert_non_null(strstr((msg), (part)));                                            \
+    } while (0)
+
+static int load(const char *text, const char *const *sets, int n, RunConfig *c, Err *e) {
+    *e = (Err){0};
+    return run_config_load_mem_set(text, strlen(text), "base.yaml", sets, n, c, e);
+}
+
+// The config of `with_keys` (a file with the keys written in it) equals `base` + sets.
+static void assert_same_as_file(const char *base, const char *const *sets, int n, const char *with_keys) {
+    RunConfig a, b;
+    Err e = {0};
+    if (load(base, sets, n, &a, &e)) fail_msg("%s", e.msg);
+    e = (Err){0};
+    if (run_config_load_mem(with_keys, strlen(with_keys), "base.yaml", &b, &e)) fail_msg("%s", e.msg);
+    const char *diff = run_config_first_diff(&a, &b);
+    if (diff) print_error("first difference: %s\n", diff);
+    assert_null(diff);
+}
+
+static void test_set_applies(void **state) {
+    const char *base = "train:\n  epochs: 2\n";
+    const char *sets[] = {
+        "train.epochs=4",
+        "run.out=/tmp/somewhere",
+        "train.optimizer.lr_act=2e-4",
+        "quant.fp_name_contains=[skip, op, emb]",
+        "quant.overrides=[{pattern: \"out.*\", keep_fp: true}, {pattern: input_blocks.1.*, weight_bits: 8}]",
+        "model.uncond_label=3",
+        "train.select_epoch=last",
+        "quant.talsq=off",
+        "train.epochs=5",  // a later assignment wins
+    };
+    RunConfig c;
+    Err e = {0};
+    if (load(base, sets, 9, &c, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(c.train.epochs, 5);
+    assert_string_equal(c.run.out, "/tmp/somewhere");
+    assert_true(c.train.optimizer.lr_act == 2e-4);
+    assert_int_equal(c.quant.n_fp_names, 3);
+    assert_string_equal(c.quant.fp_name_contains[2], "emb");
+    assert_int_equal(c.quant.n_overrides, 2);
+    assert_string_equal(c.quant.overrides[0].pattern, "out.*");
+    assert_int_equal(c.quant.overrides[0].keep_fp, 1);
+    assert_int_equal(c.quant.overrides[1].weight_bits, 8);
+    assert_int_equal(c.model.uncond_label, 3);
+    assert_int_equal(c.train.select_epoch, RC_SELECT_LAST);
+    assert_int_equal(c.quant.talsq, 0);
+    assert_int_equal(run_config_validate(&c, &e), 0);
+
+    // no assignment: the file alone (run.out from the file name, as run_config_load_mem)
+    RunConfig plain, file;
+    assert_int_equal(load(base, NULL, 0, &plain, &e), 0);
+    assert_int_equal(run_config_load_mem(base, strlen(base), "base.yaml", &file, &e), 0);
+    assert_null(run_config_first_diff(&plain, &file));
+    assert_string_equal(plain.run.out, "runs/base");
+}
+
+static void test_set_is_a_line_of_the_file(void **state) {
+    // each assignment reads as the same key written in the file
+    const char *s1[] = {"train.epochs=4", "calib.eta=.5", "sample.sampler=plms"};
+    assert_same_as_file("train:\n  batch: 3\n", s1, 3,
+                        "train:\n  batch: 3\n  epochs: 4\ncalib:\n  eta: .5\nsample:\n  sampler: plms\n");
+    // over a key the file sets
+    const char *s2[] = {"quant.weight_bits=8"};
+    assert_same_as_file("quant:\n  weight_bits: 2\n  act_bits: 8\n", s2, 1, "quant:\n  weight_bits: 8\n  act_bits: 8\n");
+    // train.recipe picks the defaults of the R keys, as the file's key does; explicit keys stay
+    const char *s3[] = {"train.recipe=reference"};
+    assert_same_as_file("train:\n  steps: 30\n", s3, 1, "train:\n  recipe: reference\n  steps: 30\n");
+    RunConfig c;
+    Err e = {0};
+    assert_int_equal(load("train:\n  steps: 30\n", s3, 1, &c, &e), 0);
+    assert_int_equal(c.train.recipe, RC_RECIPE_REFERENCE);
+    assert_int_equal(c.quant.fp_layers, RC_FP_F32);  // the reference recipe's default (effdm: f16)
+    assert_int_equal(c.train.steps, 30);
+    const char *s4[] = {"train.recipe=effdm"};
+    assert_same_as_file("train:\n  recipe: reference\n", s4, 1, "train:\n  recipe: effdm\n");
+    // a quoted value is a string, as in the file: run.out '4', but train.epochs "4" is refused
+    const char *s5[] = {"run.out='4'"};
+    assert_int_equal(load("", s5, 1, &c, &e), 0);
+    assert_string_equal(c.run.out, "4");
+    const char *s6[] = {"train.epochs=\"4\""};
+    assert_int_equal(load("", s6, 1, &c, &e), ERR_VALUE);
+}
+
+static void test_set_errors(void **state) {
+    RunConfig c;
+    Err e = {0};
+    const char *unknown[] = {"train.epoch=4"};
+    assert_int_equal(load("", unknown, 1, &c, &e), ERR_KEY);
+    assert_has(e.msg, "--set train.epoch=4: train.epoch: unknown key");
+    assert_has(e.msg, "did you mean 'train.epochs'?");
+    assert_null(strstr(e.msg, "(line"));  // the assignment's YAML is not a file the user wrote
+    const char *top[] = {"epochs=4"};      // the file's suggestion across groups
+    assert_int_equal(load("", top, 1, &c, &e), ERR_KEY);
+    assert_has(e.msg, "did you mean 'train.epochs'?");
+    const char *group[] = {"train.optimiser.lr_act=1"};
+    assert_int_equal(load("", group, 1, &c, &e), ERR_KEY);
+    assert_has(e.msg, "did you mean 'train.optimizer'?");
+
+    const char *type[] = {"train.epochs=x"};
+    assert_int_equal(load("", type, 1, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "--set train.epochs=x: train.epochs: expected an integer, found 'x'");
+    assert_null(strstr(e.msg, "(line"));
+    const char *range[] = {"quant.weight_bits=9"};
+    assert_int_equal(load("", range, 1, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.weight_bits: expected an integer in 2..8, found 9");
+    const char *name[] = {"train.select_epoch=best-val"};
+    assert_int_equal(load("", name, 1, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "did you mean 'best_val'?");
+    const char *empty[] = {"train.epochs="};
+    assert_int_equal(load("", empty, 1, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "found null");
+    const char *grp[] = {"train=4"};
+    assert_int_equal(load("", grp, 1, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "expected a map of train keys");
+    const char *ov[] = {"quant.overrides=[{pattern: x, keep_fp: true, weight_bits: 4}]"};
+    assert_int_equal(load("", ov, 1, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.overrides[0]: keep_fp: true leaves the layer FP");
+
+    const char *yaml[] = {"train.epochs=[1"};
+    assert_int_equal(load("", yaml, 1, &c, &e), ERR_FORMAT);
+    assert_has(e.msg, "--set train.epochs=[1: the value is not valid YAML");
+    const char *malformed[] = {"train.epochs", "=4", "train..epochs=4", ".train=4", "train.epochs =4", "a b=1",
+                               "train.epochs=4\nrun.out: x"};
+    for (int i = 0; i < 7; i++) {
+        assert_int_equal(load("", &malformed[i], 1, &c, &e), ERR_ARG);
+        assert_has(e.msg, "--set ");
+    }
+    assert_has(e.msg, "one line");
+
+    // a check across keys names the file and the assignments
+    const char *cross[] = {"train.val_every=0", "train.select_epoch=best_val"};
+    assert_int_equal(load("", cross, 2, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "base.yaml with --set: train.select_epoch: best_val needs train.val_every >= 1");
+    // an error of the file itself is the file's, with its line, even when a --set sets that key
+    const char *over[] = {"train.epochs=3"};
+    assert_int_equal(load("train:\n  epochs: abc\n", over, 1, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "base.yaml: train.epochs: expected an integer, found 'abc' (line 2)");
+    // the first bad assignment is the one named
+    const char *two[] = {"train.epochs=4", "train.batch=0", "train.steps=0"};
+    assert_int_equal(load("", two, 3, &c, &e), ERR_VALUE);
+    assert_has(e.msg, "--set train.batch=0: train.batch");
+}
+
+/* ---- effdm calibrate / finetune --------------------------------------------------- */
+
+static char tmp[256];
+
+static int setup(void **state) { return test_tmpdir_make(tmp, sizeof tmp, "runset"); }
+static int teardown(void **state) { return test_tmpdir_remove(tmp); }
+
+// Runs effdm with args; stderr into tmp/stderr.txt (read into err). Returns the exit status.
+static int effdm(const char *args, char *err, size_t cap) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, tmp, tmp);
+    int st = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/stderr.txt", tmp);
+    FILE *f = fopen(cmd, "r");
+    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
+    err[n] = 0;
+    if (f) fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void load_run_config(const char *dir, RunConfig *c) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.yaml", dir);
+    Err e = {0};
+    if (run_config_load(path, c, &e)) fail_msg("%s", e.msg);
+}
+
+static void test_cli(void **state) {
+    char cfg[300], run[300], other[300], args[3000], err[4096];
+    snprintf(cfg, sizeof cfg, "%s/tiny.yaml", tmp);
+    snprintf(run, sizeof run, "%s/run", tmp);
+    snprintf(other, sizeof other, "%s/other", tmp);
+    FILE *fp = fopen(cfg, "w");
+    assert_non_null(fp);
+    // a run of one epoch of 2 steps on 2 short teacher trajectories; run.out comes from --set
+    fprintf(fp,
+            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+            "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
+            "train: {epochs: 1, steps: 2, batch: 1, val_every: 0, select_epoch: last, sample_every: 0}\n"
+            "run: {arena_mb: 256}\n",
+            TEACHER_DIR, TEACHER_DIR);
+    fclose(fp);
+
+    // bad assignments: exit 2, the message names them, nothing is written
+    snprintf(args, sizeof args, "calibrate --config '%s' --set run.out='%s' --set calib.sed=3", cfg, other);
+    assert_int_equal(effdm(args, err, sizeof err), 2);
+    assert_has(err, "effdm calibrate: --set calib.sed=3: calib.sed: unknown key");
+    assert_has(err, "did you mean 'calib.seed'?");
+    snprintf(args, sizeof args, "calibrate --config '%s' --set run.out='%s' --set calib.n_samples=-1", cfg, other);
+    assert_int_equal(effdm(args, err, sizeof err), 2);
+    assert_has(err, "--set calib.n_samples=-1: calib.n_samples: expected an integer >= 1, found -1");
+    snprintf(args, sizeof args, "calibrate --config '%s' --set train.epochs", cfg);
+    assert_int_equal(effdm(args, err, sizeof err), 2);
+    assert_has(err, "expected KEY=VALUE");
+    assert_int_equal(access(other, F_OK), -1);
+    snprintf(args, sizeof args, "finetune --set train.epochs=1");
+    assert_int_equal(effdm(args, err, sizeof err), 2);
+    assert_has(err, "expected --config RUN.yaml or --resume RUN_DIR");
+
+    // calibrate: the assignments are applied and recorded in config.yaml
+    snprintf(args, sizeof args, "calibrate --config '%s' --set run.out='%s' --set calib.seed=12 --set=train.seed=5 "
+             "--threads 2", cfg, run);
+    if (effdm(args, err, sizeof err) != 0) fail_msg("%s", err);
+    RunConfig c;
+    load_run_config(run, &c);
+    assert_string_equal(c.run.out, run);
+    assert_int_equal(c.calib.seed, 12);
+    assert_int_equal(c.train.seed, 5);
+    assert_int_equal(c.train.checkpoint_every, 1);
+
+    // finetune --resume: a key resuming needs cannot change (the compare message), nothing is written
+    snprintf(args, sizeof args, "finetune --resume '%s' --set quant.weight_bits=8 --threads 2", run);
+    assert_int_equal(effdm(args, err, sizeof err), 2);
+    assert_has(err, "cannot resume: quant.weight_bits is 4 in the run and 8 now; resuming needs the same value");
+    snprintf(args, sizeof args, "finetune --resume '%s' --config '%s' --set calib.seed=13 --threads 2", run, cfg);
+    assert_int_equal(effdm(args, err, sizeof err), 2);
+    assert_has(err, "cannot resume: calib.seed is 12 in the run and 13 now");
+    load_run_config(run, &c);
+    assert_int_equal(c.calib.seed, 12);
+    // ... one it does not need may, and is recorded
+    snprintf(args, sizeof args, "finetune --resume '%s' --set train.checkpoint_every=3 --set sample.seed=99 "
+             "--threads 2", run);
+    if (effdm(args, err, sizeof err) != 0) fail_msg("%s", err);
+    load_run_config(run, &c);
+    assert_int_equal(c.train.checkpoint_every, 3);
+    assert_int_equal(c.sample.seed, 99);
+    assert_int_equal(c.calib.seed, 12);
+    assert_string_equal(c.run.out, run);
+    snprintf(args, sizeof args, "finetune --resume '%s' --set train.chekpoint_every=3", run);
+    assert_int_equal(effdm(args, err, sizeof err), 2);
+    assert_has(err, "did you mean 'train.checkpoint_every'?");
+
+    // --help documents it
+    assert_int_equal(effdm("finetune --help", err, sizeof err), 0);
+    char out[8192];
+    snprintf(args, sizeof args, "%s/stdout.txt", tmp);
+    FILE *f = fopen(args, "r");
+    assert_non_null(f);
+    out[fread(out, 1, sizeof out - 1, f)] = 0;
+    fclose(f);
+    assert_has(out, "--set KEY=VALUE");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_set_applies),
+        cmocka_unit_test(test_set_is_a_line_of_the_file),
+        cmocka_unit_test(test_set_errors),
+        cmocka_unit_test(test_cli),
+    };
+    return cmocka_run_group_tests_name("run_config_set", tests, setup, teardown);
+}
