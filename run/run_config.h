@@ -1,5 +1,5 @@
 /* run_config.h: the effdm run config (YAML) as a RunConfig: every method default of
-   EFFICIENTDM.md is a key, every value is type- and range-checked, unknown keys are errors.
+   docs/METHOD.md is a key, every value is type- and range-checked, unknown keys are errors.
 
        RunConfig rc;
        Err e = {0};

@@ -1,4 +1,4 @@
-/* trainer.h: EfficientDM's data-free distillation (EFFICIENTDM.md "Distillation loop"):
+/* trainer.h: EfficientDM's data-free distillation (docs/METHOD.md "Distillation loop"):
    the quantized student (qalora/qmodel.h) learns the FP teacher's ε along the teacher's
    own DDIM trajectories, one AdamW step per trajectory step, with exact resume.
 
@@ -35,7 +35,7 @@
    gradient -; the TALSQ tables Δ_a, z_a at lr_act. Every rate times the schedule factor
    (train/schedule.h) over epochs x S steps.
 
-   Run directory (DESIGN.md "Formats"; everything written atomically, tmp + rename):
+   Run directory (docs/DESIGN.md "Formats"; everything written atomically, tmp + rename):
      config.yaml        the resolved run config
      calib.safetensors  recorded teacher UNet inputs (written by calibration)
      state.safetensors  the run state (train/run_state.h): student, AdamW, position, RNG, ...
