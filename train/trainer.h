@@ -101,6 +101,10 @@ typedef struct {
                   // plausible to the teacher as its own samples; higher: less plausible)
 } SampleCheck;
 
+// How far real may move further from 1 than the starting model's before finetune warns and
+// best_sampled refuses an epoch.
+#define SAMPLED_REAL_TOL 0.02
+
 // One validation (epoch -1: the starting model).
 typedef struct {
     int epoch;
