@@ -102,6 +102,29 @@ static int add(StWriter *w, const char *name, DType dt, int ndim, const int64_t 
     return 0;
 }
 
+// The weight kind's side table (export.h): positions I16 when the channel is short enough,
+// else I32; values F16 (they are float16 values: exact).
+static int add_side(StWriter *w, Keep *keep, const QLayer *ql, const float *val, size_t *unet, size_t *total,
+                    Err *e) {
+    int m = ql->wq.n_side;
+    size_t cnt = (size_t)ql->cout * (size_t)m;
+    int64_t shape[2] = {ql->cout, m};
+    int i16 = ql->k <= 32767;
+    void *idx = keep_alloc(keep, cnt * (i16 ? sizeof(int16_t) : sizeof(int32_t)));
+    uint16_t *h = keep_alloc(keep, cnt * sizeof *h);
+    if (!idx || !h) return err_set(e, ERR_NOMEM, "export: out of memory");
+    for (size_t j = 0; j < cnt; j++) {
+        if (i16) ((int16_t *)idx)[j] = (int16_t)ql->wq.side_idx[j];
+        else ((int32_t *)idx)[j] = ql->wq.side_idx[j];
+        h[j] = f32_to_f16(val[j]);
+    }
+    char name[600];
+    snprintf(name, sizeof name, UNET_PREFIX "%s.w_side_idx", ql->layer->name);
+    if (add(w, name, i16 ? DT_I16 : DT_I32, 2, shape, idx, unet, total, e)) return e->code;
+    snprintf(name, sizeof name, UNET_PREFIX "%s.w_side_val", ql->layer->name);
+    return add(w, name, DT_F16, 2, shape, h, unet, total, e);
+}
+
 static char *quant_json(const QModel *q) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -193,7 +216,13 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
             rc = err_set(e, ERR_NOMEM, "export: out of memory for layer '%s'", ql->layer->name);
             break;
         }
-        if ((rc = qlayer_merge(ql, levels, e))) break;
+        int m = ql->wq.n_side;
+        float *side = m ? keep_alloc(&keep, (size_t)ql->cout * m * sizeof(float)) : NULL;
+        if (m && !side) {
+            rc = err_set(e, ERR_NOMEM, "export: out of memory");
+            break;
+        }
+        if ((rc = qlayer_merge_side(ql, levels, side, e))) break;
         wops->pack(&ql->wq, lb[k].packed, levels, n);
         qlayer_export_act(ql, lb[k].a_delta, lb[k].a_zero);
         const char *ln = ql->layer->name;
@@ -218,6 +247,7 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
         }
         snprintf(name, sizeof name, UNET_PREFIX "%s.a_zero", ln);
         if ((rc = add(&w, name, zt, 1, &s1, zd, &unet, &total, e))) break;
+        if (m && (rc = add_side(&w, &keep, ql, side, &unet, &total, e))) break;
     }
     // first stage (the tensors the loader reads, with the checkpoint's shapes), class embedder
     if (!rc && m->ae && teacher) {

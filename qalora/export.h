@@ -34,6 +34,11 @@
                                                  (S = 1: one static range, special layers)
      model.diffusion_model.<layer>.a_zero   U8   (S) activation zero points, rounded to integers (I16 or
                                                  F32 as w_zero)
+     model.diffusion_model.<layer>.w_side_idx  I16 (Cout, m) only for a weight kind with a side table
+                                                 (easyquant's outliers): the positions in each channel's
+                                                 C-order row, ascending (I32 when a row is longer than 32767)
+     model.diffusion_model.<layer>.w_side_val  F16 (Cout, m) the weight's values there (W_eff exactly;
+                                                 the level stored at those positions is not used)
      first_stage_model.*, cond_stage_model.embedding.weight   F32  the FP autoencoder / class embedder
      betas, alphas_cumprod                  F32  (T) the teacher's schedule buffers
      scale_factor                           F32  () the latent scale
@@ -54,7 +59,8 @@
      effdm.fp_layers    the FP layers' weights: "F32", "F16" (the student's own float16 values,
                         exact) or "F16-at-export" (an f32 student rounded by fp16_layers: not exact)
      effdm.unet_bytes, effdm.unet_fp32_bytes   size of the UNet part vs the FP32 UNet
-   A weight is dequantized as (q - z_w)·Δ_w (its kind's decode), exactly W_eff of the student;
+   A weight is dequantized as (q - z_w)·Δ_w (its kind's decode; at side positions the side
+   value), exactly W_eff of the student;
    activations are fake-quantized with the tables (rounded z_a); sampling timestep t uses the entry of the
    nearest training timestep (talsq.h), for any step count.
 

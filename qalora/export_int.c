@@ -52,6 +52,7 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     memcpy(L->w_delta, w_delta, (size_t)co * sizeof(float));
     memcpy(L->w_zero, w_zero, (size_t)co * sizeof(float));
     quantizer_setup(&L->wq, L->w_kind, L->w_bits, 1, co, L->w_delta, L->w_zero, NULL, NULL);
+    quantizer_setup_side(&L->wq, L->n_side, L->side_idx, L->side_val);
     // The int32 sums must not overflow: bound |D| + |zoff| S + |z_a| |R| per channel (S <=
     // 255 K) in double; zero points far outside the level range get the float path.
     double amax = (double)((1 << L->a_bits) - 1), zamax = 0;
@@ -93,6 +94,19 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     }
     free(row);
     L->int_ok = ok;
+    if (!L->n_side) return 0;
+    size_t cnt = (size_t)co * (size_t)L->n_side;
+    L->side_kpos = malloc(cnt * sizeof *L->side_kpos);
+    L->side_coef = malloc(cnt * sizeof *L->side_coef);
+    if (!L->side_kpos || !L->side_coef) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
+    int taps = L->kh * L->kw;
+    for (size_t j = 0; j < cnt; j++) {
+        int o = (int)(j / (size_t)L->n_side), p = L->side_idx[j];  // C order: p = (ci kh + ki) kw + kj
+        int ci = p / taps, ki = p % taps / L->kw, kj = p % L->kw;
+        L->side_kpos[j] = (int32_t)kpos(L, ci, ki, kj);
+        float dense = ((float)levels[(size_t)o * K + (size_t)p] - w_zero[o]) * w_delta[o];
+        L->side_coef[j] = L->side_val[j] - dense;
+    }
     return 0;
 }
 
@@ -104,12 +118,18 @@ void export_layer_release(ExportLayer *L) {
     free(L->w_zero);
     free(L->zoff);
     free(L->rsum);
+    free(L->side_idx);
+    free(L->side_val);
+    free(L->side_kpos);
+    free(L->side_coef);
 }
 
 size_t export_layer_level_bytes(const ExportLayer *L) { return (size_t)L->cout * L->row_bytes; }
 
 size_t export_layer_scale_bytes(const ExportLayer *L) {
-    return (size_t)L->cout * (2 * sizeof(float) + 2 * sizeof(int32_t));
+    // per channel Δ_w, z_w, zoff, rsum; per side entry its position, value, stored position, coefficient
+    return (size_t)L->cout * (2 * sizeof(float) + 2 * sizeof(int32_t)) +
+           (size_t)L->cout * (size_t)L->n_side * (2 * sizeof(int32_t) + 2 * sizeof(float));
 }
 
 // One packed row as s8 weights q - c (K4*4 of them).
@@ -344,6 +364,13 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
             float sc = da * q->w_delta[o], b = bias ? bias[o] : 0.0f;
             int32_t zo = q->zoff[o], zr = za * q->rsum[o];
             for (size_t i = 0; i < P; i++) yr[i] = (float)(d[i] - zo * sg[i] - zr) * sc + b;
+            // the side table: its activation levels are A's bytes at (group kpos/4, byte kpos%4)
+            for (int s = 0; s < q->n_side; s++) {
+                size_t j = (size_t)o * q->n_side + s, kp = (size_t)q->side_kpos[j];
+                const uint8_t *col = A + ((kp / 4) * n + (size_t)g * P) * 4 + kp % 4;
+                float c = q->side_coef[j] * da;
+                for (size_t i = 0; i < P; i++) yr[i] += c * (float)((int)col[4 * i] - za);
+            }
         }
     }
     arena_release(&c->arena, mark);
@@ -420,6 +447,12 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
         int32_t s = S[r];
         float *yr = y->data + r * co;
         for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
+        // the side table: the row's levels were flipped to a - 128 above
+        const uint8_t *a = xq + r * kp;
+        for (size_t j = 0; j < (size_t)co * q->n_side; j++) {
+            int o = (int)(j / (size_t)q->n_side);
+            yr[o] += q->side_coef[j] * da * (float)((int)(a[q->side_kpos[j]] ^ 0x80) - za);
+        }
     }
     arena_release(&c->arena, mark);
     return y;

@@ -20,7 +20,11 @@
      dequantized per call; the reference the integer path is tested against.
    The quantizer kinds (qkind.h) decide which: the integer path needs both kinds affine
    (uniform levels); other kinds always run the float path, which decodes the weight and
-   fake-quantizes the input through the kind table. */
+   fake-quantizes the input through the kind table. A weight kind's side table (easyquant's
+   outliers, kept in float16) is exact in both: the float path's decode returns the side
+   values, the integer path adds y[o, n] += Σ_s c[o, s] Δ_a (a[kpos(o, s), n] - z_a) after the
+   dense kernel, c = v - (q - z_w) Δ_w (v itself when the stored level is z_w, as easyquant
+   stores). */
 #ifndef EFFDM_EXPORT_INT_H
 #define EFFDM_EXPORT_INT_H
 
@@ -51,12 +55,20 @@ struct ExportLayer {
     float *w_zero;       // (cout) z_w (integers)
     int32_t *zoff;       // (cout) z_w - c
     int32_t *rsum;       // (cout) Σ_k (q - z_w)
+    // the weight kind's side table (n_side per channel; set before export_layer_prepare), and per
+    // entry its position in a stored row and the integer path's correction coefficient
+    // v - (q - z_w) Δ_w (the side value minus what the dense levels contribute there)
+    int n_side;
+    int32_t *side_idx;   // (cout, n_side) positions in the C-order row
+    float *side_val;     // (cout, n_side)
+    int32_t *side_kpos;  // (cout, n_side) positions in the stored (tap-major) row
+    float *side_coef;    // (cout, n_side)
     int int_ok;          // 1: the integer path is exact for this layer (else it runs the float path)
 };
 
 // Builds the packed rows and per-channel integers of L from its n = cout K levels (one per
-// byte, C order), Δ_w and z_w (cout each, copied) and sets up wq (w_kind, w_bits). Decides
-// int_ok (aq must be set up). 0 or ERR_NOMEM.
+// byte, C order), Δ_w and z_w (cout each, copied) and sets up wq (w_kind, w_bits, the side
+// table when n_side > 0). Decides int_ok (aq must be set up). 0 or ERR_NOMEM.
 int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_delta, const float *w_zero, Err *e);
 // Frees what export_layer_prepare allocated (and the activation table); accepts a zeroed layer.
 void export_layer_release(ExportLayer *L);

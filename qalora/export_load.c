@@ -92,6 +92,56 @@ static int all_integers(const float *v, int n) {
     return 1;
 }
 
+// The weight kind's side table (export.h w_side_idx / w_side_val), when the file has one:
+// L->n_side, side_idx (ascending positions inside a channel), side_val. ERR_ codes naming the tensor.
+static int load_side(ExportLayer *L, WeightFile *f, Err *e) {
+    ModelLayer *l = L->layer;
+    const char *path = weights_path(f);
+    char ni[600], nv[600];
+    snprintf(ni, sizeof ni, UNET_PREFIX "%s.w_side_idx", l->name);
+    snprintf(nv, sizeof nv, UNET_PREFIX "%s.w_side_val", l->name);
+    const WeightInfo *wi = weights_find(f, ni), *wv = weights_find(f, nv);
+    if (!wi && !wv) return 0;
+    if (!qkind_get(L->w_kind)->side)
+        return err_set(e, ERR_FORMAT, "%s: tensor '%s': the layer's %s weight quantizer keeps no side table", path,
+                       wi ? ni : nv, quant_kind_name(L->w_kind));
+    if (!wi || !wv) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing (it comes with '%s')", path, wi ? nv : ni,
+                                   wi ? ni : nv);
+    int co = l->weight.shape[0];
+    size_t K = l->weight.n / (size_t)co;
+    if (wi->dtype != DT_I16 && wi->dtype != DT_I32)
+        return err_set(e, ERR_DTYPE, "%s: tensor '%s': expected I16 or I32, found %s", path, ni, dtype_name(wi->dtype));
+    if (wi->ndim != 2 || wi->shape[0] != co || wi->shape[1] < 1 || (size_t)wi->shape[1] > K)
+        return err_set(e, ERR_SHAPE, "%s: tensor '%s': expected (%d, m) with 1 <= m <= %zu", path, ni, co, K);
+    int m = (int)wi->shape[1];
+    size_t cnt = (size_t)co * (size_t)m, es = dtype_size(wi->dtype);
+    void *raw = malloc(cnt * es);
+    L->side_idx = malloc(cnt * sizeof *L->side_idx);
+    L->side_val = malloc(cnt * sizeof *L->side_val);
+    if (!raw || !L->side_idx || !L->side_val) {
+        free(raw);
+        return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
+    }
+    int rc = weights_read_raw(f, ni, raw, cnt * es, e);
+    for (size_t j = 0; !rc && j < cnt; j++) {
+        int32_t p = es == 2 ? ((const int16_t *)raw)[j] : ((const int32_t *)raw)[j];
+        int32_t prev = j % (size_t)m ? L->side_idx[j - 1] : -1;
+        if (p <= prev || (size_t)p >= K)
+            rc = err_set(e, ERR_VALUE, "%s: tensor '%s': channel %zu: position %d (expected ascending positions in "
+                         "0..%zu)", path, ni, j / (size_t)m, (int)p, K - 1);
+        L->side_idx[j] = p;
+    }
+    free(raw);
+    if (rc) return rc;
+    if ((rc = weights_read_f32(f, nv, L->side_val, 2, (int[]){co, m}, e))) return rc;
+    for (size_t j = 0; j < cnt; j++)
+        if (!isfinite(L->side_val[j]))
+            return err_set(e, ERR_VALUE, "%s: tensor '%s': value %g at %zu is not finite", path, nv,
+                           (double)L->side_val[j], j);
+    L->n_side = m;
+    return 0;
+}
+
 // One quantized layer: packed levels, per-channel Δ_w / z_w, the activation table. The
 // levels' bytes are the weight kind's (qkind.h packed_size / unpack).
 static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int entries, Err *e) {
@@ -146,6 +196,7 @@ static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int
         goto done;
     }
     quantizer_setup(&L->aq, L->a_kind, a_bits, 0, entries, L->a_delta, L->a_zero, NULL, NULL);
+    if ((rc = load_side(L, f, e))) goto done;
     // the levels stay packed (export_int.h); W_eff is never written into the UNet's weight
     rc = export_layer_prepare(L, lv, wd, wz, e);
 done:

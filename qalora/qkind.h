@@ -9,6 +9,8 @@
 
    Rows (QuantKind in quantizer.h, in the same order):
        QUANT_UNIFORM   "uniform"   qkind_uniform.c   EfficientDM's uniform affine quantizer
+       QUANT_EASYQUANT "easyquant" qkind_easyquant.c uniform, each channel's largest weights kept
+                                                     in float16 (EasyQuant, Tang et al. 2023)
 
    The generic functions of quantizer.h check arguments, cut x into slices, thread and
    reduce; a kind supplies serial kernels over one slice:
@@ -19,10 +21,10 @@
      encode and decode must be element-wise there (a value's result depends only on the
      value and the entry), so that chunking and thread count never change a bit.
    A kind's contracts (docs/QUANTIZERS.md says how to add one):
-     fit       sets entry k (Δ_k, z_k and the kind's parameters) from the n values of x;
-               `how` is the run's init (max / mse); parallel = 1 only for a layer-wise fit
-               (one slice: the kernel may thread inside and must give the same bits as
-               with parallel = 0). x is finite (checked). Never fails.
+     fit       sets entry k (Δ_k, z_k, the kind's parameters and side table) from the n
+               values of x; `how` is the run's init (max / mse); parallel = 1 only for a
+               layer-wise fit (one slice: the kernel may thread inside and must give the same
+               bits as with parallel = 0). x is finite (checked). 0, or ERR_NOMEM (scratch).
      fake      y = q(x) with entry k (y may equal x).
      backward  the gradient of sum(q(x) · dy): adds into dx (NULL: not needed) and
                returns the slice's sums in g[0] (d/dΔ_k), g[1] (d/dz_k), g[2 + j] (the
@@ -38,12 +40,22 @@
                through it; qlayer.h.)
      packed_size / pack / unpack
                the export's byte layout of n levels (pack.h's for uniform); unpack(pack(l)) == l.
-     affine    1: encode and decode are the uniform ones on (Δ_k, z_k) - level =
+     affine    1: encode and decode are the uniform ones on (Δ_k, z_k), the side positions
+               apart - level =
                clamp(round(round(x/Δ) + z)), value = (level - z)·Δ - so the export's integer
                kernels (export_int.h: activation levels by int_quant_u8, int8 x uint8 GEMM,
                then a Δ_a Δ_w (...) rescale) compute layers of this kind from the levels;
                0: such layers run the export's float path (the weight decoded, the input
                fake-quantized) - e.g. a look-up-table kind.
+     side_count
+               the side positions per entry for slices of slice_len values (Quantizer's side
+               table: values the kind keeps unquantized, decode returns side_val there and
+               the export's integer path adds them back as a sparse correction); 0: none.
+     side      1: the kind keeps a side table (side_count may be > 0 and decode reads it);
+               0: side_count is 0 and a file's side table for the kind is refused.
+     weight_only
+               1: channel-wise use only (a side table is per channel); a layer-wise quantizer
+               of the kind is refused (quantizer_fit, qlayer_sizes).
      n_param   learnable values per entry beyond (Δ, z) (Quantizer.param), 0..QKIND_MAX_PARAM.
                Their storage in the layers' trainable blocks, the run state and the export
                is not wired yet: qlayer_init refuses a kind with n_param > 0 until it is.
@@ -63,9 +75,11 @@
 typedef struct QKindOps {
     const char *name;   // the config and file name ("uniform")
     int n_param;        // learnable values per entry beyond (Δ, z); 0 .. QKIND_MAX_PARAM
-    int affine;         // 1: uniform levels on (Δ, z): the export's integer kernels can run them
+    int affine;         // 1: uniform levels on (Δ, z) (side table apart): the export's integer kernels run them
+    int weight_only;    // 1: channel-wise quantizers only
+    int side;           // 1: keeps a side table (side_count; decode returns side_val at its positions)
     // Kernels over one slice with entry k (contracts above). Serial, except fit with parallel = 1.
-    void (*fit)(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel);
+    int (*fit)(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel);
     void (*fake)(const Quantizer *q, int k, float *y, const float *x, size_t n);
     void (*backward)(const Quantizer *q, int k, float *dx, double g[QKIND_GRAD_SLOTS], const float *dy,
                      const float *x, size_t n);
@@ -77,10 +91,12 @@ typedef struct QKindOps {
     size_t (*packed_size)(const Quantizer *q, size_t n);
     void (*pack)(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n);
     void (*unpack)(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n);
+    int (*side_count)(const Quantizer *q, size_t slice_len);
 } QKindOps;
 
 // The rows, one per file.
-extern const QKindOps QKIND_UNIFORM_OPS;  // qkind_uniform.c
+extern const QKindOps QKIND_UNIFORM_OPS;    // qkind_uniform.c
+extern const QKindOps QKIND_EASYQUANT_OPS;  // qkind_easyquant.c
 
 // The kind names in QuantKind order (the config's enum names).
 extern const char *const QKIND_NAMES[QUANT_KIND_COUNT];

@@ -119,10 +119,11 @@ void quant_uniform_fit_mse(const float *x, size_t n, int bits, float *delta, flo
 
 /* ---- the row's kernels ----------------------------------------------------------------- */
 
-static void uq_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel) {
+static int uq_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel) {
     float *d = &q->delta.data[k], *z = &q->zero.data[k];
     if (how == QUANT_INIT_MAX) quant_uniform_fit_max(x, n, q->bits, d, z);
     else uq_fit_mse_impl(x, n, q->bits, d, z, parallel);
+    return 0;
 }
 
 static void uq_fake(const Quantizer *q, int k, float *y, const float *x, size_t n) {
@@ -188,10 +189,14 @@ static void uq_unpack(const Quantizer *q, uint8_t *levels, const uint8_t *src, s
     unpack_ints(levels, src, n, q->bits);
 }
 
+static int uq_side_count(const Quantizer *q, size_t slice_len) { return 0; }
+
 const QKindOps QKIND_UNIFORM_OPS = {
     .name = "uniform",
     .n_param = 0,
     .affine = 1,
+    .weight_only = 0,
+    .side = 0,
     .fit = uq_fit,
     .fake = uq_fake,
     .backward = uq_backward,
@@ -201,4 +206,5 @@ const QKindOps QKIND_UNIFORM_OPS = {
     .packed_size = uq_packed_size,
     .pack = uq_pack,
     .unpack = uq_unpack,
+    .side_count = uq_side_count,
 };

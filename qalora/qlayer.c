@@ -20,6 +20,7 @@ void qlayer_config_defaults(QLayerConfig *cfg) {
     cfg->a_init = QUANT_INIT_MSE;
     cfg->w_kind = QUANT_UNIFORM;
     cfg->a_kind = QUANT_UNIFORM;
+    cfg->kp = (QKindParams){QLAYER_EQ_OUTLIER_FRACTION, QLAYER_EQ_STEPS, QLAYER_EQ_LR};
 }
 
 // Output channels and weight row length of a conv2d / linear layer; 0 or an ERR_ code.
@@ -50,6 +51,9 @@ int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params,
     if (!qkind_valid((int)cfg->w_kind) || !qkind_valid((int)cfg->a_kind))
         return err_set(e, ERR_VALUE, "layer '%s': quantizer kinds %d, %d (the table has %d)", l->name, (int)cfg->w_kind,
                        (int)cfg->a_kind, QUANT_KIND_COUNT);
+    if (qkind_get(cfg->a_kind)->weight_only)
+        return err_set(e, ERR_VALUE, "layer '%s': the %s quantizer is for weights only, not activations", l->name,
+                       quant_kind_name(cfg->a_kind));
     // their values would need places in the blocks (qlayer.h "Storage"), the state and the export
     if (qkind_get(cfg->w_kind)->n_param || qkind_get(cfg->a_kind)->n_param)
         return err_set(e, ERR_UNSUPPORTED, "layer '%s': %s / %s quantizers: kinds with learnable values of their own "
@@ -65,14 +69,31 @@ int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params,
     return 0;
 }
 
+// q->wq over Δ_w, z_w (gradient of Δ_w: dwd or NULL) with its kind's settings and side table
+// (allocated here), fitted to the FP weights. 0 or an ERR_ code naming the layer.
+static int weight_quantizer_init(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, float *wd, float *wz,
+                                 float *dwd, Err *e) {
+    quantizer_setup(&q->wq, cfg->w_kind, cfg->w_bits, 1, q->cout, wd, wz, dwd, NULL);
+    q->wq.kp = cfg->kp;
+    int m = quantizer_side_count(&q->wq, q->k);
+    if (m > 0) {
+        q->side_idx = malloc((size_t)q->cout * (size_t)m * sizeof *q->side_idx);
+        q->side_val = malloc((size_t)q->cout * (size_t)m * sizeof *q->side_val);
+        if (!q->side_idx || !q->side_val) return err_set(e, ERR_NOMEM, "layer '%s': out of memory", l->name);
+        quantizer_setup_side(&q->wq, m, q->side_idx, q->side_val);
+    }
+    if (quantizer_fit(&q->wq, l->weight.data, l->weight.n, cfg->w_init, -1, e))
+        return err_prefix(e, "layer '%s'", l->name);
+    return 0;
+}
+
 static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, Err *e) {
     size_t co = (size_t)q->cout, nw = l->weight.n;
     // fixed: [Δ_w (Cout) | z_w (Cout) | Δ_a | z_a | fake-quantized weight (Cout·K)]
     q->fixed = malloc((2 * co + 2 + nw) * sizeof(float));
     if (!q->fixed) return err_set(e, ERR_NOMEM, "layer '%s': out of memory", l->name);
     float *wd = q->fixed, *wz = wd + co, *ad = wz + co, *az = ad + 1, *wfq = az + 1;
-    quantizer_setup(&q->wq, cfg->w_kind, cfg->w_bits, 1, q->cout, wd, wz, NULL, NULL);
-    if (quantizer_fit(&q->wq, l->weight.data, nw, cfg->w_init, -1, e)) return err_prefix(e, "layer '%s'", l->name);
+    if (weight_quantizer_init(q, l, cfg, wd, wz, NULL, e)) return e->code;
     quantizer_fake(&q->wq, wfq, l->weight.data, nw, 0);
     tensor_init_param(&q->w_fq, wfq, NULL, l->weight.ndim, l->weight.shape);
     *ad = *az = 0.0f;
@@ -113,11 +134,7 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     float *gA = grads, *gB = gA + r * q->k, *gwq = gB + co * r, *gwb = gwq + co, *gad = gwb + co, *gaz = gad + S;
 
     // naive PTQ: Δ_w, z_w from the FP weights, W_int = clamp(round(W/Δ_w) + z_w)
-    quantizer_setup(&q->wq, cfg->w_kind, cfg->w_bits, 1, q->cout, wd, q->fixed, gwq, NULL);
-    if (quantizer_fit(&q->wq, l->weight.data, l->weight.n, cfg->w_init, -1, e)) {
-        err_prefix(e, "layer '%s'", l->name);
-        goto fail;
-    }
+    if (weight_quantizer_init(q, l, cfg, wd, q->fixed, gwq, e)) goto fail;
     quantizer_encode(&q->wq, q->w_int, l->weight.data, l->weight.n, 0);
     tensor_init_param(&q->w_delta_base, wd, gwb, 1, (int[]){q->cout});
 
@@ -150,6 +167,8 @@ void qlayer_free(QLayer *q) {
     free(q->own_grads);
     free(q->fixed);
     free(q->w_int);
+    free(q->side_idx);
+    free(q->side_val);
     memset(q, 0, sizeof *q);
 }
 
@@ -310,17 +329,22 @@ Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
 
 /* ---- merge / export -------------------------------------------------------------- */
 
-int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e) {
+int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e) { return qlayer_merge_side(q, levels, NULL, e); }
+
+int qlayer_merge_side(const QLayer *q, uint8_t *levels, float *side_val, Err *e) {
     const Tensor *w = &q->layer->weight;
-    if (q->special) {
-        quantizer_encode(&q->wq, levels, w->data, w->n, 0);
-        return 0;
+    float *win = NULL;
+    const float *x = w->data;
+    if (!q->special) {
+        win = malloc(w->n * sizeof(float));
+        if (!win) return err_set(e, ERR_NOMEM, "layer '%s': out of memory merging its weight", q->layer->name);
+        qweight_compute(q, win);
+        x = win;
     }
-    float *win = malloc(w->n * sizeof(float));
-    if (!win) return err_set(e, ERR_NOMEM, "layer '%s': out of memory merging its weight", q->layer->name);
-    qweight_compute(q, win);
-    quantizer_encode(&q->wq, levels, win, w->n, 0);
+    quantizer_encode(&q->wq, levels, x, w->n, 0);
+    int rc = side_val ? quantizer_side_values(&q->wq, side_val, x, w->n) : 0;
     free(win);
+    if (rc) return err_set(e, rc, "layer '%s': out of memory merging its weight", q->layer->name);
     return 0;
 }
 

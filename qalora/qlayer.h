@@ -22,8 +22,12 @@
    (naive PTQ ranges), one static (Δ_a, z_a), no LoRA, nothing trained.
    q_w and q_a are of the kinds the config gives (QLayerConfig.w_kind / a_kind, recorded in
    wq.kind / aq.kind; uniform by default): the layer reaches them only through quantizer.h,
-   which runs the kind's row of the table (qkind.h). Kinds with learnable values of their
-   own (n_param > 0) are not wired into the blocks below yet: ERR_UNSUPPORTED.
+   which runs the kind's row of the table (qkind.h). A weight kind with a side table
+   (easyquant's outliers: Cout x m positions and values, fitted with the ranges on the FP
+   weights) gets it allocated here; its values are W_base's at those positions (W_base is
+   decode(W_int)). Kinds for weights only are refused for activations (ERR_VALUE); kinds with
+   learnable values of their own (n_param > 0) are not wired into the blocks below yet:
+   ERR_UNSUPPORTED.
 
    Storage. Trainable state lives in caller-provided blocks (the trainer's flat parameter
    and gradient blocks) or in blocks the layer allocates itself (pass NULL):
@@ -66,6 +70,12 @@
 // special layers and one-entry tables keep their ranges (calib.act_ranges per_step).
 typedef enum { QCALIB_OFF, QCALIB_FIT, QCALIB_FIT_ENTRY } QCalibMode;
 
+// easyquant's defaults (run config quant.easyquant_*): 0.5% of each channel kept in float16,
+// 100 Adam steps of the range fit at 1% of the initial Δ.
+#define QLAYER_EQ_OUTLIER_FRACTION 0.005
+#define QLAYER_EQ_STEPS 100
+#define QLAYER_EQ_LR 0.01
+
 typedef struct {
     int w_bits, a_bits;   // 2..8 (special layers: the special bit width, 8)
     int rank;             // LoRA rank (32; the reference does not clip it); 0: no LoRA
@@ -74,6 +84,7 @@ typedef struct {
     QuantInit a_init;     // activation ranges at calibration: QUANT_INIT_MSE (default)
     QuantKind w_kind;     // quantizer kind of the weights (qkind.h): QUANT_UNIFORM (default)
     QuantKind a_kind;     // quantizer kind of the activations: QUANT_UNIFORM (default)
+    QKindParams kp;       // the weight kind's settings (easyquant: QLAYER_EQ_* by default)
     int special;          // 1: special layer (see top)
 } QLayerConfig;
 
@@ -102,6 +113,8 @@ typedef struct QLayer {
     float *params, *grads;          // the trainable state (see top)
     float *own_params, *own_grads;  // set when the layer allocated them
     float *fixed;                   // z_w, special Δ/z and the fake-quantized weight
+    int32_t *side_idx;              // the weight quantizer's side table (wq.n_side per channel), or NULL
+    float *side_val;
 } QLayer;
 
 // W4A4, rank 32, 100 entries, 'max' weights, 'mse' activations, uniform quantizers, trainable.
@@ -147,6 +160,9 @@ void qlayer_set_act(QLayer *q, float delta, float zero);
 // weight (special), so that decoding them (uniform: (level - z_w)·Δ_w) is W_eff exactly.
 // 0 or ERR_NOMEM.
 int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e);
+// The same, and the side values of W_in (wq.n_side per channel, channel-major; NULL: not
+// needed): what the export stores for a kind with a side table. 0 or ERR_NOMEM.
+int qlayer_merge_side(const QLayer *q, uint8_t *levels, float *side_val, Err *e);
 // The activation table for export: delta[i] = Δ_a[i], zero[i] = round(z_a[i]) (half to
 // even) for the aq.n entries; the exported model's fake-quant reference uses these.
 void qlayer_export_act(const QLayer *q, float *delta, float *zero);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/dtype.h"
 #include "qalora/qkind.h"
 
 void qmodel_config_defaults(QModelConfig *cfg) {
@@ -19,6 +20,7 @@ void qmodel_config_defaults(QModelConfig *cfg) {
     cfg->talsq = 1;
     cfg->w_init = QUANT_INIT_MAX;
     cfg->a_init = QUANT_INIT_MSE;
+    cfg->kp = (QKindParams){QLAYER_EQ_OUTLIER_FRACTION, QLAYER_EQ_STEPS, QLAYER_EQ_LR};
     snprintf(cfg->fp_names[0], QMODEL_FP_NAME_MAX, "skip");
     snprintf(cfg->fp_names[1], QMODEL_FP_NAME_MAX, "op");
     cfg->n_fp_names = 2;
@@ -103,6 +105,7 @@ static void layer_qconfig(const QModel *q, int i, QLayerConfig *lc) {
     lc->a_init = q->cfg.a_init;
     lc->w_kind = ch->w_kind;
     lc->a_kind = ch->a_kind;
+    lc->kp = q->cfg.kp;
 }
 
 // The float16 copies of the layers left FP (conv1d included: the export's FP layers are the same set).
@@ -245,6 +248,7 @@ size_t qmodel_bytes(const QModel *q) {
         size_t nw = l->layer->weight.n, co = (size_t)l->cout;
         if (l->special) b += (2 * co + 2 + nw) * sizeof(float);  // qlayer.c: [Δ_w | z_w | Δ_a | z_a | W_fq]
         else b += co * sizeof(float) + nw;                       // z_w, W_int (one byte per level)
+        b += co * (size_t)l->wq.n_side * (sizeof(int32_t) + sizeof(float));  // a side table
     }
     return b;
 }
@@ -384,7 +388,7 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 
 // The tensors of one layer in a state (writer and reader walk the same list): name suffix,
 // dtype, shape and where the values live.
-enum { LAYER_TENSORS_MAX = 7 };
+enum { LAYER_TENSORS_MAX = 9 };
 typedef struct {
     const char *suffix;
     DType dtype;
@@ -415,6 +419,11 @@ static int layer_tensors(QLayer *ql, LayerTensor *t) {
     n += layer_tensor_f32(&t[n], "w_zero", ql->wq.zero.data, 1, &ql->cout);
     n += layer_tensor_f32(&t[n], "a_delta", ql->aq.delta.data, 1, &ql->aq.n);
     n += layer_tensor_f32(&t[n], "a_zero", ql->aq.zero.data, 1, &ql->aq.n);
+    if (ql->wq.n_side) {  // the weight kind's side table (positions inside a channel, W_base's values)
+        int shape[2] = {ql->cout, ql->wq.n_side};
+        t[n++] = (LayerTensor){"w_side_idx", DT_I32, 2, {shape[0], shape[1]}, ql->wq.side_idx};
+        n += layer_tensor_f32(&t[n], "w_side_val", ql->wq.side_val, 2, shape);
+    }
     return n;
 }
 
@@ -620,7 +629,19 @@ static int read_layer(QLayer *ql, WeightFile *f, const char *prefix, Err *e) {
             if (read_f32(f, name, lt[i].data, lt[i].ndim, shape, e)) return e->code;
             continue;
         }
-        if (read_ints(f, name, DT_U8, lt[i].ndim, lt[i].shape, ql->w_int, 1, e)) return e->code;
+        if (read_ints(f, name, lt[i].dtype, lt[i].ndim, lt[i].shape, lt[i].data, dtype_size(lt[i].dtype), e))
+            return e->code;
+        if (lt[i].data == ql->wq.side_idx) {  // each channel's positions ascending inside the channel
+            for (int o = 0; o < ql->cout; o++)
+                for (int s = 0; s < ql->wq.n_side; s++) {
+                    int32_t p = ql->wq.side_idx[(size_t)o * ql->wq.n_side + s];
+                    int32_t prev = s ? ql->wq.side_idx[(size_t)o * ql->wq.n_side + s - 1] : -1;
+                    if (p <= prev || (size_t)p >= ql->k)
+                        return err_set(e, ERR_VALUE, "%s: tensor '%s': channel %d: position %d (expected ascending "
+                                       "positions in 0..%zu)", weights_path(f), name, o, (int)p, ql->k - 1);
+                }
+            continue;
+        }
         int qmax = quantizer_qmax(&ql->wq);
         for (size_t j = 0; j < wt->n; j++)
             if (ql->w_int[j] > qmax)

@@ -71,6 +71,7 @@ typedef struct {
     int train_steps;            // training DDIM steps S: TALSQ table entries (100 reference; 30 -> 31 entries)
     int talsq;                  // 0: one activation (Δ, z) per layer (table of 1 entry)
     QuantInit w_init, a_init;   // 'max' / 'mse'
+    QKindParams kp;             // the weight kinds' settings (quant.easyquant_*)
     int fp_f16;                 // 1: the FP conv/linear layers run float16-rounded weights (fplayer.h)
     // Conv2d/Linear layers whose leaf name contains one of these stay FP ({"skip", "op"}).
     char fp_names[QMODEL_MAX_FP_NAMES][QMODEL_FP_NAME_MAX];
@@ -192,6 +193,8 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 //   <layer>.w_int   U8 weight-shaped (trainable)   <layer>.w_delta, .w_zero F32 (Cout)
 //   <layer>.lora_a, .lora_b F32 (trainable, rank > 0)
 //   <layer>.a_delta, .a_zero F32 (S trainable, 1 special)
+//   <layer>.w_side_idx I32, .w_side_val F32 (Cout, m)   the weight kind's side table, when it
+//                                keeps one (easyquant: positions in the channel, W_base's values)
 // and the metadata prefix + "sel.quantizers": the quantizer kinds of every quantized layer,
 // JSON {"<layer>": ["<weight kind>", "<activation kind>"], ...} (qkind.h names; absent in
 // states written before kinds existed: all uniform).

@@ -5,6 +5,7 @@
 #include "qalora/quantizer.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "qalora/qkind.h"
@@ -31,6 +32,14 @@ void quantizer_setup_param(Quantizer *q, float *param, float *dparam) {
     tensor_init_param(&q->param, param, dparam, 1, (int[]){q->n * np});
 }
 
+void quantizer_setup_side(Quantizer *q, int n_side, int32_t *idx, float *val) {
+    q->n_side = n_side;
+    q->side_idx = n_side ? idx : NULL;
+    q->side_val = n_side ? val : NULL;
+}
+
+int quantizer_side_count(const Quantizer *q, size_t slice_len) { return quantizer_ops(q)->side_count(q, slice_len); }
+
 int quantizer_qmax(const Quantizer *q) { return (1 << q->bits) - 1; }
 
 // Slice length of a call: channel-wise slices are the rows of x.
@@ -46,6 +55,9 @@ int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int ent
                        QUANT_MAX_BITS);
     if (q->channel_wise && (q->n <= 0 || n % (size_t)q->n != 0))
         return err_set(e, ERR_VALUE, "quantizer: %zu values do not split into %d channels", n, q->n);
+    if (!q->channel_wise && quantizer_ops(q)->weight_only)
+        return err_set(e, ERR_VALUE, "quantizer: the %s kind quantizes weights (channel-wise) only",
+                       quant_kind_name(q->kind));
     if (!q->channel_wise && entry >= q->n)
         return err_set(e, ERR_VALUE, "quantizer: entry %d of a %d-entry table", entry, q->n);
     if (n == 0) return err_set(e, ERR_VALUE, "quantizer: no data to fit");
@@ -54,13 +66,15 @@ int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int ent
     const QKindOps *ops = quantizer_ops(q);
     if (q->channel_wise) {
         size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static)
-        for (int ch = 0; ch < q->n; ch++) ops->fit(q, ch, x + (size_t)ch * len, len, how, 0);
-        return 0;
+        int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
+        for (int ch = 0; ch < q->n; ch++) bad |= ops->fit(q, ch, x + (size_t)ch * len, len, how, 0) != 0;
+        return bad ? err_set(e, ERR_NOMEM, "quantizer: out of memory fitting %s ranges", ops->name) : 0;
     }
     // one fit into the entry (entry 0 for a fresh table), copied into the others
     int k0 = entry >= 0 ? entry : 0;
-    ops->fit(q, k0, x, n, how, 1);
+    if (ops->fit(q, k0, x, n, how, 1))
+        return err_set(e, ERR_NOMEM, "quantizer: out of memory fitting %s ranges", ops->name);
     if (entry >= 0) return 0;
     int np = ops->n_param;
     for (int k = 0; k < q->n; k++) {
@@ -192,6 +206,23 @@ void quantizer_decode_backward(const Quantizer *q, float *ddelta, float *dzero, 
             for (int j = 0; j < QKIND_GRAD_SLOTS; j++) total[j] += part[k][j];
     }
     add_grads(ddelta, dzero, dparam, np, entry, total);
+}
+
+int quantizer_side_values(const Quantizer *q, float *val, const float *x, size_t n) {
+    if (!q->n_side) return 0;
+    size_t len = q_slice_len(q, n);
+    float *y = malloc((len ? len : 1) * sizeof(float));
+    if (!y) return ERR_NOMEM;
+    const QKindOps *ops = quantizer_ops(q);
+    for (int ch = 0; ch < q->n; ch++) {
+        ops->fake(q, ch, y, x + (size_t)ch * len, len);
+        for (int s = 0; s < q->n_side; s++) {
+            size_t j = (size_t)ch * q->n_side + s;
+            val[j] = y[q->side_idx[j]];
+        }
+    }
+    free(y);
+    return 0;
 }
 
 void quantizer_round_zero(Quantizer *q) {

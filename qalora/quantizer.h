@@ -57,6 +57,7 @@
 // One value per row of the kind table (qkind.c checks that the two stay in step).
 typedef enum {
     QUANT_UNIFORM,     // uniform affine, asymmetric (qkind_uniform.c)
+    QUANT_EASYQUANT,   // uniform with each channel's largest weights kept in float16 (qkind_easyquant.c)
     QUANT_KIND_COUNT
 } QuantKind;
 
@@ -64,6 +65,14 @@ typedef enum {
     QUANT_INIT_MAX,  // x_min = min(x, 0), x_max = max(x, 0), Δ = (x_max - x_min)/(2^b - 1), z = round(-x_min/Δ)
     QUANT_INIT_MSE,  // best of QUANT_MSE_STEPS shrunk [min(x), max(x)] ranges (no clipping at 0)
 } QuantInit;
+
+// Settings some kinds read (the layer copies them from the run config; zero: the kind's defaults
+// do not apply, see each field). Uniform reads none.
+typedef struct {
+    double outlier_fraction;  // easyquant: share of each channel's weights kept unquantized (0.005)
+    int fit_steps;            // easyquant: gradient steps of its range fit (100)
+    double fit_lr;            // easyquant: their Adam learning rate, relative to the initial Δ (0.01)
+} QKindParams;
 
 typedef struct Quantizer {
     QuantKind kind;    // a row of the kind table (qkind.h)
@@ -74,6 +83,14 @@ typedef struct Quantizer {
     Tensor zero;       // (n) zero points (real; integers after fitting); grad != NULL when trained
     Tensor param;      // (n * P) the kind's own learnable values, P = its n_param per entry (entry k's
                        // at k*P); data NULL when the kind has none (uniform)
+    QKindParams kp;    // the kind's settings
+    // The sparse side table of a kind that keeps some values unquantized (easyquant's outliers):
+    // n_side positions per entry (entry k's at k*n_side, ascending, inside the entry's slice) and
+    // the values decode returns there (float16-representable: the export stores them as F16).
+    // Fitted with the ranges; 0 / NULL when the kind keeps none.
+    int n_side;
+    int32_t *side_idx;  // (n * n_side)
+    float *side_val;    // (n * n_side)
 } Quantizer;
 
 // Points q at caller-owned arrays of n floats (grads may be NULL: frozen); no kind parameters
@@ -82,6 +99,14 @@ Quantizer *quantizer_setup(Quantizer *q, QuantKind kind, int bits, int channel_w
                            float *zero, float *ddelta, float *dzero);
 // Points q->param at caller-owned n * P floats (P = the kind's n_param; dparam may be NULL).
 void quantizer_setup_param(Quantizer *q, float *param, float *dparam);
+// Points q's side table at caller-owned n * n_side positions and values (n_side from
+// quantizer_side_count; 0: none).
+void quantizer_setup_side(Quantizer *q, int n_side, int32_t *idx, float *val);
+// Side positions per entry the kind keeps for slices of slice_len values (0: none).
+int quantizer_side_count(const Quantizer *q, size_t slice_len);
+// The values fake(x) gives at the side positions (q->n * q->n_side floats, entry-major): what the
+// export stores for x (channel-wise x of n values). Scratch of one slice; 0 or ERR_NOMEM.
+int quantizer_side_values(const Quantizer *q, float *val, const float *x, size_t n);
 // Largest integer level, 2^bits - 1.
 int quantizer_qmax(const Quantizer *q);
 // Name of a kind ("uniform"); "?" for a value outside the table.
@@ -93,7 +118,8 @@ const char *quant_kind_name(QuantKind k);
 // parameters) from all of x, written into `entry`, or into every entry when entry < 0 (a
 // fresh TALSQ table).
 // Returns 0, or ERR_VALUE (e says why) when n is not a multiple of the channel count, entry
-// is out of range, or x holds a non-finite value. Degenerate data (a constant slice, where
+// is out of range, x holds a non-finite value, or the kind is for weights only and q is
+// layer-wise (ERR_NOMEM: a kind's fit scratch). Degenerate data (a constant slice, where
 // every 'mse' candidate has Δ = 0) gets the 'max' fit, whose Δ is at least QUANT_MIN_DELTA.
 int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int entry, Err *e);
 // One uniform range from data, for a single slice (qkind_uniform.c's kernels behind quantizer_fit).

@@ -125,6 +125,9 @@ static int read_overrides(const CfgNode *n, RunConfig *c, Err *e) {
         if (ab && read_int_ranged(ab, &bits, &o->act_bits, e)) return ERR_VALUE;
         if (wq && read_enum(wq, &kinds, &o->weight_quantizer, e)) return ERR_VALUE;
         if (aq && read_enum(aq, &kinds, &o->act_quantizer, e)) return ERR_VALUE;
+        if (aq && qkind_get((QuantKind)o->act_quantizer)->weight_only)
+            return node_error(aq, e, "a quantizer kind for activations (easyquant quantizes weights only)",
+                              quant_kind_name((QuantKind)o->act_quantizer));
         o->weight_quantizer += wq ? 1 : 0;  // 1 + the kind; 0: unchanged
         o->act_quantizer += aq ? 1 : 0;
         if (kf && cfg_as_bool(kf, &o->keep_fp, e) < 0) return ERR_VALUE;
@@ -269,6 +272,9 @@ static int read_group(const CfgNode *map, const char *prefix, RunConfig *c, Err 
 // Checks that involve several keys. file: for messages ("run config" without one).
 static int check_consistency(const RunConfig *c, const char *file, Err *e) {
     const RcTrain *t = &c->train;
+    if (qkind_valid(c->quant.act_quantizer) && qkind_get((QuantKind)c->quant.act_quantizer)->weight_only)
+        return err_set(e, ERR_VALUE, "%s: quant.act_quantizer: %s quantizes weights only; expected a kind for "
+                       "activations", file, quant_kind_name((QuantKind)c->quant.act_quantizer));
     if (t->select_epoch == RC_SELECT_BEST_SAMPLED && t->val_samples < 8)
         return err_set(e, ERR_VALUE, "%s: train.select_epoch: best_sampled needs train.val_samples >= 8, found %d", file,
                        t->val_samples);
@@ -316,6 +322,7 @@ int run_config_validate(const RunConfig *c, Err *e) {
                 int wb = o->weight_bits, ab = o->act_bits, wq = o->weight_quantizer, aq = o->act_quantizer;
                 bad = !o->pattern[0] || !memchr(o->pattern, 0, RC_PATTERN_MAX) || (wb && (wb < 2 || wb > 8)) ||
                       (ab && (ab < 2 || ab > 8)) || (wq && !qkind_valid(wq - 1)) || (aq && !qkind_valid(aq - 1)) ||
+                      (aq && qkind_get((QuantKind)(aq - 1))->weight_only) ||
                       (o->keep_fp != 0 && o->keep_fp != 1) || (o->keep_fp && (wb || ab || wq || aq)) ||
                       (!o->keep_fp && !wb && !ab && !wq && !aq);
             }

@@ -40,8 +40,11 @@
    | quant.act_bits                 * | 4                       | activation bits (layer inputs) of the trainable layers, 2..8 |
    | quant.weight_init              * | max                     | weight (Δ, z) init per output channel: max (naive PTQ: min/max incl. 0) or mse (search below) |
    | quant.act_init                 * | mse                     | activation (Δ, z) init per layer: mse or max |
-   | quant.weight_quantizer         * | uniform                 | quantizer kind of the weights of every quantized layer (special ones too): a name of the kind table (qalora/qkind.h; docs/QUANTIZERS.md): uniform (EfficientDM's uniform affine) |
-   | quant.act_quantizer            * | uniform                 | quantizer kind of the activations (layer inputs) of every quantized layer: as weight_quantizer |
+   | quant.weight_quantizer         * | uniform                 | quantizer kind of the weights of every quantized layer (special ones too): a name of the kind table (qalora/qkind.h; docs/QUANTIZERS.md): uniform (EfficientDM's uniform affine) or easyquant (uniform with each channel's largest weights kept in float16, the range fitted by gradient descent) |
+   | quant.act_quantizer            * | uniform                 | quantizer kind of the activations (layer inputs) of every quantized layer: uniform (easyquant quantizes weights only) |
+   | quant.easyquant_outlier_fraction * | 0.005                 | easyquant: share of each output channel's weights (the largest in magnitude, rounded up to a whole count) kept unquantized in float16, 0 <= f < 1 |
+   | quant.easyquant_steps          * | 100                     | easyquant: Adam steps of the range fit on the other weights' reconstruction error (0: the init range) |
+   | quant.easyquant_lr             * | 0.01                    | easyquant: the range fit's learning rate, relative to the initial step Δ |
    | quant.mse_candidates           * | 80                      | mse search: candidate ranges i = 0..N-1, both ends scaled by (1 - shrink * i) |
    | quant.mse_shrink               * | 0.01                    | mse search: range shrink per candidate; (N - 1) * shrink < 1 |
    | quant.mse_norm                 * | 2.4                     | mse search: score = mean(abs(x - q(x)) ^ norm) |
@@ -159,6 +162,9 @@ typedef struct {
     int weight_bits, act_bits;
     RcInit weight_init, act_init;
     int weight_quantizer, act_quantizer;  // quantizer kinds (qalora/qkind.h QuantKind)
+    double easyquant_outlier_fraction;
+    int easyquant_steps;
+    double easyquant_lr;
     int mse_candidates;
     double mse_shrink, mse_norm;
     int special_bits, special_first, special_last;

@@ -35,6 +35,7 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
                        "table", rq->weight_quantizer, rq->act_quantizer);
     cfg->sel.w_kind = (QuantKind)rq->weight_quantizer;
     cfg->sel.a_kind = (QuantKind)rq->act_quantizer;
+    cfg->kp = (QKindParams){rq->easyquant_outlier_fraction, rq->easyquant_steps, rq->easyquant_lr};
     cfg->rank = rq->lora_rank;
     cfg->talsq = rq->talsq;
     cfg->train_steps = rc->train.steps;

@@ -40,11 +40,13 @@ static int nearest_entry(const TalsqSchedule *s, int t) {
     return best;
 }
 
-static void check_equivalence(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers) {
+// w_kind: the weight quantizer (with easyquant the export also holds each layer's side table).
+static void check_equivalence_kind(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers, QuantKind w_kind) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    rc.quant.weight_quantizer = w_kind;
     rc.quant.fp_layers = fp_layers;
     rc.quant.weight_bits = w_bits;
     rc.quant.act_bits = a_bits;
@@ -117,6 +119,15 @@ static void check_equivalence(int w_bits, int a_bits, int train_steps, RcFpLayer
         free(ys);
         free(ye);
     }
+    // the side tables: every easyquant layer has one, the export's equals the student's positions
+    for (int k = 0; k < q.n_q; k++) {
+        const ExportLayer *L = &em->layers[k];
+        assert_int_equal(L->w_kind, w_kind);
+        assert_int_equal(L->n_side, q.q[k].wq.n_side);
+        if (w_kind == QUANT_EASYQUANT) assert_true(L->n_side > 0);
+        if (L->n_side)
+            assert_memory_equal(L->side_idx, q.q[k].wq.side_idx, (size_t)L->cout * L->n_side * sizeof(int32_t));
+    }
     // the packed layout: 2 levels per byte at 4 bits, 4 per byte at 2 bits, 1 at 8 bits
     WeightFile *f;
     assert_int_equal(weights_open(&f, path, &e), 0);
@@ -138,9 +149,14 @@ static void check_equivalence(int w_bits, int a_bits, int train_steps, RcFpLayer
     teacher_close(&T);
 }
 
+static void check_equivalence(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers) {
+    check_equivalence_kind(w_bits, a_bits, train_steps, fp_layers, QUANT_UNIFORM);
+}
+
 static void test_equivalence_w4a4(void **state) { check_equivalence(4, 4, 100, RC_FP_F16); }
 static void test_equivalence_w4a4_f32(void **state) { check_equivalence(4, 4, 100, RC_FP_F32); }
 static void test_equivalence_w2a8(void **state) { check_equivalence(2, 8, 20, RC_FP_F16); }
+static void test_equivalence_easyquant(void **state) { check_equivalence_kind(4, 4, 20, RC_FP_F16, QUANT_EASYQUANT); }
 
 /* ---- size ---------------------------------------------------------------------------- */
 
@@ -425,7 +441,7 @@ static void test_quantizer_kinds(void **state) {
         int code;
         const char *named[2];
     } cases[] = {
-        {"\"a_quantizer\":\"uniform\"}", "\"a_quantizer\":\"nupes\"}", ERR_UNSUPPORTED, {"'nupes'", "(uniform)"}},
+        {"\"a_quantizer\":\"uniform\"}", "\"a_quantizer\":\"nupes\"}", ERR_UNSUPPORTED, {"'nupes'", "(uniform, "}},
         {"\"w_quantizer\":\"uniform\"", "\"w_quantizer\":4", ERR_FORMAT, {"w_quantizer", "time_embed.0"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -604,7 +620,7 @@ int main(void) {
         cmocka_unit_test(test_equivalence_w2a8),
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
         cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola),
-        cmocka_unit_test(test_quantizer_kinds),
+        cmocka_unit_test(test_quantizer_kinds),  cmocka_unit_test(test_equivalence_easyquant),
     };
     return cmocka_run_group_tests_name("export", tests, NULL, NULL);
 }

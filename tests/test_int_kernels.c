@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/dtype.h"
 #include "qalora/export.h"
 #include "qalora/export_int.h"
 #include "qalora/int_gemm.h"
@@ -150,9 +151,11 @@ static void test_quant_variants(void **state) {
 
 /* ---- single layers of shapes the teacher lacks ------------------------------------------ */
 
-// One synthetic quantized layer (random levels, Δ_w, z_w, table) run by both paths.
-static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits,
-                            const int *xshape, int xdim, Rng *r) {
+// One synthetic quantized layer (random levels, Δ_w, z_w, table) run by both paths; with
+// n_side > 0 an easyquant weight whose side table holds n_side random positions per channel
+// (random levels stored there: the integer path's correction is not the side value alone).
+static void check_synthetic_side(LayerKind kind, int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits,
+                                 const int *xshape, int xdim, int n_side, Rng *r) {
     ModelLayer ml;
     memset(&ml, 0, sizeof ml);
     ml.kind = kind;
@@ -190,6 +193,20 @@ static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride
         wd[o] = 0.01f + 0.05f * rng_uniform(r);
         wz[o] = (float)rng_below(r, 1u << w_bits);
     }
+    size_t K = nw / (size_t)cout;
+    if (n_side) {
+        L.w_kind = QUANT_EASYQUANT;
+        L.n_side = n_side;
+        L.side_idx = malloc((size_t)cout * n_side * sizeof(int32_t));
+        L.side_val = malloc((size_t)cout * n_side * sizeof(float));
+        for (int o = 0; o < cout; o++) {
+            int32_t *p = L.side_idx + (size_t)o * n_side;
+            for (int s = 0; s < n_side; s++) {  // distinct positions, ascending: a stride through the row
+                p[s] = (int32_t)((size_t)s * K / (size_t)n_side + rng_below(r, (uint32_t)(K / (size_t)n_side)));
+                L.side_val[(size_t)o * n_side + s] = f16_to_f32(f32_to_f16(3.0f * (rng_uniform(r) - 0.5f)));
+            }
+        }
+    }
     Err e = {0};
     assert_int_equal(export_layer_prepare(&L, lv, wd, wz, &e), 0);
     assert_true(L.int_ok);
@@ -198,8 +215,13 @@ static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride
     float *w = malloc(nw * sizeof(float));
     export_layer_dequant(&L, w);
     for (int o = 0; o < cout; o++)  // the stored (reordered, padded) rows give W_eff back
-        for (size_t j = 0; j < nw / (size_t)cout; j++)
-            assert_true(w[(size_t)o * (nw / cout) + j] == ((float)lv[(size_t)o * (nw / cout) + j] - wz[o]) * wd[o]);
+        for (size_t j = 0, s = 0; j < K; j++) {
+            if (s < (size_t)n_side && (size_t)L.side_idx[(size_t)o * n_side + s] == j) {  // the side value
+                assert_true(w[(size_t)o * K + j] == L.side_val[(size_t)o * n_side + s++]);
+                continue;
+            }
+            assert_true(w[(size_t)o * K + j] == ((float)lv[(size_t)o * K + j] - wz[o]) * wd[o]);
+        }
     Ctx *c = test_ctx_new((size_t)256 << 20);
     ctx_set_grad(c, 0);
     Tensor *x = tensor_new(c, xdim, xshape);
@@ -219,9 +241,9 @@ static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride
             assert_memory_equal(yi->shape, yf->shape, sizeof yf->shape);
             double err = rel_l2(yi->data, yf->data, yf->n);
             if (err > TOL_LAYER)
-                fail_msg("%s: %s cout %d cin %d k %d s %d p %d W%dA%d entry %d: relative L2 %.3g",
+                fail_msg("%s: %s cout %d cin %d k %d s %d p %d W%dA%d side %d entry %d: relative L2 %.3g",
                          int_gemm_name((IntGemmKind)kind2), kind == LAYER_CONV2D ? "conv" : "linear", cout, cin, k,
-                         stride, pad, w_bits, a_bits, entry, err);
+                         stride, pad, w_bits, a_bits, n_side, entry, err);
         }
     }
     test_ctx_delete(c);
@@ -232,6 +254,11 @@ static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride
     free(wd);
     free(wz);
     free(w);
+}
+
+static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits,
+                            const int *xshape, int xdim, Rng *r) {
+    check_synthetic_side(kind, cout, cin, k, stride, pad, w_bits, a_bits, xshape, xdim, 0, r);
 }
 
 static void test_layer_shapes(void **state) {
@@ -250,6 +277,20 @@ static void test_layer_shapes(void **state) {
             check_synthetic(LAYER_LINEAR, 13, 7, 1, 1, 0, wb[i], ab[j], (int[]){2, 5, 7}, 3, &r);
             check_synthetic(LAYER_LINEAR, 33, 64, 1, 1, 0, wb[i], ab[j], (int[]){37, 64}, 2, &r);
         }
+}
+
+// The same shapes with a side table (easyquant's outliers added back after the dense kernel).
+static void test_layer_shapes_side(void **state) {
+    Rng r;
+    rng_seed(&r, 12, 0);
+    const int wb[] = {2, 4, 8};
+    for (int i = 0; i < 3; i++) {
+        check_synthetic_side(LAYER_CONV2D, 7, 5, 3, 1, 1, wb[i], 4, (int[]){3, 5, 6, 5}, 4, 3, &r);
+        check_synthetic_side(LAYER_CONV2D, 9, 6, 3, 2, 1, wb[i], 8, (int[]){2, 6, 7, 7}, 4, 2, &r);
+        check_synthetic_side(LAYER_CONV2D, 17, 8, 1, 1, 0, wb[i], 4, (int[]){2, 8, 4, 4}, 4, 1, &r);
+        check_synthetic_side(LAYER_LINEAR, 13, 7, 1, 1, 0, wb[i], 8, (int[]){2, 5, 7}, 3, 2, &r);
+        check_synthetic_side(LAYER_LINEAR, 33, 64, 1, 1, 0, wb[i], 4, (int[]){37, 64}, 2, 4, &r);
+    }
 }
 
 /* ---- layers of an exported model ------------------------------------------------------ */
@@ -282,13 +323,17 @@ static Tensor *both_paths(Ctx *c, ModelLayer *l, Tensor *x) {
     return yf;
 }
 
-static void check_layers(int w_bits, int a_bits) {
+// w_kind: the weight quantizer (easyquant: with 'mse' weight ranges, so that some zero points
+// fall outside the levels and the stored outlier level is not z_w).
+static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_REFERENCE);
     rc.quant.weight_bits = w_bits;
     rc.quant.act_bits = a_bits;
+    rc.quant.weight_quantizer = w_kind;
+    if (w_kind == QUANT_EASYQUANT) rc.quant.weight_init = RC_INIT_MSE;
     rc.train.steps = 20;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
@@ -362,9 +407,12 @@ static void check_layers(int w_bits, int a_bits) {
     teacher_close(&T);
 }
 
+static void check_layers(int w_bits, int a_bits) { check_layers_kind(w_bits, a_bits, QUANT_UNIFORM); }
+
 static void test_layers_w4a4(void **state) { check_layers(4, 4); }
 static void test_layers_w4a8(void **state) { check_layers(4, 8); }
 static void test_layers_w2a8(void **state) { check_layers(2, 8); }
+static void test_layers_easyquant_w4a4(void **state) { check_layers_kind(4, 4, QUANT_EASYQUANT); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -374,6 +422,8 @@ int main(void) {
         cmocka_unit_test(test_layers_w4a4),
         cmocka_unit_test(test_layers_w4a8),
         cmocka_unit_test(test_layers_w2a8),
+        cmocka_unit_test(test_layer_shapes_side),
+        cmocka_unit_test(test_layers_easyquant_w4a4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/dtype.h"
 #include "qalora/qkind.h"
 #include "qalora/quantizer.h"
 #include "util/threads.h"
@@ -46,6 +47,8 @@ static void test_table_complete(void **state) {
         assert_string_equal(quant_kind_name((QuantKind)k), o->name);
         assert_true(o->n_param >= 0 && o->n_param <= QKIND_MAX_PARAM);
         assert_true(o->affine == 0 || o->affine == 1);
+        assert_true(o->side == 0 || o->side == 1);
+        assert_true(o->weight_only == 0 || o->weight_only == 1);
         assert_non_null(o->fit);
         assert_non_null(o->fake);
         assert_non_null(o->backward);
@@ -55,6 +58,7 @@ static void test_table_complete(void **state) {
         assert_non_null(o->packed_size);
         assert_non_null(o->pack);
         assert_non_null(o->unpack);
+        assert_non_null(o->side_count);
         assert_true(qkind_valid(k));
     }
     assert_false(qkind_valid(-1));
@@ -81,7 +85,10 @@ static void test_names_unique_and_found(void **state) {
     assert_int_equal(qkind_find("Uniform", &f), ERR_VALUE);  // names are exact
     assert_int_equal(qkind_find("", &f), ERR_VALUE);
     assert_int_equal(qkind_find(NULL, &f), ERR_VALUE);
-    assert_string_equal(qkind_list(list, sizeof list), "uniform");
+    char want[512] = "";
+    for (int k = 0; k < QUANT_KIND_COUNT; k++)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s", k ? ", " : "", QKIND_NAMES[k]);
+    assert_string_equal(qkind_list(list, sizeof list), want);
     char tiny[3];
     qkind_list(tiny, sizeof tiny);  // truncated, still a string
     assert_int_equal(strlen(tiny), 2);
@@ -364,6 +371,249 @@ static void test_uniform_levels_roundtrip(void **state) {
     }
 }
 
+/* ---- easyquant ---------------------------------------------------------------------- */
+
+static const double EQ_FRACTION = 0.02;  // 5 outliers of 203 (ceil)
+static const int EQ_STEPS = 60;
+static const double EQ_LR = 0.01;
+
+static float f16r(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+// The m largest |x| of a channel (ties: the lower position), ascending: by repeated argmax.
+static void naive_outliers(const float *x, size_t n, int m, int32_t *idx) {
+    char *taken = calloc(n, 1);
+    for (int s = 0; s < m; s++) {
+        size_t best = n;
+        for (size_t i = 0; i < n; i++)
+            if (!taken[i] && (best == n || fabsf(x[i]) > fabsf(x[best]))) best = i;
+        taken[best] = 1;
+    }
+    for (size_t i = 0, s = 0; i < n; i++)
+        if (taken[i]) idx[s++] = (int32_t)i;
+    free(taken);
+}
+
+typedef struct {
+    Quantizer q;
+    float *d, *z, *val;
+    int32_t *idx;
+    int m;
+} EqQ;
+
+// A channel-wise easyquant quantizer of co channels of len weights, side table allocated.
+static void eq_make(EqQ *t, int bits, int co, size_t len, double fraction, int steps) {
+    t->d = calloc((size_t)co, sizeof(float));
+    t->z = calloc((size_t)co, sizeof(float));
+    quantizer_setup(&t->q, QUANT_EASYQUANT, bits, 1, co, t->d, t->z, NULL, NULL);
+    t->q.kp = (QKindParams){fraction, steps, EQ_LR};
+    t->m = quantizer_side_count(&t->q, len);
+    t->idx = calloc((size_t)co * (t->m ? t->m : 1), sizeof(int32_t));
+    t->val = calloc((size_t)co * (t->m ? t->m : 1), sizeof(float));
+    quantizer_setup_side(&t->q, t->m, t->idx, t->val);
+}
+
+static void eq_free(EqQ *t) {
+    free(t->d);
+    free(t->z);
+    free(t->idx);
+    free(t->val);
+}
+
+// Normal weights with a few planted large ones per channel (the outliers to find).
+static void eq_weights(Rng *r, float *x, int co, size_t len) {
+    rng_normal_fill(r, x, (size_t)co * len);
+    for (int o = 0; o < co; o++)
+        for (int s = 0; s < 3; s++) x[(size_t)o * len + rng_below(r, (uint32_t)len)] *= 8.0f;
+}
+
+// Fit: the outliers are the naive choice with their float16 values; the fake-quant forward is
+// float16 there and the naive uniform loop elsewhere; decode(encode(x)) is fake(x) bit for
+// bit (the outliers restored exactly from the side table); the export's side values are
+// fake(x) at the outlier positions; a layer-wise easyquant quantizer is refused.
+static void test_easyquant_fake_naive(void **state) {
+    Rng r;
+    rng_seed(&r, 21, 0);
+    enum { CO = 5 };
+    const size_t K = 203;
+    for (int b = 0; b < N_BITS; b++) {
+        int bits = BITS[b], qmax = (1 << bits) - 1;
+        float *x = malloc(CO * K * sizeof(float)), *y = malloc(CO * K * sizeof(float));
+        float *y2 = malloc(CO * K * sizeof(float));
+        uint8_t *lv = malloc(CO * K);
+        eq_weights(&r, x, CO, K);
+        EqQ t;
+        eq_make(&t, bits, CO, K, EQ_FRACTION, EQ_STEPS);
+        assert_int_equal(t.m, 5);
+        Err e = {0};
+        assert_int_equal(quantizer_fit(&t.q, x, CO * K, b % 2 ? QUANT_INIT_MSE : QUANT_INIT_MAX, -1, &e), 0);
+        quantizer_fake(&t.q, y, x, CO * K, 0);
+        for (int o = 0; o < CO; o++) {
+            const float *xo = x + o * K, *yo = y + o * K;
+            int32_t want[8];
+            naive_outliers(xo, K, t.m, want);
+            assert_memory_equal(t.idx + o * t.m, want, (size_t)t.m * sizeof(int32_t));
+            for (size_t j = 0, s = 0; j < K; j++) {
+                if (s < (size_t)t.m && (size_t)want[s] == j) {
+                    assert_true(yo[j] == f16r(xo[j]));
+                    assert_true(t.val[o * t.m + s] == f16r(xo[j]));
+                    s++;
+                    continue;
+                }
+                check_close(yo[j], naive_q(xo[j], t.d[o], t.z[o], qmax), t.d[o], "easyquant", bits, o * K + j);
+            }
+        }
+        quantizer_encode(&t.q, lv, x, CO * K, 0);
+        quantizer_decode(&t.q, y2, lv, CO * K, 0);
+        assert_memory_equal(y2, y, CO * K * sizeof(float));
+        for (int o = 0; o < CO; o++)
+            for (int s = 0; s < t.m; s++) {
+                float zc = fminf(fmaxf(rintf(t.z[o]), 0.0f), (float)qmax);
+                assert_int_equal(lv[o * K + t.idx[o * t.m + s]], (int)zc);  // the level of 0 (z in range)
+            }
+        // side values of other weights (the student after training): fake(x') there
+        float *x2 = malloc(CO * K * sizeof(float)), *sv = malloc((size_t)CO * t.m * sizeof(float));
+        for (size_t i = 0; i < CO * K; i++) x2[i] = x[i] * 1.01f + 0.001f;
+        assert_int_equal(quantizer_side_values(&t.q, sv, x2, CO * K), 0);
+        for (int o = 0; o < CO; o++)
+            for (int s = 0; s < t.m; s++) assert_true(sv[o * t.m + s] == f16r(x2[o * K + t.idx[o * t.m + s]]));
+        free(x2);
+        free(sv);
+        eq_free(&t);
+        free(x);
+        free(y);
+        free(y2);
+        free(lv);
+    }
+    // the default share: 0.5% of 203 rounds up to 2; none without a share
+    EqQ t;
+    eq_make(&t, 4, 1, K, 0.005, 0);
+    assert_int_equal(t.m, 2);
+    eq_free(&t);
+    eq_make(&t, 4, 1, K, 0.0, 0);
+    assert_int_equal(t.m, 0);
+    eq_free(&t);
+    // weights only
+    float d = 1, z = 0, xs[4] = {1, 2, 3, 4};
+    Quantizer q;
+    quantizer_setup(&q, QUANT_EASYQUANT, 4, 0, 1, &d, &z, NULL, NULL);
+    Err e = {0};
+    assert_int_equal(quantizer_fit(&q, xs, 4, QUANT_INIT_MAX, -1, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "weights (channel-wise) only"));
+}
+
+// Mean squared reconstruction error of the non-outliers of a channel with (Δ, z), in double.
+static double rest_error(const float *x, size_t n, const int32_t *idx, int m, float d, float z, int qmax) {
+    double s = 0;
+    size_t cnt = 0;
+    for (size_t j = 0, k = 0; j < n; j++) {
+        if (k < (size_t)m && (size_t)idx[k] == j) {
+            k++;
+            continue;
+        }
+        double e = naive_q(x[j], d, z, qmax) - x[j];
+        s += e * e;
+        cnt++;
+    }
+    return s / (double)cnt;
+}
+
+// The range descent: never worse than the init it starts from, better on normal weights.
+static void test_easyquant_range_descent(void **state) {
+    Rng r;
+    rng_seed(&r, 22, 0);
+    enum { CO = 6 };
+    const size_t K = 301;
+    float *x = malloc(CO * K * sizeof(float));
+    eq_weights(&r, x, CO, K);
+    for (int b = 0; b < N_BITS; b++) {
+        int bits = BITS[b], qmax = (1 << bits) - 1;
+        EqQ a, g;
+        eq_make(&a, bits, CO, K, EQ_FRACTION, 0);  // the init alone
+        eq_make(&g, bits, CO, K, EQ_FRACTION, EQ_STEPS);
+        Err e = {0};
+        assert_int_equal(quantizer_fit(&a.q, x, CO * K, QUANT_INIT_MAX, -1, &e), 0);
+        assert_int_equal(quantizer_fit(&g.q, x, CO * K, QUANT_INIT_MAX, -1, &e), 0);
+        int better = 0;
+        for (int o = 0; o < CO; o++) {
+            assert_memory_equal(a.idx + o * a.m, g.idx + o * g.m, (size_t)a.m * sizeof(int32_t));
+            assert_true(a.z[o] == g.z[o]);  // z stays
+            double ea = rest_error(x + o * K, K, a.idx + o * a.m, a.m, a.d[o], a.z[o], qmax);
+            double eg = rest_error(x + o * K, K, g.idx + o * g.m, g.m, g.d[o], g.z[o], qmax);
+            assert_true(eg <= ea);
+            better += eg < ea;
+        }
+        print_message("  %d bits: descent improved %d of %d channels\n", bits, better, CO);
+        if (bits <= 4) assert_true(better > 0);
+        eq_free(&a);
+        eq_free(&g);
+    }
+    free(x);
+}
+
+// Gradients: the non-outliers exactly as the uniform row on them alone; an outlier passes dy
+// to x and adds nothing to Δ, z (also through decode).
+static void test_easyquant_grads(void **state) {
+    Rng r;
+    rng_seed(&r, 23, 0);
+    enum { CO = 3 };
+    const size_t K = 157;
+    float *x = malloc(CO * K * sizeof(float)), *dy = malloc(CO * K * sizeof(float));
+    float *dx = calloc(CO * K, sizeof(float));
+    eq_weights(&r, x, CO, K);
+    for (size_t i = 0; i < CO * K; i++) dy[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    EqQ t;
+    eq_make(&t, 3, CO, K, EQ_FRACTION, EQ_STEPS);
+    Err e = {0};
+    assert_int_equal(quantizer_fit(&t.q, x, CO * K, QUANT_INIT_MAX, -1, &e), 0);
+    float dd[CO] = {0}, dz[CO] = {0}, ddd[CO] = {0};
+    quantizer_fake_backward(&t.q, dx, dd, dz, dy, x, CO * K, 0);
+    uint8_t *lv = malloc(CO * K);
+    quantizer_encode(&t.q, lv, x, CO * K, 0);
+    quantizer_decode_backward(&t.q, ddd, NULL, NULL, dy, lv, CO * K, 0);
+    for (int o = 0; o < CO; o++) {
+        // the rest, contiguous, through the uniform row
+        float *xr = malloc(K * sizeof(float)), *gr = malloc(K * sizeof(float)), *dxr = calloc(K, sizeof(float));
+        uint8_t *lr = malloc(K);
+        size_t nr = 0;
+        const int32_t *idx = t.idx + o * t.m;
+        for (size_t j = 0, s = 0; j < K; j++) {
+            if (s < (size_t)t.m && (size_t)idx[s] == j) {
+                assert_true(dx[o * K + j] == dy[o * K + j]);
+                s++;
+                continue;
+            }
+            xr[nr] = x[o * K + j];
+            gr[nr] = dy[o * K + j];
+            lr[nr] = lv[o * K + j];
+            nr++;
+        }
+        float du = 0, dzu = 0, ddu = 0, d1 = t.d[o], z1 = t.z[o];
+        Quantizer u;
+        quantizer_setup(&u, QUANT_UNIFORM, 3, 1, 1, &d1, &z1, NULL, NULL);
+        quantizer_fake_backward(&u, dxr, &du, &dzu, gr, xr, nr, 0);
+        quantizer_decode_backward(&u, &ddu, NULL, NULL, gr, lr, nr, 0);
+        for (size_t j = 0, s = 0, k = 0; j < K; j++) {
+            if (s < (size_t)t.m && (size_t)idx[s] == j) {
+                s++;
+                continue;
+            }
+            assert_true(dx[o * K + j] == dxr[k++]);
+        }
+        assert_float_equal(dd[o], du, 1e-5 * fabsf(du) + 1e-6);
+        assert_float_equal(dz[o], dzu, 1e-5 * fabsf(dzu) + 1e-6);
+        assert_float_equal(ddd[o], ddu, 1e-5 * fabsf(ddu) + 1e-6);
+        free(xr);
+        free(gr);
+        free(dxr);
+        free(lr);
+    }
+    eq_free(&t);
+    free(x);
+    free(dy);
+    free(dx);
+    free(lv);
+}
+
 int main(void) {
     threads_set(0);
     const struct CMUnitTest tests[] = {
@@ -372,6 +622,9 @@ int main(void) {
         cmocka_unit_test(test_uniform_fake_naive),
         cmocka_unit_test(test_uniform_grads_fd),
         cmocka_unit_test(test_uniform_levels_roundtrip),
+        cmocka_unit_test(test_easyquant_fake_naive),
+        cmocka_unit_test(test_easyquant_range_descent),
+        cmocka_unit_test(test_easyquant_grads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

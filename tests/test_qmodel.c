@@ -703,6 +703,83 @@ static void test_state_quantizer_kinds(void **state) {
     ldm_free(m);
 }
 
+// An easyquant student (weights of every layer with their side tables): the state holds the
+// tables and restores a student computing the same bits; easyquant activations are refused.
+static void test_state_easyquant(void **state) {
+    Ldm *m = teacher_load();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    qc.sel.w_kind = QUANT_EASYQUANT;
+    qc.train_steps = 20;
+    QModel a, b;
+    student_init(&a, m, &qc, 7);
+    for (int k = 0; k < a.n_q; k++) {
+        assert_int_equal(a.q[k].wq.kind, QUANT_EASYQUANT);
+        assert_true(a.q[k].wq.n_side >= 1);  // ceil(0.5% of the row)
+    }
+    student_calibrate(&a, c, m, 8);
+    perturb(&a, 9);
+    char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    Err e = {0};
+    StWriter w = {0};
+    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
+    assert_int_equal(st_write(&w, path, &e), 0);
+    st_writer_free(&w);
+    WeightFile *f = NULL;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    char name[300];
+    snprintf(name, sizeof name, "q.%s.w_side_idx", a.q[5].layer->name);
+    assert_non_null(weights_find(f, name));
+    assert_non_null(strstr(weights_metadata(f, "q." QMODEL_KINDS_META), "[\"easyquant\",\"uniform\"]"));
+
+    Inputs in = inputs_make(m, N_IN, 12);
+    for (int i = 0; i < in.n; i++) in.t[i] = 333;
+    size_t n, n2;
+    qmodel_enable(&a, 1);
+    qmodel_set_timestep(&a, 333);
+    float *ya = forward(c, m, &in, &n);
+    qmodel_enable(&a, 0);
+    student_init(&b, m, &qc, 99);
+    int rc = qmodel_read_state(&b, f, "q.", &e);
+    if (rc) print_error("read: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    qmodel_enable(&b, 1);
+    qmodel_set_timestep(&b, 333);
+    float *yb = forward(c, m, &in, &n2);
+    qmodel_enable(&b, 0);
+    assert_int_equal(n, n2);
+    assert_memory_equal(ya, yb, n * sizeof(float));
+    qmodel_free(&b);
+    // a uniform student cannot load it: the kinds differ, named
+    QModelConfig qu = qc;
+    qu.sel.w_kind = QUANT_UNIFORM;
+    student_init(&b, m, &qu, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "weight quantizer 'easyquant' in the state, 'uniform' in the config"));
+    qmodel_free(&b);
+    weights_close(f);
+    unlink(path);
+    // easyquant quantizes weights only
+    QModelConfig qa = qc;
+    qa.sel.a_kind = QUANT_EASYQUANT;
+    Rng r;
+    rng_seed(&r, 1, 0);
+    e = (Err){0};
+    assert_int_equal(qmodel_init(&b, m->unet, &qa, m->T, &r, &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "weights only"));
+    free(ya);
+    free(yb);
+    inputs_free(&in);
+    qmodel_free(&a);
+    test_ctx_delete(c);
+    ldm_free(m);
+}
+
 /* ---- float16 FP layers (quant.fp_layers: f16) ----------------------------------------- */
 
 // Student forward (+ backward of sum(out) with grad) at one timestep; returns the output, and the
@@ -837,6 +914,7 @@ int main(void) {
         cmocka_unit_test(test_timestep_entries), cmocka_unit_test(test_trainable),
         cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_fp16_layers),
         cmocka_unit_test(test_entry_calibration), cmocka_unit_test(test_state_quantizer_kinds),
+        cmocka_unit_test(test_state_easyquant),
     };
     return cmocka_run_group_tests_name("qmodel", tests, NULL, NULL);
 }

@@ -27,7 +27,8 @@
 static const char *const ALL_KEYS[] = {
     "model.ldm_config", "model.ckpt", "model.ema", "model.uncond_label",
     "quant.weight_bits", "quant.act_bits", "quant.weight_init", "quant.act_init", "quant.weight_quantizer",
-    "quant.act_quantizer", "quant.mse_candidates",
+    "quant.act_quantizer", "quant.easyquant_outlier_fraction", "quant.easyquant_steps", "quant.easyquant_lr",
+    "quant.mse_candidates",
     "quant.mse_shrink", "quant.mse_norm", "quant.special_bits", "quant.special_first", "quant.special_last",
     "quant.fp_name_contains", "quant.quantize_attention_matmuls", "quant.lora_rank", "quant.talsq",
     "quant.fp_layers", "quant.overrides",
@@ -494,7 +495,10 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"model.ema", "model: {ema: off}"}, {"model.uncond_label", "model: {uncond_label: 3}"},
     {"quant.weight_bits", "quant: {weight_bits: 8}"}, {"quant.act_bits", "quant: {act_bits: 8}"},
     {"quant.weight_init", "quant: {weight_init: mse}"}, {"quant.act_init", "quant: {act_init: max}"},
-    {"quant.weight_quantizer", NULL}, {"quant.act_quantizer", NULL},  // see only_value_changed
+    {"quant.weight_quantizer", "quant: {weight_quantizer: easyquant}"},
+    {"quant.act_quantizer", NULL},  // see only_value_changed
+    {"quant.easyquant_outlier_fraction", "quant: {easyquant_outlier_fraction: 0.01}"},
+    {"quant.easyquant_steps", "quant: {easyquant_steps: 10}"}, {"quant.easyquant_lr", "quant: {easyquant_lr: 0.1}"},
     {"quant.mse_candidates", "quant: {mse_candidates: 10}"}, {"quant.mse_shrink", "quant: {mse_shrink: 0.002}"},
     {"quant.mse_norm", "quant: {mse_norm: 2}"}, {"quant.special_bits", "quant: {special_bits: 6}"},
     {"quant.special_first", "quant: {special_first: 0}"}, {"quant.special_last", "quant: {special_last: 0}"},
@@ -537,11 +541,10 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
 };
 
 // A key whose only valid value is its default has no YAML that changes it (CHANGED's NULL):
-// the quantizer-kind keys while the kind table has one row. Their field is set to the next
-// kind's number instead - a second kind's name in CHANGED replaces this.
+// quant.act_quantizer while every other kind quantizes weights only. Its field is set to the
+// next kind's number instead - an activation kind's name in CHANGED replaces this.
 static void only_value_changed(const char *key, RunConfig *c) {
-    if (!strcmp(key, "quant.weight_quantizer")) c->quant.weight_quantizer = 1;
-    else if (!strcmp(key, "quant.act_quantizer")) c->quant.act_quantizer = 1;
+    if (!strcmp(key, "quant.act_quantizer")) c->quant.act_quantizer = 1;
     else fail_msg("%s: no value to change it to", key);
 }
 
@@ -644,6 +647,18 @@ static void test_quantizer_keys(void **state) {
     }
     assert_int_equal(load("quant: {weight_quantizer: unifrom}\n", &c, &e), ERR_VALUE);
     assert_has(e.msg, "did you mean 'uniform'");
+    // easyquant: weights only; its settings
+    load_ok("quant: {weight_quantizer: easyquant}\n", &c);
+    assert_int_equal(c.quant.weight_quantizer, QUANT_EASYQUANT);
+    assert_true(c.quant.easyquant_outlier_fraction == 0.005);
+    assert_int_equal(c.quant.easyquant_steps, 100);
+    assert_true(c.quant.easyquant_lr == 0.01);
+    assert_int_equal(load("quant: {act_quantizer: easyquant}\n", &c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.act_quantizer: easyquant quantizes weights only");
+    assert_int_equal(load("quant: {overrides: [{pattern: 'out.*', act_quantizer: easyquant}]}\n", &c, &e), ERR_VALUE);
+    assert_has(e.msg, "act_quantizer: expected a quantizer kind for activations");
+    assert_int_equal(load("quant: {easyquant_outlier_fraction: 1}\n", &c, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.easyquant_outlier_fraction");
 
     // an override may set only kinds; it round-trips through the resolved YAML
     load_ok("quant:\n  overrides:\n"

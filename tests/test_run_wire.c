@@ -102,6 +102,16 @@ static void test_quantizer_kinds(void **state) {
     assert_int_equal(qr.sel.a_kind, QUANT_UNIFORM);
     assert_int_equal(qr.sel.overrides[0].w_kind, 0);
     assert_int_equal(qr.sel.overrides[0].a_kind, 1 + QUANT_UNIFORM);
+    // easyquant's settings reach the layers' kinds
+    rc.quant.weight_quantizer = QUANT_EASYQUANT;
+    rc.quant.easyquant_outlier_fraction = 0.02;
+    rc.quant.easyquant_steps = 7;
+    rc.quant.easyquant_lr = 0.5;
+    assert_int_equal(run_qmodel_config(&qr, &rc, &e), 0);
+    assert_int_equal(qr.sel.w_kind, QUANT_EASYQUANT);
+    assert_true(qr.kp.outlier_fraction == 0.02);
+    assert_int_equal(qr.kp.fit_steps, 7);
+    assert_true(qr.kp.fit_lr == 0.5);
     rc.quant.weight_quantizer = QUANT_KIND_COUNT;
     e = (Err){0};
     assert_int_equal(run_qmodel_config(&qr, &rc, &e), ERR_VALUE);
