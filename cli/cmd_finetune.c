@@ -75,9 +75,6 @@ static void install_handlers(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-// The rise of the sampled validation's teacher error (relative) above which the summary warns.
-#define FINETUNE_REAL_WARN 0.02
-
 typedef struct {
     Progress bar;
     int64_t first;  // global step before this call
@@ -245,11 +242,11 @@ int cmd_finetune(int argc, char **argv) {
     // the teacher's denoising error on the samples rose with fine-tuning: on the test teachers
     // (docs/RESULTS.md) that went with a loss of judge precision and, on one, of test-set FID
     if (v.has_start && s.has_best && v.best_seen_epoch == s.best_epoch && s.best_epoch >= 0 &&
-        v.best_seen.real > v.start.real * (1.0 + FINETUNE_REAL_WARN))
-        fprintf(stderr, "effdm finetune: warning: the chosen epoch's samples are less plausible to the teacher than "
-                "the starting model's (naive PTQ): teacher denoising error x%.4f of its own samples vs x%.4f; on "
-                "test teachers this went with lower precision and, on one, a worse test-set FID than naive PTQ "
-                "(train.select_epoch best_sampled keeps the starting model in that case)\n",
+        fabs(v.best_seen.real - 1.0) > fabs(v.start.real - 1.0) + SAMPLED_REAL_TOL)
+        fprintf(stderr, "effdm finetune: warning: the chosen epoch's samples are further from the teacher's own in "
+                "how well the teacher denoises them than the starting model's (naive PTQ): x%.4f of its error on "
+                "its own samples vs x%.4f; on test teachers this went with lower precision and, on one, a worse "
+                "test-set FID than naive PTQ (train.select_epoch best_sampled keeps the starting model then)\n",
                 v.best_seen.real, v.start.real);
     if (s.has_best && s.best_epoch == -1 && s.epoch == s.epochs && s.epochs > 0 &&
         rc.train.select_epoch != RC_SELECT_LAST)

@@ -1,5 +1,5 @@
 /* cmd_forward.c: effdm forward: the raw UNet output of a CompVis LDM on .npy inputs, for
-   conversion checks against PyTorch (always the raw, non-EMA weights: DESIGN.md "Formats"). */
+   conversion checks against PyTorch (always the raw, non-EMA weights: docs/DESIGN.md "Formats"). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

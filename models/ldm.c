@@ -1,5 +1,5 @@
 /* ldm.c: CompVis LatentDiffusion (ldm/models/diffusion/ddpm.py, a506df5) for sampling:
-   loading with the EMA rules of DESIGN.md, schedule buffers, scale_factor, conditioning. */
+   loading with the EMA rules of docs/DESIGN.md, schedule buffers, scale_factor, conditioning. */
 #include "models/ldm.h"
 
 #include <math.h>

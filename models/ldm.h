@@ -10,7 +10,7 @@
        Tensor *img = ldm_decode_first_stage(&ctx, m, z);                // decoder(post_quant_conv(z / scale_factor))
        ldm_free(m);
 
-   Weights (DESIGN.md "Formats"):
+   Weights (docs/DESIGN.md "Formats"):
    - EMA: with use_ema true (the CompVis default when the key is absent) and a LitEma buffer
      for EVERY UNet parameter in the file, the UNet gets the EMA weights, as CompVis' scripts
      do inside ema_scope(). LitEma names a buffer by the parameter's DiffusionWrapper name

@@ -1,4 +1,4 @@
-/* calibrate.h: naive PTQ (EFFICIENTDM.md "Calibration data"): record the teacher's UNet
+/* calibrate.h: naive PTQ (docs/METHOD.md "Calibration data"): record the teacher's UNet
    inputs along its DDIM trajectories, build the student with 'max' weight ranges and fit
    the activation ranges in one forward of the fake-quantized network. Writing a run
    directory from this is the run layer's (run/run_calibrate.h: "calibrate this run").
@@ -49,7 +49,7 @@ typedef enum { RC_ACTR_SHARED, RC_ACTR_PER_STEP } RcActRanges;
 
 // The calib.* keys of a run config, as plain data: qalora/ owns what it is told, the run layer
 // (run/run_config.h) composes it into RunConfig and its key table addresses these fields, which
-// is why the struct keeps the run config's Rc name (DESIGN.md: qalora never includes run/).
+// is why the struct keeps the run config's Rc name (docs/DESIGN.md: qalora never includes run/).
 typedef struct {
     int steps;
     double eta, scale;

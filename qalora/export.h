@@ -1,4 +1,4 @@
-/* export.h: the deployed model (EFFICIENTDM.md "Output and sampling"): LoRA merged into
+/* export.h: the deployed model (docs/METHOD.md "Output and sampling"): LoRA merged into
    integer weights, packed, with everything sampling needs in one .safetensors, and the
    loader that samples from it.
 

@@ -36,7 +36,7 @@
    with K = Cin·kh·kw (conv) or in (linear), S = n_entries; qlayer_sizes gives the counts
    (0 for special layers). W_int, z_w and all special-layer state are owned by the layer.
 
-   Calibration (activation ranges, EFFICIENTDM.md "Calibration data"): with calib =
+   Calibration (activation ranges, docs/METHOD.md "Calibration data"): with calib =
    QCALIB_FIT the next forward fits q_a to the input the layer really receives (a_init,
    'mse' by default) and writes the result into every table entry, then quantizes with it,
    as the reference's first forward does; run one forward of the whole model in that mode

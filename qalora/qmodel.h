@@ -109,7 +109,7 @@ typedef struct {
     int32_t state_fp_bits;      // 16 or 32: the FP layers' weight precision, written to the state
 } QModel;
 
-// Parameter groups of the trainable tensors (EFFICIENTDM.md "Distillation loop", 3).
+// Parameter groups of the trainable tensors (docs/METHOD.md "Distillation loop", 3).
 typedef enum {
     QMODEL_GROUP_LORA,          // LoRA A, B: lr = qmodel_lora_lr(layer)
     QMODEL_GROUP_W_DELTA_Q,     // Δ_w, quantizer-path gradient
@@ -153,7 +153,7 @@ QLayer *qmodel_find(QModel *q, const char *name);
 // Δ_w quantizer path, Δ_w base path, Δ_a, z_a). out may be NULL to count; otherwise it
 // holds at least that many. Returns the count.
 int qmodel_trainable(QModel *q, QTrainable *out);
-// LoRA learning rate of q->q[layer]: mean(Δ_w of that layer) / divisor (EFFICIENTDM.md
+// LoRA learning rate of q->q[layer]: mean(Δ_w of that layer) / divisor (docs/METHOD.md
 // "scale-aware LoRA optimization"), from the CURRENT Δ_w: call it when fine-tuning starts.
 double qmodel_lora_lr(const QModel *q, int layer, double divisor);
 // Points every trainable gradient into grads (q->n_grads floats, the same layout) and zeroes
@@ -166,7 +166,7 @@ void qmodel_zero_grads(QModel *q);
 // One forward of the student: fills the model's input itself and returns its output (or
 // NULL with c->err set).
 typedef Tensor *(*QModelForwardFn)(Ctx *c, void *user);
-// EFFICIENTDM.md "Calibration data": runs ONE forward of the fake-quantized network with
+// docs/METHOD.md "Calibration data": runs ONE forward of the fake-quantized network with
 // every quantized layer in QCALIB_FIT, so each layer's activation range is fitted (a_init)
 // on the input it really receives from the already quantized layers before it. Grad mode
 // is off; the arena is released back afterwards; the student stays enabled as it was.

@@ -1,4 +1,4 @@
-/* select.h: which layers of a model are quantized, and how (EFFICIENTDM.md "Which layers
+/* select.h: which layers of a model are quantized, and how (docs/METHOD.md "Which layers
    are quantized", the reference's QuantModel_intnlora.quant_module_refactor).
 
    Over a model's layer list in registration order (unet_layers):

@@ -1,5 +1,5 @@
 /* run_config.h: the effdm run config (YAML) as a RunConfig: every method default of
-   EFFICIENTDM.md is a key, every value is type- and range-checked, unknown keys are errors.
+   docs/METHOD.md is a key, every value is type- and range-checked, unknown keys are errors.
 
        RunConfig rc;
        Err e = {0};
@@ -77,10 +77,10 @@
    | train.guidance_gain          R   | off / fit               | fit: the export fits one gain per step on the guidance term to the teacher (qalora/guidance_gain.h); off: none |
    | train.guidance_fit_samples       | 256                     | teacher trajectories of that fit (64 gave gains 1.086-1.166 for one recipe: its error curve is flat) |
    | train.trajectory               * | teacher                 | whose guided ε moves the training trajectory x_t -> x_{t-1}: teacher (reference) or student (the student is trained where its own sampler goes) |
-   | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's; best_val: the lowest validation error; best_sampled: the lowest sampled score (mse/mse0 + fd/fd0) among the epochs at least as good as the starting model (0) on mse and fd with real at most 2% above its (trainer.c), else the starting model (naive PTQ) - needs val_samples >= 8 |
+   | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's; best_val: the lowest validation error; best_sampled: the lowest sampled score (mse/mse0 + fd/fd0) among the epochs at least as good as the starting model (0) on mse and fd with |real - 1| at most 0.02 above its (trainer.c), else the starting model (naive PTQ) - needs val_samples >= 8 |
    | train.val_every                  | 10                      | validation error every N epochs (0: never; best_val needs >= 1) |
    | train.val_inputs               * | 64                      | held-out calibration inputs of the validation error |
-   | train.val_samples            R * | 0 / 32                  | images of the sampled validation (train/sample_check.c): sampled with the sample.* protocol by the teacher and by the student at every validation; logged: the final latents' mean squared difference (mse) and Fréchet distance (fd), and the teacher's denoising error on the student's samples relative to its own (real); finetune warns when the chosen epoch's real is > 2% above the starting model's; 0: off |
+   | train.val_samples            R * | 0 / 32                  | images of the sampled validation (train/sample_check.c): sampled with the sample.* protocol by the teacher and by the student at every validation; logged: the final latents' mean squared difference (mse) and Fréchet distance (fd), and the teacher's denoising error on the student's samples relative to its own (real); finetune warns when the chosen epoch's |real - 1| exceeds the starting model's by > 0.02; 0: off |
    | train.checkpoint_every           | 1                       | checkpoint every N epochs (0: only at the end and on a signal) |
    | train.sample_every               | 20                      | sample grid every N epochs (0: never) |
    | train.seed                     * | 3407                    | RNG seed of the distillation (labels, x_T, eta noise) |

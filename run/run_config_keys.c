@@ -28,7 +28,7 @@ static const char *const ACT_RANGES_NAMES[] = {"shared", "per_step"};
 
 const double RC_BIG = 1e9;
 
-// Rows of one group are contiguous (the writer opens each group once). EFFICIENTDM.md's
+// Rows of one group are contiguous (the writer opens each group once). docs/METHOD.md's
 // reference defaults are in def[RC_RECIPE_REFERENCE]; effdm's differ only where the header says R.
 const KeyDesc RC_KEYS[] = {
     {.path = "model.ldm_config", .type = K_STR, .off = offsetof(RunConfig, model.ldm_config),

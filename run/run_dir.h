@@ -1,5 +1,5 @@
 /* run_dir.h: which run directory a `finetune` command works on, with which config, and in
-   what state it is (DESIGN.md "Formats": config.yaml, calib.safetensors, state.safetensors,
+   what state it is (docs/DESIGN.md "Formats": config.yaml, calib.safetensors, state.safetensors,
    best.safetensors, log.csv, samples/).
 
        RunConfig rc; RunDirStatus st;

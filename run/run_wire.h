@@ -1,5 +1,5 @@
 /* run_wire.h: a RunConfig as the plain structs the layers below it take. qalora/ and train/
-   never include run/ (DESIGN.md "Data flows one way": ... -> qalora -> train -> run -> cli):
+   never include run/ (docs/DESIGN.md "Data flows one way": ... -> qalora -> train -> run -> cli):
    each owns the struct that says what it needs (qalora/qmodel.h QModelConfig, ...), and this
    file is the one place that knows both sides, so a new run-config key that a method needs is
    a field there plus one line here. (The calib.*, train.* and sample.* groups need no mapping:

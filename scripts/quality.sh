@@ -9,7 +9,7 @@
 # by $QUALITY_DIR/runs/NAME); the variant `fp` is the FP teacher. For each variant:
 #   finetune (calibrates first; train.epochs 0 = naive PTQ) under /usr/bin/time -v
 #     -> $Q/runs/NAME/, $Q/meta/NAME.finetune.json (wall seconds, peak RSS)
-#   export (--epoch best when train.select_epoch is best_val) -> $Q/models/NAME.safetensors,
+#   export (--epoch best when train.select_epoch is best_val or best_sampled) -> $Q/models/NAME.safetensors,
 #     $Q/meta/NAME.export.json (file size, UNet part size)
 #   for each seed S: sample N class-balanced images, DDIM 20 steps, eta 0, guidance 3.0 (the
 #     paper protocol) -> $Q/samples/NAME/sS_nN/
@@ -93,7 +93,7 @@ finetune() {  # NAME
 export_model() {  # NAME
     local name=$1 run=$Q/runs/$1 out=$Q/models/$1.safetensors epoch=last
     [[ -f $out && -f $Q/meta/$name.export.json ]] && return 0
-    if grep -Eq '^\s*select_epoch:\s*best_val' "$run/config.yaml" && [[ -f $run/best.safetensors ]]; then
+    if grep -Eq '^\s*select_epoch:\s*best_(val|sampled)' "$run/config.yaml" && [[ -f $run/best.safetensors ]]; then
         epoch=best
     fi
     log "$name: export --epoch $epoch"

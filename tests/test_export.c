@@ -26,7 +26,7 @@
 #include "sample/generate.h"
 #include "test_export_fixture.h"
 
-static const double TOL_EXPORT = 1e-5;  // EFFICIENTDM.md: the export computes the student exactly
+static const double TOL_EXPORT = 1e-5;  // docs/METHOD.md: the export computes the student exactly
 static const double SIZE_TARGET = 1.0 / 6.0;  // W4: UNet part <= 1/6 of the FP32 UNet
 static const int N_IN = 3;
 

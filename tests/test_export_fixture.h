@@ -119,7 +119,7 @@ static void student_make(QModel *q, Ctx *c, Teacher *T, const RunConfig *rc, int
 }
 
 // Rounds the student's activation zero points (the export's activation reference uses the
-// rounded z_a, EFFICIENTDM.md TALSQ) and exports it to a new temporary file: its path.
+// rounded z_a, docs/METHOD.md TALSQ) and exports it to a new temporary file: its path.
 static char *student_export(QModel *q, Teacher *T, ExportSummary *s) {
     for (int k = 0; k < q->n_q; k++) quantizer_round_zero(&q->q[k].aq);
     char *path = tmp_path(".safetensors");

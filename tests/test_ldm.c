@@ -1,4 +1,4 @@
-/* test_ldm.c: LatentDiffusion loading (models/ldm.h). The EMA rules of DESIGN.md on copies of
+/* test_ldm.c: LatentDiffusion loading (models/ldm.h). The EMA rules of docs/DESIGN.md on copies of
    the unet_cin fixture with LitEma buffers added (full, partial, --ema on/off, use_ema false);
    missing / misshapen / unknown tensors; apply_model with class labels against the fixture's
    eps (the ClassEmbedder context path); the schedule and scale_factor of the shipped teacher

@@ -1,6 +1,6 @@
 /* test_qmodel.c: the quantized student over the shipped teacher (models/zoo/fmnist-ldm):
    layer selection (counted here from the names), the naive-PTQ student against weights
-   fake-quantized in this file with EFFICIENTDM.md's formulas, the FP teacher path when
+   fake-quantized in this file with docs/METHOD.md's formulas, the FP teacher path when
    disabled, the TALSQ entry mapping, the trainable-tensor listing and gradient binding,
    the state round trip (bit-identical outputs) and its mismatch errors, the layers'
    quantizer kinds in the state (an older state without them loads as uniform). (The run
@@ -175,7 +175,7 @@ static void test_selection(void **state) {
 
 /* ---- naive PTQ and the FP path -------------------------------------------------------- */
 
-// EFFICIENTDM.md "Quantizers": q(x) = (clamp(round(x/Δ) + z, 0, 2^b - 1) - z) · Δ.
+// docs/METHOD.md "Quantizers": q(x) = (clamp(round(x/Δ) + z, 0, 2^b - 1) - z) · Δ.
 static float fq(float x, float d, float z, int bits) {
     float v = rintf(x / d) + z, qmax = (float)((1 << bits) - 1);
     v = v < 0 ? 0 : (v > qmax ? qmax : v);

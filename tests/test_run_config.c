@@ -1,5 +1,5 @@
 /* test_run_config.c: the run config (run/run_config.h): the reference recipe's defaults are
-   EFFICIENTDM.md's numbers (written out here from that page, not read from the code), unknown
+   docs/METHOD.md's numbers (written out here from that page, not read from the code), unknown
    keys with suggestions, type and range errors naming file, key path and line, the round trip
    through the resolved YAML, resume comparisons, per-layer quantization, the shipped configs. */
 #include "testutil.h"
@@ -63,7 +63,7 @@ static void load_ok(const char *text, RunConfig *c) {
     assert_int_equal(rc, 0);
 }
 
-// EFFICIENTDM.md, section by section.
+// docs/METHOD.md, section by section.
 static void test_reference_defaults(void **state) {
     RunConfig c;
     load_ok("train:\n  recipe: reference\n", &c);
@@ -124,7 +124,7 @@ static void test_reference_defaults(void **state) {
     assert_int_equal(c.sample.steps, 20);
     assert_true(c.sample.eta == 0.0);
     assert_true(c.sample.scale == 3.0);
-    // DESIGN.md: the shipped teacher by default; EMA auto
+    // docs/DESIGN.md: the shipped teacher by default; EMA auto
     assert_string_equal(c.model.ldm_config, "models/zoo/fmnist-ldm/config.yaml");
     assert_string_equal(c.model.ckpt, "models/zoo/fmnist-ldm/model.ckpt");
     assert_int_equal(c.model.ema, RC_EMA_AUTO);

@@ -1,4 +1,4 @@
-/* distill_loss.h: the distillation loss of one step (EFFICIENTDM.md "Distillation loop" and
+/* distill_loss.h: the distillation loss of one step (docs/METHOD.md "Distillation loop" and
    "Measured on the shipped teacher"), on the tape.
 
    The student's output q and the teacher's p are batches laid out as the reference's guided

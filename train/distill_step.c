@@ -1,4 +1,4 @@
-/* distill_step.c: one distillation step (EFFICIENTDM.md "Distillation loop", 2.): teacher ε
+/* distill_step.c: one distillation step (docs/METHOD.md "Distillation loop", 2.): teacher ε
    without gradient, student ε with TALSQ entry of t, loss, backward, AdamW, and the DDIM
    update of the trajectory with the teacher's guided ε - the reference's
    DDIMSampler_trainer.p_sample_ddim. */

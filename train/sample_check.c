@@ -37,12 +37,6 @@ typedef struct {
     volatile sig_atomic_t *stop;
 } CheckState;
 
-static void on_eval(int step, int total, int timestep, void *user) {
-    (void)step;
-    (void)total;
-    qmodel_set_timestep(&((Trainer *)user)->q, timestep);
-}
-
 static int on_batch(const float *images, const int *shape, const float *z, const int *labels, int first, int count,
                     void *user, Err *e) {
     (void)images, (void)shape, (void)labels;
@@ -70,7 +64,7 @@ static int sample_latents(Trainer *tr, int student, float *z, volatile sig_atomi
                                   .steps = s->steps,
                                   .eta = (float)s->eta,
                                   .scale = (float)s->scale,
-                                  .on_eval = student ? on_eval : NULL,
+                                  .on_eval = student ? trainer_sampler_on_eval : NULL,
                                   .user = tr},
                       .seed = (uint64_t)tr->cfg.train.seed + 1,
                       .batch = 16,

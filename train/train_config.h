@@ -4,7 +4,7 @@
        trainer_open(&tr, &tc, &student_qmodel_config, ldm, "runs/x", &e);   // train/trainer.h
 
    A run fills it from its run config (run/run_wire.h run_train_config). The trainer sits below
-   the run layer (DESIGN.md "Data flows one way": qalora -> train -> run -> cli), so the
+   the run layer (docs/DESIGN.md "Data flows one way": qalora -> train -> run -> cli), so the
    structs it reads live here and run/run_config.h composes them into RunConfig - not the other
    way round. RcTrain, RcOptimizer and RcSample are the run config's train.*, train.optimizer.*
    and sample.* groups field for field (every key, its default and its meaning:

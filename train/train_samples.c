@@ -21,7 +21,7 @@ typedef struct {
     volatile sig_atomic_t *stop;
 } GridState;
 
-static void on_eval(int step, int total, int timestep, void *user) {
+void trainer_sampler_on_eval(int step, int total, int timestep, void *user) {
     (void)step;
     (void)total;
     qmodel_set_timestep(&((Trainer *)user)->q, timestep);
@@ -59,7 +59,7 @@ int trainer_sample_grid(Trainer *tr, int epoch, volatile sig_atomic_t *stop, cha
                                   .steps = s->steps,
                                   .eta = (float)s->eta,
                                   .scale = (float)s->scale,
-                                  .on_eval = on_eval,
+                                  .on_eval = trainer_sampler_on_eval,
                                   .user = tr},
                       .seed = (uint64_t)s->seed,
                       .batch = 16,

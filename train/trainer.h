@@ -1,4 +1,4 @@
-/* trainer.h: EfficientDM's data-free distillation (EFFICIENTDM.md "Distillation loop"):
+/* trainer.h: EfficientDM's data-free distillation (docs/METHOD.md "Distillation loop"):
    the quantized student (qalora/qmodel.h) learns the FP teacher's ε along the teacher's
    own DDIM trajectories, one AdamW step per trajectory step, with exact resume.
 
@@ -35,7 +35,7 @@
    gradient -; the TALSQ tables Δ_a, z_a at lr_act. Every rate times the schedule factor
    (train/schedule.h) over epochs x S steps.
 
-   Run directory (DESIGN.md "Formats"; everything written atomically, tmp + rename):
+   Run directory (docs/DESIGN.md "Formats"; everything written atomically, tmp + rename):
      config.yaml        the resolved run config
      calib.safetensors  recorded teacher UNet inputs (written by calibration)
      state.safetensors  the run state (train/run_state.h): student, AdamW, position, RNG, ...
@@ -100,6 +100,10 @@ typedef struct {
     double real;  // the teacher's denoising error on the student's samples over that on its own (1: as
                   // plausible to the teacher as its own samples; higher: less plausible)
 } SampleCheck;
+
+// How far real may move further from 1 than the starting model's before finetune warns and
+// best_sampled refuses an epoch.
+#define SAMPLED_REAL_TOL 0.02
 
 // One validation (epoch -1: the starting model).
 typedef struct {

@@ -120,6 +120,9 @@ int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, 
 int trainer_sample_check(Trainer *tr, volatile sig_atomic_t *stop, SampleCheck *out, Err *e);
 
 /* train_samples.c */
+// SamplerOpts.on_eval for sampling the student (user = the Trainer): the TALSQ entry of the
+// timestep about to be evaluated.
+void trainer_sampler_on_eval(int step, int total, int timestep, void *user);
 // samples/epoch_NNN.png of the student (sample.* keys). 0 or an ERR_ code.
 int trainer_sample_grid(Trainer *tr, int epoch, volatile sig_atomic_t *stop, char *path, size_t path_size, Err *e);
 

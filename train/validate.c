@@ -1,4 +1,4 @@
-/* validate.c: the validation error of a run (DESIGN.md "Formats": student vs teacher ε on a
+/* validate.c: the validation error of a run (docs/DESIGN.md "Formats": student vs teacher ε on a
    fixed set of held-out calibration inputs, to choose epochs and catch divergence).
 
    The inputs: calib.safetensors' recorded teacher UNet inputs minus those the activation

@@ -45,7 +45,7 @@ int unet_load(UNet *m, WeightFile *f, const char *prefix, int *unknown, Err *e) 
     }
     if (unknown) {
         // Tensors under prefix the architecture does not have (reported, not an error:
-        // DESIGN.md "Unknown keys are reported").
+        // docs/DESIGN.md "Unknown keys are reported").
         *unknown = 0;
         for (int i = 0; i < weights_count(f); i++) {
             const char *name = weights_info(f, i)->name;
