@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/threads.h"
+
 double bench_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -92,7 +94,11 @@ double bench_sgemm_seconds(int M, int N, int K, double min_seconds) {
                    malloc(sizeof(float) * (size_t)M * N)};
     for (size_t i = 0; i < (size_t)M * K; i++) s.a[i] = (float)(i % 17) * 0.01f;
     for (size_t i = 0; i < (size_t)K * N; i++) s.b[i] = (float)(i % 13) * 0.01f;
+    // the reference is OpenBLAS threading one call on every thread (effdm runs it on one
+    // thread per tile: util/threads.h)
+    openblas_set_num_threads(threads_get());
     double t = bench_time(sgemm_run, &s, min_seconds);
+    openblas_set_num_threads(1);
     free(s.a);
     free(s.b);
     free(s.c);

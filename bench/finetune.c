@@ -23,7 +23,7 @@
    Memory: peak RSS (VmHWM, reset after setup through /proc/self/clear_refs) against teacher FP weights + the student's QALoRA state +
    AdamW (gradient block and moments) + the step's activations (the arena in use when the
    backward starts: tape, saved values, the teacher's output) - the trainer's own counts.
-   Unless OMP_WAIT_POLICY is set, it restarts itself once with PASSIVE (as bench/ops). */
+   It restarts itself once with effdm's OpenMP spin setting (util/threads.h). */
 #include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
@@ -236,11 +236,7 @@ static void usage(const char *argv0) {
 }
 
 int main(int argc, char **argv) {
-    if (!getenv("OMP_WAIT_POLICY")) {  // see bench/ops.c: spinning OpenMP threads starve OpenBLAS
-        setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-        execv("/proc/self/exe", argv);
-        unsetenv("OMP_WAIT_POLICY");
-    }
+    threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
     int threads = 0, batch = 0, steps = -1, warmup = -1, profile = 0, cin256 = 0;
     RcRecipe recipe = RC_RECIPE_REFERENCE;
     const char *cfg = NULL;
@@ -292,9 +288,10 @@ int main(int argc, char **argv) {
             }
         fclose(fp);
     }
-    printf("finetune bench  %s  cores %ld  thr=%d blas=%s simd=%s OMP_WAIT_POLICY=%s\n", model,
-           sysconf(_SC_NPROCESSORS_ONLN), threads_get(), threads_blas_name(), bench_cpu_flags(),
-           getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "(default)");
+    printf("finetune bench  %s  cores %ld  thr=%d blas=%s simd=%s OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n",
+           model, sysconf(_SC_NPROCESSORS_ONLN), threads_get(), threads_blas_name(), bench_cpu_flags(),
+           getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "(default)",
+           getenv("GOMP_SPINCOUNT") ? getenv("GOMP_SPINCOUNT") : "(default)");
     printf("model config %s\n", cfg);
     const int fm_batches[2] = {2, 8};
     int nb = batch ? 1 : (cin256 ? 1 : 2);

@@ -4,9 +4,8 @@
 
        ./build/bench/ops --threads 2 [--seconds 1]
 
-   Unless OMP_WAIT_POLICY is set, it restarts itself once with PASSIVE (see main: the
-   default spin policy costs the GEMMs after every OpenMP loop a core); the header line
-   says which policy ran.
+   It restarts itself once with effdm's OpenMP spin setting (util/threads.h); the header
+   line says which policy ran.
 
    Each case is first checked against naive double loops (a sample of outputs and of
    every input gradient); a mismatch stops the bench with status 1. Times are medians
@@ -538,16 +537,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
-    // libgomp reads OMP_WAIT_POLICY once, when it loads. Its default lets an idle OpenMP
-    // thread spin for milliseconds after each parallel loop, taking the core the next
-    // sgemm's OpenBLAS thread needs (measured: linear forward at 0.55 of sgemm instead of
-    // 1.0 on 2 cores). Unless the caller chose a policy, restart once with PASSIVE.
-    if (!getenv("OMP_WAIT_POLICY")) {
-        setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-        execv("/proc/self/exe", argv);
-        fprintf(stderr, "bench ops: could not restart with OMP_WAIT_POLICY=PASSIVE; timing with the default\n");
-        unsetenv("OMP_WAIT_POLICY");
-    }
+    threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
@@ -575,8 +565,10 @@ int main(int argc, char **argv) {
     snprintf(g_tags, sizeof g_tags, "thr=%d blas=%s simd=%s", threads_get(), threads_blas_name(),
              strstr(flags, "avx512f") ? "avx512" : strstr(flags, "avx2") ? "avx2" : "none");
     const char *policy = getenv("OMP_WAIT_POLICY");
-    printf("bench ops: threads=%d blas=%s (core %s) OMP_WAIT_POLICY=%s cpu flags: %s\n", threads_get(),
-           threads_blas_name(), openblas_get_corename(), policy ? policy : "(default)", flags);
+    const char *spin = getenv("GOMP_SPINCOUNT");
+    printf("bench ops: threads=%d blas=%s (core %s) OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s cpu flags: %s\n",
+           threads_get(), threads_blas_name(), openblas_get_corename(), policy ? policy : "(default)",
+           spin ? spin : "(default)", flags);
     Rng rng;
     rng_seed(&rng, 2024, 0);
     bench_conv(8, 64, 32, 3, &rng);

@@ -102,6 +102,7 @@ static float *forward_copy(Ctx *c, Case *k, BenchFwd *f) {
 }
 
 int main(int argc, char **argv) {
+    threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
     int threads = 0, rounds = 3;
     const char *w4a8 = NULL, *w4a4 = NULL, *kernel = "auto";
     for (int i = 1; i < argc; i++) {

@@ -57,6 +57,7 @@ static int count_batch(const float *images, const int *shape, const float *z, co
 }
 
 int main(int argc, char **argv) {
+    threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
     int threads = 0;
     const char *cfg = NULL, *ckpt = NULL;
     for (int i = 1; i < argc; i++) {

@@ -201,11 +201,6 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d thread%s)\n", rc.run.out,
                 trainer_resumed(tr) ? "resuming" : "starting", epoch + 1, rc.train.epochs, step, S, threads_get(),
                 threads_get() == 1 ? "" : "s");
-    int saved = trainer_saved_threads(tr);
-    if (saved > 0 && saved != threads_get())
-        fprintf(stderr, "effdm finetune: note: the run was computed with %d threads, it continues with %d: the "
-                "result will not be bit-identical to an uninterrupted run (use --threads %d for that)\n", saved,
-                threads_get(), saved);
     progress_start(&v.bar, "finetune", (long)(total - v.first));
     install_handlers();
     TrainerHooks h = {.on_step = on_step, .on_val = on_val, .on_note = on_note, .user = &v, .stop = &stop_signal};

@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "util/threads.h"
 
 typedef struct {
     const char *name;
@@ -37,21 +38,8 @@ static void usage(FILE *fp) {
             "exit status: 0 success, 2 bad input (arguments, files, configs), 1 other failure\n");
 }
 
-// OpenBLAS (pthread build) and OpenMP keep separate thread pools. libgomp's idle threads
-// spin-wait by default after each parallel region, and while they spin they take the
-// cores OpenBLAS' threads need: measured on 2 cores, a 16-image 20-step sample took
-// 29.6 s with spinning threads against 2.2 s with OMP_WAIT_POLICY=PASSIVE. libgomp reads
-// the variable when it loads, before main, so we set it and re-execute once (a user's
-// explicit setting is kept).
-static void ensure_passive_omp_wait(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
-    execv("/proc/self/exe", argv);
-    // exec failed (no /proc): continue with the default policy, only slower
-}
-
 int main(int argc, char **argv) {
-    ensure_passive_omp_wait(argv);
+    threads_reexec_spinning(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

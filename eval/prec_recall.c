@@ -1,7 +1,7 @@
 /* prec_recall.c: see prec_recall.h. */
 #include "eval/prec_recall.h"
 
-#include <cblas.h>
+#include "autograd/ops/gemm_util.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +18,7 @@ static void row_norms(const float *x, size_t n, int D, double *nrm) {
 
 // dots (m, n) = a (m, D) b^T (b: (n, D)), float32 GEMM.
 static void block_dots(const float *a, size_t m, const float *b, size_t n, int D, float *dots) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, D, 1.0f, a, D, b, D, 0.0f, dots,
-                (int)n);
+    gemm_rm(0, 1, (int)m, (int)n, D, 1.0f, a, D, b, D, 0.0f, dots, (int)n);
 }
 
 static double sq_dist(double na, double nb, float dot) {

@@ -2,7 +2,7 @@
    special 8-bit layer (QuantModule). */
 #include "qalora/qlayer.h"
 
-#include <cblas.h>
+#include "autograd/ops/gemm_util.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,8 +233,8 @@ static void qweight_compute(const QLayer *q, float *out) {
     size_t K = q->k;
     quantizer_decode(&q->wq, out, q->w_int, (size_t)q->cout * K, 0);
     if (q->rank > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, q->cout, (int)K, q->rank, 1.0f, q->lora_b.data,
-                    q->rank, q->lora_a.data, (int)K, 1.0f, out, (int)K);
+        gemm_rm(0, 0, q->cout, (int)K, q->rank, 1.0f, q->lora_b.data, q->rank, q->lora_a.data, (int)K, 1.0f, out,
+                (int)K);
 }
 
 // in[0] = w_delta_base, in[1] = lora_a, in[2] = lora_b (NULL without LoRA); saved = the QLayer.
@@ -252,14 +252,12 @@ static void qweight_backward(Ctx *c, TapeNode *nd) {
     if (b && b->requires_grad) {
         float *dB = tensor_grad(c, b);
         if (!dB) return;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q->cout, q->rank, (int)K, 1.0f, g, (int)K, a->data,
-                    (int)K, 1.0f, dB, q->rank);
+        gemm_rm(0, 1, q->cout, q->rank, (int)K, 1.0f, g, (int)K, a->data, (int)K, 1.0f, dB, q->rank);
     }
     if (a && a->requires_grad) {
         float *dA = tensor_grad(c, a);
         if (!dA) return;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, q->rank, (int)K, q->cout, 1.0f, b->data, q->rank, g,
-                    (int)K, 1.0f, dA, (int)K);
+        gemm_rm(1, 0, q->rank, (int)K, q->cout, 1.0f, b->data, q->rank, g, (int)K, 1.0f, dA, (int)K);
     }
 }
 

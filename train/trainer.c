@@ -225,7 +225,6 @@ void trainer_position(const Trainer *tr, int *epoch, int *step) {
     *step = tr->step;
 }
 int trainer_steps_per_epoch(const Trainer *tr) { return tr->S; }
-int trainer_saved_threads(const Trainer *tr) { return tr->resumed ? tr->saved_threads : 0; }
 int trainer_resumed(const Trainer *tr) { return tr->resumed; }
 Ldm *trainer_ldm(Trainer *tr) { return tr->m; }
 QModel *trainer_qmodel(Trainer *tr) { return &tr->q; }

@@ -171,8 +171,7 @@ void trainer_position(const Trainer *tr, int *epoch, int *step);
 int trainer_steps_per_epoch(const Trainer *tr);
 // 1 when the opened state was a run in progress (not a freshly calibrated student).
 int trainer_resumed(const Trainer *tr);
-// Thread count the opened run state was computed with (0: unknown, or a calibrated state).
-int trainer_saved_threads(const Trainer *tr);
+
 // The teacher and the student (for tests and tools); owned by tr.
 Ldm *trainer_ldm(Trainer *tr);
 QModel *trainer_qmodel(Trainer *tr);

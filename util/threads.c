@@ -11,7 +11,9 @@ void threads_set(int n) {
     if (n <= 0) n = threads_default();
     g_threads = n;
     omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+    // OpenBLAS runs single-threaded: gemm_rm (autograd/ops/gemm_util.h) spreads its fixed
+    // tiles over the OpenMP threads, so results do not depend on the thread count
+    openblas_set_num_threads(1);
 }
 
 int threads_get(void) { return g_threads; }
@@ -34,4 +36,11 @@ const char *threads_blas_name(void) {
     case 2: return "openblas-openmp";
     default: return "openblas";
     }
+}
+
+void threads_reexec_spinning(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("GOMP_SPINCOUNT", "30000000", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    unsetenv("GOMP_SPINCOUNT");
 }

@@ -2,8 +2,9 @@
 
    Layouts ('b n (h d)', CompVis CrossAttention after its rearrange): q (B, Tq, H d),
    k (B, Tk, H d), v (B, Tk, H dv), out (B, Tq, H dv); head h of a row is the slice
-   [h d, (h+1) d). Every per-head product is one cblas_sgemm whose leading dimension
-   (H d or H dv) steps over the other heads, so heads are used in place, never permuted.
+   [h d, (h+1) d). Every per-head product is one gemm_rm whose leading dimension (H d or
+   H dv) steps over the other heads, so heads are used in place, never permuted; the heads
+   run in parallel (each writes its own slice), each GEMM's tiles in order.
    P (B, H, Tq, Tk), the softmax probabilities, is the only value kept for backward.
 
    Forward per head: S = q k^T scale, P = softmax(S) by rows, out = P v.
@@ -117,26 +118,24 @@ static void attention_forward(float *out, float *P, const float *q, const float 
                               const AttnGeom *g) {
     int ldq = g->H * g->d, ldv = g->H * g->dv;
     size_t tt = (size_t)g->Tq * g->Tk;
-    // S for every head first, then all softmax rows in one parallel loop, then P v:
-    // OpenMP and OpenBLAS threads take turns three times, not three times per head.
-    for (int b = 0; b < g->B; b++) {
-        for (int h = 0; h < g->H; h++) {
-            const float *qh = q + (size_t)b * g->Tq * ldq + (size_t)h * g->d;
-            const float *kh = k + (size_t)b * g->Tk * ldq + (size_t)h * g->d;
-            float *Pbh = P + ((size_t)b * g->H + h) * tt;
-            gemm_rm(0, 1, g->Tq, g->Tk, g->d, 1.0f, qh, ldq, kh, ldq, 0.0f, Pbh, g->Tk);
-        }
+    // S for every head first, then all softmax rows in one parallel loop, then P v
+    int heads = g->B * g->H;
+#pragma omp parallel for schedule(static) if (heads > 1)
+    for (int bh = 0; bh < heads; bh++) {
+        int b = bh / g->H, h = bh % g->H;
+        const float *qh = q + (size_t)b * g->Tq * ldq + (size_t)h * g->d;
+        const float *kh = k + (size_t)b * g->Tk * ldq + (size_t)h * g->d;
+        gemm_rm(0, 1, g->Tq, g->Tk, g->d, 1.0f, qh, ldq, kh, ldq, 0.0f, P + (size_t)bh * tt, g->Tk);
     }
     size_t rows = (size_t)g->B * g->H * g->Tq;
 #pragma omp parallel for schedule(static) if (rows * g->Tk >= GEMM_OMP_MIN_WORK)
     for (size_t r = 0; r < rows; r++) softmax_row(P + r * g->Tk, g->Tk, g->scale);
-    for (int b = 0; b < g->B; b++) {
-        for (int h = 0; h < g->H; h++) {
-            const float *vh = v + (size_t)b * g->Tk * ldv + (size_t)h * g->dv;
-            const float *Pbh = P + ((size_t)b * g->H + h) * tt;
-            float *oh = out + (size_t)b * g->Tq * ldv + (size_t)h * g->dv;
-            gemm_rm(0, 0, g->Tq, g->dv, g->Tk, 1.0f, Pbh, g->Tk, vh, ldv, 0.0f, oh, ldv);
-        }
+#pragma omp parallel for schedule(static) if (heads > 1)
+    for (int bh = 0; bh < heads; bh++) {
+        int b = bh / g->H, h = bh % g->H;
+        const float *vh = v + (size_t)b * g->Tk * ldv + (size_t)h * g->dv;
+        float *oh = out + (size_t)b * g->Tq * ldv + (size_t)h * g->dv;
+        gemm_rm(0, 0, g->Tq, g->dv, g->Tk, 1.0f, P + (size_t)bh * tt, g->Tk, vh, ldv, 0.0f, oh, ldv);
     }
 }
 
@@ -159,6 +158,7 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     int ldq = g->H * g->d, ldv = g->H * g->dv, Tq = g->Tq, Tk = g->Tk;
     size_t tt = (size_t)Tq * Tk;
     int heads = g->B * g->H, chunk = attention_backward_chunk(g);
+#pragma omp parallel for schedule(static) if (heads > 1 && dv)
     for (int bh = 0; bh < heads; bh++) {  // dv (Tk, dv) += P^T dO
         int b = bh / g->H, h = bh % g->H;
         size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
@@ -167,6 +167,7 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     if (!dq && !dk) return;
     for (int h0 = 0; h0 < heads; h0 += chunk) {
         int nh = heads - h0 < chunk ? heads - h0 : chunk;
+#pragma omp parallel for schedule(static) if (nh > 1)
         for (int i = 0; i < nh; i++) {  // dP = dO v^T into scratch
             int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
             size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
@@ -176,6 +177,7 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
         const float *Pc = P + h0 * tt;
 #pragma omp parallel for schedule(static) if (rows * Tk >= GEMM_OMP_MIN_WORK)
         for (size_t r = 0; r < rows; r++) softmax_row_backward(scratch + r * Tk, Pc + r * Tk, Tk);
+#pragma omp parallel for schedule(static) if (nh > 1)
         for (int i = 0; i < nh; i++) {
             int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
             size_t qo = (size_t)b * Tq * ldq + (size_t)h * g->d, ko = (size_t)b * Tk * ldq + (size_t)h * g->d;

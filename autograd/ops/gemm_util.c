@@ -2,11 +2,63 @@
 #include "autograd/ops/gemm_util.h"
 
 #include <cblas.h>
+#include <omp.h>
+#include <stdint.h>
 #include <string.h>
 
 // Columns summed by one OpenMP task: wide enough for unit-stride inner loops, narrow
 // enough that 512 columns still make several tasks for two threads.
 #define COLSUM_BLOCK 64
+
+/* The tiling of one GEMM: C is cut into pm x pn tiles, each one single-threaded cblas_sgemm
+   call, the tiles spread over the OpenMP threads. The cut depends on M, N, K only, never on
+   the thread count: OpenBLAS's own threading (and even one thread on a sub-block) rounds
+   differently for different partitions, so a model computed on 1, 2 or 16 threads, or on
+   2 MPI ranks of 1 thread, gives bit-identical results only when every run makes the same
+   calls. Tiles hold at least GEMM_TILE_WORK multiply-adds and are cut at multiples of
+   GEMM_TILE_ALIGN rows / columns (the kernels' register blocks). */
+#define GEMM_TILE_WORK ((size_t)1 << 17)
+#define GEMM_TILE_MAX 64
+#define GEMM_TILE_ALIGN 16
+
+typedef struct {
+    int pm, pn;  // tiles along M and N
+} GemmTiles;
+
+static GemmTiles gemm_tiles(int M, int N, int K) {
+    GemmTiles t = {1, 1};
+    size_t work = (size_t)M * (size_t)N * (size_t)K, want = work / GEMM_TILE_WORK;
+    if (want > GEMM_TILE_MAX) want = GEMM_TILE_MAX;
+    // split the dimension whose tiles are longer, while both halves keep >= 2 aligned blocks
+    while ((size_t)t.pm * t.pn * 2 <= want) {
+        int em = M / t.pm, en = N / t.pn;
+        if (en >= em && en >= 4 * GEMM_TILE_ALIGN) t.pn *= 2;
+        else if (em >= 4 * GEMM_TILE_ALIGN) t.pm *= 2;
+        else if (en >= 4 * GEMM_TILE_ALIGN) t.pn *= 2;
+        else break;
+    }
+    return t;
+}
+
+// Start of part i of n over [0, len), at a multiple of GEMM_TILE_ALIGN (part n: len).
+static int tile_start(int i, int n, int len) {
+    if (i >= n) return len;
+    int s = (int)((int64_t)len * i / n);
+    return s / GEMM_TILE_ALIGN * GEMM_TILE_ALIGN;
+}
+
+static void gemm_tile(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc, GemmTiles t, int tile) {
+    int im = tile / t.pn, in = tile % t.pn;
+    int m0 = tile_start(im, t.pm, M), m1 = tile_start(im + 1, t.pm, M);
+    int n0 = tile_start(in, t.pn, N), n1 = tile_start(in + 1, t.pn, N);
+    if (m1 <= m0 || n1 <= n0) return;
+    // op(A) rows m0..m1: A's rows (no transpose) or columns (transposed); op(B) likewise
+    const float *a = trans_a ? A + m0 : A + (size_t)m0 * lda;
+    const float *b = trans_b ? B + (size_t)n0 * ldb : B + n0;
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m1 - m0,
+                n1 - n0, K, alpha, a, lda, b, ldb, beta, C + (size_t)m0 * ldc + n0, ldc);
+}
 
 void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc) {
@@ -20,8 +72,11 @@ void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
         }
         return;
     }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N,
-                K, alpha, A, lda, B, ldb, beta, C, ldc);
+    GemmTiles t = gemm_tiles(M, N, K);
+    int n = t.pm * t.pn;
+    // inside a parallel region (attention's per-head loop) the same tiles run in order
+#pragma omp parallel for schedule(static) if (n > 1 && !omp_in_parallel())
+    for (int i = 0; i < n; i++) gemm_tile(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, t, i);
 }
 
 void gemm_colsum_add(float *db, const float *dy, size_t rows, int cols) {

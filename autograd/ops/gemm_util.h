@@ -4,8 +4,9 @@
        gemm_rm(0, 1, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);   // y (M,N) = x (M,K) w^T
        gemm_colsum_add(db, dy, rows, N);                       // db[j] += sum_r dy[r][j]
 
-   Limitations: row-major only; gemm_rm must not be called inside an OpenMP parallel
-   region (OpenBLAS threads the call itself).
+   gemm_rm's result does not depend on the thread count: it cuts C into tiles by the shape
+   alone and spreads them over the OpenMP threads (OpenBLAS itself runs one thread). Inside
+   an OpenMP parallel region it runs the same tiles in order. Row-major only.
 */
 #ifndef EFFDM_GEMM_UTIL_H
 #define EFFDM_GEMM_UTIL_H
@@ -17,7 +18,7 @@
 #define GEMM_OMP_MIN_WORK 32768
 
 // C (M,N) = alpha op(A) op(B) + beta C, row-major, op(X) = X^T when trans_x != 0, as
-// cblas_sgemm. Also correct for empty shapes, which cblas rejects (lda >= 1): M or N == 0
+// cblas_sgemm, bit-identical for any thread count. Also correct for empty shapes, which cblas rejects (lda >= 1): M or N == 0
 // does nothing; K == 0 leaves beta C (zeros when beta == 0).
 void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc);
