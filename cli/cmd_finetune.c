@@ -14,6 +14,7 @@
 #include "run/run_calibrate.h"
 #include "run/run_dir.h"
 #include "run/run_train.h"
+#include "util/dist.h"
 #include "util/threads.h"
 
 static const char *const usage[] = {
@@ -37,8 +38,8 @@ static const char *const usage[] = {
     "                     the result. With --resume and no --config the assignments apply to the",
     "                     run's own config.yaml: keys resuming needs (marked * in run/run_config.h)",
     "                     must keep their value, others (train.checkpoint_every, ...) may change",
-    "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores);",
-    "                     an exact resume needs the same count as the interrupted run",
+    "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores, shared",
+    "                     among the MPI ranks on this machine); any count resumes bit-identically",
     "  --profile          at the end, print where the time of the steps went: per op kind",
     "                     (conv2d, linear, attention, group_norm, fake_quant, lora_weight, ...; forward",
     "                     and backward, calls, % of the total) and per UNet block (input_blocks.N,",
@@ -50,6 +51,10 @@ static const char *const usage[] = {
     "(epoch, step, loss, lr, seconds, val_error), samples/epoch_NNN.png.",
     "SIGINT / SIGTERM: the current step finishes, the run is saved mid-epoch, exit 130 / 143;",
     "a second signal stops at once (the last checkpoint stays intact).",
+    "Several machines: mpirun -np N effdm finetune ... splits the trajectories of every step",
+    "among N ranks and sums their gradients in a fixed order: the run directory (on a shared",
+    "file system; rank 0 writes it) is bit-identical to one process's, and --resume works with",
+    "any rank count (docs/USER_GUIDE.md \"Several machines\").",
     "Exit status: 0 done, 2 bad input, 1 failure (a NaN/Inf loss stops with the epoch and step,",
     "after saving the state before that step), 130 / 143 stopped by a signal.",
     NULL,
@@ -138,6 +143,19 @@ static void on_calib_progress(int phase, long done, long total, void *user) {
 
 static int fail(const Err *e) { return cli_fail("finetune", e); }
 
+// A point where MPI ranks agree (every rank calls it, failed or not): the lowest failing
+// rank prints its message, once, and every rank returns the exit status (0: go on). One
+// process: prints its own error.
+static int agree(int code, const Err *e) {
+    int who, c = dist_first_failure(code, &who);
+    if (!c) return 0;
+    if (who == dist_rank()) {
+        if (dist_size() > 1) fprintf(stderr, "effdm finetune: rank %d: %s\n", who, e->msg[0] ? e->msg : err_name(c));
+        else fail(e);
+    }
+    return err_exit_status(c);
+}
+
 int cmd_finetune(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL, *resume = NULL;
@@ -147,19 +165,19 @@ int cmd_finetune(int argc, char **argv) {
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
                      {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0},
                      {"--set", OPT_STRS, &sets, 0}};
-    if (cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e)) return fail(&e);
+    const int rank = dist_rank(), world = dist_size(), talk = rank == 0;  // rank 0 speaks for the job
+    int x;
+    cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e);
+    if ((x = agree(e.code, &e))) return x;
     if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
+        if (talk)
+            for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
-    if (n_pos) {
-        err_set(&e, ERR_ARG, "unexpected argument '%s' (see effdm finetune --help)", pos[0]);
-        return fail(&e);
-    }
-    if (!config && !resume) {
+    if (n_pos) err_set(&e, ERR_ARG, "unexpected argument '%s' (see effdm finetune --help)", pos[0]);
+    else if (!config && !resume)
         err_set(&e, ERR_ARG, "expected --config RUN.yaml or --resume RUN_DIR (see effdm finetune --help)");
-        return fail(&e);
-    }
+    if ((x = agree(e.code, &e))) return x;
     RunConfig given, rc;
     const RunConfig *gp = NULL;
     char run_cfg[4096];
@@ -168,42 +186,58 @@ int cmd_finetune(int argc, char **argv) {
         snprintf(run_cfg, sizeof run_cfg, "%s/config.yaml", resume);
         if (access(run_cfg, F_OK) == 0) base = run_cfg;  // else run_dir_resolve names what is missing
     }
-    if (base) {
-        if (run_config_load_set(base, sets.v, sets.n, &given, &e)) return fail(&e);
-        gp = &given;
-    }
+    if (base && !run_config_load_set(base, sets.v, sets.n, &given, &e)) gp = &given;
+    if ((x = agree(e.code, &e))) return x;
     RunDirStatus st;
-    if (run_dir_resolve(resume, gp, &rc, &st, &e)) return fail(&e);
-    if (cli_threads(opts[2].seen ? threads : rc.run.threads, &e)) return fail(&e);
+    run_dir_resolve(resume, gp, &rc, &st, &e);
+    if (!e.code) cli_threads(opts[2].seen ? threads : rc.run.threads, &e);
+    if ((x = agree(e.code, &e))) return x;
     if (st == RUN_DIR_EMPTY) {
-        // no calibrated student yet: effdm calibrate first, into the same run directory
-        fprintf(stderr, "effdm finetune: %s has no calibrated state: calibrating first\n", rc.run.out);
+        // no calibrated student yet: effdm calibrate first, into the same run directory (MPI:
+        // the ranks share the teacher trajectories, rank 0 writes)
+        if (talk) fprintf(stderr, "effdm finetune: %s has no calibrated state: calibrating first\n", rc.run.out);
         CalibState cs = {0};
-        CalibOpts co = {0, on_calib_progress, &cs};
+        CalibOpts co = {0, talk ? on_calib_progress : NULL, &cs};
         CalibSummary cal;
-        if (run_calibrate(&rc, &co, &cal, &e)) return fail(&e);
-        if (cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
-        fprintf(stderr, "effdm finetune: calibrated in %.1f s (%d UNet inputs recorded)\n", cal.sec_total,
-                cal.n_recorded);
+        run_calibrate(&rc, &co, &cal, &e);
+        if ((x = agree(e.code, &e))) return x;
+        if (talk && cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
+        if (talk)
+            fprintf(stderr, "effdm finetune: calibrated in %.1f s (%d UNet inputs recorded)\n", cal.sec_total,
+                    cal.n_recorded);
     }
 
-    Trainer *tr;
-    if (run_trainer_open(&tr, &rc, rc.run.out, &e)) return fail(&e);
+    Trainer *tr = NULL;
+    run_trainer_open(&tr, &rc, rc.run.out, &e);
+    if ((x = agree(e.code, &e))) {
+        trainer_free(tr);
+        return x;
+    }
     int epoch, step;
     trainer_position(tr, &epoch, &step);
     View v = {.tty = isatty(2), .select = rc.train.select_epoch, .best_seen_epoch = -2};
     int S = trainer_steps_per_epoch(tr);
     int64_t total = (int64_t)rc.train.epochs * S;
     v.first = (int64_t)epoch * S + step;
-    if (epoch >= rc.train.epochs)
+    char ranks[64] = "";
+    if (world > 1) snprintf(ranks, sizeof ranks, " on each of %d MPI ranks", world);
+    if (!talk)
+        ;
+    else if (epoch >= rc.train.epochs)
         fprintf(stderr, "effdm finetune: %s: the run is complete (%d epochs)\n", rc.run.out, rc.train.epochs);
     else
-        fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d thread%s)\n", rc.run.out,
+        fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d thread%s%s)\n", rc.run.out,
                 trainer_resumed(tr) ? "resuming" : "starting", epoch + 1, rc.train.epochs, step, S, threads_get(),
-                threads_get() == 1 ? "" : "s");
-    progress_start(&v.bar, "finetune", (long)(total - v.first));
+                threads_get() == 1 ? "" : "s", ranks);
+    int saved_ranks = trainer_saved_ranks(tr);
+    if (talk && saved_ranks > 0 && saved_ranks != world)
+        fprintf(stderr, "effdm finetune: note: the run was computed on %d MPI rank%s, it continues on %d: the result "
+                "is the same (the trajectories of a step are split among the ranks, their gradients summed in a "
+                "fixed order)\n", saved_ranks, saved_ranks == 1 ? "" : "s", world);
+    if (talk) progress_start(&v.bar, "finetune", (long)(total - v.first));
     install_handlers();
     TrainerHooks h = {.on_step = on_step, .on_val = on_val, .on_note = on_note, .user = &v, .stop = &stop_signal};
+    if (!talk) h = (TrainerHooks){.stop = &stop_signal};
     TrainerSummary s;
     Profile *prof = profile ? malloc(sizeof *prof) : NULL;
     if (prof) {
@@ -213,16 +247,27 @@ int cmd_finetune(int argc, char **argv) {
     double t0 = now_seconds();
     int code = trainer_run(tr, &h, &s, &e);
     double wall = now_seconds() - t0;
+    int shared = trainer_failure_shared(tr) || code == ERR_INTERRUPTED;
     trainer_free(tr);
     if (code) free(prof);
-    if (code == ERR_INTERRUPTED) {
-        line(&v, "");
-        fprintf(stderr, "effdm finetune: %s\n", e.msg);
+    if (code == ERR_INTERRUPTED) {  // every rank stopped at the same step (trainer.c)
+        if (talk) {
+            line(&v, "");
+            fprintf(stderr, "effdm finetune: %s\n", e.msg);
+        }
         return 128 + (stop_signal ? (int)stop_signal : SIGINT);
     }
     if (code) {
-        line(&v, "");
-        return fail(&e);
+        if (talk) line(&v, "");
+        if (world == 1) return fail(&e);
+        if (talk || !shared) fprintf(stderr, "effdm finetune: rank %d: %s\n", rank, e.msg);
+        // only this rank saw it: the others may wait in an exchange, end the job
+        if (!shared) dist_abort(err_exit_status(code));
+        return err_exit_status(code);
+    }
+    if (!talk) {
+        free(prof);
+        return 0;
     }
     progress_finish(&v.bar, NULL);
     printf("run          %s\n", rc.run.out);

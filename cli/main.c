@@ -6,6 +6,8 @@
 
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "util/dist.h"
+#include "util/err.h"
 #include "util/threads.h"
 
 typedef struct {
@@ -54,8 +56,22 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].name) != 0) continue;
+        // MPI starts only under mpirun; only finetune shares its work among ranks
+        Err e = {0};
+        if (dist_init(&argc, &argv, &e)) {
+            fprintf(stderr, "effdm %s: %s\n", argv[1], e.msg);
+            return err_exit_status(e.code);
+        }
+        if (dist_size() > 1 && strcmp(argv[1], "finetune") != 0) {
+            if (dist_rank() == 0)
+                fprintf(stderr, "effdm %s: started by mpirun with %d ranks: only effdm finetune runs on several "
+                        "ranks (run this command without mpirun)\n", argv[1], dist_size());
+            dist_finalize();
+            return 2;
+        }
         int rc = commands[i].fn(argc - 1, argv + 1);
         int out = cli_close_stdout();
+        dist_finalize();
         return rc ? rc : out;
     }
     fprintf(stderr, "effdm: '%s' is not an effdm command (see effdm --help)\n", argv[1]);

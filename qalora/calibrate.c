@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "sample/generate.h"
 #include "sample/sampler.h"
+#include "util/dist.h"
 
 void calib_record_free(CalibRecord *rec) {
     free(rec->x);
@@ -81,11 +82,12 @@ int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibProgress *o, Cali
         return err_set(e, ERR_VALUE, "calib: %d trajectories x %d steps are too many inputs to record",
                        cc->n_samples, steps);
     rec->cap = (int)cap;
-    rec->x = malloc(cap * per * sizeof(float));
-    rec->t = malloc(cap * sizeof(float));
-    rec->y = cond ? malloc(cap * sizeof(int64_t)) : NULL;
-    rec->traj = malloc(cap * sizeof(int64_t));
-    rec->step = malloc(cap * sizeof(int64_t));
+    // zeroed: under MPI each rank fills its batches' part and the parts are merged
+    rec->x = calloc(cap * per, sizeof(float));
+    rec->t = calloc(cap, sizeof(float));
+    rec->y = cond ? calloc(cap, sizeof(int64_t)) : NULL;
+    rec->traj = calloc(cap, sizeof(int64_t));
+    rec->step = calloc(cap, sizeof(int64_t));
     int B = cc->batch < cc->n_samples ? cc->batch : cc->n_samples;
     float *x = malloc((size_t)B * per * sizeof(float));
     int *y = malloc((size_t)B * sizeof(int));
@@ -100,8 +102,12 @@ int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibProgress *o, Cali
     Rng lr;
     rng_seed(&lr, (uint64_t)cc->seed, CALIB_STREAM_LABELS);
     for (int j = 0; j < cc->n_samples; j++) labels[j] = cond ? (int)rng_below(&lr, (uint32_t)ldm_uncond_label(m)) : -1;
-    int n_batches = (cc->n_samples + B - 1) / B;
-    RecordCtx r = {rec, NULL, 0, guided, ldm_uncond_label(m), 0, (long)n_batches * steps, o};
+    // MPI: each rank samples its share of the batches; batch i's inputs have a fixed place in
+    // the record (its first trajectory x steps x halves), so the merged record is the one a
+    // single process makes
+    int n_batches = (cc->n_samples + B - 1) / B, blo, bhi;
+    dist_range(n_batches, dist_rank(), dist_size(), &blo, &bhi);
+    RecordCtx r = {rec, NULL, 0, guided, ldm_uncond_label(m), 0, (long)(bhi - blo) * steps, o};
     SamplerOpts so = {0};
     so.kind = SAMPLER_DDIM;
     so.steps = cc->steps;
@@ -111,8 +117,9 @@ int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibProgress *o, Cali
     so.on_input = on_input;
     so.user = &r;
     if (o && o->on_progress) o->on_progress(CALIB_PHASE_RECORD, 0, r.total, o->user);
-    for (int first = 0; first < cc->n_samples && !rc; first += B) {
+    for (int first = blo * B; first < cc->n_samples && first < bhi * B && !rc; first += B) {
         int nb = cc->n_samples - first < B ? cc->n_samples - first : B;
+        rec->n = first * steps * (guided ? 2 : 1);
         for (int j = 0; j < nb; j++) {
             sample_initial_noise(&rng[j], (uint64_t)cc->seed, first + j, x + (size_t)j * per, per);
             y[j] = labels[first + j];
@@ -121,8 +128,16 @@ int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibProgress *o, Cali
         r.first = first;
         rc = sampler_run(c, m, &so, x, nb, cond ? y : NULL, rng, e);
     }
-    if (!rc && rec->n != rec->cap)
-        rc = err_set(e, ERR_INTERNAL, "calib: recorded %d UNet inputs, expected %d", rec->n, rec->cap);
+    int end = bhi * B < cc->n_samples ? bhi * B * steps * (guided ? 2 : 1) : rec->cap;
+    if (!rc && bhi > blo && rec->n != end)
+        rc = err_set(e, ERR_INTERNAL, "calib: recorded up to UNet input %d, expected %d", rec->n, end);
+    if (!rc && dist_size() > 1) {
+        if ((rc = dist_merge_f32(rec->x, cap * per, e)) || (rc = dist_merge_f32(rec->t, cap, e)) ||
+            (cond && (rc = dist_merge_i64(rec->y, cap, e))) || (rc = dist_merge_i64(rec->traj, cap, e)) ||
+            (rc = dist_merge_i64(rec->step, cap, e)))
+            goto done;
+    }
+    rec->n = rec->cap;
 done:
     free(x);
     free(y);

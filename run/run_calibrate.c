@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "run/run_wire.h"
 #include "sample/sampler.h"
+#include "util/dist.h"
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -113,6 +114,7 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     s->entries = q.cfg.talsq ? q.train_sched.n : 1;
 
     // 3. the run directory
+    if (dist_rank() != 0) goto written;  // MPI: every rank fitted the same student, rank 0 writes it
     if ((code = make_dirs(rc->run.out, &created, e))) goto fail;
     if ((code = calib_record_write(&rec, used, k, p_calib, e))) goto fail;
     wrote_calib = 1;
@@ -122,6 +124,7 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
         goto fail;
     wrote_state = 1;
     if ((code = run_config_write(rc, p_cfg, e))) goto fail;
+written:
     s->sec_total = now_seconds() - t0;
     goto done;
 fail:

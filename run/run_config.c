@@ -275,6 +275,9 @@ static int check_consistency(const RunConfig *c, const char *file, Err *e) {
     if (qkind_valid(c->quant.act_quantizer) && qkind_get((QuantKind)c->quant.act_quantizer)->weight_only)
         return err_set(e, ERR_VALUE, "%s: quant.act_quantizer: %s quantizes weights only; expected a kind for "
                        "activations", file, quant_kind_name((QuantKind)c->quant.act_quantizer));
+    if (t->grad_slots > 0 && t->batch % t->grad_slots != 0)
+        return err_set(e, ERR_VALUE, "%s: train.grad_slots: %d slots must divide train.batch %d", file, t->grad_slots,
+                       t->batch);
     if (t->select_epoch == RC_SELECT_BEST_SAMPLED && t->val_samples < 8)
         return err_set(e, ERR_VALUE, "%s: train.select_epoch: best_sampled needs train.val_samples >= 8, found %d", file,
                        t->val_samples);

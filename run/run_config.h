@@ -68,6 +68,7 @@
    | train.recipe                   * | effdm                   | reference or effdm: picks the defaults of the rows marked R |
    | train.epochs                   * | 160                     | epochs (one trajectory each, `steps` optimizer steps per epoch); 0 = naive PTQ only |
    | train.batch                    * | 2                       | random class labels (trajectories) per epoch |
+   | train.grad_slots               * | 0                       | gradient slots per step, dividing batch; 0: one per trajectory. Each slot's trajectories run as one batch into its own gradient, the slots' gradients are summed in slot order: MPI ranks share the slots, so results are bit-identical for any rank count <= slots. 1: the whole batch at once, fastest on one process (another rounding, so another result) |
    | train.steps                  R * | 100 / 20                | DDIM steps of the training trajectory = TALSQ table entries |
    | train.eta                    R * | 1.0 / 0.0               | DDIM eta of the training trajectory, 0..1 |
    | train.scale                  R * | 1.5 / 3.0               | guidance scale of the training trajectory |

@@ -109,6 +109,8 @@ const KeyDesc RC_KEYS[] = {
      .def = {160, 160}, .resume = 1},
     {.path = "train.batch", .type = K_INT, .off = offsetof(RunConfig, train.batch), .lo = 1, .hi = RC_BIG,
      .def = {2, 2}, .resume = 1},
+    {.path = "train.grad_slots", .type = K_INT, .off = offsetof(RunConfig, train.grad_slots), .lo = 0, .hi = RC_BIG,
+     .def = {0, 0}, .resume = 1},
     {.path = "train.steps", .type = K_INT, .off = offsetof(RunConfig, train.steps), .lo = 1, .hi = 100000,
      .def = {100, 20}, .resume = 1},
     {.path = "train.eta", .type = K_DOUBLE, .off = offsetof(RunConfig, train.eta), .lo = 0, .hi = 1,

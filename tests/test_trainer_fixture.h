@@ -62,8 +62,8 @@ static int fix_copy_file(const char *src, const char *dst) {
 
 // Copies the run directory files (not samples/) of src into a new directory dst.
 static __attribute__((unused)) int fix_copy_run(const char *src, const char *dst) {
-    static const char *const files[] = {"config.yaml", "calib.safetensors", "state.safetensors", "log.csv",
-                                        "best.safetensors"};
+    static const char *const files[] = {"config.yaml", "calib.safetensors", "state.safetensors", "state.json",
+                                        "log.csv", "best.safetensors"};
     mkdir(dst, 0777);
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char a[2048], b[2048];

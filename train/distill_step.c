@@ -8,6 +8,7 @@
 
 #include "train/schedule.h"
 #include "train/trainer_impl.h"
+#include "util/dist.h"
 
 void trainer_begin_epoch(Trainer *tr) {
     // torch.randint(0, uncond, (B,)) with uncond the last label: a uniform real class
@@ -46,27 +47,33 @@ static int op_failed(Ctx *c, Err *e, const char *what) {
                    c->err.msg[0] ? c->err.msg : "failed");
 }
 
-int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
+// One slot: trajectories [s P, (s + 1) P) (P = per_slot) at timestep t, as one UNet batch.
+// The teacher's ε without gradient, the student's on the tape, the loss, and its backward
+// (weight w) into the slot's own gradient block; the slot record gets the gradient, the
+// guided ε that moves its x, the loss and a status (ERR_NAN: a non-finite loss, nothing
+// propagated). 0, or the op's error.
+static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
     Ctx *c = &tr->ctx;
     ctx_reset(c);
     double t0 = now_seconds();
-    const int index = tr->S - 1 - tr->step, t = tr->ddim.timesteps[index];
-    const int B = tr->B, rows = tr->pair ? 2 * B : B;
-    const size_t n = (size_t)B * tr->per;
+    float *rec = tr->slots + (size_t)s * tr->rec, *eps = rec + tr->q.n_grads;
+    const int P = tr->per_slot, b0 = s * P, rows = tr->pair ? 2 * P : P;
+    const size_t n = (size_t)P * tr->per;
+    float *tail = eps + n;
     const int shape[4] = {rows, tr->C, tr->H, tr->W};
     const float scale = (float)tr->cfg.train.scale;
 
     // x_in = cat([x] * 2), c_in = cat([unconditional_conditioning, c]) as the reference
-    memcpy(tr->xin, tr->x, n * sizeof(float));
-    if (tr->pair) memcpy(tr->xin + n, tr->x, n * sizeof(float));
+    memcpy(tr->xin, tr->x + (size_t)b0 * tr->per, n * sizeof(float));
+    if (tr->pair) memcpy(tr->xin + n, tr->xin, n * sizeof(float));
     for (int i = 0; i < rows; i++) tr->tin[i] = (float)t;
     if (tr->cond) {
-        for (int b = 0; b < B; b++) {
+        for (int b = 0; b < P; b++) {
             if (tr->pair) {
                 tr->yin[b] = tr->uncond_label;
-                tr->yin[B + b] = tr->labels[b];
+                tr->yin[P + b] = tr->labels[b0 + b];
             } else {
-                tr->yin[b] = tr->labels[b];
+                tr->yin[b] = tr->labels[b0 + b];
             }
         }
     }
@@ -89,14 +96,13 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     if (c->arena.peak < peak0) c->arena.peak = peak0;
     if (!p) return op_failed(c, e, "teacher forward");
     if (!tr->pair)
-        memcpy(tr->eps_g, p->data, n * sizeof(float));
+        memcpy(eps, p->data, n * sizeof(float));
     else if (scale == 1.0f)  // upstream calls the model once, conditionally, at scale 1
-        memcpy(tr->eps_g, p->data + n, n * sizeof(float));
+        memcpy(eps, p->data + n, n * sizeof(float));
     else
-        distill_guided(tr->eps_g, p->data, n, scale);
-
+        distill_guided(eps, p->data, n, scale);
     double t1 = now_seconds();
-    tr->split[0] = t1 - t0;
+    tr->split[0] += t1 - t0;
 
     // student: fake-quantized path at the TALSQ entry of t, on the tape
     c->prof = tr->prof_student;
@@ -108,43 +114,119 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     if (!loss) return op_failed(c, e, "student forward");
     if (tr->cfg.train.trajectory == RC_TRAJ_STUDENT) {  // the student's own guided ε drives x_{t-1}
         if (!tr->pair)
-            memcpy(tr->eps_g, qo->data, n * sizeof(float));
+            memcpy(eps, qo->data, n * sizeof(float));
         else if (scale == 1.0f)
-            memcpy(tr->eps_g, qo->data + n, n * sizeof(float));
+            memcpy(eps, qo->data + n, n * sizeof(float));
         else
-            distill_guided(tr->eps_g, qo->data, n, scale);
+            distill_guided(eps, qo->data, n, scale);
     }
-    const float raw = loss->data[0];
-    *loss_out = raw;
-    if (!isfinite(raw)) {
+    tail[0] = loss->data[0];
+    double t2 = now_seconds();
+    tr->split[1] += t2 - t1;
+    if (!isfinite(tail[0])) {
         tape_clear(c);
-        return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): the loss is %g", tr->epoch + 1,
-                       tr->cfg.train.epochs, tr->step + 1, tr->S, t, (double)raw);
+        tail[1] = (float)ERR_NAN;
+        return 0;
     }
+    trainer_bind_grads(tr, rec);  // zeroes the slot's gradient block
+    tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
+    if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
+    ctx_reset(c);
+    tr->split[2] += now_seconds() - t2;
+    return 0;
+}
+
+/* One optimizer step. The batch's trajectories are cut into gradient slots
+   (train.grad_slots; by default one per trajectory); each slot runs as one UNet batch into
+   its own gradient block, each rank computes its share of the slots (util/dist.h), and the
+   blocks are exchanged and summed in slot order on every rank. So the gradient, and all
+   that follows, is the same bits for any rank count up to the slot count and any thread
+   count: `mpirun -np 2` reproduces one process. */
+int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
+    const int index = tr->S - 1 - tr->step, t = tr->ddim.timesteps[index];
+    const int B = tr->B, NS = tr->n_slots;
+    const size_t n = (size_t)B * tr->per, ng = tr->q.n_grads, ne = (size_t)tr->per_slot * tr->per;
+    for (int i = 0; i < 4; i++) tr->split[i] = 0;
+    tr->failure_shared = 0;
 
     // equalize: the step's loss over its running mean of the previous epochs (a constant)
     // ddim: equalize, then how much the step's ε error moves x_{t-1} (distill_loss.h)
+    // mean reduction: a slot's loss is the mean over its trajectories, the batch's the mean
+    // of the slots'
     float w = 1.0f;
     RcStepWeighting sw = tr->cfg.train.step_weighting;
     if (sw != RC_STEPW_NONE && tr->stepw_count[tr->step] > 0 && tr->stepw_mean[tr->step] > 0)
         w = (float)(1.0 / tr->stepw_mean[tr->step]);
     if (sw == RC_STEPW_DDIM) w *= (float)distill_ddim_weight(&tr->ddim, index);
-    double t2 = now_seconds();
-    tr->split[1] = t2 - t1;
-    tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
-    if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
+    const int mean = tr->cfg.train.loss_reduction == RC_REDUCE_MEAN;
+    if (mean) w /= (float)NS;
+
+    int lo, hi, rc = 0;
+    dist_range(NS, tr->rank, tr->world, &lo, &hi);
+    for (int s = lo; s < hi; s++) {
+        float *tail = tr->slots + (size_t)s * tr->rec + ng + ne;
+        memset(tail, 0, SLOT_TAIL * sizeof(float));
+        if (!rc && (rc = slot_run(tr, s, t, w, e))) tail[1] = (float)rc;
+    }
+    // this rank's stop request rides on its first slot, so every rank stops at the same step
+    if (tr->stop_flag && *tr->stop_flag) tr->slots[(size_t)lo * tr->rec + ng + ne + 2] = 1.0f;
+    trainer_bind_grads(tr, tr->opt.grad);
     double t3 = now_seconds();
-    tr->split[2] = t3 - t2;
+    if (dist_gather_records(tr->slots, tr->rec, NS, e)) return e->code;
+
+    // the first failed slot decides, the same on every rank
+    tr->stop_all = 0;
+    tr->failure_shared = 1;
+    float raw = 0.0f;
+    for (int s = 0; s < NS; s++) {
+        const float *tail = tr->slots + (size_t)s * tr->rec + ng + ne;
+        if (tail[2] != 0.0f) tr->stop_all = 1;
+        int status = (int)tail[1];
+        if (status == ERR_NAN)
+            return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): the loss is %g (gradient slot %d)",
+                           tr->epoch + 1, tr->cfg.train.epochs, tr->step + 1, tr->S, t, (double)tail[0], s);
+        if (status) {
+            if (s >= lo && s < hi) {  // ours: e holds the message
+                tr->failure_shared = 0;
+                return rc;
+            }
+            int who = 0;
+            for (int r = 0; r < tr->world; r++) {
+                int l, h;
+                dist_range(NS, r, tr->world, &l, &h);
+                if (s >= l && s < h) who = r;
+            }
+            return err_set(e, status, "epoch %d/%d, step %d/%d: rank %d failed on gradient slot %d (its message "
+                           "above)", tr->epoch + 1, tr->cfg.train.epochs, tr->step + 1, tr->S, who, s);
+        }
+        raw += tail[0];
+    }
+    if (mean) raw /= (float)NS;
+    *loss_out = raw;
+
+    // the slots' gradients summed in slot order, their ε gathered for the trajectory update
+    float *g = tr->opt.grad;
+    const float *s0 = tr->slots;
+#pragma omp parallel for schedule(static) if (ng * (size_t)NS >= 32768)
+    for (size_t i = 0; i < ng; i++) {
+        float acc = s0[i];
+        for (int s = 1; s < NS; s++) acc += s0[(size_t)s * tr->rec + i];
+        g[i] = acc;
+    }
+    for (int s = 0; s < NS; s++)
+        memcpy(tr->eps_g + (size_t)s * ne, tr->slots + (size_t)s * tr->rec + ng, ne * sizeof(float));
+    tr->failure_shared = 0;
     long bad = first_nonfinite(tr->opt.grad, tr->opt.used);
     if (bad >= 0) {
         adamw_zero_grad(&tr->opt);
+        tr->failure_shared = 1;
         return err_set(e, ERR_NAN, "epoch %d/%d, step %d/%d (t = %d): gradient element %ld is not finite (loss %g)",
                        tr->epoch + 1, tr->cfg.train.epochs, tr->step + 1, tr->S, t, bad, (double)raw);
     }
 
     // AdamW: every group's base rate times the schedule factor (adamw's own schedule is off)
     double f = trainer_lr_factor(tr);
-    for (int g = 0; g < tr->opt.n_groups; g++) tr->opt.groups[g].lr = tr->base_lr[g] * f;
+    for (int gi = 0; gi < tr->opt.n_groups; gi++) tr->opt.groups[gi].lr = tr->base_lr[gi] * f;
     adamw_step(&tr->opt);
     adamw_zero_grad(&tr->opt);
     *lr_out = tr->cfg.train.optimizer.lr_act * f;
@@ -154,13 +236,12 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     tr->stepw_count[tr->step]++;
 
     // x_{t-1} from the guided ε of the teacher (or, trajectory student, the student's; eta
-    // noise from the run's RNG)
+    // noise from the run's RNG, drawn for the whole batch on every rank)
     int noisy = tr->ddim.sigmas[index] != 0.0f;
     if (noisy) rng_normal_fill(&tr->rng, tr->noise, n);
     ddim_update(&tr->ddim, index, tr->x, tr->eps_g, noisy ? tr->noise : NULL, tr->x, NULL, n);
     tr->last_loss = raw;
     tr->step++;
-    ctx_reset(c);
     tr->split[3] = now_seconds() - t3;
     return 0;
 }

@@ -16,10 +16,13 @@
      train.best_val     F64 (1)
      train.val_start    F64 (3)          the starting model's sampled validation (mse, fd, real; NaN:
                                          not measured; absent in states of older versions)
-     train.seconds      F64 (1)          training seconds so far
      train.last_loss    F32 (1)
-   with metadata effdm.kind = "run-state", effdm.format = "1", the position as text and
-   effdm.threads (the thread count the state was computed with: an exact resume needs it).
+   with metadata effdm.kind = "run-state", effdm.format = "1", the position as text. It holds
+   only what the computation determines, so runs on any thread or MPI rank count write the
+   same bytes (cmp them). What the machine determines goes beside it, in state.json, written
+   right after it: {"seconds": training seconds so far, "ranks": MPI ranks, "threads": threads
+   per rank} (informational; a missing or unreadable state.json means 0 s and 1 rank). States
+   of older versions hold train.seconds F64 (1) themselves, and it is read.
    A calibrated run directory's state.safetensors has the q.* tensors only: fine-tuning
    starts from it.
    best.safetensors: the q.* state of the best validation epoch, best.epoch I64 (1),
@@ -30,7 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "io/dtype.h"
+#include "io/fileio.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
 #include "train/trainer_impl.h"
@@ -68,15 +74,13 @@ int run_state_save(Trainer *tr, Err *e) {
     s.best[0] = tr->has_best;
     s.best[1] = tr->best_epoch;
     s.best_val = tr->best_val;
-    s.seconds = tr->seconds;
     s.last_loss = tr->last_loss;
     const int64_t n_opt = (int64_t)tr->opt.used, one = 1, two = 2, three = 3, four = 4, S = tr->S, nl = tr->n_tl, B = tr->B;
     const int64_t xshape[4] = {tr->B, tr->C, tr->H, tr->W};
     char pos[64];
     snprintf(pos, sizeof pos, "%d/%d", tr->epoch, tr->cfg.train.epochs);
-    char stp[64], thr[32];
+    char stp[64];
     snprintf(stp, sizeof stp, "%d/%d", tr->step, tr->S);
-    snprintf(thr, sizeof thr, "%d", threads_get());
     if ((rc = qmodel_write_state(&tr->q, &w, "q.", e)) || (rc = add(&w, "opt.m", DT_F32, 1, &n_opt, tr->opt.m, e)) ||
         (rc = add(&w, "opt.v", DT_F32, 1, &n_opt, tr->opt.v, e)) ||
         (rc = add(&w, "opt.step", DT_I64, 1, &one, &s.step, e)) ||
@@ -90,15 +94,22 @@ int run_state_save(Trainer *tr, Err *e) {
         (rc = add(&w, "train.best", DT_I64, 1, &two, s.best, e)) ||
         (rc = add(&w, "train.best_val", DT_F64, 1, &one, &s.best_val, e)) ||
         (rc = add(&w, "train.val_start", DT_F64, 1, &three, tr->val_start, e)) ||
-        (rc = add(&w, "train.seconds", DT_F64, 1, &one, &s.seconds, e)) ||
         (rc = add(&w, "train.last_loss", DT_F32, 1, &one, &s.last_loss, e)) ||
         (rc = st_writer_meta(&w, "effdm.kind", "run-state", e)) || (rc = st_writer_meta(&w, "effdm.format", "1", e)) ||
-        (rc = st_writer_meta(&w, "effdm.epoch", pos, e)) || (rc = st_writer_meta(&w, "effdm.step", stp, e)) ||
-        (rc = st_writer_meta(&w, "effdm.threads", thr, e)))
+        (rc = st_writer_meta(&w, "effdm.epoch", pos, e)) || (rc = st_writer_meta(&w, "effdm.step", stp, e)))
         goto done;
     char path[TRAINER_PATH_MAX + 32];
     state_path(tr, "state.safetensors", path, sizeof path);
-    rc = st_write(&w, path, e);
+    if ((rc = st_write(&w, path, e))) goto done;
+    char json[160];
+    int n = snprintf(json, sizeof json, "{\"seconds\": %.3f, \"ranks\": %d, \"threads\": %d}\n", tr->seconds,
+                     tr->world, threads_get());
+    state_path(tr, "state.json", path, sizeof path);
+    AtomicFile af;
+    if (!(rc = atomic_open(&af, path, e))) {
+        atomic_write(&af, json, (size_t)n);
+        rc = atomic_commit(&af, e);
+    }
 done:
     st_writer_free(&w);
     free(s.labels);
@@ -154,8 +165,10 @@ static int load_run(Trainer *tr, WeightFile *f, Err *e) {
         (rc = read_exact(f, "train.stepw_count", DT_I64, (size_t)tr->S, tr->stepw_count, e)) ||
         (rc = read_exact(f, "train.best", DT_I64, 2, s.best, e)) ||
         (rc = read_exact(f, "train.best_val", DT_F64, 1, &s.best_val, e)) ||
-        (rc = read_exact(f, "train.seconds", DT_F64, 1, &s.seconds, e)) ||
         (rc = read_exact(f, "train.last_loss", DT_F32, 1, &s.last_loss, e)))
+        goto done;
+    s.seconds = tr->seconds;  // state.json's (run_state_load), unless an older state holds it
+    if (weights_find(f, "train.seconds") && (rc = read_exact(f, "train.seconds", DT_F64, 1, &s.seconds, e)))
         goto done;
     tr->val_start[0] = tr->val_start[1] = tr->val_start[2] = NAN;
     if (weights_find(f, "train.val_start") && (rc = read_exact(f, "train.val_start", DT_F64, 3, tr->val_start, e)))
@@ -194,16 +207,34 @@ done:
     return rc;
 }
 
+// state.json beside the state: seconds and ranks, informational (0 s, 1 rank when absent).
+static void read_state_json(Trainer *tr) {
+    char path[TRAINER_PATH_MAX + 32];
+    state_path(tr, "state.json", path, sizeof path);
+    tr->seconds = 0;
+    tr->saved_ranks = 1;
+    unsigned char *buf;
+    size_t n;
+    Err ignored = {0};
+    if (file_read_all(path, &buf, &n, &ignored)) return;
+    cJSON *j = cJSON_ParseWithLength((const char *)buf, n);
+    free(buf);
+    const cJSON *sec = cJSON_GetObjectItemCaseSensitive(j, "seconds");
+    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(j, "ranks");
+    if (cJSON_IsNumber(sec) && isfinite(sec->valuedouble) && sec->valuedouble >= 0) tr->seconds = sec->valuedouble;
+    if (cJSON_IsNumber(ranks) && ranks->valueint >= 1) tr->saved_ranks = ranks->valueint;
+    cJSON_Delete(j);
+}
+
 int run_state_load(Trainer *tr, Err *e) {
     char path[TRAINER_PATH_MAX + 32];
     state_path(tr, "state.safetensors", path, sizeof path);
+    read_state_json(tr);
     WeightFile *f;
     int rc = weights_open(&f, path, e);
     if (rc) return rc;
     if ((rc = qmodel_read_state(&tr->q, f, "q.", e))) goto done;
     if (weights_find(f, "train.position")) rc = load_run(tr, f, e);
-    const char *thr = weights_metadata(f, "effdm.threads");
-    tr->saved_threads = thr ? atoi(thr) : 0;
 done:
     weights_close(f);
     return rc;

@@ -39,6 +39,7 @@ typedef struct {
 typedef struct {
     RcRecipe recipe;
     int epochs, batch, steps;
+    int grad_slots;             // gradient slots per step (0: one per trajectory): distill_step.c
     double eta, scale;
     RcLossBranches loss_branches;
     RcTrajectory trajectory;

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "train/trainer_impl.h"
+#include "util/dist.h"
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -111,18 +112,32 @@ static int setup_optimizer(Trainer *tr, Err *e) {
         goto done;
     }
     tr->opt.total_steps = 0;  // the trainer applies the schedule to each group's rate (schedule.h)
-    qmodel_bind_grads(q, tr->opt.grad);
-    if (single) {
+    if (single) {  // the base path's tensor takes the quantizer path's gradient buffer
+        tr->dw_from = calloc((size_t)(nt > 0 ? nt : 1), sizeof(Tensor *));
+        tr->dw_to = calloc((size_t)(nt > 0 ? nt : 1), sizeof(Tensor *));
+        if (!tr->dw_from || !tr->dw_to) {
+            rc = err_set(e, ERR_NOMEM, "out of memory for the optimizer's slot table");
+            goto done;
+        }
         Tensor *wq = NULL;
         for (int i = 0; i < nt; i++) {
             if (ts[i].group == QMODEL_GROUP_W_DELTA_Q) wq = ts[i].t;
-            if (ts[i].group == QMODEL_GROUP_W_DELTA_BASE) ts[i].t->grad = wq->grad;
+            if (ts[i].group == QMODEL_GROUP_W_DELTA_BASE) {
+                tr->dw_from[tr->n_dw] = ts[i].t;
+                tr->dw_to[tr->n_dw++] = wq;
+            }
         }
     }
+    trainer_bind_grads(tr, tr->opt.grad);
 done:
     free(ts);
     free(tl_of);
     return rc;
+}
+
+void trainer_bind_grads(Trainer *tr, float *grads) {
+    qmodel_bind_grads(&tr->q, grads);
+    for (int i = 0; i < tr->n_dw; i++) tr->dw_from[i]->grad = tr->dw_to[i]->grad;
 }
 
 // The LoRA rates of a run that starts now (scale-aware LoRA optimization).
@@ -136,15 +151,20 @@ static int alloc_buffers(Trainer *tr, Err *e) {
     tr->x = zalloc(n, sizeof(float));
     tr->noise = zalloc(n, sizeof(float));
     tr->eps_g = zalloc(n, sizeof(float));
-    tr->xin = zalloc(2 * n, sizeof(float));
-    tr->tin = zalloc(2 * (size_t)tr->B, sizeof(float));
-    tr->yin = zalloc(2 * (size_t)tr->B, sizeof(int));
+    tr->xin = zalloc(2 * (size_t)tr->per_slot * tr->per, sizeof(float));
+    tr->tin = zalloc(2 * (size_t)tr->per_slot, sizeof(float));
+    tr->yin = zalloc(2 * (size_t)tr->per_slot, sizeof(int));
     tr->labels = zalloc((size_t)tr->B, sizeof(int));
     tr->stepw_mean = zalloc((size_t)tr->S, sizeof(double));
     tr->stepw_count = zalloc((size_t)tr->S, sizeof(int64_t));
+    // a slot record: the gradient block, the slot's guided ε, its loss and status; 16-float
+    // aligned so every slot's gradient starts on a 64-byte line as opt.grad does
+    tr->rec = (tr->q.n_grads + (size_t)tr->per_slot * tr->per + SLOT_TAIL + 15) / 16 * 16;
+    tr->slots = zalloc((size_t)tr->n_slots * tr->rec, sizeof(float));
     if (!tr->x || !tr->noise || !tr->eps_g || !tr->xin || !tr->tin || !tr->yin || !tr->labels || !tr->stepw_mean ||
-        !tr->stepw_count)
-        return err_set(e, ERR_NOMEM, "out of memory for the trajectory buffers (batch %d)", tr->B);
+        !tr->stepw_count || !tr->slots)
+        return err_set(e, ERR_NOMEM, "out of memory for the trajectory buffers (batch %d, %d gradient slots: %zu MiB)",
+                       tr->B, tr->n_slots, (size_t)tr->n_slots * tr->rec * sizeof(float) >> 20);
     return 0;
 }
 
@@ -162,7 +182,23 @@ int trainer_open(Trainer **out, const TrainConfig *tc, const QModelConfig *stude
     tr->last_loss = NAN;
     tr->best_epoch = -1;
     tr->val_start[0] = tr->val_start[1] = tr->val_start[2] = NAN;
+    tr->rank = dist_rank();
+    tr->world = dist_size();
     int rc_code;
+    tr->n_slots = tc->train.grad_slots > 0 ? tc->train.grad_slots : tc->train.batch;
+    if (tc->train.batch % tr->n_slots) {
+        rc_code = err_set(e, ERR_VALUE, "run config: train.grad_slots: %d slots must divide train.batch %d",
+                          tr->n_slots, tc->train.batch);
+        goto fail;
+    }
+    tr->per_slot = tc->train.batch / tr->n_slots;
+    if (tr->n_slots < tr->world) {
+        rc_code = err_set(e, ERR_VALUE, "run config: train.grad_slots: %d gradient slot%s per step for %d MPI ranks: "
+                          "every rank needs one (set train.grad_slots to a multiple of the rank count that divides "
+                          "train.batch %d, or 0: one per trajectory; another slot count rounds differently)",
+                          tr->n_slots, tr->n_slots == 1 ? "" : "s", tr->world, tc->train.batch);
+        goto fail;
+    }
     if ((rc_code = setup_model(tr, e))) goto fail;
 
     Rng init_rng;  // LoRA A's initial draw; the state file then overwrites every trainable value
@@ -217,6 +253,9 @@ void trainer_free(Trainer *tr) {
     free(tr->val_t);
     free(tr->val_y);
     free(tr->chk_teacher);
+    free(tr->slots);
+    free(tr->dw_from);
+    free(tr->dw_to);
     free(tr);
 }
 
@@ -226,6 +265,8 @@ void trainer_position(const Trainer *tr, int *epoch, int *step) {
 }
 int trainer_steps_per_epoch(const Trainer *tr) { return tr->S; }
 int trainer_resumed(const Trainer *tr) { return tr->resumed; }
+int trainer_saved_ranks(const Trainer *tr) { return tr->resumed ? tr->saved_ranks : 0; }
+int trainer_failure_shared(const Trainer *tr) { return tr->failure_shared; }
 Ldm *trainer_ldm(Trainer *tr) { return tr->m; }
 QModel *trainer_qmodel(Trainer *tr) { return &tr->q; }
 double trainer_lora_lr(const Trainer *tr, int i) { return i >= 0 && i < tr->n_tl ? tr->lr_lora[i] : -1.0; }
@@ -286,7 +327,21 @@ static void note(const TrainerHooks *h, const char *fmt, const char *arg) {
 
 static int stopping(const TrainerHooks *h) { return h && h->stop && *h->stop; }
 
+// Several ranks stop together: after a step by what its exchange carried, at an epoch's end
+// by a vote (every rank reaches it); inside validations and sample grids nobody stops.
+static int stop_after_step(const Trainer *tr, const TrainerHooks *h) {
+    return tr->world > 1 ? tr->stop_all : stopping(h);
+}
+static int stop_at_epoch_end(const Trainer *tr, const TrainerHooks *h) {
+    return tr->world > 1 ? dist_any(stopping(h)) : stopping(h);
+}
+static volatile sig_atomic_t *inner_stop(const Trainer *tr, const TrainerHooks *h) {
+    return tr->world > 1 || !h ? NULL : h->stop;
+}
+
+// Only rank 0 writes the run directory (state, best, log, sample grids).
 static int save(Trainer *tr, const TrainerHooks *h, Err *e) {
+    if (tr->rank != 0) return 0;
     if (run_state_save(tr, e)) return e->code;
     char path[TRAINER_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/state.safetensors", tr->dir);
@@ -317,8 +372,8 @@ static double sampled_score(const Trainer *tr, const SampleCheck *sc) {
 static int validate_epoch(Trainer *tr, int epoch, const TrainerHooks *h, Err *e) {
     double t0 = now_seconds(), v;
     SampleCheck sc = {NAN, NAN, NAN};
-    int rc = trainer_validate(tr, h ? h->stop : NULL, &v, e);
-    if (!rc && tr->cfg.train.val_samples > 0) rc = trainer_sample_check(tr, h ? h->stop : NULL, &sc, e);
+    int rc = trainer_validate(tr, inner_stop(tr, h), &v, e);
+    if (!rc && tr->cfg.train.val_samples > 0) rc = trainer_sample_check(tr, inner_stop(tr, h), &sc, e);
     if (rc) return rc;
     double dt = now_seconds() - t0;
     RcSelect sel = tr->cfg.train.select_epoch;
@@ -335,9 +390,9 @@ static int validate_epoch(Trainer *tr, int epoch, const TrainerHooks *h, Err *e)
         tr->has_best = 1;
         tr->best_epoch = epoch;
         tr->best_val = score;
-        if (sel != RC_SELECT_LAST && (rc = run_state_save_best(tr, e))) return rc;
+        if (sel != RC_SELECT_LAST && tr->rank == 0 && (rc = run_state_save_best(tr, e))) return rc;
     }
-    if ((rc = run_log_val(&tr->log, epoch, tr->S, v, sc.mse, sc.fd, sc.real, dt, e))) return rc;
+    if (tr->rank == 0 && (rc = run_log_val(&tr->log, epoch, tr->S, v, sc.mse, sc.fd, sc.real, dt, e))) return rc;
     if (h && h->on_val) {
         TrainerVal tv = {epoch, v, sc, tr->best_epoch, tr->best_val, dt};
         h->on_val(&tv, h->user);
@@ -376,7 +431,7 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
                 // nothing of the step was applied: save the state of its start and stop
                 tr->rng = rng_before;
                 Err se = {0};
-                if (run_state_save(tr, &se)) {
+                if (tr->rank == 0 && run_state_save(tr, &se)) {
                     Err nan = *e;
                     memset(e, 0, sizeof *e);
                     return err_set(e, ERR_NAN, "%s; saving the last good state failed too: %s", nan.msg, se.msg);
@@ -390,14 +445,14 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
             sum->seconds += dt;
             sum->steps_run++;
             sum->final_loss = loss;
-            if ((rc = run_log_step(&tr->log, tr->epoch, tr->step - 1, loss, lr, dt, e))) return rc;
+            if (tr->rank == 0 && (rc = run_log_step(&tr->log, tr->epoch, tr->step - 1, loss, lr, dt, e))) return rc;
             if (h && h->on_step) {
                 TrainerStep s = {tr->epoch, tr->step - 1, T->epochs, tr->S, tr->opt.step,
                                  (int64_t)T->epochs * tr->S, loss, lr, dt,
                                  {tr->split[0], tr->split[1], tr->split[2], tr->split[3]}};
                 h->on_step(&s, h->user);
             }
-            if (stopping(h)) return interrupted(tr, h, e);
+            if (stop_after_step(tr, h)) return interrupted(tr, h, e);
             continue;
         }
         // epoch end
@@ -407,9 +462,9 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
             if (rc == ERR_INTERRUPTED) return interrupted(tr, h, e);
             if (rc) return rc;
         }
-        if (T->sample_every > 0 && done % T->sample_every == 0) {
+        if (T->sample_every > 0 && done % T->sample_every == 0 && tr->rank == 0) {
             char path[TRAINER_PATH_MAX + 64];
-            rc = trainer_sample_grid(tr, tr->epoch, h ? h->stop : NULL, path, sizeof path, e);
+            rc = trainer_sample_grid(tr, tr->epoch, inner_stop(tr, h), path, sizeof path, e);
             if (rc == ERR_INTERRUPTED) return interrupted(tr, h, e);
             if (rc) return rc;
             note(h, "samples %s", path);
@@ -422,7 +477,7 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
             if ((rc = save(tr, h, e))) return rc;
             saved = 1;
         }
-        if (stopping(h) && tr->epoch < T->epochs) {
+        if (stop_at_epoch_end(tr, h) && tr->epoch < T->epochs) {
             if (!saved && (rc = save(tr, h, e))) return rc;
             return err_set(e, ERR_INTERRUPTED, "stopped after epoch %d/%d; the run is saved in %s (continue with "
                            "--resume)", tr->epoch, T->epochs, tr->dir);
@@ -443,7 +498,8 @@ int trainer_run(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err *e)
     // a fresh start keeps no row (a failed earlier attempt may have left some)
     int fresh = !tr->resumed && !tr->ran;
     tr->ran = 1;
-    int rc = run_log_open(&tr->log, path, fresh ? -1 : tr->epoch, fresh ? 0 : tr->step, e);
+    tr->stop_flag = h ? h->stop : NULL;
+    int rc = tr->rank == 0 ? run_log_open(&tr->log, path, fresh ? -1 : tr->epoch, fresh ? 0 : tr->step, e) : 0;
     if (!rc) rc = run_loop(tr, h, sum, e);
     Err ce = {0};
     if (run_log_close(&tr->log, &ce) && !rc) rc = err_set(e, ce.code, "%s", ce.msg);

@@ -171,6 +171,11 @@ void trainer_position(const Trainer *tr, int *epoch, int *step);
 int trainer_steps_per_epoch(const Trainer *tr);
 // 1 when the opened state was a run in progress (not a freshly calibrated student).
 int trainer_resumed(const Trainer *tr);
+// MPI ranks of the run that wrote the opened state (0: not a run in progress).
+int trainer_saved_ranks(const Trainer *tr);
+// 1 when trainer_run's error came from a step's exchange, so every MPI rank returned it
+// (print it once); 0 when only this rank saw it.
+int trainer_failure_shared(const Trainer *tr);
 
 // The teacher and the student (for tests and tools); owned by tr.
 Ldm *trainer_ldm(Trainer *tr);

@@ -38,6 +38,17 @@ struct Trainer {
     int uncond_label;
     int n_real;                 // labels drawn: [0, n_real + 1) without uncond_label
 
+    // the step's slots: one per trajectory, each rank computes its share (util/dist.h), the
+    // gradients are summed in slot order (distill_step.c)
+    int rank, world;            // this process among the MPI ranks (0 of 1: one process)
+    int n_slots, per_slot;      // gradient slots per step (train.grad_slots), trajectories in each
+    size_t rec;                 // floats per slot record: gradient, guided ε, loss, status
+    float *slots;               // (n_slots, rec)
+    int n_dw;                   // delta_w_update single: tensors whose gradient is another's
+    Tensor **dw_from, **dw_to;  // [n_dw] dw_from->grad = dw_to->grad after every binding
+    int stop_all;               // the last step's exchange saw a stop request on some rank
+    volatile sig_atomic_t *stop_flag;  // this process's stop request (TrainerHooks.stop), or NULL
+
     // optimizer groups: per trainable layer 3 groups (LoRA, Δ_w, activations)
     int n_tl;                   // trainable layers
     double *lr_lora;            // [n_tl], computed once when fine-tuning starts
@@ -58,16 +69,16 @@ struct Trainer {
     double seconds;             // training seconds over the whole run
     float last_loss;
     int resumed;                // the opened state was a run in progress
-    int saved_threads;          // effdm.threads of the opened state (0: not recorded)
+    int saved_ranks;            // effdm.ranks of the opened state (1 when not recorded)
+    int failure_shared;         // the last error came from a step's exchange: every rank has it
     int ran;                    // trainer_run was called before (the log holds this run's rows)
 
     // per-step buffers (allocated once, before the loop)
     float *noise;               // (B, C, H, W)
-    float *xin;                 // (2B, C, H, W): [x_t | x_t] or x_t
-    float *tin;                 // (2B) timesteps
-    int *yin;                   // (2B) [∅ | y] or y
-    float *eps_p;               // (2B, C, H, W) teacher output
-    float *eps_g;               // (B, C, H, W) teacher guided ε (drives the trajectory)
+    float *xin;                 // (2 per_slot, C, H, W): one slot's UNet batch, [x_t | x_t] or x_t
+    float *tin;                 // (2 per_slot) timesteps
+    int *yin;                   // (2 per_slot) [∅ | y] or y
+    float *eps_g;               // (B, C, H, W) guided ε that drives the trajectory
 
     // validation inputs (held-out calibration inputs)
     int n_val;
@@ -89,6 +100,10 @@ struct Trainer {
 };
 
 /* distill_step.c */
+// Floats after the gradient and ε of a slot record: loss, status (0 or an ERR_ code), stop.
+#define SLOT_TAIL 3
+// Points the student's trainable gradients into grads (q->n_grads floats), zeroed.
+void trainer_bind_grads(Trainer *tr, float *grads);
 // Draws the epoch's labels and x_T from the run's RNG.
 void trainer_begin_epoch(Trainer *tr);
 // One optimizer step at tr->step of tr->epoch (see trainer.h); advances x_t and the RNG.

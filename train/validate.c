@@ -5,13 +5,15 @@
    initialisation used; of the M left, train.val_inputs evenly spaced ones (k M / V for
    k < V, so every part of the trajectories is represented), the same for the whole run.
    The error: Σ (ε_Q - ε_P)^2 / (V · C · H · W), a mean squared error per element, each
-   input at the TALSQ entry of its own timestep, summed in double in input order. Inputs
-   that share a timestep run as one batch. */
+   input at the TALSQ entry of its own timestep. Inputs that share a timestep run as one
+   batch (a chunk of at most 2B); each chunk's sum is taken in double, and the chunk sums
+   are added in chunk order, so MPI ranks can share the chunks and agree to the bit. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "train/calib_inputs.h"
 #include "train/trainer_impl.h"
+#include "util/dist.h"
 
 int trainer_load_val(Trainer *tr, Err *e) {
     int V = tr->cfg.train.val_inputs;
@@ -74,12 +76,28 @@ done:
 
 int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e) {
     Ctx *c = &tr->ctx;
-    double sum = 0;
-    int prev = ctx_set_grad(c, 0);
-    int rc = 0;
-    for (int k = 0; k < tr->n_val && !rc;) {
+    // the chunks: runs of inputs that share a timestep, at most 2B each; each rank computes
+    // its share of them, and the chunk sums are added in chunk order on every rank
+    int n_chunks = 0;
+    for (int k = 0; k < tr->n_val;) {
         int n = 1;
         while (k + n < tr->n_val && tr->val_t[k + n] == tr->val_t[k] && n < 2 * tr->B) n++;
+        k += n;
+        n_chunks++;
+    }
+    double *sums = calloc((size_t)(n_chunks > 0 ? n_chunks : 1), sizeof(double));
+    if (!sums) return err_set(e, ERR_NOMEM, "out of memory for %d validation chunks", n_chunks);
+    int lo, hi;
+    dist_range(n_chunks, tr->rank, tr->world, &lo, &hi);
+    int prev = ctx_set_grad(c, 0);
+    int rc = 0;
+    for (int k = 0, i = 0; k < tr->n_val && !rc; i++) {
+        int n = 1;
+        while (k + n < tr->n_val && tr->val_t[k + n] == tr->val_t[k] && n < 2 * tr->B) n++;
+        if (i < lo || i >= hi) {
+            k += n;
+            continue;
+        }
         if (stop && *stop) {
             rc = ERR_INTERRUPTED;
             err_set(e, rc, "stopped during validation");
@@ -97,14 +115,23 @@ int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, 
             rc = err_set(e, c->err.code ? c->err.code : ERR_INTERNAL, "validation: %s", c->err.msg);
             break;
         }
-        for (size_t i = 0; i < q->n; i++) {
-            double d = (double)q->data[i] - (double)p->data[i];
+        double sum = 0;
+        for (size_t j = 0; j < q->n; j++) {
+            double d = (double)q->data[j] - (double)p->data[j];
             sum += d * d;
         }
+        sums[i] = sum;
         k += n;
     }
     ctx_reset(c);
     ctx_set_grad(c, prev);
-    if (!rc) *err_out = tr->n_val ? sum / ((double)tr->n_val * (double)tr->per) : 0.0;
+    // a rank's failure is its own (ranks then stop at the next exchange's vote)
+    if (!rc && tr->world > 1) rc = dist_merge_f64(sums, (size_t)n_chunks, e);
+    if (!rc) {
+        double sum = 0;
+        for (int i = 0; i < n_chunks; i++) sum += sums[i];
+        *err_out = tr->n_val ? sum / ((double)tr->n_val * (double)tr->per) : 0.0;
+    }
+    free(sums);
     return rc;
 }

@@ -3,7 +3,11 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
+
+#include "util/dist.h"
 
 static int g_threads = 1;  // mirrors what was last passed to the libraries
 
@@ -25,7 +29,8 @@ int threads_default(void) {
         long v = strtol(s, &end, 10);
         if (end != s && *end == '\0' && v > 0 && v < 4096) return (int)v;
     }
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    // MPI ranks on this machine share its cores
+    long n = sysconf(_SC_NPROCESSORS_ONLN) / dist_local_size();
     return n > 0 ? (int)n : 1;
 }
 
@@ -39,6 +44,9 @@ const char *threads_blas_name(void) {
 }
 
 void threads_reexec_spinning(char **argv) {
+    // a process re-executed through /proc/self/exe is named "exe" in ps and /proc: keep ours
+    const char *base = argv[0] ? strrchr(argv[0], '/') : NULL;
+    prctl(PR_SET_NAME, base ? base + 1 : argv[0] ? argv[0] : "effdm", 0, 0, 0);
     if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
     if (setenv("GOMP_SPINCOUNT", "30000000", 1) != 0) return;
     execv("/proc/self/exe", argv);

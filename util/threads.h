@@ -10,7 +10,8 @@
 void threads_set(int n);
 // Current thread count.
 int threads_get(void);
-// EFFDM_THREADS if set to a positive integer, else the number of online cores.
+// EFFDM_THREADS if set to a positive integer, else the number of online cores (divided
+// among the MPI ranks started on this machine).
 int threads_default(void);
 // Short description of the BLAS build ("openblas-pthread" / "openblas-openmp" / ...), for benches.
 const char *threads_blas_name(void);
