@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "autograd/profile.h"
+#include "util/dist.h"
 #include "util/threads.h"
 
 static int parse_value(CliOpt *o, const char *v, Err *e) {
@@ -84,15 +85,24 @@ int cli_fail(const char *cmd, const Err *e) {
 }
 
 int cli_threads(int threads, Err *e) {
-    if (threads < 0) return err_set(e, ERR_ARG, "--threads: expected a positive integer, found %d", threads);
+    if (threads == 0 || threads < -1 || threads > 4096)
+        return err_set(e, ERR_ARG, "--threads: expected a positive integer up to 4096, found %d", threads);
     const char *s = getenv("EFFDM_THREADS");
-    if (threads == 0 && s) {
+    if (threads < 0 && s) {
         char *end;
         long v = strtol(s, &end, 10);
         if (end == s || *end || v <= 0 || v > 4096)
-            return err_set(e, ERR_ARG, "EFFDM_THREADS: expected a positive integer, found '%s'", s);
+            return err_set(e, ERR_ARG, "EFFDM_THREADS: expected a positive integer up to 4096, found '%s'", s);
     }
-    threads_set(threads);
+    threads_set(threads < 0 ? 0 : threads);
+    // more threads than cores: each waits for the others at every parallel loop
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int per_node = threads_get() * dist_local_size();
+    if (cores > 0 && per_node > cores && dist_rank() == 0)
+        fprintf(stderr, "effdm: note: %d thread%s%s on %ld cores: oversubscribed threads run much slower than one per "
+                "core (--threads %ld, or leave it out)\n", threads_get(), threads_get() == 1 ? "" : "s",
+                dist_local_size() > 1 ? " per MPI rank" : "", cores,
+                cores / dist_local_size() > 0 ? cores / dist_local_size() : 1);
     return 0;
 }
 

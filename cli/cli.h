@@ -35,7 +35,10 @@ int cli_parse(int argc, char **argv, CliOpt *opts, int n_opts, const char **posi
               int max_positional, int *help, Err *e);
 // Prints "effdm <cmd>: <msg>" to stderr and returns the exit status for e->code.
 int cli_fail(const char *cmd, const Err *e);
-// Applies --threads (0 = EFFDM_THREADS or all cores). 0 or ERR_ARG for a bad EFFDM_THREADS.
+// The thread count of a command: threads > 0 as given (--threads, run.threads); -1: not
+// given, so $EFFDM_THREADS, else the cores (shared by the MPI ranks on the machine). 0 or
+// anything else is ERR_ARG; the same rule for the option, the key and the variable. A count
+// above the cores gets a note on stderr (it runs, much slower).
 int cli_threads(int threads, Err *e);
 
 // Progress bar on stderr: "label [=====>    ] 12/50  3.1 s elapsed, ETA 9.4 s  extra".

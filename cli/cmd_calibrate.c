@@ -54,7 +54,7 @@ static void on_progress(int phase, long done, long total, void *user) {
 int cmd_calibrate(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL;
-    int threads = 0, force = 0, help = 0;
+    int threads = -1, force = 0, help = 0;
     CliStrs sets = {0};
     CliOpt opts[] = {
         {"--config", OPT_STR, &config, 0},
@@ -73,7 +73,8 @@ int cmd_calibrate(int argc, char **argv) {
     }
     static RunConfig rc;  // large (paths, overrides): off the stack
     if (run_config_load_set(config, sets.v, sets.n, &rc, &e)) return cli_fail("calibrate", &e);
-    if (cli_threads(opts[1].seen ? threads : rc.run.threads, &e)) return cli_fail("calibrate", &e);
+    if (cli_threads(opts[1].seen ? threads : rc.run.threads > 0 ? rc.run.threads : -1, &e))
+        return cli_fail("calibrate", &e);
     ProgressState ps = {0};
     CalibOpts o = {force, on_progress, &ps};
     CalibSummary s;

@@ -33,7 +33,7 @@ static const char *const usage[] = {
 
 int cmd_decode(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *z_path = NULL, *x_path = NULL, *out = NULL, *lv_path = NULL;
-    int threads = 0, encode = 0, no_quant = 0;
+    int threads = -1, encode = 0, no_quant = 0;
     CliOpt opts[] = {
         {"--ldm-config", OPT_STR, &cfg_path}, {"--ckpt", OPT_STR, &ckpt_path}, {"--z", OPT_STR, &z_path},
         {"--x", OPT_STR, &x_path},            {"--encode", OPT_FLAG, &encode},  {"--logvar", OPT_STR, &lv_path},

@@ -35,7 +35,7 @@ static const char *const usage[] = {
 
 int cmd_eval(int argc, char **argv) {
     const char *samples = NULL, *ref = NULL, *features = NULL, *weights = NULL, *json = NULL;
-    int max = 0, batch = 0, threads = 0, help = 0;
+    int max = 0, batch = 0, threads = -1, help = 0;
     CliOpt opts[] = {
         {"--samples", OPT_STR, &samples}, {"--ref", OPT_STR, &ref},   {"--features", OPT_STR, &features},
         {"--weights", OPT_STR, &weights}, {"--json", OPT_STR, &json}, {"--max", OPT_INT, &max},

@@ -42,7 +42,7 @@ static const char *const usage[] = {
 int cmd_export(int argc, char **argv) {
     Err e = {0};
     const char *run = NULL, *out = NULL, *epoch = NULL;
-    int threads = 0, help = 0, fp16 = 0;
+    int threads = -1, help = 0, fp16 = 0;
     CliOpt opts[] = {
         {"--fp16-layers", OPT_FLAG, &fp16, 0},
         {"--run", OPT_STR, &run, 0},

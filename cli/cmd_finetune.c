@@ -159,12 +159,13 @@ static int agree(int code, const Err *e) {
 int cmd_finetune(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL, *resume = NULL;
-    int threads = 0, help = 0, n_pos = 0, profile = 0;
+    int threads = -1, help = 0, n_pos = 0, profile = 0;
     CliStrs sets = {0};
     const char *pos[1];
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
                      {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0},
                      {"--set", OPT_STRS, &sets, 0}};
+    const double t_start = now_seconds();
     const int rank = dist_rank(), world = dist_size(), talk = rank == 0;  // rank 0 speaks for the job
     int x;
     cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e);
@@ -190,7 +191,7 @@ int cmd_finetune(int argc, char **argv) {
     if ((x = agree(e.code, &e))) return x;
     RunDirStatus st;
     run_dir_resolve(resume, gp, &rc, &st, &e);
-    if (!e.code) cli_threads(opts[2].seen ? threads : rc.run.threads, &e);
+    if (!e.code) cli_threads(opts[2].seen ? threads : rc.run.threads > 0 ? rc.run.threads : -1, &e);
     if ((x = agree(e.code, &e))) return x;
     if (st == RUN_DIR_EMPTY) {
         // no calibrated student yet: effdm calibrate first, into the same run directory (MPI:
@@ -272,8 +273,11 @@ int cmd_finetune(int argc, char **argv) {
     progress_finish(&v.bar, NULL);
     printf("run          %s\n", rc.run.out);
     printf("epochs       %d of %d (%d steps each)\n", s.epoch, s.epochs, s.steps);
-    printf("steps run    %lld in %.1f s (%.3f s/step); whole run %.1f s\n", (long long)s.steps_run, s.seconds,
-           s.steps_run ? s.seconds / (double)s.steps_run : 0.0, s.total_seconds);
+    printf("steps run    %lld in %.1f s of optimizer steps (%.3f s/step)\n", (long long)s.steps_run, s.seconds,
+           s.steps_run ? s.seconds / (double)s.steps_run : 0.0);
+    printf("wall         %.1f s (this command: loading, calibration, validations, sample grids and checkpoints "
+           "included)\n", now_seconds() - t_start);
+    printf("whole run    %.1f s of optimizer steps over every call so far\n", s.total_seconds);
     if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
     char be[32];
     if (s.has_best)

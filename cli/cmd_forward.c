@@ -49,7 +49,7 @@ static const char *shape_str(const NpyArray *a, char *buf, size_t cap) {
 int cmd_forward(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *x_path = NULL, *t_path = NULL, *y_path = NULL,
                *c_path = NULL, *out = NULL;
-    int threads = 0;
+    int threads = -1;
     CliOpt opts[] = {
         {"--ldm-config", OPT_STR, &cfg_path}, {"--ckpt", OPT_STR, &ckpt_path}, {"--x", OPT_STR, &x_path},
         {"--t", OPT_STR, &t_path},            {"--y", OPT_STR, &y_path},        {"--context", OPT_STR, &c_path},

@@ -222,7 +222,7 @@ static double now_s(void) {
 int cmd_sample(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *out = NULL, *ema_s = "auto", *sampler_s = "ddim";
     const char *model_path = NULL, *eval_ref = NULL, *eval_json = NULL;
-    int n = 64, steps = 50, klass = -1, seed = 0, batch = 16, threads = 0, profile = 0;
+    int n = 64, steps = 50, klass = -1, seed = 0, batch = 16, threads = -1, profile = 0;
     float eta = 0.0f, scale = 1.5f;
     CliOpt opts[] = {
         {"--ldm-config", OPT_STR, &cfg_path}, {"--ckpt", OPT_STR, &ckpt_path}, {"--ema", OPT_STR, &ema_s},

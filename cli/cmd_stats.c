@@ -46,7 +46,7 @@ static void on_progress(void *user, size_t done, size_t total) {
 
 int cmd_stats(int argc, char **argv) {
     const char *images = NULL, *features = "judge", *weights = NULL, *out = NULL;
-    int max = 0, rows = 10000, batch = 0, threads = 0, help = 0;
+    int max = 0, rows = 10000, batch = 0, threads = -1, help = 0;
     CliOpt opts[] = {
         {"--images", OPT_STR, &images},   {"--features", OPT_STR, &features}, {"--weights", OPT_STR, &weights},
         {"--max", OPT_INT, &max},         {"--rows", OPT_INT, &rows},         {"--batch", OPT_INT, &batch},

@@ -499,9 +499,9 @@ static void test_every_repo_checkpoint_loads(void **state) {
 static void test_shared_inception(void **state) {
     const char *p = SHARED_DIR "/fixtures/fid/inception/inception_random_fp16.pth";
     struct stat st;
-    if (stat(p, &st) != 0) {
-        print_message("  (skipped: %s not present)\n", p);
-        return;
+    if (stat(p, &st) != 0) {  // the 48 MB fixture lives beside the repository only
+        print_message("  (%s not present)\n", p);
+        skip();
     }
     WeightFile *f = NULL;
     Err e = {0};

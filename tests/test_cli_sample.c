@@ -281,6 +281,20 @@ static void test_bad_input(void **state) {
     // --eval that needs 10 samples is refused before any sampling
     snprintf(args, sizeof args, "sample --n 9 --steps 4 --eval fmnist --out '%s'", tmp("bad_s"));
     expect_bad_input(run(env, args), "sample", "--n >= 10", "9");
+    // one thread rule: --threads and EFFDM_THREADS take a positive integer (0 was "all cores"
+    // for the option and an error for the variable); above the cores a note, not silence
+    snprintf(args, sizeof args, "sample --n 2 --steps 4 --threads 0 --out '%s'", tmp("bad_s"));
+    expect_bad_input(run(env, args), "sample", "--threads", "found 0");
+    char env0[1100];
+    snprintf(env0, sizeof env0, "%s EFFDM_THREADS=0", env);
+    snprintf(args, sizeof args, "sample --n 2 --steps 4 --out '%s'", tmp("bad_s"));
+    expect_bad_input(run(env0, args), "sample", "EFFDM_THREADS", "'0'");
+    snprintf(args, sizeof args, "sample --n 2 --steps 4 --threads 5000 --out '%s'", tmp("bad_s"));
+    expect_bad_input(run(env, args), "sample", "--threads", "5000");
+    snprintf(args, sizeof args, "sample --n 1 --steps 1 --threads %ld --out '%s'", sysconf(_SC_NPROCESSORS_ONLN) + 1,
+             tmp("many_threads"));
+    assert_int_equal(run(env, args), 0);
+    if (!strstr(g_err, "effdm: note:") || !strstr(g_err, "oversubscribed")) fail_msg("no note: %s", g_err);
     snprintf(args, sizeof args, "sample --n 2 --ema maybe --out '%s'", tmp("bad_s"));
     expect_bad_input(run(env, args), "sample", "--ema", "maybe");
     snprintf(args, sizeof args, "sample --n 2 --ema on --out '%s'", tmp("bad_s"));

@@ -247,6 +247,22 @@ static void test_cli(void **state) {
     snprintf(args, sizeof args, "finetune --resume '%s' --set train.checkpoint_every=3 --set sample.seed=99 "
              "--threads 2", run);
     if (effdm(args, err, sizeof err) != 0) fail_msg("%s", err);
+    // the summary says what its times count: the optimizer steps, and the command's wall time
+    // (it once printed only the first, as "whole run")
+    char sum[4096], path[400];
+    snprintf(path, sizeof path, "%s/stdout.txt", tmp);
+    FILE *sf = fopen(path, "r");
+    assert_non_null(sf);
+    sum[fread(sum, 1, sizeof sum - 1, sf)] = 0;
+    fclose(sf);
+    double steps_s = -1, wall_s = -1;
+    const char *a = strstr(sum, "of optimizer steps ("), *b = strstr(sum, "\nwall ");
+    if (!a || !b) fail_msg("summary without step and wall times:\n%s", sum);
+    a -= 4;  // "<seconds> s of optimizer steps": back over " s " to the number
+    while (a > sum && a[-1] != ' ') a--;
+    assert_int_equal(sscanf(a, "%lf", &steps_s), 1);
+    assert_int_equal(sscanf(b, "\nwall %lf", &wall_s), 1);
+    assert_true(wall_s >= steps_s && steps_s > 0);
     load_run_config(run, &c);
     assert_int_equal(c.train.checkpoint_every, 3);
     assert_int_equal(c.sample.seed, 99);
