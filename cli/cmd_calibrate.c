@@ -1,4 +1,5 @@
 /* cmd_calibrate.c: effdm calibrate: naive PTQ of a run (run/run_calibrate.h). */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -51,6 +52,9 @@ static void on_progress(int phase, long done, long total, void *user) {
     else progress_update(&p->bar, done, unit);
 }
 
+static volatile sig_atomic_t stop_signal = 0;
+static void on_signal(int sig) { stop_signal = sig; }
+
 int cmd_calibrate(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL;
@@ -76,9 +80,20 @@ int cmd_calibrate(int argc, char **argv) {
     if (cli_threads(opts[1].seen ? threads : rc.run.threads > 0 ? rc.run.threads : -1, &e))
         return cli_fail("calibrate", &e);
     ProgressState ps = {0};
-    CalibOpts o = {force, on_progress, &ps};
+    struct sigaction sa;  // a signal stops between trajectory batches; nothing is written then
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;  // a second signal ends at once (nothing is written before the end)
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    CalibOpts o = {force, on_progress, &ps, &stop_signal};
     CalibSummary s;
-    if (run_calibrate(&rc, &o, &s, &e)) return cli_fail("calibrate", &e);
+    if (run_calibrate(&rc, &o, &s, &e) == ERR_INTERRUPTED) {
+        fprintf(stderr, "\neffdm calibrate: %s: nothing was written\n", e.msg);
+        return 128 + (int)stop_signal;
+    }
+    if (e.code) return cli_fail("calibrate", &e);
     if (s.warning[0]) fprintf(stderr, "effdm calibrate: note: %s\n", s.warning);
     printf("calibrated %s in %.1f s (teacher trajectories %.1f s, activation ranges %.1f s)\n", rc.run.out,
            s.sec_total, s.sec_record, s.sec_calib);

@@ -49,8 +49,9 @@ static const char *const usage[] = {
     "The run directory: config.yaml, calib.safetensors, state.safetensors (checkpoint every",
     "train.checkpoint_every epochs), best.safetensors (train.select_epoch best_val), log.csv",
     "(epoch, step, loss, lr, seconds, val_error), samples/epoch_NNN.png.",
-    "SIGINT / SIGTERM: the current step finishes, the run is saved mid-epoch, exit 130 / 143;",
-    "a second signal stops at once (the last checkpoint stays intact).",
+    "SIGINT / SIGTERM: the current step finishes, the run is saved mid-epoch, exit 130 / 143",
+    "(during calibration: it stops, nothing is written); a second signal changes nothing (the",
+    "save is never cut), a third ends at once (the last checkpoint stays intact).",
     "Several machines: mpirun -np N effdm finetune ... splits the trajectories of every step",
     "among N ranks and sums their gradients in a fixed order: the run directory (on a shared",
     "file system; rank 0 writes it) is bit-identical to one process's, and --resume works with",
@@ -68,14 +69,31 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void on_signal(int sig) { stop_signal = sig; }
+// The first signal asks for a stop after the current step (or calibration batch) and a
+// save; the second only says so again (`timeout -s INT` signals the process and its group,
+// two Ctrl-C come quickly), so a save in progress is never cut; the third ends the process
+// at once, the last checkpoint intact (every file is written to a temporary name, then
+// renamed).
+static volatile sig_atomic_t signals_seen = 0;
+
+static void on_signal(int sig) {
+    static const char again[] = "\neffdm finetune: stopping after the current step and saving (a third signal ends "
+                                "at once; the last checkpoint stays intact)\n";
+    if (!stop_signal) stop_signal = sig;
+    if (++signals_seen == 2) {
+        ssize_t w = write(2, again, sizeof again - 1);
+        (void)w;
+    } else if (signals_seen >= 3) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+}
 
 static void install_handlers(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND;  // a second signal takes the default action: stop at once
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 }
@@ -198,9 +216,15 @@ int cmd_finetune(int argc, char **argv) {
         // the ranks share the teacher trajectories, rank 0 writes)
         if (talk) fprintf(stderr, "effdm finetune: %s has no calibrated state: calibrating first\n", rc.run.out);
         CalibState cs = {0};
-        CalibOpts co = {0, talk ? on_calib_progress : NULL, &cs};
+        install_handlers();
+        CalibOpts co = {0, talk ? on_calib_progress : NULL, &cs, &stop_signal};
         CalibSummary cal;
         run_calibrate(&rc, &co, &cal, &e);
+        if (e.code == ERR_INTERRUPTED) {
+            fprintf(stderr, "%seffdm finetune: %s: nothing was written (a calibration is redone whole: the next "
+                    "effdm finetune starts it again)\n", cs.bar.is_tty ? "\n" : "", e.msg);
+            return 128 + (int)stop_signal;
+        }
         if ((x = agree(e.code, &e))) return x;
         if (talk && cal.warning[0]) fprintf(stderr, "effdm finetune: note: %s\n", cal.warning);
         if (talk)

@@ -119,6 +119,11 @@ int calib_record(Ctx *c, Ldm *m, const RcCalib *cc, const CalibProgress *o, Cali
     if (o && o->on_progress) o->on_progress(CALIB_PHASE_RECORD, 0, r.total, o->user);
     for (int first = blo * B; first < cc->n_samples && first < bhi * B && !rc; first += B) {
         int nb = cc->n_samples - first < B ? cc->n_samples - first : B;
+        if (o && o->stop && *o->stop) {
+            rc = err_set(e, ERR_INTERRUPTED, "stopped during calibration, at teacher trajectory %d of %d", first,
+                         cc->n_samples);
+            break;
+        }
         rec->n = first * steps * (guided ? 2 : 1);
         for (int j = 0; j < nb; j++) {
             sample_initial_noise(&rng[j], (uint64_t)cc->seed, first + j, x + (size_t)j * per, per);
@@ -225,6 +230,8 @@ static int calibrate_per_step(QModel *q, Ctx *ctx, Ldm *m, const CalibRecord *re
 
 int calib_student_fit(QModel *q, Ctx *ctx, Ldm *m, const QModelConfig *qc, const RcCalib *cc,
                       const CalibRecord *rec, int64_t *used, const CalibProgress *o, Err *e) {
+    if (o && o->stop && *o->stop)
+        return err_set(e, ERR_INTERRUPTED, "stopped during calibration, before the activation ranges");
     Rng r;
     rng_seed(&r, (uint64_t)cc->seed, CALIB_STREAM_LORA);
     int code = qmodel_init(q, m->unet, qc, m->T, &r, e);

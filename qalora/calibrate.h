@@ -33,6 +33,7 @@
 #ifndef EFFDM_CALIBRATE_H
 #define EFFDM_CALIBRATE_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "models/ldm.h"
@@ -64,6 +65,9 @@ typedef struct {
 typedef struct {
     void (*on_progress)(int phase, long done, long total, void *user);  // may be NULL
     void *user;
+    // may be NULL; non-zero: stop between trajectory batches with ERR_INTERRUPTED (nothing
+    // recorded is kept: a calibration is redone whole)
+    volatile sig_atomic_t *stop;
 } CalibProgress;
 
 typedef struct {

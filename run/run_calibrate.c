@@ -88,7 +88,8 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
 
     // 1. teacher trajectories
     double t1 = now_seconds();
-    CalibProgress p = {o ? o->on_progress : NULL, o ? o->user : NULL};
+    // MPI ranks would see a signal at different batches: they calibrate to the end
+    CalibProgress p = {o ? o->on_progress : NULL, o ? o->user : NULL, o && dist_size() == 1 ? o->stop : NULL};
     if ((code = calib_record(&ctx, m, &rc->calib, &p, &rec, e))) goto fail;
     s->sec_record = now_seconds() - t1;
     s->steps = sampler_real_steps(m, rc->calib.steps);

@@ -27,6 +27,7 @@ typedef struct {
     // Progress as qalora/calibrate.h CalibProgress says. May be NULL.
     void (*on_progress)(int phase, long done, long total, void *user);
     void *user;
+    volatile sig_atomic_t *stop;  // may be NULL: a signal flag (CalibProgress.stop)
 } CalibOpts;
 
 typedef struct {

@@ -286,7 +286,7 @@ static int log_losses(const char *dir, float *out, int cap) {
     return n;
 }
 
-static void child_case(int sig, const char *kill_after_row, int want_status) {
+static void child_case_n(int sig, int count, const char *kill_after_row, int want_status) {
     char dir[64];
     snprintf(dir, sizeof dir, "/tmp/effdm_test_resume_sig_XXXXXX");
     assert_non_null(mkdtemp(dir));
@@ -294,7 +294,7 @@ static void child_case(int sig, const char *kill_after_row, int want_status) {
     pid_t pid = spawn_finetune(dir);
     assert_true(pid > 0);
     if (!wait_for_row(dir, kill_after_row, pid)) fail_msg("the child finished before row %s", kill_after_row);
-    kill(pid, sig);
+    for (int i = 0; i < count; i++) kill(pid, sig);
     assert_int_equal(wait_exit(pid), want_status);
     assert_dir_intact(dir);
     pid = spawn_finetune(dir);
@@ -317,9 +317,76 @@ static void child_case(int sig, const char *kill_after_row, int want_status) {
     fix_remove_run(dir);
 }
 
+static void child_case(int sig, const char *kill_after_row, int want_status) {
+    child_case_n(sig, 1, kill_after_row, want_status);
+}
+
 // SIGINT after step 1 of epoch 0 was logged: the child finishes its step, saves, exits 130.
 static void test_sigint_child(void **state) { child_case(SIGINT, "0,1,", 128 + SIGINT); }
 // SIGKILL once epoch 1 runs (epoch 0's checkpoint is on disk): resume from that checkpoint.
+// Two SIGINTs at once (two Ctrl-C, `timeout -s INT` signalling the process and its group):
+// the second used to kill the process with the default action, losing the mid-epoch save.
+static void test_two_sigints_child(void **state) { child_case_n(SIGINT, 2, "0,1,", 128 + SIGINT); }
+
+// SIGINT during the calibration of a fresh run: exit 130, a message, nothing written; the
+// next start calibrates again and finishes.
+static void test_sigint_calibration(void **state) {
+    char dir[64], cfg[128], err[128];
+    snprintf(dir, sizeof dir, "/tmp/effdm_test_resume_cal_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(cfg, sizeof cfg, "%s/run.yaml", dir);
+    snprintf(err, sizeof err, "%s/stderr.txt", dir);
+    RunConfig rc = base_rc;
+    snprintf(rc.run.out, sizeof rc.run.out, "%s/run", dir);
+    rc.calib.n_samples = 64;  // 32 batches of 2 trajectories: seconds to stop in
+    rc.train.epochs = 1;
+    Err e = {0};
+    assert_int_equal(run_config_write(&rc, cfg, &e), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) dup2(fd, 2);
+        execl(EFFDM_BIN, EFFDM_BIN, "finetune", "--config", cfg, "--threads", "2", (char *)NULL);
+        _exit(127);
+    }
+    int seen = 0;  // the trajectories' progress bar has started
+    for (int i = 0; i < 20000 && !seen; i++) {
+        unsigned char *b;
+        size_t n;
+        Err ig = {0};
+        if (!file_read_all(err, &b, &n, &ig)) {
+            b = realloc(b, n + 1);
+            b[n] = 0;
+            seen = strstr((char *)b, "teacher trajectories [") != NULL;
+            free(b);
+        }
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (!seen) {
+        kill(pid, SIGKILL);
+        wait_exit(pid);
+        unsigned char *b;
+        size_t n;
+        if (!file_read_all(err, &b, &n, &e)) fprintf(stderr, "%.*s\n", (int)n, (char *)b);
+        fail_msg("no calibration progress seen");
+    }
+    kill(pid, SIGINT);
+    assert_int_equal(wait_exit(pid), 128 + SIGINT);
+    unsigned char *b;
+    size_t n;
+    assert_int_equal(file_read_all(err, &b, &n, &e), 0);
+    b = realloc(b, n + 1);
+    b[n] = 0;
+    if (!strstr((char *)b, "stopped during calibration") || !strstr((char *)b, "nothing was written"))
+        fail_msg("no message:\n%s", (char *)b);
+    free(b);
+    char path[256];
+    snprintf(path, sizeof path, "%s/run/state.safetensors", dir);
+    assert_int_not_equal(access(path, F_OK), 0);
+    fix_remove_run(dir);
+}
+
 static void test_sigkill_child(void **state) { child_case(SIGKILL, "1,0,", 1000 + SIGKILL); }
 
 int main(void) {
@@ -328,6 +395,8 @@ int main(void) {
         cmocka_unit_test(test_resume_at_epoch_end),
         cmocka_unit_test(test_sigint_child),
         cmocka_unit_test(test_sigkill_child),
+        cmocka_unit_test(test_two_sigints_child),
+        cmocka_unit_test(test_sigint_calibration),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
