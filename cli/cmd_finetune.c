@@ -254,6 +254,7 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "effdm finetune: %s: %s at epoch %d/%d, step %d/%d (%d thread%s%s)\n", rc.run.out,
                 trainer_resumed(tr) ? "resuming" : "starting", epoch + 1, rc.train.epochs, step, S, threads_get(),
                 threads_get() == 1 ? "" : "s", ranks);
+    if (talk && trainer_open_note(tr)) fprintf(stderr, "effdm finetune: note: %s\n", trainer_open_note(tr));
     int saved_ranks = trainer_saved_ranks(tr);
     if (talk && saved_ranks > 0 && saved_ranks != world)
         fprintf(stderr, "effdm finetune: note: the run was computed on %d MPI rank%s, it continues on %d: the result "

@@ -1,6 +1,8 @@
 #include "io/fileio.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -45,24 +47,48 @@ int atomic_open(AtomicFile *f, const char *path, Err *e) {
 
 void atomic_write(AtomicFile *f, const void *data, size_t n) {
     if (f->failed || !f->fp || n == 0) return;
-    if (fwrite(data, 1, n, f->fp) != n) f->failed = 1;
+    if (fwrite(data, 1, n, f->fp) != n) {
+        f->failed = 1;
+        f->err_no = errno ? errno : EIO;
+    }
+}
+
+// fsync of the folder holding path: a rename is durable only once its directory entry is.
+// File systems that cannot sync a directory (EINVAL) are not an error.
+static int sync_dir(const char *path) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return errno;
+    int rc = fsync(fd) != 0 && errno != EINVAL ? errno : 0;
+    close(fd);
+    return rc;
 }
 
 int atomic_commit(AtomicFile *f, Err *e) {
     if (!f->fp) return err_set(e, ERR_IO, "%s: not open", f->path);
-    int bad = f->failed || fflush(f->fp) != 0 || fsync(fileno(f->fp)) != 0;
-    int saved = errno;
-    if (fclose(f->fp) != 0) bad = 1;
+    // each errno is taken right after its call (a later call may change it)
+    int err_no = f->failed ? f->err_no : 0;
+    if (!err_no && fflush(f->fp) != 0) err_no = errno ? errno : EIO;
+    if (!err_no && fsync(fileno(f->fp)) != 0) err_no = errno;
+    if (fclose(f->fp) != 0 && !err_no) err_no = errno ? errno : EIO;
     f->fp = NULL;
-    if (bad) {
+    if (err_no) {
         remove(f->tmp);
-        return err_set(e, ERR_IO, "%s: write failed: %s", f->tmp, strerror(saved));
+        return err_set(e, ERR_IO, "%s: write failed: %s", f->tmp, strerror(err_no));
     }
     if (rename(f->tmp, f->path) != 0) {
-        saved = errno;
+        err_no = errno;
         remove(f->tmp);
-        return err_set(e, ERR_IO, "%s: cannot rename into place: %s", f->path, strerror(saved));
+        return err_set(e, ERR_IO, "%s: cannot rename into place: %s", f->path, strerror(err_no));
     }
+    if ((err_no = sync_dir(f->path)))
+        return err_set(e, ERR_IO, "%s: written, but its folder cannot be synced to disk: %s", f->path,
+                       strerror(err_no));
     return 0;
 }
 

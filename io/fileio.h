@@ -1,4 +1,5 @@
-/* fileio.h: whole-file reads and atomic writes (path.tmp, checked writes, fsync, rename).
+/* fileio.h: whole-file reads and atomic writes (path.tmp, checked writes, fsync, rename,
+   fsync of the directory so the rename itself survives a power loss).
    A failed or abandoned AtomicFile leaves no file behind.
 
        AtomicFile f;
@@ -19,6 +20,7 @@ typedef struct {
     char path[4096];
     char tmp[4200];
     int failed;  // a write failed; commit will report it
+    int err_no;  // errno of that failure, taken when it happened
 } AtomicFile;
 
 // Reads a whole file into a malloc'ed buffer (*buf, *size); the caller frees *buf. 0 or ERR_IO.

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <zlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -382,15 +383,34 @@ int st_write(const StWriter *w, const char *path, Err *e) {
     }
     for (int i = 0; i < n; i++) order[i] = &w->tensors[i];
     qsort(order, (size_t)n, sizeof *order, by_rank_name);
+    int n_meta = w->n_meta;
+    char crc_hex[16];
+    if (w->checksum) {  // the data section in file order
+        StMeta *m2 = realloc(meta, (size_t)(n_meta + 1) * sizeof *meta);
+        if (!m2) {
+            free(order);
+            free(meta);
+            return err_set(e, ERR_NOMEM, "%s: out of memory", path);
+        }
+        meta = m2;
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (int k = 0; k < n; k++)
+            for (size_t o = 0; o < order[k]->nbytes; o += 1u << 30) {  // crc32's length is a uInt
+                size_t len = order[k]->nbytes - o < (1u << 30) ? order[k]->nbytes - o : (1u << 30);
+                crc = crc32(crc, (const Bytef *)order[k]->data + o, (uInt)len);
+            }
+        snprintf(crc_hex, sizeof crc_hex, "%08lx", (unsigned long)crc);
+        meta[n_meta++] = (StMeta){(char *)"effdm.crc32", crc_hex};
+    }
     if (w->n_meta) memcpy(meta, w->meta, (size_t)w->n_meta * sizeof *meta);  // w->meta is NULL without metadata
-    qsort(meta, (size_t)w->n_meta, sizeof *meta, by_key);
+    qsort(meta, (size_t)n_meta, sizeof *meta, by_key);
 
     Buf h = {0};
     char num[64];
     buf_puts(&h, "{");
-    if (w->n_meta) {
+    if (n_meta) {
         buf_puts(&h, "\"__metadata__\":{");
-        for (int i = 0; i < w->n_meta; i++) {
+        for (int i = 0; i < n_meta; i++) {
             if (i) buf_puts(&h, ",");
             buf_json_str(&h, meta[i].key);
             buf_puts(&h, ":");
@@ -401,7 +421,7 @@ int st_write(const StWriter *w, const char *path, Err *e) {
     size_t off = 0;
     for (int k = 0; k < n; k++) {
         const StWriterTensor *t = order[k];
-        if (k || w->n_meta) buf_puts(&h, ",");
+        if (k || n_meta) buf_puts(&h, ",");
         buf_json_str(&h, t->name);
         buf_puts(&h, ":{\"dtype\":\"");
         buf_puts(&h, dtype_name(t->dtype));
@@ -436,6 +456,22 @@ int st_write(const StWriter *w, const char *path, Err *e) {
     free(order);
     free(h.s);
     return atomic_commit(&af, e);
+}
+
+int st_verify(const StFile *f, Err *e) {
+    const char *want = st_meta(f, "effdm.crc32");
+    if (!want) return 0;
+    uLong crc = crc32(0L, Z_NULL, 0);
+    for (size_t o = f->data_start; o < f->size; o += 1u << 30) {
+        size_t len = f->size - o < (1u << 30) ? f->size - o : (1u << 30);
+        crc = crc32(crc, f->base + o, (uInt)len);
+    }
+    char got[16];
+    snprintf(got, sizeof got, "%08lx", (unsigned long)crc);
+    if (strcmp(got, want) != 0)
+        return err_set(e, ERR_FORMAT, "%s: the data does not match its checksum (effdm.crc32 %s, computed %s): the file "
+                       "is corrupt", f->path, want, got);
+    return 0;
 }
 
 void st_writer_free(StWriter *w) {

@@ -88,6 +88,7 @@ typedef struct {
     int n_tensors, cap_tensors;
     StMeta *meta;
     int n_meta, cap_meta;
+    int checksum;  // 1: st_write adds metadata effdm.crc32 (st_verify checks it)
 } StWriter;
 
 // Adds a tensor (numel x dtype_size bytes at data, C order). ERR_KEY for a repeated or
@@ -97,6 +98,10 @@ int st_writer_add(StWriter *w, const char *name, DType dtype, int ndim, const in
 int st_writer_meta(StWriter *w, const char *key, const char *value, Err *e);
 // Writes everything to path atomically (path.tmp, checked writes, rename). 0 or ERR_IO/ERR_NOMEM.
 int st_write(const StWriter *w, const char *path, Err *e);
+// With metadata effdm.crc32 (a writer with .checksum = 1 adds it: the zlib CRC-32 of the
+// data section, 8 hex digits), checks the data against it: ERR_FORMAT naming the file when
+// they differ (a disk or copy error, a torn write). 0 without the key.
+int st_verify(const StFile *f, Err *e);
 // Frees the writer (not the tensors' data); accepts a zeroed writer.
 void st_writer_free(StWriter *w);
 

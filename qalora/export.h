@@ -176,7 +176,7 @@ int export_set_kernel(ExportModel *m, const char *name, Err *e);
 // "float", "ref", "avx2" or "vnni": what the quantized layers run.
 const char *export_kernel_name(const ExportModel *m);
 // The deployed weight W_eff = (q - z_w) Δ_w of the quantized layer `name` into w (its
-// weight's element count). 0, or ERR_KEY when no quantized layer has that name.
+// weight's element count). 0, ERR_KEY when no quantized layer has that name, or ERR_NOMEM.
 int export_layer_weight(const ExportModel *m, const char *name, float *w);
 // Selects the TALSQ entry of the training timestep nearest to DDPM timestep t (and its
 // guidance gain, when the export has them).

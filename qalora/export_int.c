@@ -167,12 +167,14 @@ static void dequant_into(const ExportLayer *L, float *w, int8_t *row, uint8_t *l
     }
 }
 
-void export_layer_dequant(const ExportLayer *L, float *w) {
+int export_layer_dequant(const ExportLayer *L, float *w) {
     int8_t *row = malloc((size_t)L->K4 * 4);
     uint8_t *lv = malloc((size_t)L->K);
-    if (row && lv) dequant_into(L, w, row, lv);
+    int ok = row && lv;
+    if (ok) dequant_into(L, w, row, lv);
     free(row);
     free(lv);
+    return ok ? 0 : ERR_NOMEM;
 }
 
 /* ---- the float path ------------------------------------------------------------------ */

@@ -73,8 +73,8 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
 // Frees what export_layer_prepare allocated (and the activation table); accepts a zeroed layer.
 void export_layer_release(ExportLayer *L);
 // W_eff = the weight kind's decode of the levels (uniform: (q - z_w[o]) Δ_w[o]) into w (cout K
-// floats): the student's weight exactly.
-void export_layer_dequant(const ExportLayer *L, float *w);
+// floats): the student's weight exactly. 0, or ERR_NOMEM (w untouched).
+int export_layer_dequant(const ExportLayer *L, float *w);
 // Bytes the layer's weights occupy in memory: packed levels, and Δ_w / z_w / zoff / rsum.
 size_t export_layer_level_bytes(const ExportLayer *L);
 size_t export_layer_scale_bytes(const ExportLayer *L);

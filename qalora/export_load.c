@@ -58,10 +58,7 @@ const char *export_kernel_name(const ExportModel *m) { return m->use_float ? "fl
 
 int export_layer_weight(const ExportModel *m, const char *name, float *w) {
     for (int k = 0; k < m->n_layers; k++)
-        if (!strcmp(m->layers[k].layer->name, name)) {
-            export_layer_dequant(&m->layers[k], w);
-            return 0;
-        }
+        if (!strcmp(m->layers[k].layer->name, name)) return export_layer_dequant(&m->layers[k], w);
     return ERR_KEY;
 }
 

@@ -58,6 +58,9 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     path_join(p_cfg, sizeof p_cfg, rc->run.out, "config.yaml");
     path_join(p_calib, sizeof p_calib, rc->run.out, "calib.safetensors");
     path_join(p_state, sizeof p_state, rc->run.out, "state.safetensors");
+    char p_calib_new[RC_PATH_MAX + 48], p_state_new[RC_PATH_MAX + 48];
+    snprintf(p_calib_new, sizeof p_calib_new, "%s.new", p_calib);
+    snprintf(p_state_new, sizeof p_state_new, "%s.new", p_state);
     if (!(o && o->force) && access(p_state, F_OK) == 0)
         return err_set(e, ERR_VALUE, "run directory '%s' already holds state.safetensors (a calibrated or fine-tuned "
                        "student); use --force to replace it", rc->run.out);
@@ -117,20 +120,35 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     // 3. the run directory
     if (dist_rank() != 0) goto written;  // MPI: every rank fitted the same student, rank 0 writes it
     if ((code = make_dirs(rc->run.out, &created, e))) goto fail;
-    if ((code = calib_record_write(&rec, used, k, p_calib, e))) goto fail;
+    // new files under .new names first, renamed into place only when all are written: a
+    // failed --force leaves the run directory as it was (it once unlinked a replaced calib)
+    if ((code = calib_record_write(&rec, used, k, p_calib_new, e))) goto fail;
     wrote_calib = 1;
+    w.checksum = 1;
     if ((code = qmodel_write_state(&q, &w, "q.", e)) || (code = st_writer_meta(&w, "effdm.kind", "calibrated", e)) ||
         (code = st_writer_meta(&w, "effdm.format", "1", e)) ||
-        (code = st_writer_meta(&w, "effdm.source", rc->model.ckpt, e)) || (code = st_write(&w, p_state, e)))
+        (code = st_writer_meta(&w, "effdm.source", rc->model.ckpt, e)) || (code = st_write(&w, p_state_new, e)))
         goto fail;
     wrote_state = 1;
+    if (rename(p_calib_new, p_calib) != 0 || rename(p_state_new, p_state) != 0) {
+        code = err_set(e, ERR_IO, "%s: cannot rename the new calibration into place: %s", rc->run.out, strerror(errno));
+        goto fail;
+    }
+    wrote_calib = wrote_state = 0;
+    // a fine-tuned run's other files belong to the replaced student
+    static const char *const stale[] = {"state.prev.safetensors", "state.json", "best.safetensors", "log.csv"};
+    for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++) {
+        char p[RC_PATH_MAX + 40];
+        path_join(p, sizeof p, rc->run.out, stale[i]);
+        unlink(p);
+    }
     if ((code = run_config_write(rc, p_cfg, e))) goto fail;
 written:
     s->sec_total = now_seconds() - t0;
     goto done;
 fail:
-    if (wrote_calib) unlink(p_calib);
-    if (wrote_state) unlink(p_state);
+    if (wrote_calib) unlink(p_calib_new);
+    if (wrote_state) unlink(p_state_new);
     if (created) rmdir(rc->run.out);
 done:
     st_writer_free(&w);

@@ -213,7 +213,7 @@ static void check_synthetic_side(LayerKind kind, int cout, int cin, int k, int s
     ml.quant = &L;
     ml.quant_forward = export_layer_forward;
     float *w = malloc(nw * sizeof(float));
-    export_layer_dequant(&L, w);
+    assert_int_equal(export_layer_dequant(&L, w), 0);
     for (int o = 0; o < cout; o++)  // the stored (reordered, padded) rows give W_eff back
         for (size_t j = 0, s = 0; j < K; j++) {
             if (s < (size_t)n_side && (size_t)L.side_idx[(size_t)o * n_side + s] == j) {  // the side value

@@ -128,6 +128,13 @@ static void assert_same_bytes(const char *a_path, const char *b_path) {
     free(b);
 }
 
+static void assert_same_bytes_in(const char *a_dir, const char *b_dir, const char *name) {
+    char a[256], b[256];
+    snprintf(a, sizeof a, "%s/%s", a_dir, name);
+    snprintf(b, sizeof b, "%s/%s", b_dir, name);
+    assert_same_bytes(a, b);
+}
+
 // log.csv without its seconds column (wall times differ): every other field identical.
 static char *log_without_seconds(const char *dir) {
     char path[2048];
@@ -199,6 +206,86 @@ static void resume_after(int64_t k) {
 }
 
 static void test_resume_mid_epoch(void **state) { resume_after(3); }
+
+// effdm calibrate --force whose state write fails (a folder where its temporary file goes):
+// the run directory keeps its calib and state as they were. It used to unlink the calib it
+// had just written over the old one, leaving a state without its calib.
+static void test_failed_force_calibration_keeps_dir(void **state) {
+    char dir[64], blocker[128], blocker2[128];
+    snprintf(dir, sizeof dir, "/tmp/effdm_test_resume_force_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(fix_copy_run(base_dir, dir), 0);
+    snprintf(blocker, sizeof blocker, "%s/state.safetensors.new.tmp", dir);
+    snprintf(blocker2, sizeof blocker2, "%s/state.safetensors.tmp", dir);  // where it wrote before
+    assert_int_equal(mkdir(blocker, 0777), 0);
+    assert_int_equal(mkdir(blocker2, 0777), 0);
+    RunConfig rc = base_rc;
+    snprintf(rc.run.out, sizeof rc.run.out, "%s", dir);
+    rc.calib.seed = 99;  // another calibration than the one in the directory
+    CalibOpts o = {.force = 1};
+    Err e = {0};
+    assert_int_not_equal(run_calibrate(&rc, &o, NULL, &e), 0);
+    rmdir(blocker);
+    rmdir(blocker2);
+    assert_same_bytes_in(base_dir, dir, "calib.safetensors");
+    assert_same_bytes_in(base_dir, dir, "state.safetensors");
+    fix_remove_run(dir);
+}
+
+// Flips one byte in the data of dir/name.
+static void corrupt(const char *dir, const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    fseek(f, -100, SEEK_END);
+    int c = fgetc(f);
+    fseek(f, -100, SEEK_END);
+    fputc(c ^ 0x5a, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+// A corrupted state.safetensors (a bad sector, a torn copy): the checksum catches it, the run
+// resumes from state.prev.safetensors with a note and ends in the uninterrupted bytes.
+// Without a previous state the error names the checksum. (It used to fail on "opt.v" with
+// no way out, or worse, load flipped bits.)
+static void test_corrupt_state_falls_back(void **state) {
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/effdm_test_resume_bad_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(fix_copy_run(base_dir, dir), 0);
+    Rec rec = {.stop_at = 5};  // epoch 1, step 1: the epoch-0 checkpoint is state.prev
+    assert_int_equal(run_dir(dir, &rec), ERR_INTERRUPTED);
+    char prev[128];
+    snprintf(prev, sizeof prev, "%s/state.prev.safetensors", dir);
+    assert_int_equal(access(prev, F_OK), 0);
+    corrupt(dir, "state.safetensors");
+    RunConfig rc = base_rc;
+    snprintf(rc.run.out, sizeof rc.run.out, "%s", dir);
+    Err e = {0};
+    Trainer *tr;
+    if (run_trainer_open(&tr, &rc, dir, &e)) fail_msg("open %s: %s", dir, e.msg);
+    const char *note = trainer_open_note(tr);
+    if (!note || !strstr(note, "checksum") || !strstr(note, "state.prev.safetensors")) fail_msg("note: %s", note);
+    int ep, st;
+    trainer_position(tr, &ep, &st);
+    assert_int_equal(ep, 1);
+    assert_int_equal(st, 0);
+    rec.stop = 0;
+    TrainerHooks h = {.stop = &rec.stop};
+    assert_int_equal(trainer_run(tr, &h, NULL, &e), 0);
+    trainer_free(tr);
+    char a[256], b[256];
+    snprintf(a, sizeof a, "%s/state.safetensors", ref_dir);
+    snprintf(b, sizeof b, "%s/state.safetensors", dir);
+    assert_same_bytes(a, b);
+    // no previous state: the error names the file and the checksum
+    assert_int_equal(unlink(prev), 0);
+    corrupt(dir, "state.safetensors");
+    assert_int_not_equal(run_trainer_open(&tr, &rc, dir, &e), 0);
+    if (!strstr(e.msg, "checksum") || !strstr(e.msg, "state.safetensors")) fail_msg("error: %s", e.msg);
+    fix_remove_run(dir);
+}
 static void test_resume_at_epoch_end(void **state) { resume_after(4); }
 
 /* ---- effdm finetune as a child process ----------------------------------------------- */
@@ -392,6 +479,8 @@ static void test_sigkill_child(void **state) { child_case(SIGKILL, "1,0,", 1000 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_mid_epoch),
+        cmocka_unit_test(test_corrupt_state_falls_back),
+        cmocka_unit_test(test_failed_force_calibration_keeps_dir),
         cmocka_unit_test(test_resume_at_epoch_end),
         cmocka_unit_test(test_sigint_child),
         cmocka_unit_test(test_sigkill_child),

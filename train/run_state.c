@@ -25,6 +25,10 @@
    of older versions hold train.seconds F64 (1) themselves, and it is read.
    A calibrated run directory's state.safetensors has the q.* tensors only: fine-tuning
    starts from it.
+   Both files carry effdm.crc32 (the CRC-32 of their data, checked before loading). Each
+   save keeps the state it replaces as state.prev.safetensors; when state.safetensors is
+   unreadable or fails its checksum, run_state_load takes the previous one and says so (the
+   steps since are recomputed, to the same bits).
    best.safetensors: the q.* state of the best validation epoch, best.epoch I64 (1),
    best.val F64 (1), metadata effdm.kind = "best-state".
 */
@@ -32,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -57,8 +62,26 @@ static void state_path(const Trainer *tr, const char *file, char *out, size_t si
     snprintf(out, size, "%s/%s", tr->dir, file);
 }
 
+// Keeps the state about to be replaced as state.prev.safetensors: a hard link made under a
+// temporary name and renamed over the old one, so at every moment state.safetensors or
+// state.prev.safetensors (usually both) is a complete checkpoint. Without hard links (some
+// file systems) the state is renamed instead; run_state_load falls back to prev either way.
+static void keep_previous(const Trainer *tr) {
+    char cur[TRAINER_PATH_MAX + 32], prev[TRAINER_PATH_MAX + 32], tmp[TRAINER_PATH_MAX + 48];
+    state_path(tr, "state.safetensors", cur, sizeof cur);
+    state_path(tr, "state.prev.safetensors", prev, sizeof prev);
+    snprintf(tmp, sizeof tmp, "%s.tmp", prev);
+    if (access(cur, F_OK) != 0) return;
+    unlink(tmp);
+    if (link(cur, tmp) == 0) {
+        if (rename(tmp, prev) != 0) unlink(tmp);
+    } else {
+        rename(cur, prev);
+    }
+}
+
 int run_state_save(Trainer *tr, Err *e) {
-    StWriter w = {0};
+    StWriter w = {.checksum = 1};
     StateScalars s = {0};
     int rc = 0;
     s.labels = calloc((size_t)tr->B, sizeof(int64_t));
@@ -100,6 +123,7 @@ int run_state_save(Trainer *tr, Err *e) {
         goto done;
     char path[TRAINER_PATH_MAX + 32];
     state_path(tr, "state.safetensors", path, sizeof path);
+    keep_previous(tr);
     if ((rc = st_write(&w, path, e))) goto done;
     char json[160];
     int n = snprintf(json, sizeof json, "{\"seconds\": %.3f, \"ranks\": %d, \"threads\": %d}\n", tr->seconds,
@@ -117,7 +141,7 @@ done:
 }
 
 int run_state_save_best(Trainer *tr, Err *e) {
-    StWriter w = {0};
+    StWriter w = {.checksum = 1};
     int64_t epoch = tr->best_epoch, one = 1;
     double val = tr->best_val;
     int rc;
@@ -226,16 +250,40 @@ static void read_state_json(Trainer *tr) {
     cJSON_Delete(j);
 }
 
-int run_state_load(Trainer *tr, Err *e) {
-    char path[TRAINER_PATH_MAX + 32];
-    state_path(tr, "state.safetensors", path, sizeof path);
-    read_state_json(tr);
-    WeightFile *f;
-    int rc = weights_open(&f, path, e);
+// Loads one state file (checksum first, when it has one) into tr.
+static int load_file(Trainer *tr, const char *path, Err *e) {
+    StFile sf;
+    int rc = st_open(&sf, path, e);
+    if (!rc) {
+        rc = st_verify(&sf, e);
+        st_close(&sf);
+    }
     if (rc) return rc;
-    if ((rc = qmodel_read_state(&tr->q, f, "q.", e))) goto done;
-    if (weights_find(f, "train.position")) rc = load_run(tr, f, e);
-done:
+    WeightFile *f;
+    if ((rc = weights_open(&f, path, e))) return rc;
+    if (!(rc = qmodel_read_state(&tr->q, f, "q.", e)) && weights_find(f, "train.position")) rc = load_run(tr, f, e);
     weights_close(f);
     return rc;
+}
+
+int run_state_load(Trainer *tr, Err *e) {
+    char path[TRAINER_PATH_MAX + 32], prev[TRAINER_PATH_MAX + 32];
+    state_path(tr, "state.safetensors", path, sizeof path);
+    state_path(tr, "state.prev.safetensors", prev, sizeof prev);
+    read_state_json(tr);
+    tr->open_note[0] = '\0';
+    Err first = {0};
+    int rc = load_file(tr, path, &first);
+    if (!rc) return 0;
+    if (access(prev, F_OK) != 0) return err_set(e, first.code, "%s", first.msg);
+    // the checkpoint before it: the run goes back some steps and recomputes them (the same
+    // bits, so the result is unchanged)
+    Err second = {0};
+    tr->resumed = 0;
+    tr->seconds = 0;  // state.json belongs to the newer file
+    if (load_file(tr, prev, &second))
+        return err_set(e, first.code, "%s; the previous checkpoint is no better: %s", first.msg, second.msg);
+    snprintf(tr->open_note, sizeof tr->open_note, "%.400s; resuming from the checkpoint before it, %.300s (epoch %d, "
+             "step %d)", first.msg, prev, tr->epoch + 1, tr->step);
+    return 0;
 }

@@ -267,6 +267,7 @@ int trainer_steps_per_epoch(const Trainer *tr) { return tr->S; }
 int trainer_resumed(const Trainer *tr) { return tr->resumed; }
 int trainer_saved_ranks(const Trainer *tr) { return tr->resumed ? tr->saved_ranks : 0; }
 int trainer_failure_shared(const Trainer *tr) { return tr->failure_shared; }
+const char *trainer_open_note(const Trainer *tr) { return tr->open_note[0] ? tr->open_note : NULL; }
 Ldm *trainer_ldm(Trainer *tr) { return tr->m; }
 QModel *trainer_qmodel(Trainer *tr) { return &tr->q; }
 double trainer_lora_lr(const Trainer *tr, int i) { return i >= 0 && i < tr->n_tl ? tr->lr_lora[i] : -1.0; }

@@ -176,6 +176,9 @@ int trainer_saved_ranks(const Trainer *tr);
 // 1 when trainer_run's error came from a step's exchange, so every MPI rank returned it
 // (print it once); 0 when only this rank saw it.
 int trainer_failure_shared(const Trainer *tr);
+// Why the opened run state is state.prev.safetensors (state.safetensors was unreadable or
+// failed its checksum), or NULL when state.safetensors itself was loaded.
+const char *trainer_open_note(const Trainer *tr);
 
 // The teacher and the student (for tests and tools); owned by tr.
 Ldm *trainer_ldm(Trainer *tr);

@@ -71,6 +71,7 @@ struct Trainer {
     int resumed;                // the opened state was a run in progress
     int saved_ranks;            // effdm.ranks of the opened state (1 when not recorded)
     int failure_shared;         // the last error came from a step's exchange: every rank has it
+    char open_note[800];        // run_state_load fell back to state.prev.safetensors: why (else empty)
     int ran;                    // trainer_run was called before (the log holds this run's rows)
 
     // per-step buffers (allocated once, before the loop)
