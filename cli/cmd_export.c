@@ -39,6 +39,13 @@ static const char *const usage[] = {
     NULL,
 };
 
+static void on_fit_progress(long done, long total, void *user) {
+    Progress *bar = user;
+    if (done == 0) progress_start(bar, "guidance gain fit (teacher, then 8 gains)", total);
+    else if (done >= total) progress_finish(bar, NULL);
+    else progress_update(bar, done, NULL);
+}
+
 int cmd_export(int argc, char **argv) {
     Err e = {0};
     const char *run = NULL, *out = NULL, *epoch = NULL;
@@ -93,7 +100,8 @@ int cmd_export(int argc, char **argv) {
         }
     }
     ExportSummary s;
-    ExportOpts eo = {epoch, fp16};
+    Progress bar;
+    ExportOpts eo = {epoch, fp16, on_fit_progress, &bar};
     if (run_export(run, &eo, out, &s, &e)) return cli_fail("export", &e);
     printf("exported %s (%s) to %s%s\n", run, epoch, out,
            !s.fp16_layers ? "" : (s.exact ? " (FP layers as float16, as the student ran them)"

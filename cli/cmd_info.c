@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "io/dtype.h"
+#include "io/safetensors.h"
 #include "io/weights.h"
 
 static const char *const usage[] = {
@@ -54,6 +55,33 @@ static const char *meta_or(WeightFile *f, const char *key, const char *dflt) {
 static int json_int_or(const cJSON *o, const char *key, int dflt) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsNumber(v) ? v->valueint : dflt;
+}
+
+// A file of a run directory: what it is and whether its data matches its checksum.
+static void print_run_file(WeightFile *f, const char *kind, const char *path) {
+    static const char *const what[][2] = {
+        {"run-state", "the run state of a fine-tuning run (student, optimizer, position; effdm finetune --resume)"},
+        {"best-state", "the student of the run's best validation (effdm export --epoch best)"},
+        {"calibrated", "a calibrated student before fine-tuning (naive PTQ; effdm calibrate)"},
+        {"calib", "the recorded teacher UNet inputs of a calibration"}};
+    const char *desc = "a file of an effdm run directory";
+    for (size_t i = 0; i < sizeof what / sizeof what[0]; i++)
+        if (!strcmp(kind, what[i][0])) desc = what[i][1];
+    printf("effdm %s: %s\n", kind, desc);
+    const char *ep = weights_metadata(f, "effdm.epoch"), *st = weights_metadata(f, "effdm.step");
+    int done, total, step, steps;  // effdm.epoch: epochs done / epochs; effdm.step: steps done in the next
+    if (ep && st && sscanf(ep, "%d/%d", &done, &total) == 2 && sscanf(st, "%d/%d", &step, &steps) == 2)
+        printf("  position:    %d of %d epochs done; epoch %d: %d of %d steps done\n", done, total, done + 1, step,
+               steps);
+    if (weights_metadata(f, "effdm.crc32")) {
+        StFile sf;
+        Err e = {0};
+        if (!st_open(&sf, path, &e)) {
+            e.code = st_verify(&sf, &e);
+            st_close(&sf);
+        }
+        printf("  checksum:    %s\n", e.code ? e.msg : "the data matches effdm.crc32");
+    }
 }
 
 // The effdm.* entries of an export, readable: provenance, bits, one line per quantized layer,
@@ -181,7 +209,10 @@ int cmd_info(int argc, char **argv) {
         if (dt_counts[t])
             printf("  %-5s %6d tensors %15s elements\n", dtype_name((DType)t), dt_counts[t], grouped(dt_params[t], g1, sizeof g1));
 
-    int nm = weights_metadata_count(f), is_export = weights_metadata(f, "effdm.format") != NULL;
+    // an export has effdm.format and no effdm.kind; run files (run-state, best-state,
+    // calibrated, calib) name their kind and are listed as they are
+    const char *kind = weights_metadata(f, "effdm.kind");
+    int nm = weights_metadata_count(f), is_export = weights_metadata(f, "effdm.format") != NULL && !kind;
     int shown = 0;  // an export's effdm.* entries are summarized by print_export
     for (int i = 0; i < nm; i++) {
         const char *v;
@@ -201,6 +232,7 @@ int cmd_info(int argc, char **argv) {
         }
     }
     if (is_export) print_export(f);
+    if (kind) print_run_file(f, kind, pos[0]);
     weights_close(f);
     return 0;
 }

@@ -21,6 +21,7 @@ float guidance_parabola_min(const float x[3], const float y[3]) {
 typedef struct {
     QModel *q;
     int student;
+    long done, total;  // sampler batches, for GuidanceFitOpts.on_progress
 } FitHook;
 
 static void on_eval(int step, int total, int timestep, void *user) {
@@ -42,6 +43,7 @@ static int run_all(Ctx *c, Ldm *m, FitHook *h, const GuidanceFitOpts *o, const i
             rng_normal_fill(&rng[i], z + (size_t)(first + i) * per, per);
         }
         if (sampler_run(c, m, &so, z + (size_t)first * per, nb, y + first, rng, e)) return e->code;
+        if (o->on_progress) o->on_progress(++h->done, h->total, o->user);
     }
     return 0;
 }
@@ -67,7 +69,8 @@ int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *
         y[i] = k >= uncond ? k + 1 : k;
     }
     if ((rc = ctx_init(&c, (size_t)16 << 30, e))) goto done;  // address space only
-    FitHook h = {q, 0};
+    FitHook h = {q, 0, 0, 9L * ((o->n_samples + B - 1) / B)};  // the teacher, then 8 gains
+    if (o->on_progress) o->on_progress(0, h.total, o->user);
     m->guidance_gain = 0;
     if ((rc = run_all(&c, m, &h, o, y, zt, per, rng, e))) goto done;
     h.student = 1;

@@ -33,6 +33,9 @@ typedef struct {
     int n_samples;      // trajectories (class-balanced labels)
     int batch;          // trajectories per sampler batch
     uint64_t seed;      // x_T and eta noise streams (seed, i)
+    // may be NULL: sampler batches done of total (the teacher's pass and 8 grid points)
+    void (*on_progress)(long done, long total, void *user);
+    void *user;
 } GuidanceFitOpts;
 
 typedef struct {

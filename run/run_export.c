@@ -2,6 +2,7 @@
    the guidance gain its config asks for, and qalora/export.h's writer (see run_export.h). */
 #include "run/run_export.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,13 @@ int run_export_state_path(char *dst, size_t cap, const char *run_dir, const char
 
 int run_export(const char *run_dir, const ExportOpts *o, const char *path, ExportSummary *s, Err *e) {
     const char *epoch = o && o->epoch ? o->epoch : "last";
+    // the output first: minutes of work must not end in "cannot create"
+    char probe[RC_PATH_MAX + 48];
+    snprintf(probe, sizeof probe, "%s.tmp", path);
+    FILE *pf = fopen(probe, "wb");
+    if (!pf) return err_set(e, ERR_IO, "--out %s: cannot create %s: %s", path, probe, strerror(errno));
+    fclose(pf);
+    remove(probe);
     char p_cfg[RC_PATH_MAX + 32], p_state[RC_PATH_MAX + 32];
     path_join(p_cfg, sizeof p_cfg, run_dir, "config.yaml");
     if (run_export_state_path(p_state, sizeof p_state, run_dir, epoch, e)) return e->code;
@@ -73,7 +81,7 @@ int run_export(const char *run_dir, const ExportOpts *o, const char *path, Expor
     // quant.fp_layers f16: qc makes the FP layers F16 (exact); o->fp16_layers forces it on an f32 run
     ExportInfo info = {rc->model.ckpt, rc->model.ldm_config, text, run_dir, epoch, m->using_ema, o && o->fp16_layers};
     GuidanceFitOpts go = {rc->train.steps, rc->train.eta, rc->train.scale, rc->train.guidance_fit_samples, 16,
-                          (uint64_t)rc->train.seed + 1};
+                          (uint64_t)rc->train.seed + 1, o ? o->on_progress : NULL, o ? o->user : NULL};
     GuidanceFit fit = {0};
     if (rc->train.guidance_gain == RC_GAIN_FIT && ldm_is_class_conditional(m) && rc->train.scale != 1.0) {
         info.n_gain = q.train_sched.n;

@@ -22,6 +22,8 @@
 typedef struct {
     const char *epoch;        // "last" (default when NULL) or "best"
     int fp16_layers;          // ExportInfo.fp16_layers (runs with quant.fp_layers f16 write F16 anyway)
+    void (*on_progress)(long done, long total, void *user);  // the guidance-gain fit (may be NULL)
+    void *user;
 } ExportOpts;
 
 // The state file of a run directory for epoch "last" (state.safetensors) or "best"

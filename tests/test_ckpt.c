@@ -19,6 +19,7 @@
 #include "io/fileio.h"
 #include "io/npy.h"
 #include "io/pickle.h"
+#include "io/safetensors.h"
 #include "io/weights.h"
 
 // Converting f16/bf16/f64 to float32 and copying f32 are exact (numpy did the same
@@ -558,6 +559,36 @@ static void test_info_cli(void **state) {
     assert_non_null(strstr(out, "effdm info: "));
     assert_non_null(strstr(out, "'c.weight'"));
     assert_null(strchr(strchr(out, '\n') + 1, '\n'));  // one line
+    // a run directory's state is not an export (it was shown as one, "source: ?"): its kind,
+    // position and checksum; a flipped byte fails the checksum
+    char dir[256], st_path[300];
+    assert_int_equal(test_tmpdir_make(dir, sizeof dir, "info"), 0);
+    snprintf(st_path, sizeof st_path, "%s/state.safetensors", dir);
+    StWriter w = {.checksum = 1};
+    Err e = {0};
+    static float v[1000];
+    for (int i = 0; i < 1000; i++) v[i] = (float)i;
+    int64_t shape[1] = {1000};
+    assert_int_equal(st_writer_add(&w, "opt.m", DT_F32, 1, shape, v, &e), 0);
+    assert_int_equal(st_writer_meta(&w, "effdm.kind", "run-state", &e), 0);
+    assert_int_equal(st_writer_meta(&w, "effdm.format", "1", &e), 0);
+    assert_int_equal(st_writer_meta(&w, "effdm.epoch", "3/10", &e), 0);
+    assert_int_equal(st_writer_meta(&w, "effdm.step", "5/20", &e), 0);
+    assert_int_equal(st_write(&w, st_path, &e), 0);
+    st_writer_free(&w);
+    assert_int_equal(run_cmd(st_path, out, sizeof out), 0);
+    assert_null(strstr(out, "effdm export"));
+    assert_non_null(strstr(out, "effdm run-state: the run state"));
+    assert_non_null(strstr(out, "3 of 10 epochs done; epoch 4: 5 of 20 steps done"));
+    assert_non_null(strstr(out, "checksum:    the data matches effdm.crc32"));
+    FILE *fp = fopen(st_path, "r+b");
+    assert_non_null(fp);
+    fseek(fp, -8, SEEK_END);
+    fputc(0x7f, fp);
+    fclose(fp);
+    assert_int_equal(run_cmd(st_path, out, sizeof out), 0);
+    assert_non_null(strstr(out, "does not match its checksum"));
+    test_tmpdir_remove(dir);
     assert_int_equal(run_cmd("--help", out, sizeof out), 0);
     assert_non_null(strstr(out, "usage: effdm info FILE"));
     assert_int_equal(run_cmd("", out, sizeof out), 2);

@@ -207,6 +207,24 @@ static void resume_after(int64_t k) {
 
 static void test_resume_mid_epoch(void **state) { resume_after(3); }
 
+// effdm export to a folder that does not exist fails at once, naming the user's --out (it
+// used to load, fit the guidance gain for minutes, then fail on "x.safetensors.tmp").
+static void test_export_checks_out_first(void **state) {
+    char cmd[1024], err[128], buf[2048] = "";
+    snprintf(err, sizeof err, "%s/export_err.txt", base_dir);
+    snprintf(cmd, sizeof cmd, "'%s' export --run '%s' --out /nonexistent/effdm/x.safetensors 2>'%s'", EFFDM_BIN,
+             base_dir, err);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+    FILE *f = fopen(err, "r");
+    assert_non_null(f);
+    buf[fread(buf, 1, sizeof buf - 1, f)] = 0;
+    fclose(f);
+    unlink(err);
+    if (!strstr(buf, "--out /nonexistent/effdm/x.safetensors: cannot create")) fail_msg("stderr: %s", buf);
+}
+
 // effdm calibrate --force whose state write fails (a folder where its temporary file goes):
 // the run directory keeps its calib and state as they were. It used to unlink the calib it
 // had just written over the old one, leaving a state without its calib.
@@ -481,6 +499,7 @@ int main(void) {
         cmocka_unit_test(test_resume_mid_epoch),
         cmocka_unit_test(test_corrupt_state_falls_back),
         cmocka_unit_test(test_failed_force_calibration_keeps_dir),
+        cmocka_unit_test(test_export_checks_out_first),
         cmocka_unit_test(test_resume_at_epoch_end),
         cmocka_unit_test(test_sigint_child),
         cmocka_unit_test(test_sigkill_child),
