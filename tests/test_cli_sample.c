@@ -308,6 +308,21 @@ static void test_bad_input(void **state) {
     assert_false(exists(tmp("bad4.npy")));
 }
 
+// A binary outside the build tree (cmake -B /elsewhere, or copied) still finds the shipped
+// teacher without EFFDM_ZOO: it looked only at <exe>/../models/zoo.
+static void test_binary_elsewhere(void **state) {
+    (void)state;
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s/effdm'", tmp("bin"), EFFDM_BIN, tmp("bin"));
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "env -u EFFDM_ZOO '%s/effdm' sample --n 1 --steps 1 --out '%s' > '%s' 2>&1", tmp("bin"),
+             tmp("elsewhere_s"), tmp("elsewhere.txt"));
+    int st = system(cmd);
+    slurp(tmp("elsewhere.txt"), g_err, sizeof g_err);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("%s", g_err);
+    assert_true(exists(tmp("elsewhere_s/grid.png")));
+}
+
 static void test_help(void **state) {
     (void)state;
     const char *cmds[] = {"sample --help", "forward --help", "decode --help"};
@@ -324,6 +339,7 @@ int main(void) {
         cmocka_unit_test(test_decode),
         cmocka_unit_test(test_sample),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_binary_elsewhere),
         cmocka_unit_test(test_help),
     };
     return cmocka_run_group_tests_name("cli_sample", tests, setup, teardown);
