@@ -59,7 +59,8 @@ int main(int argc, char **argv) {
         // MPI starts only under mpirun; only finetune shares its work among ranks
         Err e = {0};
         if (dist_init(&argc, &argv, &e)) {
-            fprintf(stderr, "effdm %s: %s\n", argv[1], e.msg);
+            const char *r = getenv("OMPI_COMM_WORLD_RANK");  // one message for the job
+            if (!r || !strcmp(r, "0")) fprintf(stderr, "effdm %s: %s\n", argv[1], e.msg);
             return err_exit_status(e.code);
         }
         if (dist_size() > 1 && strcmp(argv[1], "finetune") != 0) {
