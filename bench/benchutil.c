@@ -7,13 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/clock.h"
 #include "util/threads.h"
 
-double bench_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+double bench_now(void) { return clock_seconds(); }
 
 double bench_cpu_now(void) {
     struct timespec ts;

@@ -4,12 +4,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "autograd/profile.h"
 #include "util/dist.h"
 #include "util/threads.h"
+#include "util/clock.h"
 
 static int parse_value(CliOpt *o, const char *v, Err *e) {
     char *end;
@@ -106,16 +106,10 @@ int cli_threads(int threads, Err *e) {
     return 0;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 void progress_start(Progress *p, const char *label, long total) {
     p->label = label;
     p->total = total > 0 ? total : 1;
-    p->start = now_seconds();
+    p->start = clock_seconds();
     p->last_print = 0;
     p->is_tty = isatty(2);
 }
@@ -127,7 +121,7 @@ static void fmt_seconds(char *buf, size_t n, double s) {
 }
 
 static void progress_print(Progress *p, long done, const char *extra, int final) {
-    double el = now_seconds() - p->start;
+    double el = clock_seconds() - p->start;
     char bar[31], els[32], eta[32];
     int fill = (int)(30.0 * (double)done / (double)p->total);
     if (fill > 30) fill = 30;
@@ -142,7 +136,7 @@ static void progress_print(Progress *p, long done, const char *extra, int final)
 }
 
 void progress_update(Progress *p, long done, const char *extra) {
-    double t = now_seconds();
+    double t = clock_seconds();
     // a terminal redraws 5 times a second; a log file gets a line every 10 seconds
     double every = p->is_tty ? 0.2 : 10.0;
     if (t - p->last_print < every) return;

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "autograd/profile.h"
@@ -16,6 +15,7 @@
 #include "run/run_train.h"
 #include "util/dist.h"
 #include "util/threads.h"
+#include "util/clock.h"
 
 static const char *const usage[] = {
     "usage: effdm finetune --config RUN.yaml [--set KEY=VALUE ...] [--threads N]",
@@ -62,12 +62,6 @@ static const char *const usage[] = {
 };
 
 static volatile sig_atomic_t stop_signal = 0;
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 // The first signal asks for a stop after the current step (or calibration batch) and a
 // save; the second only says so again (`timeout -s INT` signals the process and its group,
@@ -183,7 +177,7 @@ int cmd_finetune(int argc, char **argv) {
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
                      {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0},
                      {"--set", OPT_STRS, &sets, 0}};
-    const double t_start = now_seconds();
+    const double t_start = clock_seconds();
     const int rank = dist_rank(), world = dist_size(), talk = rank == 0;  // rank 0 speaks for the job
     int x;
     cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e);
@@ -270,9 +264,9 @@ int cmd_finetune(int argc, char **argv) {
         prof_init(prof);
         trainer_set_profile(tr, prof, prof);
     }
-    double t0 = now_seconds();
+    double t0 = clock_seconds();
     int code = trainer_run(tr, &h, &s, &e);
-    double wall = now_seconds() - t0;
+    double wall = clock_seconds() - t0;
     int shared = trainer_failure_shared(tr) || code == ERR_INTERRUPTED;
     trainer_free(tr);
     if (code) free(prof);
@@ -301,7 +295,7 @@ int cmd_finetune(int argc, char **argv) {
     printf("steps run    %lld in %.1f s of optimizer steps (%.3f s/step)\n", (long long)s.steps_run, s.seconds,
            s.steps_run ? s.seconds / (double)s.steps_run : 0.0);
     printf("wall         %.1f s (this command: loading, calibration, validations, sample grids and checkpoints "
-           "included)\n", now_seconds() - t_start);
+           "included)\n", clock_seconds() - t_start);
     printf("whole run    %.1f s of optimizer steps over every call so far\n", s.total_seconds);
     if (!isnan(s.final_loss)) printf("final loss   %.6g\n", (double)s.final_loss);
     char be[32];

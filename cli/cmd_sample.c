@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "autograd/profile.h"
@@ -20,6 +19,7 @@
 #include "sample/ddim.h"
 #include "sample/generate.h"
 #include "sample/grid.h"
+#include "util/clock.h"
 
 static const char *const usage[] = {
     "usage: effdm sample [--ldm-config C.yaml --ckpt M.ckpt | --model M.safetensors] --out DIR [options]",
@@ -213,12 +213,6 @@ static int parse_choice(const char *opt, const char *v, const char *const *names
                    n > 1 ? names[1] : "", n > 2 ? " or " : "", n > 2 ? names[2] : "", v);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int cmd_sample(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *out = NULL, *ema_s = "auto", *sampler_s = "ddim";
     const char *model_path = NULL, *eval_ref = NULL, *eval_json = NULL;
@@ -367,9 +361,9 @@ int cmd_sample(int argc, char **argv) {
                       .on_batch = write_batch, .user = &st};
     long n_batches = (n + batch - 1) / batch;
     progress_start(&st.prog, "sampling", n_batches * (long)real_steps);
-    double t0 = now_s();
+    double t0 = clock_seconds();
     if ((rc = sample_generate(&ctx, m, &g, labels, n, &e))) goto done;
-    double secs = now_s() - t0;
+    double secs = clock_seconds() - t0;
     ctx.prof = NULL;
     char extra[64];
     snprintf(extra, sizeof extra, "%.2f images/s", n / secs);

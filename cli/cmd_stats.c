@@ -1,13 +1,13 @@
 /* cmd_stats.c: effdm stats: reference feature statistics of an image set (for FID). */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "eval/eval.h"
 #include "eval/featnet.h"
 #include "eval/stats_file.h"
+#include "util/clock.h"
 
 static const char *const usage[] = {
     "usage: effdm stats --images DIR|IDX_FILE --out ref.safetensors [options]",
@@ -85,17 +85,15 @@ int cmd_stats(int argc, char **argv) {
     o.progress = on_progress;
     o.progress_user = &p;
     FeatSet s;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = clock_seconds();
     int rc = featnet_extract(&net, images, &o, &s, &e);
     if (!rc) {
         p.total = (long)s.n;
         progress_finish(&p, NULL);
         rc = stats_write(out, &s, images, weights, &e);
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double sec = clock_seconds() - t0;
     if (!rc) {
-        double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
         printf("images      %zu  (%s)\n", s.n, images);
         printf("features    %s, %d-d%s\n", featnet_kind_name(kind), s.dim, s.spatial_dim ? " + sFID 7x17x17" : "");
         printf("rows kept   %zu (precision/recall)\n", s.n_rows);

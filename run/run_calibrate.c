@@ -7,19 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "io/safetensors.h"
 #include "run/run_wire.h"
 #include "sample/sampler.h"
 #include "util/dist.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "util/clock.h"
 
 // mkdir -p. 0 or ERR_IO; *created = 1 when the last component was created by this call.
 static int make_dirs(const char *path, int *created, Err *e) {
@@ -53,7 +47,7 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     CalibSummary local;
     if (!s) s = &local;
     memset(s, 0, sizeof *s);
-    double t0 = now_seconds();
+    double t0 = clock_seconds();
     char p_cfg[RC_PATH_MAX + 32], p_calib[RC_PATH_MAX + 32], p_state[RC_PATH_MAX + 32];
     path_join(p_cfg, sizeof p_cfg, rc->run.out, "config.yaml");
     path_join(p_calib, sizeof p_calib, rc->run.out, "calib.safetensors");
@@ -90,16 +84,16 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     ctx_ok = 1;
 
     // 1. teacher trajectories
-    double t1 = now_seconds();
+    double t1 = clock_seconds();
     // MPI ranks would see a signal at different batches: they calibrate to the end
     CalibProgress p = {o ? o->on_progress : NULL, o ? o->user : NULL, o && dist_size() == 1 ? o->stop : NULL};
     if ((code = calib_record(&ctx, m, &rc->calib, &p, &rec, e))) goto fail;
-    s->sec_record = now_seconds() - t1;
+    s->sec_record = clock_seconds() - t1;
     s->steps = sampler_real_steps(m, rc->calib.steps);
     s->n_recorded = rec.n;
 
     // 2. the student: naive PTQ weights, activation ranges from one forward
-    t1 = now_seconds();
+    t1 = clock_seconds();
     int k = rc->calib.n_inputs;
     used = malloc((size_t)(k > 0 ? k : 1) * sizeof *used);
     if (!used) {
@@ -108,7 +102,7 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     }
     if ((code = calib_student_fit(&q, &ctx, m, &qc, &rc->calib, &rec, used, &p, e))) goto fail;
     q_ok = 1;
-    s->sec_calib = now_seconds() - t1;
+    s->sec_calib = clock_seconds() - t1;
     s->n_used = k;
     qmodel_counts(&q, &s->trainable, &s->special, &s->fp);
     s->w_bits = qc.sel.w_bits;
@@ -144,7 +138,7 @@ static int calibrate(const RunConfig *rc, Ldm *given, const CalibOpts *o, CalibS
     }
     if ((code = run_config_write(rc, p_cfg, e))) goto fail;
 written:
-    s->sec_total = now_seconds() - t0;
+    s->sec_total = clock_seconds() - t0;
     goto done;
 fail:
     if (wrote_calib) unlink(p_calib_new);

@@ -4,11 +4,11 @@
    DDIMSampler_trainer.p_sample_ddim. */
 #include <math.h>
 #include <string.h>
-#include <time.h>
 
 #include "train/schedule.h"
 #include "train/trainer_impl.h"
 #include "util/dist.h"
+#include "util/clock.h"
 
 void trainer_begin_epoch(Trainer *tr) {
     // torch.randint(0, uncond, (B,)) with uncond the last label: a uniform real class
@@ -36,12 +36,6 @@ static long first_nonfinite(const float *g, size_t n) {
     return -1;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int op_failed(Ctx *c, Err *e, const char *what) {
     return err_set(e, c->err.code ? c->err.code : ERR_INTERNAL, "%s: %s", what,
                    c->err.msg[0] ? c->err.msg : "failed");
@@ -55,7 +49,7 @@ static int op_failed(Ctx *c, Err *e, const char *what) {
 static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
     Ctx *c = &tr->ctx;
     ctx_reset(c);
-    double t0 = now_seconds();
+    double t0 = clock_seconds();
     float *rec = tr->slots + (size_t)s * tr->rec, *eps = rec + tr->q.n_grads;
     const int P = tr->per_slot, b0 = s * P, rows = tr->pair ? 2 * P : P;
     const size_t n = (size_t)P * tr->per;
@@ -101,7 +95,7 @@ static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
         memcpy(eps, p->data + n, n * sizeof(float));
     else
         distill_guided(eps, p->data, n, scale);
-    double t1 = now_seconds();
+    double t1 = clock_seconds();
     tr->split[0] += t1 - t0;
 
     // student: fake-quantized path at the TALSQ entry of t, on the tape
@@ -121,7 +115,7 @@ static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
             distill_guided(eps, qo->data, n, scale);
     }
     tail[0] = loss->data[0];
-    double t2 = now_seconds();
+    double t2 = clock_seconds();
     tr->split[1] += t2 - t1;
     if (!isfinite(tail[0])) {
         tape_clear(c);
@@ -132,7 +126,7 @@ static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
     tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
     if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
     ctx_reset(c);
-    tr->split[2] += now_seconds() - t2;
+    tr->split[2] += clock_seconds() - t2;
     return 0;
 }
 
@@ -171,7 +165,7 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     // this rank's stop request rides on its first slot, so every rank stops at the same step
     if (tr->stop_flag && *tr->stop_flag) tr->slots[(size_t)lo * tr->rec + ng + ne + 2] = 1.0f;
     trainer_bind_grads(tr, tr->opt.grad);
-    double t3 = now_seconds();
+    double t3 = clock_seconds();
     if (dist_gather_records(tr->slots, tr->rec, NS, e)) return e->code;
 
     // the first failed slot decides, the same on every rank
@@ -242,6 +236,6 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     ddim_update(&tr->ddim, index, tr->x, tr->eps_g, noisy ? tr->noise : NULL, tr->x, NULL, n);
     tr->last_loss = raw;
     tr->step++;
-    tr->split[3] = now_seconds() - t3;
+    tr->split[3] = clock_seconds() - t3;
     return 0;
 }

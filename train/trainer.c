@@ -4,16 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "train/trainer_impl.h"
 #include "util/dist.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "util/clock.h"
 
 // 64-byte aligned, zeroed: the same alignment in every run, so SIMD kernels see the same
 // data layout (bit-identical resume).
@@ -304,13 +298,13 @@ int trainer_bench_steps(Trainer *tr, int n, const TrainerHooks *h, Err *e) {
             trainer_begin_epoch(tr);
             tr->drawn = 1;
         }
-        double t0 = now_seconds(), lr = 0;
+        double t0 = clock_seconds(), lr = 0;
         float loss;
         int rc = trainer_step(tr, &loss, &lr, e);
         if (rc) return rc;
         if (h && h->on_step) {
             TrainerStep s = {tr->epoch, tr->step - 1, T->epochs, tr->S, tr->opt.step, (int64_t)T->epochs * tr->S,
-                             loss, lr, now_seconds() - t0, {tr->split[0], tr->split[1], tr->split[2], tr->split[3]}};
+                             loss, lr, clock_seconds() - t0, {tr->split[0], tr->split[1], tr->split[2], tr->split[3]}};
             h->on_step(&s, h->user);
         }
     }
@@ -371,12 +365,12 @@ static double sampled_score(const Trainer *tr, const SampleCheck *sc) {
 // record updated, best.safetensors written when it improves under select_epoch best_val or
 // best_sampled.
 static int validate_epoch(Trainer *tr, int epoch, const TrainerHooks *h, Err *e) {
-    double t0 = now_seconds(), v;
+    double t0 = clock_seconds(), v;
     SampleCheck sc = {NAN, NAN, NAN};
     int rc = trainer_validate(tr, inner_stop(tr, h), &v, e);
     if (!rc && tr->cfg.train.val_samples > 0) rc = trainer_sample_check(tr, inner_stop(tr, h), &sc, e);
     if (rc) return rc;
-    double dt = now_seconds() - t0;
+    double dt = clock_seconds() - t0;
     RcSelect sel = tr->cfg.train.select_epoch;
     double score = v;
     if (sel == RC_SELECT_BEST_SAMPLED) {
@@ -424,7 +418,7 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
                 trainer_begin_epoch(tr);
                 tr->drawn = 1;
             }
-            double t0 = now_seconds(), lr = 0;
+            double t0 = clock_seconds(), lr = 0;
             float loss;
             Rng rng_before = tr->rng;
             rc = trainer_step(tr, &loss, &lr, e);
@@ -441,7 +435,7 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
                                   tr->dir);
             }
             if (rc) return rc;
-            double dt = now_seconds() - t0;
+            double dt = clock_seconds() - t0;
             tr->seconds += dt;
             sum->seconds += dt;
             sum->steps_run++;
