@@ -11,7 +11,7 @@
 #include "io/weights.h"
 
 static const char *const usage[] = {
-    "usage: effdm info FILE",
+    "usage: effdm info FILE [--tensors]",
     "",
     "Prints what a tensor file holds: its format (PyTorch .ckpt/.pth zip or .safetensors,",
     "picked by content, not by extension), the top-level keys of a .ckpt with their types,",
@@ -20,8 +20,10 @@ static const char *const usage[] = {
     "(for an effdm export: where it came from, bit widths, TALSQ timesteps, one line per",
     "quantized layer, the UNet size against FP32 and the embedded CompVis YAML).",
     "",
-    "Tensor data is not read. Exit status: 0, or 2 when FILE is missing or not a valid",
-    "tensor file (the message says why).",
+    "  --tensors   also list every tensor: name, dtype, shape (file order)",
+    "",
+    "Tensor data is not read (except to check an effdm run file's checksum). Exit status: 0,",
+    "or 2 when FILE is missing or not a valid tensor file (the message says why).",
     NULL,
 };
 
@@ -142,8 +144,9 @@ static void print_export(WeightFile *f) {
 int cmd_info(int argc, char **argv) {
     Err e = {0};
     const char *pos[1];
-    int n_pos = 0, help = 0;
-    if (cli_parse(argc, argv, NULL, 0, pos, &n_pos, 1, &help, &e)) return cli_fail("info", &e);
+    int n_pos = 0, help = 0, tensors = 0;
+    CliOpt opts[] = {{"--tensors", OPT_FLAG, &tensors, 0}};
+    if (cli_parse(argc, argv, opts, 1, pos, &n_pos, 1, &help, &e)) return cli_fail("info", &e);
     if (help) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
@@ -233,6 +236,17 @@ int cmd_info(int argc, char **argv) {
     }
     if (is_export) print_export(f);
     if (kind) print_run_file(f, kind, pos[0]);
+    if (tensors) {
+        printf("tensors (name, dtype, shape):\n");
+        for (int i = 0; i < weights_count(f); i++) {
+            const WeightInfo *wi = weights_info(f, i);
+            printf("  ");
+            print_clean(wi->name, 200);
+            printf("  %s  [", dtype_name(wi->dtype));
+            for (int d = 0; d < wi->ndim; d++) printf(d ? ", %lld" : "%lld", (long long)wi->shape[d]);
+            printf("]\n");
+        }
+    }
     weights_close(f);
     return 0;
 }

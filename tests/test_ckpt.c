@@ -581,6 +581,10 @@ static void test_info_cli(void **state) {
     assert_non_null(strstr(out, "effdm run-state: the run state"));
     assert_non_null(strstr(out, "3 of 10 epochs done; epoch 4: 5 of 20 steps done"));
     assert_non_null(strstr(out, "checksum:    the data matches effdm.crc32"));
+    char targs[400];
+    snprintf(targs, sizeof targs, "--tensors %s", st_path);
+    assert_int_equal(run_cmd(targs, out, sizeof out), 0);
+    assert_non_null(strstr(out, "tensors (name, dtype, shape):\n  opt.m  F32  [1000]\n"));
     FILE *fp = fopen(st_path, "r+b");
     assert_non_null(fp);
     fseek(fp, -8, SEEK_END);
