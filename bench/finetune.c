@@ -3,7 +3,7 @@
    forward + backward, AdamW, DDIM update) - with its split, GEMM throughput and memory.
 
        build/bench/finetune [--model fmnist|cin256] [--batch B] [--steps N] [--warmup N]
-                            [--threads N] [--recipe reference|effdm] [--profile]
+                            [--threads N] [--recipe reference|effdm] [--grad-slots S] [--profile]
                             [--ldm-config cin256-v2.yaml]
 
    fmnist: the shipped teacher (models/zoo/fmnist-ldm, found as bench/sample finds it), W4A4,
@@ -92,6 +92,7 @@ typedef struct {
     const char *cfg_path, *ckpt_path;
     int batch, steps, warmup, profile;
     RcRecipe recipe;
+    int grad_slots;  // train.grad_slots (0: one per trajectory, the default)
 } Case;
 
 static int run_case(const Case *k) {
@@ -111,6 +112,7 @@ static int run_case(const Case *k) {
     rc.calib.n_inputs = k->cin256 ? 1 : 8;
     rc.train.val_inputs = 1;
     rc.train.batch = k->batch;
+    rc.train.grad_slots = k->grad_slots;
     rc.train.sample_every = 0;
     rc.run.arena_mb = k->cin256 ? 65536 : 4096;  // address space only (MAP_NORESERVE)
     snprintf(rc.run.out, sizeof rc.run.out, "%s/run", dir);
@@ -136,9 +138,10 @@ static int run_case(const Case *k) {
     double setup = bench_now() - t0;
     int C, H, W;
     ldm_latent_shape(trainer_ldm(tr), &C, &H, &W);
-    printf("\n%s  W4A4  batch %d (UNet batch %d with guidance)  latents %dx%dx%d  recipe %s  "
+    printf("\n%s  W4A4  batch %d (UNet batch %d with guidance) in %d gradient slot%s  latents %dx%dx%d  recipe %s  "
            "UNet %.1f M params  setup (calibration + open) %.1f s\n",
-           k->cin256 ? "cin256-v2 (random init)" : "fmnist-ldm", k->batch, 2 * k->batch, C, H, W,
+           k->cin256 ? "cin256-v2 (random init)" : "fmnist-ldm", k->batch, 2 * k->batch,
+           k->grad_slots ? k->grad_slots : k->batch, (k->grad_slots ? k->grad_slots : k->batch) == 1 ? "" : "s", C, H, W,
            k->recipe == RC_RECIPE_REFERENCE ? "reference" : "effdm",
            (double)unet_param_count(trainer_ldm(tr)->unet) / 1e6, setup);
     fflush(stdout);
@@ -232,12 +235,12 @@ fail:
 
 static void usage(const char *argv0) {
     fprintf(stderr, "usage: %s [--model fmnist|cin256] [--batch B] [--steps N] [--warmup N] [--threads N] "
-            "[--recipe reference|effdm] [--profile] [--ldm-config cin256-v2.yaml]\n", argv0);
+            "[--recipe reference|effdm] [--grad-slots S] [--profile] [--ldm-config cin256-v2.yaml]\n", argv0);
 }
 
 int main(int argc, char **argv) {
     threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
-    int threads = 0, batch = 0, steps = -1, warmup = -1, profile = 0, cin256 = 0;
+    int threads = 0, batch = 0, steps = -1, warmup = -1, profile = 0, cin256 = 0, grad_slots = 0;
     RcRecipe recipe = RC_RECIPE_REFERENCE;
     const char *cfg = NULL;
     for (int i = 1; i < argc; i++) {
@@ -246,6 +249,7 @@ int main(int argc, char **argv) {
         else if (!v) return usage(argv[0]), 2;
         else if (!strcmp(a, "--threads")) threads = atoi(v), i++;
         else if (!strcmp(a, "--batch")) batch = atoi(v), i++;
+        else if (!strcmp(a, "--grad-slots")) grad_slots = atoi(v), i++;
         else if (!strcmp(a, "--steps")) steps = atoi(v), i++;
         else if (!strcmp(a, "--warmup")) warmup = atoi(v), i++;
         else if (!strcmp(a, "--ldm-config")) cfg = v, i++;
@@ -256,7 +260,7 @@ int main(int argc, char **argv) {
     }
     if (steps < 0) steps = cin256 ? 2 : 10;
     if (warmup < 0) warmup = cin256 ? 1 : 3;
-    if (steps < 1 || steps > MAX_STEPS || warmup < 0 || batch < 0) return usage(argv[0]), 2;
+    if (steps < 1 || steps > MAX_STEPS || warmup < 0 || batch < 0 || grad_slots < 0) return usage(argv[0]), 2;
     threads_set(threads);
 
     char exe_dir[PATH_MAX], tcfg[PATH_MAX], tckpt[PATH_MAX];
@@ -296,7 +300,8 @@ int main(int argc, char **argv) {
     const int fm_batches[2] = {2, 8};
     int nb = batch ? 1 : (cin256 ? 1 : 2);
     for (int i = 0; i < nb; i++) {
-        Case k = {cin256, cfg, tckpt, batch ? batch : (cin256 ? 2 : fm_batches[i]), steps, warmup, profile, recipe};
+        Case k = {cin256, cfg, tckpt, batch ? batch : (cin256 ? 2 : fm_batches[i]), steps, warmup, profile, recipe,
+                  grad_slots};
         if (run_case(&k)) return 1;
     }
     return 0;
