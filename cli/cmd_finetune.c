@@ -10,6 +10,7 @@
 #include "autograd/profile.h"
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "cli/finetune_dry_run.h"
 #include "run/run_calibrate.h"
 #include "run/run_dir.h"
 #include "run/run_train.h"
@@ -18,7 +19,7 @@
 #include "util/clock.h"
 
 static const char *const usage[] = {
-    "usage: effdm finetune --config RUN.yaml [--set KEY=VALUE ...] [--threads N]",
+    "usage: effdm finetune --config RUN.yaml [--set KEY=VALUE ...] [--threads N] [--dry-run]",
     "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--set KEY=VALUE ...] [--threads N]",
     "",
     "Fine-tunes the quantized student of a run directory (the config's run.out) by distilling",
@@ -40,6 +41,10 @@ static const char *const usage[] = {
     "                     must keep their value, others (train.checkpoint_every, ...) may change",
     "  --threads N        threads (default: run.threads, else $EFFDM_THREADS, else all cores, shared",
     "                     among the MPI ranks on this machine); any count resumes bit-identically",
+    "  --dry-run          print what the run would be (student layers and bits, trainable values,",
+    "                     epochs x steps) and an estimate of its time and peak memory from a",
+    "                     reduced calibration and a few timed steps in a temporary folder;",
+    "                     nothing is written to run.out",
     "  --profile          at the end, print where the time of the steps went: per op kind",
     "                     (conv2d, linear, attention, group_norm, fake_quant, lora_weight, ...; forward",
     "                     and backward, calls, % of the total) and per UNet block (input_blocks.N,",
@@ -171,16 +176,16 @@ static int agree(int code, const Err *e) {
 int cmd_finetune(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL, *resume = NULL;
-    int threads = -1, help = 0, n_pos = 0, profile = 0;
+    int threads = -1, help = 0, n_pos = 0, profile = 0, dry_run = 0;
     CliStrs sets = {0};
     const char *pos[1];
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
                      {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0},
-                     {"--set", OPT_STRS, &sets, 0}};
+                     {"--set", OPT_STRS, &sets, 0}, {"--dry-run", OPT_FLAG, &dry_run, 0}};
     const double t_start = clock_seconds();
     const int rank = dist_rank(), world = dist_size(), talk = rank == 0;  // rank 0 speaks for the job
     int x;
-    cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e);
+    cli_parse(argc, argv, opts, 6, pos, &n_pos, 1, &help, &e);
     if ((x = agree(e.code, &e))) return x;
     if (help) {
         if (talk)
@@ -195,12 +200,19 @@ int cmd_finetune(int argc, char **argv) {
     const RunConfig *gp = NULL;
     char run_cfg[4096];
     const char *base = config;
-    if (!config && sets.n) {  // --resume DIR --set ...: over the run's own config
+    if (!config && (sets.n || dry_run)) {  // --resume DIR --set/--dry-run: over the run's own config
         snprintf(run_cfg, sizeof run_cfg, "%s/config.yaml", resume);
         if (access(run_cfg, F_OK) == 0) base = run_cfg;  // else run_dir_resolve names what is missing
     }
     if (base && !run_config_load_set(base, sets.v, sets.n, &given, &e)) gp = &given;
     if ((x = agree(e.code, &e))) return x;
+    if (dry_run) {  // what the run would be and cost; run.out is not touched
+        if (world > 1) err_set(&e, ERR_ARG, "--dry-run: run it without mpirun (one process)");
+        else if (!gp) err_set(&e, ERR_ARG, "--dry-run needs --config RUN.yaml (or --resume with the run's config.yaml)");
+        else if (!cli_threads(opts[2].seen ? threads : given.run.threads > 0 ? given.run.threads : -1, &e))
+            finetune_dry_run(&given, &e);
+        return e.code ? fail(&e) : 0;
+    }
     RunDirStatus st;
     run_dir_resolve(resume, gp, &rc, &st, &e);
     if (!e.code) cli_threads(opts[2].seen ? threads : rc.run.threads > 0 ? rc.run.threads : -1, &e);

@@ -223,6 +223,23 @@ static void test_cli(void **state) {
     assert_int_equal(effdm(args, err, sizeof err), 2);
     assert_has(err, "expected --config RUN.yaml or --resume RUN_DIR");
 
+    // --dry-run: what the run would be and cost, and nothing in run.out
+    snprintf(args, sizeof args, "finetune --config '%s' --set run.out='%s' --set train.epochs=5 --dry-run --threads 2",
+             cfg, other);
+    if (effdm(args, err, sizeof err) != 0) fail_msg("%s", err);
+    char dry[4096], dpath[400];
+    snprintf(dpath, sizeof dpath, "%s/stdout.txt", tmp);
+    FILE *df = fopen(dpath, "r");
+    assert_non_null(df);
+    dry[fread(dry, 1, sizeof dry - 1, df)] = 0;
+    fclose(df);
+    assert_has(dry, "nothing written: --dry-run");
+    assert_has(dry, "5 epochs x 2 steps, batch 1 in 1 gradient slot, 2 threads");
+    assert_has(dry, "step time    ");
+    assert_has(dry, "10 optimizer steps");
+    assert_has(dry, "peak RSS");
+    assert_int_equal(access(other, F_OK), -1);
+
     // calibrate: the assignments are applied and recorded in config.yaml
     snprintf(args, sizeof args, "calibrate --config '%s' --set run.out='%s' --set calib.seed=12 --set=train.seed=5 "
              "--threads 2", cfg, run);
