@@ -21,7 +21,7 @@ static const char *const usage[] = {
     "state.safetensors (the student). `effdm export --run DIR` turns it into a sampleable",
     "W4A4 model: the naive PTQ baseline.",
     "",
-    "  --config R.yaml  run config (keys and defaults: run/run_config.h)",
+    "  --config R.yaml  run config (every key and default: docs/USER_GUIDE.md \"The run config\")",
     "  --set KEY=VALUE  set one run-config key after the file, as if it were the file's last",
     "                   line (repeatable; a later one wins): --set calib.n_samples=8",
     "                   --set run.out=/tmp/x. VALUE is read like the YAML file's values (lists",

@@ -45,14 +45,14 @@
    | quant.easyquant_outlier_fraction * | 0.005                 | easyquant: share of each output channel's weights (the largest in magnitude, rounded up to a whole count) kept unquantized in float16, 0 <= f < 1 |
    | quant.easyquant_steps          * | 100                     | easyquant: Adam steps of the range fit on the other weights' reconstruction error (0: the init range) |
    | quant.easyquant_lr             * | 0.01                    | easyquant: the range fit's learning rate, relative to the initial step Δ |
-   | quant.mse_candidates           * | 80                      | mse search: candidate ranges i = 0..N-1, both ends scaled by (1 - shrink * i) |
-   | quant.mse_shrink               * | 0.01                    | mse search: range shrink per candidate; (N - 1) * shrink < 1 |
-   | quant.mse_norm                 * | 2.4                     | mse search: score = mean(abs(x - q(x)) ^ norm) |
+   | quant.mse_candidates           * | 80                      | mse search: candidate ranges i = 0..N-1, both ends scaled by (1 - shrink * i). Fixed at the reference's 80: another value is refused (the key names the search in resolved configs) |
+   | quant.mse_shrink               * | 0.01                    | mse search: range shrink per candidate. Fixed at 0.01: another value is refused |
+   | quant.mse_norm                 * | 2.4                     | mse search: score = mean(abs(x - q(x)) ^ norm). Fixed at 2.4: another value is refused |
    | quant.special_bits             * | 8                       | bits (weights and activations) of the special layers: static (Δ, z), no LoRA, not trained |
    | quant.special_first            * | 3                       | the first N quantized layers in registration order are special (time_embed.0, time_embed.2, input_blocks.0.0) |
    | quant.special_last             * | 1                       | the last N quantized layers are special (out.2) |
    | quant.fp_name_contains         * | [skip, op]              | Conv2d/Linear layers whose last name component contains one of these stay FP |
-   | quant.quantize_attention_matmuls * | false                 | also quantize QK^T and softmax*V (an extension; the reference keeps them FP) |
+   | quant.quantize_attention_matmuls * | false                 | reserved: QK^T and softmax*V stay FP, as in the reference; true is refused (not implemented) |
    | quant.lora_rank                * | 32                      | LoRA rank r of every trainable layer, >= 1 |
    | quant.talsq                    * | true                    | TALSQ: one activation (Δ, z) per training timestep; false: one per layer |
    | quant.fp_layers              R * | f32 / f16               | precision of the weights of the conv/linear layers the student keeps FP (skip connections, Downsample ops, fp_name_contains, keep_fp): f16 rounds them to float16 in the student (the teacher stays f32), so the export stores them as F16 and is still exact |
@@ -75,7 +75,7 @@
    | train.loss_branches          R * | guided / both           | guided: loss on the guided ε only (reference); both: on ε_c and ε_u separately; all: both + guided |
    | train.loss_reduction           * | sum                     | sum (reference) or mean of the squared error |
    | train.step_weighting         R * | none / equalize         | none: the raw per-step loss; equalize: each step's loss divided by its running mean over epochs; ddim: equalize times how far the step's ε error moves x_{t-1} |
-   | train.guidance_gain          R   | off / fit               | fit: the export fits one gain per step on the guidance term to the teacher (qalora/guidance_gain.h); off: none |
+   | train.guidance_gain          R   | off / fit               | fit: the export fits one gain (a scalar, the same at every step) on the guidance term to the teacher (qalora/guidance_gain.h); off: none |
    | train.guidance_fit_samples       | 256                     | teacher trajectories of that fit (64 gave gains 1.086-1.166 for one recipe: its error curve is flat) |
    | train.trajectory               * | teacher                 | whose guided ε moves the training trajectory x_t -> x_{t-1}: teacher (reference) or student (the student is trained where its own sampler goes) |
    | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's; best_val: the lowest validation error; best_sampled: the lowest sampled score (mse/mse0 + fd/fd0) among the epochs at least as good as the starting model (0) on mse and fd with |real - 1| at most 0.02 above its (trainer.c), else the starting model (naive PTQ) - needs val_samples >= 8 |
