@@ -184,6 +184,16 @@ static int effdm(const char *args, char *err, size_t cap) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+// The stdout of the last effdm() call.
+static void last_stdout(char *out, size_t cap) {
+    char path[400];
+    snprintf(path, sizeof path, "%s/stdout.txt", tmp);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    out[fread(out, 1, cap - 1, f)] = 0;
+    fclose(f);
+}
+
 static void load_run_config(const char *dir, RunConfig *c) {
     char path[512];
     snprintf(path, sizeof path, "%s/config.yaml", dir);
@@ -227,12 +237,8 @@ static void test_cli(void **state) {
     snprintf(args, sizeof args, "finetune --config '%s' --set run.out='%s' --set train.epochs=5 --dry-run --threads 2",
              cfg, other);
     if (effdm(args, err, sizeof err) != 0) fail_msg("%s", err);
-    char dry[4096], dpath[400];
-    snprintf(dpath, sizeof dpath, "%s/stdout.txt", tmp);
-    FILE *df = fopen(dpath, "r");
-    assert_non_null(df);
-    dry[fread(dry, 1, sizeof dry - 1, df)] = 0;
-    fclose(df);
+    char dry[4096];
+    last_stdout(dry, sizeof dry);
     assert_has(dry, "nothing written: --dry-run");
     assert_has(dry, "5 epochs x 2 steps, batch 1 in 1 gradient slot, 2 threads");
     assert_has(dry, "step time    ");
@@ -266,12 +272,8 @@ static void test_cli(void **state) {
     if (effdm(args, err, sizeof err) != 0) fail_msg("%s", err);
     // the summary says what its times count: the optimizer steps, and the command's wall time
     // (it once printed only the first, as "whole run")
-    char sum[4096], path[400];
-    snprintf(path, sizeof path, "%s/stdout.txt", tmp);
-    FILE *sf = fopen(path, "r");
-    assert_non_null(sf);
-    sum[fread(sum, 1, sizeof sum - 1, sf)] = 0;
-    fclose(sf);
+    char sum[4096];
+    last_stdout(sum, sizeof sum);
     double steps_s = -1, wall_s = -1;
     const char *a = strstr(sum, "of optimizer steps ("), *b = strstr(sum, "\nwall ");
     if (!a || !b) fail_msg("summary without step and wall times:\n%s", sum);
