@@ -58,10 +58,10 @@ int finetune_dry_run(const RunConfig *given, Err *e) {
     int code;
     fprintf(stderr, "effdm finetune: --dry-run: calibrating on %d of %d trajectories and timing %d steps in %s "
             "(removed after)\n", rc.calib.n_samples, given->calib.n_samples, DRY_STEPS, dir);
-    // the activation fit needs n_inputs of the reduced record: cap it (timing only)
-    int halves = 2, steps = given->calib.steps;
-    if (rc.calib.n_inputs > rc.calib.n_samples * steps * halves / 2)
-        rc.calib.n_inputs = rc.calib.n_samples * steps * halves / 2 > 0 ? rc.calib.n_samples * steps * halves / 2 : 1;
+    // the activation fit picks n_inputs of the reduced record, which holds at least one input
+    // per trajectory step: cap it there (a timing only)
+    int recorded = rc.calib.n_samples * given->calib.steps;
+    if (rc.calib.n_inputs > recorded) rc.calib.n_inputs = recorded > 0 ? recorded : 1;
     if ((code = run_calibrate(&rc, &co, &cal, e))) goto done;
     Trainer *tr;
     if ((code = run_trainer_open(&tr, &rc, rc.run.out, e))) goto done;

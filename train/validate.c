@@ -74,17 +74,19 @@ done:
     return rc;
 }
 
+// Inputs in the chunk starting at input k: those of its timestep, at most 2B.
+static int chunk_len(const Trainer *tr, int k) {
+    int n = 1;
+    while (k + n < tr->n_val && tr->val_t[k + n] == tr->val_t[k] && n < 2 * tr->B) n++;
+    return n;
+}
+
 int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e) {
     Ctx *c = &tr->ctx;
     // the chunks: runs of inputs that share a timestep, at most 2B each; each rank computes
     // its share of them, and the chunk sums are added in chunk order on every rank
     int n_chunks = 0;
-    for (int k = 0; k < tr->n_val;) {
-        int n = 1;
-        while (k + n < tr->n_val && tr->val_t[k + n] == tr->val_t[k] && n < 2 * tr->B) n++;
-        k += n;
-        n_chunks++;
-    }
+    for (int k = 0; k < tr->n_val; k += chunk_len(tr, k)) n_chunks++;
     double *sums = calloc((size_t)(n_chunks > 0 ? n_chunks : 1), sizeof(double));
     if (!sums) return err_set(e, ERR_NOMEM, "out of memory for %d validation chunks", n_chunks);
     int lo, hi;
@@ -92,8 +94,7 @@ int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, 
     int prev = ctx_set_grad(c, 0);
     int rc = 0;
     for (int k = 0, i = 0; k < tr->n_val && !rc; i++) {
-        int n = 1;
-        while (k + n < tr->n_val && tr->val_t[k + n] == tr->val_t[k] && n < 2 * tr->B) n++;
+        int n = chunk_len(tr, k);
         if (i < lo || i >= hi) {
             k += n;
             continue;
