@@ -13,7 +13,7 @@
        sampler_run(&ctx, em->ldm, &o, x, N, y, rng, &e);
        export_free(em);
 
-   Format (effdm.format "1"). Tensors (CompVis names, so the file reads like a checkpoint):
+   Format (effdm.format "2"; "1" is read too: it stored 3-bit levels in 4-bit containers). Tensors (CompVis names, so the file reads like a checkpoint):
      model.diffusion_model.<param>          F32  every UNet parameter that is not the weight of a
                                                  quantized layer (biases, norms, embeddings, FP
                                                  layers); Conv1d weights (Cout, Cin, 1) as CompVis.
@@ -25,7 +25,7 @@
      model.diffusion_model.<layer>.qweight  U8   (bytes) the layer's integer levels of the weight in C
                                                  order, in its weight kind's bytes (qkind.h pack);
                                                  uniform: q = clamp(round(W_in/Δ_w) + z_w, 0, 2^b - 1)
-                                                 packed as pack.h defines (2 per byte at 4 bits, 4 per
+                                                 packed as pack.h defines (2 per byte at 4 bits, 8 in 3 bytes at 3 bits, 4 per
                                                  byte at 2 bits, 1 at 8 bits)
      model.diffusion_model.<layer>.w_delta  F32  (Cout) channel steps Δ_w
      model.diffusion_model.<layer>.w_zero   U8   (Cout) channel zero points z_w (integers; I16 or F32 when
@@ -45,7 +45,7 @@
      guidance_gain                          F32  (S) optional: the gain on the guidance term per TALSQ
                                                  entry (guidance_gain.h; train.guidance_gain fit)
    Metadata:
-     effdm.format       "1"
+     effdm.format       "2"
      effdm.ldm_config   the CompVis model YAML, verbatim (the export is self-contained)
      effdm.quant        JSON: w_bits, a_bits, special_bits, rank, talsq, train_steps, timesteps
                         (ascending; entry i of every table belongs to timesteps[i]), and layers:
@@ -65,7 +65,7 @@
    nearest training timestep (talsq.h), for any step count.
 
    In memory (export_load; details in export_int.h). The quantized layers keep their levels
-   packed as in the file's containers (2 per byte at 4 bits, 4 at 2 bits, 1 at 8 bits), one
+   packed as in the file's containers (2 per byte at 4 bits, 8 in 3 bytes at 3 bits, 4 at 2 bits, 1 at 8 bits), one
    byte-aligned row per output channel, reordered tap-major (k' = (ki kw + kj) cp + ci, input
    channels padded to cp, a multiple of 4, with zero weights), plus per output channel Δ_w,
    z_w, z_w - c and Σ_k (q - z_w) (16 bytes). The float W_eff is never built: the UNet's
@@ -106,7 +106,9 @@
 #include "qalora/qmodel.h"
 #include "qalora/talsq.h"
 
-#define EXPORT_FORMAT "1"
+#define EXPORT_FORMAT "2"
+// The older format this build still reads: "1" differs only in 3-bit levels (4-bit containers).
+#define EXPORT_FORMAT_V1 "1"
 
 typedef struct {
     size_t unet_bytes;        // bytes of the model.diffusion_model.* tensors

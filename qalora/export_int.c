@@ -135,7 +135,17 @@ size_t export_layer_scale_bytes(const ExportLayer *L) {
 // One packed row as s8 weights q - c (K4*4 of them).
 static void unpack_row_s8(int8_t *dst, const uint8_t *src, int K4, int cbits, int wc) {
     size_t kp = (size_t)K4 * 4;
-    if (cbits == 4) {
+    if (cbits == 3) {  // groups of 8 levels in 3 bytes; a row of K4*4 levels may end in half a group
+        size_t i = 0;
+        for (; i + 8 <= kp; i += 8, src += 3) {
+            uint32_t w = (uint32_t)src[0] | (uint32_t)src[1] << 8 | (uint32_t)src[2] << 16;
+            for (int j = 0; j < 8; j++) dst[i + (size_t)j] = (int8_t)((w >> (3 * j)) & 7u);
+        }
+        if (i < kp) {  // 4 levels in 12 bits
+            uint32_t w = (uint32_t)src[0] | (uint32_t)src[1] << 8;
+            for (int j = 0; j < 4; j++) dst[i + (size_t)j] = (int8_t)((w >> (3 * j)) & 7u);
+        }
+    } else if (cbits == 4) {
         for (size_t i = 0; i < kp / 2; i++) {
             dst[2 * i] = (int8_t)(src[i] & 15);
             dst[2 * i + 1] = (int8_t)(src[i] >> 4);

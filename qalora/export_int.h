@@ -2,7 +2,7 @@
    to qalora/: export_load.c builds them, export_int.c runs them).
 
    In memory a layer keeps its integer levels packed (pack.h containers: 2 per byte at 4
-   bits, 4 at 2 bits, 1 at 8 bits), one byte-aligned row of K4*4 levels per output channel
+   bits, 4 at 2 bits, 8 in 3 bytes at 3 bits, 1 at 8 bits), one byte-aligned row of K4*4 levels per output channel
    in tap-major order (below; input channels padded to a multiple of 4 with the level that
    means 0), plus per channel Δ_w, z_w and the two integers the kernel needs. The float
    W_eff is never materialized in the model: the UNet's weight pages of these layers stay
@@ -46,7 +46,7 @@ struct ExportLayer {
     // at one kernel tap: the im2col of 4-channel words (export_int.c). Linear: kh = kw = 1.
     int cout, K, K4;     // K = cin kh kw real weights per output; K4 = kh kw cp / 4 groups
     int cin, cp, kh, kw;
-    int cbits;           // container width: 2, 4 or 8
+    int cbits;           // container width: 2, 3, 4 or 8
     int wc;              // c above: the level stored as 0 in the s8 weights
     int wmax;            // max |q - c|
     size_t row_bytes;    // packed bytes of one row of K4*4 levels

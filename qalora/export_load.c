@@ -141,13 +141,14 @@ static int load_side(ExportLayer *L, WeightFile *f, Err *e) {
 
 // One quantized layer: packed levels, per-channel Δ_w / z_w, the activation table. The
 // levels' bytes are the weight kind's (qkind.h packed_size / unpack).
-static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int entries, Err *e) {
+// v1: an effdm.format "1" file, whose 3-bit levels sit in 4-bit containers.
+static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int entries, int v1, Err *e) {
     ModelLayer *l = L->layer;
     const char *path = weights_path(f);
     char name[600];
     int co = l->weight.shape[0];
     Quantizer wq;  // the kind and bits, for the byte layout
-    quantizer_setup(&wq, L->w_kind, w_bits, 1, co, NULL, NULL, NULL, NULL);
+    quantizer_setup(&wq, L->w_kind, v1 && w_bits == 3 ? 4 : w_bits, 1, co, NULL, NULL, NULL, NULL);
     const QKindOps *wops = quantizer_ops(&wq);
     size_t n = l->weight.n, nb = wops->packed_size(&wq, n);
     snprintf(name, sizeof name, UNET_PREFIX "%s.qweight", l->name);
@@ -340,8 +341,10 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         rc = err_set(e, ERR_FORMAT, "%s: not an effdm export (no metadata 'effdm.format')", path);
         goto fail;
     }
-    if (strcmp(fmt, EXPORT_FORMAT) != 0) {
-        rc = err_set(e, ERR_UNSUPPORTED, "%s: effdm.format '%s' (this build reads '%s')", path, fmt, EXPORT_FORMAT);
+    int v1 = !strcmp(fmt, EXPORT_FORMAT_V1);
+    if (strcmp(fmt, EXPORT_FORMAT) != 0 && !v1) {
+        rc = err_set(e, ERR_UNSUPPORTED, "%s: effdm.format '%s' (this build reads '%s' and '%s')", path, fmt,
+                     EXPORT_FORMAT, EXPORT_FORMAT_V1);
         goto fail;
     }
     const char *yaml = weights_metadata(f, "effdm.ldm_config"), *quant = weights_metadata(f, "effdm.quant");
@@ -380,7 +383,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     }
     for (int k = 0; k < em->n_layers; k++) {
         ExportLayer *X = &em->layers[k];
-        if ((rc = load_layer(X, f, X->w_bits, X->a_bits, X->entries, e))) goto fail;
+        if ((rc = load_layer(X, f, X->w_bits, X->a_bits, X->entries, v1, e))) goto fail;
         X->layer->quant = X;
         X->layer->quant_forward = export_layer_forward;
         em->n_int_layers += X->int_ok;

@@ -40,6 +40,46 @@ static int nearest_entry(const TalsqSchedule *s, int t) {
     return best;
 }
 
+// An effdm.format "1" copy of the export at src (3-bit levels in 4-bit containers, as that
+// format stored them) into dst: every 3-bit qweight repacked, the format key set to "1".
+static void write_format_v1(const char *src, const char *dst, const QModel *q) {
+    StFile f;
+    Err e = {0};
+    assert_int_equal(st_open(&f, src, &e), 0);
+    StWriter w = {0};
+    uint8_t *repacked[512] = {0};
+    int n_rep = 0;
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        const void *data = st_data(&f, i);
+        int64_t shape[WEIGHTS_MAX_DIMS];
+        memcpy(shape, t->shape, sizeof shape);
+        for (int k = 0; k < q->n_q; k++) {
+            char name[300];
+            snprintf(name, sizeof name, "model.diffusion_model.%s.qweight", q->q[k].layer->name);
+            if (strcmp(name, t->name) != 0 || q->q[k].wq.bits != 3) continue;
+            size_t n = q->q[k].layer->weight.n;
+            uint8_t *lv = malloc(n);
+            assert_true(n_rep < 512);
+            repacked[n_rep] = malloc(PACK_BYTES(n, 4));
+            unpack_ints(lv, data, n, 3);
+            pack_ints(repacked[n_rep], lv, n, 4);  // 4 bits: two per byte
+            free(lv);
+            data = repacked[n_rep++];
+            shape[0] = (int64_t)PACK_BYTES(n, 4);
+        }
+        assert_int_equal(st_writer_add(&w, t->name, t->dtype, t->ndim, shape, data, &e), 0);
+    }
+    assert_true(n_rep > 0);
+    for (int i = 0; i < f.n_meta; i++)
+        assert_int_equal(st_writer_meta(&w, f.meta[i].key, strcmp(f.meta[i].key, "effdm.format") ? f.meta[i].value : "1",
+                                        &e), 0);
+    assert_int_equal(st_write(&w, dst, &e), 0);
+    st_writer_free(&w);
+    st_close(&f);
+    for (int i = 0; i < n_rep; i++) free(repacked[i]);
+}
+
 // w_kind: the weight quantizer (with easyquant the export also holds each layer's side table).
 static void check_equivalence_kind(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers, QuantKind w_kind) {
     Teacher T = teacher_open();
@@ -128,7 +168,7 @@ static void check_equivalence_kind(int w_bits, int a_bits, int train_steps, RcFp
         if (L->n_side)
             assert_memory_equal(L->side_idx, q.q[k].wq.side_idx, (size_t)L->cout * L->n_side * sizeof(int32_t));
     }
-    // the packed layout: 2 levels per byte at 4 bits, 4 per byte at 2 bits, 1 at 8 bits
+    // the packed layout: 2 levels per byte at 4 bits, 8 in 3 bytes at 3 bits, 4 per byte at 2 bits, 1 at 8 bits
     WeightFile *f;
     assert_int_equal(weights_open(&f, path, &e), 0);
     for (int k = 0; k < q.n_q; k++) {
@@ -136,10 +176,31 @@ static void check_equivalence_kind(int w_bits, int a_bits, int train_steps, RcFp
         snprintf(name, sizeof name, "model.diffusion_model.%s.qweight", q.q[k].layer->name);
         const WeightInfo *wi = weights_find(f, name);
         assert_non_null(wi);
-        size_t n = q.q[k].layer->weight.n, per = 8 / (size_t)(q.q[k].wq.bits == 8 ? 8 : q.q[k].wq.bits);
-        assert_int_equal(wi->numel, (n + per - 1) / per);
+        size_t n = q.q[k].layer->weight.n, b = (size_t)(q.q[k].wq.bits <= 4 ? q.q[k].wq.bits : 8);
+        assert_int_equal(wi->numel, (n * b + 7) / 8);
     }
     weights_close(f);
+    if (w_bits == 3) {  // an export of the older format (3 bits in 4-bit containers) loads to the same weights
+        char *v1 = tmp_path(".safetensors");
+        write_format_v1(path, v1, &q);
+        ExportModel *e1 = NULL;
+        int r1 = export_load(&e1, v1, &e);
+        if (r1) print_error("format 1: %s\n", e.msg);
+        assert_int_equal(r1, 0);
+        for (int k = 0; k < q.n_q; k++) {
+            size_t n = q.q[k].layer->weight.n;
+            float *w2 = malloc(n * sizeof(float)), *w1 = malloc(n * sizeof(float));
+            assert_int_equal(export_layer_dequant(&em->layers[k], w2), 0);
+            assert_int_equal(export_layer_dequant(&e1->layers[k], w1), 0);
+            assert_memory_equal(w1, w2, n * sizeof(float));
+            assert_int_equal(e1->layers[k].int_ok, em->layers[k].int_ok);
+            free(w1);
+            free(w2);
+        }
+        export_free(e1);
+        unlink(v1);
+        free(v1);
+    }
     free(x);
     export_free(em);
     unlink(path);
@@ -156,6 +217,7 @@ static void check_equivalence(int w_bits, int a_bits, int train_steps, RcFpLayer
 static void test_equivalence_w4a4(void **state) { check_equivalence(4, 4, 100, RC_FP_F16); }
 static void test_equivalence_w4a4_f32(void **state) { check_equivalence(4, 4, 100, RC_FP_F32); }
 static void test_equivalence_w2a8(void **state) { check_equivalence(2, 8, 20, RC_FP_F16); }
+static void test_equivalence_w3a8(void **state) { check_equivalence(3, 8, 20, RC_FP_F16); }  // dense 3-bit rows
 static void test_equivalence_easyquant(void **state) { check_equivalence_kind(4, 4, 20, RC_FP_F16, QUANT_EASYQUANT); }
 
 /* ---- size ---------------------------------------------------------------------------- */
@@ -618,6 +680,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_equivalence_w4a4), cmocka_unit_test(test_equivalence_w4a4_f32),
         cmocka_unit_test(test_equivalence_w2a8),
+        cmocka_unit_test(test_equivalence_w3a8),
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
         cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola),
         cmocka_unit_test(test_quantizer_kinds),  cmocka_unit_test(test_equivalence_easyquant),

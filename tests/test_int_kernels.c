@@ -264,8 +264,8 @@ static void check_synthetic(LayerKind kind, int cout, int cin, int k, int stride
 static void test_layer_shapes(void **state) {
     Rng r;
     rng_seed(&r, 11, 0);
-    const int wb[] = {2, 4, 8}, ab[] = {4, 8};
-    for (int i = 0; i < 3; i++)
+    const int wb[] = {2, 3, 4, 8}, ab[] = {4, 8};
+    for (int i = 0; i < 4; i++)
         for (int j = 0; j < 2; j++) {
             // input channels not a multiple of 4 (padded), "same" 3x3 on a non-square map
             check_synthetic(LAYER_CONV2D, 7, 5, 3, 1, 1, wb[i], ab[j], (int[]){3, 5, 6, 5}, 4, &r);
@@ -276,6 +276,9 @@ static void test_layer_shapes(void **state) {
             // linear on a 3-D input, odd sizes
             check_synthetic(LAYER_LINEAR, 13, 7, 1, 1, 0, wb[i], ab[j], (int[]){2, 5, 7}, 3, &r);
             check_synthetic(LAYER_LINEAR, 33, 64, 1, 1, 0, wb[i], ab[j], (int[]){37, 64}, 2, &r);
+            // rows of 4 (mod 8) levels: a 3-bit row ends in half a group of 8
+            check_synthetic(LAYER_LINEAR, 5, 12, 1, 1, 0, wb[i], ab[j], (int[]){3, 12}, 2, &r);
+            check_synthetic(LAYER_CONV2D, 6, 3, 1, 1, 0, wb[i], ab[j], (int[]){2, 3, 4, 5}, 4, &r);
         }
 }
 
@@ -283,8 +286,8 @@ static void test_layer_shapes(void **state) {
 static void test_layer_shapes_side(void **state) {
     Rng r;
     rng_seed(&r, 12, 0);
-    const int wb[] = {2, 4, 8};
-    for (int i = 0; i < 3; i++) {
+    const int wb[] = {2, 3, 4, 8};
+    for (int i = 0; i < 4; i++) {
         check_synthetic_side(LAYER_CONV2D, 7, 5, 3, 1, 1, wb[i], 4, (int[]){3, 5, 6, 5}, 4, 3, &r);
         check_synthetic_side(LAYER_CONV2D, 9, 6, 3, 2, 1, wb[i], 8, (int[]){2, 6, 7, 7}, 4, 2, &r);
         check_synthetic_side(LAYER_CONV2D, 17, 8, 1, 1, 0, wb[i], 4, (int[]){2, 8, 4, 4}, 4, 1, &r);
