@@ -247,6 +247,14 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
         }
         snprintf(name, sizeof name, UNET_PREFIX "%s.a_zero", ln);
         if ((rc = add(&w, name, zt, 1, &s1, zd, &unet, &total, e))) break;
+        const Tensor *kp[2] = {&ql->wq.param, &ql->aq.param};  // the kinds' own values (nupes' exponents)
+        for (int j = 0; j < 2 && !rc; j++) {
+            if (!kp[j]->data) continue;
+            int64_t np = (int64_t)kp[j]->n;
+            snprintf(name, sizeof name, UNET_PREFIX "%s.%s", ln, j ? "a_param" : "w_param");
+            rc = add(&w, name, DT_F32, 1, &np, kp[j]->data, &unet, &total, e);
+        }
+        if (rc) break;
         if (m && (rc = add_side(&w, &keep, ql, side, &unet, &total, e))) break;
     }
     // first stage (the tensors the loader reads, with the checkpoint's shapes), class embedder

@@ -34,6 +34,10 @@
                                                  (S = 1: one static range, special layers)
      model.diffusion_model.<layer>.a_zero   U8   (S) activation zero points, rounded to integers (I16 or
                                                  F32 as w_zero)
+     model.diffusion_model.<layer>.w_param  F32  (Cout·P) only for a weight kind with values of its own
+                                                 (qkind.h n_param = P; nupes: each channel's exponent)
+     model.diffusion_model.<layer>.a_param  F32  (S·P) the same for the activation kind (nupes: each
+                                                 table entry's exponent)
      model.diffusion_model.<layer>.w_side_idx  I16 (Cout, m) only for a weight kind with a side table
                                                  (easyquant's outliers): the positions in each channel's
                                                  C-order row, ascending (I32 when a row is longer than 32767)

@@ -52,6 +52,7 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     memcpy(L->w_delta, w_delta, (size_t)co * sizeof(float));
     memcpy(L->w_zero, w_zero, (size_t)co * sizeof(float));
     quantizer_setup(&L->wq, L->w_kind, L->w_bits, 1, co, L->w_delta, L->w_zero, NULL, NULL);
+    if (L->w_param) quantizer_setup_param(&L->wq, L->w_param, NULL);
     quantizer_setup_side(&L->wq, L->n_side, L->side_idx, L->side_val);
     // The int32 sums must not overflow: bound |D| + |zoff| S + |z_a| |R| per channel (S <=
     // 255 K) in double; zero points far outside the level range get the float path.
@@ -113,6 +114,8 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
 void export_layer_release(ExportLayer *L) {
     free(L->a_delta);
     free(L->a_zero);
+    free(L->w_param);
+    free(L->a_param);
     free(L->wpack);
     free(L->w_delta);
     free(L->w_zero);

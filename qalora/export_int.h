@@ -41,6 +41,7 @@ struct ExportLayer {
     Quantizer wq;        // the weight quantizer: channel-wise over w_delta / w_zero (export_layer_prepare)
     Quantizer aq;        // the activation table (rounded z_a), of a_kind
     float *a_delta, *a_zero;
+    float *w_param, *a_param;  // the kinds' own values (qkind.h n_param; NULL: none), w_param set before prepare
     // weights; a row's levels are reordered to k' = (ki kw + kj) cp + ci (channels innermost,
     // padded to cp = a multiple of 4 with zero weights), so that a k-group of 4 is 4 channels
     // at one kernel tap: the im2col of 4-channel words (export_int.c). Linear: kh = kw = 1.

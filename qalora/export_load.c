@@ -139,6 +139,29 @@ static int load_side(ExportLayer *L, WeightFile *f, Err *e) {
     return 0;
 }
 
+// A kind's own values (export.h w_param / a_param): n floats, each a positive finite exponent,
+// into a new *out; n = 0: the kind has none (*out NULL, the tensor must be absent).
+static int load_param(WeightFile *f, const char *layer, const char *suffix, int n, float **out, Err *e) {
+    char name[600];
+    snprintf(name, sizeof name, UNET_PREFIX "%s.%s", layer, suffix);
+    *out = NULL;
+    if (n == 0) {
+        if (weights_find(f, name))
+            return err_set(e, ERR_FORMAT, "%s: tensor '%s': the layer's quantizer kind has no values of its own",
+                           weights_path(f), name);
+        return 0;
+    }
+    if (!weights_find(f, name)) return err_set(e, ERR_KEY, "%s: tensor '%s' is missing", weights_path(f), name);
+    *out = malloc((size_t)n * sizeof(float));
+    if (!*out) return err_set(e, ERR_NOMEM, "out of memory");
+    int rc = weights_read_f32(f, name, *out, 1, (int[]){n}, e);
+    for (int i = 0; !rc && i < n; i++)
+        if (!((*out)[i] > 0.0f && (*out)[i] <= 100.0f))
+            rc = err_set(e, ERR_VALUE, "%s: tensor '%s': value %g at %d (expected a positive exponent)",
+                         weights_path(f), name, (double)(*out)[i], i);
+    return rc;
+}
+
 // One quantized layer: packed levels, per-channel Δ_w / z_w, the activation table. The
 // levels' bytes are the weight kind's (qkind.h packed_size / unpack).
 // v1: an effdm.format "1" file, whose 3-bit levels sit in 4-bit containers.
@@ -194,6 +217,10 @@ static int load_layer(ExportLayer *L, WeightFile *f, int w_bits, int a_bits, int
         goto done;
     }
     quantizer_setup(&L->aq, L->a_kind, a_bits, 0, entries, L->a_delta, L->a_zero, NULL, NULL);
+    if ((rc = load_param(f, l->name, "w_param", co * qkind_get(L->w_kind)->n_param, &L->w_param, e)) ||
+        (rc = load_param(f, l->name, "a_param", entries * qkind_get(L->a_kind)->n_param, &L->a_param, e)))
+        goto done;
+    if (L->a_param) quantizer_setup_param(&L->aq, L->a_param, NULL);
     if ((rc = load_side(L, f, e))) goto done;
     // the levels stay packed (export_int.h); W_eff is never written into the UNet's weight
     rc = export_layer_prepare(L, lv, wd, wz, e);
@@ -218,9 +245,6 @@ static int json_kind(const cJSON *L, const char *key, const char *layer, QuantKi
         return err_set(e, ERR_UNSUPPORTED, "%s: metadata effdm.quant: layer '%s': %s '%s' is not a quantizer kind "
                        "this build knows (%s)", path, layer, key, v->valuestring, qkind_list(known, sizeof known));
     }
-    if (qkind_get(*out)->n_param)
-        return err_set(e, ERR_UNSUPPORTED, "%s: metadata effdm.quant: layer '%s': %s '%s': kinds with learnable "
-                       "values of their own are not loaded yet", path, layer, key, v->valuestring);
     return 0;
 }
 

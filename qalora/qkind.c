@@ -10,11 +10,13 @@
 static const QKindOps *const QKIND_TABLE[] = {
     &QKIND_UNIFORM_OPS,   // QUANT_UNIFORM
     &QKIND_EASYQUANT_OPS, // QUANT_EASYQUANT
+    &QKIND_NUPES_OPS,     // QUANT_NUPES
 };
 
 const char *const QKIND_NAMES[QUANT_KIND_COUNT] = {
     "uniform",            // QUANT_UNIFORM
     "easyquant",          // QUANT_EASYQUANT
+    "nupes",              // QUANT_NUPES
 };
 
 // The tables and the enum in step (as ggml's GGML_OP_NAME / GGML_OP_COUNT); qkind_get's rows
@@ -23,7 +25,7 @@ _Static_assert(sizeof QKIND_TABLE / sizeof QKIND_TABLE[0] == QUANT_KIND_COUNT,
                "QKIND_TABLE needs one row per QuantKind");
 _Static_assert(sizeof QKIND_NAMES / sizeof QKIND_NAMES[0] == QUANT_KIND_COUNT,
                "QKIND_NAMES needs one name per QuantKind");
-_Static_assert(QUANT_KIND_COUNT == 2, "a new kind: add its row to QKIND_TABLE and QKIND_NAMES, then this count");
+_Static_assert(QUANT_KIND_COUNT == 3, "a new kind: add its row to QKIND_TABLE and QKIND_NAMES, then this count");
 
 int qkind_valid(int k) { return k >= 0 && k < QUANT_KIND_COUNT; }
 

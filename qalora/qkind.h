@@ -11,6 +11,8 @@
        QUANT_UNIFORM   "uniform"   qkind_uniform.c   EfficientDM's uniform affine quantizer
        QUANT_EASYQUANT "easyquant" qkind_easyquant.c uniform, each channel's largest weights kept
                                                      in float16 (EasyQuant, Tang et al. 2023)
+       QUANT_NUPES     "nupes"     qkind_nupes.c     uniform in a power-warped domain, one learnable
+                                                     exponent per entry (NUPES, Yvinec et al. 2023)
 
    The generic functions of quantizer.h check arguments, cut x into slices, thread and
    reduce; a kind supplies serial kernels over one slice:
@@ -56,9 +58,10 @@
      weight_only
                1: channel-wise use only (a side table is per channel); a layer-wise quantizer
                of the kind is refused (quantizer_fit, qlayer_sizes).
-     n_param   learnable values per entry beyond (Δ, z) (Quantizer.param), 0..QKIND_MAX_PARAM.
-               Their storage in the layers' trainable blocks, the run state and the export
-               is not wired yet: qlayer_init refuses a kind with n_param > 0 until it is.
+     n_param   learnable values per entry beyond (Δ, z) (Quantizer.param), 0..QKIND_MAX_PARAM:
+               at the end of the layers' trainable blocks (qlayer.h), trained at
+               train.optimizer.lr_exponent, stored as <layer>.w_param / a_param in the state
+               and the export.
 */
 #ifndef EFFDM_QKIND_H
 #define EFFDM_QKIND_H
@@ -97,6 +100,7 @@ typedef struct QKindOps {
 // The rows, one per file.
 extern const QKindOps QKIND_UNIFORM_OPS;    // qkind_uniform.c
 extern const QKindOps QKIND_EASYQUANT_OPS;  // qkind_easyquant.c
+extern const QKindOps QKIND_NUPES_OPS;      // qkind_nupes.c
 
 // The kind names in QuantKind order (the config's enum names).
 extern const char *const QKIND_NAMES[QUANT_KIND_COUNT];

@@ -54,26 +54,24 @@ int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params,
     if (qkind_get(cfg->a_kind)->weight_only)
         return err_set(e, ERR_VALUE, "layer '%s': the %s quantizer is for weights only, not activations", l->name,
                        quant_kind_name(cfg->a_kind));
-    // their values would need places in the blocks (qlayer.h "Storage"), the state and the export
-    if (qkind_get(cfg->w_kind)->n_param || qkind_get(cfg->a_kind)->n_param)
-        return err_set(e, ERR_UNSUPPORTED, "layer '%s': %s / %s quantizers: kinds with learnable values of their own "
-                       "are not wired into the layer yet", l->name, quant_kind_name(cfg->w_kind),
-                       quant_kind_name(cfg->a_kind));
     if (cfg->special) return 0;
     if (cfg->rank < 0 || cfg->n_entries < 1)
         return err_set(e, ERR_VALUE, "layer '%s': LoRA rank %d, %d TALSQ entries (expected rank >= 0, entries >= 1)",
                        l->name, cfg->rank, cfg->n_entries);
     size_t r = (size_t)cfg->rank, S = (size_t)cfg->n_entries, co = (size_t)cout;
-    *n_params = r * k + co * r + co + 2 * S;
+    size_t pw = (size_t)qkind_get(cfg->w_kind)->n_param, pa = (size_t)qkind_get(cfg->a_kind)->n_param;
+    *n_params = r * k + co * r + co + 2 * S + co * pw + S * pa;
     *n_grads = *n_params + co;
     return 0;
 }
 
-// q->wq over Δ_w, z_w (gradient of Δ_w: dwd or NULL) with its kind's settings and side table
-// (allocated here), fitted to the FP weights. 0 or an ERR_ code naming the layer.
+// q->wq over Δ_w, z_w and the kind's own values wp (gradients of Δ_w, of wp: dwd, dwp or NULL)
+// with its kind's settings and side table (allocated here), fitted to the FP weights. 0 or an
+// ERR_ code naming the layer.
 static int weight_quantizer_init(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, float *wd, float *wz,
-                                 float *dwd, Err *e) {
+                                 float *dwd, float *wp, float *dwp, Err *e) {
     quantizer_setup(&q->wq, cfg->w_kind, cfg->w_bits, 1, q->cout, wd, wz, dwd, NULL);
+    if (qkind_get(cfg->w_kind)->n_param) quantizer_setup_param(&q->wq, wp, dwp);
     q->wq.kp = cfg->kp;
     int m = quantizer_side_count(&q->wq, q->k);
     if (m > 0) {
@@ -89,15 +87,18 @@ static int weight_quantizer_init(QLayer *q, const ModelLayer *l, const QLayerCon
 
 static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, Err *e) {
     size_t co = (size_t)q->cout, nw = l->weight.n;
-    // fixed: [Δ_w (Cout) | z_w (Cout) | Δ_a | z_a | fake-quantized weight (Cout·K)]
-    q->fixed = malloc((2 * co + 2 + nw) * sizeof(float));
+    size_t pw = (size_t)qkind_get(cfg->w_kind)->n_param, pa = (size_t)qkind_get(cfg->a_kind)->n_param;
+    // fixed: [Δ_w (Cout) | z_w (Cout) | Δ_a | z_a | fake-quantized weight (Cout·K) | the kinds' own
+    // values: weight (Cout·Pw), activation (Pa)]
+    q->fixed = calloc(2 * co + 2 + nw + co * pw + pa, sizeof(float));
     if (!q->fixed) return err_set(e, ERR_NOMEM, "layer '%s': out of memory", l->name);
-    float *wd = q->fixed, *wz = wd + co, *ad = wz + co, *az = ad + 1, *wfq = az + 1;
-    if (weight_quantizer_init(q, l, cfg, wd, wz, NULL, e)) return e->code;
+    float *wd = q->fixed, *wz = wd + co, *ad = wz + co, *az = ad + 1, *wfq = az + 1, *wp = wfq + nw, *ap = wp + co * pw;
+    if (weight_quantizer_init(q, l, cfg, wd, wz, NULL, wp, NULL, e)) return e->code;
     quantizer_fake(&q->wq, wfq, l->weight.data, nw, 0);
     tensor_init_param(&q->w_fq, wfq, NULL, l->weight.ndim, l->weight.shape);
     *ad = *az = 0.0f;
     quantizer_setup(&q->aq, cfg->a_kind, cfg->a_bits, 0, 1, ad, az, NULL, NULL);
+    if (pa) quantizer_setup_param(&q->aq, ap, NULL);
     return 0;
 }
 
@@ -130,11 +131,13 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     q->grads = grads;
     memset(grads, 0, ng * sizeof(float));
     size_t r = (size_t)q->rank, co = (size_t)q->cout, S = (size_t)q->n_entries;
-    float *A = params, *B = A + r * q->k, *wd = B + co * r, *ad = wd + co, *az = ad + S;
+    size_t pw = (size_t)qkind_get(cfg->w_kind)->n_param;
+    float *A = params, *B = A + r * q->k, *wd = B + co * r, *ad = wd + co, *az = ad + S, *wp = az + S, *ap = wp + co * pw;
     float *gA = grads, *gB = gA + r * q->k, *gwq = gB + co * r, *gwb = gwq + co, *gad = gwb + co, *gaz = gad + S;
+    float *gwp = gaz + S, *gap = gwp + co * pw;
 
-    // naive PTQ: Δ_w, z_w from the FP weights, W_int = clamp(round(W/Δ_w) + z_w)
-    if (weight_quantizer_init(q, l, cfg, wd, q->fixed, gwq, e)) goto fail;
+    // naive PTQ: Δ_w, z_w (and the kind's values) from the FP weights, W_int = the levels of W
+    if (weight_quantizer_init(q, l, cfg, wd, q->fixed, gwq, wp, gwp, e)) goto fail;
     quantizer_encode(&q->wq, q->w_int, l->weight.data, l->weight.n, 0);
     tensor_init_param(&q->w_delta_base, wd, gwb, 1, (int[]){q->cout});
 
@@ -154,6 +157,10 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     }
     memset(ad, 0, 2 * S * sizeof(float));
     quantizer_setup(&q->aq, cfg->a_kind, cfg->a_bits, 0, q->n_entries, ad, az, gad, gaz);
+    if (qkind_get(cfg->a_kind)->n_param) {
+        for (size_t i = 0; i < S * (size_t)qkind_get(cfg->a_kind)->n_param; i++) ap[i] = 1.0f;  // until calibrated
+        quantizer_setup_param(&q->aq, ap, gap);
+    }
     return 0;
 fail:
     qlayer_free(q);
@@ -197,6 +204,8 @@ int qlayer_trainable(QLayer *q, Tensor *out[QLAYER_MAX_SLOTS]) {
     out[n++] = &q->w_delta_base;
     out[n++] = &q->aq.delta;
     out[n++] = &q->aq.zero;
+    if (q->wq.param.data) out[n++] = &q->wq.param;  // the kinds' own values (qkind.h n_param)
+    if (q->aq.param.data) out[n++] = &q->aq.param;
     return n;
 }
 
@@ -237,18 +246,17 @@ static void qweight_compute(const QLayer *q, float *out) {
                 (int)K);
 }
 
-// in[0] = w_delta_base, in[1] = lora_a, in[2] = lora_b (NULL without LoRA); saved = the QLayer.
+// in[0] = w_delta_base, in[1] = lora_a, in[2] = lora_b (NULL without LoRA), in[3] = the weight
+// kind's own values (NULL: none; their one gradient buffer takes both paths); saved = the QLayer.
 //   d Δ_w[o] += the decode's gradient (uniform: Σ_j g[o, j] (W_int[o, j] - z_w[o]));  dB += g Aᵀ;  dA += Bᵀ g
 static void qweight_backward(Ctx *c, TapeNode *nd) {
     const QLayer *q = nd->saved;
     const float *g = nd->out->grad;
     size_t K = q->k;
-    Tensor *db_t = nd->in[0], *a = nd->in[1], *b = nd->in[2];
-    if (db_t->requires_grad) {
-        float *dd = tensor_grad(c, db_t);
-        if (!dd) return;
-        quantizer_decode_backward(&q->wq, dd, NULL, NULL, g, q->w_int, (size_t)q->cout * K, 0);
-    }
+    Tensor *db_t = nd->in[0], *a = nd->in[1], *b = nd->in[2], *p = nd->in[3];
+    float *dd = db_t->requires_grad ? tensor_grad(c, db_t) : NULL, *dp = p && p->requires_grad ? tensor_grad(c, p) : NULL;
+    if ((db_t->requires_grad && !dd) || (p && p->requires_grad && !dp)) return;
+    if (dd || dp) quantizer_decode_backward(&q->wq, dd, NULL, dp, g, q->w_int, (size_t)q->cout * K, 0);
     if (b && b->requires_grad) {
         float *dB = tensor_grad(c, b);
         if (!dB) return;
@@ -272,8 +280,9 @@ static Tensor *weight_prequant_op(Ctx *c, QLayer *q) {
     qweight_compute(q, out->data);
     // One fused op (dequantize + LoRA product + add) keeps two weight-sized tensors per
     // layer and step off the arena, compared with t_mul / t_matmul / t_add.
-    Tensor *in[3] = {&q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL, q->rank > 0 ? &q->lora_b : NULL};
-    TapeNode *nd = tape_record(c, OP_LORA_WEIGHT, qweight_backward, out, in, 3);
+    Tensor *in[4] = {&q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL, q->rank > 0 ? &q->lora_b : NULL,
+                     q->wq.param.data ? &q->wq.param : NULL};
+    TapeNode *nd = tape_record(c, OP_LORA_WEIGHT, qweight_backward, out, in, 4);
     if (nd) nd->saved = q;
     return out;
 }

@@ -25,15 +25,17 @@
    which runs the kind's row of the table (qkind.h). A weight kind with a side table
    (easyquant's outliers: Cout x m positions and values, fitted with the ranges on the FP
    weights) gets it allocated here; its values are W_base's at those positions (W_base is
-   decode(W_int)). Kinds for weights only are refused for activations (ERR_VALUE); kinds with
-   learnable values of their own (n_param > 0) are not wired into the blocks below yet:
-   ERR_UNSUPPORTED.
+   decode(W_int)). Kinds for weights only are refused for activations (ERR_VALUE). A kind's own
+   learnable values (n_param per entry: nupes' exponent) sit at the end of the blocks below and
+   train like Δ; the weight kind's are used by both paths (W_base = decode(W_int) and q_w), whose
+   gradients add into their one buffer.
 
    Storage. Trainable state lives in caller-provided blocks (the trainer's flat parameter
    and gradient blocks) or in blocks the layer allocates itself (pass NULL):
-       params: [A (r·K) | B (Cout·r) | Δ_w (Cout) | Δ_a (S) | z_a (S)]
-       grads:  [dA | dB | dΔ_w quantizer path (Cout) | dΔ_w base path (Cout) | dΔ_a | dz_a]
-   with K = Cin·kh·kw (conv) or in (linear), S = n_entries; qlayer_sizes gives the counts
+       params: [A (r·K) | B (Cout·r) | Δ_w (Cout) | Δ_a (S) | z_a (S) | P_w (Cout·Pw) | P_a (S·Pa)]
+       grads:  [dA | dB | dΔ_w quantizer path (Cout) | dΔ_w base path (Cout) | dΔ_a | dz_a | dP_w | dP_a]
+   with K = Cin·kh·kw (conv) or in (linear), S = n_entries, Pw / Pa the weight / activation
+   kind's n_param (0 for uniform, easyquant; 1 for nupes); qlayer_sizes gives the counts
    (0 for special layers). W_int, z_w and all special-layer state are owned by the layer.
 
    Calibration (activation ranges, docs/METHOD.md "Calibration data"): with calib =
@@ -120,8 +122,7 @@ typedef struct QLayer {
 // W4A4, rank 32, 100 entries, 'max' weights, 'mse' activations, uniform quantizers, trainable.
 void qlayer_config_defaults(QLayerConfig *cfg);
 // Floats of trainable state and of gradients the layer needs in the caller's blocks.
-// 0, or ERR_SHAPE / ERR_VALUE for a layer or config it cannot wrap (ERR_UNSUPPORTED: a
-// quantizer kind with learnable values of its own).
+// 0, or ERR_SHAPE / ERR_VALUE for a layer or config it cannot wrap.
 int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params, size_t *n_grads, Err *e);
 // Wraps l (not attached yet): fits the weight ranges on l's FP weights (cfg->w_init), stores
 // W_int, initialises LoRA (A from rng), leaves the activation quantizer uncalibrated.
@@ -145,7 +146,7 @@ Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q);
 // The trainable tensors of a trainable layer in gradient-block order (lora_a, lora_b when
 // rank > 0, then wq.delta, w_delta_base, aq.delta, aq.zero), for the optimizer's slots;
 // wq.delta and w_delta_base share their data. Returns the count (0 for special layers).
-#define QLAYER_MAX_SLOTS 6
+#define QLAYER_MAX_SLOTS 8
 int qlayer_trainable(QLayer *q, Tensor *out[QLAYER_MAX_SLOTS]);
 // Points every gradient at `grads` (qlayer_sizes floats, same layout; e.g. the
 // optimizer's flat buffer at the first slot's offset) and zeroes it; frees the layer's own.

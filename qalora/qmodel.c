@@ -246,7 +246,8 @@ size_t qmodel_bytes(const QModel *q) {
     for (int i = 0; i < q->n_q; i++) {
         const QLayer *l = &q->q[i];
         size_t nw = l->layer->weight.n, co = (size_t)l->cout;
-        if (l->special) b += (2 * co + 2 + nw) * sizeof(float);  // qlayer.c: [Δ_w | z_w | Δ_a | z_a | W_fq]
+        if (l->special)  // qlayer.c: [Δ_w | z_w | Δ_a | z_a | W_fq | the kinds' own values]
+            b += (2 * co + 2 + nw + (size_t)l->wq.param.n + (size_t)l->aq.param.n) * sizeof(float);
         else b += co * sizeof(float) + nw;                       // z_w, W_int (one byte per level)
         b += co * (size_t)l->wq.n_side * (sizeof(int32_t) + sizeof(float));  // a side table
     }
@@ -262,7 +263,7 @@ QLayer *qmodel_find(QModel *q, const char *name) {
 /* ---- training interface ------------------------------------------------------------ */
 
 int qmodel_trainable(QModel *q, QTrainable *out) {
-    static const char *const suffix[QMODEL_GROUP_COUNT] = {"", "w_delta", "w_delta_base", ""};
+    static const char *const suffix[QMODEL_GROUP_COUNT] = {"", "w_delta", "w_delta_base", "", ""};
     int n = 0;
     for (int k = 0; k < q->n_q; k++) {
         QLayer *ql = &q->q[k];
@@ -282,6 +283,8 @@ int qmodel_trainable(QModel *q, QTrainable *out) {
                 else if (t[j] == &ql->w_delta_base)
                     o->group = QMODEL_GROUP_W_DELTA_BASE, nm = suffix[QMODEL_GROUP_W_DELTA_BASE];
                 else if (t[j] == &ql->aq.delta) o->group = QMODEL_GROUP_ACT, nm = "a_delta";
+                else if (t[j] == &ql->wq.param) o->group = QMODEL_GROUP_KIND, nm = "w_param";
+                else if (t[j] == &ql->aq.param) o->group = QMODEL_GROUP_KIND, nm = "a_param";
                 else o->group = QMODEL_GROUP_ACT, nm = "a_zero";
                 snprintf(o->name, sizeof o->name, "q.%s.%s", ql->layer->name, nm);
             }
@@ -388,7 +391,7 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 
 // The tensors of one layer in a state (writer and reader walk the same list): name suffix,
 // dtype, shape and where the values live.
-enum { LAYER_TENSORS_MAX = 9 };
+enum { LAYER_TENSORS_MAX = 12 };
 typedef struct {
     const char *suffix;
     DType dtype;
@@ -419,6 +422,9 @@ static int layer_tensors(QLayer *ql, LayerTensor *t) {
     n += layer_tensor_f32(&t[n], "w_zero", ql->wq.zero.data, 1, &ql->cout);
     n += layer_tensor_f32(&t[n], "a_delta", ql->aq.delta.data, 1, &ql->aq.n);
     n += layer_tensor_f32(&t[n], "a_zero", ql->aq.zero.data, 1, &ql->aq.n);
+    if (ql->wq.param.data)  // the kinds' own values (nupes: one exponent per channel / per table entry)
+        n += layer_tensor_f32(&t[n], "w_param", ql->wq.param.data, 1, ql->wq.param.shape);
+    if (ql->aq.param.data) n += layer_tensor_f32(&t[n], "a_param", ql->aq.param.data, 1, ql->aq.param.shape);
     if (ql->wq.n_side) {  // the weight kind's side table (positions inside a channel, W_base's values)
         int shape[2] = {ql->cout, ql->wq.n_side};
         t[n++] = (LayerTensor){"w_side_idx", DT_I32, 2, {shape[0], shape[1]}, ql->wq.side_idx};
@@ -627,6 +633,13 @@ static int read_layer(QLayer *ql, WeightFile *f, const char *prefix, Err *e) {
             int shape[WEIGHTS_MAX_DIMS];
             for (int d = 0; d < lt[i].ndim; d++) shape[d] = (int)lt[i].shape[d];
             if (read_f32(f, name, lt[i].data, lt[i].ndim, shape, e)) return e->code;
+            if (lt[i].data == ql->wq.param.data || lt[i].data == ql->aq.param.data) {  // nupes: exponents > 0
+                const float *v = lt[i].data;
+                for (int j = 0; j < shape[0]; j++)
+                    if (!(v[j] > 0.0f && v[j] <= 100.0f))
+                        return err_set(e, ERR_VALUE, "%s: tensor '%s': value %g at %d (expected a positive exponent)",
+                                       weights_path(f), name, (double)v[j], j);
+            }
             continue;
         }
         if (read_ints(f, name, lt[i].dtype, lt[i].ndim, lt[i].shape, lt[i].data, dtype_size(lt[i].dtype), e))

@@ -115,6 +115,7 @@ typedef enum {
     QMODEL_GROUP_W_DELTA_Q,     // Δ_w, quantizer-path gradient
     QMODEL_GROUP_W_DELTA_BASE,  // Δ_w again (same data), base-path gradient
     QMODEL_GROUP_ACT,           // TALSQ tables Δ_a, z_a
+    QMODEL_GROUP_KIND,          // the quantizer kinds' own values (nupes' exponents), weight and activation
     QMODEL_GROUP_COUNT
 } QModelGroup;
 

@@ -7,8 +7,9 @@
    channel-wise quantizer, fixed chunks of a layer-wise one), thread over them, and run the
    kind's kernels through the kind table (qkind.h: one row of operations per kind, one
    file per kind). Nothing here or in the layers switches on the kind. Kinds:
-   QUANT_UNIFORM (qkind_uniform.c) today; a non-uniform power-exponent quantizer (NUPES)
-   and outlier-kept weight ranges (EasyQuant) are meant to be added as further rows.
+   QUANT_UNIFORM (qkind_uniform.c), QUANT_EASYQUANT (qkind_easyquant.c: outlier-kept weight
+   ranges), QUANT_NUPES (qkind_nupes.c: a power-warped uniform grid, one learnable exponent
+   per entry).
 
    QUANT_UNIFORM (EfficientDM quant_layer.py UniformAffineQuantizer, asymmetric):
        q(x) = (clamp(round(x/Δ) + z, 0, 2^b - 1) - z) · Δ
@@ -58,6 +59,7 @@
 typedef enum {
     QUANT_UNIFORM,     // uniform affine, asymmetric (qkind_uniform.c)
     QUANT_EASYQUANT,   // uniform with each channel's largest weights kept in float16 (qkind_easyquant.c)
+    QUANT_NUPES,       // uniform in a power-warped domain, a learnable exponent per entry (qkind_nupes.c)
     QUANT_KIND_COUNT
 } QuantKind;
 

@@ -40,8 +40,8 @@
    | quant.act_bits                 * | 4                       | activation bits (layer inputs) of the trainable layers, 2..8 |
    | quant.weight_init              * | max                     | weight (Δ, z) init per output channel: max (naive PTQ: min/max incl. 0) or mse (search below) |
    | quant.act_init                 * | mse                     | activation (Δ, z) init per layer: mse or max |
-   | quant.weight_quantizer         * | uniform                 | quantizer kind of the weights of every quantized layer (special ones too): a name of the kind table (qalora/qkind.h; docs/QUANTIZERS.md): uniform (EfficientDM's uniform affine) or easyquant (uniform with each channel's largest weights kept in float16, the range fitted by gradient descent) |
-   | quant.act_quantizer            * | uniform                 | quantizer kind of the activations (layer inputs) of every quantized layer: uniform (easyquant quantizes weights only) |
+   | quant.weight_quantizer         * | uniform                 | quantizer kind of the weights of every quantized layer (special ones too): a name of the kind table (qalora/qkind.h; docs/QUANTIZERS.md): uniform (EfficientDM's uniform affine) or easyquant (uniform with each channel's largest weights kept in float16, the range fitted by gradient descent) or nupes (uniform in a power-warped domain sign(x)|x|^a, the exponent a searched per channel and learned in fine-tuning) |
+   | quant.act_quantizer            * | uniform                 | quantizer kind of the activations (layer inputs) of every quantized layer: uniform or nupes (its exponent searched per table entry on the calibration inputs); easyquant quantizes weights only |
    | quant.easyquant_outlier_fraction * | 0.005                 | easyquant: share of each output channel's weights (the largest in magnitude, rounded up to a whole count) kept unquantized in float16, 0 <= f < 1 |
    | quant.easyquant_steps          * | 100                     | easyquant: Adam steps of the range fit on the other weights' reconstruction error (0: the init range) |
    | quant.easyquant_lr             * | 0.01                    | easyquant: the range fit's learning rate, relative to the initial step Δ |
@@ -88,6 +88,7 @@
    | train.optimizer.lr_lora_divisor * | 2500                   | LoRA A/B learning rate = mean(Δ_w of the layer) / divisor, > 0 |
    | train.optimizer.lr_w_delta     * | 1e-6                    | learning rate of the weight quantizer steps Δ_w, >= 0 |
    | train.optimizer.lr_act       R * | 5e-4 / 1e-4             | learning rate of the activation tables Δ_a, z_a, >= 0 (0: frozen) |
+   | train.optimizer.lr_exponent    * | 1e-4                    | learning rate of the quantizer kinds' own values (nupes: the exponent of each weight channel and activation table entry), >= 0 (0: frozen at their fit); no effect with uniform / easyquant |
    | train.optimizer.beta1          * | 0.9                     | AdamW beta1, 0 <= b < 1 |
    | train.optimizer.beta2          * | 0.999                   | AdamW beta2, 0 <= b < 1 |
    | train.optimizer.eps            * | 1e-8                    | AdamW eps, > 0 |

@@ -152,6 +152,8 @@ const KeyDesc RC_KEYS[] = {
      .lo = 0, .hi = 1e3, .def = {1e-6, 1e-6}, .resume = 1},
     {.path = "train.optimizer.lr_act", .type = K_DOUBLE, .off = offsetof(RunConfig, train.optimizer.lr_act),
      .lo = 0, .hi = 1e3, .def = {5e-4, 1e-4}, .resume = 1},
+    {.path = "train.optimizer.lr_exponent", .type = K_DOUBLE, .off = offsetof(RunConfig, train.optimizer.lr_exponent),
+     .lo = 0, .hi = 1e3, .def = {1e-4, 1e-4}, .resume = 1},
     {.path = "train.optimizer.beta1", .type = K_DOUBLE, .off = offsetof(RunConfig, train.optimizer.beta1), .lo = 0,
      .hi = 1, .hi_open = 1, .def = {0.9, 0.9}, .resume = 1},
     {.path = "train.optimizer.beta2", .type = K_DOUBLE, .off = offsetof(RunConfig, train.optimizer.beta2), .lo = 0,

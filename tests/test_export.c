@@ -81,12 +81,22 @@ static void write_format_v1(const char *src, const char *dst, const QModel *q) {
 }
 
 // w_kind: the weight quantizer (with easyquant the export also holds each layer's side table).
+static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers, QuantKind w_kind,
+                                    QuantKind a_kind);
+
 static void check_equivalence_kind(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers, QuantKind w_kind) {
+    check_equivalence_kinds(w_bits, a_bits, train_steps, fp_layers, w_kind, QUANT_UNIFORM);
+}
+
+// a_kind: the activation quantizer (nupes: the export holds each table entry's exponent).
+static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers, QuantKind w_kind,
+                                    QuantKind a_kind) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc;
     run_config_defaults(&rc, RC_RECIPE_REFERENCE);
     rc.quant.weight_quantizer = w_kind;
+    rc.quant.act_quantizer = a_kind;
     rc.quant.fp_layers = fp_layers;
     rc.quant.weight_bits = w_bits;
     rc.quant.act_bits = a_bits;
@@ -163,6 +173,11 @@ static void check_equivalence_kind(int w_bits, int a_bits, int train_steps, RcFp
     for (int k = 0; k < q.n_q; k++) {
         const ExportLayer *L = &em->layers[k];
         assert_int_equal(L->w_kind, w_kind);
+        assert_int_equal(L->a_kind, a_kind);
+        if (w_kind == QUANT_NUPES)  // each channel's exponent, as the student's
+            assert_memory_equal(L->w_param, q.q[k].wq.param.data, (size_t)L->cout * sizeof(float));
+        if (a_kind == QUANT_NUPES) assert_memory_equal(L->a_param, q.q[k].aq.param.data, (size_t)L->entries * sizeof(float));
+        if (w_kind == QUANT_NUPES || a_kind == QUANT_NUPES) assert_false(L->int_ok);  // not affine: the float path
         assert_int_equal(L->n_side, q.q[k].wq.n_side);
         if (w_kind == QUANT_EASYQUANT) assert_true(L->n_side > 0);
         if (L->n_side)
@@ -219,6 +234,11 @@ static void test_equivalence_w4a4_f32(void **state) { check_equivalence(4, 4, 10
 static void test_equivalence_w2a8(void **state) { check_equivalence(2, 8, 20, RC_FP_F16); }
 static void test_equivalence_w3a8(void **state) { check_equivalence(3, 8, 20, RC_FP_F16); }  // dense 3-bit rows
 static void test_equivalence_easyquant(void **state) { check_equivalence_kind(4, 4, 20, RC_FP_F16, QUANT_EASYQUANT); }
+// nupes weights and activations (the float path: not affine) at 3 and 4 bits
+static void test_equivalence_nupes(void **state) {
+    check_equivalence_kinds(4, 4, 20, RC_FP_F16, QUANT_NUPES, QUANT_NUPES);
+    check_equivalence_kinds(3, 8, 20, RC_FP_F16, QUANT_NUPES, QUANT_UNIFORM);
+}
 
 /* ---- size ---------------------------------------------------------------------------- */
 
@@ -503,7 +523,7 @@ static void test_quantizer_kinds(void **state) {
         int code;
         const char *named[2];
     } cases[] = {
-        {"\"a_quantizer\":\"uniform\"}", "\"a_quantizer\":\"nupes\"}", ERR_UNSUPPORTED, {"'nupes'", "(uniform, "}},
+        {"\"a_quantizer\":\"uniform\"}", "\"a_quantizer\":\"apot\"}", ERR_UNSUPPORTED, {"'apot'", "(uniform, "}},
         {"\"w_quantizer\":\"uniform\"", "\"w_quantizer\":4", ERR_FORMAT, {"w_quantizer", "time_embed.0"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -684,6 +704,7 @@ int main(void) {
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
         cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola),
         cmocka_unit_test(test_quantizer_kinds),  cmocka_unit_test(test_equivalence_easyquant),
+        cmocka_unit_test(test_equivalence_nupes),
     };
     return cmocka_run_group_tests_name("export", tests, NULL, NULL);
 }

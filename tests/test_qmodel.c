@@ -669,7 +669,7 @@ static void test_state_quantizer_kinds(void **state) {
         const char *named[2];
     } cases[] = {
         {NULL, 0, {"", ""}},
-        {"{\"time_embed.0\":[\"nupes\",\"uniform\"]}", ERR_VALUE, {"unknown weight quantizer 'nupes'", "uniform"}},
+        {"{\"time_embed.0\":[\"apot\",\"uniform\"]}", ERR_VALUE, {"unknown weight quantizer 'apot'", "uniform"}},
         {"{}", ERR_FORMAT, {"time_embed.0", QMODEL_KINDS_META}},
         {"[1]", ERR_FORMAT, {"not a JSON object", QMODEL_KINDS_META}},
     };
@@ -908,6 +908,84 @@ static void test_fp16_layers(void **state) {
     ldm_free(m);
 }
 
+// nupes weights and activations: the exponents are fitted (per channel, per table entry), saved
+// and restored with the state (a restored student computes the same bits), and trained: they
+// are slots of the gradient block (group QMODEL_GROUP_KIND) that a backward pass reaches.
+static void test_state_nupes(void **state) {
+    Ldm *m = teacher_load();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    qc.sel.w_kind = QUANT_NUPES;
+    qc.sel.a_kind = QUANT_NUPES;
+    qc.train_steps = 20;
+    QModel a, b;
+    student_init(&a, m, &qc, 7);
+    student_calibrate(&a, c, m, 8);
+    int below_one = 0, n_kind = 0;
+    for (int k = 0; k < a.n_q; k++) {
+        const QLayer *ql = &a.q[k];
+        assert_non_null(ql->wq.param.data);
+        assert_non_null(ql->aq.param.data);
+        assert_int_equal(ql->wq.param.n, ql->cout);
+        assert_int_equal(ql->aq.param.n, ql->aq.n);
+        for (int o = 0; o < ql->cout; o++) below_one += ql->wq.param.data[o] < 1.0f;
+    }
+    print_message("  %d weight channels of nupes layers fitted an exponent below 1\n", below_one);
+    assert_true(below_one > 0);
+    QTrainable *t = calloc((size_t)qmodel_trainable(&a, NULL), sizeof *t);
+    int nt = qmodel_trainable(&a, t);
+    for (int i = 0; i < nt; i++) n_kind += t[i].group == QMODEL_GROUP_KIND;
+    int n_trainable = 0;
+    qmodel_counts(&a, &n_trainable, NULL, NULL);
+    assert_int_equal(n_kind, 2 * n_trainable);
+    free(t);
+    perturb(&a, 9);
+    for (int k = 0; k < a.n_q; k++)
+        if (!a.q[k].special) a.q[k].aq.param.data[1] = 0.77f;
+    char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    Err e = {0};
+    StWriter w = {0};
+    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
+    assert_int_equal(st_write(&w, path, &e), 0);
+    st_writer_free(&w);
+    WeightFile *f = NULL;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    Inputs in = inputs_make(m, N_IN, 12);
+    for (int i = 0; i < in.n; i++) in.t[i] = 333;
+    size_t n, n2;
+    qmodel_enable(&a, 1);
+    qmodel_set_timestep(&a, 333);
+    float *ya = forward(c, m, &in, &n);
+    qmodel_enable(&a, 0);
+    student_init(&b, m, &qc, 99);
+    int rc = qmodel_read_state(&b, f, "q.", &e);
+    if (rc) print_error("read: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    for (int k = 0; k < a.n_q; k++) {
+        assert_memory_equal(b.q[k].wq.param.data, a.q[k].wq.param.data, a.q[k].wq.param.n * sizeof(float));
+        assert_memory_equal(b.q[k].aq.param.data, a.q[k].aq.param.data, a.q[k].aq.param.n * sizeof(float));
+    }
+    qmodel_enable(&b, 1);
+    qmodel_set_timestep(&b, 333);
+    float *yb = forward(c, m, &in, &n2);
+    qmodel_enable(&b, 0);
+    assert_int_equal(n, n2);
+    assert_memory_equal(ya, yb, n * sizeof(float));
+    qmodel_free(&b);
+    weights_close(f);
+    unlink(path);
+    free(ya);
+    free(yb);
+    inputs_free(&in);
+    qmodel_free(&a);
+    test_ctx_delete(c);
+    ldm_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_selection),        cmocka_unit_test(test_naive_ptq_and_fp),
@@ -915,6 +993,7 @@ int main(void) {
         cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_fp16_layers),
         cmocka_unit_test(test_entry_calibration), cmocka_unit_test(test_state_quantizer_kinds),
         cmocka_unit_test(test_state_easyquant),
+        cmocka_unit_test(test_state_nupes),
     };
     return cmocka_run_group_tests_name("qmodel", tests, NULL, NULL);
 }

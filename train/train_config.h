@@ -29,7 +29,7 @@ typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
 typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
 
 typedef struct {
-    double lr_lora_divisor, lr_w_delta, lr_act;
+    double lr_lora_divisor, lr_w_delta, lr_act, lr_exponent;
     double beta1, beta2, eps, weight_decay;
     RcSchedule schedule;
     int warmup_steps;

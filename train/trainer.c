@@ -57,7 +57,7 @@ static int setup_model(Trainer *tr, Err *e) {
     return 0;
 }
 
-// AdamW slots in the gradient block's order, three groups per trainable layer (see trainer.h).
+// AdamW slots in the gradient block's order, TRAINER_GROUPS groups per trainable layer (see trainer.h).
 static int setup_optimizer(Trainer *tr, Err *e) {
     QModel *q = &tr->q;
     int nt = qmodel_trainable(q, NULL);
@@ -73,14 +73,14 @@ static int setup_optimizer(Trainer *tr, Err *e) {
     for (int i = 0; i < q->n_q; i++) tl_of[i] = q->q[i].special ? -1 : tr->n_tl++;
     int rc = 0;
     tr->lr_lora = calloc((size_t)(tr->n_tl ? tr->n_tl : 1), sizeof(double));
-    tr->base_lr = calloc((size_t)(tr->n_tl > 0 ? 3 * tr->n_tl : 1), sizeof(double));
+    tr->base_lr = calloc((size_t)(tr->n_tl > 0 ? TRAINER_GROUPS * tr->n_tl : 1), sizeof(double));
     if (!tr->lr_lora || !tr->base_lr) {
         rc = err_set(e, ERR_NOMEM, "out of memory for the learning rates");
         goto done;
     }
-    if ((rc = adamw_init(&tr->opt, q->n_grads, 3 * tr->n_tl, e))) goto done;
+    if ((rc = adamw_init(&tr->opt, q->n_grads, TRAINER_GROUPS * tr->n_tl, e))) goto done;
     const RcOptimizer *o = &tr->cfg.train.optimizer;
-    for (int g = 0; g < 3 * tr->n_tl; g++) adamw_group(&tr->opt, g, 0.0, o->beta1, o->beta2, o->eps, o->weight_decay);
+    for (int g = 0; g < TRAINER_GROUPS * tr->n_tl; g++) adamw_group(&tr->opt, g, 0.0, o->beta1, o->beta2, o->eps, o->weight_decay);
     int single = o->delta_w_update == RC_DW_SINGLE;
     for (int i = 0; i < nt; i++) {
         const QTrainable *s = &ts[i];
@@ -90,7 +90,8 @@ static int setup_optimizer(Trainer *tr, Err *e) {
             goto done;
         }
         int tl = tl_of[s->layer];
-        int g = 3 * tl + (s->group == QMODEL_GROUP_LORA ? 0 : s->group == QMODEL_GROUP_ACT ? 2 : 1);
+        int g = TRAINER_GROUPS * tl + (s->group == QMODEL_GROUP_LORA ? 0 : s->group == QMODEL_GROUP_ACT ? 2
+                                       : s->group == QMODEL_GROUP_KIND ? 3 : 1);
         if (single && s->group == QMODEL_GROUP_W_DELTA_BASE) {
             // one slot of the summed gradient: the base path's gradient region stays unused
             // (zero), its moments with it; the tensor's grad is pointed at the quantizer
@@ -210,9 +211,10 @@ int trainer_open(Trainer **out, const TrainConfig *tc, const QModelConfig *stude
     if ((rc_code = run_state_load(tr, e))) goto fail;
     if (!tr->resumed) compute_lora_lrs(tr);
     for (int tl = 0; tl < tr->n_tl; tl++) {
-        tr->base_lr[3 * tl] = tr->lr_lora[tl];
-        tr->base_lr[3 * tl + 1] = tc->train.optimizer.lr_w_delta;
-        tr->base_lr[3 * tl + 2] = tc->train.optimizer.lr_act;
+        tr->base_lr[TRAINER_GROUPS * tl] = tr->lr_lora[tl];
+        tr->base_lr[TRAINER_GROUPS * tl + 1] = tc->train.optimizer.lr_w_delta;
+        tr->base_lr[TRAINER_GROUPS * tl + 2] = tc->train.optimizer.lr_act;
+        tr->base_lr[TRAINER_GROUPS * tl + 3] = tc->train.optimizer.lr_exponent;
     }
     if ((rc_code = ctx_init(&tr->ctx, (size_t)tc->arena_mb << 20, e))) goto fail;
     tr->ctx_ready = 1;

@@ -32,7 +32,8 @@
    with the run; Δ_w at lr_w_delta - with delta_w_update reference, two slots sharing its
    data, one per gradient path (quantizer path, then base path), each with its own moments,
    as the reference's two parameters on one storage; with single, one slot of the summed
-   gradient -; the TALSQ tables Δ_a, z_a at lr_act. Every rate times the schedule factor
+   gradient -; the TALSQ tables Δ_a, z_a at lr_act; the quantizer kinds' own values (nupes'
+   exponents, weight and activation) at lr_exponent. Every rate times the schedule factor
    (train/schedule.h) over epochs x S steps.
 
    Run directory (docs/DESIGN.md "Formats"; everything written atomically, tmp + rename):

@@ -15,6 +15,8 @@
 #include "util/rng.h"
 
 #define TRAINER_PATH_MAX 4096
+// AdamW groups per trainable layer: LoRA, Δ_w, the TALSQ tables, the quantizer kinds' own values
+#define TRAINER_GROUPS 4
 
 struct Trainer {
     TrainConfig cfg;            // what the run asked for (train/train_config.h)
@@ -52,7 +54,7 @@ struct Trainer {
     // optimizer groups: per trainable layer 3 groups (LoRA, Δ_w, activations)
     int n_tl;                   // trainable layers
     double *lr_lora;            // [n_tl], computed once when fine-tuning starts
-    double *base_lr;            // [3 n_tl]
+    double *base_lr;            // [TRAINER_GROUPS n_tl]
 
     // position and run state (saved in state.safetensors)
     int epoch, step;            // next step; step == S: epoch-end work pending
