@@ -44,12 +44,24 @@ static inline float nu_a(const Quantizer *q, int k) {
     return a < NUPES_A_MIN ? NUPES_A_MIN : (a > NUPES_A_MAX ? NUPES_A_MAX : a);
 }
 
-// p(x) = sign(x) |x|^a, exactly x at a = 1.
-static inline float warp(float x, float a) {
-    if (a == 1.0f) return x;
+// p(x) = sign(x) |x|^a, exactly x at a = 1; lx (when not NULL) gets ln|x| (0 at x = 0), which
+// the exponent's gradient needs: |x|^a is computed as exp(a ln|x|) so the two share one log.
+static inline float warp_log(float x, float a, float *lx) {
+    if (a == 1.0f) {
+        if (lx) *lx = x != 0.0f ? logf(fabsf(x)) : 0.0f;
+        return x;
+    }
     float m = fabsf(x);
-    return copysignf(m > 0.0f ? powf(m, a) : 0.0f, x);
+    if (!(m > 0.0f)) {
+        if (lx) *lx = 0.0f;
+        return copysignf(0.0f, x);
+    }
+    float l = logf(m);
+    if (lx) *lx = l;
+    return copysignf(expf(a * l), x);
 }
+
+static inline float warp(float x, float a) { return warp_log(x, a, NULL); }
 
 // p⁻¹(v) = sign(v) |v|^(1/a) (inv_a = 1/a), exactly v at a = 1.
 static inline float unwarp(float v, float a, float inv_a) {
@@ -70,14 +82,43 @@ static inline float nu_level(float t, float delta, float zero, float qmax) {
     return u < 0.0f ? 0.0f : (u > qmax ? qmax : u);
 }
 
+/* An entry's 2^b levels are few: with an integer zero point (weights; every exported table)
+   everything that depends on the level alone (the value p⁻¹((l - z) Δ), p⁻¹'s slope there,
+   y ln|v| for the exponent's gradient) is tabulated once per slice, so the per-value work is
+   one warp and a lookup. The table holds the very expressions the per-value code computes: no
+   bit changes. A real zero point (activation tables while training) makes clamp(u) a non-
+   integer: then every value computes its own. */
+typedef struct {
+    float y[256];
+    double slope[256], ylnv[256];  // p⁻¹'(v); y ln|v| (0 at v = 0)
+} LevelTable;
+
+static void level_table(LevelTable *t, float delta, float zero, float a, int qmax, int grads) {
+    float inv_a = 1.0f / a;
+    for (int l = 0; l <= qmax; l++) {
+        float v = ((float)l - zero) * delta;
+        t->y[l] = unwarp(v, a, inv_a);
+        if (!grads) continue;
+        t->slope[l] = unwarp_slope(v, (double)a);
+        t->ylnv[l] = v != 0.0f ? (double)t->y[l] * log(fabs((double)v)) : 0.0;
+    }
+}
+
 // q(x) over one slice with (Δ, z, a).
 static void nu_fake_with(float *y, const float *x, size_t n, float delta, float zero, float a, int qmax) {
     if (a == 1.0f) {
         quant_uniform_fake(y, x, n, delta, zero, qmax);
         return;
     }
-    float inv_a = 1.0f / a, fq = (float)qmax;
-    for (size_t i = 0; i < n; i++) y[i] = unwarp((nu_level(warp(x[i], a), delta, zero, fq) - zero) * delta, a, inv_a);
+    float fq = (float)qmax;
+    if (zero != rintf(zero)) {
+        float inv_a = 1.0f / a;
+        for (size_t i = 0; i < n; i++) y[i] = unwarp((nu_level(warp(x[i], a), delta, zero, fq) - zero) * delta, a, inv_a);
+        return;
+    }
+    LevelTable t;
+    level_table(&t, delta, zero, a, qmax, 0);
+    for (size_t i = 0; i < n; i++) y[i] = t.y[(int)nu_level(warp(x[i], a), delta, zero, fq)];
 }
 
 /* ---- fit ------------------------------------------------------------------------------ */
@@ -128,21 +169,33 @@ static void nu_fake(const Quantizer *q, int k, float *y, const float *x, size_t 
 
 static void nu_backward(const Quantizer *q, int k, float *dx, double g[QKIND_GRAD_SLOTS], const float *dy,
                         const float *x, size_t n) {
-    const float delta = q->delta.data[k], zero = q->zero.data[k], a = nu_a(q, k), fq = (float)quantizer_qmax(q);
-    const float inv_a = 1.0f / a;
+    const float delta = q->delta.data[k], zero = q->zero.data[k], a = nu_a(q, k);
+    const int qmax = quantizer_qmax(q);
+    const float fq = (float)qmax;
     const double ad = (double)a;
+    const int table = zero == rintf(zero);
+    const float inv_a = 1.0f / a;
+    LevelTable t;
+    if (table) level_table(&t, delta, zero, a, qmax, 1);
     double acc_d = 0, acc_z = 0, acc_a = 0;
     for (size_t i = 0; i < n; i++) {
-        float px = warp(x[i], a), s = px / delta, u = rintf(s) + zero;
+        float lx, px = warp_log(x[i], a, &lx), s = px / delta, u = rintf(s) + zero;
         int inside = u >= 0.0f && u <= fq;
         float uc = inside ? u : (u < 0.0f ? 0.0f : fq);
-        float v = (uc - zero) * delta, y = unwarp(v, a, inv_a);
-        double gi = dy[i], slope = unwarp_slope(v, ad);
+        double gi = dy[i], slope, ylnv;
+        if (table) {
+            slope = t.slope[(int)uc];
+            ylnv = t.ylnv[(int)uc];
+        } else {
+            float v = (uc - zero) * delta;
+            slope = unwarp_slope(v, ad);
+            ylnv = v != 0.0f ? (double)unwarp(v, a, inv_a) * log(fabs((double)v)) : 0.0;
+        }
         if (dx && inside) dx[i] += dy[i];
         acc_d += gi * slope * ((double)(uc - zero) - (inside ? (double)s : 0.0));  // as the uniform kind at a = 1
         if (!inside) acc_z -= gi * slope * (double)delta;
-        if (v != 0.0f) acc_a -= gi * (double)y * log(fabs((double)v)) / (ad * ad);
-        if (inside && x[i] != 0.0f) acc_a += gi * slope * (double)px * log(fabs((double)x[i]));
+        acc_a -= gi * ylnv / (ad * ad);
+        if (inside && x[i] != 0.0f) acc_a += gi * slope * (double)px * (double)lx;
     }
     memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
     g[0] = acc_d;
@@ -160,25 +213,34 @@ static void nu_encode(const Quantizer *q, int k, uint8_t *out, const float *x, s
 }
 
 static void nu_decode(const Quantizer *q, int k, float *y, const uint8_t *in, size_t n) {
-    const float d = q->delta.data[k], z = q->zero.data[k], a = nu_a(q, k), inv_a = 1.0f / a;
-    for (size_t i = 0; i < n; i++) y[i] = unwarp(((float)in[i] - z) * d, a, inv_a);
+    LevelTable t;
+    level_table(&t, q->delta.data[k], q->zero.data[k], nu_a(q, k), quantizer_qmax(q), 0);
+    for (size_t i = 0; i < n; i++) y[i] = t.y[in[i]];
 }
 
 // y = p⁻¹((l - z) Δ), l fixed: d/dΔ = p⁻¹'(v) (l - z), d/dz = -Δ p⁻¹'(v), d/da = -y ln|v| / a².
+// dy is summed per level (in double), then each level's terms are added once. At a = 1, d/dΔ
+// and d/dz are the uniform kind's own sums (bit for bit).
 static void nu_decode_backward(const Quantizer *q, int k, double g[QKIND_GRAD_SLOTS], const float *dy,
                                const uint8_t *in, size_t n) {
-    const float d = q->delta.data[k], z = q->zero.data[k], a = nu_a(q, k), inv_a = 1.0f / a;
+    const float d = q->delta.data[k], z = q->zero.data[k], a = nu_a(q, k);
+    const int qmax = quantizer_qmax(q);
+    LevelTable t;
+    level_table(&t, d, z, a, qmax, 1);
+    double sum[256] = {0};
+    for (size_t i = 0; i < n; i++) sum[in[i]] += (double)dy[i];
     double sd = 0, sz = 0, sa = 0;
-    for (size_t i = 0; i < n; i++) {
-        float v = ((float)in[i] - z) * d, y = unwarp(v, a, inv_a);
-        double slope = unwarp_slope(v, (double)a), gi = dy[i];
-        sd += gi * slope * ((double)in[i] - (double)z);
-        sz -= gi * slope * (double)d;
-        if (v != 0.0f) sa -= gi * (double)y * log(fabs((double)v)) / ((double)a * a);
+    for (int l = 0; l <= qmax; l++) {
+        sd += sum[l] * t.slope[l] * ((double)l - (double)z);
+        sz -= sum[l] * t.slope[l] * (double)d;
+        sa -= sum[l] * t.ylnv[l] / ((double)a * a);
     }
-    memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
-    g[0] = sd;
-    g[1] = sz;
+    if (a == 1.0f) QKIND_UNIFORM_OPS.decode_backward(q, k, g, dy, in, n);
+    else {
+        memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
+        g[0] = sd;
+        g[1] = sz;
+    }
     g[2] = sa;
 }
 

@@ -48,14 +48,15 @@ static double surrogate(double x, double d, double z, double a, int qmax, double
     return unwarp_d((u - z) * d, a);
 }
 
-// x with p(x)/Δ = level + f, |f| <= 0.4, level != 0 (v = 0 is where ln|v| is not defined);
+// x with p(x)/Δ = level + f, |f| <= 0.4, level != 0 (v = 0 is where ln|v| is not defined),
+// round(p(x)/Δ) + z = l in 1 .. 2^b - 2 (an integer z at a clamp end is not differentiable in z);
 // every 5th value is pushed outside the clamp range (above or below).
 static float make_x(Rng *r, double d, double z, double a, int qmax, int i) {
     double lv;
     if (i % 5 == 4) lv = (i % 10 == 4) ? qmax - z + 2.0 + 3.0 * rng_uniform(r) : -z - 2.0 - 3.0 * rng_uniform(r);
     else {
         int l;
-        do l = (int)rng_below(r, (uint32_t)qmax + 1); while (l == (int)z);
+        do l = 1 + (int)rng_below(r, (uint32_t)qmax - 1); while (l == (int)z);
         lv = (double)l - z;
     }
     double f = 0.8 * rng_uniform(r) - 0.4;
@@ -199,10 +200,12 @@ static void test_grads_fd(void **state) {
     const int bits[] = {3, 4};
     const float exps[] = {0.45f, 0.7f, 1.0f};
     for (int bi = 0; bi < 2; bi++)
-        for (int ai = 0; ai < 3; ai++) {
+        for (int ai = 0; ai < 6; ai++) {
             int qmax = (1 << bits[bi]) - 1;
             const size_t n = 400;
-            float d = 0.03f, z = (float)(qmax / 3) + 0.25f, a = exps[ai];  // a real zero point (activations)
+            // a real zero point (activations while training: every value computes its own level's
+            // terms), then an integer one (weights: the per-slice level table)
+            float d = 0.03f, z = (float)(qmax / 3) + (ai < 3 ? 0.25f : 0.0f), a = exps[ai % 3];
             float *x = malloc(n * sizeof(float)), *G = malloc(n * sizeof(float)), *dx = calloc(n, sizeof(float));
             double *rr = malloc(n * sizeof(double));
             for (size_t i = 0; i < n; i++) {
@@ -221,7 +224,7 @@ static void test_grads_fd(void **state) {
             double fd_d = (loss(x, G, n, d + hd, z, a, qmax, rr) - loss(x, G, n, d - hd, z, a, qmax, rr)) / (2 * hd);
             double fd_z = (loss(x, G, n, d, z + hz, a, qmax, rr) - loss(x, G, n, d, z - hz, a, qmax, rr)) / (2 * hz);
             double fd_a = (loss(x, G, n, d, z, a + ha, qmax, rr) - loss(x, G, n, d, z, a - ha, qmax, rr)) / (2 * ha);
-            print_message("  W%d a %.2f: dΔ %.6g (fd %.6g) dz %.6g (fd %.6g) da %.6g (fd %.6g)\n", bits[bi], a, dd,
+            print_message("  W%d a %.2f z %.2f: dΔ %.6g (fd %.6g) dz %.6g (fd %.6g) da %.6g (fd %.6g)\n", bits[bi], a, z, dd,
                           fd_d, dz, fd_z, da, fd_a);
             check_fd("dΔ", dd, fd_d, scale);
             check_fd("dz", dz, fd_z, scale * d);
