@@ -97,6 +97,8 @@ int sampler_run(Ctx *c, Ldm *m, const SamplerOpts *o, float *x, int N, const int
             rc = c->err.code ? c->err.code : ERR_INTERNAL;
             break;
         }
+        if (o->eps_scale > 0 && o->eps_scale != 1.0f)
+            for (size_t k = 0; k < n; k++) et->data[k] *= o->eps_scale;
         if (!plms) {
             int noisy = s.sigmas[index] != 0.0f;
             if (noisy) draw_noise(rng, noise, N, per);
@@ -113,6 +115,8 @@ int sampler_run(Ctx *c, Ldm *m, const SamplerOpts *o, float *x, int N, const int
                     rc = c->err.code ? c->err.code : ERR_INTERNAL;
                     break;
                 }
+                if (o->eps_scale > 0 && o->eps_scale != 1.0f)
+                    for (size_t k = 0; k < n; k++) en->data[k] *= o->eps_scale;
                 plms_first(eprime, et->data, en->data, n);
             } else {
                 plms_combine(eprime, et->data, (const float *const *)old, n_old, n);

@@ -43,6 +43,10 @@ typedef struct {
     // see (guidance doubles them: unconditional half, then conditional), for recording
     // calibration inputs. May be NULL. (Added by h/qmodel for `effdm calibrate`.)
     void (*on_input)(int step, int timestep, const float *x, int N, void *user);
+    // Every step's (guided) eps times this before the update (0 or 1: unchanged). Not in
+    // CompVis: a diagnosis knob - 1.01 changes 1000-sample FIDs by 2 to 27 points on the test
+    // teachers (docs/RESULTS_TEACHERS.md), far more than quantization does.
+    float eps_scale;
 } SamplerOpts;
 
 // Number of steps a run with `steps` requested takes on m, or -1 when steps is out of range.

@@ -277,6 +277,40 @@ static void test_guidance_gain(void **state) {
     ctx_free(&c);
 }
 
+// --eps-scale: one DDIM step (eta 0) with every eps times g equals the closed form
+// x_prev = sqrt(a_prev) (x - sqrt(1 - a) g e) / sqrt(a) + sqrt(1 - a_prev) g e, e the guided eps.
+static void test_eps_scale(void **state) {
+    (void)state;
+    Err e = {0};
+    Ctx c;
+    assert_int_equal(ctx_init(&c, ARENA_BYTES, &e), 0);
+    float x[256], x1[256];
+    Rng r;
+    rng_seed(&r, 4, 0);
+    rng_normal_fill(&r, x, 256);
+    memcpy(x1, x, sizeof x);
+    int y[1] = {2};
+    const int shape[4] = {1, 4, 8, 8};
+    const float g = 1.01f;
+    SamplerOpts o = {.kind = SAMPLER_DDIM, .steps = 1, .eta = 0, .scale = 3.0f, .eps_scale = g};
+    DdimSchedule s;
+    assert_int_equal(ddim_schedule_init(&s, g_teacher->alphas_cumprod, g_teacher->T, 1, 0.0, &e), 0);
+    int t = s.timesteps[0];
+    Tensor *et = sampler_eps(&c, g_teacher, tensor_from(&c, x, 4, shape), t, y, 3.0f);
+    assert_non_null(et);
+    double a = s.alphas[0], ap = s.alphas_prev[0], num = 0, den = 0;
+    assert_int_equal(sampler_run(&c, g_teacher, &o, x1, 1, y, NULL, &e), 0);
+    for (int i = 0; i < 256; i++) {
+        double ge = g * (double)et->data[i];
+        double want = sqrt(ap) * ((double)x[i] - sqrt(1 - a) * ge) / sqrt(a) + sqrt(1 - ap) * ge;
+        num += (x1[i] - want) * (x1[i] - want);
+        den += want * want;
+    }
+    assert_true(sqrt(num / den) < 1e-5);
+    ddim_schedule_free(&s);
+    ctx_free(&c);
+}
+
 // With eta > 0 every image draws its noise from its own stream: sampling 3 images together or
 // one at a time gives the same latents (up to float summation order in batched GEMMs).
 static void test_batch_independence(void **state) {
@@ -380,6 +414,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ddim_timesteps),
         cmocka_unit_test(test_guidance_gain),
+        cmocka_unit_test(test_eps_scale),
         cmocka_unit_test(test_ddim_parameters),
         cmocka_unit_test(test_ddim_update),
         cmocka_unit_test(test_plms_coefficients),
