@@ -160,8 +160,12 @@ sample_eval() {  # NAME SEED
     fi
 }
 
-report() {  # docs/RESULTS.md is the shipped teacher's; test teachers: scripts/quality/teachers_report.py
-    [[ -n $TEACHER ]] && return 0
+report() {  # docs/RESULTS.md is the default cache's; other caches have their own report modes
+    [[ -n $TEACHER ]] && return 0  # report.py --teachers
+    if [[ -n ${QUALITY_DIR:-} && $(cd "$QUALITY_DIR" && pwd) != $(pwd)/runs/quality ]]; then
+        log "QUALITY_DIR=$QUALITY_DIR: docs/RESULTS.md left alone (e.g. report.py --quantizers $QUALITY_DIR docs/RESULTS_QUANTIZERS.md)"
+        return 0
+    fi
     "$PY" "$HERE/quality/report.py" "$Q" docs/RESULTS.md
 }
 
