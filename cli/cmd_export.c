@@ -42,7 +42,7 @@ static const char *const usage[] = {
 
 static void on_fit_progress(long done, long total, void *user) {
     Progress *bar = user;
-    if (done == 0) progress_start(bar, "guidance gain fit (teacher, then 8 gains)", total);
+    if (done == 0) progress_start(bar, "gain fit (the teacher's samples, then the student's at each grid gain)", total);
     else if (done >= total) progress_finish(bar, NULL);
     else progress_update(bar, done, NULL);
 }
@@ -116,6 +116,10 @@ int cmd_export(int argc, char **argv) {
         printf("  guidance gain: %.3f (train.guidance_gain fit on %d teacher trajectories: latent MSE to the teacher "
                "%.4g at gain 1, %.4g at the best grid point)\n", (double)s.gain_min, s.gain_samples, (double)s.gain_err1,
                (double)s.gain_err);
+    if (s.eps_gain > 0)
+        printf("  eps gain: %.4f (train.eps_gain fit on %d teacher trajectories: latent MSE to the teacher %.4g at "
+               "gain 1, %.4g at the best grid point)\n", (double)s.eps_gain, s.gain_samples, (double)s.eps_err1,
+               (double)s.eps_err);
     printf("  whole file: %zu bytes of tensors (%.2f MiB; first stage, class embedder, schedule included)\n",
            s.total_bytes, (double)s.total_bytes / 1048576.0);
     return 0;

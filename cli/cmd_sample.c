@@ -341,6 +341,7 @@ int cmd_sample(int argc, char **argv) {
     if (em)
         printf("kernels:  %s (%d of %d quantized layers integer; EFFDM_KERNEL=auto|vnni|avx2|ref|float)\n",
                export_kernel_name(em), em->use_float ? 0 : em->n_int_layers, em->n_layers);
+    if (em && em->eps_gain) printf("eps gain: %.4f (the export's train.eps_gain fit)\n", (double)em->eps_gain[0]);
     if (em && em->guidance_gain && st.class_cond && scale != 1.0f) {
         float lo = em->guidance_gain[0], hi = lo;
         for (int k = 1; k < em->train_sched.n; k++) {

@@ -249,7 +249,9 @@ int ldm_load_from(Ldm **out, const LdmConfig *cfg, WeightFile *f, const LdmLoadO
     const char *first_unknown = NULL;
     for (int i = 0; i < weights_count(f); i++) {
         const char *name = weights_info(f, i)->name;
-        if (is_known(m, name, o.parts) || (o.other_known && !strcmp(name, o.other_known))) continue;
+        int other = 0;
+        for (int k = 0; o.other_known && o.other_known[k] && !other; k++) other = !strcmp(name, o.other_known[k]);
+        if (other || is_known(m, name, o.parts)) continue;
         if (!first_unknown) first_unknown = name;
         m->n_unknown++;
     }

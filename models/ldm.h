@@ -53,7 +53,7 @@ enum {
 typedef struct {
     LdmEmaMode ema;
     int parts;                 // LDM_PART_* mask; 0 means LDM_PARTS_ALL
-    const char *other_known;   // one more top-level tensor the caller reads itself (or NULL)
+    const char *const *other_known;  // more top-level tensors the caller reads itself (NULL-terminated list, or NULL)
 } LdmLoadOpts;
 
 typedef struct {
@@ -73,6 +73,9 @@ typedef struct {
     // Guided ε = ε_u + scale·gain·(ε_c - ε_u) (sampler_eps); 0 means 1. A quantized export
     // sets it per sampling step from its fitted table (qalora/guidance_gain.h).
     float guidance_gain;
+    // The (guided) ε times this in sampler_eps; 0 means 1. A quantized export sets it per
+    // sampling step from its fitted table (train.eps_gain fit, qalora/guidance_gain.h).
+    float eps_gain;
     char warning[768];         // non-fatal notes for the caller to show ("" when none)
 } Ldm;
 

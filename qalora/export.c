@@ -282,6 +282,10 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
     if (!rc) rc = add(&w, "betas", DT_F32, 1, (int64_t[]){m->T}, m->betas, &unet, &total, e);
     if (!rc) rc = add(&w, "alphas_cumprod", DT_F32, 1, (int64_t[]){m->T}, m->alphas_cumprod, &unet, &total, e);
     if (!rc) rc = add(&w, "scale_factor", DT_F32, 0, NULL, &sf, &unet, &total, e);
+    if (!rc && info->eps_gain && info->n_gain > 0) {
+        rc = add(&w, "eps_gain", DT_F32, 1, (int64_t[]){info->n_gain}, info->eps_gain, &unet, &total, e);
+        s->eps_gain = info->eps_gain[0];
+    }
     if (!rc && info->guidance_gain && info->n_gain > 0) {
         rc = add(&w, "guidance_gain", DT_F32, 1, (int64_t[]){info->n_gain}, info->guidance_gain, &unet, &total, e);
         s->n_gain = info->n_gain;

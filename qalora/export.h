@@ -48,6 +48,8 @@
      scale_factor                           F32  () the latent scale
      guidance_gain                          F32  (S) optional: the gain on the guidance term per TALSQ
                                                  entry (guidance_gain.h; train.guidance_gain fit)
+     eps_gain                               F32  (S) optional: the gain on the whole (guided) ε per TALSQ
+                                                 entry (guidance_gain.h; train.eps_gain fit)
    Metadata:
      effdm.format       "2"
      effdm.ldm_config   the CompVis model YAML, verbatim (the export is self-contained)
@@ -127,6 +129,7 @@ typedef struct {
     float gain_min, gain_max;
     float gain_err1, gain_err; // the fit's latent MSE to the teacher at gain 1 and at the gain
     int gain_samples;
+    float eps_gain, eps_err1, eps_err;  // train.eps_gain fit: the gain, latent MSE at 1 and at the gain (0: none)
 } ExportSummary;
 
 // What export_write records about where the model came from (all may be NULL).
@@ -140,6 +143,7 @@ typedef struct {
     int fp16_layers;          // FP conv/linear weights as F16 even for a float32 student (see "Size")
     const float *guidance_gain;  // (n_gain) per TALSQ entry, or NULL
     int n_gain;
+    const float *eps_gain;       // (n_gain) per TALSQ entry, or NULL
 } ExportInfo;
 
 // Writes the export of student q over teacher m (the UNet q wraps; first stage and class
@@ -158,6 +162,7 @@ typedef struct {
     TalsqSchedule train_sched;
     int entry;                // current TALSQ entry of every layer
     float *guidance_gain;     // (train_sched.n) or NULL: export_set_timestep sets ldm->guidance_gain
+    float *eps_gain;          // (train_sched.n) or NULL: export_set_timestep sets ldm->eps_gain
     int w_bits, a_bits, special_bits, rank;
     size_t unet_bytes, unet_fp32_bytes;
     int use_float;            // 1: every layer runs the float reference path (EFFDM_KERNEL=float)

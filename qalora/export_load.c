@@ -28,6 +28,7 @@ void export_free(ExportModel *m) {
     }
     free(m->layers);
     free(m->guidance_gain);
+    free(m->eps_gain);
     ldm_free(m->ldm);
     free(m);
 }
@@ -65,6 +66,7 @@ int export_layer_weight(const ExportModel *m, const char *name, float *w) {
 void export_set_timestep(ExportModel *m, int t) {
     m->entry = talsq_entry(&m->train_sched, t);
     if (m->guidance_gain) m->ldm->guidance_gain = m->guidance_gain[m->entry];
+    if (m->eps_gain) m->ldm->eps_gain = m->eps_gain[m->entry];
 }
 
 void export_on_eval(int step, int total, int timestep, void *user) { export_set_timestep(user, timestep); }
@@ -137,6 +139,20 @@ static int load_side(ExportLayer *L, WeightFile *f, Err *e) {
                            (double)L->side_val[j], j);
     L->n_side = m;
     return 0;
+}
+
+// An optional per-entry gain table (export.h guidance_gain, eps_gain): n gains in (0, 100] into a
+// new *out, or *out NULL when the file has none.
+static int read_gains(WeightFile *f, const char *name, int n, float **out, Err *e) {
+    *out = NULL;
+    if (!weights_find(f, name)) return 0;
+    if (!(*out = malloc((size_t)n * sizeof(float)))) return err_set(e, ERR_NOMEM, "out of memory");
+    int rc = read_vec(f, name, *out, n, e);
+    for (int k = 0; !rc && k < n; k++)
+        if (!isfinite((*out)[k]) || (*out)[k] <= 0 || (*out)[k] > 100)
+            rc = err_set(e, ERR_VALUE, "%s: tensor '%s': entry %d is %g, expected a gain in (0, 100]", weights_path(f),
+                         name, k, (double)(*out)[k]);
+    return rc;
 }
 
 // A kind's own values (export.h w_param / a_param): n floats, each a positive finite exponent,
@@ -379,7 +395,8 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     char cname[1200];
     snprintf(cname, sizeof cname, "%s (effdm.ldm_config)", path);
     if ((rc = ldm_config_load_mem(cfg, yaml, strlen(yaml), cname, e))) goto fail;
-    LdmLoadOpts lo = {LDM_EMA_OFF, LDM_PART_FIRST_STAGE | LDM_PART_COND_STAGE, "guidance_gain"};
+    static const char *const gains[] = {"guidance_gain", "eps_gain", NULL};  // read below
+    LdmLoadOpts lo = {LDM_EMA_OFF, LDM_PART_FIRST_STAGE | LDM_PART_COND_STAGE, gains};
     if ((rc = ldm_load_from(&em->ldm, cfg, f, &lo, e))) goto fail;
     if ((rc = unet_new(&u, &cfg->unet, e))) {
         err_prefix(e, "%s: effdm.ldm_config: model.params.unet_config", path);
@@ -415,21 +432,9 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         em->qscale_bytes += export_layer_scale_bytes(X);
         em->qfp32_bytes += X->layer->weight.n * sizeof(float);
     }
-    if (weights_find(f, "guidance_gain")) {  // optional (guidance_gain.h)
-        int ng = em->train_sched.n;
-        em->guidance_gain = malloc((size_t)ng * sizeof(float));
-        if (!em->guidance_gain) {
-            rc = err_set(e, ERR_NOMEM, "out of memory");
-            goto fail;
-        }
-        if ((rc = read_vec(f, "guidance_gain", em->guidance_gain, ng, e))) goto fail;
-        for (int k = 0; k < ng; k++)
-            if (!isfinite(em->guidance_gain[k]) || em->guidance_gain[k] <= 0 || em->guidance_gain[k] > 100) {
-                rc = err_set(e, ERR_VALUE, "%s: tensor 'guidance_gain': entry %d is %g, expected a gain in (0, 100]", path,
-                             k, (double)em->guidance_gain[k]);
-                goto fail;
-            }
-    }
+    if ((rc = read_gains(f, "guidance_gain", em->train_sched.n, &em->guidance_gain, e)) ||  // optional (guidance_gain.h)
+        (rc = read_gains(f, "eps_gain", em->train_sched.n, &em->eps_gain, e)))
+        goto fail;
     if ((rc = export_set_kernel(em, getenv("EFFDM_KERNEL"), e))) goto fail;
     em->unet_fp32_bytes = unet_param_count(u) * sizeof(float);
     for (int i = 0; i < weights_count(f); i++) {

@@ -42,48 +42,51 @@ static int run_all(Ctx *c, Ldm *m, FitHook *h, const GuidanceFitOpts *o, const i
             rng_seed(&rng[i], o->seed, (uint64_t)(first + i));
             rng_normal_fill(&rng[i], z + (size_t)(first + i) * per, per);
         }
-        if (sampler_run(c, m, &so, z + (size_t)first * per, nb, y + first, rng, e)) return e->code;
+        if (sampler_run(c, m, &so, z + (size_t)first * per, nb, y ? y + first : NULL, rng, e)) return e->code;
         if (o->on_progress) o->on_progress(++h->done, h->total, o->user);
     }
     return 0;
 }
 
-int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *fit, Err *e) {
-    if (!ldm_is_class_conditional(m) || ldm_n_classes(m) < 2)
-        return err_set(e, ERR_VALUE, "guidance gain: the model is not class-conditional");
+/* One grid fit: the teacher's final latents (both gains off), then the student's with the
+   fitted gain `which` (0: guidance, 1: ε) at each grid point and the other one at `other`;
+   err(g) = mean squared latent difference; the gain is the parabola's vertex at the best point. */
+static int fit_grid(QModel *q, Ldm *m, const GuidanceFitOpts *o, int which, float other, const float *grid,
+                    int n_grid, GuidanceFit *fit, Err *e) {
     int C, H, W;
     ldm_latent_shape(m, &C, &H, &W);
     const size_t per = (size_t)C * H * W, n = (size_t)o->n_samples * per;
-    const int B = o->batch > 0 ? o->batch : 16, uncond = ldm_uncond_label(m), n_real = ldm_n_classes(m) - 1;
+    const int B = o->batch > 0 ? o->batch : 16, cond = ldm_is_class_conditional(m);
+    const int uncond = cond ? ldm_uncond_label(m) : 0, n_real = cond ? ldm_n_classes(m) - 1 : 0;
     float *zt = malloc(n * sizeof(float)), *zs = malloc(n * sizeof(float));
-    int *y = malloc((size_t)o->n_samples * sizeof(int));
+    int *y = cond ? malloc((size_t)o->n_samples * sizeof(int)) : NULL;
     Rng *rng = malloc((size_t)B * sizeof(Rng));
     Ctx c = {0};
     int rc = 0;
-    if (!zt || !zs || !y || !rng) {
-        rc = err_set(e, ERR_NOMEM, "guidance gain: out of memory");
+    if (!zt || !zs || (cond && !y) || !rng) {
+        rc = err_set(e, ERR_NOMEM, "%s gain: out of memory", which ? "eps" : "guidance");
         goto done;
     }
-    for (int i = 0; i < o->n_samples; i++) {  // class-balanced real labels, the unconditional one skipped
+    for (int i = 0; cond && i < o->n_samples; i++) {  // class-balanced real labels, the unconditional one skipped
         int k = i % n_real;
         y[i] = k >= uncond ? k + 1 : k;
     }
     if ((rc = ctx_init(&c, (size_t)16 << 30, e))) goto done;  // address space only
-    FitHook h = {q, 0, 0, 9L * ((o->n_samples + B - 1) / B)};  // the teacher, then 8 gains
+    FitHook h = {q, 0, 0, (1L + n_grid) * ((o->n_samples + B - 1) / B)};  // the teacher, then the grid
     if (o->on_progress) o->on_progress(0, h.total, o->user);
-    m->guidance_gain = 0;
+    m->guidance_gain = m->eps_gain = 0;
     if ((rc = run_all(&c, m, &h, o, y, zt, per, rng, e))) goto done;
     h.student = 1;
     memset(fit, 0, sizeof *fit);
     int best = 0;
-    for (int k = 0; k < 8; k++) {
-        float g = 0.9f + 0.1f * (float)k;
-        m->guidance_gain = g;
+    for (int k = 0; k < n_grid; k++) {
+        m->guidance_gain = which ? other : grid[k];
+        m->eps_gain = which ? grid[k] : 0;
         if ((rc = run_all(&c, m, &h, o, y, zs, per, rng, e))) goto done;
-        double s = 0;
-        for (size_t i = 0; i < n; i++) s += ((double)zs[i] - zt[i]) * ((double)zs[i] - zt[i]);
-        fit->grid[k] = g;
-        fit->err[k] = (float)(s / (double)n);
+        double sq = 0;
+        for (size_t i = 0; i < n; i++) sq += ((double)zs[i] - zt[i]) * ((double)zs[i] - zt[i]);
+        fit->grid[k] = grid[k];
+        fit->err[k] = (float)(sq / (double)n);
         fit->n_grid = k + 1;
         if (fit->err[k] < fit->err[best]) best = k;
     }
@@ -92,7 +95,7 @@ int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *
     else
         fit->gain = guidance_parabola_min(fit->grid + best - 1, fit->err + best - 1);
 done:
-    m->guidance_gain = 0;
+    m->guidance_gain = m->eps_gain = 0;
     qmodel_enable(q, 0);
     ctx_free(&c);
     free(zt);
@@ -100,4 +103,18 @@ done:
     free(y);
     free(rng);
     return rc;
+}
+
+int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *fit, Err *e) {
+    if (!ldm_is_class_conditional(m) || ldm_n_classes(m) < 2)
+        return err_set(e, ERR_VALUE, "guidance gain: the model is not class-conditional");
+    float grid[8];
+    for (int k = 0; k < 8; k++) grid[k] = 0.9f + 0.1f * (float)k;
+    return fit_grid(q, m, o, 0, 0.0f, grid, 8, fit, e);
+}
+
+int eps_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, float guidance_gain, GuidanceFit *fit, Err *e) {
+    float grid[EPS_GAIN_GRID];
+    for (int k = 0; k < EPS_GAIN_GRID; k++) grid[k] = 0.985f + 0.005f * (float)k;
+    return fit_grid(q, m, o, 1, guidance_gain, grid, EPS_GAIN_GRID, fit, e);
 }

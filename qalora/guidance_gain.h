@@ -51,4 +51,15 @@ float guidance_parabola_min(const float x[3], const float y[3]);
 // disabled, m->guidance_gain unset. 0 or an ERR_ code.
 int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *fit, Err *e);
 
+/* The ε gain (train.eps_gain fit; an effdm addition). Why: sample statistics are very
+   sensitive to the scale of every step's ε - on the test teachers one global 1% changes a
+   1000-sample test FID by 2 to 27 points (docs/RESULTS_TEACHERS.md) - and a quantized
+   student's ε is a little too small or too large, differently per model. The same fit as the
+   guidance gain's, on the whole guided ε (times g), with the guidance gain already fitted
+   (guidance_gain, 0: none) and the grid 0.985 to 1.015 by 0.005; m may be unconditional. The
+   export stores it per TALSQ entry (tensor eps_gain, all equal); sampling multiplies every
+   step's ε by it (Ldm.eps_gain). The student is left disabled, m's gains unset. */
+#define EPS_GAIN_GRID 7
+int eps_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, float guidance_gain, GuidanceFit *fit, Err *e);
+
 #endif

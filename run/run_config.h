@@ -76,6 +76,7 @@
    | train.loss_reduction           * | sum                     | sum (reference) or mean of the squared error |
    | train.step_weighting         R * | none / equalize         | none: the raw per-step loss; equalize: each step's loss divided by its running mean over epochs; ddim: equalize times how far the step's ε error moves x_{t-1} |
    | train.guidance_gain          R   | off / fit               | fit: the export fits one gain (a scalar, the same at every step) on the guidance term to the teacher (qalora/guidance_gain.h); off: none |
+   | train.eps_gain                   | off                     | fit: the export fits one gain on every step's whole (guided) ε to the teacher, after the guidance gain (qalora/guidance_gain.h eps_gain_fit; 7 more sampling passes); off: none |
    | train.guidance_fit_samples       | 256                     | teacher trajectories of that fit (64 gave gains 1.086-1.166 for one recipe: its error curve is flat) |
    | train.trajectory               * | teacher                 | whose guided ε moves the training trajectory x_t -> x_{t-1}: teacher (reference) or student (the student is trained where its own sampler goes) |
    | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's; best_val: the lowest validation error; best_sampled: the lowest sampled score (mse/mse0 + fd/fd0) among the epochs at least as good as the starting model (0) on mse and fd with |real - 1| at most 0.02 above its (trainer.c), else the starting model (naive PTQ) - needs val_samples >= 8 |

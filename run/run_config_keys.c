@@ -128,6 +128,8 @@ const KeyDesc RC_KEYS[] = {
      .names = TRAJ_NAMES, .n_names = N_OF(TRAJ_NAMES), .def = {RC_TRAJ_TEACHER, RC_TRAJ_TEACHER}, .resume = 1},
     {.path = "train.guidance_gain", .type = K_ENUM, .off = offsetof(RunConfig, train.guidance_gain),
      .names = GAIN_NAMES, .n_names = N_OF(GAIN_NAMES), .def = {RC_GAIN_OFF, RC_GAIN_FIT}, .resume = 0},
+    {.path = "train.eps_gain", .type = K_ENUM, .off = offsetof(RunConfig, train.eps_gain),
+     .names = GAIN_NAMES, .n_names = N_OF(GAIN_NAMES), .def = {RC_GAIN_OFF, RC_GAIN_OFF}, .resume = 0},
     {.path = "train.guidance_fit_samples", .type = K_INT, .off = offsetof(RunConfig, train.guidance_fit_samples),
      .lo = 1, .hi = RC_BIG, .def = {256, 256}, .resume = 0},
     {.path = "train.select_epoch", .type = K_ENUM, .off = offsetof(RunConfig, train.select_epoch),

@@ -83,16 +83,26 @@ int run_export(const char *run_dir, const ExportOpts *o, const char *path, Expor
     GuidanceFitOpts go = {rc->train.steps, rc->train.eta, rc->train.scale, rc->train.guidance_fit_samples, 16,
                           (uint64_t)rc->train.seed + 1, o ? o->on_progress : NULL, o ? o->user : NULL};
     GuidanceFit fit = {0};
-    if (rc->train.guidance_gain == RC_GAIN_FIT && ldm_is_class_conditional(m) && rc->train.scale != 1.0) {
+    GuidanceFit efit = {0};
+    int fit_g = rc->train.guidance_gain == RC_GAIN_FIT && ldm_is_class_conditional(m) && rc->train.scale != 1.0;
+    int fit_e = rc->train.eps_gain == RC_GAIN_FIT;
+    if (fit_g || fit_e) {
         info.n_gain = q.train_sched.n;
-        gain = malloc((size_t)info.n_gain * sizeof(float));
+        gain = malloc(2 * (size_t)info.n_gain * sizeof(float));
         if (!gain) {
             code = err_set(e, ERR_NOMEM, "out of memory");
             goto done;
         }
+    }
+    if (fit_g) {
         if ((code = guidance_gain_fit(&q, m, &go, &fit, e))) goto done;
         for (int k = 0; k < info.n_gain; k++) gain[k] = fit.gain;
         info.guidance_gain = gain;
+    }
+    if (fit_e) {  // on top of the guidance gain just fitted
+        if ((code = eps_gain_fit(&q, m, &go, fit_g ? fit.gain : 0.0f, &efit, e))) goto done;
+        for (int k = 0; k < info.n_gain; k++) gain[info.n_gain + k] = efit.gain;
+        info.eps_gain = gain + info.n_gain;
     }
     code = export_write(&q, m, tf, &info, path, s, e);
     if (!code && s && info.guidance_gain) {
@@ -100,6 +110,13 @@ int run_export(const char *run_dir, const ExportOpts *o, const char *path, Expor
         s->gain_err = fit.err[0];
         for (int k = 0; k < fit.n_grid; k++)
             if (fit.err[k] < s->gain_err) s->gain_err = fit.err[k];
+        s->gain_samples = go.n_samples;
+    }
+    if (!code && s && info.eps_gain) {
+        s->eps_err1 = efit.err[3];  // grid point 1.0
+        s->eps_err = efit.err[0];
+        for (int k = 0; k < efit.n_grid; k++)
+            if (efit.err[k] < s->eps_err) s->eps_err = efit.err[k];
         s->gain_samples = go.n_samples;
     }
 done:

@@ -55,6 +55,8 @@ Tensor *sampler_eps(Ctx *c, Ldm *m, Tensor *x, int t, const int *y, float scale)
         }
     }
     if (out && m->cfg.parameterization != LDM_PARAM_EPS) to_eps(m, t, x->data, out->data, out->n);
+    if (out && m->eps_gain > 0 && m->eps_gain != 1.0f)
+        for (size_t i = 0; i < out->n; i++) out->data[i] *= m->eps_gain;
     return ctx_scope_end(c, s, out);
 }
 

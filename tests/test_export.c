@@ -572,7 +572,7 @@ static void test_cli(void **state) {
     fprintf(fp,
             "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
             "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
-            "train: {steps: 10, guidance_fit_samples: 4}\n"
+            "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n"
             "run: {out: %s}\n",
             TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
     fclose(fp);
@@ -658,8 +658,15 @@ static void test_cli(void **state) {
             assert_true(em->guidance_gain[k] >= 0.9f && em->guidance_gain[k] <= 1.6f);
             assert_true(em->guidance_gain[k] == em->guidance_gain[0]);
         }
+        // and the eps gain (train.eps_gain fit) after it, on its grid's range
+        assert_non_null(em->eps_gain);
+        for (int k = 0; k < em->train_sched.n; k++) {
+            assert_true(em->eps_gain[k] >= 0.985f && em->eps_gain[k] <= 1.015f);
+            assert_true(em->eps_gain[k] == em->eps_gain[0]);
+        }
         export_set_timestep(em, 500);
         assert_true(em->ldm->guidance_gain == em->guidance_gain[em->entry]);
+        assert_true(em->ldm->eps_gain == em->eps_gain[em->entry]);
         export_free(em);
     }
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s.best --epoch best 2>/dev/null", EFFDM_BIN, run_dir, model);
@@ -668,6 +675,9 @@ static void test_cli(void **state) {
     assert_int_equal(run(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
              "'the export.s fitted gain'", EFFDM_BIN, model, out);
+    assert_int_equal(run(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
+             "'eps gain: '", EFFDM_BIN, model, out);
     assert_int_equal(run(cmd), 0);
     assert_true(exists(out, "grid.png"));
     assert_true(exists(out, "0/00000.png"));

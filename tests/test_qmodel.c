@@ -498,6 +498,18 @@ static void perturb(QModel *q, uint64_t seed) {
     }
 }
 
+// qmodel_write_state of q into a new temporary file; path: a mkstemp template, filled in.
+static void write_state_file(const QModel *q, char *path) {
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    Err e = {0};
+    StWriter w = {0};
+    assert_int_equal(qmodel_write_state(q, &w, "q.", &e), 0);
+    assert_int_equal(st_write(&w, path, &e), 0);
+    st_writer_free(&w);
+}
+
 static void test_state_round_trip(void **state) {
     Ldm *m = teacher_load();
     Ctx *c = test_ctx_new((size_t)1 << 30);
@@ -508,14 +520,8 @@ static void test_state_round_trip(void **state) {
     student_calibrate(&a, c, m, 8);
     perturb(&a, 9);
     char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
+    write_state_file(&a, path);
     Err e = {0};
-    StWriter w = {0};
-    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
-    assert_int_equal(st_write(&w, path, &e), 0);
-    st_writer_free(&w);
 
     Inputs in = inputs_make(m, N_IN, 12);
     for (int i = 0; i < in.n; i++) in.t[i] = 333;
@@ -580,7 +586,7 @@ static void test_state_round_trip(void **state) {
     // a state written before quant.fp_layers existed (no sel.fp_bits) trained float32 FP layers
     StFile sf;
     assert_int_equal(st_open(&sf, path, &e), 0);
-    w = (StWriter){0};
+    StWriter w = {0};
     for (int i = 0; i < sf.n_tensors; i++)
         if (strcmp(sf.tensors[i].name, "q.sel.fp_bits") != 0)
             assert_int_equal(st_writer_add(&w, sf.tensors[i].name, sf.tensors[i].dtype, sf.tensors[i].ndim,
@@ -644,14 +650,8 @@ static void test_state_quantizer_kinds(void **state) {
         assert_int_equal(a.q[k].aq.kind, QUANT_UNIFORM);
     }
     char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
+    write_state_file(&a, path);
     Err e = {0};
-    StWriter w = {0};
-    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
-    assert_int_equal(st_write(&w, path, &e), 0);
-    st_writer_free(&w);
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
     const char *kinds = weights_metadata(f, "q." QMODEL_KINDS_META);
@@ -721,14 +721,8 @@ static void test_state_easyquant(void **state) {
     student_calibrate(&a, c, m, 8);
     perturb(&a, 9);
     char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
+    write_state_file(&a, path);
     Err e = {0};
-    StWriter w = {0};
-    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
-    assert_int_equal(st_write(&w, path, &e), 0);
-    st_writer_free(&w);
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
     char name[300];
@@ -944,14 +938,8 @@ static void test_state_nupes(void **state) {
     for (int k = 0; k < a.n_q; k++)
         if (!a.q[k].special) a.q[k].aq.param.data[1] = 0.77f;
     char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
+    write_state_file(&a, path);
     Err e = {0};
-    StWriter w = {0};
-    assert_int_equal(qmodel_write_state(&a, &w, "q.", &e), 0);
-    assert_int_equal(st_write(&w, path, &e), 0);
-    st_writer_free(&w);
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
     Inputs in = inputs_make(m, N_IN, 12);

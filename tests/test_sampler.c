@@ -260,18 +260,23 @@ static void test_guidance_gain(void **state) {
     g_teacher->guidance_gain = 1.25f;
     Tensor *eg = sampler_eps(&c, g_teacher, tensor_from(&c, x, 4, shape), 501, y, 3.0f);
     Tensor *e1 = sampler_eps(&c, g_teacher, tensor_from(&c, x, 4, shape), 501, y, 1.0f);
-    g_teacher->guidance_gain = 0;
+    g_teacher->eps_gain = 1.02f;  // the whole guided eps times it
+    Tensor *ege = sampler_eps(&c, g_teacher, tensor_from(&c, x, 4, shape), 501, y, 3.0f);
+    g_teacher->guidance_gain = g_teacher->eps_gain = 0;
+    assert_non_null(ege);
     assert_non_null(ec);
     assert_non_null(eu);
     assert_non_null(eg);
     assert_non_null(e1);
-    double num = 0, den = 0, num1 = 0;
+    double num = 0, den = 0, num1 = 0, nume = 0;
     for (int i = 0; i < 256; i++) {
         double want = eu->data[i] + 3.0 * 1.25 * ((double)ec->data[i] - eu->data[i]);
         num += (eg->data[i] - want) * (eg->data[i] - want);
         den += want * want;
         num1 += ((double)e1->data[i] - ec->data[i]) * ((double)e1->data[i] - ec->data[i]);
+        nume += ((double)ege->data[i] - 1.02 * want) * ((double)ege->data[i] - 1.02 * want);
     }
+    assert_true(sqrt(nume / den) < 1e-5);
     assert_true(sqrt(num / den) < 1e-5);  // batched [u | c] call vs two single calls
     assert_true(sqrt(num1 / den) < 1e-5);
     ctx_free(&c);
