@@ -129,7 +129,7 @@ const KeyDesc RC_KEYS[] = {
     {.path = "train.guidance_gain", .type = K_ENUM, .off = offsetof(RunConfig, train.guidance_gain),
      .names = GAIN_NAMES, .n_names = N_OF(GAIN_NAMES), .def = {RC_GAIN_OFF, RC_GAIN_FIT}, .resume = 0},
     {.path = "train.eps_gain", .type = K_ENUM, .off = offsetof(RunConfig, train.eps_gain),
-     .names = GAIN_NAMES, .n_names = N_OF(GAIN_NAMES), .def = {RC_GAIN_OFF, RC_GAIN_OFF}, .resume = 0},
+     .names = GAIN_NAMES, .n_names = N_OF(GAIN_NAMES), .def = {RC_GAIN_OFF, RC_GAIN_FIT}, .resume = 0},
     {.path = "train.guidance_fit_samples", .type = K_INT, .off = offsetof(RunConfig, train.guidance_fit_samples),
      .lo = 1, .hi = RC_BIG, .def = {256, 256}, .resume = 0},
     {.path = "train.select_epoch", .type = K_ENUM, .off = offsetof(RunConfig, train.select_epoch),

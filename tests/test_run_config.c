@@ -156,6 +156,8 @@ static void test_effdm_recipe(void **state) {
     assert_true(c.train.optimizer.lr_act == 1e-4);  // docs/RESULTS.md
     assert_int_equal(c.train.guidance_gain, RC_GAIN_FIT);
     assert_int_equal(r.train.guidance_gain, RC_GAIN_OFF);
+    assert_int_equal(c.train.eps_gain, RC_GAIN_FIT);
+    assert_int_equal(r.train.eps_gain, RC_GAIN_OFF);
     assert_int_equal(c.quant.fp_layers, RC_FP_F16);   // qalora/export.h "Size"
     assert_int_equal(c.train.val_samples, 32);        // the sampled validation (train/sample_check.c)
     assert_int_equal(r.train.val_samples, 0);
@@ -171,6 +173,7 @@ static void test_effdm_recipe(void **state) {
     x.train.optimizer.delta_w_update = r.train.optimizer.delta_w_update;
     x.train.optimizer.lr_act = r.train.optimizer.lr_act;
     x.train.guidance_gain = r.train.guidance_gain;
+    x.train.eps_gain = r.train.eps_gain;
     x.quant.fp_layers = r.quant.fp_layers;
     x.train.val_samples = r.train.val_samples;
     assert_null(run_config_first_diff(&x, &r));
@@ -534,7 +537,7 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"train.optimizer.delta_w_update", "train: {optimizer: {delta_w_update: reference}}"},
     {"train.trajectory", "train: {trajectory: student}"},
     {"train.guidance_gain", "train: {guidance_gain: off}"},
-    {"train.eps_gain", "train: {eps_gain: fit}"},
+    {"train.eps_gain", "train: {eps_gain: off}"},
     {"train.guidance_fit_samples", "train: {guidance_fit_samples: 8}"},
     {"sample.sampler", "sample: {sampler: plms}"}, {"sample.steps", "sample: {steps: 50}"},
     {"sample.eta", "sample: {eta: 1}"}, {"sample.scale", "sample: {scale: 1}"},

@@ -78,7 +78,7 @@ def rows_for(n_filter, seed_filter=None, min_seeds=1):
                         else {"rmse": 0.0, "agreement": 1.0})
         if len(evs) < min_seeds:
             continue
-        rows.append((name, seeds, evs, [c for c in cmps if c], fps))
+        rows.append((name, seeds, evs, [c or {} for c in cmps], fps))  # aligned with seeds: {} for a missing comparison
     return rows
 
 
