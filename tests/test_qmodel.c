@@ -705,6 +705,32 @@ static void test_state_quantizer_kinds(void **state) {
 
 // An easyquant student (weights of every layer with their side tables): the state holds the
 // tables and restores a student computing the same bits; easyquant activations are refused.
+// A new student b (config qc, another LoRA draw) reads a's state from f and computes a's output
+// bit for bit (N_IN inputs at t = 333). b is left initialised for more checks.
+static void restore_and_compare(QModel *a, QModel *b, WeightFile *f, Ldm *m, Ctx *c, const QModelConfig *qc) {
+    Inputs in = inputs_make(m, N_IN, 12);
+    for (int i = 0; i < in.n; i++) in.t[i] = 333;
+    size_t n, n2;
+    qmodel_enable(a, 1);
+    qmodel_set_timestep(a, 333);
+    float *ya = forward(c, m, &in, &n);
+    qmodel_enable(a, 0);
+    student_init(b, m, qc, 99);
+    Err e = {0};
+    int rc = qmodel_read_state(b, f, "q.", &e);
+    if (rc) print_error("read: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    qmodel_enable(b, 1);
+    qmodel_set_timestep(b, 333);
+    float *yb = forward(c, m, &in, &n2);
+    qmodel_enable(b, 0);
+    assert_int_equal(n, n2);
+    assert_memory_equal(ya, yb, n * sizeof(float));
+    free(ya);
+    free(yb);
+    inputs_free(&in);
+}
+
 static void test_state_easyquant(void **state) {
     Ldm *m = teacher_load();
     Ctx *c = test_ctx_new((size_t)1 << 30);
@@ -730,23 +756,7 @@ static void test_state_easyquant(void **state) {
     assert_non_null(weights_find(f, name));
     assert_non_null(strstr(weights_metadata(f, "q." QMODEL_KINDS_META), "[\"easyquant\",\"uniform\"]"));
 
-    Inputs in = inputs_make(m, N_IN, 12);
-    for (int i = 0; i < in.n; i++) in.t[i] = 333;
-    size_t n, n2;
-    qmodel_enable(&a, 1);
-    qmodel_set_timestep(&a, 333);
-    float *ya = forward(c, m, &in, &n);
-    qmodel_enable(&a, 0);
-    student_init(&b, m, &qc, 99);
-    int rc = qmodel_read_state(&b, f, "q.", &e);
-    if (rc) print_error("read: %s\n", e.msg);
-    assert_int_equal(rc, 0);
-    qmodel_enable(&b, 1);
-    qmodel_set_timestep(&b, 333);
-    float *yb = forward(c, m, &in, &n2);
-    qmodel_enable(&b, 0);
-    assert_int_equal(n, n2);
-    assert_memory_equal(ya, yb, n * sizeof(float));
+    restore_and_compare(&a, &b, f, m, c, &qc);
     qmodel_free(&b);
     // a uniform student cannot load it: the kinds differ, named
     QModelConfig qu = qc;
@@ -766,9 +776,6 @@ static void test_state_easyquant(void **state) {
     e = (Err){0};
     assert_int_equal(qmodel_init(&b, m->unet, &qa, m->T, &r, &e), ERR_VALUE);
     assert_non_null(strstr(e.msg, "weights only"));
-    free(ya);
-    free(yb);
-    inputs_free(&in);
     qmodel_free(&a);
     test_ctx_delete(c);
     ldm_free(m);
@@ -942,33 +949,14 @@ static void test_state_nupes(void **state) {
     Err e = {0};
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
-    Inputs in = inputs_make(m, N_IN, 12);
-    for (int i = 0; i < in.n; i++) in.t[i] = 333;
-    size_t n, n2;
-    qmodel_enable(&a, 1);
-    qmodel_set_timestep(&a, 333);
-    float *ya = forward(c, m, &in, &n);
-    qmodel_enable(&a, 0);
-    student_init(&b, m, &qc, 99);
-    int rc = qmodel_read_state(&b, f, "q.", &e);
-    if (rc) print_error("read: %s\n", e.msg);
-    assert_int_equal(rc, 0);
+    restore_and_compare(&a, &b, f, m, c, &qc);
     for (int k = 0; k < a.n_q; k++) {
         assert_memory_equal(b.q[k].wq.param.data, a.q[k].wq.param.data, a.q[k].wq.param.n * sizeof(float));
         assert_memory_equal(b.q[k].aq.param.data, a.q[k].aq.param.data, a.q[k].aq.param.n * sizeof(float));
     }
-    qmodel_enable(&b, 1);
-    qmodel_set_timestep(&b, 333);
-    float *yb = forward(c, m, &in, &n2);
-    qmodel_enable(&b, 0);
-    assert_int_equal(n, n2);
-    assert_memory_equal(ya, yb, n * sizeof(float));
     qmodel_free(&b);
     weights_close(f);
     unlink(path);
-    free(ya);
-    free(yb);
-    inputs_free(&in);
     qmodel_free(&a);
     test_ctx_delete(c);
     ldm_free(m);
