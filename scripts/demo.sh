@@ -1,7 +1,7 @@
 #!/bin/sh
 # demo.sh: effdm's main job on the shipped teacher, end to end, on a fresh clone.
 #
-#   ./scripts/demo.sh            # about 10 minutes on 2 cores
+#   ./scripts/demo.sh            # about 12 minutes on 2 cores (the export fits two gains)
 #   N=200 ./scripts/demo.sh      # fewer samples per model (faster, noisier FID)
 #
 # Builds effdm when build/effdm is missing (./scripts/setup.sh: Debian packages + build), then:
