@@ -102,6 +102,13 @@ extern const QKindOps QKIND_UNIFORM_OPS;    // qkind_uniform.c
 extern const QKindOps QKIND_EASYQUANT_OPS;  // qkind_easyquant.c
 extern const QKindOps QKIND_NUPES_OPS;      // qkind_nupes.c
 
+// Row pieces several kinds share (qkind_uniform.c): the uniform levels' bytes (pack.h) and
+// "no side table".
+size_t qkind_uniform_packed_size(const Quantizer *q, size_t n);
+void qkind_uniform_pack(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n);
+void qkind_uniform_unpack(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n);
+int qkind_no_side(const Quantizer *q, size_t slice_len);
+
 // The kind names in QuantKind order (the config's enum names).
 extern const char *const QKIND_NAMES[QUANT_KIND_COUNT];
 

@@ -217,17 +217,6 @@ static int eq_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, 
     return 0;
 }
 
-// The dense levels' bytes: uniform's (pack.h).
-static size_t eq_packed_size(const Quantizer *q, size_t n) { return pack_size(n, q->bits); }
-
-static void eq_pack(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n) {
-    pack_ints(dst, levels, n, q->bits);
-}
-
-static void eq_unpack(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n) {
-    unpack_ints(levels, src, n, q->bits);
-}
-
 static int eq_side_count(const Quantizer *q, size_t slice_len) {
     double f = q->kp.outlier_fraction;
     if (!(f > 0)) return 0;
@@ -248,8 +237,8 @@ const QKindOps QKIND_EASYQUANT_OPS = {
     .encode = eq_encode,
     .decode = eq_decode,
     .decode_backward = eq_decode_backward,
-    .packed_size = eq_packed_size,
-    .pack = eq_pack,
-    .unpack = eq_unpack,
+    .packed_size = qkind_uniform_packed_size,  // the dense levels' bytes: uniform's (pack.h)
+    .pack = qkind_uniform_pack,
+    .unpack = qkind_uniform_unpack,
     .side_count = eq_side_count,
 };

@@ -244,21 +244,6 @@ static void nu_decode_backward(const Quantizer *q, int k, double g[QKIND_GRAD_SL
     g[2] = sa;
 }
 
-static size_t nu_packed_size(const Quantizer *q, size_t n) { return pack_size(n, q->bits); }
-
-static void nu_pack(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n) {
-    pack_ints(dst, levels, n, q->bits);
-}
-
-static void nu_unpack(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n) {
-    unpack_ints(levels, src, n, q->bits);
-}
-
-static int nu_side_count(const Quantizer *q, size_t slice_len) {
-    (void)q, (void)slice_len;
-    return 0;
-}
-
 const QKindOps QKIND_NUPES_OPS = {
     .name = "nupes",
     .n_param = 1,
@@ -271,8 +256,8 @@ const QKindOps QKIND_NUPES_OPS = {
     .encode = nu_encode,
     .decode = nu_decode,
     .decode_backward = nu_decode_backward,
-    .packed_size = nu_packed_size,
-    .pack = nu_pack,
-    .unpack = nu_unpack,
-    .side_count = nu_side_count,
+    .packed_size = qkind_uniform_packed_size,  // the levels' bytes: uniform's (pack.h)
+    .pack = qkind_uniform_pack,
+    .unpack = qkind_uniform_unpack,
+    .side_count = qkind_no_side,
 };

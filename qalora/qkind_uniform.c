@@ -179,17 +179,20 @@ static void uq_decode_backward(const Quantizer *q, int k, double g[QKIND_GRAD_SL
     g[1] = -(double)q->delta.data[k] * sy;
 }
 
-static size_t uq_packed_size(const Quantizer *q, size_t n) { return pack_size(n, q->bits); }
+size_t qkind_uniform_packed_size(const Quantizer *q, size_t n) { return pack_size(n, q->bits); }
 
-static void uq_pack(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n) {
+void qkind_uniform_pack(const Quantizer *q, uint8_t *dst, const uint8_t *levels, size_t n) {
     pack_ints(dst, levels, n, q->bits);
 }
 
-static void uq_unpack(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n) {
+void qkind_uniform_unpack(const Quantizer *q, uint8_t *levels, const uint8_t *src, size_t n) {
     unpack_ints(levels, src, n, q->bits);
 }
 
-static int uq_side_count(const Quantizer *q, size_t slice_len) { return 0; }
+int qkind_no_side(const Quantizer *q, size_t slice_len) {
+    (void)q, (void)slice_len;
+    return 0;
+}
 
 const QKindOps QKIND_UNIFORM_OPS = {
     .name = "uniform",
@@ -203,8 +206,8 @@ const QKindOps QKIND_UNIFORM_OPS = {
     .encode = uq_encode,
     .decode = uq_decode,
     .decode_backward = uq_decode_backward,
-    .packed_size = uq_packed_size,
-    .pack = uq_pack,
-    .unpack = uq_unpack,
-    .side_count = uq_side_count,
+    .packed_size = qkind_uniform_packed_size,
+    .pack = qkind_uniform_pack,
+    .unpack = qkind_uniform_unpack,
+    .side_count = qkind_no_side,
 };
