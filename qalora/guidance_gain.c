@@ -48,45 +48,32 @@ static int run_all(Ctx *c, Ldm *m, FitHook *h, const GuidanceFitOpts *o, const i
     return 0;
 }
 
-/* One grid fit: the teacher's final latents (both gains off), then the student's with the
-   fitted gain `which` (0: guidance, 1: ε) at each grid point and the other one at `other`;
-   err(g) = mean squared latent difference; the gain is the parabola's vertex at the best point. */
-static int fit_grid(QModel *q, Ldm *m, const GuidanceFitOpts *o, int which, float other, const float *grid,
+// What the grid fits share: the trajectories' labels, noise streams, the teacher's final latents
+// (sampled once, both gains off) and the student's of the current grid point.
+typedef struct {
+    Ctx c;
+    FitHook h;
+    int *y;      // class-balanced real labels, or NULL (unconditional model)
+    Rng *rng;    // one stream per trajectory of a sampler batch
+    float *zt, *zs;
+    size_t per, n;
+} FitRun;
+
+/* One grid fit on r: the student's final latents with the fitted gain `which` (0: guidance,
+   1: ε) at each grid point and the other one at `other`; err(g) = mean squared difference to
+   the teacher's; the gain is the parabola's vertex at the best point. */
+static int fit_grid(FitRun *r, Ldm *m, const GuidanceFitOpts *o, int which, float other, const float *grid,
                     int n_grid, GuidanceFit *fit, Err *e) {
-    int C, H, W;
-    ldm_latent_shape(m, &C, &H, &W);
-    const size_t per = (size_t)C * H * W, n = (size_t)o->n_samples * per;
-    const int B = o->batch > 0 ? o->batch : 16, cond = ldm_is_class_conditional(m);
-    const int uncond = cond ? ldm_uncond_label(m) : 0, n_real = cond ? ldm_n_classes(m) - 1 : 0;
-    float *zt = malloc(n * sizeof(float)), *zs = malloc(n * sizeof(float));
-    int *y = cond ? malloc((size_t)o->n_samples * sizeof(int)) : NULL;
-    Rng *rng = malloc((size_t)B * sizeof(Rng));
-    Ctx c = {0};
-    int rc = 0;
-    if (!zt || !zs || (cond && !y) || !rng) {
-        rc = err_set(e, ERR_NOMEM, "%s gain: out of memory", which ? "eps" : "guidance");
-        goto done;
-    }
-    for (int i = 0; cond && i < o->n_samples; i++) {  // class-balanced real labels, the unconditional one skipped
-        int k = i % n_real;
-        y[i] = k >= uncond ? k + 1 : k;
-    }
-    if ((rc = ctx_init(&c, (size_t)16 << 30, e))) goto done;  // address space only
-    FitHook h = {q, 0, 0, (1L + n_grid) * ((o->n_samples + B - 1) / B)};  // the teacher, then the grid
-    if (o->on_progress) o->on_progress(0, h.total, o->user);
-    m->guidance_gain = m->eps_gain = 0;
-    if ((rc = run_all(&c, m, &h, o, y, zt, per, rng, e))) goto done;
-    h.student = 1;
     memset(fit, 0, sizeof *fit);
     int best = 0;
     for (int k = 0; k < n_grid; k++) {
         m->guidance_gain = which ? other : grid[k];
         m->eps_gain = which ? grid[k] : 0;
-        if ((rc = run_all(&c, m, &h, o, y, zs, per, rng, e))) goto done;
+        if (run_all(&r->c, m, &r->h, o, r->y, r->zs, r->per, r->rng, e)) return e->code;
         double sq = 0;
-        for (size_t i = 0; i < n; i++) sq += ((double)zs[i] - zt[i]) * ((double)zs[i] - zt[i]);
+        for (size_t i = 0; i < r->n; i++) sq += ((double)r->zs[i] - r->zt[i]) * ((double)r->zs[i] - r->zt[i]);
         fit->grid[k] = grid[k];
-        fit->err[k] = (float)(sq / (double)n);
+        fit->err[k] = (float)(sq / (double)r->n);
         fit->n_grid = k + 1;
         if (fit->err[k] < fit->err[best]) best = k;
     }
@@ -94,27 +81,56 @@ static int fit_grid(QModel *q, Ldm *m, const GuidanceFitOpts *o, int which, floa
         fit->gain = fit->grid[best];
     else
         fit->gain = guidance_parabola_min(fit->grid + best - 1, fit->err + best - 1);
+    return 0;
+}
+
+int gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *guidance, GuidanceFit *eps, Err *e) {
+    if (guidance && (!ldm_is_class_conditional(m) || ldm_n_classes(m) < 2))
+        return err_set(e, ERR_VALUE, "guidance gain: the model is not class-conditional");
+    if (!guidance && !eps) return 0;
+    float ggrid[8], egrid[EPS_GAIN_GRID];
+    for (int k = 0; k < 8; k++) ggrid[k] = 0.9f + 0.1f * (float)k;
+    for (int k = 0; k < EPS_GAIN_GRID; k++) egrid[k] = 0.985f + 0.005f * (float)k;
+    int C, H, W;
+    ldm_latent_shape(m, &C, &H, &W);
+    const int B = o->batch > 0 ? o->batch : 16, cond = ldm_is_class_conditional(m);
+    const int uncond = cond ? ldm_uncond_label(m) : 0, n_real = cond ? ldm_n_classes(m) - 1 : 0;
+    FitRun r = {.per = (size_t)C * H * W};
+    r.n = (size_t)o->n_samples * r.per;
+    r.zt = malloc(r.n * sizeof(float));
+    r.zs = malloc(r.n * sizeof(float));
+    r.y = cond ? malloc((size_t)o->n_samples * sizeof(int)) : NULL;
+    r.rng = malloc((size_t)B * sizeof(Rng));
+    int rc = 0;
+    if (!r.zt || !r.zs || (cond && !r.y) || !r.rng) {
+        rc = err_set(e, ERR_NOMEM, "gain fit: out of memory");
+        goto done;
+    }
+    for (int i = 0; cond && i < o->n_samples; i++) {  // class-balanced real labels, the unconditional one skipped
+        int k = i % n_real;
+        r.y[i] = k >= uncond ? k + 1 : k;
+    }
+    if ((rc = ctx_init(&r.c, (size_t)16 << 30, e))) goto done;  // address space only
+    // the teacher, then each grid
+    r.h = (FitHook){q, 0, 0, (1L + (guidance ? 8 : 0) + (eps ? EPS_GAIN_GRID : 0)) * ((o->n_samples + B - 1) / B)};
+    if (o->on_progress) o->on_progress(0, r.h.total, o->user);
+    m->guidance_gain = m->eps_gain = 0;
+    if ((rc = run_all(&r.c, m, &r.h, o, r.y, r.zt, r.per, r.rng, e))) goto done;
+    r.h.student = 1;
+    if (guidance && (rc = fit_grid(&r, m, o, 0, 0.0f, ggrid, 8, guidance, e))) goto done;
+    if (eps && (rc = fit_grid(&r, m, o, 1, guidance ? guidance->gain : 0.0f, egrid, EPS_GAIN_GRID, eps, e)))
+        goto done;
 done:
     m->guidance_gain = m->eps_gain = 0;
     qmodel_enable(q, 0);
-    ctx_free(&c);
-    free(zt);
-    free(zs);
-    free(y);
-    free(rng);
+    ctx_free(&r.c);
+    free(r.zt);
+    free(r.zs);
+    free(r.y);
+    free(r.rng);
     return rc;
 }
 
 int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *fit, Err *e) {
-    if (!ldm_is_class_conditional(m) || ldm_n_classes(m) < 2)
-        return err_set(e, ERR_VALUE, "guidance gain: the model is not class-conditional");
-    float grid[8];
-    for (int k = 0; k < 8; k++) grid[k] = 0.9f + 0.1f * (float)k;
-    return fit_grid(q, m, o, 0, 0.0f, grid, 8, fit, e);
-}
-
-int eps_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, float guidance_gain, GuidanceFit *fit, Err *e) {
-    float grid[EPS_GAIN_GRID];
-    for (int k = 0; k < EPS_GAIN_GRID; k++) grid[k] = 0.985f + 0.005f * (float)k;
-    return fit_grid(q, m, o, 1, guidance_gain, grid, EPS_GAIN_GRID, fit, e);
+    return gain_fit(q, m, o, fit, NULL, e);
 }

@@ -47,8 +47,8 @@ typedef struct {
 // The vertex of the parabola through (x[i], y[i]), i = 0, 1, 2 (x ascending, equally spaced),
 // clamped to [x0, x2]; the middle point when they are (nearly) collinear or concave.
 float guidance_parabola_min(const float x[3], const float y[3]);
-// Fits the gain of student q over teacher m (a class-conditional model). The student is left
-// disabled, m->guidance_gain unset. 0 or an ERR_ code.
+// Fits the gain of student q over teacher m (a class-conditional model): gain_fit with the
+// guidance gain only. The student is left disabled, m->guidance_gain unset. 0 or an ERR_ code.
 int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *fit, Err *e);
 
 /* The ε gain (train.eps_gain fit; an effdm addition). Why: sample statistics are very
@@ -56,10 +56,15 @@ int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *
    1000-sample test FID by 2 to 27 points (docs/RESULTS_TEACHERS.md) - and a quantized
    student's ε is a little too small or too large, differently per model. The same fit as the
    guidance gain's, on the whole guided ε (times g), with the guidance gain already fitted
-   (guidance_gain, 0: none) and the grid 0.985 to 1.015 by 0.005; m may be unconditional. The
-   export stores it per TALSQ entry (tensor eps_gain, all equal); sampling multiplies every
-   step's ε by it (Ldm.eps_gain). The student is left disabled, m's gains unset. */
+   and the grid 0.985 to 1.015 by 0.005; m may be unconditional. The export stores it per
+   TALSQ entry (tensor eps_gain, all equal); sampling multiplies every step's ε by it
+   (Ldm.eps_gain). */
 #define EPS_GAIN_GRID 7
-int eps_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, float guidance_gain, GuidanceFit *fit, Err *e);
+
+// Both fits on one teacher pass: the guidance gain into *guidance (NULL: none; needs a
+// class-conditional model), then the ε gain into *eps (NULL: none) on top of it. on_progress
+// counts every sampler batch of both. The student is left disabled, m's gains unset. 0 or an
+// ERR_ code.
+int gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *guidance, GuidanceFit *eps, Err *e);
 
 #endif

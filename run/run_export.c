@@ -3,6 +3,7 @@
 #include "run/run_export.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,17 @@ int run_export_state_path(char *dst, size_t cap, const char *run_dir, const char
     else if (!strcmp(epoch, "best")) path_join(dst, cap, run_dir, "best.safetensors");
     else return err_set(e, ERR_ARG, "--epoch: expected 'best' or 'last', found '%s'", epoch);
     return 0;
+}
+
+// A gain fit's latent error at the grid point nearest gain 1 (err1) and at its best grid point.
+static void fit_errors(const GuidanceFit *f, float *err1, float *best) {
+    int one = 0, lo = 0;
+    for (int k = 1; k < f->n_grid; k++) {
+        if (fabsf(f->grid[k] - 1.0f) < fabsf(f->grid[one] - 1.0f)) one = k;
+        if (f->err[k] < f->err[lo]) lo = k;
+    }
+    *err1 = f->err[one];
+    *best = f->err[lo];
 }
 
 int run_export(const char *run_dir, const ExportOpts *o, const char *path, ExportSummary *s, Err *e) {
@@ -94,29 +106,20 @@ int run_export(const char *run_dir, const ExportOpts *o, const char *path, Expor
             goto done;
         }
     }
-    if (fit_g) {
-        if ((code = guidance_gain_fit(&q, m, &go, &fit, e))) goto done;
-        for (int k = 0; k < info.n_gain; k++) gain[k] = fit.gain;
-        info.guidance_gain = gain;
+    if ((fit_g || fit_e) && (code = gain_fit(&q, m, &go, fit_g ? &fit : NULL, fit_e ? &efit : NULL, e))) goto done;
+    for (int k = 0; k < info.n_gain; k++) {
+        gain[k] = fit.gain;
+        gain[info.n_gain + k] = efit.gain;
     }
-    if (fit_e) {  // on top of the guidance gain just fitted
-        if ((code = eps_gain_fit(&q, m, &go, fit_g ? fit.gain : 0.0f, &efit, e))) goto done;
-        for (int k = 0; k < info.n_gain; k++) gain[info.n_gain + k] = efit.gain;
-        info.eps_gain = gain + info.n_gain;
-    }
+    if (fit_g) info.guidance_gain = gain;
+    if (fit_e) info.eps_gain = gain + info.n_gain;  // on top of the guidance gain just fitted
     code = export_write(&q, m, tf, &info, path, s, e);
     if (!code && s && info.guidance_gain) {
-        s->gain_err1 = fit.err[1];  // grid point 1.0
-        s->gain_err = fit.err[0];
-        for (int k = 0; k < fit.n_grid; k++)
-            if (fit.err[k] < s->gain_err) s->gain_err = fit.err[k];
+        fit_errors(&fit, &s->gain_err1, &s->gain_err);
         s->gain_samples = go.n_samples;
     }
     if (!code && s && info.eps_gain) {
-        s->eps_err1 = efit.err[3];  // grid point 1.0
-        s->eps_err = efit.err[0];
-        for (int k = 0; k < efit.n_grid; k++)
-            if (efit.err[k] < s->eps_err) s->eps_err = efit.err[k];
+        fit_errors(&efit, &s->eps_err1, &s->eps_err);
         s->gain_samples = go.n_samples;
     }
 done:

@@ -44,7 +44,7 @@ typedef struct {
     RcLossBranches loss_branches;
     RcTrajectory trajectory;
     RcGuidanceGain guidance_gain;
-    RcGuidanceGain eps_gain;  // off / fit (qalora/guidance_gain.h eps_gain_fit)
+    RcGuidanceGain eps_gain;  // off / fit (qalora/guidance_gain.h gain_fit)
     int guidance_fit_samples;
     RcReduction loss_reduction;
     RcStepWeighting step_weighting;
