@@ -54,14 +54,9 @@ void progress_start(Progress *p, const char *label, long total);
 void progress_update(Progress *p, long done, const char *extra);
 void progress_finish(Progress *p, const char *extra);
 
-// Path of `name` in the shipped teacher's folder: $EFFDM_ZOO/fmnist-ldm/name, else
-// <directory of the effdm executable>/../models/zoo/fmnist-ldm/name. 0, or ERR_IO when the
-// file is not there (the message says where it looked and how to point elsewhere).
-int cli_zoo_path(const char *name, char *out, size_t cap, Err *e);
-
 // Runs the evaluation of a sample folder against reference statistics with a progress bar,
 // prints the result table to stdout and, when json != NULL, writes the JSON. o->judge_weights
-// defaults to the shipped judge (cli_zoo_path). 0 or an ERR_ code.
+// defaults to the shipped judge (zoo_path). 0 or an ERR_ code.
 struct EvalOpts;
 int cli_eval_report(const char *samples, const char *ref, struct EvalOpts *o, const char *json, Err *e);
 

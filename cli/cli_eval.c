@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "util/zoo.h"
 #include "eval/eval.h"
 #include "io/fileio.h"
 
@@ -32,7 +33,7 @@ int cli_eval_report(const char *samples, const char *ref, EvalOpts *o, const cha
     if (!o->weights && !o->judge_weights) {
         // the shipped judge, wherever effdm runs from; a missing one is reported only if needed
         Err ignore = {0};
-        if (cli_zoo_path("judge.ckpt", judge, sizeof judge, &ignore) == 0) o->judge_weights = judge;
+        if (zoo_path("judge.ckpt", judge, sizeof judge, &ignore) == 0) o->judge_weights = judge;
     }
     Progress p;
     progress_start(&p, "eval", 1);

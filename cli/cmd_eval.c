@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "util/zoo.h"
 #include "cli/commands.h"
 #include "eval/eval.h"
 #include "io/fileio.h"
@@ -63,7 +64,7 @@ int cmd_eval(int argc, char **argv) {
     o.max_images = (size_t)max;
     char ref_buf[4096];
     if (!strcmp(ref, "fmnist")) {  // the shipped Fashion-MNIST test-set statistics
-        if (cli_zoo_path("fmnist_test_judge.safetensors", ref_buf, sizeof ref_buf, &e)) return cli_fail("eval", &e);
+        if (zoo_path("fmnist_test_judge.safetensors", ref_buf, sizeof ref_buf, &e)) return cli_fail("eval", &e);
         ref = ref_buf;
     }
     if (cli_eval_report(samples, ref, &o, json, &e)) return cli_fail("eval", &e);

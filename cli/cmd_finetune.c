@@ -21,14 +21,16 @@
 static const char *const usage[] = {
     "usage: effdm finetune --config RUN.yaml [--set KEY=VALUE ...] [--threads N] [--dry-run]",
     "       effdm finetune --resume RUN_DIR [--config RUN.yaml] [--set KEY=VALUE ...] [--threads N]",
+    "       effdm finetune --keys",
     "",
     "Fine-tunes the quantized student of a run directory (the config's run.out) by distilling",
     "the FP teacher along its own DDIM trajectories (EfficientDM: QALoRA + TALSQ), one AdamW",
     "step per trajectory step. Without a calibrated state in the run directory, the",
     "calibration (effdm calibrate) runs first.",
     "",
-    "  --config RUN.yaml  the run config (keys: docs/USER_GUIDE.md \"The run config\"; e.g.",
-    "                     configs/fmnist-ldm-w4a4.yaml)",
+    "  --config RUN.yaml  the run config (e.g. configs/fmnist-ldm-w4a4.yaml; every key: --keys)",
+    "  --keys             print every run-config key, its default and its meaning (Markdown, the",
+    "                     tables of docs/USER_GUIDE.md \"The run config\") and exit",
     "  --resume RUN_DIR   continue the run in RUN_DIR exactly where its last checkpoint stopped;",
     "                     with --config, that config replaces the run's (it must agree on every",
     "                     key resuming needs: the first disagreeing key is named)",
@@ -177,20 +179,25 @@ static int agree(int code, const Err *e) {
 int cmd_finetune(int argc, char **argv) {
     Err e = {0};
     const char *config = NULL, *resume = NULL;
-    int threads = -1, help = 0, n_pos = 0, profile = 0, dry_run = 0;
+    int threads = -1, help = 0, n_pos = 0, profile = 0, dry_run = 0, keys = 0;
     CliStrs sets = {0};
     const char *pos[1];
     CliOpt opts[] = {{"--config", OPT_STR, &config, 0}, {"--resume", OPT_STR, &resume, 0},
                      {"--threads", OPT_INT, &threads, 0}, {"--profile", OPT_FLAG, &profile, 0},
-                     {"--set", OPT_STRS, &sets, 0}, {"--dry-run", OPT_FLAG, &dry_run, 0}};
+                     {"--set", OPT_STRS, &sets, 0}, {"--dry-run", OPT_FLAG, &dry_run, 0},
+                     {"--keys", OPT_FLAG, &keys, 0}};
     const double t_start = clock_seconds();
     const int rank = dist_rank(), world = dist_size(), talk = rank == 0;  // rank 0 speaks for the job
     int x;
-    cli_parse(argc, argv, opts, 6, pos, &n_pos, 1, &help, &e);
+    cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, &n_pos, 1, &help, &e);
     if ((x = agree(e.code, &e))) return x;
     if (help) {
         if (talk)
             for (int i = 0; usage[i]; i++) puts(usage[i]);
+        return 0;
+    }
+    if (keys) {
+        if (talk) run_config_keys_markdown(stdout);
         return 0;
     }
     if (n_pos) err_set(&e, ERR_ARG, "unexpected argument '%s' (see effdm finetune --help)", pos[0]);

@@ -11,6 +11,7 @@
 
 #include "autograd/profile.h"
 #include "cli/cli.h"
+#include "util/zoo.h"
 #include "eval/eval.h"
 #include "cli/commands.h"
 #include "io/image.h"
@@ -199,9 +200,9 @@ static int write_grid(SampleState *s, Err *e) {
     return rc;
 }
 
-// The shipped teacher (cli_zoo_path: $EFFDM_ZOO/fmnist-ldm or next to the executable).
+// The shipped teacher (zoo_path: $EFFDM_ZOO/fmnist-ldm or next to the executable).
 static int find_teacher(char *cfg, char *ckpt, size_t cap, Err *e) {
-    if (cli_zoo_path("config.yaml", cfg, cap, e) || cli_zoo_path("model.ckpt", ckpt, cap, e))
+    if (zoo_path("config.yaml", cfg, cap, e) || zoo_path("model.ckpt", ckpt, cap, e))
         return err_prefix(e, "no model given (--model, or --ldm-config and --ckpt) and the shipped teacher is missing");
     return 0;
 }
@@ -238,7 +239,7 @@ int cmd_sample(int argc, char **argv) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
-    static const char *const ema_names[] = {"auto", "on", "off"}, *const sampler_names[] = {"ddim", "plms"};
+    static const char *const ema_names[] = {"auto", "on", "off"};
     int ema = 0, sampler = 0;
     char tcfg[PATH_MAX], tckpt[PATH_MAX];
     if (!out) err_set(&e, ERR_ARG, "--out DIR is required (see effdm sample --help)");
@@ -256,16 +257,16 @@ int cmd_sample(int argc, char **argv) {
     else if (seed < 0) err_set(&e, ERR_ARG, "--seed: expected a non-negative integer, found %d", seed);
     else if (opts[8].seen && klass < 0) err_set(&e, ERR_ARG, "--class: expected a label >= 0, found %d", klass);
     if (e.code || parse_choice("--ema", ema_s, ema_names, 3, &ema, &e) ||
-        parse_choice("--sampler", sampler_s, sampler_names, 2, &sampler, &e))
+        parse_choice("--sampler", sampler_s, SAMPLER_NAMES, SAMPLER_COUNT, &sampler, &e))
         return cli_fail("sample", &e);
-    if (sampler == SAMPLER_PLMS && eta != 0.0f) {
-        err_set(&e, ERR_ARG, "--eta %g: PLMS sampling needs eta 0", (double)eta);
+    if (sampler_needs_eta_zero((SamplerKind)sampler) && eta != 0.0f) {
+        err_set(&e, ERR_ARG, "--eta %g: %s sampling needs eta 0", (double)eta, SAMPLER_NAMES[sampler]);
         return cli_fail("sample", &e);
     }
     if (cli_threads(threads, &e)) return cli_fail("sample", &e);
     char eval_ref_buf[PATH_MAX], eval_json_buf[PATH_MAX];
     if (eval_ref && !strcmp(eval_ref, "fmnist")) {
-        if (cli_zoo_path("fmnist_test_judge.safetensors", eval_ref_buf, sizeof eval_ref_buf, &e))
+        if (zoo_path("fmnist_test_judge.safetensors", eval_ref_buf, sizeof eval_ref_buf, &e))
             return cli_fail("sample", &e);
         eval_ref = eval_ref_buf;
     }
@@ -359,7 +360,7 @@ int cmd_sample(int argc, char **argv) {
         printf("model:    %s (%s, %s%s)\n", cfg_path, ckpt_path, m->using_ema ? "EMA weights" : "raw weights",
                st.class_cond ? ", class-conditional" : ", unconditional");
     printf("sampler:  %s, %d steps (requested %d), eta %g, guidance scale %g%s, seed %d\n",
-           sampler_names[sampler], real_steps, steps, (double)eta, (double)scale,
+           SAMPLER_NAMES[sampler], real_steps, steps, (double)eta, (double)scale,
            st.class_cond ? "" : " (unused: unconditional model)", seed);
     if (eps_scale != 1.0f) printf("eps scale: %g at every step (not CompVis' sampler)\n", (double)eps_scale);
     fflush(stdout);

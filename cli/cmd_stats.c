@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "util/zoo.h"
 #include "cli/commands.h"
 #include "eval/eval.h"
 #include "eval/featnet.h"
@@ -71,7 +72,7 @@ int cmd_stats(int argc, char **argv) {
 
     char judge[4096];
     if (!weights && kind == FEAT_JUDGE) {
-        if (cli_zoo_path("judge.ckpt", judge, sizeof judge, &e)) return cli_fail("stats", &e);
+        if (zoo_path("judge.ckpt", judge, sizeof judge, &e)) return cli_fail("stats", &e);
         weights = judge;
     }
     FeatNet net;

@@ -14,6 +14,7 @@
 #include "sample/sampler.h"
 #include "util/dist.h"
 #include "util/clock.h"
+#include "util/path.h"
 
 // mkdir -p. 0 or ERR_IO; *created = 1 when the last component was created by this call.
 static int make_dirs(const char *path, int *created, Err *e) {
@@ -35,11 +36,6 @@ static int make_dirs(const char *path, int *created, Err *e) {
     if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
         return err_set(e, ERR_IO, "run.out: '%s' is not a directory", buf);
     return 0;
-}
-
-static void path_join(char *dst, size_t cap, const char *dir, const char *name) {
-    size_t n = strlen(dir);
-    snprintf(dst, cap, "%s%s%s", dir, (n && dir[n - 1] == '/') ? "" : "/", name);
 }
 
 // given: a model to calibrate on (borrowed), or NULL to load rc->model.

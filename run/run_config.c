@@ -7,6 +7,8 @@
 #include "io/cfg.h"
 #include "qalora/qkind.h"
 #include "run/run_config_keys.h"
+#include "util/path.h"
+#include "util/zoo.h"
 
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -356,7 +358,37 @@ static void default_out(const char *name, char *out, size_t n) {
     snprintf(out, n, "runs/%.*s", (int)len, base);
 }
 
-int rc_load_tree(const CfgNode *root, const char *name, CfgNode *const *sets, int n_sets, RunConfig *c, Err *e) {
+// Makes every path key absolute (see rc_load_tree): doc is the document that set the last value
+// of each key (the file: base_dir, a --set: the working directory, none: the default).
+static int resolve_paths(const CfgNode *root, const char *base_dir, CfgNode *const *sets, int n_sets, RunConfig *c,
+                         Err *e) {
+    for (int i = 0; i < RC_N_KEYS; i++) {
+        const KeyDesc *k = &RC_KEYS[i];
+        if (!k->is_path) continue;
+        const char *base = NULL;  // the working directory
+        int given = 0;
+        for (int j = n_sets - 1; j >= 0 && !given; j--) given = cfg_path(sets[j], k->path) != NULL;
+        if (!given && cfg_path(root, k->path)) {
+            given = 1;
+            base = base_dir;
+        }
+        char *v = rc_str_at(c, k);
+        if (!given && k->zoo) {
+            Err ze = {0};
+            if (zoo_path(k->zoo, v, k->size, &ze))
+                return err_set(e, ERR_IO, "run config: %s: not given, and the shipped teacher's is missing (%s)",
+                               k->path, ze.msg);
+        }
+        char abs[RC_PATH_MAX];
+        if (path_absolute(abs, sizeof abs, base, v, k->path, e)) return e->code;
+        memset(v, 0, k->size);  // configs compare as bytes too (tests, the writer's round trip)
+        snprintf(v, k->size, "%s", abs);
+    }
+    return 0;
+}
+
+int rc_load_tree(const CfgNode *root, const char *name, const char *base_dir, CfgNode *const *sets, int n_sets,
+                 RunConfig *c, Err *e) {
     // The recipe first: it picks the defaults of the other keys (a --set of it wins as a later
     // line of the file would).
     RcRecipe recipe = RC_RECIPE_EFFDM;
@@ -374,6 +406,7 @@ int rc_load_tree(const CfgNode *root, const char *name, CfgNode *const *sets, in
     if (read_group(root, "", c, e)) return e->code;
     for (int i = 0; i < n_sets; i++)
         if (read_group(sets[i], "", c, e)) return e->code;
+    if (resolve_paths(root, base_dir, sets, n_sets, c, e)) return e->code;
     char what[1100];  // a check across keys names the file, and the assignments when they took part
     snprintf(what, sizeof what, "%.1000s with --set", name);
     return check_consistency(c, n_sets > 0 ? what : name, e);
@@ -384,7 +417,7 @@ int run_config_load_mem(const char *text, size_t len, const char *name, RunConfi
     if (!name) name = "(memory)";
     int r = cfg_load_mem(text, len, name, &root, e);
     if (r) return r;
-    r = rc_load_tree(root, name, NULL, 0, c, e);
+    r = rc_load_tree(root, name, NULL, NULL, 0, c, e);
     cfg_free(root);
     return r;
 }
@@ -393,7 +426,9 @@ int run_config_load(const char *path, RunConfig *c, Err *e) {
     CfgNode *root;
     int r = cfg_load(path, &root, e);
     if (r) return r;
-    r = rc_load_tree(root, path, NULL, 0, c, e);
+    char dir[RC_PATH_MAX];
+    path_dir(dir, sizeof dir, path);
+    r = rc_load_tree(root, path, dir, NULL, 0, c, e);
     cfg_free(root);
     return r;
 }

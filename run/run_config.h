@@ -17,8 +17,9 @@
    always wins over the recipe's default. The resolved config written into a run directory
    holds every key, so it does not depend on these defaults any more.
 
-   Paths are used as written (relative paths are relative to the working directory, as in
-   the CompVis scripts). Integers accept exact number forms (1e3), reals any YAML number form
+   Paths (model.ldm_config, model.ckpt, run.out) come out absolute: relative ones written in a
+   file are taken from the file's folder, those of --set and the defaults from the working
+   directory; a model path not given is the shipped teacher's (util/zoo.h). Integers accept exact number forms (1e3), reals any YAML number form
    (1e-4, .5); booleans true/false/yes/no/on/off.
 
    Command-line overrides: `effdm finetune` and `effdm calibrate` take --set KEY=VALUE
@@ -29,84 +30,11 @@
    --set of train.recipe picks the recipe's defaults as the file's key does, and an unknown
    key gets the same "did you mean". The run's config.yaml holds the result.
 
-   Keys (R: the default is "reference / effdm" by train.recipe; *: resuming needs the same value):
-   | key                              | default                 | meaning |
-   |----------------------------------|-------------------------|---------|
-   | model.ldm_config               * | models/zoo/fmnist-ldm/config.yaml | CompVis YAML of the FP teacher (the shipped teacher by default) |
-   | model.ckpt                     * | models/zoo/fmnist-ldm/model.ckpt  | its weights: CompVis .ckpt or .safetensors |
-   | model.ema                      * | auto                    | auto: the EMA weights when the config's use_ema (CompVis default true) and the file holds a complete EMA set; on: require them; off: raw weights |
-   | model.uncond_label             * | auto                    | class label of the unconditional branch for guidance; auto = the last class index (n_classes - 1) |
-   | quant.weight_bits              * | 4                       | weight bits of the trainable layers, 2..8 |
-   | quant.act_bits                 * | 4                       | activation bits (layer inputs) of the trainable layers, 2..8 |
-   | quant.weight_init              * | max                     | weight (Δ, z) init per output channel: max (naive PTQ: min/max incl. 0) or mse (search below) |
-   | quant.act_init                 * | mse                     | activation (Δ, z) init per layer: mse or max |
-   | quant.weight_quantizer         * | uniform                 | quantizer kind of the weights of every quantized layer (special ones too): a name of the kind table (qalora/qkind.h; docs/QUANTIZERS.md): uniform (EfficientDM's uniform affine) or easyquant (uniform with each channel's largest weights kept in float16, the range fitted by gradient descent) or nupes (uniform in a power-warped domain sign(x)|x|^a, the exponent a searched per channel and learned in fine-tuning) |
-   | quant.act_quantizer            * | uniform                 | quantizer kind of the activations (layer inputs) of every quantized layer: uniform or nupes (its exponent searched per table entry on the calibration inputs); easyquant quantizes weights only |
-   | quant.easyquant_outlier_fraction * | 0.005                 | easyquant: share of each output channel's weights (the largest in magnitude, rounded up to a whole count) kept unquantized in float16, 0 <= f < 1 |
-   | quant.easyquant_steps          * | 100                     | easyquant: Adam steps of the range fit on the other weights' reconstruction error (0: the init range) |
-   | quant.easyquant_lr             * | 0.01                    | easyquant: the range fit's learning rate, relative to the initial step Δ |
-   | quant.mse_candidates           * | 80                      | mse search: candidate ranges i = 0..N-1, both ends scaled by (1 - shrink * i). Fixed at the reference's 80: another value is refused (the key names the search in resolved configs) |
-   | quant.mse_shrink               * | 0.01                    | mse search: range shrink per candidate. Fixed at 0.01: another value is refused |
-   | quant.mse_norm                 * | 2.4                     | mse search: score = mean(abs(x - q(x)) ^ norm). Fixed at 2.4: another value is refused |
-   | quant.special_bits             * | 8                       | bits (weights and activations) of the special layers: static (Δ, z), no LoRA, not trained |
-   | quant.special_first            * | 3                       | the first N quantized layers in registration order are special (time_embed.0, time_embed.2, input_blocks.0.0) |
-   | quant.special_last             * | 1                       | the last N quantized layers are special (out.2) |
-   | quant.fp_name_contains         * | [skip, op]              | Conv2d/Linear layers whose last name component contains one of these stay FP |
-   | quant.quantize_attention_matmuls * | false                 | reserved: QK^T and softmax*V stay FP, as in the reference; true is refused (not implemented) |
-   | quant.lora_rank                * | 32                      | LoRA rank r of every trainable layer, >= 1 |
-   | quant.talsq                    * | true                    | TALSQ: one activation (Δ, z) per training timestep; false: one per layer |
-   | quant.fp_layers              R * | f32 / f16               | precision of the weights of the conv/linear layers the student keeps FP (skip connections, Downsample ops, fp_name_contains, keep_fp): f16 rounds them to float16 in the student (the teacher stays f32), so the export stores them as F16 and is still exact |
-   | quant.overrides                * | []                      | per-layer overrides, applied in order (a later match wins, field by field): {pattern: glob on the layer name, e.g. "output_blocks.*", weight_bits, act_bits, weight_quantizer, act_quantizer, keep_fp} |
-   | calib.steps                    * | 250                     | DDIM steps of the teacher trajectories that provide calibration inputs |
-   | calib.eta                      * | 1.0                     | their DDIM eta, 0..1 |
-   | calib.scale                    * | 1.5                     | their classifier-free guidance scale, >= 0 |
-   | calib.n_samples                * | 16                      | number of teacher trajectories (random classes) |
-   | calib.batch                      | 16                      | trajectories sampled at once (memory only) |
-   | calib.n_inputs                 * | 32                      | random UNet inputs of the one activation-init forward |
-   | calib.seed                     * | 7                       | RNG seed of the calibration |
-   | calib.act_ranges               * | shared                  | initial TALSQ tables: shared (reference: every entry = the range of the one calibration forward on n_inputs random inputs) or per_step (then each entry refitted in one more forward, with that entry active, on n_inputs recorded inputs of the timesteps nearest its training timestep) |
-   | train.recipe                   * | effdm                   | reference or effdm: picks the defaults of the rows marked R |
-   | train.epochs                   * | 160                     | epochs (one trajectory each, `steps` optimizer steps per epoch); 0 = naive PTQ only |
-   | train.batch                    * | 2                       | random class labels (trajectories) per epoch |
-   | train.grad_slots               * | 0                       | gradient slots per step, dividing batch; 0: one per trajectory. Each slot's trajectories run as one batch into its own gradient, the slots' gradients are summed in slot order: MPI ranks share the slots, so results are bit-identical for any rank count <= slots. 1: the whole batch at once, fastest on one process (another rounding, so another result) |
-   | train.steps                  R * | 100 / 20                | DDIM steps of the training trajectory = TALSQ table entries |
-   | train.eta                    R * | 1.0 / 0.0               | DDIM eta of the training trajectory, 0..1 |
-   | train.scale                  R * | 1.5 / 3.0               | guidance scale of the training trajectory |
-   | train.loss_branches          R * | guided / both           | guided: loss on the guided ε only (reference); both: on ε_c and ε_u separately; all: both + guided |
-   | train.loss_reduction           * | sum                     | sum (reference) or mean of the squared error |
-   | train.step_weighting         R * | none / equalize         | none: the raw per-step loss; equalize: each step's loss divided by its running mean over epochs; ddim: equalize times how far the step's ε error moves x_{t-1} |
-   | train.guidance_gain          R   | off / fit               | fit: the export fits one gain (a scalar, the same at every step) on the guidance term to the teacher (qalora/guidance_gain.h); off: none |
-   | train.eps_gain               R   | off / fit               | fit: the export fits one gain on every step's whole (guided) ε to the teacher, after the guidance gain (qalora/guidance_gain.h gain_fit; 7 more sampling passes); off: none |
-   | train.guidance_fit_samples       | 256                     | teacher trajectories of that fit (64 gave gains 1.086-1.166 for one recipe: its error curve is flat) |
-   | train.trajectory               * | teacher                 | whose guided ε moves the training trajectory x_t -> x_{t-1}: teacher (reference) or student (the student is trained where its own sampler goes) |
-   | train.select_epoch           R * | last / best_val         | the model exported: the last epoch's; best_val: the lowest validation error; best_sampled: the lowest sampled score (mse/mse0 + fd/fd0) among the epochs at least as good as the starting model (0) on mse and fd with |real - 1| at most 0.02 above its (trainer.c), else the starting model (naive PTQ) - needs val_samples >= 8 |
-   | train.val_every                  | 10                      | validation error every N epochs (0: never; best_val needs >= 1) |
-   | train.val_inputs               * | 64                      | held-out calibration inputs of the validation error |
-   | train.val_samples            R * | 0 / 32                  | images of the sampled validation (train/sample_check.c): sampled with the sample.* protocol by the teacher and by the student at every validation; logged: the final latents' mean squared difference (mse) and Fréchet distance (fd), and the teacher's denoising error on the student's samples relative to its own (real); finetune warns when the chosen epoch's |real - 1| exceeds the starting model's by > 0.02; 0: off |
-   | train.checkpoint_every           | 1                       | checkpoint every N epochs (0: only at the end and on a signal) |
-   | train.sample_every               | 20                      | sample grid every N epochs (0: never) |
-   | train.seed                     * | 3407                    | RNG seed of the distillation (labels, x_T, eta noise) |
-   | train.optimizer.lr_lora_divisor * | 2500                   | LoRA A/B learning rate = mean(Δ_w of the layer) / divisor, > 0 |
-   | train.optimizer.lr_w_delta     * | 1e-6                    | learning rate of the weight quantizer steps Δ_w, >= 0 |
-   | train.optimizer.lr_act       R * | 5e-4 / 1e-4             | learning rate of the activation tables Δ_a, z_a, >= 0 (0: frozen) |
-   | train.optimizer.lr_exponent    * | 1e-4                    | learning rate of the quantizer kinds' own values (nupes: the exponent of each weight channel and activation table entry), >= 0 (0: frozen at their fit); no effect with uniform / easyquant |
-   | train.optimizer.beta1          * | 0.9                     | AdamW beta1, 0 <= b < 1 |
-   | train.optimizer.beta2          * | 0.999                   | AdamW beta2, 0 <= b < 1 |
-   | train.optimizer.eps            * | 1e-8                    | AdamW eps, > 0 |
-   | train.optimizer.weight_decay   * | 0.01                    | AdamW (decoupled) weight decay, >= 0 |
-   | train.optimizer.schedule       * | linear                  | learning-rate schedule over epochs * steps: linear (to 0), cosine (to 0), constant |
-   | train.optimizer.warmup_steps   * | 0                       | linear warm-up steps, <= epochs * steps |
-   | train.optimizer.delta_w_update R * | reference / single    | reference: two AdamW updates per step for the shared Δ_w (base path, quantizer path); single: one update of the total gradient |
-   | sample.sampler                   | ddim                    | ddim or plms, of the sample grids drawn during fine-tuning (`effdm sample` takes its own flags) |
-   | sample.steps                     | 20                      | sampling steps (paper FID protocol: 20) |
-   | sample.eta                       | 0.0                     | DDIM eta, 0..1 |
-   | sample.scale                     | 3.0                     | guidance scale |
-   | sample.grid_rows                 | 0                       | grid rows; 0: one per class (unconditional models: 8) |
-   | sample.grid_cols                 | 8                       | grid columns (samples per row) |
-   | sample.seed                      | 1234                    | sampling seed |
-   | run.out                          | runs/<config file name without extension> | the run directory |
-   | run.threads                      | 0                       | threads; 0: EFFDM_THREADS, else all cores |
-   | run.arena_mb                     | 1024                    | per-step arena (MiB) |
+   Keys: every key, its default per recipe (R: the default depends on train.recipe) and its
+   meaning is one row of RC_KEYS in run_config_keys.c; `effdm finetune --keys` prints them as
+   the tables of docs/USER_GUIDE.md "The run config" (test_run_config checks the guide holds
+   them verbatim). *: resuming needs the same value.
+
    The effdm recipe's values (the second column of R rows) were screened on the shipped
    teacher at W4A4 (docs/RESULTS.md, scripts/quality.sh): of lr_act 5e-4, 1e-4 and 0 (frozen
    tables), 1e-4 has the best class accuracy (one seed) and the lowest FID; loss_branches all
@@ -127,6 +55,7 @@
 #define EFFDM_RUN_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "qalora/calibrate.h"     // RcCalib: the calib.* group is qalora's own plain struct
@@ -199,6 +128,10 @@ typedef struct {
     RcSample sample;
     RcRun run;
 } RunConfig;
+
+// The key reference as Markdown: per group a table of every key, its default (both recipes'
+// where they differ) and its meaning (docs/USER_GUIDE.md holds this text verbatim).
+void run_config_keys_markdown(FILE *f);
 
 // Every key at its default for the recipe; run.out = "runs/run". Zeroes c first (so two equal
 // configs are equal byte for byte).

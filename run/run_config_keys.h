@@ -24,6 +24,10 @@ typedef struct {
     int n_names;
     double def[RC_RECIPE_COUNT]; // K_INT, K_DOUBLE, K_BOOL, K_ENUM, K_LABEL defaults (reference, effdm)
     const char *sdef;            // K_STR default
+    int is_path;                 // K_STR: a file path (relative ones are resolved, see rc_load_tree)
+    const char *zoo;             // path keys: when not given, this file of the shipped teacher (util/zoo.h)
+    const char *doc;             // what the key means (Markdown): the key reference is made from these
+    const char *ddoc;            // the default as the reference shows it, where it is not a plain value
     int resume;                  // 1: resuming a run needs the same value
 } KeyDesc;
 
@@ -44,7 +48,8 @@ static inline const double *rc_cdbl_at(const RunConfig *c, const KeyDesc *k) {
 static inline char *rc_str_at(RunConfig *c, const KeyDesc *k) { return (char *)c + k->off; }
 static inline const char *rc_cstr_at(const RunConfig *c, const KeyDesc *k) { return (const char *)c + k->off; }
 // Enums are stored as their enum type, which is an int-sized integer here.
-_Static_assert(sizeof(RcEma) == sizeof(int) && sizeof(RcRecipe) == sizeof(int) && sizeof(RcInit) == sizeof(int),
+_Static_assert(sizeof(RcEma) == sizeof(int) && sizeof(RcRecipe) == sizeof(int) && sizeof(RcInit) == sizeof(int) &&
+                   sizeof(SamplerKind) == sizeof(int),
                "enum fields are read and written as int");
 
 // The row of a key path, or NULL.
@@ -58,6 +63,10 @@ int rc_in_range(const KeyDesc *k, double v);
 // A run config from a parsed file (name: for messages and the run.out default) and then the
 // one-key documents of --set assignments (sets[0..n_sets), applied in order over the file as
 // later lines of it; NULL, 0 for none), then the checks across keys. 0 or an ERR_ code.
-int rc_load_tree(const CfgNode *root, const char *name, CfgNode *const *sets, int n_sets, RunConfig *c, Err *e);
+// Path keys come out absolute: a relative path written in the file is taken from base_dir (the
+// file's folder; NULL: the working directory), one given by --set or a default from the
+// working directory; a model path not given at all is the shipped teacher's file.
+int rc_load_tree(const CfgNode *root, const char *name, const char *base_dir, CfgNode *const *sets, int n_sets,
+                 RunConfig *c, Err *e);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "io/cfg.h"
 #include "run/run_config_keys.h"
+#include "util/path.h"
 
 enum { SET_KEY_MAX = 256 };  // longer than any key path of the table
 
@@ -81,13 +82,13 @@ static void drop_line(Err *e) {
 }
 
 // Parses the assignments, then reads root and them. Frees the documents.
-static int load_with_sets(const CfgNode *root, const char *name, const char *const *sets, int n_sets, RunConfig *c,
-                          Err *e) {
+static int load_with_sets(const CfgNode *root, const char *name, const char *base_dir, const char *const *sets,
+                          int n_sets, RunConfig *c, Err *e) {
     CfgNode **docs = calloc((size_t)(n_sets > 0 ? n_sets : 1), sizeof *docs);
     if (!docs) return err_set(e, ERR_NOMEM, "out of memory");
     int rc = 0;
     for (int i = 0; i < n_sets && !rc; i++) rc = set_doc(sets[i], &docs[i], e);
-    if (!rc) rc = rc_load_tree(root, name, docs, n_sets, c, e);
+    if (!rc) rc = rc_load_tree(root, name, base_dir, docs, n_sets, c, e);
     if (rc) drop_line(e);
     for (int i = 0; i < n_sets; i++) cfg_free(docs[i]);
     free(docs);
@@ -98,7 +99,9 @@ int run_config_load_set(const char *path, const char *const *sets, int n_sets, R
     CfgNode *root;
     int r = cfg_load(path, &root, e);
     if (r) return r;
-    r = load_with_sets(root, path, sets, n_sets, c, e);
+    char dir[RC_PATH_MAX];
+    path_dir(dir, sizeof dir, path);
+    r = load_with_sets(root, path, dir, sets, n_sets, c, e);
     cfg_free(root);
     return r;
 }
@@ -109,7 +112,7 @@ int run_config_load_mem_set(const char *text, size_t len, const char *name, cons
     if (!name) name = "(memory)";
     int r = cfg_load_mem(text, len, name, &root, e);
     if (r) return r;
-    r = load_with_sets(root, name, sets, n_sets, c, e);
+    r = load_with_sets(root, name, NULL, sets, n_sets, c, e);
     cfg_free(root);
     return r;
 }

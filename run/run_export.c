@@ -14,11 +14,7 @@
 #include "qalora/guidance_gain.h"
 #include "run/run_config.h"
 #include "run/run_wire.h"
-
-static void path_join(char *dst, size_t cap, const char *dir, const char *name) {
-    size_t n = strlen(dir);
-    snprintf(dst, cap, "%s%s%s", dir, (n && dir[n - 1] == '/') ? "" : "/", name);
-}
+#include "util/path.h"
 
 int run_export_state_path(char *dst, size_t cap, const char *run_dir, const char *epoch, Err *e) {
     if (!strcmp(epoch, "last")) path_join(dst, cap, run_dir, "state.safetensors");

@@ -7,11 +7,9 @@
 #include <string.h>
 
 #include "sample/ddim.h"
-#include "sample/plms.h"
+#include "sample/sampler_kind.h"
 
 int sampler_real_steps(const Ldm *m, int steps) { return ddim_timesteps(m->T, steps, NULL, 0); }
-
-const char *sampler_name(SamplerKind k) { return k == SAMPLER_PLMS ? "plms" : "ddim"; }
 
 // Model output -> eps for the x0 / v parameterizations (see sampler.h), float32.
 static void to_eps(const Ldm *m, int t, const float *x, float *out, size_t n) {
@@ -60,79 +58,59 @@ Tensor *sampler_eps(Ctx *c, Ldm *m, Tensor *x, int t, const int *y, float scale)
     return ctx_scope_end(c, s, out);
 }
 
-// Fills noise (N images of per floats) from each image's own stream.
-static void draw_noise(Rng *rng, float *noise, int N, size_t per) {
-    for (int j = 0; j < N; j++) rng_normal_fill(&rng[j], noise + (size_t)j * per, per);
+// The loop's side of a run, for the kinds' extra evaluations (SamplerState.eval).
+typedef struct {
+    Ctx *c;
+    Ldm *m;
+    const SamplerOpts *o;
+    const int *y;
+    int shape[4];
+} RunEval;
+
+// The guided eps at x (N latents) for step `step` of the run at schedule index `index`, with
+// the hooks a UNet evaluation gets and the diagnosis scale. NULL on failure (c->err).
+static const float *run_eps(SamplerState *st, const float *x, int step, int index) {
+    const RunEval *r = st->eval_user;
+    int t = st->s->timesteps[index];
+    if (r->o->on_eval) r->o->on_eval(step, st->s->n, t, r->o->user);
+    if (r->o->on_input) r->o->on_input(step, t, x, st->N, r->o->user);
+    Tensor *et = sampler_eps(r->c, r->m, tensor_from(r->c, (float *)x, 4, r->shape), t, r->y, r->o->scale);
+    if (!et) return NULL;
+    if (r->o->eps_scale > 0 && r->o->eps_scale != 1.0f)
+        for (size_t k = 0; k < st->n; k++) et->data[k] *= r->o->eps_scale;
+    return et->data;
 }
 
 int sampler_run(Ctx *c, Ldm *m, const SamplerOpts *o, float *x, int N, const int *y, Rng *rng, Err *e) {
-    if (o->kind == SAMPLER_PLMS && o->eta != 0.0f)  // PLMSSampler.make_schedule: 'ddim_eta must be 0 for PLMS'
-        return err_set(e, ERR_VALUE, "PLMS sampling needs eta 0, found %g", (double)o->eta);
+    if (o->kind < 0 || o->kind >= SAMPLER_COUNT) return err_set(e, ERR_INTERNAL, "sampler_run: no sampler kind %d", (int)o->kind);
+    const SamplerKindDef *kind = &SAMPLER_KINDS[o->kind];
+    if (kind->eta_zero && o->eta != 0.0f)
+        return err_set(e, ERR_VALUE, "%s sampling needs eta 0, found %g", kind->name, (double)o->eta);
     if (ldm_is_class_conditional(m) && !y) return err_set(e, ERR_VALUE, "class-conditional sampling needs labels");
     if (o->eta > 0 && !rng) return err_set(e, ERR_INTERNAL, "sampler_run: eta > 0 needs noise streams");
     DdimSchedule s;
     if (ddim_schedule_init(&s, m->alphas_cumprod, m->T, o->steps, o->eta, e)) return e->code;
     int C, H, W;
     ldm_latent_shape(m, &C, &H, &W);
-    const int shape[4] = {N, C, H, W};
     size_t per = (size_t)C * H * W, n = per * (size_t)N;
-    int plms = o->kind == SAMPLER_PLMS;
-    float *work = malloc((plms ? 5 : 1) * n * sizeof(float));
+    float *work = malloc((size_t)kind->work_latents * n * sizeof(float));
     if (!work) {
         ddim_schedule_free(&s);
         return err_set(e, ERR_NOMEM, "sampler: out of memory for %d latents", N);
     }
-    float *noise = work;                                  // DDIM
-    float *old[3] = {work + n, work + 2 * n, work + 3 * n};  // PLMS old_eps, oldest first
-    float *eprime = work + 4 * n, *xtmp = work;           // PLMS (no noise: eta is 0)
-    int n_old = 0;
+    RunEval ev = {c, m, o, y, {N, C, H, W}};
+    SamplerState st = {.s = &s, .x = x, .N = N, .n = n, .per = per, .rng = rng, .work = work, .eval = run_eps,
+                       .eval_user = &ev};
     int prev_grad = ctx_set_grad(c, 0);
     size_t mark0 = arena_mark(&c->arena);
     int rc = 0, total = s.n;
     for (int i = 0; i < total && !rc; i++) {
         int index = total - i - 1, t = s.timesteps[index];  // time_range = np.flip(ddim_timesteps)
         size_t mark = arena_mark(&c->arena);
-        if (o->on_eval) o->on_eval(i, total, t, o->user);
-        if (o->on_input) o->on_input(i, t, x, N, o->user);
-        Tensor *et = sampler_eps(c, m, tensor_from(c, x, 4, shape), t, y, o->scale);
-        if (!et) {
+        const float *et = run_eps(&st, x, i, index);
+        if (!et || kind->step(&st, i, index, et)) {
             rc = c->err.code ? c->err.code : ERR_INTERNAL;
             break;
-        }
-        if (o->eps_scale > 0 && o->eps_scale != 1.0f)
-            for (size_t k = 0; k < n; k++) et->data[k] *= o->eps_scale;
-        if (!plms) {
-            int noisy = s.sigmas[index] != 0.0f;
-            if (noisy) draw_noise(rng, noise, N, per);
-            ddim_update(&s, index, x, et->data, noisy ? noise : NULL, x, NULL, n);
-        } else {
-            if (n_old == 0) {
-                // time_range[min(i + 1, len - 1)]: the next (lower) timestep, or t itself on the last step
-                int next = index > 0 ? index - 1 : 0;
-                ddim_update(&s, index, x, et->data, NULL, xtmp, NULL, n);
-                if (o->on_eval) o->on_eval(i + 1 < total ? i + 1 : i, total, s.timesteps[next], o->user);
-                if (o->on_input) o->on_input(i + 1 < total ? i + 1 : i, s.timesteps[next], xtmp, N, o->user);
-                Tensor *en = sampler_eps(c, m, tensor_from(c, xtmp, 4, shape), s.timesteps[next], y, o->scale);
-                if (!en) {
-                    rc = c->err.code ? c->err.code : ERR_INTERNAL;
-                    break;
-                }
-                if (o->eps_scale > 0 && o->eps_scale != 1.0f)
-                    for (size_t k = 0; k < n; k++) en->data[k] *= o->eps_scale;
-                plms_first(eprime, et->data, en->data, n);
-            } else {
-                plms_combine(eprime, et->data, (const float *const *)old, n_old, n);
-            }
-            ddim_update(&s, index, x, eprime, NULL, x, NULL, n);
-            // old_eps.append(e_t); if len(old_eps) >= 4: old_eps.pop(0)
-            if (n_old == 3) {
-                float *oldest = old[0];
-                old[0] = old[1];
-                old[1] = old[2];
-                old[2] = oldest;
-                n_old = 2;
-            }
-            memcpy(old[n_old++], et->data, n * sizeof(float));
         }
         arena_release(&c->arena, mark);
         // a non-finite latent would be written as a black image and scored: stop here instead

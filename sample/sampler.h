@@ -25,7 +25,7 @@
 #include "models/ldm.h"
 #include "util/rng.h"
 
-typedef enum { SAMPLER_DDIM, SAMPLER_PLMS } SamplerKind;
+typedef enum { SAMPLER_DDIM, SAMPLER_PLMS, SAMPLER_COUNT } SamplerKind;
 
 typedef struct {
     SamplerKind kind;
@@ -51,8 +51,12 @@ typedef struct {
 
 // Number of steps a run with `steps` requested takes on m, or -1 when steps is out of range.
 int sampler_real_steps(const Ldm *m, int steps);
-// Name of a sampler ("ddim", "plms").
+// Name of a sampler ("ddim", "plms"), and the names in kind order (the CLI's and the run
+// config's choices come from here).
 const char *sampler_name(SamplerKind k);
+extern const char *const SAMPLER_NAMES[SAMPLER_COUNT];
+// 1 when kind k samples deterministically only (eta must be 0: PLMS).
+int sampler_needs_eta_zero(SamplerKind k);
 
 // Guided eps for x (N, C, H, W) at DDPM timestep t for labels y (NULL for unconditional
 // models), converted to eps from the model's parameterization. NULL on failure (c->err).

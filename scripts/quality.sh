@@ -35,6 +35,7 @@ TEACHER=${TEACHER:-}
 FPMODEL=()
 if [[ -n $TEACHER ]]; then
     [[ -f $TEACHER/config.yaml && -f $TEACHER/model.ckpt ]] || { echo "quality.sh: TEACHER=$TEACHER: no config.yaml + model.ckpt there" >&2; exit 2; }
+    TEACHER=$(cd "$TEACHER" && pwd)  # absolute: the variant configs are copied elsewhere
     Q=${QUALITY_DIR:-runs/quality-$(basename "$TEACHER")}
     FPMODEL=(--ldm-config "$TEACHER/config.yaml" --ckpt "$TEACHER/model.ckpt")
 else
@@ -75,6 +76,8 @@ finetune() {  # NAME
     [[ -f $Q/meta/$name.finetune.json ]] && return 0
     sed '/^run:/,$d' "$VDIR/$name.yaml" > "$cfg"
     printf 'run:\n  out: %s\n' "$run" >> "$cfg"
+    # the variant's paths are relative to the repository root; the copy lives elsewhere
+    sed -i -E "s#^(\s*(ldm_config|ckpt):\s*)(models/)#\1$PWD/\3#" "$cfg"
     if [[ -n $TEACHER ]]; then  # the variant's model lines point at the test teacher
         sed -i -e "s|^\(\s*ldm_config:\).*|\1 $TEACHER/config.yaml|" \
                -e "s|^\(\s*ckpt:\).*|\1 $TEACHER/model.ckpt|" "$cfg"

@@ -15,6 +15,7 @@
 #include "run/run_config.h"
 
 #define SRC_DIR TEST_DATA_DIR "/../.."
+#define ZOO EFFDM_SOURCE_DIR "/models/zoo/fmnist-ldm"
 
 #define assert_has(msg, part)                                                              \
     do {                                                                                   \
@@ -22,7 +23,7 @@
         assert_non_null(strstr((msg), (part)));                                            \
     } while (0)
 
-// Every key of the run config as the header documents it (an independent list: a key the code
+// Every key of the run config as the user guide documents it (an independent list: a key the code
 // adds or drops without documenting it fails test_every_key_written_and_documented).
 static const char *const ALL_KEYS[] = {
     "model.ldm_config", "model.ckpt", "model.ema", "model.uncond_label",
@@ -64,6 +65,15 @@ static void load_ok(const char *text, RunConfig *c) {
 }
 
 // docs/METHOD.md, section by section.
+// run_config_defaults as a loader returns them: the model is the shipped teacher's files and
+// run.out is out under the working directory.
+static void defaults_as_loaded(RunConfig *d, RcRecipe recipe, const char *out) {
+    run_config_defaults(d, recipe);
+    set_str(d->model.ldm_config, sizeof d->model.ldm_config, ZOO "/config.yaml");
+    set_str(d->model.ckpt, sizeof d->model.ckpt, ZOO "/model.ckpt");
+    set_str(d->run.out, sizeof d->run.out, test_cwd_path(out));
+}
+
 static void test_reference_defaults(void **state) {
     RunConfig c;
     load_ok("train:\n  recipe: reference\n", &c);
@@ -120,22 +130,21 @@ static void test_reference_defaults(void **state) {
     assert_int_equal(c.train.optimizer.schedule, RC_SCHED_LINEAR);
     assert_int_equal(c.train.optimizer.warmup_steps, 0);
     // "Output and sampling": the paper's FID protocol DDIM 20 steps, eta 0, scale 3.0
-    assert_int_equal(c.sample.sampler, RC_SAMPLER_DDIM);
+    assert_int_equal(c.sample.sampler, SAMPLER_DDIM);
     assert_int_equal(c.sample.steps, 20);
     assert_true(c.sample.eta == 0.0);
     assert_true(c.sample.scale == 3.0);
-    // docs/DESIGN.md: the shipped teacher by default; EMA auto
-    assert_string_equal(c.model.ldm_config, "models/zoo/fmnist-ldm/config.yaml");
-    assert_string_equal(c.model.ckpt, "models/zoo/fmnist-ldm/model.ckpt");
+    // docs/DESIGN.md: the shipped teacher by default (found as the CLI finds it); EMA auto
+    assert_string_equal(c.model.ldm_config, ZOO "/config.yaml");
+    assert_string_equal(c.model.ckpt, ZOO "/model.ckpt");
     assert_int_equal(c.model.ema, RC_EMA_AUTO);
     assert_int_equal(c.quant.n_overrides, 0);
-    // run.out from the file name
-    assert_string_equal(c.run.out, "runs/t");
+    // run.out from the file name, under the working directory
+    assert_string_equal(c.run.out, test_cwd_path("runs/t"));
 
     // run_config_defaults gives the same (apart from run.out, which has no file to name it after)
     RunConfig d;
-    run_config_defaults(&d, RC_RECIPE_REFERENCE);
-    set_str(d.run.out, sizeof d.run.out, "runs/t");
+    defaults_as_loaded(&d, RC_RECIPE_REFERENCE, "runs/t");
     assert_null(run_config_first_diff(&c, &d));
     assert_memory_equal(&c, &d, sizeof c);
 }
@@ -145,7 +154,7 @@ static void test_effdm_recipe(void **state) {
     load_ok("", &c);  // an empty file: all defaults, recipe effdm
     load_ok("train: {recipe: reference}\n", &r);
     assert_int_equal(c.train.recipe, RC_RECIPE_EFFDM);
-    // the keys the recipe decides (header rows marked R)
+    // the keys the recipe decides (guide rows marked R)
     assert_int_equal(c.train.loss_branches, RC_BRANCHES_BOTH);
     assert_int_equal(c.train.step_weighting, RC_STEPW_EQUALIZE);
     assert_int_equal(c.train.select_epoch, RC_SELECT_BEST_VAL);
@@ -385,7 +394,7 @@ static void test_round_trip(void **state) {
     RunConfig a, b;
     load_ok(FULL, &a);
     // some values the text above set, checked against the text
-    assert_string_equal(a.model.ldm_config, "odd path/with: colon.yaml");
+    assert_string_equal(a.model.ldm_config, test_cwd_path("odd path/with: colon.yaml"));
     assert_string_equal(a.quant.fp_name_contains[1], "yes");
     assert_true(a.train.optimizer.lr_act == 3.3333333333333335e-05);
     assert_true(a.train.optimizer.eps == 1e-300);
@@ -402,8 +411,7 @@ static void test_round_trip(void **state) {
     // through a file, atomically, for both recipes' defaults
     for (int r = 0; r < RC_RECIPE_COUNT; r++) {
         RunConfig d, f;
-        run_config_defaults(&d, (RcRecipe)r);
-        set_str(d.run.out, sizeof d.run.out, "runs/x");
+        defaults_as_loaded(&d, (RcRecipe)r, "runs/x");
         assert_int_equal(run_config_write(&d, "test_run_config_out.yaml", &e), 0);
         assert_int_equal(run_config_load("test_run_config_out.yaml", &f, &e), 0);
         assert_memory_equal(&d, &f, sizeof d);
@@ -413,7 +421,23 @@ static void test_round_trip(void **state) {
     assert_has(e.msg, "/nonexistent/dir/config.yaml");
 }
 
-// The resolved YAML holds every documented key, and the header documents every key.
+// The text between the BEGIN/END markers of docs/USER_GUIDE.md's key tables (malloc'd).
+static char *guide_keys(void) {
+    unsigned char *doc;
+    size_t n;
+    Err e = {0};
+    assert_int_equal(file_read_all(SRC_DIR "/docs/USER_GUIDE.md", &doc, &n, &e), 0);
+    const char *begin = "<!-- BEGIN effdm finetune --keys -->\n", *end = "<!-- END effdm finetune --keys -->";
+    char *a = strstr((char *)doc, begin), *b = a ? strstr(a, end) : NULL;
+    assert_non_null(a);
+    assert_non_null(b);
+    a += strlen(begin);
+    char *out = strndup(a, (size_t)(b - a));
+    free(doc);
+    return out;
+}
+
+// The resolved YAML holds every documented key, and the user guide documents every key.
 static void test_every_key_written_and_documented(void **state) {
     RunConfig c;
     run_config_defaults(&c, RC_RECIPE_EFFDM);
@@ -441,16 +465,30 @@ static void test_every_key_written_and_documented(void **state) {
     cfg_free(root);
     free(text);
 
-    unsigned char *hdr;
-    size_t hn;
-    assert_int_equal(file_read_all(SRC_DIR "/run/run_config.h", &hdr, &hn, &e), 0);
+    char *ref = guide_keys();
     for (size_t i = 0; i < sizeof ALL_KEYS / sizeof ALL_KEYS[0]; i++) {
         char needle[96];
-        snprintf(needle, sizeof needle, "| %s ", ALL_KEYS[i]);
-        if (!strstr((char *)hdr, needle)) print_error("%s is not in the header's key table\n", ALL_KEYS[i]);
-        assert_non_null(strstr((char *)hdr, needle));
+        snprintf(needle, sizeof needle, "| `%s`", ALL_KEYS[i]);
+        if (!strstr(ref, needle)) print_error("%s is not in the user guide's key tables\n", ALL_KEYS[i]);
+        assert_non_null(strstr(ref, needle));
     }
-    free(hdr);
+    free(ref);
+}
+
+// docs/USER_GUIDE.md holds the key reference exactly as `effdm finetune --keys` prints it.
+static void test_guide_is_the_key_table(void **state) {
+    char *ref = guide_keys(), *gen = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&gen, &n);
+    assert_non_null(f);
+    run_config_keys_markdown(f);
+    fclose(f);
+    if (strcmp(ref, gen))
+        print_error("docs/USER_GUIDE.md's key tables differ from the key table: regenerate them with "
+                    "scripts/gen_key_reference.sh\n");
+    assert_string_equal(ref, gen);
+    free(ref);
+    free(gen);
 }
 
 static void test_compare_for_resume(void **state) {
@@ -474,7 +512,7 @@ static void test_compare_for_resume(void **state) {
         {"quant: {weight_bits: 8}\n", "quant.weight_bits", {"quant.weight_bits is 4 in the run and 8 now"}},
         {"quant: {lora_rank: 16}\n", "quant.lora_rank", {"is 32 in the run and 16 now"}},
         {"model: {ckpt: other.ckpt}\n", "model.ckpt",
-         {"model.ckpt is 'models/zoo/fmnist-ldm/model.ckpt' in the run and 'other.ckpt' now"}},
+         {"model.ckpt is '" ZOO "/model.ckpt' in the run and '/", "/other.ckpt' now"}},
         {"train: {recipe: reference}\n", "train.recipe", {"train.recipe is effdm in the run and reference now"}},
         {"quant: {overrides: [{pattern: x, keep_fp: true}]}\n", "quant.overrides",
          {"quant.overrides differ", "0 overrides in the run, 1 overrides now"}},
@@ -492,7 +530,7 @@ static void test_compare_for_resume(void **state) {
     }
 }
 
-// A non-default value for every key (as YAML), to check resuming against the header's '*' marks.
+// A non-default value for every key (as YAML), to check resuming against the guide's '*' marks.
 static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"model.ldm_config", "model: {ldm_config: x.yaml}"}, {"model.ckpt", "model: {ckpt: x.ckpt}"},
     {"model.ema", "model: {ema: off}"}, {"model.uncond_label", "model: {uncond_label: 3}"},
@@ -547,19 +585,17 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
 };
 
 // Every key changed alone: run_config_first_diff names it, and run_config_compare refuses to
-// resume exactly for the keys the header's table marks with '*'.
-static void test_resume_marks_match_header(void **state) {
+// resume exactly for the keys the user guide's tables mark with '*'.
+static void test_resume_marks_match_guide(void **state) {
     assert_int_equal(sizeof CHANGED / sizeof CHANGED[0], sizeof ALL_KEYS / sizeof ALL_KEYS[0]);
-    unsigned char *hdr;
-    size_t hn;
+    char *hdr = guide_keys();
     Err e = {0};
-    assert_int_equal(file_read_all(SRC_DIR "/run/run_config.h", &hdr, &hn, &e), 0);
     RunConfig base, now;
     load_ok("", &base);
     for (size_t i = 0; i < sizeof CHANGED / sizeof CHANGED[0]; i++) {
         char needle[96];
-        snprintf(needle, sizeof needle, "| %s ", CHANGED[i].key);
-        const char *row = strstr((char *)hdr, needle);
+        snprintf(needle, sizeof needle, "| `%s`", CHANGED[i].key);
+        const char *row = strstr(hdr, needle);
         assert_non_null(row);
         const char *flags = row + strlen(needle), *bar = strchr(flags, '|');
         int starred = memchr(flags, '*', (size_t)(bar - flags)) != NULL;
@@ -571,7 +607,7 @@ static void test_resume_marks_match_header(void **state) {
         memset(&e, 0, sizeof e);
         int rc = run_config_compare(&base, &now, &key, &e);
         if (rc != (starred ? ERR_VALUE : 0))
-            print_error("%s: header '*' %d, compare %d\n", CHANGED[i].key, starred, rc);
+            print_error("%s: guide '*' %d, compare %d\n", CHANGED[i].key, starred, rc);
         assert_int_equal(rc, starred ? ERR_VALUE : 0);
         if (starred) assert_string_equal(key, CHANGED[i].key);
     }
@@ -720,8 +756,11 @@ static void test_shipped_configs(void **state) {
         assert_int_equal(c.quant.weight_bits, cfgs[i].wb);
         assert_int_equal(c.quant.act_bits, cfgs[i].ab);
         assert_int_equal(c.train.recipe, cfgs[i].recipe);
-        assert_string_equal(c.model.ckpt, cfgs[i].ckpt);
-        assert_string_equal(c.run.out, cfgs[i].out);
+        // the model paths are taken from configs/, run.out (not set) from the working directory
+        char ckpt[512];
+        snprintf(ckpt, sizeof ckpt, "%s/%s", EFFDM_SOURCE_DIR, cfgs[i].ckpt);
+        assert_string_equal(c.model.ckpt, ckpt);
+        assert_string_equal(c.run.out, test_cwd_path(cfgs[i].out));
         assert_int_equal(c.quant.lora_rank, 32);
         assert_int_equal(c.quant.fp_layers, cfgs[i].recipe == RC_RECIPE_EFFDM ? RC_FP_F16 : RC_FP_F32);
         assert_int_equal(c.train.epochs, 160);
@@ -731,8 +770,7 @@ static void test_shipped_configs(void **state) {
     RunConfig ref, d;
     Err e = {0};
     assert_int_equal(run_config_load(SRC_DIR "/configs/fmnist-ldm-w4a4-reference.yaml", &ref, &e), 0);
-    run_config_defaults(&d, RC_RECIPE_REFERENCE);
-    set_str(d.run.out, sizeof d.run.out, "runs/fmnist-ldm-w4a4-reference");
+    defaults_as_loaded(&d, RC_RECIPE_REFERENCE, "runs/fmnist-ldm-w4a4-reference");
     assert_null(run_config_first_diff(&ref, &d));
 }
 
@@ -747,7 +785,8 @@ int main(void) {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_every_key_written_and_documented),
         cmocka_unit_test(test_compare_for_resume),
-        cmocka_unit_test(test_resume_marks_match_header),
+        cmocka_unit_test(test_resume_marks_match_guide),
+        cmocka_unit_test(test_guide_is_the_key_table),
         cmocka_unit_test(test_layer_quant),
         cmocka_unit_test(test_shipped_configs),
         cmocka_unit_test(test_quantizer_keys),

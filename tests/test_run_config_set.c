@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,7 +75,7 @@ static void test_set_applies(void **state) {
     assert_int_equal(load(base, NULL, 0, &plain, &e), 0);
     assert_int_equal(run_config_load_mem(base, strlen(base), "base.yaml", &file, &e), 0);
     assert_null(run_config_first_diff(&plain, &file));
-    assert_string_equal(plain.run.out, "runs/base");
+    assert_string_equal(plain.run.out, test_cwd_path("runs/base"));
 }
 
 static void test_set_is_a_line_of_the_file(void **state) {
@@ -99,7 +100,7 @@ static void test_set_is_a_line_of_the_file(void **state) {
     // a quoted value is a string, as in the file: run.out '4', but train.epochs "4" is refused
     const char *s5[] = {"run.out='4'"};
     assert_int_equal(load("", s5, 1, &c, &e), 0);
-    assert_string_equal(c.run.out, "4");
+    assert_string_equal(c.run.out, test_cwd_path("4"));
     const char *s6[] = {"train.epochs=\"4\""};
     assert_int_equal(load("", s6, 1, &c, &e), ERR_VALUE);
 }
@@ -302,12 +303,50 @@ static void test_cli(void **state) {
     assert_has(out, "--set KEY=VALUE");
 }
 
+// Paths written in a config file are taken from the file's folder, those of --set from the
+// working directory; both come out absolute, with "." and ".." resolved.
+static void test_paths_relative_to_the_file(void **state) {
+    char sub[300], path[400], want[700];
+    snprintf(sub, sizeof sub, "%s/sub", tmp);
+    assert_int_equal(mkdir(sub, 0777), 0);
+    snprintf(path, sizeof path, "%s/c.yaml", sub);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("model:\n  ldm_config: /abs/./y/../y.yaml\n  ckpt: ../m/x.ckpt\nrun:\n  out: ./out//r\n", f);
+    fclose(f);
+    RunConfig c;
+    Err e = {0};
+    assert_int_equal(run_config_load_set(path, NULL, 0, &c, &e), 0);
+    assert_string_equal(c.model.ldm_config, "/abs/y.yaml");
+    snprintf(want, sizeof want, "%s/m/x.ckpt", tmp);
+    assert_string_equal(c.model.ckpt, want);
+    snprintf(want, sizeof want, "%s/out/r", sub);
+    assert_string_equal(c.run.out, want);
+    // a --set of the same key: the working directory's
+    const char *sets[] = {"model.ckpt=k.ckpt", "run.out=../up"};
+    assert_int_equal(run_config_load_set(path, sets, 2, &c, &e), 0);
+    assert_string_equal(c.model.ckpt, test_cwd_path("k.ckpt"));
+    char cwd[4096];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    *strrchr(cwd, '/') = '\0';
+    snprintf(want, sizeof want, "%s/up", cwd);
+    assert_string_equal(c.run.out, want);
+    assert_string_equal(c.model.ldm_config, "/abs/y.yaml");  // the file's, untouched by --set
+    // ".." above the root stays at the root
+    const char *root[] = {"model.ckpt=/../../a.ckpt"};
+    assert_int_equal(run_config_load_set(path, root, 1, &c, &e), 0);
+    assert_string_equal(c.model.ckpt, "/a.ckpt");
+    remove(path);
+    rmdir(sub);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_set_applies),
         cmocka_unit_test(test_set_is_a_line_of_the_file),
         cmocka_unit_test(test_set_errors),
         cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_paths_relative_to_the_file),
     };
     return cmocka_run_group_tests_name("run_config_set", tests, setup, teardown);
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "io/npy.h"
 #include "util/threads.h"
@@ -229,4 +230,12 @@ void test_unet_config_cin(UNetConfig *c) {
     c->use_spatial_transformer = 1;
     c->transformer_depth = 1;
     c->context_dim = 32;
+}
+
+const char *test_cwd_path(const char *rel) {
+    static char buf[8192];
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) cwd[0] = '\0';
+    snprintf(buf, sizeof buf, "%s/%s", cwd, rel);
+    return buf;
 }

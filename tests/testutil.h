@@ -37,6 +37,8 @@ int test_tmpdir_remove(const char *dir);
 
 // Path of a file in tests/data (static buffer, valid until the next call).
 const char *test_data_path(const char *name);
+// "<working directory>/rel" (rel: a plain relative path, no "." or ".."), in a static buffer.
+const char *test_cwd_path(const char *rel);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
 Tensor *test_load_npy(Ctx *c, const char *name);
 // A persistent test tensor with its own malloc'ed data (and grad when requires_grad),

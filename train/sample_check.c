@@ -60,7 +60,7 @@ static int sample_latents(Trainer *tr, int student, float *z, volatile sig_atomi
         }
     }
     CheckState st = {tr, z, stop};
-    GenerateOpts o = {.sampler = {.kind = s->sampler == RC_SAMPLER_PLMS ? SAMPLER_PLMS : SAMPLER_DDIM,
+    GenerateOpts o = {.sampler = {.kind = s->sampler,
                                   .steps = s->steps,
                                   .eta = (float)s->eta,
                                   .scale = (float)s->scale,

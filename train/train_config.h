@@ -17,6 +17,8 @@
 
 #include <stdint.h>
 
+#include "sample/sampler.h"  // SamplerKind: sample.sampler names a row of the sampler table
+
 typedef enum { RC_RECIPE_REFERENCE, RC_RECIPE_EFFDM, RC_RECIPE_COUNT } RcRecipe;
 typedef enum { RC_BRANCHES_GUIDED, RC_BRANCHES_BOTH, RC_BRANCHES_ALL } RcLossBranches;
 typedef enum { RC_REDUCE_SUM, RC_REDUCE_MEAN } RcReduction;
@@ -24,7 +26,6 @@ typedef enum { RC_STEPW_NONE, RC_STEPW_EQUALIZE, RC_STEPW_DDIM } RcStepWeighting
 typedef enum { RC_SELECT_LAST, RC_SELECT_BEST_VAL, RC_SELECT_BEST_SAMPLED } RcSelect;
 typedef enum { RC_SCHED_LINEAR, RC_SCHED_COSINE, RC_SCHED_CONSTANT } RcSchedule;
 typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;
-typedef enum { RC_SAMPLER_DDIM, RC_SAMPLER_PLMS } RcSampler;
 typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
 typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
 
@@ -55,7 +56,7 @@ typedef struct {
 } RcTrain;
 
 typedef struct {
-    RcSampler sampler;
+    SamplerKind sampler;  // the sampler table's kinds (sample/sampler.h)
     int steps;
     double eta, scale;
     int grid_rows, grid_cols;

@@ -55,7 +55,7 @@ int trainer_sample_grid(Trainer *tr, int epoch, volatile sig_atomic_t *stop, cha
         y[i] = v >= tr->uncond_label ? v + 1 : v;
     }
     GridState g = {.tr = tr, .n = n, .stop = stop};
-    GenerateOpts o = {.sampler = {.kind = s->sampler == RC_SAMPLER_PLMS ? SAMPLER_PLMS : SAMPLER_DDIM,
+    GenerateOpts o = {.sampler = {.kind = s->sampler,
                                   .steps = s->steps,
                                   .eta = (float)s->eta,
                                   .scale = (float)s->scale,
