@@ -19,6 +19,8 @@ compvis-fp16) in PyTorch, with CompVis's own LatentDiffusion and DDIMSampler.
       - with --export, `effdm sample --model E.safetensors`: the effdm-format export of the same
         run (integer kernels, activation fake-quant, the fitted guidance / eps gains), which is
         what the CompVis file cannot express;
+      - with --teacher T.ckpt, `effdm sample --ckpt T.ckpt`: the FP teacher, for scale (and the
+        export against it too);
    the pixel RMSE over all images (in 0..255 levels and on a [0, 1] scale).
 One JSON line with every number on stdout, the readable report on stderr.
 
@@ -106,6 +108,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--compvis', required=True, help='effdm export --format compvis-* output')
     ap.add_argument('--export', help='the effdm-format export of the same run (sampling comparison)')
+    ap.add_argument('--teacher', help='the FP teacher checkpoint (sampling comparison, for scale)')
     ap.add_argument('--effdm', default=os.path.join(HERE, '..', 'build', 'effdm'))
     ap.add_argument('--ldm', default=os.environ.get('LDM', '/tmp/ldm'))
     ap.add_argument('--n', type=int, default=100)
@@ -188,6 +191,17 @@ def main():
         out['export'] = a.export
         print('  pixel RMSE PyTorch vs effdm sample --model %s (the effdm-format export) %.3f levels (%.4f on [0, 1])'
               % (a.export, rmse, rmse / 255), file=sys.stderr)
+    if a.teacher:
+        d_t = os.path.join(work, 'effdm_teacher')
+        effdm(['sample', '--ldm-config', cfg_path, '--ckpt', a.teacher, '--out', d_t] + common, a)
+        ti = read_pngs(d_t, n, uncond)
+        out['rmse_teacher_vs_pytorch'] = float(np.sqrt(np.mean((ti - pt) ** 2)))
+        print('  pixel RMSE effdm sample --ckpt %s (the FP teacher) vs PyTorch %.3f levels (%.4f on [0, 1])'
+              % (a.teacher, out['rmse_teacher_vs_pytorch'], out['rmse_teacher_vs_pytorch'] / 255), file=sys.stderr)
+        if a.export:
+            out['rmse_teacher_vs_export'] = float(np.sqrt(np.mean((ti - read_pngs(d_exp, n, uncond)) ** 2)))
+            print('  pixel RMSE the FP teacher vs the effdm-format export %.3f levels (%.4f on [0, 1])'
+                  % (out['rmse_teacher_vs_export'], out['rmse_teacher_vs_export'] / 255), file=sys.stderr)
     print(json.dumps(out))
 
 

@@ -6,7 +6,8 @@
    tensor is the teacher's, bit for bit. A teacher with EMA buffers (and an integer
    num_updates): model_ema.* hold the student too. And the CLI: a calibrated run exported with
    --format compvis-fp16 (the note on what the file cannot hold, effdm info, effdm forward
-   reading the file), refused --format / --out / --fp16-layers with exit 2 and no file. */
+   reading the file, effdm sample --model refusing it by name), refused --format / --out /
+   --fp16-layers with exit 2 and no file. */
 #include "testutil.h"
 
 #include <math.h>
@@ -477,6 +478,12 @@ static void test_cli(void **state) {
     assert_int_equal(run(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s info %s | grep -q '^  not in file: a CompVis state dict holds no activation'", EFFDM_BIN,
              out);
+    assert_int_equal(run(cmd), 0);
+    // not an effdm export: sample --model says what it is
+    snprintf(cmd, sizeof cmd, "%s sample --model %s --n 1 --out %s/s 2>%s", EFFDM_BIN, out, dir, log);
+    assert_int_equal(run(cmd), 2);
+    snprintf(cmd, sizeof cmd, "grep -q 'a CompVis state dict (effdm export --format compvis-fp16), not an effdm "
+             "export: sample it as a checkpoint' %s", log);
     assert_int_equal(run(cmd), 0);
     // effdm reads the file as a CompVis checkpoint (the UNet of the dequantized student)
     char x[320], t[320], y[320], eps[320];
