@@ -107,7 +107,8 @@ def read_pngs(d, n, n_cls):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--compvis', required=True, help='effdm export --format compvis-* output')
-    ap.add_argument('--export', help='the effdm-format export of the same run (sampling comparison)')
+    ap.add_argument('--export', action='append', default=[],
+                    help='an effdm-format export of the same run (sampling comparison; repeatable)')
     ap.add_argument('--teacher', help='the FP teacher checkpoint (sampling comparison, for scale)')
     ap.add_argument('--effdm', default=os.path.join(HERE, '..', 'build', 'effdm'))
     ap.add_argument('--ldm', default=os.environ.get('LDM', '/tmp/ldm'))
@@ -183,14 +184,15 @@ def main():
     out['rmse_vs_effdm_same_weights'] = rmse
     print('DDIM %d steps, eta 0, guidance %g, %d images (seed %d): pixel RMSE PyTorch vs effdm sample --ckpt '
           '(same weights) %.4f levels (%.2e on [0, 1])' % (a.steps, a.scale, n, a.seed, rmse, rmse / 255), file=sys.stderr)
-    if a.export:
-        d_exp = os.path.join(work, 'effdm_export')
-        effdm(['sample', '--model', a.export, '--out', d_exp] + common, a)
-        rmse = float(np.sqrt(np.mean((read_pngs(d_exp, n, uncond) - pt) ** 2)))
-        out['rmse_vs_effdm_export'] = rmse
-        out['export'] = a.export
-        print('  pixel RMSE PyTorch vs effdm sample --model %s (the effdm-format export) %.3f levels (%.4f on [0, 1])'
-              % (a.export, rmse, rmse / 255), file=sys.stderr)
+    exp_imgs = []
+    for k, ex in enumerate(a.export):
+        d_exp = os.path.join(work, 'effdm_export%d' % k)
+        effdm(['sample', '--model', ex, '--out', d_exp] + common, a)
+        exp_imgs.append(read_pngs(d_exp, n, uncond))
+        rmse = float(np.sqrt(np.mean((exp_imgs[-1] - pt) ** 2)))
+        out.setdefault('rmse_vs_effdm_export', {})[ex] = rmse
+        print('  pixel RMSE PyTorch vs effdm sample --model %s (an effdm-format export) %.3f levels (%.4f on [0, 1])'
+              % (ex, rmse, rmse / 255), file=sys.stderr)
     if a.teacher:
         d_t = os.path.join(work, 'effdm_teacher')
         effdm(['sample', '--ldm-config', cfg_path, '--ckpt', a.teacher, '--out', d_t] + common, a)
@@ -198,10 +200,10 @@ def main():
         out['rmse_teacher_vs_pytorch'] = float(np.sqrt(np.mean((ti - pt) ** 2)))
         print('  pixel RMSE effdm sample --ckpt %s (the FP teacher) vs PyTorch %.3f levels (%.4f on [0, 1])'
               % (a.teacher, out['rmse_teacher_vs_pytorch'], out['rmse_teacher_vs_pytorch'] / 255), file=sys.stderr)
-        if a.export:
-            out['rmse_teacher_vs_export'] = float(np.sqrt(np.mean((ti - read_pngs(d_exp, n, uncond)) ** 2)))
-            print('  pixel RMSE the FP teacher vs the effdm-format export %.3f levels (%.4f on [0, 1])'
-                  % (out['rmse_teacher_vs_export'], out['rmse_teacher_vs_export'] / 255), file=sys.stderr)
+        for ex, im in zip(a.export, exp_imgs):
+            r = float(np.sqrt(np.mean((ti - im) ** 2)))
+            out.setdefault('rmse_teacher_vs_export', {})[ex] = r
+            print('  pixel RMSE the FP teacher vs %s %.3f levels (%.4f on [0, 1])' % (ex, r, r / 255), file=sys.stderr)
     print(json.dumps(out))
 
 
