@@ -90,10 +90,11 @@ static int student_index(const StudentParam *sp, int n, const char *name, int *e
     return -1;
 }
 
-// 1 when a floating tensor of this name is a network weight (F16 in compvis-fp16); the
-// LatentDiffusion's own buffers (schedule, scale_factor, model_ema.decay) are not.
-static int network_tensor(const char *name, int student_ema) {
-    return student_ema || !strncmp(name, UNET_PREFIX, strlen(UNET_PREFIX)) ||
+// 1 when a floating teacher tensor of this name is a network weight (F16 in compvis-fp16); the
+// LatentDiffusion's own buffers (schedule, scale_factor, model_ema.decay) are not. (The
+// student's values, model_ema.* copies included, always take the format's dtype.)
+static int network_tensor(const char *name) {
+    return !strncmp(name, UNET_PREFIX, strlen(UNET_PREFIX)) ||
            !strncmp(name, "first_stage_model.", 18) || !strncmp(name, "cond_stage_model.", 17);
 }
 
@@ -160,7 +161,7 @@ static int teacher_tensor(WeightFile *teacher, const WeightInfo *wi, int f16, Bu
     *dt = wi->dtype;
     *data = raw;
     if (!dtype_is_float(wi->dtype)) return 0;
-    *dt = f16 && network_tensor(wi->name, 0) ? DT_F16 : DT_F32;
+    *dt = f16 && network_tensor(wi->name) ? DT_F16 : DT_F32;
     if (wi->dtype == *dt) return 0;
     float *f = bufs_alloc(bufs, wi->numel * sizeof(float));
     if (!f) return err_set(e, ERR_NOMEM, "compvis export: out of memory for '%s'", wi->name);
