@@ -11,7 +11,8 @@
 #include "run/run_export.h"
 
 static const char *const usage[] = {
-    "usage: effdm export --run RUN_DIR --out M.safetensors [--epoch last|best] [--fp16-layers] [--threads N]",
+    "usage: effdm export --run RUN_DIR --out M.safetensors [--format effdm|compvis-fp32|compvis-fp16]",
+    "                    [--epoch last|best] [--fp16-layers] [--threads N]",
     "",
     "Merges the LoRA branches into the weights, packs the integer levels (2 per byte at",
     "4 bits, 8 in 3 bytes at 3 bits, 4 per byte at 2 bits, special layers 1 per byte), and",
@@ -21,8 +22,21 @@ static const char *const usage[] = {
     "needs nothing else.",
     "A calibrated run directory (effdm calibrate) exports the naive PTQ model.",
     "",
+    "With --format compvis-fp32 or compvis-fp16 it writes instead, for PyTorch, the student",
+    "DEQUANTIZED into the teacher's CompVis state dict: the same tensor names and shapes",
+    "(model.diffusion_model.*, first_stage_model.*, cond_stage_model.*, betas, alphas_cumprod,",
+    "...), each quantized layer's weight replaced by the weight the fake-quantized student",
+    "computes with; scale_factor only with the YAML's scale_by_std, model_ema.* (the student",
+    "again) only with its use_ema, so that",
+    "LatentDiffusion(**config.model.params).load_state_dict(sd, strict=True) loads it. Such a",
+    "file holds no activation quantization and no guidance/eps gain (a note says so). Only",
+    ".safetensors names: effdm writes no torch .ckpt.",
+    "",
     "  --run RUN_DIR   the run directory (config.yaml, state.safetensors)",
     "  --out FILE      the export to write (atomically)",
+    "  --format F      effdm (default): the packed integer export effdm samples; compvis-fp32:",
+    "                  the dequantized CompVis state dict in float32; compvis-fp16: the same with",
+    "                  the networks' weights in float16 (schedule buffers stay float32)",
     "  --epoch WHICH   last: state.safetensors; best: best.safetensors, the epoch the run's",
     "                  validation chose (the starting model, naive PTQ, when no epoch beat it).",
     "                  Default: the run's train.select_epoch (best_val, best_sampled -> best;",
@@ -47,9 +61,25 @@ static void on_fit_progress(long done, long total, void *user) {
     else progress_update(bar, done, NULL);
 }
 
+// --format compvis-*: write, then say what the file is and what it cannot hold.
+static int export_compvis(const char *run, const ExportOpts *eo, const char *out, const char *format) {
+    Err e = {0};
+    CompvisSummary s;
+    if (run_export_compvis(run, eo, out, &s, &e)) return cli_fail("export", &e);
+    fprintf(stderr, "effdm export: note: %s\n", s.note);
+    if (s.keys_note[0]) fprintf(stderr, "effdm export: note: keys as the YAML's LatentDiffusion has them: %s\n", s.keys_note);
+    printf("exported %s (%s) to %s as a %s CompVis state dict (%d tensors)\n", run, eo->epoch, out, format,
+           s.n_tensors);
+    printf("  dequantized: %d quantized layers as the weights the student computes with", s.n_quantized);
+    if (s.n_fp_rounded) printf("; %d FP layers as the float16-rounded weights it ran", s.n_fp_rounded);
+    if (s.n_ema) printf("; %d model_ema.* buffers hold the same student weights", s.n_ema);
+    printf("\n  whole file: %zu bytes of tensors (%.2f MiB)\n", s.total_bytes, (double)s.total_bytes / 1048576.0);
+    return 0;
+}
+
 int cmd_export(int argc, char **argv) {
     Err e = {0};
-    const char *run = NULL, *out = NULL, *epoch = NULL;
+    const char *run = NULL, *out = NULL, *epoch = NULL, *format = "effdm";
     int threads = -1, help = 0, fp16 = 0;
     CliOpt opts[] = {
         {"--fp16-layers", OPT_FLAG, &fp16, 0},
@@ -57,8 +87,9 @@ int cmd_export(int argc, char **argv) {
         {"--out", OPT_STR, &out, 0},
         {"--epoch", OPT_STR, &epoch, 0},
         {"--threads", OPT_INT, &threads, 0},
+        {"--format", OPT_STR, &format, 0},
     };
-    if (cli_parse(argc, argv, opts, 5, NULL, NULL, 0, &help, &e)) return cli_fail("export", &e);
+    if (cli_parse(argc, argv, opts, 6, NULL, NULL, 0, &help, &e)) return cli_fail("export", &e);
     if (help) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
@@ -67,6 +98,8 @@ int cmd_export(int argc, char **argv) {
         err_set(&e, ERR_ARG, "%s is required (see --help)", !run ? "--run RUN_DIR" : "--out M.safetensors");
         return cli_fail("export", &e);
     }
+    ExportFormat fmt;
+    if (run_export_format(format, &fmt, &e)) return cli_fail("export", &e);
     char cfg_path[4096];
     if (!epoch) {  // the run's own choice: train.select_epoch of its resolved config
         RunConfig rc;
@@ -102,7 +135,8 @@ int cmd_export(int argc, char **argv) {
     }
     ExportSummary s;
     Progress bar;
-    ExportOpts eo = {epoch, fp16, on_fit_progress, &bar};
+    ExportOpts eo = {epoch, fp16, on_fit_progress, &bar, fmt};
+    if (fmt != EXPORT_EFFDM) return export_compvis(run, &eo, out, format);
     if (run_export(run, &eo, out, &s, &e)) return cli_fail("export", &e);
     printf("exported %s (%s) to %s%s\n", run, epoch, out,
            !s.fp16_layers ? "" : (s.exact ? " (FP layers as float16, as the student ran them)"

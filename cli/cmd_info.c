@@ -18,7 +18,9 @@ static const char *const usage[] = {
     "the tensor count, parameters per prefix (model.diffusion_model., first_stage_model.,",
     "cond_stage_model., model_ema., other), a dtype histogram and the safetensors metadata",
     "(for an effdm export: where it came from, bit widths, TALSQ timesteps, one line per",
-    "quantized layer, the UNet size against FP32 and the embedded CompVis YAML).",
+    "quantized layer, the UNet size against FP32 and the embedded CompVis YAML; for a CompVis",
+    "state dict written by effdm export --format compvis-*: its run, the student's bits and",
+    "what such a file cannot hold).",
     "",
     "  --tensors   also list every tensor: name, dtype, shape (file order)",
     "",
@@ -86,6 +88,48 @@ static void print_run_file(WeightFile *f, const char *kind, const char *path) {
     }
 }
 
+// The CompVis YAML of effdm.ldm_config, indented, control characters as '?'.
+static void print_yaml(const char *yaml) {
+    printf("  CompVis config (effdm.ldm_config):\n    ");
+    for (const char *p = yaml; *p; p++) {
+        if (*p == '\n') {
+            if (p[1]) printf("\n    ");
+        } else {
+            putchar((unsigned char)*p < 0x20 ? '?' : *p);
+        }
+    }
+    printf("\n");
+}
+
+// A dequantized CompVis state dict written by effdm export --format compvis-*.
+static void print_compvis(WeightFile *f, const char *kind) {
+    printf("effdm %s: a fine-tuned student dequantized into its teacher's CompVis state dict (effdm export "
+           "--format %s; PyTorch: LatentDiffusion(**config.model.params).load_state_dict(sd, strict=True))\n", kind,
+           kind);
+    printf("  source:      %s (config %s)\n", meta_or(f, "effdm.source", "?"), meta_or(f, "effdm.source_config", "?"));
+    printf("  run:         %s, epoch %s%s\n", meta_or(f, "effdm.run", "?"), meta_or(f, "effdm.epoch", "?"),
+           !strcmp(meta_or(f, "effdm.ema", "0"), "1") ? ", built on the teacher's EMA weights" : "");
+    const char *qj = weights_metadata(f, "effdm.quant");
+    cJSON *q = qj ? cJSON_Parse(qj) : NULL;
+    const cJSON *layers = q ? cJSON_GetObjectItemCaseSensitive(q, "layers") : NULL;
+    if (cJSON_IsArray(layers))
+        printf("  student:     W%dA%d (special layers %d-bit), LoRA rank %d: %d quantized layers written as the weights "
+               "the student computes with\n", json_int_or(q, "w_bits", 0), json_int_or(q, "a_bits", 0),
+               json_int_or(q, "special_bits", 0), json_int_or(q, "rank", 0), cJSON_GetArraySize(layers));
+    cJSON_Delete(q);
+    printf("  not in file: ");
+    print_clean(meta_or(f, "effdm.not_in_file", "?"), 400);
+    printf("\n");
+    const char *keys = weights_metadata(f, "effdm.keys_vs_teacher");
+    if (keys) {
+        printf("  keys:        ");
+        print_clean(keys, 400);
+        printf("\n");
+    }
+    const char *yaml = weights_metadata(f, "effdm.ldm_config");
+    if (yaml) print_yaml(yaml);
+}
+
 // The effdm.* entries of an export, readable: provenance, bits, one line per quantized layer,
 // sizes, the embedded YAML. A malformed effdm.quant is shown raw (effdm sample rejects it).
 static void print_export(WeightFile *f) {
@@ -128,17 +172,7 @@ static void print_export(WeightFile *f) {
     }
     cJSON_Delete(q);
     const char *yaml = weights_metadata(f, "effdm.ldm_config");
-    if (yaml) {
-        printf("  CompVis config (effdm.ldm_config):\n    ");
-        for (const char *p = yaml; *p; p++) {
-            if (*p == '\n') {
-                if (p[1]) printf("\n    ");
-            } else {
-                putchar((unsigned char)*p < 0x20 ? '?' : *p);
-            }
-        }
-        printf("\n");
-    }
+    if (yaml) print_yaml(yaml);
 }
 
 int cmd_info(int argc, char **argv) {
@@ -216,17 +250,19 @@ int cmd_info(int argc, char **argv) {
     // calibrated, calib) name their kind and are listed as they are
     const char *kind = weights_metadata(f, "effdm.kind");
     int nm = weights_metadata_count(f), is_export = weights_metadata(f, "effdm.format") != NULL && !kind;
-    int shown = 0;  // an export's effdm.* entries are summarized by print_export
+    int is_compvis = kind && !strncmp(kind, "compvis-", 8);
+    int summarized = is_export || is_compvis;  // their effdm.* entries: print_export, print_compvis
+    int shown = 0;
     for (int i = 0; i < nm; i++) {
         const char *v;
-        shown += !(is_export && !strncmp(weights_metadata_key(f, i, &v), "effdm.", 6));
+        shown += !(summarized && !strncmp(weights_metadata_key(f, i, &v), "effdm.", 6));
     }
     if (is_st && shown) {
         printf("metadata (%d):\n", shown);
         for (int i = 0; i < nm; i++) {
             const char *v;
             const char *k = weights_metadata_key(f, i, &v);
-            if (is_export && !strncmp(k, "effdm.", 6)) continue;  // summarized below
+            if (summarized && !strncmp(k, "effdm.", 6)) continue;  // summarized below
             printf("  ");
             print_clean(k, 60);
             printf(" = ");
@@ -235,7 +271,8 @@ int cmd_info(int argc, char **argv) {
         }
     }
     if (is_export) print_export(f);
-    if (kind) print_run_file(f, kind, pos[0]);
+    if (is_compvis) print_compvis(f, kind);
+    else if (kind) print_run_file(f, kind, pos[0]);
     if (tensors) {
         printf("tensors (name, dtype, shape):\n");
         for (int i = 0; i < weights_count(f); i++) {

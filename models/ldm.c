@@ -79,8 +79,7 @@ static int check_config(const LdmConfig *c, int parts, Err *e) {
     return 0;
 }
 
-// "model_ema." + ("diffusion_model." + rest) without dots (ldm/modules/ema.py LitEma).
-static void ema_name(char *dst, size_t cap, const char *rest) {
+void ldm_ema_name(char *dst, size_t cap, const char *rest) {
     char src[512];
     snprintf(src, sizeof src, "diffusion_model.%s", rest);
     size_t k = (size_t)snprintf(dst, cap, "model_ema.");
@@ -96,7 +95,7 @@ static int load_ema(Ldm *m, WeightFile *f, LdmEmaMode mode, Err *e) {
     for (int i = 0; i < total; i++) {
         const char *pname;
         unet_param_at(m->unet, i, &pname);
-        ema_name(name, sizeof name, pname);
+        ldm_ema_name(name, sizeof name, pname);
         if (weights_find(f, name)) found++;
         else if (!first_missing[0]) {
             snprintf(first_missing, sizeof first_missing, "%s", name);
@@ -123,7 +122,7 @@ static int load_ema(Ldm *m, WeightFile *f, LdmEmaMode mode, Err *e) {
         // the buffer has the parameter's checkpoint shape: Conv1d weights are (Cout, Cin, 1) in
         // files and (Cout, Cin, 1, 1) in the Tensor (same data)
         int ndim = unet_param_file_ndim(m->unet, i);
-        ema_name(name, sizeof name, pname);
+        ldm_ema_name(name, sizeof name, pname);
         if (weights_read_f32(f, name, p->data, ndim, p->shape, e)) return e->code;
     }
     m->using_ema = 1;

@@ -98,6 +98,10 @@ int ldm_n_classes(const Ldm *m);
 // The label used for the unconditional branch of classifier-free guidance: n_classes - 1
 // (1000 for cin256 with its 1001 rows).
 int ldm_uncond_label(const Ldm *m);
+// The LitEma buffer name of the UNet parameter `param` (its name inside the UNet, e.g.
+// "input_blocks.0.0.weight"): "model_ema." + ("diffusion_model." + param) without dots
+// (ldm/modules/ema.py LitEma), "model_ema.diffusion_modelinput_blocks00weight", into dst.
+void ldm_ema_name(char *dst, size_t cap, const char *param);
 // Latent shape sampled by the model: (channels, image_size, image_size).
 void ldm_latent_shape(const Ldm *m, int *C, int *H, int *W);
 

@@ -125,7 +125,7 @@ static int add_side(StWriter *w, Keep *keep, const QLayer *ql, const float *val,
     return add(w, name, DT_F16, 2, shape, h, unet, total, e);
 }
 
-static char *quant_json(const QModel *q) {
+char *export_quant_json(const QModel *q) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     const QModelConfig *c = &q->cfg;
@@ -300,7 +300,7 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
     char num[64];
     if (!rc) rc = st_writer_meta(&w, "effdm.format", EXPORT_FORMAT, e);
     if (!rc) rc = st_writer_meta(&w, "effdm.ldm_config", info->yaml, e);
-    if (!rc && !(json = quant_json(q))) rc = err_set(e, ERR_NOMEM, "export: out of memory for the metadata");
+    if (!rc && !(json = export_quant_json(q))) rc = err_set(e, ERR_NOMEM, "export: out of memory for the metadata");
     if (!rc) rc = st_writer_meta(&w, "effdm.quant", json, e);
     if (!rc && info->source) rc = st_writer_meta(&w, "effdm.source", info->source, e);
     if (!rc && info->source_config) rc = st_writer_meta(&w, "effdm.source_config", info->source_config, e);

@@ -152,6 +152,9 @@ typedef struct {
 int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo *info, const char *path,
                  ExportSummary *s, Err *e);
 
+// The effdm.quant metadata of student q (JSON, see top); free with cJSON_free. NULL when out of memory.
+char *export_quant_json(const QModel *q);
+
 /* ---- loading ---------------------------------------------------------------------------- */
 typedef struct ExportLayer ExportLayer;
 

@@ -377,6 +377,12 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     }
     if ((rc = weights_open(&f, path, e))) goto fail;
     const char *fmt = weights_metadata(f, "effdm.format");
+    const char *kind = weights_metadata(f, "effdm.kind");
+    if (!fmt && kind && !strncmp(kind, "compvis-", 8)) {  // export_compvis.h: an FP checkpoint
+        rc = err_set(e, ERR_FORMAT, "%s: a CompVis state dict (effdm export --format %s), not an effdm export: "
+                     "sample it as a checkpoint, --ldm-config C.yaml --ckpt %s", path, kind, path);
+        goto fail;
+    }
     if (!fmt) {
         rc = err_set(e, ERR_FORMAT, "%s: not an effdm export (no metadata 'effdm.format')", path);
         goto fail;

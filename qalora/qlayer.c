@@ -355,6 +355,17 @@ int qlayer_merge_side(const QLayer *q, uint8_t *levels, float *side_val, Err *e)
     return 0;
 }
 
+void qlayer_effective_weight(const QLayer *q, float *w) {
+    size_t n = q->layer->weight.n;
+    if (q->special) {
+        memcpy(w, q->w_fq.data, n * sizeof(float));
+        return;
+    }
+    // qlayer_weight's two ops: weight_prequant_op's qweight_compute, then t_fake_quant's kernel
+    qweight_compute(q, w);
+    quantizer_fake(&q->wq, w, w, n, 0);
+}
+
 void qlayer_export_act(const QLayer *q, float *delta, float *zero) {
     for (int i = 0; i < q->aq.n; i++) {
         delta[i] = q->aq.delta.data[i];

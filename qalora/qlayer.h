@@ -164,6 +164,11 @@ int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e);
 // The same, and the side values of W_in (wq.n_side per channel, channel-major; NULL: not
 // needed): what the export stores for a kind with a side table. 0 or ERR_NOMEM.
 int qlayer_merge_side(const QLayer *q, uint8_t *levels, float *side_val, Err *e);
+// W_eff exactly as the student's forward computes it (qlayer_weight, without a tape): for a
+// trainable layer q_w(decode(W_int) + B·A) through the same kernels, for a special layer its
+// fake-quantized weight; into w (the weight's element count, C order). What a dequantized
+// (CompVis) export writes.
+void qlayer_effective_weight(const QLayer *q, float *w);
 // The activation table for export: delta[i] = Δ_a[i], zero[i] = round(z_a[i]) (half to
 // even) for the aq.n entries; the exported model's fake-quant reference uses these.
 void qlayer_export_act(const QLayer *q, float *delta, float *zero);

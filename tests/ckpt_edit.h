@@ -91,7 +91,7 @@ static int ckpt_edit_copy_ema(const char *src, const char *dst, CkptEditFn fn, v
     return rc;
 }
 
-static int ckpt_edit_copy(const char *src, const char *dst, CkptEditFn fn, void *user, Err *e) {
+static inline int ckpt_edit_copy(const char *src, const char *dst, CkptEditFn fn, void *user, Err *e) {
     return ckpt_edit_copy_ema(src, dst, fn, user, 0.0f, e);
 }
 

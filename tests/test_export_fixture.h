@@ -72,7 +72,7 @@ static void inputs(Ldm *m, int n, int t, uint64_t seed, float *x, float *ts, int
     }
 }
 
-static float *forward(Ctx *c, Ldm *m, const float *x, const float *t, const int *y, int n) {
+static inline float *forward(Ctx *c, Ldm *m, const float *x, const float *t, const int *y, int n) {
     int C, H, W;
     ldm_latent_shape(m, &C, &H, &W);
     ctx_reset(c);
@@ -120,7 +120,7 @@ static void student_make(QModel *q, Ctx *c, Teacher *T, const RunConfig *rc, int
 
 // Rounds the student's activation zero points (the export's activation reference uses the
 // rounded z_a, docs/METHOD.md TALSQ) and exports it to a new temporary file: its path.
-static char *student_export(QModel *q, Teacher *T, ExportSummary *s) {
+static inline char *student_export(QModel *q, Teacher *T, ExportSummary *s) {
     for (int k = 0; k < q->n_q; k++) quantizer_round_zero(&q->q[k].aq);
     char *path = tmp_path(".safetensors");
     Err e = {0};
