@@ -38,8 +38,10 @@ static const char *const usage[] = {
     "away from W_fp) and the rounding to 2^bits levels; a naive PTQ export has rounding only.",
     "  --plot FILE.png   also draw rel.err per layer as a bar chart (needs the teacher)",
     "",
-    "Tensor data is not read (except to check an effdm run file's checksum). Exit status: 0,",
-    "or 2 when FILE is missing or not a valid tensor file (the message says why).",
+    "Without --layers tensor data is not read (except to check an effdm run file's checksum).",
+    "Exit status: 0, or 2 when FILE is missing or not a valid tensor file (with --layers: not a",
+    "valid export; a teacher that lacks one of its layers or has another shape), or an option",
+    "is missing its partner (the message says why).",
     NULL,
 };
 
