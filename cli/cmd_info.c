@@ -9,9 +9,14 @@
 #include "io/dtype.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "models/ldm.h"
+#include "plot/plot.h"
+#include "plot/plot_layers.h"
+#include "qalora/export.h"
 
 static const char *const usage[] = {
     "usage: effdm info FILE [--tensors]",
+    "       effdm info EXPORT --layers [--ckpt TEACHER_CKPT --ldm-config YAML] [--plot FILE.png]",
     "",
     "Prints what a tensor file holds: its format (PyTorch .ckpt/.pth zip or .safetensors,",
     "picked by content, not by extension), the top-level keys of a .ckpt with their types,",
@@ -24,8 +29,21 @@ static const char *const usage[] = {
     "",
     "  --tensors   also list every tensor: name, dtype, shape (file order)",
     "",
-    "Tensor data is not read (except to check an effdm run file's checksum). Exit status: 0,",
-    "or 2 when FILE is missing or not a valid tensor file (the message says why).",
+    "--layers loads an effdm export (effdm export) and prints one row per quantized layer",
+    "instead: name, role (trainable / special), weight quantizer kind, weight and activation",
+    "bits, weight shape, and the range of the activation step size over the TALSQ timesteps",
+    "(min..max of the layer's table; one entry for special layers). With the FP teacher",
+    "(--ckpt and --ldm-config: the checkpoint and YAML the run started from; EMA weights when",
+    "the export says it used them) also rel.err = ||W_q - W_fp|| / ||W_fp||, the relative L2",
+    "error of the deployed (dequantized) weight against the teacher's, in double. It mixes",
+    "two things: the LoRA update that fine-tuning merged into the weight (intended drift",
+    "away from W_fp) and the rounding to 2^bits levels; a naive PTQ export has rounding only.",
+    "  --plot FILE.png   also draw rel.err per layer as a bar chart (needs the teacher)",
+    "",
+    "Without --layers tensor data is not read (except to check an effdm run file's checksum).",
+    "Exit status: 0, or 2 when FILE is missing or not a valid tensor file (with --layers: not a",
+    "valid export; a teacher that lacks one of its layers or has another shape), or an option",
+    "is missing its partner (the message says why).",
     NULL,
 };
 
@@ -175,18 +193,113 @@ static void print_export(WeightFile *f) {
     if (yaml) print_yaml(yaml);
 }
 
+// "64x32x3x3"
+static const char *shape_text(const ExportLayerRow *r, char *buf, size_t cap) {
+    buf[0] = '\0';
+    for (int d = 0; d < r->ndim; d++) snprintf(buf + strlen(buf), cap - strlen(buf), d ? "x%d" : "%d", r->shape[d]);
+    return buf;
+}
+
+// effdm info EXPORT --layers: the table (and the bar chart) of export_layer_rows.
+static int info_layers(const char *path, const char *ckpt, const char *yaml, const char *plot) {
+    Err e = {0};
+    ExportModel *em = NULL;
+    Ldm *t = NULL;
+    ExportLayerRow *rows = NULL;
+    const char **names = NULL;
+    double *err = NULL;
+    if (!ckpt != !yaml) {
+        err_set(&e, ERR_ARG, "--ckpt and --ldm-config go together (the teacher's checkpoint and its YAML)");
+        goto done;
+    }
+    if (plot && !ckpt) {
+        err_set(&e, ERR_ARG, "--plot draws the error against the teacher: give --ckpt and --ldm-config");
+        goto done;
+    }
+    if (export_load(&em, path, &e)) goto done;
+    if (ckpt) {
+        LdmLoadOpts lo = {em->ema ? LDM_EMA_ON : LDM_EMA_OFF, LDM_PART_UNET, NULL};
+        if (ldm_load(&t, yaml, ckpt, &lo, &e)) goto done;
+    }
+    rows = malloc((size_t)(em->n_layers ? em->n_layers : 1) * sizeof *rows);
+    if (!rows) {
+        err_set(&e, ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (export_layer_rows(em, t ? t->unet : NULL, rows, &e)) {
+        if (t) err_prefix(&e, "%s against %s", path, ckpt);
+        goto done;
+    }
+    printf("%s: %d quantized layers (W%dA%d, special layers %d-bit, %d TALSQ timesteps)%s\n", path, em->n_layers,
+           em->w_bits, em->a_bits, em->special_bits, em->train_sched.n,
+           t ? (em->ema ? "; teacher: EMA weights" : "; teacher: raw weights") : "");
+    printf("%-58s %-9s %-9s %2s %2s %-13s %10s  %s\n", "layer", "role", "kind", "W", "A", "shape", "rel.err",
+           "a_delta min..max");
+    double sum = 0, worst = -1;
+    int iw = 0;
+    char sh[64];
+    for (int k = 0; k < em->n_layers; k++) {
+        const ExportLayerRow *r = &rows[k];
+        char re[32] = "-";
+        if (t) snprintf(re, sizeof re, "%.6g", r->rel_err);
+        printf("%-58s %-9s %-9s %2d %2d %-13s %10s  %.4g..%.4g\n", r->name, r->special ? "special" : "trainable",
+               r->w_kind, r->w_bits, r->a_bits, shape_text(r, sh, sizeof sh), re, r->a_delta_min, r->a_delta_max);
+        if (t) {
+            sum += r->rel_err;
+            if (r->rel_err > worst) worst = r->rel_err, iw = k;
+        }
+    }
+    if (t && em->n_layers)
+        printf("rel.err: mean %.6g, largest %.6g (%s); LoRA drift and rounding together (see --help)\n",
+               sum / em->n_layers, worst, rows[iw].name);
+    if (plot) {
+        names = malloc((size_t)em->n_layers * sizeof *names);
+        err = malloc((size_t)em->n_layers * sizeof *err);
+        if (!names || !err) {
+            err_set(&e, ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        for (int k = 0; k < em->n_layers; k++) {
+            names[k] = rows[k].name;
+            err[k] = rows[k].rel_err;
+        }
+        const char *base = strrchr(path, '/');
+        char title[300];
+        snprintf(title, sizeof title, "%s: W%dA%d, weight error of its %d layers", base ? base + 1 : path, em->w_bits,
+                 em->a_bits, em->n_layers);
+        int rc = plot_layers_png(names, err, em->n_layers, title, "||W_q \u2212 W_fp|| / ||W_fp||", plot, &e);
+        plot_release();
+        if (rc) goto done;
+        printf("bar chart: %s\n", plot);
+    }
+done:
+    free(names);
+    free(err);
+    free(rows);
+    ldm_free(t);
+    export_free(em);
+    return e.code ? cli_fail("info", &e) : 0;
+}
+
 int cmd_info(int argc, char **argv) {
     Err e = {0};
-    const char *pos[1];
-    int n_pos = 0, help = 0, tensors = 0;
-    CliOpt opts[] = {{"--tensors", OPT_FLAG, &tensors, 0}};
-    if (cli_parse(argc, argv, opts, 1, pos, &n_pos, 1, &help, &e)) return cli_fail("info", &e);
+    const char *pos[1], *ckpt = NULL, *yaml = NULL, *plot = NULL;
+    int n_pos = 0, help = 0, tensors = 0, layers = 0;
+    CliOpt opts[] = {{"--tensors", OPT_FLAG, &tensors, 0}, {"--layers", OPT_FLAG, &layers, 0},
+                     {"--ckpt", OPT_STR, &ckpt, 0},        {"--ldm-config", OPT_STR, &yaml, 0},
+                     {"--plot", OPT_STR, &plot, 0}};
+    if (cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e)) return cli_fail("info", &e);
     if (help) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
     if (n_pos != 1) {
         err_set(&e, ERR_ARG, "expected one FILE (see effdm info --help)");
+        return cli_fail("info", &e);
+    }
+    if (layers) return info_layers(pos[0], ckpt, yaml, plot);
+    if (ckpt || yaml || plot) {
+        err_set(&e, ERR_ARG, "--ckpt, --ldm-config and --plot go with --layers (see effdm info --help)");
         return cli_fail("info", &e);
     }
     WeightFile *f;

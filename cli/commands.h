@@ -11,5 +11,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_decode(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 #endif

@@ -39,7 +39,15 @@ static void on_png_warning(png_structp png, png_const_charp msg) {}  // library 
 static void on_png_write(png_structp png, png_bytep data, size_t n) { atomic_write(png_get_io_ptr(png), data, n); }
 static void on_png_flush(png_structp png) {}  // atomic_commit flushes and fsyncs
 
-int image_write_png(const char *path, const float *x, int C, int H, int W, Err *e) {
+// One row of the image to write: y's W * C interleaved bytes, from the caller's pixels or
+// made in scratch (W * C bytes).
+typedef const uint8_t *(*RowFn)(int y, uint8_t *scratch, const void *user);
+
+// The PNG of H rows of W pixels of C channels (1: gray, 3: RGB), written to path atomically.
+// fast: zlib level 1 and the Up filter on every row instead of libpng's defaults (level 6,
+// the filter chosen per row), for drawings: on effdm plot's 1200x800 curves 30 ms instead of
+// 50 ms with level 1 alone (70 ms with cairo's own writer), 2% larger.
+static int write_rows(const char *path, int C, int H, int W, int fast, RowFn row_of, const void *user, Err *e) {
     int r = check_dims(path, C, H, W, e);
     if (r) return r;
     size_t row_bytes;
@@ -78,21 +86,53 @@ int image_write_png(const char *path, const float *x, int C, int H, int W, Err *
     png_set_write_fn(png, f, on_png_write, on_png_flush);
     png_set_IHDR(png, info, (png_uint_32)W, (png_uint_32)H, 8, C == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    size_t plane = (size_t)H * (size_t)W;  // fits: H, W <= IMAGE_MAX_DIM and the caller holds C * plane floats
-    for (int y = 0; y < H; y++) {
-        // planar CHW -> interleaved row (R, G, B, R, G, B, ...)
-        for (int xx = 0; xx < W; xx++)
-            for (int c = 0; c < C; c++)
-                row[(size_t)xx * C + c] = image_to_u8(x[(size_t)c * plane + (size_t)y * W + xx]);
-        png_write_row(png, row);
+    if (fast) {  // drawings: mostly flat areas and horizontal runs
+        png_set_compression_level(png, 1);
+        png_set_filter(png, 0, PNG_FILTER_UP);
     }
+    png_write_info(png, info);
+    for (int y = 0; y < H; y++) png_write_row(png, (png_bytep)row_of(y, row, user));
     png_write_end(png, info);
     png_destroy_write_struct(&png, &info);
     free(row);
     r = atomic_commit(f, e);
     free(f);
     return r;
+}
+
+typedef struct {
+    const float *x;
+    int C, H, W;
+} FloatImage;
+
+// planar CHW floats -> an interleaved row (R, G, B, R, G, B, ...)
+static const uint8_t *float_row(int y, uint8_t *row, const void *user) {
+    const FloatImage *im = user;
+    size_t plane = (size_t)im->H * (size_t)im->W;  // fits: H, W <= IMAGE_MAX_DIM and the caller holds C * plane floats
+    for (int xx = 0; xx < im->W; xx++)
+        for (int c = 0; c < im->C; c++)
+            row[(size_t)xx * im->C + c] = image_to_u8(im->x[(size_t)c * plane + (size_t)y * im->W + xx]);
+    return row;
+}
+
+int image_write_png(const char *path, const float *x, int C, int H, int W, Err *e) {
+    FloatImage im = {x, C, H, W};
+    return write_rows(path, C, H, W, 0, float_row, &im, e);
+}
+
+typedef struct {
+    const uint8_t *pix;
+    size_t stride;
+} ByteImage;
+
+static const uint8_t *byte_row(int y, uint8_t *scratch, const void *user) {
+    const ByteImage *im = user;
+    return im->pix + (size_t)y * im->stride;
+}
+
+int image_write_png_u8(const char *path, const uint8_t *pix, int C, int H, int W, size_t stride, int fast, Err *e) {
+    ByteImage im = {pix, stride};
+    return write_rows(path, C, H, W, fast, byte_row, &im, e);
 }
 
 int image_grid_size(int N, int H, int W, int per_row, int *grid_h, int *grid_w, Err *e) {

@@ -175,6 +175,7 @@ typedef struct {
     size_t qscale_bytes;      //   per-channel Δ_w, z_w and kernel integers,
     size_t qfp32_bytes;       //   and the FP32 weights they stand for
     char source[1024];
+    int ema;                  // effdm.ema "1": the UNet's weights were the teacher's EMA weights
 } ExportModel;
 
 // Loads an export (format above). Every tensor is checked: missing is ERR_KEY, wrong shape or
@@ -192,6 +193,21 @@ const char *export_kernel_name(const ExportModel *m);
 // The deployed weight W_eff = (q - z_w) Δ_w of the quantized layer `name` into w (its
 // weight's element count). 0, ERR_KEY when no quantized layer has that name, or ERR_NOMEM.
 int export_layer_weight(const ExportModel *m, const char *name, float *w);
+// One quantized layer of a loaded export, as effdm info --layers lists it.
+typedef struct {
+    const char *name;         // module name ("input_blocks.1.0.in_layers.2"), borrowed from m
+    int special;              // role: 1 special (8-bit first/last layers), 0 trainable
+    const char *w_kind, *a_kind;  // quantizer kinds (qkind.h names)
+    int w_bits, a_bits, entries;
+    int ndim, shape[4];       // the weight: conv (Cout, Cin, kh, kw), linear (out, in)
+    double a_delta_min, a_delta_max;  // the activation step size Δ_a over the TALSQ entries
+    double rel_err;           // ||W_eff - W_fp|| / ||W_fp|| against the teacher's weight, in double (NaN: no teacher)
+} ExportLayerRow;
+// The rows of m's quantized layers in registration order (rows: m->n_layers). teacher: the
+// FP UNet the export came from (NULL: rel_err NaN); W_eff is export_layer_weight's, so
+// rel_err mixes the LoRA update merged into the weight and the rounding to levels. 0, or
+// ERR_KEY (a layer the teacher does not have), ERR_SHAPE (another weight shape), ERR_NOMEM.
+int export_layer_rows(const ExportModel *m, UNet *teacher, ExportLayerRow *rows, Err *e);
 // Selects the TALSQ entry of the training timestep nearest to DDPM timestep t (and its
 // guidance gain, when the export has them).
 void export_set_timestep(ExportModel *m, int t);

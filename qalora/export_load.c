@@ -450,6 +450,8 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     }
     const char *src = weights_metadata(f, "effdm.source");
     snprintf(em->source, sizeof em->source, "%s", src ? src : "");
+    const char *ema = weights_metadata(f, "effdm.ema");
+    em->ema = ema && !strcmp(ema, "1");
     em->entry = 0;
     weights_close(f);
     free(cfg);

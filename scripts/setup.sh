@@ -10,6 +10,7 @@ $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends \
     build-essential cmake pkg-config \
     libopenblas-dev libcmocka-dev libpng-dev libstb-dev libyaml-dev libcjson-dev libzip-dev \
+    libcairo2-dev libfontconfig-dev fonts-dejavu-core \
     libopenmpi-dev openmpi-bin \
     dataset-fashion-mnist
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release

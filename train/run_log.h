@@ -18,6 +18,12 @@
    that precede it - step rows (e, s) and validation rows (e, S) with (e, s) < (epoch, step)
    in lexicographic order - and drops the rest (rows of steps the checkpoint does not hold, and
    a torn last line), rewriting the file atomically before appending.
+
+   Reading (effdm plot): run_log_read parses a whole log into step and validation rows,
+   strictly - a row that is not one of the two forms above is an error naming the file and
+   its line - except for a last line without its newline that does not parse (a run killed
+   while writing it), which is left out and reported in torn_last. In the val_sample_*
+   columns an empty field or "nan" means not measured (NaN); every other number must be finite.
 */
 #ifndef EFFDM_RUN_LOG_H
 #define EFFDM_RUN_LOG_H
@@ -45,5 +51,44 @@ int run_log_val(RunLog *l, int epoch, int steps_per_epoch, double val_error, dou
                 double sample_real, double seconds, Err *e);
 // Closes; accepts a zeroed RunLog. 0 or ERR_IO (a failed final flush).
 int run_log_close(RunLog *l, Err *e);
+
+/* ---- reading ---------------------------------------------------------------------------- */
+typedef struct {
+    int epoch, step;  // 0-based
+    double loss, lr, seconds;
+} RunLogStep;
+
+typedef struct {
+    int epoch;        // -1: the starting model (before the first step)
+    int step;         // the steps per epoch: the validation follows step `step - 1` of `epoch`
+    double seconds, val_error;
+    double sample_mse, sample_fd, sample_real;  // NaN: not measured
+} RunLogVal;
+
+typedef struct {
+    int epoch;        // an epoch with step rows
+    int n;            // its step rows
+    double mean;      // their mean loss (summed in double)
+} RunLogEpoch;
+
+typedef struct {
+    RunLogStep *steps;
+    int n_steps;      // in file order, which is (epoch, step) ascending
+    RunLogVal *vals;
+    int n_vals;
+    RunLogEpoch *epochs;
+    int n_epochs;     // the epochs with step rows, ascending
+    int steps_per_epoch;  // the validation rows' step, else the largest step + 1 (0: no rows)
+    int torn_last;    // 1: a torn last line was left out (see top)
+} RunLogData;
+
+// Reads the log at path (see top). 0, or ERR_IO (missing, unreadable), ERR_FORMAT (not a run
+// log, or a malformed row: "path:LINE: ..."), ERR_VALUE (rows out of order, a non-finite
+// number), ERR_NOMEM. Free with run_log_data_free.
+int run_log_read(const char *path, RunLogData *d, Err *e);
+// The same from memory (path names it in messages; tests/fuzz/fuzz_runlog.c).
+int run_log_read_mem(const unsigned char *buf, size_t size, const char *path, RunLogData *d, Err *e);
+// Accepts a zeroed RunLogData.
+void run_log_data_free(RunLogData *d);
 
 #endif

@@ -343,6 +343,7 @@ static int save(Trainer *tr, const TrainerHooks *h, Err *e) {
     char path[TRAINER_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/state.safetensors", tr->dir);
     note(h, "checkpoint %s", path);
+    if (h && h->on_checkpoint) h->on_checkpoint(tr->dir, h->user);
     return 0;
 }
 

@@ -121,6 +121,8 @@ typedef struct {
     void (*on_val)(const TrainerVal *v, void *user);
     // Notes for the user: "checkpoint ...", "samples ...". May be NULL.
     void (*on_note)(const char *msg, void *user);
+    // After each checkpoint is written (rank 0: the run directory, its log.csv flushed). May be NULL.
+    void (*on_checkpoint)(const char *run_dir, void *user);
     void *user;
     // Non-zero: finish the current step, checkpoint, return ERR_INTERRUPTED (may be NULL).
     volatile sig_atomic_t *stop;
