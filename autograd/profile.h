@@ -69,6 +69,17 @@ void prof_end_on(Ctx *c, ProfMark m, int op, double flops);
 static inline void prof_end(Ctx *c, ProfMark m, int op, double flops) {
     if (c->prof) prof_end_on(c, m, op, flops);
 }
+// The body of every op's public entry point (the one place ops are timed): runs `call`, the
+// op's forward returning a Tensor *, as op kind `op` and returns its result. `flops` may use
+// `out` (NULL when the op failed) and is evaluated only when profiling.
+//     Tensor *t_sum(Ctx *c, Tensor *x) { PROF_OP(c, OP_SUM, sum_op(c, x), 0.0); }
+#define PROF_OP(c, op, call, flops)                                    \
+    do {                                                               \
+        ProfMark prof_mark_ = prof_begin(c);                           \
+        Tensor *out = (call);                                          \
+        if ((c)->prof) prof_end_on((c), prof_mark_, (op), (flops));    \
+        return out;                                                    \
+    } while (0)
 // Adds one backward node's time (tape_backward calls it).
 void prof_add_backward(Profile *p, const TapeNode *nd, double sec);
 // Opens block "name.index" (index < 0: "name"); returns the block that was open, for

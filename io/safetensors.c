@@ -18,6 +18,7 @@
 #include "io/dtype.h"
 #include "io/fileio.h"
 #include "io/strmap.h"
+#include "util/grow.h"
 
 // safetensors dtype names that are valid but have no DType here.
 static const char *const st_other_dtypes[] = {"U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"};
@@ -274,13 +275,8 @@ int st_writer_add(StWriter *w, const char *name, DType dtype, int ndim, const in
     for (int d = 0; d < ndim; d++)
         if (shape[d] < 0 || (uint64_t)shape[d] > SIZE_MAX || !size_mul_ok(n, (size_t)shape[d], &n))
             return err_set(e, ERR_SHAPE, "safetensors: tensor '%s': bad shape entry %" PRId64, name, shape[d]);
-    if (w->n_tensors == w->cap_tensors) {
-        int cap = w->cap_tensors ? 2 * w->cap_tensors : 16;
-        StWriterTensor *t = realloc(w->tensors, (size_t)cap * sizeof *t);
-        if (!t) return err_set(e, ERR_NOMEM, "safetensors: out of memory");
-        w->tensors = t;
-        w->cap_tensors = cap;
-    }
+    if (grow_array((void **)&w->tensors, &w->cap_tensors, w->n_tensors + 1, 16, sizeof *w->tensors))
+        return err_set(e, ERR_NOMEM, "safetensors: out of memory");
     StWriterTensor *t = &w->tensors[w->n_tensors];
     memset(t, 0, sizeof *t);
     if (!(t->name = strdup(name))) return err_set(e, ERR_NOMEM, "safetensors: out of memory");
@@ -296,13 +292,8 @@ int st_writer_add(StWriter *w, const char *name, DType dtype, int ndim, const in
 int st_writer_meta(StWriter *w, const char *key, const char *value, Err *e) {
     for (int i = 0; i < w->n_meta; i++)
         if (!strcmp(w->meta[i].key, key)) return err_set(e, ERR_KEY, "safetensors: metadata key '%s' added twice", key);
-    if (w->n_meta == w->cap_meta) {
-        int cap = w->cap_meta ? 2 * w->cap_meta : 8;
-        StMeta *m = realloc(w->meta, (size_t)cap * sizeof *m);
-        if (!m) return err_set(e, ERR_NOMEM, "safetensors: out of memory");
-        w->meta = m;
-        w->cap_meta = cap;
-    }
+    if (grow_array((void **)&w->meta, &w->cap_meta, w->n_meta + 1, 8, sizeof *w->meta))
+        return err_set(e, ERR_NOMEM, "safetensors: out of memory");
     StMeta *m = &w->meta[w->n_meta];
     m->key = strdup(key);
     m->value = strdup(value);

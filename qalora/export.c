@@ -13,6 +13,7 @@
 #include "models/ldm_config.h"
 #include "qalora/pack.h"
 #include "qalora/qkind.h"
+#include "util/grow.h"
 
 #define UNET_PREFIX "model.diffusion_model."
 #define AE_PREFIX "first_stage_model."
@@ -33,13 +34,7 @@ typedef struct {
 } Keep;
 
 static void *keep_alloc(Keep *k, size_t bytes) {
-    if (k->n == k->cap) {
-        int cap = k->cap ? 2 * k->cap : 64;
-        void **np = realloc(k->p, (size_t)cap * sizeof *np);
-        if (!np) return NULL;
-        k->p = np;
-        k->cap = cap;
-    }
+    if (grow_array((void **)&k->p, &k->cap, k->n + 1, 64, sizeof *k->p)) return NULL;
     void *b = malloc(bytes ? bytes : 1);
     if (b) k->p[k->n++] = b;
     return b;

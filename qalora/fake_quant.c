@@ -67,8 +67,5 @@ static Tensor *fake_quant_op(Ctx *c, Tensor *x, Quantizer *q, int entry) {
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_fake_quant(Ctx *c, Tensor *x, Quantizer *q, int entry) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = fake_quant_op(c, x, q, entry);
-    prof_end(c, pm, OP_FAKE_QUANT, 0.0);
-    return out;
+    PROF_OP(c, OP_FAKE_QUANT, fake_quant_op(c, x, q, entry), 0.0);
 }

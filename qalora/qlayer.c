@@ -288,11 +288,9 @@ static Tensor *weight_prequant_op(Ctx *c, QLayer *q) {
 }
 
 Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = weight_prequant_op(c, q);
     // the LoRA product B·A: one (Cout, r) x (r, K) GEMM
-    prof_end(c, pm, OP_LORA_WEIGHT, out && !q->special ? 2.0 * (double)q->cout * (double)q->rank * (double)q->k : 0.0);
-    return out;
+    PROF_OP(c, OP_LORA_WEIGHT, weight_prequant_op(c, q),
+            out && !q->special ? 2.0 * (double)q->cout * (double)q->rank * (double)q->k : 0.0);
 }
 
 Tensor *qlayer_weight(Ctx *c, QLayer *q) {

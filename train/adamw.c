@@ -1,4 +1,5 @@
 #include "train/adamw.h"
+#include "util/grow.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -36,13 +37,8 @@ void adamw_group(AdamW *o, int g, double lr, double beta1, double beta2, double 
 int adamw_add_slot(AdamW *o, int g, float *data, size_t n, size_t *off, Err *e) {
     if (n > o->capacity - o->used)
         return err_set(e, ERR_NOMEM, "adamw: %zu more parameters exceed the capacity %zu", n, o->capacity);
-    if (o->n_slots == o->cap_slots) {
-        int cap = o->cap_slots ? 2 * o->cap_slots : 64;
-        AdamWSlot *s = realloc(o->slots, (size_t)cap * sizeof *s);
-        if (!s) return err_set(e, ERR_NOMEM, "adamw: cannot grow the slot table");
-        o->slots = s;
-        o->cap_slots = cap;
-    }
+    if (grow_array((void **)&o->slots, &o->cap_slots, o->n_slots + 1, 64, sizeof *o->slots))
+        return err_set(e, ERR_NOMEM, "adamw: cannot grow the slot table");
     o->slots[o->n_slots++] = (AdamWSlot){data, o->used, n, g};
     *off = o->used;
     o->used += n;

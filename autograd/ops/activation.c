@@ -129,29 +129,17 @@ static Tensor *geglu_op(Ctx *c, Tensor *x) {
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_silu(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = silu_op(c, x);
-    prof_end(c, pm, OP_SILU, 0.0);
-    return out;
+    PROF_OP(c, OP_SILU, silu_op(c, x), 0.0);
 }
 
 Tensor *t_gelu(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = gelu_op(c, x);
-    prof_end(c, pm, OP_GELU, 0.0);
-    return out;
+    PROF_OP(c, OP_GELU, gelu_op(c, x), 0.0);
 }
 
 Tensor *t_relu(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = relu_op(c, x);
-    prof_end(c, pm, OP_RELU, 0.0);
-    return out;
+    PROF_OP(c, OP_RELU, relu_op(c, x), 0.0);
 }
 
 Tensor *t_geglu(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = geglu_op(c, x);
-    prof_end(c, pm, OP_GEGLU, 0.0);
-    return out;
+    PROF_OP(c, OP_GEGLU, geglu_op(c, x), 0.0);
 }

@@ -246,8 +246,6 @@ static Tensor *attention_op(Ctx *c, Tensor *q, Tensor *k, Tensor *v, int heads, 
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_attention(Ctx *c, Tensor *q, Tensor *k, Tensor *v, int heads, float scale) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = attention_op(c, q, k, v, heads, scale);
-    prof_end(c, pm, OP_ATTENTION, out ? 2.0 * (double)(q->n + out->n) * (double)k->shape[1] : 0.0);
-    return out;
+    PROF_OP(c, OP_ATTENTION, attention_op(c, q, k, v, heads, scale),
+            out ? 2.0 * (double)(q->n + out->n) * (double)k->shape[1] : 0.0);
 }

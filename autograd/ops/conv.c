@@ -420,15 +420,11 @@ static Tensor *conv2d_op(Ctx *c, Tensor *x, Tensor *w, Tensor *b, int stride, in
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_conv2d_ex(Ctx *c, Tensor *x, Tensor *w, Tensor *b, int stride_h, int stride_w, int pad_h, int pad_w) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = conv2d_ex_op(c, x, w, b, stride_h, stride_w, pad_h, pad_w);
-    prof_end(c, pm, OP_CONV2D, out ? 2.0 * (double)out->n * (double)(w->n / (size_t)w->shape[0]) : 0.0);
-    return out;
+    PROF_OP(c, OP_CONV2D, conv2d_ex_op(c, x, w, b, stride_h, stride_w, pad_h, pad_w),
+            out ? 2.0 * (double)out->n * (double)(w->n / (size_t)w->shape[0]) : 0.0);
 }
 
 Tensor *t_conv2d(Ctx *c, Tensor *x, Tensor *w, Tensor *b, int stride, int pad) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = conv2d_op(c, x, w, b, stride, pad);
-    prof_end(c, pm, OP_CONV2D, out ? 2.0 * (double)out->n * (double)(w->n / (size_t)w->shape[0]) : 0.0);
-    return out;
+    PROF_OP(c, OP_CONV2D, conv2d_op(c, x, w, b, stride, pad),
+            out ? 2.0 * (double)out->n * (double)(w->n / (size_t)w->shape[0]) : 0.0);
 }

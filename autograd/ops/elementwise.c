@@ -337,36 +337,21 @@ static Tensor *add_scalar_op(Ctx *c, Tensor *x, float s) {
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_add(Ctx *c, Tensor *a, Tensor *b) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = add_op(c, a, b);
-    prof_end(c, pm, OP_ADD, 0.0);
-    return out;
+    PROF_OP(c, OP_ADD, add_op(c, a, b), 0.0);
 }
 
 Tensor *t_sub(Ctx *c, Tensor *a, Tensor *b) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = sub_op(c, a, b);
-    prof_end(c, pm, OP_SUB, 0.0);
-    return out;
+    PROF_OP(c, OP_SUB, sub_op(c, a, b), 0.0);
 }
 
 Tensor *t_mul(Ctx *c, Tensor *a, Tensor *b) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = mul_op(c, a, b);
-    prof_end(c, pm, OP_MUL, 0.0);
-    return out;
+    PROF_OP(c, OP_MUL, mul_op(c, a, b), 0.0);
 }
 
 Tensor *t_scale(Ctx *c, Tensor *x, float s) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = scale_op(c, x, s);
-    prof_end(c, pm, OP_SCALE, 0.0);
-    return out;
+    PROF_OP(c, OP_SCALE, scale_op(c, x, s), 0.0);
 }
 
 Tensor *t_add_scalar(Ctx *c, Tensor *x, float s) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = add_scalar_op(c, x, s);
-    prof_end(c, pm, OP_ADD_SCALAR, 0.0);
-    return out;
+    PROF_OP(c, OP_ADD_SCALAR, add_scalar_op(c, x, s), 0.0);
 }

@@ -104,15 +104,9 @@ static Tensor *timestep_embedding_op(Ctx *c, const float *t, int n, int dim, flo
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_embedding(Ctx *c, Tensor *w, const int *idx, int n) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = embedding_op(c, w, idx, n);
-    prof_end(c, pm, OP_EMBEDDING, 0.0);
-    return out;
+    PROF_OP(c, OP_EMBEDDING, embedding_op(c, w, idx, n), 0.0);
 }
 
 Tensor *t_timestep_embedding(Ctx *c, const float *t, int n, int dim, float max_period) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = timestep_embedding_op(c, t, n, dim, max_period);
-    prof_end(c, pm, OP_TIMESTEP_EMBEDDING, 0.0);
-    return out;
+    PROF_OP(c, OP_TIMESTEP_EMBEDDING, timestep_embedding_op(c, t, n, dim, max_period), 0.0);
 }

@@ -172,15 +172,10 @@ static Tensor *linear_op(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_matmul(Ctx *c, Tensor *a, Tensor *b, int trans_a, int trans_b) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = matmul_op(c, a, b, trans_a, trans_b);
-    prof_end(c, pm, OP_MATMUL, out ? 2.0 * (double)out->n * (double)(trans_a ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1]) : 0.0);
-    return out;
+    PROF_OP(c, OP_MATMUL, matmul_op(c, a, b, trans_a, trans_b),
+            out ? 2.0 * (double)out->n * (double)(trans_a ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1]) : 0.0);
 }
 
 Tensor *t_linear(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = linear_op(c, x, w, b);
-    prof_end(c, pm, OP_LINEAR, out ? 2.0 * (double)out->n * (double)w->shape[w->ndim - 1] : 0.0);
-    return out;
+    PROF_OP(c, OP_LINEAR, linear_op(c, x, w, b), out ? 2.0 * (double)out->n * (double)w->shape[w->ndim - 1] : 0.0);
 }

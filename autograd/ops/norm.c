@@ -249,15 +249,9 @@ static Tensor *group_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_layer_norm(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, float eps) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = layer_norm_op(c, x, gamma, beta, eps);
-    prof_end(c, pm, OP_LAYER_NORM, 0.0);
-    return out;
+    PROF_OP(c, OP_LAYER_NORM, layer_norm_op(c, x, gamma, beta, eps), 0.0);
 }
 
 Tensor *t_group_norm(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int G, float eps) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = group_norm_op(c, x, gamma, beta, G, eps);
-    prof_end(c, pm, OP_GROUP_NORM, 0.0);
-    return out;
+    PROF_OP(c, OP_GROUP_NORM, group_norm_op(c, x, gamma, beta, G, eps), 0.0);
 }

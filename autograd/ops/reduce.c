@@ -103,22 +103,13 @@ static Tensor *mse_loss_op(Ctx *c, Tensor *a, Tensor *b, int mean) {
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_sum(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = sum_op(c, x);
-    prof_end(c, pm, OP_SUM, 0.0);
-    return out;
+    PROF_OP(c, OP_SUM, sum_op(c, x), 0.0);
 }
 
 Tensor *t_mean(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = mean_op(c, x);
-    prof_end(c, pm, OP_MEAN, 0.0);
-    return out;
+    PROF_OP(c, OP_MEAN, mean_op(c, x), 0.0);
 }
 
 Tensor *t_mse_loss(Ctx *c, Tensor *a, Tensor *b, int mean) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = mse_loss_op(c, a, b, mean);
-    prof_end(c, pm, OP_MSE_LOSS, 0.0);
-    return out;
+    PROF_OP(c, OP_MSE_LOSS, mse_loss_op(c, a, b, mean), 0.0);
 }

@@ -263,29 +263,17 @@ static Tensor *pad2d_op(Ctx *c, Tensor *x, int left, int right, int top, int bot
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_upsample_nearest2x(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = upsample_nearest2x_op(c, x);
-    prof_end(c, pm, OP_UPSAMPLE_NEAREST2X, 0.0);
-    return out;
+    PROF_OP(c, OP_UPSAMPLE_NEAREST2X, upsample_nearest2x_op(c, x), 0.0);
 }
 
 Tensor *t_avg_pool2d(Ctx *c, Tensor *x, int k, int stride, int pad, int count_include_pad) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = avg_pool2d_op(c, x, k, stride, pad, count_include_pad);
-    prof_end(c, pm, OP_AVG_POOL2D, 0.0);
-    return out;
+    PROF_OP(c, OP_AVG_POOL2D, avg_pool2d_op(c, x, k, stride, pad, count_include_pad), 0.0);
 }
 
 Tensor *t_max_pool2d(Ctx *c, Tensor *x, int k, int stride, int pad) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = max_pool2d_op(c, x, k, stride, pad);
-    prof_end(c, pm, OP_MAX_POOL2D, 0.0);
-    return out;
+    PROF_OP(c, OP_MAX_POOL2D, max_pool2d_op(c, x, k, stride, pad), 0.0);
 }
 
 Tensor *t_pad2d(Ctx *c, Tensor *x, int left, int right, int top, int bottom, float value) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = pad2d_op(c, x, left, right, top, bottom, value);
-    prof_end(c, pm, OP_PAD2D, 0.0);
-    return out;
+    PROF_OP(c, OP_PAD2D, pad2d_op(c, x, left, right, top, bottom, value), 0.0);
 }

@@ -281,29 +281,17 @@ static Tensor *slice_op(Ctx *c, Tensor *x, int dim, int start, int len) {
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_reshape(Ctx *c, Tensor *x, int ndim, const int *shape) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = reshape_op(c, x, ndim, shape);
-    prof_end(c, pm, OP_RESHAPE, 0.0);
-    return out;
+    PROF_OP(c, OP_RESHAPE, reshape_op(c, x, ndim, shape), 0.0);
 }
 
 Tensor *t_permute(Ctx *c, Tensor *x, const int *perm) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = permute_op(c, x, perm);
-    prof_end(c, pm, OP_PERMUTE, 0.0);
-    return out;
+    PROF_OP(c, OP_PERMUTE, permute_op(c, x, perm), 0.0);
 }
 
 Tensor *t_concat(Ctx *c, Tensor *const *xs, int n, int dim) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = concat_op(c, xs, n, dim);
-    prof_end(c, pm, OP_CONCAT, 0.0);
-    return out;
+    PROF_OP(c, OP_CONCAT, concat_op(c, xs, n, dim), 0.0);
 }
 
 Tensor *t_slice(Ctx *c, Tensor *x, int dim, int start, int len) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = slice_op(c, x, dim, start, len);
-    prof_end(c, pm, OP_SLICE, 0.0);
-    return out;
+    PROF_OP(c, OP_SLICE, slice_op(c, x, dim, start, len), 0.0);
 }

@@ -59,8 +59,5 @@ static Tensor *softmax_op(Ctx *c, Tensor *x) {
 /* ---- public entry points: the op timed by the profiler (autograd/profile.h) ---- */
 
 Tensor *t_softmax(Ctx *c, Tensor *x) {
-    ProfMark pm = prof_begin(c);
-    Tensor *out = softmax_op(c, x);
-    prof_end(c, pm, OP_SOFTMAX, 0.0);
-    return out;
+    PROF_OP(c, OP_SOFTMAX, softmax_op(c, x), 0.0);
 }

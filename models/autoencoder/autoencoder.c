@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "models/autoencoder/ae_impl.h"
+#include "util/grow.h"
 
 void ae_ddconfig_defaults(AeDDConfig *dd) {
     // model.py Encoder.__init__(*, ch, out_ch, ch_mult=(1,2,4,8), num_res_blocks, attn_resolutions,
@@ -51,13 +52,8 @@ int ae_config_check(const AeConfig *cfg, Err *e) {
 }
 
 int ae_param_add(AeModel *m, Tensor *t, int ndim, const int *shape, Err *e, const char *fmt, ...) {
-    if (m->n_params == m->cap_params) {
-        int cap = m->cap_params ? 2 * m->cap_params : 128;
-        AeParam *p = realloc(m->params, (size_t)cap * sizeof *p);
-        if (!p) return err_set(e, ERR_NOMEM, "autoencoder: out of memory for the parameter table");
-        m->params = p;
-        m->cap_params = cap;
-    }
+    if (grow_array((void **)&m->params, &m->cap_params, m->n_params + 1, 128, sizeof *m->params))
+        return err_set(e, ERR_NOMEM, "autoencoder: out of memory for the parameter table");
     AeParam *p = &m->params[m->n_params++];
     va_list ap;
     va_start(ap, fmt);
