@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "autograd/profile.h"
+#include "io/fileio.h"
 #include "util/dist.h"
 #include "util/threads.h"
 #include "util/clock.h"
@@ -189,6 +190,14 @@ int cli_zoo_path(const char *name, char *out, size_t cap, Err *e) {
     }
     return err_set(e, ERR_IO, "fmnist-ldm/%s: not found next to the effdm executable, in %s or in %s; set EFFDM_ZOO "
                    "to the folder holding fmnist-ldm/", name, EFFDM_SOURCE_ZOO, EFFDM_INSTALL_ZOO);
+}
+
+int cli_write_text(const char *path, const char *text, Err *e) {
+    AtomicFile f;
+    if (atomic_open(&f, path, e)) return e->code;
+    atomic_write(&f, text, strlen(text));
+    atomic_write(&f, "\n", 1);
+    return atomic_commit(&f, e);
 }
 
 int cli_close_stdout(void) {

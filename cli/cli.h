@@ -59,6 +59,10 @@ void progress_finish(Progress *p, const char *extra);
 // file is not there (the message says where it looked and how to point elsewhere).
 int cli_zoo_path(const char *name, char *out, size_t cap, Err *e);
 
+// Writes text and a final newline to path atomically (path.tmp, then renamed: nothing at
+// path on failure). 0 or ERR_IO.
+int cli_write_text(const char *path, const char *text, Err *e);
+
 // Runs the evaluation of a sample folder against reference statistics with a progress bar,
 // prints the result table to stdout and, when json != NULL, writes the JSON. o->judge_weights
 // defaults to the shipped judge (cli_zoo_path). 0 or an ERR_ code.
