@@ -23,6 +23,7 @@ static const Command commands[] = {
     {"sample", cmd_sample, "generate images (DDIM/PLMS, classifier-free guidance)"},
     {"stats", cmd_stats, "feature statistics of an image set (FID reference)"},
     {"eval", cmd_eval, "FID, IS, precision/recall, class accuracy of samples"},
+    {"compare", cmd_compare, "two sample folders of the same seeds: pixel RMSE, judge agreement, FIDs"},
     {"info", cmd_info, "what a checkpoint, safetensors file or export holds"},
     {"forward", cmd_forward, "raw UNet output on .npy inputs (conversion checks)"},
     {"decode", cmd_decode, "raw first-stage decode of .npy latents (conversion checks)"},
