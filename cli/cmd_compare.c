@@ -91,7 +91,8 @@ int cmd_compare(int argc, char **argv) {
         for (int i = 0; usage[i]; i++) puts(usage[i]);
         return 0;
     }
-    if (n_dirs != 2) err_set(&e, ERR_ARG, "expected two sample folders A_DIR B_DIR, found %d (see effdm compare --help)", n_dirs);
+    if (n_dirs != 2)
+        err_set(&e, ERR_ARG, "expected two sample folders A_DIR B_DIR, found %d (see effdm compare --help)", n_dirs);
     else if (batch < 0) err_set(&e, ERR_ARG, "--batch: expected >= 1, found %d", batch);
     if (e.code || cli_threads(threads, &e)) return cli_fail("compare", &e);
     char ref_buf[4096], judge[4096];

@@ -53,10 +53,12 @@ static int check_names(const char *a_dir, const ImageList *la, const char *b_dir
         const char *rb = i < lb->n ? rel_name(b_dir, lb->paths[i]) : NULL;
         if (ra && rb && !strcmp(ra, rb)) continue;
         if (ra && !has_name(lb, b_dir, ra))
-            return err_set(e, ERR_VALUE, "%s is missing in B (%s): the folders must hold the same images (%zu in A, %zu in B)",
+            return err_set(e, ERR_VALUE,
+                           "%s is missing in B (%s): the folders must hold the same images (%zu in A, %zu in B)",
                            la->paths[i], b_dir, la->n, lb->n);
         if (rb && !has_name(la, a_dir, rb))
-            return err_set(e, ERR_VALUE, "%s is missing in A (%s): the folders must hold the same images (%zu in A, %zu in B)",
+            return err_set(e, ERR_VALUE,
+                           "%s is missing in A (%s): the folders must hold the same images (%zu in A, %zu in B)",
                            lb->paths[i], a_dir, la->n, lb->n);
         return err_set(e, ERR_INTERNAL, "%s and %s: the same names listed in different orders", a_dir, b_dir);
     }
@@ -227,7 +229,8 @@ char *compare_result_json(const CompareResult *r) {
     add_per_class(j, "class_accuracy_per_class_b", r, r->class_accuracy_b);
     if (r->has_accuracy) {
         cJSON *arr = cJSON_AddArrayToObject(j, "class_counts");
-        for (int c = 0; arr && c < JUDGE_CLASSES; c++) cJSON_AddItemToArray(arr, cJSON_CreateNumber((double)r->class_count[c]));
+        for (int c = 0; arr && c < JUDGE_CLASSES; c++)
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber((double)r->class_count[c]));
     } else {
         cJSON_AddNullToObject(j, "class_counts");
     }

@@ -192,7 +192,8 @@ static void test_unconditional_folders(void **state) {
     const char *nulls[] = {"class_accuracy_a", "class_accuracy_b", "judge_acc_model", "judge_acc_fp",
                            "class_accuracy_per_class_a", "class_accuracy_per_class_b", "class_counts",
                            "fid_a_ref", "fid_b_ref", "ref"};
-    for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++) assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, nulls[i])));
+    for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++)
+        assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, nulls[i])));
     cJSON_Delete(j);
     cJSON_Delete(want);
 }
@@ -276,6 +277,14 @@ static void test_refusals(void **state) {
         free(old);
         assert_false(exists("out.json.tmp"));
     }
+    // measured, but the JSON cannot be written: exit 2 naming it, nothing left behind
+    char args[2048];
+    snprintf(args, sizeof args, "compare '%s/ma' '%s/ma' --json '%s/nodir/out.json'", tmp, tmp, tmp);
+    assert_int_equal(run(args), 2);
+    char *err = slurp("stderr.txt");
+    assert_non_null(strstr(err, "nodir/out.json"));
+    free(err);
+    assert_false(exists("nodir"));
 }
 
 static void test_help(void **state) {
