@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "autograd/profile.h"
+#include "io/fileio.h"
 #include "util/dist.h"
 #include "util/threads.h"
 #include "util/clock.h"
@@ -156,6 +157,14 @@ int cli_print_profile(const Profile *p, double wall, Err *e) {
     fputs(buf, stdout);
     free(buf);
     return 0;
+}
+
+int cli_write_text(const char *path, const char *text, Err *e) {
+    AtomicFile f;
+    if (atomic_open(&f, path, e)) return e->code;
+    atomic_write(&f, text, strlen(text));
+    atomic_write(&f, "\n", 1);
+    return atomic_commit(&f, e);
 }
 
 int cli_close_stdout(void) {

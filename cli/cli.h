@@ -54,6 +54,10 @@ void progress_start(Progress *p, const char *label, long total);
 void progress_update(Progress *p, long done, const char *extra);
 void progress_finish(Progress *p, const char *extra);
 
+// Writes text and a final newline to path atomically (path.tmp, then renamed: nothing at
+// path on failure). 0 or ERR_IO.
+int cli_write_text(const char *path, const char *text, Err *e);
+
 // Runs the evaluation of a sample folder against reference statistics with a progress bar,
 // prints the result table to stdout and, when json != NULL, writes the JSON. o->judge_weights
 // defaults to the shipped judge (zoo_path). 0 or an ERR_ code.

@@ -6,7 +6,6 @@
 #include "cli/cli.h"
 #include "util/zoo.h"
 #include "eval/eval.h"
-#include "io/fileio.h"
 
 static void on_progress(void *user, size_t done, size_t total) {
     Progress *p = user;
@@ -17,13 +16,7 @@ static void on_progress(void *user, size_t done, size_t total) {
 static int write_json(const char *path, const EvalResult *r, Err *e) {
     char *s = eval_result_json(r);
     if (!s) return err_set(e, ERR_NOMEM, "%s: out of memory formatting the results", path);
-    AtomicFile f;
-    int rc = atomic_open(&f, path, e);
-    if (!rc) {
-        atomic_write(&f, s, strlen(s));
-        atomic_write(&f, "\n", 1);
-        rc = atomic_commit(&f, e);
-    }
+    int rc = cli_write_text(path, s, e);
     free(s);
     return rc;
 }

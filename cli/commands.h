@@ -8,6 +8,7 @@ int cmd_export(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_decode(int argc, char **argv);

@@ -24,6 +24,7 @@ static const Command commands[] = {
     {"stats", cmd_stats, "feature statistics of an image set (FID reference)"},
     {"eval", cmd_eval, "FID, IS, precision/recall, class accuracy of samples"},
     {"plot", cmd_plot, "training curves of a run (log.csv) as a PNG"},
+    {"compare", cmd_compare, "two sample folders of the same seeds: pixel RMSE, judge agreement, FIDs"},
     {"info", cmd_info, "what a checkpoint, safetensors file or export holds"},
     {"forward", cmd_forward, "raw UNet output on .npy inputs (conversion checks)"},
     {"decode", cmd_decode, "raw first-stage decode of .npy latents (conversion checks)"},

@@ -19,16 +19,17 @@ EvalOpts eval_default_opts(void) {
     return o;
 }
 
+int eval_argmax(const float *l, int K) {
+    int best = 0;
+    for (int k = 1; k < K; k++)
+        if (l[k] > l[best]) best = k;
+    return best;
+}
+
 double eval_class_accuracy(const float *logits, const int *labels, size_t n, int K) {
     if (n == 0) return NAN;
     size_t right = 0;
-    for (size_t i = 0; i < n; i++) {
-        const float *l = logits + i * K;
-        int best = 0;
-        for (int k = 1; k < K; k++)
-            if (l[k] > l[best]) best = k;
-        right += best == labels[i];
-    }
+    for (size_t i = 0; i < n; i++) right += eval_argmax(logits + i * K, K) == labels[i];
     return (double)right / (double)n;
 }
 

@@ -62,5 +62,7 @@ int eval_run(const char *samples_dir, const char *ref_path, const EvalOpts *o, E
 char *eval_result_json(const EvalResult *r);
 // Fraction of rows of logits (n, K) whose argmax equals labels[i] (ties: the first max).
 double eval_class_accuracy(const float *logits, const int *labels, size_t n, int K);
+// Index of the largest of l[0..K) (ties: the first).
+int eval_argmax(const float *l, int K);
 
 #endif

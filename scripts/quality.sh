@@ -15,7 +15,8 @@
 #     paper protocol) -> $Q/samples/NAME/sS_nN/
 #     eval (FID(judge), IS, precision/recall, class accuracy) -> $Q/eval/NAME/sS_nN.json
 #     same-noise comparison with fp's samples of the same seed (pixel RMSE, judge class
-#     agreement; scripts/quality/compare.py) -> $Q/cmp/NAME/sS_nN.json
+#     agreement, accuracies, FIDs; `effdm compare` with the model's samples as A, fp's as B)
+#     -> $Q/cmp/NAME/sS_nN.json
 #     eval against the FP teacher's own samples (FID to FP: how far the model's sample
 #     distribution is from the one it imitates) -> $Q/evalfp/NAME/sS_nN.json; the reference
 #     is N FP samples for each seed of FPREF_SEEDS (seeds never used for evaluation, so no
@@ -159,7 +160,8 @@ sample_eval() {  # NAME SEED
     if [[ $name != fp && ! -f $Q/cmp/$name/$tag.json ]]; then
         sample_eval fp "$s"
         log "$name: same-noise comparison with fp, seed $s"
-        "$PY" "$HERE/quality/compare.py" "$Q/samples/fp/$tag" "$dir" "$Q/cmp/$name/$tag.json" > /dev/null
+        "$EFFDM" compare "$dir" "$Q/samples/fp/$tag" --ref $REF --json "$Q/cmp/$name/$tag.json" \
+            > "$Q/logs/$name.$tag.cmp.log" 2>&1
     fi
 }
 

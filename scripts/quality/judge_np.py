@@ -82,10 +82,10 @@ class Judge:
         self.c = [(sd[k].astype(np.float32), sd[k[:-6] + "bias"].astype(np.float32)) for k in convs]
         self.f = [(sd[k].astype(np.float32), sd[k[:-6] + "bias"].astype(np.float32)) for k in fcs]
 
-    def logits(self, x):  # x N,1,32,32 in [-1, 1]
+    def forward(self, x):  # x N,1,32,32 in [-1, 1] -> features (N, 128: fc1 after ReLU), logits (N, 10)
         def r(t):
             return np.maximum(t, 0)
-        out = []
+        feats, out = [], []
         for s in range(0, x.shape[0], 200):
             h = x[s:s + 200]
             h = r(_conv(h, *self.c[0]))
@@ -94,5 +94,9 @@ class Judge:
             h = _pool(r(_conv(h, *self.c[3])))
             h = h.reshape(h.shape[0], -1)
             h = r(h @ self.f[0][0].T + self.f[0][1])
+            feats.append(h)
             out.append(h @ self.f[1][0].T + self.f[1][1])
-        return np.concatenate(out)
+        return np.concatenate(feats), np.concatenate(out)
+
+    def logits(self, x):  # x N,1,32,32 in [-1, 1]
+        return self.forward(x)[1]

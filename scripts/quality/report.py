@@ -262,7 +262,7 @@ def main():
              "IS, precision/recall (k = 3) and class accuracy by `effdm eval` against "
              "`models/zoo/fmnist-ldm/fmnist_test_judge.safetensors`; pixel RMSE (pixels in "
              "[0, 1]) and judge class agreement against the FP teacher's samples of the SAME "
-             "seed (same noise) by `scripts/quality/compare.py`; FID to FP samples: FID(judge) "
+             "seed (same noise) by `effdm compare`; FID to FP samples: FID(judge) "
              "of the same samples against 5000 FP-teacher samples of seeds 100-104 (its own noise, "
              "never an evaluated image's; `effdm stats` of those, then `effdm eval`), the "
              "distance of the model's sample distribution from the teacher's it imitates - "
@@ -286,7 +286,7 @@ def main():
               "./build/effdm sample --model $Q/models/NAME.safetensors --n N --steps 20 --eta 0 --scale 3 --seed S --out $Q/samples/NAME/sS_nN",
               "./build/effdm sample --n N --steps 20 --eta 0 --scale 3 --seed S --out $Q/samples/fp/sS_nN   # FP teacher",
               "./build/effdm eval --samples DIR --ref models/zoo/fmnist-ldm/fmnist_test_judge.safetensors --json out.json",
-              "/usr/bin/python3 scripts/quality/compare.py $Q/samples/fp/sS_nN $Q/samples/NAME/sS_nN out.json",
+              "./build/effdm compare $Q/samples/NAME/sS_nN $Q/samples/fp/sS_nN --ref models/zoo/fmnist-ldm/fmnist_test_judge.safetensors --json out.json",
               "# all of it, cached and resumable:",
               "SEEDS=\"0 1 2\" N=1000 scripts/quality.sh fp ptq-w4a4 NAME ...",
               "```", ""]
