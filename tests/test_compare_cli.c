@@ -40,31 +40,16 @@ static int setup_tmp(void **state) { return test_tmpdir_make(tmp, sizeof tmp, "c
 static int teardown_tmp(void **state) { return test_tmpdir_remove(tmp); }
 
 // Runs `effdm <args>` (stdout, stderr to tmp/stdout.txt, tmp/stderr.txt); the exit status.
-static int run(const char *args) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, tmp, tmp);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static char *slurp_path(const char *p) {
-    unsigned char *buf;
-    size_t n;
-    Err e = {0};
-    if (file_read_all(p, &buf, &n, &e)) return NULL;
-    char *s = realloc(buf, n + 1);
-    s[n] = '\0';
-    return s;
-}
+static int run(const char *args) { return test_run_cli(tmp, args); }
 
 static char *slurp(const char *name) {
     char p[512];
     snprintf(p, sizeof p, "%s/%s", tmp, name);
-    return slurp_path(p);
+    return test_slurp(p);
 }
 
 static cJSON *load_json(const char *path) {
-    char *s = slurp_path(path);
+    char *s = test_slurp(path);
     assert_non_null(s);
     cJSON *j = cJSON_Parse(s);
     free(s);

@@ -29,24 +29,13 @@ static int setup_tmp(void **state) { return test_tmpdir_make(tmp, sizeof tmp, "e
 
 static int teardown_tmp(void **state) { return test_tmpdir_remove(tmp); }
 
-// Runs `effdm <args>` with stderr to tmp/stderr.txt; returns the exit status.
-static int run(const char *args) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, tmp, tmp);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+// Runs `effdm <args>` with stdout / stderr to tmp/stdout.txt, tmp/stderr.txt; the exit status.
+static int run(const char *args) { return test_run_cli(tmp, args); }
 
 static char *slurp(const char *name) {
     char p[512];
     snprintf(p, sizeof p, "%s/%s", tmp, name);
-    unsigned char *buf;
-    size_t n;
-    Err e = {0};
-    if (file_read_all(p, &buf, &n, &e)) return NULL;
-    char *s = realloc(buf, n + 1);
-    s[n] = '\0';
-    return s;
+    return test_slurp(p);
 }
 
 static int exists(const char *name) {

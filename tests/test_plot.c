@@ -42,29 +42,14 @@ static void write_file(const char *path, const char *text) {
     assert_int_equal(fclose(fp), 0);
 }
 
-static char *slurp(const char *path) {
-    unsigned char *buf;
-    size_t n;
-    Err e = {0};
-    if (file_read_all(path, &buf, &n, &e)) return NULL;
-    char *s = realloc(buf, n + 1);
-    s[n] = '\0';
-    return s;
-}
-
-// Runs `effdm <args>` with stdout / stderr to tmp/out.txt, tmp/err.txt; the exit status.
-static int run(const char *args) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s/out.txt' 2>'%s/err.txt'", EFFDM_BIN, args, tmp, tmp);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+// Runs `effdm <args>` with stdout / stderr to tmp/stdout.txt, tmp/stderr.txt; the exit status.
+static int run(const char *args) { return test_run_cli(tmp, args); }
 
 // stderr of the last run: exactly one line, containing every one of the given strings.
 static void assert_one_line_naming(const char *a, const char *b) {
     char p[512];
-    snprintf(p, sizeof p, "%s/err.txt", tmp);
-    char *s = slurp(p);
+    snprintf(p, sizeof p, "%s/stderr.txt", tmp);
+    char *s = test_slurp(p);
     assert_non_null(s);
     size_t n = strlen(s);
     int lines = 0;
@@ -300,7 +285,7 @@ static void test_layers_png(void **state) {
 static void make_run(const char *dir, int best) {
     assert_int_equal(mkdir(dir, 0755), 0);
     char p[512];
-    char *log = slurp(LOG_PATH);
+    char *log = test_slurp(LOG_PATH);
     assert_non_null(log);
     snprintf(p, sizeof p, "%s/log.csv", dir);
     write_file(p, log);
@@ -323,8 +308,8 @@ static void test_cli(void **state) {
     make_run(dir, 1);
     snprintf(args, sizeof args, "plot '%s'", dir);
     assert_int_equal(run(args), 0);
-    snprintf(p, sizeof p, "%s/out.txt", tmp);
-    char *out = slurp(p);
+    snprintf(p, sizeof p, "%s/stdout.txt", tmp);
+    char *out = test_slurp(p);
     assert_non_null(out);
     // best.epoch 1 is the second epoch: the validation after it
     if (!strstr(out, "8 steps, 3 epochs, 3 validations, selected epoch 2 marked")) fail_msg("stdout: %s", out);
@@ -348,7 +333,7 @@ static void test_cli(void **state) {
     snprintf(bad, sizeof bad, "%s/badrun", tmp);
     make_run(bad, 0);
     snprintf(p, sizeof p, "%s/log.csv", bad);
-    char *log = slurp(p);
+    char *log = test_slurp(p);
     char *row = strstr(log, "0,2,3,");
     assert_non_null(row);
     row[4] = 'x';  // "0,2,x,0.0008,..."
@@ -373,8 +358,8 @@ static void test_cli(void **state) {
     assert_int_equal(run("plot"), 2);
     assert_int_equal(run("plot --help"), 0);
     assert_int_equal(run("--help"), 0);
-    snprintf(p, sizeof p, "%s/out.txt", tmp);
-    out = slurp(p);
+    snprintf(p, sizeof p, "%s/stdout.txt", tmp);
+    out = test_slurp(p);
     assert_non_null(strstr(out, "  plot "));
     free(out);
 }

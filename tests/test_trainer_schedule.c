@@ -47,16 +47,6 @@ static void test_warmup_and_other_schedules(void **state) {
     assert_true(lr_schedule_factor(RC_SCHED_CONSTANT, warm, total, total) == 1.0);
 }
 
-static char *slurp(const char *path) {
-    unsigned char *buf;
-    size_t n;
-    Err e = {0};
-    if (file_read_all(path, &buf, &n, &e)) return NULL;
-    char *s = realloc(buf, n + 1);
-    s[n] = 0;
-    return s;
-}
-
 
 // distill_ddim_weight against finite differences of ddim_update itself: moving ε by h at
 // position i moves x_prev by c h; the weight is c² over the mean c².
@@ -118,14 +108,14 @@ static void test_log_truncates_to_checkpoint(void **state) {
         assert_int_equal(run_log_val(&l, ep, 3, 0.125, NAN, NAN, NAN, 1.0, &e), 0);
     }
     assert_int_equal(run_log_close(&l, &e), 0);
-    char *full = slurp(path);
+    char *full = test_slurp(path);
     assert_non_null(full);
     assert_true(strncmp(full, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n", strlen(RUN_LOG_HEADER) + 22) == 0);
 
     // checkpoint (1, 1): keep epoch 0 (3 steps + validation) and step (1, 0)
     assert_int_equal(run_log_open(&l, path, 1, 1, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    char *cut = slurp(path);
+    char *cut = test_slurp(path);
     const char *want = RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
                        "0,3,,,1.000,0.125,,,\n1,0,1.5,0.001,0.250,\n";
     assert_string_equal(cut, want);
@@ -136,7 +126,7 @@ static void test_log_truncates_to_checkpoint(void **state) {
     assert_int_equal(run_log_open(&l, path, 0, 3, &e), 0);
     assert_int_equal(run_log_step(&l, 0, 3, 9.0f, 0, 0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = slurp(path);
+    cut = test_slurp(path);
     want = RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
            "0,3,9,0,0.000,\n";
     assert_string_equal(cut, want);
@@ -146,7 +136,7 @@ static void test_log_truncates_to_checkpoint(void **state) {
     write_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.");
     assert_int_equal(run_log_open(&l, path, 5, 0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = slurp(path);
+    cut = test_slurp(path);
     assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n");
     free(cut);
 
@@ -154,7 +144,7 @@ static void test_log_truncates_to_checkpoint(void **state) {
     assert_int_equal(run_log_open(&l, path, 9, 0, &e), 0);
     assert_int_equal(run_log_val(&l, 2, 3, 0.5, 0.25, 1.5, 1.25, 2.0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = slurp(path);
+    cut = test_slurp(path);
     assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n2,3,,,2.000,0.5,0.25,1.5,1.25\n");
     free(cut);
 
@@ -162,7 +152,7 @@ static void test_log_truncates_to_checkpoint(void **state) {
     write_text(path, RUN_LOG_HEADER_V1 "\n0,0,1.5,0.001,0.250,\n0,3,,,1.000,0.125\n");
     assert_int_equal(run_log_open(&l, path, 5, 0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = slurp(path);
+    cut = test_slurp(path);
     assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,3,,,1.000,0.125\n");
     free(cut);
 

@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "io/fileio.h"
 #include "io/npy.h"
 #include "util/threads.h"
 
@@ -238,4 +240,25 @@ const char *test_cwd_path(const char *rel) {
     if (!getcwd(cwd, sizeof cwd)) cwd[0] = '\0';
     snprintf(buf, sizeof buf, "%s/%s", cwd, rel);
     return buf;
+}
+
+char *test_slurp(const char *path) {
+    unsigned char *buf;
+    size_t n;
+    Err e = {0};
+    if (file_read_all(path, &buf, &n, &e)) return NULL;
+    char *s = realloc(buf, n + 1);
+    if (!s) {
+        free(buf);
+        return NULL;
+    }
+    s[n] = '\0';
+    return s;
+}
+
+int test_run_cli(const char *dir, const char *args) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, dir, dir);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

@@ -37,6 +37,11 @@ int test_tmpdir_remove(const char *dir);
 
 // Path of a file in tests/data (static buffer, valid until the next call).
 const char *test_data_path(const char *name);
+// The whole file at path, NUL-terminated (malloc'd), or NULL when it cannot be read.
+char *test_slurp(const char *path);
+// Runs `effdm <args>` (the built binary; args as shell words) with stdout and stderr to
+// dir/stdout.txt and dir/stderr.txt; its exit status, or -1 when it did not exit normally.
+int test_run_cli(const char *dir, const char *args);
 // "<working directory>/rel" (rel: a plain relative path, no "." or ".."), in a static buffer.
 const char *test_cwd_path(const char *rel);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
