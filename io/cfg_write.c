@@ -17,23 +17,10 @@
 #include <strings.h>
 
 #include "io/fileio.h"
+#include "util/grow.h"
 
 static void put(CfgWriter *w, const char *s, size_t n) {
-    if (w->failed) return;
-    if (w->len + n + 1 > w->cap) {
-        size_t cap = w->cap ? w->cap : 1024;
-        while (cap < w->len + n + 1) cap *= 2;
-        char *b = realloc(w->buf, cap);
-        if (!b) {
-            w->failed = 2;
-            return;
-        }
-        w->buf = b;
-        w->cap = cap;
-    }
-    memcpy(w->buf + w->len, s, n);
-    w->len += n;
-    w->buf[w->len] = 0;
+    if (!w->failed && grow_text_append(&w->buf, &w->len, &w->cap, s, n)) w->failed = 2;
 }
 
 static void puts_(CfgWriter *w, const char *s) { put(w, s, strlen(s)); }

@@ -313,17 +313,7 @@ typedef struct {
 } Buf;
 
 static void buf_put(Buf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) { b->failed = 1; return; }
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
+    if (!b->failed && grow_text_append(&b->s, &b->n, &b->cap, s, n)) b->failed = 1;
 }
 
 static void buf_puts(Buf *b, const char *s) { buf_put(b, s, strlen(s)); }

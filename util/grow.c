@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 int grow_array(void **arr, int *cap, int need, int first, size_t elsize) {
     if (need <= *cap) return 0;
@@ -13,5 +14,24 @@ int grow_array(void **arr, int *cap, int need, int first, size_t elsize) {
     if (!a) return -1;
     *arr = a;
     *cap = (int)n;
+    return 0;
+}
+
+int grow_text_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+    if (n > SIZE_MAX - *len - 1) return -1;
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < *len + n + 1) {
+            if (c > SIZE_MAX / 2) return -1;
+            c *= 2;
+        }
+        char *b = realloc(*buf, c);
+        if (!b) return -1;
+        *buf = b;
+        *cap = c;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    (*buf)[*len] = '\0';
     return 0;
 }

@@ -1,5 +1,6 @@
-/* grow.h: the one growable-array step of effdm's tables (parameter tables, writer lists,
-   parsed nodes): capacity doubling with an overflow check. */
+/* grow.h: the one growable-array step of effdm's tables (parameter tables, writer lists)
+   and text buffers (the YAML and safetensors-header writers): capacity doubling with an
+   overflow check. */
 #ifndef EFFDM_GROW_H
 #define EFFDM_GROW_H
 
@@ -9,5 +10,9 @@
 // from first (when 0) until it does, and reallocs. 0, or -1 (out of memory or overflow: *arr
 // and *cap unchanged).
 int grow_array(void **arr, int *cap, int need, int first, size_t elsize);
+
+// Appends n bytes of s to the text *buf (length *len, capacity *cap), which stays
+// NUL-terminated: capacity doubled from 256. 0, or -1 when out of memory (text unchanged).
+int grow_text_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n);
 
 #endif
