@@ -741,6 +741,8 @@ static void test_shipped_configs(void **state) {
     static const struct { const char *file; int wb, ab; RcRecipe recipe; const char *ckpt; const char *out; } cfgs[] = {
         {"fmnist-ldm-w4a4.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a4"},
         {"fmnist-ldm-w4a8.yaml", 4, 8, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a8"},
+        {"fmnist-ldm-w4a4-nupes.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt",
+         "runs/fmnist-ldm-w4a4-nupes"},
         {"fmnist-ldm-w2a8.yaml", 2, 8, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w2a8"},
         {"fmnist-ldm-w4a4-reference.yaml", 4, 4, RC_RECIPE_REFERENCE, "models/zoo/fmnist-ldm/model.ckpt",
          "runs/fmnist-ldm-w4a4-reference"},
@@ -765,6 +767,10 @@ static void test_shipped_configs(void **state) {
         assert_int_equal(c.quant.fp_layers, cfgs[i].recipe == RC_RECIPE_EFFDM ? RC_FP_F16 : RC_FP_F32);
         assert_int_equal(c.train.epochs, 160);
         assert_int_equal(run_config_validate(&c, &e), 0);
+        // the one shipped config whose quantizer is not the default
+        int nupes = strstr(cfgs[i].file, "nupes") != NULL;
+        assert_int_equal(c.quant.weight_quantizer, nupes ? QUANT_NUPES : QUANT_UNIFORM);
+        assert_int_equal(c.quant.act_quantizer, nupes ? QUANT_NUPES : QUANT_UNIFORM);
     }
     // the reference config is the reference recipe's defaults exactly (apart from where it runs)
     RunConfig ref, d;
