@@ -208,7 +208,7 @@ static int eq_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, 
         *z = 0.0f;
     } else {
         if (how == QUANT_INIT_MAX) quant_uniform_fit_max(rest, nr, q->bits, d, z);
-        else quant_uniform_fit_mse(rest, nr, q->bits, d, z);
+        else quant_uniform_fit_mse(rest, nr, q->bits, &q->kp, d, z);
         if (q->kp.fit_steps > 0 && q->kp.fit_lr > 0)
             refine_delta(rest, nr, d, *z, quantizer_qmax(q), q->kp.fit_steps, q->kp.fit_lr);
     }

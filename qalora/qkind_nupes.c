@@ -124,11 +124,11 @@ static void nu_fake_with(float *y, const float *x, size_t n, float delta, float 
 /* ---- fit ------------------------------------------------------------------------------ */
 
 // The uniform range of p_a(x) by the init `how` (t: scratch of n floats).
-static void range_of_warped(float *t, const float *x, size_t n, float a, int bits, QuantInit how, float *delta,
-                            float *zero) {
+static void range_of_warped(float *t, const float *x, size_t n, float a, int bits, QuantInit how,
+                            const QKindParams *kp, float *delta, float *zero) {
     for (size_t i = 0; i < n; i++) t[i] = warp(x[i], a);
     if (how == QUANT_INIT_MAX) quant_uniform_fit_max(t, n, bits, delta, zero);
-    else quant_uniform_fit_mse(t, n, bits, delta, zero);
+    else quant_uniform_fit_mse(t, n, bits, kp, delta, zero);
 }
 
 static int nu_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel) {
@@ -146,7 +146,7 @@ static int nu_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, 
     double best_err = INFINITY;
     for (int g = 0; g < NUPES_GRID; g++) {
         float a = (float)(1.0 - 0.1 * g), d, z;
-        range_of_warped(t, sub, m, a, q->bits, how, &d, &z);
+        range_of_warped(t, sub, m, a, q->bits, how, &q->kp, &d, &z);
         nu_fake_with(y, sub, m, d, z, a, qmax);
         double err = 0;
         for (size_t i = 0; i < m; i++) err += ((double)y[i] - sub[i]) * ((double)y[i] - sub[i]);
@@ -155,7 +155,7 @@ static int nu_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, 
             best_a = a;
         }
     }
-    range_of_warped(t, x, n, best_a, q->bits, how, &q->delta.data[k], &q->zero.data[k]);
+    range_of_warped(t, x, n, best_a, q->bits, how, &q->kp, &q->delta.data[k], &q->zero.data[k]);
     q->param.data[k] = best_a;
     free(sub), free(t), free(y);
     return 0;

@@ -5,6 +5,7 @@
    Fit: 'max' (naive PTQ) or 'mse' (the reference's 80-candidate L_2.4 search). Levels:
    clamp(round(round(x/Δ) + z)), packed as pack.h defines. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "qalora/pack.h"
@@ -39,10 +40,25 @@ void quant_uniform_fit_max(const float *x, size_t n, int bits, float *delta, flo
     *zero = (float)rint(-lo / d);  // Python round(): half to even
 }
 
+// The search's settings with the reference's where kp leaves them zero (or kp is NULL).
+typedef struct {
+    int steps;
+    double shrink;
+    float p;
+} UqMse;
+
+static UqMse uq_mse_of(const QKindParams *kp) {
+    UqMse m = {QUANT_MSE_STEPS, QUANT_MSE_SHRINK, QUANT_MSE_P};
+    if (kp && kp->mse_steps > 0) m.steps = kp->mse_steps < QUANT_MSE_MAX_STEPS ? kp->mse_steps : QUANT_MSE_MAX_STEPS;
+    if (kp && kp->mse_shrink > 0) m.shrink = kp->mse_shrink;
+    if (kp && kp->mse_p > 0) m.p = (float)kp->mse_p;
+    return m;
+}
+
 // Candidate i of the 'mse' search, in float32 as the reference's tensor arithmetic:
-// the Python factor (1 - 0.01 i) is a double cast to float by torch before the multiply.
-static void uq_mse_candidate(float xmin, float xmax, int i, int qmax, float *delta, float *zero) {
-    float s = (float)(1.0 - (double)i * 0.01);
+// the Python factor (1 - shrink i) is a double cast to float by torch before the multiply.
+static void uq_mse_candidate(float xmin, float xmax, int i, double shrink, int qmax, float *delta, float *zero) {
+    float s = (float)(1.0 - (double)i * shrink);
     float nmax = xmax * s, nmin = xmin * s;
     float d = (nmax - nmin) / (float)qmax;
     *delta = d;
@@ -50,15 +66,16 @@ static void uq_mse_candidate(float xmin, float xmax, int i, int qmax, float *del
 }
 
 // sums[k] += sum over x of |x - q_k(x)|^p for every candidate k (serial).
-static void uq_mse_sums(double *sums, const float *x, size_t n, const float *cd, const float *cz, int qmax) {
+static void uq_mse_sums(double *sums, const float *x, size_t n, const float *cd, const float *cz, int qmax,
+                        const UqMse *m) {
     float fq = (float)qmax;
-    for (int k = 0; k < QUANT_MSE_STEPS; k++) {
+    for (int k = 0; k < m->steps; k++) {
         float d = cd[k], z = cz[k];
         double s = 0;
         for (size_t i = 0; i < n; i++) {
             float xq = (uq_level(x[i], d, z, fq) - z) * d;
             float diff = fabsf(x[i] - xq);
-            if (diff > 0.0f) s += (double)powf(diff, QUANT_MSE_P);
+            if (diff > 0.0f) s += (double)powf(diff, m->p);
         }
         sums[k] += s;
     }
@@ -66,39 +83,45 @@ static void uq_mse_sums(double *sums, const float *x, size_t n, const float *cd,
 
 // The 'mse' fit of one slice: serial (a channel, inside a parallel loop over channels) or
 // threaded over chunks (one big activation).
-static void uq_fit_mse_impl(const float *x, size_t n, int bits, float *delta, float *zero, int parallel) {
+static void uq_fit_mse_impl(const float *x, size_t n, int bits, const QKindParams *kp, float *delta, float *zero,
+                            int parallel) {
+    const UqMse m = uq_mse_of(kp);
     int qmax = (1 << bits) - 1;
     float xmin = INFINITY, xmax = -INFINITY;
     for (size_t i = 0; i < n; i++) {
         if (x[i] < xmin) xmin = x[i];
         if (x[i] > xmax) xmax = x[i];
     }
-    float cd[QUANT_MSE_STEPS], cz[QUANT_MSE_STEPS];
-    for (int k = 0; k < QUANT_MSE_STEPS; k++) uq_mse_candidate(xmin, xmax, k, qmax, &cd[k], &cz[k]);
-    if (!(cd[0] > 0.0f) || !isfinite(cd[0])) {  // constant data: every candidate has Δ = 0
-        quant_uniform_fit_max(x, n, bits, delta, zero);
+    float cd[QUANT_MSE_MAX_STEPS], cz[QUANT_MSE_MAX_STEPS];
+    for (int k = 0; k < m.steps; k++) uq_mse_candidate(xmin, xmax, k, m.shrink, qmax, &cd[k], &cz[k]);
+    // per-chunk partial sums: on the heap (up to QCHUNK_GROUP x QUANT_MSE_MAX_STEPS doubles)
+    double *part = malloc((size_t)QCHUNK_GROUP * (size_t)m.steps * sizeof *part);
+    if (!(cd[0] > 0.0f) || !isfinite(cd[0]) || !part) {  // constant data: every candidate has Δ = 0
+        free(part);
+        quant_uniform_fit_max(x, n, bits, delta, zero);  // (or no memory for the search: the max range)
         return;
     }
     // Fixed chunks summed in order whether or not they run in parallel: one summation
     // order for a given n, so the serial and the threaded fit pick the same candidate.
-    double sums[QUANT_MSE_STEPS] = {0};
+    double sums[QUANT_MSE_MAX_STEPS] = {0};
     size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
     for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
         size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
-        double part[QCHUNK_GROUP][QUANT_MSE_STEPS];
 #pragma omp parallel for schedule(static) if (parallel && gn > 1)
         for (size_t k = 0; k < gn; k++) {
             size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
-            memset(part[k], 0, sizeof part[k]);
-            uq_mse_sums(part[k], x + lo, hi - lo, cd, cz, qmax);
+            double *pk = part + k * (size_t)m.steps;
+            memset(pk, 0, (size_t)m.steps * sizeof *pk);
+            uq_mse_sums(pk, x + lo, hi - lo, cd, cz, qmax, &m);
         }
         for (size_t k = 0; k < gn; k++)
-            for (int j = 0; j < QUANT_MSE_STEPS; j++) sums[j] += part[k][j];
+            for (int j = 0; j < m.steps; j++) sums[j] += part[k * (size_t)m.steps + (size_t)j];
     }
+    free(part);
     // The reference keeps the first strictly better score, starting below 1e10.
     double best = 1e10;
     int best_k = -1;
-    for (int k = 0; k < QUANT_MSE_STEPS; k++) {
+    for (int k = 0; k < m.steps; k++) {
         double score = sums[k] / (double)n;
         if (cd[k] > 0.0f && score < best) {
             best = score;
@@ -113,8 +136,8 @@ static void uq_fit_mse_impl(const float *x, size_t n, int bits, float *delta, fl
     *zero = cz[best_k];
 }
 
-void quant_uniform_fit_mse(const float *x, size_t n, int bits, float *delta, float *zero) {
-    uq_fit_mse_impl(x, n, bits, delta, zero, 0);
+void quant_uniform_fit_mse(const float *x, size_t n, int bits, const QKindParams *kp, float *delta, float *zero) {
+    uq_fit_mse_impl(x, n, bits, kp, delta, zero, 0);
 }
 
 /* ---- the row's kernels ----------------------------------------------------------------- */
@@ -122,7 +145,7 @@ void quant_uniform_fit_mse(const float *x, size_t n, int bits, float *delta, flo
 static int uq_fit(Quantizer *q, int k, const float *x, size_t n, QuantInit how, int parallel) {
     float *d = &q->delta.data[k], *z = &q->zero.data[k];
     if (how == QUANT_INIT_MAX) quant_uniform_fit_max(x, n, q->bits, d, z);
-    else uq_fit_mse_impl(x, n, q->bits, d, z, parallel);
+    else uq_fit_mse_impl(x, n, q->bits, &q->kp, d, z, parallel);
     return 0;
 }
 

@@ -98,6 +98,7 @@ static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg,
     tensor_init_param(&q->w_fq, wfq, NULL, l->weight.ndim, l->weight.shape);
     *ad = *az = 0.0f;
     quantizer_setup(&q->aq, cfg->a_kind, cfg->a_bits, 0, 1, ad, az, NULL, NULL);
+    q->aq.kp = cfg->kp;  // the mse search's settings (the kinds' other settings are for weights)
     if (pa) quantizer_setup_param(&q->aq, ap, NULL);
     return 0;
 }
@@ -157,6 +158,7 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     }
     memset(ad, 0, 2 * S * sizeof(float));
     quantizer_setup(&q->aq, cfg->a_kind, cfg->a_bits, 0, q->n_entries, ad, az, gad, gaz);
+    q->aq.kp = cfg->kp;  // the mse search's settings (the kinds' other settings are for weights)
     if (qkind_get(cfg->a_kind)->n_param) {
         for (size_t i = 0; i < S * (size_t)qkind_get(cfg->a_kind)->n_param; i++) ap[i] = 1.0f;  // until calibrated
         quantizer_setup_param(&q->aq, ap, gap);

@@ -48,10 +48,13 @@
 
 #define QUANT_MIN_BITS 2
 #define QUANT_MAX_BITS 8
-// 'mse' init: candidate ranges [min, max] * (1 - 0.01 i), i = 0 .. QUANT_MSE_STEPS - 1,
-// scored by mean(|x - q(x)|^QUANT_MSE_P) (LAPQ's L_p norm, as the reference).
+// 'mse' init: candidate ranges [min, max] * (1 - shrink i), i = 0 .. steps - 1, scored by
+// mean(|x - q(x)|^p) (LAPQ's L_p norm); the reference's search is 80 / 0.01 / 2.4 (the
+// defaults, QKindParams.mse_*: quant.mse_candidates / mse_shrink / mse_norm).
 #define QUANT_MSE_STEPS 80
+#define QUANT_MSE_SHRINK 0.01
 #define QUANT_MSE_P 2.4f
+#define QUANT_MSE_MAX_STEPS 1000
 // 'max' init: a range narrower than this gets this Δ (the reference's warning floor).
 #define QUANT_MIN_DELTA 1e-8
 
@@ -74,6 +77,10 @@ typedef struct {
     double outlier_fraction;  // easyquant: share of each channel's weights kept unquantized (0.005)
     int fit_steps;            // easyquant: gradient steps of its range fit (100)
     double fit_lr;            // easyquant: their Adam learning rate, relative to the initial Δ (0.01)
+    // The 'mse' range search of every kind that uses it (zero: the reference's 80 / 0.01 / 2.4):
+    int mse_steps;            // candidates, 1..QUANT_MSE_MAX_STEPS
+    double mse_shrink;        // range shrink per candidate; (mse_steps - 1) mse_shrink < 1
+    double mse_p;             // the score's norm, > 0
 } QKindParams;
 
 typedef struct Quantizer {
@@ -126,7 +133,7 @@ const char *quant_kind_name(QuantKind k);
 int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int entry, Err *e);
 // One uniform range from data, for a single slice (qkind_uniform.c's kernels behind quantizer_fit).
 void quant_uniform_fit_max(const float *x, size_t n, int bits, float *delta, float *zero);
-void quant_uniform_fit_mse(const float *x, size_t n, int bits, float *delta, float *zero);
+void quant_uniform_fit_mse(const float *x, size_t n, int bits, const QKindParams *kp, float *delta, float *zero);
 
 /* ---- fake quantization (forward / backward on raw arrays) ---------------------------- */
 // y = q(x) for n floats (y may equal x). Layer-wise quantizers use `entry`.

@@ -102,18 +102,20 @@ const KeyDesc RC_KEYS[] = {
      .doc =
      "`easyquant`: the range fit's learning rate, relative to the initial step Δ"},
     {.path = "quant.mse_candidates", .type = K_INT, .off = offsetof(RunConfig, quant.mse_candidates), .lo = 1,
-     .hi = 100000, .def = {80, 80}, .resume = 1,
+     .hi = QUANT_MSE_MAX_STEPS, .def = {QUANT_MSE_STEPS, QUANT_MSE_STEPS}, .resume = 1,
      .doc =
-     "mse search: candidate ranges i = 0..N-1, both ends scaled by (1 - shrink · i). Fixed at the "
-     "reference's 80: another value is refused (the key names the search in resolved configs)"},
+     "the `mse` range search (`weight_init` / `act_init` `mse`, every kind that fits ranges): candidate "
+     "ranges i = 0..N-1, both ends of [min, max] scaled by (1 - `mse_shrink` · i), 1..1000 (the "
+     "reference: 80)"},
     {.path = "quant.mse_shrink", .type = K_DOUBLE, .off = offsetof(RunConfig, quant.mse_shrink), .lo = 0, .hi = 1,
-     .hi_open = 1, .def = {0.01, 0.01}, .resume = 1,
+     .lo_open = 1, .hi_open = 1, .def = {QUANT_MSE_SHRINK, QUANT_MSE_SHRINK}, .resume = 1,
      .doc =
-     "mse search: range shrink per candidate. Fixed at 0.01: another value is refused"},
+     "the `mse` search's range shrink per candidate, > 0; (`mse_candidates` - 1) · `mse_shrink` < 1"},
     {.path = "quant.mse_norm", .type = K_DOUBLE, .off = offsetof(RunConfig, quant.mse_norm), .lo = 0, .hi = 100,
      .lo_open = 1, .def = {2.4, 2.4}, .resume = 1,
      .doc =
-     "mse search: score = mean(abs(x - q(x)) ^ norm). Fixed at 2.4: another value is refused"},
+     "the `mse` search's score: mean(abs(x - q(x)) ^ norm), the best candidate kept (LAPQ's L_p; the "
+     "reference: 2.4)"},
     {.path = "quant.special_bits", .type = K_INT, .off = offsetof(RunConfig, quant.special_bits), .lo = 2, .hi = 8,
      .def = {8, 8}, .resume = 1,
      .doc =

@@ -16,12 +16,6 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     if (rq->quantize_attention_matmuls)
         return err_set(e, ERR_VALUE, "run config: quant.quantize_attention_matmuls: true is not implemented yet "
                        "(the attention matmuls stay FP, as in the reference)");
-    int uses_mse = rq->weight_init == RC_INIT_MSE || rq->act_init == RC_INIT_MSE;
-    if (uses_mse && (rq->mse_candidates != QUANT_MSE_STEPS || rq->mse_shrink != 0.01 ||
-                     (float)rq->mse_norm != QUANT_MSE_P))
-        return err_set(e, ERR_VALUE, "run config: quant.mse_candidates / mse_shrink / mse_norm: only %d / 0.01 / "
-                       "%.1f are implemented yet, found %d / %g / %g", QUANT_MSE_STEPS, (double)QUANT_MSE_P,
-                       rq->mse_candidates, rq->mse_shrink, rq->mse_norm);
     if (rq->n_overrides > QMODEL_MAX_OVERRIDES || rq->n_fp_names > QMODEL_MAX_FP_NAMES)
         return err_set(e, ERR_VALUE, "run config: quant: %d overrides, %d fp names (at most %d, %d)",
                        rq->n_overrides, rq->n_fp_names, QMODEL_MAX_OVERRIDES, QMODEL_MAX_FP_NAMES);
@@ -35,7 +29,8 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
                        "table", rq->weight_quantizer, rq->act_quantizer);
     cfg->sel.w_kind = (QuantKind)rq->weight_quantizer;
     cfg->sel.a_kind = (QuantKind)rq->act_quantizer;
-    cfg->kp = (QKindParams){rq->easyquant_outlier_fraction, rq->easyquant_steps, rq->easyquant_lr};
+    cfg->kp = (QKindParams){rq->easyquant_outlier_fraction, rq->easyquant_steps, rq->easyquant_lr,
+                            rq->mse_candidates, rq->mse_shrink, rq->mse_norm};
     cfg->rank = rq->lora_rank;
     cfg->talsq = rq->talsq;
     cfg->train_steps = rc->train.steps;

@@ -361,7 +361,7 @@ static void test_calibration_and_entries(void **state) {
     assert_int_equal(log.calls, 1);
     assert_int_equal(log.n, x->n);
     float dref, zref;
-    quant_uniform_fit_mse(x->data, x->n, 4, &dref, &zref);
+    quant_uniform_fit_mse(x->data, x->n, 4, NULL, &dref, &zref);
     for (int i = 0; i < 4; i++) {
         assert_float_equal(q.aq.delta.data[i], dref, 0.0f);
         assert_float_equal(q.aq.zero.data[i], zref, 0.0f);

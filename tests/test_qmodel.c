@@ -325,7 +325,7 @@ typedef struct {
 static void fit_capture(void *user, QLayer *ql, const Tensor *x) {
     FitCapture *f = user;
     int k = (int)(ql - f->q->q);
-    quant_uniform_fit_mse(x->data, x->n, ql->aq.bits, &f->delta[k], &f->zero[k]);
+    quant_uniform_fit_mse(x->data, x->n, ql->aq.bits, NULL, &f->delta[k], &f->zero[k]);
 }
 
 static void test_entry_calibration(void **state) {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "qalora/quantizer.h"
+#include "util/rng.h"
 #include "util/threads.h"
 
 static const float TOL_HAND = 1e-6f;  // hand-computed gradients of float32 values
@@ -79,12 +80,12 @@ static void test_init_mse_closed_form(void **state) {
     float d, z;
     // integers 0..3 at 2 bits: the full range (i = 0) is exact, score 0, nothing beats it
     const float a[4] = {0.0f, 1.0f, 2.0f, 3.0f};
-    quant_uniform_fit_mse(a, 4, 2, &d, &z);
+    quant_uniform_fit_mse(a, 4, 2, NULL, &d, &z);
     assert_float_equal(d, 1.0f, 0.0f);
     assert_float_equal(z, 0.0f, 0.0f);
     // 1..4: 'mse' does NOT clip the range at 0 (z = -1 keeps it exact), 'max' does
     const float b[4] = {1.0f, 2.0f, 3.0f, 4.0f};
-    quant_uniform_fit_mse(b, 4, 2, &d, &z);
+    quant_uniform_fit_mse(b, 4, 2, NULL, &d, &z);
     assert_float_equal(d, 1.0f, 0.0f);
     assert_float_equal(z, -1.0f, 0.0f);
     quant_uniform_fit_max(b, 4, 2, &d, &z);
@@ -95,13 +96,57 @@ static void test_init_mse_closed_form(void **state) {
     float c[1001];
     for (int i = 0; i < 1000; i++) c[i] = (float)i / 2000.0f;
     c[1000] = 1.0f;
-    quant_uniform_fit_mse(c, 1001, 2, &d, &z);
+    quant_uniform_fit_mse(c, 1001, 2, NULL, &d, &z);
     assert_true(d < 0.9f / 3.0f);
     // a constant slice falls back to the 'max' fit
     const float k[3] = {0.5f, 0.5f, 0.5f};
-    quant_uniform_fit_mse(k, 3, 4, &d, &z);
+    quant_uniform_fit_mse(k, 3, 4, NULL, &d, &z);
     assert_float_equal(d, (float)(0.5 / 15.0), 0.0f);
     assert_float_equal(z, 0.0f, 0.0f);
+}
+
+// The mse search with other settings (quant.mse_candidates / mse_shrink / mse_norm) against a
+// direct search in double: every candidate's range and score written out from the definition
+// (quantizer.h), the first best kept. The implementation's pick must score the best (to float
+// rounding of its sums) and differ from the reference settings' pick on these data.
+static void test_init_mse_settings(void **state) {
+    enum { N = 3000, K = 37 };
+    static float x[N];
+    Rng r;
+    rng_seed(&r, 5, 0);
+    rng_normal_fill(&r, x, N);
+    for (int i = 0; i < N; i += 97) x[i] *= 6.0f;  // tails, so shrinking pays
+    const QKindParams kp = {.mse_steps = K, .mse_shrink = 0.02, .mse_p = 2.0};
+    const int bits = 3, qmax = 7;
+    float xmin = x[0], xmax = x[0];
+    for (int i = 1; i < N; i++) {
+        xmin = x[i] < xmin ? x[i] : xmin;
+        xmax = x[i] > xmax ? x[i] : xmax;
+    }
+    double score[K], best = INFINITY;
+    float cd[K];
+    for (int k = 0; k < K; k++) {
+        float s = (float)(1.0 - k * 0.02), lo = xmin * s, hi = xmax * s;
+        float d = (hi - lo) / (float)qmax, z = rintf(-lo / d);
+        double acc = 0;
+        for (int i = 0; i < N; i++) {
+            float u = rintf(x[i] / d) + z;
+            u = u < 0 ? 0 : (u > qmax ? (float)qmax : u);
+            acc += pow(fabs((double)x[i] - (double)((u - z) * d)), 2.0);
+        }
+        score[k] = acc / N;
+        cd[k] = d;
+        best = score[k] < best ? score[k] : best;
+    }
+    float d, z, d80, z80;
+    quant_uniform_fit_mse(x, N, bits, &kp, &d, &z);
+    int pick = -1;
+    for (int k = 0; k < K; k++)
+        if (cd[k] == d) pick = k;
+    assert_true(pick > 0);  // shrunk, and one of this search's candidates
+    assert_true(score[pick] <= best * (1 + 1e-6));
+    quant_uniform_fit_mse(x, N, bits, NULL, &d80, &z80);  // the reference's 80 / 0.01 / 2.4
+    assert_true(d80 != d);
 }
 
 // The fixture's w_delta / w_zero_point come from the upstream 'mse' init on W (4 bits,
@@ -303,7 +348,7 @@ static void test_thread_determinism(void **state) {
     assert_memory_equal(&a.fz, &b.fz, sizeof(float));
     assert_true(a.dz != 0.0f);  // the data reaches outside the range: both gradient branches ran
     float sd, sz;  // the serial single-slice fit sums the same chunks in the same order
-    quant_uniform_fit_mse(x, n, 4, &sd, &sz);
+    quant_uniform_fit_mse(x, n, 4, NULL, &sd, &sz);
     assert_memory_equal(&sd, &a.fd, sizeof(float));
     assert_memory_equal(&sz, &a.fz, sizeof(float));
     free(a.y);
@@ -320,6 +365,7 @@ int main(void) {
         cmocka_unit_test(test_round_half_even),
         cmocka_unit_test(test_init_max),
         cmocka_unit_test(test_init_mse_closed_form),
+        cmocka_unit_test(test_init_mse_settings),
         cmocka_unit_test(test_init_mse_fixture),
         cmocka_unit_test(test_op_gradients_hand),
         cmocka_unit_test(test_op_errors),
