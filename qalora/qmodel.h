@@ -40,9 +40,8 @@
    method can be built, tested and benchmarked without one, and the folders depend one way.
 
    Limitations: fp_name_contains must keep every layer select.h keeps FP ("skip", "op");
-   extra names are supported. quantize_attention_matmuls and non-default 'mse' search
-   parameters (candidates, shrink, norm) are not implemented: QModelConfig has no field for
-   them, and run_qmodel_config refuses a run config that asks for them (ERR_VALUE).
+   extra names are supported. The attention products (QK^T, softmax·V) stay FP, as in the
+   reference (no option: the run config's quantize_attention_matmuls was removed).
 */
 #ifndef EFFDM_QMODEL_H
 #define EFFDM_QMODEL_H

@@ -241,6 +241,27 @@ static int unknown_key(const CfgNode *map, const char *prefix, const char *key, 
     return err_set(e, ERR_KEY, "%s: %s: unknown key (line %d); valid here: %s", cfg_file(map), full, line, valid);
 }
 
+// Keys that were removed, with the one value they ever accepted: run directories written
+// before hold them, and that value still reads (as nothing); any other is an error saying why.
+static const struct { const char *path; const char *why; } RETIRED[] = {
+    {"quant.quantize_attention_matmuls", "removed (session 7): the attention products QK^T and softmax·V stay FP, "
+                                         "as in the reference; only false was ever accepted"},
+};
+
+// 1 when full is a retired key (its value checked: 0, or the error set in *e and -1).
+static int read_retired(const char *full, const CfgNode *n, int *rc, Err *e) {
+    for (size_t i = 0; i < sizeof RETIRED / sizeof RETIRED[0]; i++) {
+        if (strcmp(full, RETIRED[i].path)) continue;
+        int v = 1;
+        *rc = 0;
+        if (cfg_as_bool(n, &v, e) < 0 || v)
+            *rc = err_set(e, ERR_VALUE, "%s: %s: %s (line %d)", cfg_file(n), cfg_node_path(n), RETIRED[i].why,
+                          cfg_line(n));
+        return 1;
+    }
+    return 0;
+}
+
 static int read_group(const CfgNode *map, const char *prefix, RunConfig *c, Err *e) {
     if (cfg_is_null(map)) return 0;  // "quant:" with every key commented out
     if (cfg_kind(map) != CFG_MAP) {
@@ -260,8 +281,11 @@ static int read_group(const CfgNode *map, const char *prefix, RunConfig *c, Err 
         char full[320];
         snprintf(full, sizeof full, "%s%s%s", prefix, prefix[0] ? "." : "", key);
         const KeyDesc *k = rc_key_find(full);
+        int rc;
         if (k) {
             if (read_key(child, k, c, e)) return e->code ? e->code : ERR_VALUE;
+        } else if (read_retired(full, child, &rc, e)) {
+            if (rc) return rc;
         } else if (is_group(full)) {
             if (read_group(child, full, c, e)) return e->code;
         } else {

@@ -102,7 +102,6 @@ typedef struct {
     int special_bits, special_first, special_last;
     char fp_name_contains[RC_MAX_FP_NAMES][RC_NAME_MAX];
     int n_fp_names;
-    int quantize_attention_matmuls;
     int lora_rank;
     int talsq;
     RcFpLayers fp_layers;

@@ -133,10 +133,6 @@ const KeyDesc RC_KEYS[] = {
      .resume = 1,
      .doc =
      "Conv2d/Linear layers whose last name component contains one of these stay FP"},
-    {.path = "quant.quantize_attention_matmuls", .type = K_BOOL,
-     .off = offsetof(RunConfig, quant.quantize_attention_matmuls), .def = {0, 0}, .resume = 1,
-     .doc =
-     "reserved: QK^T and softmax·V stay FP, as in the reference; true is refused (not implemented)"},
     {.path = "quant.lora_rank", .type = K_INT, .off = offsetof(RunConfig, quant.lora_rank), .lo = 1, .hi = 65536,
      .def = {32, 32}, .resume = 1,
      .doc =

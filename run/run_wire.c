@@ -13,9 +13,6 @@ _Static_assert(QMODEL_MAX_FP_NAMES >= RC_MAX_FP_NAMES && QMODEL_FP_NAME_MAX >= R
 int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     const RcQuant *rq = &rc->quant;
     qmodel_config_defaults(cfg);
-    if (rq->quantize_attention_matmuls)
-        return err_set(e, ERR_VALUE, "run config: quant.quantize_attention_matmuls: true is not implemented yet "
-                       "(the attention matmuls stay FP, as in the reference)");
     if (rq->n_overrides > QMODEL_MAX_OVERRIDES || rq->n_fp_names > QMODEL_MAX_FP_NAMES)
         return err_set(e, ERR_VALUE, "run config: quant: %d overrides, %d fp names (at most %d, %d)",
                        rq->n_overrides, rq->n_fp_names, QMODEL_MAX_OVERRIDES, QMODEL_MAX_FP_NAMES);

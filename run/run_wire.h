@@ -19,9 +19,8 @@
 
 // The student of run config rc: its quant.* keys (plus train.steps for the TALSQ entries).
 // cfg->sel.overrides points into cfg itself (copy it with qmodel_init, not by assignment).
-// 0, or ERR_VALUE naming the key for options this build does not implement
-// (quantize_attention_matmuls, non-default mse search parameters, more overrides than
-// QMODEL_MAX_OVERRIDES).
+// 0, or ERR_VALUE naming the key for what QModelConfig cannot hold (more overrides than
+// QMODEL_MAX_OVERRIDES, a kind outside the table).
 int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e);
 // What the trainer reads of rc (train.*, sample.*, model.uncond_label, run.arena_mb,
 // calib.seed, the teacher's config path for messages).

@@ -31,7 +31,7 @@ static const char *const ALL_KEYS[] = {
     "quant.act_quantizer", "quant.easyquant_outlier_fraction", "quant.easyquant_steps", "quant.easyquant_lr",
     "quant.mse_candidates",
     "quant.mse_shrink", "quant.mse_norm", "quant.special_bits", "quant.special_first", "quant.special_last",
-    "quant.fp_name_contains", "quant.quantize_attention_matmuls", "quant.lora_rank", "quant.talsq",
+    "quant.fp_name_contains", "quant.lora_rank", "quant.talsq",
     "quant.fp_layers", "quant.overrides",
     "calib.steps", "calib.eta", "calib.scale", "calib.n_samples", "calib.batch", "calib.n_inputs", "calib.seed",
     "calib.act_ranges",
@@ -81,7 +81,6 @@ static void test_reference_defaults(void **state) {
     assert_string_equal(c.quant.fp_name_contains[0], "skip");
     assert_string_equal(c.quant.fp_name_contains[1], "op");
     assert_int_equal(c.quant.n_fp_names, 2);
-    assert_int_equal(c.quant.quantize_attention_matmuls, 0);
     assert_int_equal(c.quant.special_first, 3);
     assert_int_equal(c.quant.special_last, 1);
     assert_int_equal(c.quant.special_bits, 8);
@@ -376,7 +375,7 @@ static const char *const FULL =
     "model:\n  ldm_config: \"odd path/with: colon.yaml\"\n  ckpt: 'x#y.ckpt'\n  ema: on\n  uncond_label: 10\n"
     "quant:\n  weight_bits: 3\n  act_bits: 6\n  weight_init: mse\n  act_init: max\n  mse_candidates: 50\n"
     "  mse_shrink: 0.015\n  mse_norm: 2.0\n  special_bits: 6\n  special_first: 0\n  special_last: 2\n"
-    "  fp_name_contains: [skip, yes, '1.5']\n  quantize_attention_matmuls: true\n  lora_rank: 7\n  talsq: false\n"
+    "  fp_name_contains: [skip, yes, '1.5']\n  lora_rank: 7\n  talsq: false\n"
     "  fp_layers: f16\n"
     "  overrides:\n    - {pattern: '*', act_bits: 8}\n    - {pattern: 'a?[bc]*', keep_fp: on}\n"
     "    - {pattern: \"input_blocks.1.*\", weight_bits: 2, act_bits: 3}\n"
@@ -544,7 +543,6 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"quant.mse_norm", "quant: {mse_norm: 2}"}, {"quant.special_bits", "quant: {special_bits: 6}"},
     {"quant.special_first", "quant: {special_first: 0}"}, {"quant.special_last", "quant: {special_last: 0}"},
     {"quant.fp_name_contains", "quant: {fp_name_contains: [skip]}"},
-    {"quant.quantize_attention_matmuls", "quant: {quantize_attention_matmuls: true}"},
     {"quant.lora_rank", "quant: {lora_rank: 4}"}, {"quant.talsq", "quant: {talsq: false}"},
     {"quant.fp_layers", "quant: {fp_layers: f32}"},
     {"quant.overrides", "quant: {overrides: [{pattern: a, keep_fp: true}]}"},
@@ -737,6 +735,21 @@ static void test_quantizer_keys(void **state) {
     assert_has(e.msg, "quant.weight_quantizer");
 }
 
+// A removed key reads as nothing with the one value it ever accepted (run directories written
+// before hold it), and is an error naming it with any other.
+static void test_retired_key(void **state) {
+    RunConfig a, b;
+    load_ok("", &a);
+    load_ok("quant:\n  quantize_attention_matmuls: false\n", &b);
+    assert_memory_equal(&a, &b, sizeof a);
+    Err e = {0};
+    const char *yaml = "quant:\n  quantize_attention_matmuls: true\n";
+    assert_int_equal(run_config_load_mem(yaml, strlen(yaml), "r.yaml", &b, &e), ERR_VALUE);
+    assert_has(e.msg, "quant.quantize_attention_matmuls");
+    assert_has(e.msg, "removed");
+    assert_has(e.msg, "line 2");
+}
+
 static void test_shipped_configs(void **state) {
     static const struct { const char *file; int wb, ab; RcRecipe recipe; const char *ckpt; const char *out; } cfgs[] = {
         {"fmnist-ldm-w4a4.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a4"},
@@ -793,6 +806,7 @@ int main(void) {
         cmocka_unit_test(test_compare_for_resume),
         cmocka_unit_test(test_resume_marks_match_guide),
         cmocka_unit_test(test_guide_is_the_key_table),
+        cmocka_unit_test(test_retired_key),
         cmocka_unit_test(test_layer_quant),
         cmocka_unit_test(test_shipped_configs),
         cmocka_unit_test(test_quantizer_keys),

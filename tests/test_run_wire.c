@@ -52,11 +52,6 @@ static void test_qmodel_config(void **state) {
     assert_string_equal(qc.sel.overrides[0].pattern, "out.*");
     assert_int_equal(qc.sel.overrides[0].keep_fp, 1);
 
-    rc.quant.quantize_attention_matmuls = 1;
-    assert_int_equal(run_qmodel_config(&qc, &rc, &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "quantize_attention_matmuls"));
-    assert_non_null(strstr(e.msg, "not implemented"));
-    rc.quant.quantize_attention_matmuls = 0;
     // the mse search's settings reach the quantizers (they were refused before session 7)
     rc.quant.mse_candidates = 40;
     rc.quant.mse_shrink = 0.02;
