@@ -340,6 +340,36 @@ static void test_paths_relative_to_the_file(void **state) {
     rmdir(sub);
 }
 
+// The effdm recipe on an unconditional LDM (tests/data/parity/ae_kl: KL first stage, no class
+// labels), end to end through the CLI: calibrate, one epoch with its sampled validation (it
+// divided by the number of real classes, 0 here: SIGFPE before session 7), export with both
+// gain fits, and sample the export.
+static void test_unconditional_run(void **state) {
+    char cfg[400], err[4096], args[2048];
+    snprintf(cfg, sizeof cfg, "%s/uncond.yaml", tmp);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fprintf(f, "model:\n  ldm_config: %s/parity/ae_kl/config.yaml\n  ckpt: %s/parity/ae_kl/model.ckpt\n"
+               "calib:\n  n_samples: 2\n  batch: 2\n  steps: 10\n  n_inputs: 4\n"
+               "train:\n  recipe: effdm\n  epochs: 1\n  steps: 4\n  val_every: 1\n  val_inputs: 4\n"
+               "  val_samples: 2\n  sample_every: 0\n  guidance_fit_samples: 2\n"
+               "run:\n  out: %s/uncond_run\n", TEST_DATA_DIR, TEST_DATA_DIR, tmp);
+    fclose(f);
+    snprintf(args, sizeof args, "finetune --config '%s' --threads 1", cfg);
+    int rc = effdm(args, err, sizeof err);
+    if (rc) print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    snprintf(args, sizeof args, "export --run '%s/uncond_run' --out '%s/uncond.safetensors' --threads 1", tmp, tmp);
+    rc = effdm(args, err, sizeof err);
+    if (rc) print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    snprintf(args, sizeof args, "sample --model '%s/uncond.safetensors' --n 2 --steps 4 --out '%s/uncond_s' --threads 1",
+             tmp, tmp);
+    rc = effdm(args, err, sizeof err);
+    if (rc) print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_set_applies),
@@ -347,6 +377,7 @@ int main(void) {
         cmocka_unit_test(test_set_errors),
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_paths_relative_to_the_file),
+        cmocka_unit_test(test_unconditional_run),
     };
     return cmocka_run_group_tests_name("run_config_set", tests, setup, teardown);
 }

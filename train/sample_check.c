@@ -130,8 +130,11 @@ static int teacher_denoise_error(Trainer *tr, const float *z, double *out, Err *
                 rng_normal_fill(&r, ni, tr->per);
                 for (size_t j = 0; j < tr->per; j++) xi[j] = sa * zi[j] + sb * ni[j];
                 tin[i] = (float)ts[k];
-                int v = (first + i) % tr->n_real;
-                y[i] = v >= tr->uncond_label ? v + 1 : v;
+                y[i] = 0;
+                if (tr->cond) {  // unconditional models have no real class (n_real 0)
+                    int v = (first + i) % tr->n_real;
+                    y[i] = v >= tr->uncond_label ? v + 1 : v;
+                }
             }
             ctx_reset(c);
             const int shape[4] = {cnt, tr->C, tr->H, tr->W};
