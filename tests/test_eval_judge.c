@@ -11,13 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#include <stb/stb_image_write.h>
-#pragma GCC diagnostic pop
+#include "test_png_write.h"
 
 #include "eval/eval.h"
 #include "eval/featnet.h"

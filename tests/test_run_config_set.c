@@ -370,6 +370,24 @@ static void test_unconditional_run(void **state) {
     assert_int_equal(rc, 0);
 }
 
+// effdm finetune --keys prints the key tables run_config_keys_markdown makes (the guide's).
+static void test_cli_keys(void **state) {
+    char err[1024];
+    assert_int_equal(effdm("finetune --keys", err, sizeof err), 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/stdout.txt", tmp);
+    char *got = test_slurp(path), *want = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&want, &n);
+    assert_non_null(got);
+    assert_non_null(f);
+    run_config_keys_markdown(f);
+    fclose(f);
+    assert_string_equal(got, want);
+    free(got);
+    free(want);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_set_applies),
@@ -378,6 +396,7 @@ int main(void) {
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_paths_relative_to_the_file),
         cmocka_unit_test(test_unconditional_run),
+        cmocka_unit_test(test_cli_keys),
     };
     return cmocka_run_group_tests_name("run_config_set", tests, setup, teardown);
 }
