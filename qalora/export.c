@@ -27,28 +27,9 @@ typedef struct {
     float *a_delta, *a_zero;
 } LayerBufs;
 
-// Converted copies that must live until st_write.
-typedef struct {
-    void **p;
-    int n, cap;
-} Keep;
-
-static void *keep_alloc(Keep *k, size_t bytes) {
-    if (grow_array((void **)&k->p, &k->cap, k->n + 1, 64, sizeof *k->p)) return NULL;
-    void *b = malloc(bytes ? bytes : 1);
-    if (b) k->p[k->n++] = b;
-    return b;
-}
-
-static void keep_free(Keep *k) {
-    for (int i = 0; i < k->n; i++) free(k->p[i]);
-    free(k->p);
-    memset(k, 0, sizeof *k);
-}
-
 // Integer zero points in the smallest exact container: U8 when every value is in 0..255,
 // else I16 when they fit, else F32 as they are. *data points at the values to write.
-static int zero_points(Keep *k, const float *z, int n, DType *dt, const void **data) {
+static int zero_points(KeepList *k, const float *z, int n, DType *dt, const void **data) {
     int u8 = 1, i16 = 1;
     for (int i = 0; i < n; i++) {
         if (z[i] != rintf(z[i]) || z[i] < -32768.0f || z[i] > 32767.0f) u8 = i16 = 0;
@@ -99,7 +80,7 @@ static int add(StWriter *w, const char *name, DType dt, int ndim, const int64_t 
 
 // The weight kind's side table (export.h): positions I16 when the channel is short enough,
 // else I32; values F16 (they are float16 values: exact).
-static int add_side(StWriter *w, Keep *keep, const QLayer *ql, const float *val, size_t *unet, size_t *total,
+static int add_side(StWriter *w, KeepList *keep, const QLayer *ql, const float *val, size_t *unet, size_t *total,
                     Err *e) {
     int m = ql->wq.n_side;
     size_t cnt = (size_t)ql->cout * (size_t)m;
@@ -167,7 +148,7 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
     LayerBufs *lb = calloc((size_t)(q->n_q ? q->n_q : 1), sizeof *lb);
     uint8_t *levels = NULL;
     char *json = NULL, name[600];
-    Keep keep = {0};
+    KeepList keep = {0};
     int rc = 0;
     size_t unet = 0, total = 0;
     if (!lb) return err_set(e, ERR_NOMEM, "export: out of memory");

@@ -10,33 +10,9 @@
 #include "io/dtype.h"
 #include "io/safetensors.h"
 #include "qalora/export.h"
+#include "util/grow.h"
 
 #define UNET_PREFIX "model.diffusion_model."
-
-// Buffers that must live until st_write.
-typedef struct {
-    void **p;
-    int n, cap;
-} Bufs;
-
-static void *bufs_alloc(Bufs *b, size_t bytes) {
-    if (b->n == b->cap) {
-        int cap = b->cap ? 2 * b->cap : 256;
-        void **np = realloc(b->p, (size_t)cap * sizeof *np);
-        if (!np) return NULL;
-        b->p = np;
-        b->cap = cap;
-    }
-    void *m = malloc(bytes ? bytes : 1);
-    if (m) b->p[b->n++] = m;
-    return m;
-}
-
-static void bufs_free(Bufs *b) {
-    for (int i = 0; i < b->n; i++) free(b->p[i]);
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
 
 // The student's value of every UNet parameter (registration order), and its LitEma name.
 typedef struct {
@@ -51,7 +27,7 @@ typedef struct {
 
 // Fills sp[0..n) (n = unet_param_tensors): W_eff for quantized layers' weights (computed into
 // bufs), the float16-rounded copy for FP layers the student ran that way, else the UNet's own.
-static int student_params(const QModel *q, Bufs *bufs, StudentParam *sp, CompvisSummary *s, Err *e) {
+static int student_params(const QModel *q, KeepList *bufs, StudentParam *sp, CompvisSummary *s, Err *e) {
     UNet *u = q->unet;
     int n = unet_param_tensors(u);
     for (int i = 0; i < n; i++) {
@@ -63,7 +39,7 @@ static int student_params(const QModel *q, Bufs *bufs, StudentParam *sp, Compvis
         for (int d = 0; d < sp[i].ndim; d++) sp[i].shape[d] = p->shape[d];
         for (int k = 0; k < q->n_q; k++) {
             if (q->q[k].layer->weight.data != p->data) continue;
-            float *w = bufs_alloc(bufs, p->n * sizeof(float));
+            float *w = keep_alloc(bufs, p->n * sizeof(float));
             if (!w) return err_set(e, ERR_NOMEM, "compvis export: out of memory for layer '%s'", q->q[k].layer->name);
             qlayer_effective_weight(&q->q[k], w);
             sp[i].data = w;
@@ -99,9 +75,9 @@ static int network_tensor(const char *name) {
 }
 
 // src (n floats) as dt (F32: src itself, no copy; F16: a rounded copy in bufs).
-static const void *as_dtype(Bufs *bufs, const float *src, size_t n, DType dt) {
+static const void *as_dtype(KeepList *bufs, const float *src, size_t n, DType dt) {
     if (dt == DT_F32) return src;
-    uint16_t *h = bufs_alloc(bufs, n * sizeof *h);
+    uint16_t *h = keep_alloc(bufs, n * sizeof *h);
     if (h)
         for (size_t j = 0; j < n; j++) h[j] = f32_to_f16(src[j]);
     return h;
@@ -149,13 +125,13 @@ static int add(StWriter *w, CompvisSummary *s, const char *name, DType dt, int n
 
 // The teacher's tensor wi as stored, floats as F32 (F16 when f16 and it is a network weight;
 // an F32 tensor kept F32 is not converted at all: bit for bit), into bufs.
-static int teacher_tensor(WeightFile *teacher, const WeightInfo *wi, int f16, Bufs *bufs, DType *dt,
+static int teacher_tensor(WeightFile *teacher, const WeightInfo *wi, int f16, KeepList *bufs, DType *dt,
                           const void **data, Err *e) {
     size_t nb;
     *data = NULL;
     if (!size_mul_ok(wi->numel, dtype_size(wi->dtype), &nb))
         return err_set(e, ERR_SHAPE, "%s: tensor '%s': too large", weights_path(teacher), wi->name);
-    void *raw = bufs_alloc(bufs, nb);
+    void *raw = keep_alloc(bufs, nb);
     if (!raw) return err_set(e, ERR_NOMEM, "compvis export: out of memory for '%s'", wi->name);
     if (weights_read_raw(teacher, wi->name, raw, nb, e)) return e->code;
     *dt = wi->dtype;
@@ -163,7 +139,7 @@ static int teacher_tensor(WeightFile *teacher, const WeightInfo *wi, int f16, Bu
     if (!dtype_is_float(wi->dtype)) return 0;
     *dt = f16 && network_tensor(wi->name) ? DT_F16 : DT_F32;
     if (wi->dtype == *dt) return 0;
-    float *f = bufs_alloc(bufs, wi->numel * sizeof(float));
+    float *f = keep_alloc(bufs, wi->numel * sizeof(float));
     if (!f) return err_set(e, ERR_NOMEM, "compvis export: out of memory for '%s'", wi->name);
     dtype_to_f32(f, raw, wi->dtype, wi->numel);
     *data = as_dtype(bufs, f, wi->numel, *dt);
@@ -181,7 +157,7 @@ int export_compvis_write(const QModel *q, Ldm *m, WeightFile *teacher, const Com
         return err_set(e, ERR_INTERNAL, "compvis export: the teacher checkpoint and its YAML text are required");
     int np = unet_param_tensors(q->unet), rc = 0;
     StudentParam *sp = calloc((size_t)(np ? np : 1), sizeof *sp);
-    Bufs bufs = {0};
+    KeepList bufs = {0};
     StWriter w = {0};
     char *json = NULL;
     float sf32 = 0.0f;  // an added scale_factor's value, until st_write
@@ -282,7 +258,7 @@ int export_compvis_write(const QModel *q, Ldm *m, WeightFile *teacher, const Com
 done:
     cJSON_free(json);
     st_writer_free(&w);
-    bufs_free(&bufs);
+    keep_free(&bufs);
     free(sp);
     return rc;
 }

@@ -35,3 +35,16 @@ int grow_text_append(char **buf, size_t *len, size_t *cap, const char *s, size_t
     (*buf)[*len] = '\0';
     return 0;
 }
+
+void *keep_alloc(KeepList *k, size_t bytes) {
+    if (grow_array((void **)&k->p, &k->cap, k->n + 1, 64, sizeof *k->p)) return NULL;
+    void *b = malloc(bytes ? bytes : 1);
+    if (b) k->p[k->n++] = b;
+    return b;
+}
+
+void keep_free(KeepList *k) {
+    for (int i = 0; i < k->n; i++) free(k->p[i]);
+    free(k->p);
+    memset(k, 0, sizeof *k);
+}
