@@ -130,6 +130,8 @@ typedef struct {
     float gain_err1, gain_err; // the fit's latent MSE to the teacher at gain 1 and at the gain
     int gain_samples;
     float eps_gain, eps_err1, eps_err;  // train.eps_gain fit: the gain, latent MSE at 1 and at the gain (0: none)
+    int gain_points, eps_points;        // gains measured by each fit, and their range
+    float gain_lo, gain_hi, eps_lo, eps_hi;
 } ExportSummary;
 
 // What export_write records about where the model came from (all may be NULL).

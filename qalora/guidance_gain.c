@@ -7,6 +7,9 @@
 
 #include "sample/sampler.h"
 
+const GainGrid GUIDANCE_GRID = {0.9f, 0.1f, 8, 0.5f, 2.5f};
+const GainGrid EPS_GRID = {0.985f, 0.005f, 7, 0.95f, 1.05f};
+
 float guidance_parabola_min(const float x[3], const float y[3]) {
     double h = (double)x[1] - x[0], curv = (double)y[0] - 2.0 * y[1] + y[2];
     double mag = fabs((double)y[0]) + fabs((double)y[1]) + fabs((double)y[2]);
@@ -57,30 +60,78 @@ typedef struct {
     Rng *rng;    // one stream per trajectory of a sampler batch
     float *zt, *zs;
     size_t per, n;
+    long batches;  // sampler batches of one pass
 } FitRun;
 
-/* One grid fit on r: the student's final latents with the fitted gain `which` (0: guidance,
-   1: ε) at each grid point and the other one at `other`; err(g) = mean squared difference to
-   the teacher's; the gain is the parabola's vertex at the best point. */
-static int fit_grid(FitRun *r, Ldm *m, const GuidanceFitOpts *o, int which, float other, const float *grid,
-                    int n_grid, GuidanceFit *fit, Err *e) {
+int gain_search(const GainGrid *g, int (*err_at)(float gain, double *err, void *user), void *user,
+                GuidanceFit *fit) {
     memset(fit, 0, sizeof *fit);
-    int best = 0;
-    for (int k = 0; k < n_grid; k++) {
-        m->guidance_gain = which ? other : grid[k];
-        m->eps_gain = which ? grid[k] : 0;
-        if (run_all(&r->c, m, &r->h, o, r->y, r->zs, r->per, r->rng, e)) return e->code;
-        double sq = 0;
-        for (size_t i = 0; i < r->n; i++) sq += ((double)r->zs[i] - r->zt[i]) * ((double)r->zs[i] - r->zt[i]);
-        fit->grid[k] = grid[k];
-        fit->err[k] = (float)(sq / (double)r->n);
-        fit->n_grid = k + 1;
+    int n = g->n < GAIN_FIT_MAX - 1 ? g->n : GAIN_FIT_MAX - 1, best = 0, rc;
+    double err;
+    for (int k = 0; k < n; k++) {  // the start grid
+        fit->grid[k] = g->first + g->step * (float)k;
+        if ((rc = err_at(fit->grid[k], &err, user))) return rc;
+        fit->err[k] = (float)err;
         if (fit->err[k] < fit->err[best]) best = k;
     }
-    if (best == 0 || best == fit->n_grid - 1)
-        fit->gain = fit->grid[best];
-    else
-        fit->gain = guidance_parabola_min(fit->grid + best - 1, fit->err + best - 1);
+    // a minimum on an end of the grid: walk on past that end while the error falls (one slot is
+    // kept for the vertex)
+    while ((best == 0 || best == n - 1) && n < GAIN_FIT_MAX - 1) {
+        float next = best == 0 ? fit->grid[0] - g->step : fit->grid[n - 1] + g->step;
+        if (next < g->min - 1e-6f || next > g->max + 1e-6f) break;
+        if ((rc = err_at(next, &err, user))) return rc;
+        if (best == 0) {  // prepend
+            memmove(fit->grid + 1, fit->grid, (size_t)n * sizeof(float));
+            memmove(fit->err + 1, fit->err, (size_t)n * sizeof(float));
+            fit->grid[0] = next;
+            fit->err[0] = (float)err;
+            n++;
+            if (!(fit->err[0] < fit->err[1])) best = 1;  // the error rose: the minimum is inside now
+        } else {
+            fit->grid[n] = next;
+            fit->err[n] = (float)err;
+            n++;
+            if (fit->err[n - 1] < fit->err[best]) best = n - 1;
+        }
+    }
+    fit->n_grid = n;
+    fit->gain = fit->grid[best];
+    if (best == 0 || best == n - 1) return 0;  // on a limit of the walk
+    // the parabola's vertex, kept only when it is measured better than the best grid point: the
+    // error is not always a parabola between grid points (the shipped teacher: 0.1219 at a
+    // vertex 1.275 between grid errors near 0.115)
+    float v = guidance_parabola_min(fit->grid + best - 1, fit->err + best - 1);
+    if (v == fit->grid[best]) return 0;
+    if ((rc = err_at(v, &err, user))) return rc;
+    fit->grid[n] = v;
+    fit->err[n] = (float)err;
+    fit->n_grid = n + 1;
+    if (fit->err[n] < fit->err[best]) fit->gain = v;
+    return 0;
+}
+
+// err_at for gain_search: the student's final latents with the fitted gain (which = 0: the
+// guidance gain, 1: the ε gain, the other one at `other`) against the teacher's.
+typedef struct {
+    FitRun *r;
+    Ldm *m;
+    const GuidanceFitOpts *o;
+    int which;
+    float other;
+    Err *e;
+} GridPoint;
+
+static int grid_point_err(float gain, double *err, void *user) {
+    GridPoint *p = user;
+    FitRun *r = p->r;
+    p->m->guidance_gain = p->which ? p->other : gain;
+    p->m->eps_gain = p->which ? gain : 0;
+    // the walk went on: the total grows (done stays below it until the end)
+    if (r->h.done + r->batches >= r->h.total) r->h.total = r->h.done + r->batches + 1;
+    if (run_all(&r->c, p->m, &r->h, p->o, r->y, r->zs, r->per, r->rng, p->e)) return p->e->code;
+    double sq = 0;
+    for (size_t i = 0; i < r->n; i++) sq += ((double)r->zs[i] - r->zt[i]) * ((double)r->zs[i] - r->zt[i]);
+    *err = sq / (double)r->n;
     return 0;
 }
 
@@ -88,9 +139,6 @@ int gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *guidance,
     if (guidance && (!ldm_is_class_conditional(m) || ldm_n_classes(m) < 2))
         return err_set(e, ERR_VALUE, "guidance gain: the model is not class-conditional");
     if (!guidance && !eps) return 0;
-    float ggrid[8], egrid[EPS_GAIN_GRID];
-    for (int k = 0; k < 8; k++) ggrid[k] = 0.9f + 0.1f * (float)k;
-    for (int k = 0; k < EPS_GAIN_GRID; k++) egrid[k] = 0.985f + 0.005f * (float)k;
     int C, H, W;
     ldm_latent_shape(m, &C, &H, &W);
     const int B = o->batch > 0 ? o->batch : 16, cond = ldm_is_class_conditional(m);
@@ -112,14 +160,19 @@ int gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *guidance,
     }
     if ((rc = ctx_init(&r.c, (size_t)16 << 30, e))) goto done;  // address space only
     // the teacher, then each grid
-    r.h = (FitHook){q, 0, 0, (1L + (guidance ? 8 : 0) + (eps ? EPS_GAIN_GRID : 0)) * ((o->n_samples + B - 1) / B)};
+    // the total grows when a walk goes past its start grid
+    r.batches = (o->n_samples + B - 1) / B;
+    r.h = (FitHook){q, 0, 0, (1L + (guidance ? GUIDANCE_GRID.n + 1 : 0) + (eps ? EPS_GRID.n + 1 : 0)) * r.batches + 1};
     if (o->on_progress) o->on_progress(0, r.h.total, o->user);
     m->guidance_gain = m->eps_gain = 0;
     if ((rc = run_all(&r.c, m, &r.h, o, r.y, r.zt, r.per, r.rng, e))) goto done;
     r.h.student = 1;
-    if (guidance && (rc = fit_grid(&r, m, o, 0, 0.0f, ggrid, 8, guidance, e))) goto done;
-    if (eps && (rc = fit_grid(&r, m, o, 1, guidance ? guidance->gain : 0.0f, egrid, EPS_GAIN_GRID, eps, e)))
-        goto done;
+    GridPoint gp = {&r, m, o, 0, 0.0f, e};
+    if (guidance && (rc = gain_search(&GUIDANCE_GRID, grid_point_err, &gp, guidance))) goto done;
+    gp.which = 1;
+    gp.other = guidance ? guidance->gain : 0.0f;
+    if (eps && (rc = gain_search(&EPS_GRID, grid_point_err, &gp, eps))) goto done;
+    if (o->on_progress) o->on_progress(r.h.total, r.h.total, o->user);
 done:
     m->guidance_gain = m->eps_gain = 0;
     qmodel_enable(q, 0);

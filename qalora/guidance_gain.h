@@ -13,9 +13,10 @@
    streams, seeded from train.seed + 1: not the streams `effdm sample --seed` uses) are
    sampled with the run's training sampler (DDIM train.steps, train.eta, guidance s =
    train.scale) by the teacher, and by the student with the guidance term times g for each g
-   of a grid (0.9 to 1.6 by 0.1); err(g) = mean squared difference of the final latents.
-   The gain is the minimum of the parabola through the best grid point and its neighbours
-   (the grid point itself at an end of the grid). The export stores it per TALSQ entry
+   of a grid (0.9 to 1.6 by 0.1, walked on by 0.1 down to 0.5 or up to 2.5 while the best
+   point is at an end); err(g) = mean squared difference of the final latents. The gain is
+   the minimum of the parabola through the best grid point and its neighbours when measured
+   better than that point, else the point itself (gain_search). The export stores it per TALSQ entry
    (tensor guidance_gain, all equal); sampling multiplies the guidance term by it
    (Ldm.guidance_gain) for any scale != 1.
 */
@@ -33,16 +34,38 @@ typedef struct {
     int n_samples;      // trajectories (class-balanced labels)
     int batch;          // trajectories per sampler batch
     uint64_t seed;      // x_T and eta noise streams (seed, i)
-    // may be NULL: sampler batches done of total (the teacher's pass and 8 grid points)
+    // may be NULL: sampler batches done of total (the teacher's pass, the grid points, the
+    // vertices); total grows when a walk goes past its start grid, done == total only once, at the end
     void (*on_progress)(long done, long total, void *user);
     void *user;
 } GuidanceFitOpts;
 
+#define GAIN_FIT_MAX 16
+
 typedef struct {
-    float gain;             // the fitted gain
+    float gain;  // the fitted gain
     int n_grid;
-    float grid[16], err[16];  // err(g) on the grid: mean squared latent difference to the teacher
+    // err(g) at each gain measured: mean squared latent difference to the teacher; the grid in
+    // ascending order, then the parabola's vertex when it was measured
+    float grid[GAIN_FIT_MAX], err[GAIN_FIT_MAX];
 } GuidanceFit;
+
+// A gain grid: n points first, first + step, ...; the walk past an end stays in [min, max].
+typedef struct {
+    float first, step;
+    int n;
+    float min, max;
+} GainGrid;
+
+extern const GainGrid GUIDANCE_GRID;  // 0.9 to 1.6 by 0.1, walked within [0.5, 2.5]
+extern const GainGrid EPS_GRID;       // 0.985 to 1.015 by 0.005, walked within [0.95, 1.05]
+
+/* The gain minimising err_at (a measured error, a few sampling passes each) on grid g: the start
+   grid; while its minimum is at an end, one more point past that end (within [min, max], at most
+   GAIN_FIT_MAX - 1 points); then the parabola's vertex through the best point and its
+   neighbours, measured, and kept only when its error is below the best point's. The fit holds
+   every point measured. err_at returns 0 or an error code, which gain_search returns. */
+int gain_search(const GainGrid *g, int (*err_at)(float gain, double *err, void *user), void *user, GuidanceFit *fit);
 
 // The vertex of the parabola through (x[i], y[i]), i = 0, 1, 2 (x ascending, equally spaced),
 // clamped to [x0, x2]; the middle point when they are (nearly) collinear or concave.
@@ -59,7 +82,6 @@ int guidance_gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *
    and the grid 0.985 to 1.015 by 0.005; m may be unconditional. The export stores it per
    TALSQ entry (tensor eps_gain, all equal); sampling multiplies every step's ε by it
    (Ldm.eps_gain). */
-#define EPS_GAIN_GRID 7
 
 // Both fits on one teacher pass: the guidance gain into *guidance (NULL: none; needs a
 // class-conditional model), then the ε gain into *eps (NULL: none) on top of it. on_progress

@@ -23,15 +23,20 @@ int run_export_state_path(char *dst, size_t cap, const char *run_dir, const char
     return 0;
 }
 
-// A gain fit's latent error at the grid point nearest gain 1 (err1) and at its best grid point.
-static void fit_errors(const GuidanceFit *f, float *err1, float *best) {
-    int one = 0, lo = 0;
+// A gain fit's latent error at the point nearest gain 1 (err1) and at its best point; the
+// points measured and their range.
+static void fit_errors(const GuidanceFit *f, float *err1, float *best, int *points, float *lo, float *hi) {
+    int one = 0, min = 0;
+    *lo = *hi = f->grid[0];
     for (int k = 1; k < f->n_grid; k++) {
         if (fabsf(f->grid[k] - 1.0f) < fabsf(f->grid[one] - 1.0f)) one = k;
-        if (f->err[k] < f->err[lo]) lo = k;
+        if (f->err[k] < f->err[min]) min = k;
+        if (f->grid[k] < *lo) *lo = f->grid[k];
+        if (f->grid[k] > *hi) *hi = f->grid[k];
     }
     *err1 = f->err[one];
-    *best = f->err[lo];
+    *best = f->err[min];
+    *points = f->n_grid;
 }
 
 // What both export formats load: the run's config and YAML text, the teacher, the student of
@@ -141,11 +146,11 @@ int run_export(const char *run_dir, const ExportOpts *o, const char *path, Expor
     if (fit_e) info.eps_gain = gain + info.n_gain;  // on top of the guidance gain just fitted
     code = export_write(q, m, x.tf, &info, path, s, e);
     if (!code && s && info.guidance_gain) {
-        fit_errors(&fit, &s->gain_err1, &s->gain_err);
+        fit_errors(&fit, &s->gain_err1, &s->gain_err, &s->gain_points, &s->gain_lo, &s->gain_hi);
         s->gain_samples = go.n_samples;
     }
     if (!code && s && info.eps_gain) {
-        fit_errors(&efit, &s->eps_err1, &s->eps_err);
+        fit_errors(&efit, &s->eps_err1, &s->eps_err, &s->eps_points, &s->eps_lo, &s->eps_hi);
         s->gain_samples = go.n_samples;
     }
 done:

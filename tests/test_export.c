@@ -706,13 +706,64 @@ static void test_guidance_parabola(void **state) {
     assert_true(guidance_parabola_min(x, y) == 1.2f);
 }
 
+// gain_search on closed-form errors: an interior minimum (vertex measured and kept), minima
+// past each end of the start grid (the walk, its limit and its point cap), a vertex measured
+// worse than its grid point (the grid point kept), an error code passed through.
+typedef struct {
+    int kind, calls, fail_at;
+} GainErr;
+
+static int gain_err_at(float g, double *err, void *user) {
+    GainErr *u = user;
+    if (++u->calls == u->fail_at) return 7;
+    double d = (double)g - 1.23;
+    switch (u->kind) {
+    case 0: *err = d * d + 0.5; break;
+    case 1: *err = ((double)g - 0.62) * ((double)g - 0.62); break;
+    case 2: *err = ((double)g - 3.0) * ((double)g - 3.0); break;
+    default: *err = d * d + (fabs(d) < 0.01 ? 1.0 : 0.0); break;  // a spike at the vertex
+    }
+    return 0;
+}
+
+static void test_gain_search(void **state) {
+    (void)state;
+    GuidanceFit f;
+    GainErr u = {0, 0, 0};
+    assert_int_equal(gain_search(&GUIDANCE_GRID, gain_err_at, &u, &f), 0);
+    assert_true(fabsf(f.gain - 1.23f) < 1e-4f);
+    assert_int_equal(u.calls, 9);  // 8 grid points and the vertex
+    assert_int_equal(f.n_grid, 9);
+    assert_true(fabsf(f.grid[8] - f.gain) < 1e-6f && fabsf(f.err[8] - 0.5f) < 1e-6f);
+    u = (GainErr){1, 0, 0};  // below the grid: 0.8, 0.7, 0.6, 0.5 walked; 0.5 is worse than 0.6
+    assert_int_equal(gain_search(&GUIDANCE_GRID, gain_err_at, &u, &f), 0);
+    assert_int_equal(u.calls, 8 + 4 + 1);
+    assert_true(fabsf(f.grid[0] - 0.5f) < 1e-5f && fabsf(f.grid[1] - 0.6f) < 1e-5f);
+    for (int k = 1; k < 12; k++) assert_true(f.grid[k] > f.grid[k - 1]);  // ascending
+    assert_true(fabsf(f.gain - 0.62f) < 1e-3f);
+    u = (GainErr){2, 0, 0};  // above the grid: the walk stops at GAIN_FIT_MAX - 1 points, no vertex
+    assert_int_equal(gain_search(&GUIDANCE_GRID, gain_err_at, &u, &f), 0);
+    assert_int_equal(u.calls, GAIN_FIT_MAX - 1);
+    assert_true(fabsf(f.gain - (0.9f + 0.1f * (GAIN_FIT_MAX - 2))) < 1e-5f);
+    GainGrid narrow = {0.9f, 0.1f, 8, 0.5f, 1.8f};  // ... or at its limit
+    assert_int_equal(gain_search(&narrow, gain_err_at, &u, &f), 0);
+    assert_true(fabsf(f.gain - 1.8f) < 1e-5f);
+    assert_int_equal(f.n_grid, 10);
+    u = (GainErr){3, 0, 0};
+    assert_int_equal(gain_search(&GUIDANCE_GRID, gain_err_at, &u, &f), 0);
+    assert_int_equal(u.calls, 9);
+    assert_true(fabsf(f.gain - 1.2f) < 1e-5f);  // the vertex was measured worse
+    u = (GainErr){1, 0, 10};
+    assert_int_equal(gain_search(&GUIDANCE_GRID, gain_err_at, &u, &f), 7);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_equivalence_w4a4), cmocka_unit_test(test_equivalence_w4a4_f32),
         cmocka_unit_test(test_equivalence_w2a8),
         cmocka_unit_test(test_equivalence_w3a8),
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
-        cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola),
+        cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola), cmocka_unit_test(test_gain_search),
         cmocka_unit_test(test_quantizer_kinds),  cmocka_unit_test(test_equivalence_easyquant),
         cmocka_unit_test(test_equivalence_nupes),
     };
