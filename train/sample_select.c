@@ -20,52 +20,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sample/generate.h"
+#include "sample/generate.h"  // sample_initial_noise
 #include "train/trainer_impl.h"
 #include "util/dist.h"
-
-typedef struct {
-    Trainer *tr;
-    float *z;
-} PoolState;
-
-static int on_batch(const float *images, const int *shape, const float *z, const int *labels, int first, int count,
-                    void *user, Err *e) {
-    (void)images, (void)shape, (void)labels, (void)e;
-    PoolState *s = user;
-    memcpy(s->z + (size_t)first * s->tr->per, z, (size_t)count * s->tr->per * sizeof(float));
-    return 0;
-}
-
-static int candidate_label(const Trainer *tr, int i) {
-    if (!tr->cond) return 0;
-    int v = i % tr->n_real;
-    return v >= tr->uncond_label ? v + 1 : v;
-}
 
 static uint64_t round_seed(const Trainer *tr, int round) { return (uint64_t)tr->cfg.train.seed + 1000 + (uint64_t)round; }
 
 // Final latents of the round's pool, by the student (1) or the teacher (0), into z.
-static int pool_latents(Trainer *tr, int round, int student, const int *y, float *z, Err *e) {
+static int pool_latents(Trainer *tr, int round, int student, float *z, Err *e) {
     const RcTrain *T = &tr->cfg.train;
-    PoolState st = {tr, z};
-    GenerateOpts o = {.sampler = {.kind = SAMPLER_DDIM,
-                                  .steps = T->steps,
-                                  .eta = (float)T->eta,
-                                  .scale = (float)T->scale,
-                                  .on_eval = student ? trainer_sampler_on_eval : NULL,
-                                  .user = tr},
-                      .seed = round_seed(tr, round),
-                      .batch = 16,
-                      .skip_decode = 1,
-                      .on_batch = on_batch,
-                      .user = &st};
-    qmodel_enable(&tr->q, student);
-    ctx_reset(&tr->ctx);
-    int rc = sample_generate(&tr->ctx, tr->m, &o, tr->cond ? y : NULL, T->selection_pool, e);
-    ctx_reset(&tr->ctx);
-    qmodel_enable(&tr->q, 1);
-    return rc;
+    SamplerOpts so = {.kind = SAMPLER_DDIM, .steps = T->steps, .eta = (float)T->eta, .scale = (float)T->scale};
+    // not interruptible: the other ranks wait for rank 0's scores
+    return trainer_sample_latents(tr, student, &so, round_seed(tr, round), T->selection_pool, z, NULL, e);
 }
 
 typedef struct {
@@ -85,16 +51,14 @@ int trainer_select_refresh(Trainer *tr, int round, Err *e) {
     const size_t n = (size_t)P * tr->per;
     double *score = calloc((size_t)P, sizeof *score);
     float *zt = malloc(n * sizeof *zt), *zs = malloc(n * sizeof *zs);
-    int *y = malloc((size_t)P * sizeof *y);
     Scored *sc = malloc((size_t)P * sizeof *sc);
     int rc = 0;
-    if (!score || !zt || !zs || !y || !sc) {
+    if (!score || !zt || !zs || !sc) {
         rc = err_set(e, ERR_NOMEM, "out of memory for the selection pool (%d trajectories)", P);
         goto done;
     }
-    for (int i = 0; i < P; i++) y[i] = candidate_label(tr, i);
     if (tr->rank == 0) {
-        if ((rc = pool_latents(tr, round, 0, y, zt, e)) || (rc = pool_latents(tr, round, 1, y, zs, e))) goto done;
+        if ((rc = pool_latents(tr, round, 0, zt, e)) || (rc = pool_latents(tr, round, 1, zs, e))) goto done;
         for (int i = 0; i < P; i++) {
             double s = 0;
             for (size_t j = (size_t)i * tr->per; j < (size_t)(i + 1) * tr->per; j++)
@@ -113,7 +77,7 @@ int trainer_select_refresh(Trainer *tr, int round, Err *e) {
     tr->sel_band[0] = sc[lo].score;
     tr->sel_band[1] = sc[hi - 1].score;
 done:
-    free(score), free(zt), free(zs), free(y), free(sc);
+    free(score), free(zt), free(zs), free(sc);
     return rc;
 }
 
@@ -130,7 +94,7 @@ void trainer_select_draw(Trainer *tr) {
     uint64_t seed = round_seed(tr, tr->sel_round);
     for (int b = 0; b < tr->B; b++) {
         int i = tr->sel[rng_below(&tr->rng, (uint32_t)tr->n_sel)];
-        tr->labels[b] = candidate_label(tr, i);
+        tr->labels[b] = trainer_real_label(tr, i);
         Rng r;
         sample_initial_noise(&r, seed, i, tr->x + (size_t)b * tr->per, tr->per);
     }

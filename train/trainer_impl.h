@@ -146,6 +146,15 @@ int trainer_load_val(Trainer *tr, Err *e);
 int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e);
 
 /* sample_check.c */
+// The class label of image i of a class-balanced set: i modulo the real classes, the
+// unconditional label skipped (0 for unconditional models).
+int trainer_real_label(const Trainer *tr, int i);
+// Final latents of n class-balanced images (trainer_real_label) sampled with so (its on_eval
+// and user are set here) from streams (seed, i), by the student (1: its TALSQ entry per step)
+// or the FP teacher (0), into z (n, C, H, W); the student is left enabled. ERR_INTERRUPTED
+// when *stop rose (stop may be NULL). 0 or an ERR_ code.
+int trainer_sample_latents(Trainer *tr, int student, const SamplerOpts *so, uint64_t seed, int n, float *z,
+                           volatile sig_atomic_t *stop, Err *e);
 // The sampled validation (train.val_samples images, sample.* protocol; the teacher's sampled
 // once and kept): the measures of TrainerVal (trainer.h). ERR_INTERRUPTED when stopped.
 int trainer_sample_check(Trainer *tr, volatile sig_atomic_t *stop, SampleCheck *out, Err *e);
