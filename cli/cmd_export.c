@@ -151,12 +151,12 @@ int cmd_export(int argc, char **argv) {
            s.unet_bytes ? (double)s.unet_fp32_bytes / (double)s.unet_bytes : 0.0);
     if (s.n_gain)
         printf("  guidance gain: %.3f (train.guidance_gain fit on %d teacher trajectories, %d gains measured from %.3g "
-               "to %.3g: latent MSE to the teacher %.4g at gain 1, %.4g at the fitted gain)\n", (double)s.gain_min,
+               "to %.3g: latent MSE to the teacher %.4g at gain 1, %.4g at the best gain measured)\n", (double)s.gain_min,
                s.gain_samples, s.gain_points, (double)s.gain_lo, (double)s.gain_hi, (double)s.gain_err1,
                (double)s.gain_err);
     if (s.eps_gain > 0)
         printf("  eps gain: %.4f (train.eps_gain fit on %d teacher trajectories, %d gains measured from %.4g to %.4g: "
-               "latent MSE to the teacher %.4g at gain 1, %.4g at the fitted gain)\n", (double)s.eps_gain,
+               "latent MSE to the teacher %.4g at gain 1, %.4g at the best gain measured)\n", (double)s.eps_gain,
                s.gain_samples, s.eps_points, (double)s.eps_lo, (double)s.eps_hi, (double)s.eps_err1, (double)s.eps_err);
     printf("  whole file: %zu bytes of tensors (%.2f MiB; first stage, class embedder, schedule included)\n",
            s.total_bytes, (double)s.total_bytes / 1048576.0);

@@ -15,8 +15,8 @@
    train.scale) by the teacher, and by the student with the guidance term times g for each g
    of a grid (0.9 to 1.6 by 0.1, walked on by 0.1 down to 0.5 or up to 2.5 while the best
    point is at an end); err(g) = mean squared difference of the final latents. The gain is
-   the minimum of the parabola through the best grid point and its neighbours when measured
-   better than that point, else the point itself (gain_search). The export stores it per TALSQ entry
+   the minimum of the parabola through the best grid point and its neighbours (the point itself
+   at a limit of the walk; gain_search). The export stores it per TALSQ entry
    (tensor guidance_gain, all equal); sampling multiplies the guidance term by it
    (Ldm.guidance_gain) for any scale != 1.
 */
@@ -45,8 +45,7 @@ typedef struct {
 typedef struct {
     float gain;  // the fitted gain
     int n_grid;
-    // err(g) at each gain measured: mean squared latent difference to the teacher; the grid in
-    // ascending order, then the parabola's vertex when it was measured
+    // err(g) at each gain measured, ascending: mean squared latent difference to the teacher
     float grid[GAIN_FIT_MAX], err[GAIN_FIT_MAX];
 } GuidanceFit;
 
@@ -62,9 +61,9 @@ extern const GainGrid EPS_GRID;       // 0.985 to 1.015 by 0.005, walked within 
 
 /* The gain minimising err_at (a measured error, a few sampling passes each) on grid g: the start
    grid; while its minimum is at an end, one more point past that end (within [min, max], at most
-   GAIN_FIT_MAX - 1 points); then the parabola's vertex through the best point and its
-   neighbours, measured, and kept only when its error is below the best point's. The fit holds
-   every point measured. err_at returns 0 or an error code, which gain_search returns. */
+   GAIN_FIT_MAX points); then the vertex of the parabola through the best point and its
+   neighbours (guidance_parabola_min; not measured). The fit holds every point measured.
+   err_at returns 0 or an error code, which gain_search returns. */
 int gain_search(const GainGrid *g, int (*err_at)(float gain, double *err, void *user), void *user, GuidanceFit *fit);
 
 // The vertex of the parabola through (x[i], y[i]), i = 0, 1, 2 (x ascending, equally spaced),

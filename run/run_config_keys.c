@@ -281,8 +281,8 @@ const KeyDesc RC_KEYS[] = {
      "`fit`: `effdm export` fits a gain on the guidance term so that the student's sampled latents are"
      " closest to the teacher's (DDIM `train.steps`, `train.eta`, guidance `train.scale`, on "
      "`train.guidance_fit_samples` trajectories of their own seeds; grid 0.9..1.6 by 0.1, walked on "
-     "down to 0.5 or up to 2.5 while its best point is at an end, refined by the parabola's vertex "
-     "when that measures better), stores it in the export, and `effdm sample --model` multiplies the guidance term by "
+     "down to 0.5 or up to 2.5 while its best point is at an end, refined by the parabola's vertex), "
+     "stores it in the export, and `effdm sample --model` multiplies the guidance term by "
      "it (it prints the gain and the effective scale). The distilled student's ε_c - ε_u comes out "
      "weaker than the teacher's; this restores its guidance (see docs/RESULTS.md). `off`: no gain (the"
      " naive PTQ baseline of docs/RESULTS.md)"},
@@ -291,7 +291,7 @@ const KeyDesc RC_KEYS[] = {
      .doc =
      "`fit`: after the guidance gain, `effdm export` fits one more gain, on every step's whole "
      "(guided) ε, the same way (grid 0.985..1.015 by 0.005, walked on within 0.95..1.05, refined by "
-     "the parabola's vertex; 8 or more sampling passes); `effdm sample --model` multiplies ε by it. Sample statistics are very sensitive to this"
+     "the parabola's vertex; 7 or more sampling passes); `effdm sample --model` multiplies ε by it. Sample statistics are very sensitive to this"
      " scale (1% moves a 1000-sample FID by 2 to 27 points on the test teachers, "
      "[RESULTS_TEACHERS](RESULTS_TEACHERS.md)); `off`: none"},
     {.path = "train.guidance_fit_samples", .type = K_INT, .off = offsetof(RunConfig, train.guidance_fit_samples),

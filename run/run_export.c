@@ -23,8 +23,8 @@ int run_export_state_path(char *dst, size_t cap, const char *run_dir, const char
     return 0;
 }
 
-// A gain fit's latent error at the point nearest gain 1 (err1) and at its best point; the
-// points measured and their range.
+// A gain fit's latent error at the point nearest gain 1 (err1) and at its best point measured
+// (the fitted gain, a parabola's vertex, is not measured); the points and their range.
 static void fit_errors(const GuidanceFit *f, float *err1, float *best, int *points, float *lo, float *hi) {
     int one = 0, min = 0;
     *lo = *hi = f->grid[0];
