@@ -13,7 +13,8 @@
 #    `effdm compare`, and with the FP reference for FID to FP.
 # 3. --speed (and by default): sampling time of FP vs pruned FP and of the W4A8 exports,
 #    unpruned vs pruned, interleaved in one run (64 images, DDIM 20, guidance 3, 1 thread,
-#    3 rounds, median) -> runs/quantizers/meta/prune_speed.json.
+#    CPU seconds of the process - user + system -, 3 rounds, median)
+#    -> runs/quantizers/meta/prune_speed.json.
 # Environment: as quality.sh (SEEDS, N, EFFDM, PY); run from the repository root.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -48,13 +49,11 @@ speed() {
     : > "$tmp/times"
     for round in 1 2 3; do
         for k in fp fp-ff30 w4a8 w4a8-ff30; do
-            local t0 t1
-            t0=$(date +%s.%N)
+            # CPU seconds (user + system) of one thread: less at the mercy of other jobs than wall time
             # shellcheck disable=SC2086
-            "$EFFDM" sample ${args[$k]} --n 64 --steps 20 --eta 0 --scale 3 --seed 0 --threads 1 \
-                --out "$tmp/s-$k-$round" > /dev/null 2>&1
-            t1=$(date +%s.%N)
-            echo "$k $(echo "$t1 - $t0" | bc)" >> "$tmp/times"
+            /usr/bin/time -f "%U %S" -o "$tmp/t" "$EFFDM" sample ${args[$k]} --n 64 --steps 20 --eta 0 \
+                --scale 3 --seed 0 --threads 1 --out "$tmp/s-$k-$round" > /dev/null 2>&1
+            echo "$k $(awk '{print $1 + $2}' "$tmp/t")" >> "$tmp/times"
             log "speed round $round: $k $(tail -1 "$tmp/times" | cut -d' ' -f2) s"
         done
     done
