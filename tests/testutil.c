@@ -37,6 +37,13 @@ void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double to
     _fail(file, line);
 }
 
+Ctx *test_ctx_static(void) {
+    static Ctx c;
+    Err e = {0};
+    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+    return &c;
+}
+
 Ctx *test_ctx_new(size_t bytes) {
     Ctx *c = malloc(sizeof *c);
     Err e = {0};
@@ -61,6 +68,26 @@ void assert_thread_deterministic(float *(*run)(int threads, size_t *len)) {
     free(b);
     free(one);
     threads_set(0);
+}
+
+float *test_backward_outputs(Ctx *c, Tensor *out, Rng *r, Tensor *const *inputs, int n, size_t *len) {
+    assert_non_null(out);
+    float *G = malloc(out->n * sizeof(float));
+    assert_non_null(G);
+    rng_normal_fill(r, G, out->n);
+    assert_int_equal(tape_backward(c, out, G), 0);
+    free(G);
+    *len = out->n;
+    for (int i = 0; i < n; i++) *len += inputs[i]->n;
+    float *buf = malloc(*len * sizeof(float)), *p = buf;
+    assert_non_null(buf);
+    memcpy(p, out->data, out->n * sizeof(float));
+    p += out->n;
+    for (int i = 0; i < n; i++) {
+        memcpy(p, inputs[i]->grad, inputs[i]->n * sizeof(float));
+        p += inputs[i]->n;
+    }
+    return buf;
 }
 
 int test_tmpdir_make(char *dir, size_t cap, const char *tag) {
@@ -111,6 +138,13 @@ Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, 
         memset(data, 0, n * sizeof(float));
     }
     tensor_init_param(t, data, grad, ndim, shape);
+    return t;
+}
+
+Tensor *test_tensor_normal(Ctx *c, int ndim, const int *shape, Rng *r) {
+    Tensor *t = tensor_new(c, ndim, shape);
+    assert_non_null(t);
+    rng_normal_fill(r, t->data, t->n);
     return t;
 }
 

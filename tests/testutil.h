@@ -24,6 +24,9 @@ double rel_l2(const float *a, const float *b, size_t n);
 void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double tol, const char *what,
                         const char *file, int line);
 
+// The op tests' context: one static Ctx with a 1 GiB arena, initialised afresh by each call
+// (ctx_free it before the next).
+Ctx *test_ctx_static(void);
 // A heap-allocated context with an arena of `bytes` (fails the test if it cannot be made);
 // release with test_ctx_delete.
 Ctx *test_ctx_new(size_t bytes);
@@ -46,6 +49,8 @@ int test_run_cli(const char *dir, const char *args);
 const char *test_cwd_path(const char *rel);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
 Tensor *test_load_npy(Ctx *c, const char *name);
+// A per-step tensor of c filled with N(0, 1) from r (fails the test when c is full).
+Tensor *test_tensor_normal(Ctx *c, int ndim, const int *shape, Rng *r);
 // A persistent test tensor with its own malloc'ed data (and grad when requires_grad),
 // filled with N(0, scale^2) from rng. Free with test_param_free.
 Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale);
@@ -55,6 +60,9 @@ void test_param_free(Tensor *t);
 // outputs and gradients of a computation) and fails unless all three are bit-identical:
 // same inputs + same threads = same bits, and the thread count does not change the bits.
 void assert_thread_deterministic(float *(*run)(int threads, size_t *len));
+// The end of such a run: G = out->n normals from r, tape_backward(out, G), then a malloc'ed
+// copy of out's data followed by the gradients of inputs[0 .. n) (*len floats in all).
+float *test_backward_outputs(Ctx *c, Tensor *out, Rng *r, Tensor *const *inputs, int n, size_t *len);
 
 // Builds the op's output from inputs; called repeatedly by gradcheck.
 typedef Tensor *(*GradcheckFn)(Ctx *c, Tensor *const *inputs, void *user);
