@@ -555,12 +555,6 @@ static int run(const char *cmd) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static int exists(const char *dir, const char *name) {
-    char p[600];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    return access(p, F_OK) == 0;
-}
-
 static const int CLI_STEPS = 4, CLI_SAMPLES = 2, CLI_INPUTS = 4, CLI_SEED = 11;
 
 static void test_cli(void **state) {
@@ -578,9 +572,9 @@ static void test_cli(void **state) {
     fclose(fp);
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 0);
-    assert_true(exists(run_dir, "config.yaml"));
-    assert_true(exists(run_dir, "calib.safetensors"));
-    assert_true(exists(run_dir, "state.safetensors"));
+    assert_true(test_exists_in(run_dir, "config.yaml"));
+    assert_true(test_exists_in(run_dir, "calib.safetensors"));
+    assert_true(test_exists_in(run_dir, "state.safetensors"));
     // a second calibration does not replace the student silently
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 2);
@@ -679,9 +673,9 @@ static void test_cli(void **state) {
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
              "'eps gain: '", EFFDM_BIN, model, out);
     assert_int_equal(run(cmd), 0);
-    assert_true(exists(out, "grid.png"));
-    assert_true(exists(out, "0/00000.png"));
-    assert_true(exists(out, "3/00003.png"));
+    assert_true(test_exists_in(out, "grid.png"));
+    assert_true(test_exists_in(out, "0/00000.png"));
+    assert_true(test_exists_in(out, "3/00003.png"));
     snprintf(cmd, sizeof cmd, "%s sample --model %s --ckpt x --out %s 2>/dev/null", EFFDM_BIN, model, out);
     assert_int_equal(run(cmd), 2);
 

@@ -290,6 +290,18 @@ char *test_slurp(const char *path) {
     return s;
 }
 
+char *test_slurp_in(const char *dir, const char *name) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return test_slurp(p);
+}
+
+int test_exists_in(const char *dir, const char *name) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
 int test_run_cli(const char *dir, const char *args) {
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, dir, dir);

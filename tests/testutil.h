@@ -42,6 +42,10 @@ int test_tmpdir_remove(const char *dir);
 const char *test_data_path(const char *name);
 // The whole file at path, NUL-terminated (malloc'd), or NULL when it cannot be read.
 char *test_slurp(const char *path);
+// The same for dir/name.
+char *test_slurp_in(const char *dir, const char *name);
+// 1 when dir/name exists, else 0.
+int test_exists_in(const char *dir, const char *name);
 // Runs `effdm <args>` (the built binary; args as shell words) with stdout and stderr to
 // dir/stdout.txt and dir/stderr.txt; its exit status, or -1 when it did not exit normally.
 int test_run_cli(const char *dir, const char *args);
