@@ -36,6 +36,14 @@ static int teardown_tmp(void **state) { return test_tmpdir_remove(tmp); }
 // Runs `effdm <args>` (stdout, stderr to tmp/stdout.txt, tmp/stderr.txt); the exit status.
 static int run(const char *args) { return test_run_cli(tmp, args); }
 
+// Runs `effdm <args>`, which must succeed (its stderr is printed when not); its stdout (malloc'ed).
+static char *run_ok(const char *args) {
+    int rc = run(args);
+    if (rc) print_error("%s\n", test_slurp_in(tmp, "stderr.txt"));
+    assert_int_equal(rc, 0);
+    return test_slurp_in(tmp, "stdout.txt");
+}
+
 static cJSON *load_json(const char *path) {
     char *s = test_slurp(path);
     assert_non_null(s);
@@ -113,10 +121,7 @@ static void test_fixture_values(void **state) {
     snprintf(json, sizeof json, "%s/cmp.json", tmp);
     snprintf(args, sizeof args, "compare '%s/compare/a' '%s/compare/b' --json '%s' --threads 1", TEST_DATA_DIR,
              TEST_DATA_DIR, json);
-    int rc = run(args);
-    if (rc) print_error("%s\n", test_slurp_in(tmp, "stderr.txt"));
-    assert_int_equal(rc, 0);
-    char *out = test_slurp_in(tmp, "stdout.txt");
+    char *out = run_ok(args);
     assert_non_null(strstr(out, "judge agreement"));
     assert_non_null(strstr(out, "FID A vs B"));
     free(out);
@@ -147,10 +152,7 @@ static void test_unconditional_folders(void **state) {
     snprintf(json, sizeof json, "%s/u.json", tmp);
     snprintf(args, sizeof args, "compare '%s/ua' '%s/ub/' --ref none --weights '%s/judge.ckpt' --json '%s'", tmp, tmp,
              ZOO, json);
-    int rc = run(args);
-    if (rc) print_error("%s\n", test_slurp_in(tmp, "stderr.txt"));
-    assert_int_equal(rc, 0);
-    char *out = test_slurp_in(tmp, "stdout.txt");
+    char *out = run_ok(args);
     assert_non_null(strstr(out, "n/a (no class folders)"));
     free(out);
     cJSON *j = load_json(json), *want = load_json(TEST_DATA_DIR "/compare/expected.json");
