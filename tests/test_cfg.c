@@ -37,12 +37,6 @@ static const char *load_fail(const char *text, int code) {
     return e.msg;
 }
 
-#define assert_has(msg, part)                                                              \
-    do {                                                                                   \
-        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
-        assert_non_null(strstr((msg), (part)));                                            \
-    } while (0)
-
 static void test_fmnist_teacher_config(void **state) {
     CfgNode *root;
     Err e = {0};

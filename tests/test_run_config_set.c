@@ -17,12 +17,6 @@
 
 #define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
 
-#define assert_has(msg, part)                                                              \
-    do {                                                                                   \
-        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
-        assert_non_null(strstr((msg), (part)));                                            \
-    } while (0)
-
 static int load(const char *text, const char *const *sets, int n, RunConfig *c, Err *e) {
     *e = (Err){0};
     return run_config_load_mem_set(text, strlen(text), "base.yaml", sets, n, c, e);
@@ -105,44 +99,37 @@ static void test_set_is_a_line_of_the_file(void **state) {
     assert_int_equal(load("", s6, 1, &c, &e), ERR_VALUE);
 }
 
+// A --set assignment that must fail: the error code and a part of its message.
+typedef struct {
+    const char *set;
+    int code;
+    const char *part;
+} SetError;
+
+static const SetError SET_ERRORS[] = {
+    {"train.epoch=4", ERR_KEY, "--set train.epoch=4: train.epoch: unknown key"},
+    {"train.epoch=4", ERR_KEY, "did you mean 'train.epochs'?"},
+    {"epochs=4", ERR_KEY, "did you mean 'train.epochs'?"},  // the file's suggestion across groups
+    {"train.optimiser.lr_act=1", ERR_KEY, "did you mean 'train.optimizer'?"},
+    {"train.epochs=x", ERR_VALUE, "--set train.epochs=x: train.epochs: expected an integer, found 'x'"},
+    {"quant.weight_bits=9", ERR_VALUE, "quant.weight_bits: expected an integer in 2..8, found 9"},
+    {"train.select_epoch=best-val", ERR_VALUE, "did you mean 'best_val'?"},
+    {"train.epochs=", ERR_VALUE, "found null"},
+    {"train=4", ERR_VALUE, "expected a map of train keys"},
+    {"quant.overrides=[{pattern: x, keep_fp: true, weight_bits: 4}]", ERR_VALUE,
+     "quant.overrides[0]: keep_fp: true leaves the layer FP"},
+    {"train.epochs=[1", ERR_FORMAT, "--set train.epochs=[1: the value is not valid YAML"},
+};
+
 static void test_set_errors(void **state) {
     RunConfig c;
     Err e = {0};
-    const char *unknown[] = {"train.epoch=4"};
-    assert_int_equal(load("", unknown, 1, &c, &e), ERR_KEY);
-    assert_has(e.msg, "--set train.epoch=4: train.epoch: unknown key");
-    assert_has(e.msg, "did you mean 'train.epochs'?");
-    assert_null(strstr(e.msg, "(line"));  // the assignment's YAML is not a file the user wrote
-    const char *top[] = {"epochs=4"};      // the file's suggestion across groups
-    assert_int_equal(load("", top, 1, &c, &e), ERR_KEY);
-    assert_has(e.msg, "did you mean 'train.epochs'?");
-    const char *group[] = {"train.optimiser.lr_act=1"};
-    assert_int_equal(load("", group, 1, &c, &e), ERR_KEY);
-    assert_has(e.msg, "did you mean 'train.optimizer'?");
-
-    const char *type[] = {"train.epochs=x"};
-    assert_int_equal(load("", type, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "--set train.epochs=x: train.epochs: expected an integer, found 'x'");
-    assert_null(strstr(e.msg, "(line"));
-    const char *range[] = {"quant.weight_bits=9"};
-    assert_int_equal(load("", range, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "quant.weight_bits: expected an integer in 2..8, found 9");
-    const char *name[] = {"train.select_epoch=best-val"};
-    assert_int_equal(load("", name, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "did you mean 'best_val'?");
-    const char *empty[] = {"train.epochs="};
-    assert_int_equal(load("", empty, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "found null");
-    const char *grp[] = {"train=4"};
-    assert_int_equal(load("", grp, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "expected a map of train keys");
-    const char *ov[] = {"quant.overrides=[{pattern: x, keep_fp: true, weight_bits: 4}]"};
-    assert_int_equal(load("", ov, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "quant.overrides[0]: keep_fp: true leaves the layer FP");
-
-    const char *yaml[] = {"train.epochs=[1"};
-    assert_int_equal(load("", yaml, 1, &c, &e), ERR_FORMAT);
-    assert_has(e.msg, "--set train.epochs=[1: the value is not valid YAML");
+    for (size_t i = 0; i < sizeof SET_ERRORS / sizeof SET_ERRORS[0]; i++) {
+        const SetError *x = &SET_ERRORS[i];
+        assert_int_equal(load("", &x->set, 1, &c, &e), x->code);
+        assert_has(e.msg, x->part);
+        assert_null(strstr(e.msg, "(line"));  // the assignment's YAML is not a file the user wrote
+    }
     const char *malformed[] = {"train.epochs", "=4", "train..epochs=4", ".train=4", "train.epochs =4", "a b=1",
                                "train.epochs=4\nrun.out: x"};
     for (int i = 0; i < 7; i++) {

@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "autograd/ops.h"
@@ -27,6 +28,14 @@ void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double to
 // The op tests' context: one static Ctx with a 1 GiB arena, initialised afresh by each call
 // (ctx_free it before the next).
 Ctx *test_ctx_static(void);
+// cmocka failure unless the string msg contains part; prints both when it does not (a macro,
+// so that cmocka reports the caller's line).
+#define assert_has(msg, part)                                                              \
+    do {                                                                                   \
+        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
+        assert_non_null(strstr((msg), (part)));                                            \
+    } while (0)
+
 // A heap-allocated context with an arena of `bytes` (fails the test if it cannot be made);
 // release with test_ctx_delete.
 Ctx *test_ctx_new(size_t bytes);
