@@ -93,14 +93,10 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
                                     QuantKind a_kind) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    RunConfig rc = student_config(w_bits, a_bits, train_steps);
     rc.quant.weight_quantizer = w_kind;
     rc.quant.act_quantizer = a_kind;
     rc.quant.fp_layers = fp_layers;
-    rc.quant.weight_bits = w_bits;
-    rc.quant.act_bits = a_bits;
-    rc.train.steps = train_steps;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     ExportSummary s;

@@ -214,12 +214,8 @@ static void check_file(const char *path, WeightFile *tf, const Ldm *m, const QMo
 static void check_compvis(int f16, RcFpLayers fp_layers) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
-    rc.quant.weight_bits = 4;
-    rc.quant.act_bits = 8;
+    RunConfig rc = student_config(4, 8, 20);
     rc.quant.fp_layers = fp_layers;
-    rc.train.steps = 20;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     char *path = tmp_path(".safetensors");
