@@ -119,6 +119,17 @@ static void print_yaml(const char *yaml) {
     printf("\n");
 }
 
+// A checkpoint written by effdm compress.
+static void print_pruned(WeightFile *f) {
+    printf("effdm pruned: a checkpoint with pruned FeedForward units (effdm compress); sample, calibrate or fine-tune "
+           "it as --ckpt with its YAML\n");
+    printf("  source:      %s\n", meta_or(f, "effdm.source", "?"));
+    printf("  pruning:     ");
+    print_clean(meta_or(f, "effdm.pruned", "?"), 600);
+    printf("\n");
+    if (weights_metadata(f, "effdm.note")) printf("  note:        %s\n", meta_or(f, "effdm.note", ""));
+}
+
 // A dequantized CompVis state dict written by effdm export --format compvis-*.
 static void print_compvis(WeightFile *f, const char *kind) {
     printf("effdm %s: a fine-tuned student dequantized into its teacher's CompVis state dict (effdm export "
@@ -361,7 +372,7 @@ int cmd_info(int argc, char **argv) {
     const char *kind = weights_metadata(f, "effdm.kind");
     int nm = weights_metadata_count(f), is_export = weights_metadata(f, "effdm.format") != NULL && !kind;
     int is_compvis = kind && !strncmp(kind, "compvis-", 8);
-    int summarized = is_export || is_compvis;  // their effdm.* entries: print_export, print_compvis
+    int summarized = is_export || is_compvis || (kind && !strcmp(kind, "pruned"));  // their effdm.* entries: print_*
     int shown = 0;
     for (int i = 0; i < nm; i++) {
         const char *v;
@@ -382,6 +393,7 @@ int cmd_info(int argc, char **argv) {
     }
     if (is_export) print_export(f);
     if (is_compvis) print_compvis(f, kind);
+    else if (kind && !strcmp(kind, "pruned")) print_pruned(f);
     else if (kind) print_run_file(f, kind, pos[0]);
     if (tensors) {
         printf("tensors (name, dtype, shape):\n");

@@ -13,5 +13,6 @@ int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_decode(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_compress(int argc, char **argv);
 
 #endif

@@ -304,6 +304,12 @@ static int check_consistency(const RunConfig *c, const char *file, Err *e) {
     if (t->grad_slots > 0 && t->batch % t->grad_slots != 0)
         return err_set(e, ERR_VALUE, "%s: train.grad_slots: %d slots must divide train.batch %d", file, t->grad_slots,
                        t->batch);
+    if (t->sample_selection == RC_SELECTION_ADAPTIVE && !(t->selection_band_hi > t->selection_band_lo))
+        return err_set(e, ERR_VALUE, "%s: train.selection_band_hi (%g) must be above train.selection_band_lo (%g)", file,
+                       t->selection_band_hi, t->selection_band_lo);
+    if (t->sample_selection == RC_SELECTION_ADAPTIVE && t->selection_pool < t->batch)
+        return err_set(e, ERR_VALUE, "%s: train.selection_pool (%d) must be at least train.batch (%d)", file,
+                       t->selection_pool, t->batch);
     if (t->select_epoch == RC_SELECT_BEST_SAMPLED && t->val_samples < 8)
         return err_set(e, ERR_VALUE, "%s: train.select_epoch: best_sampled needs train.val_samples >= 8, found %d", file,
                        t->val_samples);

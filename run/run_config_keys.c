@@ -21,6 +21,7 @@ static const char *const SELECT_NAMES[] = {"last", "best_val", "best_sampled"};
 static const char *const SCHED_NAMES[] = {"linear", "cosine", "constant"};
 static const char *const DW_NAMES[] = {"reference", "single"};
 static const char *const TRAJ_NAMES[] = {"teacher", "student"};
+static const char *const SELECTION_NAMES[] = {"uniform", "adaptive"};
 static const char *const GAIN_NAMES[] = {"off", "fit"};
 static const char *const FP_LAYERS_NAMES[] = {"f32", "f16"};
 static const char *const ACT_RANGES_NAMES[] = {"shared", "per_step"};
@@ -247,6 +248,33 @@ const KeyDesc RC_KEYS[] = {
      "whose guided ε moves the training trajectory from x_t to x_{t-1}: `teacher` (the reference) or "
      "`student` (the student is trained on the states its own sampler visits, with the teacher's ε "
      "there as the target)"},
+    {.path = "train.sample_selection", .type = K_ENUM, .off = offsetof(RunConfig, train.sample_selection),
+     .names = SELECTION_NAMES, .n_names = N_OF(SELECTION_NAMES), .def = {RC_SELECTION_UNIFORM, RC_SELECTION_UNIFORM},
+     .resume = 1,
+     .doc =
+     "which trajectories each epoch learns from: `uniform` (the reference: random labels and x_T) or "
+     "`adaptive` (AdaDFQ's lesson: every `train.selection_refresh` epochs the teacher and the student "
+     "sample a pool of `train.selection_pool` candidates from the same noise with the training "
+     "sampler; the candidates whose final-latent disagreement ranks between the `train.selection_band_lo`"
+     " and `_hi` quantiles are kept, each epoch draws from them; train/sample_select.c). Costs two "
+     "samplings of the pool per refresh"},
+    {.path = "train.selection_pool", .type = K_INT, .off = offsetof(RunConfig, train.selection_pool), .lo = 2,
+     .hi = 100000, .def = {64, 64}, .resume = 1,
+     .doc =
+     "candidate trajectories scored per refresh (`adaptive`), >= `train.batch`"},
+    {.path = "train.selection_refresh", .type = K_INT, .off = offsetof(RunConfig, train.selection_refresh), .lo = 1,
+     .hi = RC_BIG, .def = {20, 20}, .resume = 1,
+     .doc =
+     "epochs between pool refreshes (`adaptive`): the pool is rescored with the current student"},
+    {.path = "train.selection_band_lo", .type = K_DOUBLE, .off = offsetof(RunConfig, train.selection_band_lo),
+     .lo = 0, .hi = 1, .hi_open = 1, .def = {0.25, 0.25}, .resume = 1,
+     .doc =
+     "agreement boundary (`adaptive`): the candidates below this quantile of disagreement are left out"},
+    {.path = "train.selection_band_hi", .type = K_DOUBLE, .off = offsetof(RunConfig, train.selection_band_hi),
+     .lo = 0, .hi = 1, .def = {0.75, 0.75}, .resume = 1,
+     .doc =
+     "disagreement boundary (`adaptive`): the candidates above this quantile are left out; > "
+     "`train.selection_band_lo`"},
     {.path = "train.guidance_gain", .type = K_ENUM, .off = offsetof(RunConfig, train.guidance_gain),
      .names = GAIN_NAMES, .n_names = N_OF(GAIN_NAMES), .def = {RC_GAIN_OFF, RC_GAIN_FIT}, .resume = 0,
      .doc =

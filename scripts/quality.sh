@@ -6,7 +6,9 @@
 #   scripts/quality.sh --report            # only regenerate docs/RESULTS.md from the cache
 #
 # A variant NAME is the run config scripts/quality/variants/NAME.yaml (its run.out is replaced
-# by $QUALITY_DIR/runs/NAME); the variant `fp` is the FP teacher. For each variant:
+# by $QUALITY_DIR/runs/NAME); the variant `fp` is the FP teacher; a variant named fp-* is an
+# FP checkpoint (its yaml's model.ldm_config and model.ckpt, e.g. a pruned one from
+# scripts/quality/prune.sh), sampled as it is: no finetune, no export. For each other variant:
 #   finetune (calibrates first; train.epochs 0 = naive PTQ) under /usr/bin/time -v
 #     -> $Q/runs/NAME/, $Q/meta/NAME.finetune.json (wall seconds, peak RSS)
 #   export (--epoch best when train.select_epoch is best_val or best_sampled) -> $Q/models/NAME.safetensors,
@@ -78,7 +80,7 @@ finetune() {  # NAME
     sed '/^run:/,$d' "$VDIR/$name.yaml" > "$cfg"
     printf 'run:\n  out: %s\n' "$run" >> "$cfg"
     # the variant's paths are relative to the repository root; the copy lives elsewhere
-    sed -i -E "s#^(\s*(ldm_config|ckpt):\s*)(models/)#\1$PWD/\3#" "$cfg"
+    sed -i -E "s#^(\s*(ldm_config|ckpt):\s*)(models/|runs/)#\1$PWD/\3#" "$cfg"
     if [[ -n $TEACHER ]]; then  # the variant's model lines point at the test teacher
         sed -i -e "s|^\(\s*ldm_config:\).*|\1 $TEACHER/config.yaml|" \
                -e "s|^\(\s*ckpt:\).*|\1 $TEACHER/model.ckpt|" "$cfg"
@@ -113,9 +115,21 @@ EOF
     mv "$Q/meta/$name.export.json.tmp" "$Q/meta/$name.export.json"
 }
 
+# an fp-* variant's model: its yaml's model.ldm_config / model.ckpt (relative to the repository root)
+fp_checkpoint() {  # NAME
+    local key v out=()
+    for key in ldm_config ckpt; do
+        v=$(sed -n -E "s#^\s*$key:\s*(\S+).*#\1#p" "$VDIR/$1.yaml" | head -1)
+        [[ -f $v ]] || { echo "quality.sh: $VDIR/$1.yaml: model.$key '$v' does not exist" >&2; exit 2; }
+        out+=("--${key/_/-}" "$(cd "$(dirname "$v")" && pwd)/$(basename "$v")")
+    done
+    echo "${out[@]}"
+}
+
 sample() {  # NAME SEED DIR
     local name=$1 s=$2 dir=$3 tag=s$2_n$N model=("${FPMODEL[@]}")
-    [[ $name != fp ]] && model=(--model "$Q/models/$name.safetensors")
+    if [[ $name == fp-* ]]; then read -ra model <<< "$(fp_checkpoint "$name")"
+    elif [[ $name != fp ]]; then model=(--model "$Q/models/$name.safetensors"); fi
     if [[ ! -d $dir ]]; then
         log "$name: sample seed $s, $N images"
         rm -rf "$dir.tmp"; mkdir -p "$(dirname "$dir")"
@@ -182,6 +196,8 @@ fi
 for name in "$@"; do
     if [[ $name != fp ]]; then
         [[ -f $VDIR/$name.yaml ]] || { echo "quality.sh: no $VDIR/$name.yaml" >&2; exit 2; }
+    fi
+    if [[ $name != fp && $name != fp-* ]]; then
         finetune "$name"
         export_model "$name"
     fi

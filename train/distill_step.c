@@ -10,7 +10,17 @@
 #include "util/dist.h"
 #include "util/clock.h"
 
-void trainer_begin_epoch(Trainer *tr) {
+int trainer_begin_epoch(Trainer *tr, Err *e) {
+    const RcTrain *T = &tr->cfg.train;
+    if (T->sample_selection == RC_SELECTION_ADAPTIVE) {
+        int round = tr->epoch / T->selection_refresh;
+        if (round != tr->sel_round) {
+            int rc = trainer_select_refresh(tr, round, e);
+            if (rc) return rc;
+        }
+        trainer_select_draw(tr);
+        return 0;
+    }
     // torch.randint(0, uncond, (B,)) with uncond the last label: a uniform real class
     for (int b = 0; b < tr->B; b++) {
         int v = 0;
@@ -21,6 +31,7 @@ void trainer_begin_epoch(Trainer *tr) {
         tr->labels[b] = v;
     }
     rng_normal_fill(&tr->rng, tr->x, (size_t)tr->B * tr->per);
+    return 0;
 }
 
 double trainer_lr_factor(const Trainer *tr) {

@@ -17,6 +17,8 @@
      train.val_start    F64 (3)          the starting model's sampled validation (mse, fd, real; NaN:
                                          not measured; absent in states of older versions)
      train.last_loss    F32 (1)
+     train.selection    I64 (2 + n)      train.sample_selection adaptive only: the pool round, n, the
+                                         n pool indices kept (train/sample_select.c)
    with metadata effdm.kind = "run-state", effdm.format = "1", the position as text. It holds
    only what the computation determines, so runs on any thread or MPI rank count write the
    same bytes (cmp them). What the machine determines goes beside it, in state.json, written
@@ -49,7 +51,7 @@
 
 // Values that only exist as converted copies while a writer holds pointers to them.
 typedef struct {
-    int64_t step, position[4], rng[2], best[2], *labels;
+    int64_t step, position[4], rng[2], best[2], *labels, *sel;
     double best_val, seconds;
     float last_loss;
 } StateScalars;
@@ -78,6 +80,16 @@ static void keep_previous(const Trainer *tr) {
     } else {
         rename(cur, prev);
     }
+}
+
+// train.selection: the adaptive selection's round, its kept count, the kept pool indices.
+static int add_selection(Trainer *tr, StWriter *w, StateScalars *s, Err *e) {
+    const int64_t n = 2 + (int64_t)tr->n_sel;
+    if (!(s->sel = calloc((size_t)n, sizeof(int64_t)))) return err_set(e, ERR_NOMEM, "out of memory saving the run state");
+    s->sel[0] = tr->sel_round;
+    s->sel[1] = tr->n_sel;
+    for (int k = 0; k < tr->n_sel; k++) s->sel[2 + k] = tr->sel[k];
+    return add(w, "train.selection", DT_I64, 1, &n, s->sel, e);
 }
 
 int run_state_save(Trainer *tr, Err *e) {
@@ -118,6 +130,7 @@ int run_state_save(Trainer *tr, Err *e) {
         (rc = add(&w, "train.best_val", DT_F64, 1, &one, &s.best_val, e)) ||
         (rc = add(&w, "train.val_start", DT_F64, 1, &three, tr->val_start, e)) ||
         (rc = add(&w, "train.last_loss", DT_F32, 1, &one, &s.last_loss, e)) ||
+        (tr->sel && tr->sel_round >= 0 && (rc = add_selection(tr, &w, &s, e))) ||
         (rc = st_writer_meta(&w, "effdm.kind", "run-state", e)) || (rc = st_writer_meta(&w, "effdm.format", "1", e)) ||
         (rc = st_writer_meta(&w, "effdm.epoch", pos, e)) || (rc = st_writer_meta(&w, "effdm.step", stp, e)))
         goto done;
@@ -137,6 +150,7 @@ int run_state_save(Trainer *tr, Err *e) {
 done:
     st_writer_free(&w);
     free(s.labels);
+    free(s.sel);
     return rc;
 }
 
@@ -169,6 +183,30 @@ static int read_exact(WeightFile *f, const char *name, DType dt, size_t n, void 
         return err_set(e, ERR_SHAPE, "%s: tensor '%s': expected %zu elements for this run config, found %zu",
                        weights_path(f), name, n, wi->numel);
     return weights_read_raw(f, name, dst, n * dtype_size(dt), e);
+}
+
+// Reads train.selection (when the state has one) into tr, checked against the pool size.
+static int load_selection(Trainer *tr, WeightFile *f, Err *e) {
+    const WeightInfo *wi = weights_find(f, "train.selection");
+    if (!wi || !tr->sel) return 0;
+    const int P = tr->cfg.train.selection_pool;
+    int64_t *v = calloc(wi->numel ? wi->numel : 1, sizeof *v);
+    if (!v) return err_set(e, ERR_NOMEM, "out of memory reading the run state");
+    int rc = read_exact(f, "train.selection", DT_I64, wi->numel, v, e);
+    if (!rc && (wi->numel < 3 || v[0] < 0 || v[1] < 1 || v[1] > P || (size_t)v[1] + 2 != wi->numel))
+        rc = err_set(e, ERR_FORMAT, "%s: train.selection: expected round, count (1..%d) and that many pool indices",
+                     weights_path(f), P);
+    for (size_t k = 2; !rc && k < wi->numel; k++)
+        if (v[k] < 0 || v[k] >= P)
+            rc = err_set(e, ERR_VALUE, "%s: train.selection[%zu] = %lld is not an index of the pool of %d", weights_path(f),
+                         k, (long long)v[k], P);
+    if (!rc) {
+        tr->sel_round = (int)v[0];
+        tr->n_sel = (int)v[1];
+        for (int k = 0; k < tr->n_sel; k++) tr->sel[k] = (int)v[2 + k];
+    }
+    free(v);
+    return rc;
 }
 
 // The train.* / opt.* part of a run state.
@@ -225,6 +263,7 @@ static int load_run(Trainer *tr, WeightFile *f, Err *e) {
     tr->best_val = s.best_val;
     tr->seconds = s.seconds;
     tr->last_loss = s.last_loss;
+    if ((rc = load_selection(tr, f, e))) goto done;
     tr->resumed = 1;
 done:
     free(s.labels);

@@ -42,42 +42,44 @@ static int on_batch(const float *images, const int *shape, const float *z, const
     (void)images, (void)shape, (void)labels;
     CheckState *s = user;
     memcpy(s->z + (size_t)first * s->tr->per, z, (size_t)count * s->tr->per * sizeof(float));
-    if (s->stop && *s->stop) return err_set(e, ERR_INTERRUPTED, "stopped during the sampled validation");
+    if (s->stop && *s->stop) return err_set(e, ERR_INTERRUPTED, "stopped while sampling");
     return 0;
 }
 
-// Final latents of K images of the student (student = 1) or the FP teacher into z.
-static int sample_latents(Trainer *tr, int student, float *z, volatile sig_atomic_t *stop, Err *e) {
-    const RcSample *s = &tr->cfg.sample;
-    int K = tr->cfg.train.val_samples;
+int trainer_real_label(const Trainer *tr, int i) {
+    if (!tr->cond) return 0;
+    int v = i % tr->n_real;
+    return v >= tr->uncond_label ? v + 1 : v;
+}
+
+int trainer_sample_latents(Trainer *tr, int student, const SamplerOpts *so, uint64_t seed, int n, float *z,
+                           volatile sig_atomic_t *stop, Err *e) {
     int *y = NULL;
     if (tr->cond) {
-        y = malloc((size_t)K * sizeof(int));
-        if (!y) return err_set(e, ERR_NOMEM, "out of memory for %d labels", K);
-        for (int i = 0; i < K; i++) {
-            int v = i % tr->n_real;
-            y[i] = v >= tr->uncond_label ? v + 1 : v;
-        }
+        y = malloc((size_t)n * sizeof(int));
+        if (!y) return err_set(e, ERR_NOMEM, "out of memory for %d labels", n);
+        for (int i = 0; i < n; i++) y[i] = trainer_real_label(tr, i);
     }
     CheckState st = {tr, z, stop};
-    GenerateOpts o = {.sampler = {.kind = s->sampler,
-                                  .steps = s->steps,
-                                  .eta = (float)s->eta,
-                                  .scale = (float)s->scale,
-                                  .on_eval = student ? trainer_sampler_on_eval : NULL,
-                                  .user = tr},
-                      .seed = (uint64_t)tr->cfg.train.seed + 1,
-                      .batch = 16,
-                      .skip_decode = 1,
-                      .on_batch = on_batch,
-                      .user = &st};
+    GenerateOpts o = {.sampler = *so, .seed = seed, .batch = 16, .skip_decode = 1, .on_batch = on_batch, .user = &st};
+    o.sampler.on_eval = student ? trainer_sampler_on_eval : NULL;
+    o.sampler.user = tr;
     qmodel_enable(&tr->q, student);
     ctx_reset(&tr->ctx);
-    int rc = sample_generate(&tr->ctx, tr->m, &o, y, K, e);
+    int rc = sample_generate(&tr->ctx, tr->m, &o, y, n, e);
     ctx_reset(&tr->ctx);
     qmodel_enable(&tr->q, 1);
     free(y);
     return rc;
+}
+
+// Final latents of the K images of the sampled validation (sample.* protocol, streams of
+// train.seed + 1), by the student (student = 1) or the FP teacher, into z.
+static int sample_latents(Trainer *tr, int student, float *z, volatile sig_atomic_t *stop, Err *e) {
+    const RcSample *s = &tr->cfg.sample;
+    SamplerOpts so = {.kind = s->sampler, .steps = s->steps, .eta = (float)s->eta, .scale = (float)s->scale};
+    return trainer_sample_latents(tr, student, &so, (uint64_t)tr->cfg.train.seed + 1, tr->cfg.train.val_samples, z,
+                                  stop, e);
 }
 
 // Average-pools each latent (C, H, W) by f x f so that C (H/f) (W/f) <= CHECK_MAX_DIM.

@@ -28,6 +28,7 @@ typedef enum { RC_SCHED_LINEAR, RC_SCHED_COSINE, RC_SCHED_CONSTANT } RcSchedule;
 typedef enum { RC_DW_REFERENCE, RC_DW_SINGLE } RcDeltaWUpdate;
 typedef enum { RC_TRAJ_TEACHER, RC_TRAJ_STUDENT } RcTrajectory;
 typedef enum { RC_GAIN_OFF, RC_GAIN_FIT } RcGuidanceGain;
+typedef enum { RC_SELECTION_UNIFORM, RC_SELECTION_ADAPTIVE } RcSelection;
 
 typedef struct {
     double lr_lora_divisor, lr_w_delta, lr_act, lr_exponent;
@@ -44,6 +45,9 @@ typedef struct {
     double eta, scale;
     RcLossBranches loss_branches;
     RcTrajectory trajectory;
+    RcSelection sample_selection;  // train/sample_select.c
+    int selection_pool, selection_refresh;
+    double selection_band_lo, selection_band_hi;
     RcGuidanceGain guidance_gain;
     RcGuidanceGain eps_gain;  // off / fit (qalora/guidance_gain.h gain_fit)
     int guidance_fit_samples;

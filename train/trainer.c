@@ -152,6 +152,10 @@ static int alloc_buffers(Trainer *tr, Err *e) {
     tr->labels = zalloc((size_t)tr->B, sizeof(int));
     tr->stepw_mean = zalloc((size_t)tr->S, sizeof(double));
     tr->stepw_count = zalloc((size_t)tr->S, sizeof(int64_t));
+    tr->sel_round = -1;
+    if (tr->cfg.train.sample_selection == RC_SELECTION_ADAPTIVE &&
+        !(tr->sel = zalloc((size_t)tr->cfg.train.selection_pool, sizeof(int))))
+        return err_set(e, ERR_NOMEM, "out of memory for the selection pool");
     // a slot record: the gradient block, the slot's guided ε, its loss and status; 16-float
     // aligned so every slot's gradient starts on a 64-byte line as opt.grad does
     tr->rec = (tr->q.n_grads + (size_t)tr->per_slot * tr->per + SLOT_TAIL + 15) / 16 * 16;
@@ -243,6 +247,7 @@ void trainer_free(Trainer *tr) {
     free(tr->tin);
     free(tr->yin);
     free(tr->labels);
+    free(tr->sel);
     free(tr->stepw_mean);
     free(tr->stepw_count);
     free(tr->val_x);
@@ -297,7 +302,8 @@ int trainer_bench_steps(Trainer *tr, int n, const TrainerHooks *h, Err *e) {
             tr->drawn = 0;
         }
         if (tr->step == 0 && !tr->drawn) {
-            trainer_begin_epoch(tr);
+            int rc = trainer_begin_epoch(tr, e);
+            if (rc) return rc;
             tr->drawn = 1;
         }
         double t0 = clock_seconds(), lr = 0;
@@ -418,7 +424,9 @@ static int run_loop(Trainer *tr, const TrainerHooks *h, TrainerSummary *sum, Err
     while (tr->epoch < T->epochs) {
         if (tr->step < tr->S) {
             if (tr->step == 0 && !tr->drawn) {
-                trainer_begin_epoch(tr);
+                rc = trainer_begin_epoch(tr, e);
+                if (rc == ERR_INTERRUPTED) return interrupted(tr, h, e);
+                if (rc) return rc;
                 tr->drawn = 1;
             }
             double t0 = clock_seconds(), lr = 0;

@@ -62,6 +62,10 @@ struct Trainer {
     Rng rng;
     float *x;                   // (B, C, H, W) the trajectory's current x_t
     int *labels;                // (B)
+    int sel_round;              // train.sample_selection adaptive: the pool round of sel (-1: none yet)
+    int n_sel;                  // candidates kept in that round's band
+    int *sel;                   // [train.selection_pool] their indices (sample_select.c); NULL when uniform
+    double sel_band[2];         // their lowest and highest disagreement (not saved: for notes)
     double *stepw_mean;         // [S] running mean of each step index's raw loss over epochs
     int64_t *stepw_count;       // [S]
     int has_best, best_epoch;
@@ -107,14 +111,23 @@ struct Trainer {
 #define SLOT_TAIL 3
 // Points the student's trainable gradients into grads (q->n_grads floats), zeroed.
 void trainer_bind_grads(Trainer *tr, float *grads);
-// Draws the epoch's labels and x_T from the run's RNG.
-void trainer_begin_epoch(Trainer *tr);
+// Draws the epoch's labels and x_T from the run's RNG (adaptive selection: from the kept pool,
+// scoring a new pool first when the epoch starts a round). 0 or an ERR_ code.
+int trainer_begin_epoch(Trainer *tr, Err *e);
 // One optimizer step at tr->step of tr->epoch (see trainer.h); advances x_t and the RNG.
 // *loss receives the raw loss. 0, ERR_NAN (nothing updated: the state is that of the start
 // of the step), or the op's error (c->err).
 int trainer_step(Trainer *tr, float *loss, double *lr, Err *e);
 // Current schedule factor (train/schedule.h) at the optimizer's step count.
 double trainer_lr_factor(const Trainer *tr);
+
+/* sample_select.c */
+// Scores pool round `round` (teacher vs student final latents) and keeps its band in tr->sel.
+int trainer_select_refresh(Trainer *tr, int round, Err *e);
+// The band [lo, hi) of pool ranks kept (at least one).
+void trainer_select_band(const RcTrain *T, int *lo, int *hi);
+// The epoch's labels and x_T: train.batch draws from tr->sel with the run's RNG.
+void trainer_select_draw(Trainer *tr);
 
 /* run_state.c */
 // Writes state.safetensors (and nothing else) atomically. 0 or ERR_IO / ERR_NOMEM.
@@ -133,6 +146,15 @@ int trainer_load_val(Trainer *tr, Err *e);
 int trainer_validate(Trainer *tr, volatile sig_atomic_t *stop, double *err_out, Err *e);
 
 /* sample_check.c */
+// The class label of image i of a class-balanced set: i modulo the real classes, the
+// unconditional label skipped (0 for unconditional models).
+int trainer_real_label(const Trainer *tr, int i);
+// Final latents of n class-balanced images (trainer_real_label) sampled with so (its on_eval
+// and user are set here) from streams (seed, i), by the student (1: its TALSQ entry per step)
+// or the FP teacher (0), into z (n, C, H, W); the student is left enabled. ERR_INTERRUPTED
+// when *stop rose (stop may be NULL). 0 or an ERR_ code.
+int trainer_sample_latents(Trainer *tr, int student, const SamplerOpts *so, uint64_t seed, int n, float *z,
+                           volatile sig_atomic_t *stop, Err *e);
 // The sampled validation (train.val_samples images, sample.* protocol; the teacher's sampled
 // once and kept): the measures of TrainerVal (trainer.h). ERR_INTERRUPTED when stopped.
 int trainer_sample_check(Trainer *tr, volatile sig_atomic_t *stop, SampleCheck *out, Err *e);

@@ -34,6 +34,7 @@
 #include "models/layer.h"
 
 #define UNET_MAX_LEVELS 8
+#define UNET_MAX_TBLOCKS 64  // transformer blocks whose FeedForward width a checkpoint may set
 
 typedef struct {
     int image_size;
@@ -57,6 +58,10 @@ typedef struct {
     int transformer_depth;        // default 1
     int context_dim;              // 0 when no cross-attention
     int legacy;                   // default 1
+    // Not in the YAML: the hidden width of each transformer block's FeedForward (GEGLU units) in
+    // registration order, 0 = CompVis's 4 x inner. Set from a checkpoint whose FeedForwards were
+    // pruned (effdm compress) by unet_config_read_ff_widths.
+    int ff_inner[UNET_MAX_TBLOCKS];
 } UNetConfig;
 
 typedef struct UNet UNet;  // defined in models/unet/unet_impl.h
@@ -67,6 +72,11 @@ void unet_config_defaults(UNetConfig *cfg);
 // use_spatial_transformer, ...). 0 or ERR_VALUE naming the option.
 int unet_config_check(const UNetConfig *cfg, Err *e);
 
+// Reads the FeedForward widths of f's UNet (tensors prefix + "<block>.ff.net.0.proj.bias", 2
+// values per GEGLU unit) into cfg->ff_inner: a width other than 4 x inner marks a pruned
+// block; a block whose tensor is missing keeps the default (unet_load then names it). ERR_SHAPE
+// on an odd or empty width. 0 or an ERR_ code.
+int unet_config_read_ff_widths(UNetConfig *cfg, const WeightFile *f, const char *prefix, Err *e);
 // Builds the module tree and allocates one weight block. 0 or an ERR_ code.
 int unet_new(UNet **m, const UNetConfig *cfg, Err *e);
 void unet_free(UNet *m);
@@ -86,6 +96,10 @@ int unet_set_trainable(UNet *m, int trainable, Err *e);
 // Zeroes all parameter gradients.
 void unet_zero_grad(UNet *m);
 
+// Number of transformer blocks (BasicTransformerBlock) in registration order, and block k's
+// FeedForward: ff.net.0.proj (GEGLU: value rows, then gate rows) and ff.net.2.
+int unet_ff_blocks(const UNet *m);
+void unet_ff_layers(UNet *m, int k, ModelLayer **proj, ModelLayer **out);
 // The config the model was built with.
 const UNetConfig *unet_config(const UNet *m);
 // Number of parameter tensors; the i-th in registration order (state-dict order) and its

@@ -18,6 +18,11 @@ typedef struct {
     int n_layers, n_norms, n_tblocks, n_params, n_input, n_output;
     size_t n_floats;
     UNetSeq scratch;  // target of module writes in the counting pass
+    // unet_config_read_ff_widths: a counting pass that reads each FeedForward's width from a
+    // file into probe_cfg (NULL otherwise)
+    const WeightFile *probe;
+    const char *probe_prefix;
+    UNetConfig *probe_cfg;
     Err *e;
 } Build;
 
@@ -168,11 +173,34 @@ static int build_cross_attention(Build *b, int *idx, const char *path, int inner
 // attention.py SpatialTransformer.__init__: norm (GroupNorm 32, eps 1e-6), proj_in (1x1
 // conv C -> inner), transformer_blocks, proj_out (1x1 conv inner -> C). Each
 // BasicTransformerBlock registers attn1, ff, attn2, norm1, norm2, norm3 in that order.
+// The hidden width of transformer block `index`'s FeedForward: CompVis's FeedForward(dim,
+// mult=4, glu=True) unless the config holds a pruned width; in a probe pass, the file's.
+static int ff_width(Build *b, int index, const char *block, int inner, int *width) {
+    const UNetConfig *c = &b->m->cfg;
+    *width = index < UNET_MAX_TBLOCKS && c->ff_inner[index] > 0 ? c->ff_inner[index] : 4 * inner;
+    if (!b->probe) return 0;
+    char name[UNET_NAME_MAX + 64];
+    snprintf(name, sizeof name, "%s%s.ff.net.0.proj.bias", b->probe_prefix, block);
+    const WeightInfo *wi = weights_find(b->probe, name);
+    if (!wi) return 0;  // unet_load names the missing tensor
+    if (wi->ndim != 1 || wi->shape[0] < 2 || wi->shape[0] % 2)
+        return err_set(b->e, ERR_SHAPE, "%s: tensor '%s': expected one even length (2 per GEGLU unit), found %lld "
+                       "values", weights_path(b->probe), name, wi->ndim == 1 ? (long long)wi->shape[0] : -1LL);
+    int w = (int)(wi->shape[0] / 2);
+    if (w == 4 * inner) return 0;
+    if (index >= UNET_MAX_TBLOCKS)
+        return err_set(b->e, ERR_UNSUPPORTED, "%s: tensor '%s': a pruned FeedForward in transformer block %d (this "
+                       "build reads pruned widths in the first %d)", weights_path(b->probe), name, index,
+                       UNET_MAX_TBLOCKS);
+    b->probe_cfg->ff_inner[index] = *width = w;
+    return 0;
+}
+
 static int build_transformer(Build *b, UNetSeq *s, const char *path, int ch, int heads, int dim_head) {
     const UNetConfig *c = &b->m->cfg;
     UNetModule *mod = seq_push(b, s);
     UNetTransformer *st = &mod->u.st;
-    int inner = heads * dim_head, ff_inner = 4 * inner;  // FeedForward(dim, mult=4, glu=True)
+    int inner = heads * dim_head, ff_inner;
     mod->kind = UNET_MOD_TRANSFORMER;
     st->ch = ch;
     st->heads = heads;
@@ -191,6 +219,7 @@ static int build_transformer(Build *b, UNetSeq *s, const char *path, int ch, int
         snprintf(ap, sizeof ap, "%s.attn1", bp);
         // attn1 is self-attention: its context_dim defaults to query_dim.
         if (build_cross_attention(b, tb->attn1, ap, inner, inner)) return b->e->code;
+        if (ff_width(b, b->n_tblocks - 1, bp, inner, &ff_inner)) return b->e->code;
         if ((tb->ff_in = add_layer(b, LAYER_LINEAR, 2 * ff_inner, inner, 1, 1, 0, 1, "%s.ff.net.0.proj", bp)) < 0 ||
             (tb->ff_out = add_layer(b, LAYER_LINEAR, inner, ff_inner, 1, 1, 0, 1, "%s.ff.net.2", bp)) < 0)
             return b->e->code;
@@ -324,11 +353,15 @@ static int build_walk(Build *b, int *chans) {
     return 0;
 }
 
-int unet_build(UNet *m, Err *e) {
+// One walk (see unet_build); probe: unet_config_read_ff_widths's file, or NULL.
+static int build(UNet *m, const WeightFile *probe, const char *prefix, UNetConfig *probe_cfg, Err *e) {
     Build b;
     memset(&b, 0, sizeof b);
     b.m = m;
     b.fill = m->weights != NULL;
+    b.probe = probe;
+    b.probe_prefix = prefix;
+    b.probe_cfg = probe_cfg;
     b.e = e;
     // input_block_chans holds one entry per input block: 1 + levels x num_res_blocks + levels - 1.
     const UNetConfig *c = &m->cfg;
@@ -353,4 +386,16 @@ int unet_build(UNet *m, Err *e) {
         m->n_output_blocks = b.n_output;
     }
     return 0;
+}
+
+int unet_build(UNet *m, Err *e) { return build(m, NULL, NULL, NULL, e); }
+
+int unet_config_read_ff_widths(UNetConfig *cfg, const WeightFile *f, const char *prefix, Err *e) {
+    UNet *tmp = calloc(1, sizeof *tmp);  // a counting pass: no weights
+    if (!tmp) return err_set(e, ERR_NOMEM, "UNet: out of memory");
+    memset(cfg->ff_inner, 0, sizeof cfg->ff_inner);
+    tmp->cfg = *cfg;
+    int rc = build(tmp, f, prefix, cfg, e);
+    free(tmp);
+    return rc;
 }

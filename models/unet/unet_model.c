@@ -75,6 +75,13 @@ int unet_param_file_ndim(const UNet *m, int i) {
     return (i < 0 || i >= m->n_params) ? 0 : m->params[i].file_ndim;
 }
 
+int unet_ff_blocks(const UNet *m) { return m->n_tblocks; }
+
+void unet_ff_layers(UNet *m, int k, ModelLayer **proj, ModelLayer **out) {
+    *proj = &m->layers[m->tblocks[k].ff_in];
+    *out = &m->layers[m->tblocks[k].ff_out];
+}
+
 ModelLayer **unet_layers(UNet *m, int *n) {
     *n = m->n_layers;
     return m->layer_ptrs;

@@ -32,6 +32,7 @@ def jload(p):
 def variant_desc(name):
     if name == "fp":
         return "FP teacher", "32/32"
+    fp_checkpoint = name.startswith("fp-")  # an FP checkpoint (e.g. pruned): no quantization
     p = os.path.join(HERE, "variants", name + ".yaml")
     desc, w, a = name, "?", "?"
     with open(p) as f:
@@ -43,6 +44,8 @@ def variant_desc(name):
     ma = re.search(r"act_bits:\s*(\d+)", t)
     w = mw.group(1) if mw else "4"
     a = ma.group(1) if ma else "4"
+    if fp_checkpoint:
+        w = a = "32"
     return desc, "%s/%s" % (w, a)
 
 
@@ -130,6 +133,10 @@ def paired(n_filter):
     pairs = []
     for name in rows:
         wa = variant_desc(name)[1]
+        if name.endswith("-udfc"):  # pruning with UDFC against the same pruning without it
+            pairs.append((name, name[:-len("-udfc")] + "-none"))
+        if name.startswith("fp-"):
+            continue
         ptq = "ptq-w%sa%s" % tuple(wa.split("/"))  # the naive PTQ variant of the same bits
         pairs.append((name, ptq))
         # fine-tuned W4A4 variants also against the recipe's default of session 6 (both gains)
@@ -154,7 +161,8 @@ def paired(n_filter):
         if not out:
             out = ["### Paired against naive PTQ (same seeds, same noise), %d samples per seed" % n_filter, "",
                    "Cell: mean ± sd over seeds of (variant - the `vs` model: naive PTQ at the same bits, or "
-                   "for fine-tuned W4A4 variants also `%s`, the recipe's W4A4 model of session 6); in "
+                   "for fine-tuned W4A4 variants also `%s`, the recipe's W4A4 model of session 6, or for a "
+                   "pruned model with UDFC the same pruning without it); in "
                    "parentheses the seeds on which the variant is closer to FP (lower FID, FID to FP, RMSE; "
                    "higher accuracy, agreement)." % DEFAULT_W4A4, "",
                    "| variant | vs | seeds | ΔFID(judge) | Δclass acc | ΔFID to FP samples | Δpixel RMSE to FP | Δagreement with FP |",
@@ -238,6 +246,34 @@ def teachers_main():
     write_out(parts)
 
 
+def prune_section():
+    """The pruned models' sizes (effdm compress logs) and the sampling-speed ratios measured in
+    one run (scripts/quality/prune.sh -> meta/prune_speed.json)."""
+    out = []
+    for log in sorted(glob.glob(os.path.join(Q, "logs", "prune-ff*.log"))):
+        t = open(log, errors="replace").read()
+        m = re.search(r"(\d+) of (\d+) FeedForward units kept .*?\n\s*UNet parameters: (\d+) -> (\d+)", t, re.S)
+        if m:
+            out.append("| `%s` | %s of %s | %s -> %s (%.1f%% fewer) |" % (
+                os.path.basename(log)[6:-4], m.group(1), m.group(2), m.group(3), m.group(4),
+                100 * (1 - int(m.group(4)) / int(m.group(3)))))
+    if out:
+        out = ["### Pruning: sizes (`effdm compress`)", "", "| pruned checkpoint | FeedForward units kept | UNet parameters |",
+               "|---|---|---|"] + out + [""]
+    sp = jload(os.path.join(Q, "meta", "prune_speed.json"))
+    if sp:
+        s = sp["seconds_64_images"]
+        out += ["### Pruning: sampling speed (64 images, DDIM 20, guidance 3, %d thread, median of %d interleaved "
+                "rounds, one run; %s)" % (sp["threads"], len(sp["all"]["fp"]), sp["cpu"]), "",
+                "| model | seconds | ratio unpruned / pruned |", "|---|---|---|",
+                "| FP teacher | %.2f | |" % s["fp"],
+                "| FP, 30%% of the FeedForward units pruned (UDFC) | %.2f | %.3f |" % (s["fp-ff30"], sp["fp_over_pruned"]),
+                "| W4A8 export (`ptq-w4a8`) | %.2f | |" % s["w4a8"],
+                "| W4A8 export of the 30%% pruned model (`ptq-w4a8-ff30-udfc`) | %.2f | %.3f |" % (
+                    s["w4a8-ff30"], sp["w4a8_over_pruned"]), ""]
+    return "\n".join(out)
+
+
 def quantizers_main():
     """report.py --quantizers Q OUT.md: the quantizer kinds on the shipped teacher (cache Q of
     QUALITY_DIR=Q scripts/quality.sh, text scripts/quality/quantizers.md)."""
@@ -255,6 +291,7 @@ def quantizers_main():
     for n in sorted(ns, reverse=True):
         parts.append(table(n, "Every variant, %d samples per seed (mean ± sd over seeds)" % n))
         parts.append(paired(n))
+    parts.append(prune_section())
     write_out(parts)
 
 

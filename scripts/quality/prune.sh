@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# prune.sh: the pruning rows of docs/RESULTS_QUANTIZERS.md (issue 15), resumable.
+#
+#   SEEDS="0 1 2" scripts/quality/prune.sh [VARIANT...]   # default: the ff30 rows and the speed
+#   scripts/quality/prune.sh --speed                      # only the sampling-speed ratios
+#
+# 1. The pruned FP checkpoints runs/prune/ff<R>-<udfc|none>.safetensors (R = 10, 30, 50% of
+#    every FeedForward's units; effdm compress with its defaults: 64 teacher trajectories for
+#    the UDFC moments), each made once.
+# 2. scripts/quality.sh on the shipped teacher's cache (runs/quantizers, where the FP teacher's
+#    samples of the same seeds are): the fp-ff* variants are those checkpoints sampled as they
+#    are, the ptq-w4a8-ff* variants their naive W4A8 PTQ; paired with the FP samples by
+#    `effdm compare`, and with the FP reference for FID to FP.
+# 3. --speed (and by default): sampling time of FP vs pruned FP and of the W4A8 exports,
+#    unpruned vs pruned, interleaved in one run (64 images, DDIM 20, guidance 3, 1 thread,
+#    3 rounds, median) -> runs/quantizers/meta/prune_speed.json.
+# Environment: as quality.sh (SEEDS, N, EFFDM, PY); run from the repository root.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+EFFDM=${EFFDM:-./build/effdm}
+PY=${PY:-/usr/bin/python3}
+export QUALITY_DIR=${QUALITY_DIR:-runs/quantizers}
+Q=$QUALITY_DIR
+mkdir -p runs/prune "$Q/meta" "$Q/logs"
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+for r in 10 30 50; do
+    for mode in udfc none; do
+        out=runs/prune/ff$r-$mode.safetensors
+        [[ -f $out ]] && continue
+        log "compress --ff 0.$r --reconstruct $mode"
+        "$EFFDM" compress --ff "0.$r" --reconstruct $mode --out "$out" > "$Q/logs/prune-ff$r-$mode.log" 2>&1
+    done
+done
+
+speed() {
+    local out=$Q/meta/prune_speed.json
+    [[ -f $out ]] && return 0
+    "$HERE/../quality.sh" ptq-w4a8 ptq-w4a8-ff30-udfc > /dev/null  # the exports (SEEDS as given)
+    local Z=models/zoo/fmnist-ldm tmp
+    tmp=$(mktemp -d)
+    local -A args=(
+        [fp]="--ldm-config $Z/config.yaml --ckpt $Z/model.ckpt"
+        [fp-ff30]="--ldm-config $Z/config.yaml --ckpt runs/prune/ff30-udfc.safetensors"
+        [w4a8]="--model $Q/models/ptq-w4a8.safetensors"
+        [w4a8-ff30]="--model $Q/models/ptq-w4a8-ff30-udfc.safetensors"
+    )
+    : > "$tmp/times"
+    for round in 1 2 3; do
+        for k in fp fp-ff30 w4a8 w4a8-ff30; do
+            local t0 t1
+            t0=$(date +%s.%N)
+            # shellcheck disable=SC2086
+            "$EFFDM" sample ${args[$k]} --n 64 --steps 20 --eta 0 --scale 3 --seed 0 --threads 1 \
+                --out "$tmp/s-$k-$round" > /dev/null 2>&1
+            t1=$(date +%s.%N)
+            echo "$k $(echo "$t1 - $t0" | bc)" >> "$tmp/times"
+            log "speed round $round: $k $(tail -1 "$tmp/times" | cut -d' ' -f2) s"
+        done
+    done
+    "$PY" - "$tmp/times" "$out" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)" <<'EOF'
+import json, statistics, sys
+t = {}
+for line in open(sys.argv[1]):
+    k, v = line.split()
+    t.setdefault(k, []).append(float(v))
+med = {k: statistics.median(v) for k, v in t.items()}
+json.dump({"seconds_64_images": med, "all": t, "cpu": sys.argv[3].strip(), "threads": 1,
+           "fp_over_pruned": med["fp"] / med["fp-ff30"], "w4a8_over_pruned": med["w4a8"] / med["w4a8-ff30"]},
+          open(sys.argv[2] + ".tmp", "w"), indent=1)
+EOF
+    mv "$out.tmp" "$out"
+    rm -rf "$tmp"
+    cat "$out"
+}
+
+if [[ ${1:-} == --speed ]]; then speed; exit 0; fi
+if [[ $# -eq 0 ]]; then
+    set -- fp-ff30-udfc fp-ff30-none ptq-w4a8 ptq-w4a8-ff30-udfc ptq-w4a8-ff30-none
+    "$HERE/../quality.sh" "$@"
+    speed
+else
+    "$HERE/../quality.sh" "$@"
+fi
