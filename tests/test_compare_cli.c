@@ -191,10 +191,7 @@ static void test_refusals(void **state) {
     write_png("mb3/4/00004.png", 28, 28);  // another size
     // an earlier result at the --json path must survive a refused run untouched
     snprintf(p, sizeof p, "%s/out.json", tmp);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs("{\"old\": 1}\n", f);
-    fclose(f);
+    test_write_file(p, "{\"old\": 1}\n");
     struct {
         const char *args;  // TMP -> the temporary folder
         const char *msg[2];

@@ -557,15 +557,12 @@ static void test_cli(void **state) {
     char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *model = tmp_path(".safetensors"), *out = tmp_path("_s");
     char run_dir[300], cmd[2000];
     snprintf(run_dir, sizeof run_dir, "%s/run", dir);
-    FILE *fp = fopen(cfg, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
-            "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n"
-            "run: {out: %s}\n",
-            TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
+                    "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n"
+                    "run: {out: %s}\n",
+                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 0);
     assert_true(test_exists_in(run_dir, "config.yaml"));
@@ -578,14 +575,11 @@ static void test_cli(void **state) {
     // an error after the recording (more activation inputs than recorded) writes nothing
     char bad_run[300];
     snprintf(bad_run, sizeof bad_run, "%s/bad", dir);
-    fp = fopen(cfg, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
-            "run: {out: %s}\n",
-            TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
+                    "run: {out: %s}\n",
+                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 2);
     assert_int_equal(access(bad_run, F_OK), -1);

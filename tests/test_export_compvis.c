@@ -289,10 +289,7 @@ static char *yaml_variant(int use_ema, int scale_by_std) {
     if (use_ema) memcpy(u, "use_ema: true ", 14);  // same length: a trailing space
     if (scale_by_std) memcpy(b, "scale_by_std: true ", 19);
     char *path = tmp_path(".yaml");
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    test_write_file(path, "%s", text);
     free(text);
     return path;
 }
@@ -421,16 +418,13 @@ static void test_cli(void **state) {
     char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *out = tmp_path(".safetensors"), *log = tmp_path(".log");
     char run_dir[300], cmd[2400];
     snprintf(run_dir, sizeof run_dir, "%s/run", dir);
-    FILE *fp = fopen(cfg, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "quant: {weight_bits: 4, act_bits: 8}\n"
-            "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
-            "train: {steps: 10, guidance_gain: fit, eps_gain: off}\n"
-            "run: {out: %s}\n",
-            TEACHER_DIR, TEACHER_DIR, run_dir);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "quant: {weight_bits: 4, act_bits: 8}\n"
+                    "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
+                    "train: {steps: 10, guidance_gain: fit, eps_gain: off}\n"
+                    "run: {out: %s}\n",
+                    TEACHER_DIR, TEACHER_DIR, run_dir);
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2 >/dev/null 2>&1", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 0);
     // refused: an unknown format, a .ckpt (no torch zip writer), another name, --fp16-layers; no file left

@@ -23,11 +23,7 @@ static int setup(void **state) { return test_tmpdir_make(g_dir, sizeof g_dir, "l
 
 static int teardown(void **state) { return test_tmpdir_remove(g_dir); }
 
-static const char *tmp_path(const char *name) {
-    static char buf[256];
-    snprintf(buf, sizeof buf, "%s/%s", g_dir, name);
-    return buf;
-}
+static const char *tmp_path(const char *name) { return test_path_in(g_dir, name); }
 
 static void load_cfg(LdmConfig *c, const char *rel) {
     Err e = {0};

@@ -131,16 +131,7 @@ static void test_select_by_norm(void **state) {
     assert_int_equal(keep[2], 2);  // ascending: 0, 1, 2
 }
 
-// dir/name in one of four buffers used in turn: a call may take a few such paths at once.
-static const char *path_in(const char *dir, const char *name) {
-    static char buf[4][1024];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
-
-static const char *zoo(const char *name) { return path_in(TEST_DATA_DIR "/../../models/zoo/fmnist-ldm", name); }
+static const char *zoo(const char *name) { return test_path_in(TEST_DATA_DIR "/../../models/zoo/fmnist-ldm", name); }
 
 static Ldm *load(const char *ckpt) {
     Ldm *m = NULL;
@@ -174,7 +165,7 @@ static float *sample_latents(Ldm *m, size_t *n) {
     return z;
 }
 
-static const char *tmp(const char *name) { return path_in(g_dir, name); }
+static const char *tmp(const char *name) { return test_path_in(g_dir, name); }
 
 static void compress(const char *args, const char *out) {
     char cmd[2048];

@@ -194,16 +194,13 @@ static void test_cli(void **state) {
     snprintf(cfg, sizeof cfg, "%s/tiny.yaml", tmp);
     snprintf(run, sizeof run, "%s/run", tmp);
     snprintf(other, sizeof other, "%s/other", tmp);
-    FILE *fp = fopen(cfg, "w");
-    assert_non_null(fp);
     // a run of one epoch of 2 steps on 2 short teacher trajectories; run.out comes from --set
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
-            "train: {epochs: 1, steps: 2, batch: 1, val_every: 0, select_epoch: last, sample_every: 0}\n"
-            "run: {arena_mb: 256}\n",
-            TEACHER_DIR, TEACHER_DIR);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
+                    "train: {epochs: 1, steps: 2, batch: 1, val_every: 0, select_epoch: last, sample_every: 0}\n"
+                    "run: {arena_mb: 256}\n",
+                    TEACHER_DIR, TEACHER_DIR);
 
     // bad assignments: exit 2, the message names them, nothing is written
     snprintf(args, sizeof args, "calibrate --config '%s' --set run.out='%s' --set calib.sed=3", cfg, other);
@@ -297,10 +294,7 @@ static void test_paths_relative_to_the_file(void **state) {
     snprintf(sub, sizeof sub, "%s/sub", tmp);
     assert_int_equal(mkdir(sub, 0777), 0);
     snprintf(path, sizeof path, "%s/c.yaml", sub);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("model:\n  ldm_config: /abs/./y/../y.yaml\n  ckpt: ../m/x.ckpt\nrun:\n  out: ./out//r\n", f);
-    fclose(f);
+    test_write_file(path, "model:\n  ldm_config: /abs/./y/../y.yaml\n  ckpt: ../m/x.ckpt\nrun:\n  out: ./out//r\n");
     RunConfig c;
     Err e = {0};
     assert_int_equal(run_config_load_set(path, NULL, 0, &c, &e), 0);
@@ -334,14 +328,11 @@ static void test_paths_relative_to_the_file(void **state) {
 static void test_unconditional_run(void **state) {
     char cfg[400], err[4096], args[2048];
     snprintf(cfg, sizeof cfg, "%s/uncond.yaml", tmp);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "model:\n  ldm_config: %s/parity/ae_kl/config.yaml\n  ckpt: %s/parity/ae_kl/model.ckpt\n"
-               "calib:\n  n_samples: 2\n  batch: 2\n  steps: 10\n  n_inputs: 4\n"
-               "train:\n  recipe: effdm\n  epochs: 1\n  steps: 4\n  val_every: 1\n  val_inputs: 4\n"
-               "  val_samples: 2\n  sample_every: 0\n  guidance_fit_samples: 2\n"
-               "run:\n  out: %s/uncond_run\n", TEST_DATA_DIR, TEST_DATA_DIR, tmp);
-    fclose(f);
+    test_write_file(cfg, "model:\n  ldm_config: %s/parity/ae_kl/config.yaml\n  ckpt: %s/parity/ae_kl/model.ckpt\n"
+                    "calib:\n  n_samples: 2\n  batch: 2\n  steps: 10\n  n_inputs: 4\n"
+                    "train:\n  recipe: effdm\n  epochs: 1\n  steps: 4\n  val_every: 1\n  val_inputs: 4\n"
+                    "  val_samples: 2\n  sample_every: 0\n  guidance_fit_samples: 2\n"
+                    "run:\n  out: %s/uncond_run\n", TEST_DATA_DIR, TEST_DATA_DIR, tmp);
     snprintf(args, sizeof args, "finetune --config '%s' --threads 1", cfg);
     int rc = effdm(args, err, sizeof err);
     if (rc) print_error("%s\n", err);

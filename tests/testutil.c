@@ -105,6 +105,14 @@ int test_tmpdir_remove(const char *dir) {
     return nftw(dir, tmpdir_remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
 }
 
+const char *test_path_in(const char *dir, const char *name) {
+    static char buf[8][1024];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
+
 const char *test_data_path(const char *name) {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/%s", TEST_DATA_DIR, name);
@@ -294,6 +302,16 @@ char *test_slurp_in(const char *dir, const char *name) {
     char p[1024];
     snprintf(p, sizeof p, "%s/%s", dir, name);
     return test_slurp(p);
+}
+
+void test_write_file(const char *path, const char *fmt, ...) {
+    FILE *f = fopen(path, "w");
+    if (!f) fail_msg("cannot write %s", path);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    if (fclose(f)) fail_msg("cannot write %s", path);
 }
 
 int test_exists_in(const char *dir, const char *name) {

@@ -47,12 +47,17 @@ void test_ctx_delete(Ctx *c);
 int test_tmpdir_make(char *dir, size_t cap, const char *tag);
 int test_tmpdir_remove(const char *dir);
 
+// "dir/name" in one of 8 static buffers used in turn: valid for the next 7 calls, so one
+// call may take a few such paths.
+const char *test_path_in(const char *dir, const char *name);
 // Path of a file in tests/data (static buffer, valid until the next call).
 const char *test_data_path(const char *name);
 // The whole file at path, NUL-terminated (malloc'd), or NULL when it cannot be read.
 char *test_slurp(const char *path);
 // The same for dir/name.
 char *test_slurp_in(const char *dir, const char *name);
+// Writes the printf-formatted text to path (replacing it); fails the test if it cannot.
+void test_write_file(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 // 1 when dir/name exists, else 0.
 int test_exists_in(const char *dir, const char *name);
 // Runs `effdm <args>` (the built binary; args as shell words) with stdout and stderr to
