@@ -80,6 +80,11 @@ int cli_parse(int argc, char **argv, CliOpt *opts, int n_opts, const char **posi
     return 0;
 }
 
+int cli_help(const char *const *usage) {
+    for (int i = 0; usage[i]; i++) puts(usage[i]);
+    return 0;
+}
+
 int cli_fail(const char *cmd, const Err *e) {
     fprintf(stderr, "effdm %s: %s\n", cmd, e->msg[0] ? e->msg : err_name(e->code));
     return err_exit_status(e->code);

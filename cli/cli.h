@@ -33,6 +33,8 @@ typedef struct {
 // sets *help. 0 or ERR_ARG (message names the option and what was wrong).
 int cli_parse(int argc, char **argv, CliOpt *opts, int n_opts, const char **positional, int *n_positional,
               int max_positional, int *help, Err *e);
+// Prints a command's usage (lines up to a NULL) to stdout for --help; returns its exit status, 0.
+int cli_help(const char *const *usage);
 // Prints "effdm <cmd>: <msg>" to stderr and returns the exit status for e->code.
 int cli_fail(const char *cmd, const Err *e);
 // The thread count of a command: threads > 0 as given (--threads, run.threads); -1: not

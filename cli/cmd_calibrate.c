@@ -67,10 +67,7 @@ int cmd_calibrate(int argc, char **argv) {
         {"--set", OPT_STRS, &sets, 0},
     };
     if (cli_parse(argc, argv, opts, 4, NULL, NULL, 0, &help, &e)) return cli_fail("calibrate", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     if (!config) {
         err_set(&e, ERR_ARG, "--config R.yaml is required (see --help)");
         return cli_fail("calibrate", &e);

@@ -88,10 +88,7 @@ int cmd_compare(int argc, char **argv) {
     Err e = {0};
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), dirs, &n_dirs, 2, &help, &e))
         return cli_fail("compare", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     if (n_dirs != 2)
         err_set(&e, ERR_ARG, "expected two sample folders A_DIR B_DIR, found %d (see effdm compare --help)", n_dirs);
     else if (batch < 0) err_set(&e, ERR_ARG, "--batch: expected >= 1, found %d", batch);

@@ -105,10 +105,7 @@ int cmd_compress(int argc, char **argv) {
     Err e = {0};
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0, &help, &e))
         return cli_fail("compress", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     int no_udfc = 0, l1 = 0, ema = 0;
     static const char *const ema_names[] = {"auto", "on", "off"};
     for (ema = 0; ema < 3 && strcmp(ema_s, ema_names[ema]); ema++) {}

@@ -44,10 +44,7 @@ int cmd_decode(int argc, char **argv) {
     int help = 0;
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0, &help, &e))
         return cli_fail("decode", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     const char *in_path = encode ? x_path : z_path;
     if (!cfg_path || !ckpt_path || !out)
         err_set(&e, ERR_ARG, "--ldm-config, --ckpt and --out are required (see effdm decode --help)");

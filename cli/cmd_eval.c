@@ -45,10 +45,7 @@ int cmd_eval(int argc, char **argv) {
     Err e = {0};
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0, &help, &e))
         return cli_fail("eval", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     EvalOpts o = eval_default_opts();
     if (!samples) err_set(&e, ERR_ARG, "--samples is required (see effdm eval --help)");
     else if (!ref) err_set(&e, ERR_ARG, "--ref is required (see effdm eval --help)");

@@ -93,10 +93,7 @@ int cmd_export(int argc, char **argv) {
         {"--format", OPT_STR, &format, 0},
     };
     if (cli_parse(argc, argv, opts, 6, NULL, NULL, 0, &help, &e)) return cli_fail("export", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     if (!run || !out) {
         err_set(&e, ERR_ARG, "%s is required (see --help)", !run ? "--run RUN_DIR" : "--out M.safetensors");
         return cli_fail("export", &e);

@@ -209,11 +209,7 @@ int cmd_finetune(int argc, char **argv) {
     int x;
     cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, &n_pos, 1, &help, &e);
     if ((x = agree(e.code, &e))) return x;
-    if (help) {
-        if (talk)
-            for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return talk ? cli_help(usage) : 0;
     if (keys) {
         if (talk) run_config_keys_markdown(stdout);
         return 0;

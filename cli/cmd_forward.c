@@ -59,10 +59,7 @@ int cmd_forward(int argc, char **argv) {
     int help = 0;
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0, &help, &e))
         return cli_fail("forward", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     if (!cfg_path || !ckpt_path || !x_path || !t_path || !out)
         err_set(&e, ERR_ARG, "--ldm-config, --ckpt, --x, --t and --out are required (see effdm forward --help)");
     else if (y_path && c_path)

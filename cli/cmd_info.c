@@ -300,10 +300,7 @@ int cmd_info(int argc, char **argv) {
                      {"--ckpt", OPT_STR, &ckpt, 0},        {"--ldm-config", OPT_STR, &yaml, 0},
                      {"--plot", OPT_STR, &plot, 0}};
     if (cli_parse(argc, argv, opts, 5, pos, &n_pos, 1, &help, &e)) return cli_fail("info", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     if (n_pos != 1) {
         err_set(&e, ERR_ARG, "expected one FILE (see effdm info --help)");
         return cli_fail("info", &e);

@@ -39,10 +39,7 @@ int cmd_plot(int argc, char **argv) {
     int n_pos = 0, help = 0;
     CliOpt opts[] = {{"--out", OPT_STR, &out, 0}};
     if (cli_parse(argc, argv, opts, 1, pos, &n_pos, 1, &help, &e)) return cli_fail("plot", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     if (n_pos != 1) {
         err_set(&e, ERR_ARG, "expected one RUN_DIR (see effdm plot --help)");
         return cli_fail("plot", &e);

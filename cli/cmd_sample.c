@@ -235,10 +235,7 @@ int cmd_sample(int argc, char **argv) {
     int help = 0;
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0, &help, &e))
         return cli_fail("sample", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     static const char *const ema_names[] = {"auto", "on", "off"};
     int ema = 0, sampler = 0;
     char tcfg[PATH_MAX], tckpt[PATH_MAX];

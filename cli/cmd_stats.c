@@ -56,10 +56,7 @@ int cmd_stats(int argc, char **argv) {
     Err e = {0};
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0, &help, &e))
         return cli_fail("stats", &e);
-    if (help) {
-        for (int i = 0; usage[i]; i++) puts(usage[i]);
-        return 0;
-    }
+    if (help) return cli_help(usage);
     FeatKind kind;
     if (!images) err_set(&e, ERR_ARG, "--images is required (see effdm stats --help)");
     else if (!out) err_set(&e, ERR_ARG, "--out is required (see effdm stats --help)");

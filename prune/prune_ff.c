@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "prune/prune.h"
+#include "util/scored.h"
 
 static double norm_p(const float *x, size_t n, size_t stride, PruneNorm p) {
     double s = 0;
@@ -15,16 +16,6 @@ static double norm_p(const float *x, size_t n, size_t stride, PruneNorm p) {
     return p == PRUNE_L1 ? s : sqrt(s);
 }
 
-typedef struct {
-    double score;
-    int unit;
-} UnitScore;
-
-static int by_score_desc(const void *a, const void *b) {
-    const UnitScore *x = a, *y = b;
-    if (x->score != y->score) return x->score > y->score ? -1 : 1;
-    return x->unit - y->unit;
-}
 
 static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
@@ -32,16 +23,16 @@ int prune_ff_select(const ModelLayer *proj, const ModelLayer *out, int n_keep, P
     const int m = out->weight.shape[1], d_in = proj->weight.shape[1], d_out = out->weight.shape[0];
     if (proj->weight.shape[0] != 2 * m || n_keep < 1 || n_keep > m)
         return err_set(e, ERR_INTERNAL, "prune: %s: %d units, keep %d", out->name, m, n_keep);
-    UnitScore *u = malloc((size_t)m * sizeof *u);
+    Scored *u = malloc((size_t)m * sizeof *u);
     if (!u) return err_set(e, ERR_NOMEM, "prune: out of memory");
     for (int k = 0; k < m; k++) {
         const float *value = proj->weight.data + (size_t)k * d_in, *gate = proj->weight.data + (size_t)(m + k) * d_in;
         double in = norm == PRUNE_L1 ? norm_p(value, d_in, 1, norm) + norm_p(gate, d_in, 1, norm)
                                      : hypot(norm_p(value, d_in, 1, norm), norm_p(gate, d_in, 1, norm));
-        u[k] = (UnitScore){in * norm_p(out->weight.data + k, (size_t)d_out, (size_t)m, norm), k};
+        u[k] = (Scored){in * norm_p(out->weight.data + k, (size_t)d_out, (size_t)m, norm), k};
     }
-    qsort(u, (size_t)m, sizeof *u, by_score_desc);
-    for (int i = 0; i < n_keep; i++) keep[i] = u[i].unit;
+    qsort(u, (size_t)m, sizeof *u, scored_cmp_desc);
+    for (int i = 0; i < n_keep; i++) keep[i] = u[i].index;
     qsort(keep, (size_t)n_keep, sizeof *keep, by_int);
     free(u);
     return 0;

@@ -86,20 +86,54 @@ int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int ent
     return 0;
 }
 
-void quantizer_fake(const Quantizer *q, float *y, const float *x, size_t n, int entry) {
-    const QKindOps *ops = quantizer_ops(q);
+// One slice of a call: channel ch of a channel-wise x, or chunk k of a layer-wise one (with the
+// call's entry). Slices are independent, so the same slices give the same bits on any threads.
+typedef struct {
+    int entry;
+    size_t lo, len;
+} QSlice;
+
+static size_t q_slice_count(const Quantizer *q, size_t n) {
+    return q->channel_wise ? (size_t)(q->n > 0 ? q->n : 0) : (n + QCHUNK - 1) / QCHUNK;
+}
+
+static QSlice q_slice_at(const Quantizer *q, size_t n, int entry, size_t k) {
     if (q->channel_wise) {
         size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
-        for (int ch = 0; ch < q->n; ch++) ops->fake(q, ch, y + (size_t)ch * len, x + (size_t)ch * len, len);
-        return;
+        return (QSlice){(int)k, k * len, len};
     }
-    size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
+    size_t lo = k * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
+    return (QSlice){entry, lo, hi - lo};
+}
+
+// An element-wise call: fake (y = q(x)), encode (out = levels of x) or decode (y = values of in).
+typedef enum { Q_FAKE, Q_ENCODE, Q_DECODE } QMapOp;
+typedef struct {
+    QMapOp op;
+    float *y;
+    uint8_t *out;
+    const float *x;
+    const uint8_t *in;
+} QMapCall;
+
+// Runs the call's kernel on every slice, slices in parallel (each writes only its own).
+static void q_map(const Quantizer *q, const QMapCall *c, size_t n, int entry) {
+    const QKindOps *ops = quantizer_ops(q);
+    size_t ns = q_slice_count(q, n);
 #pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
-    for (size_t k = 0; k < nchunks; k++) {
-        size_t lo = k * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
-        ops->fake(q, entry, y + lo, x + lo, hi - lo);
+    for (size_t k = 0; k < ns; k++) {
+        QSlice s = q_slice_at(q, n, entry, k);
+        if (c->op == Q_FAKE)
+            ops->fake(q, s.entry, c->y + s.lo, c->x + s.lo, s.len);
+        else if (c->op == Q_ENCODE)
+            ops->encode(q, s.entry, c->out + s.lo, c->x + s.lo, s.len);
+        else
+            ops->decode(q, s.entry, c->y + s.lo, c->in + s.lo, s.len);
     }
+}
+
+void quantizer_fake(const Quantizer *q, float *y, const float *x, size_t n, int entry) {
+    q_map(q, &(QMapCall){Q_FAKE, y, NULL, x, NULL}, n, entry);
 }
 
 void quantizer_fake_backward(const Quantizer *q, float *dx, float *ddelta, float *dzero, const float *dy,
@@ -114,98 +148,67 @@ static void add_grads(float *ddelta, float *dzero, float *dparam, int np, int k,
     for (int j = 0; dparam && j < np; j++) dparam[(size_t)k * np + j] += (float)g[2 + j];
 }
 
-void quantizer_fake_backward_all(const Quantizer *q, float *dx, float *ddelta, float *dzero, float *dparam,
-                                 const float *dy, const float *x, size_t n, int entry) {
+// What a backward call differentiates: q(x) (dx may be NULL) or, with decode set, decode(in).
+typedef struct {
+    int decode;
+    float *dx;
+    const float *dy, *x;
+    const uint8_t *in;
+} QGradCall;
+
+// The gradient sums of one slice, from the kind's backward or decode_backward kernel.
+static void q_slice_grad(const QKindOps *ops, const Quantizer *q, const QGradCall *c, QSlice s, double *g) {
+    if (c->decode)
+        ops->decode_backward(q, s.entry, g, c->dy + s.lo, c->in + s.lo, s.len);
+    else
+        ops->backward(q, s.entry, c->dx ? c->dx + s.lo : NULL, g, c->dy + s.lo, c->x + s.lo, s.len);
+}
+
+// Channel-wise: each channel's sums go into its own entry. Layer-wise: the chunks' sums are
+// added in chunk order (QCHUNK_GROUP per parallel region), so the result does not depend on
+// the thread count, then go into the call's entry.
+static void q_grads(const Quantizer *q, const QGradCall *c, float *ddelta, float *dzero, float *dparam, size_t n,
+                    int entry) {
     const QKindOps *ops = quantizer_ops(q);
     int np = ops->n_param;
     if (q->channel_wise) {
-        size_t len = q_slice_len(q, n);
 #pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
         for (int ch = 0; ch < q->n; ch++) {
             double g[QKIND_GRAD_SLOTS];
-            size_t off = (size_t)ch * len;
-            ops->backward(q, ch, dx ? dx + off : NULL, g, dy + off, x + off, len);
+            q_slice_grad(ops, q, c, q_slice_at(q, n, entry, (size_t)ch), g);
             add_grads(ddelta, dzero, dparam, np, ch, g);
         }
         return;
     }
-    size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
+    size_t nchunks = q_slice_count(q, n);
     double total[QKIND_GRAD_SLOTS] = {0};
     for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
         size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
         double part[QCHUNK_GROUP][QKIND_GRAD_SLOTS];
 #pragma omp parallel for schedule(static) if (gn > 1 && n >= QUANT_OMP_MIN_WORK)
-        for (size_t k = 0; k < gn; k++) {
-            size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
-            ops->backward(q, entry, dx ? dx + lo : NULL, part[k], dy + lo, x + lo, hi - lo);
-        }
+        for (size_t k = 0; k < gn; k++) q_slice_grad(ops, q, c, q_slice_at(q, n, entry, g0 + k), part[k]);
         for (size_t k = 0; k < gn; k++)
             for (int j = 0; j < QKIND_GRAD_SLOTS; j++) total[j] += part[k][j];
     }
     add_grads(ddelta, dzero, dparam, np, entry, total);
 }
 
+void quantizer_fake_backward_all(const Quantizer *q, float *dx, float *ddelta, float *dzero, float *dparam,
+                                 const float *dy, const float *x, size_t n, int entry) {
+    q_grads(q, &(QGradCall){0, dx, dy, x, NULL}, ddelta, dzero, dparam, n, entry);
+}
+
 void quantizer_encode(const Quantizer *q, uint8_t *out, const float *x, size_t n, int entry) {
-    const QKindOps *ops = quantizer_ops(q);
-    if (q->channel_wise) {
-        size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
-        for (int ch = 0; ch < q->n; ch++) ops->encode(q, ch, out + (size_t)ch * len, x + (size_t)ch * len, len);
-        return;
-    }
-    size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
-    for (size_t k = 0; k < nchunks; k++) {
-        size_t lo = k * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
-        ops->encode(q, entry, out + lo, x + lo, hi - lo);
-    }
+    q_map(q, &(QMapCall){Q_ENCODE, NULL, out, x, NULL}, n, entry);
 }
 
 void quantizer_decode(const Quantizer *q, float *y, const uint8_t *in, size_t n, int entry) {
-    const QKindOps *ops = quantizer_ops(q);
-    if (q->channel_wise) {
-        size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
-        for (int ch = 0; ch < q->n; ch++) ops->decode(q, ch, y + (size_t)ch * len, in + (size_t)ch * len, len);
-        return;
-    }
-    size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
-    for (size_t k = 0; k < nchunks; k++) {
-        size_t lo = k * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
-        ops->decode(q, entry, y + lo, in + lo, hi - lo);
-    }
+    q_map(q, &(QMapCall){Q_DECODE, y, NULL, NULL, in}, n, entry);
 }
 
 void quantizer_decode_backward(const Quantizer *q, float *ddelta, float *dzero, float *dparam, const float *dy,
                                const uint8_t *in, size_t n, int entry) {
-    const QKindOps *ops = quantizer_ops(q);
-    int np = ops->n_param;
-    if (q->channel_wise) {
-        size_t len = q_slice_len(q, n);
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
-        for (int ch = 0; ch < q->n; ch++) {
-            double g[QKIND_GRAD_SLOTS];
-            size_t off = (size_t)ch * len;
-            ops->decode_backward(q, ch, g, dy + off, in + off, len);
-            add_grads(ddelta, dzero, dparam, np, ch, g);
-        }
-        return;
-    }
-    size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
-    double total[QKIND_GRAD_SLOTS] = {0};
-    for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
-        size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
-        double part[QCHUNK_GROUP][QKIND_GRAD_SLOTS];
-#pragma omp parallel for schedule(static) if (gn > 1 && n >= QUANT_OMP_MIN_WORK)
-        for (size_t k = 0; k < gn; k++) {
-            size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
-            ops->decode_backward(q, entry, part[k], dy + lo, in + lo, hi - lo);
-        }
-        for (size_t k = 0; k < gn; k++)
-            for (int j = 0; j < QKIND_GRAD_SLOTS; j++) total[j] += part[k][j];
-    }
-    add_grads(ddelta, dzero, dparam, np, entry, total);
+    q_grads(q, &(QGradCall){1, NULL, dy, NULL, in}, ddelta, dzero, dparam, n, entry);
 }
 
 int quantizer_side_values(const Quantizer *q, float *val, const float *x, size_t n) {

@@ -24,6 +24,32 @@ static CfgNode *load_text(const char *text) {
     return r;
 }
 
+// Key `key` of map n holds exactly want; a failed get prints its message.
+static void assert_double_key(const CfgNode *n, const char *key, double want) {
+    Err e = {0};
+    double d = 0;
+    if (cfg_get_double(n, key, &d, &e)) fail_msg("%s: %s", key, e.msg);
+    assert_true(d == want);
+}
+
+// The same for an int-valued getter (get: cfg_get_int or cfg_get_bool).
+static void assert_int_key(int (*get)(const CfgNode *, const char *, int *, Err *), const CfgNode *n,
+                           const char *key, int want) {
+    Err e = {0};
+    int v = 0;
+    if (get(n, key, &v, &e)) fail_msg("%s: %s", key, e.msg);
+    assert_int_equal(v, want);
+}
+
+// Key `key` of map m is the int list want[0 .. count) (at most 8 values).
+static void assert_list_key(const CfgNode *m, const char *key, const int *want, int count) {
+    Err e = {0};
+    int list[8], n = 0;
+    if (cfg_get_int_list(m, key, list, 8, &n, &e)) fail_msg("%s: %s", key, e.msg);
+    assert_int_equal(n, count);
+    for (int i = 0; i < count; i++) assert_int_equal(list[i], want[i]);
+}
+
 // Loads text that must fail with code; returns the message (static).
 static const char *load_fail(const char *text, int code) {
     static Err e;
@@ -37,12 +63,6 @@ static const char *load_fail(const char *text, int code) {
     return e.msg;
 }
 
-#define assert_has(msg, part)                                                              \
-    do {                                                                                   \
-        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
-        assert_non_null(strstr((msg), (part)));                                            \
-    } while (0)
-
 static void test_fmnist_teacher_config(void **state) {
     CfgNode *root;
     Err e = {0};
@@ -53,9 +73,7 @@ static void test_fmnist_teacher_config(void **state) {
     assert_string_equal(cfg_node_path(root), "");
 
     const CfgNode *m = cfg_child(root, "model");
-    double d = 0;
-    assert_int_equal(cfg_get_double(m, "base_learning_rate", &d, &e), 0);
-    assert_true(d == 0.0005);
+    assert_double_key(m, "base_learning_rate", 0.0005);
     const char *s = NULL;
     assert_int_equal(cfg_get_str(m, "target", &s, &e), 0);
     assert_string_equal(s, "ldm.models.diffusion.ddpm.LatentDiffusion");
@@ -63,21 +81,14 @@ static void test_fmnist_teacher_config(void **state) {
     const CfgNode *p = cfg_path(root, "model.params");
     assert_non_null(p);
     assert_string_equal(cfg_node_path(p), "model.params");
-    assert_int_equal(cfg_get_double(p, "linear_start", &d, &e), 0);
-    assert_true(d == 0.0015);
-    assert_int_equal(cfg_get_double(p, "linear_end", &d, &e), 0);
-    assert_true(d == 0.0195);
-    assert_int_equal(cfg_get_double(p, "scale_factor", &d, &e), 0);
-    assert_true(d == 0.5935243180872978);
+    assert_double_key(p, "linear_start", 0.0015);
+    assert_double_key(p, "linear_end", 0.0195);
+    assert_double_key(p, "scale_factor", 0.5935243180872978);
     int v = 0;
-    assert_int_equal(cfg_get_int(p, "timesteps", &v, &e), 0);
-    assert_int_equal(v, 1000);
-    assert_int_equal(cfg_get_int(p, "image_size", &v, &e), 0);
-    assert_int_equal(v, 8);
-    assert_int_equal(cfg_get_bool(p, "use_ema", &v, &e), 0);
-    assert_int_equal(v, 0);
-    assert_int_equal(cfg_get_bool(p, "cond_stage_trainable", &v, &e), 0);
-    assert_int_equal(v, 1);
+    assert_int_key(cfg_get_int, p, "timesteps", 1000);
+    assert_int_key(cfg_get_int, p, "image_size", 8);
+    assert_int_key(cfg_get_bool, p, "use_ema", 0);
+    assert_int_key(cfg_get_bool, p, "cond_stage_trainable", 1);
     assert_int_equal(cfg_get_str(p, "conditioning_key", &s, &e), 0);
     assert_string_equal(s, "crossattn");
     assert_int_equal(cfg_get_str(p, "monitor", &s, &e), 0);
@@ -85,20 +96,11 @@ static void test_fmnist_teacher_config(void **state) {
 
     const CfgNode *u = cfg_path(root, "model.params.unet_config.params");
     assert_non_null(u);
-    int list[8], n = 0;
-    assert_int_equal(cfg_get_int_list(u, "attention_resolutions", list, 8, &n, &e), 0);
-    assert_int_equal(n, 1);
-    assert_int_equal(list[0], 2);
-    assert_int_equal(cfg_get_int_list(u, "channel_mult", list, 8, &n, &e), 0);
-    assert_int_equal(n, 2);
-    assert_int_equal(list[0], 1);
-    assert_int_equal(list[1], 2);
-    assert_int_equal(cfg_get_int(u, "model_channels", &v, &e), 0);
-    assert_int_equal(v, 32);
-    assert_int_equal(cfg_get_int(u, "context_dim", &v, &e), 0);
-    assert_int_equal(v, 64);
-    assert_int_equal(cfg_get_bool(u, "use_spatial_transformer", &v, &e), 0);
-    assert_int_equal(v, 1);
+    assert_list_key(u, "attention_resolutions", (int[]){2}, 1);
+    assert_list_key(u, "channel_mult", (int[]){1, 2}, 2);
+    assert_int_key(cfg_get_int, u, "model_channels", 32);
+    assert_int_key(cfg_get_int, u, "context_dim", 64);
+    assert_int_key(cfg_get_bool, u, "use_spatial_transformer", 1);
     // absent: 1, value untouched
     v = -7;
     assert_int_equal(cfg_get_int(u, "num_head_channels", &v, &e), 1);
@@ -115,24 +117,17 @@ static void test_fmnist_teacher_config(void **state) {
     assert_int_equal(cfg_line(cfg_child(u, "num_heads")), 33);
 
     const CfgNode *dd = cfg_path(root, "model.params.first_stage_config.params.ddconfig");
-    assert_int_equal(cfg_get_int_list(dd, "ch_mult", list, 8, &n, &e), 0);
-    assert_int_equal(n, 3);
-    assert_int_equal(list[2], 4);
-    assert_int_equal(cfg_get_int_list(dd, "attn_resolutions", list, 8, &n, &e), 0);
-    assert_int_equal(n, 0);
+    assert_list_key(dd, "ch_mult", (int[]){1, 2, 4}, 3);
+    assert_list_key(dd, "attn_resolutions", NULL, 0);
     assert_int_equal(cfg_kind(cfg_child(dd, "attn_resolutions")), CFG_LIST);
-    assert_int_equal(cfg_get_double(dd, "dropout", &d, &e), 0);
-    assert_true(d == 0.0);
-    assert_int_equal(cfg_get_bool(dd, "double_z", &v, &e), 0);
-    assert_int_equal(v, 1);
+    assert_double_key(dd, "dropout", 0.0);
+    assert_int_key(cfg_get_bool, dd, "double_z", 1);
     assert_int_equal(cfg_get_str(cfg_path(root, "model.params.first_stage_config.params.lossconfig"), "target", &s, &e),
                      0);
     assert_string_equal(s, "torch.nn.Identity");
     const CfgNode *ce = cfg_path(root, "model.params.cond_stage_config.params");
-    assert_int_equal(cfg_get_int(ce, "n_classes", &v, &e), 0);
-    assert_int_equal(v, 11);
-    assert_int_equal(cfg_get_int(ce, "embed_dim", &v, &e), 0);
-    assert_int_equal(v, 64);
+    assert_int_key(cfg_get_int, ce, "n_classes", 11);
+    assert_int_key(cfg_get_int, ce, "embed_dim", 64);
 
     // map order is file order
     const CfgNode *top = cfg_child(root, "model");
@@ -149,52 +144,38 @@ static void test_fmnist_teacher_config(void **state) {
 static void test_parity_configs(void **state) {
     CfgNode *root;
     Err e = {0};
-    int v = 0, list[8], n = 0;
+    int v = 0;
     const char *s;
 
     assert_int_equal(cfg_load(TEST_DATA_DIR "/parity/ae_kl/config.yaml", &root, &e), 0);
     assert_int_equal(cfg_get_str(cfg_path(root, "model.params"), "cond_stage_config", &s, &e), 0);
     assert_string_equal(s, "__is_unconditional__");
-    assert_int_equal(cfg_get_int_list(cfg_path(root, "model.params.first_stage_config.params.ddconfig"),
-                                      "attn_resolutions", list, 8, &n, &e), 0);
-    assert_int_equal(n, 1);
-    assert_int_equal(list[0], 8);
+    assert_list_key(cfg_path(root, "model.params.first_stage_config.params.ddconfig"), "attn_resolutions",
+                    (int[]){8}, 1);
     assert_int_equal(cfg_get_int(cfg_path(root, "model.params.unet_config.params"), "num_heads", &v, &e), 0);
     assert_int_equal(v, 2);
     cfg_free(root);
 
     assert_int_equal(cfg_load(TEST_DATA_DIR "/parity/unet_cin/config.yaml", &root, &e), 0);
     const CfgNode *u = cfg_path(root, "model.params.unet_config.params");
-    assert_int_equal(cfg_get_int_list(u, "attention_resolutions", list, 8, &n, &e), 0);
-    assert_int_equal(n, 2);
-    assert_int_equal(list[0], 1);
-    assert_int_equal(list[1], 2);
-    assert_int_equal(cfg_get_int(u, "context_dim", &v, &e), 0);
-    assert_int_equal(v, 32);
+    assert_list_key(u, "attention_resolutions", (int[]){1, 2}, 2);
+    assert_int_key(cfg_get_int, u, "context_dim", 32);
     assert_int_equal(cfg_get_str(cfg_path(root, "model.params"), "cond_stage_key", &s, &e), 0);
     assert_string_equal(s, "class_label");
     cfg_free(root);
 
     assert_int_equal(cfg_load(TEST_DATA_DIR "/parity/unet_cin_head_channels/config.yaml", &root, &e), 0);
     u = cfg_path(root, "model.params.unet_config.params");
-    assert_int_equal(cfg_get_int(u, "num_heads", &v, &e), 0);
-    assert_int_equal(v, -1);
-    assert_int_equal(cfg_get_int(u, "num_head_channels", &v, &e), 0);
-    assert_int_equal(v, 16);
+    assert_int_key(cfg_get_int, u, "num_heads", -1);
+    assert_int_key(cfg_get_int, u, "num_head_channels", 16);
     cfg_free(root);
 
     assert_int_equal(cfg_load(TEST_DATA_DIR "/parity/unet_uncond/config.yaml", &root, &e), 0);
     u = cfg_path(root, "model.params.unet_config.params");
-    assert_int_equal(cfg_get_bool(u, "use_scale_shift_norm", &v, &e), 0);
-    assert_int_equal(v, 1);
-    assert_int_equal(cfg_get_bool(u, "resblock_updown", &v, &e), 0);
-    assert_int_equal(v, 1);
-    assert_int_equal(cfg_get_int_list(u, "channel_mult", list, 8, &n, &e), 0);
-    assert_int_equal(n, 3);
-    assert_int_equal(list[2], 2);
-    assert_int_equal(cfg_get_int_list(u, "attention_resolutions", list, 8, &n, &e), 0);
-    assert_int_equal(n, 2);
-    assert_int_equal(list[1], 4);
+    assert_int_key(cfg_get_bool, u, "use_scale_shift_norm", 1);
+    assert_int_key(cfg_get_bool, u, "resblock_updown", 1);
+    assert_list_key(u, "channel_mult", (int[]){1, 2, 2}, 3);
+    assert_list_key(u, "attention_resolutions", (int[]){2, 4}, 2);
     cfg_free(root);
     assert_int_equal(e.code, 0);
 }
@@ -206,20 +187,13 @@ static void test_number_forms(void **state) {
     Err e = {0};
     double d = 0;
     int v = 0;
-    assert_int_equal(cfg_get_double(r, "a", &d, &e), 0);
-    assert_true(d == 1e-4);
-    assert_int_equal(cfg_get_double(r, "b", &d, &e), 0);
-    assert_true(d == 0.0015);
-    assert_int_equal(cfg_get_double(r, "c", &d, &e), 0);
-    assert_true(d == -1.0);
-    assert_int_equal(cfg_get_double(r, "d", &d, &e), 0);
-    assert_true(d == 0.5);
-    assert_int_equal(cfg_get_double(r, "e", &d, &e), 0);
-    assert_true(d == 2.0);
-    assert_int_equal(cfg_get_double(r, "f", &d, &e), 0);
-    assert_true(d == 1.0);
-    assert_int_equal(cfg_get_double(r, "g", &d, &e), 0);
-    assert_true(d == 1000.0);
+    assert_double_key(r, "a", 1e-4);
+    assert_double_key(r, "b", 0.0015);
+    assert_double_key(r, "c", -1.0);
+    assert_double_key(r, "d", 0.5);
+    assert_double_key(r, "e", 2.0);
+    assert_double_key(r, "f", 1.0);
+    assert_double_key(r, "g", 1000.0);
     assert_int_equal(cfg_get_double(r, "h", &d, &e), 0);
     assert_true(isinf(d) && d < 0);
     assert_int_equal(cfg_get_double(r, "i", &d, &e), 0);
@@ -227,18 +201,12 @@ static void test_number_forms(void **state) {
     assert_int_equal(e.code, 0);
 
     // integers: exact values in any number form; fractions are errors
-    assert_int_equal(cfg_get_int(r, "c", &v, &e), 0);
-    assert_int_equal(v, -1);
-    assert_int_equal(cfg_get_int(r, "j", &v, &e), 0);
-    assert_int_equal(v, 2);
-    assert_int_equal(cfg_get_int(r, "k", &v, &e), 0);
-    assert_int_equal(v, 1000);
-    assert_int_equal(cfg_get_int(r, "s", &v, &e), 0);
-    assert_int_equal(v, INT_MAX);
-    assert_int_equal(cfg_get_int(r, "u", &v, &e), 0);
-    assert_int_equal(v, INT_MIN);
-    assert_int_equal(cfg_get_int(r, "w", &v, &e), 0);
-    assert_int_equal(v, 0);
+    assert_int_key(cfg_get_int, r, "c", -1);
+    assert_int_key(cfg_get_int, r, "j", 2);
+    assert_int_key(cfg_get_int, r, "k", 1000);
+    assert_int_key(cfg_get_int, r, "s", INT_MAX);
+    assert_int_key(cfg_get_int, r, "u", INT_MIN);
+    assert_int_key(cfg_get_int, r, "w", 0);
     assert_int_equal(e.code, 0);
 
     static const struct { const char *key; int is_int; const char *found; } bad[] = {
@@ -372,14 +340,19 @@ static void test_paths_and_navigation(void **state) {
 }
 
 static void test_duplicate_keys(void **state) {
-    const char *msg = load_fail("a: 1\nb:\n  c: 1\n  c: 2\n", ERR_FORMAT);
-    assert_has(msg, "t.yaml: b.c: duplicate key 'c'");
-    assert_has(msg, "line 4");
-    msg = load_fail("model: 1\nmodel: 2\n", ERR_FORMAT);
-    assert_has(msg, "t.yaml: model: duplicate key 'model'");
-    assert_has(msg, "line 2");
-    msg = load_fail("x: {p: 1, q: 2, p: 3}\n", ERR_FORMAT);
-    assert_has(msg, "x.p: duplicate key");
+    // the message names the key's path and the line of its second copy
+    const struct {
+        const char *text, *key, *line;
+    } dup[] = {
+        {"a: 1\nb:\n  c: 1\n  c: 2\n", "t.yaml: b.c: duplicate key 'c'", "line 4"},
+        {"model: 1\nmodel: 2\n", "t.yaml: model: duplicate key 'model'", "line 2"},
+        {"x: {p: 1, q: 2, p: 3}\n", "x.p: duplicate key", "line 1"},
+    };
+    for (int i = 0; i < 3; i++) {
+        const char *msg = load_fail(dup[i].text, ERR_FORMAT);
+        assert_has(msg, dup[i].key);
+        assert_has(msg, dup[i].line);
+    }
     // the same key in different maps is fine
     cfg_free(load_text("a: {k: 1}\nb: {k: 2}\n"));
 }
@@ -441,8 +414,7 @@ static void test_anchors_aliases_merge(void **state) {
     assert_non_null(cfg_path(r, "multi.extra"));
     assert_non_null(cfg_path(r, "multi.steps"));
     assert_null(cfg_child(cfg_child(r, "multi"), "<<"));
-    assert_int_equal(cfg_get_int(r, "use", &v, &e), 0);
-    assert_int_equal(v, 42);
+    assert_int_key(cfg_get_int, r, "use", 42);
     assert_int_equal(e.code, 0);
     cfg_free(r);
 
@@ -492,9 +464,7 @@ static void test_big_map(void **state) {
     Err e = {0};
     assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), 0);
     assert_int_equal(cfg_len(r), N);
-    int v = 0;
-    assert_int_equal(cfg_get_int(r, "k149999", &v, &e), 0);
-    assert_int_equal(v, 149999);
+    assert_int_key(cfg_get_int, r, "k149999", 149999);
     cfg_free(r);
     len += (size_t)sprintf(text + len, "k0: again\n");
     assert_int_equal(cfg_load_mem(text, len, "big.yaml", &r, &e), ERR_FORMAT);

@@ -30,14 +30,20 @@ static const long MAX_OPEN_RSS_KB = 16 * 1024;
 
 static char *path_dup(const char *name) { return strdup(test_data_path(name)); }
 
-static WeightFile *open_ok(const char *name) {
-    char *p = path_dup(name);
+// Opens the file at path p; a failure fails the test with the opener's message.
+static WeightFile *open_path_ok(const char *p) {
     WeightFile *f = NULL;
     Err e = {0};
     if (weights_open(&f, p, &e)) {
         print_error("%s\n", e.msg);
         fail();
     }
+    return f;
+}
+
+static WeightFile *open_ok(const char *name) {
+    char *p = path_dup(name);
+    WeightFile *f = open_path_ok(p);
     free(p);
     return f;
 }
@@ -474,12 +480,7 @@ static int walk_checkpoints(const char *dir) {
         size_t n = strlen(de->d_name);
         int is_ckpt = (n > 5 && !strcmp(de->d_name + n - 5, ".ckpt")) || (n > 4 && !strcmp(de->d_name + n - 4, ".pth"));
         if (!is_ckpt || !strncmp(de->d_name, "bad_", 4)) continue;
-        WeightFile *f = NULL;
-        Err e = {0};
-        if (weights_open(&f, p, &e)) {
-            print_error("%s\n", e.msg);
-            fail();
-        }
+        WeightFile *f = open_path_ok(p);
         read_all_tensors(f);
         weights_close(f);
         count++;

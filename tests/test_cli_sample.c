@@ -27,21 +27,9 @@ static int setup(void **state) { return test_tmpdir_make(g_dir, sizeof g_dir, "c
 
 static int teardown(void **state) { return test_tmpdir_remove(g_dir); }
 
-static const char *tmp(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
+static const char *tmp(const char *name) { return test_path_in(g_dir, name); }
 
-static const char *data(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", TEST_DATA_DIR, name);
-    return buf[k];
-}
+static const char *data(const char *name) { return test_path_in(TEST_DATA_DIR, name); }
 
 static void slurp(const char *path, char *dst, size_t cap) {
     FILE *f = fopen(path, "rb");
@@ -254,10 +242,7 @@ static void test_bad_input(void **state) {
     assert_false(exists(tmp("bad_out")));
 
     // an unknown model.target
-    FILE *f = fopen(tmp("bad.yaml"), "w");
-    assert_non_null(f);
-    fputs("model:\n  target: ldm.models.diffusion.ddpm.DDPM\n  params: {}\n", f);
-    fclose(f);
+    test_write_file(tmp("bad.yaml"), "model:\n  target: ldm.models.diffusion.ddpm.DDPM\n  params: {}\n");
     snprintf(args, sizeof args, "decode --ldm-config '%s' --ckpt '%s/parity/ae_kl/model.ckpt' --z "
              "'%s/parity/ae_kl/z.npy' --out '%s'", tmp("bad.yaml"), TEST_DATA_DIR, TEST_DATA_DIR, tmp("bad3.npy"));
     expect_bad_input(run(NULL, args), "decode", "model.target", "ldm.models.diffusion.ddpm.DDPM");

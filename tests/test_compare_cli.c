@@ -36,10 +36,12 @@ static int teardown_tmp(void **state) { return test_tmpdir_remove(tmp); }
 // Runs `effdm <args>` (stdout, stderr to tmp/stdout.txt, tmp/stderr.txt); the exit status.
 static int run(const char *args) { return test_run_cli(tmp, args); }
 
-static char *slurp(const char *name) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/%s", tmp, name);
-    return test_slurp(p);
+// Runs `effdm <args>`, which must succeed (its stderr is printed when not); its stdout (malloc'ed).
+static char *run_ok(const char *args) {
+    int rc = run(args);
+    if (rc) print_error("%s\n", test_slurp_in(tmp, "stderr.txt"));
+    assert_int_equal(rc, 0);
+    return test_slurp_in(tmp, "stdout.txt");
 }
 
 static cJSON *load_json(const char *path) {
@@ -49,13 +51,6 @@ static cJSON *load_json(const char *path) {
     free(s);
     assert_non_null(j);
     return j;
-}
-
-static int exists(const char *name) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/%s", tmp, name);
-    struct stat st;
-    return stat(p, &st) == 0;
 }
 
 static void copy_file(const char *from, const char *to) {
@@ -126,14 +121,11 @@ static void test_fixture_values(void **state) {
     snprintf(json, sizeof json, "%s/cmp.json", tmp);
     snprintf(args, sizeof args, "compare '%s/compare/a' '%s/compare/b' --json '%s' --threads 1", TEST_DATA_DIR,
              TEST_DATA_DIR, json);
-    int rc = run(args);
-    if (rc) print_error("%s\n", slurp("stderr.txt"));
-    assert_int_equal(rc, 0);
-    char *out = slurp("stdout.txt");
+    char *out = run_ok(args);
     assert_non_null(strstr(out, "judge agreement"));
     assert_non_null(strstr(out, "FID A vs B"));
     free(out);
-    assert_false(exists("cmp.json.tmp"));
+    assert_false(test_exists_in(tmp, "cmp.json.tmp"));
     cJSON *j = load_json(json), *want = load_json(TEST_DATA_DIR "/compare/expected.json");
     assert_paired_measures(j, want);
     assert_close(j, want, "class_accuracy_a", 0);
@@ -160,10 +152,7 @@ static void test_unconditional_folders(void **state) {
     snprintf(json, sizeof json, "%s/u.json", tmp);
     snprintf(args, sizeof args, "compare '%s/ua' '%s/ub/' --ref none --weights '%s/judge.ckpt' --json '%s'", tmp, tmp,
              ZOO, json);
-    int rc = run(args);
-    if (rc) print_error("%s\n", slurp("stderr.txt"));
-    assert_int_equal(rc, 0);
-    char *out = slurp("stdout.txt");
+    char *out = run_ok(args);
     assert_non_null(strstr(out, "n/a (no class folders)"));
     free(out);
     cJSON *j = load_json(json), *want = load_json(TEST_DATA_DIR "/compare/expected.json");
@@ -202,10 +191,7 @@ static void test_refusals(void **state) {
     write_png("mb3/4/00004.png", 28, 28);  // another size
     // an earlier result at the --json path must survive a refused run untouched
     snprintf(p, sizeof p, "%s/out.json", tmp);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs("{\"old\": 1}\n", f);
-    fclose(f);
+    test_write_file(p, "{\"old\": 1}\n");
     struct {
         const char *args;  // TMP -> the temporary folder
         const char *msg[2];
@@ -242,7 +228,7 @@ static void test_refusals(void **state) {
         strcat(args, tmp);
         strcat(args, "/out.json'");
         int rc = run(args);
-        char *err = slurp("stderr.txt");
+        char *err = test_slurp_in(tmp, "stderr.txt");
         if (rc != 2 || !strstr(err, msg[0]) || !strstr(err, msg[1]))
             print_error("effdm %s -> %d: %s\n", args, rc, err);
         assert_int_equal(rc, 2);
@@ -251,28 +237,28 @@ static void test_refusals(void **state) {
         assert_true(strncmp(err, "effdm compare: ", 15) == 0);
         assert_int_equal(strchr(err, '\n') - err + 1, (long)strlen(err));  // exactly one line
         free(err);
-        char *old = slurp("out.json");
+        char *old = test_slurp_in(tmp, "out.json");
         assert_string_equal(old, "{\"old\": 1}\n");
         free(old);
-        assert_false(exists("out.json.tmp"));
+        assert_false(test_exists_in(tmp, "out.json.tmp"));
     }
     // measured, but the JSON cannot be written: exit 2 naming it, nothing left behind
     char args[2048];
     snprintf(args, sizeof args, "compare '%s/ma' '%s/ma' --json '%s/nodir/out.json'", tmp, tmp, tmp);
     assert_int_equal(run(args), 2);
-    char *err = slurp("stderr.txt");
+    char *err = test_slurp_in(tmp, "stderr.txt");
     assert_non_null(strstr(err, "nodir/out.json"));
     free(err);
-    assert_false(exists("nodir"));
+    assert_false(test_exists_in(tmp, "nodir"));
 }
 
 static void test_help(void **state) {
     assert_int_equal(run("--help"), 0);
-    char *out = slurp("stdout.txt");
+    char *out = test_slurp_in(tmp, "stdout.txt");
     assert_non_null(strstr(out, "  compare "));
     free(out);
     assert_int_equal(run("compare --help"), 0);
-    out = slurp("stdout.txt");
+    out = test_slurp_in(tmp, "stdout.txt");
     assert_non_null(strstr(out, "usage: effdm compare A_DIR B_DIR"));
     free(out);
 }

@@ -26,19 +26,6 @@ static int teardown_tmp(void **state) { return test_tmpdir_remove(tmp); }
 // Runs `effdm <args>` with stdout / stderr to tmp/stdout.txt, tmp/stderr.txt; the exit status.
 static int run(const char *args) { return test_run_cli(tmp, args); }
 
-static char *slurp(const char *name) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/%s", tmp, name);
-    return test_slurp(p);
-}
-
-static int exists(const char *name) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/%s", tmp, name);
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
 static void test_stats_then_eval(void **state) {
     // 30 smooth 32x32 gray images in class folders 0..2
     char p[512];
@@ -58,17 +45,17 @@ static void test_stats_then_eval(void **state) {
     snprintf(args, sizeof args, "stats --images '%s/s' --weights '%s' --out '%s/ref.safetensors' --threads 1", tmp,
              JUDGE_PATH, tmp);
     assert_int_equal(run(args), 0);
-    char *out = slurp("stdout.txt");
+    char *out = test_slurp_in(tmp, "stdout.txt");
     assert_non_null(strstr(out, "images      30"));
     free(out);
     snprintf(args, sizeof args, "eval --samples '%s/s' --ref '%s/ref.safetensors' --weights '%s' --json '%s/r.json'", tmp,
              tmp, JUDGE_PATH, tmp);
     assert_int_equal(run(args), 0);
-    out = slurp("stdout.txt");
+    out = test_slurp_in(tmp, "stdout.txt");
     assert_non_null(strstr(out, "FID"));
     assert_non_null(strstr(out, "class accuracy"));
     free(out);
-    char *js = slurp("r.json");
+    char *js = test_slurp_in(tmp, "r.json");
     assert_non_null(js);
     cJSON *j = cJSON_Parse(js);
     assert_non_null(j);
@@ -105,14 +92,14 @@ static void test_errors(void **state) {
         if (at) snprintf(args, sizeof args, "%.*s%s%s", (int)(at - cases[i].args), cases[i].args, out, at + 3);
         else snprintf(args, sizeof args, "%s", cases[i].args);
         int rc = run(args);
-        char *err = slurp("stderr.txt");
+        char *err = test_slurp_in(tmp, "stderr.txt");
         if (rc != 2 || !strstr(err, cases[i].msg)) print_error("effdm %s -> %d: %s\n", args, rc, err);
         assert_int_equal(rc, 2);
         assert_non_null(strstr(err, cases[i].msg));
         assert_non_null(strncmp(err, "effdm ", 6) == 0 ? err : NULL);
         assert_int_equal(strchr(err, '\n') - err + 1, (long)strlen(err));  // exactly one line
         free(err);
-        assert_false(exists("never.safetensors"));
+        assert_false(test_exists_in(tmp, "never.safetensors"));
     }
 }
 

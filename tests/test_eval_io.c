@@ -25,11 +25,7 @@ static int setup_tmp(void **state) { return test_tmpdir_make(tmpdir, sizeof tmpd
 
 static int teardown_tmp(void **state) { return test_tmpdir_remove(tmpdir); }
 
-static const char *tmp_path(const char *name) {
-    static char buf[512];
-    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
-    return buf;
-}
+static const char *tmp_path(const char *name) { return test_path_in(tmpdir, name); }
 
 static void write_file(const char *path, const void *data, size_t n) {
     FILE *fp = fopen(path, "wb");

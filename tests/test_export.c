@@ -93,14 +93,10 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
                                     QuantKind a_kind) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    RunConfig rc = student_config(w_bits, a_bits, train_steps);
     rc.quant.weight_quantizer = w_kind;
     rc.quant.act_quantizer = a_kind;
     rc.quant.fp_layers = fp_layers;
-    rc.quant.weight_bits = w_bits;
-    rc.quant.act_bits = a_bits;
-    rc.train.steps = train_steps;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     ExportSummary s;
@@ -555,32 +551,23 @@ static int run(const char *cmd) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static int exists(const char *dir, const char *name) {
-    char p[600];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    return access(p, F_OK) == 0;
-}
-
 static const int CLI_STEPS = 4, CLI_SAMPLES = 2, CLI_INPUTS = 4, CLI_SEED = 11;
 
 static void test_cli(void **state) {
     char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *model = tmp_path(".safetensors"), *out = tmp_path("_s");
     char run_dir[300], cmd[2000];
     snprintf(run_dir, sizeof run_dir, "%s/run", dir);
-    FILE *fp = fopen(cfg, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
-            "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n"
-            "run: {out: %s}\n",
-            TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
+                    "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n"
+                    "run: {out: %s}\n",
+                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 0);
-    assert_true(exists(run_dir, "config.yaml"));
-    assert_true(exists(run_dir, "calib.safetensors"));
-    assert_true(exists(run_dir, "state.safetensors"));
+    assert_true(test_exists_in(run_dir, "config.yaml"));
+    assert_true(test_exists_in(run_dir, "calib.safetensors"));
+    assert_true(test_exists_in(run_dir, "state.safetensors"));
     // a second calibration does not replace the student silently
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 2);
@@ -588,14 +575,11 @@ static void test_cli(void **state) {
     // an error after the recording (more activation inputs than recorded) writes nothing
     char bad_run[300];
     snprintf(bad_run, sizeof bad_run, "%s/bad", dir);
-    fp = fopen(cfg, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
-            "run: {out: %s}\n",
-            TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
+                    "run: {out: %s}\n",
+                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 2);
     assert_int_equal(access(bad_run, F_OK), -1);
@@ -679,9 +663,9 @@ static void test_cli(void **state) {
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
              "'eps gain: '", EFFDM_BIN, model, out);
     assert_int_equal(run(cmd), 0);
-    assert_true(exists(out, "grid.png"));
-    assert_true(exists(out, "0/00000.png"));
-    assert_true(exists(out, "3/00003.png"));
+    assert_true(test_exists_in(out, "grid.png"));
+    assert_true(test_exists_in(out, "0/00000.png"));
+    assert_true(test_exists_in(out, "3/00003.png"));
     snprintf(cmd, sizeof cmd, "%s sample --model %s --ckpt x --out %s 2>/dev/null", EFFDM_BIN, model, out);
     assert_int_equal(run(cmd), 2);
 

@@ -181,17 +181,18 @@ static void check_file(const char *path, WeightFile *tf, const Ldm *m, const QMo
             free(ob);
             n_expected++;
         }
-        if (!weights_find(tf, "model_ema.decay")) {
+        // the EMA's scalars, added when the teacher has none: (name, dtype, value)
+        static const struct {
+            const char *name;
+            DType dt;
+            double value;
+        } scalars[] = {{"model_ema.decay", DT_F32, 0.9999f}, {"model_ema.num_updates", DT_I32, 0}};
+        for (int i = 0; i < 2; i++) {
+            if (weights_find(tf, scalars[i].name)) continue;
             const WeightInfo *oi;
-            float *d = read_raw(of, "model_ema.decay", &oi);
-            assert_true(oi->dtype == DT_F32 && d[0] == 0.9999f);
-            free(d);
-            n_expected++;
-        }
-        if (!weights_find(tf, "model_ema.num_updates")) {
-            const WeightInfo *oi;
-            int32_t *v = read_raw(of, "model_ema.num_updates", &oi);
-            assert_true(oi->dtype == DT_I32 && v[0] == 0);
+            void *v = read_raw(of, scalars[i].name, &oi);
+            double got = oi->dtype == DT_F32 ? *(float *)v : oi->dtype == DT_I32 ? *(int32_t *)v : NAN;
+            assert_true(oi->dtype == scalars[i].dt && got == scalars[i].value);
             free(v);
             n_expected++;
         }
@@ -214,12 +215,8 @@ static void check_file(const char *path, WeightFile *tf, const Ldm *m, const QMo
 static void check_compvis(int f16, RcFpLayers fp_layers) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
-    rc.quant.weight_bits = 4;
-    rc.quant.act_bits = 8;
+    RunConfig rc = student_config(4, 8, 20);
     rc.quant.fp_layers = fp_layers;
-    rc.train.steps = 20;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     char *path = tmp_path(".safetensors");
@@ -293,10 +290,7 @@ static char *yaml_variant(int use_ema, int scale_by_std) {
     if (use_ema) memcpy(u, "use_ema: true ", 14);  // same length: a trailing space
     if (scale_by_std) memcpy(b, "scale_by_std: true ", 19);
     char *path = tmp_path(".yaml");
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    test_write_file(path, "%s", text);
     free(text);
     return path;
 }
@@ -425,16 +419,13 @@ static void test_cli(void **state) {
     char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *out = tmp_path(".safetensors"), *log = tmp_path(".log");
     char run_dir[300], cmd[2400];
     snprintf(run_dir, sizeof run_dir, "%s/run", dir);
-    FILE *fp = fopen(cfg, "w");
-    assert_non_null(fp);
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "quant: {weight_bits: 4, act_bits: 8}\n"
-            "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
-            "train: {steps: 10, guidance_gain: fit, eps_gain: off}\n"
-            "run: {out: %s}\n",
-            TEACHER_DIR, TEACHER_DIR, run_dir);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "quant: {weight_bits: 4, act_bits: 8}\n"
+                    "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
+                    "train: {steps: 10, guidance_gain: fit, eps_gain: off}\n"
+                    "run: {out: %s}\n",
+                    TEACHER_DIR, TEACHER_DIR, run_dir);
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2 >/dev/null 2>&1", EFFDM_BIN, cfg);
     assert_int_equal(run(cmd), 0);
     // refused: an unknown format, a .ckpt (no torch zip writer), another name, --fp16-layers; no file left

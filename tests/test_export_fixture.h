@@ -1,6 +1,7 @@
 /* test_export_fixture.h: the shipped teacher and a calibrated, perturbed student of it, for
    the export tests (test_export.c, test_int_kernels.c): teacher_open / teacher_close,
-   random UNet inputs, a no-grad forward copied out of the arena, student_make. */
+   random UNet inputs, a no-grad forward copied out of the arena, student_config and
+   student_make. */
 #ifndef EFFDM_TEST_EXPORT_FIXTURE_H
 #define EFFDM_TEST_EXPORT_FIXTURE_H
 
@@ -83,6 +84,17 @@ static inline float *forward(Ctx *c, Ldm *m, const float *x, const float *t, con
     float *r = malloc(out->n * sizeof(float));
     memcpy(r, out->data, out->n * sizeof(float));
     return r;
+}
+
+// The run config of the export tests' students: the reference recipe with w_bits / a_bits and
+// train.steps as given; the caller sets the rest.
+static inline RunConfig student_config(int w_bits, int a_bits, int train_steps) {
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
+    rc.quant.weight_bits = w_bits;
+    rc.quant.act_bits = a_bits;
+    rc.train.steps = train_steps;
+    return rc;
 }
 
 // A calibrated student of rc's quant config, moved away from its start (simulated training):

@@ -87,11 +87,7 @@ static void test_layers(void **state) {
     (void)forward;  // test_export_fixture.h's, not needed here
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
-    rc.quant.weight_bits = 4;
-    rc.quant.act_bits = 4;
-    rc.train.steps = 10;
+    RunConfig rc = student_config(4, 4, 10);
     QModel q;
     student_make(&q, c, &T, &rc, 1);  // LoRA B != 0: the export's weights moved off the rounding grid
     ExportSummary s;

@@ -331,13 +331,9 @@ static Tensor *both_paths(Ctx *c, ModelLayer *l, Tensor *x) {
 static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_REFERENCE);
-    rc.quant.weight_bits = w_bits;
-    rc.quant.act_bits = a_bits;
+    RunConfig rc = student_config(w_bits, a_bits, 20);
     rc.quant.weight_quantizer = w_kind;
     if (w_kind == QUANT_EASYQUANT) rc.quant.weight_init = RC_INIT_MSE;
-    rc.train.steps = 20;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     ExportSummary s;

@@ -23,11 +23,7 @@ static int setup(void **state) { return test_tmpdir_make(g_dir, sizeof g_dir, "l
 
 static int teardown(void **state) { return test_tmpdir_remove(g_dir); }
 
-static const char *tmp_path(const char *name) {
-    static char buf[256];
-    snprintf(buf, sizeof buf, "%s/%s", g_dir, name);
-    return buf;
-}
+static const char *tmp_path(const char *name) { return test_path_in(g_dir, name); }
 
 static void load_cfg(LdmConfig *c, const char *rel) {
     Err e = {0};
@@ -202,15 +198,25 @@ static void test_load_errors_and_unknown(void **state) {
     assert_non_null(strstr(e.msg, "model.diffusion_model."));
 }
 
+// The model of a tests/data folder holding config.yaml and model.ckpt (fails the test if it
+// does not load). ldm_load gets its own copy of the config path: test_data_path's buffer is static.
+static Ldm *load_folder(const char *dir) {
+    char cfg[256], name[256];
+    snprintf(name, sizeof name, "%s/config.yaml", dir);
+    snprintf(cfg, sizeof cfg, "%s", test_data_path(name));
+    snprintf(name, sizeof name, "%s/model.ckpt", dir);
+    Ldm *m = NULL;
+    Err e = {0};
+    if (ldm_load(&m, cfg, test_data_path(name), NULL, &e)) fail_msg("%s", e.msg);
+    return m;
+}
+
 // eps = model(x, t, c) with c = ClassEmbedder(y): the fixture's eps (labels incl. 10 = uncond),
 // and the embedding equals the fixture's context.
 static void test_apply_model_labels(void **state) {
     (void)state;
-    Ldm *m = NULL;
+    Ldm *m = load_folder("parity/unet_cin");
     Err e = {0};
-    char cfg[256];
-    snprintf(cfg, sizeof cfg, "%s", test_data_path("parity/unet_cin/config.yaml"));
-    assert_int_equal(ldm_load(&m, cfg, test_data_path("parity/unet_cin/model.ckpt"), NULL, &e), 0);
     assert_int_equal(ldm_is_class_conditional(m), 1);
     assert_int_equal(ldm_uncond_label(m), 10);
     Ctx c;
@@ -241,11 +247,7 @@ static void test_apply_model_labels(void **state) {
 // config's value in float32.
 static void test_teacher_schedule(void **state) {
     (void)state;
-    Ldm *m = NULL;
-    Err e = {0};
-    char cfg[256];
-    snprintf(cfg, sizeof cfg, "%s", test_data_path("../../models/zoo/fmnist-ldm/config.yaml"));
-    assert_int_equal(ldm_load(&m, cfg, test_data_path("../../models/zoo/fmnist-ldm/model.ckpt"), NULL, &e), 0);
+    Ldm *m = load_folder("../../models/zoo/fmnist-ldm");
     assert_string_equal(m->warning, "");
     assert_int_equal(m->using_ema, 0);  // use_ema: false (the shipped UNet weights are the EMA)
     assert_int_equal(m->n_unknown, 0);
@@ -272,11 +274,11 @@ static void test_teacher_schedule(void **state) {
     ldm_free(m);
 
     // no schedule buffers in the file: the config's (ae_kl)
-    snprintf(cfg, sizeof cfg, "%s", test_data_path("parity/ae_kl/config.yaml"));
-    assert_int_equal(ldm_load(&m, cfg, test_data_path("parity/ae_kl/model.ckpt"), NULL, &e), 0);
+    m = load_folder("parity/ae_kl");
     assert_int_equal(m->schedule_from_file, 0);
     assert_int_equal(m->scale_factor_from_file, 0);
     double b64[1000], a64[1000];
+    Err e = {0};
     assert_int_equal(ldm_make_beta_schedule(LDM_BETA_LINEAR, 1000, 0.0015, 0.0195, 8e-3, b64, &e), 0);
     ldm_alphas_cumprod(b64, 1000, a64);
     for (int i = 0; i < 1000; i++) assert_true(m->alphas_cumprod[i] == (float)a64[i]);

@@ -27,17 +27,14 @@
 static char tmp[64], cfg[128];
 
 static void write_config(const char *path) {
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(f,
-            "model:\n  ldm_config: %s/models/zoo/fmnist-ldm/config.yaml\n  ckpt: %s/models/zoo/fmnist-ldm/model.ckpt\n"
-            "quant: {weight_bits: 4, act_bits: 4, fp_layers: f16}\n"
-            "calib: {steps: 10, n_samples: 4, batch: 2, n_inputs: 8}\n"
-            "train:\n  recipe: effdm\n  epochs: 4\n  steps: 4\n  batch: 3\n  val_every: 1\n  val_inputs: 6\n"
-            "  val_samples: 0\n  sample_every: 0\n  guidance_gain: off\n  checkpoint_every: 1\n"
-            "run: {arena_mb: 512}\n",
-            ROOT, ROOT);
-    assert_int_equal(fclose(f), 0);
+    test_write_file(path,
+                    "model:\n  ldm_config: %s/models/zoo/fmnist-ldm/config.yaml\n  ckpt: %s/models/zoo/fmnist-ldm/model.ckpt\n"
+                    "quant: {weight_bits: 4, act_bits: 4, fp_layers: f16}\n"
+                    "calib: {steps: 10, n_samples: 4, batch: 2, n_inputs: 8}\n"
+                    "train:\n  recipe: effdm\n  epochs: 4\n  steps: 4\n  batch: 3\n  val_every: 1\n  val_inputs: 6\n"
+                    "  val_samples: 0\n  sample_every: 0\n  guidance_gain: off\n  checkpoint_every: 1\n"
+                    "run: {arena_mb: 512}\n",
+                    ROOT, ROOT);
 }
 
 // Starts `[mpirun -np np] effdm finetune ARGS...` with stderr to err_path; returns the pid.

@@ -16,17 +16,8 @@ static const double TOL_BWD_REF = 1e-5;  // float gradients vs double loops (dx 
 static const double TOL_GRAD = 1e-2;     // float32 forward, central differences, eps 1e-3
 static const float EPS = 1e-5f;
 
-static Ctx *new_ctx(void) {
-    static Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
-    return &c;
-}
-
 static Tensor *rand_tensor(Ctx *c, int ndim, const int *shape, Rng *r, float scale, float shift) {
-    Tensor *t = tensor_new(c, ndim, shape);
-    assert_non_null(t);
-    rng_normal_fill(r, t->data, t->n);
+    Tensor *t = test_tensor_normal(c, ndim, shape, r);
     for (size_t i = 0; i < t->n; i++) t->data[i] = t->data[i] * scale + shift;
     return t;
 }
@@ -88,7 +79,7 @@ static float *to_float(const double *d, size_t n) {
 
 // Forward and every gradient of layer norm (group == 0) or group norm against ref_norm.
 static void check_norm(int group, int ndim, const int *shape, int G, int affine, Rng *r) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Tensor *x = rand_tensor(c, ndim, shape, r, 2.0f, 0.5f);
     size_t C = group ? (size_t)shape[1] : (size_t)shape[ndim - 1];
     Tensor *gamma = affine ? rand_tensor(c, 1, (int[]){(int)C}, r, 0.5f, 1.0f) : NULL;
@@ -171,7 +162,7 @@ static void test_norm_gradcheck(void **state) {
 
 static void test_norm_frozen_affine(void **state) {
     // gamma/beta frozen (no buffers): only x gets a gradient
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 34, 0);
     Tensor *x = test_param_new(4, (int[]){1, 4, 2, 2}, 1, &r, 1.0f);
@@ -190,7 +181,7 @@ static void test_norm_frozen_affine(void **state) {
 }
 
 static void test_norm_shape_errors(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Tensor *x = tensor_zeros(c, 4, (int[]){2, 6, 3, 3});
     Tensor *g5 = tensor_zeros(c, 1, (int[]){5});
     assert_null(t_group_norm(c, x, NULL, NULL, 4, EPS));
@@ -213,31 +204,17 @@ static void test_norm_shape_errors(void **state) {
 
 static float *run_norms(int threads, size_t *len) {
     threads_set(threads);
-    Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     Rng r;
     rng_seed(&r, 35, 0);
-    Tensor *x = rand_tensor(&c, 4, (int[]){2, 64, 16, 16}, &r, 1.0f, 0.3f);
-    Tensor *g = rand_tensor(&c, 1, (int[]){64}, &r, 0.1f, 1.0f), *b = rand_tensor(&c, 1, (int[]){64}, &r, 0.1f, 0.0f);
-    Tensor *lg = rand_tensor(&c, 1, (int[]){256}, &r, 0.1f, 1.0f), *lb = rand_tensor(&c, 1, (int[]){256}, &r, 0.1f, 0);
+    Tensor *x = rand_tensor(c, 4, (int[]){2, 64, 16, 16}, &r, 1.0f, 0.3f);
+    Tensor *g = rand_tensor(c, 1, (int[]){64}, &r, 0.1f, 1.0f), *b = rand_tensor(c, 1, (int[]){64}, &r, 0.1f, 0.0f);
+    Tensor *lg = rand_tensor(c, 1, (int[]){256}, &r, 0.1f, 1.0f), *lb = rand_tensor(c, 1, (int[]){256}, &r, 0.1f, 0);
     x->requires_grad = g->requires_grad = b->requires_grad = lg->requires_grad = lb->requires_grad = 1;
-    Tensor *h = t_group_norm(&c, x, g, b, 16, EPS);
-    Tensor *out = t_layer_norm(&c, t_reshape(&c, h, 2, (int[]){128, 256}), lg, lb, EPS);
-    assert_non_null(out);
-    float *G = malloc(out->n * sizeof(float));
-    rng_normal_fill(&r, G, out->n);
-    assert_int_equal(tape_backward(&c, out, G), 0);
-    Tensor *parts[6] = {out, x, g, b, lg, lb};
-    *len = 0;
-    for (int i = 0; i < 6; i++) *len += parts[i]->n;
-    float *buf = malloc(*len * sizeof(float)), *p = buf;
-    for (int i = 0; i < 6; i++) {
-        memcpy(p, i ? parts[i]->grad : parts[i]->data, parts[i]->n * sizeof(float));
-        p += parts[i]->n;
-    }
-    free(G);
-    ctx_free(&c);
+    Tensor *h = t_group_norm(c, x, g, b, 16, EPS);
+    Tensor *out = t_layer_norm(c, t_reshape(c, h, 2, (int[]){128, 256}), lg, lb, EPS);
+    float *buf = test_backward_outputs(c, out, &r, (Tensor *[]){x, g, b, lg, lb}, 5, len);
+    test_ctx_delete(c);
     return buf;
 }
 

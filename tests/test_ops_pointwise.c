@@ -18,17 +18,8 @@ static const double TOL_BWD_REF = 1e-6;   // our double-accumulated gradient vs 
 static const double TOL_GRAD = 1e-2;      // float32 forward, central differences, eps 1e-3
 static const double KINK = 1e-3;          // relu: skip elements within eps of 0
 
-static Ctx *new_ctx(void) {
-    static Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
-    return &c;
-}
-
 static Tensor *rand_tensor(Ctx *c, int ndim, const int *shape, Rng *r, float scale) {
-    Tensor *t = tensor_new(c, ndim, shape);
-    assert_non_null(t);
-    rng_normal_fill(r, t->data, t->n);
+    Tensor *t = test_tensor_normal(c, ndim, shape, r);
     for (size_t i = 0; i < t->n; i++) t->data[i] *= scale;
     return t;
 }
@@ -146,7 +137,7 @@ static void check_binary(Ctx *c, int op, const ShapePair *p, Rng *r) {
 }
 
 static void test_broadcast_forward_backward_small(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 11, 0);
     for (size_t k = 0; k < sizeof SMALL_PAIRS / sizeof SMALL_PAIRS[0]; k++)
@@ -165,7 +156,7 @@ static const ShapePair LARGE_PAIRS[] = {
 };
 
 static void test_broadcast_large(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 12, 0);
     for (size_t k = 0; k < sizeof LARGE_PAIRS / sizeof LARGE_PAIRS[0]; k++)
@@ -174,7 +165,7 @@ static void test_broadcast_large(void **state) {
 }
 
 static void test_broadcast_shape_error(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Tensor *a = tensor_zeros(c, 2, (int[]){2, 3}), *b = tensor_zeros(c, 1, (int[]){4});
     assert_null(t_add(c, a, b));
     assert_int_equal(c->err.code, ERR_SHAPE);
@@ -199,7 +190,7 @@ static void test_broadcast_gradcheck(void **state) {
 }
 
 static void test_mul_same_input_and_frozen(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 14, 0);
     Tensor *x = test_param_new(1, (int[]){5}, 1, &r, 1.0f), *frozen = test_param_new(1, (int[]){5}, 0, &r, 1.0f);
@@ -219,7 +210,7 @@ static void test_mul_same_input_and_frozen(void **state) {
 }
 
 static void test_scale_add_scalar(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 15, 0);
     Tensor *x = rand_tensor(c, 2, (int[]){3, 50000}, &r, 1.0f);
@@ -250,7 +241,7 @@ static double ref_silu(double x) { return x / (1.0 + exp(-x)); }
 static double ref_gelu(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
 
 static void test_activation_forward(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     int n = 40001;  // past the threading threshold
     Tensor *x = tensor_new1(c, n);
     for (int i = 0; i < n; i++) x->data[i] = -8.0f + 16.0f * (float)i / (float)(n - 1);
@@ -276,7 +267,7 @@ static void test_activation_forward(void **state) {
 }
 
 static void test_relu_grad_at_zero(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Tensor *x = tensor_from(c, (float[]){-1.0f, 0.0f, 2.0f}, 1, (int[]){3});
     x->requires_grad = 1;
     Tensor *y = t_relu(c, x);
@@ -286,7 +277,7 @@ static void test_relu_grad_at_zero(void **state) {
 }
 
 static void test_geglu_forward(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 17, 0);
     int B = 3, T = 5, D = 7;
@@ -329,7 +320,7 @@ static void test_activation_gradcheck(void **state) {
 /* ---- softmax -------------------------------------------------------------------------- */
 
 static void test_softmax_forward(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 19, 0);
     int R = 300, C = 77;
@@ -372,35 +363,22 @@ static void test_softmax_gradcheck(void **state) {
 // thresholds; returns a malloc'ed copy of the output and all input gradients.
 static float *run_chain(int threads, size_t *len) {
     threads_set(threads);
-    Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     Rng r;
     rng_seed(&r, 21, 0);
-    Tensor *x = rand_tensor(&c, 4, (int[]){4, 64, 16, 16}, &r, 1.0f);
-    Tensor *t = rand_tensor(&c, 4, (int[]){4, 64, 1, 1}, &r, 1.0f);
-    Tensor *s = rand_tensor(&c, 1, (int[]){1}, &r, 1.0f);
-    Tensor *row = rand_tensor(&c, 1, (int[]){16}, &r, 1.0f);
+    Tensor *x = rand_tensor(c, 4, (int[]){4, 64, 16, 16}, &r, 1.0f);
+    Tensor *t = rand_tensor(c, 4, (int[]){4, 64, 1, 1}, &r, 1.0f);
+    Tensor *s = rand_tensor(c, 1, (int[]){1}, &r, 1.0f);
+    Tensor *row = rand_tensor(c, 1, (int[]){16}, &r, 1.0f);
     x->requires_grad = t->requires_grad = s->requires_grad = row->requires_grad = 1;
-    Tensor *h = t_silu(&c, t_add(&c, x, t));
-    h = t_mul(&c, t_gelu(&c, h), s);
-    h = t_sub(&c, t_relu(&c, h), row);
-    h = t_add_scalar(&c, t_scale(&c, h, 0.5f), 1.0f);
-    Tensor *h2 = t_reshape(&c, h, 2, (int[]){4 * 64 * 2, 128});
-    Tensor *out = t_softmax(&c, t_geglu(&c, h2));
-    assert_non_null(out);
-    float *G = malloc(out->n * sizeof(float));
-    rng_normal_fill(&r, G, out->n);
-    assert_int_equal(tape_backward(&c, out, G), 0);
-    *len = out->n + x->n + t->n + s->n + row->n;
-    float *buf = malloc(*len * sizeof(float)), *p = buf;
-    memcpy(p, out->data, out->n * sizeof(float)), p += out->n;
-    memcpy(p, x->grad, x->n * sizeof(float)), p += x->n;
-    memcpy(p, t->grad, t->n * sizeof(float)), p += t->n;
-    memcpy(p, s->grad, s->n * sizeof(float)), p += s->n;
-    memcpy(p, row->grad, row->n * sizeof(float));
-    free(G);
-    ctx_free(&c);
+    Tensor *h = t_silu(c, t_add(c, x, t));
+    h = t_mul(c, t_gelu(c, h), s);
+    h = t_sub(c, t_relu(c, h), row);
+    h = t_add_scalar(c, t_scale(c, h, 0.5f), 1.0f);
+    Tensor *h2 = t_reshape(c, h, 2, (int[]){4 * 64 * 2, 128});
+    Tensor *out = t_softmax(c, t_geglu(c, h2));
+    float *buf = test_backward_outputs(c, out, &r, (Tensor *[]){x, t, s, row}, 4, len);
+    test_ctx_delete(c);
     return buf;
 }
 

@@ -17,20 +17,6 @@ static const double TOL_BWD_REF = 1e-6;
 static const double TOL_GRAD = 1e-2;     // float32 forward, central differences, eps 1e-3
 static const double KINK = 1e-3;         // max pool: skip elements where the argmax flips within eps
 
-static Ctx *new_ctx(void) {
-    static Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
-    return &c;
-}
-
-static Tensor *rand_tensor(Ctx *c, int ndim, const int *shape, Rng *r) {
-    Tensor *t = tensor_new(c, ndim, shape);
-    assert_non_null(t);
-    rng_normal_fill(r, t->data, t->n);
-    return t;
-}
-
 typedef struct {
     int k, stride, pad, incl;
 } Pool;
@@ -75,8 +61,8 @@ static float *ref_pool(const Tensor *x, Pool p, int max, const float *g, double 
 }
 
 static void check_pool(int N, int C, int H, int W, Pool p, int max, Rng *r) {
-    Ctx *c = new_ctx();
-    Tensor *x = rand_tensor(c, 4, (int[]){N, C, H, W}, r);
+    Ctx *c = test_ctx_static();
+    Tensor *x = test_tensor_normal(c, 4, (int[]){N, C, H, W}, r);
     x->requires_grad = 1;
     Tensor *y = max ? t_max_pool2d(c, x, p.k, p.stride, p.pad) : t_avg_pool2d(c, x, p.k, p.stride, p.pad, p.incl);
     assert_non_null(y);
@@ -117,7 +103,7 @@ static void test_max_pool_reference(void **state) {
 }
 
 static void test_max_pool_ties_first_max(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Tensor *x = tensor_zeros(c, 4, (int[]){1, 1, 3, 3});
     x->requires_grad = 1;
     Tensor *y = t_max_pool2d(c, x, 3, 1, 1);  // 3x3 output; every window sees only zeros
@@ -134,7 +120,7 @@ static void test_max_pool_ties_first_max(void **state) {
 }
 
 static void test_pool_errors(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Tensor *x = tensor_zeros(c, 4, (int[]){1, 1, 4, 4});
     assert_null(t_avg_pool2d(c, x, 3, 1, 2, 1));  // pad > k/2, refused as torch does
     assert_int_equal(c->err.code, ERR_VALUE);
@@ -150,11 +136,11 @@ static void test_pool_errors(void **state) {
 }
 
 static void test_upsample_pad_reference(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 43, 0);
     int N = 2, C = 64, H = 17, W = 13;  // large enough to thread
-    Tensor *x = rand_tensor(c, 4, (int[]){N, C, H, W}, &r);
+    Tensor *x = test_tensor_normal(c, 4, (int[]){N, C, H, W}, &r);
     x->requires_grad = 1;
     Tensor *u = t_upsample_nearest2x(c, x);
     assert_int_equal(u->shape[2], 2 * H);
@@ -182,7 +168,7 @@ static void test_upsample_pad_reference(void **state) {
     int pads[2][4] = {{0, 1, 0, 1}, {2, 1, 3, 0}};
     for (int k = 0; k < 2; k++) {
         ctx_reset(c);
-        x = rand_tensor(c, 4, (int[]){N, C, H, W}, &r);
+        x = test_tensor_normal(c, 4, (int[]){N, C, H, W}, &r);
         int L = pads[k][0], R = pads[k][1], T = pads[k][2], B = pads[k][3];
         Tensor *y = t_pad2d(c, x, L, R, T, B, -2.5f);
         int Ho = H + T + B, Wo = W + L + R;
@@ -229,26 +215,16 @@ static void test_resample_gradcheck(void **state) {
 
 static float *run_resample(int threads, size_t *len) {
     threads_set(threads);
-    Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     Rng r;
     rng_seed(&r, 45, 0);
-    Tensor *x = rand_tensor(&c, 4, (int[]){2, 32, 24, 24}, &r);
+    Tensor *x = test_tensor_normal(c, 4, (int[]){2, 32, 24, 24}, &r);
     x->requires_grad = 1;
-    Tensor *h = t_upsample_nearest2x(&c, t_pad2d(&c, x, 0, 1, 0, 1, 0.0f));
-    h = t_max_pool2d(&c, t_avg_pool2d(&c, h, 3, 1, 1, 0), 3, 2, 1);
-    Tensor *out = t_avg_pool2d(&c, h, 2, 2, 0, 1);
-    assert_non_null(out);
-    float *G = malloc(out->n * sizeof(float));
-    rng_normal_fill(&r, G, out->n);
-    assert_int_equal(tape_backward(&c, out, G), 0);
-    *len = out->n + x->n;
-    float *buf = malloc(*len * sizeof(float));
-    memcpy(buf, out->data, out->n * sizeof(float));
-    memcpy(buf + out->n, x->grad, x->n * sizeof(float));
-    free(G);
-    ctx_free(&c);
+    Tensor *h = t_upsample_nearest2x(c, t_pad2d(c, x, 0, 1, 0, 1, 0.0f));
+    h = t_max_pool2d(c, t_avg_pool2d(c, h, 3, 1, 1, 0), 3, 2, 1);
+    Tensor *out = t_avg_pool2d(c, h, 2, 2, 0, 1);
+    float *buf = test_backward_outputs(c, out, &r, &x, 1, len);
+    test_ctx_delete(c);
     return buf;
 }
 

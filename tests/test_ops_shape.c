@@ -15,27 +15,13 @@ static const double TOL_GRAD = 1e-2;  // float32 forward, central differences, e
 static const double TOL_BWD_REF = 1e-6;
 static const double TOL_TIMESTEP = 1e-5;  // float32 args (as torch) vs the formula in double, t <= 999
 
-static Ctx *new_ctx(void) {
-    static Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
-    return &c;
-}
-
-static Tensor *rand_tensor(Ctx *c, int ndim, const int *shape, Rng *r) {
-    Tensor *t = tensor_new(c, ndim, shape);
-    assert_non_null(t);
-    rng_normal_fill(r, t->data, t->n);
-    return t;
-}
-
 /* ---- reshape ---------------------------------------------------------------------------- */
 
 static void test_reshape_shares_data(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 51, 0);
-    Tensor *x = rand_tensor(c, 3, (int[]){2, 3, 4}, &r);
+    Tensor *x = test_tensor_normal(c, 3, (int[]){2, 3, 4}, &r);
     size_t before = c->n_nodes;
     Tensor *y = t_reshape(c, x, 2, (int[]){-1, 4});
     assert_non_null(y);
@@ -51,22 +37,22 @@ static void test_reshape_shares_data(void **state) {
     assert_null(t_reshape(c, x, 2, (int[]){5, -1}));
     assert_int_equal(c->err.code, ERR_SHAPE);
     ctx_reset(c);
-    x = rand_tensor(c, 3, (int[]){2, 3, 4}, &r);
+    x = test_tensor_normal(c, 3, (int[]){2, 3, 4}, &r);
     assert_null(t_reshape(c, x, 3, (int[]){-1, -1, 2}));
     assert_int_equal(c->err.code, ERR_SHAPE);
     ctx_reset(c);
-    x = rand_tensor(c, 3, (int[]){2, 3, 4}, &r);
+    x = test_tensor_normal(c, 3, (int[]){2, 3, 4}, &r);
     assert_null(t_reshape(c, x, 2, (int[]){5, 5}));
     assert_int_equal(c->err.code, ERR_SHAPE);
     ctx_free(c);
 }
 
 static void test_reshape_gradient_reaches_x(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 52, 0);
     // x -> h = 3 x -> v = reshape(h) -> out = v * v; d out / d x = 2 v * 3 = 18 x
-    Tensor *x = rand_tensor(c, 2, (int[]){4, 6}, &r);
+    Tensor *x = test_tensor_normal(c, 2, (int[]){4, 6}, &r);
     x->requires_grad = 1;
     Tensor *h = t_scale(c, x, 3.0f);
     Tensor *v = t_reshape(c, h, 3, (int[]){2, 3, 4});
@@ -84,7 +70,7 @@ static void test_reshape_gradient_reaches_x(void **state) {
     assert_ptr_equal(pv->grad, p->grad);
     // grad mode off: a plain view, no gradient
     ctx_set_grad(c, 0);
-    Tensor *q = rand_tensor(c, 1, (int[]){6}, &r);
+    Tensor *q = test_tensor_normal(c, 1, (int[]){6}, &r);
     q->requires_grad = 1;
     Tensor *qv = t_reshape(c, q, 2, (int[]){3, 2});
     assert_null(q->grad);
@@ -117,7 +103,7 @@ static void ref_permute(const Tensor *x, const int *perm, float *y) {
 }
 
 static void test_permute_reference(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 53, 0);
     struct {
@@ -132,7 +118,7 @@ static void test_permute_reference(void **state) {
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         ctx_reset(c);
-        Tensor *x = rand_tensor(c, cases[k].nd, cases[k].shape, &r);
+        Tensor *x = test_tensor_normal(c, cases[k].nd, cases[k].shape, &r);
         x->requires_grad = 1;
         Tensor *y = t_permute(c, x, cases[k].perm);
         assert_non_null(y);
@@ -151,7 +137,7 @@ static void test_permute_reference(void **state) {
         free(ref), free(g), free(gp);
     }
     ctx_reset(c);
-    Tensor *x = rand_tensor(c, 3, (int[]){2, 3, 4}, &r);
+    Tensor *x = test_tensor_normal(c, 3, (int[]){2, 3, 4}, &r);
     assert_null(t_permute(c, x, (int[]){0, 1, 1}));
     assert_int_equal(c->err.code, ERR_SHAPE);
     ctx_free(c);
@@ -162,7 +148,7 @@ static Tensor *f_permute(Ctx *c, Tensor *const *in, void *u) { return t_permute(
 /* ---- concat and slice -------------------------------------------------------------------- */
 
 static void test_concat_slice_reference(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 54, 0);
     for (int dim = 0; dim < 3; dim++) {
@@ -172,7 +158,7 @@ static void test_concat_slice_reference(void **state) {
         for (int k = 0; k < 3; k++) {
             int shape[3] = {2, 3, 4};
             shape[dim] = sizes[k];
-            xs[k] = rand_tensor(c, 3, shape, &r);
+            xs[k] = test_tensor_normal(c, 3, shape, &r);
         }
         Tensor *y = t_concat(c, xs, 3, dim);
         assert_non_null(y);
@@ -196,11 +182,11 @@ static void test_concat_slice_reference(void **state) {
             start += sizes[k];
         }
     }
-    Tensor *a = rand_tensor(c, 2, (int[]){2, 3}, &r), *b = rand_tensor(c, 2, (int[]){3, 3}, &r);
+    Tensor *a = test_tensor_normal(c, 2, (int[]){2, 3}, &r), *b = test_tensor_normal(c, 2, (int[]){3, 3}, &r);
     assert_null(t_concat(c, (Tensor *[]){a, b}, 2, 1));
     assert_int_equal(c->err.code, ERR_SHAPE);
     ctx_reset(c);
-    a = rand_tensor(c, 2, (int[]){2, 3}, &r);
+    a = test_tensor_normal(c, 2, (int[]){2, 3}, &r);
     assert_null(t_slice(c, a, 1, 2, 2));
     assert_int_equal(c->err.code, ERR_VALUE);
     ctx_free(c);
@@ -208,13 +194,13 @@ static void test_concat_slice_reference(void **state) {
 
 static void test_concat_many_inputs_backward(void **state) {
     // more inputs than a tape node holds (TAPE_MAX_INPUTS): joined in two steps
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 55, 0);
     enum { K = TAPE_MAX_INPUTS + 3 };
     Tensor *xs[K];
     for (int k = 0; k < K; k++) {
-        xs[k] = rand_tensor(c, 2, (int[]){3, k + 1}, &r);
+        xs[k] = test_tensor_normal(c, 2, (int[]){3, k + 1}, &r);
         xs[k]->requires_grad = k % 3 != 1;
     }
     Tensor *y = t_concat(c, xs, K, 1);
@@ -243,7 +229,7 @@ static Tensor *f_slice(Ctx *c, Tensor *const *in, void *u) { return t_slice(c, i
 /* ---- embedding --------------------------------------------------------------------------- */
 
 static void test_embedding_bad_index(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Tensor *w = tensor_zeros(c, 2, (int[]){10, 4});
     assert_null(t_embedding(c, w, (int[]){3, 10, 1}, 3));
     assert_int_equal(c->err.code, ERR_VALUE);
@@ -263,7 +249,7 @@ static Tensor *f_embedding(Ctx *c, Tensor *const *in, void *u) {
 /* ---- timestep embedding ------------------------------------------------------------------ */
 
 static void test_timestep_embedding(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     int n = 1000;
     float *t = malloc(n * sizeof(float));
     for (int i = 0; i < n; i++) t[i] = (float)(999 - i);
@@ -325,11 +311,11 @@ static void test_shape_gradcheck(void **state) {
 }
 
 static void test_embedding_backward_reference(void **state) {
-    Ctx *c = new_ctx();
+    Ctx *c = test_ctx_static();
     Rng r;
     rng_seed(&r, 58, 0);
     int V = 37, D = 300, n = 500;
-    Tensor *w = rand_tensor(c, 2, (int[]){V, D}, &r);
+    Tensor *w = test_tensor_normal(c, 2, (int[]){V, D}, &r);
     w->requires_grad = 1;
     int *idx = malloc(n * sizeof(int));
     for (int i = 0; i < n; i++) idx[i] = (int)rng_below(&r, (uint32_t)V);
@@ -353,32 +339,21 @@ static void test_embedding_backward_reference(void **state) {
 
 static float *run_shape_ops(int threads, size_t *len) {
     threads_set(threads);
-    Ctx c;
-    Err e = {0};
-    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+    Ctx *c = test_ctx_new((size_t)1 << 30);
     Rng r;
     rng_seed(&r, 59, 0);
-    Tensor *x = rand_tensor(&c, 4, (int[]){4, 64, 16, 16}, &r);
-    Tensor *w = rand_tensor(&c, 2, (int[]){20, 512}, &r);
+    Tensor *x = test_tensor_normal(c, 4, (int[]){4, 64, 16, 16}, &r);
+    Tensor *w = test_tensor_normal(c, 2, (int[]){20, 512}, &r);
     x->requires_grad = w->requires_grad = 1;
     int idx[128];
     for (int i = 0; i < 128; i++) idx[i] = (i * 7) % 20;
-    Tensor *h = t_permute(&c, x, (int[]){0, 2, 3, 1});                    // (4, 16, 16, 64)
-    h = t_reshape(&c, h, 2, (int[]){1024, 64});
-    h = t_concat(&c, (Tensor *[]){h, t_slice(&c, h, 1, 8, 32)}, 2, 1);    // (1024, 96)
-    Tensor *emb = t_reshape(&c, t_embedding(&c, w, idx, 128), 2, (int[]){1024, 64});
-    Tensor *out = t_concat(&c, (Tensor *[]){h, emb}, 2, 1);                // (1024, 160)
-    assert_non_null(out);
-    float *G = malloc(out->n * sizeof(float));
-    rng_normal_fill(&r, G, out->n);
-    assert_int_equal(tape_backward(&c, out, G), 0);
-    *len = out->n + x->n + w->n;
-    float *buf = malloc(*len * sizeof(float));
-    memcpy(buf, out->data, out->n * sizeof(float));
-    memcpy(buf + out->n, x->grad, x->n * sizeof(float));
-    memcpy(buf + out->n + x->n, w->grad, w->n * sizeof(float));
-    free(G);
-    ctx_free(&c);
+    Tensor *h = t_permute(c, x, (int[]){0, 2, 3, 1});                    // (4, 16, 16, 64)
+    h = t_reshape(c, h, 2, (int[]){1024, 64});
+    h = t_concat(c, (Tensor *[]){h, t_slice(c, h, 1, 8, 32)}, 2, 1);    // (1024, 96)
+    Tensor *emb = t_reshape(c, t_embedding(c, w, idx, 128), 2, (int[]){1024, 64});
+    Tensor *out = t_concat(c, (Tensor *[]){h, emb}, 2, 1);                // (1024, 160)
+    float *buf = test_backward_outputs(c, out, &r, (Tensor *[]){x, w}, 2, len);
+    test_ctx_delete(c);
     return buf;
 }
 

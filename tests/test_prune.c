@@ -131,13 +131,7 @@ static void test_select_by_norm(void **state) {
     assert_int_equal(keep[2], 2);  // ascending: 0, 1, 2
 }
 
-static const char *zoo(const char *name) {
-    static char buf[2][1024];
-    static int k;
-    k ^= 1;
-    snprintf(buf[k], sizeof buf[k], "%s/../../models/zoo/fmnist-ldm/%s", TEST_DATA_DIR, name);
-    return buf[k];
-}
+static const char *zoo(const char *name) { return test_path_in(TEST_DATA_DIR "/../../models/zoo/fmnist-ldm", name); }
 
 static Ldm *load(const char *ckpt) {
     Ldm *m = NULL;
@@ -171,13 +165,7 @@ static float *sample_latents(Ldm *m, size_t *n) {
     return z;
 }
 
-static const char *tmp(const char *name) {
-    static char buf[2][600];
-    static int k;
-    k ^= 1;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
+static const char *tmp(const char *name) { return test_path_in(g_dir, name); }
 
 static void compress(const char *args, const char *out) {
     char cmd[2048];

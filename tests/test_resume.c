@@ -55,16 +55,8 @@ static void config_for(RunConfig *rc, const char *dir) {
 
 // Opens dir (as copied from base_dir) and runs it until the end or the stop. Returns the code.
 static int run_dir(const char *dir, Rec *rec) {
-    RunConfig rc = base_rc;
-    snprintf(rc.run.out, sizeof rc.run.out, "%s", dir);
-    Err e = {0};
-    Trainer *tr;
-    if (run_trainer_open(&tr, &rc, dir, &e)) fail_msg("open %s: %s", dir, e.msg);
     TrainerHooks h = {.on_step = rec_step, .user = rec, .stop = &rec->stop};
-    int code = trainer_run(tr, &h, NULL, &e);
-    if (code && code != ERR_INTERRUPTED) fail_msg("run %s: %s", dir, e.msg);
-    trainer_free(tr);
-    return code;
+    return fix_run_dir(&base_rc, dir, &h);
 }
 
 static int setup(void **state) {

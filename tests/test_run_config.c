@@ -17,12 +17,6 @@
 #define SRC_DIR TEST_DATA_DIR "/../.."
 #define ZOO EFFDM_SOURCE_DIR "/models/zoo/fmnist-ldm"
 
-#define assert_has(msg, part)                                                              \
-    do {                                                                                   \
-        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
-        assert_non_null(strstr((msg), (part)));                                            \
-    } while (0)
-
 // Every key of the run config as the user guide documents it (an independent list: a key the code
 // adds or drops without documenting it fails test_every_key_written_and_documented).
 static const char *const ALL_KEYS[] = {

@@ -17,12 +17,6 @@
 
 #define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
 
-#define assert_has(msg, part)                                                              \
-    do {                                                                                   \
-        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
-        assert_non_null(strstr((msg), (part)));                                            \
-    } while (0)
-
 static int load(const char *text, const char *const *sets, int n, RunConfig *c, Err *e) {
     *e = (Err){0};
     return run_config_load_mem_set(text, strlen(text), "base.yaml", sets, n, c, e);
@@ -105,44 +99,37 @@ static void test_set_is_a_line_of_the_file(void **state) {
     assert_int_equal(load("", s6, 1, &c, &e), ERR_VALUE);
 }
 
+// A --set assignment that must fail: the error code and a part of its message.
+typedef struct {
+    const char *set;
+    int code;
+    const char *part;
+} SetError;
+
+static const SetError SET_ERRORS[] = {
+    {"train.epoch=4", ERR_KEY, "--set train.epoch=4: train.epoch: unknown key"},
+    {"train.epoch=4", ERR_KEY, "did you mean 'train.epochs'?"},
+    {"epochs=4", ERR_KEY, "did you mean 'train.epochs'?"},  // the file's suggestion across groups
+    {"train.optimiser.lr_act=1", ERR_KEY, "did you mean 'train.optimizer'?"},
+    {"train.epochs=x", ERR_VALUE, "--set train.epochs=x: train.epochs: expected an integer, found 'x'"},
+    {"quant.weight_bits=9", ERR_VALUE, "quant.weight_bits: expected an integer in 2..8, found 9"},
+    {"train.select_epoch=best-val", ERR_VALUE, "did you mean 'best_val'?"},
+    {"train.epochs=", ERR_VALUE, "found null"},
+    {"train=4", ERR_VALUE, "expected a map of train keys"},
+    {"quant.overrides=[{pattern: x, keep_fp: true, weight_bits: 4}]", ERR_VALUE,
+     "quant.overrides[0]: keep_fp: true leaves the layer FP"},
+    {"train.epochs=[1", ERR_FORMAT, "--set train.epochs=[1: the value is not valid YAML"},
+};
+
 static void test_set_errors(void **state) {
     RunConfig c;
     Err e = {0};
-    const char *unknown[] = {"train.epoch=4"};
-    assert_int_equal(load("", unknown, 1, &c, &e), ERR_KEY);
-    assert_has(e.msg, "--set train.epoch=4: train.epoch: unknown key");
-    assert_has(e.msg, "did you mean 'train.epochs'?");
-    assert_null(strstr(e.msg, "(line"));  // the assignment's YAML is not a file the user wrote
-    const char *top[] = {"epochs=4"};      // the file's suggestion across groups
-    assert_int_equal(load("", top, 1, &c, &e), ERR_KEY);
-    assert_has(e.msg, "did you mean 'train.epochs'?");
-    const char *group[] = {"train.optimiser.lr_act=1"};
-    assert_int_equal(load("", group, 1, &c, &e), ERR_KEY);
-    assert_has(e.msg, "did you mean 'train.optimizer'?");
-
-    const char *type[] = {"train.epochs=x"};
-    assert_int_equal(load("", type, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "--set train.epochs=x: train.epochs: expected an integer, found 'x'");
-    assert_null(strstr(e.msg, "(line"));
-    const char *range[] = {"quant.weight_bits=9"};
-    assert_int_equal(load("", range, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "quant.weight_bits: expected an integer in 2..8, found 9");
-    const char *name[] = {"train.select_epoch=best-val"};
-    assert_int_equal(load("", name, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "did you mean 'best_val'?");
-    const char *empty[] = {"train.epochs="};
-    assert_int_equal(load("", empty, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "found null");
-    const char *grp[] = {"train=4"};
-    assert_int_equal(load("", grp, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "expected a map of train keys");
-    const char *ov[] = {"quant.overrides=[{pattern: x, keep_fp: true, weight_bits: 4}]"};
-    assert_int_equal(load("", ov, 1, &c, &e), ERR_VALUE);
-    assert_has(e.msg, "quant.overrides[0]: keep_fp: true leaves the layer FP");
-
-    const char *yaml[] = {"train.epochs=[1"};
-    assert_int_equal(load("", yaml, 1, &c, &e), ERR_FORMAT);
-    assert_has(e.msg, "--set train.epochs=[1: the value is not valid YAML");
+    for (size_t i = 0; i < sizeof SET_ERRORS / sizeof SET_ERRORS[0]; i++) {
+        const SetError *x = &SET_ERRORS[i];
+        assert_int_equal(load("", &x->set, 1, &c, &e), x->code);
+        assert_has(e.msg, x->part);
+        assert_null(strstr(e.msg, "(line"));  // the assignment's YAML is not a file the user wrote
+    }
     const char *malformed[] = {"train.epochs", "=4", "train..epochs=4", ".train=4", "train.epochs =4", "a b=1",
                                "train.epochs=4\nrun.out: x"};
     for (int i = 0; i < 7; i++) {
@@ -207,16 +194,13 @@ static void test_cli(void **state) {
     snprintf(cfg, sizeof cfg, "%s/tiny.yaml", tmp);
     snprintf(run, sizeof run, "%s/run", tmp);
     snprintf(other, sizeof other, "%s/other", tmp);
-    FILE *fp = fopen(cfg, "w");
-    assert_non_null(fp);
     // a run of one epoch of 2 steps on 2 short teacher trajectories; run.out comes from --set
-    fprintf(fp,
-            "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-            "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
-            "train: {epochs: 1, steps: 2, batch: 1, val_every: 0, select_epoch: last, sample_every: 0}\n"
-            "run: {arena_mb: 256}\n",
-            TEACHER_DIR, TEACHER_DIR);
-    fclose(fp);
+    test_write_file(cfg,
+                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
+                    "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
+                    "train: {epochs: 1, steps: 2, batch: 1, val_every: 0, select_epoch: last, sample_every: 0}\n"
+                    "run: {arena_mb: 256}\n",
+                    TEACHER_DIR, TEACHER_DIR);
 
     // bad assignments: exit 2, the message names them, nothing is written
     snprintf(args, sizeof args, "calibrate --config '%s' --set run.out='%s' --set calib.sed=3", cfg, other);
@@ -310,10 +294,7 @@ static void test_paths_relative_to_the_file(void **state) {
     snprintf(sub, sizeof sub, "%s/sub", tmp);
     assert_int_equal(mkdir(sub, 0777), 0);
     snprintf(path, sizeof path, "%s/c.yaml", sub);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("model:\n  ldm_config: /abs/./y/../y.yaml\n  ckpt: ../m/x.ckpt\nrun:\n  out: ./out//r\n", f);
-    fclose(f);
+    test_write_file(path, "model:\n  ldm_config: /abs/./y/../y.yaml\n  ckpt: ../m/x.ckpt\nrun:\n  out: ./out//r\n");
     RunConfig c;
     Err e = {0};
     assert_int_equal(run_config_load_set(path, NULL, 0, &c, &e), 0);
@@ -347,14 +328,11 @@ static void test_paths_relative_to_the_file(void **state) {
 static void test_unconditional_run(void **state) {
     char cfg[400], err[4096], args[2048];
     snprintf(cfg, sizeof cfg, "%s/uncond.yaml", tmp);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "model:\n  ldm_config: %s/parity/ae_kl/config.yaml\n  ckpt: %s/parity/ae_kl/model.ckpt\n"
-               "calib:\n  n_samples: 2\n  batch: 2\n  steps: 10\n  n_inputs: 4\n"
-               "train:\n  recipe: effdm\n  epochs: 1\n  steps: 4\n  val_every: 1\n  val_inputs: 4\n"
-               "  val_samples: 2\n  sample_every: 0\n  guidance_fit_samples: 2\n"
-               "run:\n  out: %s/uncond_run\n", TEST_DATA_DIR, TEST_DATA_DIR, tmp);
-    fclose(f);
+    test_write_file(cfg, "model:\n  ldm_config: %s/parity/ae_kl/config.yaml\n  ckpt: %s/parity/ae_kl/model.ckpt\n"
+                    "calib:\n  n_samples: 2\n  batch: 2\n  steps: 10\n  n_inputs: 4\n"
+                    "train:\n  recipe: effdm\n  epochs: 1\n  steps: 4\n  val_every: 1\n  val_inputs: 4\n"
+                    "  val_samples: 2\n  sample_every: 0\n  guidance_fit_samples: 2\n"
+                    "run:\n  out: %s/uncond_run\n", TEST_DATA_DIR, TEST_DATA_DIR, tmp);
     snprintf(args, sizeof args, "finetune --config '%s' --threads 1", cfg);
     int rc = effdm(args, err, sizeof err);
     if (rc) print_error("%s\n", err);

@@ -224,37 +224,34 @@ static void expect_st_error(const unsigned char *buf, size_t n, int code, const 
 static void test_errors(void **state) {
     static unsigned char b[4096];
     static const float d4[4] = {1, 2, 3, 4};
+    // header, bytes of d4 after it, the error and two parts of its message
+    static const struct {
+        const char *header;
+        size_t data_len;
+        int code;
+        const char *part1, *part2;
+    } cases[] = {
+        {"{\"w\":{\"dtype\":\"F33\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, ERR_DTYPE, "'w'", "unknown dtype 'F33'"},
+        {"{\"w\":{\"dtype\":\"U16\",\"shape\":[4],\"data_offsets\":[0,8]}}", 8, ERR_DTYPE, "'w'", "U16 not supported"},
+        {"{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, ERR_FORMAT, "'w'", "appears twice"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, ERR_FORMAT, "'a' and 'b' overlap", NULL},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, ERR_FORMAT, "'a'", "unused bytes"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 12, ERR_FORMAT, "'a'", "outside the data section"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", 16, ERR_FORMAT, "'a'", "need 12 bytes, data_offsets span 16"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}", 16, ERR_FORMAT, "cover 12 bytes of a 16-byte data section", NULL},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,4]}}", 4, ERR_FORMAT, "'a'", "overflows"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4, ERR_FORMAT, "'a'", "not a non-negative integer"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, ERR_FORMAT, "'a'", "data_offsets"},
+        {"{\"__metadata__\":{\"k\":1}}", 0, ERR_FORMAT, "metadata 'k'", "not a string"},
+        {"{\"a\":", 0, ERR_FORMAT, "not a JSON object", NULL},
+        {"{} x", 0, ERR_FORMAT, "after its JSON object", NULL},
+        {"{\"\xff\":1}", 0, ERR_FORMAT, "UTF-8", NULL},
+    };
     size_t n;
-    n = make_st(b, "{\"w\":{\"dtype\":\"F33\",\"shape\":[2],\"data_offsets\":[0,8]}}", d4, 8);
-    expect_st_error(b, n, ERR_DTYPE, "'w'", "unknown dtype 'F33'");
-    n = make_st(b, "{\"w\":{\"dtype\":\"U16\",\"shape\":[4],\"data_offsets\":[0,8]}}", d4, 8);
-    expect_st_error(b, n, ERR_DTYPE, "'w'", "U16 not supported");
-    n = make_st(b, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", d4, 8);
-    expect_st_error(b, n, ERR_FORMAT, "'w'", "appears twice");
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", d4, 12);
-    expect_st_error(b, n, ERR_FORMAT, "'a' and 'b' overlap", NULL);
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", d4, 8);
-    expect_st_error(b, n, ERR_FORMAT, "'a'", "unused bytes");
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", d4, 12);
-    expect_st_error(b, n, ERR_FORMAT, "'a'", "outside the data section");
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", d4, 16);
-    expect_st_error(b, n, ERR_FORMAT, "'a'", "need 12 bytes, data_offsets span 16");
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}", d4, 16);
-    expect_st_error(b, n, ERR_FORMAT, "cover 12 bytes of a 16-byte data section", NULL);
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,4]}}", d4, 4);
-    expect_st_error(b, n, ERR_FORMAT, "'a'", "overflows");
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", d4, 4);
-    expect_st_error(b, n, ERR_FORMAT, "'a'", "not a non-negative integer");
-    n = make_st(b, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", d4, 4);
-    expect_st_error(b, n, ERR_FORMAT, "'a'", "data_offsets");
-    n = make_st(b, "{\"__metadata__\":{\"k\":1}}", NULL, 0);
-    expect_st_error(b, n, ERR_FORMAT, "metadata 'k'", "not a string");
-    n = make_st(b, "{\"a\":", NULL, 0);
-    expect_st_error(b, n, ERR_FORMAT, "not a JSON object", NULL);
-    n = make_st(b, "{} x", NULL, 0);
-    expect_st_error(b, n, ERR_FORMAT, "after its JSON object", NULL);
-    n = make_st(b, "{\"\xff\":1}", NULL, 0);
-    expect_st_error(b, n, ERR_FORMAT, "UTF-8", NULL);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        n = make_st(b, cases[i].header, d4, cases[i].data_len);
+        expect_st_error(b, n, cases[i].code, cases[i].part1, cases[i].part2);
+    }
     // header length past the end of the file, and past the 100 MB limit
     n = make_st(b, "{}", NULL, 0);
     uint64_t big = 1000;

@@ -154,16 +154,8 @@ static void on_step(const TrainerStep *s, void *user) {
 }
 
 static int run(const char *dir, Stop *st) {
-    RunConfig rc = base_rc;
-    snprintf(rc.run.out, sizeof rc.run.out, "%s", dir);
-    Trainer *tr;
-    Err e = {0};
-    if (run_trainer_open(&tr, &rc, dir, &e)) fail_msg("open %s: %s", dir, e.msg);
     TrainerHooks h = {.on_step = on_step, .user = st, .stop = &st->stop};
-    int code = trainer_run(tr, &h, NULL, &e);
-    if (code && code != ERR_INTERRUPTED) fail_msg("run %s: %s", dir, e.msg);
-    trainer_free(tr);
-    return code;
+    return fix_run_dir(&base_rc, dir, &h);
 }
 
 static void test_resume_exact(void **state) {

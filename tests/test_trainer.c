@@ -442,10 +442,7 @@ static const char UNCOND_YAML[] =
 static void write_uncond_model(const char *dir, char *yaml, char *weights, size_t n) {
     snprintf(yaml, n, "%s/uncond.yaml", dir);
     snprintf(weights, n, "%s/uncond.safetensors", dir);
-    FILE *f = fopen(yaml, "w");
-    assert_non_null(f);
-    fputs(UNCOND_YAML, f);
-    fclose(f);
+    test_write_file(yaml, "%s", UNCOND_YAML);
     Err e = {0};
     LdmConfig cfg;
     if (ldm_config_load(&cfg, yaml, &e)) fail_msg("%s", e.msg);

@@ -14,6 +14,7 @@
 #include "models/ldm.h"
 #include "run/run_calibrate.h"
 #include "run/run_config.h"
+#include "run/run_train.h"
 
 #define FIX_ROOT TEST_DATA_DIR "/../.."
 
@@ -79,6 +80,20 @@ static void fix_remove_run(const char *dir) {
     char cmd[2200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+// Opens the run directory dir with base's settings (run.out = dir) and runs it with the hooks
+// until the end or *h->stop; any other error fails the test. Returns 0 or ERR_INTERRUPTED.
+static __attribute__((unused)) int fix_run_dir(const RunConfig *base, const char *dir, const TrainerHooks *h) {
+    RunConfig rc = *base;
+    snprintf(rc.run.out, sizeof rc.run.out, "%s", dir);
+    Err e = {0};
+    Trainer *tr;
+    if (run_trainer_open(&tr, &rc, dir, &e)) fail_msg("open %s: %s", dir, e.msg);
+    int code = trainer_run(tr, h, NULL, &e);
+    if (code && code != ERR_INTERRUPTED) fail_msg("run %s: %s", dir, e.msg);
+    trainer_free(tr);
+    return code;
 }
 
 #endif

@@ -94,6 +94,14 @@ static void write_text(const char *path, const char *text) {
     fclose(f);
 }
 
+// The file at path holds exactly want.
+static void assert_file_text(const char *path, const char *want) {
+    char *text = test_slurp(path);
+    assert_non_null(text);
+    assert_string_equal(text, want);
+    free(text);
+}
+
 static void test_log_truncates_to_checkpoint(void **state) {
     char dir[] = "/tmp/effdm_test_log_XXXXXX";
     assert_non_null(mkdtemp(dir));
@@ -115,46 +123,34 @@ static void test_log_truncates_to_checkpoint(void **state) {
     // checkpoint (1, 1): keep epoch 0 (3 steps + validation) and step (1, 0)
     assert_int_equal(run_log_open(&l, path, 1, 1, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    char *cut = test_slurp(path);
-    const char *want = RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
-                       "0,3,,,1.000,0.125,,,\n1,0,1.5,0.001,0.250,\n";
-    assert_string_equal(cut, want);
-    free(cut);
+    assert_file_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
+                           "0,3,,,1.000,0.125,,,\n1,0,1.5,0.001,0.250,\n");
 
     // checkpoint (0, 3): the epoch-end work (validation) of epoch 0 is still pending: its row goes
     write_text(path, full);
     assert_int_equal(run_log_open(&l, path, 0, 3, &e), 0);
     assert_int_equal(run_log_step(&l, 0, 3, 9.0f, 0, 0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = test_slurp(path);
-    want = RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
-           "0,3,9,0,0.000,\n";
-    assert_string_equal(cut, want);
-    free(cut);
+    assert_file_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.5,0.001,0.250,\n0,2,3.5,0.001,0.250,\n"
+                           "0,3,9,0,0.000,\n");
 
     // a torn last line (killed mid-write) is dropped
     write_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,1,2.");
     assert_int_equal(run_log_open(&l, path, 5, 0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = test_slurp(path);
-    assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n");
-    free(cut);
+    assert_file_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n");
 
     // the sampled validation's columns
     assert_int_equal(run_log_open(&l, path, 9, 0, &e), 0);
     assert_int_equal(run_log_val(&l, 2, 3, 0.5, 0.25, 1.5, 1.25, 2.0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = test_slurp(path);
-    assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n2,3,,,2.000,0.5,0.25,1.5,1.25\n");
-    free(cut);
+    assert_file_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n2,3,,,2.000,0.5,0.25,1.5,1.25\n");
 
     // a log written before those columns: its rows are kept, its header renewed
     write_text(path, RUN_LOG_HEADER_V1 "\n0,0,1.5,0.001,0.250,\n0,3,,,1.000,0.125\n");
     assert_int_equal(run_log_open(&l, path, 5, 0, &e), 0);
     assert_int_equal(run_log_close(&l, &e), 0);
-    cut = test_slurp(path);
-    assert_string_equal(cut, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,3,,,1.000,0.125\n");
-    free(cut);
+    assert_file_text(path, RUN_LOG_HEADER "\n0,0,1.5,0.001,0.250,\n0,3,,,1.000,0.125\n");
 
     // not a log
     write_text(path, "hello\n");

@@ -37,6 +37,13 @@ void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double to
     _fail(file, line);
 }
 
+Ctx *test_ctx_static(void) {
+    static Ctx c;
+    Err e = {0};
+    assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+    return &c;
+}
+
 Ctx *test_ctx_new(size_t bytes) {
     Ctx *c = malloc(sizeof *c);
     Err e = {0};
@@ -63,6 +70,26 @@ void assert_thread_deterministic(float *(*run)(int threads, size_t *len)) {
     threads_set(0);
 }
 
+float *test_backward_outputs(Ctx *c, Tensor *out, Rng *r, Tensor *const *inputs, int n, size_t *len) {
+    assert_non_null(out);
+    float *G = malloc(out->n * sizeof(float));
+    assert_non_null(G);
+    rng_normal_fill(r, G, out->n);
+    assert_int_equal(tape_backward(c, out, G), 0);
+    free(G);
+    *len = out->n;
+    for (int i = 0; i < n; i++) *len += inputs[i]->n;
+    float *buf = malloc(*len * sizeof(float)), *p = buf;
+    assert_non_null(buf);
+    memcpy(p, out->data, out->n * sizeof(float));
+    p += out->n;
+    for (int i = 0; i < n; i++) {
+        memcpy(p, inputs[i]->grad, inputs[i]->n * sizeof(float));
+        p += inputs[i]->n;
+    }
+    return buf;
+}
+
 int test_tmpdir_make(char *dir, size_t cap, const char *tag) {
     if ((size_t)snprintf(dir, cap, "/tmp/effdm_%s_XXXXXX", tag) >= cap) return -1;
     return mkdtemp(dir) ? 0 : -1;
@@ -76,6 +103,14 @@ static int tmpdir_remove_entry(const char *path, const struct stat *sb, int flag
 int test_tmpdir_remove(const char *dir) {
     // depth first (children before their folder), not following symbolic links
     return nftw(dir, tmpdir_remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
+}
+
+const char *test_path_in(const char *dir, const char *name) {
+    static char buf[8][1024];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
 }
 
 const char *test_data_path(const char *name) {
@@ -111,6 +146,13 @@ Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, 
         memset(data, 0, n * sizeof(float));
     }
     tensor_init_param(t, data, grad, ndim, shape);
+    return t;
+}
+
+Tensor *test_tensor_normal(Ctx *c, int ndim, const int *shape, Rng *r) {
+    Tensor *t = tensor_new(c, ndim, shape);
+    assert_non_null(t);
+    rng_normal_fill(r, t->data, t->n);
     return t;
 }
 
@@ -254,6 +296,28 @@ char *test_slurp(const char *path) {
     }
     s[n] = '\0';
     return s;
+}
+
+char *test_slurp_in(const char *dir, const char *name) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return test_slurp(p);
+}
+
+void test_write_file(const char *path, const char *fmt, ...) {
+    FILE *f = fopen(path, "w");
+    if (!f) fail_msg("cannot write %s", path);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    if (fclose(f)) fail_msg("cannot write %s", path);
+}
+
+int test_exists_in(const char *dir, const char *name) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
 }
 
 int test_run_cli(const char *dir, const char *args) {

@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "autograd/ops.h"
@@ -24,6 +25,17 @@ double rel_l2(const float *a, const float *b, size_t n);
 void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double tol, const char *what,
                         const char *file, int line);
 
+// The op tests' context: one static Ctx with a 1 GiB arena, initialised afresh by each call
+// (ctx_free it before the next).
+Ctx *test_ctx_static(void);
+// cmocka failure unless the string msg contains part; prints both when it does not (a macro,
+// so that cmocka reports the caller's line).
+#define assert_has(msg, part)                                                              \
+    do {                                                                                   \
+        if (!strstr((msg), (part))) print_error("'%s' not in message: %s\n", (part), (msg)); \
+        assert_non_null(strstr((msg), (part)));                                            \
+    } while (0)
+
 // A heap-allocated context with an arena of `bytes` (fails the test if it cannot be made);
 // release with test_ctx_delete.
 Ctx *test_ctx_new(size_t bytes);
@@ -35,10 +47,19 @@ void test_ctx_delete(Ctx *c);
 int test_tmpdir_make(char *dir, size_t cap, const char *tag);
 int test_tmpdir_remove(const char *dir);
 
+// "dir/name" in one of 8 static buffers used in turn: valid for the next 7 calls, so one
+// call may take a few such paths.
+const char *test_path_in(const char *dir, const char *name);
 // Path of a file in tests/data (static buffer, valid until the next call).
 const char *test_data_path(const char *name);
 // The whole file at path, NUL-terminated (malloc'd), or NULL when it cannot be read.
 char *test_slurp(const char *path);
+// The same for dir/name.
+char *test_slurp_in(const char *dir, const char *name);
+// Writes the printf-formatted text to path (replacing it); fails the test if it cannot.
+void test_write_file(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// 1 when dir/name exists, else 0.
+int test_exists_in(const char *dir, const char *name);
 // Runs `effdm <args>` (the built binary; args as shell words) with stdout and stderr to
 // dir/stdout.txt and dir/stderr.txt; its exit status, or -1 when it did not exit normally.
 int test_run_cli(const char *dir, const char *args);
@@ -46,6 +67,8 @@ int test_run_cli(const char *dir, const char *args);
 const char *test_cwd_path(const char *rel);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
 Tensor *test_load_npy(Ctx *c, const char *name);
+// A per-step tensor of c filled with N(0, 1) from r (fails the test when c is full).
+Tensor *test_tensor_normal(Ctx *c, int ndim, const int *shape, Rng *r);
 // A persistent test tensor with its own malloc'ed data (and grad when requires_grad),
 // filled with N(0, scale^2) from rng. Free with test_param_free.
 Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale);
@@ -55,6 +78,9 @@ void test_param_free(Tensor *t);
 // outputs and gradients of a computation) and fails unless all three are bit-identical:
 // same inputs + same threads = same bits, and the thread count does not change the bits.
 void assert_thread_deterministic(float *(*run)(int threads, size_t *len));
+// The end of such a run: G = out->n normals from r, tape_backward(out, G), then a malloc'ed
+// copy of out's data followed by the gradients of inputs[0 .. n) (*len floats in all).
+float *test_backward_outputs(Ctx *c, Tensor *out, Rng *r, Tensor *const *inputs, int n, size_t *len);
 
 // Builds the op's output from inputs; called repeatedly by gradcheck.
 typedef Tensor *(*GradcheckFn)(Ctx *c, Tensor *const *inputs, void *user);

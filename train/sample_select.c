@@ -23,6 +23,7 @@
 #include "sample/generate.h"  // sample_initial_noise
 #include "train/trainer_impl.h"
 #include "util/dist.h"
+#include "util/scored.h"
 
 static uint64_t round_seed(const Trainer *tr, int round) { return (uint64_t)tr->cfg.train.seed + 1000 + (uint64_t)round; }
 
@@ -34,16 +35,6 @@ static int pool_latents(Trainer *tr, int round, int student, float *z, Err *e) {
     return trainer_sample_latents(tr, student, &so, round_seed(tr, round), T->selection_pool, z, NULL, e);
 }
 
-typedef struct {
-    double score;
-    int index;
-} Scored;
-
-static int by_score(const void *a, const void *b) {
-    const Scored *x = a, *y = b;
-    if (x->score != y->score) return x->score < y->score ? -1 : 1;
-    return x->index - y->index;
-}
 
 int trainer_select_refresh(Trainer *tr, int round, Err *e) {
     const RcTrain *T = &tr->cfg.train;
@@ -68,7 +59,7 @@ int trainer_select_refresh(Trainer *tr, int round, Err *e) {
     }
     if (tr->world > 1 && (rc = dist_merge_f64(score, (size_t)P, e))) goto done;  // rank 0's, everywhere
     for (int i = 0; i < P; i++) sc[i] = (Scored){score[i], i};
-    qsort(sc, (size_t)P, sizeof *sc, by_score);
+    qsort(sc, (size_t)P, sizeof *sc, scored_cmp_asc);
     int lo, hi;
     trainer_select_band(T, &lo, &hi);
     tr->n_sel = hi - lo;

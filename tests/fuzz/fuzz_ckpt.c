@@ -12,26 +12,8 @@
 #include <string.h>
 #include <zip.h>
 
-#include "io/dtype.h"
 #include "io/weights.h"
-
-static void read_all(WeightFile *f) {
-    for (int i = 0; i < weights_count(f); i++) {
-        const WeightInfo *wi = weights_info(f, i);
-        if (wi->numel > ((size_t)1 << 24)) continue;  // a broadcast view may list more elements than the file holds
-        size_t bytes = wi->numel * dtype_size(wi->dtype);
-        float *dst = malloc(wi->numel ? wi->numel * sizeof(float) : 1);
-        void *raw = malloc(bytes ? bytes : 1);
-        if (dst && raw) {
-            Err r = {0};
-            weights_read_f32(f, wi->name, dst, 0, NULL, &r);
-            r = (Err){0};
-            weights_read_raw(f, wi->name, raw, bytes, &r);
-        }
-        free(dst);
-        free(raw);
-    }
-}
+#include "fuzz_weights.h"
 
 static void add_stored(zip_t *za, const char *name, const void *data, size_t n) {
     zip_source_t *s = zip_source_buffer(za, data, n, 0);
@@ -87,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     Err e = {0};
     if (size >= 2 && data[0] == 'P' && data[1] == 'K') {
         if (weights_open_mem(&f, data, size, "fuzz.ckpt", &e) == 0) {
-            read_all(f);
+            fuzz_read_every_tensor(f);
             weights_close(f);
         }
         return 0;
@@ -96,7 +78,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     unsigned char *zipped = wrap(data, size, &n);
     if (!zipped) return 0;
     if (weights_open_mem(&f, zipped, n, "fuzz.ckpt", &e) == 0) {
-        read_all(f);
+        fuzz_read_every_tensor(f);
         weights_close(f);
     }
     free(zipped);
