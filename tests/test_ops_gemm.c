@@ -122,6 +122,27 @@ static const ConvCase CONV_CASES[] = {
 };
 
 // Forward and backward of conv case k against the naive loops; gradcheck when small.
+// The reference gradients of a conv/linear check (x, w, b order) and the buffers to free.
+typedef struct {
+    float *dy, *dx, *dw, *db, *ref;
+} BilinearGrads;
+
+// The end of a conv/linear check: backward of dy through the tape against the reference
+// gradients, a finite-difference check of f when given (max_elems 0: all), everything freed.
+static void finish_bilinear(Ctx *c, Tensor *y, Tensor **in, BilinearGrads *g, GradcheckFn f, void *user,
+                            int max_elems) {
+    Tensor *x = in[0], *w = in[1], *b = in[2];
+    assert_int_equal(tape_backward(c, y, g->dy), 0);
+    assert_rel_l2(x->grad, g->dx, x->n, TOL_BACKWARD);
+    assert_rel_l2(w->grad, g->dw, w->n, TOL_BACKWARD);
+    if (b) assert_rel_l2(b->grad, g->db, b->n, TOL_BACKWARD);
+    if (f) gradcheck(f, in, 3, user, (GradcheckOpts){.eps = EPS_BILINEAR, .tol = TOL_GRAD_BILINEAR, .max_elems = max_elems});
+    float *bufs[] = {g->ref, g->dy, g->dx, g->dw, g->db};
+    for (int i = 0; i < 5; i++) free(bufs[i]);
+    test_ctx_delete(c);
+    for (int i = 0; i < 3; i++) test_param_free(in[i]);
+}
+
 static void check_conv_case(const ConvCase *k, int do_gradcheck) {
     Rng r;
     rng_seed(&r, 11, (uint64_t)(k->Cin * 131 + k->kh * 7 + k->sh));
@@ -142,22 +163,8 @@ static void check_conv_case(const ConvCase *k, int do_gradcheck) {
     float *dy = random_floats(&r, y->n);
     float *dx = falloc(x->n), *dw = falloc(w->n), *db = falloc((size_t)k->Cout);
     conv_ref_backward(dx, dw, db, dy, x->data, w->data, k);
-    assert_int_equal(tape_backward(c, y, dy), 0);
-    assert_rel_l2(x->grad, dx, x->n, TOL_BACKWARD);
-    assert_rel_l2(w->grad, dw, w->n, TOL_BACKWARD);
-    if (b) assert_rel_l2(b->grad, db, b->n, TOL_BACKWARD);
-    if (do_gradcheck)
-        gradcheck(f_conv, in, 3, (void *)k,
-                  (GradcheckOpts){.eps = EPS_BILINEAR, .tol = TOL_GRAD_BILINEAR, .max_elems = 500});
-    free(ref);
-    free(dy);
-    free(dx);
-    free(dw);
-    free(db);
-    test_ctx_delete(c);
-    test_param_free(x);
-    test_param_free(w);
-    test_param_free(b);
+    BilinearGrads g = {dy, dx, dw, db, ref};
+    finish_bilinear(c, y, in, &g, do_gradcheck ? f_conv : NULL, (void *)k, 500);
 }
 
 static void test_conv2d(void **state) {
@@ -281,21 +288,8 @@ static void check_linear(int ndim, const int *xshape, int nout, int bias, int do
         for (size_t i = 0; i < rows; i++) s += dy[i * nout + j];
         db[j] = (float)s;
     }
-    assert_int_equal(tape_backward(c, y, dy), 0);
-    assert_rel_l2(x->grad, dx, x->n, TOL_BACKWARD);
-    assert_rel_l2(w->grad, dw, w->n, TOL_BACKWARD);
-    if (b) assert_rel_l2(b->grad, db, b->n, TOL_BACKWARD);
-    if (do_gradcheck)
-        gradcheck(f_linear, in, 3, NULL, (GradcheckOpts){.eps = EPS_BILINEAR, .tol = TOL_GRAD_BILINEAR});
-    free(ref);
-    free(dy);
-    free(dx);
-    free(dw);
-    free(db);
-    test_ctx_delete(c);
-    test_param_free(x);
-    test_param_free(w);
-    test_param_free(b);
+    BilinearGrads g = {dy, dx, dw, db, ref};
+    finish_bilinear(c, y, in, &g, do_gradcheck ? f_linear : NULL, NULL, 0);
 }
 
 static void test_linear(void **state) {
