@@ -264,7 +264,7 @@ def prune_section():
     if sp:
         s = sp["cpu_seconds_64_images"]
         out += ["### Pruning: sampling speed (64 images, DDIM 20, guidance 3, %d thread, CPU seconds of the "
-                "process, median of %d interleaved rounds, one run; %s)" % (sp["threads"], len(sp["all"]["fp"]),
+                "process, the minimum of %d interleaved rounds, one run; %s)" % (sp["threads"], len(sp["all"]["fp"]),
                                                                           sp["cpu"]), "",
                 "| model | CPU seconds | ratio unpruned / pruned |", "|---|---|---|",
                 "| FP teacher | %.2f | |" % s["fp"],
