@@ -132,6 +132,14 @@ Tensor *test_load_npy(Ctx *c, const char *name) {
     return t;
 }
 
+void test_fill_matrix_normal(Tensor *t, int rows, int cols, Rng *r) {
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 2);
+    assert_int_equal(t->shape[0], rows);
+    assert_int_equal(t->shape[1], cols);
+    rng_normal_fill(r, t->data, t->n);
+}
+
 Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale) {
     size_t n = tensor_shape_numel(ndim, shape);
     Tensor *t = calloc(1, sizeof *t);

@@ -72,6 +72,9 @@ Tensor *test_tensor_normal(Ctx *c, int ndim, const int *shape, Rng *r);
 // A persistent test tensor with its own malloc'ed data (and grad when requires_grad),
 // filled with N(0, scale^2) from rng. Free with test_param_free.
 Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale);
+// Asserts t (a model parameter looked up by name) is there and [rows, cols], then fills it
+// with N(0, 1) from r.
+void test_fill_matrix_normal(Tensor *t, int rows, int cols, Rng *r);
 void test_param_free(Tensor *t);
 
 // Runs run(2) twice and run(1) once (each returns a malloc'ed buffer of *len floats: the
