@@ -154,6 +154,12 @@ void progress_finish(Progress *p, const char *extra) {
     progress_print(p, p->total, extra, 1);
 }
 
+void progress_items(void *user, size_t done, size_t total) {
+    Progress *p = user;
+    p->total = total > 0 ? (long)total : 1;
+    progress_update(p, (long)done, NULL);
+}
+
 int cli_print_profile(const Profile *p, double wall, Err *e) {
     int len = prof_format(p, wall, NULL, 0);
     char *buf = malloc((size_t)len + 1);
