@@ -537,42 +537,29 @@ static void test_quantizer_kinds(void **state) {
 
 /* ---- the CLI ------------------------------------------------------------------------ */
 
-static int run(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static const int CLI_STEPS = 4, CLI_SAMPLES = 2, CLI_INPUTS = 4, CLI_SEED = 11;
 
 static void test_cli(void **state) {
     char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *model = tmp_path(".safetensors"), *out = tmp_path("_s");
-    char run_dir[300], cmd[2000];
+    char run_dir[300], cmd[2000], body[300];
     snprintf(run_dir, sizeof run_dir, "%s/run", dir);
-    test_write_file(cfg,
-                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-                    "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
-                    "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n"
-                    "run: {out: %s}\n",
-                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
-    snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2", EFFDM_BIN, cfg);
-    assert_int_equal(run(cmd), 0);
+    snprintf(body, sizeof body,
+             "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
+             "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n",
+             CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED);
+    assert_int_equal(test_calibrate_teacher(cfg, body, run_dir, "--threads 2"), 0);
     assert_true(test_exists_in(run_dir, "config.yaml"));
     assert_true(test_exists_in(run_dir, "calib.safetensors"));
     assert_true(test_exists_in(run_dir, "state.safetensors"));
     // a second calibration does not replace the student silently
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
-    assert_int_equal(run(cmd), 2);
+    assert_int_equal(test_shell_status(cmd), 2);
 
     // an error after the recording (more activation inputs than recorded) writes nothing
     char bad_run[300];
     snprintf(bad_run, sizeof bad_run, "%s/bad", dir);
-    test_write_file(cfg,
-                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-                    "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
-                    "run: {out: %s}\n",
-                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
-    snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
-    assert_int_equal(run(cmd), 2);
+    snprintf(body, sizeof body, "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n", CLI_STEPS);
+    assert_int_equal(test_calibrate_teacher(cfg, body, bad_run, "2>/dev/null"), 2);
     assert_int_equal(access(bad_run, F_OK), -1);
 
     // the recorded inputs: every guided UNet call, both halves; step 0 is x_T of each trajectory
@@ -621,7 +608,7 @@ static void test_cli(void **state) {
 
     // export (naive PTQ) and sample from it
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s --threads 2", EFFDM_BIN, run_dir, model);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     {  // the effdm recipe fits a guidance gain (guidance_gain.h): one value per TALSQ entry, on the grid's range,
        // and selecting an entry sets the model's gain
         ExportModel *em;
@@ -645,27 +632,22 @@ static void test_cli(void **state) {
         export_free(em);
     }
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s.best --epoch best 2>/dev/null", EFFDM_BIN, run_dir, model);
-    assert_int_equal(run(cmd), 2);  // no best.safetensors before fine-tuning
+    assert_int_equal(test_shell_status(cmd), 2);  // no best.safetensors before fine-tuning
     snprintf(cmd, sizeof cmd, "%s info %s | grep -Eq 'quant: +W4A4, special layers 8-bit'", EFFDM_BIN, model);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
              "'the export.s fitted gain'", EFFDM_BIN, model, out);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
              "'eps gain: '", EFFDM_BIN, model, out);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     assert_true(test_exists_in(out, "grid.png"));
     assert_true(test_exists_in(out, "0/00000.png"));
     assert_true(test_exists_in(out, "3/00003.png"));
     snprintf(cmd, sizeof cmd, "%s sample --model %s --ckpt x --out %s 2>/dev/null", EFFDM_BIN, model, out);
-    assert_int_equal(run(cmd), 2);
+    assert_int_equal(test_shell_status(cmd), 2);
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s %s %s", dir, cfg, model, out);
-    assert_int_equal(run(cmd), 0);
-    free(dir);
-    free(cfg);
-    free(model);
-    free(out);
+    test_remove_paths((char *[]){dir, cfg, model, out}, 4);
 }
 
 // guidance_parabola_min: the vertex of y = (x - 1.23)^2 + 0.5 from three samples, clamping, and

@@ -331,6 +331,29 @@ int test_exists_in(const char *dir, const char *name) {
 int test_run_cli(const char *dir, const char *args) {
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, dir, dir);
+    return test_shell_status(cmd);
+}
+
+int test_shell_status(const char *cmd) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void test_remove_paths(char *const *paths, int n) {
+    char cmd[4096] = "rm -rf";
+    size_t len = strlen(cmd);
+    for (int i = 0; i < n && len < sizeof cmd; i++)
+        len += (size_t)snprintf(cmd + len, sizeof cmd - len, " '%s'", paths[i]);
+    assert_true(len < sizeof cmd);
+    assert_int_equal(test_shell_status(cmd), 0);
+    for (int i = 0; i < n; i++) free(paths[i]);
+}
+
+int test_calibrate_teacher(const char *cfg, const char *body, const char *run_dir, const char *opts) {
+    const char *teacher = TEST_DATA_DIR "/../../models/zoo/fmnist-ldm";
+    test_write_file(cfg, "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n%srun: {out: %s}\n", teacher,
+                    teacher, body, run_dir);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s calibrate --config %s %s", EFFDM_BIN, cfg, opts);
+    return test_shell_status(cmd);
 }

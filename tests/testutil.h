@@ -63,6 +63,14 @@ int test_exists_in(const char *dir, const char *name);
 // Runs `effdm <args>` (the built binary; args as shell words) with stdout and stderr to
 // dir/stdout.txt and dir/stderr.txt; its exit status, or -1 when it did not exit normally.
 int test_run_cli(const char *dir, const char *args);
+// Runs cmd through the shell: its exit status, or -1 when it did not exit normally.
+int test_shell_status(const char *cmd);
+// Removes the n malloc'd paths (rm -rf: files or folders; asserts it succeeds) and frees them.
+void test_remove_paths(char *const *paths, int n);
+// Writes a run config of the shipped teacher (models/zoo/fmnist-ldm) to cfg: its model line,
+// the YAML lines of body, run.out = run_dir; then runs `effdm calibrate --config cfg opts`
+// (opts: more arguments and redirections). Its exit status.
+int test_calibrate_teacher(const char *cfg, const char *body, const char *run_dir, const char *opts);
 // "<working directory>/rel" (rel: a plain relative path, no "." or ".."), in a static buffer.
 const char *test_cwd_path(const char *rel);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
