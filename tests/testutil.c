@@ -265,20 +265,23 @@ double gradcheck(GradcheckFn f, Tensor *const *inputs, int n_inputs, void *user,
     return worst_all;
 }
 
-void test_unet_config_cin(UNetConfig *c) {
+void test_unet_config_parity(UNetConfig *c, const int *attn, int n_attn, int num_res_blocks, const int *mult,
+                             int n_mult, int num_heads) {
     unet_config_defaults(c);
     c->image_size = 8;
     c->in_channels = 4;
     c->out_channels = 4;
     c->model_channels = 32;
-    c->attention_resolutions[0] = 1;
-    c->attention_resolutions[1] = 2;
-    c->n_attention_resolutions = 2;
-    c->num_res_blocks = 2;
-    c->channel_mult[0] = 1;
-    c->channel_mult[1] = 2;
-    c->n_channel_mult = 2;
-    c->num_heads = 1;
+    memcpy(c->attention_resolutions, attn, (size_t)n_attn * sizeof *attn);
+    c->n_attention_resolutions = n_attn;
+    c->num_res_blocks = num_res_blocks;
+    memcpy(c->channel_mult, mult, (size_t)n_mult * sizeof *mult);
+    c->n_channel_mult = n_mult;
+    c->num_heads = num_heads;
+}
+
+void test_unet_config_cin(UNetConfig *c) {
+    test_unet_config_parity(c, (const int[]){1, 2}, 2, 2, (const int[]){1, 2}, 2, 1);
     c->use_spatial_transformer = 1;
     c->transformer_depth = 1;
     c->context_dim = 32;

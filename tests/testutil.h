@@ -110,5 +110,9 @@ double gradcheck(GradcheckFn f, Tensor *const *inputs, int n_inputs, void *user,
 // config.yaml): 8x8x4, 32 channels, mult (1, 2), attention at 1 and 2, spatial transformer
 // with a 32-wide context.
 void test_unet_config_cin(UNetConfig *c);
+// What the parity cases' UNets share (8x8 latents of 4 channels, 32 model channels) and what
+// each case sets: attention resolutions, residual blocks per level, channel multipliers, heads.
+void test_unet_config_parity(UNetConfig *c, const int *attn, int n_attn, int num_res_blocks, const int *mult,
+                             int n_mult, int num_heads);
 
 #endif
