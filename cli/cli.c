@@ -8,6 +8,7 @@
 
 #include "autograd/profile.h"
 #include "io/fileio.h"
+#include "qalora/calibrate.h"
 #include "util/dist.h"
 #include "util/threads.h"
 #include "util/clock.h"
@@ -152,6 +153,23 @@ void progress_update(Progress *p, long done, const char *extra) {
 
 void progress_finish(Progress *p, const char *extra) {
     progress_print(p, p->total, extra, 1);
+}
+
+void progress_items(void *user, size_t done, size_t total) {
+    Progress *p = user;
+    p->total = total > 0 ? (long)total : 1;
+    progress_update(p, (long)done, NULL);
+}
+
+void progress_calib(int phase, long done, long total, void *user) {
+    CliCalibBar *p = user;
+    if (done == 0) {
+        progress_start(&p->bar, phase == CALIB_PHASE_RECORD ? "teacher trajectories" : "activation ranges", total);
+        return;
+    }
+    const char *unit = !p->units ? NULL : phase == CALIB_PHASE_RECORD ? "steps" : "layers";
+    if (done >= total) progress_finish(&p->bar, unit);
+    else progress_update(&p->bar, done, unit);
 }
 
 int cli_print_profile(const Profile *p, double wall, Err *e) {

@@ -55,6 +55,17 @@ void progress_start(Progress *p, const char *label, long total);
 // done items finished; extra is printed after the ETA (may be NULL). Rate-limited.
 void progress_update(Progress *p, long done, const char *extra);
 void progress_finish(Progress *p, const char *extra);
+// A (done, total) item callback with user = a Progress: takes the total from the call (the
+// feature extractors know it only once they have listed the images) and updates the bar.
+void progress_items(void *user, size_t done, size_t total);
+// The calibration's progress (CalibOpts.on_progress with user = a CliCalibBar): a bar a phase,
+// the teacher trajectories then the activation ranges; with units, "steps" / "layers" after
+// the ETA.
+typedef struct {
+    Progress bar;
+    int units;
+} CliCalibBar;
+void progress_calib(int phase, long done, long total, void *user);
 
 // Writes text and a final newline to path atomically (path.tmp, then renamed: nothing at
 // path on failure). 0 or ERR_IO.

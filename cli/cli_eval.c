@@ -7,12 +7,6 @@
 #include "util/zoo.h"
 #include "eval/eval.h"
 
-static void on_progress(void *user, size_t done, size_t total) {
-    Progress *p = user;
-    p->total = total > 0 ? (long)total : 1;
-    progress_update(p, (long)done, NULL);
-}
-
 static int write_json(const char *path, const EvalResult *r, Err *e) {
     char *s = eval_result_json(r);
     if (!s) return err_set(e, ERR_NOMEM, "%s: out of memory formatting the results", path);
@@ -30,7 +24,7 @@ int cli_eval_report(const char *samples, const char *ref, EvalOpts *o, const cha
     }
     Progress p;
     progress_start(&p, "eval", 1);
-    o->progress = on_progress;
+    o->progress = progress_items;
     o->progress_user = &p;
     EvalResult r;
     if (eval_run(samples, ref, o, &r, e)) return e->code;

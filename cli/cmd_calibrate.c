@@ -35,23 +35,6 @@ static const char *const usage[] = {
     NULL,
 };
 
-typedef struct {
-    Progress bar;
-    int phase;
-} ProgressState;
-
-static void on_progress(int phase, long done, long total, void *user) {
-    ProgressState *p = user;
-    if (done == 0) {
-        progress_start(&p->bar, phase == CALIB_PHASE_RECORD ? "teacher trajectories" : "activation ranges", total);
-        p->phase = phase;
-        return;
-    }
-    const char *unit = phase == CALIB_PHASE_RECORD ? "steps" : "layers";
-    if (done >= total) progress_finish(&p->bar, unit);
-    else progress_update(&p->bar, done, unit);
-}
-
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
 
@@ -76,7 +59,7 @@ int cmd_calibrate(int argc, char **argv) {
     if (run_config_load_set(config, sets.v, sets.n, &rc, &e)) return cli_fail("calibrate", &e);
     if (cli_threads(opts[1].seen ? threads : rc.run.threads > 0 ? rc.run.threads : -1, &e))
         return cli_fail("calibrate", &e);
-    ProgressState ps = {0};
+    CliCalibBar ps = {.units = 1};
     struct sigaction sa;  // a signal stops between trajectory batches; nothing is written then
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -84,7 +67,7 @@ int cmd_calibrate(int argc, char **argv) {
     sa.sa_flags = SA_RESETHAND;  // a second signal ends at once (nothing is written before the end)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    CalibOpts o = {force, on_progress, &ps, &stop_signal};
+    CalibOpts o = {force, progress_calib, &ps, &stop_signal};
     CalibSummary s;
     if (run_calibrate(&rc, &o, &s, &e) == ERR_INTERRUPTED) {
         fprintf(stderr, "\neffdm calibrate: %s: nothing was written\n", e.msg);

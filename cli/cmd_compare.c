@@ -45,8 +45,7 @@ static const char *const usage[] = {
 static void on_progress(void *user, size_t done, size_t total) {
     Progress *p = user;
     if (clock_seconds() - p->start < COMPARE_QUIET_S) return;
-    p->total = total > 0 ? (long)total : 1;
-    progress_update(p, (long)done, NULL);
+    progress_items(p, done, total);
 }
 
 static void print_num(const char *name, int has, double v, const char *na) {

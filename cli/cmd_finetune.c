@@ -165,20 +165,6 @@ static void on_checkpoint(const char *run_dir, void *user) {
     }
 }
 
-typedef struct {
-    Progress bar;
-} CalibState;
-
-static void on_calib_progress(int phase, long done, long total, void *user) {
-    CalibState *c = user;
-    if (done == 0) {
-        progress_start(&c->bar, phase == CALIB_PHASE_RECORD ? "teacher trajectories" : "activation ranges", total);
-        return;
-    }
-    if (done >= total) progress_finish(&c->bar, NULL);
-    else progress_update(&c->bar, done, NULL);
-}
-
 static int fail(const Err *e) { return cli_fail("finetune", e); }
 
 // A point where MPI ranks agree (every rank calls it, failed or not): the lowest failing
@@ -243,9 +229,9 @@ int cmd_finetune(int argc, char **argv) {
         // no calibrated student yet: effdm calibrate first, into the same run directory (MPI:
         // the ranks share the teacher trajectories, rank 0 writes)
         if (talk) fprintf(stderr, "effdm finetune: %s has no calibrated state: calibrating first\n", rc.run.out);
-        CalibState cs = {0};
+        CliCalibBar cs = {0};
         install_handlers();
-        CalibOpts co = {0, talk ? on_calib_progress : NULL, &cs, &stop_signal};
+        CalibOpts co = {0, talk ? progress_calib : NULL, &cs, &stop_signal};
         CalibSummary cal;
         run_calibrate(&rc, &co, &cal, &e);
         if (e.code == ERR_INTERRUPTED) {

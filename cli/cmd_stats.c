@@ -38,13 +38,6 @@ static const char *const usage[] = {
     NULL,
 };
 
-// featnet_extract knows the image count once it has listed them: take it from the callback.
-static void on_progress(void *user, size_t done, size_t total) {
-    Progress *p = user;
-    p->total = total > 0 ? (long)total : 1;
-    progress_update(p, (long)done, NULL);
-}
-
 int cmd_stats(int argc, char **argv) {
     const char *images = NULL, *features = "judge", *weights = NULL, *out = NULL;
     int max = 0, rows = 10000, batch = 0, threads = -1, help = 0;
@@ -80,7 +73,7 @@ int cmd_stats(int argc, char **argv) {
     o.max_rows = (size_t)rows;
     Progress p;
     progress_start(&p, "stats", 1);
-    o.progress = on_progress;
+    o.progress = progress_items;
     o.progress_user = &p;
     FeatSet s;
     double t0 = clock_seconds();

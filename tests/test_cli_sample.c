@@ -43,10 +43,10 @@ static int run(const char *env, const char *args) {
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "%s '%s' %s > '%s' 2> '%s'", env ? env : "", EFFDM_BIN, args, tmp("stdout.txt"),
              tmp("stderr.txt"));
-    int st = system(cmd);
+    int st = test_shell_status(cmd);
     slurp(tmp("stdout.txt"), g_out, sizeof g_out);
     slurp(tmp("stderr.txt"), g_err, sizeof g_err);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return st;
 }
 
 static int exists(const char *path) { return access(path, F_OK) == 0; }

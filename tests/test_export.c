@@ -336,10 +336,31 @@ static void test_size(void **state) {
 
 /* ---- corrupted exports ------------------------------------------------------------------ */
 
+// v with every `from` replaced by `to` (malloc'd); asserts there was one.
+static char *replace_all(const char *v, const char *from, const char *to) {
+    size_t cap = strlen(v) * (strlen(to) + 1) + 1, nf = strlen(from);
+    char *out = malloc(cap), *o = out;
+    int hits = 0;
+    for (const char *p = v; *p;) {
+        if (!strncmp(p, from, nf)) {
+            o += sprintf(o, "%s", to);
+            p += nf;
+            hits++;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+    assert_true(hits > 0);
+    return out;
+}
+
 typedef struct {
     const char *drop;        // tensor left out
     const char *reshape;     // tensor written with one element less (1-D view)
     const char *drop_meta;   // metadata key left out
+    const char *edit_meta;   // metadata key whose value has every `from` replaced by `to`
+    const char *from, *to;   //   (at least one must be there)
 } Corruption;
 
 // Copies src to dst with one corruption (raw bytes; the writer keeps our pointers).
@@ -358,21 +379,30 @@ static void corrupt_copy(const char *src, const char *dst, const Corruption *k) 
         }
         assert_int_equal(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, st_data(&f, i), &e), 0);
     }
-    for (int i = 0; i < f.n_meta; i++)
-        if (!k->drop_meta || strcmp(f.meta[i].key, k->drop_meta) != 0)
-            assert_int_equal(st_writer_meta(&w, f.meta[i].key, f.meta[i].value, &e), 0);
+    for (int i = 0; i < f.n_meta; i++) {
+        const char *key = f.meta[i].key;
+        if (k->drop_meta && !strcmp(key, k->drop_meta)) continue;
+        char *edited = k->edit_meta && !strcmp(key, k->edit_meta) ? replace_all(f.meta[i].value, k->from, k->to) : NULL;
+        assert_int_equal(st_writer_meta(&w, key, edited ? edited : f.meta[i].value, &e), 0);
+        free(edited);
+    }
     assert_int_equal(st_write(&w, dst, &e), 0);
     st_writer_free(&w);
     st_close(&f);
 }
 
+// The default-recipe (EfficientDM) student of T, moved away from its start.
+static void effdm_student(QModel *q, Ctx *c, Teacher *T) {
+    RunConfig rc;
+    run_config_defaults(&rc, RC_RECIPE_EFFDM);
+    student_make(q, c, T, &rc, 1);
+}
+
 static void test_corrupt(void **state) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_EFFDM);
     QModel q;
-    student_make(&q, c, &T, &rc, 1);
+    effdm_student(&q, c, &T);
     Err e = {0};
     char *good = tmp_path(".safetensors"), *bad = tmp_path(".safetensors");
     ExportInfo info = {.yaml = T.yaml};
@@ -424,54 +454,14 @@ static void test_corrupt(void **state) {
 
 /* ---- quantizer kinds in the export ------------------------------------------------------ */
 
-// Copies src to dst with every `from` in the metadata value of `key` replaced by `to`.
-static void meta_replace_copy(const char *src, const char *dst, const char *key, const char *from, const char *to) {
-    StFile f;
-    Err e = {0};
-    assert_int_equal(st_open(&f, src, &e), 0);
-    StWriter w = {0};
-    for (int i = 0; i < f.n_tensors; i++) {
-        const StTensor *t = &f.tensors[i];
-        assert_int_equal(st_writer_add(&w, t->name, t->dtype, t->ndim, t->shape, st_data(&f, i), &e), 0);
-    }
-    for (int i = 0; i < f.n_meta; i++) {
-        const char *v = f.meta[i].value;
-        if (strcmp(f.meta[i].key, key) != 0) {
-            assert_int_equal(st_writer_meta(&w, f.meta[i].key, v, &e), 0);
-            continue;
-        }
-        size_t cap = strlen(v) * (strlen(to) + 1) + 1, nf = strlen(from);
-        char *out = malloc(cap), *o = out;
-        int hits = 0;
-        for (const char *p = v; *p;) {
-            if (!strncmp(p, from, nf)) {
-                o += sprintf(o, "%s", to);
-                p += nf;
-                hits++;
-            } else {
-                *o++ = *p++;
-            }
-        }
-        *o = '\0';
-        assert_true(hits > 0);
-        assert_int_equal(st_writer_meta(&w, f.meta[i].key, out, &e), 0);
-        free(out);
-    }
-    assert_int_equal(st_write(&w, dst, &e), 0);
-    st_writer_free(&w);
-    st_close(&f);
-}
-
 // Every layer records its quantizer kinds (effdm.quant layers[].w_quantizer / a_quantizer); an
 // export written before kinds existed (no such fields) loads as uniform and computes the same
 // bits; a kind this build does not know, or a malformed one, is refused naming the layer.
 static void test_quantizer_kinds(void **state) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    RunConfig rc;
-    run_config_defaults(&rc, RC_RECIPE_EFFDM);
     QModel q;
-    student_make(&q, c, &T, &rc, 1);
+    effdm_student(&q, c, &T);
     char *path = student_export(&q, &T, NULL), *old = tmp_path(".safetensors"), *bad = tmp_path(".safetensors");
     Err e = {0};
     WeightFile *f;
@@ -484,7 +474,8 @@ static void test_quantizer_kinds(void **state) {
     assert_int_equal(n_rec, q.n_q);
     weights_close(f);
 
-    meta_replace_copy(path, old, "effdm.quant", ",\"w_quantizer\":\"uniform\",\"a_quantizer\":\"uniform\"", "");
+    corrupt_copy(path, old,
+                 &(Corruption){.edit_meta = "effdm.quant", .from = ",\"w_quantizer\":\"uniform\",\"a_quantizer\":\"uniform\"", .to = ""});
     ExportModel *en = NULL, *eo = NULL;
     assert_int_equal(export_load(&en, path, &e), 0);
     int r = export_load(&eo, old, &e);
@@ -523,7 +514,7 @@ static void test_quantizer_kinds(void **state) {
         {"\"w_quantizer\":\"uniform\"", "\"w_quantizer\":4", ERR_FORMAT, {"w_quantizer", "time_embed.0"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        meta_replace_copy(path, bad, "effdm.quant", cases[i].from, cases[i].to);
+        corrupt_copy(path, bad, &(Corruption){.edit_meta = "effdm.quant", .from = cases[i].from, .to = cases[i].to});
         ExportModel *em = NULL;
         e = (Err){0};
         r = export_load(&em, bad, &e);
@@ -546,42 +537,29 @@ static void test_quantizer_kinds(void **state) {
 
 /* ---- the CLI ------------------------------------------------------------------------ */
 
-static int run(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static const int CLI_STEPS = 4, CLI_SAMPLES = 2, CLI_INPUTS = 4, CLI_SEED = 11;
 
 static void test_cli(void **state) {
     char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *model = tmp_path(".safetensors"), *out = tmp_path("_s");
-    char run_dir[300], cmd[2000];
+    char run_dir[300], cmd[2000], body[300];
     snprintf(run_dir, sizeof run_dir, "%s/run", dir);
-    test_write_file(cfg,
-                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-                    "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
-                    "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n"
-                    "run: {out: %s}\n",
-                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED, run_dir);
-    snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2", EFFDM_BIN, cfg);
-    assert_int_equal(run(cmd), 0);
+    snprintf(body, sizeof body,
+             "calib: {steps: %d, n_samples: %d, batch: 2, n_inputs: %d, seed: %d}\n"
+             "train: {steps: 10, guidance_fit_samples: 4, eps_gain: fit}\n",
+             CLI_STEPS, CLI_SAMPLES, CLI_INPUTS, CLI_SEED);
+    assert_int_equal(test_calibrate_teacher(cfg, body, run_dir, "--threads 2"), 0);
     assert_true(test_exists_in(run_dir, "config.yaml"));
     assert_true(test_exists_in(run_dir, "calib.safetensors"));
     assert_true(test_exists_in(run_dir, "state.safetensors"));
     // a second calibration does not replace the student silently
     snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
-    assert_int_equal(run(cmd), 2);
+    assert_int_equal(test_shell_status(cmd), 2);
 
     // an error after the recording (more activation inputs than recorded) writes nothing
     char bad_run[300];
     snprintf(bad_run, sizeof bad_run, "%s/bad", dir);
-    test_write_file(cfg,
-                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-                    "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n"
-                    "run: {out: %s}\n",
-                    TEACHER_DIR, TEACHER_DIR, CLI_STEPS, bad_run);
-    snprintf(cmd, sizeof cmd, "%s calibrate --config %s 2>/dev/null", EFFDM_BIN, cfg);
-    assert_int_equal(run(cmd), 2);
+    snprintf(body, sizeof body, "calib: {steps: %d, n_samples: 1, n_inputs: 100}\n", CLI_STEPS);
+    assert_int_equal(test_calibrate_teacher(cfg, body, bad_run, "2>/dev/null"), 2);
     assert_int_equal(access(bad_run, F_OK), -1);
 
     // the recorded inputs: every guided UNet call, both halves; step 0 is x_T of each trajectory
@@ -630,7 +608,7 @@ static void test_cli(void **state) {
 
     // export (naive PTQ) and sample from it
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s --threads 2", EFFDM_BIN, run_dir, model);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     {  // the effdm recipe fits a guidance gain (guidance_gain.h): one value per TALSQ entry, on the grid's range,
        // and selecting an entry sets the model's gain
         ExportModel *em;
@@ -654,27 +632,22 @@ static void test_cli(void **state) {
         export_free(em);
     }
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s.best --epoch best 2>/dev/null", EFFDM_BIN, run_dir, model);
-    assert_int_equal(run(cmd), 2);  // no best.safetensors before fine-tuning
+    assert_int_equal(test_shell_status(cmd), 2);  // no best.safetensors before fine-tuning
     snprintf(cmd, sizeof cmd, "%s info %s | grep -Eq 'quant: +W4A4, special layers 8-bit'", EFFDM_BIN, model);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
              "'the export.s fitted gain'", EFFDM_BIN, model, out);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 4 --steps 4 --scale 3 --batch 4 --out %s --threads 2 | grep -q "
              "'eps gain: '", EFFDM_BIN, model, out);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     assert_true(test_exists_in(out, "grid.png"));
     assert_true(test_exists_in(out, "0/00000.png"));
     assert_true(test_exists_in(out, "3/00003.png"));
     snprintf(cmd, sizeof cmd, "%s sample --model %s --ckpt x --out %s 2>/dev/null", EFFDM_BIN, model, out);
-    assert_int_equal(run(cmd), 2);
+    assert_int_equal(test_shell_status(cmd), 2);
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s %s %s", dir, cfg, model, out);
-    assert_int_equal(run(cmd), 0);
-    free(dir);
-    free(cfg);
-    free(model);
-    free(out);
+    test_remove_paths((char *[]){dir, cfg, model, out}, 4);
 }
 
 // guidance_parabola_min: the vertex of y = (x - 1.23)^2 + 0.5 from three samples, clamping, and

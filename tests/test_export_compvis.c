@@ -409,25 +409,17 @@ static void test_ema_added(void **state) {
 
 /* ---- the CLI ------------------------------------------------------------------------ */
 
-static int run(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void test_cli(void **state) {
     (void)state;
     char *dir = tmp_path(""), *cfg = tmp_path(".yaml"), *out = tmp_path(".safetensors"), *log = tmp_path(".log");
     char run_dir[300], cmd[2400];
     snprintf(run_dir, sizeof run_dir, "%s/run", dir);
-    test_write_file(cfg,
-                    "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n"
-                    "quant: {weight_bits: 4, act_bits: 8}\n"
-                    "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
-                    "train: {steps: 10, guidance_gain: fit, eps_gain: off}\n"
-                    "run: {out: %s}\n",
-                    TEACHER_DIR, TEACHER_DIR, run_dir);
-    snprintf(cmd, sizeof cmd, "%s calibrate --config %s --threads 2 >/dev/null 2>&1", EFFDM_BIN, cfg);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_calibrate_teacher(cfg,
+                                            "quant: {weight_bits: 4, act_bits: 8}\n"
+                                            "calib: {steps: 4, n_samples: 2, batch: 2, n_inputs: 4}\n"
+                                            "train: {steps: 10, guidance_gain: fit, eps_gain: off}\n",
+                                            run_dir, "--threads 2 >/dev/null 2>&1"),
+                     0);
     // refused: an unknown format, a .ckpt (no torch zip writer), another name, --fp16-layers; no file left
     const char *bad[] = {"--format compvis", "--format compvis-fp16 --out-suffix .ckpt",
                          "--format compvis-fp32 --out-suffix .bin", "--format compvis-fp32 --fp16-layers"};
@@ -440,18 +432,18 @@ static void test_cli(void **state) {
         snprintf(opts, sizeof opts, "%.*s", suffix ? (int)(suffix - bad[i]) : (int)strlen(bad[i]), bad[i]);
         snprintf(target, sizeof target, "%s%s", out, suffix ? suffix + 13 : "");
         snprintf(cmd, sizeof cmd, "%s export --run %s --out %s %s 2>%s", EFFDM_BIN, run_dir, target, opts, log);
-        assert_int_equal(run(cmd), 2);
+        assert_int_equal(test_shell_status(cmd), 2);
         assert_int_equal(access(target, F_OK), -1);
         snprintf(cmd, sizeof cmd, "grep -qF -- '%s' %s", msg[i], log);
-        if (run(cmd) != 0) fail_msg("export %s: stderr lacks '%s'", bad[i], msg[i]);
+        if (test_shell_status(cmd) != 0) fail_msg("export %s: stderr lacks '%s'", bad[i], msg[i]);
     }
     // the export: the note on stderr, the teacher's tensors, the file's description in effdm info
     snprintf(cmd, sizeof cmd, "%s export --run %s --out %s --format compvis-fp16 --threads 2 2>%s >/dev/null",
              EFFDM_BIN, run_dir, out, log);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     snprintf(cmd, sizeof cmd, "grep -q 'note: a CompVis state dict holds no activation quantization (A8 fake-quant "
              "of .* layers, 10 TALSQ entries), nor the guidance gain the run fits' %s", log);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     WeightFile *tf, *of;
     Err e = {0};
     assert_int_equal(weights_open(&tf, TEACHER_DIR "/model.ckpt", &e), 0);
@@ -466,16 +458,16 @@ static void test_cli(void **state) {
     weights_close(of);
     weights_close(tf);
     snprintf(cmd, sizeof cmd, "%s info %s | grep -q '^effdm compvis-fp16: a fine-tuned student dequantized'", EFFDM_BIN, out);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s info %s | grep -q '^  not in file: a CompVis state dict holds no activation'", EFFDM_BIN,
              out);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     // not an effdm export: sample --model says what it is
     snprintf(cmd, sizeof cmd, "%s sample --model %s --n 1 --out %s/s 2>%s", EFFDM_BIN, out, dir, log);
-    assert_int_equal(run(cmd), 2);
+    assert_int_equal(test_shell_status(cmd), 2);
     snprintf(cmd, sizeof cmd, "grep -q 'a CompVis state dict (effdm export --format compvis-fp16), not an effdm "
              "export: sample it as a checkpoint' %s", log);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     // effdm reads the file as a CompVis checkpoint (the UNet of the dequantized student)
     char x[320], t[320], y[320], eps[320];
     snprintf(x, sizeof x, "%s/x.npy", dir);
@@ -491,18 +483,13 @@ static void test_cli(void **state) {
     assert_int_equal(npy_write(y, yv, 1, (int[]){2}, &e), 0);
     snprintf(cmd, sizeof cmd, "%s forward --ldm-config %s/config.yaml --ckpt %s --x %s --t %s --y %s --out %s "
              ">/dev/null", EFFDM_BIN, TEACHER_DIR, out, x, t, y, eps);
-    assert_int_equal(run(cmd), 0);
+    assert_int_equal(test_shell_status(cmd), 0);
     NpyArray a;
     assert_int_equal(npy_read(eps, &a, &e), 0);
     assert_int_equal((int)a.n, 2 * 4 * 8 * 8);
     for (size_t i = 0; i < a.n; i++) assert_true(isfinite(a.data[i]));
     npy_free(&a);
-    snprintf(cmd, sizeof cmd, "rm -rf %s %s %s %s", dir, cfg, out, log);
-    assert_int_equal(run(cmd), 0);
-    free(dir);
-    free(cfg);
-    free(out);
-    free(log);
+    test_remove_paths((char *[]){dir, cfg, out, log}, 4);
 }
 
 int main(void) {

@@ -79,8 +79,7 @@ static double reference_rel_err(WeightFile *ex, WeightFile *teacher, const char 
 static int run(const char *args, const char *out) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s.err'", EFFDM_BIN, args, out, out);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return test_shell_status(cmd);
 }
 
 static void test_layers(void **state) {

@@ -175,6 +175,20 @@ static void random_layer(ModelLayer *l, LayerKind kind, const char *name, int co
     test_ctx_delete(d);
 }
 
+// A random stride-1 layer (random_layer, r seeded with seed) and its QLayer with the default
+// config but for rank and the number of time entries (0: the default); r goes on for the caller's draws.
+static void random_qlayer(QLayer *q, ModelLayer *l, Rng *r, uint64_t seed, LayerKind kind, const char *name,
+                          int cout, int cin, int k, int pad, int rank, int n_entries) {
+    rng_seed(r, seed, 0);
+    random_layer(l, kind, name, cout, cin, k, 1, pad, r);
+    QLayerConfig cfg;
+    qlayer_config_defaults(&cfg);
+    cfg.rank = rank;
+    if (n_entries) cfg.n_entries = n_entries;
+    Err e = {0};
+    assert_int_equal(qlayer_init(q, l, &cfg, NULL, NULL, r, &e), 0);
+}
+
 // Closed form of the naive PTQ weight: per channel 'max' range in double, round half to even.
 static void naive_ptq_ref(float *y, const float *w, int cout, size_t k, int bits) {
     int L = (1 << bits) - 1;
@@ -242,15 +256,9 @@ static Tensor *f_prequant(Ctx *c, Tensor *const *in, void *user) { return qlayer
 
 static void gradcheck_prequant(LayerKind kind) {
     Rng r;
-    rng_seed(&r, 12, 0);
     ModelLayer l;
-    random_layer(&l, kind, "middle_block.0.in_layers.2", 5, 4, 3, 1, 1, &r);
-    QLayerConfig cfg;
-    qlayer_config_defaults(&cfg);
-    cfg.rank = 3;
     QLayer q;
-    Err e = {0};
-    assert_int_equal(qlayer_init(&q, &l, &cfg, NULL, NULL, &r, &e), 0);
+    random_qlayer(&q, &l, &r, 12, kind, "middle_block.0.in_layers.2", 5, 4, 3, 1, 3, 0);
     rng_normal_fill(&r, q.lora_b.data, q.lora_b.n);
     Tensor *in[3] = {&q.lora_a, &q.lora_b, &q.w_delta_base};
     gradcheck(f_prequant, in, 3, &q, (GradcheckOpts){.eps = 1e-2, .tol = TOL_GRADCHECK});
@@ -328,16 +336,9 @@ static void hook(void *user, QLayer *q, const Tensor *x) {
 
 static void test_calibration_and_entries(void **state) {
     Rng r;
-    rng_seed(&r, 14, 0);
     ModelLayer l;
-    random_layer(&l, LAYER_LINEAR, "time_embed.2", 6, 10, 1, 1, 0, &r);
-    QLayerConfig cfg;
-    qlayer_config_defaults(&cfg);
-    cfg.n_entries = 4;
-    cfg.rank = 2;
     QLayer q;
-    Err e = {0};
-    assert_int_equal(qlayer_init(&q, &l, &cfg, NULL, NULL, &r, &e), 0);
+    random_qlayer(&q, &l, &r, 14, LAYER_LINEAR, "time_embed.2", 6, 10, 1, 0, 2, 4);
     qlayer_attach(&q);
     Ctx *c = test_ctx_new((size_t)1 << 24);
     Tensor *x = tensor_new2(c, 8, 10);

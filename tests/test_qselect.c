@@ -10,7 +10,8 @@
 static ModelLayer L[11];
 static ModelLayer *P[11];
 
-static void build(void) {
+// The layer list in P, and cfg at its defaults.
+static void build(QSelConfig *cfg) {
     static const struct {
         const char *name;
         LayerKind kind;
@@ -34,12 +35,12 @@ static void build(void) {
         L[i].index = i;
         P[i] = &L[i];
     }
+    qsel_config_defaults(cfg);
 }
 
 static void test_rules(void **state) {
-    build();
     QSelConfig cfg;
-    qsel_config_defaults(&cfg);
+    build(&cfg);
     QSelChoice ch[11];
     Err e = {0};
     assert_int_equal(qsel_select(P, 11, &cfg, ch, &e), 0);
@@ -55,9 +56,8 @@ static void test_rules(void **state) {
 }
 
 static void test_overrides(void **state) {
-    build();
     QSelConfig cfg;
-    qsel_config_defaults(&cfg);
+    build(&cfg);
     const QSelOverride ov[] = {
         {"middle_block.*", 1, 0, 0},        // keep FP
         {"output_blocks.*", 0, 8, 6},       // bits
@@ -85,9 +85,8 @@ static void test_overrides(void **state) {
 }
 
 static void test_override_errors(void **state) {
-    build();
     QSelConfig cfg;
-    qsel_config_defaults(&cfg);
+    build(&cfg);
     QSelChoice ch[11];
     Err e = {0};
     const QSelOverride typo[] = {{"midle_block.*", 1, 0, 0}};

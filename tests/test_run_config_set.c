@@ -161,15 +161,14 @@ static int teardown(void **state) { return test_tmpdir_remove(tmp); }
 
 // Runs effdm with args; stderr into tmp/stderr.txt (read into err). Returns the exit status.
 static int effdm(const char *args, char *err, size_t cap) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, tmp, tmp);
-    int st = system(cmd);
-    snprintf(cmd, sizeof cmd, "%s/stderr.txt", tmp);
-    FILE *f = fopen(cmd, "r");
+    int st = test_run_cli(tmp, args);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/stderr.txt", tmp);
+    FILE *f = fopen(path, "r");
     size_t n = f ? fread(err, 1, cap - 1, f) : 0;
     err[n] = 0;
     if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return st;
 }
 
 // The stdout of the last effdm() call.

@@ -132,6 +132,14 @@ Tensor *test_load_npy(Ctx *c, const char *name) {
     return t;
 }
 
+void test_fill_matrix_normal(Tensor *t, int rows, int cols, Rng *r) {
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 2);
+    assert_int_equal(t->shape[0], rows);
+    assert_int_equal(t->shape[1], cols);
+    rng_normal_fill(r, t->data, t->n);
+}
+
 Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale) {
     size_t n = tensor_shape_numel(ndim, shape);
     Tensor *t = calloc(1, sizeof *t);
@@ -257,20 +265,23 @@ double gradcheck(GradcheckFn f, Tensor *const *inputs, int n_inputs, void *user,
     return worst_all;
 }
 
-void test_unet_config_cin(UNetConfig *c) {
+void test_unet_config_parity(UNetConfig *c, const int *attn, int n_attn, int num_res_blocks, const int *mult,
+                             int n_mult, int num_heads) {
     unet_config_defaults(c);
     c->image_size = 8;
     c->in_channels = 4;
     c->out_channels = 4;
     c->model_channels = 32;
-    c->attention_resolutions[0] = 1;
-    c->attention_resolutions[1] = 2;
-    c->n_attention_resolutions = 2;
-    c->num_res_blocks = 2;
-    c->channel_mult[0] = 1;
-    c->channel_mult[1] = 2;
-    c->n_channel_mult = 2;
-    c->num_heads = 1;
+    memcpy(c->attention_resolutions, attn, (size_t)n_attn * sizeof *attn);
+    c->n_attention_resolutions = n_attn;
+    c->num_res_blocks = num_res_blocks;
+    memcpy(c->channel_mult, mult, (size_t)n_mult * sizeof *mult);
+    c->n_channel_mult = n_mult;
+    c->num_heads = num_heads;
+}
+
+void test_unet_config_cin(UNetConfig *c) {
+    test_unet_config_parity(c, (const int[]){1, 2}, 2, 2, (const int[]){1, 2}, 2, 1);
     c->use_spatial_transformer = 1;
     c->transformer_depth = 1;
     c->context_dim = 32;
@@ -323,6 +334,29 @@ int test_exists_in(const char *dir, const char *name) {
 int test_run_cli(const char *dir, const char *args) {
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s/stdout.txt' 2>'%s/stderr.txt'", EFFDM_BIN, args, dir, dir);
+    return test_shell_status(cmd);
+}
+
+int test_shell_status(const char *cmd) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void test_remove_paths(char *const *paths, int n) {
+    char cmd[4096] = "rm -rf";
+    size_t len = strlen(cmd);
+    for (int i = 0; i < n && len < sizeof cmd; i++)
+        len += (size_t)snprintf(cmd + len, sizeof cmd - len, " '%s'", paths[i]);
+    assert_true(len < sizeof cmd);
+    assert_int_equal(test_shell_status(cmd), 0);
+    for (int i = 0; i < n; i++) free(paths[i]);
+}
+
+int test_calibrate_teacher(const char *cfg, const char *body, const char *run_dir, const char *opts) {
+    const char *teacher = TEST_DATA_DIR "/../../models/zoo/fmnist-ldm";
+    test_write_file(cfg, "model: {ldm_config: %s/config.yaml, ckpt: %s/model.ckpt}\n%srun: {out: %s}\n", teacher,
+                    teacher, body, run_dir);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s calibrate --config %s %s", EFFDM_BIN, cfg, opts);
+    return test_shell_status(cmd);
 }

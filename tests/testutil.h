@@ -63,6 +63,14 @@ int test_exists_in(const char *dir, const char *name);
 // Runs `effdm <args>` (the built binary; args as shell words) with stdout and stderr to
 // dir/stdout.txt and dir/stderr.txt; its exit status, or -1 when it did not exit normally.
 int test_run_cli(const char *dir, const char *args);
+// Runs cmd through the shell: its exit status, or -1 when it did not exit normally.
+int test_shell_status(const char *cmd);
+// Removes the n malloc'd paths (rm -rf: files or folders; asserts it succeeds) and frees them.
+void test_remove_paths(char *const *paths, int n);
+// Writes a run config of the shipped teacher (models/zoo/fmnist-ldm) to cfg: its model line,
+// the YAML lines of body, run.out = run_dir; then runs `effdm calibrate --config cfg opts`
+// (opts: more arguments and redirections). Its exit status.
+int test_calibrate_teacher(const char *cfg, const char *body, const char *run_dir, const char *opts);
 // "<working directory>/rel" (rel: a plain relative path, no "." or ".."), in a static buffer.
 const char *test_cwd_path(const char *rel);
 // Loads tests/data/<name> (a .npy) into a per-step tensor of c; fails the test if missing.
@@ -72,6 +80,9 @@ Tensor *test_tensor_normal(Ctx *c, int ndim, const int *shape, Rng *r);
 // A persistent test tensor with its own malloc'ed data (and grad when requires_grad),
 // filled with N(0, scale^2) from rng. Free with test_param_free.
 Tensor *test_param_new(int ndim, const int *shape, int requires_grad, Rng *rng, float scale);
+// Asserts t (a model parameter looked up by name) is there and [rows, cols], then fills it
+// with N(0, 1) from r.
+void test_fill_matrix_normal(Tensor *t, int rows, int cols, Rng *r);
 void test_param_free(Tensor *t);
 
 // Runs run(2) twice and run(1) once (each returns a malloc'ed buffer of *len floats: the
@@ -99,5 +110,9 @@ double gradcheck(GradcheckFn f, Tensor *const *inputs, int n_inputs, void *user,
 // config.yaml): 8x8x4, 32 channels, mult (1, 2), attention at 1 and 2, spatial transformer
 // with a 32-wide context.
 void test_unet_config_cin(UNetConfig *c);
+// What the parity cases' UNets share (8x8 latents of 4 channels, 32 model channels) and what
+// each case sets: attention resolutions, residual blocks per level, channel multipliers, heads.
+void test_unet_config_parity(UNetConfig *c, const int *attn, int n_attn, int num_res_blocks, const int *mult,
+                             int n_mult, int num_heads);
 
 #endif

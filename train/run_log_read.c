@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "io/fileio.h"
+#include "util/grow.h"
 
 #define LINE_MAX_BYTES 512  // a row of the writer is under 200 bytes
 #define MAX_FIELDS 9
@@ -89,13 +90,8 @@ static int parse_row(Row *r, int n_cols, RunLogData *d, int *cap_s, int *cap_v) 
                 return row_err(r, ERR_VALUE, what, NULL);
             }
         }
-        if (d->n_steps == *cap_s) {
-            int nc = *cap_s ? 2 * *cap_s : 1024;
-            RunLogStep *ns = realloc(d->steps, (size_t)nc * sizeof *ns);
-            if (!ns) return err_set(r->e, ERR_NOMEM, "out of memory reading %s", r->path);
-            d->steps = ns;
-            *cap_s = nc;
-        }
+        if (grow_array((void **)&d->steps, cap_s, d->n_steps + 1, 1024, sizeof *d->steps))
+            return err_set(r->e, ERR_NOMEM, "out of memory reading %s", r->path);
         d->steps[d->n_steps++] = s;
         return 0;
     }
@@ -119,13 +115,8 @@ static int parse_row(Row *r, int n_cols, RunLogData *d, int *cap_s, int *cap_v) 
                  d->vals[0].step);
         return row_err(r, ERR_VALUE, what, NULL);
     }
-    if (d->n_vals == *cap_v) {
-        int nc = *cap_v ? 2 * *cap_v : 64;
-        RunLogVal *nv = realloc(d->vals, (size_t)nc * sizeof *nv);
-        if (!nv) return err_set(r->e, ERR_NOMEM, "out of memory reading %s", r->path);
-        d->vals = nv;
-        *cap_v = nc;
-    }
+    if (grow_array((void **)&d->vals, cap_v, d->n_vals + 1, 64, sizeof *d->vals))
+        return err_set(r->e, ERR_NOMEM, "out of memory reading %s", r->path);
     d->vals[d->n_vals++] = v;
     return 0;
 }
