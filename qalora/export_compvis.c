@@ -85,8 +85,12 @@ static const void *as_dtype(KeepList *bufs, const float *src, size_t n, DType dt
 
 // The one-line notes: what the file cannot hold (export_compvis.h "What is lost"), and where
 // its key set differs from the teacher's ("Tensors").
-static void make_notes(CompvisSummary *s, const CompvisInfo *info) {
-    char bits[32], gains[160] = "";
+static void make_notes(CompvisSummary *s, const CompvisInfo *info, const UNetConfig *uc) {
+    char bits[32], gains[160] = "", pruned[200] = "";
+    for (int k = 0; k < UNET_MAX_TBLOCKS && !pruned[0]; k++)
+        if (uc->ff_inner[k] > 0)  // effdm compress: the blocks' FeedForward widths differ from mult=4
+            snprintf(pruned, sizeof pruned, "; its FeedForwards are pruned (effdm compress): CompVis's FeedForward "
+                     "must be built with the widths of ff.net.2.weight to load it");
     if (s->a_bits_min == s->a_bits_max) snprintf(bits, sizeof bits, "A%d", s->a_bits_min);
     else snprintf(bits, sizeof bits, "A%d..A%d", s->a_bits_min, s->a_bits_max);
     if (info->guidance_gain || info->eps_gain)
@@ -95,8 +99,8 @@ static void make_notes(CompvisSummary *s, const CompvisInfo *info) {
                  info->eps_gain ? "eps gain" : "");
     snprintf(s->note, sizeof s->note,
              "a CompVis state dict holds no activation quantization (%s fake-quant of %d layers, %d TALSQ "
-             "entr%s)%s: PyTorch runs these dequantized weights with FP activations and plain guidance",
-             bits, s->n_quantized, s->entries, s->entries == 1 ? "y" : "ies", gains);
+             "entr%s)%s: PyTorch runs these dequantized weights with FP activations and plain guidance%s",
+             bits, s->n_quantized, s->entries, s->entries == 1 ? "y" : "ies", gains, pruned);
     size_t k = 0;
     s->keys_note[0] = '\0';
     if (s->sf_dropped)
@@ -237,7 +241,7 @@ int export_compvis_write(const QModel *q, Ldm *m, WeightFile *teacher, const Com
     }
     if (!q->n_q) s->a_bits_min = 0;
     s->entries = q->cfg.talsq ? q->train_sched.n : 1;
-    make_notes(s, info);
+    make_notes(s, info, unet_config(q->unet));
 
     if (!(json = export_quant_json(q))) {
         rc = err_set(e, ERR_NOMEM, "compvis export: out of memory for the metadata");
