@@ -16,7 +16,6 @@ static double norm_p(const float *x, size_t n, size_t stride, PruneNorm p) {
     return p == PRUNE_L1 ? s : sqrt(s);
 }
 
-
 static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
 int prune_ff_select(const ModelLayer *proj, const ModelLayer *out, int n_keep, PruneNorm norm, int *keep, Err *e) {
@@ -36,6 +35,14 @@ int prune_ff_select(const ModelLayer *proj, const ModelLayer *out, int n_keep, P
     qsort(keep, (size_t)n_keep, sizeof *keep, by_int);
     free(u);
     return 0;
+}
+
+// The units of 0..m-1 not in keep[0..n_keep) (ascending), ascending, into drop.
+static void removed_units(const int *keep, int n_keep, int m, int *drop) {
+    for (int k = 0, i = 0, j = 0; k < m; k++) {
+        if (i < n_keep && keep[i] == k) i++;
+        else drop[j++] = k;
+    }
 }
 
 // In-place Cholesky A = L L^T of the n x n row-major A (lower triangle); 0, or -1 when A is not
@@ -81,10 +88,7 @@ int prune_udfc_solve(const double *mom_sum, int m, const int *keep, int n_keep, 
     }
     memcpy(u_idx, keep, (size_t)n_keep * sizeof *u_idx);
     u_idx[n_keep] = m;  // the constant
-    for (int k = 0, i = 0, j = 0; k < m; k++) {
-        if (i < n_keep && keep[i] == k) i++;
-        else drop[j++] = k;
-    }
+    removed_units(keep, n_keep, m, drop);
     double diag = 0;
     for (int a = 0; a < n; a++) {
         for (int b = 0; b < n; b++) A[(size_t)a * n + b] = mom_sum[(size_t)u_idx[a] * ld + u_idx[b]];
@@ -203,10 +207,7 @@ int prune_unet(UNet *src, const PruneOpts *o, const FfMoments *mom, UNet **dst, 
             }
         }
         int *drop = keep[k] + n_keep[k];  // the rest of the block's index array
-        for (int u = 0, i = 0, j = 0; u < m; u++) {
-            if (i < n_keep[k] && keep[k][i] == u) i++;
-            else drop[j++] = u;
-        }
+        removed_units(keep[k], n_keep[k], m, drop);
         gather_ff(src, *dst, k, keep[k], drop, n_keep[k], C);
     }
     s->params_before = unet_param_count(src);

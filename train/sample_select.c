@@ -35,7 +35,6 @@ static int pool_latents(Trainer *tr, int round, int student, float *z, Err *e) {
     return trainer_sample_latents(tr, student, &so, round_seed(tr, round), T->selection_pool, z, NULL, e);
 }
 
-
 int trainer_select_refresh(Trainer *tr, int round, Err *e) {
     const RcTrain *T = &tr->cfg.train;
     const int P = T->selection_pool;
@@ -65,8 +64,6 @@ int trainer_select_refresh(Trainer *tr, int round, Err *e) {
     tr->n_sel = hi - lo;
     for (int k = 0; k < tr->n_sel; k++) tr->sel[k] = sc[lo + k].index;
     tr->sel_round = round;
-    tr->sel_band[0] = sc[lo].score;
-    tr->sel_band[1] = sc[hi - 1].score;
 done:
     free(score), free(zt), free(zs), free(sc);
     return rc;

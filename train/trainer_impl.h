@@ -65,7 +65,6 @@ struct Trainer {
     int sel_round;              // train.sample_selection adaptive: the pool round of sel (-1: none yet)
     int n_sel;                  // candidates kept in that round's band
     int *sel;                   // [train.selection_pool] their indices (sample_select.c); NULL when uniform
-    double sel_band[2];         // their lowest and highest disagreement (not saved: for notes)
     double *stepw_mean;         // [S] running mean of each step index's raw loss over epochs
     int64_t *stepw_count;       // [S]
     int has_best, best_epoch;
