@@ -25,6 +25,7 @@ void prof_end_on(Ctx *c, ProfMark m, int op, double flops) {
     p->count[0][op]++;
     p->flops[0][op] += flops;
     p->block_sec[p->cur_block][0] += dt;
+    p->block_flops[p->cur_block][0] += flops;
     p->block_count[p->cur_block][0]++;
     if (c->last != m.last) {  // the op recorded a node: its backward belongs to this block
         c->last->prof_block = p->cur_block;
@@ -39,6 +40,7 @@ void prof_add_backward(Profile *p, const TapeNode *nd, double sec) {
     p->count[1][op]++;
     p->flops[1][op] += 2.0 * nd->prof_flops;  // dx and dW: two GEMMs of the forward's size
     p->block_sec[b][1] += sec;
+    p->block_flops[b][1] += 2.0 * nd->prof_flops;
     p->block_count[b][1]++;
 }
 
@@ -101,7 +103,7 @@ static void order_desc(const double *key, int *idx, int n) {
 int prof_format(const Profile *p, double wall, char *buf, size_t cap) {
     Out o = {buf, cap, 0};
     if (cap) buf[0] = '\0';
-    double total = prof_total(p), pct = total > 0 ? 100.0 / total : 0;
+    double total = prof_total(p), pct = total > 0 ? 100.0 / total : 0, flops = 0;
     double key[PROF_MAX_BLOCKS > OP_COUNT ? PROF_MAX_BLOCKS : OP_COUNT];
     int idx[PROF_MAX_BLOCKS > OP_COUNT ? PROF_MAX_BLOCKS : OP_COUNT];
 
@@ -120,15 +122,20 @@ int prof_format(const Profile *p, double wall, char *buf, size_t cap) {
         out(&o, "\n");
     }
     out(&o, "profile by block\n");
-    out(&o, "  %-20s %10s %8s %10s %8s %10s %6s\n", "block", "fwd s", "calls", "bwd s", "nodes", "total s", "%");
+    out(&o, "  %-20s %10s %8s %10s %8s %10s %6s %10s\n", "block", "fwd s", "calls", "bwd s", "nodes", "total s", "%",
+        "MFLOP");
     for (int i = 0; i < p->n_blocks; i++) key[i] = p->block_sec[i][0] + p->block_sec[i][1];
     order_desc(key, idx, p->n_blocks);
     for (int k = 0; k < p->n_blocks; k++) {
         int i = idx[k];
         if (!p->block_count[i][0] && !p->block_count[i][1]) continue;
-        out(&o, "  %-20s %10.3f %8ld %10.3f %8ld %10.3f %6.1f\n", p->block_name[i], p->block_sec[i][0],
-            p->block_count[i][0], p->block_sec[i][1], p->block_count[i][1], key[i], key[i] * pct);
+        out(&o, "  %-20s %10.3f %8ld %10.3f %8ld %10.3f %6.1f %10.3f\n", p->block_name[i], p->block_sec[i][0],
+            p->block_count[i][0], p->block_sec[i][1], p->block_count[i][1], key[i], key[i] * pct,
+            1e-6 * (p->block_flops[i][0] + p->block_flops[i][1]));
+        flops += p->block_flops[i][0] + p->block_flops[i][1];
     }
+    out(&o, "  GEMM work %.3f GFLOP (conv2d, linear, matmul, attention; backward counted as 2x forward)\n",
+        1e-9 * flops);
     out(&o, "  total in ops %.3f s", total);
     if (wall > 0) out(&o, " of %.3f s wall (%.3f s outside ops: optimizer, sampler updates, I/O)", wall, wall - total);
     out(&o, "\n");

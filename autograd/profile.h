@@ -13,7 +13,8 @@
    open blocks with prof_block_begin / prof_block_end ("input_blocks.3"); time outside any
    block goes to block 0, "(outside blocks)". So the per-kind and per-block totals are two
    partitions of one total. FLOPs are counted for the GEMM ops (conv2d, linear, matmul,
-   attention): forward as in bench/ops, backward twice the forward of the nodes that ran.
+   attention): forward as in bench/ops, backward twice the forward of the nodes that ran,
+   per op kind and per block (so a pruned model's saving shows where it was made).
    Cost when off: one pointer test per op and per backward node.
    Limitations: single-threaded callers only (ops are called from one thread; OpenMP runs
    inside them); at most PROF_MAX_BLOCKS distinct block names (more go to block 0).
@@ -36,6 +37,7 @@ typedef struct Profile {
     int n_blocks;                  // block 0 is "(outside blocks)"
     char block_name[PROF_MAX_BLOCKS][PROF_NAME_MAX];
     double block_sec[PROF_MAX_BLOCKS][2];
+    double block_flops[PROF_MAX_BLOCKS][2];  // GEMM FLOPs per block: the model's cost per part
     long block_count[PROF_MAX_BLOCKS][2];
     int cur_block;                 // block open now
     int depth;                     // ops in progress (only depth 0 -> 1 is timed)

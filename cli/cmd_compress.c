@@ -1,5 +1,6 @@
 /* cmd_compress.c: effdm compress: structured pruning of the FeedForward units with UDFC's
-   data-free reconstruction (prune/prune.h), written as a smaller checkpoint. */
+   data-free reconstruction (prune/prune.h), and UDFC for the weight-quantization error of
+   ff.net.0.proj (prune_quant.c), written as a checkpoint. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,7 +16,7 @@
 #include "util/zoo.h"
 
 static const char *const usage[] = {
-    "usage: effdm compress [--ldm-config C.yaml --ckpt M.ckpt] --ff RATIO --out P.safetensors [options]",
+    "usage: effdm compress [--ldm-config C.yaml --ckpt M.ckpt] --ff RATIO|--quant-udfc BITS --out P.safetensors [options]",
     "",
     "Removes a fraction of the GEGLU units of every transformer block's FeedForward",
     "(ff.net.0.proj rows, ff.net.2 columns: the tensors shrink) and, with UDFC, folds what",
@@ -37,6 +38,9 @@ static const char *const usage[] = {
     "  --scale S             guidance scale (default 3; unconditional models: none)",
     "  --seed N              x_T seeds of the trajectories (default 1234)",
     "  --ridge R             ridge of the solve, relative to the mean diagonal (default 1e-6)",
+    "  --quant-udfc BITS     also UDFC for weight-quantization error: ff.net.2 absorbs what",
+    "                        quantizing ff.net.0.proj to BITS (uniform, per row, min/max ranges:",
+    "                        quant.weight_init max) loses; for runs at that weight_bits (default off)",
     "  --out FILE            the pruned checkpoint (.safetensors)",
     "  --threads N           threads (default: $EFFDM_THREADS, else all cores)",
     "",
@@ -67,12 +71,13 @@ static void on_progress(long done, long total, void *user) {
 }
 
 // effdm.pruned: what was done, per block the width kept.
-static char *pruned_json(const PruneOpts *o, const PruneSampling *ps, UNet *u, const char *src) {
+static char *pruned_json(const PruneOpts *o, const PruneSampling *ps, int quant_bits, UNet *u, const char *src) {
     cJSON *j = cJSON_CreateObject(), *w = cJSON_CreateArray();
     cJSON_AddNumberToObject(j, "ff_ratio", round(o->ff_ratio * 1e6) / 1e6);  // as typed, not float's digits
     cJSON_AddStringToObject(j, "reconstruct", o->udfc ? "udfc" : "none");
     cJSON_AddStringToObject(j, "criterion", o->norm == PRUNE_L1 ? "l1" : "l2");
-    if (o->udfc) {
+    if (quant_bits > 0) cJSON_AddNumberToObject(j, "quant_udfc_bits", quant_bits);
+    if (o->udfc || quant_bits > 0) {
         cJSON_AddNumberToObject(j, "samples", ps->n_samples);
         cJSON_AddNumberToObject(j, "steps", ps->steps);
         cJSON_AddNumberToObject(j, "scale", round(ps->scale * 1e6) / 1e6);
@@ -94,13 +99,13 @@ static char *pruned_json(const PruneOpts *o, const PruneSampling *ps, UNet *u, c
 int cmd_compress(int argc, char **argv) {
     const char *cfg_path = NULL, *ckpt_path = NULL, *ema_s = "auto", *recon = "udfc", *crit = "l2", *out = NULL;
     float ff = -1, scale = 3, ridge = 1e-6f;
-    int samples = 64, steps = 20, seed = 1234, threads = -1, help = 0;
+    int samples = 64, steps = 20, seed = 1234, threads = -1, help = 0, quant_bits = 0;
     CliOpt opts[] = {
         {"--ldm-config", OPT_STR, &cfg_path}, {"--ckpt", OPT_STR, &ckpt_path}, {"--ema", OPT_STR, &ema_s},
         {"--ff", OPT_FLOAT, &ff},             {"--reconstruct", OPT_STR, &recon}, {"--criterion", OPT_STR, &crit},
         {"--samples", OPT_INT, &samples},     {"--steps", OPT_INT, &steps},     {"--scale", OPT_FLOAT, &scale},
         {"--seed", OPT_INT, &seed},           {"--ridge", OPT_FLOAT, &ridge},   {"--out", OPT_STR, &out},
-        {"--threads", OPT_INT, &threads},
+        {"--threads", OPT_INT, &threads},     {"--quant-udfc", OPT_INT, &quant_bits},
     };
     Err e = {0};
     if (cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0, &help, &e))
@@ -110,7 +115,10 @@ int cmd_compress(int argc, char **argv) {
     static const char *const ema_names[] = {"auto", "on", "off"};
     for (ema = 0; ema < 3 && strcmp(ema_s, ema_names[ema]); ema++) {}
     if (!out) err_set(&e, ERR_ARG, "--out is required (see effdm compress --help)");
-    else if (!(ff >= 0 && ff < 1)) err_set(&e, ERR_ARG, "--ff: expected a fraction 0 <= RATIO < 1 (see --help)");
+    else if (ff < 0 && quant_bits == 0) err_set(&e, ERR_ARG, "nothing to do: give --ff RATIO and/or --quant-udfc BITS (see --help)");
+    else if (ff != -1 && !(ff >= 0 && ff < 1)) err_set(&e, ERR_ARG, "--ff: expected a fraction 0 <= RATIO < 1 (see --help)");
+    else if (quant_bits != 0 && (quant_bits < 2 || quant_bits > 8))
+        err_set(&e, ERR_ARG, "--quant-udfc: expected weight bits 2..8, found %d", quant_bits);
     else if (!!cfg_path != !!ckpt_path) err_set(&e, ERR_ARG, "--ldm-config and --ckpt go together (give both or neither)");
     else if (ema == 3) err_set(&e, ERR_ARG, "--ema: expected auto, on or off, found '%s'", ema_s);
     else if (samples < 1) err_set(&e, ERR_ARG, "--samples: expected >= 1, found %d", samples);
@@ -125,6 +133,7 @@ int cmd_compress(int argc, char **argv) {
             return cli_fail("compress", &e);
         cfg_path = zcfg, ckpt_path = zckpt;
     }
+    if (ff < 0) ff = 0;
     PruneOpts po = {ff, l1 ? PRUNE_L1 : PRUNE_L2, !no_udfc, ridge};
     PruneSampling ps = {steps, scale, samples, 16, (uint64_t)seed, on_progress, NULL};
     Progress bar;
@@ -133,7 +142,8 @@ int cmd_compress(int argc, char **argv) {
     WeightFile *wf = NULL;
     Ldm *m = NULL;
     UNet *small = NULL, *big = NULL;
-    FfMoments mom = {0};
+    FfMoments mom = {0}, qmom = {0};
+    PruneQuantSummary qs = {0};
     unsigned char *yaml = NULL;
     size_t yaml_len = 0;
     char *json = NULL;
@@ -160,20 +170,34 @@ int cmd_compress(int argc, char **argv) {
         big = m->unet;
         m->unet = small;
         m->cfg.unet = *unet_config(small);
-        if (!(json = pruned_json(&po, &ps, small, ckpt_path))) rc = err_set(&e, ERR_NOMEM, "out of memory");
     }
+    if (!rc && quant_bits > 0) {
+        rc = prune_ff_quant_moments(m, &ps, quant_bits, &qmom, &e);
+        if (!rc) rc = prune_ff_quant_fold(m->unet, &qmom, ridge, &qs, &e);
+    }
+    if (!rc && !(json = pruned_json(&po, &ps, quant_bits, m->unet, ckpt_path))) rc = err_set(&e, ERR_NOMEM, "out of memory");
     if (!rc) rc = prune_write(m, wf, (const char *)yaml, json, out, &e);
     if (!rc) {
-        printf("pruned %s: %d of %d FeedForward units kept in %d transformer blocks (%s, %s)\n", ckpt_path,
-               s.units_after, s.units_before, s.n_blocks, po.udfc && ff > 0 ? "UDFC reconstruction" : "no reconstruction",
-               l1 ? "l1" : "l2");
-        printf("  UNet parameters: %zu -> %zu (%.1f%% fewer)\n", s.params_before, s.params_after,
-               100.0 * (1.0 - (double)s.params_after / (double)s.params_before));
-        if (po.udfc && ff > 0) printf("  moments: %d trajectories, DDIM %d steps, guidance %g\n", samples, steps, scale);
+        if (ff > 0) {
+            printf("pruned %s: %d of %d FeedForward units kept in %d transformer blocks (%s, %s)\n", ckpt_path,
+                   s.units_after, s.units_before, s.n_blocks, po.udfc ? "UDFC reconstruction" : "no reconstruction",
+                   l1 ? "l1" : "l2");
+            printf("  UNet parameters: %zu -> %zu (%.1f%% fewer)\n", s.params_before, s.params_after,
+                   100.0 * (1.0 - (double)s.params_after / (double)s.params_before));
+        } else {
+            printf("compressed %s: no unit pruned\n", ckpt_path);
+        }
+        if (quant_bits > 0)
+            printf("  quantization UDFC (ff.net.0.proj at W%d): FeedForward output error of the weight quantization "
+                   "%.4g -> %.4g per token, summed over %d blocks (on the moments' own trajectories)\n",
+                   quant_bits, qs.err_before, qs.err_after, qs.n_blocks);
+        if ((po.udfc && ff > 0) || quant_bits > 0)
+            printf("  moments: %d trajectories, DDIM %d steps, guidance %g\n", samples, steps, scale);
         printf("wrote %s (%.1f s)\n", out, clock_seconds() - t0);
     }
     if (big) unet_free(big);
     ff_moments_free(&mom);
+    ff_moments_free(&qmom);
     ldm_free(m);
     weights_close(wf);
     free(lc);

@@ -25,8 +25,9 @@
    has none (its LayerNorms keep no running statistics), so E[u u^T] is measured on the
    teacher's own sampled trajectories - EfficientDM's data-free calibration source: no
    training data, no fine-tuning. The constant 1 in u (an intercept: the units' means) is an
-   effdm addition. λ = ridge x the mean of E[u u^T]'s diagonal keeps the solve stable. Not
-   done: UDFC's reconstruction of quantization error, the attention heads, ResBlock channels.
+   effdm addition. λ = ridge x the mean of E[u u^T]'s diagonal keeps the solve stable.
+   prune_quant.c applies the same solve to weight-quantization error (effdm compress
+   --quant-udfc). Not done: the attention heads, ResBlock channels.
 */
 #ifndef EFFDM_PRUNE_H
 #define EFFDM_PRUNE_H
@@ -64,7 +65,28 @@ typedef struct {
 
 // The moments of teacher m's FeedForwards over s's trajectories (its UNet is left unhooked).
 int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e);
+// Runs s's class-balanced DDIM trajectories through m (whatever hooks its layers carry record
+// what they see): the one data source of every moment here.
+int prune_sample_teacher(Ldm *m, const PruneSampling *s, Err *e);
+
+// UDFC for weight-quantization error (prune_quant.c): mom over v = [h; h_q; 1] per block
+// (mom->m[k] = 2 x units), h_q the hidden units with ff.net.0.proj's weights quantized to
+// `bits` (uniform, per row, min/max range including 0: quant.weight_init max).
+int prune_ff_quant_moments(Ldm *m, const PruneSampling *s, int bits, FfMoments *mom, Err *e);
+
+typedef struct {
+    int n_blocks;
+    double err_before, err_after;  // E||W2 (h - h_q)||^2 and E||W2 h - (W2' h_q + b2' - b2)||^2 per token, summed over blocks
+} PruneQuantSummary;
+
+// Folds h ~ C [h_q; 1] into every ff.net.2 of u, in place (ff.net.0.proj is left FP).
+int prune_ff_quant_fold(UNet *u, const FfMoments *mom, double ridge, PruneQuantSummary *qs, Err *e);
 void ff_moments_free(FfMoments *mom);
+// n_blocks empty blocks (mom->m[k] to be set by the caller); -1 when out of memory (free it).
+int ff_moments_alloc(FfMoments *mom, int n_blocks);
+// Hands block k's sums (upper triangle of (m[k] + 1)^2) to mom, filling the lower triangle;
+// *sum becomes NULL.
+void ff_moments_set(FfMoments *mom, int k, double **sum, double count);
 
 // The units of the FeedForward (proj, out) to keep: keep[0..n_keep) ascending, the n_keep of
 // largest score (ties: the lower index).

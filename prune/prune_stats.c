@@ -41,6 +41,26 @@ static Tensor *record_forward(Ctx *c, ModelLayer *l, Tensor *x) {
     return y;
 }
 
+int ff_moments_alloc(FfMoments *mom, int n_blocks) {
+    memset(mom, 0, sizeof *mom);
+    size_t n = (size_t)(n_blocks ? n_blocks : 1);
+    mom->n_blocks = n_blocks;
+    mom->m = calloc(n, sizeof *mom->m);
+    mom->sum = calloc(n, sizeof *mom->sum);
+    mom->count = calloc(n, sizeof *mom->count);
+    return mom->m && mom->sum && mom->count ? 0 : -1;
+}
+
+void ff_moments_set(FfMoments *mom, int k, double **sum, double count) {
+    const size_t ld = (size_t)mom->m[k] + 1;
+    double *S = *sum;
+    for (size_t i = 0; i < ld; i++)
+        for (size_t j = 0; j < i; j++) S[i * ld + j] = S[j * ld + i];
+    mom->sum[k] = S;
+    mom->count[k] = count;
+    *sum = NULL;
+}
+
 void ff_moments_free(FfMoments *mom) {
     for (int k = 0; mom->sum && k < mom->n_blocks; k++) free(mom->sum[k]);
     free(mom->sum);
@@ -49,15 +69,8 @@ void ff_moments_free(FfMoments *mom) {
     memset(mom, 0, sizeof *mom);
 }
 
-int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
-    memset(mom, 0, sizeof *mom);
-    UNet *u = m->unet;
-    const int nb = unet_ff_blocks(u), B = s->batch > 0 ? s->batch : 16;
-    FfAcc *acc = calloc((size_t)(nb ? nb : 1), sizeof *acc);
-    mom->n_blocks = nb;
-    mom->m = calloc((size_t)(nb ? nb : 1), sizeof *mom->m);
-    mom->sum = calloc((size_t)(nb ? nb : 1), sizeof *mom->sum);
-    mom->count = calloc((size_t)(nb ? nb : 1), sizeof *mom->count);
+int prune_sample_teacher(Ldm *m, const PruneSampling *s, Err *e) {
+    const int B = s->batch > 0 ? s->batch : 16;
     int C, H, W, rc = 0;
     ldm_latent_shape(m, &C, &H, &W);
     const size_t per = (size_t)C * H * W;
@@ -66,24 +79,9 @@ int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
     Rng *rng = malloc((size_t)B * sizeof(Rng));
     Ctx c;
     int ctx_ok = 0;
-    if (!acc || !mom->m || !mom->sum || !mom->count || !z || !y || !rng) {
+    if (!z || !y || !rng) {
         rc = err_set(e, ERR_NOMEM, "prune: out of memory");
         goto done;
-    }
-    for (int k = 0; k < nb; k++) {
-        ModelLayer *proj, *out;
-        unet_ff_layers(u, k, &proj, &out);
-        int ff = out->weight.shape[1];
-        size_t ld = (size_t)ff + 1;
-        acc[k].m = mom->m[k] = ff;
-        acc[k].sum = calloc(ld * ld, sizeof(double));
-        acc[k].rows = malloc((size_t)ACC_CHUNK * ld * sizeof(double));
-        if (!acc[k].sum || !acc[k].rows) {
-            rc = err_set(e, ERR_NOMEM, "prune: out of memory for the moments of %s (%d units)", out->name, ff);
-            goto done;
-        }
-        out->quant = &acc[k];
-        out->quant_forward = record_forward;
     }
     if ((rc = ctx_init(&c, (size_t)16 << 30, e))) goto done;  // address space only
     ctx_ok = 1;
@@ -103,14 +101,40 @@ int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
         if ((rc = sampler_run(&c, m, &so, z, n, cond ? y : NULL, rng, e))) goto done;
         if (s->on_progress) s->on_progress(++done_b, total, s->user);
     }
-    for (int k = 0; k < nb; k++) {  // both triangles
-        size_t ld = (size_t)acc[k].m + 1;
-        for (size_t i = 0; i < ld; i++)
-            for (size_t j = 0; j < i; j++) acc[k].sum[i * ld + j] = acc[k].sum[j * ld + i];
-        mom->sum[k] = acc[k].sum;
-        mom->count[k] = acc[k].count;
-        acc[k].sum = NULL;
+done:
+    if (ctx_ok) ctx_free(&c);
+    free(z);
+    free(y);
+    free(rng);
+    return rc;
+}
+
+int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
+    UNet *u = m->unet;
+    const int nb = unet_ff_blocks(u);
+    FfAcc *acc = calloc((size_t)(nb ? nb : 1), sizeof *acc);
+    int rc = 0;
+    if (ff_moments_alloc(mom, nb) || !acc) {
+        rc = err_set(e, ERR_NOMEM, "prune: out of memory");
+        goto done;
     }
+    for (int k = 0; k < nb; k++) {
+        ModelLayer *proj, *out;
+        unet_ff_layers(u, k, &proj, &out);
+        int ff = out->weight.shape[1];
+        size_t ld = (size_t)ff + 1;
+        acc[k].m = mom->m[k] = ff;
+        acc[k].sum = calloc(ld * ld, sizeof(double));
+        acc[k].rows = malloc((size_t)ACC_CHUNK * ld * sizeof(double));
+        if (!acc[k].sum || !acc[k].rows) {
+            rc = err_set(e, ERR_NOMEM, "prune: out of memory for the moments of %s (%d units)", out->name, ff);
+            goto done;
+        }
+        out->quant = &acc[k];
+        out->quant_forward = record_forward;
+    }
+    if ((rc = prune_sample_teacher(m, s, e))) goto done;
+    for (int k = 0; k < nb; k++) ff_moments_set(mom, k, &acc[k].sum, acc[k].count);
 done:
     for (int k = 0; acc && k < nb; k++) {
         ModelLayer *proj, *out;
@@ -119,11 +143,7 @@ done:
         free(acc[k].sum);
         free(acc[k].rows);
     }
-    if (ctx_ok) ctx_free(&c);
     free(acc);
-    free(z);
-    free(y);
-    free(rng);
     if (rc) ff_moments_free(mom);
     return rc;
 }

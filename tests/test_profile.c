@@ -104,15 +104,26 @@ static void test_counts_and_blocks(void **state) {
     int ib0 = find_block(p, "input_blocks.0");
     assert_int_equal(p->block_count[ib0][0], 1);  // conv_in only
     assert_int_equal(p->block_count[ib0][1], 1);  // and its backward node
+    // conv_in's GEMM work in closed form: 2 x N x H x W x C_out x C_in x 3 x 3 forward, twice
+    // that backward (forward_backward's input: N = 2, C_in 4, 8 x 8)
+    double conv_in = 2.0 * 2 * 8 * 8 * cfg.model_channels * 4 * 9;
+    assert_true(fabs(p->block_flops[ib0][0] - conv_in) <= 1e-9 * conv_in);
+    assert_true(fabs(p->block_flops[ib0][1] - 2 * conv_in) <= 1e-9 * conv_in);
 
     // two partitions of one total; op calls add up too
-    double total = prof_total(p), blocks = 0;
+    double total = prof_total(p), blocks = 0, flops = 0, block_flops = 0;
     long calls = 0, block_calls = 0;
     for (int i = 0; i < p->n_blocks; i++) {
         blocks += p->block_sec[i][0] + p->block_sec[i][1];
         block_calls += p->block_count[i][0] + p->block_count[i][1];
+        block_flops += p->block_flops[i][0] + p->block_flops[i][1];
     }
-    for (int i = 0; i < OP_COUNT; i++) calls += p->count[0][i] + p->count[1][i];
+    for (int i = 0; i < OP_COUNT; i++) {
+        calls += p->count[0][i] + p->count[1][i];
+        flops += p->flops[0][i] + p->flops[1][i];
+    }
+    assert_true(flops > 0);
+    assert_true(fabs(block_flops - flops) <= 1e-12 * flops);
     assert_true(total > 0);
     assert_true(fabs(blocks - total) <= TOL_PARTITION * total);
     assert_int_equal(block_calls, calls);

@@ -4,7 +4,9 @@
    - effdm compress on the shipped teacher: ratio 0 is bit-identical to no pruning; at 0.5
      the tensors shrink, the widths are read back by the loader, and the UDFC model's
      sampled latents are closer to the unpruned model's than pruning without it; the moments count
-     every token the sampler showed the FeedForwards; bad input exits 2 with no file. */
+     every token the sampler showed the FeedForwards; bad input exits 2 with no file;
+   - UDFC for quantization error (--quant-udfc): its moments' FP part equals the pruning
+     moments, and with ff.net.0.proj quantized the corrected model samples closer to FP. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -283,9 +285,85 @@ static void expect_bad(const char *args, const char *needle) {
     assert_int_not_equal(stat(tmp("bad.safetensors"), &st), 0);
 }
 
+// Uniform per-row quantization with min/max ranges including 0, written out here (METHOD.md's
+// quant.weight_init max): W -> (clamp(rint(W/Δ) + z, 0, 2^b - 1) - z) Δ, z = rint(-lo/Δ).
+static void fake_quant_rows(Tensor *w, int bits) {
+    const int rows = w->shape[0], len = (int)(w->n / (size_t)rows), qmax = (1 << bits) - 1;
+    for (int r = 0; r < rows; r++) {
+        float *x = w->data + (size_t)r * len;
+        double lo = 0, hi = 0;
+        for (int i = 0; i < len; i++) lo = x[i] < lo ? x[i] : lo, hi = x[i] > hi ? x[i] : hi;
+        double d = (hi - lo) / qmax, z = rint(-lo / d);
+        for (int i = 0; i < len; i++) {
+            double q = rint(x[i] / d) + z;
+            q = q < 0 ? 0 : q > qmax ? qmax : q;
+            x[i] = (float)((q - z) * d);
+        }
+    }
+}
+
+static void fake_quant_ff_proj(Ldm *m, int bits) {
+    for (int k = 0; k < unet_ff_blocks(m->unet); k++) {
+        ModelLayer *p, *o;
+        unet_ff_layers(m->unet, k, &p, &o);
+        fake_quant_rows(&p->weight, bits);
+    }
+}
+
+// UDFC for quantization error: the moments' h block is the FP hidden units (the same sums as
+// the pruning moments, taken at ff.net.2's input by another hook); with ff.net.0.proj
+// quantized to 3 bits (by the loop above, not effdm's quantizer), the model whose ff.net.2
+// absorbed the error samples closer to the FP teacher than the one without; every tensor but
+// ff.net.2's is untouched.
+static void test_quant_udfc(void **state) {
+    (void)state;
+    Ldm *m = load(zoo("model.ckpt"));
+    PruneSampling ps = {4, 3.0, 3, 3, 5, NULL, NULL};
+    FfMoments mh, mq;
+    Err e = {0};
+    if (prune_ff_moments(m, &ps, &mh, &e)) fail_msg("%s", e.msg);
+    if (prune_ff_quant_moments(m, &ps, 3, &mq, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(mq.n_blocks, mh.n_blocks);
+    for (int k = 0; k < mh.n_blocks; k++) {
+        const int M = mh.m[k], L = 2 * M + 1;
+        assert_int_equal(mq.m[k], 2 * M);
+        assert_true(mq.count[k] == mh.count[k]);
+        double scale = 0, worst = 0;
+        for (int a = 0; a < M; a++) scale = fmax(scale, fabs(mh.sum[k][(size_t)a * (M + 1) + a]));
+        for (int a = 0; a <= M; a++)
+            for (int b = 0; b <= M; b++) {
+                int qa = a < M ? a : 2 * M, qb = b < M ? b : 2 * M;  // the constant is the last entry of both
+                worst = fmax(worst, fabs(mq.sum[k][(size_t)qa * L + qb] - mh.sum[k][(size_t)a * (M + 1) + b]));
+            }
+        if (worst > 1e-5 * scale) fail_msg("block %d: h moments differ by %g (scale %g)", k, worst, scale);
+    }
+    ff_moments_free(&mh), ff_moments_free(&mq);
+    ldm_free(m);
+
+    compress("--quant-udfc 3", "q3.safetensors");
+    Ldm *fp = load(zoo("model.ckpt")), *plain = load(zoo("model.ckpt")), *fixed = load(tmp("q3.safetensors"));
+    for (int i = 0; i < unet_param_tensors(fp->unet); i++) {
+        const char *na;
+        Tensor *a = unet_param_at(fp->unet, i, &na), *b = unet_param_at(fixed->unet, i, NULL);
+        assert_int_equal(a->n, b->n);
+        if (!strstr(na, "ff.net.2.")) assert_memory_equal(a->data, b->data, a->n * sizeof(float));
+    }
+    fake_quant_ff_proj(plain, 3);
+    fake_quant_ff_proj(fixed, 3);
+    size_t n;
+    float *of = sample_latents(fp, &n), *op = sample_latents(plain, &n), *ox = sample_latents(fixed, &n);
+    double ep = rel_l2(op, of, n), ex = rel_l2(ox, of, n);
+    print_message("  sampled latents vs FP, ff.net.0.proj at W3: with quantization UDFC rel L2 %.4g, without %.4g\n", ex, ep);
+    assert_true(ex < ep);
+    free(of), free(op), free(ox);
+    ldm_free(fp), ldm_free(plain), ldm_free(fixed);
+}
+
 static void test_compress_bad_input(void **state) {
     (void)state;
     expect_bad("--ff 1", "--ff");
+    expect_bad("", "nothing to do");
+    expect_bad("--quant-udfc 1", "--quant-udfc");
     expect_bad("--ff 0.3 --reconstruct magic", "--reconstruct");
     expect_bad("--ff 0.3 --ldm-config x.yaml", "--ldm-config and --ckpt");
     char args[1200];
@@ -297,7 +375,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_udfc_closed_form), cmocka_unit_test(test_select_by_norm),
         cmocka_unit_test(test_moments_count),    cmocka_unit_test(test_compress_cli),
-        cmocka_unit_test(test_pruned_exports),   cmocka_unit_test(test_compress_bad_input),
+        cmocka_unit_test(test_pruned_exports),   cmocka_unit_test(test_quant_udfc),
+        cmocka_unit_test(test_compress_bad_input),
     };
     return cmocka_run_group_tests_name("prune", tests, setup, teardown);
 }

@@ -3,10 +3,12 @@
 #
 #   SEEDS="0 1 2" scripts/quality/prune.sh [VARIANT...]   # default: the ff30 rows and the speed
 #   scripts/quality/prune.sh --speed                      # only the sampling-speed ratios
+#   scripts/quality/prune.sh --flops                      # only the UNet MFLOP per image
 #
 # 1. The pruned FP checkpoints runs/prune/ff<R>-<udfc|none>.safetensors (R = 10, 30, 50% of
 #    every FeedForward's units; effdm compress with its defaults: 64 teacher trajectories for
-#    the UDFC moments), each made once.
+#    the UDFC moments), and q4udfc / ff30-udfc-q4udfc (--quant-udfc 4: ff.net.2 absorbs the
+#    W4 quantization error of ff.net.0.proj; for W4 runs only), each made once.
 # 2. scripts/quality.sh on the shipped teacher's cache (runs/quantizers, where the FP teacher's
 #    samples of the same seeds are): the fp-ff* variants are those checkpoints sampled as they
 #    are, the ptq-w4a8-ff* variants their naive W4A8 PTQ; paired with the FP samples by
@@ -26,14 +28,19 @@ Q=$QUALITY_DIR
 mkdir -p runs/prune "$Q/meta" "$Q/logs"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
+compress() {  # NAME ARGS...: runs/prune/NAME.safetensors, made once
+    local name=$1 out=runs/prune/$1.safetensors
+    shift
+    [[ -f $out ]] && return 0
+    log "compress $*"
+    "$EFFDM" compress "$@" --out "$out" > "$Q/logs/prune-$name.log" 2>&1
+}
 for r in 10 30 50; do
-    for mode in udfc none; do
-        out=runs/prune/ff$r-$mode.safetensors
-        [[ -f $out ]] && continue
-        log "compress --ff 0.$r --reconstruct $mode"
-        "$EFFDM" compress --ff "0.$r" --reconstruct $mode --out "$out" > "$Q/logs/prune-ff$r-$mode.log" 2>&1
-    done
+    for mode in udfc none; do compress ff$r-$mode --ff "0.$r" --reconstruct $mode; done
 done
+# UDFC for the weight-quantization error of ff.net.0.proj at W4 (the ptq-*-q4udfc variants)
+compress q4udfc --quant-udfc 4
+compress ff30-udfc-q4udfc --ff 0.3 --quant-udfc 4
 
 speed() {
     local out=$Q/meta/prune_speed.json
@@ -74,7 +81,28 @@ EOF
     cat "$out"
 }
 
+flops() {  # GEMM MFLOP of one UNet forward of one image, per checkpoint -> meta/prune_flops.json
+    local out=$Q/meta/prune_flops.json Z=models/zoo/fmnist-ldm tmp
+    tmp=$(mktemp -d)
+    : > "$tmp/flops"
+    for k in fp ff10-udfc ff10-none ff30-udfc ff30-none ff50-udfc ff50-none; do
+        local ck=runs/prune/$k.safetensors
+        [[ $k == fp ]] && ck=$Z/model.ckpt
+        # one image, one step, no guidance: one UNet forward and the decode (block first_stage)
+        "$EFFDM" sample --ldm-config $Z/config.yaml --ckpt "$ck" --n 1 --steps 1 --scale 1 --seed 0 \
+            --threads 1 --profile --out "$tmp/s" > "$tmp/log" 2>&1
+        awk -v k=$k '/^profile by block/ {b = 1; next} b && NF == 8 && $1 != "block" && $1 != "first_stage" {s += $8}
+                     END {printf "%s %.6f\n", k, s}' "$tmp/log" >> "$tmp/flops"
+        rm -rf "$tmp/s"
+    done
+    "$PY" -c 'import json, sys; json.dump({l.split()[0]: float(l.split()[1]) for l in open(sys.argv[1])}, open(sys.argv[2], "w"), indent=1)' \
+        "$tmp/flops" "$out"
+    rm -rf "$tmp"
+    cat "$out"
+}
+
 if [[ ${1:-} == --speed ]]; then speed; exit 0; fi
+if [[ ${1:-} == --flops ]]; then flops; exit 0; fi
 if [[ $# -eq 0 ]]; then
     set -- fp-ff30-udfc fp-ff30-none ptq-w4a8 ptq-w4a8-ff30-udfc ptq-w4a8-ff30-none
     "$HERE/../quality.sh" "$@"

@@ -135,6 +135,8 @@ def paired(n_filter):
         wa = variant_desc(name)[1]
         if name.endswith("-udfc"):  # pruning with UDFC against the same pruning without it
             pairs.append((name, name[:-len("-udfc")] + "-none"))
+        if name.endswith("-q4udfc") and name.count("-") > 2:  # quantization UDFC against the same pruned
+            pairs.append((name, name[:-len("-q4udfc")]))      # checkpoint without it (else: vs ptq below)
         if name.startswith("fp-"):
             continue
         ptq = "ptq-w%sa%s" % tuple(wa.split("/"))  # the naive PTQ variant of the same bits
@@ -250,16 +252,24 @@ def prune_section():
     """The pruned models' sizes (effdm compress logs) and the sampling-speed ratios measured in
     one run (scripts/quality/prune.sh -> meta/prune_speed.json)."""
     out = []
+    fl = jload(os.path.join(Q, "meta", "prune_flops.json")) or {}
+    def mflop(k):
+        return "%.2f" % fl[k] if k in fl else "-"
     for log in sorted(glob.glob(os.path.join(Q, "logs", "prune-ff*.log"))):
         t = open(log, errors="replace").read()
         m = re.search(r"(\d+) of (\d+) FeedForward units kept .*?\n\s*UNet parameters: (\d+) -> (\d+)", t, re.S)
         if m:
-            out.append("| `%s` | %s of %s | %s -> %s (%.1f%% fewer) |" % (
-                os.path.basename(log)[6:-4], m.group(1), m.group(2), m.group(3), m.group(4),
-                100 * (1 - int(m.group(4)) / int(m.group(3)))))
+            name = os.path.basename(log)[6:-4]
+            out.append("| `%s` | %s of %s | %s -> %s (%.1f%% fewer) | %s -> %s |" % (
+                name, m.group(1), m.group(2), m.group(3), m.group(4),
+                100 * (1 - int(m.group(4)) / int(m.group(3))), mflop("fp"), mflop(name)))
     if out:
-        out = ["### Pruning: sizes (`effdm compress`)", "", "| pruned checkpoint | FeedForward units kept | UNet parameters |",
-               "|---|---|---|"] + out + [""]
+        out = ["### Pruning: sizes (`effdm compress`)", "",
+               "UNet work: MFLOP of GEMM work (conv, linear, attention) of one UNet forward of one image, "
+               "counted by `effdm sample --profile` (scripts/quality/prune.sh --flops); an export runs the "
+               "same GEMM shapes in integers.", "",
+               "| pruned checkpoint | FeedForward units kept | UNet parameters | UNet MFLOP per image |",
+               "|---|---|---|---|"] + out + [""]
     sp = jload(os.path.join(Q, "meta", "prune_speed.json"))
     if sp:
         s = sp["cpu_seconds_64_images"]
