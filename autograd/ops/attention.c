@@ -21,6 +21,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/profile.h"
+#include "autograd/ops/fastmath.h"
 #include "autograd/ops/gemm_util.h"
 
 typedef struct {
@@ -28,57 +29,13 @@ typedef struct {
     float scale;  // > 0
 } AttnGeom;
 
-/* e^x for x <= 0 as plain arithmetic that the compiler vectorizes (libm's expf is a
-   call per element: with it, softmax took 30% of the attention forward in perf).
-   Range reduction x = k ln2 + r, |r| <= ln2 / 2, then a degree-7 Taylor polynomial
-   (truncation 5e-9 relative) scaled by 2^k built in the exponent bits: within 1e-7
-   relative of exp over [-87, 0]. Below -87.3 (e^x < FLT_MIN) it returns 0, through a
-   bit mask because a float select blocks vectorization; NaN stays NaN. */
-static inline float exp_nonpos(float x) {
-    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-    float t = x * 1.44269504f + shifter;
-    float k = t - shifter;
-    float r = x - k * 0.693145752f;      // ln2 in two parts: k * the first is exact
-    r = r - k * 1.42860677e-6f;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    // t's bits are 0x4B400000 + k: rebuild 2^k as exponent bits k + 127. Unsigned, so
-    // that out-of-range k (x < -87.3, masked below; NaN) wraps instead of being undefined.
-    uint32_t tb, yb;
-    memcpy(&tb, &t, sizeof tb);
-    uint32_t eb = (tb - 0x4B400000u + 127u) << 23;
-    float two_k, y;
-    memcpy(&two_k, &eb, sizeof two_k);
-    y = p * two_k;
-    memcpy(&yb, &y, sizeof yb);
-    yb &= 0u - (uint32_t)!(x < -87.3f);
-    memcpy(&y, &yb, sizeof y);
-    return y;
-}
-
 #define SOFTMAX_LANES 16  // fixed partial sums, so the double sums vectorize
 
-/* The softmax loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load
-   time: the build targets baseline x86-64 (SSE2), where softmax took a third of the
-   single-thread attention forward. The clones give identical bits (checked on this
-   code): no loop reorders a float sum (the partial sums are per lane) and ISO C mode
-   (-std=c11) keeps GCC from fusing multiply-adds. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SOFTMAX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SOFTMAX_CLONES
-#endif
 
 /* s[0..n) <- softmax(s * scale). The row max is subtracted before exp so no exp
    overflows; the sum is taken in double over SOFTMAX_LANES partial sums in a fixed order
    (a max needs no fixed order, so its loop is left to omp simd). */
-SOFTMAX_CLONES static void softmax_row(float *s, int n, float scale) {
+FASTMATH_CLONES static void softmax_row(float *s, int n, float scale) {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int j = 0; j < n; j++) {
@@ -101,7 +58,7 @@ SOFTMAX_CLONES static void softmax_row(float *s, int n, float scale) {
 
 /* dS = P (dP - sum_j dP_j P_j) for one row, in place over dp; the sum in double over
    SOFTMAX_LANES partial sums. */
-SOFTMAX_CLONES static void softmax_row_backward(float *dp, const float *p, int n) {
+FASTMATH_CLONES static void softmax_row_backward(float *dp, const float *p, int n) {
     double acc[SOFTMAX_LANES] = {0};
     int j = 0;
     for (; j + SOFTMAX_LANES <= n; j += SOFTMAX_LANES)
