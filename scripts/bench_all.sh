@@ -32,7 +32,8 @@
 # Every bench's full output is kept in the temp dir while it runs and printed on failure.
 #
 # Needs: a Release build (cmake --build build: build/effdm, build/bench/{finetune,sample,qsample,
-# inception}); what the peer needs (/work/shared/peer/README.md): python3-torch python3-yaml
+# inception}); what the peer needs (/work/shared/peer/README.md; omegaconf: the stand-in in
+# scripts/teachers, put on PYTHONPATH by bench_peer.sh and peer_sample.py): python3-torch python3-yaml
 # python3-pil python3-tqdm libopenblas0-pthread, checkouts of CompVis/latent-diffusion at $LDM
 # (default /tmp/ldm) and ThisisBillhe/EfficientDM at $EDM (default /tmp/edm_ref), the peer folder
 # at $PEER (default /work/shared/peer); the Inception weights: bench/inception's default (the
@@ -90,8 +91,10 @@ echo "mode: $([ $QUICK = 1 ] && echo quick || echo full), threads $THREADS, OMP_
 import torch
 torch.mm(torch.ones(64, 64), torch.ones(64, 64))
 libs = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'blas' in l.lower() and '/' in l})
-cfg = [l.strip() for l in torch.__config__.show().splitlines() if 'BLAS' in l or 'CPU capability' in l]
-print('torch %s BLAS: %s (%s)' % (torch.__version__, ', '.join(libs) or 'none mapped', '; '.join(cfg)))
+import re
+show = torch.__config__.show()
+cfg = re.findall(r'BLAS_INFO=\w+|CPU capability usage: \w+|USE_MKLDNN=\w+', show)
+print('torch %s BLAS: %s (%s)' % (torch.__version__, ', '.join(libs) or 'none mapped', ', '.join(cfg)))
 EOF
 EFFDM_OPENBLAS=$(ldd build/effdm | awk '/openblas|libblas/ { print $3; exit }')
 /usr/bin/python3 - "$EFFDM_OPENBLAS" <<'EOF' || echo "effdm BLAS: $EFFDM_OPENBLAS"
