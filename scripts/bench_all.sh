@@ -29,7 +29,9 @@
 # average), the BLAS each side resolved (torch: the libblas/openblas mapped into the process after
 # a matmul; effdm: the libopenblas build/effdm links, its openblas_get_config() and the threading
 # effdm uses), and the integer kernel bench/qsample picked ($EFFDM_KERNEL forces one).
-# Every bench's full output is kept in the temp dir while it runs and printed on failure.
+# Every bench's full output is kept in the temp dir while it runs and printed on failure. The
+# benches run at the script's own priority, all alike (`nice scripts/bench_all.sh` to lower it:
+# a nice inside would stack onto the caller's and starve the peer on a loaded machine).
 #
 # Needs: a Release build (cmake --build build: build/effdm, build/bench/{finetune,sample,qsample,
 # inception}); what the peer needs (/work/shared/peer/README.md; omegaconf: the stand-in in
@@ -79,7 +81,12 @@ run() {
     fi
 }
 # row MEASURE PYTORCH EFFDM RATIO TARGET: a table row; RATIO "-" when there is none, TARGET ">= x"
-row() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >> "$ROWS"; }
+# (plain numbers in the PyTorch / effdm columns are printed with 4 significant digits)
+row() {
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" |
+        awk -F'\t' -v OFS='\t' '{ for (i = 2; i <= 3; i++) if ($i != "" && $i + 0 == $i) $i = sprintf("%.4g", $i); print }' \
+        >> "$ROWS"
+}
 num() { awk -v x="$1" 'BEGIN { exit !(x + 0 == x && x > 0) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
@@ -106,7 +113,7 @@ EOF
 
 # ---- distillation step: bench_peer.sh (effdm, peer, effdm) ----
 if [ $QUICK = 1 ]; then EPOCHS=1; else EPOCHS=2; fi
-run step nice scripts/bench_peer.sh --threads "$THREADS" --epochs "$EPOCHS"
+run step scripts/bench_peer.sh --threads "$THREADS" --epochs "$EPOCHS"
 sed 's/^/  /' "$TMP/step.out"
 # "ratio  peer / effdm = R  (effdm E s/step, peer P s/step; target >= 2)"
 E=$(awk '/^ratio/ { print $8 }' "$TMP/step.out")
@@ -116,8 +123,8 @@ row "W4A4 distillation step, batch 2 (s/step)" "$P" "$E" "$(ratio "$P" "$E")" ">
 
 # ---- FP UNet forward and 50-step DDIM: peer_sample.py and bench/sample ----
 if [ $QUICK = 1 ]; then REPS=1; else REPS=5; fi
-run peer_sample nice /usr/bin/python3 bench/peer_sample.py --threads "$THREADS" --reps "$REPS"
-run sample nice build/bench/sample --threads "$THREADS"
+run peer_sample /usr/bin/python3 bench/peer_sample.py --threads "$THREADS" --reps "$REPS"
+run sample build/bench/sample --threads "$THREADS"
 sed 's/^/  torch: /' "$TMP/peer_sample.err" | grep -E 'unet|ddim'
 sed 's/^/  effdm: /' "$TMP/sample.out"
 pj() { tail -n 1 "$TMP/peer_sample.out" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
@@ -136,12 +143,13 @@ row "FP DDIM 50 steps, guidance 3, 64 images, batch 64 (s)" "$P" "$E" "$(ratio "
 for q in w4a4 w4a8; do
     if [ $QUICK = 1 ]; then SMALL="--set calib.steps=50 --set calib.n_samples=4"; else SMALL=; fi
     # shellcheck disable=SC2086
-    run "calib_$q" nice build/effdm calibrate --config "configs/fmnist-ldm-$q.yaml" --set "run.out=$TMP/run_$q" \
-        $SMALL --threads "$THREADS"
-    run "export_$q" nice build/effdm export --run "$TMP/run_$q" --out "$TMP/$q.safetensors"
+    # no sampling-gain fits at export (minutes of sampling; a gain does not change the speed)
+    run "calib_$q" build/effdm calibrate --config "configs/fmnist-ldm-$q.yaml" --set "run.out=$TMP/run_$q" \
+        --set train.guidance_gain=off --set train.eps_gain=off $SMALL --threads "$THREADS"
+    run "export_$q" build/effdm export --run "$TMP/run_$q" --out "$TMP/$q.safetensors"
 done
 if [ $QUICK = 1 ]; then ROUNDS=1; else ROUNDS=3; fi
-run qsample nice build/bench/qsample --w4a8 "$TMP/w4a8.safetensors" --w4a4 "$TMP/w4a4.safetensors" \
+run qsample build/bench/qsample --w4a8 "$TMP/w4a8.safetensors" --w4a4 "$TMP/w4a4.safetensors" \
     --threads "$THREADS" --rounds "$ROUNDS"
 sed 's/^/  effdm: /' "$TMP/qsample.out"
 KERNEL=$(sed -n 's/.*kernel=\([^ ]*\).*/\1/p' "$TMP/qsample.out" | head -n 1)
@@ -153,14 +161,14 @@ for q in W4A4 W4A8; do
     Q=$(qwall "$(echo $q | tr "[:upper:]" "[:lower:]")" int)
     num "$FP" && num "$Q" || { echo "$0: cannot read bench/qsample's wall-time rows" >&2; exit 1; }
     if [ $q = W4A4 ]; then T=">= 3"; else T="-"; fi
-    row "$q export ($KERNEL) vs effdm FP: DDIM 20 steps, guidance 3, 64 images (s; FP in the effdm-FP column)" \
-        "-" "$FP / $Q" "$(ratio "$FP" "$Q")" "$T"
+    row "$q export ($KERNEL kernel) sampling: DDIM 20 steps, guidance 3, 64 images (s: effdm FP / $q)" \
+        "-" "$(awk -v a="$FP" -v b="$Q" 'BEGIN { printf "%.4g / %.4g", a, b }')" "$(ratio "$FP" "$Q")" "$T"
 done
 
 # ---- Inception ----
 if [ $QUICK = 1 ]; then IB=8; IS=1; else IB=32; IS=3; fi
 # shellcheck disable=SC2086
-run inception nice build/bench/inception ${INCEPTION_WEIGHTS:+--weights "$INCEPTION_WEIGHTS"} \
+run inception build/bench/inception ${INCEPTION_WEIGHTS:+--weights "$INCEPTION_WEIGHTS"} \
     --batches "$IB" --threads-list "$THREADS" --seconds "$IS"
 sed 's/^/  effdm: /' "$TMP/inception.out"
 E=$(awk '/^inception  threads/ { print $8 }' "$TMP/inception.out" | tail -n 1)
@@ -169,8 +177,8 @@ row "FID Inception 299x299, batch $IB, $THREADS threads (images/s)" "-" "$E" "-"
 
 # ---- cin256 (opt-in) ----
 if [ $CIN256 = 1 ]; then
-    run cin_effdm nice build/bench/finetune --model cin256 --threads "$THREADS" --steps 3 --warmup 1
-    run cin_peer nice /usr/bin/python3 bench/peer_cin256.py --threads "$THREADS" --batch 2 --steps 4
+    run cin_effdm build/bench/finetune --model cin256 --threads "$THREADS" --steps 3 --warmup 1
+    run cin_peer /usr/bin/python3 bench/peer_cin256.py --threads "$THREADS" --batch 2 --steps 4
     E=$(awk '/^  s\/step +median/ { print $3 }' "$TMP/cin_effdm.out")
     P=$(tail -n 1 "$TMP/cin_peer.out" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['sec_per_step_median'])")
     num "$E" && num "$P" || { echo "$0: cannot read the cin256 rows" >&2; exit 1; }

@@ -37,7 +37,8 @@ EDM="${EDM:-/tmp/edm_ref}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # CompVis's UNetModel imports omegaconf, which Debian 12 does not package: the repo's stand-in
 # (as bench/peer_sample.py uses); an installed omegaconf is not shadowed by it
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/scripts/teachers"
+PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/scripts/teachers"
+export PYTHONPATH
 BENCH=build/bench/finetune
 [ -x "$BENCH" ] || { echo "$0: $BENCH not built (cmake --build build)" >&2; exit 2; }
 [ -f "$PEER/peer_edm.py" ] || { echo "$0: no $PEER/peer_edm.py (set PEER)" >&2; exit 2; }
