@@ -27,8 +27,8 @@
 # the numbers are rough. Without it: the benches' own defaults (peer 2 epochs, 5 reps, 3 rounds).
 # Before the table it prints the machine (CPU model, cores, avx2/avx512f/avx512_vnni/amx flags, load
 # average), the BLAS each side resolved (torch: the libblas/openblas mapped into the process after
-# a matmul; effdm: the libopenblas build/effdm links, its openblas_get_config() and the threading
-# effdm uses), and the integer kernel bench/qsample picked ($EFFDM_KERNEL forces one).
+# a matmul; effdm: the libopenblas build/effdm links, its openblas_get_config(), the kernels it
+# runs (openblas_get_corename, $OPENBLAS_CORETYPE) and the threading effdm uses), and the integer kernel bench/qsample picked ($EFFDM_KERNEL forces one).
 # Every bench's full output is kept in the temp dir while it runs and printed on failure. The
 # benches run at the script's own priority, all alike (`nice scripts/bench_all.sh` to lower it:
 # a nice inside would stack onto the caller's and starve the peer on a loaded machine).
@@ -106,9 +106,11 @@ EOF
 EFFDM_OPENBLAS=$(ldd build/effdm | awk '/openblas|libblas/ { print $3; exit }')
 /usr/bin/python3 - "$EFFDM_OPENBLAS" <<'EOF' || echo "effdm BLAS: $EFFDM_OPENBLAS"
 import ctypes, os, sys
-lib = ctypes.CDLL(sys.argv[1]); lib.openblas_get_config.restype = ctypes.c_char_p
-print('effdm BLAS: %s (%s), %s; effdm runs it single-threaded inside its own OpenMP GEMM tiles'
-      % (sys.argv[1], os.path.realpath(sys.argv[1]), lib.openblas_get_config().decode()))
+lib = ctypes.CDLL(sys.argv[1])
+lib.openblas_get_config.restype = lib.openblas_get_corename.restype = ctypes.c_char_p
+print('effdm BLAS: %s (%s), %s, kernels %s (OPENBLAS_CORETYPE=%s); effdm runs it single-threaded inside its own '
+      'OpenMP GEMM tiles' % (sys.argv[1], os.path.realpath(sys.argv[1]), lib.openblas_get_config().decode(),
+                             lib.openblas_get_corename().decode(), os.environ.get('OPENBLAS_CORETYPE', 'unset')))
 EOF
 
 # ---- distillation step: bench_peer.sh (effdm, peer, effdm) ----
