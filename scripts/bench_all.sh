@@ -35,7 +35,7 @@
 #
 # Needs: a Release build (cmake --build build: build/effdm, build/bench/{finetune,sample,qsample,
 # inception}); what the peer needs (/work/shared/peer/README.md; omegaconf: the stand-in in
-# scripts/teachers, put on PYTHONPATH by bench_peer.sh and peer_sample.py): python3-torch python3-yaml
+# scripts/teachers, put on PYTHONPATH here and by bench_peer.sh and peer_sample.py): python3-torch python3-yaml
 # python3-pil python3-tqdm libopenblas0-pthread, checkouts of CompVis/latent-diffusion at $LDM
 # (default /tmp/ldm) and ThisisBillhe/EfficientDM at $EDM (default /tmp/edm_ref), the peer folder
 # at $PEER (default /work/shared/peer); the Inception weights: bench/inception's default (the
@@ -60,6 +60,9 @@ done
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 PEER="${PEER:-/work/shared/peer}"
 export LDM="${LDM:-/tmp/ldm}" EDM="${EDM:-/tmp/edm_ref}" PEER
+# the omegaconf stand-in for CompVis's UNetModel (bench/peer_cin256.py does not add it itself)
+PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/scripts/teachers"
+export PYTHONPATH
 for b in build/effdm build/bench/finetune build/bench/sample build/bench/qsample build/bench/inception; do
     [ -x "$b" ] || { echo "$0: $b not built (cmake --build build)" >&2; exit 2; }
 done
