@@ -220,14 +220,22 @@ static IncConv *find_conv(Inception *m, const char *block, const char *branch) {
     return NULL;  // a typo below: caught by the first run of any test
 }
 
-// BasicConv2d: relu(conv(x) + folded BN).
+// BasicConv2d: relu(conv(x) + folded BN). inception_forward runs with gradients off.
 static Tensor *bconv(Ctx *c, Inception *m, Tensor *x, const char *block, const char *branch) {
     IncConv *cv = find_conv(m, block, branch);
     if (!cv) {
         err_set(&c->err, ERR_INTERNAL, "inception: no layer %s.%s", block, branch ? branch : "");
         return NULL;
     }
-    return t_relu(c, t_conv2d_ex(c, x, &cv->w, &cv->b, cv->sh, cv->sw, cv->ph, cv->pw));
+    Tensor *y = t_conv2d_ex(c, x, &cv->w, &cv->b, cv->sh, cv->sw, cv->ph, cv->pw);
+    if (!y) return NULL;
+    // ReLU in place, as t_relu computes it (`v < 0 ? 0 : v`, NaN passes): the forward runs
+    // without gradients (nothing keeps the conv output), so no second tensor and no second
+    // write of fresh memory
+    float *d = y->data;
+#pragma omp parallel for schedule(static) if (y->n >= 65536)
+    for (size_t i = 0; i < y->n; i++) d[i] = d[i] < 0 ? 0 : d[i];
+    return y;
 }
 
 // Ends a block's scope keeping only its output (the branches' intermediates are freed).

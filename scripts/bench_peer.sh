@@ -13,7 +13,7 @@
 # the median of its per-step times (p_sample_ddim: teacher + student forward, backward, AdamW);
 # effdm reports the median of 20 steps after 3 warm-up steps.
 # Needs: build/bench/finetune (cmake --build build), the peer's Python setup
-# (python3-torch, python3-yaml, python3-tqdm, python3-omegaconf, libopenblas0-pthread; $LDM and
+# (python3-torch, python3-yaml, python3-tqdm, libopenblas0-pthread; omegaconf: scripts/teachers' stand-in; $LDM and
 # $EDM checkouts, default /tmp/ldm and /tmp/edm_ref). $PEER overrides the peer's folder.
 # The peer's cin256 is not offered: peer_edm.py is written for the shipped teacher (its
 # calibration alone would run 16 x 100 cin256 teacher forwards).
@@ -35,6 +35,10 @@ EDM="${EDM:-/tmp/edm_ref}"
 # libgomp): PASSIVE unless the caller set one. With the default spin policy on a loaded machine
 # the peer's teacher sampling ran 36x slower (4.9 s per DDIM step instead of 0.13 s).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# CompVis's UNetModel imports omegaconf, which Debian 12 does not package: the repo's stand-in
+# (as bench/peer_sample.py uses); an installed omegaconf is not shadowed by it
+PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/scripts/teachers"
+export PYTHONPATH
 BENCH=build/bench/finetune
 [ -x "$BENCH" ] || { echo "$0: $BENCH not built (cmake --build build)" >&2; exit 2; }
 [ -f "$PEER/peer_edm.py" ] || { echo "$0: no $PEER/peer_edm.py (set PEER)" >&2; exit 2; }

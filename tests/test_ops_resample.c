@@ -102,6 +102,49 @@ static void test_max_pool_reference(void **state) {
     check_pool(2, 64, 32, 32, (Pool){3, 2, 1, 0}, 1, &r);  // threaded
 }
 
+// The pooling ops run the windows that need no clipping with the output column innermost
+// (vectorized). Each output must still take its elements in the plain window order (rows,
+// then columns, summed in float from 0): equal bit for bit to that loop, written here, in no-grad
+// mode (max pool then skips its argmax) and with NaNs planted (a NaN wins a max window, as torch).
+static void test_pool_interior_bit_exact(void **state) {
+    Rng r;
+    rng_seed(&r, 43, 0);
+    const Pool pools[5] = {{3, 1, 1, 0}, {3, 2, 0, 0}, {3, 1, 1, 1}, {2, 2, 0, 0}, {4, 3, 2, 0}};
+    const int sizes[3][2] = {{35, 35}, {8, 8}, {5, 19}};
+    for (int si = 0; si < 3; si++)
+        for (int pi = 0; pi < 5; pi++)
+            for (int max = 0; max < 2; max++) {
+                Ctx *c = test_ctx_static();
+                ctx_set_grad(c, 0);
+                int H = sizes[si][0], W = sizes[si][1];
+                Pool p = pools[pi];
+                Tensor *x = test_tensor_normal(c, 4, (int[]){2, 3, H, W}, &r);
+                if (max) x->data[(size_t)H * W + W + 2] = NAN;  // plane 1, row 1
+                Tensor *y = max ? t_max_pool2d(c, x, p.k, p.stride, p.pad)
+                                : t_avg_pool2d(c, x, p.k, p.stride, p.pad, p.incl);
+                assert_non_null(y);
+                int Ho = y->shape[2], Wo = y->shape[3];
+                for (int pl = 0; pl < 6; pl++)
+                    for (int oh = 0; oh < Ho; oh++)
+                        for (int ow = 0; ow < Wo; ow++) {
+                            int hs = oh * p.stride - p.pad, ws = ow * p.stride - p.pad;
+                            int h0 = hs < 0 ? 0 : hs, w0 = ws < 0 ? 0 : ws;
+                            int h1 = hs + p.k < H ? hs + p.k : H, w1 = ws + p.k < W ? ws + p.k : W;
+                            float s = 0, mx = -INFINITY;
+                            for (int h = h0; h < h1; h++)
+                                for (int w = w0; w < w1; w++) {
+                                    float v = x->data[((size_t)pl * H + h) * W + w];
+                                    s += v;
+                                    if (v > mx || isnan(v)) mx = v;
+                                }
+                            float want = max ? mx : s / (float)(p.incl ? p.k * p.k : (h1 - h0) * (w1 - w0));
+                            float got = y->data[((size_t)pl * Ho + oh) * Wo + ow];
+                            assert_memory_equal(&got, &want, sizeof got);
+                        }
+                ctx_free(c);
+            }
+}
+
 static void test_max_pool_ties_first_max(void **state) {
     Ctx *c = test_ctx_static();
     Tensor *x = tensor_zeros(c, 4, (int[]){1, 1, 3, 3});
@@ -237,6 +280,7 @@ int main(void) {
         cmocka_unit_test(test_avg_pool_reference),
         cmocka_unit_test(test_max_pool_reference),
         cmocka_unit_test(test_max_pool_ties_first_max),
+        cmocka_unit_test(test_pool_interior_bit_exact),
         cmocka_unit_test(test_pool_errors),
         cmocka_unit_test(test_upsample_pad_reference),
         cmocka_unit_test(test_resample_gradcheck),

@@ -87,6 +87,20 @@ static void pool_window(int oh, int ow, int k, int stride, int pad, int H, int W
     *w1 = ws + k < W ? ws + k : W;
 }
 
+// Outputs ow in [*lo, *hi) of a row have their whole window inside the input's columns
+// (ow stride - pad >= 0 and ow stride - pad + k <= W): no clipping, so the pooling loops can
+// run over ow innermost (vectorized for stride 1), each output still taking its elements in
+// the plain loop's order (rows, then columns), which keeps the results bit for bit.
+static void pool_interior(int k, int stride, int pad, int W, int Wo, int *lo, int *hi) {
+    *lo = (pad + stride - 1) / stride;
+    *hi = W - k + pad >= 0 ? (W - k + pad) / stride + 1 : 0;
+    if (*hi > Wo) *hi = Wo;
+    if (*lo > *hi) *lo = *hi;
+}
+
+// Widest output row pool_interior's loops keep on the stack; wider rows take the plain loop.
+#define POOL_ROW_MAX 1024
+
 // iarg: k, stride, pad, count_include_pad
 static void avg_pool_backward(Ctx *c, TapeNode *nd) {
     Tensor *x = nd->in[0], *out = nd->out;
@@ -127,8 +141,13 @@ static Tensor *avg_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad, int 
     for (size_t p = 0; p < P; p++) {
         const float *xp = xd + p * (size_t)H * W;
         float *yp = y + p * (size_t)Ho * Wo;
+        int lo, hi;
+        pool_interior(k, stride, pad, W, Wo, &lo, &hi);
+        if (Wo > POOL_ROW_MAX) lo = hi = 0;
         for (int oh = 0; oh < Ho; oh++) {
             for (int ow = 0; ow < Wo; ow++) {
+                if (ow == lo && lo < hi) ow = hi;  // the interior runs below
+                if (ow >= Wo) break;
                 int h0, h1, w0, w1;
                 pool_window(oh, ow, k, stride, pad, H, W, &h0, &h1, &w0, &w1);
                 // floor mode keeps every window inside the padded input, so the full
@@ -138,6 +157,22 @@ static Tensor *avg_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad, int 
                 for (int h = h0; h < h1; h++)
                     for (int w = w0; w < w1; w++) s += xp[h * W + w];
                 yp[oh * Wo + ow] = s / (float)cnt;
+            }
+            if (lo < hi) {
+                int h0, h1, w0, w1;
+                pool_window(oh, lo, k, stride, pad, H, W, &h0, &h1, &w0, &w1);
+                float acc[POOL_ROW_MAX], cnt = (float)(count_include_pad ? k * k : (h1 - h0) * k);
+                for (int ow = lo; ow < hi; ow++) acc[ow] = 0;
+                for (int h = h0; h < h1; h++)
+                    for (int j = 0; j < k; j++) {
+                        const float *src = xp + (size_t)h * W + (lo * stride - pad + j);
+                        float *a = acc + lo;
+                        if (stride == 1)
+                            for (int i = 0; i < hi - lo; i++) a[i] += src[i];
+                        else
+                            for (int i = 0; i < hi - lo; i++) a[i] += src[(size_t)i * stride];
+                    }
+                for (int ow = lo; ow < hi; ow++) yp[oh * Wo + ow] = acc[ow] / cnt;
             }
         }
     }
@@ -182,8 +217,29 @@ static Tensor *max_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad) {
     for (size_t p = 0; p < P; p++) {
         const float *xp = xd + p * (size_t)H * W;
         float *yp = y + p * (size_t)Ho * Wo;
+        int lo, hi;
+        pool_interior(k, stride, pad, W, Wo, &lo, &hi);
+        if (arg || Wo > POOL_ROW_MAX) lo = hi = 0;  // the backward needs each argmax: plain loop
         for (int oh = 0; oh < Ho; oh++) {
+            if (lo < hi) {
+                int h0, h1, w0, w1;
+                pool_window(oh, lo, k, stride, pad, H, W, &h0, &h1, &w0, &w1);
+                float acc[POOL_ROW_MAX];
+                for (int ow = lo; ow < hi; ow++) acc[ow] = -INFINITY;
+                for (int h = h0; h < h1; h++)
+                    for (int j = 0; j < k; j++) {
+                        const float *src = xp + (size_t)h * W + (lo * stride - pad + j);
+                        float *a = acc + lo;
+                        for (int i = 0; i < hi - lo; i++) {
+                            float v = src[(size_t)i * stride];
+                            a[i] = v > a[i] || isnan(v) ? v : a[i];  // as the plain loop below
+                        }
+                    }
+                for (int ow = lo; ow < hi; ow++) yp[oh * Wo + ow] = acc[ow];
+            }
             for (int ow = 0; ow < Wo; ow++) {
+                if (ow == lo && lo < hi) ow = hi;  // done above
+                if (ow >= Wo) break;
                 int h0, h1, w0, w1;
                 pool_window(oh, ow, k, stride, pad, H, W, &h0, &h1, &w0, &w1);
                 // pad <= k/2 leaves at least one input element in every window; padding
