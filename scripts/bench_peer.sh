@@ -73,4 +73,4 @@ grep -E 'split|memory' "$TMP/effdm2.txt" | sed 's/^ */effdm  /'
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 awk -v e1="$E1" -v e2="$E2" -v p="$P" 'BEGIN {
     e = (e1 + e2) / 2
-    printf "ratio  peer / effdm = %.2f  (effdm %.4f s/step, peer %.4f s/step; target >= 2)\n", p / e, e, p }'
+    printf "ratio  peer / effdm = %.2f  (effdm %.4f s/step, peer %.4f s/step; issue 17 target >= 10)\n", p / e, e, p }'

@@ -4,7 +4,9 @@
    square root, then apply the optional per-channel affine gamma, beta:
        y = (x - mean) * rstd * gamma + beta,   rstd = 1 / sqrt(var + eps)
    Statistics are summed in double, two passes (mean, then squared deviations), by the one
-   thread that owns the row or group. The forward saves mean and rstd only (node->saved:
+   thread that owns the row or group, each pass into NORM_LANES fixed partial sums added in
+   lane order at the end: one summation order on every machine, and loops the AVX-512 / AVX2
+   clones vectorize (a single running double sum cannot be reordered, so it ran scalar). The forward saves mean and rstd only (node->saved:
    mean[0..m) then rstd[0..m)); the backward recomputes xhat = (x - mean) * rstd.
 
    Backward, with dxhat = dy * gamma and means over the normalised set:
@@ -16,6 +18,7 @@
 #include <math.h>
 
 #include "autograd/ops.h"
+#include "autograd/ops/fastmath.h"
 #include "autograd/profile.h"
 
 // Below this many elements the loops run on one thread.
@@ -23,6 +26,31 @@
 // Layer norm dgamma/dbeta: rows per partial-sum block (at least), and at most this many blocks.
 #define LN_ROW_BLOCK 64
 #define LN_MAX_BLOCKS 256
+
+#define NORM_LANES 8
+
+// Mean and rstd = 1 / sqrt(biased variance + eps) of x[0..n), in double (see the top comment).
+FASTMATH_CLONES static void norm_stats(const float *x, size_t n, float eps, double *mean, double *rstd) {
+    double p[NORM_LANES] = {0}, s = 0, v = 0;
+    size_t i = 0;
+    for (; i + NORM_LANES <= n; i += NORM_LANES)
+        for (int l = 0; l < NORM_LANES; l++) p[l] += x[i + l];
+    for (int l = 0; l < NORM_LANES; l++) s += p[l];
+    for (; i < n; i++) s += x[i];
+    double m = n ? s / (double)n : 0.0;
+    for (int l = 0; l < NORM_LANES; l++) p[l] = 0;
+    for (i = 0; i + NORM_LANES <= n; i += NORM_LANES)
+        for (int l = 0; l < NORM_LANES; l++) p[l] += (x[i + l] - m) * (x[i + l] - m);
+    for (int l = 0; l < NORM_LANES; l++) v += p[l];
+    for (; i < n; i++) v += (x[i] - m) * (x[i] - m);
+    *mean = m;
+    *rstd = 1.0 / sqrt((n ? v / (double)n : 0.0) + eps);
+}
+
+// y = (float)((x - m) rs) * gamma + beta over one channel's n values (gamma, beta scalars).
+FASTMATH_CLONES static void norm_apply(float *y, const float *x, size_t n, double m, double rs, float gam, float bet) {
+    for (size_t i = 0; i < n; i++) y[i] = (float)((x[i] - m) * rs) * gam + bet;
+}
 
 static int affine_check(Ctx *c, const char *op, const Tensor *x, const Tensor *p, const char *what, int C) {
     if (!p || p->n == (size_t)C) return 0;
@@ -118,11 +146,8 @@ static Tensor *layer_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, flo
     for (size_t r = 0; r < R; r++) {
         const float *xr = xd + r * C;
         float *yr = y + r * C;
-        double s = 0, v = 0;
-        for (size_t i = 0; i < C; i++) s += xr[i];
-        double m = s / (double)C;
-        for (size_t i = 0; i < C; i++) v += (xr[i] - m) * (xr[i] - m);
-        double rs = 1.0 / sqrt(v / (double)C + eps);
+        double m, rs;
+        norm_stats(xr, C, eps, &m, &rs);
         mean[r] = (float)m;
         rstd[r] = (float)rs;
         for (size_t i = 0; i < C; i++) {
@@ -222,20 +247,12 @@ static Tensor *group_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int
         size_t c0 = (ng % (size_t)G) * CG;
         const float *xg = xd + ng * M;  // group ng = (n, g) covers channels c0 .. c0 + CG of sample n
         float *yg = y + ng * M;
-        double sum = 0, v = 0;
-        for (size_t i = 0; i < M; i++) sum += xg[i];
-        double m = M ? sum / (double)M : 0.0;
-        for (size_t i = 0; i < M; i++) v += (xg[i] - m) * (xg[i] - m);
-        double rs = 1.0 / sqrt((M ? v / (double)M : 0.0) + eps);
+        double m, rs;
+        norm_stats(xg, M, eps, &m, &rs);
         mean[ng] = (float)m;
         rstd[ng] = (float)rs;
-        for (size_t k = 0; k < CG; k++) {
-            float gam = gm ? gm[c0 + k] : 1.0f, bet = bt ? bt[c0 + k] : 0.0f;
-            for (size_t s2 = 0; s2 < S; s2++) {
-                float yh = (float)((xg[k * S + s2] - m) * rs);
-                yg[k * S + s2] = yh * gam + bet;
-            }
-        }
+        for (size_t k = 0; k < CG; k++)
+            norm_apply(yg + k * S, xg + k * S, S, m, rs, gm ? gm[c0 + k] : 1.0f, bt ? bt[c0 + k] : 0.0f);
     }
     Tensor *in[3] = {x, gamma, beta};
     TapeNode *nd = tape_record(c, OP_GROUP_NORM, group_norm_backward, out, in, 3);
