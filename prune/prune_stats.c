@@ -1,5 +1,6 @@
-/* prune_stats.c: the second moments of every FeedForward's hidden units over the teacher's own
-   sampled trajectories (see prune.h): the inputs of each ff.net.2 are recorded by a hook on
+/* prune_stats.c: the second moments of the input features of every pruning site (the hidden
+   units of a FeedForward, the heads' outputs of an attention) over the teacher's own sampled
+   trajectories (see prune.h): the inputs of each ff.net.2 / to_out.0 are recorded by a hook on
    that layer while the teacher samples, as calibration records its inputs. */
 #include <cblas.h>
 #include <stdlib.h>
@@ -8,19 +9,19 @@
 #include "prune/prune.h"
 #include "sample/sampler.h"
 
-// One block's accumulator, hung on its ff.net.2 layer while sampling.
+// One site's accumulator, hung on its layer (ff.net.2, to_out.0) while sampling.
 typedef struct {
     int m;
     double *sum;    // (m + 1)^2, upper triangle until the end
     double *rows;   // a chunk of [h; 1] rows in double
     int cap_rows;
     double count;
-} FfAcc;
+} SiteAcc;
 
 #define ACC_CHUNK 256  // rows per dsyrk
 
 static Tensor *record_forward(Ctx *c, ModelLayer *l, Tensor *x) {
-    FfAcc *a = l->quant;
+    SiteAcc *a = l->quant;
     const int m = a->m, ld = m + 1;
     size_t n_rows = x->n / (size_t)m;
     for (size_t r0 = 0; r0 < n_rows; r0 += ACC_CHUNK) {
@@ -41,23 +42,31 @@ static Tensor *record_forward(Ctx *c, ModelLayer *l, Tensor *x) {
     return y;
 }
 
-void ff_moments_free(FfMoments *mom) {
-    for (int k = 0; mom->sum && k < mom->n_blocks; k++) free(mom->sum[k]);
+void prune_moments_free(PruneMoments *mom) {
+    for (int k = 0; mom->sum && k < mom->n_sites; k++) free(mom->sum[k]);
     free(mom->sum);
     free(mom->m);
     free(mom->count);
     memset(mom, 0, sizeof *mom);
 }
 
-int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
+// Whether o prunes site k of u (prune.h prune_moments).
+static int site_wanted(UNet *u, int k, const PruneOpts *o) {
+    ModelLayer *out;
+    int groups, g;
+    prune_site(u, k, &out, &groups, &g);
+    return k % PRUNE_SITES == PRUNE_FF ? o->ff_ratio > 0 : o->head_ratio > 0 && groups > 1;
+}
+
+int prune_moments(Ldm *m, const PruneSampling *s, const PruneOpts *o, PruneMoments *mom, Err *e) {
     memset(mom, 0, sizeof *mom);
     UNet *u = m->unet;
-    const int nb = unet_ff_blocks(u), B = s->batch > 0 ? s->batch : 16;
-    FfAcc *acc = calloc((size_t)(nb ? nb : 1), sizeof *acc);
-    mom->n_blocks = nb;
-    mom->m = calloc((size_t)(nb ? nb : 1), sizeof *mom->m);
-    mom->sum = calloc((size_t)(nb ? nb : 1), sizeof *mom->sum);
-    mom->count = calloc((size_t)(nb ? nb : 1), sizeof *mom->count);
+    const int ns = unet_ff_blocks(u) * PRUNE_SITES, B = s->batch > 0 ? s->batch : 16;
+    SiteAcc *acc = calloc((size_t)(ns ? ns : 1), sizeof *acc);
+    mom->n_sites = ns;
+    mom->m = calloc((size_t)(ns ? ns : 1), sizeof *mom->m);
+    mom->sum = calloc((size_t)(ns ? ns : 1), sizeof *mom->sum);
+    mom->count = calloc((size_t)(ns ? ns : 1), sizeof *mom->count);
     int C, H, W, rc = 0;
     ldm_latent_shape(m, &C, &H, &W);
     const size_t per = (size_t)C * H * W;
@@ -70,21 +79,26 @@ int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
         rc = err_set(e, ERR_NOMEM, "prune: out of memory");
         goto done;
     }
-    for (int k = 0; k < nb; k++) {
-        ModelLayer *proj, *out;
-        unet_ff_layers(u, k, &proj, &out);
-        int ff = out->weight.shape[1];
-        size_t ld = (size_t)ff + 1;
-        acc[k].m = mom->m[k] = ff;
+    for (int k = 0; k < ns; k++) {
+        ModelLayer *out;
+        int groups, g;
+        prune_site(u, k, &out, &groups, &g);
+        int width = groups * g;
+        size_t ld = (size_t)width + 1;
+        acc[k].m = mom->m[k] = width;
+        if (!site_wanted(u, k, o)) continue;
         acc[k].sum = calloc(ld * ld, sizeof(double));
         acc[k].rows = malloc((size_t)ACC_CHUNK * ld * sizeof(double));
         if (!acc[k].sum || !acc[k].rows) {
-            rc = err_set(e, ERR_NOMEM, "prune: out of memory for the moments of %s (%d units)", out->name, ff);
+            rc = err_set(e, ERR_NOMEM, "prune: out of memory for the moments of %s (%d features)", out->name, width);
             goto done;
         }
         out->quant = &acc[k];
         out->quant_forward = record_forward;
     }
+    int n_hooked = 0;
+    for (int k = 0; k < ns; k++) n_hooked += acc[k].sum != NULL;
+    if (!n_hooked) goto done;  // nothing pruned (attentions of 1 head): no trajectories needed
     if ((rc = ctx_init(&c, (size_t)16 << 30, e))) goto done;  // address space only
     ctx_ok = 1;
     const int cond = ldm_is_class_conditional(m);
@@ -103,7 +117,8 @@ int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
         if ((rc = sampler_run(&c, m, &so, z, n, cond ? y : NULL, rng, e))) goto done;
         if (s->on_progress) s->on_progress(++done_b, total, s->user);
     }
-    for (int k = 0; k < nb; k++) {  // both triangles
+    for (int k = 0; k < ns; k++) {  // both triangles
+        if (!acc[k].sum) continue;
         size_t ld = (size_t)acc[k].m + 1;
         for (size_t i = 0; i < ld; i++)
             for (size_t j = 0; j < i; j++) acc[k].sum[i * ld + j] = acc[k].sum[j * ld + i];
@@ -112,9 +127,10 @@ int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
         acc[k].sum = NULL;
     }
 done:
-    for (int k = 0; acc && k < nb; k++) {
-        ModelLayer *proj, *out;
-        unet_ff_layers(u, k, &proj, &out);
+    for (int k = 0; acc && k < ns; k++) {
+        ModelLayer *out;
+        int groups, g;
+        prune_site(u, k, &out, &groups, &g);
         if (out->quant == &acc[k]) out->quant = NULL, out->quant_forward = NULL;
         free(acc[k].sum);
         free(acc[k].rows);
@@ -124,6 +140,6 @@ done:
     free(z);
     free(y);
     free(rng);
-    if (rc) ff_moments_free(mom);
+    if (rc) prune_moments_free(mom);
     return rc;
 }

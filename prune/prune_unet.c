@@ -1,47 +1,35 @@
-/* prune_ff.c: which FeedForward units to keep, UDFC's closed form, and the pruned UNet (see
-   prune.h). */
+/* prune_unet.c: the pruning sites of the UNet, UDFC's closed form on a site's groups, and the
+   pruned UNet (see prune.h; the choice of groups: prune_select.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "prune/prune.h"
-#include "util/scored.h"
 
-static double norm_p(const float *x, size_t n, size_t stride, PruneNorm p) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) {
-        double v = x[i * stride];
-        s += p == PRUNE_L1 ? fabs(v) : v * v;
+void prune_site(UNet *u, int s, ModelLayer **out, int *groups, int *group_size) {
+    const int k = s / PRUNE_SITES, kind = s % PRUNE_SITES;
+    if (kind == PRUNE_FF) {
+        ModelLayer *proj;
+        unet_ff_layers(u, k, &proj, out);
+        *groups = (*out)->weight.shape[1];
+        *group_size = 1;
+    } else {
+        ModelLayer *l[4];
+        unet_attn_layers(u, k, kind - PRUNE_ATTN1, l, groups, group_size);
+        *out = l[3];
     }
-    return p == PRUNE_L1 ? s : sqrt(s);
 }
 
-static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
-
-int prune_ff_select(const ModelLayer *proj, const ModelLayer *out, int n_keep, PruneNorm norm, int *keep, Err *e) {
-    const int m = out->weight.shape[1], d_in = proj->weight.shape[1], d_out = out->weight.shape[0];
-    if (proj->weight.shape[0] != 2 * m || n_keep < 1 || n_keep > m)
-        return err_set(e, ERR_INTERNAL, "prune: %s: %d units, keep %d", out->name, m, n_keep);
-    Scored *u = malloc((size_t)m * sizeof *u);
-    if (!u) return err_set(e, ERR_NOMEM, "prune: out of memory");
-    for (int k = 0; k < m; k++) {
-        const float *value = proj->weight.data + (size_t)k * d_in, *gate = proj->weight.data + (size_t)(m + k) * d_in;
-        double in = norm == PRUNE_L1 ? norm_p(value, d_in, 1, norm) + norm_p(gate, d_in, 1, norm)
-                                     : hypot(norm_p(value, d_in, 1, norm), norm_p(gate, d_in, 1, norm));
-        u[k] = (Scored){in * norm_p(out->weight.data + k, (size_t)d_out, (size_t)m, norm), k};
-    }
-    qsort(u, (size_t)m, sizeof *u, scored_cmp_desc);
-    for (int i = 0; i < n_keep; i++) keep[i] = u[i].index;
-    qsort(keep, (size_t)n_keep, sizeof *keep, by_int);
-    free(u);
-    return 0;
-}
-
-// The units of 0..m-1 not in keep[0..n_keep) (ascending), ascending, into drop.
-static void removed_units(const int *keep, int n_keep, int m, int *drop) {
-    for (int k = 0, i = 0, j = 0; k < m; k++) {
-        if (i < n_keep && keep[i] == k) i++;
-        else drop[j++] = k;
+// The features of the kept groups keep[0..n_keep) (ascending; groups of g) into keep_f and
+// those of the others into drop_f, both ascending; m features in all.
+static void group_features(const int *keep, int n_keep, int g, int m, int *keep_f, int *drop_f) {
+    for (int k = 0, i = 0, nk = 0, nd = 0; k < m / g; k++) {
+        int kept = i < n_keep && keep[i] == k;
+        i += kept;
+        for (int f = k * g; f < (k + 1) * g; f++) {
+            if (kept) keep_f[nk++] = f;
+            else drop_f[nd++] = f;
+        }
     }
 }
 
@@ -77,8 +65,11 @@ static void cholesky_solve(const double *L, int n, double *x) {
     }
 }
 
-int prune_udfc_solve(const double *mom_sum, int m, const int *keep, int n_keep, double ridge, double *C, Err *e) {
-    const int n = n_keep + 1, n_drop = m - n_keep;  // u = [h_keep; 1]
+int prune_udfc_solve(const double *mom_sum, int m, int g, const int *keep, int n_keep, double ridge, double *C,
+                     Err *e) {
+    if (g < 1 || m % g || n_keep < 0 || n_keep > m / g)
+        return err_set(e, ERR_INTERNAL, "prune: UDFC: %d features in groups of %d, keep %d", m, g, n_keep);
+    const int nk = g * n_keep, n = nk + 1, n_drop = m - nk;  // u = [h_keep; 1]
     const size_t ld = (size_t)m + 1;
     int *u_idx = malloc((size_t)n * sizeof *u_idx), *drop = malloc((size_t)(n_drop > 0 ? n_drop : 1) * sizeof *drop);
     double *A = malloc((size_t)n * n * sizeof *A);
@@ -86,9 +77,8 @@ int prune_udfc_solve(const double *mom_sum, int m, const int *keep, int n_keep, 
         free(u_idx), free(drop), free(A);
         return err_set(e, ERR_NOMEM, "prune: out of memory for a %d x %d solve", n, n);
     }
-    memcpy(u_idx, keep, (size_t)n_keep * sizeof *u_idx);
-    u_idx[n_keep] = m;  // the constant
-    removed_units(keep, n_keep, m, drop);
+    group_features(keep, n_keep, g, m, u_idx, drop);
+    u_idx[nk] = m;  // the constant
     double diag = 0;
     for (int a = 0; a < n; a++) {
         for (int b = 0; b < n; b++) A[(size_t)a * n + b] = mom_sum[(size_t)u_idx[a] * ld + u_idx[b]];
@@ -98,8 +88,8 @@ int prune_udfc_solve(const double *mom_sum, int m, const int *keep, int n_keep, 
     for (int a = 0; a < n; a++) A[(size_t)a * n + a] += lambda;
     int rc = 0;
     if (cholesky(A, n)) {
-        rc = err_set(e, ERR_VALUE, "prune: UDFC: the kept units' second moments are not positive definite (%d units; "
-                     "too few trajectories, or units that never activate)", n_keep);
+        rc = err_set(e, ERR_VALUE, "prune: UDFC: the kept features' second moments are not positive definite (%d "
+                     "features; too few trajectories, or features that never activate)", nk);
     } else {
         for (int r = 0; r < n_drop; r++) {  // row r of C solves (E[u u^T] + λ I) c = E[u h_r]
             double *c = C + (size_t)r * n;
@@ -111,50 +101,103 @@ int prune_udfc_solve(const double *mom_sum, int m, const int *keep, int n_keep, 
     return rc;
 }
 
-// Copies src's block-k FeedForward into dst's, keeping units keep[0..n_keep) and, with C,
-// folding the removed ones drop[0..m - n_keep) into ff.net.2 (prune.h).
-static void gather_ff(UNet *src, UNet *dst, int k, const int *keep, const int *drop, int n_keep, const double *C) {
-    ModelLayer *sp, *so, *dp, *dout;
-    unet_ff_layers(src, k, &sp, &so);
-    unet_ff_layers(dst, k, &dp, &dout);
-    const int m = so->weight.shape[1], d_in = sp->weight.shape[1], d_out = so->weight.shape[0];
-    for (int i = 0; i < n_keep; i++) {  // value row, gate row, their biases
-        int u = keep[i];
-        memcpy(dp->weight.data + (size_t)i * d_in, sp->weight.data + (size_t)u * d_in, (size_t)d_in * sizeof(float));
-        memcpy(dp->weight.data + (size_t)(n_keep + i) * d_in, sp->weight.data + (size_t)(m + u) * d_in,
-               (size_t)d_in * sizeof(float));
-        dp->bias.data[i] = sp->bias.data[u];
-        dp->bias.data[n_keep + i] = sp->bias.data[m + u];
+// Rows from..from+n-1 of src's weight (and bias) into rows to..to+n-1 of dst's.
+static void copy_rows(const ModelLayer *src, ModelLayer *dst, int from, int to, int n) {
+    const size_t cols = (size_t)src->weight.shape[1];
+    memcpy(dst->weight.data + (size_t)to * cols, src->weight.data + (size_t)from * cols, (size_t)n * cols * sizeof(float));
+    if (src->bias.data) memcpy(dst->bias.data + to, src->bias.data + from, (size_t)n * sizeof(float));
+}
+
+// Copies the producers of site s's kept groups keep[0..n_keep) from src into dst: a unit's value
+// and gate rows of ff.net.0.proj, a head's rows of to_q, to_k, to_v.
+static void gather_in(UNet *src, UNet *dst, int s, const int *keep, int n_keep) {
+    const int k = s / PRUNE_SITES, kind = s % PRUNE_SITES;
+    if (kind == PRUNE_FF) {
+        ModelLayer *sp, *so, *dp, *dout;
+        unet_ff_layers(src, k, &sp, &so);
+        unet_ff_layers(dst, k, &dp, &dout);
+        const int m = so->weight.shape[1];
+        for (int i = 0; i < n_keep; i++) {
+            copy_rows(sp, dp, keep[i], i, 1);                // value
+            copy_rows(sp, dp, m + keep[i], n_keep + i, 1);   // gate
+        }
+        return;
     }
+    ModelLayer *ls[4], *ld[4];
+    int heads, d;
+    unet_attn_layers(src, k, kind - PRUNE_ATTN1, ls, &heads, &d);
+    unet_attn_layers(dst, k, kind - PRUNE_ATTN1, ld, &heads, &d);
+    for (int l = 0; l < 3; l++)
+        for (int i = 0; i < n_keep; i++) copy_rows(ls[l], ld[l], keep[i] * d, i * d, d);
+}
+
+// dst = src's columns keep_f[0..nk) and bias, with C ((m - nk) x (nk + 1)) the removed columns
+// drop_f folded in: W[:, S] + W[:, P] C, b + W[:, P] C[:, nk] (prune.h).
+static void fold_out(const ModelLayer *so, ModelLayer *dout, const int *keep_f, const int *drop_f, int nk,
+                     const double *C) {
+    const int m = so->weight.shape[1], d_out = so->weight.shape[0];
     for (int r = 0; r < d_out; r++) {
         const float *w = so->weight.data + (size_t)r * m;
-        float *wd = dout->weight.data + (size_t)r * n_keep;
-        for (int i = 0; i < n_keep; i++) wd[i] = w[keep[i]];
+        float *wd = dout->weight.data + (size_t)r * nk;
+        for (int i = 0; i < nk; i++) wd[i] = w[keep_f[i]];
         dout->bias.data[r] = so->bias.data[r];
         if (!C) continue;
-        // W2[:, S] + W2[:, P] C: accumulated in double, rounded once
-        for (int i = 0; i <= n_keep; i++) {
-            double s = i < n_keep ? w[keep[i]] : so->bias.data[r];
-            for (int p = 0; p < m - n_keep; p++) s += (double)w[drop[p]] * C[(size_t)p * (n_keep + 1) + i];
-            if (i < n_keep) wd[i] = (float)s;
+        // accumulated in double, rounded once
+        for (int i = 0; i <= nk; i++) {
+            double s = i < nk ? w[keep_f[i]] : so->bias.data[r];
+            for (int p = 0; p < m - nk; p++) s += (double)w[drop_f[p]] * C[(size_t)p * (nk + 1) + i];
+            if (i < nk) wd[i] = (float)s;
             else dout->bias.data[r] = (float)s;
         }
     }
 }
 
-int prune_unet(UNet *src, const PruneOpts *o, const FfMoments *mom, UNet **dst, PruneSummary *s, Err *e) {
+// Site s of src with its kept groups keep[0..n_keep) (g features each) into dst: the producers
+// gathered, the next layer folded (C from mom when o->udfc).
+static int prune_site_into(UNet *src, UNet *dst, int s, const int *keep, int n_keep, const PruneOpts *o,
+                           const PruneMoments *mom, Err *e) {
+    ModelLayer *so, *dout;
+    int groups, g, tmp;
+    prune_site(src, s, &so, &groups, &g);
+    prune_site(dst, s, &dout, &tmp, &tmp);
+    const int m = groups * g, nk = n_keep * g;
+    int *f = malloc((size_t)m * sizeof *f);  // the kept features, then the removed ones
+    double *C = NULL;
+    int rc = 0;
+    if (!f) return err_set(e, ERR_NOMEM, "prune: out of memory");
+    group_features(keep, n_keep, g, m, f, f + nk);
+    if (o->udfc) {
+        if (s >= mom->n_sites || !mom->sum[s] || mom->m[s] != m || !(mom->count[s] > 0)) {
+            rc = err_set(e, ERR_INTERNAL, "prune: %s: no moments of its %d input features", so->name, m);
+        } else if (!(C = malloc((size_t)(m - nk) * (size_t)(nk + 1) * sizeof *C))) {
+            rc = err_set(e, ERR_NOMEM, "prune: out of memory");
+        } else if ((rc = prune_udfc_solve(mom->sum[s], m, g, keep, n_keep, o->ridge, C, e))) {
+            err_prefix(e, "%s", so->name);
+        }
+    }
+    if (!rc) {
+        gather_in(src, dst, s, keep, n_keep);
+        fold_out(so, dout, f, f + nk, nk, C);
+    }
+    free(f);
+    free(C);
+    return rc;
+}
+
+int prune_unet(UNet *src, const PruneOpts *o, const PruneMoments *mom, UNet **dst, PruneSummary *s, Err *e) {
     *dst = NULL;
     if (!(o->ff_ratio >= 0 && o->ff_ratio < 1))
         return err_set(e, ERR_ARG, "prune: the FeedForward ratio must be in [0, 1), found %g", o->ff_ratio);
-    const int nb = unet_ff_blocks(src);
-    if (o->udfc && o->ff_ratio > 0 && (!mom || mom->n_blocks != nb))
-        return err_set(e, ERR_INTERNAL, "prune: UDFC needs the moments of all %d blocks", nb);
-    if (nb > UNET_MAX_TBLOCKS && o->ff_ratio > 0)
+    if (!(o->head_ratio >= 0 && o->head_ratio < 1))
+        return err_set(e, ERR_ARG, "prune: the head ratio must be in [0, 1), found %g", o->head_ratio);
+    const int nb = unet_ff_blocks(src), ns = nb * PRUNE_SITES;
+    if (o->udfc && (o->ff_ratio > 0 || o->head_ratio > 0) && (!mom || mom->n_sites != ns))
+        return err_set(e, ERR_INTERNAL, "prune: UDFC needs the moments of the %d transformer blocks", nb);
+    if (nb > UNET_MAX_TBLOCKS && (o->ff_ratio > 0 || o->head_ratio > 0))
         return err_set(e, ERR_UNSUPPORTED, "prune: %d transformer blocks (this build prunes up to %d)", nb,
                        UNET_MAX_TBLOCKS);
     UNetConfig cfg = *unet_config(src);
-    int *n_keep = calloc((size_t)(nb ? nb : 1), sizeof *n_keep), **keep = calloc((size_t)(nb ? nb : 1), sizeof *keep);
-    double *C = NULL;
+    int *n_keep = calloc((size_t)(ns ? ns : 1), sizeof *n_keep), **keep = calloc((size_t)(ns ? ns : 1), sizeof *keep);
     int rc = 0;
     if (!n_keep || !keep) {
         rc = err_set(e, ERR_NOMEM, "prune: out of memory");
@@ -162,21 +205,34 @@ int prune_unet(UNet *src, const PruneOpts *o, const FfMoments *mom, UNet **dst, 
     }
     memset(s, 0, sizeof *s);
     s->n_blocks = nb;
-    for (int k = 0; k < nb; k++) {
-        ModelLayer *proj, *out;
-        unet_ff_layers(src, k, &proj, &out);
-        int m = out->weight.shape[1];
-        n_keep[k] = (int)lround((1.0 - o->ff_ratio) * m);
-        if (n_keep[k] < 1) n_keep[k] = 1;
-        if (n_keep[k] > m) n_keep[k] = m;
-        s->units_before += m;
-        s->units_after += n_keep[k];
-        if (!(keep[k] = malloc((size_t)m * sizeof(int)))) {
+    for (int i = 0; i < ns; i++) {
+        const int k = i / PRUNE_SITES, kind = i % PRUNE_SITES;
+        ModelLayer *out;
+        int groups, g;
+        prune_site(src, i, &out, &groups, &g);
+        n_keep[i] = (int)lround((1.0 - (kind == PRUNE_FF ? o->ff_ratio : o->head_ratio)) * groups);
+        if (n_keep[i] < 1) n_keep[i] = 1;
+        if (n_keep[i] > groups) n_keep[i] = groups;
+        if (!(keep[i] = malloc((size_t)groups * sizeof(int)))) {
             rc = err_set(e, ERR_NOMEM, "prune: out of memory");
             goto done;
         }
-        if ((rc = prune_ff_select(proj, out, n_keep[k], o->norm, keep[k], e))) goto done;
-        if (n_keep[k] < m) cfg.ff_inner[k] = n_keep[k];
+        if (kind == PRUNE_FF) {
+            ModelLayer *proj;
+            unet_ff_layers(src, k, &proj, &out);
+            s->units_before += groups;
+            s->units_after += n_keep[i];
+            rc = prune_ff_select(proj, out, n_keep[i], o->norm, keep[i], e);
+            if (n_keep[i] < groups) cfg.ff_inner[k] = n_keep[i];
+        } else {
+            ModelLayer *l[4];
+            unet_attn_layers(src, k, kind - PRUNE_ATTN1, l, &groups, &g);
+            s->heads_before += groups;
+            s->heads_after += n_keep[i];
+            rc = prune_heads_select(l, g, n_keep[i], o->norm, keep[i], e);
+            if (n_keep[i] < groups) cfg.attn_heads[k][kind - PRUNE_ATTN1] = n_keep[i];
+        }
+        if (rc) goto done;
     }
     if ((rc = unet_new(dst, &cfg, e))) goto done;
     for (int i = 0; i < unet_param_tensors(*dst); i++) {  // every tensor of the same shape: as it is
@@ -184,39 +240,18 @@ int prune_unet(UNet *src, const PruneOpts *o, const FfMoments *mom, UNet **dst, 
         Tensor *t = unet_param_at(*dst, i, &name), *from = unet_param(src, name);
         if (from && from->n == t->n) memcpy(t->data, from->data, t->n * sizeof(float));
     }
-    for (int k = 0; k < nb; k++) {
-        ModelLayer *proj, *out;
-        unet_ff_layers(src, k, &proj, &out);
-        int m = out->weight.shape[1];
-        if (n_keep[k] == m) continue;
-        free(C);
-        C = NULL;
-        if (o->udfc) {
-            if (mom->m[k] != m || !(mom->count[k] > 0)) {
-                rc = err_set(e, ERR_INTERNAL, "prune: block %d: moments of %d units over %g tokens, the model has %d",
-                             k, mom->m[k], mom->count[k], m);
-                goto done;
-            }
-            if (!(C = malloc((size_t)(m - n_keep[k]) * (size_t)(n_keep[k] + 1) * sizeof *C))) {
-                rc = err_set(e, ERR_NOMEM, "prune: out of memory");
-                goto done;
-            }
-            if ((rc = prune_udfc_solve(mom->sum[k], m, keep[k], n_keep[k], o->ridge, C, e))) {
-                err_prefix(e, "%s", out->name);
-                goto done;
-            }
-        }
-        int *drop = keep[k] + n_keep[k];  // the rest of the block's index array
-        removed_units(keep[k], n_keep[k], m, drop);
-        gather_ff(src, *dst, k, keep[k], drop, n_keep[k], C);
+    for (int i = 0; i < ns; i++) {
+        ModelLayer *out;
+        int groups, g;
+        prune_site(src, i, &out, &groups, &g);
+        if (n_keep[i] < groups && (rc = prune_site_into(src, *dst, i, keep[i], n_keep[i], o, mom, e))) goto done;
     }
     s->params_before = unet_param_count(src);
     s->params_after = unet_param_count(*dst);
 done:
-    for (int k = 0; keep && k < nb; k++) free(keep[k]);
+    for (int i = 0; keep && i < ns; i++) free(keep[i]);
     free(keep);
     free(n_keep);
-    free(C);
     if (rc && *dst) {
         unet_free(*dst);
         *dst = NULL;
