@@ -121,8 +121,8 @@ static void print_yaml(const char *yaml) {
 
 // A checkpoint written by effdm compress.
 static void print_pruned(WeightFile *f) {
-    printf("effdm pruned: a checkpoint with pruned FeedForward units (effdm compress); sample, calibrate or fine-tune "
-           "it as --ckpt with its YAML\n");
+    printf("effdm pruned: a checkpoint with pruned FeedForward units and/or attention heads (effdm compress); sample, "
+           "calibrate or fine-tune it as --ckpt with its YAML\n");
     printf("  source:      %s\n", meta_or(f, "effdm.source", "?"));
     printf("  pruning:     ");
     print_clean(meta_or(f, "effdm.pruned", "?"), 600);
