@@ -337,8 +337,9 @@ int cmd_sample(int argc, char **argv) {
                em->unet_bytes, (double)em->unet_fp32_bytes / (double)em->unet_bytes,
                st.class_cond ? ", class-conditional" : ", unconditional");
     if (em)
-        printf("kernels:  %s (%d of %d quantized layers integer; EFFDM_KERNEL=auto|vnni|avx2|ref|float)\n",
-               export_kernel_name(em), em->use_float ? 0 : em->n_int_layers, em->n_layers);
+        printf("kernels:  %s (%d of %d quantized layers integer, %d of them through level tables; "
+               "EFFDM_KERNEL=auto|vnni|avx2|ref|float)\n", export_kernel_name(em), em->use_float ? 0 : em->n_int_layers,
+               em->n_layers, em->use_float ? 0 : em->n_lut_layers);
     if (em && em->eps_gain) printf("eps gain: %.4f (the export's train.eps_gain fit)\n", (double)em->eps_gain[0]);
     if (em && em->guidance_gain && st.class_cond && scale != 1.0f) {
         float lo = em->guidance_gain[0], hi = lo;

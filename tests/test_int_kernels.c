@@ -24,6 +24,7 @@
 #include "qalora/export.h"
 #include "qalora/export_int.h"
 #include "qalora/int_gemm.h"
+#include "qalora/qkind.h"
 #include "qalora/quantizer.h"
 #include "test_export_fixture.h"
 
@@ -296,6 +297,211 @@ static void test_layer_shapes_side(void **state) {
     }
 }
 
+/* ---- level tables (a lut kind: nupes) ----------------------------------------------------- */
+
+// y = w * x (+ b) in double, as the layer computes it: conv (N, cin, H, W) -> (N, cout, Ho, Wo)
+// with stride s and zero padding p, or linear (..., cin) -> (..., cout); w (cout, K) in C order.
+static void naive_layer(double *y, LayerKind kind, const double *w, const float *b, const double *x, int cout, int cin,
+                        int k, int s, int p, const int *xs, int xdim) {
+    if (kind == LAYER_LINEAR) {
+        size_t rows = 1;
+        for (int d = 0; d < xdim - 1; d++) rows *= (size_t)xs[d];
+        for (size_t r = 0; r < rows; r++)
+            for (int o = 0; o < cout; o++) {
+                double a = b ? b[o] : 0.0;
+                for (int i = 0; i < cin; i++) a += w[(size_t)o * cin + i] * x[r * cin + i];
+                y[r * cout + o] = a;
+            }
+        return;
+    }
+    int N = xs[0], H = xs[2], W = xs[3], Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    for (int g = 0; g < N; g++)
+        for (int o = 0; o < cout; o++)
+            for (int oh = 0; oh < Ho; oh++)
+                for (int ow = 0; ow < Wo; ow++) {
+                    double a = b ? b[o] : 0.0;
+                    for (int ci = 0; ci < cin; ci++)
+                        for (int ki = 0; ki < k; ki++)
+                            for (int kj = 0; kj < k; kj++) {
+                                int ih = oh * s - p + ki, iw = ow * s - p + kj;
+                                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                                a += w[(((size_t)o * cin + ci) * k + ki) * k + kj] *
+                                     x[(((size_t)g * cin + ci) * H + ih) * W + iw];
+                            }
+                    y[(((size_t)g * cout + o) * Ho + oh) * Wo + ow] = a;
+                }
+}
+
+/* One synthetic layer with a nupes weight and / or activation quantizer (random exponents in
+   [0.4, 1]) run through the level tables. Two references, both computed here in double from
+   the tables and the kind's own encode / decode:
+   - exact: the integer path must compute y^ = Ŵ x^ + b, with Ŵ = s_c t_c[code] the weight
+     table's values and x^ = s_a (t[encode(x)] - z) the activation table's (uniform sides: their
+     levels) - to TOL_LAYER, as the uniform layers (only float rounding differs);
+   - the float path (the student: W, x~ the decoded levels) differs from it by the tables'
+     rounding alone: |Ŵ x^ - W x~| <= |Ŵ - W| |x^| + |W| |x^ - x~| per output (triangle
+     inequality), plus float rounding slack TOL_LAYER (|W| |x~| + |b|). That bound is the
+     tolerance: derived from the 8-bit rounding of each level, not fitted. */
+static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int stride, int pad, QuantKind w_kind,
+                                int w_bits, QuantKind a_kind, int a_bits, const int *xshape, int xdim, Rng *r,
+                                double *tight) {
+    ModelLayer ml;
+    memset(&ml, 0, sizeof ml);
+    ml.kind = kind;
+    snprintf(ml.name, sizeof ml.name, "synthetic-lut");
+    int wshape[4] = {cout, cin, k, k};
+    size_t nw = kind == LAYER_CONV2D ? (size_t)cout * cin * k * k : (size_t)cout * cin, K = nw / (size_t)cout;
+    float *dummy = calloc(nw, sizeof(float)), *bias = malloc((size_t)cout * sizeof(float));
+    tensor_init_param(&ml.weight, dummy, NULL, kind == LAYER_CONV2D ? 4 : 2, kind == LAYER_CONV2D ? wshape
+                                                                                             : (int[]){cout, cin});
+    rng_normal_fill(r, bias, (size_t)cout);
+    tensor_init_param(&ml.bias, bias, NULL, 1, (int[]){cout});
+    ml.stride = stride;
+    ml.pad = pad;
+    ExportModel em;
+    memset(&em, 0, sizeof em);
+    ExportLayer L;
+    memset(&L, 0, sizeof L);
+    L.layer = &ml;
+    L.model = &em;
+    L.w_bits = w_bits;
+    L.a_bits = a_bits;
+    L.w_kind = w_kind;
+    L.a_kind = a_kind;
+    L.entries = 2;
+    L.a_delta = malloc(2 * sizeof(float));
+    L.a_zero = malloc(2 * sizeof(float));
+    int amax = (1 << a_bits) - 1;
+    L.a_delta[0] = 3.0f / (float)amax;
+    L.a_zero[0] = (float)(amax / 3);
+    L.a_delta[1] = 2.0f / (float)amax;
+    L.a_zero[1] = (float)(amax / 2 + 1);
+    quantizer_setup(&L.aq, a_kind, a_bits, 0, 2, L.a_delta, L.a_zero, NULL, NULL);
+    if (a_kind == QUANT_NUPES) {
+        L.a_param = malloc(2 * sizeof(float));
+        for (int i = 0; i < 2; i++) L.a_param[i] = 0.4f + 0.6f * rng_uniform(r);
+        quantizer_setup_param(&L.aq, L.a_param, NULL);
+    }
+    if (w_kind == QUANT_NUPES) {
+        L.w_param = malloc((size_t)cout * sizeof(float));
+        for (int o = 0; o < cout; o++) L.w_param[o] = 0.4f + 0.6f * rng_uniform(r);
+    }
+    uint8_t *lv = malloc(nw);
+    float *wd = malloc((size_t)cout * sizeof(float)), *wz = malloc((size_t)cout * sizeof(float));
+    for (size_t i = 0; i < nw; i++) lv[i] = (uint8_t)rng_below(r, 1u << w_bits);
+    for (int o = 0; o < cout; o++) {
+        wd[o] = 0.01f + 0.05f * rng_uniform(r);
+        wz[o] = (float)rng_below(r, 1u << w_bits);
+    }
+    Err e = {0};
+    assert_int_equal(export_layer_prepare(&L, lv, wd, wz, &e), 0);
+    assert_true(L.int_ok);
+    assert_true(L.lut);
+    assert_true((L.w_lut != NULL) == (w_kind == QUANT_NUPES) && (L.a_lut != NULL) == (a_kind == QUANT_NUPES));
+    ml.quant = &L;
+    ml.quant_forward = export_layer_forward;
+    // W (the student's: the kind's decode) and Ŵ (the table's), in double
+    float *wf = malloc(nw * sizeof(float));
+    assert_int_equal(export_layer_dequant(&L, wf), 0);
+    double *w = malloc(nw * sizeof(double)), *wh = malloc(nw * sizeof(double));
+    double *dw = malloc(nw * sizeof(double)), *aw = malloc(nw * sizeof(double));
+    for (size_t i = 0; i < nw; i++) {
+        int o = (int)(i / K);
+        w[i] = wf[i];
+        wh[i] = L.w_lut ? (double)L.w_iscale[o] * L.w_lut[((size_t)o << w_bits) + lv[i]] : w[i];
+        dw[i] = fabs(wh[i] - w[i]);
+        aw[i] = fabs(w[i]);
+    }
+    Ctx *c = test_ctx_new((size_t)256 << 20);
+    ctx_set_grad(c, 0);
+    Tensor *x = tensor_new(c, xdim, xshape);
+    rng_normal_fill(r, x->data, x->n);
+    size_t nx = x->n;
+    uint8_t *code = malloc(nx);
+    float *xf = malloc(nx * sizeof(float));
+    double *xd = malloc(nx * sizeof(double)), *xh = malloc(nx * sizeof(double)), *dx = malloc(nx * sizeof(double));
+    double *axh = malloc(nx * sizeof(double)), *axf = malloc(nx * sizeof(double));
+    const QKindOps *aops = quantizer_ops(&L.aq);
+    for (int entry = 0; entry < 2; entry++) {
+        aops->encode(&L.aq, entry, code, x->data, nx);
+        aops->decode(&L.aq, entry, xf, code, nx);
+        for (size_t i = 0; i < nx; i++) {
+            xd[i] = xf[i];
+            xh[i] = L.a_lut ? (double)L.a_iscale[entry] * ((double)L.a_lut[((size_t)entry << a_bits) + code[i]] -
+                                                            (double)L.a_izero[entry])
+                            : xd[i];
+            dx[i] = fabs(xh[i] - xd[i]);
+            axh[i] = fabs(xh[i]);
+            axf[i] = fabs(xd[i]);
+        }
+        em.entry = entry;
+        em.use_float = 1;
+        Tensor *yf = layer_forward(c, &ml, x);
+        assert_non_null(yf);
+        size_t ny = yf->n;
+        double *yref = malloc(ny * sizeof(double)), *b1 = malloc(ny * sizeof(double)), *b2 = malloc(ny * sizeof(double));
+        double *mag = malloc(ny * sizeof(double));
+        float *yr = malloc(ny * sizeof(float));
+        naive_layer(yref, kind, wh, bias, xh, cout, cin, k, stride, pad, xshape, xdim);
+        naive_layer(b1, kind, dw, NULL, axh, cout, cin, k, stride, pad, xshape, xdim);
+        naive_layer(b2, kind, aw, NULL, dx, cout, cin, k, stride, pad, xshape, xdim);
+        naive_layer(mag, kind, aw, NULL, axf, cout, cin, k, stride, pad, xshape, xdim);
+        for (size_t i = 0; i < ny; i++) yr[i] = (float)yref[i];
+        for (int kind2 = 0; kind2 < INT_GEMM_COUNT; kind2++) {
+            if (!int_gemm_supported((IntGemmKind)kind2)) continue;
+            em.use_float = 0;
+            em.kernel = (IntGemmKind)kind2;
+            Tensor *yi = layer_forward(c, &ml, x);
+            assert_non_null(yi);
+            assert_int_equal(yi->n, ny);
+            double err = rel_l2(yi->data, yr, ny);
+            if (err > TOL_LAYER)
+                fail_msg("%s: lut %s cout %d cin %d k %d W%d(%s)A%d(%s) entry %d: vs the tables' y relative L2 %.3g",
+                         int_gemm_name((IntGemmKind)kind2), kind == LAYER_CONV2D ? "conv" : "linear", cout, cin, k,
+                         w_bits, quant_kind_name(w_kind), a_bits, quant_kind_name(a_kind), entry, err);
+            for (size_t i = 0; i < ny; i++) {
+                double d = fabs((double)yi->data[i] - (double)yf->data[i]), bound = b1[i] + b2[i];
+                double slack = TOL_LAYER * (mag[i] + fabs((double)bias[(kind == LAYER_LINEAR ? i : i / (ny / (size_t)xshape[0] / (size_t)cout)) % (size_t)cout]));
+                if (d > bound + slack)
+                    fail_msg("%s: lut %s W%d(%s)A%d(%s) entry %d output %zu: |int - float| %.3g > the rounding "
+                             "bound %.3g + %.2g", int_gemm_name((IntGemmKind)kind2),
+                             kind == LAYER_CONV2D ? "conv" : "linear", w_bits, quant_kind_name(w_kind), a_bits,
+                             quant_kind_name(a_kind), entry, i, d, bound, slack);
+                if (bound > 0 && d / bound > *tight) *tight = d / bound;
+            }
+        }
+        free(yref), free(b1), free(b2), free(mag), free(yr);
+    }
+    test_ctx_delete(c);
+    export_layer_release(&L);
+    free(dummy), free(bias), free(lv), free(wd), free(wz), free(wf), free(w), free(wh), free(dw), free(aw);
+    free(code), free(xf), free(xd), free(xh), free(dx), free(axh), free(axf);
+}
+
+static void test_layer_shapes_lut(void **state) {
+    Rng r;
+    rng_seed(&r, 13, 0);
+    double tight = 0;
+    const QuantKind wk[] = {QUANT_NUPES, QUANT_UNIFORM, QUANT_NUPES}, ak[] = {QUANT_UNIFORM, QUANT_NUPES, QUANT_NUPES};
+    const int wb[] = {2, 3, 4}, ab[] = {4, 8};
+    for (int m = 0; m < 3; m++)
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 2; j++) {
+                int w_bits = wk[m] == QUANT_UNIFORM && i == 2 ? 8 : wb[i];  // uniform: 2, 3, 8
+                check_synthetic_lut(LAYER_CONV2D, 7, 5, 3, 1, 1, wk[m], w_bits, ak[m], ab[j], (int[]){3, 5, 6, 5}, 4,
+                                    &r, &tight);
+                check_synthetic_lut(LAYER_CONV2D, 9, 6, 3, 2, 1, wk[m], w_bits, ak[m], ab[j], (int[]){2, 6, 7, 7}, 4,
+                                    &r, &tight);
+                check_synthetic_lut(LAYER_CONV2D, 17, 8, 1, 1, 0, wk[m], w_bits, ak[m], ab[j], (int[]){2, 8, 4, 4}, 4,
+                                    &r, &tight);
+                check_synthetic_lut(LAYER_LINEAR, 13, 7, 1, 1, 0, wk[m], w_bits, ak[m], ab[j], (int[]){2, 5, 7}, 3, &r,
+                                    &tight);
+                check_synthetic_lut(LAYER_LINEAR, 33, 64, 1, 1, 0, wk[m], w_bits, ak[m], ab[j], (int[]){37, 64}, 2, &r,
+                                    &tight);
+            }
+    print_message("  level tables: |int - float| reached at most %.2f of the rounding bound\n", tight);
+}
+
 /* ---- layers of an exported model ------------------------------------------------------ */
 
 static ExportModel *g_em;  // the model under test (the layer hook has no user pointer)
@@ -422,6 +628,7 @@ int main(void) {
         cmocka_unit_test(test_layers_w4a8),
         cmocka_unit_test(test_layers_w2a8),
         cmocka_unit_test(test_layer_shapes_side),
+        cmocka_unit_test(test_layer_shapes_lut),
         cmocka_unit_test(test_layers_easyquant_w4a4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
