@@ -24,62 +24,80 @@ static size_t kpos(const ExportLayer *L, int ci, int ki, int kj) { return (size_
 
 /* ---- level tables (export_int.h) ---------------------------------------------------------- */
 
-// The levels y (n) rounded to integers t on the grid s (t - z), t in [tmin, tmax]: s0 spans the
-// levels (and 0, which stays exact), t = clamp(round(y / s0) + z), then s is the least-squares
-// scale for those t. Returns the relative L2 error ||y - s (t - z)|| / ||y|| (0 for y = 0).
-static double round_levels(const float *y, int n, int tmin, int tmax, int *t, float *s, int *z) {
+// The levels y (n, level l used cnt[l] times) rounded to integers t on the grid s (t - z), t in
+// [tmin, tmax], minimising the weighted squared error Σ cnt (y - s (t - z))²: for each step of
+// a grid from s0 (the step that spans the levels and 0, which stays exact) down to s0 / 2
+// (smaller steps clamp the outer levels, rare in bell-shaped data, for finer inner ones),
+// t = clamp(round(y / s) + z), z the integer of 0; then the least-squares s for the best t.
+// Returns the relative error sqrt(Σ cnt (y - s (t - z))² / Σ cnt y²) (0 for y = 0).
+static double round_levels(const float *y, const double *cnt, int n, int tmin, int tmax, int *t, float *s, int *z) {
     double lo = 0, hi = 0, yy = 0;
     for (int l = 0; l < n; l++) {
         lo = y[l] < lo ? y[l] : lo;
         hi = y[l] > hi ? y[l] : hi;
-        yy += (double)y[l] * y[l];
+        yy += cnt[l] * y[l] * y[l];
     }
-    double s0;
-    if (tmin < 0) {  // symmetric (weights): z = 0, max |y| at ±tmax
-        double m = -lo > hi ? -lo : hi;
-        s0 = m / tmax;
-        *z = 0;
-    } else {  // affine (activations): [lo, hi] on tmin..tmax, 0 at the integer z
-        s0 = (hi - lo) / (tmax - tmin);
-        *z = s0 > 0 ? (int)rint(-lo / s0) + tmin : tmin;
-    }
-    if (!(s0 > 0)) {
+    double s0 = tmin < 0 ? fmax(-lo, hi) / tmax : (hi - lo) / (tmax - tmin);  // symmetric (z = 0) or affine
+    if (!(s0 > 0) || !(yy > 0)) {
+        *z = tmin < 0 ? 0 : tmin;
         for (int l = 0; l < n; l++) t[l] = *z;
         *s = 1.0f;
         return 0;
     }
+    double best = INFINITY, bs = s0;
+    int bz = 0;
+    for (int j = 0; j <= 32; j++) {
+        double sc = s0 * (1.0 - j / 64.0), zz = tmin < 0 ? 0 : rint(-lo / sc) + tmin, err = 0;
+        zz = zz > tmax ? tmax : zz;
+        for (int l = 0; l < n; l++) {
+            double v = rint(y[l] / sc) + zz, d;
+            v = v < tmin ? tmin : (v > tmax ? tmax : v);
+            d = y[l] - sc * (v - zz);
+            err += cnt[l] * d * d;
+        }
+        if (err < best) best = err, bs = sc, bz = (int)zz;
+    }
+    *z = bz;
     double num = 0, den = 0;
     for (int l = 0; l < n; l++) {
-        double v = rint(y[l] / s0) + *z;
+        double v = rint(y[l] / bs) + bz;
         t[l] = (int)(v < tmin ? tmin : (v > tmax ? tmax : v));
-        num += (double)y[l] * (t[l] - *z);
-        den += (double)(t[l] - *z) * (t[l] - *z);
+        num += cnt[l] * y[l] * (t[l] - bz);
+        den += cnt[l] * (double)(t[l] - bz) * (t[l] - bz);
     }
-    *s = den > 0 ? (float)(num / den) : (float)s0;
+    *s = den > 0 ? (float)(num / den) : (float)bs;
     double err = 0;
     for (int l = 0; l < n; l++) {
-        double d = (double)y[l] - (double)*s * (t[l] - *z);
-        err += d * d;
+        double d = (double)y[l] - (double)*s * (t[l] - bz);
+        err += cnt[l] * d * d;
     }
-    return yy > 0 ? sqrt(err / yy) : 0.0;
+    return sqrt(err / yy);
 }
 
-// Each channel's 2^b levels (the weight kind's decode) as int8 t_c and s_c (w_lut, w_iscale).
-static int weight_tables(ExportLayer *L, Err *e) {
+// Each channel's 2^b levels (the weight kind's decode) as int8 t_c and s_c (w_lut, w_iscale),
+// weighted by how often the channel uses each level (levels: cout K codes, C order); w_lut_err
+// is the layer's ||W - Ŵ|| / ||W||.
+static int weight_tables(ExportLayer *L, const uint8_t *levels, Err *e) {
     int nl = 1 << L->w_bits, t[16], z;
     float y[16];
+    double cnt[16];
     uint8_t codes[16];
     for (int l = 0; l < nl; l++) codes[l] = (uint8_t)l;
     L->w_lut = malloc((size_t)L->cout * (size_t)nl);
     L->w_iscale = malloc((size_t)L->cout * sizeof(float));
     if (!L->w_lut || !L->w_iscale) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", L->layer->name);
-    L->w_lut_err = 0;
+    double num = 0, den = 0;
     for (int o = 0; o < L->cout; o++) {
         quantizer_ops(&L->wq)->decode(&L->wq, o, y, codes, (size_t)nl);
-        double err = round_levels(y, nl, -127, 127, t, &L->w_iscale[o], &z);
-        L->w_lut_err = err > L->w_lut_err ? err : L->w_lut_err;
+        memset(cnt, 0, sizeof cnt);
+        for (int k = 0; k < L->K; k++) cnt[levels[(size_t)o * L->K + k]] += 1;
+        double err = round_levels(y, cnt, nl, -127, 127, t, &L->w_iscale[o], &z), ww = 0;
+        for (int l = 0; l < nl; l++) ww += cnt[l] * (double)y[l] * y[l];
+        num += err * err * ww;  // the channel's ||W - Ŵ||²
+        den += ww;
         for (int l = 0; l < nl; l++) L->w_lut[(size_t)o * nl + l] = (int8_t)t[l];
     }
+    L->w_lut_err = den > 0 ? sqrt(num / den) : 0.0;
     L->w_ic = 128;  // the linear GEMM's u8 weight operand: t + 128
     L->w_umax = 255;
     return 0;
@@ -126,25 +144,26 @@ static int act_tables(ExportLayer *L, Err *e) {
     int *t = malloc((size_t)nl * sizeof(int));
     float *y = malloc((size_t)nl * sizeof(float));
     uint8_t *codes = malloc((size_t)nl);
+    double *ones = malloc((size_t)nl * sizeof(double));  // no data at load time: every level alike
     L->a_lut = malloc((size_t)n * (size_t)nl);
     L->a_bound = malloc((size_t)n * (size_t)(nl - 1) * sizeof(float));
     L->a_iscale = malloc((size_t)n * sizeof(float));
     L->a_izero = malloc((size_t)n * sizeof(float));
-    if (!t || !y || !codes || !L->a_lut || !L->a_bound || !L->a_iscale || !L->a_izero) {
-        free(t), free(y), free(codes);
+    if (!t || !y || !codes || !ones || !L->a_lut || !L->a_bound || !L->a_iscale || !L->a_izero) {
+        free(t), free(y), free(codes), free(ones);
         return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", L->layer->name);
     }
-    for (int l = 0; l < nl; l++) codes[l] = (uint8_t)l;
+    for (int l = 0; l < nl; l++) codes[l] = (uint8_t)l, ones[l] = 1.0;
     L->a_lut_err = 0;
     for (int k = 0; k < n; k++) {
         quantizer_ops(&L->aq)->decode(&L->aq, k, y, codes, (size_t)nl);
-        double err = round_levels(y, nl, 0, 255, t, &L->a_iscale[k], &z);
+        double err = round_levels(y, ones, nl, 0, 255, t, &L->a_iscale[k], &z);
         L->a_lut_err = err > L->a_lut_err ? err : L->a_lut_err;
         L->a_izero[k] = (float)z;
         for (int l = 0; l < nl; l++) L->a_lut[(size_t)k * nl + l] = (uint8_t)t[l];
         for (int l = 1; l < nl; l++) L->a_bound[(size_t)k * (nl - 1) + l - 1] = code_bound(&L->aq, k, l);
     }
-    free(t), free(y), free(codes);
+    free(t), free(y), free(codes), free(ones);
     L->a_imax = 255;
     return 0;
 }
@@ -199,7 +218,7 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     L->w_ic = L->wc;
     L->w_umax = (1 << L->cbits) - 1;
     L->a_imax = (1 << L->a_bits) - 1;
-    if (w_tab && weight_tables(L, e)) return e->code;
+    if (w_tab && weight_tables(L, levels, e)) return e->code;
     if (a_tab && act_tables(L, e)) return e->code;
     if (L->a_lut) {
         zamax = 255;

@@ -614,6 +614,145 @@ static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
 
 static void check_layers(int w_bits, int a_bits) { check_layers_kind(w_bits, a_bits, QUANT_UNIFORM); }
 
+/* The layers of a nupes export (weights and activations, W4A4: the 4-bit layers run the level
+   tables, the 8-bit special layers the float path) inside real UNet forwards: per output,
+   |int - float| <= |Ŵ - W| |x^| + |W| |x^ - x~| + slack, the tables' rounding bound of
+   check_synthetic_lut computed here with the layer's own conv / linear on the absolute values
+   (W from export_layer_dequant, its codes matched to the channel's decoded levels; x~ the
+   kind's decode of its encode, x^ the table's value). */
+static double g_lut_rel_lo, g_lut_rel_hi, g_lut_tight;
+static int g_lut_calls;
+
+static Tensor *abs_op(Ctx *c, ModelLayer *l, Tensor *x, const float *w) {
+    Tensor *wt = tensor_new(c, l->weight.ndim, l->weight.shape);
+    memcpy(wt->data, w, l->weight.n * sizeof(float));
+    return l->kind == LAYER_LINEAR ? t_linear(c, x, wt, NULL) : t_conv2d(c, x, wt, NULL, l->stride, l->pad);
+}
+
+static Tensor *lut_paths(Ctx *c, ModelLayer *l, Tensor *x) {
+    ExportLayer *q = l->quant;
+    g_em->use_float = 1;
+    Tensor *yf = export_layer_forward(c, l, x);
+    g_em->use_float = 0;
+    Tensor *yi = export_layer_forward(c, l, x);
+    assert_non_null(yf);
+    assert_non_null(yi);
+    if (!q->lut) return yf;
+    int entry = (q->special || q->aq.n == 1) ? 0 : g_em->entry;
+    size_t nw = l->weight.n, K = nw / (size_t)q->cout, nx = x->n;
+    int nl = 1 << q->w_bits, na = 1 << q->a_bits;
+    float *w = malloc(nw * sizeof(float)), *dw = malloc(nw * sizeof(float)), *aw = malloc(nw * sizeof(float));
+    assert_int_equal(export_layer_dequant(q, w), 0);
+    for (size_t i = 0; i < nw; i++) {
+        int o = (int)(i / K);
+        double wh = w[i];
+        if (q->w_lut) {  // the code of w: the level it equals (decode is a table lookup: exact)
+            float y[16];
+            uint8_t codes[16];
+            for (int v = 0; v < nl; v++) codes[v] = (uint8_t)v;
+            quantizer_ops(&q->wq)->decode(&q->wq, o, y, codes, (size_t)nl);
+            int code = -1;
+            for (int v = 0; v < nl && code < 0; v++)
+                if (y[v] == w[i]) code = v;
+            assert_true(code >= 0);
+            wh = (double)q->w_iscale[o] * q->w_lut[((size_t)o << q->w_bits) + code];
+        }
+        dw[i] = (float)fabs(wh - w[i]);
+        aw[i] = fabsf(w[i]);
+    }
+    Tensor *axh = tensor_new(c, x->ndim, x->shape), *adx = tensor_new(c, x->ndim, x->shape);
+    Tensor *axf = tensor_new(c, x->ndim, x->shape);
+    uint8_t *code = malloc(nx);
+    float *xf = malloc(nx * sizeof(float));
+    const QKindOps *aops = quantizer_ops(&q->aq);
+    aops->encode(&q->aq, entry, code, x->data, nx);
+    aops->decode(&q->aq, entry, xf, code, nx);
+    for (size_t i = 0; i < nx; i++) {
+        double xh = q->a_lut ? (double)q->a_iscale[entry] * ((double)q->a_lut[(size_t)entry * na + code[i]] -
+                                                              (double)q->a_izero[entry])
+                             : xf[i];
+        axh->data[i] = (float)fabs(xh);
+        adx->data[i] = (float)fabs(xh - xf[i]);
+        axf->data[i] = fabsf(xf[i]);
+    }
+    Tensor *b1 = abs_op(c, l, axh, dw), *b2 = abs_op(c, l, adx, aw), *mag = abs_op(c, l, axf, aw);
+    assert_true(b1 && b2 && mag && b1->n == yf->n);
+    size_t per = l->kind == LAYER_LINEAR ? 1 : yf->n / (size_t)yf->shape[0] / (size_t)q->cout;
+    for (size_t i = 0; i < yf->n; i++) {
+        // float slack as in check_synthetic_lut; the bound's own float sums over |terms| are
+        // within K ulps of it, inside that slack
+        float b = l->bias.data ? l->bias.data[(i / per) % (size_t)q->cout] : 0.0f;
+        double d = fabs((double)yi->data[i] - (double)yf->data[i]), bound = (double)b1->data[i] + b2->data[i];
+        double slack = TOL_LAYER * ((double)mag->data[i] + fabs((double)b));
+        if (d > bound + slack)
+            fail_msg("layer %s output %zu: |int - float| %.3g > the tables' rounding bound %.3g + %.2g", l->name, i, d,
+                     bound, slack);
+        if (bound > 0 && d / bound > g_lut_tight) g_lut_tight = d / bound;
+    }
+    double r = rel_l2(yi->data, yf->data, yf->n);
+    g_lut_rel_lo = r < g_lut_rel_lo ? r : g_lut_rel_lo;
+    g_lut_rel_hi = r > g_lut_rel_hi ? r : g_lut_rel_hi;
+    g_lut_calls++;
+    free(w), free(dw), free(aw), free(code), free(xf);
+    return yf;
+}
+
+static void test_layers_nupes_w4a4(void **state) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc = student_config(4, 4, 20);
+    rc.quant.weight_quantizer = QUANT_NUPES;
+    rc.quant.act_quantizer = QUANT_NUPES;
+    QModel q;
+    student_make(&q, c, &T, &rc, 1);
+    ExportSummary s;
+    char *path = student_export(&q, &T, &s);
+    Err e = {0};
+    qmodel_free(&q);
+    ExportModel *em = NULL;
+    int r = export_load(&em, path, &e);
+    if (r) print_error("load: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    int n4 = 0;
+    for (int k = 0; k < em->n_layers; k++) {
+        const ExportLayer *L = &em->layers[k];
+        n4 += L->w_bits == 4;
+        assert_int_equal(L->lut, L->w_bits == 4);  // the tables for 4-bit weights; 8-bit: the float path
+        assert_int_equal(L->int_ok, L->lut);
+    }
+    assert_int_equal(em->n_lut_layers, n4);
+    int C, H, W, n = 3;
+    ldm_latent_shape(T.m, &C, &H, &W);
+    float *x = malloc((size_t)n * C * H * W * sizeof(float)), t[3];
+    int y[3];
+    const int ts[] = {1, 500, 999};
+    for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+        if (!int_gemm_supported((IntGemmKind)kind)) continue;
+        assert_int_equal(export_set_kernel(em, int_gemm_name((IntGemmKind)kind), &e), 0);
+        g_em = em;
+        g_lut_rel_lo = INFINITY;
+        g_lut_rel_hi = g_lut_tight = 0;
+        g_lut_calls = 0;
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+            inputs(T.m, n, ts[i], 400 + i, x, t, y);
+            export_set_timestep(em, ts[i]);
+            for (int k = 0; k < em->n_layers; k++) em->layers[k].layer->quant_forward = lut_paths;
+            free(forward(c, em->ldm, x, t, y, n));
+            for (int k = 0; k < em->n_layers; k++) em->layers[k].layer->quant_forward = export_layer_forward;
+        }
+        assert_int_equal(g_lut_calls, (int)(sizeof ts / sizeof ts[0]) * n4);
+        print_message("    %-4s: %d table layer calls, integer vs float relative L2 %.2g .. %.2g, at most %.2f of "
+                      "the rounding bound\n", int_gemm_name((IntGemmKind)kind), g_lut_calls, g_lut_rel_lo,
+                      g_lut_rel_hi, g_lut_tight);
+    }
+    free(x);
+    export_free(em);
+    unlink(path);
+    free(path);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
 static void test_layers_w4a4(void **state) { check_layers(4, 4); }
 static void test_layers_w4a8(void **state) { check_layers(4, 8); }
 static void test_layers_w2a8(void **state) { check_layers(2, 8); }
@@ -630,6 +769,7 @@ int main(void) {
         cmocka_unit_test(test_layer_shapes_side),
         cmocka_unit_test(test_layer_shapes_lut),
         cmocka_unit_test(test_layers_easyquant_w4a4),
+        cmocka_unit_test(test_layers_nupes_w4a4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
