@@ -381,29 +381,12 @@ static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, i
 
 /* ---- the integer path ---------------------------------------------------------------- */
 
-// The u8 operands of n activations with entry k's level table: each x's code (the number of
-// thresholds at or below it: the kind's encode, export_int.h) looked up in the table. Blocks of
-// 256 values, the thresholds outer, so that the compare-and-count loop vectorizes.
-static void lut_quant(uint8_t *xq, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab) {
-    uint8_t code[256];
-    for (size_t i0 = 0; i0 < n; i0 += 256) {
-        size_t m = n - i0 < 256 ? n - i0 : 256;
-        const float *xb = x + i0;
-        memset(code, 0, m);
-        for (int l = 0; l < nb; l++) {
-            float b = bound[l];
-            for (size_t i = 0; i < m; i++) code[i] += xb[i] >= b;
-        }
-        for (size_t i = 0; i < m; i++) xq[i0 + i] = tab[code[i]];
-    }
-}
-
 // The u8 operands of n activations of layer q with table entry `entry`: uniform levels
-// (int_quant_u8 with Δ_a, z_a), or the level table's.
+// (int_quant_u8 with Δ_a, z_a), or the level table's (int_lut_u8: the code by thresholds).
 static void quant_act(const ExportLayer *q, int entry, uint8_t *xq, const float *x, size_t n) {
     if (q->a_lut) {
         int nb = (1 << q->a_bits) - 1;
-        lut_quant(xq, x, n, q->a_bound + (size_t)entry * nb, nb, q->a_lut + ((size_t)entry << q->a_bits));
+        int_lut_u8(q->model->kernel, xq, x, n, q->a_bound + (size_t)entry * nb, nb, q->a_lut + ((size_t)entry << q->a_bits));
         return;
     }
     int_quant_u8(q->model->kernel, xq, x, n, q->aq.delta.data[entry], q->aq.zero.data[entry], (1 << q->a_bits) - 1);

@@ -150,6 +150,56 @@ static void test_quant_variants(void **state) {
     free(q);
 }
 
+// int_lut_u8 (every variant) against the definition: the count of thresholds at or below x,
+// then the table; thresholds with ties, -inf at the bottom, NaN (a code never reached) at the
+// top; values on the thresholds, one float either side, ±inf, NaN; 2, 4 and 8-bit codes.
+static void test_lut_variants(void **state) {
+    const size_t n = 1003;
+    float *x = malloc(n * sizeof(float));
+    uint8_t *q = malloc(n);
+    Rng r;
+    rng_seed(&r, 8, 0);
+    const int bits[] = {2, 4, 8};
+    for (int bi = 0; bi < 3; bi++) {
+        int nb = (1 << bits[bi]) - 1;
+        float bound[255];
+        uint8_t tab[256];
+        for (int l = 0; l < nb; l++) bound[l] = 3.0f * (rng_uniform(&r) - 0.5f);
+        for (int i = 1; i < nb; i++)  // ascending
+            for (int j = i; j > 0 && bound[j] < bound[j - 1]; j--) {
+                float t = bound[j];
+                bound[j] = bound[j - 1];
+                bound[j - 1] = t;
+            }
+        bound[0] = -INFINITY;
+        if (nb > 2) bound[2] = bound[1];  // a tie
+        bound[nb - 1] = NAN;
+        for (int c = 0; c <= nb; c++) tab[c] = (uint8_t)rng_below(&r, 256);
+        rng_normal_fill(&r, x, n);
+        for (int l = 1; l < nb - 1 && 3 * (size_t)l + 2 < n; l++) {
+            x[3 * l] = bound[l];
+            x[3 * l + 1] = nextafterf(bound[l], -INFINITY);
+            x[3 * l + 2] = nextafterf(bound[l], INFINITY);
+        }
+        x[n - 1] = NAN;
+        x[n - 2] = INFINITY;
+        x[n - 3] = -INFINITY;
+        for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+            if (!int_gemm_supported((IntGemmKind)kind)) continue;
+            int_lut_u8((IntGemmKind)kind, q, x, n, bound, nb, tab);
+            for (size_t i = 0; i < n; i++) {
+                int c = 0;
+                for (int l = 0; l < nb; l++) c += x[i] >= bound[l];
+                if (q[i] != tab[c])
+                    fail_msg("%s: %d-bit codes: x[%zu]=%g: %d, expected tab[%d] = %d", int_gemm_name((IntGemmKind)kind),
+                             bits[bi], i, x[i], q[i], c, tab[c]);
+            }
+        }
+    }
+    free(x);
+    free(q);
+}
+
 /* ---- single layers of shapes the teacher lacks ------------------------------------------ */
 
 // One synthetic quantized layer (random levels, Δ_w, z_w, table) run by both paths; with
@@ -422,6 +472,33 @@ static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int st
     double *xd = malloc(nx * sizeof(double)), *xh = malloc(nx * sizeof(double)), *dx = malloc(nx * sizeof(double));
     double *axh = malloc(nx * sizeof(double)), *axf = malloc(nx * sizeof(double));
     const QKindOps *aops = quantizer_ops(&L.aq);
+    if (L.a_lut) {  // the thresholds give the kind's encode exactly: random values, each threshold and its neighbours
+        int nb = amax;
+        uint8_t ident[256], *c1 = malloc(3 * (size_t)nb + 1000), *c2 = malloc(3 * (size_t)nb + 1000);
+        float *v = malloc((3 * (size_t)nb + 1000) * sizeof(float));
+        for (int i = 0; i < 256; i++) ident[i] = (uint8_t)i;
+        for (int entry = 0; entry < 2; entry++) {
+            const float *b = L.a_bound + (size_t)entry * nb;
+            size_t m = 0;
+            for (int l = 0; l < nb; l++)
+                if (isfinite(b[l])) {
+                    v[m++] = b[l];
+                    v[m++] = nextafterf(b[l], -INFINITY);
+                    v[m++] = nextafterf(b[l], INFINITY);
+                }
+            for (int i = 0; i < 1000; i++) v[m++] = 4.0f * (rng_uniform(r) - 0.5f);
+            aops->encode(&L.aq, entry, c1, v, m);
+            for (int kind2 = 0; kind2 < INT_GEMM_COUNT; kind2++) {
+                if (!int_gemm_supported((IntGemmKind)kind2)) continue;
+                int_lut_u8((IntGemmKind)kind2, c2, v, m, b, nb, ident);
+                for (size_t i = 0; i < m; i++)
+                    if (c1[i] != c2[i])
+                        fail_msg("%s: A%d entry %d: x = %.9g: code %d by thresholds, %d by encode",
+                                 int_gemm_name((IntGemmKind)kind2), a_bits, entry, v[i], c2[i], c1[i]);
+            }
+        }
+        free(c1), free(c2), free(v);
+    }
     for (int entry = 0; entry < 2; entry++) {
         aops->encode(&L.aq, entry, code, x->data, nx);
         aops->decode(&L.aq, entry, xf, code, nx);
@@ -467,7 +544,7 @@ static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int st
                              "bound %.3g + %.2g", int_gemm_name((IntGemmKind)kind2),
                              kind == LAYER_CONV2D ? "conv" : "linear", w_bits, quant_kind_name(w_kind), a_bits,
                              quant_kind_name(a_kind), entry, i, d, bound, slack);
-                if (bound > 0 && d / bound > *tight) *tight = d / bound;
+                if (d / (bound + slack) > *tight) *tight = d / (bound + slack);
             }
         }
         free(yref), free(b1), free(b2), free(mag), free(yr);
@@ -499,7 +576,7 @@ static void test_layer_shapes_lut(void **state) {
                 check_synthetic_lut(LAYER_LINEAR, 33, 64, 1, 1, 0, wk[m], w_bits, ak[m], ab[j], (int[]){37, 64}, 2, &r,
                                     &tight);
             }
-    print_message("  level tables: |int - float| reached at most %.2f of the rounding bound\n", tight);
+    print_message("  level tables: |int - float| reached at most %.2f of the rounding bound + slack\n", tight);
 }
 
 /* ---- layers of an exported model ------------------------------------------------------ */
@@ -687,7 +764,7 @@ static Tensor *lut_paths(Ctx *c, ModelLayer *l, Tensor *x) {
         if (d > bound + slack)
             fail_msg("layer %s output %zu: |int - float| %.3g > the tables' rounding bound %.3g + %.2g", l->name, i, d,
                      bound, slack);
-        if (bound > 0 && d / bound > g_lut_tight) g_lut_tight = d / bound;
+        if (d / (bound + slack) > g_lut_tight) g_lut_tight = d / (bound + slack);
     }
     double r = rel_l2(yi->data, yf->data, yf->n);
     g_lut_rel_lo = r < g_lut_rel_lo ? r : g_lut_rel_lo;
@@ -762,6 +839,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_variants),
         cmocka_unit_test(test_quant_variants),
+        cmocka_unit_test(test_lut_variants),
         cmocka_unit_test(test_layer_shapes),
         cmocka_unit_test(test_layers_w4a4),
         cmocka_unit_test(test_layers_w4a8),
