@@ -218,8 +218,10 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     L->w_ic = L->wc;
     L->w_umax = (1 << L->cbits) - 1;
     L->a_imax = (1 << L->a_bits) - 1;
-    if (w_tab && weight_tables(L, levels, e)) return e->code;
-    if (a_tab && act_tables(L, e)) return e->code;
+    if ((w_tab && weight_tables(L, levels, e)) || (a_tab && act_tables(L, e))) {
+        free(row);
+        return e->code;
+    }
     if (L->a_lut) {
         zamax = 255;
         pad_ok = 1;  // the table's z is in 0..255
@@ -302,8 +304,10 @@ size_t export_layer_level_bytes(const ExportLayer *L) { return (size_t)L->cout *
 
 size_t export_layer_scale_bytes(const ExportLayer *L) {
     // per channel Δ_w, z_w, zoff, rsum; per side entry its position, value, stored position,
-    // coefficient; the level tables (per channel 2^b int8 and s_c)
+    // coefficient; the level tables (per channel 2^b int8 and s_c; per entry 2^b u8, the
+    // 2^b - 1 thresholds, s_a and z)
     size_t tab = L->w_lut ? (size_t)L->cout * (((size_t)1 << L->w_bits) + sizeof(float)) : 0;
+    if (L->a_lut) tab += (size_t)L->entries * (((size_t)1 << L->a_bits) * (1 + sizeof(float)) + sizeof(float));
     return (size_t)L->cout * (2 * sizeof(float) + 2 * sizeof(int32_t)) +
            (size_t)L->cout * (size_t)L->n_side * (2 * sizeof(int32_t) + 2 * sizeof(float)) + tab;
 }
