@@ -84,6 +84,9 @@
      uint8, int32 sums: AVX-512 VNNI, AVX2 or portable C) against the unpacked s8 rows, then
      y = Δ_a Δ_w (D - (z_w - c) S - z_a R) + bias in float. Equal to the float path up to
      the rounding of that rescale (relative L2 <= 2.5e-7 per layer, test_int_kernels).
+     Layers of a non-uniform kind (qkind.h lut: nupes) run it through 8-bit level tables
+     (export_int.h), which rounds their levels: within a derived per-output bound of the
+     float path (test_int_kernels); the loader keeps the float path where they are too coarse.
    - float (EFFDM_KERNEL=float): fake_quant(x), W_eff dequantized per call into the arena,
      the FP conv/linear: the student's computation bit for bit (test_export).
 

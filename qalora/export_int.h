@@ -18,9 +18,9 @@
    - float path (EFFDM_KERNEL=float, and layers the integer path cannot take exactly): the
      deployed model as it was first written, fake_quant(x) then the FP op on W_eff
      dequantized per call; the reference the integer path is tested against.
-   The quantizer kinds (qkind.h) decide which: the integer path needs both kinds affine
-   (uniform levels); other kinds always run the float path, which decodes the weight and
-   fake-quantizes the input through the kind table. A weight kind's side table (easyquant's
+   The quantizer kinds (qkind.h) decide which: the integer path needs each kind affine
+   (uniform levels) or lut (level tables, below: approximate); other kinds always run the
+   float path, which decodes the weight and fake-quantizes the input through the kind table. A weight kind's side table (easyquant's
    outliers, kept in float16) is exact in both: the float path's decode returns the side
    values, the integer path adds y[o, n] += Σ_s c[o, s] Δ_a (a[kpos(o, s), n] - z_a) after the
    dense kernel, c = v - (q - z_w) Δ_w (v itself when the stored level is z_w, as easyquant

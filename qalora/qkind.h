@@ -48,7 +48,7 @@
                kernels (export_int.h: activation levels by int_quant_u8, int8 x uint8 GEMM,
                then a Δ_a Δ_w (...) rescale) compute layers of this kind from the levels;
                0: such layers run the export's float path (the weight decoded, the input
-               fake-quantized) - e.g. a look-up-table kind.
+               fake-quantized), or, for a lut kind, the integer kernels through level tables.
      lut       1 for a kind that is not affine but whose encode is non-decreasing in x (over
                the floats, -inf to +inf) and without a side table: the export's integer path then
                rounds each entry's 2^b levels (decode of 0 .. 2^b - 1) to an int8 (weights) or u8
