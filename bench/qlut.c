@@ -114,6 +114,9 @@ int main(int argc, char **argv) {
         mlo = mean < mlo ? mean : mlo;
         mhi = mean > mhi ? mean : mhi;
     }
+    printf("quantized layers in memory: levels %zu + per-channel values and tables %zu bytes vs FP32 %zu: 1/%.2f\n",
+           em->qlevel_bytes, em->qscale_bytes, em->qfp32_bytes,
+           (double)em->qfp32_bytes / (double)(em->qlevel_bytes + em->qscale_bytes));
     if (nl)
         printf("%d table layers: worst relative L2 per layer %.3g .. %.3g, mean per layer %.3g .. %.3g\n", nl, lo, hi,
                mlo, mhi);
