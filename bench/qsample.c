@@ -11,7 +11,8 @@
    with guidance 3 over 64 images at batch 16 (decode included), with ratios to the
    teacher. Times are process CPU time (the ratios to read on a shared machine, where wall
    time mostly measures the other jobs; exact at --threads 1), wall time is printed too.
-   Cases are interleaved in R rounds (default 3) and medians taken. Before timing, each export's integer forward is
+   Cases are interleaved in R rounds (default 3); medians and minima are printed. The two
+   exports may be any two (rows are named by their files: e.g. a uniform and a nupes W4A4). Before timing, each export's integer forward is
    checked against its float path (relative L2 printed). Also prints the memory of the
    quantized layers' weights (packed levels + per-channel values) against FP32. */
 #include <limits.h>
@@ -64,6 +65,12 @@ static int count_batch(const float *images, const int *shape, const float *z, co
                        void *user, Err *e) {
     *(int *)user += count;
     return 0;
+}
+
+static double minimum(const double *v, int n) {
+    double m = v[0];
+    for (int i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
+    return m;
 }
 
 static double median(double *v, int n) {
@@ -143,12 +150,24 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *kname = export_kernel_name(e8);
+    // rows named by the files (any two exports: e.g. a uniform and a nupes W4A4)
+    char lab[4][48];
+    const char *files[2] = {w4a8, w4a4};
+    for (int j = 0; j < 2; j++) {
+        const char *b = strrchr(files[j], '/');
+        char base[32];
+        snprintf(base, sizeof base, "%s", b ? b + 1 : files[j]);
+        char *dot = strstr(base, ".safetensors");
+        if (dot) *dot = '\0';
+        snprintf(lab[2 * j], sizeof lab[0], "%s int", base);
+        snprintf(lab[2 * j + 1], sizeof lab[0], "%s float", base);
+    }
     Case cases[5] = {
         {"fp32 teacher", teacher, NULL, NULL, {0}, {0}, {0}},
-        {"w4a8 int", e8->ldm, e8, kname, {0}, {0}, {0}},
-        {"w4a8 float", e8->ldm, e8, "float", {0}, {0}, {0}},
-        {"w4a4 int", e4->ldm, e4, kname, {0}, {0}, {0}},
-        {"w4a4 float", e4->ldm, e4, "float", {0}, {0}, {0}},
+        {lab[0], e8->ldm, e8, kname, {0}, {0}, {0}},
+        {lab[1], e8->ldm, e8, "float", {0}, {0}, {0}},
+        {lab[2], e4->ldm, e4, kname, {0}, {0}, {0}},
+        {lab[3], e4->ldm, e4, "float", {0}, {0}, {0}},
     };
     const int n_cases = 5;
     // hooks: every quantized layer of the exports, the same layers of the teacher
@@ -247,22 +266,28 @@ int main(int argc, char **argv) {
     }
     double f0 = median(cases[0].fwd, rounds), d0 = median(cases[0].ddim, rounds);
     printf("CPU time (medians over rounds; ratios = teacher / model):\n");
-    printf("%-14s %16s %8s %12s %18s %8s\n", "model", "fwd b=16 ms/img", "speedup", "layer share", "ddim20 64 img s",
+    printf("%-30s %16s %8s %12s %18s %8s\n", "model", "fwd b=16 ms/img", "speedup", "layer share", "ddim20 64 img s",
            "speedup");
     for (int k = 0; k < n_cases; k++) {
         double fm = median(cases[k].fwd, rounds), dm = median(cases[k].ddim, rounds);
-        printf("%-14s %16.3f %7.2fx %11.0f%% %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, f0 / fm,
+        printf("%-30s %16.3f %7.2fx %11.0f%% %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, f0 / fm,
                100 * median(cases[k].share, rounds), dm, d0 / dm);
     }
     double fw0 = median(cases[0].fwd_wall, rounds), dw0 = median(cases[0].ddim_wall, rounds);
     printf("wall time (medians; includes waiting for a core on a shared machine):\n");
     for (int k = 0; k < n_cases; k++) {
         double fm = median(cases[k].fwd_wall, rounds), dm = median(cases[k].ddim_wall, rounds);
-        printf("%-14s %16.3f %7.2fx %12s %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, fw0 / fm, "", dm, dw0 / dm);
+        printf("%-30s %16.3f %7.2fx %12s %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, fw0 / fm, "", dm, dw0 / dm);
+    }
+    double f1 = minimum(cases[0].fwd, rounds), d1 = minimum(cases[0].ddim, rounds);
+    printf("CPU time, minima over rounds (ratios = teacher / model):\n");
+    for (int k = 0; k < n_cases; k++) {
+        double fm = minimum(cases[k].fwd, rounds), dm = minimum(cases[k].ddim, rounds);
+        printf("%-30s %16.3f %7.2fx %12s %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, f1 / fm, "", dm, d1 / dm);
     }
     printf("per round, CPU (fwd ms/img | ddim s):\n");
     for (int k = 0; k < n_cases; k++) {
-        printf("  %-14s", cases[k].label);
+        printf("  %-30s", cases[k].label);
         for (int r = 0; r < rounds; r++) printf("  %.3f | %.2f", 1e3 * cases[k].fwd[r], cases[k].ddim[r]);
         printf("\n");
     }

@@ -31,8 +31,12 @@ static const char *const usage[] = {
     "",
     "--layers loads an effdm export (effdm export) and prints one row per quantized layer",
     "instead: name, role (trainable / special), weight quantizer kind, weight and activation",
-    "bits, weight shape, and the range of the activation step size over the TALSQ timesteps",
-    "(min..max of the layer's table; one entry for special layers). With the FP teacher",
+    "bits, weight shape, the range of the activation step size over the TALSQ timesteps",
+    "(min..max of the layer's table; one entry for special layers), how the layer runs (path:",
+    "int = the integer kernels, exactly; int-lut = the integer kernels through 8-bit level",
+    "tables, for a non-uniform kind such as nupes; float = the float path) and, for int-lut,",
+    "the tables' rounding errors (weights: ||W - W_table|| / ||W||; activations: the worst",
+    "entry's relative L2 over its levels; above 1% the loader keeps the float path). With the FP teacher",
     "(--ckpt and --ldm-config: the checkpoint and YAML the run started from; EMA weights when",
     "the export says it used them) also rel.err = ||W_q - W_fp|| / ||W_fp||, the relative L2",
     "error of the deployed (dequantized) weight against the teacher's, in double. It mixes",
@@ -121,8 +125,8 @@ static void print_yaml(const char *yaml) {
 
 // A checkpoint written by effdm compress.
 static void print_pruned(WeightFile *f) {
-    printf("effdm pruned: a checkpoint with pruned FeedForward units (effdm compress); sample, calibrate or fine-tune "
-           "it as --ckpt with its YAML\n");
+    printf("effdm pruned: a checkpoint with pruned FeedForward units and/or attention heads (effdm compress); sample, "
+           "calibrate or fine-tune it as --ckpt with its YAML\n");
     printf("  source:      %s\n", meta_or(f, "effdm.source", "?"));
     printf("  pruning:     ");
     print_clean(meta_or(f, "effdm.pruned", "?"), 600);
@@ -244,8 +248,8 @@ static int info_layers(const char *path, const char *ckpt, const char *yaml, con
     printf("%s: %d quantized layers (W%dA%d, special layers %d-bit, %d TALSQ timesteps)%s\n", path, em->n_layers,
            em->w_bits, em->a_bits, em->special_bits, em->train_sched.n,
            t ? (em->ema ? "; teacher: EMA weights" : "; teacher: raw weights") : "");
-    printf("%-58s %-9s %-9s %2s %2s %-13s %10s  %s\n", "layer", "role", "kind", "W", "A", "shape", "rel.err",
-           "a_delta min..max");
+    printf("%-58s %-9s %-9s %2s %2s %-13s %10s  %-17s %-7s %s\n", "layer", "role", "kind", "W", "A", "shape", "rel.err",
+           "a_delta min..max", "path", "table err W/A");
     double sum = 0, worst = -1;
     int iw = 0;
     char sh[64];
@@ -253,8 +257,11 @@ static int info_layers(const char *path, const char *ckpt, const char *yaml, con
         const ExportLayerRow *r = &rows[k];
         char re[32] = "-";
         if (t) snprintf(re, sizeof re, "%.6g", r->rel_err);
-        printf("%-58s %-9s %-9s %2d %2d %-13s %10s  %.4g..%.4g\n", r->name, r->special ? "special" : "trainable",
-               r->w_kind, r->w_bits, r->a_bits, shape_text(r, sh, sizeof sh), re, r->a_delta_min, r->a_delta_max);
+        char da[40], te[40] = "-";
+        snprintf(da, sizeof da, "%.4g..%.4g", r->a_delta_min, r->a_delta_max);
+        if (r->w_lut_err > 0 || r->a_lut_err > 0) snprintf(te, sizeof te, "%.2g/%.2g", r->w_lut_err, r->a_lut_err);
+        printf("%-58s %-9s %-9s %2d %2d %-13s %10s  %-17s %-7s %s\n", r->name, r->special ? "special" : "trainable",
+               r->w_kind, r->w_bits, r->a_bits, shape_text(r, sh, sizeof sh), re, da, r->path, te);
         if (t) {
             sum += r->rel_err;
             if (r->rel_err > worst) worst = r->rel_err, iw = k;

@@ -38,7 +38,9 @@ static const char *const usage[] = {
     "                       the activation table entry of the nearest training timestep.",
     "                       Its quantized layers run integer kernels (u8 activations, packed",
     "                       weights, int32 sums): the fastest this CPU has, or the one named",
-    "                       by $EFFDM_KERNEL (vnni, avx2, ref; float: the fake-quant reference)",
+    "                       by $EFFDM_KERNEL (vnni, avx2, ref; float: the fake-quant reference).",
+    "                       nupes layers run them through 8-bit tables of their levels",
+    "                       (rounded: docs/QUANTIZERS.md; effdm info --layers lists each path)",
     "  --ema auto|on|off    EMA weights (default auto: used when the config's use_ema is true,",
     "                       the CompVis default, and the file has an EMA copy of every UNet",
     "                       parameter; a partial set is reported and the raw weights used)",
@@ -337,8 +339,9 @@ int cmd_sample(int argc, char **argv) {
                em->unet_bytes, (double)em->unet_fp32_bytes / (double)em->unet_bytes,
                st.class_cond ? ", class-conditional" : ", unconditional");
     if (em)
-        printf("kernels:  %s (%d of %d quantized layers integer; EFFDM_KERNEL=auto|vnni|avx2|ref|float)\n",
-               export_kernel_name(em), em->use_float ? 0 : em->n_int_layers, em->n_layers);
+        printf("kernels:  %s (%d of %d quantized layers integer, %d of them through level tables; "
+               "EFFDM_KERNEL=auto|vnni|avx2|ref|float)\n", export_kernel_name(em), em->use_float ? 0 : em->n_int_layers,
+               em->n_layers, em->use_float ? 0 : em->n_lut_layers);
     if (em && em->eps_gain) printf("eps gain: %.4f (the export's train.eps_gain fit)\n", (double)em->eps_gain[0]);
     if (em && em->guidance_gain && st.class_cond && scale != 1.0f) {
         float lo = em->guidance_gain[0], hi = lo;

@@ -20,7 +20,7 @@ static const Command commands[] = {
     {"calibrate", cmd_calibrate, "naive PTQ: collect calibration inputs, initialise quantizer ranges"},
     {"finetune", cmd_finetune, "EfficientDM fine-tuning (QALoRA + TALSQ distillation), resumable"},
     {"export", cmd_export, "merge LoRA, pack integer weights into one .safetensors"},
-    {"compress", cmd_compress, "prune FeedForward units, UDFC reconstruction (a smaller checkpoint)"},
+    {"compress", cmd_compress, "prune FeedForward units and attention heads, UDFC reconstruction (a smaller checkpoint)"},
     {"sample", cmd_sample, "generate images (DDIM/PLMS, classifier-free guidance)"},
     {"stats", cmd_stats, "feature statistics of an image set (FID reference)"},
     {"eval", cmd_eval, "FID, IS, precision/recall, class accuracy of samples"},

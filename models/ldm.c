@@ -221,7 +221,7 @@ int ldm_load_from(Ldm **out, const LdmConfig *cfg, WeightFile *f, const LdmLoadO
     const char *path = weights_path(f);
     if (o.parts & LDM_PART_UNET) {
         int unk = 0;
-        if (unet_config_read_ff_widths(&m->cfg.unet, f, UNET_PREFIX, e)) goto fail;  // a pruned checkpoint's
+        if (unet_config_read_widths(&m->cfg.unet, f, UNET_PREFIX, e)) goto fail;  // a pruned checkpoint's
         if (unet_new(&m->unet, &m->cfg.unet, e)) {
             err_prefix(e, "%s: model.params.unet_config", cfg->path);
             goto fail;

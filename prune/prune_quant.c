@@ -84,14 +84,14 @@ static void quantize_rows(const Tensor *w, int bits, float *wq) {
     }
 }
 
-int prune_ff_quant_moments(Ldm *m, const PruneSampling *s, int bits, FfMoments *mom, Err *e) {
+int prune_ff_quant_moments(Ldm *m, const PruneSampling *s, int bits, PruneMoments *mom, Err *e) {
     if (bits < QUANT_MIN_BITS || bits > QUANT_MAX_BITS)
         return err_set(e, ERR_ARG, "quantization UDFC: bits %d outside %d..%d", bits, QUANT_MIN_BITS, QUANT_MAX_BITS);
     UNet *u = m->unet;
     const int nb = unet_ff_blocks(u);
     QAcc *acc = calloc((size_t)(nb ? nb : 1), sizeof *acc);
     int rc = 0;
-    if (ff_moments_alloc(mom, nb) || !acc) {
+    if (prune_moments_alloc(mom, nb) || !acc) {
         rc = err_set(e, ERR_NOMEM, "quantization UDFC: out of memory");
         goto done;
     }
@@ -117,7 +117,7 @@ int prune_ff_quant_moments(Ldm *m, const PruneSampling *s, int bits, FfMoments *
     if (!rc) rc = prune_sample_teacher(m, s, e);
     for (int k = 0; k < nb && !rc; k++)
         if (acc[k].failed) rc = err_set(e, ERR_NOMEM, "quantization UDFC: out of memory while sampling");
-    for (int k = 0; k < nb && !rc; k++) ff_moments_set(mom, k, &acc[k].sum, acc[k].count);
+    for (int k = 0; k < nb && !rc; k++) prune_moments_set(mom, k, &acc[k].sum, acc[k].count);
 done:
     for (int k = 0; acc && k < nb; k++) {
         ModelLayer *proj, *out;
@@ -129,7 +129,7 @@ done:
         free(acc[k].rows);
     }
     free(acc);
-    if (rc) ff_moments_free(mom);
+    if (rc) prune_moments_free(mom);
     return rc;
 }
 
@@ -189,10 +189,10 @@ static double out_error(const double *S, int m, const double *W2, int dim, const
     return err / count;
 }
 
-int prune_ff_quant_fold(UNet *u, const FfMoments *mom, double ridge, PruneQuantSummary *qs, Err *e) {
+int prune_ff_quant_fold(UNet *u, const PruneMoments *mom, double ridge, PruneQuantSummary *qs, Err *e) {
     const int nb = unet_ff_blocks(u);
-    if (mom->n_blocks != nb)
-        return err_set(e, ERR_SHAPE, "quantization UDFC: moments of %d blocks for a UNet with %d", mom->n_blocks, nb);
+    if (mom->n_sites != nb)
+        return err_set(e, ERR_SHAPE, "quantization UDFC: moments of %d blocks for a UNet with %d", mom->n_sites, nb);
     memset(qs, 0, sizeof *qs);
     for (int k = 0; k < nb; k++) {
         ModelLayer *proj, *out;
@@ -209,7 +209,7 @@ int prune_ff_quant_fold(UNet *u, const FfMoments *mom, double ridge, PruneQuantS
             return err_set(e, ERR_NOMEM, "quantization UDFC: out of memory for %s", out->name);
         }
         for (int j = 0; j < m; j++) keep[j] = m + j;  // u = [h_q; 1]; the "removed" units are h
-        int rc = prune_udfc_solve(mom->sum[k], 2 * m, keep, m, ridge, C, e);
+        int rc = prune_udfc_solve(mom->sum[k], 2 * m, 1, keep, m, ridge, C, e);
         if (rc) {
             free(keep), free(C), free(W2);
             return rc;

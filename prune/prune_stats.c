@@ -1,5 +1,6 @@
-/* prune_stats.c: the second moments of every FeedForward's hidden units over the teacher's own
-   sampled trajectories (see prune.h): the inputs of each ff.net.2 are recorded by a hook on
+/* prune_stats.c: the second moments of the input features of every pruning site (the hidden
+   units of a FeedForward, the heads' outputs of an attention) over the teacher's own sampled
+   trajectories (see prune.h): the inputs of each ff.net.2 / to_out.0 are recorded by a hook on
    that layer while the teacher samples, as calibration records its inputs. */
 #include <cblas.h>
 #include <stdlib.h>
@@ -8,19 +9,19 @@
 #include "prune/prune.h"
 #include "sample/sampler.h"
 
-// One block's accumulator, hung on its ff.net.2 layer while sampling.
+// One site's accumulator, hung on its layer (ff.net.2, to_out.0) while sampling.
 typedef struct {
     int m;
     double *sum;    // (m + 1)^2, upper triangle until the end
     double *rows;   // a chunk of [h; 1] rows in double
     int cap_rows;
     double count;
-} FfAcc;
+} SiteAcc;
 
 #define ACC_CHUNK 256  // rows per dsyrk
 
 static Tensor *record_forward(Ctx *c, ModelLayer *l, Tensor *x) {
-    FfAcc *a = l->quant;
+    SiteAcc *a = l->quant;
     const int m = a->m, ld = m + 1;
     size_t n_rows = x->n / (size_t)m;
     for (size_t r0 = 0; r0 < n_rows; r0 += ACC_CHUNK) {
@@ -41,17 +42,17 @@ static Tensor *record_forward(Ctx *c, ModelLayer *l, Tensor *x) {
     return y;
 }
 
-int ff_moments_alloc(FfMoments *mom, int n_blocks) {
+int prune_moments_alloc(PruneMoments *mom, int n_sites) {
     memset(mom, 0, sizeof *mom);
-    size_t n = (size_t)(n_blocks ? n_blocks : 1);
-    mom->n_blocks = n_blocks;
+    size_t n = (size_t)(n_sites ? n_sites : 1);
+    mom->n_sites = n_sites;
     mom->m = calloc(n, sizeof *mom->m);
     mom->sum = calloc(n, sizeof *mom->sum);
     mom->count = calloc(n, sizeof *mom->count);
     return mom->m && mom->sum && mom->count ? 0 : -1;
 }
 
-void ff_moments_set(FfMoments *mom, int k, double **sum, double count) {
+void prune_moments_set(PruneMoments *mom, int k, double **sum, double count) {
     const size_t ld = (size_t)mom->m[k] + 1;
     double *S = *sum;
     for (size_t i = 0; i < ld; i++)
@@ -59,14 +60,6 @@ void ff_moments_set(FfMoments *mom, int k, double **sum, double count) {
     mom->sum[k] = S;
     mom->count[k] = count;
     *sum = NULL;
-}
-
-void ff_moments_free(FfMoments *mom) {
-    for (int k = 0; mom->sum && k < mom->n_blocks; k++) free(mom->sum[k]);
-    free(mom->sum);
-    free(mom->m);
-    free(mom->count);
-    memset(mom, 0, sizeof *mom);
 }
 
 int prune_sample_teacher(Ldm *m, const PruneSampling *s, Err *e) {
@@ -109,41 +102,64 @@ done:
     return rc;
 }
 
-int prune_ff_moments(Ldm *m, const PruneSampling *s, FfMoments *mom, Err *e) {
+void prune_moments_free(PruneMoments *mom) {
+    for (int k = 0; mom->sum && k < mom->n_sites; k++) free(mom->sum[k]);
+    free(mom->sum);
+    free(mom->m);
+    free(mom->count);
+    memset(mom, 0, sizeof *mom);
+}
+
+// Whether o prunes site k of u (prune.h prune_moments).
+static int site_wanted(UNet *u, int k, const PruneOpts *o) {
+    ModelLayer *out;
+    int groups, g;
+    prune_site(u, k, &out, &groups, &g);
+    return k % PRUNE_SITES == PRUNE_FF ? o->ff_ratio > 0 : o->head_ratio > 0 && groups > 1;
+}
+
+int prune_moments(Ldm *m, const PruneSampling *s, const PruneOpts *o, PruneMoments *mom, Err *e) {
     UNet *u = m->unet;
-    const int nb = unet_ff_blocks(u);
-    FfAcc *acc = calloc((size_t)(nb ? nb : 1), sizeof *acc);
+    const int ns = unet_ff_blocks(u) * PRUNE_SITES;
+    SiteAcc *acc = calloc((size_t)(ns ? ns : 1), sizeof *acc);
     int rc = 0;
-    if (ff_moments_alloc(mom, nb) || !acc) {
+    if (prune_moments_alloc(mom, ns) || !acc) {
         rc = err_set(e, ERR_NOMEM, "prune: out of memory");
         goto done;
     }
-    for (int k = 0; k < nb; k++) {
-        ModelLayer *proj, *out;
-        unet_ff_layers(u, k, &proj, &out);
-        int ff = out->weight.shape[1];
-        size_t ld = (size_t)ff + 1;
-        acc[k].m = mom->m[k] = ff;
+    for (int k = 0; k < ns; k++) {
+        ModelLayer *out;
+        int groups, g;
+        prune_site(u, k, &out, &groups, &g);
+        int width = groups * g;
+        size_t ld = (size_t)width + 1;
+        acc[k].m = mom->m[k] = width;
+        if (!site_wanted(u, k, o)) continue;
         acc[k].sum = calloc(ld * ld, sizeof(double));
         acc[k].rows = malloc((size_t)ACC_CHUNK * ld * sizeof(double));
         if (!acc[k].sum || !acc[k].rows) {
-            rc = err_set(e, ERR_NOMEM, "prune: out of memory for the moments of %s (%d units)", out->name, ff);
+            rc = err_set(e, ERR_NOMEM, "prune: out of memory for the moments of %s (%d features)", out->name, width);
             goto done;
         }
         out->quant = &acc[k];
         out->quant_forward = record_forward;
     }
+    int n_hooked = 0;
+    for (int k = 0; k < ns; k++) n_hooked += acc[k].sum != NULL;
+    if (!n_hooked) goto done;  // nothing pruned (attentions of 1 head): no trajectories needed
     if ((rc = prune_sample_teacher(m, s, e))) goto done;
-    for (int k = 0; k < nb; k++) ff_moments_set(mom, k, &acc[k].sum, acc[k].count);
+    for (int k = 0; k < ns; k++)
+        if (acc[k].sum) prune_moments_set(mom, k, &acc[k].sum, acc[k].count);
 done:
-    for (int k = 0; acc && k < nb; k++) {
-        ModelLayer *proj, *out;
-        unet_ff_layers(u, k, &proj, &out);
+    for (int k = 0; acc && k < ns; k++) {
+        ModelLayer *out;
+        int groups, g;
+        prune_site(u, k, &out, &groups, &g);
         if (out->quant == &acc[k]) out->quant = NULL, out->quant_forward = NULL;
         free(acc[k].sum);
         free(acc[k].rows);
     }
     free(acc);
-    if (rc) ff_moments_free(mom);
+    if (rc) prune_moments_free(mom);
     return rc;
 }

@@ -84,6 +84,9 @@
      uint8, int32 sums: AVX-512 VNNI, AVX2 or portable C) against the unpacked s8 rows, then
      y = Δ_a Δ_w (D - (z_w - c) S - z_a R) + bias in float. Equal to the float path up to
      the rounding of that rescale (relative L2 <= 2.5e-7 per layer, test_int_kernels).
+     Layers of a non-uniform kind (qkind.h lut: nupes) run it through 8-bit level tables
+     (export_int.h), which rounds their levels: within a derived per-output bound of the
+     float path (test_int_kernels); the loader keeps the float path where they are too coarse.
    - float (EFFDM_KERNEL=float): fake_quant(x), W_eff dequantized per call into the arena,
      the FP conv/linear: the student's computation bit for bit (test_export).
 
@@ -172,7 +175,8 @@ typedef struct {
     size_t unet_bytes, unet_fp32_bytes;
     int use_float;            // 1: every layer runs the float reference path (EFFDM_KERNEL=float)
     IntGemmKind kernel;       // the integer kernel variant (export_set_kernel)
-    int n_int_layers;         // layers the integer path computes exactly; the others always run the float path
+    int n_int_layers;         // layers the integer path computes; the others always run the float path
+    int n_lut_layers;         // of those, layers it runs through 8-bit level tables (export_int.h; approximate)
     size_t qlevel_bytes;      // the quantized layers in memory: packed levels,
     size_t qscale_bytes;      //   per-channel Δ_w, z_w and kernel integers,
     size_t qfp32_bytes;       //   and the FP32 weights they stand for
@@ -204,6 +208,8 @@ typedef struct {
     int ndim, shape[4];       // the weight: conv (Cout, Cin, kh, kw), linear (out, in)
     double a_delta_min, a_delta_max;  // the activation step size Δ_a over the TALSQ entries
     double rel_err;           // ||W_eff - W_fp|| / ||W_fp|| against the teacher's weight, in double (NaN: no teacher)
+    const char *path;         // how it runs: "int" (exact), "int-lut" (level tables), "float"
+    double w_lut_err, a_lut_err;  // the level tables' worst relative level error (0: no table; export_int.h)
 } ExportLayerRow;
 // The rows of m's quantized layers in registration order (rows: m->n_layers). teacher: the
 // FP UNet the export came from (NULL: rel_err NaN); W_eff is export_layer_weight's, so

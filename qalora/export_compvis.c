@@ -86,11 +86,18 @@ static const void *as_dtype(KeepList *bufs, const float *src, size_t n, DType dt
 // The one-line notes: what the file cannot hold (export_compvis.h "What is lost"), and where
 // its key set differs from the teacher's ("Tensors").
 static void make_notes(CompvisSummary *s, const CompvisInfo *info, const UNetConfig *uc) {
-    char bits[32], gains[160] = "", pruned[200] = "";
-    for (int k = 0; k < UNET_MAX_TBLOCKS && !pruned[0]; k++)
-        if (uc->ff_inner[k] > 0)  // effdm compress: the blocks' FeedForward widths differ from mult=4
-            snprintf(pruned, sizeof pruned, "; its FeedForwards are pruned (effdm compress): CompVis's FeedForward "
-                     "must be built with the widths of ff.net.2.weight to load it");
+    char bits[32], gains[160] = "", pruned[400] = "";
+    int ff = 0, heads = 0;  // effdm compress: FeedForward widths other than mult=4, attentions with fewer heads
+    for (int k = 0; k < UNET_MAX_TBLOCKS; k++) {
+        ff |= uc->ff_inner[k] > 0;
+        heads |= uc->attn_heads[k][0] > 0 || uc->attn_heads[k][1] > 0;
+    }
+    const char *both = ff && heads ? " and " : "";
+    if (ff || heads)
+        snprintf(pruned, sizeof pruned, "; its %s%s%s are pruned (effdm compress): CompVis's %s%s%s must be built with "
+                 "%s%s%s to load it", ff ? "FeedForwards" : "", both, heads ? "attention heads" : "",
+                 ff ? "FeedForward" : "", both, heads ? "CrossAttention" : "", ff ? "the widths of ff.net.2.weight" : "",
+                 both, heads ? "each attention's head count (rows of to_q.weight / dim_head)" : "");
     if (s->a_bits_min == s->a_bits_max) snprintf(bits, sizeof bits, "A%d", s->a_bits_min);
     else snprintf(bits, sizeof bits, "A%d..A%d", s->a_bits_min, s->a_bits_max);
     if (info->guidance_gain || info->eps_gain)

@@ -88,7 +88,7 @@ typedef struct {
     int a_bits_min, a_bits_max;  // the activation quantization the file cannot hold
     int entries;                 // TALSQ table entries per trainable layer
     size_t total_bytes;          // bytes of all tensors
-    char note[512];              // what the file cannot hold, one line (also effdm.not_in_file)
+    char note[1024];             // what the file cannot hold, one line (also effdm.not_in_file)
     char keys_note[512];         // where the key set differs from the teacher's, one line ("" when it does not)
 } CompvisSummary;
 

@@ -19,10 +19,156 @@
 // Elements one thread quantizes per work item.
 #define QUANT_CHUNK 4096
 
-/* ---- load time ----------------------------------------------------------------------- */
-
 // Position of weight (ci, ki, kj) in a stored row (export_int.h: taps outer, channels inner).
 static size_t kpos(const ExportLayer *L, int ci, int ki, int kj) { return (size_t)(ki * L->kw + kj) * L->cp + ci; }
+
+/* ---- level tables (export_int.h) ---------------------------------------------------------- */
+
+// The levels y (n, level l used cnt[l] times) rounded to integers t on the grid s (t - z), t in
+// [tmin, tmax], minimising the weighted squared error Σ cnt (y - s (t - z))²: for each step of
+// a grid from s0 (the step that spans the levels and 0, which stays exact) down to s0 / 2
+// (smaller steps clamp the outer levels, rare in bell-shaped data, for finer inner ones),
+// t = clamp(round(y / s) + z), z the integer of 0; then the least-squares s for the best t.
+// Returns the relative error sqrt(Σ cnt (y - s (t - z))² / Σ cnt y²) (0 for y = 0).
+static double round_levels(const float *y, const double *cnt, int n, int tmin, int tmax, int *t, float *s, int *z) {
+    double lo = 0, hi = 0, yy = 0;
+    for (int l = 0; l < n; l++) {
+        lo = y[l] < lo ? y[l] : lo;
+        hi = y[l] > hi ? y[l] : hi;
+        yy += cnt[l] * y[l] * y[l];
+    }
+    double s0 = tmin < 0 ? fmax(-lo, hi) / tmax : (hi - lo) / (tmax - tmin);  // symmetric (z = 0) or affine
+    if (!(s0 > 0) || !(yy > 0)) {
+        *z = tmin < 0 ? 0 : tmin;
+        for (int l = 0; l < n; l++) t[l] = *z;
+        *s = 1.0f;
+        return 0;
+    }
+    double best = INFINITY, bs = s0;
+    int bz = 0;
+    for (int j = 0; j <= 32; j++) {
+        double sc = s0 * (1.0 - j / 64.0), zz = tmin < 0 ? 0 : rint(-lo / sc) + tmin, err = 0;
+        zz = zz > tmax ? tmax : zz;
+        for (int l = 0; l < n; l++) {
+            double v = rint(y[l] / sc) + zz, d;
+            v = v < tmin ? tmin : (v > tmax ? tmax : v);
+            d = y[l] - sc * (v - zz);
+            err += cnt[l] * d * d;
+        }
+        if (err < best) best = err, bs = sc, bz = (int)zz;
+    }
+    *z = bz;
+    double num = 0, den = 0;
+    for (int l = 0; l < n; l++) {
+        double v = rint(y[l] / bs) + bz;
+        t[l] = (int)(v < tmin ? tmin : (v > tmax ? tmax : v));
+        num += cnt[l] * y[l] * (t[l] - bz);
+        den += cnt[l] * (double)(t[l] - bz) * (t[l] - bz);
+    }
+    *s = den > 0 ? (float)(num / den) : (float)bs;
+    double err = 0;
+    for (int l = 0; l < n; l++) {
+        double d = (double)y[l] - (double)*s * (t[l] - bz);
+        err += cnt[l] * d * d;
+    }
+    return sqrt(err / yy);
+}
+
+// Each channel's 2^b levels (the weight kind's decode) as int8 t_c and s_c (w_lut, w_iscale),
+// weighted by how often the channel uses each level (levels: cout K codes, C order); w_lut_err
+// is the layer's ||W - Ŵ|| / ||W||.
+static int weight_tables(ExportLayer *L, const uint8_t *levels, Err *e) {
+    int nl = 1 << L->w_bits, t[16], z;
+    float y[16];
+    double cnt[16];
+    uint8_t codes[16];
+    for (int l = 0; l < nl; l++) codes[l] = (uint8_t)l;
+    L->w_lut = malloc((size_t)L->cout * (size_t)nl);
+    L->w_iscale = malloc((size_t)L->cout * sizeof(float));
+    if (!L->w_lut || !L->w_iscale) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", L->layer->name);
+    double num = 0, den = 0;
+    for (int o = 0; o < L->cout; o++) {
+        quantizer_ops(&L->wq)->decode(&L->wq, o, y, codes, (size_t)nl);
+        memset(cnt, 0, sizeof cnt);
+        for (int k = 0; k < L->K; k++) cnt[levels[(size_t)o * L->K + k]] += 1;
+        double err = round_levels(y, cnt, nl, -127, 127, t, &L->w_iscale[o], &z), ww = 0;
+        for (int l = 0; l < nl; l++) ww += cnt[l] * (double)y[l] * y[l];
+        num += err * err * ww;  // the channel's ||W - Ŵ||²
+        den += ww;
+        for (int l = 0; l < nl; l++) L->w_lut[(size_t)o * nl + l] = (int8_t)t[l];
+    }
+    L->w_lut_err = den > 0 ? sqrt(num / den) : 0.0;
+    L->w_ic = 128;  // the linear GEMM's u8 weight operand: t + 128
+    L->w_umax = 255;
+    return 0;
+}
+
+// Floats in order as unsigned keys (-inf < ... < -0 < +0 < ... < +inf), and back.
+static uint32_t float_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+static float key_float(uint32_t k) {
+    uint32_t u = k & 0x80000000u ? k & 0x7fffffffu : ~k;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static int encode1(const Quantizer *q, int k, float x) {
+    uint8_t c;
+    quantizer_ops(q)->encode(q, k, &c, &x, 1);
+    return c;
+}
+
+// The smallest float x with encode(x) >= l (-inf: every x; NaN: none), by bisection over the
+// ordered floats: with a non-decreasing encode, code(x) = #{l : x >= bound_l} is encode(x).
+static float code_bound(const Quantizer *q, int k, int l) {
+    uint32_t lo = float_key(-INFINITY), hi = float_key(INFINITY);
+    if (encode1(q, k, -INFINITY) >= l) return -INFINITY;
+    if (encode1(q, k, INFINITY) < l) return NAN;
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (encode1(q, k, key_float(mid)) >= l) hi = mid;
+        else lo = mid;
+    }
+    return key_float(hi);
+}
+
+// Each entry's 2^b levels (the activation kind's decode) as u8 t on s_a (t - z), and the
+// code thresholds (a_lut, a_bound, a_iscale, a_izero).
+static int act_tables(ExportLayer *L, Err *e) {
+    int nl = 1 << L->a_bits, n = L->entries, z;
+    int *t = malloc((size_t)nl * sizeof(int));
+    float *y = malloc((size_t)nl * sizeof(float));
+    uint8_t *codes = malloc((size_t)nl);
+    double *ones = malloc((size_t)nl * sizeof(double));  // no data at load time: every level alike
+    L->a_lut = malloc((size_t)n * (size_t)nl);
+    L->a_bound = malloc((size_t)n * (size_t)(nl - 1) * sizeof(float));
+    L->a_iscale = malloc((size_t)n * sizeof(float));
+    L->a_izero = malloc((size_t)n * sizeof(float));
+    if (!t || !y || !codes || !ones || !L->a_lut || !L->a_bound || !L->a_iscale || !L->a_izero) {
+        free(t), free(y), free(codes), free(ones);
+        return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", L->layer->name);
+    }
+    for (int l = 0; l < nl; l++) codes[l] = (uint8_t)l, ones[l] = 1.0;
+    L->a_lut_err = 0;
+    for (int k = 0; k < n; k++) {
+        quantizer_ops(&L->aq)->decode(&L->aq, k, y, codes, (size_t)nl);
+        double err = round_levels(y, ones, nl, 0, 255, t, &L->a_iscale[k], &z);
+        L->a_lut_err = err > L->a_lut_err ? err : L->a_lut_err;
+        L->a_izero[k] = (float)z;
+        for (int l = 0; l < nl; l++) L->a_lut[(size_t)k * nl + l] = (uint8_t)t[l];
+        for (int l = 1; l < nl; l++) L->a_bound[(size_t)k * (nl - 1) + l - 1] = code_bound(&L->aq, k, l);
+    }
+    free(t), free(y), free(codes), free(ones);
+    L->a_imax = 255;
+    return 0;
+}
+
+/* ---- load time ----------------------------------------------------------------------- */
 
 int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_delta, const float *w_zero, Err *e) {
     ModelLayer *l = L->layer;
@@ -63,9 +209,25 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
         zamax = z > zamax ? z : zamax;
         if (L->a_zero[i] < 0.0f || L->a_zero[i] > (float)amax) pad_ok = 0;
     }
-    // the integer kernels compute uniform levels (qkind.h "affine")
-    int ok = (l->kind == LAYER_LINEAR || l->kind == LAYER_CONV2D) && quantizer_ops(&L->wq)->affine &&
-             quantizer_ops(&L->aq)->affine;
+    // the integer kernels compute uniform levels (qkind.h "affine"), or a lut kind's levels
+    // rounded to 8-bit tables when they are fine enough
+    const QKindOps *wops = quantizer_ops(&L->wq), *aops = quantizer_ops(&L->aq);
+    int w_tab = !wops->affine && wops->lut && L->w_bits <= 4 && !L->n_side;
+    int a_tab = !aops->affine && aops->lut;
+    L->w_iscale = L->w_delta;
+    L->w_ic = L->wc;
+    L->w_umax = (1 << L->cbits) - 1;
+    L->a_imax = (1 << L->a_bits) - 1;
+    if ((w_tab && weight_tables(L, levels, e)) || (a_tab && act_tables(L, e))) {
+        free(row);
+        return e->code;
+    }
+    if (L->a_lut) {
+        zamax = 255;
+        pad_ok = 1;  // the table's z is in 0..255
+    }
+    int ok = (l->kind == LAYER_LINEAR || l->kind == LAYER_CONV2D) && (wops->affine || L->w_lut) &&
+             (aops->affine || L->a_lut);
     if (l->kind == LAYER_CONV2D && l->pad > 0 && !pad_ok) ok = 0;  // padding needs the level z_a
     L->wmax = 0;
     for (int o = 0; o < co; o++) {
@@ -76,25 +238,30 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
             wz = 0;
         }
         long long r = 0;
+        const int8_t *t = L->w_lut ? L->w_lut + ((size_t)o << L->w_bits) : NULL;
+        if (t) wz = 0;  // the table's integers are centred: W ~ s_c t, zoff = 0, R = Σ t
         memset(row, L->wc, kp);  // padded channels: stored as 0
         for (int ci = 0; ci < L->cin; ci++)
             for (int ki = 0; ki < L->kh; ki++)
                 for (int kj = 0; kj < L->kw; kj++) {
                     uint8_t v = q[((size_t)ci * L->kh + ki) * L->kw + kj];
                     row[kpos(L, ci, ki, kj)] = v;
-                    r += (long long)v - (long long)wz;
-                    int a = abs((int)v - L->wc);
+                    int iv = t ? t[v] : (int)v - L->wc;  // the s8 weight the kernel multiplies
+                    r += t ? (long long)iv : (long long)v - (long long)wz;
+                    int a = abs(iv);
                     L->wmax = a > L->wmax ? a : L->wmax;
                 }
         pack_ints(L->wpack + (size_t)o * L->row_bytes, row, kp, L->cbits);
-        double zo = wz - L->wc;
+        double zo = t ? 0.0 : wz - L->wc;
         double bound = (double)kp * 255.0 * 128.0 + fabs(zo) * 255.0 * (double)K + zamax * fabs((double)r);
         if (bound >= 2147483647.0 || fabs((double)r) >= 2147483647.0) ok = 0;
         L->zoff[o] = ok ? (int32_t)zo : 0;
         L->rsum[o] = ok ? (int32_t)r : 0;
     }
     free(row);
+    if (L->w_lut_err > EXPORT_LUT_MAX_ERR || L->a_lut_err > EXPORT_LUT_MAX_ERR) ok = 0;  // too coarse: float path
     L->int_ok = ok;
+    L->lut = ok && (L->w_lut || L->a_lut);
     if (!L->n_side) return 0;
     size_t cnt = (size_t)co * (size_t)L->n_side;
     L->side_kpos = malloc(cnt * sizeof *L->side_kpos);
@@ -117,7 +284,6 @@ void export_layer_release(ExportLayer *L) {
     free(L->w_param);
     free(L->a_param);
     free(L->wpack);
-    free(L->w_delta);
     free(L->w_zero);
     free(L->zoff);
     free(L->rsum);
@@ -125,14 +291,25 @@ void export_layer_release(ExportLayer *L) {
     free(L->side_val);
     free(L->side_kpos);
     free(L->side_coef);
+    free(L->w_lut);
+    if (L->w_iscale != L->w_delta) free(L->w_iscale);
+    free(L->w_delta);
+    free(L->a_lut);
+    free(L->a_bound);
+    free(L->a_iscale);
+    free(L->a_izero);
 }
 
 size_t export_layer_level_bytes(const ExportLayer *L) { return (size_t)L->cout * L->row_bytes; }
 
 size_t export_layer_scale_bytes(const ExportLayer *L) {
-    // per channel Δ_w, z_w, zoff, rsum; per side entry its position, value, stored position, coefficient
+    // per channel Δ_w, z_w, zoff, rsum; per side entry its position, value, stored position,
+    // coefficient; the level tables (per channel 2^b int8 and s_c; per entry 2^b u8, the
+    // 2^b - 1 thresholds, s_a and z)
+    size_t tab = L->w_lut ? (size_t)L->cout * (((size_t)1 << L->w_bits) + sizeof(float)) : 0;
+    if (L->a_lut) tab += (size_t)L->entries * (((size_t)1 << L->a_bits) * (1 + sizeof(float)) + sizeof(float));
     return (size_t)L->cout * (2 * sizeof(float) + 2 * sizeof(int32_t)) +
-           (size_t)L->cout * (size_t)L->n_side * (2 * sizeof(int32_t) + 2 * sizeof(float));
+           (size_t)L->cout * (size_t)L->n_side * (2 * sizeof(int32_t) + 2 * sizeof(float)) + tab;
 }
 
 // One packed row as s8 weights q - c (K4*4 of them).
@@ -208,13 +385,37 @@ static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, i
 
 /* ---- the integer path ---------------------------------------------------------------- */
 
-// Levels of n activations, in parallel chunks.
-static void quantize(IntGemmKind k, uint8_t *xq, const float *x, size_t n, float delta, float zero, int qmax) {
+// The u8 operands of n activations of layer q with table entry `entry`: uniform levels
+// (int_quant_u8 with Δ_a, z_a), or the level table's (int_lut_u8: the code by thresholds).
+static void quant_act(const ExportLayer *q, int entry, uint8_t *xq, const float *x, size_t n) {
+    if (q->a_lut) {
+        int nb = (1 << q->a_bits) - 1;
+        int_lut_u8(q->model->kernel, xq, x, n, q->a_bound + (size_t)entry * nb, nb, q->a_lut + ((size_t)entry << q->a_bits));
+        return;
+    }
+    int_quant_u8(q->model->kernel, xq, x, n, q->aq.delta.data[entry], q->aq.zero.data[entry], (1 << q->a_bits) - 1);
+}
+
+// Operands of n activations, in parallel chunks.
+static void quantize(const ExportLayer *q, int entry, uint8_t *xq, const float *x, size_t n) {
     size_t chunks = (n + QUANT_CHUNK - 1) / QUANT_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= GEMM_OMP_MIN_WORK)
     for (size_t i = 0; i < chunks; i++) {
         size_t a = i * QUANT_CHUNK, len = n - a < QUANT_CHUNK ? n - a : QUANT_CHUNK;
-        int_quant_u8(k, xq + a, x + a, len, delta, zero, qmax);
+        quant_act(q, entry, xq + a, x + a, len);
+    }
+}
+
+// Row o of the layer's s8 weights as the kernels multiply them (K4*4): q - c, or the weight
+// table's t_c[q] (0 at the padded channels).
+static void int_row(int8_t *dst, const ExportLayer *q, int o) {
+    unpack_row_s8(dst, q->wpack + (size_t)o * q->row_bytes, q->K4, q->cbits, q->wc);
+    if (!q->w_lut) return;
+    const int8_t *t = q->w_lut + ((size_t)o << q->w_bits);  // w_bits <= 4: wc = 0, dst holds the codes
+    for (int tap = 0; tap < q->kh * q->kw; tap++) {
+        int8_t *d = dst + (size_t)tap * q->cp;
+        for (int ci = 0; ci < q->cin; ci++) d[ci] = t[(uint8_t)d[ci]];
+        for (int ci = q->cin; ci < q->cp; ci++) d[ci] = 0;
     }
 }
 
@@ -308,8 +509,7 @@ static int8_t *weights_s8(Ctx *c, const ExportLayer *q) {
     size_t kp = (size_t)q->K4 * 4;
     int8_t *Ws = ctx_alloc(c, (size_t)(q->cout + 1) * kp);
     if (!Ws) return NULL;
-    for (int o = 0; o < q->cout; o++)
-        unpack_row_s8(Ws + (size_t)o * kp, q->wpack + (size_t)o * q->row_bytes, q->K4, q->cbits, q->wc);
+    for (int o = 0; o < q->cout; o++) int_row(Ws + (size_t)o * kp, q, o);
     int8_t *ones = Ws + (size_t)q->cout * kp;
     for (size_t k = 0; k < kp; k++) ones[k] = (int)(k % (size_t)q->cp) < q->cin ? 1 : 0;
     return Ws;
@@ -321,25 +521,25 @@ static int32_t *gemm(Ctx *c, const ExportLayer *q, const uint8_t *A, size_t n) {
     int32_t *Cm = ctx_alloc(c, (size_t)(q->cout + 1) * n * sizeof(int32_t));
     if (!Ws || !Cm) return NULL;
     int_gemm(q->model->kernel, Cm, n, Ws, (size_t)q->K4 * 4, A, n, q->cout + 1, (int)n, q->K4,
-             q->wmax > 1 ? q->wmax : 1, (1 << q->a_bits) - 1);
+             q->wmax > 1 ? q->wmax : 1, q->a_imax);
     return Cm;
 }
 
-// Levels of `rows` rows of len floats into rows of lenp >= len bytes (the rest 0).
-static void quantize_rows(IntGemmKind k, uint8_t *xq, const float *x, size_t rows, size_t len, size_t lenp,
-                          float delta, float zero, int qmax) {
+// Operands of `rows` rows of len floats into rows of lenp >= len bytes (the rest 0).
+static void quantize_rows(const ExportLayer *q, int entry, uint8_t *xq, const float *x, size_t rows, size_t len,
+                          size_t lenp) {
     if (len == lenp) {
-        quantize(k, xq, x, rows * len, delta, zero, qmax);
+        quantize(q, entry, xq, x, rows * len);
         return;
     }
 #pragma omp parallel for schedule(static) if (rows * len >= GEMM_OMP_MIN_WORK)
     for (size_t r = 0; r < rows; r++) {
-        int_quant_u8(k, xq + r * lenp, x + r * len, len, delta, zero, qmax);
+        quant_act(q, entry, xq + r * lenp, x + r * len, len);
         memset(xq + r * lenp + len, 0, lenp - len);
     }
 }
 
-static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
+static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry, float da, int za) {
     if (x->ndim != 4 || x->shape[1] != q->cin) {
         err_set(&c->err, ERR_SHAPE, "export layer '%s': input of %d dims, %d channels (expected 4, %d)", l->name,
                 x->ndim, x->ndim > 1 ? x->shape[1] : 0, q->cin);
@@ -359,8 +559,7 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
     size_t nxp = (size_t)N * q->cp * HW;
     uint8_t *xq = ctx_alloc(c, nxp), *x4 = ctx_alloc(c, nxp), *A = ctx_alloc(c, (size_t)q->K4 * 4 * n);
     if (!xq || !x4 || !A) return NULL;
-    quantize_rows(q->model->kernel, xq, x->data, (size_t)N, (size_t)C * HW, (size_t)q->cp * HW, da, (float)za,
-                  (1 << q->a_bits) - 1);
+    quantize_rows(q, entry, xq, x->data, (size_t)N, (size_t)C * HW, (size_t)q->cp * HW);
     // planes (g, 4 c4 .. 4 c4 + 3) -> words of 4 channel levels: the same interleave as col4
     interleave4(x4, xq, N * C4, HW);
     uint32_t pad = (uint32_t)za * 0x01010101u;
@@ -376,7 +575,7 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
         for (int o = 0; o < co; o++) {
             const int32_t *d = Cm + (size_t)o * n + (size_t)g * P, *sg = S + (size_t)g * P;
             float *yr = y->data + ((size_t)g * co + o) * P;
-            float sc = da * q->w_delta[o], b = bias ? bias[o] : 0.0f;
+            float sc = da * q->w_iscale[o], b = bias ? bias[o] : 0.0f;
             int32_t zo = q->zoff[o], zr = za * q->rsum[o];
             for (size_t i = 0; i < P; i++) yr[i] = (float)(d[i] - zo * sg[i] - zr) * sc + b;
             // the side table: its activation levels are A's bytes at (group kpos/4, byte kpos%4)
@@ -399,7 +598,7 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float 
        C[r][o] = Σ_k a'q = D[r][o] - 128 Q[o],
    with D = Σ a q, Q[o] = Σ_k q = R[o] + cin z_w[o], and as for convs
        Σ (a - z_a)(q - z_w) = D - z_w S - z_a R. */
-static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, float da, int za) {
+static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry, float da, int za) {
     int in = q->cin, co = q->cout, K4 = q->K4;
     if (x->ndim < 1 || x->shape[x->ndim - 1] != in) {
         err_set(&c->err, ERR_SHAPE, "export layer '%s': input's last dim is not %d", l->name, in);
@@ -421,7 +620,7 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
     int32_t *Cm = ctx_alloc(c, n * ldn * sizeof(int32_t)), *Q = ctx_alloc(c, (size_t)co * sizeof(int32_t));
     int32_t *S = ctx_alloc(c, n * sizeof(int32_t));
     if (!xq || !Wt || !row || !Cm || !Q || !S) return NULL;
-    quantize_rows(q->model->kernel, xq, x->data, n, (size_t)in, kp, da, (float)za, (1 << q->a_bits) - 1);
+    quantize_rows(q, entry, xq, x->data, n, (size_t)in, kp);
     // S[r] here, not as a GEMM column: out + 1 columns would cost a whole extra (masked)
     // 32-column strip of the kernel when out is a multiple of 32
 #pragma omp parallel for schedule(static) if (n * kp >= GEMM_OMP_MIN_WORK)
@@ -434,17 +633,17 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
     }
     // Wt col4 over ldn columns: q of output o at column o (0 past cin)
     for (int o = 0; o < co; o++) {
-        unpack_row_s8(row, q->wpack + (size_t)o * q->row_bytes, K4, q->cbits, q->wc);
+        int_row(row, q, o);
         int32_t sum = 0;
         for (size_t k = 0; k < kp; k++) {
-            uint8_t v = (int)k < in ? (uint8_t)(row[k] + q->wc) : 0;
+            uint8_t v = (int)k < in ? (uint8_t)(row[k] + q->w_ic) : 0;
             Wt[((k / 4) * ldn + (size_t)o) * 4 + k % 4] = v;
             sum += v;
         }
         Q[o] = sum;
     }
     int_gemm(q->model->kernel, Cm, ldn, (const int8_t *)xq, kp, Wt, ldn, (int)n, (int)ldn, K4, 128,
-             (1 << q->cbits) - 1);
+             q->w_umax);
     const float *bias = l->bias.data;
     // per output, the parts that do not depend on the row: 128 Q - z_a R, and the scale
     float *sc = ctx_alloc(c, (size_t)co * sizeof(float)), *bo = ctx_alloc(c, (size_t)co * sizeof(float));
@@ -452,8 +651,8 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, floa
     if (!sc || !bo || !k1 || !zw) return NULL;
     for (int o = 0; o < co; o++) {
         k1[o] = 128 * Q[o] - za * q->rsum[o];
-        zw[o] = q->zoff[o] + q->wc;
-        sc[o] = da * q->w_delta[o];
+        zw[o] = q->zoff[o] + q->w_ic;
+        sc[o] = da * q->w_iscale[o];
         bo[o] = bias ? bias[o] : 0.0f;
     }
 #pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
@@ -478,8 +677,8 @@ Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x) {
     if (!x) return NULL;
     int entry = (q->special || q->aq.n == 1) ? 0 : q->model->entry;
     if (q->model->use_float || !q->int_ok) return float_forward(c, l, q, x, entry);
-    float da = q->aq.delta.data[entry];
-    int za = (int)q->aq.zero.data[entry];
-    if (l->kind == LAYER_LINEAR) return int_linear(c, l, q, x, da, za);
-    return int_conv(c, l, q, x, da, za);
+    float da = q->a_lut ? q->a_iscale[entry] : q->aq.delta.data[entry];
+    int za = (int)(q->a_lut ? q->a_izero[entry] : q->aq.zero.data[entry]);
+    if (l->kind == LAYER_LINEAR) return int_linear(c, l, q, x, entry, da, za);
+    return int_conv(c, l, q, x, entry, da, za);
 }

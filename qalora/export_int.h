@@ -18,13 +18,25 @@
    - float path (EFFDM_KERNEL=float, and layers the integer path cannot take exactly): the
      deployed model as it was first written, fake_quant(x) then the FP op on W_eff
      dequantized per call; the reference the integer path is tested against.
-   The quantizer kinds (qkind.h) decide which: the integer path needs both kinds affine
-   (uniform levels); other kinds always run the float path, which decodes the weight and
-   fake-quantizes the input through the kind table. A weight kind's side table (easyquant's
+   The quantizer kinds (qkind.h) decide which: the integer path needs each kind affine
+   (uniform levels) or lut (level tables, below: approximate); other kinds always run the
+   float path, which decodes the weight and fake-quantizes the input through the kind table. A weight kind's side table (easyquant's
    outliers, kept in float16) is exact in both: the float path's decode returns the side
    values, the integer path adds y[o, n] += Σ_s c[o, s] Δ_a (a[kpos(o, s), n] - z_a) after the
    dense kernel, c = v - (q - z_w) Δ_w (v itself when the stored level is z_w, as easyquant
-   stores). */
+   stores).
+   Level tables (qkind.h lut = 1: a kind whose levels are not uniform but whose encode is
+   monotone in x, e.g. nupes). At load time each weight channel's 2^b decoded levels (b <= 4)
+   become int8 values t_c[code] with a scale s_c (level ~ s_c t_c, t in [-127, 127], s_c the
+   least-squares scale for the rounded t) and the per-call unpack maps the codes through the
+   table: to the kernels the layer is a uniform 8-bit one with z_w = 128 (zoff = 0, R = Σ t).
+   Each activation entry's levels become u8 values t[code] on an affine grid (level ~ s_a (t -
+   z), t in 0..255, z the integer of 0) and the thresholds a_bound between the codes (found
+   from the kind's encode by bisection over the floats, so that counting the thresholds below
+   x is the kind's encode exactly); the input's code through the table is the u8 operand, z
+   its zero point and padding. The only approximation is the rounding of the levels to the
+   tables: the loader measures it (w_lut_err, a_lut_err) and keeps the float path for a layer
+   whose tables are coarser than EXPORT_LUT_MAX_ERR. */
 #ifndef EFFDM_EXPORT_INT_H
 #define EFFDM_EXPORT_INT_H
 
@@ -64,8 +76,26 @@ struct ExportLayer {
     float *side_val;     // (cout, n_side)
     int32_t *side_kpos;  // (cout, n_side) positions in the stored (tap-major) row
     float *side_coef;    // (cout, n_side)
-    int int_ok;          // 1: the integer path is exact for this layer (else it runs the float path)
+    int int_ok;          // 1: the layer runs the integer path (exactly, or through level tables: lut)
+    /* The level tables of a kind that is not affine but has monotone levels (qkind.h lut, e.g.
+       nupes): the integer path runs its codes through them (export_int.c "level tables"); NULL
+       for affine kinds, whose levels the kernels take as they are. */
+    int lut;             // 1: a side of the layer runs through a level table (approximate; int_ok too)
+    int8_t *w_lut;       // (cout, 2^w_bits) the int8 weight t_c[code]: W ~ s_c t_c[code]
+    float *w_iscale;     // (cout) the integer path's weight scale: w_delta (affine), or s_c
+    uint8_t *a_lut;      // (entries, 2^a_bits) the u8 activation t[code]: x^ ~ s_a (t[code] - z)
+    float *a_bound;      // (entries, 2^a_bits - 1) the smallest float of code l = 1 .. 2^a_bits - 1
+    float *a_iscale;     // (entries) Δ_a (affine: aq's), or s_a
+    float *a_izero;      // (entries) z_a (affine: aq's), or the table's z (an integer in 0..255)
+    int a_imax, w_umax;  // largest activation operand (2^a_bits - 1, 255 with a table); largest
+                         // weight level q (u8, the linear GEMM's operand): 2^cbits - 1, 255 with a table
+    int w_ic;            // the level of weight 0 in the linear GEMM's u8 operand: wc, 128 with a table
+    double w_lut_err, a_lut_err;  // the tables' worst relative L2 level error (channel / entry); 0: none
 };
+
+// Largest relative L2 error of a level table (over a channel's or an entry's 2^b levels)
+// that the loader accepts for the integer path; above it the layer runs the float path.
+#define EXPORT_LUT_MAX_ERR 0.01
 
 // Builds the packed rows and per-channel integers of L from its n = cout K levels (one per
 // byte, C order), Δ_w and z_w (cout each, copied) and sets up wq (w_kind, w_bits, the side

@@ -44,6 +44,9 @@ int export_layer_rows(const ExportModel *m, UNet *teacher, ExportLayerRow *rows,
             r->a_delta_max = fmax(r->a_delta_max, L->a_delta[i]);
         }
         r->rel_err = NAN;
+        r->path = !L->int_ok ? "float" : L->lut ? "int-lut" : "int";
+        r->w_lut_err = L->w_lut_err;
+        r->a_lut_err = L->a_lut_err;
         if (!teacher) continue;
         const ModelLayer *t = teacher_layer(teacher, l->name);
         if (!t) {

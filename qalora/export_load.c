@@ -404,7 +404,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     static const char *const gains[] = {"guidance_gain", "eps_gain", NULL};  // read below
     LdmLoadOpts lo = {LDM_EMA_OFF, LDM_PART_FIRST_STAGE | LDM_PART_COND_STAGE, gains};
     if ((rc = ldm_load_from(&em->ldm, cfg, f, &lo, e))) goto fail;
-    if ((rc = unet_config_read_ff_widths(&cfg->unet, f, "model.diffusion_model.", e))) goto fail;  // pruned widths
+    if ((rc = unet_config_read_widths(&cfg->unet, f, "model.diffusion_model.", e))) goto fail;  // pruned widths, heads
     em->ldm->cfg.unet = cfg->unet;
     if ((rc = unet_new(&u, &cfg->unet, e))) {
         err_prefix(e, "%s: effdm.ldm_config: model.params.unet_config", path);
@@ -436,6 +436,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         X->layer->quant = X;
         X->layer->quant_forward = export_layer_forward;
         em->n_int_layers += X->int_ok;
+        em->n_lut_layers += X->lut;
         em->qlevel_bytes += export_layer_level_bytes(X);
         em->qscale_bytes += export_layer_scale_bytes(X);
         em->qfp32_bytes += X->layer->weight.n * sizeof(float);

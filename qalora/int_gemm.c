@@ -95,3 +95,26 @@ void int_quant_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, float del
         q[i] = (uint8_t)(u >= 0.0f ? u : 0.0f);  // NaN fails the test: level 0
     }
 }
+
+// c(x) by a branch-free binary search over the thresholds (ascending; a NaN threshold, a code
+// no x reaches, compares false as +inf would): the portable variant.
+static void lut_u8_ref(uint8_t *q, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab) {
+    int top = 1;
+    while (top <= nb) top <<= 1;  // the search's first step: the power of two above nb
+    for (size_t i = 0; i < n; i++) {
+        int c = 0;
+        for (int s = top >> 1; s; s >>= 1)
+            if (c + s <= nb && x[i] >= bound[c + s - 1]) c += s;
+        q[i] = tab[c];
+    }
+}
+
+void int_lut_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (k != INT_GEMM_REF && nb <= 15) {
+        int_lut_u8_avx2(q, x, n, bound, nb, tab);
+        return;
+    }
+#endif
+    lut_u8_ref(q, x, n, bound, nb, tab);
+}

@@ -47,6 +47,11 @@ void int_gemm_ref(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uin
 // Serial: the caller splits the work.
 void int_quant_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax);
 
+// q[i] = tab[c(x[i])], c(x) = #{l < nb : x >= bound[l]} (bound ascending; NaN: code 0): an
+// activation's code by the thresholds of a level-table kind and its u8 operand (export_int.h
+// "level tables"). nb + 1 entries in tab. Serial: the caller splits the work.
+void int_lut_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab);
+
 /* Variant entry points (int_gemm_avx2.c, int_gemm_vnni.c); call through int_gemm. Each
    handles one tile serially. */
 void int_gemm_avx2_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M,
@@ -54,5 +59,6 @@ void int_gemm_avx2_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, con
 void int_gemm_vnni_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M,
                         int N, int K4);
 void int_quant_u8_avx2(uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax);
+void int_lut_u8_avx2(uint8_t *q, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab);
 
 #endif

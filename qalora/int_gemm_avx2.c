@@ -132,4 +132,28 @@ AVX2 void int_quant_u8_avx2(uint8_t *q, const float *x, size_t n, float delta, f
         q[i] = (uint8_t)(u >= 0.0f ? u : 0.0f);
     }
 }
+/* Up to 15 thresholds (4-bit codes): 8 values at a time count the thresholds at or below them
+   (cmp GE ordered: NaN counts none, as the scalar >=), the counts are packed to bytes and
+   looked up with pshufb in the 16-byte table. */
+AVX2 void int_lut_u8_avx2(uint8_t *q, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab) {
+    uint8_t t16[16] = {0};
+    memcpy(t16, tab, (size_t)nb + 1);
+    const __m128i tv = _mm_loadu_si128((const __m128i *)t16);
+    __m256 b[15];
+    for (int l = 0; l < nb; l++) b[l] = _mm256_set1_ps(bound[l]);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256i c = _mm256_setzero_si256();
+        for (int l = 0; l < nb; l++) c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(v, b[l], _CMP_GE_OQ)));
+        __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+        p = _mm_packus_epi16(p, p);
+        _mm_storel_epi64((__m128i *)(q + i), _mm_shuffle_epi8(tv, p));
+    }
+    for (; i < n; i++) {
+        int c = 0;
+        for (int l = 0; l < nb; l++) c += x[i] >= bound[l];
+        q[i] = tab[c];
+    }
+}
 #endif

@@ -48,7 +48,12 @@
                kernels (export_int.h: activation levels by int_quant_u8, int8 x uint8 GEMM,
                then a Δ_a Δ_w (...) rescale) compute layers of this kind from the levels;
                0: such layers run the export's float path (the weight decoded, the input
-               fake-quantized) - e.g. a look-up-table kind.
+               fake-quantized), or, for a lut kind, the integer kernels through level tables.
+     lut       1 for a kind that is not affine but whose encode is non-decreasing in x (over
+               the floats, -inf to +inf) and without a side table: the export's integer path then
+               rounds each entry's 2^b levels (decode of 0 .. 2^b - 1) to an int8 (weights) or u8
+               (activations) table and finds codes by thresholds bisected from encode
+               (export_int.h "level tables"); 0: not affine means the float path.
      side_count
                the side positions per entry for slices of slice_len values (Quantizer's side
                table: values the kind keeps unquantized, decode returns side_val there and
@@ -79,6 +84,8 @@ typedef struct QKindOps {
     const char *name;   // the config and file name ("uniform")
     int n_param;        // learnable values per entry beyond (Δ, z); 0 .. QKIND_MAX_PARAM
     int affine;         // 1: uniform levels on (Δ, z) (side table apart): the export's integer kernels run them
+    int lut;            // 1 (not affine): encode is monotone in x and decode gives the levels: the export's
+                        // integer path runs them through 8-bit level tables (export_int.h)
     int weight_only;    // 1: channel-wise quantizers only
     int side;           // 1: keeps a side table (side_count; decode returns side_val at its positions)
     // Kernels over one slice with entry k (contracts above). Serial, except fit with parallel = 1.

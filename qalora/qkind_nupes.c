@@ -25,8 +25,9 @@
    identity rather than p⁻¹'(v) p'(x): that product is 0 on the whole zero bin for a < 1, and
    QALoRA trains the weights through this gradient (tests/test_qkind.c checks each).
    Levels: clamp(round(round(p(x)/Δ) + z)); decode(l) = p⁻¹((l - z) Δ). Bytes: the uniform
-   ones (pack.h). Not affine: the export's layers of this kind run its float path (the weight
-   decoded through p⁻¹, the input fake-quantized). */
+   ones (pack.h). Not affine, but its levels are monotone (lut): the export's integer path
+   runs them through 8-bit level tables (export_int.h), its float path decodes the weight
+   through p⁻¹ and fake-quantizes the input. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,6 +249,7 @@ const QKindOps QKIND_NUPES_OPS = {
     .name = "nupes",
     .n_param = 1,
     .affine = 0,
+    .lut = 1,  // p and p⁻¹ are increasing: the export's integer path runs it through level tables
     .weight_only = 0,
     .side = 0,
     .fit = nu_fit,

@@ -150,10 +150,7 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
     int y[N_IN];
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
         inputs(T.m, N_IN, ts[i], 100 + i, x, t, y);
-        qmodel_enable(&q, 1);
-        qmodel_set_timestep(&q, ts[i]);
-        float *ys = forward(c, T.m, x, t, y, N_IN);
-        qmodel_enable(&q, 0);
+        float *ys = student_forward(&q, c, T.m, x, t, y, N_IN, ts[i]);
         export_set_timestep(em, ts[i]);
         assert_int_equal(em->entry, nearest_entry(&q.train_sched, ts[i]));
         assert_int_equal(em->entry, q.entry);
@@ -173,7 +170,13 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
         if (w_kind == QUANT_NUPES)  // each channel's exponent, as the student's
             assert_memory_equal(L->w_param, q.q[k].wq.param.data, (size_t)L->cout * sizeof(float));
         if (a_kind == QUANT_NUPES) assert_memory_equal(L->a_param, q.q[k].aq.param.data, (size_t)L->entries * sizeof(float));
-        if (w_kind == QUANT_NUPES || a_kind == QUANT_NUPES) assert_false(L->int_ok);  // not affine: the float path
+        if (w_kind == QUANT_NUPES || a_kind == QUANT_NUPES) {
+            // not affine: the integer path only through level tables (weights up to 4 bits,
+            // tables within EXPORT_LUT_MAX_ERR; test_int_kernels checks it), else the float path
+            int fine = L->w_lut_err <= EXPORT_LUT_MAX_ERR && L->a_lut_err <= EXPORT_LUT_MAX_ERR;
+            assert_int_equal(L->int_ok, L->lut);
+            assert_int_equal(L->int_ok, (w_kind != QUANT_NUPES || L->w_bits <= 4) && fine);
+        }
         assert_int_equal(L->n_side, q.q[k].wq.n_side);
         if (w_kind == QUANT_EASYQUANT) assert_true(L->n_side > 0);
         if (L->n_side)

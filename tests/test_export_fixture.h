@@ -33,19 +33,20 @@ typedef struct {
     char *yaml;
 } Teacher;
 
-static Teacher teacher_open(void) {
+// The teacher of YAML yaml and checkpoint ckpt (all parts).
+static inline Teacher teacher_open_from(const char *yaml, const char *ckpt) {
     Teacher t = {0};
     Err e = {0};
     LdmConfig *cfg = malloc(sizeof *cfg);
-    assert_int_equal(ldm_config_load(cfg, TEACHER_DIR "/config.yaml", &e), 0);
-    assert_int_equal(weights_open(&t.f, TEACHER_DIR "/model.ckpt", &e), 0);
+    assert_int_equal(ldm_config_load(cfg, yaml, &e), 0);
+    assert_int_equal(weights_open(&t.f, ckpt, &e), 0);
     LdmLoadOpts o = {LDM_EMA_AUTO, LDM_PARTS_ALL};
     int rc = ldm_load_from(&t.m, cfg, t.f, &o, &e);
     if (rc) print_error("teacher: %s\n", e.msg);
     assert_int_equal(rc, 0);
     unsigned char *buf;
     size_t n;
-    assert_int_equal(file_read_all(TEACHER_DIR "/config.yaml", &buf, &n, &e), 0);
+    assert_int_equal(file_read_all(yaml, &buf, &n, &e), 0);
     t.yaml = malloc(n + 1);
     memcpy(t.yaml, buf, n);
     t.yaml[n] = '\0';
@@ -53,6 +54,8 @@ static Teacher teacher_open(void) {
     free(cfg);
     return t;
 }
+
+static inline Teacher teacher_open(void) { return teacher_open_from(TEACHER_DIR "/config.yaml", TEACHER_DIR "/model.ckpt"); }
 
 static void teacher_close(Teacher *t) {
     ldm_free(t->m);
@@ -83,6 +86,16 @@ static inline float *forward(Ctx *c, Ldm *m, const float *x, const float *t, con
     assert_non_null(out);
     float *r = malloc(out->n * sizeof(float));
     memcpy(r, out->data, out->n * sizeof(float));
+    return r;
+}
+
+// The fake-quant student q of teacher m at timestep ts, copied out (q left disabled).
+static inline float *student_forward(QModel *q, Ctx *c, Ldm *m, const float *x, const float *t, const int *y, int n,
+                                     int ts) {
+    qmodel_enable(q, 1);
+    qmodel_set_timestep(q, ts);
+    float *r = forward(c, m, x, t, y, n);
+    qmodel_enable(q, 0);
     return r;
 }
 

@@ -24,6 +24,7 @@
 #include "qalora/export.h"
 #include "qalora/export_int.h"
 #include "qalora/int_gemm.h"
+#include "qalora/qkind.h"
 #include "qalora/quantizer.h"
 #include "test_export_fixture.h"
 
@@ -146,6 +147,56 @@ static void test_quant_variants(void **state) {
         }
     free(x);
     free(fq);
+    free(q);
+}
+
+// int_lut_u8 (every variant) against the definition: the count of thresholds at or below x,
+// then the table; thresholds with ties, -inf at the bottom, NaN (a code never reached) at the
+// top; values on the thresholds, one float either side, ±inf, NaN; 2, 4 and 8-bit codes.
+static void test_lut_variants(void **state) {
+    const size_t n = 1003;
+    float *x = malloc(n * sizeof(float));
+    uint8_t *q = malloc(n);
+    Rng r;
+    rng_seed(&r, 8, 0);
+    const int bits[] = {2, 4, 8};
+    for (int bi = 0; bi < 3; bi++) {
+        int nb = (1 << bits[bi]) - 1;
+        float bound[255];
+        uint8_t tab[256];
+        for (int l = 0; l < nb; l++) bound[l] = 3.0f * (rng_uniform(&r) - 0.5f);
+        for (int i = 1; i < nb; i++)  // ascending
+            for (int j = i; j > 0 && bound[j] < bound[j - 1]; j--) {
+                float t = bound[j];
+                bound[j] = bound[j - 1];
+                bound[j - 1] = t;
+            }
+        bound[0] = -INFINITY;
+        if (nb > 2) bound[2] = bound[1];  // a tie
+        bound[nb - 1] = NAN;
+        for (int c = 0; c <= nb; c++) tab[c] = (uint8_t)rng_below(&r, 256);
+        rng_normal_fill(&r, x, n);
+        for (int l = 1; l < nb - 1 && 3 * (size_t)l + 2 < n; l++) {
+            x[3 * l] = bound[l];
+            x[3 * l + 1] = nextafterf(bound[l], -INFINITY);
+            x[3 * l + 2] = nextafterf(bound[l], INFINITY);
+        }
+        x[n - 1] = NAN;
+        x[n - 2] = INFINITY;
+        x[n - 3] = -INFINITY;
+        for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+            if (!int_gemm_supported((IntGemmKind)kind)) continue;
+            int_lut_u8((IntGemmKind)kind, q, x, n, bound, nb, tab);
+            for (size_t i = 0; i < n; i++) {
+                int c = 0;
+                for (int l = 0; l < nb; l++) c += x[i] >= bound[l];
+                if (q[i] != tab[c])
+                    fail_msg("%s: %d-bit codes: x[%zu]=%g: %d, expected tab[%d] = %d", int_gemm_name((IntGemmKind)kind),
+                             bits[bi], i, x[i], q[i], c, tab[c]);
+            }
+        }
+    }
+    free(x);
     free(q);
 }
 
@@ -296,6 +347,238 @@ static void test_layer_shapes_side(void **state) {
     }
 }
 
+/* ---- level tables (a lut kind: nupes) ----------------------------------------------------- */
+
+// y = w * x (+ b) in double, as the layer computes it: conv (N, cin, H, W) -> (N, cout, Ho, Wo)
+// with stride s and zero padding p, or linear (..., cin) -> (..., cout); w (cout, K) in C order.
+static void naive_layer(double *y, LayerKind kind, const double *w, const float *b, const double *x, int cout, int cin,
+                        int k, int s, int p, const int *xs, int xdim) {
+    if (kind == LAYER_LINEAR) {
+        size_t rows = 1;
+        for (int d = 0; d < xdim - 1; d++) rows *= (size_t)xs[d];
+        for (size_t r = 0; r < rows; r++)
+            for (int o = 0; o < cout; o++) {
+                double a = b ? b[o] : 0.0;
+                for (int i = 0; i < cin; i++) a += w[(size_t)o * cin + i] * x[r * cin + i];
+                y[r * cout + o] = a;
+            }
+        return;
+    }
+    int N = xs[0], H = xs[2], W = xs[3], Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    for (int g = 0; g < N; g++)
+        for (int o = 0; o < cout; o++)
+            for (int oh = 0; oh < Ho; oh++)
+                for (int ow = 0; ow < Wo; ow++) {
+                    double a = b ? b[o] : 0.0;
+                    for (int ci = 0; ci < cin; ci++)
+                        for (int ki = 0; ki < k; ki++)
+                            for (int kj = 0; kj < k; kj++) {
+                                int ih = oh * s - p + ki, iw = ow * s - p + kj;
+                                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                                a += w[(((size_t)o * cin + ci) * k + ki) * k + kj] *
+                                     x[(((size_t)g * cin + ci) * H + ih) * W + iw];
+                            }
+                    y[(((size_t)g * cout + o) * Ho + oh) * Wo + ow] = a;
+                }
+}
+
+/* One synthetic layer with a nupes weight and / or activation quantizer (random exponents in
+   [0.4, 1]) run through the level tables. Two references, both computed here in double from
+   the tables and the kind's own encode / decode:
+   - exact: the integer path must compute y^ = Ŵ x^ + b, with Ŵ = s_c t_c[code] the weight
+     table's values and x^ = s_a (t[encode(x)] - z) the activation table's (uniform sides: their
+     levels) - to TOL_LAYER, as the uniform layers (only float rounding differs);
+   - the float path (the student: W, x~ the decoded levels) differs from it by the tables'
+     rounding alone: |Ŵ x^ - W x~| <= |Ŵ - W| |x^| + |W| |x^ - x~| per output (triangle
+     inequality), plus float rounding slack TOL_LAYER (|W| |x~| + |b|). That bound is the
+     tolerance: derived from the 8-bit rounding of each level, not fitted. */
+static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int stride, int pad, QuantKind w_kind,
+                                int w_bits, QuantKind a_kind, int a_bits, const int *xshape, int xdim, Rng *r,
+                                double *tight) {
+    ModelLayer ml;
+    memset(&ml, 0, sizeof ml);
+    ml.kind = kind;
+    snprintf(ml.name, sizeof ml.name, "synthetic-lut");
+    int wshape[4] = {cout, cin, k, k};
+    size_t nw = kind == LAYER_CONV2D ? (size_t)cout * cin * k * k : (size_t)cout * cin, K = nw / (size_t)cout;
+    float *dummy = calloc(nw, sizeof(float)), *bias = malloc((size_t)cout * sizeof(float));
+    tensor_init_param(&ml.weight, dummy, NULL, kind == LAYER_CONV2D ? 4 : 2, kind == LAYER_CONV2D ? wshape
+                                                                                             : (int[]){cout, cin});
+    rng_normal_fill(r, bias, (size_t)cout);
+    tensor_init_param(&ml.bias, bias, NULL, 1, (int[]){cout});
+    ml.stride = stride;
+    ml.pad = pad;
+    ExportModel em;
+    memset(&em, 0, sizeof em);
+    ExportLayer L;
+    memset(&L, 0, sizeof L);
+    L.layer = &ml;
+    L.model = &em;
+    L.w_bits = w_bits;
+    L.a_bits = a_bits;
+    L.w_kind = w_kind;
+    L.a_kind = a_kind;
+    L.entries = 2;
+    L.a_delta = malloc(2 * sizeof(float));
+    L.a_zero = malloc(2 * sizeof(float));
+    int amax = (1 << a_bits) - 1;
+    L.a_delta[0] = 3.0f / (float)amax;
+    L.a_zero[0] = (float)(amax / 3);
+    L.a_delta[1] = 2.0f / (float)amax;
+    L.a_zero[1] = (float)(amax / 2 + 1);
+    quantizer_setup(&L.aq, a_kind, a_bits, 0, 2, L.a_delta, L.a_zero, NULL, NULL);
+    if (a_kind == QUANT_NUPES) {
+        L.a_param = malloc(2 * sizeof(float));
+        for (int i = 0; i < 2; i++) L.a_param[i] = 0.4f + 0.6f * rng_uniform(r);
+        quantizer_setup_param(&L.aq, L.a_param, NULL);
+    }
+    if (w_kind == QUANT_NUPES) {
+        L.w_param = malloc((size_t)cout * sizeof(float));
+        for (int o = 0; o < cout; o++) L.w_param[o] = 0.4f + 0.6f * rng_uniform(r);
+    }
+    uint8_t *lv = malloc(nw);
+    float *wd = malloc((size_t)cout * sizeof(float)), *wz = malloc((size_t)cout * sizeof(float));
+    for (size_t i = 0; i < nw; i++) lv[i] = (uint8_t)rng_below(r, 1u << w_bits);
+    for (int o = 0; o < cout; o++) {
+        wd[o] = 0.01f + 0.05f * rng_uniform(r);
+        wz[o] = (float)rng_below(r, 1u << w_bits);
+    }
+    Err e = {0};
+    assert_int_equal(export_layer_prepare(&L, lv, wd, wz, &e), 0);
+    assert_true(L.int_ok);
+    assert_true(L.lut);
+    assert_true((L.w_lut != NULL) == (w_kind == QUANT_NUPES) && (L.a_lut != NULL) == (a_kind == QUANT_NUPES));
+    ml.quant = &L;
+    ml.quant_forward = export_layer_forward;
+    // W (the student's: the kind's decode) and Ŵ (the table's), in double
+    float *wf = malloc(nw * sizeof(float));
+    assert_int_equal(export_layer_dequant(&L, wf), 0);
+    double *w = malloc(nw * sizeof(double)), *wh = malloc(nw * sizeof(double));
+    double *dw = malloc(nw * sizeof(double)), *aw = malloc(nw * sizeof(double));
+    for (size_t i = 0; i < nw; i++) {
+        int o = (int)(i / K);
+        w[i] = wf[i];
+        wh[i] = L.w_lut ? (double)L.w_iscale[o] * L.w_lut[((size_t)o << w_bits) + lv[i]] : w[i];
+        dw[i] = fabs(wh[i] - w[i]);
+        aw[i] = fabs(w[i]);
+    }
+    Ctx *c = test_ctx_new((size_t)256 << 20);
+    ctx_set_grad(c, 0);
+    Tensor *x = tensor_new(c, xdim, xshape);
+    rng_normal_fill(r, x->data, x->n);
+    size_t nx = x->n;
+    uint8_t *code = malloc(nx);
+    float *xf = malloc(nx * sizeof(float));
+    double *xd = malloc(nx * sizeof(double)), *xh = malloc(nx * sizeof(double)), *dx = malloc(nx * sizeof(double));
+    double *axh = malloc(nx * sizeof(double)), *axf = malloc(nx * sizeof(double));
+    const QKindOps *aops = quantizer_ops(&L.aq);
+    if (L.a_lut) {  // the thresholds give the kind's encode exactly: random values, each threshold and its neighbours
+        int nb = amax;
+        uint8_t ident[256], *c1 = malloc(3 * (size_t)nb + 1000), *c2 = malloc(3 * (size_t)nb + 1000);
+        float *v = malloc((3 * (size_t)nb + 1000) * sizeof(float));
+        for (int i = 0; i < 256; i++) ident[i] = (uint8_t)i;
+        for (int entry = 0; entry < 2; entry++) {
+            const float *b = L.a_bound + (size_t)entry * nb;
+            size_t m = 0;
+            for (int l = 0; l < nb; l++)
+                if (isfinite(b[l])) {
+                    v[m++] = b[l];
+                    v[m++] = nextafterf(b[l], -INFINITY);
+                    v[m++] = nextafterf(b[l], INFINITY);
+                }
+            for (int i = 0; i < 1000; i++) v[m++] = 4.0f * (rng_uniform(r) - 0.5f);
+            aops->encode(&L.aq, entry, c1, v, m);
+            for (int kind2 = 0; kind2 < INT_GEMM_COUNT; kind2++) {
+                if (!int_gemm_supported((IntGemmKind)kind2)) continue;
+                int_lut_u8((IntGemmKind)kind2, c2, v, m, b, nb, ident);
+                for (size_t i = 0; i < m; i++)
+                    if (c1[i] != c2[i])
+                        fail_msg("%s: A%d entry %d: x = %.9g: code %d by thresholds, %d by encode",
+                                 int_gemm_name((IntGemmKind)kind2), a_bits, entry, v[i], c2[i], c1[i]);
+            }
+        }
+        free(c1), free(c2), free(v);
+    }
+    for (int entry = 0; entry < 2; entry++) {
+        aops->encode(&L.aq, entry, code, x->data, nx);
+        aops->decode(&L.aq, entry, xf, code, nx);
+        for (size_t i = 0; i < nx; i++) {
+            xd[i] = xf[i];
+            xh[i] = L.a_lut ? (double)L.a_iscale[entry] * ((double)L.a_lut[((size_t)entry << a_bits) + code[i]] -
+                                                            (double)L.a_izero[entry])
+                            : xd[i];
+            dx[i] = fabs(xh[i] - xd[i]);
+            axh[i] = fabs(xh[i]);
+            axf[i] = fabs(xd[i]);
+        }
+        em.entry = entry;
+        em.use_float = 1;
+        Tensor *yf = layer_forward(c, &ml, x);
+        assert_non_null(yf);
+        size_t ny = yf->n;
+        double *yref = malloc(ny * sizeof(double)), *b1 = malloc(ny * sizeof(double)), *b2 = malloc(ny * sizeof(double));
+        double *mag = malloc(ny * sizeof(double));
+        float *yr = malloc(ny * sizeof(float));
+        naive_layer(yref, kind, wh, bias, xh, cout, cin, k, stride, pad, xshape, xdim);
+        naive_layer(b1, kind, dw, NULL, axh, cout, cin, k, stride, pad, xshape, xdim);
+        naive_layer(b2, kind, aw, NULL, dx, cout, cin, k, stride, pad, xshape, xdim);
+        naive_layer(mag, kind, aw, NULL, axf, cout, cin, k, stride, pad, xshape, xdim);
+        for (size_t i = 0; i < ny; i++) yr[i] = (float)yref[i];
+        for (int kind2 = 0; kind2 < INT_GEMM_COUNT; kind2++) {
+            if (!int_gemm_supported((IntGemmKind)kind2)) continue;
+            em.use_float = 0;
+            em.kernel = (IntGemmKind)kind2;
+            Tensor *yi = layer_forward(c, &ml, x);
+            assert_non_null(yi);
+            assert_int_equal(yi->n, ny);
+            double err = rel_l2(yi->data, yr, ny);
+            if (err > TOL_LAYER)
+                fail_msg("%s: lut %s cout %d cin %d k %d W%d(%s)A%d(%s) entry %d: vs the tables' y relative L2 %.3g",
+                         int_gemm_name((IntGemmKind)kind2), kind == LAYER_CONV2D ? "conv" : "linear", cout, cin, k,
+                         w_bits, quant_kind_name(w_kind), a_bits, quant_kind_name(a_kind), entry, err);
+            for (size_t i = 0; i < ny; i++) {
+                double d = fabs((double)yi->data[i] - (double)yf->data[i]), bound = b1[i] + b2[i];
+                double slack = TOL_LAYER * (mag[i] + fabs((double)bias[(kind == LAYER_LINEAR ? i : i / (ny / (size_t)xshape[0] / (size_t)cout)) % (size_t)cout]));
+                if (d > bound + slack)
+                    fail_msg("%s: lut %s W%d(%s)A%d(%s) entry %d output %zu: |int - float| %.3g > the rounding "
+                             "bound %.3g + %.2g", int_gemm_name((IntGemmKind)kind2),
+                             kind == LAYER_CONV2D ? "conv" : "linear", w_bits, quant_kind_name(w_kind), a_bits,
+                             quant_kind_name(a_kind), entry, i, d, bound, slack);
+                if (d / (bound + slack) > *tight) *tight = d / (bound + slack);
+            }
+        }
+        free(yref), free(b1), free(b2), free(mag), free(yr);
+    }
+    test_ctx_delete(c);
+    export_layer_release(&L);
+    free(dummy), free(bias), free(lv), free(wd), free(wz), free(wf), free(w), free(wh), free(dw), free(aw);
+    free(code), free(xf), free(xd), free(xh), free(dx), free(axh), free(axf);
+}
+
+static void test_layer_shapes_lut(void **state) {
+    Rng r;
+    rng_seed(&r, 13, 0);
+    double tight = 0;
+    const QuantKind wk[] = {QUANT_NUPES, QUANT_UNIFORM, QUANT_NUPES}, ak[] = {QUANT_UNIFORM, QUANT_NUPES, QUANT_NUPES};
+    const int wb[] = {2, 3, 4}, ab[] = {4, 8};
+    for (int m = 0; m < 3; m++)
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 2; j++) {
+                int w_bits = wk[m] == QUANT_UNIFORM && i == 2 ? 8 : wb[i];  // uniform: 2, 3, 8
+                check_synthetic_lut(LAYER_CONV2D, 7, 5, 3, 1, 1, wk[m], w_bits, ak[m], ab[j], (int[]){3, 5, 6, 5}, 4,
+                                    &r, &tight);
+                check_synthetic_lut(LAYER_CONV2D, 9, 6, 3, 2, 1, wk[m], w_bits, ak[m], ab[j], (int[]){2, 6, 7, 7}, 4,
+                                    &r, &tight);
+                check_synthetic_lut(LAYER_CONV2D, 17, 8, 1, 1, 0, wk[m], w_bits, ak[m], ab[j], (int[]){2, 8, 4, 4}, 4,
+                                    &r, &tight);
+                check_synthetic_lut(LAYER_LINEAR, 13, 7, 1, 1, 0, wk[m], w_bits, ak[m], ab[j], (int[]){2, 5, 7}, 3, &r,
+                                    &tight);
+                check_synthetic_lut(LAYER_LINEAR, 33, 64, 1, 1, 0, wk[m], w_bits, ak[m], ab[j], (int[]){37, 64}, 2, &r,
+                                    &tight);
+            }
+    print_message("  level tables: |int - float| reached at most %.2f of the rounding bound + slack\n", tight);
+}
+
 /* ---- layers of an exported model ------------------------------------------------------ */
 
 static ExportModel *g_em;  // the model under test (the layer hook has no user pointer)
@@ -408,6 +691,145 @@ static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
 
 static void check_layers(int w_bits, int a_bits) { check_layers_kind(w_bits, a_bits, QUANT_UNIFORM); }
 
+/* The layers of a nupes export (weights and activations, W4A4: the 4-bit layers run the level
+   tables, the 8-bit special layers the float path) inside real UNet forwards: per output,
+   |int - float| <= |Ŵ - W| |x^| + |W| |x^ - x~| + slack, the tables' rounding bound of
+   check_synthetic_lut computed here with the layer's own conv / linear on the absolute values
+   (W from export_layer_dequant, its codes matched to the channel's decoded levels; x~ the
+   kind's decode of its encode, x^ the table's value). */
+static double g_lut_rel_lo, g_lut_rel_hi, g_lut_tight;
+static int g_lut_calls;
+
+static Tensor *abs_op(Ctx *c, ModelLayer *l, Tensor *x, const float *w) {
+    Tensor *wt = tensor_new(c, l->weight.ndim, l->weight.shape);
+    memcpy(wt->data, w, l->weight.n * sizeof(float));
+    return l->kind == LAYER_LINEAR ? t_linear(c, x, wt, NULL) : t_conv2d(c, x, wt, NULL, l->stride, l->pad);
+}
+
+static Tensor *lut_paths(Ctx *c, ModelLayer *l, Tensor *x) {
+    ExportLayer *q = l->quant;
+    g_em->use_float = 1;
+    Tensor *yf = export_layer_forward(c, l, x);
+    g_em->use_float = 0;
+    Tensor *yi = export_layer_forward(c, l, x);
+    assert_non_null(yf);
+    assert_non_null(yi);
+    if (!q->lut) return yf;
+    int entry = (q->special || q->aq.n == 1) ? 0 : g_em->entry;
+    size_t nw = l->weight.n, K = nw / (size_t)q->cout, nx = x->n;
+    int nl = 1 << q->w_bits, na = 1 << q->a_bits;
+    float *w = malloc(nw * sizeof(float)), *dw = malloc(nw * sizeof(float)), *aw = malloc(nw * sizeof(float));
+    assert_int_equal(export_layer_dequant(q, w), 0);
+    for (size_t i = 0; i < nw; i++) {
+        int o = (int)(i / K);
+        double wh = w[i];
+        if (q->w_lut) {  // the code of w: the level it equals (decode is a table lookup: exact)
+            float y[16];
+            uint8_t codes[16];
+            for (int v = 0; v < nl; v++) codes[v] = (uint8_t)v;
+            quantizer_ops(&q->wq)->decode(&q->wq, o, y, codes, (size_t)nl);
+            int code = -1;
+            for (int v = 0; v < nl && code < 0; v++)
+                if (y[v] == w[i]) code = v;
+            assert_true(code >= 0);
+            wh = (double)q->w_iscale[o] * q->w_lut[((size_t)o << q->w_bits) + code];
+        }
+        dw[i] = (float)fabs(wh - w[i]);
+        aw[i] = fabsf(w[i]);
+    }
+    Tensor *axh = tensor_new(c, x->ndim, x->shape), *adx = tensor_new(c, x->ndim, x->shape);
+    Tensor *axf = tensor_new(c, x->ndim, x->shape);
+    uint8_t *code = malloc(nx);
+    float *xf = malloc(nx * sizeof(float));
+    const QKindOps *aops = quantizer_ops(&q->aq);
+    aops->encode(&q->aq, entry, code, x->data, nx);
+    aops->decode(&q->aq, entry, xf, code, nx);
+    for (size_t i = 0; i < nx; i++) {
+        double xh = q->a_lut ? (double)q->a_iscale[entry] * ((double)q->a_lut[(size_t)entry * na + code[i]] -
+                                                              (double)q->a_izero[entry])
+                             : xf[i];
+        axh->data[i] = (float)fabs(xh);
+        adx->data[i] = (float)fabs(xh - xf[i]);
+        axf->data[i] = fabsf(xf[i]);
+    }
+    Tensor *b1 = abs_op(c, l, axh, dw), *b2 = abs_op(c, l, adx, aw), *mag = abs_op(c, l, axf, aw);
+    assert_true(b1 && b2 && mag && b1->n == yf->n);
+    size_t per = l->kind == LAYER_LINEAR ? 1 : yf->n / (size_t)yf->shape[0] / (size_t)q->cout;
+    for (size_t i = 0; i < yf->n; i++) {
+        // float slack as in check_synthetic_lut; the bound's own float sums over |terms| are
+        // within K ulps of it, inside that slack
+        float b = l->bias.data ? l->bias.data[(i / per) % (size_t)q->cout] : 0.0f;
+        double d = fabs((double)yi->data[i] - (double)yf->data[i]), bound = (double)b1->data[i] + b2->data[i];
+        double slack = TOL_LAYER * ((double)mag->data[i] + fabs((double)b));
+        if (d > bound + slack)
+            fail_msg("layer %s output %zu: |int - float| %.3g > the tables' rounding bound %.3g + %.2g", l->name, i, d,
+                     bound, slack);
+        if (d / (bound + slack) > g_lut_tight) g_lut_tight = d / (bound + slack);
+    }
+    double r = rel_l2(yi->data, yf->data, yf->n);
+    g_lut_rel_lo = r < g_lut_rel_lo ? r : g_lut_rel_lo;
+    g_lut_rel_hi = r > g_lut_rel_hi ? r : g_lut_rel_hi;
+    g_lut_calls++;
+    free(w), free(dw), free(aw), free(code), free(xf);
+    return yf;
+}
+
+static void test_layers_nupes_w4a4(void **state) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc = student_config(4, 4, 20);
+    rc.quant.weight_quantizer = QUANT_NUPES;
+    rc.quant.act_quantizer = QUANT_NUPES;
+    QModel q;
+    student_make(&q, c, &T, &rc, 1);
+    ExportSummary s;
+    char *path = student_export(&q, &T, &s);
+    Err e = {0};
+    qmodel_free(&q);
+    ExportModel *em = NULL;
+    int r = export_load(&em, path, &e);
+    if (r) print_error("load: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    int n4 = 0;
+    for (int k = 0; k < em->n_layers; k++) {
+        const ExportLayer *L = &em->layers[k];
+        n4 += L->w_bits == 4;
+        assert_int_equal(L->lut, L->w_bits == 4);  // the tables for 4-bit weights; 8-bit: the float path
+        assert_int_equal(L->int_ok, L->lut);
+    }
+    assert_int_equal(em->n_lut_layers, n4);
+    int C, H, W, n = 3;
+    ldm_latent_shape(T.m, &C, &H, &W);
+    float *x = malloc((size_t)n * C * H * W * sizeof(float)), t[3];
+    int y[3];
+    const int ts[] = {1, 500, 999};
+    for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+        if (!int_gemm_supported((IntGemmKind)kind)) continue;
+        assert_int_equal(export_set_kernel(em, int_gemm_name((IntGemmKind)kind), &e), 0);
+        g_em = em;
+        g_lut_rel_lo = INFINITY;
+        g_lut_rel_hi = g_lut_tight = 0;
+        g_lut_calls = 0;
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+            inputs(T.m, n, ts[i], 400 + i, x, t, y);
+            export_set_timestep(em, ts[i]);
+            for (int k = 0; k < em->n_layers; k++) em->layers[k].layer->quant_forward = lut_paths;
+            free(forward(c, em->ldm, x, t, y, n));
+            for (int k = 0; k < em->n_layers; k++) em->layers[k].layer->quant_forward = export_layer_forward;
+        }
+        assert_int_equal(g_lut_calls, (int)(sizeof ts / sizeof ts[0]) * n4);
+        print_message("    %-4s: %d table layer calls, integer vs float relative L2 %.2g .. %.2g, at most %.2f of "
+                      "the rounding bound\n", int_gemm_name((IntGemmKind)kind), g_lut_calls, g_lut_rel_lo,
+                      g_lut_rel_hi, g_lut_tight);
+    }
+    free(x);
+    export_free(em);
+    unlink(path);
+    free(path);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
 static void test_layers_w4a4(void **state) { check_layers(4, 4); }
 static void test_layers_w4a8(void **state) { check_layers(4, 8); }
 static void test_layers_w2a8(void **state) { check_layers(2, 8); }
@@ -417,12 +839,15 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_variants),
         cmocka_unit_test(test_quant_variants),
+        cmocka_unit_test(test_lut_variants),
         cmocka_unit_test(test_layer_shapes),
         cmocka_unit_test(test_layers_w4a4),
         cmocka_unit_test(test_layers_w4a8),
         cmocka_unit_test(test_layers_w2a8),
         cmocka_unit_test(test_layer_shapes_side),
+        cmocka_unit_test(test_layer_shapes_lut),
         cmocka_unit_test(test_layers_easyquant_w4a4),
+        cmocka_unit_test(test_layers_nupes_w4a4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

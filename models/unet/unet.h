@@ -59,9 +59,11 @@ typedef struct {
     int context_dim;              // 0 when no cross-attention
     int legacy;                   // default 1
     // Not in the YAML: the hidden width of each transformer block's FeedForward (GEGLU units) in
-    // registration order, 0 = CompVis's 4 x inner. Set from a checkpoint whose FeedForwards were
-    // pruned (effdm compress) by unet_config_read_ff_widths.
+    // registration order, 0 = CompVis's 4 x inner, and the heads of its attn1 / attn2, 0 = the
+    // config's. Set from a checkpoint whose FeedForwards or heads were pruned (effdm compress)
+    // by unet_config_read_widths.
     int ff_inner[UNET_MAX_TBLOCKS];
+    int attn_heads[UNET_MAX_TBLOCKS][2];
 } UNetConfig;
 
 typedef struct UNet UNet;  // defined in models/unet/unet_impl.h
@@ -72,11 +74,15 @@ void unet_config_defaults(UNetConfig *cfg);
 // use_spatial_transformer, ...). 0 or ERR_VALUE naming the option.
 int unet_config_check(const UNetConfig *cfg, Err *e);
 
-// Reads the FeedForward widths of f's UNet (tensors prefix + "<block>.ff.net.0.proj.bias", 2
-// values per GEGLU unit) into cfg->ff_inner: a width other than 4 x inner marks a pruned
-// block; a block whose tensor is missing keeps the default (unet_load then names it). ERR_SHAPE
-// on an odd or empty width. 0 or an ERR_ code.
-int unet_config_read_ff_widths(UNetConfig *cfg, const WeightFile *f, const char *prefix, Err *e);
+// Reads the pruned widths of f's UNet into cfg: each FeedForward's (tensors prefix +
+// "<block>.ff.net.0.proj.bias", 2 values per GEGLU unit) into cfg->ff_inner, a width other than
+// 4 x inner marking a pruned block; each SpatialTransformer attention's heads (rows of
+// "<block>.attn1.to_q.weight" / attn2's, or of to_q.w_delta in an effdm export; dim_head rows a
+// head, dim_head from the config) into
+// cfg->attn_heads, a count below the config's marking a pruned attention. A tensor that is
+// missing keeps the default (unet_load then names it). ERR_SHAPE on an odd or empty width, or
+// on a row count that is no multiple of dim_head, or more heads than the config's. 0 or an ERR_ code.
+int unet_config_read_widths(UNetConfig *cfg, const WeightFile *f, const char *prefix, Err *e);
 // Builds the module tree and allocates one weight block. 0 or an ERR_ code.
 int unet_new(UNet **m, const UNetConfig *cfg, Err *e);
 void unet_free(UNet *m);
@@ -100,6 +106,9 @@ void unet_zero_grad(UNet *m);
 // FeedForward: ff.net.0.proj (GEGLU: value rows, then gate rows) and ff.net.2.
 int unet_ff_blocks(const UNet *m);
 void unet_ff_layers(UNet *m, int k, ModelLayer **proj, ModelLayer **out);
+// Block k's attention j (0: attn1, self-attention; 1: attn2, cross-attention): l[0..4) =
+// to_q, to_k, to_v, to_out.0; its head count and head width (to_q has heads x dim_head rows).
+void unet_attn_layers(UNet *m, int k, int j, ModelLayer *l[4], int *heads, int *dim_head);
 // The config the model was built with.
 const UNetConfig *unet_config(const UNet *m);
 // Number of parameter tensors; the i-th in registration order (state-dict order) and its

@@ -50,24 +50,24 @@ Tensor *unet_attention_forward(Ctx *c, UNet *m, const UNetAttention *a, Tensor *
 }
 
 // attention.py CrossAttention.forward: to_out(softmax(q k^T * dim_head^-0.5) v) with heads
-// packed as 'b n (h d)'. x (N, T, inner); context (N, L, Dc), or x for self-attention.
-static Tensor *cross_attention(Ctx *c, UNet *m, const int *idx, const UNetTransformer *st, Tensor *x,
+// packed as 'b n (h d)'. x (N, T, inner); context (N, L, Dc), or x for self-attention. heads:
+// this attention's (effdm compress may have removed some: to_q/k/v have heads x d rows).
+static Tensor *cross_attention(Ctx *c, UNet *m, const int *idx, int heads, int dim_head, Tensor *x,
                                Tensor *context) {
     Tensor *q = layer_forward(c, &m->layers[idx[0]], x);
     Tensor *k = layer_forward(c, &m->layers[idx[1]], context);
     Tensor *v = layer_forward(c, &m->layers[idx[2]], context);
-    Tensor *o = t_attention(c, q, k, v, st->heads, 1.0f / sqrtf((float)st->dim_head));
+    Tensor *o = t_attention(c, q, k, v, heads, 1.0f / sqrtf((float)dim_head));
     return layer_forward(c, &m->layers[idx[3]], o);  // to_out.0 (to_out.1 is Dropout)
 }
 
 // attention.py BasicTransformerBlock._forward. x (N, T, inner).
-static Tensor *transformer_block(Ctx *c, UNet *m, const UNetTransformer *st, const UNetTransformerBlock *tb,
-                                 Tensor *x, Tensor *context) {
+static Tensor *transformer_block(Ctx *c, UNet *m, const UNetTransformerBlock *tb, Tensor *x, Tensor *context) {
     UNetNorm *n1 = &m->norms[tb->norm1], *n2 = &m->norms[tb->norm2], *n3 = &m->norms[tb->norm3];
     Tensor *h = t_layer_norm(c, x, &n1->weight, &n1->bias, UNET_LN_EPS);
-    x = t_add(c, cross_attention(c, m, tb->attn1, st, h, h), x);
+    x = t_add(c, cross_attention(c, m, tb->attn1, tb->heads[0], tb->dim_head, h, h), x);
     h = t_layer_norm(c, x, &n2->weight, &n2->bias, UNET_LN_EPS);
-    x = t_add(c, cross_attention(c, m, tb->attn2, st, h, context ? context : h), x);
+    x = t_add(c, cross_attention(c, m, tb->attn2, tb->heads[1], tb->dim_head, h, context ? context : h), x);
     h = t_layer_norm(c, x, &n3->weight, &n3->bias, UNET_LN_EPS);
     // FeedForward(glu=True): net.0 = GEGLU (proj, then x * gelu(gate)), net.1 Dropout, net.2 Linear.
     h = t_geglu(c, layer_forward(c, &m->layers[tb->ff_in], h));
@@ -84,7 +84,7 @@ Tensor *unet_transformer_forward(Ctx *c, UNet *m, const UNetTransformer *st, Ten
     Tensor *h = t_group_norm(c, x, &norm->weight, &norm->bias, UNET_GN_GROUPS, UNET_ST_GN_EPS);
     h = to_tokens(c, layer_forward(c, &m->layers[st->proj_in], h), N, inner, H * W);
     for (int d = 0; d < st->depth; d++)
-        h = transformer_block(c, m, st, &m->tblocks[st->first_block + d], h, context);
+        h = transformer_block(c, m, &m->tblocks[st->first_block + d], h, context);
     h = layer_forward(c, &m->layers[st->proj_out], from_tokens(c, h, N, inner, H, W));
     return t_add(c, h, x);
 }

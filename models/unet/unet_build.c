@@ -18,8 +18,8 @@ typedef struct {
     int n_layers, n_norms, n_tblocks, n_params, n_input, n_output;
     size_t n_floats;
     UNetSeq scratch;  // target of module writes in the counting pass
-    // unet_config_read_ff_widths: a counting pass that reads each FeedForward's width from a
-    // file into probe_cfg (NULL otherwise)
+    // unet_config_read_widths: a counting pass that reads each FeedForward's width and each
+    // attention's heads from a file into probe_cfg (NULL otherwise)
     const WeightFile *probe;
     const char *probe_prefix;
     UNetConfig *probe_cfg;
@@ -160,12 +160,13 @@ static int build_attention_block(Build *b, UNetSeq *s, const char *path, int ch,
     return 0;
 }
 
-// attention.py CrossAttention.__init__: to_q, to_k, to_v (no bias), to_out.0 (Linear).
-static int build_cross_attention(Build *b, int *idx, const char *path, int inner, int context_dim) {
-    if ((idx[0] = add_layer(b, LAYER_LINEAR, inner, inner, 1, 1, 0, 0, "%s.to_q", path)) < 0 ||
-        (idx[1] = add_layer(b, LAYER_LINEAR, inner, context_dim, 1, 1, 0, 0, "%s.to_k", path)) < 0 ||
-        (idx[2] = add_layer(b, LAYER_LINEAR, inner, context_dim, 1, 1, 0, 0, "%s.to_v", path)) < 0 ||
-        (idx[3] = add_layer(b, LAYER_LINEAR, inner, inner, 1, 1, 0, 1, "%s.to_out.0", path)) < 0)
+// attention.py CrossAttention.__init__: to_q, to_k, to_v (no bias; query_dim or context_dim
+// -> width = heads x dim_head), to_out.0 (Linear width -> query_dim = inner).
+static int build_cross_attention(Build *b, int *idx, const char *path, int inner, int width, int context_dim) {
+    if ((idx[0] = add_layer(b, LAYER_LINEAR, width, inner, 1, 1, 0, 0, "%s.to_q", path)) < 0 ||
+        (idx[1] = add_layer(b, LAYER_LINEAR, width, context_dim, 1, 1, 0, 0, "%s.to_k", path)) < 0 ||
+        (idx[2] = add_layer(b, LAYER_LINEAR, width, context_dim, 1, 1, 0, 0, "%s.to_v", path)) < 0 ||
+        (idx[3] = add_layer(b, LAYER_LINEAR, inner, width, 1, 1, 0, 1, "%s.to_out.0", path)) < 0)
         return b->e->code;
     return 0;
 }
@@ -196,6 +197,38 @@ static int ff_width(Build *b, int index, const char *block, int inner, int *widt
     return 0;
 }
 
+// The heads of transformer block `index`'s attention j (0: attn1, 1: attn2): the config's
+// unless it holds a pruned count; in a probe pass, the file's (rows of to_q.weight / dim_head).
+static int attn_heads(Build *b, int index, int j, const char *block, int heads, int dim_head, int *out) {
+    const UNetConfig *c = &b->m->cfg;
+    *out = index < UNET_MAX_TBLOCKS && c->attn_heads[index][j] > 0 ? c->attn_heads[index][j] : heads;
+    if (!b->probe) return 0;
+    // to_q's rows: its weight, or in an effdm export where to_q is quantized, its per-row steps
+    // w_delta (qalora/export.h)
+    char name[UNET_NAME_MAX + 64];
+    snprintf(name, sizeof name, "%s%s.attn%d.to_q.weight", b->probe_prefix, block, j + 1);
+    const WeightInfo *wi = weights_find(b->probe, name);
+    int ndim = 2;
+    if (!wi) {
+        snprintf(name, sizeof name, "%s%s.attn%d.to_q.w_delta", b->probe_prefix, block, j + 1);
+        wi = weights_find(b->probe, name);
+        ndim = 1;
+    }
+    if (!wi) return 0;  // unet_load / export_load names the missing tensor
+    long long rows = wi->ndim == ndim ? (long long)wi->shape[0] : -1;
+    if (rows < dim_head || rows % dim_head || rows > (long long)heads * dim_head)
+        return err_set(b->e, ERR_SHAPE, "%s: tensor '%s': expected 1 to %d heads of %d rows (dim_head), found %lld rows",
+                       weights_path(b->probe), name, heads, dim_head, rows);
+    int h = (int)(rows / dim_head);
+    if (h == heads) return 0;
+    if (index >= UNET_MAX_TBLOCKS)
+        return err_set(b->e, ERR_UNSUPPORTED, "%s: tensor '%s': a pruned attention in transformer block %d (this "
+                       "build reads pruned head counts in the first %d)", weights_path(b->probe), name, index,
+                       UNET_MAX_TBLOCKS);
+    b->probe_cfg->attn_heads[index][j] = *out = h;
+    return 0;
+}
+
 static int build_transformer(Build *b, UNetSeq *s, const char *path, int ch, int heads, int dim_head) {
     const UNetConfig *c = &b->m->cfg;
     UNetModule *mod = seq_push(b, s);
@@ -216,15 +249,20 @@ static int build_transformer(Build *b, UNetSeq *s, const char *path, int ch, int
         char bp[UNET_NAME_MAX], ap[UNET_NAME_MAX];
         int k = snprintf(bp, sizeof bp, "%s.transformer_blocks.%d", path, d);
         if (k < 0 || (size_t)k >= sizeof bp) return err_set(b->e, ERR_INTERNAL, "UNet: name too long");
+        int index = b->n_tblocks - 1;
+        tb->dim_head = dim_head;
+        if (attn_heads(b, index, 0, bp, heads, dim_head, &tb->heads[0]) ||
+            attn_heads(b, index, 1, bp, heads, dim_head, &tb->heads[1]))
+            return b->e->code;
         snprintf(ap, sizeof ap, "%s.attn1", bp);
         // attn1 is self-attention: its context_dim defaults to query_dim.
-        if (build_cross_attention(b, tb->attn1, ap, inner, inner)) return b->e->code;
-        if (ff_width(b, b->n_tblocks - 1, bp, inner, &ff_inner)) return b->e->code;
+        if (build_cross_attention(b, tb->attn1, ap, inner, tb->heads[0] * dim_head, inner)) return b->e->code;
+        if (ff_width(b, index, bp, inner, &ff_inner)) return b->e->code;
         if ((tb->ff_in = add_layer(b, LAYER_LINEAR, 2 * ff_inner, inner, 1, 1, 0, 1, "%s.ff.net.0.proj", bp)) < 0 ||
             (tb->ff_out = add_layer(b, LAYER_LINEAR, inner, ff_inner, 1, 1, 0, 1, "%s.ff.net.2", bp)) < 0)
             return b->e->code;
         snprintf(ap, sizeof ap, "%s.attn2", bp);
-        if (build_cross_attention(b, tb->attn2, ap, inner, c->context_dim)) return b->e->code;
+        if (build_cross_attention(b, tb->attn2, ap, inner, tb->heads[1] * dim_head, c->context_dim)) return b->e->code;
         if ((tb->norm1 = add_norm(b, inner, 0, "%s.norm1", bp)) < 0 ||
             (tb->norm2 = add_norm(b, inner, 0, "%s.norm2", bp)) < 0 ||
             (tb->norm3 = add_norm(b, inner, 0, "%s.norm3", bp)) < 0)
@@ -353,7 +391,7 @@ static int build_walk(Build *b, int *chans) {
     return 0;
 }
 
-// One walk (see unet_build); probe: unet_config_read_ff_widths's file, or NULL.
+// One walk (see unet_build); probe: unet_config_read_widths's file, or NULL.
 static int build(UNet *m, const WeightFile *probe, const char *prefix, UNetConfig *probe_cfg, Err *e) {
     Build b;
     memset(&b, 0, sizeof b);
@@ -390,10 +428,11 @@ static int build(UNet *m, const WeightFile *probe, const char *prefix, UNetConfi
 
 int unet_build(UNet *m, Err *e) { return build(m, NULL, NULL, NULL, e); }
 
-int unet_config_read_ff_widths(UNetConfig *cfg, const WeightFile *f, const char *prefix, Err *e) {
+int unet_config_read_widths(UNetConfig *cfg, const WeightFile *f, const char *prefix, Err *e) {
     UNet *tmp = calloc(1, sizeof *tmp);  // a counting pass: no weights
     if (!tmp) return err_set(e, ERR_NOMEM, "UNet: out of memory");
     memset(cfg->ff_inner, 0, sizeof cfg->ff_inner);
+    memset(cfg->attn_heads, 0, sizeof cfg->attn_heads);
     tmp->cfg = *cfg;
     int rc = build(tmp, f, prefix, cfg, e);
     free(tmp);

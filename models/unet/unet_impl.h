@@ -57,11 +57,13 @@ typedef struct {
 typedef struct {
     int norm1, norm2, norm3;
     int attn1[4], attn2[4];    // to_q, to_k, to_v, to_out.0
+    int heads[2], dim_head;    // of attn1, attn2 (pruned: fewer than the transformer's)
     int ff_in, ff_out;         // ff.net.0.proj (GEGLU), ff.net.2
 } UNetTransformerBlock;
 
 typedef struct {
-    int ch, heads, dim_head, depth;   // inner dim = heads * dim_head (may differ from ch)
+    int ch, heads, dim_head, depth;   // inner dim = heads * dim_head (may differ from ch); the
+                                      // config's heads (a block's attention may have fewer)
     int norm, proj_in, proj_out;
     int first_block;                  // transformer_blocks.0 in m->tblocks
 } UNetTransformer;

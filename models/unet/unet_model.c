@@ -82,6 +82,13 @@ void unet_ff_layers(UNet *m, int k, ModelLayer **proj, ModelLayer **out) {
     *out = &m->layers[m->tblocks[k].ff_out];
 }
 
+void unet_attn_layers(UNet *m, int k, int j, ModelLayer *l[4], int *heads, int *dim_head) {
+    const UNetTransformerBlock *tb = &m->tblocks[k];
+    for (int i = 0; i < 4; i++) l[i] = &m->layers[j ? tb->attn2[i] : tb->attn1[i]];
+    *heads = tb->heads[j];
+    *dim_head = tb->dim_head;
+}
+
 ModelLayer **unet_layers(UNet *m, int *n) {
     *n = m->n_layers;
     return m->layer_ptrs;
