@@ -257,7 +257,7 @@ def prune_section():
         return "%.2f" % fl[k] if k in fl else "-"
     for log in sorted(glob.glob(os.path.join(Q, "logs", "prune-ff*.log"))):
         t = open(log, errors="replace").read()
-        m = re.search(r"(\d+) of (\d+) FeedForward units kept .*?\n\s*UNet parameters: (\d+) -> (\d+)", t, re.S)
+        m = re.search(r"(\d+) of (\d+) FeedForward units (?:and \d+ of \d+ attention heads )?kept .*?\n\s*UNet parameters: (\d+) -> (\d+)", t, re.S)
         if m:
             name = os.path.basename(log)[6:-4]
             out.append("| `%s` | %s of %s | %s -> %s (%.1f%% fewer) | %s -> %s |" % (
