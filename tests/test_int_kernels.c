@@ -202,48 +202,64 @@ static void test_lut_variants(void **state) {
 
 /* ---- single layers of shapes the teacher lacks ------------------------------------------ */
 
+// A synthetic layer's FP side (zero weights of the given shape, a random bias) and its export
+// layer of two table entries (a_delta / a_zero allocated, not set); returns the weight count.
+static size_t synthetic_layer(ModelLayer *ml, ExportModel *em, ExportLayer *L, const char *name, LayerKind kind,
+                              int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits, Rng *r) {
+    memset(ml, 0, sizeof *ml);
+    ml->kind = kind;
+    snprintf(ml->name, sizeof ml->name, "%s", name);
+    int wshape[4] = {cout, cin, k, k};
+    size_t nw = kind == LAYER_CONV2D ? (size_t)cout * cin * k * k : (size_t)cout * cin;
+    float *dummy = calloc(nw, sizeof(float)), *bias = malloc((size_t)cout * sizeof(float));
+    tensor_init_param(&ml->weight, dummy, NULL, kind == LAYER_CONV2D ? 4 : 2, kind == LAYER_CONV2D ? wshape
+                                                                                               : (int[]){cout, cin});
+    rng_normal_fill(r, bias, (size_t)cout);
+    tensor_init_param(&ml->bias, bias, NULL, 1, (int[]){cout});
+    ml->stride = stride;
+    ml->pad = pad;
+    memset(em, 0, sizeof *em);
+    memset(L, 0, sizeof *L);
+    L->layer = ml;
+    L->model = em;
+    L->w_bits = w_bits;
+    L->a_bits = a_bits;
+    L->entries = 2;
+    L->a_delta = malloc(2 * sizeof(float));
+    L->a_zero = malloc(2 * sizeof(float));
+    return nw;
+}
+
+// Random weight levels lv (nw) and per-channel Δ_w, z_w (cout), malloc'ed.
+static void random_levels(size_t nw, int cout, int w_bits, Rng *r, uint8_t **lv, float **wd, float **wz) {
+    *lv = malloc(nw);
+    *wd = malloc((size_t)cout * sizeof(float));
+    *wz = malloc((size_t)cout * sizeof(float));
+    for (size_t i = 0; i < nw; i++) (*lv)[i] = (uint8_t)rng_below(r, 1u << w_bits);
+    for (int o = 0; o < cout; o++) {
+        (*wd)[o] = 0.01f + 0.05f * rng_uniform(r);
+        (*wz)[o] = (float)rng_below(r, 1u << w_bits);
+    }
+}
+
 // One synthetic quantized layer (random levels, Δ_w, z_w, table) run by both paths; with
 // n_side > 0 an easyquant weight whose side table holds n_side random positions per channel
 // (random levels stored there: the integer path's correction is not the side value alone).
 static void check_synthetic_side(LayerKind kind, int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits,
                                  const int *xshape, int xdim, int n_side, Rng *r) {
     ModelLayer ml;
-    memset(&ml, 0, sizeof ml);
-    ml.kind = kind;
-    snprintf(ml.name, sizeof ml.name, "synthetic");
-    int wshape[4] = {cout, cin, k, k};
-    size_t nw = kind == LAYER_CONV2D ? (size_t)cout * cin * k * k : (size_t)cout * cin;
-    float *dummy = calloc(nw, sizeof(float)), *bias = malloc((size_t)cout * sizeof(float));
-    tensor_init_param(&ml.weight, dummy, NULL, kind == LAYER_CONV2D ? 4 : 2, kind == LAYER_CONV2D ? wshape
-                                                                                             : (int[]){cout, cin});
-    rng_normal_fill(r, bias, (size_t)cout);
-    tensor_init_param(&ml.bias, bias, NULL, 1, (int[]){cout});
-    ml.stride = stride;
-    ml.pad = pad;
     ExportModel em;
-    memset(&em, 0, sizeof em);
     ExportLayer L;
-    memset(&L, 0, sizeof L);
-    L.layer = &ml;
-    L.model = &em;
-    L.w_bits = w_bits;
-    L.a_bits = a_bits;
-    L.entries = 2;
-    L.a_delta = malloc(2 * sizeof(float));
-    L.a_zero = malloc(2 * sizeof(float));
+    size_t nw = synthetic_layer(&ml, &em, &L, "synthetic", kind, cout, cin, k, stride, pad, w_bits, a_bits, r);
     int amax = (1 << a_bits) - 1;
     L.a_delta[0] = 4.0f / (float)amax;
     L.a_zero[0] = (float)(amax / 3);
     L.a_delta[1] = 6.0f / (float)amax;
     L.a_zero[1] = (float)amax;  // a table entry at the top of the range
     quantizer_setup(&L.aq, QUANT_UNIFORM, a_bits, 0, 2, L.a_delta, L.a_zero, NULL, NULL);
-    uint8_t *lv = malloc(nw);
-    float *wd = malloc((size_t)cout * sizeof(float)), *wz = malloc((size_t)cout * sizeof(float));
-    for (size_t i = 0; i < nw; i++) lv[i] = (uint8_t)rng_below(r, 1u << w_bits);
-    for (int o = 0; o < cout; o++) {
-        wd[o] = 0.01f + 0.05f * rng_uniform(r);
-        wz[o] = (float)rng_below(r, 1u << w_bits);
-    }
+    uint8_t *lv;
+    float *wd, *wz;
+    random_levels(nw, cout, w_bits, r, &lv, &wd, &wz);
     size_t K = nw / (size_t)cout;
     if (n_side) {
         L.w_kind = QUANT_EASYQUANT;
@@ -299,8 +315,8 @@ static void check_synthetic_side(LayerKind kind, int cout, int cin, int k, int s
     }
     test_ctx_delete(c);
     export_layer_release(&L);
-    free(dummy);
-    free(bias);
+    free(ml.weight.data);
+    free(ml.bias.data);
     free(lv);
     free(wd);
     free(wz);
@@ -396,31 +412,12 @@ static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int st
                                 int w_bits, QuantKind a_kind, int a_bits, const int *xshape, int xdim, Rng *r,
                                 double *tight) {
     ModelLayer ml;
-    memset(&ml, 0, sizeof ml);
-    ml.kind = kind;
-    snprintf(ml.name, sizeof ml.name, "synthetic-lut");
-    int wshape[4] = {cout, cin, k, k};
-    size_t nw = kind == LAYER_CONV2D ? (size_t)cout * cin * k * k : (size_t)cout * cin, K = nw / (size_t)cout;
-    float *dummy = calloc(nw, sizeof(float)), *bias = malloc((size_t)cout * sizeof(float));
-    tensor_init_param(&ml.weight, dummy, NULL, kind == LAYER_CONV2D ? 4 : 2, kind == LAYER_CONV2D ? wshape
-                                                                                             : (int[]){cout, cin});
-    rng_normal_fill(r, bias, (size_t)cout);
-    tensor_init_param(&ml.bias, bias, NULL, 1, (int[]){cout});
-    ml.stride = stride;
-    ml.pad = pad;
     ExportModel em;
-    memset(&em, 0, sizeof em);
     ExportLayer L;
-    memset(&L, 0, sizeof L);
-    L.layer = &ml;
-    L.model = &em;
-    L.w_bits = w_bits;
-    L.a_bits = a_bits;
+    size_t nw = synthetic_layer(&ml, &em, &L, "synthetic-lut", kind, cout, cin, k, stride, pad, w_bits, a_bits, r);
+    size_t K = nw / (size_t)cout;
     L.w_kind = w_kind;
     L.a_kind = a_kind;
-    L.entries = 2;
-    L.a_delta = malloc(2 * sizeof(float));
-    L.a_zero = malloc(2 * sizeof(float));
     int amax = (1 << a_bits) - 1;
     L.a_delta[0] = 3.0f / (float)amax;
     L.a_zero[0] = (float)(amax / 3);
@@ -436,13 +433,9 @@ static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int st
         L.w_param = malloc((size_t)cout * sizeof(float));
         for (int o = 0; o < cout; o++) L.w_param[o] = 0.4f + 0.6f * rng_uniform(r);
     }
-    uint8_t *lv = malloc(nw);
-    float *wd = malloc((size_t)cout * sizeof(float)), *wz = malloc((size_t)cout * sizeof(float));
-    for (size_t i = 0; i < nw; i++) lv[i] = (uint8_t)rng_below(r, 1u << w_bits);
-    for (int o = 0; o < cout; o++) {
-        wd[o] = 0.01f + 0.05f * rng_uniform(r);
-        wz[o] = (float)rng_below(r, 1u << w_bits);
-    }
+    uint8_t *lv;
+    float *wd, *wz;
+    random_levels(nw, cout, w_bits, r, &lv, &wd, &wz);
     Err e = {0};
     assert_int_equal(export_layer_prepare(&L, lv, wd, wz, &e), 0);
     assert_true(L.int_ok);
@@ -519,7 +512,7 @@ static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int st
         double *yref = malloc(ny * sizeof(double)), *b1 = malloc(ny * sizeof(double)), *b2 = malloc(ny * sizeof(double));
         double *mag = malloc(ny * sizeof(double));
         float *yr = malloc(ny * sizeof(float));
-        naive_layer(yref, kind, wh, bias, xh, cout, cin, k, stride, pad, xshape, xdim);
+        naive_layer(yref, kind, wh, ml.bias.data, xh, cout, cin, k, stride, pad, xshape, xdim);
         naive_layer(b1, kind, dw, NULL, axh, cout, cin, k, stride, pad, xshape, xdim);
         naive_layer(b2, kind, aw, NULL, dx, cout, cin, k, stride, pad, xshape, xdim);
         naive_layer(mag, kind, aw, NULL, axf, cout, cin, k, stride, pad, xshape, xdim);
@@ -538,7 +531,7 @@ static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int st
                          w_bits, quant_kind_name(w_kind), a_bits, quant_kind_name(a_kind), entry, err);
             for (size_t i = 0; i < ny; i++) {
                 double d = fabs((double)yi->data[i] - (double)yf->data[i]), bound = b1[i] + b2[i];
-                double slack = TOL_LAYER * (mag[i] + fabs((double)bias[(kind == LAYER_LINEAR ? i : i / (ny / (size_t)xshape[0] / (size_t)cout)) % (size_t)cout]));
+                double slack = TOL_LAYER * (mag[i] + fabs((double)ml.bias.data[(kind == LAYER_LINEAR ? i : i / (ny / (size_t)xshape[0] / (size_t)cout)) % (size_t)cout]));
                 if (d > bound + slack)
                     fail_msg("%s: lut %s W%d(%s)A%d(%s) entry %d output %zu: |int - float| %.3g > the rounding "
                              "bound %.3g + %.2g", int_gemm_name((IntGemmKind)kind2),
@@ -551,7 +544,7 @@ static void check_synthetic_lut(LayerKind kind, int cout, int cin, int k, int st
     }
     test_ctx_delete(c);
     export_layer_release(&L);
-    free(dummy), free(bias), free(lv), free(wd), free(wz), free(wf), free(w), free(wh), free(dw), free(aw);
+    free(ml.weight.data), free(ml.bias.data), free(lv), free(wd), free(wz), free(wf), free(w), free(wh), free(dw), free(aw);
     free(code), free(xf), free(xd), free(xh), free(dx), free(axh), free(axf);
 }
 
@@ -609,6 +602,20 @@ static Tensor *both_paths(Ctx *c, ModelLayer *l, Tensor *x) {
     return yf;
 }
 
+// The student of rc on T, exported to a temporary file (*path, malloc'ed) and loaded back.
+static ExportModel *student_round_trip(Teacher *T, Ctx *c, const RunConfig *rc, ExportSummary *s, char **path) {
+    QModel q;
+    student_make(&q, c, T, rc, 1);
+    *path = student_export(&q, T, s);
+    Err e = {0};
+    qmodel_free(&q);
+    ExportModel *em = NULL;
+    int r = export_load(&em, *path, &e);
+    if (r) print_error("load: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    return em;
+}
+
 // w_kind: the weight quantizer (easyquant: with 'mse' weight ranges, so that some zero points
 // fall outside the levels and the stored outlier level is not z_w).
 static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
@@ -617,16 +624,10 @@ static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
     RunConfig rc = student_config(w_bits, a_bits, 20);
     rc.quant.weight_quantizer = w_kind;
     if (w_kind == QUANT_EASYQUANT) rc.quant.weight_init = RC_INIT_MSE;
-    QModel q;
-    student_make(&q, c, &T, &rc, 1);
     ExportSummary s;
-    char *path = student_export(&q, &T, &s);
+    char *path;
+    ExportModel *em = student_round_trip(&T, c, &rc, &s, &path);
     Err e = {0};
-    qmodel_free(&q);
-    ExportModel *em = NULL;
-    int r = export_load(&em, path, &e);
-    if (r) print_error("load: %s\n", e.msg);
-    assert_int_equal(r, 0);
     assert_int_equal(em->n_int_layers, em->n_layers);
 
     // memory: the 4-bit layers' levels are 1/8 of their FP32 weights (rows padded to 4 levels)
@@ -780,16 +781,10 @@ static void test_layers_nupes_w4a4(void **state) {
     RunConfig rc = student_config(4, 4, 20);
     rc.quant.weight_quantizer = QUANT_NUPES;
     rc.quant.act_quantizer = QUANT_NUPES;
-    QModel q;
-    student_make(&q, c, &T, &rc, 1);
     ExportSummary s;
-    char *path = student_export(&q, &T, &s);
+    char *path;
+    ExportModel *em = student_round_trip(&T, c, &rc, &s, &path);
     Err e = {0};
-    qmodel_free(&q);
-    ExportModel *em = NULL;
-    int r = export_load(&em, path, &e);
-    if (r) print_error("load: %s\n", e.msg);
-    assert_int_equal(r, 0);
     int n4 = 0;
     for (int k = 0; k < em->n_layers; k++) {
         const ExportLayer *L = &em->layers[k];
