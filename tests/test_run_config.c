@@ -761,6 +761,7 @@ static void test_shipped_configs(void **state) {
         {"fmnist-ldm-w4a4-nupes.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt",
          "runs/fmnist-ldm-w4a4-nupes"},
         {"fmnist-ldm-w2a8.yaml", 2, 8, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w2a8"},
+        {"fmnist-ldm-w3a4.yaml", 3, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w3a4"},
         {"fmnist-ldm-w4a4-reference.yaml", 4, 4, RC_RECIPE_REFERENCE, "models/zoo/fmnist-ldm/model.ckpt",
          "runs/fmnist-ldm-w4a4-reference"},
         {"cin256-v2-w4a4.yaml", 4, 4, RC_RECIPE_EFFDM, "models/cin256-v2/model.ckpt", "runs/cin256-v2-w4a4"},
