@@ -22,7 +22,7 @@
 
 // One block's accumulator, hung on its ff.net.0.proj while the teacher samples.
 typedef struct {
-    int m, dim, bits;
+    int m, dim;
     float *wq;        // Q(W1), (2m, dim)
     float *yq;        // the quantized projection of one call, grown as needed
     size_t cap_yq;
@@ -99,7 +99,7 @@ int prune_ff_quant_moments(Ldm *m, const PruneSampling *s, int bits, PruneMoment
         ModelLayer *proj, *out;
         unet_ff_layers(u, k, &proj, &out);
         QAcc *a = &acc[k];
-        a->m = out->weight.shape[1], a->dim = proj->weight.shape[1], a->bits = bits;
+        a->m = out->weight.shape[1], a->dim = proj->weight.shape[1];
         mom->m[k] = 2 * a->m;
         size_t ld = 2 * (size_t)a->m + 1;
         a->wq = malloc(proj->weight.n * sizeof(float));

@@ -14,7 +14,6 @@ typedef struct {
     int m;
     double *sum;    // (m + 1)^2, upper triangle until the end
     double *rows;   // a chunk of [h; 1] rows in double
-    int cap_rows;
     double count;
 } SiteAcc;
 
