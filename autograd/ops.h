@@ -52,6 +52,7 @@ typedef enum {
     OP_ATTENTION,
     OP_FAKE_QUANT,   // reserved for qalora/ (quantizer ops live there, recorded with this kind)
     OP_LORA_WEIGHT,  // reserved for qalora/: W_base + B·A of a trainable layer, before its fake-quant
+    OP_ROTATE,       // reserved for qalora/: the block-Hadamard rotation of a layer's input (rotate.h)
     OP_COUNT
 } OpKind;
 

@@ -36,7 +36,9 @@ static const char *const usage[] = {
     "int = the integer kernels, exactly; int-lut = the integer kernels through 8-bit level",
     "tables, for a non-uniform kind such as nupes; float = the float path) and, for int-lut,",
     "the tables' rounding errors (weights: ||W - W_table|| / ||W||; activations: the worst",
-    "entry's relative L2 over its levels; above 1% the loader keeps the float path). With the FP teacher",
+    "entry's relative L2 over its levels; above 1% the loader keeps the float path), and rotate:",
+    "the block of the Hadamard rotation of the layer's input (quant.rotate; - when not rotated;",
+    "rel.err compares the weight brought back to the layer's own basis). With the FP teacher",
     "(--ckpt and --ldm-config: the checkpoint and YAML the run started from; EMA weights when",
     "the export says it used them) also rel.err = ||W_q - W_fp|| / ||W_fp||, the relative L2",
     "error of the deployed (dequantized) weight against the teacher's, in double. It mixes",
@@ -248,8 +250,8 @@ static int info_layers(const char *path, const char *ckpt, const char *yaml, con
     printf("%s: %d quantized layers (W%dA%d, special layers %d-bit, %d TALSQ timesteps)%s\n", path, em->n_layers,
            em->w_bits, em->a_bits, em->special_bits, em->train_sched.n,
            t ? (em->ema ? "; teacher: EMA weights" : "; teacher: raw weights") : "");
-    printf("%-58s %-9s %-9s %2s %2s %-13s %10s  %-17s %-7s %s\n", "layer", "role", "kind", "W", "A", "shape", "rel.err",
-           "a_delta min..max", "path", "table err W/A");
+    printf("%-58s %-9s %-9s %2s %2s %-13s %10s  %-17s %-7s %-13s %s\n", "layer", "role", "kind", "W", "A", "shape",
+           "rel.err", "a_delta min..max", "path", "table err W/A", "rotate");
     double sum = 0, worst = -1;
     int iw = 0;
     char sh[64];
@@ -260,8 +262,10 @@ static int info_layers(const char *path, const char *ckpt, const char *yaml, con
         char da[40], te[40] = "-";
         snprintf(da, sizeof da, "%.4g..%.4g", r->a_delta_min, r->a_delta_max);
         if (r->w_lut_err > 0 || r->a_lut_err > 0) snprintf(te, sizeof te, "%.2g/%.2g", r->w_lut_err, r->a_lut_err);
-        printf("%-58s %-9s %-9s %2d %2d %-13s %10s  %-17s %-7s %s\n", r->name, r->special ? "special" : "trainable",
-               r->w_kind, r->w_bits, r->a_bits, shape_text(r, sh, sizeof sh), re, da, r->path, te);
+        char ro[16] = "-";
+        if (r->rot) snprintf(ro, sizeof ro, "%d", r->rot);
+        printf("%-58s %-9s %-9s %2d %2d %-13s %10s  %-17s %-7s %-13s %s\n", r->name, r->special ? "special" : "trainable",
+               r->w_kind, r->w_bits, r->a_bits, shape_text(r, sh, sizeof sh), re, da, r->path, te, ro);
         if (t) {
             sum += r->rel_err;
             if (r->rel_err > worst) worst = r->rel_err, iw = k;

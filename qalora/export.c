@@ -125,6 +125,7 @@ char *export_quant_json(const QModel *q) {
         cJSON_AddNumberToObject(l, "entries", ql->aq.n);
         cJSON_AddStringToObject(l, "w_quantizer", quant_kind_name(ql->wq.kind));
         cJSON_AddStringToObject(l, "a_quantizer", quant_kind_name(ql->aq.kind));
+        if (ql->rot) cJSON_AddNumberToObject(l, "rotate", ql->rot);
         cJSON_AddItemToArray(layers, l);
     }
     char *s = cJSON_PrintUnformatted(o);
@@ -274,7 +275,9 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
 
     // metadata
     char num[64];
-    if (!rc) rc = st_writer_meta(&w, "effdm.format", EXPORT_FORMAT, e);
+    int rotated = 0;
+    for (int k = 0; k < q->n_q; k++) rotated |= q->q[k].rot > 0;
+    if (!rc) rc = st_writer_meta(&w, "effdm.format", rotated ? EXPORT_FORMAT_ROT : EXPORT_FORMAT, e);
     if (!rc) rc = st_writer_meta(&w, "effdm.ldm_config", info->yaml, e);
     if (!rc && !(json = export_quant_json(q))) rc = err_set(e, ERR_NOMEM, "export: out of memory for the metadata");
     if (!rc) rc = st_writer_meta(&w, "effdm.quant", json, e);

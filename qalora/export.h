@@ -13,7 +13,8 @@
        sampler_run(&ctx, em->ldm, &o, x, N, y, rng, &e);
        export_free(em);
 
-   Format (effdm.format "2"; "1" is read too: it stored 3-bit levels in 4-bit containers). Tensors (CompVis names, so the file reads like a checkpoint):
+   Format (effdm.format "2"; "1" is read too: it stored 3-bit levels in 4-bit containers; "3" is
+   "2" with rotated layers, rotate.h, and is what an export with one is marked). Tensors (CompVis names, so the file reads like a checkpoint):
      model.diffusion_model.<param>          F32  every UNet parameter that is not the weight of a
                                                  quantized layer (biases, norms, embeddings, FP
                                                  layers); Conv1d weights (Cout, Cin, 1) as CompVis.
@@ -56,7 +57,9 @@
      effdm.quant        JSON: w_bits, a_bits, special_bits, rank, talsq, train_steps, timesteps
                         (ascending; entry i of every table belongs to timesteps[i]), and layers:
                         [{name, role ("trainable" | "special"), w_bits, a_bits, entries,
-                        w_quantizer, a_quantizer}] in registration order; w_quantizer / a_quantizer
+                        w_quantizer, a_quantizer, rotate}] in registration order; rotate (only on a
+                        rotated layer, rotate.h): the Hadamard block of its input channels, its
+                        levels those of W Hᵀ and its input rotated before quantization; w_quantizer / a_quantizer
                         name the quantizer kinds (qkind.h: "uniform"); absent (exports written
                         before kinds existed): uniform; a kind this build does not know: ERR_UNSUPPORTED
      effdm.source       the teacher checkpoint; effdm.source_config its YAML path
@@ -118,6 +121,9 @@
 #define EXPORT_FORMAT "2"
 // The older format this build still reads: "1" differs only in 3-bit levels (4-bit containers).
 #define EXPORT_FORMAT_V1 "1"
+// "2" with rotated layers ("rotate" entries in effdm.quant): written only when a layer is rotated,
+// so that a build that does not know rotation refuses the file instead of running it unrotated.
+#define EXPORT_FORMAT_ROT "3"
 
 typedef struct {
     size_t unet_bytes;        // bytes of the model.diffusion_model.* tensors
@@ -210,6 +216,7 @@ typedef struct {
     double rel_err;           // ||W_eff - W_fp|| / ||W_fp|| against the teacher's weight, in double (NaN: no teacher)
     const char *path;         // how it runs: "int" (exact), "int-lut" (level tables), "float"
     double w_lut_err, a_lut_err;  // the level tables' worst relative level error (0: no table; export_int.h)
+    int rot;                  // Hadamard block of the input channels (rotate.h; 0: not rotated)
 } ExportLayerRow;
 // The rows of m's quantized layers in registration order (rows: m->n_layers). teacher: the
 // FP UNet the export came from (NULL: rel_err NaN); W_eff is export_layer_weight's, so

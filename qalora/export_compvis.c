@@ -42,6 +42,7 @@ static int student_params(const QModel *q, KeepList *bufs, StudentParam *sp, Com
             float *w = keep_alloc(bufs, p->n * sizeof(float));
             if (!w) return err_set(e, ERR_NOMEM, "compvis export: out of memory for layer '%s'", q->q[k].layer->name);
             qlayer_effective_weight(&q->q[k], w);
+            qlayer_weight_unrotate(&q->q[k], w);
             sp[i].data = w;
             s->n_quantized++;
         }

@@ -15,6 +15,7 @@
 #include "qalora/int_gemm.h"
 #include "qalora/pack.h"
 #include "qalora/qkind.h"
+#include "qalora/rotate.h"
 
 // Elements one thread quantizes per work item.
 #define QUANT_CHUNK 4096
@@ -362,6 +363,7 @@ int export_layer_dequant(const ExportLayer *L, float *w) {
     uint8_t *lv = malloc((size_t)L->K);
     int ok = row && lv;
     if (ok) dequant_into(L, w, row, lv);
+    if (ok) rotate_apply(w, (size_t)L->cout, L->cin, (size_t)L->kh * (size_t)L->kw, L->rot);
     free(row);
     free(lv);
     return ok ? 0 : ERR_NOMEM;
@@ -675,6 +677,7 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
 Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x) {
     ExportLayer *q = l->quant;
     if (!x) return NULL;
+    if (q->rot && !(x = t_rotate(c, x, l->kind != LAYER_LINEAR, q->rot))) return NULL;
     int entry = (q->special || q->aq.n == 1) ? 0 : q->model->entry;
     if (q->model->use_float || !q->int_ok) return float_forward(c, l, q, x, entry);
     float da = q->a_lut ? q->a_iscale[entry] : q->aq.delta.data[entry];

@@ -49,6 +49,8 @@ struct ExportLayer {
     const ExportModel *model;
     int special;
     int w_bits, a_bits, entries;
+    int rot;             // Hadamard block of the input channels (rotate.h; 0: none): both paths rotate x
+                         // first, and the levels are those of the rotated weight W Hᵀ
     QuantKind w_kind, a_kind;  // quantizer kinds (qkind.h; uniform when the export names none)
     Quantizer wq;        // the weight quantizer: channel-wise over w_delta / w_zero (export_layer_prepare)
     Quantizer aq;        // the activation table (rounded z_a), of a_kind
@@ -104,7 +106,8 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
 // Frees what export_layer_prepare allocated (and the activation table); accepts a zeroed layer.
 void export_layer_release(ExportLayer *L);
 // W_eff = the weight kind's decode of the levels (uniform: (q - z_w[o]) Δ_w[o]) into w (cout K
-// floats): the student's weight exactly. 0, or ERR_NOMEM (w untouched).
+// floats): the student's weight exactly, brought back to the layer's own basis (W_eff H) when the
+// layer is rotated. 0, or ERR_NOMEM (w untouched).
 int export_layer_dequant(const ExportLayer *L, float *w);
 // Bytes the layer's weights occupy in memory: packed levels, and Δ_w / z_w / zoff / rsum.
 size_t export_layer_level_bytes(const ExportLayer *L);

@@ -47,6 +47,7 @@ int export_layer_rows(const ExportModel *m, UNet *teacher, ExportLayerRow *rows,
         r->path = !L->int_ok ? "float" : L->lut ? "int-lut" : "int";
         r->w_lut_err = L->w_lut_err;
         r->a_lut_err = L->a_lut_err;
+        r->rot = L->rot;
         if (!teacher) continue;
         const ModelLayer *t = teacher_layer(teacher, l->name);
         if (!t) {

@@ -271,7 +271,9 @@ static ModelLayer *find_layer(ModelLayer **all, int n, const char *name) {
 }
 
 // effdm.quant -> layers, schedule, bits. ERR_FORMAT naming the key.
-static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int n_all, const char *path, Err *e) {
+// rot_ok: effdm.format is EXPORT_FORMAT_ROT, the only one whose layers may carry "rotate".
+static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int n_all, int rot_ok, const char *path,
+                       Err *e) {
     cJSON *o = cJSON_Parse(json);
     int rc = 0;
     if (!o || !cJSON_IsObject(o)) {
@@ -347,7 +349,23 @@ static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int 
                          QUANT_MAX_BITS, nts);
             goto done;
         }
+        // "rotate": the Hadamard block of the input channels (absent: 0, not rotated)
+        int rot = 0;
+        if (cJSON_GetObjectItemCaseSensitive(L, "rotate")) {
+            if (!rot_ok) {
+                rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s' is rotated in a file of effdm.format "
+                             "other than '%s'", path, nm->valuestring, EXPORT_FORMAT_ROT);
+                goto done;
+            }
+            if ((rc = json_int(L, "rotate", &rot, path, e))) goto done;
+        }
+        if (rot && (rot < 2 || (rot & (rot - 1)) || ml->weight.shape[1] % rot)) {
+            rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s': rotate %d (expected a power of two "
+                         ">= 2 dividing its %d input channels)", path, nm->valuestring, rot, ml->weight.shape[1]);
+            goto done;
+        }
         ExportLayer *X = &em->layers[k];
+        X->rot = rot;
         X->layer = ml;
         X->special = special;
         X->model = em;
@@ -387,10 +405,10 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         rc = err_set(e, ERR_FORMAT, "%s: not an effdm export (no metadata 'effdm.format')", path);
         goto fail;
     }
-    int v1 = !strcmp(fmt, EXPORT_FORMAT_V1);
-    if (strcmp(fmt, EXPORT_FORMAT) != 0 && !v1) {
-        rc = err_set(e, ERR_UNSUPPORTED, "%s: effdm.format '%s' (this build reads '%s' and '%s')", path, fmt,
-                     EXPORT_FORMAT, EXPORT_FORMAT_V1);
+    int v1 = !strcmp(fmt, EXPORT_FORMAT_V1), rot_ok = !strcmp(fmt, EXPORT_FORMAT_ROT);
+    if (strcmp(fmt, EXPORT_FORMAT) != 0 && !v1 && !rot_ok) {
+        rc = err_set(e, ERR_UNSUPPORTED, "%s: effdm.format '%s' (this build reads '%s', '%s' and '%s')", path, fmt,
+                     EXPORT_FORMAT, EXPORT_FORMAT_V1, EXPORT_FORMAT_ROT);
         goto fail;
     }
     const char *yaml = weights_metadata(f, "effdm.ldm_config"), *quant = weights_metadata(f, "effdm.quant");
@@ -413,7 +431,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     em->ldm->unet = u;
     int n_all;
     ModelLayer **all = unet_layers(u, &n_all);
-    if ((rc = parse_quant(em, quant, all, n_all, path, e))) goto fail;
+    if ((rc = parse_quant(em, quant, all, n_all, rot_ok, path, e))) goto fail;
     // FP parameters: everything that is not the weight of a listed layer
     for (int i = 0; i < unet_param_tensors(u); i++) {
         const char *pn;

@@ -9,6 +9,7 @@
 
 #include "autograd/profile.h"
 #include "qalora/qkind.h"
+#include "qalora/rotate.h"
 
 void qlayer_config_defaults(QLayerConfig *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -35,6 +36,33 @@ static int layer_dims(const ModelLayer *l, int *cout, size_t *k, Err *e) {
     *cout = l->weight.shape[0];
     *k = l->weight.n / (size_t)*cout;
     return 0;
+}
+
+// The layer's input channels (dim 1 of a conv2d / linear weight).
+static int layer_cin(const ModelLayer *l) { return l->weight.shape[1]; }
+
+// w (the layer's weight) through the layer's rotation along its input channels (rotate.h
+// "Layout"); H is its own inverse, so this maps both ways.
+static void weight_rotate(const QLayer *q, float *w) {
+    const Tensor *t = &q->layer->weight;
+    rotate_apply(w, (size_t)q->cout, layer_cin(q->layer), t->n / ((size_t)q->cout * (size_t)layer_cin(q->layer)), q->rot);
+}
+
+void qlayer_weight_unrotate(const QLayer *q, float *w) {
+    if (q->rot) weight_rotate(q, w);
+}
+
+// The FP weight in the layer's basis: l's own data, or (rotated layer) a rotated copy in *tmp
+// (free it). NULL when out of memory.
+static const float *weight_in_basis(const QLayer *q, float **tmp) {
+    const Tensor *t = &q->layer->weight;
+    *tmp = NULL;
+    if (!q->rot) return t->data;
+    *tmp = malloc(t->n * sizeof(float));
+    if (!*tmp) return NULL;
+    memcpy(*tmp, t->data, t->n * sizeof(float));
+    weight_rotate(q, *tmp);
+    return *tmp;
 }
 
 static int bits_valid(int b) { return b >= QUANT_MIN_BITS && b <= QUANT_MAX_BITS; }
@@ -68,8 +96,8 @@ int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params,
 // q->wq over Δ_w, z_w and the kind's own values wp (gradients of Δ_w, of wp: dwd, dwp or NULL)
 // with its kind's settings and side table (allocated here), fitted to the FP weights. 0 or an
 // ERR_ code naming the layer.
-static int weight_quantizer_init(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, float *wd, float *wz,
-                                 float *dwd, float *wp, float *dwp, Err *e) {
+static int weight_quantizer_init(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, const float *w, float *wd,
+                                 float *wz, float *dwd, float *wp, float *dwp, Err *e) {
     quantizer_setup(&q->wq, cfg->w_kind, cfg->w_bits, 1, q->cout, wd, wz, dwd, NULL);
     if (qkind_get(cfg->w_kind)->n_param) quantizer_setup_param(&q->wq, wp, dwp);
     q->wq.kp = cfg->kp;
@@ -80,12 +108,12 @@ static int weight_quantizer_init(QLayer *q, const ModelLayer *l, const QLayerCon
         if (!q->side_idx || !q->side_val) return err_set(e, ERR_NOMEM, "layer '%s': out of memory", l->name);
         quantizer_setup_side(&q->wq, m, q->side_idx, q->side_val);
     }
-    if (quantizer_fit(&q->wq, l->weight.data, l->weight.n, cfg->w_init, -1, e))
+    if (quantizer_fit(&q->wq, w, l->weight.n, cfg->w_init, -1, e))
         return err_prefix(e, "layer '%s'", l->name);
     return 0;
 }
 
-static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, Err *e) {
+static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg, const float *w, Err *e) {
     size_t co = (size_t)q->cout, nw = l->weight.n;
     size_t pw = (size_t)qkind_get(cfg->w_kind)->n_param, pa = (size_t)qkind_get(cfg->a_kind)->n_param;
     // fixed: [Δ_w (Cout) | z_w (Cout) | Δ_a | z_a | fake-quantized weight (Cout·K) | the kinds' own
@@ -93,8 +121,8 @@ static int init_special(QLayer *q, const ModelLayer *l, const QLayerConfig *cfg,
     q->fixed = calloc(2 * co + 2 + nw + co * pw + pa, sizeof(float));
     if (!q->fixed) return err_set(e, ERR_NOMEM, "layer '%s': out of memory", l->name);
     float *wd = q->fixed, *wz = wd + co, *ad = wz + co, *az = ad + 1, *wfq = az + 1, *wp = wfq + nw, *ap = wp + co * pw;
-    if (weight_quantizer_init(q, l, cfg, wd, wz, NULL, wp, NULL, e)) return e->code;
-    quantizer_fake(&q->wq, wfq, l->weight.data, nw, 0);
+    if (weight_quantizer_init(q, l, cfg, w, wd, wz, NULL, wp, NULL, e)) return e->code;
+    quantizer_fake(&q->wq, wfq, w, nw, 0);
     tensor_init_param(&q->w_fq, wfq, NULL, l->weight.ndim, l->weight.shape);
     *ad = *az = 0.0f;
     quantizer_setup(&q->aq, cfg->a_kind, cfg->a_bits, 0, 1, ad, az, NULL, NULL);
@@ -113,9 +141,18 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     q->special = cfg->special;
     q->a_init = cfg->a_init;
     layer_dims(l, &q->cout, &q->k, e);
+    q->rot = rotate_block(layer_cin(l), cfg->rotate_block);
+    float *wrot = NULL;
+    const float *w = weight_in_basis(q, &wrot);
+    if (!w) {
+        err_set(e, ERR_NOMEM, "layer '%s': out of memory rotating its weight", l->name);
+        goto fail;
+    }
     if (cfg->special) {
         q->n_entries = 1;
-        if (init_special(q, l, cfg, e)) goto fail;
+        rc = init_special(q, l, cfg, w, e);
+        free(wrot);
+        if (rc) goto fail;
         return 0;
     }
     q->rank = cfg->rank;
@@ -125,6 +162,7 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     q->fixed = malloc((size_t)q->cout * sizeof(float));
     q->w_int = malloc(l->weight.n);
     if (!params || !grads || !q->fixed || !q->w_int) {
+        free(wrot);
         err_set(e, ERR_NOMEM, "layer '%s': out of memory for its quantized state", l->name);
         goto fail;
     }
@@ -138,8 +176,10 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     float *gwp = gaz + S, *gap = gwp + co * pw;
 
     // naive PTQ: Δ_w, z_w (and the kind's values) from the FP weights, W_int = the levels of W
-    if (weight_quantizer_init(q, l, cfg, wd, q->fixed, gwq, wp, gwp, e)) goto fail;
-    quantizer_encode(&q->wq, q->w_int, l->weight.data, l->weight.n, 0);
+    rc = weight_quantizer_init(q, l, cfg, w, wd, q->fixed, gwq, wp, gwp, e);
+    if (!rc) quantizer_encode(&q->wq, q->w_int, w, l->weight.n, 0);
+    free(wrot);
+    if (rc) goto fail;
     tensor_init_param(&q->w_delta_base, wd, gwb, 1, (int[]){q->cout});
 
     if (q->rank > 0) {
@@ -305,6 +345,8 @@ Tensor *qlayer_weight(Ctx *c, QLayer *q) {
 Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
     if (!x) return NULL;
     ModelLayer *l = q->layer;
+    // a rotated layer's quantizer, its calibration and its hook see H x (rotate.h)
+    if (q->rot && !(x = t_rotate(c, x, l->kind != LAYER_LINEAR, q->rot))) return NULL;
     if (q->calib_hook) q->calib_hook(q->calib_user, q, x);
     int fit_entry = q->calib == QCALIB_FIT_ENTRY && !q->special && q->aq.n > 1;
     if (q->calib == QCALIB_FIT || fit_entry) {
@@ -341,12 +383,14 @@ int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e) { return qlayer_merge
 int qlayer_merge_side(const QLayer *q, uint8_t *levels, float *side_val, Err *e) {
     const Tensor *w = &q->layer->weight;
     float *win = NULL;
-    const float *x = w->data;
+    const float *x;
     if (!q->special) {
         win = malloc(w->n * sizeof(float));
         if (!win) return err_set(e, ERR_NOMEM, "layer '%s': out of memory merging its weight", q->layer->name);
         qweight_compute(q, win);
         x = win;
+    } else if (!(x = weight_in_basis(q, &win))) {
+        return err_set(e, ERR_NOMEM, "layer '%s': out of memory merging its weight", q->layer->name);
     }
     quantizer_encode(&q->wq, levels, x, w->n, 0);
     int rc = side_val ? quantizer_side_values(&q->wq, side_val, x, w->n) : 0;

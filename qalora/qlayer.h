@@ -88,6 +88,8 @@ typedef struct {
     QuantKind a_kind;     // quantizer kind of the activations: QUANT_UNIFORM (default)
     QKindParams kp;       // the weight kind's settings (easyquant: QLAYER_EQ_* by default)
     int special;          // 1: special layer (see top)
+    int rotate_block;     // block-Hadamard rotation of the input channels (rotate.h): the largest
+                          // block allowed, 0 (default) or 1: none
 } QLayerConfig;
 
 typedef struct QLayer {
@@ -97,6 +99,8 @@ typedef struct QLayer {
     int cout;             // output channels / features
     size_t k;             // weight row length: Cin·kh·kw or in
     QuantInit a_init;
+    int rot;              // Hadamard block of the input channels (rotate.h), 0: not rotated. Every
+                          // quantity below is in the rotated basis: W_int, LoRA and w_fq of W Hᵀ
 
     uint8_t *w_int;       // trainable: (Cout, K) naive-PTQ levels in [0, 2^w_bits - 1]
     Tensor w_fq;          // special: the fake-quantized weight, weight-shaped, frozen
@@ -166,9 +170,12 @@ int qlayer_merge(const QLayer *q, uint8_t *levels, Err *e);
 int qlayer_merge_side(const QLayer *q, uint8_t *levels, float *side_val, Err *e);
 // W_eff exactly as the student's forward computes it (qlayer_weight, without a tape): for a
 // trainable layer q_w(decode(W_int) + B·A) through the same kernels, for a special layer its
-// fake-quantized weight; into w (the weight's element count, C order). What a dequantized
-// (CompVis) export writes.
+// fake-quantized weight; into w (the weight's element count, C order). In the rotated basis
+// when q->rot (see qlayer_weight_unrotate).
 void qlayer_effective_weight(const QLayer *q, float *w);
+// w (the layer's weight shape) from the rotated basis back to the layer's own: W_eff H, the
+// weight a dequantized (CompVis) export writes, so that it acts on x unrotated. No-op at rot 0.
+void qlayer_weight_unrotate(const QLayer *q, float *w);
 // The activation table for export: delta[i] = Δ_a[i], zero[i] = round(z_a[i]) (half to
 // even) for the aq.n entries; the exported model's fake-quant reference uses these.
 void qlayer_export_act(const QLayer *q, float *delta, float *zero);

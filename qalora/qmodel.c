@@ -106,6 +106,7 @@ static void layer_qconfig(const QModel *q, int i, QLayerConfig *lc) {
     lc->w_kind = ch->w_kind;
     lc->a_kind = ch->a_kind;
     lc->kp = q->cfg.kp;
+    lc->rotate_block = q->cfg.rotate_block;
 }
 
 // The float16 copies of the layers left FP (conv1d included: the export's FP layers are the same set).

@@ -72,6 +72,8 @@ typedef struct {
     QuantInit w_init, a_init;   // 'max' / 'mse'
     QKindParams kp;             // the weight kinds' settings (quant.easyquant_*)
     int fp_f16;                 // 1: the FP conv/linear layers run float16-rounded weights (fplayer.h)
+    int rotate_block;           // block-Hadamard rotation of every quantized layer's input (rotate.h): the
+                                // largest block; 0: none (quant.rotate)
     // Conv2d/Linear layers whose leaf name contains one of these stay FP ({"skip", "op"}).
     char fp_names[QMODEL_MAX_FP_NAMES][QMODEL_FP_NAME_MAX];
     int n_fp_names;

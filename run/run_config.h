@@ -100,6 +100,7 @@ typedef struct {
     int mse_candidates;
     double mse_shrink, mse_norm;
     int special_bits, special_first, special_last;
+    int rotate;                          // block-Hadamard rotation's largest block (0: none)
     char fp_name_contains[RC_MAX_FP_NAMES][RC_NAME_MAX];
     int n_fp_names;
     int lora_rank;

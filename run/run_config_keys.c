@@ -117,6 +117,12 @@ const KeyDesc RC_KEYS[] = {
      .doc =
      "the `mse` search's score: mean(abs(x - q(x)) ^ norm), the best candidate kept (LAPQ's L_p; the "
      "reference: 2.4)"},
+    {.path = "quant.rotate", .type = K_INT, .off = offsetof(RunConfig, quant.rotate), .lo = 0, .hi = 4096,
+     .def = {0, 0}, .resume = 1,
+     .doc =
+     "block-Hadamard rotation of every quantized layer's input channels (QuaRot / convrot): x -> H x at "
+     "run time, W -> W H folded into the weights, both quantized in the rotated basis; the value is the "
+     "largest block (a layer takes the largest power of two <= it that divides its input channels); 0: off"},
     {.path = "quant.special_bits", .type = K_INT, .off = offsetof(RunConfig, quant.special_bits), .lo = 2, .hi = 8,
      .def = {8, 8}, .resume = 1,
      .doc =

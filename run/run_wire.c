@@ -29,6 +29,7 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
     cfg->kp = (QKindParams){rq->easyquant_outlier_fraction, rq->easyquant_steps, rq->easyquant_lr,
                             rq->mse_candidates, rq->mse_shrink, rq->mse_norm};
     cfg->rank = rq->lora_rank;
+    cfg->rotate_block = rq->rotate;
     cfg->talsq = rq->talsq;
     cfg->train_steps = rc->train.steps;
     cfg->w_init = rq->weight_init == RC_INIT_MSE ? QUANT_INIT_MSE : QUANT_INIT_MAX;

@@ -23,6 +23,7 @@
 #include "qalora/export_int.h"
 #include "qalora/guidance_gain.h"
 #include "qalora/pack.h"
+#include "qalora/rotate.h"
 #include "sample/generate.h"
 #include "test_export_fixture.h"
 
@@ -80,6 +81,9 @@ static void write_format_v1(const char *src, const char *dst, const QModel *q) {
     for (int i = 0; i < n_rep; i++) free(repacked[i]);
 }
 
+// quant.rotate of the next check (0: none): rotated layers store the levels of W Hᵀ and rotate x.
+static int g_rotate;
+
 // w_kind: the weight quantizer (with easyquant the export also holds each layer's side table).
 static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers, QuantKind w_kind,
                                     QuantKind a_kind);
@@ -97,6 +101,7 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
     rc.quant.weight_quantizer = w_kind;
     rc.quant.act_quantizer = a_kind;
     rc.quant.fp_layers = fp_layers;
+    rc.quant.rotate = g_rotate;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     ExportSummary s;
@@ -118,16 +123,25 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
     assert_int_equal(s.fp16_layers, fp_layers == RC_FP_F16);
     assert_int_equal(s.exact, 1);
 
-    // the deployed weight is the student's W_eff, bit for bit
+    // the deployed weight is the student's W_eff, bit for bit (in the layer's own basis: a rotated
+    // layer's W_eff H, the same transform of the same floats on both sides)
+    int n_rot = 0;
     for (int k = 0; k < q.n_q; k++) {
         ctx_reset(c);
         ctx_set_grad(c, 0);
-        Tensor *weff = qlayer_weight(c, &q.q[k]);
-        float *w = malloc(weff->n * sizeof(float));
+        Tensor *weff = qlayer_weight(c, &q.q[k]);  // a special layer's own tensor: not to be written
+        float *w = malloc(weff->n * sizeof(float)), *ws = malloc(weff->n * sizeof(float));
+        memcpy(ws, weff->data, weff->n * sizeof(float));
         assert_int_equal(export_layer_weight(em, q.q[k].layer->name, w), 0);
-        assert_memory_equal(w, weff->data, weff->n * sizeof(float));
+        assert_int_equal(em->layers[k].rot, q.q[k].rot);
+        assert_int_equal(q.q[k].rot, rotate_block(q.q[k].layer->weight.shape[1], g_rotate));
+        n_rot += q.q[k].rot > 0;
+        qlayer_weight_unrotate(&q.q[k], ws);
+        assert_memory_equal(w, ws, weff->n * sizeof(float));
         free(w);
+        free(ws);
     }
+    assert_true(g_rotate ? n_rot == q.n_q : n_rot == 0);  // the test UNet's channels are all even
     // the layers left FP: the weights the student ran (float16-rounded copies, or the teacher's)
     int n_all_e;
     ModelLayer **LE = unet_layers(em->ldm->unet, &n_all_e);
@@ -233,6 +247,12 @@ static void test_equivalence_w4a4_f32(void **state) { check_equivalence(4, 4, 10
 static void test_equivalence_w2a8(void **state) { check_equivalence(2, 8, 20, RC_FP_F16); }
 static void test_equivalence_w3a8(void **state) { check_equivalence(3, 8, 20, RC_FP_F16); }  // dense 3-bit rows
 static void test_equivalence_easyquant(void **state) { check_equivalence_kind(4, 4, 20, RC_FP_F16, QUANT_EASYQUANT); }
+// block-Hadamard rotation of every quantized layer's input (quant.rotate)
+static void test_equivalence_rotate(void **state) {
+    g_rotate = 64;
+    check_equivalence(4, 4, 20, RC_FP_F16);
+    g_rotate = 0;
+}
 // nupes weights and activations (the float path: not affine) at 3 and 4 bits
 static void test_equivalence_nupes(void **state) {
     check_equivalence_kinds(4, 4, 20, RC_FP_F16, QUANT_NUPES, QUANT_NUPES);
@@ -449,6 +469,69 @@ static void test_corrupt(void **state) {
     unlink(good);
     unlink(bad);
     free(good);
+    free(bad);
+    qmodel_free(&q);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
+/* ---- rotated layers in the export ------------------------------------------------------- */
+
+// An export with rotated layers is marked effdm.format "3" (one without stays "2"), so that a
+// build that does not know rotation refuses it; a "rotate" entry in a file of another format, or
+// a block that is not a power of two dividing the layer's input channels, is refused naming the layer.
+static void test_rotate_format(void **state) {
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc = student_config(4, 4, 20);
+    rc.quant.rotate = 64;
+    QModel q;
+    student_make(&q, c, &T, &rc, 0);
+    char *path = student_export(&q, &T, NULL), *bad = tmp_path(".safetensors");
+    Err e = {0};
+    WeightFile *f;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    assert_string_equal(weights_metadata(f, "effdm.format"), EXPORT_FORMAT_ROT);
+    weights_close(f);
+    // time_embed.0 (32 input channels) is rotated with block 32
+    const char *entry = "\"name\":\"time_embed.0\",\"role\":\"special\",\"w_bits\":8,\"a_bits\":8,\"entries\":1,"
+                        "\"w_quantizer\":\"uniform\",\"a_quantizer\":\"uniform\",\"rotate\":32}";
+    struct {
+        Corruption k;
+        const char *named[2];
+    } cases[] = {
+        {{.edit_meta = "effdm.format", .from = "3", .to = "2"}, {"time_embed.0", "effdm.format"}},
+        {{.edit_meta = "effdm.quant", .from = "\"rotate\":32}", .to = "\"rotate\":24}"}, {"time_embed.0", "rotate 24"}},
+        {{.edit_meta = "effdm.quant", .from = "\"rotate\":32}", .to = "\"rotate\":64}"}, {"time_embed.0", "rotate 64"}},
+        {{.edit_meta = "effdm.quant", .from = "\"rotate\":32}", .to = "\"rotate\":\"32\"}"}, {"'rotate'", "integer"}},
+    };
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    assert_non_null(strstr(weights_metadata(f, "effdm.quant"), entry));
+    weights_close(f);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        corrupt_copy(path, bad, &cases[i].k);
+        ExportModel *em = NULL;
+        e = (Err){0};
+        int r = export_load(&em, bad, &e);
+        print_message("  case %zu: %s (%s)\n", i, err_name(r), e.msg);
+        assert_int_equal(r, ERR_FORMAT);
+        assert_null(em);
+        for (int j = 0; j < 2; j++) assert_non_null(strstr(e.msg, cases[i].named[j]));
+    }
+    qmodel_free(&q);
+    unlink(path);
+    free(path);
+    // without rotation: format "2", as before rotation existed
+    rc.quant.rotate = 0;
+    student_make(&q, c, &T, &rc, 0);
+    path = student_export(&q, &T, NULL);
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    assert_string_equal(weights_metadata(f, "effdm.format"), EXPORT_FORMAT);
+    assert_null(strstr(weights_metadata(f, "effdm.quant"), "rotate"));
+    weights_close(f);
+    unlink(path);
+    unlink(bad);
+    free(path);
     free(bad);
     qmodel_free(&q);
     test_ctx_delete(c);
@@ -715,7 +798,8 @@ int main(void) {
         cmocka_unit_test(test_size),             cmocka_unit_test(test_corrupt),
         cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola), cmocka_unit_test(test_gain_search),
         cmocka_unit_test(test_quantizer_kinds),  cmocka_unit_test(test_equivalence_easyquant),
-        cmocka_unit_test(test_equivalence_nupes),
+        cmocka_unit_test(test_equivalence_nupes), cmocka_unit_test(test_equivalence_rotate),
+        cmocka_unit_test(test_rotate_format),
     };
     return cmocka_run_group_tests_name("export", tests, NULL, NULL);
 }

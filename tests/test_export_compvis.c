@@ -91,7 +91,14 @@ static void check_student(const char *name, const WeightInfo *oi, const void *ob
         ctx_set_grad(c, 0);
         Tensor *weff = qlayer_weight(c, &q->q[ql]);
         assert_non_null(weff);
-        assert_holds(name, ob, oi->dtype, weff->data, weff->n, f16);
+        // a rotated layer (quant.rotate): W_eff H, the weight that acts on the unrotated input; it
+        // is near the teacher's W (4-bit rounding), W_eff itself is not
+        float *w = malloc(weff->n * sizeof(float));
+        memcpy(w, weff->data, weff->n * sizeof(float));
+        qlayer_weight_unrotate(&q->q[ql], w);
+        if (q->q[ql].rot) assert_true(rel_l2(w, p->data, p->n) < 0.25 && rel_l2(weff->data, p->data, p->n) > 0.5);
+        assert_holds(name, ob, oi->dtype, w, weff->n, f16);
+        free(w);
         n->n_student++;
     } else if (fl >= 0) {  // the weight the student ran: the teacher's, or its float16 rounding
         float *w = malloc(p->n * sizeof(float));
@@ -212,11 +219,12 @@ static void check_file(const char *path, WeightFile *tf, const Ldm *m, const QMo
     weights_close(of);
 }
 
-static void check_compvis(int f16, RcFpLayers fp_layers) {
+static void check_compvis(int f16, RcFpLayers fp_layers, int rotate) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
     RunConfig rc = student_config(4, 8, 20);
     rc.quant.fp_layers = fp_layers;
+    rc.quant.rotate = rotate;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     char *path = tmp_path(".safetensors");
@@ -242,9 +250,10 @@ static void check_compvis(int f16, RcFpLayers fp_layers) {
     teacher_close(&T);
 }
 
-static void test_fp32(void **state) { check_compvis(0, RC_FP_F32); }
-static void test_fp32_fp16_layers(void **state) { check_compvis(0, RC_FP_F16); }
-static void test_fp16(void **state) { check_compvis(1, RC_FP_F16); }
+static void test_fp32(void **state) { check_compvis(0, RC_FP_F32, 0); }
+static void test_fp32_fp16_layers(void **state) { check_compvis(0, RC_FP_F16, 0); }
+static void test_fp16(void **state) { check_compvis(1, RC_FP_F16, 0); }
+static void test_fp32_rotated(void **state) { check_compvis(0, RC_FP_F16, 64); }
 
 // A copy of the shipped teacher with LitEma buffers (EMA_FACTOR x the raw weights),
 // model_ema.num_updates as I32 as LitEma registers it, and without scale_factor when drop_sf.
@@ -495,6 +504,7 @@ static void test_cli(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32), cmocka_unit_test(test_fp32_fp16_layers), cmocka_unit_test(test_fp16),
+        cmocka_unit_test(test_fp32_rotated),
         cmocka_unit_test(test_ema_kept), cmocka_unit_test(test_ema_dropped), cmocka_unit_test(test_ema_added),
         cmocka_unit_test(test_cli),
     };

@@ -616,6 +616,9 @@ static ExportModel *student_round_trip(Teacher *T, Ctx *c, const RunConfig *rc, 
     return em;
 }
 
+// quant.rotate of the next check (0: none): both paths rotate the layer's input first.
+static int g_rotate;
+
 // w_kind: the weight quantizer (easyquant: with 'mse' weight ranges, so that some zero points
 // fall outside the levels and the stored outlier level is not z_w).
 static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
@@ -624,11 +627,13 @@ static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
     RunConfig rc = student_config(w_bits, a_bits, 20);
     rc.quant.weight_quantizer = w_kind;
     if (w_kind == QUANT_EASYQUANT) rc.quant.weight_init = RC_INIT_MSE;
+    rc.quant.rotate = g_rotate;
     ExportSummary s;
     char *path;
     ExportModel *em = student_round_trip(&T, c, &rc, &s, &path);
     Err e = {0};
     assert_int_equal(em->n_int_layers, em->n_layers);
+    for (int k = 0; k < em->n_layers; k++) assert_int_equal(em->layers[k].rot > 0, g_rotate > 0);
 
     // memory: the 4-bit layers' levels are 1/8 of their FP32 weights (rows padded to 4 levels)
     size_t lv4 = 0, fp4 = 0;
@@ -826,6 +831,11 @@ static void test_layers_nupes_w4a4(void **state) {
 }
 
 static void test_layers_w4a4(void **state) { check_layers(4, 4); }
+static void test_layers_rotate_w4a4(void **state) {
+    g_rotate = 64;
+    check_layers(4, 4);
+    g_rotate = 0;
+}
 static void test_layers_w4a8(void **state) { check_layers(4, 8); }
 static void test_layers_w2a8(void **state) { check_layers(2, 8); }
 static void test_layers_easyquant_w4a4(void **state) { check_layers_kind(4, 4, QUANT_EASYQUANT); }
@@ -836,7 +846,7 @@ int main(void) {
         cmocka_unit_test(test_quant_variants),
         cmocka_unit_test(test_lut_variants),
         cmocka_unit_test(test_layer_shapes),
-        cmocka_unit_test(test_layers_w4a4),
+        cmocka_unit_test(test_layers_w4a4), cmocka_unit_test(test_layers_rotate_w4a4),
         cmocka_unit_test(test_layers_w4a8),
         cmocka_unit_test(test_layers_w2a8),
         cmocka_unit_test(test_layer_shapes_side),

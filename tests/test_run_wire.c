@@ -60,6 +60,12 @@ static void test_qmodel_config(void **state) {
     assert_int_equal(run_qmodel_config(&qc, &rc, &e), 0);
     assert_int_equal(qc.kp.mse_steps, 40);
     assert_true(qc.kp.mse_shrink == 0.02 && qc.kp.mse_p == 2.0);
+
+    // quant.rotate reaches the model (off by default)
+    assert_int_equal(qc.rotate_block, 0);
+    rc.quant.rotate = 32;
+    assert_int_equal(run_qmodel_config(&qc, &rc, &e), 0);
+    assert_int_equal(qc.rotate_block, 32);
 }
 
 static void test_train_config(void **state) {
