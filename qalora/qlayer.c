@@ -268,6 +268,15 @@ void qlayer_bind_grads(QLayer *q, float *grads) {
     }
 }
 
+int qlayer_special_refit(QLayer *q) {
+    float *tmp;
+    const float *w = weight_in_basis(q, &tmp);
+    if (!w) return ERR_NOMEM;
+    quantizer_fake(&q->wq, q->w_fq.data, w, q->layer->weight.n, 0);
+    free(tmp);
+    return 0;
+}
+
 void qlayer_set_act(QLayer *q, float delta, float zero) {
     for (int i = 0; i < q->aq.n; i++) {
         q->aq.delta.data[i] = delta;

@@ -156,6 +156,10 @@ int qlayer_trainable(QLayer *q, Tensor *out[QLAYER_MAX_SLOTS]);
 // optimizer's flat buffer at the first slot's offset) and zeroes it; frees the layer's own.
 void qlayer_bind_grads(QLayer *q, float *grads);
 
+// A special layer's fake-quantized weight again from the FP weight (in the layer's basis) and
+// the weight quantizer's current ranges (after they were restored from a state). 0 or ERR_NOMEM.
+int qlayer_special_refit(QLayer *q);
+
 // Sets every activation table entry to (delta, zero) and marks the layer calibrated.
 void qlayer_set_act(QLayer *q, float delta, float zero);
 

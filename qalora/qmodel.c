@@ -521,6 +521,10 @@ int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e)
     if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){4}, q->state_cfg, e)) return e->code;
     snprintf(name, sizeof name, "%ssel.fp_bits", prefix);
     if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){1}, &q->state_fp_bits, e)) return e->code;
+    if (q->cfg.rotate_block > 0) {  // only then: an unrotated state stays as it was before rotation existed
+        snprintf(name, sizeof name, "%ssel.rotate", prefix);
+        if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){1}, &q->cfg.rotate_block, e)) return e->code;
+    }
     snprintf(name, sizeof name, "%stalsq.timesteps", prefix);
     if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){q->train_sched.n}, q->state_ts, e)) return e->code;
     for (int k = 0; k < q->n_q; k++) {
@@ -592,6 +596,12 @@ static int check_selection(QModel *q, WeightFile *f, const char *prefix, Err *e)
                        "(quant.fp_layers: f%d)%s", path, (int)fp_bits, (int)q->state_fp_bits, (int)q->state_fp_bits,
                        fp_bits == 32 && !weights_find(f, name) ? " - the state predates quant.fp_layers: set "
                        "quant.fp_layers: f32 in the run's config.yaml" : "");
+    int32_t rot = 0;  // absent: not rotated
+    snprintf(name, sizeof name, "%ssel.rotate", prefix);
+    if (weights_find(f, name) && read_ints(f, name, DT_I32, 1, (int64_t[]){1}, &rot, 4, e)) return e->code;
+    if (rot != q->cfg.rotate_block)
+        return err_set(e, ERR_VALUE, "%s: Hadamard rotation block %d in the state, %d in the config (quant.rotate)",
+                       path, (int)rot, q->cfg.rotate_block);
     int32_t *sel = malloc((size_t)q->n_all * 3 * sizeof *sel);
     int32_t *ts = malloc((size_t)q->train_sched.n * sizeof *ts);
     int rc = 0;
@@ -663,7 +673,8 @@ static int read_layer(QLayer *ql, WeightFile *f, const char *prefix, Err *e) {
                                name, ql->w_int[j], j, qmax, ql->wq.bits);
     }
     // a special layer's fixed weight follows from the FP weight and its (now restored) ranges
-    if (ql->special) quantizer_fake(&ql->wq, ql->w_fq.data, wt->data, wt->n, 0);
+    if (ql->special && qlayer_special_refit(ql))
+        return err_set(e, ERR_NOMEM, "out of memory restoring layer '%s'", ql->layer->name);
     ql->act_ready = 1;
     return 0;
 }

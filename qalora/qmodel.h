@@ -191,6 +191,7 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 //   sel.config   I32 (4)         rank, TALSQ entries, talsq on/off, n_all
 //   sel.fp_bits  I32 (1)         16 or 32: the FP layers' weights (absent in states written
 //                                before quant.fp_layers existed: those are 32)
+//   sel.rotate   I32 (1)         quant.rotate, only when > 0 (absent: no rotation)
 //   talsq.timesteps I32 (S)      training timesteps (entry i <-> timestep i)
 //   <layer>.w_int   U8 weight-shaped (trainable)   <layer>.w_delta, .w_zero F32 (Cout)
 //   <layer>.lora_a, .lora_b F32 (trainable, rank > 0)
@@ -203,8 +204,8 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 // The data stays q's: keep q unchanged until st_write. 0 or an ERR_ code.
 int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e);
 // Restores what qmodel_write_state saved into a QModel built (qmodel_init) from the same
-// config over the same UNet. The selection, bits, quantizer kinds, rank, timesteps and FP-layer
-// precision must match: ERR_VALUE naming the layer or key otherwise (a kind this build does
+// config over the same UNet. The selection, bits, quantizer kinds, rank, timesteps, FP-layer
+// precision and rotation must match: ERR_VALUE naming the layer or key otherwise (a kind this build does
 // not know too); a missing tensor is ERR_KEY, a wrong shape ERR_SHAPE (both naming the
 // tensor). Marks every layer calibrated. 0 or an ERR_ code.
 int qmodel_read_state(QModel *q, WeightFile *f, const char *prefix, Err *e);

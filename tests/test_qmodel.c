@@ -618,6 +618,79 @@ static void test_state_round_trip(void **state) {
     ldm_free(m);
 }
 
+/* ---- a rotated student in the state ------------------------------------------------------ */
+
+// A student with quant.rotate restored from its state computes what it computed (the special
+// layers' fixed weights refitted in the rotated basis); a student of another rotation is
+// refused naming quant.rotate, both ways.
+static void test_state_rotate(void **state) {
+    Ldm *m = teacher_load();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    qc.rotate_block = 64;
+    QModel a, b;
+    student_init(&a, m, &qc, 7);
+    student_calibrate(&a, c, m, 8);
+    perturb(&a, 9);
+    char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
+    write_state_file(&a, path);
+    Inputs in = inputs_make(m, N_IN, 12);
+    for (int i = 0; i < in.n; i++) in.t[i] = 333;
+    size_t n, n2;
+    qmodel_enable(&a, 1);
+    qmodel_set_timestep(&a, 333);
+    float *ya = forward(c, m, &in, &n);
+    qmodel_enable(&a, 0);
+    int n_special = 0;
+    for (int k = 0; k < a.n_q; k++) n_special += a.q[k].special && a.q[k].rot > 0;
+    assert_true(n_special > 0);
+
+    Err e = {0};
+    WeightFile *f = NULL;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    student_init(&b, m, &qc, 99);
+    int rc = qmodel_read_state(&b, f, "q.", &e);
+    if (rc) print_error("read: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    qmodel_enable(&b, 1);
+    qmodel_set_timestep(&b, 333);
+    float *yb = forward(c, m, &in, &n2);
+    qmodel_enable(&b, 0);
+    assert_int_equal(n, n2);
+    assert_memory_equal(ya, yb, n * sizeof(float));
+    qmodel_free(&b);
+    QModelConfig q0 = qc;
+    q0.rotate_block = 0;
+    student_init(&b, m, &q0, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "quant.rotate"));
+    qmodel_free(&b);
+    weights_close(f);
+    unlink(path);
+    // an unrotated state into a rotated student
+    qmodel_free(&a);
+    student_init(&a, m, &q0, 7);
+    student_calibrate(&a, c, m, 8);
+    snprintf(path, sizeof path, "/tmp/effdm_test_qmodel_XXXXXX");
+    write_state_file(&a, path);
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    student_init(&b, m, &qc, 1);
+    e = (Err){0};
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, "block 0 in the state, 64"));
+    qmodel_free(&b);
+    weights_close(f);
+    unlink(path);
+    free(ya);
+    free(yb);
+    inputs_free(&in);
+    qmodel_free(&a);
+    test_ctx_delete(c);
+    ldm_free(m);
+}
+
 /* ---- the layers' quantizer kinds in the state ------------------------------------------- */
 
 // Copies the state src to dst with its kinds metadata replaced by `kinds` (NULL: left out, as
@@ -966,7 +1039,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_selection),        cmocka_unit_test(test_naive_ptq_and_fp),
         cmocka_unit_test(test_timestep_entries), cmocka_unit_test(test_trainable),
-        cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_fp16_layers),
+        cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_state_rotate), cmocka_unit_test(test_fp16_layers),
         cmocka_unit_test(test_entry_calibration), cmocka_unit_test(test_state_quantizer_kinds),
         cmocka_unit_test(test_state_easyquant),
         cmocka_unit_test(test_state_nupes),
