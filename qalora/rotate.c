@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "autograd/ops/fastmath.h"
 #include "autograd/profile.h"
 
 int rotate_block(int c, int max_block) {
@@ -13,29 +14,68 @@ int rotate_block(int c, int max_block) {
     return b >= 2 ? b : 0;
 }
 
-// One block of b channel planes (each p floats, consecutive) through the unnormalised
-// Sylvester butterflies, then scaled by 1/√b. The inner loop runs over a plane: contiguous.
-static void fwht_block(float *x, int b, size_t p, float scale) {
-    for (int h = 1; h < b; h *= 2)
+// Planes of at least this many floats are transformed in place, tile by tile; shorter ones
+// (linear inputs: p = 1) are gathered into a buffer first so that the inner loop is long.
+#define ROT_PLANE_MIN 8
+// Positions per tile of the in-place path: b rows of ROT_TILE floats stay in L1 (16 kB at b = 64)
+// while every butterfly stage runs over them, instead of log2(b) passes over the whole block.
+#define ROT_TILE 64
+// Floats of the gather buffer: ROT_BUF / b columns per tile (one at the largest block).
+#define ROT_BUF 4096
+
+// The Sylvester butterflies over b rows of n floats (row j at t + j ld), the last stage scaled
+// by 1/√b. Every inner loop runs over a row: contiguous (vectorized: AVX-512, AVX2 or baseline
+// x86-64, picked at load time; identical bits, no reordered sums).
+FASTMATH_CLONES static void fwht_rows(float *t, size_t ld, int b, size_t n, float scale) {
+    for (int h = 1; h < b; h *= 2) {
+        const float s = 2 * h >= b ? scale : 1.0f;
         for (int i = 0; i < b; i += 2 * h)
             for (int j = i; j < i + h; j++) {
-                float *u = x + (size_t)j * p, *v = x + (size_t)(j + h) * p;
-                for (size_t k = 0; k < p; k++) {
+                float *u = t + (size_t)j * ld, *v = t + (size_t)(j + h) * ld;
+                for (size_t k = 0; k < n; k++) {
                     float a = u[k], d = v[k];
-                    u[k] = a + d;
-                    v[k] = a - d;
+                    u[k] = (a + d) * s;
+                    v[k] = (a - d) * s;
                 }
             }
-    for (size_t k = 0; k < (size_t)b * p; k++) x[k] *= scale;
+    }
 }
 
 void rotate_apply(float *x, size_t n_vec, int c, size_t p, int b) {
     if (b < 2) return;
-    long nblk = (long)(n_vec * (size_t)(c / b));
-    float scale = (float)(1.0 / sqrt((double)b));
-    // blocks are independent: one work item each (a few kB to a few hundred)
-#pragma omp parallel for schedule(static) if (nblk * (long)b * (long)p > 32768)
-    for (long i = 0; i < nblk; i++) fwht_block(x + (size_t)i * (size_t)b * p, b, p, scale);
+    const size_t nblk = (size_t)(c / b);
+    const float scale = (float)(1.0 / sqrt((double)b));
+    const long work = (long)(n_vec * (size_t)c * p);
+    if (p >= ROT_PLANE_MIN) {
+        // block i of the (n_vec, c / b) blocks: b consecutive planes at x + i b p
+        long items = (long)(n_vec * nblk);
+#pragma omp parallel for schedule(static) if (work > 32768)
+        for (long i = 0; i < items; i++) {
+            float *base = x + (size_t)i * (size_t)b * p;
+            for (size_t k0 = 0; k0 < p; k0 += ROT_TILE)
+                fwht_rows(base + k0, p, b, p - k0 < ROT_TILE ? p - k0 : ROT_TILE, scale);
+        }
+        return;
+    }
+    // columns m = (v, k) in [0, n_vec p): channel ch of column m is x[(v c + ch) p + k]
+    const size_t ncol = n_vec * p, tv = (size_t)(ROT_BUF / b), ntile = (ncol + tv - 1) / tv;
+    long items = (long)(ntile * nblk);
+#pragma omp parallel for schedule(static) if (work > 32768)
+    for (long it = 0; it < items; it++) {
+        float buf[ROT_BUF];
+        size_t blk = (size_t)it % nblk, m0 = (size_t)it / nblk * tv, n = ncol - m0 < tv ? ncol - m0 : tv;
+        for (size_t mm = 0; mm < n; mm++) {
+            size_t m = m0 + mm, v = m / p, k = m % p;
+            const float *src = x + ((v * (size_t)c + blk * (size_t)b) * p + k);
+            for (int j = 0; j < b; j++) buf[(size_t)j * tv + mm] = src[(size_t)j * p];
+        }
+        fwht_rows(buf, tv, b, n, scale);
+        for (size_t mm = 0; mm < n; mm++) {
+            size_t m = m0 + mm, v = m / p, k = m % p;
+            float *dst = x + ((v * (size_t)c + blk * (size_t)b) * p + k);
+            for (int j = 0; j < b; j++) dst[(size_t)j * p] = buf[(size_t)j * tv + mm];
+        }
+    }
 }
 
 // The dims of x as (n_vec, c, p) for rotate_apply: conv (N, C, H, W) or (..., C).

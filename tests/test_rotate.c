@@ -94,6 +94,9 @@ static void test_apply(void **state) {
     check_apply(2, 64, 1, 64);   // linear rows, one block
     check_apply(1, 6, 7, 2);
     check_apply(40, 192, 9, 64); // large enough for the threaded loop
+    check_apply(3, 32, 100, 32); // planes in tiles, the last one short
+    check_apply(70, 128, 1, 64); // gathered columns, the last tile short
+    check_apply(2, 8192, 1, 4096); // the largest block: one column per tile
 }
 
 static Tensor *f_rotate(Ctx *c, Tensor *const *in, void *user) { return t_rotate(c, in[0], *(int *)user, 8); }
