@@ -759,6 +759,8 @@ static void test_retired_key(void **state) {
 static void test_shipped_configs(void **state) {
     static const struct { const char *file; int wb, ab; RcRecipe recipe; const char *ckpt; const char *out; } cfgs[] = {
         {"fmnist-ldm-w4a4.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a4"},
+        {"fmnist-ldm-w2a8-nupes.yaml", 2, 8, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt",
+         "runs/fmnist-ldm-w2a8-nupes"},
         {"fmnist-ldm-w4a8.yaml", 4, 8, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a8"},
         {"fmnist-ldm-w4a4-nupes.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt",
          "runs/fmnist-ldm-w4a4-nupes"},
@@ -787,10 +789,11 @@ static void test_shipped_configs(void **state) {
         assert_int_equal(c.quant.fp_layers, cfgs[i].recipe == RC_RECIPE_EFFDM ? RC_FP_F16 : RC_FP_F32);
         assert_int_equal(c.train.epochs, 160);
         assert_int_equal(run_config_validate(&c, &e), 0);
-        // the one shipped config whose quantizer is not the default
+        // the shipped configs whose quantizers are not the default: nupes weights, and at 4-bit
+        // activations nupes activations too (W2A8 keeps uniform 8-bit activations)
         int nupes = strstr(cfgs[i].file, "nupes") != NULL;
         assert_int_equal(c.quant.weight_quantizer, nupes ? QUANT_NUPES : QUANT_UNIFORM);
-        assert_int_equal(c.quant.act_quantizer, nupes ? QUANT_NUPES : QUANT_UNIFORM);
+        assert_int_equal(c.quant.act_quantizer, nupes && cfgs[i].ab == 4 ? QUANT_NUPES : QUANT_UNIFORM);
     }
     // the reference config is the reference recipe's defaults exactly (apart from where it runs)
     RunConfig ref, d;

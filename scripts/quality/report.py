@@ -144,6 +144,18 @@ def paired(n_filter):
         # fine-tuned W4A4 variants also against the recipe's default of session 6 (both gains)
         if name.startswith("effdm-") and wa == "4/4" and name != DEFAULT_W4A4:
             pairs.append((name, DEFAULT_W4A4))
+        # a fine-tuned kind against the uniform student of the same bits and against its own PTQ
+        for kind in ("-easyquant", "-nupes"):
+            if name.startswith("effdm-") and name.endswith(kind):
+                pairs.append((name, name[:-len(kind)]))
+                pairs.append((name, "ptq-" + name[len("effdm-"):]))
+        # rotated (quant.rotate) against the same without rotation, and fine-tuned against its rotated PTQ
+        if "-rot64" in name or "-rot16" in name:
+            pairs.append((name, name.replace("-rot64", "").replace("-rot16", "")))
+        if name.startswith("effdm-") and "-rot64" in name:
+            pairs.append((name, "ptq-w%sa%s-rot64" % tuple(wa.split("/"))))
+    seen = set()
+    pairs = [p for p in pairs if not (p in seen or seen.add(p))]
     for name, base in pairs:
         seeds, evs, cmps, fps = rows[name]
         if name == "fp" or name == base or base not in rows:
