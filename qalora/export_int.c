@@ -11,6 +11,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "autograd/ops/fastmath.h"
 #include "autograd/ops/gemm_util.h"
 #include "qalora/int_gemm.h"
 #include "qalora/pack.h"
@@ -387,6 +388,13 @@ static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, i
 
 /* ---- the integer path ---------------------------------------------------------------- */
 
+// y[i] += c (col[4 i] - za) for i < n: one side-table weight's contribution over a column of
+// the col4 im2col (its input level is every 4th byte). Compiled for AVX-512, AVX2 and baseline
+// (picked at load time): the byte stride keeps the baseline loop scalar. Same bits in each.
+FASTMATH_CLONES static void side_add(float *y, const uint8_t *col, size_t n, float c, int za) {
+    for (size_t i = 0; i < n; i++) y[i] += c * (float)((int)col[4 * i] - za);
+}
+
 // The u8 operands of n activations of layer q with table entry `entry`: uniform levels
 // (int_quant_u8 with Δ_a, z_a), or the level table's (int_lut_u8: the code by thresholds).
 static void quant_act(const ExportLayer *q, int entry, uint8_t *xq, const float *x, size_t n) {
@@ -583,9 +591,7 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int en
             // the side table: its activation levels are A's bytes at (group kpos/4, byte kpos%4)
             for (int s = 0; s < q->n_side; s++) {
                 size_t j = (size_t)o * q->n_side + s, kp = (size_t)q->side_kpos[j];
-                const uint8_t *col = A + ((kp / 4) * n + (size_t)g * P) * 4 + kp % 4;
-                float c = q->side_coef[j] * da;
-                for (size_t i = 0; i < P; i++) yr[i] += c * (float)((int)col[4 * i] - za);
+                side_add(yr, A + ((kp / 4) * n + (size_t)g * P) * 4 + kp % 4, P, q->side_coef[j] * da, za);
             }
         }
     }
@@ -665,10 +671,9 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
         for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
         // the side table: the row's levels were flipped to a - 128 above
         const uint8_t *a = xq + r * kp;
-        for (size_t j = 0; j < (size_t)co * q->n_side; j++) {
-            int o = (int)(j / (size_t)q->n_side);
-            yr[o] += q->side_coef[j] * da * (float)((int)(a[q->side_kpos[j]] ^ 0x80) - za);
-        }
+        for (int o = 0, j = 0; o < co; o++)  // (j runs over the (co, n_side) table in order)
+            for (int e = 0; e < q->n_side; e++, j++)
+                yr[o] += q->side_coef[j] * da * (float)((int)(a[q->side_kpos[j]] ^ 0x80) - za);
     }
     arena_release(&c->arena, mark);
     return y;
