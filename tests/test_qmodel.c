@@ -510,6 +510,38 @@ static void write_state_file(const QModel *q, char *path) {
     st_writer_free(&w);
 }
 
+// A student of config qc (other LoRA A, uncalibrated) restored from the state f computes ya
+// (n floats: the forward at t = 333 of the student that wrote it) bit for bit.
+static void expect_restored(Ldm *m, Ctx *c, const QModelConfig *qc, WeightFile *f, Inputs *in, const float *ya,
+                            size_t n) {
+    QModel b;
+    Err e = {0};
+    student_init(&b, m, qc, 99);
+    int rc = qmodel_read_state(&b, f, "q.", &e);
+    if (rc) print_error("read: %s\n", e.msg);
+    assert_int_equal(rc, 0);
+    qmodel_enable(&b, 1);
+    qmodel_set_timestep(&b, 333);
+    size_t n2;
+    float *yb = forward(c, m, in, &n2);
+    qmodel_enable(&b, 0);
+    assert_int_equal(n, n2);
+    assert_memory_equal(ya, yb, n * sizeof(float));
+    free(yb);
+    qmodel_free(&b);
+}
+
+// A student of config qc (built over m) reading the state f is refused: ERR_VALUE, the message
+// naming `needle`.
+static void expect_refused(Ldm *m, const QModelConfig *qc, WeightFile *f, const char *needle) {
+    QModel b;
+    Err e = {0};
+    student_init(&b, m, qc, 1);
+    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
+    assert_non_null(strstr(e.msg, needle));
+    qmodel_free(&b);
+}
+
 static void test_state_round_trip(void **state) {
     Ldm *m = teacher_load();
     Ctx *c = test_ctx_new((size_t)1 << 30);
@@ -525,56 +557,30 @@ static void test_state_round_trip(void **state) {
 
     Inputs in = inputs_make(m, N_IN, 12);
     for (int i = 0; i < in.n; i++) in.t[i] = 333;
-    size_t n, n2;
+    size_t n;
     qmodel_enable(&a, 1);
     qmodel_set_timestep(&a, 333);
     float *ya = forward(c, m, &in, &n);
     qmodel_enable(&a, 0);
 
-    student_init(&b, m, &qc, 99);  // other LoRA A, uncalibrated
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
-    int rc = qmodel_read_state(&b, f, "q.", &e);
-    if (rc) print_error("read: %s\n", e.msg);
-    assert_int_equal(rc, 0);
-    qmodel_enable(&b, 1);
-    qmodel_set_timestep(&b, 333);
-    float *yb = forward(c, m, &in, &n2);
-    qmodel_enable(&b, 0);
-    assert_int_equal(n, n2);
-    assert_memory_equal(ya, yb, n * sizeof(float));
-    qmodel_free(&b);
+    expect_restored(m, c, &qc, f, &in, ya, n);
 
     // a student of other bits / rank / entries cannot load it: the error names the layer or key
     QModelConfig q8 = qc;
     q8.sel.w_bits = 8;
-    student_init(&b, m, &q8, 1);
-    e = (Err){0};
-    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "layer '"));
-    assert_non_null(strstr(e.msg, "W4"));
-    qmodel_free(&b);
+    expect_refused(m, &q8, f, "layer '");
+    expect_refused(m, &q8, f, "W4");
     QModelConfig qr = qc;
     qr.rank = 8;
-    student_init(&b, m, &qr, 1);
-    e = (Err){0};
-    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "rank"));
-    qmodel_free(&b);
+    expect_refused(m, &qr, f, "rank");
     QModelConfig qs = qc;
     qs.train_steps = 20;
-    student_init(&b, m, &qs, 1);
-    e = (Err){0};
-    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "train.steps"));
-    qmodel_free(&b);
+    expect_refused(m, &qs, f, "train.steps");
     QModelConfig qh = qc;  // a student with float16 FP layers: the state's were float32
     qh.fp_f16 = 1;
-    student_init(&b, m, &qh, 1);
-    e = (Err){0};
-    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "quant.fp_layers"));
-    qmodel_free(&b);
+    expect_refused(m, &qh, f, "quant.fp_layers");
     // another prefix: the first tensor looked for is missing, named
     student_init(&b, m, &qc, 1);
     e = (Err){0};
@@ -601,17 +607,12 @@ static void test_state_round_trip(void **state) {
     student_init(&b, m, &qc, 1);
     assert_int_equal(qmodel_read_state(&b, f, "q.", &e), 0);
     qmodel_free(&b);
-    student_init(&b, m, &qh, 1);
-    e = (Err){0};
-    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "predates quant.fp_layers"));
-    qmodel_free(&b);
+    expect_refused(m, &qh, f, "predates quant.fp_layers");
     weights_close(f);
     unlink(old_path);
     unlink(path);
 
     free(ya);
-    free(yb);
     inputs_free(&in);
     qmodel_free(&a);
     test_ctx_delete(c);
@@ -629,7 +630,7 @@ static void test_state_rotate(void **state) {
     QModelConfig qc;
     qmodel_config_defaults(&qc);
     qc.rotate_block = 64;
-    QModel a, b;
+    QModel a;
     student_init(&a, m, &qc, 7);
     student_calibrate(&a, c, m, 8);
     perturb(&a, 9);
@@ -637,7 +638,7 @@ static void test_state_rotate(void **state) {
     write_state_file(&a, path);
     Inputs in = inputs_make(m, N_IN, 12);
     for (int i = 0; i < in.n; i++) in.t[i] = 333;
-    size_t n, n2;
+    size_t n;
     qmodel_enable(&a, 1);
     qmodel_set_timestep(&a, 333);
     float *ya = forward(c, m, &in, &n);
@@ -649,24 +650,10 @@ static void test_state_rotate(void **state) {
     Err e = {0};
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
-    student_init(&b, m, &qc, 99);
-    int rc = qmodel_read_state(&b, f, "q.", &e);
-    if (rc) print_error("read: %s\n", e.msg);
-    assert_int_equal(rc, 0);
-    qmodel_enable(&b, 1);
-    qmodel_set_timestep(&b, 333);
-    float *yb = forward(c, m, &in, &n2);
-    qmodel_enable(&b, 0);
-    assert_int_equal(n, n2);
-    assert_memory_equal(ya, yb, n * sizeof(float));
-    qmodel_free(&b);
+    expect_restored(m, c, &qc, f, &in, ya, n);
     QModelConfig q0 = qc;
     q0.rotate_block = 0;
-    student_init(&b, m, &q0, 1);
-    e = (Err){0};
-    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "quant.rotate"));
-    qmodel_free(&b);
+    expect_refused(m, &q0, f, "quant.rotate");
     weights_close(f);
     unlink(path);
     // an unrotated state into a rotated student
@@ -676,15 +663,10 @@ static void test_state_rotate(void **state) {
     snprintf(path, sizeof path, "/tmp/effdm_test_qmodel_XXXXXX");
     write_state_file(&a, path);
     assert_int_equal(weights_open(&f, path, &e), 0);
-    student_init(&b, m, &qc, 1);
-    e = (Err){0};
-    assert_int_equal(qmodel_read_state(&b, f, "q.", &e), ERR_VALUE);
-    assert_non_null(strstr(e.msg, "block 0 in the state, 64"));
-    qmodel_free(&b);
+    expect_refused(m, &qc, f, "block 0 in the state, 64");
     weights_close(f);
     unlink(path);
     free(ya);
-    free(yb);
     inputs_free(&in);
     qmodel_free(&a);
     test_ctx_delete(c);
@@ -800,7 +782,6 @@ static void restore_and_compare(QModel *a, QModel *b, WeightFile *f, Ldm *m, Ctx
     assert_int_equal(n, n2);
     assert_memory_equal(ya, yb, n * sizeof(float));
     free(ya);
-    free(yb);
     inputs_free(&in);
 }
 
