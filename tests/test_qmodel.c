@@ -510,27 +510,33 @@ static void write_state_file(const QModel *q, char *path) {
     st_writer_free(&w);
 }
 
-// A student of config qc (other LoRA A, uncalibrated) restored from the state f computes ya
-// (n floats: the forward at t = 333 of the student that wrote it) bit for bit.
-static void expect_restored(Ldm *m, Ctx *c, const QModelConfig *qc, WeightFile *f, Inputs *in, const float *ya,
-                            size_t n) {
-    QModel b;
+// An easyquant student (weights of every layer with their side tables): the state holds the
+// tables and restores a student computing the same bits; easyquant activations are refused.
+// A new student b (config qc, another LoRA draw) reads a's state from f and computes a's output
+// bit for bit (N_IN inputs at t = 333). b is left initialised for more checks.
+static void restore_and_compare(QModel *a, QModel *b, WeightFile *f, Ldm *m, Ctx *c, const QModelConfig *qc) {
+    Inputs in = inputs_make(m, N_IN, 12);
+    for (int i = 0; i < in.n; i++) in.t[i] = 333;
+    size_t n, n2;
+    qmodel_enable(a, 1);
+    qmodel_set_timestep(a, 333);
+    float *ya = forward(c, m, &in, &n);
+    qmodel_enable(a, 0);
+    student_init(b, m, qc, 99);
     Err e = {0};
-    student_init(&b, m, qc, 99);
-    int rc = qmodel_read_state(&b, f, "q.", &e);
+    int rc = qmodel_read_state(b, f, "q.", &e);
     if (rc) print_error("read: %s\n", e.msg);
     assert_int_equal(rc, 0);
-    qmodel_enable(&b, 1);
-    qmodel_set_timestep(&b, 333);
-    size_t n2;
-    float *yb = forward(c, m, in, &n2);
-    qmodel_enable(&b, 0);
+    qmodel_enable(b, 1);
+    qmodel_set_timestep(b, 333);
+    float *yb = forward(c, m, &in, &n2);
+    qmodel_enable(b, 0);
     assert_int_equal(n, n2);
     assert_memory_equal(ya, yb, n * sizeof(float));
+    free(ya);
     free(yb);
-    qmodel_free(&b);
+    inputs_free(&in);
 }
-
 // A student of config qc (built over m) reading the state f is refused: ERR_VALUE, the message
 // naming `needle`.
 static void expect_refused(Ldm *m, const QModelConfig *qc, WeightFile *f, const char *needle) {
@@ -555,17 +561,11 @@ static void test_state_round_trip(void **state) {
     write_state_file(&a, path);
     Err e = {0};
 
-    Inputs in = inputs_make(m, N_IN, 12);
-    for (int i = 0; i < in.n; i++) in.t[i] = 333;
-    size_t n;
-    qmodel_enable(&a, 1);
-    qmodel_set_timestep(&a, 333);
-    float *ya = forward(c, m, &in, &n);
-    qmodel_enable(&a, 0);
 
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
-    expect_restored(m, c, &qc, f, &in, ya, n);
+    restore_and_compare(&a, &b, f, m, c, &qc);
+    qmodel_free(&b);
 
     // a student of other bits / rank / entries cannot load it: the error names the layer or key
     QModelConfig q8 = qc;
@@ -612,8 +612,6 @@ static void test_state_round_trip(void **state) {
     unlink(old_path);
     unlink(path);
 
-    free(ya);
-    inputs_free(&in);
     qmodel_free(&a);
     test_ctx_delete(c);
     ldm_free(m);
@@ -636,13 +634,6 @@ static void test_state_rotate(void **state) {
     perturb(&a, 9);
     char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
     write_state_file(&a, path);
-    Inputs in = inputs_make(m, N_IN, 12);
-    for (int i = 0; i < in.n; i++) in.t[i] = 333;
-    size_t n;
-    qmodel_enable(&a, 1);
-    qmodel_set_timestep(&a, 333);
-    float *ya = forward(c, m, &in, &n);
-    qmodel_enable(&a, 0);
     int n_special = 0;
     for (int k = 0; k < a.n_q; k++) n_special += a.q[k].special && a.q[k].rot > 0;
     assert_true(n_special > 0);
@@ -650,7 +641,9 @@ static void test_state_rotate(void **state) {
     Err e = {0};
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
-    expect_restored(m, c, &qc, f, &in, ya, n);
+    QModel b;
+    restore_and_compare(&a, &b, f, m, c, &qc);
+    qmodel_free(&b);
     QModelConfig q0 = qc;
     q0.rotate_block = 0;
     expect_refused(m, &q0, f, "quant.rotate");
@@ -666,8 +659,6 @@ static void test_state_rotate(void **state) {
     expect_refused(m, &qc, f, "block 0 in the state, 64");
     weights_close(f);
     unlink(path);
-    free(ya);
-    inputs_free(&in);
     qmodel_free(&a);
     test_ctx_delete(c);
     ldm_free(m);
@@ -758,32 +749,6 @@ static void test_state_quantizer_kinds(void **state) {
     ldm_free(m);
 }
 
-// An easyquant student (weights of every layer with their side tables): the state holds the
-// tables and restores a student computing the same bits; easyquant activations are refused.
-// A new student b (config qc, another LoRA draw) reads a's state from f and computes a's output
-// bit for bit (N_IN inputs at t = 333). b is left initialised for more checks.
-static void restore_and_compare(QModel *a, QModel *b, WeightFile *f, Ldm *m, Ctx *c, const QModelConfig *qc) {
-    Inputs in = inputs_make(m, N_IN, 12);
-    for (int i = 0; i < in.n; i++) in.t[i] = 333;
-    size_t n, n2;
-    qmodel_enable(a, 1);
-    qmodel_set_timestep(a, 333);
-    float *ya = forward(c, m, &in, &n);
-    qmodel_enable(a, 0);
-    student_init(b, m, qc, 99);
-    Err e = {0};
-    int rc = qmodel_read_state(b, f, "q.", &e);
-    if (rc) print_error("read: %s\n", e.msg);
-    assert_int_equal(rc, 0);
-    qmodel_enable(b, 1);
-    qmodel_set_timestep(b, 333);
-    float *yb = forward(c, m, &in, &n2);
-    qmodel_enable(b, 0);
-    assert_int_equal(n, n2);
-    assert_memory_equal(ya, yb, n * sizeof(float));
-    free(ya);
-    inputs_free(&in);
-}
 
 static void test_state_easyquant(void **state) {
     Ldm *m = teacher_load();
