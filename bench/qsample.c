@@ -3,18 +3,20 @@
    reference path (EFFDM_KERNEL=float: fake-quantized input, W_eff dequantized per call).
 
        build/bench/qsample --w4a8 W4A8.safetensors --w4a4 W4A4.safetensors [--threads N]
-                           [--kernel vnni|avx2|ref] [--rounds R]
+                           [--kernel vnni|avx2|ref] [--rounds R] [--no-split]
 
    Rows: ms per image of one UNet forward at batch 16 (class labels, timestep 500), the
    share of it spent in the quantized conv/linear layers (timed by a hook around each
-   layer; for the teacher, the same layers run in FP32), and seconds of a 20-step DDIM run
+   layer; for the teacher, the same layers run in FP32; --no-split only: the hooks are not
+   for concurrent forwards), and seconds of a 20-step DDIM run
    with guidance 3 over 64 images at batch 16 (decode included), with ratios to the
    teacher. Times are process CPU time (the ratios to read on a shared machine, where wall
    time mostly measures the other jobs; exact at --threads 1), wall time is printed too.
    Cases are interleaved in R rounds (default 3); medians and minima are printed. The two
    exports may be any two (rows are named by their files: e.g. a uniform and a nupes W4A4). Before timing, each export's integer forward is
    checked against its float path (relative L2 printed). Also prints the memory of the
-   quantized layers' weights (packed levels + per-channel values) against FP32. */
+   quantized layers' weights (packed levels + per-channel values) against FP32. Every model
+   runs with the batch split of effdm sample (models/ldm.h) unless --no-split. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,7 +112,7 @@ static float *forward_copy(Ctx *c, Case *k, BenchFwd *f) {
 
 int main(int argc, char **argv) {
     threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
-    int threads = 0, rounds = 3;
+    int threads = 0, rounds = 3, split = 1;
     const char *w4a8 = NULL, *w4a4 = NULL, *kernel = "auto";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
@@ -118,9 +120,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--w4a4") && i + 1 < argc) w4a4 = argv[++i];
         else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) kernel = argv[++i];
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-split")) split = 0;
         else {
             fprintf(stderr, "usage: %s --w4a8 M.safetensors --w4a4 M.safetensors [--threads N] [--kernel K] "
-                            "[--rounds R]\n", argv[0]);
+                            "[--rounds R] [--no-split]\n", argv[0]);
             return 2;
         }
     }
@@ -174,7 +177,7 @@ int main(int argc, char **argv) {
     int n_all;
     ModelLayer **tl = unet_layers(teacher->unet, &n_all);
     ExportModel *ems[2] = {e8, e4};
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < 2 && !split; j++) {
         int n;
         ModelLayer **L = unet_layers(ems[j]->ldm->unet, &n);
         for (int i = 0; i < n; i++) {
@@ -184,14 +187,15 @@ int main(int argc, char **argv) {
             if (j == 0) tl[i]->quant_forward = timed_fp_layer;
         }
     }
+    teacher->split_batch = e8->ldm->split_batch = e4->ldm->split_batch = split;
     Ctx c;
     if (ctx_init(&c, (size_t)16 << 30, &e)) {
         fprintf(stderr, "bench qsample: %s\n", e.msg);
         return 1;
     }
     ctx_set_grad(&c, 0);
-    printf("qsample bench  thr=%d blas=%s simd=%s kernel=%s rounds=%d\n", threads_get(), threads_blas_name(),
-           bench_cpu_flags(), kname, rounds);
+    printf("qsample bench  thr=%d blas=%s simd=%s kernel=%s rounds=%d batch split %s\n", threads_get(),
+           threads_blas_name(), bench_cpu_flags(), kname, rounds, split ? "on" : "off (--no-split)");
     printf("teacher %s\n", e8->source);
     for (int j = 0; j < 2; j++) {
         ExportModel *em = ems[j];
@@ -270,8 +274,9 @@ int main(int argc, char **argv) {
            "speedup");
     for (int k = 0; k < n_cases; k++) {
         double fm = median(cases[k].fwd, rounds), dm = median(cases[k].ddim, rounds);
-        printf("%-30s %16.3f %7.2fx %11.0f%% %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, f0 / fm,
-               100 * median(cases[k].share, rounds), dm, d0 / dm);
+        char share[16] = "-";
+        if (!split) snprintf(share, sizeof share, "%.0f%%", 100 * median(cases[k].share, rounds));
+        printf("%-30s %16.3f %7.2fx %12s %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, f0 / fm, share, dm, d0 / dm);
     }
     double fw0 = median(cases[0].fwd_wall, rounds), dw0 = median(cases[0].ddim_wall, rounds);
     printf("wall time (medians; includes waiting for a core on a shared machine):\n");

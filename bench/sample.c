@@ -58,14 +58,21 @@ static int count_batch(const float *images, const int *shape, const float *z, co
 
 int main(int argc, char **argv) {
     threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
-    int threads = 0;
+    int threads = 0, split = 1, batches[16] = {1, 16, 64}, n_batches = 3;
     const char *cfg = NULL, *ckpt = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ldm-config") && i + 1 < argc) cfg = argv[++i];
         else if (!strcmp(argv[i], "--ckpt") && i + 1 < argc) ckpt = argv[++i];
+        else if (!strcmp(argv[i], "--no-split")) split = 0;
+        else if (!strcmp(argv[i], "--batches") && i + 1 < argc) {
+            n_batches = 0;
+            for (char *tok = strtok(argv[++i], ","); tok && n_batches < 16; tok = strtok(NULL, ","))
+                if ((batches[n_batches] = atoi(tok)) > 0) n_batches++;
+            if (!n_batches) n_batches = 1, batches[0] = 16;
+        }
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--ldm-config C.yaml --ckpt M.ckpt]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--ldm-config C.yaml --ckpt M.ckpt] [--no-split] [--batches 1,16,64]\n", argv[0]);
             return 2;
         }
     }
@@ -92,14 +99,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench sample: %s\n", e.msg);
         return 2;
     }
+    m->split_batch = split;  // as effdm sample (ldm.h)
     Ctx c;
     if (ctx_init(&c, (size_t)16 << 30, &e)) {
         fprintf(stderr, "bench sample: %s\n", e.msg);
         return 1;
     }
     ctx_set_grad(&c, 0);
-    printf("sample bench  model=%s  thr=%d blas=%s simd=%s\n", cfg, threads_get(), threads_blas_name(),
-           bench_cpu_flags());
+    printf("sample bench  model=%s  thr=%d blas=%s simd=%s  batch split %s\n", cfg, threads_get(), threads_blas_name(),
+           bench_cpu_flags(), split ? "on" : "off (--no-split)");
     if (cfg == tcfg) {
         snprintf(ref, sizeof ref, "%s/../../tests/data/teacher/ddim_ref", exe_dir);
         if (access(ref, R_OK) == 0) check_ddim_ref(&c, m, ref);
@@ -107,8 +115,7 @@ int main(int argc, char **argv) {
 
     int C, H, W;
     ldm_latent_shape(m, &C, &H, &W);
-    const int batches[3] = {1, 16, 64};
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < n_batches; k++) {
         int B = batches[k];
         float *t = malloc((size_t)B * sizeof(float));
         int *y = malloc((size_t)B * sizeof(int));

@@ -297,6 +297,7 @@ int cmd_sample(int argc, char **argv) {
     } else if (ldm_load(&m, cfg_path, ckpt_path, &lo, &e)) {
         return cli_fail("sample", &e);
     }
+    m->split_batch = 1;  // the batch's images run on the threads at once (models/ldm.h)
     int rc = 0, real_steps = 0;
     int *labels = NULL;
     SampleState st = {0};

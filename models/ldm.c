@@ -41,6 +41,7 @@ static void warn(Ldm *m, const char *fmt, ...) {
 
 void ldm_free(Ldm *m) {
     if (!m) return;
+    ldm_split_free(m);
     unet_free(m->unet);
     ae_free(m->ae);
     free(m->class_emb_data);
@@ -354,11 +355,12 @@ Tensor *ldm_apply_model(Ctx *c, Ldm *m, Tensor *x, const float *t, const int *y)
         err_set(&c->err, ERR_INTERNAL, "ldm_apply_model: the UNet was not loaded");
         return NULL;
     }
-    if (!ldm_is_class_conditional(m)) return unet_forward(c, m->unet, x, t, NULL, NULL);
-    if (!y) {
+    if (ldm_is_class_conditional(m) && !y) {
         err_set(&c->err, ERR_VALUE, "ldm_apply_model: a class-conditional model needs labels");
         return NULL;
     }
+    if (ldm_split_applies(c, m, x->shape[0])) return ldm_split_apply(c, m, x, t, y);
+    if (!ldm_is_class_conditional(m)) return unet_forward(c, m->unet, x, t, NULL, NULL);
     CtxScope s = ctx_scope_begin(c);
     Tensor *ctx = ldm_context(c, m, y, x->shape[0]);
     return ctx_scope_end(c, s, unet_forward(c, m->unet, x, t, ctx, NULL));
@@ -372,6 +374,7 @@ Tensor *ldm_decode_first_stage(Ctx *c, Ldm *m, Tensor *z) {
     }
     // z = 1. / self.scale_factor * z: a Python float (config) is applied as float32(1 / sf);
     // the float32 buffer gives the float32 quotient.
+    if (ldm_split_applies(c, m, z->shape[0])) return ldm_split_decode(c, m, z);
     float inv = m->scale_factor_from_file ? 1.0f / (float)m->scale_factor : (float)(1.0 / m->scale_factor);
     CtxScope s = ctx_scope_begin(c);
     int pb = prof_block_begin(c, "first_stage", -1);

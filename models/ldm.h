@@ -77,6 +77,13 @@ typedef struct {
     // sampling step from its fitted table (train.eps_gain fit, qalora/guidance_gain.h).
     float eps_gain;
     char warning[768];         // non-fatal notes for the caller to show ("" when none)
+    // Batch split (models/ldm_split.c): 1 lets a forward or decode with grad mode off, no
+    // profiler and no UNet hook run its batch as sub-batches at once, one thread and one
+    // context each. The owner sets it only while every layer's forward just reads the model
+    // (the FP model, an export; never a calibrating or trainable student). 0 by default.
+    int split_batch;
+    struct Ctx *split_ctx;     // the sub-batches' contexts (created on first use)
+    int n_split_ctx;
 } Ldm;
 
 // Loads a model from a CompVis YAML and a .ckpt / .safetensors file (opts may be NULL:
@@ -113,5 +120,19 @@ Tensor *ldm_context(Ctx *c, Ldm *m, const int *y, int n);
 Tensor *ldm_apply_model(Ctx *c, Ldm *m, Tensor *x, const float *t, const int *y);
 // LatentDiffusion.decode_first_stage: first-stage decode of (1 / scale_factor) * z.
 Tensor *ldm_decode_first_stage(Ctx *c, Ldm *m, Tensor *z);
+
+// models/ldm_split.c. A small UNet's ops are too short for their OpenMP regions to keep two
+// cores busy (the shipped teacher at batch 16: 1.20 ms/image on 2 threads, 1.14 on one),
+// while images are independent: the batch is cut into parts of about 8 images (at least 2
+// parts), and each thread runs whole forwards over its parts, its own ops single-threaded.
+// Latents up to 16 x 16 only. The parts depend on the batch alone, so results still do not
+// depend on the thread count (tests/test_ldm.c).
+// 1 when a call of ldm_apply_model / ldm_decode_first_stage on c with this batch would split.
+int ldm_split_applies(const Ctx *c, const Ldm *m, int batch);
+// The sub-batch forward / decode (called by the two above when ldm_split_applies).
+Tensor *ldm_split_apply(Ctx *c, Ldm *m, Tensor *x, const float *t, const int *y);
+Tensor *ldm_split_decode(Ctx *c, Ldm *m, Tensor *z);
+// Frees the sub-batch contexts (ldm_free calls it).
+void ldm_split_free(Ldm *m);
 
 #endif

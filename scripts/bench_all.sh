@@ -159,7 +159,7 @@ run qsample build/bench/qsample --w4a8 "$TMP/w4a8.safetensors" --w4a4 "$TMP/w4a4
 sed 's/^/  effdm: /' "$TMP/qsample.out"
 KERNEL=$(sed -n 's/.*kernel=\([^ ]*\).*/\1/p' "$TMP/qsample.out" | head -n 1)
 # the wall-time rows: "<label: two words> fwd-ms speedup ddim-s speedup"
-qwall() { awk -v a="$1" -v b="$2" '/^wall time/ { w = 1; next } /^per round/ { w = 0 }
+qwall() { awk -v a="$1" -v b="$2" '/^wall time/ { w = 1; next } /^(CPU time|per round)/ { w = 0 }
                                    w && $1 == a && $2 == b { print $(NF - 1) }' "$TMP/qsample.out"; }
 FP=$(qwall fp32 teacher)
 for q in W4A4 W4A8; do

@@ -2,7 +2,8 @@
    the unet_cin fixture with LitEma buffers added (full, partial, --ema on/off, use_ema false);
    missing / misshapen / unknown tensors; apply_model with class labels against the fixture's
    eps (the ClassEmbedder context path); the schedule and scale_factor of the shipped teacher
-   against the float64 CompVis schedule rounded to float32. */
+   against the float64 CompVis schedule rounded to float32; the batch split (models/ldm_split.c)
+   against the one-thread forward and decode, bit for bit. */
 #include "testutil.h"
 
 #include <math.h>
@@ -14,6 +15,7 @@
 #include "ckpt_edit.h"
 #include "models/ldm.h"
 #include "models/ldm_schedule.h"
+#include "util/threads.h"
 
 static const double TOL_FORWARD = 1e-4;
 static const size_t ARENA_BYTES = (size_t)1 << 30;
@@ -286,6 +288,124 @@ static void test_teacher_schedule(void **state) {
     ldm_free(m);
 }
 
+// x (N, C, H, W) filled with a fixed pattern in [-1, 1].
+static Tensor *pattern(Ctx *c, int N, int C, int H, int W) {
+    Tensor *x = tensor_new4(c, N, C, H, W);
+    for (size_t i = 0; i < x->n; i++) x->data[i] = (float)((i * 7919) % 201) / 100.0f - 1.0f;
+    return x;
+}
+
+// One forward (or decode when t is NULL) of x on c; a malloc'd copy of its output, n set.
+static float *run_copy(Ctx *c, Ldm *m, Tensor *x, const float *t, const int *y, size_t *n) {
+    ctx_reset(c);
+    ctx_set_grad(c, 0);
+    Tensor *xin = tensor_from(c, x->data, x->ndim, x->shape);
+    Tensor *out = t ? ldm_apply_model(c, m, xin, t, y) : ldm_decode_first_stage(c, m, xin);
+    if (!out) fail_msg("%s", c->err.msg);
+    float *r = malloc(out->n * sizeof(float));
+    memcpy(r, out->data, out->n * sizeof(float));
+    *n = out->n;
+    return r;
+}
+
+// Rows [i0, i1) of x as their own tensor in c.
+static Tensor *rows(Ctx *c, const Tensor *x, int i0, int i1) {
+    int shape[TENSOR_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[0] = i1 - i0;
+    return tensor_from(c, x->data + (size_t)i0 * (x->n / x->shape[0]), x->ndim, shape);
+}
+
+// The batch split (models/ldm_split.c) against its definition: the batch cut into
+// max(2, ceil(N / 8)) parts at i N / parts, each part's output that of a plain forward (or
+// decode) over the part alone, bit for bit, on 1, 2 or 3 threads (odd batches: uneven
+// parts); for the class-conditional teacher, an unconditional UNet and the decoder. Never
+// split: grad mode on, one image, not asked for. A bad label inside a part fails the call
+// with the part's error.
+static void test_split_bit_exact(void **state) {
+    (void)state;
+    Ldm *models[2] = {load_folder("../../models/zoo/fmnist-ldm"), load_folder("parity/unet_uncond")};
+    const int batches[2] = {20, 7}, n_parts[2] = {3, 2};
+    Ctx c, keep;
+    Err e = {0};
+    assert_int_equal(ctx_init(&c, ARENA_BYTES, &e), 0);
+    assert_int_equal(ctx_init(&keep, ARENA_BYTES, &e), 0);
+    for (int k = 0; k < 2; k++) {
+        Ldm *m = models[k];
+        int C, H, W, N = batches[k], parts = n_parts[k];
+        ldm_latent_shape(m, &C, &H, &W);
+        Tensor *x = pattern(&keep, N, C, H, W);
+        float t[20];
+        int y[20];
+        for (int i = 0; i < N; i++) {
+            t[i] = (float)(1 + 37 * i);
+            y[i] = ldm_is_class_conditional(m) ? (3 * i) % ldm_n_classes(m) : 0;
+        }
+        const int *yl = ldm_is_class_conditional(m) ? y : NULL;
+        // the reference: each part alone, unsplit, one thread
+        threads_set(1);
+        size_t n1, n2, per_out = 0;
+        float *ref = NULL;
+        for (int p = 0; p < parts; p++) {
+            int i0 = p * N / parts, i1 = (p + 1) * N / parts;
+            float *part = run_copy(&c, m, rows(&keep, x, i0, i1), t + i0, yl ? yl + i0 : NULL, &n1);
+            if (!ref) {
+                per_out = n1 / (size_t)(i1 - i0);
+                ref = malloc((size_t)N * per_out * sizeof(float));
+            }
+            memcpy(ref + (size_t)i0 * per_out, part, n1 * sizeof(float));
+            free(part);
+        }
+        m->split_batch = 1;
+        for (int threads = 1; threads <= 3; threads++) {
+            threads_set(threads);
+            assert_int_equal(ldm_split_applies(&c, m, N), 1);
+            float *split = run_copy(&c, m, x, t, yl, &n2);
+            assert_int_equal(n2, (size_t)N * per_out);
+            assert_memory_equal(ref, split, n2 * sizeof(float));
+            free(split);
+        }
+        free(ref);
+        ctx_set_grad(&c, 1);
+        assert_int_equal(ldm_split_applies(&c, m, N), 0);
+        ctx_set_grad(&c, 0);
+        assert_int_equal(ldm_split_applies(&c, m, 1), 0);
+        if (yl) {  // label 11 (of 0..10) in the last part
+            int bad[20];
+            memcpy(bad, y, sizeof bad);
+            bad[N - 1] = 11;
+            threads_set(2);
+            ctx_reset(&c);
+            assert_null(ldm_apply_model(&c, m, tensor_from(&c, x->data, 4, x->shape), t, bad));
+            assert_int_equal(c.err.code, ERR_VALUE);
+            c.err = (Err){0};
+        }
+        if (m->ae) {  // the decoder, 3 latents: parts [0, 1) and [1, 3)
+            Tensor *z = pattern(&keep, 3, C, H, W);
+            m->split_batch = 0;
+            threads_set(1);
+            float *d0 = run_copy(&c, m, rows(&keep, z, 0, 1), NULL, NULL, &n1);
+            float *d1 = run_copy(&c, m, rows(&keep, z, 1, 3), NULL, NULL, &n2);
+            m->split_batch = 1;
+            threads_set(2);
+            size_t n3;
+            float *d = run_copy(&c, m, z, NULL, NULL, &n3);
+            assert_int_equal(n3, n1 + n2);
+            assert_memory_equal(d, d0, n1 * sizeof(float));
+            assert_memory_equal(d + n1, d1, n2 * sizeof(float));
+            free(d0);
+            free(d1);
+            free(d);
+        }
+        m->split_batch = 0;
+        assert_int_equal(ldm_split_applies(&c, m, N), 0);
+        ldm_free(m);
+    }
+    threads_set(1);
+    ctx_free(&c);
+    ctx_free(&keep);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ema_rules),
@@ -293,6 +413,7 @@ int main(void) {
         cmocka_unit_test(test_load_errors_and_unknown),
         cmocka_unit_test(test_apply_model_labels),
         cmocka_unit_test(test_teacher_schedule),
+        cmocka_unit_test(test_split_bit_exact),
     };
     return cmocka_run_group_tests_name("ldm", tests, setup, teardown);
 }

@@ -15,6 +15,9 @@ void threads_set(int n) {
     if (n <= 0) n = threads_default();
     g_threads = n;
     omp_set_num_threads(n);
+    // one active level: a parallel region inside another (a sub-batch's ops, ldm_split.c) runs
+    // on its own thread
+    omp_set_max_active_levels(1);
     // OpenBLAS runs single-threaded: gemm_rm (autograd/ops/gemm_util.h) spreads its fixed
     // tiles over the OpenMP threads, so results do not depend on the thread count
     openblas_set_num_threads(1);

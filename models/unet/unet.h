@@ -131,5 +131,7 @@ Tensor *unet_forward(Ctx *c, UNet *m, Tensor *x, const float *t, Tensor *context
 // ("time_embed", "input_blocks.K", "middle_block", "output_blocks.K").
 typedef void (*UNetActHook)(const char *block, const Tensor *out, void *user);
 void unet_set_act_hook(UNet *m, UNetActHook hook, void *user);
+// 1 when an act hook is set.
+int unet_has_act_hook(const UNet *m);
 
 #endif

@@ -133,3 +133,5 @@ void unet_set_act_hook(UNet *m, UNetActHook hook, void *user) {
     m->hook = hook;
     m->hook_user = user;
 }
+
+int unet_has_act_hook(const UNet *m) { return m->hook != NULL; }
