@@ -10,6 +10,7 @@
 
 #include "autograd/ops.h"
 #include "io/weights.h"
+#include "util/par.h"
 
 #define INC_MAX_CONVS 100
 #define INC_NAME 48
@@ -233,8 +234,8 @@ static Tensor *bconv(Ctx *c, Inception *m, Tensor *x, const char *block, const c
     // without gradients (nothing keeps the conv output), so no second tensor and no second
     // write of fresh memory
     float *d = y->data;
-#pragma omp parallel for schedule(static) if (y->n >= 65536)
-    for (size_t i = 0; i < y->n; i++) d[i] = d[i] < 0 ? 0 : d[i];
+    PAR_FOR(schedule(static), y->n >= 65536,
+    for (size_t i = 0; i < y->n; i++) d[i] = d[i] < 0 ? 0 : d[i];);
     return y;
 }
 
@@ -331,7 +332,7 @@ void inception_resize_bilinear(const float *x, int N, int C, int H, int W, float
         float l = src - (float)i0;
         xl[o] = l < 0 ? 0 : (l > 1 ? 1 : l);
     }
-#pragma omp parallel for schedule(static)
+    PAR_FOR(schedule(static), 1,
     for (long nc = 0; nc < (long)N * C; nc++) {
         const float *xp = x + (size_t)nc * H * W;
         float *yp = y + (size_t)nc * Ho * Wo;
@@ -349,7 +350,7 @@ void inception_resize_bilinear(const float *x, int N, int C, int H, int W, float
                 yp[(size_t)oh * Wo + ow] = hl0 * (wl0 * r0[a] + wl1 * r0[b]) + hl1 * (wl0 * r1[a] + wl1 * r1[b]);
             }
         }
-    }
+    });
     free(x0);
     free(xl);
 }
@@ -410,13 +411,13 @@ int inception_forward(Inception *m, Ctx *c, const float *x, int N, int H, int W,
         Tensor *p = h ? tensor_new2(c, N, INCEPTION_FEATURES) : NULL;
         if (p) {
             int HW = h->shape[2] * h->shape[3];
-#pragma omp parallel for schedule(static)
+            PAR_FOR(schedule(static), 1,
             for (long nc = 0; nc < (long)N * INCEPTION_FEATURES; nc++) {
                 const float *src = h->data + (size_t)nc * HW;
                 double acc = 0;
                 for (int i = 0; i < HW; i++) acc += src[i];
                 p->data[nc] = (float)(acc / HW);
-            }
+            });
             if (pool3) memcpy(pool3, p->data, p->n * sizeof(float));
             if (logits) {
                 // torchvision: dropout (identity in eval), flatten, fc

@@ -64,32 +64,47 @@ void ldm_split_free(Ldm *m) {
     m->n_split_ctx = 0;
 }
 
-// Runs part p of x's batch (rows [p N / parts, (p + 1) N / parts)) on its context; the
-// result stays in that context's arena until the next split call.
-static Tensor *run_part(Ldm *m, Tensor *x, const float *t, const int *y, int p, int parts) {
+// Part p of x's batch (rows [p N / parts, (p + 1) N / parts)) on context w; only the result
+// stays in w's arena (the next part's intermediates reuse the memory, so a thread's parts
+// share one working set), until the next split call resets w.
+static Tensor *run_part(Ldm *m, Ctx *w, Tensor *x, const float *t, const int *y, int p, int parts) {
     int N = x->shape[0], i0 = (int)((long)p * N / parts), i1 = (int)((long)(p + 1) * N / parts);
     size_t per = x->n / (size_t)N;
-    Ctx *w = &m->split_ctx[p];
-    ctx_reset(w);
+    CtxScope s = ctx_scope_begin(w);
     int shape[TENSOR_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[0] = i1 - i0;
     Tensor *xs = tensor_from(w, x->data + (size_t)i0 * per, x->ndim, shape);
-    if (!t) return ldm_decode_first_stage(w, m, xs);
-    return ldm_apply_model(w, m, xs, t + i0, y ? y + i0 : NULL);
+    Tensor *out = !t ? ldm_decode_first_stage(w, m, xs) : ldm_apply_model(w, m, xs, t + i0, y ? y + i0 : NULL);
+    return ctx_scope_end(w, s, out);
 }
 
-// t == NULL: the decode; else the forward.
+// t == NULL: the decode; else the forward. Thread k of the team runs parts k, k + team, ...
+// on context k.
 static Tensor *split_run(Ctx *c, Ldm *m, Tensor *x, const float *t, const int *y) {
     int parts = split_parts(x->shape[0]);
-    if (ensure_ctx(m, parts, &c->err)) return NULL;
-    Tensor *res[SPLIT_MAX_PARTS];
     int team = threads_get() < parts ? threads_get() : parts;
-#pragma omp parallel for schedule(static, 1) num_threads(team)
-    for (int p = 0; p < parts; p++) res[p] = run_part(m, x, t, y, p, parts);
+    if (ensure_ctx(m, team, &c->err)) return NULL;
+    Tensor *res[SPLIT_MAX_PARTS] = {0};
+#pragma omp parallel num_threads(team)
+    {
+        int k = omp_get_thread_num(), nt = omp_get_num_threads();
+        Ctx *w = &m->split_ctx[k];
+        ctx_reset(w);
+        for (int p = k; p < parts; p += nt) {
+            res[p] = run_part(m, w, x, t, y, p, parts);
+            if (!res[p]) break;
+        }
+    }
     for (int p = 0; p < parts; p++)
         if (!res[p]) {
-            c->err = m->split_ctx[p].err;
+            // the first failed part's context holds the error
+            for (int k = 0; k < m->n_split_ctx; k++)
+                if (m->split_ctx[k].err.code) {
+                    c->err = m->split_ctx[k].err;
+                    return NULL;
+                }
+            err_set(&c->err, ERR_INTERNAL, "batch split: part %d gave no output", p);
             return NULL;
         }
     int shape[TENSOR_MAX_DIMS];

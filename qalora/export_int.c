@@ -17,6 +17,7 @@
 #include "qalora/pack.h"
 #include "qalora/qkind.h"
 #include "qalora/rotate.h"
+#include "util/par.h"
 
 // Elements one thread quantizes per work item.
 #define QUANT_CHUNK 4096
@@ -409,11 +410,11 @@ static void quant_act(const ExportLayer *q, int entry, uint8_t *xq, const float 
 // Operands of n activations, in parallel chunks.
 static void quantize(const ExportLayer *q, int entry, uint8_t *xq, const float *x, size_t n) {
     size_t chunks = (n + QUANT_CHUNK - 1) / QUANT_CHUNK;
-#pragma omp parallel for schedule(static) if (n >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), n >= GEMM_OMP_MIN_WORK,
     for (size_t i = 0; i < chunks; i++) {
         size_t a = i * QUANT_CHUNK, len = n - a < QUANT_CHUNK ? n - a : QUANT_CHUNK;
         quant_act(q, entry, xq + a, x + a, len);
-    }
+    });
 }
 
 // Row o of the layer's s8 weights as the kernels multiply them (K4*4): q - c, or the weight
@@ -462,7 +463,7 @@ static void im2col_words(uint32_t *A, size_t ld, const uint32_t *x4, int N, int 
     int groups = kh * kw * C4;
     size_t P = (size_t)Ho * Wo;
     int same_width = s == 1 && Wo == W;
-#pragma omp parallel for schedule(static) collapse(2) if ((size_t)groups * ld >= GEMM_OMP_MIN_WORK / 4)
+    PAR_FOR(schedule(static) collapse(2), (size_t)groups * ld >= GEMM_OMP_MIN_WORK / 4,
     for (int gk = 0; gk < groups; gk++) {
         for (int g = 0; g < N; g++) {
             int tap = gk / C4, c4 = gk % C4, ki = tap / kw, kj = tap % kw;
@@ -481,36 +482,39 @@ static void im2col_words(uint32_t *A, size_t ld, const uint32_t *x4, int N, int 
                 }
             }
         }
+    });
+}
+
+/* Group g of interleave4: A[(g n + j) 4 + i] = rows[4g + i][j] over j. */
+static void interleave4_group(uint8_t *A, const uint8_t *rows, int g, size_t n) {
+    const uint8_t *r0 = rows + (size_t)4 * g * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+    uint8_t *d = A + (size_t)g * n * 4;
+    size_t j = 0;
+#if defined(__SSE2__)
+    // two rounds of unpacking: bytes of rows (0,1) and (2,3) into pairs, pairs into quads
+    for (; j + 16 <= n; j += 16) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(r0 + j)), b = _mm_loadu_si128((const __m128i *)(r1 + j));
+        __m128i c = _mm_loadu_si128((const __m128i *)(r2 + j)), e = _mm_loadu_si128((const __m128i *)(r3 + j));
+        __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+        __m128i ce0 = _mm_unpacklo_epi8(c, e), ce1 = _mm_unpackhi_epi8(c, e);
+        _mm_storeu_si128((__m128i *)(d + 4 * j), _mm_unpacklo_epi16(ab0, ce0));
+        _mm_storeu_si128((__m128i *)(d + 4 * j + 16), _mm_unpackhi_epi16(ab0, ce0));
+        _mm_storeu_si128((__m128i *)(d + 4 * j + 32), _mm_unpacklo_epi16(ab1, ce1));
+        _mm_storeu_si128((__m128i *)(d + 4 * j + 48), _mm_unpackhi_epi16(ab1, ce1));
+    }
+#endif
+    for (; j < n; j++) {
+        d[4 * j] = r0[j];
+        d[4 * j + 1] = r1[j];
+        d[4 * j + 2] = r2[j];
+        d[4 * j + 3] = r3[j];
     }
 }
 
 /* A (col4, K4 groups of n columns) from rows (K4*4, n): A[(g n + j) 4 + i] = rows[4g + i][j]. */
 static void interleave4(uint8_t *A, const uint8_t *rows, int K4, size_t n) {
-#pragma omp parallel for schedule(static) if ((size_t)K4 * n * 4 >= GEMM_OMP_MIN_WORK)
-    for (int g = 0; g < K4; g++) {
-        const uint8_t *r0 = rows + (size_t)4 * g * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
-        uint8_t *d = A + (size_t)g * n * 4;
-        size_t j = 0;
-#if defined(__SSE2__)
-        // two rounds of unpacking: bytes of rows (0,1) and (2,3) into pairs, pairs into quads
-        for (; j + 16 <= n; j += 16) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(r0 + j)), b = _mm_loadu_si128((const __m128i *)(r1 + j));
-            __m128i c = _mm_loadu_si128((const __m128i *)(r2 + j)), e = _mm_loadu_si128((const __m128i *)(r3 + j));
-            __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
-            __m128i ce0 = _mm_unpacklo_epi8(c, e), ce1 = _mm_unpackhi_epi8(c, e);
-            _mm_storeu_si128((__m128i *)(d + 4 * j), _mm_unpacklo_epi16(ab0, ce0));
-            _mm_storeu_si128((__m128i *)(d + 4 * j + 16), _mm_unpackhi_epi16(ab0, ce0));
-            _mm_storeu_si128((__m128i *)(d + 4 * j + 32), _mm_unpacklo_epi16(ab1, ce1));
-            _mm_storeu_si128((__m128i *)(d + 4 * j + 48), _mm_unpackhi_epi16(ab1, ce1));
-        }
-#endif
-        for (; j < n; j++) {
-            d[4 * j] = r0[j];
-            d[4 * j + 1] = r1[j];
-            d[4 * j + 2] = r2[j];
-            d[4 * j + 3] = r3[j];
-        }
-    }
+    PAR_FOR(schedule(static), (size_t)K4 * n * 4 >= GEMM_OMP_MIN_WORK,
+    for (int g = 0; g < K4; g++) interleave4_group(A, rows, g, n););
 }
 
 /* Ws (cout + 1, K4*4) s8: the layer's rows, then a row of ones over the real channels (its
@@ -542,11 +546,11 @@ static void quantize_rows(const ExportLayer *q, int entry, uint8_t *xq, const fl
         quantize(q, entry, xq, x, rows * len);
         return;
     }
-#pragma omp parallel for schedule(static) if (rows * len >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), rows * len >= GEMM_OMP_MIN_WORK,
     for (size_t r = 0; r < rows; r++) {
         quant_act(q, entry, xq + r * lenp, x + r * len, len);
         memset(xq + r * lenp + len, 0, lenp - len);
-    }
+    });
 }
 
 static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry, float da, int za) {
@@ -580,7 +584,7 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int en
     const int32_t *S = Cm + (size_t)q->cout * n;
     const float *bias = l->bias.data;
     int co = q->cout;
-#pragma omp parallel for schedule(static) collapse(2) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static) collapse(2), (size_t)co * n >= GEMM_OMP_MIN_WORK,
     for (int g = 0; g < N; g++) {
         for (int o = 0; o < co; o++) {
             const int32_t *d = Cm + (size_t)o * n + (size_t)g * P, *sg = S + (size_t)g * P;
@@ -594,7 +598,7 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int en
                 side_add(yr, A + ((kp / 4) * n + (size_t)g * P) * 4 + kp % 4, P, q->side_coef[j] * da, za);
             }
         }
-    }
+    });
     arena_release(&c->arena, mark);
     return y;
 }
@@ -631,14 +635,14 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
     quantize_rows(q, entry, xq, x->data, n, (size_t)in, kp);
     // S[r] here, not as a GEMM column: out + 1 columns would cost a whole extra (masked)
     // 32-column strip of the kernel when out is a multiple of 32
-#pragma omp parallel for schedule(static) if (n * kp >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), n * kp >= GEMM_OMP_MIN_WORK,
     for (size_t r = 0; r < n; r++) {
         uint8_t *a = xq + r * kp;
         int32_t sum = 0;
         for (int k = 0; k < in; k++) sum += a[k];
         S[r] = sum;
         for (size_t k = 0; k < kp; k++) a[k] ^= 0x80;  // a - 128 as s8 (padding: weights 0 there)
-    }
+    });
     // Wt col4 over ldn columns: q of output o at column o (0 past cin)
     for (int o = 0; o < co; o++) {
         int_row(row, q, o);
@@ -663,7 +667,7 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
         sc[o] = da * q->w_iscale[o];
         bo[o] = bias ? bias[o] : 0.0f;
     }
-#pragma omp parallel for schedule(static) if ((size_t)co * n >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), (size_t)co * n >= GEMM_OMP_MIN_WORK,
     for (size_t r = 0; r < n; r++) {
         const int32_t *cr = Cm + r * ldn;
         int32_t s = S[r];
@@ -674,7 +678,7 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
         for (int o = 0, j = 0; o < co; o++)  // (j runs over the (co, n_side) table in order)
             for (int e = 0; e < q->n_side; e++, j++)
                 yr[o] += q->side_coef[j] * da * (float)((int)(a[q->side_kpos[j]] ^ 0x80) - za);
-    }
+    });
     arena_release(&c->arena, mark);
     return y;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "autograd/ops/gemm_util.h"
+#include "util/par.h"
 
 // Tile of one OpenMP work item: INT_TILE_N columns x INT_TILE_M rows. A 64-column strip of
 // A is K*64 bytes (37 kB at K = 576, the teacher's largest), so it stays in L1/L2 while
@@ -57,28 +58,31 @@ void int_gemm_ref(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uin
     }
 }
 
+// Tile (i, j) of int_gemm: rows m0.. of W and C, columns n0.. of A and C.
+static void int_gemm_tile(IntGemmKind k, int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A,
+                          size_t lda, int M, int N, int K4, int wide, int i, int j) {
+    int n0 = j * INT_TILE_N, m0 = i * INT_TILE_M;
+    int nn = N - n0 < INT_TILE_N ? N - n0 : INT_TILE_N, mm = M - m0 < INT_TILE_M ? M - m0 : INT_TILE_M;
+    int32_t *c = C + (size_t)m0 * ldc + n0;
+    const int8_t *w = W + (size_t)m0 * ldw;
+    const uint8_t *a = A + (size_t)n0 * 4;
+    switch (k) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case INT_GEMM_VNNI: int_gemm_vnni_tile(c, ldc, w, ldw, a, lda, mm, nn, K4); break;
+    case INT_GEMM_AVX2: int_gemm_avx2_tile(c, ldc, w, ldw, a, lda, mm, nn, K4, wide); break;
+#endif
+    default: int_gemm_ref(c, ldc, w, ldw, a, lda, mm, nn, K4); break;
+    }
+}
+
 void int_gemm(IntGemmKind k, int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda,
               int M, int N, int K4, int wmax, int amax) {
     int wide = 4L * amax * wmax > 32767;
     int tn = (N + INT_TILE_N - 1) / INT_TILE_N, tm = (M + INT_TILE_M - 1) / INT_TILE_M;
     size_t work = (size_t)M * N * (size_t)K4;
-#pragma omp parallel for schedule(static) collapse(2) if (work >= 4 * GEMM_OMP_MIN_WORK)
-    for (int j = 0; j < tn; j++) {
-        for (int i = 0; i < tm; i++) {
-            int n0 = j * INT_TILE_N, m0 = i * INT_TILE_M;
-            int nn = N - n0 < INT_TILE_N ? N - n0 : INT_TILE_N, mm = M - m0 < INT_TILE_M ? M - m0 : INT_TILE_M;
-            int32_t *c = C + (size_t)m0 * ldc + n0;
-            const int8_t *w = W + (size_t)m0 * ldw;
-            const uint8_t *a = A + (size_t)n0 * 4;
-            switch (k) {
-#if defined(__x86_64__) && defined(__GNUC__)
-            case INT_GEMM_VNNI: int_gemm_vnni_tile(c, ldc, w, ldw, a, lda, mm, nn, K4); break;
-            case INT_GEMM_AVX2: int_gemm_avx2_tile(c, ldc, w, ldw, a, lda, mm, nn, K4, wide); break;
-#endif
-            default: int_gemm_ref(c, ldc, w, ldw, a, lda, mm, nn, K4); break;
-            }
-        }
-    }
+    PAR_FOR(schedule(static) collapse(2), work >= 4 * GEMM_OMP_MIN_WORK,
+    for (int j = 0; j < tn; j++)
+        for (int i = 0; i < tm; i++) int_gemm_tile(k, C, ldc, W, ldw, A, lda, M, N, K4, wide, i, j););
 }
 
 void int_quant_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax) {

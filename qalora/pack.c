@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "util/par.h"
+
 // The sizes the format above promises: 7 nibbles take 4 bytes, 5 crumbs 2 bytes.
 _Static_assert(PACK_BYTES(7, 4) == 4 && PACK_BYTES(8, 4) == 4, "4-bit: two levels per byte");
 _Static_assert(PACK_BYTES(5, 2) == 2 && PACK_BYTES(4, 2) == 1, "2-bit: four levels per byte");
@@ -58,12 +60,12 @@ void unpack_dequant(float *y, const uint8_t *src, int bits, int rows, size_t row
                     const float *zero) {
     int b = pack_container_bits(bits), per = 8 / b;
     unsigned mask = (1u << b) - 1u;
-#pragma omp parallel for schedule(static)
+    PAR_FOR(schedule(static), 1,
     for (int r = 0; r < rows; r++) {
         for (size_t j = 0; j < row_len; j++) {
             size_t i = (size_t)r * row_len + j;  // flat index: rows are not byte-aligned
             unsigned level = b == 3 ? get3(src, i) : (src[i / per] >> ((i % per) * b)) & mask;
             y[i] = ((float)level - zero[r]) * delta[r];
         }
-    }
+    });
 }

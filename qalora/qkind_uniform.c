@@ -10,6 +10,7 @@
 
 #include "qalora/pack.h"
 #include "qalora/qkind.h"
+#include "util/par.h"
 
 // Elements per chunk of the threaded 'mse' search; chunks are summed in double and added in
 // order, 64 chunks per parallel region (so the partials fit on the stack).
@@ -107,13 +108,13 @@ static void uq_fit_mse_impl(const float *x, size_t n, int bits, const QKindParam
     size_t nchunks = (n + QCHUNK - 1) / QCHUNK;
     for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
         size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
-#pragma omp parallel for schedule(static) if (parallel && gn > 1)
+        PAR_FOR(schedule(static), parallel && gn > 1,
         for (size_t k = 0; k < gn; k++) {
             size_t lo = (g0 + k) * QCHUNK, hi = lo + QCHUNK < n ? lo + QCHUNK : n;
             double *pk = part + k * (size_t)m.steps;
             memset(pk, 0, (size_t)m.steps * sizeof *pk);
             uq_mse_sums(pk, x + lo, hi - lo, cd, cz, qmax, &m);
-        }
+        });
         for (size_t k = 0; k < gn; k++)
             for (int j = 0; j < m.steps; j++) sums[j] += part[k * (size_t)m.steps + (size_t)j];
     }

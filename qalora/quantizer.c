@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "qalora/qkind.h"
+#include "util/par.h"
 
 // Elements per chunk of a layer-wise call; a reduction sums chunks in double and adds them
 // in order, 64 chunks per parallel region (so the partials fit on the stack).
@@ -67,8 +68,8 @@ int quantizer_fit(Quantizer *q, const float *x, size_t n, QuantInit how, int ent
     if (q->channel_wise) {
         size_t len = q_slice_len(q, n);
         int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad)
-        for (int ch = 0; ch < q->n; ch++) bad |= ops->fit(q, ch, x + (size_t)ch * len, len, how, 0) != 0;
+        PAR_FOR(schedule(static) reduction(| : bad), 1,
+        for (int ch = 0; ch < q->n; ch++) bad |= ops->fit(q, ch, x + (size_t)ch * len, len, how, 0) != 0;);
         return bad ? err_set(e, ERR_NOMEM, "quantizer: out of memory fitting %s ranges", ops->name) : 0;
     }
     // one fit into the entry (entry 0 for a fresh table), copied into the others
@@ -120,7 +121,7 @@ typedef struct {
 static void q_map(const Quantizer *q, const QMapCall *c, size_t n, int entry) {
     const QKindOps *ops = quantizer_ops(q);
     size_t ns = q_slice_count(q, n);
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), n >= QUANT_OMP_MIN_WORK,
     for (size_t k = 0; k < ns; k++) {
         QSlice s = q_slice_at(q, n, entry, k);
         if (c->op == Q_FAKE)
@@ -129,7 +130,7 @@ static void q_map(const Quantizer *q, const QMapCall *c, size_t n, int entry) {
             ops->encode(q, s.entry, c->out + s.lo, c->x + s.lo, s.len);
         else
             ops->decode(q, s.entry, c->y + s.lo, c->in + s.lo, s.len);
-    }
+    });
 }
 
 void quantizer_fake(const Quantizer *q, float *y, const float *x, size_t n, int entry) {
@@ -172,12 +173,12 @@ static void q_grads(const Quantizer *q, const QGradCall *c, float *ddelta, float
     const QKindOps *ops = quantizer_ops(q);
     int np = ops->n_param;
     if (q->channel_wise) {
-#pragma omp parallel for schedule(static) if (n >= QUANT_OMP_MIN_WORK)
+        PAR_FOR(schedule(static), n >= QUANT_OMP_MIN_WORK,
         for (int ch = 0; ch < q->n; ch++) {
             double g[QKIND_GRAD_SLOTS];
             q_slice_grad(ops, q, c, q_slice_at(q, n, entry, (size_t)ch), g);
             add_grads(ddelta, dzero, dparam, np, ch, g);
-        }
+        });
         return;
     }
     size_t nchunks = q_slice_count(q, n);
@@ -185,8 +186,8 @@ static void q_grads(const Quantizer *q, const QGradCall *c, float *ddelta, float
     for (size_t g0 = 0; g0 < nchunks; g0 += QCHUNK_GROUP) {
         size_t gn = nchunks - g0 < QCHUNK_GROUP ? nchunks - g0 : QCHUNK_GROUP;
         double part[QCHUNK_GROUP][QKIND_GRAD_SLOTS];
-#pragma omp parallel for schedule(static) if (gn > 1 && n >= QUANT_OMP_MIN_WORK)
-        for (size_t k = 0; k < gn; k++) q_slice_grad(ops, q, c, q_slice_at(q, n, entry, g0 + k), part[k]);
+        PAR_FOR(schedule(static), gn > 1 && n >= QUANT_OMP_MIN_WORK,
+        for (size_t k = 0; k < gn; k++) q_slice_grad(ops, q, c, q_slice_at(q, n, entry, g0 + k), part[k]););
         for (size_t k = 0; k < gn; k++)
             for (int j = 0; j < QKIND_GRAD_SLOTS; j++) total[j] += part[k][j];
     }

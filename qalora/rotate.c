@@ -7,6 +7,7 @@
 
 #include "autograd/ops/fastmath.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 int rotate_block(int c, int max_block) {
     int b = 1;
@@ -49,18 +50,18 @@ void rotate_apply(float *x, size_t n_vec, int c, size_t p, int b) {
     if (p >= ROT_PLANE_MIN) {
         // block i of the (n_vec, c / b) blocks: b consecutive planes at x + i b p
         long items = (long)(n_vec * nblk);
-#pragma omp parallel for schedule(static) if (work > 32768)
+        PAR_FOR(schedule(static), work > 32768,
         for (long i = 0; i < items; i++) {
             float *base = x + (size_t)i * (size_t)b * p;
             for (size_t k0 = 0; k0 < p; k0 += ROT_TILE)
                 fwht_rows(base + k0, p, b, p - k0 < ROT_TILE ? p - k0 : ROT_TILE, scale);
-        }
+        });
         return;
     }
     // columns m = (v, k) in [0, n_vec p): channel ch of column m is x[(v c + ch) p + k]
     const size_t ncol = n_vec * p, tv = (size_t)(ROT_BUF / b), ntile = (ncol + tv - 1) / tv;
     long items = (long)(ntile * nblk);
-#pragma omp parallel for schedule(static) if (work > 32768)
+    PAR_FOR(schedule(static), work > 32768,
     for (long it = 0; it < items; it++) {
         float buf[ROT_BUF];
         size_t blk = (size_t)it % nblk, m0 = (size_t)it / nblk * tv, n = ncol - m0 < tv ? ncol - m0 : tv;
@@ -75,7 +76,7 @@ void rotate_apply(float *x, size_t n_vec, int c, size_t p, int b) {
             float *dst = x + ((v * (size_t)c + blk * (size_t)b) * p + k);
             for (int j = 0; j < b; j++) dst[(size_t)j * p] = buf[(size_t)j * tv + mm];
         }
-    }
+    });
 }
 
 // The dims of x as (n_vec, c, p) for rotate_apply: conv (N, C, H, W) or (..., C).

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/par.h"
+
 int ddim_timesteps(int T, int S, int *out, int cap) {
     if (S < 1 || S > T) return -1;
     int c = T / S;  // num_ddpm_timesteps // num_ddim_timesteps
@@ -90,7 +92,7 @@ void ddim_update(const DdimSchedule *s, int index, const float *x, const float *
     const float sq1m = s->sqrt_one_minus_alphas[index];
     const float sqrt_at = sqrtf(a_t), sqrt_aprev = sqrtf(a_prev);
     const float dir_coef = sqrtf((1.0f - a_prev) - sigma * sigma);
-#pragma omp parallel for schedule(static) if (n >= SAMPLE_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), n >= SAMPLE_OMP_MIN_WORK,
     for (size_t i = 0; i < n; i++) {
         float p = (x[i] - sq1m * e[i]) / sqrt_at;
         float dir = dir_coef * e[i];
@@ -98,5 +100,5 @@ void ddim_update(const DdimSchedule *s, int index, const float *x, const float *
         if (noise) xp += sigma * noise[i];
         if (pred_x0) pred_x0[i] = p;
         x_prev[i] = xp;
-    }
+    });
 }

@@ -1,5 +1,6 @@
 #include "train/adamw.h"
 #include "util/grow.h"
+#include "util/par.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -65,14 +66,14 @@ void adamw_step(AdamW *o) {
         float b1 = (float)g->beta1, b2 = (float)g->beta2, eps = (float)g->eps;
         float one_b1 = (float)(1.0 - g->beta1), one_b2 = (float)(1.0 - g->beta2);
         float *p = sl->data, *gr = o->grad + sl->off, *m = o->m + sl->off, *v = o->v + sl->off;
-#pragma omp parallel for schedule(static) if (sl->n > 65536)
+        PAR_FOR(schedule(static), sl->n > 65536,
         for (size_t i = 0; i < sl->n; i++) {
             p[i] *= decay;
             m[i] = b1 * m[i] + one_b1 * gr[i];
             v[i] = b2 * v[i] + one_b2 * (gr[i] * gr[i]);
             float denom = sqrtf(v[i]) / bc2_sqrt + eps;
             p[i] -= step_size * (m[i] / denom);
-        }
+        });
     }
     o->step = t;
 }

@@ -9,6 +9,7 @@
 #include "train/trainer_impl.h"
 #include "util/dist.h"
 #include "util/clock.h"
+#include "util/par.h"
 
 int trainer_begin_epoch(Trainer *tr, Err *e) {
     const RcTrain *T = &tr->cfg.train;
@@ -212,12 +213,12 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     // the slots' gradients summed in slot order, their ε gathered for the trajectory update
     float *g = tr->opt.grad;
     const float *s0 = tr->slots;
-#pragma omp parallel for schedule(static) if (ng * (size_t)NS >= 32768)
+    PAR_FOR(schedule(static), ng * (size_t)NS >= 32768,
     for (size_t i = 0; i < ng; i++) {
         float acc = s0[i];
         for (int s = 1; s < NS; s++) acc += s0[(size_t)s * tr->rec + i];
         g[i] = acc;
-    }
+    });
     for (int s = 0; s < NS; s++)
         memcpy(tr->eps_g + (size_t)s * ne, tr->slots + (size_t)s * tr->rec + ng, ne * sizeof(float));
     tr->failure_shared = 0;

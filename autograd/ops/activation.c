@@ -6,6 +6,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops/fastmath.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 // Below this many elements the loops run on one thread; above, in chunks of ACT_CHUNK.
 #define ACT_PAR_MIN 32768
@@ -58,17 +59,17 @@ static void unary_backward(Ctx *c, TapeNode *nd) {
     const float *g = nd->out->grad, *xd = x->data;
     size_t n = x->n;
     if (nd->op == OP_RELU) {  // gradient 0 at x <= 0, as torch (threshold_backward on the output)
-#pragma omp parallel for schedule(static) if (n >= ACT_PAR_MIN)
-        for (size_t i = 0; i < n; i++) dx[i] += xd[i] > 0.0f ? g[i] : 0.0f;
+        PAR_FOR(schedule(static), n >= ACT_PAR_MIN,
+        for (size_t i = 0; i < n; i++) dx[i] += xd[i] > 0.0f ? g[i] : 0.0f;);
         return;
     }
     const int silu = nd->op == OP_SILU;
-#pragma omp parallel for schedule(static) if (n >= ACT_PAR_MIN)
+    PAR_FOR(schedule(static), n >= ACT_PAR_MIN,
     for (size_t c0 = 0; c0 < n; c0 += ACT_CHUNK) {
         size_t len = n - c0 < ACT_CHUNK ? n - c0 : ACT_CHUNK;
         if (silu) silu_grad_span(dx + c0, g + c0, xd + c0, len);
         else gelu_grad_span(dx + c0, g + c0, xd + c0, len);
-    }
+    });
 }
 
 static Tensor *unary_op(Ctx *c, int op, Tensor *x) {
@@ -79,15 +80,15 @@ static Tensor *unary_op(Ctx *c, int op, Tensor *x) {
     float *y = out->data;
     size_t n = x->n;
     if (op == OP_RELU) {  // written `x < 0 ? 0 : x` so a NaN passes through, as torch.relu
-#pragma omp parallel for schedule(static) if (n >= ACT_PAR_MIN)
-        for (size_t i = 0; i < n; i++) y[i] = xd[i] < 0.0f ? 0.0f : xd[i];
+        PAR_FOR(schedule(static), n >= ACT_PAR_MIN,
+        for (size_t i = 0; i < n; i++) y[i] = xd[i] < 0.0f ? 0.0f : xd[i];);
     } else {
-#pragma omp parallel for schedule(static) if (n >= ACT_PAR_MIN)
+        PAR_FOR(schedule(static), n >= ACT_PAR_MIN,
         for (size_t c0 = 0; c0 < n; c0 += ACT_CHUNK) {
             size_t len = n - c0 < ACT_CHUNK ? n - c0 : ACT_CHUNK;
             if (op == OP_SILU) silu_span(y + c0, xd + c0, len);
             else gelu_span(y + c0, xd + c0, len);
-        }
+        });
     }
     tape_record(c, op, unary_backward, out, &x, 1);
     return out;
@@ -104,12 +105,12 @@ static void geglu_backward(Ctx *c, TapeNode *nd) {
     if (!dx) return;
     size_t D = (size_t)tensor_dim(nd->out, -1), R = D ? nd->out->n / D : 0;
     const float *g = nd->out->grad, *xd = x->data;
-#pragma omp parallel for schedule(static) if (x->n >= ACT_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= ACT_PAR_MIN,
     for (size_t r = 0; r < R; r++) {
         const float *a = xd + r * 2 * D;
         float *da = dx + r * 2 * D;
         geglu_grad_span(da, da + D, g + r * D, a, a + D, D);
-    }
+    });
 }
 
 static Tensor *geglu_op(Ctx *c, Tensor *x) {
@@ -129,11 +130,11 @@ static Tensor *geglu_op(Ctx *c, Tensor *x) {
     size_t D = (size_t)(last / 2), R = D ? out->n / D : 0;
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= ACT_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= ACT_PAR_MIN,
     for (size_t r = 0; r < R; r++) {
         const float *a = xd + r * 2 * D;
         geglu_span(y + r * D, a, a + D, D);
-    }
+    });
     tape_record(c, OP_GEGLU, geglu_backward, out, &x, 1);
     return out;
 }

@@ -23,6 +23,7 @@
 #include "autograd/profile.h"
 #include "autograd/ops/fastmath.h"
 #include "autograd/ops/gemm_util.h"
+#include "util/par.h"
 
 typedef struct {
     int B, H, Tq, Tk, d, dv;
@@ -77,23 +78,23 @@ static void attention_forward(float *out, float *P, const float *q, const float 
     size_t tt = (size_t)g->Tq * g->Tk;
     // S for every head first, then all softmax rows in one parallel loop, then P v
     int heads = g->B * g->H;
-#pragma omp parallel for schedule(static) if (heads > 1)
+    PAR_FOR(schedule(static), heads > 1,
     for (int bh = 0; bh < heads; bh++) {
         int b = bh / g->H, h = bh % g->H;
         const float *qh = q + (size_t)b * g->Tq * ldq + (size_t)h * g->d;
         const float *kh = k + (size_t)b * g->Tk * ldq + (size_t)h * g->d;
         gemm_rm(0, 1, g->Tq, g->Tk, g->d, 1.0f, qh, ldq, kh, ldq, 0.0f, P + (size_t)bh * tt, g->Tk);
-    }
+    });
     size_t rows = (size_t)g->B * g->H * g->Tq;
-#pragma omp parallel for schedule(static) if (rows * g->Tk >= GEMM_OMP_MIN_WORK)
-    for (size_t r = 0; r < rows; r++) softmax_row(P + r * g->Tk, g->Tk, g->scale);
-#pragma omp parallel for schedule(static) if (heads > 1)
+    PAR_FOR(schedule(static), rows * g->Tk >= GEMM_OMP_MIN_WORK,
+    for (size_t r = 0; r < rows; r++) softmax_row(P + r * g->Tk, g->Tk, g->scale););
+    PAR_FOR(schedule(static), heads > 1,
     for (int bh = 0; bh < heads; bh++) {
         int b = bh / g->H, h = bh % g->H;
         const float *vh = v + (size_t)b * g->Tk * ldv + (size_t)h * g->dv;
         float *oh = out + (size_t)b * g->Tq * ldv + (size_t)h * g->dv;
         gemm_rm(0, 0, g->Tq, g->dv, g->Tk, 1.0f, P + (size_t)bh * tt, g->Tk, vh, ldv, 0.0f, oh, ldv);
-    }
+    });
 }
 
 // Heads whose dS (Tq, Tk) one backward chunk computes before the dq, dk GEMMs (at least
@@ -115,26 +116,26 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     int ldq = g->H * g->d, ldv = g->H * g->dv, Tq = g->Tq, Tk = g->Tk;
     size_t tt = (size_t)Tq * Tk;
     int heads = g->B * g->H, chunk = attention_backward_chunk(g);
-#pragma omp parallel for schedule(static) if (heads > 1 && dv)
+    PAR_FOR(schedule(static), heads > 1 && dv,
     for (int bh = 0; bh < heads; bh++) {  // dv (Tk, dv) += P^T dO
         int b = bh / g->H, h = bh % g->H;
         size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
         if (dv) gemm_rm(1, 0, Tk, g->dv, Tq, 1.0f, P + bh * tt, Tk, dout + oo, ldv, 1.0f, dv + vo, ldv);
-    }
+    });
     if (!dq && !dk) return;
     for (int h0 = 0; h0 < heads; h0 += chunk) {
         int nh = heads - h0 < chunk ? heads - h0 : chunk;
-#pragma omp parallel for schedule(static) if (nh > 1)
+        PAR_FOR(schedule(static), nh > 1,
         for (int i = 0; i < nh; i++) {  // dP = dO v^T into scratch
             int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
             size_t oo = (size_t)b * Tq * ldv + (size_t)h * g->dv, vo = (size_t)b * Tk * ldv + (size_t)h * g->dv;
             gemm_rm(0, 1, Tq, Tk, g->dv, 1.0f, dout + oo, ldv, v + vo, ldv, 0.0f, scratch + i * tt, Tk);
-        }
+        });
         size_t rows = (size_t)nh * Tq;
         const float *Pc = P + h0 * tt;
-#pragma omp parallel for schedule(static) if (rows * Tk >= GEMM_OMP_MIN_WORK)
-        for (size_t r = 0; r < rows; r++) softmax_row_backward(scratch + r * Tk, Pc + r * Tk, Tk);
-#pragma omp parallel for schedule(static) if (nh > 1)
+        PAR_FOR(schedule(static), rows * Tk >= GEMM_OMP_MIN_WORK,
+        for (size_t r = 0; r < rows; r++) softmax_row_backward(scratch + r * Tk, Pc + r * Tk, Tk););
+        PAR_FOR(schedule(static), nh > 1,
         for (int i = 0; i < nh; i++) {
             int b = (h0 + i) / g->H, h = (h0 + i) % g->H;
             size_t qo = (size_t)b * Tq * ldq + (size_t)h * g->d, ko = (size_t)b * Tk * ldq + (size_t)h * g->d;
@@ -143,7 +144,7 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
                 gemm_rm(0, 0, Tq, g->d, Tk, g->scale, dS, Tk, k + ko, ldq, 1.0f, dq + qo, ldq);
             if (dk)  // dk (Tk, d) += scale dS^T q
                 gemm_rm(1, 0, Tk, g->d, Tq, g->scale, dS, Tk, q + qo, ldq, 1.0f, dk + ko, ldq);
-        }
+        });
     }
 }
 

@@ -28,6 +28,7 @@
 #include "autograd/ops.h"
 #include "autograd/profile.h"
 #include "autograd/ops/gemm_util.h"
+#include "util/par.h"
 
 // Bytes of im2col scratch a group may use: 8 MiB keeps a few 32x32 images of 64
 // channels (2.3 MiB each) or a whole batch of 8x8 latents per group, while staying well
@@ -107,7 +108,7 @@ static void im2col_row_same_width(float *dst, const float *xp, int ki, int kj, c
    x[g, ci, oh sh - ph + ki, ow sw - pw + kj] (0 in the padding), for G images x (G, C, H, W). */
 static void im2col(float *col, size_t ld, const float *x, int G, const Patch *p) {
     int khw = p->kh * p->kw, same_width = p->sh == 1 && p->sw == 1 && p->Wo == p->W;
-#pragma omp parallel for schedule(static) collapse(2) if ((size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static) collapse(2), (size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK,
     for (int r = 0; r < p->K; r++) {
         for (int g = 0; g < G; g++) {
             int ci = r / khw, ki = (r / p->kw) % p->kh, kj = r % p->kw;
@@ -136,14 +137,14 @@ static void im2col(float *col, size_t ld, const float *x, int G, const Patch *p)
                 if (hi < p->Wo) memset(row + hi, 0, (size_t)(p->Wo - hi) * sizeof(float));
             }
         }
-    }
+    });
 }
 
 /* dx (G, C, H, W) += col2im(col (K, ld)), the adjoint of im2col. Each thread owns whole
    rows (g, ci, ih) of dx and adds their contributions in fixed (ki, kj, ow) order, so
    the result does not depend on the thread count. */
 static void col2im_add(float *dx, const float *col, size_t ld, int G, const Patch *p) {
-#pragma omp parallel for schedule(static) collapse(3) if ((size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static) collapse(3), (size_t)p->K * G * p->P >= GEMM_OMP_MIN_WORK,
     for (int g = 0; g < G; g++) {
         for (int ci = 0; ci < p->C; ci++) {
             for (int ih = 0; ih < p->H; ih++) {
@@ -167,13 +168,13 @@ static void col2im_add(float *dx, const float *col, size_t ld, int G, const Patc
                 }
             }
         }
-    }
+    });
 }
 
 /* y (G, M, P) = tmp (M, G P) [+ y when accumulate] [+ bias (M)]. */
 static void unstage(float *y, const float *tmp, const float *bias, int accumulate, int G, int M, size_t P) {
     size_t gp = (size_t)G * P;
-#pragma omp parallel for schedule(static) collapse(2) if (gp * M >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static) collapse(2), gp * M >= GEMM_OMP_MIN_WORK,
     for (int g = 0; g < G; g++) {
         for (int m = 0; m < M; m++) {
             float *dst = y + ((size_t)g * M + m) * P;
@@ -185,17 +186,17 @@ static void unstage(float *y, const float *tmp, const float *bias, int accumulat
                 for (size_t i = 0; i < P; i++) dst[i] = src[i] + b;
             }
         }
-    }
+    });
 }
 
 /* tmp (M, G P) = y (G, M, P), the transpose of unstage. */
 static void stage(float *tmp, const float *y, int G, int M, size_t P) {
     size_t gp = (size_t)G * P;
-#pragma omp parallel for schedule(static) collapse(2) if (gp * M >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static) collapse(2), gp * M >= GEMM_OMP_MIN_WORK,
     for (int g = 0; g < G; g++) {
         for (int m = 0; m < M; m++)
             memcpy(tmp + (size_t)m * gp + (size_t)g * P, y + ((size_t)g * M + m) * P, P * sizeof(float));
-    }
+    });
 }
 
 typedef struct {
@@ -240,12 +241,12 @@ static int patch_gemm(Ctx *c, float *y, const float *x, const float *A, int M, c
     float beta = accumulate || bias ? 1.0f : 0.0f;
     if (pl.per_image && bias) {
         // y starts as the bias; the GEMMs then add (beta = 1)
-#pragma omp parallel for schedule(static) collapse(2) if (N * ys >= GEMM_OMP_MIN_WORK)
+        PAR_FOR(schedule(static) collapse(2), N * ys >= GEMM_OMP_MIN_WORK,
         for (int n = 0; n < N; n++)
             for (int m = 0; m < M; m++) {
                 float *row = y + n * ys + (size_t)m * P;
                 for (int i = 0; i < P; i++) row[i] = bias[m];
-            }
+            });
     }
     if (pl.direct) {
         for (int n = 0; n < N; n++) gemm_rm(0, 0, M, P, K, 1.0f, A, K, x + n * xs, P, beta, y + n * ys, P);

@@ -16,6 +16,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 // Below this many output elements the loops run on one thread: the fork costs more.
 #define EW_PAR_MIN 32768
@@ -128,19 +129,19 @@ static void bcast_forward(int op, float *y, const float *a, const float *b, cons
     size_t sa = bc->st[0][last], sb = bc->st[1][last];
     if (rows == 1) {
         size_t nblocks = (L + EW_BLOCK - 1) / EW_BLOCK;
-#pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
+        PAR_FOR(schedule(static), n >= EW_PAR_MIN,
         for (size_t k = 0; k < nblocks; k++) {
             size_t lo = k * EW_BLOCK, len = L - lo < EW_BLOCK ? L - lo : EW_BLOCK;
             ew_run(op, y + lo, a + lo * sa, sa, b + lo * sb, sb, len);
-        }
+        });
         return;
     }
-#pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
+    PAR_FOR(schedule(static), n >= EW_PAR_MIN,
     for (size_t r = 0; r < rows; r++) {
         size_t oa, ob;
         bcast_row_offsets(bc, r, &oa, &ob);
         ew_run(op, y + r * L, a + oa, sa, b + ob, sb, L);
-    }
+    });
 }
 
 // Unravels k over the collapsed dims dims[0..cnt) (row-major: dims[cnt-1] fastest) and adds
@@ -170,12 +171,12 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
     if (nb == 0) {
         // Not broadcast: one output element per input element, same offsets.
         if (!other) {
-#pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
-            for (size_t i = 0; i < n; i++) dx[i] += sign * g[i];
+            PAR_FOR(schedule(static), n >= EW_PAR_MIN,
+            for (size_t i = 0; i < n; i++) dx[i] += sign * g[i];);
             return;
         }
         size_t rows = n / L, sp = bc->st[o][last];
-#pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
+        PAR_FOR(schedule(static), n >= EW_PAR_MIN,
         for (size_t r = 0; r < rows; r++) {
             size_t off[2];
             bcast_row_offsets(bc, r, &off[0], &off[1]);
@@ -183,7 +184,7 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
             float *dr = dx + r * L;
             if (sp) for (size_t i = 0; i < L; i++) dr[i] += gr[i] * pr[i];
             else for (size_t i = 0; i < L; i++) dr[i] += gr[i] * pr[0];
-        }
+        });
         return;
     }
     if (mx == 1) {
@@ -193,14 +194,14 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
         size_t mark = arena_mark(&c->arena);
         double *partial = ctx_alloc(c, (nchunks ? nchunks : 1) * sizeof(double));
         if (!partial) return;
-#pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
+        PAR_FOR(schedule(static), n >= EW_PAR_MIN,
         for (size_t k = 0; k < nchunks; k++) {
             size_t lo = k * EW_SUM_CHUNK, hi = lo + EW_SUM_CHUNK < n ? lo + EW_SUM_CHUNK : n;
             double s = 0;
             if (other) for (size_t i = lo; i < hi; i++) s += (double)g[i] * (double)other[i];
             else for (size_t i = lo; i < hi; i++) s += g[i];
             partial[k] = s;
-        }
+        });
         double total = 0;
         for (size_t k = 0; k < nchunks; k++) total += partial[k];
         dx[0] += (float)(sign * total);
@@ -219,7 +220,7 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
 
     if (inner_bcast) {
         // Each input element sums contiguous output runs of length L (e.g. H*W for a bias (N, C, 1, 1)).
-#pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
+        PAR_FOR(schedule(static), n >= EW_PAR_MIN,
         for (size_t j = 0; j < mx; j++) {
             size_t base_g = 0, base_p = 0;
             bcast_unravel(bc, fdims, nf, o, j, &base_g, &base_p);
@@ -233,14 +234,14 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
                 else for (size_t i = 0; i < L; i++) acc += (double)gr[i] * (double)other[oth];
             }
             dx[j] += (float)(sign * acc);
-        }
+        });
         return;
     }
     // The last dim is full for this input (e.g. a bias (D) over (R, D)): one task per
     // (input row, column chunk), walking the broadcast dims in order with one double
     // accumulator per column, so reads stay contiguous.
     size_t xrows = mx / L, nchunk = (L + EW_COL_CHUNK - 1) / EW_COL_CHUNK;
-#pragma omp parallel for schedule(static) if (n >= EW_PAR_MIN)
+    PAR_FOR(schedule(static), n >= EW_PAR_MIN,
     for (size_t u = 0; u < xrows * nchunk; u++) {
         size_t q = u / nchunk, c0 = (u % nchunk) * EW_COL_CHUNK;
         size_t len = L - c0 < EW_COL_CHUNK ? L - c0 : EW_COL_CHUNK;
@@ -258,7 +259,7 @@ static void bcast_backward(Ctx *c, float *dx, const float *g, const float *other
         }
         float *dr = dx + q * L + c0;
         for (size_t i = 0; i < len; i++) dr[i] += (float)(sign * acc[i]);
-    }
+    });
 }
 
 static void binary_backward(Ctx *c, TapeNode *nd) {
@@ -304,8 +305,8 @@ static void affine_backward(Ctx *c, TapeNode *nd) {
     if (!dx) return;
     const float *g = nd->out->grad;
     float s = nd->farg[0];
-#pragma omp parallel for schedule(static) if (x->n >= EW_PAR_MIN)
-    for (size_t i = 0; i < x->n; i++) dx[i] += s * g[i];
+    PAR_FOR(schedule(static), x->n >= EW_PAR_MIN,
+    for (size_t i = 0; i < x->n; i++) dx[i] += s * g[i];);
 }
 
 static Tensor *scale_op(Ctx *c, Tensor *x, float s) {
@@ -314,8 +315,8 @@ static Tensor *scale_op(Ctx *c, Tensor *x, float s) {
     if (!out) return NULL;
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= EW_PAR_MIN)
-    for (size_t i = 0; i < x->n; i++) y[i] = s * xd[i];
+    PAR_FOR(schedule(static), x->n >= EW_PAR_MIN,
+    for (size_t i = 0; i < x->n; i++) y[i] = s * xd[i];);
     TapeNode *nd = tape_record(c, OP_SCALE, affine_backward, out, &x, 1);
     if (nd) nd->farg[0] = s;
     return out;
@@ -327,8 +328,8 @@ static Tensor *add_scalar_op(Ctx *c, Tensor *x, float s) {
     if (!out) return NULL;
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= EW_PAR_MIN)
-    for (size_t i = 0; i < x->n; i++) y[i] = xd[i] + s;
+    PAR_FOR(schedule(static), x->n >= EW_PAR_MIN,
+    for (size_t i = 0; i < x->n; i++) y[i] = xd[i] + s;);
     TapeNode *nd = tape_record(c, OP_ADD_SCALAR, affine_backward, out, &x, 1);
     if (nd) nd->farg[0] = 1.0f;
     return out;

@@ -4,6 +4,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 // Below this many elements the loops run on one thread.
 #define EMB_PAR_MIN 32768
@@ -21,7 +22,7 @@ static void embedding_backward(Ctx *c, TapeNode *nd) {
     const float *g = out->grad;
     // Parallel over columns, not rows: a repeated index would make two threads add into one
     // row; per column every row is added in order, so the sum is the same for any thread count.
-#pragma omp parallel for schedule(static) if (out->n >= EMB_PAR_MIN)
+    PAR_FOR(schedule(static), out->n >= EMB_PAR_MIN,
     for (size_t k = 0; k < nchunk; k++) {
         size_t c0 = k * EMB_COL_CHUNK, c1 = c0 + EMB_COL_CHUNK < D ? c0 + EMB_COL_CHUNK : D;
         for (size_t i = 0; i < n; i++) {
@@ -29,7 +30,7 @@ static void embedding_backward(Ctx *c, TapeNode *nd) {
             const float *gr = g + i * D;
             for (size_t j = c0; j < c1; j++) dr[j] += gr[j];
         }
-    }
+    });
 }
 
 static Tensor *embedding_op(Ctx *c, Tensor *w, const int *idx, int n) {
@@ -52,8 +53,8 @@ static Tensor *embedding_op(Ctx *c, Tensor *w, const int *idx, int n) {
     size_t D = (size_t)w->shape[1];
     const float *wd = w->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (out->n >= EMB_PAR_MIN)
-    for (int i = 0; i < n; i++) memcpy(y + (size_t)i * D, wd + (size_t)idx[i] * D, D * sizeof(float));
+    PAR_FOR(schedule(static), out->n >= EMB_PAR_MIN,
+    for (int i = 0; i < n; i++) memcpy(y + (size_t)i * D, wd + (size_t)idx[i] * D, D * sizeof(float)););
     if (tape_needs_grad(c, &w, 1)) {
         int *saved = ctx_alloc(c, (n ? (size_t)n : 1) * sizeof(int));
         if (!saved) return NULL;

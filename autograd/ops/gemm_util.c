@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "util/par.h"
+
 // Columns summed by one OpenMP task: wide enough for unit-stride inner loops, narrow
 // enough that 512 columns still make several tasks for two threads.
 #define COLSUM_BLOCK 64
@@ -75,13 +77,13 @@ void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
     GemmTiles t = gemm_tiles(M, N, K);
     int n = t.pm * t.pn;
     // inside a parallel region (attention's per-head loop) the same tiles run in order
-#pragma omp parallel for schedule(static) if (n > 1 && !omp_in_parallel())
-    for (int i = 0; i < n; i++) gemm_tile(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, t, i);
+    PAR_FOR(schedule(static), n > 1 && !omp_in_parallel(),
+    for (int i = 0; i < n; i++) gemm_tile(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, t, i););
 }
 
 void gemm_colsum_add(float *db, const float *dy, size_t rows, int cols) {
     int nblocks = (cols + COLSUM_BLOCK - 1) / COLSUM_BLOCK;
-#pragma omp parallel for schedule(static) if (rows * (size_t)cols >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), rows * (size_t)cols >= GEMM_OMP_MIN_WORK,
     for (int blk = 0; blk < nblocks; blk++) {
         int j0 = blk * COLSUM_BLOCK, w = cols - j0 < COLSUM_BLOCK ? cols - j0 : COLSUM_BLOCK;
         double acc[COLSUM_BLOCK] = {0};
@@ -90,11 +92,11 @@ void gemm_colsum_add(float *db, const float *dy, size_t rows, int cols) {
             for (int j = 0; j < w; j++) acc[j] += row[j];
         }
         for (int j = 0; j < w; j++) db[j0 + j] += (float)acc[j];
-    }
+    });
 }
 
 void gemm_channel_sum_add(float *db, const float *dy, int N, int C, size_t P) {
-#pragma omp parallel for schedule(static) if ((size_t)N * C * P >= GEMM_OMP_MIN_WORK)
+    PAR_FOR(schedule(static), (size_t)N * C * P >= GEMM_OMP_MIN_WORK,
     for (int ch = 0; ch < C; ch++) {
         double s = 0;
         for (int n = 0; n < N; n++) {
@@ -102,5 +104,5 @@ void gemm_channel_sum_add(float *db, const float *dy, int N, int C, size_t P) {
             for (size_t i = 0; i < P; i++) s += p[i];
         }
         db[ch] += (float)s;
-    }
+    });
 }

@@ -7,6 +7,7 @@
 #include "autograd/ops.h"
 #include "autograd/profile.h"
 #include "autograd/ops/gemm_util.h"
+#include "util/par.h"
 
 // iarg layout of a matmul node
 enum { MM_TRANS_A, MM_TRANS_B, MM_SHARED_B, MM_BATCH, MM_M, MM_N, MM_K };
@@ -159,8 +160,8 @@ static Tensor *linear_op(Ctx *c, Tensor *x, Tensor *w, Tensor *b) {
     if (!y) return NULL;
     if (b) {
         // y starts as the bias rows; the GEMM then adds x w^T (beta = 1)
-#pragma omp parallel for schedule(static) if ((size_t)rows * nout >= GEMM_OMP_MIN_WORK)
-        for (int r = 0; r < rows; r++) memcpy(y->data + (size_t)r * nout, b->data, (size_t)nout * sizeof(float));
+        PAR_FOR(schedule(static), (size_t)rows * nout >= GEMM_OMP_MIN_WORK,
+        for (int r = 0; r < rows; r++) memcpy(y->data + (size_t)r * nout, b->data, (size_t)nout * sizeof(float)););
     }
     gemm_rm(0, 1, rows, nout, nin, 1.0f, x->data, nin, w->data, nin, b ? 1.0f : 0.0f, y->data, nout);
     Tensor *in[3] = {x, w, b};

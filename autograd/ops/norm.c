@@ -20,6 +20,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops/fastmath.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 // Below this many elements the loops run on one thread.
 #define NORM_PAR_MIN 16384
@@ -72,7 +73,7 @@ static void layer_norm_backward(Ctx *c, TapeNode *nd) {
     if (c->err.code || R == 0) return;
 
     if (dx) {
-#pragma omp parallel for schedule(static) if (x->n >= NORM_PAR_MIN)
+        PAR_FOR(schedule(static), x->n >= NORM_PAR_MIN,
         for (size_t r = 0; r < R; r++) {
             const float *xr = xd + r * C, *gr = g + r * C;
             float *dr = dx + r * C;
@@ -89,7 +90,7 @@ static void layer_norm_backward(Ctx *c, TapeNode *nd) {
                 double xh = (xr[i] - m) * rs;
                 dr[i] += (float)(rs * (dxh - s1 - xh * s2));
             }
-        }
+        });
     }
     if (!dgamma && !dbeta) return;
     size_t rows_per = (R + LN_MAX_BLOCKS - 1) / LN_MAX_BLOCKS;
@@ -99,7 +100,7 @@ static void layer_norm_backward(Ctx *c, TapeNode *nd) {
     // partial[b][0][i]: block b's sum of dy * xhat for channel i; partial[b][1][i]: of dy
     double *partial = ctx_alloc(c, nblk * 2 * C * sizeof(double));
     if (!partial) return;
-#pragma omp parallel for schedule(static) if (x->n >= NORM_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= NORM_PAR_MIN,
     for (size_t b = 0; b < nblk; b++) {
         double *pg = partial + b * 2 * C, *pb = pg + C;
         for (size_t i = 0; i < C; i++) pg[i] = pb[i] = 0;
@@ -112,8 +113,8 @@ static void layer_norm_backward(Ctx *c, TapeNode *nd) {
                 pb[i] += gr[i];
             }
         }
-    }
-#pragma omp parallel for schedule(static) if (C * nblk >= NORM_PAR_MIN)
+    });
+    PAR_FOR(schedule(static), C * nblk >= NORM_PAR_MIN,
     for (size_t i = 0; i < C; i++) {
         double sg = 0, sb = 0;
         for (size_t b = 0; b < nblk; b++) {
@@ -122,7 +123,7 @@ static void layer_norm_backward(Ctx *c, TapeNode *nd) {
         }
         if (dgamma) dgamma[i] += (float)sg;
         if (dbeta) dbeta[i] += (float)sb;
-    }
+    });
     arena_release(&c->arena, mark);
 }
 
@@ -142,7 +143,7 @@ static Tensor *layer_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, flo
     float *mean = stats, *rstd = stats + R;
     const float *xd = x->data, *gm = gamma ? gamma->data : NULL, *bt = beta ? beta->data : NULL;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= NORM_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= NORM_PAR_MIN,
     for (size_t r = 0; r < R; r++) {
         const float *xr = xd + r * C;
         float *yr = y + r * C;
@@ -154,7 +155,7 @@ static Tensor *layer_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, flo
             float yh = (float)((xr[i] - m) * rs);
             yr[i] = (gm ? yh * gm[i] : yh) + (bt ? bt[i] : 0.0f);
         }
-    }
+    });
     Tensor *in[3] = {x, gamma, beta};
     TapeNode *nd = tape_record(c, OP_LAYER_NORM, layer_norm_backward, out, in, 3);
     if (nd) nd->saved = stats;
@@ -176,7 +177,7 @@ static void group_norm_backward(Ctx *c, TapeNode *nd) {
     if (c->err.code || x->n == 0) return;
 
     if (dx) {
-#pragma omp parallel for schedule(static) if (x->n >= NORM_PAR_MIN)
+        PAR_FOR(schedule(static), x->n >= NORM_PAR_MIN,
         for (size_t ng = 0; ng < N * G; ng++) {
             size_t c0 = (ng % G) * CG;
             const float *xg = xd + ng * M, *gg = g + ng * M;  // a group's channels are contiguous
@@ -199,10 +200,10 @@ static void group_norm_backward(Ctx *c, TapeNode *nd) {
                     dg[k * S + s] += (float)(rs * ((double)gg[k * S + s] * gam - s1 - xh * s2));
                 }
             }
-        }
+        });
     }
     if (!dgamma && !dbeta) return;
-#pragma omp parallel for schedule(static) if (x->n >= NORM_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= NORM_PAR_MIN,
     for (size_t ch = 0; ch < C; ch++) {
         double sg = 0, sb = 0;
         for (size_t n = 0; n < N; n++) {
@@ -216,7 +217,7 @@ static void group_norm_backward(Ctx *c, TapeNode *nd) {
         }
         if (dgamma) dgamma[ch] += (float)sg;
         if (dbeta) dbeta[ch] += (float)sb;
-    }
+    });
 }
 
 static Tensor *group_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int G, float eps) {
@@ -242,7 +243,7 @@ static Tensor *group_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int
     float *mean = stats, *rstd = stats + NG;
     const float *xd = x->data, *gm = gamma ? gamma->data : NULL, *bt = beta ? beta->data : NULL;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= NORM_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= NORM_PAR_MIN,
     for (size_t ng = 0; ng < NG; ng++) {
         size_t c0 = (ng % (size_t)G) * CG;
         const float *xg = xd + ng * M;  // group ng = (n, g) covers channels c0 .. c0 + CG of sample n
@@ -253,7 +254,7 @@ static Tensor *group_norm_op(Ctx *c, Tensor *x, Tensor *gamma, Tensor *beta, int
         rstd[ng] = (float)rs;
         for (size_t k = 0; k < CG; k++)
             norm_apply(yg + k * S, xg + k * S, S, m, rs, gm ? gm[c0 + k] : 1.0f, bt ? bt[c0 + k] : 0.0f);
-    }
+    });
     Tensor *in[3] = {x, gamma, beta};
     TapeNode *nd = tape_record(c, OP_GROUP_NORM, group_norm_backward, out, in, 3);
     if (nd) {

@@ -5,6 +5,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 #define REDUCE_CHUNK 4096
 
@@ -23,7 +24,7 @@ static double reduce_sum(const float *a, const float *b, size_t n) {
         }
         return total;
     }
-#pragma omp parallel for schedule(static)
+    PAR_FOR(schedule(static), 1,
     for (size_t k = 0; k < nchunks; k++) {
         size_t lo = k * REDUCE_CHUNK, hi = lo + REDUCE_CHUNK < n ? lo + REDUCE_CHUNK : n;
         double s = 0;
@@ -36,7 +37,7 @@ static double reduce_sum(const float *a, const float *b, size_t n) {
             for (size_t i = lo; i < hi; i++) s += a[i];
         }
         partial[k] = s;
-    }
+    });
     for (size_t k = 0; k < nchunks; k++) total += partial[k];
     return total;
 }
@@ -47,8 +48,8 @@ static void sum_backward(Ctx *c, TapeNode *nd) {
     float *dx = tensor_grad(c, x);
     if (!dx) return;
     float g = nd->out->grad[0] * nd->farg[0];
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < x->n; i++) dx[i] += g;
+    PAR_FOR(schedule(static), 1,
+    for (size_t i = 0; i < x->n; i++) dx[i] += g;);
 }
 
 static Tensor *reduce_op(Ctx *c, Tensor *x, int op, float factor) {
@@ -74,12 +75,12 @@ static void mse_backward(Ctx *c, TapeNode *nd) {
     float *da = a->requires_grad ? tensor_grad(c, a) : NULL;
     float *db = b->requires_grad ? tensor_grad(c, b) : NULL;
     if ((a->requires_grad && !da) || (b->requires_grad && !db)) return;
-#pragma omp parallel for schedule(static)
+    PAR_FOR(schedule(static), 1,
     for (size_t i = 0; i < a->n; i++) {
         float d = g * (a->data[i] - b->data[i]);
         if (da) da[i] += d;
         if (db) db[i] -= d;
-    }
+    });
 }
 
 static Tensor *mse_loss_op(Ctx *c, Tensor *a, Tensor *b, int mean) {

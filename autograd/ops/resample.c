@@ -6,6 +6,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 // Below this many elements the planes run on one thread.
 #define RS_PAR_MIN 16384
@@ -24,7 +25,7 @@ static void upsample_backward(Ctx *c, TapeNode *nd) {
     if (!dx) return;
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1], H = (size_t)x->shape[2], W = (size_t)x->shape[3];
     const float *g = nd->out->grad;
-#pragma omp parallel for schedule(static) if (nd->out->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), nd->out->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++) {
         const float *gp = g + p * 4 * H * W;
         float *dp = dx + p * H * W;
@@ -32,7 +33,7 @@ static void upsample_backward(Ctx *c, TapeNode *nd) {
             const float *g0 = gp + 2 * h * 2 * W, *g1 = g0 + 2 * W;  // output rows 2h and 2h+1
             for (size_t w = 0; w < W; w++) dp[h * W + w] += g0[2 * w] + g0[2 * w + 1] + g1[2 * w] + g1[2 * w + 1];
         }
-    }
+    });
 }
 
 static Tensor *upsample_nearest2x_op(Ctx *c, Tensor *x) {
@@ -43,7 +44,7 @@ static Tensor *upsample_nearest2x_op(Ctx *c, Tensor *x) {
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1], H = (size_t)x->shape[2], W = (size_t)x->shape[3];
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (out->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), out->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++) {
         const float *xp = xd + p * H * W;
         float *yp = y + p * 4 * H * W;
@@ -52,7 +53,7 @@ static Tensor *upsample_nearest2x_op(Ctx *c, Tensor *x) {
             for (size_t w = 0; w < W; w++) y0[2 * w] = y0[2 * w + 1] = xp[h * W + w];
             memcpy(y0 + 2 * W, y0, 2 * W * sizeof(float));
         }
-    }
+    });
     tape_record(c, OP_UPSAMPLE_NEAREST2X, upsample_backward, out, &x, 1);
     return out;
 }
@@ -110,7 +111,7 @@ static void avg_pool_backward(Ctx *c, TapeNode *nd) {
     int H = x->shape[2], W = x->shape[3], Ho = out->shape[2], Wo = out->shape[3];
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1];
     const float *g = out->grad;
-#pragma omp parallel for schedule(static) if (x->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++) {
         const float *gp = g + p * (size_t)Ho * Wo;
         float *dp = dx + p * (size_t)H * W;
@@ -124,7 +125,7 @@ static void avg_pool_backward(Ctx *c, TapeNode *nd) {
                     for (int w = w0; w < w1; w++) dp[h * W + w] += v;
             }
         }
-    }
+    });
 }
 
 static Tensor *avg_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad, int count_include_pad) {
@@ -137,7 +138,7 @@ static Tensor *avg_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad, int 
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1];
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++) {
         const float *xp = xd + p * (size_t)H * W;
         float *yp = y + p * (size_t)Ho * Wo;
@@ -175,7 +176,7 @@ static Tensor *avg_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad, int 
                 for (int ow = lo; ow < hi; ow++) yp[oh * Wo + ow] = acc[ow] / cnt;
             }
         }
-    }
+    });
     TapeNode *nd = tape_record(c, OP_AVG_POOL2D, avg_pool_backward, out, &x, 1);
     if (nd) {
         nd->iarg[0] = k;
@@ -195,9 +196,9 @@ static void max_pool_backward(Ctx *c, TapeNode *nd) {
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1];
     size_t HW = (size_t)x->shape[2] * (size_t)x->shape[3], HWo = (size_t)out->shape[2] * (size_t)out->shape[3];
     const float *g = out->grad;
-#pragma omp parallel for schedule(static) if (x->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++)
-        for (size_t o = 0; o < HWo; o++) dx[p * HW + (size_t)arg[p * HWo + o]] += g[p * HWo + o];
+        for (size_t o = 0; o < HWo; o++) dx[p * HW + (size_t)arg[p * HWo + o]] += g[p * HWo + o];);
 }
 
 static Tensor *max_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad) {
@@ -213,7 +214,7 @@ static Tensor *max_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad) {
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1];
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++) {
         const float *xp = xd + p * (size_t)H * W;
         float *yp = y + p * (size_t)Ho * Wo;
@@ -260,7 +261,7 @@ static Tensor *max_pool2d_op(Ctx *c, Tensor *x, int k, int stride, int pad) {
                 if (arg) arg[p * (size_t)Ho * Wo + (size_t)(oh * Wo + ow)] = best;
             }
         }
-    }
+    });
     TapeNode *nd = tape_record(c, OP_MAX_POOL2D, max_pool_backward, out, &x, 1);
     if (nd) nd->saved = arg;
     return out;
@@ -277,13 +278,13 @@ static void pad_backward(Ctx *c, TapeNode *nd) {
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1], H = (size_t)x->shape[2], W = (size_t)x->shape[3];
     size_t Ho = (size_t)out->shape[2], Wo = (size_t)out->shape[3];
     const float *g = out->grad;
-#pragma omp parallel for schedule(static) if (out->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), out->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++)
         for (size_t h = 0; h < H; h++) {
             const float *gr = g + (p * Ho + top + h) * Wo + left;
             float *dr = dx + (p * H + h) * W;
             for (size_t w = 0; w < W; w++) dr[w] += gr[w];
-        }
+        });
 }
 
 static Tensor *pad2d_op(Ctx *c, Tensor *x, int left, int right, int top, int bottom, float value) {
@@ -300,14 +301,14 @@ static Tensor *pad2d_op(Ctx *c, Tensor *x, int left, int right, int top, int bot
     size_t P = (size_t)x->shape[0] * (size_t)x->shape[1], Ho = (size_t)out->shape[2], Wo = (size_t)out->shape[3];
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (out->n >= RS_PAR_MIN)
+    PAR_FOR(schedule(static), out->n >= RS_PAR_MIN,
     for (size_t p = 0; p < P; p++) {
         float *yp = y + p * Ho * Wo;
         for (size_t i = 0; i < Ho * Wo; i++) yp[i] = value;
         for (size_t h = 0; h < (size_t)H; h++)
             memcpy(yp + ((size_t)top + h) * Wo + (size_t)left, xd + (p * (size_t)H + h) * (size_t)W,
                    (size_t)W * sizeof(float));
-    }
+    });
     TapeNode *nd = tape_record(c, OP_PAD2D, pad_backward, out, &x, 1);
     if (nd) {
         nd->iarg[0] = left;

@@ -8,6 +8,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 // Below this many elements the loops run on one thread.
 #define SHAPE_PAR_MIN 32768
@@ -97,11 +98,11 @@ static void permute_backward(Ctx *c, TapeNode *nd) {
     size_t L = out->ndim ? (size_t)out->shape[out->ndim - 1] : 1, rows = out->n / L;
     size_t sl = out->ndim ? pst[out->ndim - 1] : 1;
     const float *g = out->grad;
-#pragma omp parallel for schedule(static) if (out->n >= SHAPE_PAR_MIN)
+    PAR_FOR(schedule(static), out->n >= SHAPE_PAR_MIN,
     for (size_t r = 0; r < rows; r++) {
         size_t off = permute_row_offset(out, pst, r);
         for (size_t j = 0; j < L; j++) dx[off + j * sl] += g[r * L + j];
-    }
+    });
 }
 
 static Tensor *permute_op(Ctx *c, Tensor *x, const int *perm) {
@@ -126,11 +127,11 @@ static Tensor *permute_op(Ctx *c, Tensor *x, const int *perm) {
         size_t sl = x->ndim ? pst[x->ndim - 1] : 1;
         const float *xd = x->data;
         float *y = out->data;
-#pragma omp parallel for schedule(static) if (out->n >= SHAPE_PAR_MIN)
+        PAR_FOR(schedule(static), out->n >= SHAPE_PAR_MIN,
         for (size_t r = 0; r < rows; r++) {
             size_t off = permute_row_offset(out, pst, r);
             for (size_t j = 0; j < L; j++) y[r * L + j] = xd[off + j * sl];
-        }
+        });
     }
     TapeNode *nd = tape_record(c, OP_PERMUTE, permute_backward, out, &x, 1);
     if (nd)
@@ -162,12 +163,12 @@ static void concat_backward(Ctx *c, TapeNode *nd) {
         if (x->requires_grad) {
             float *dx = tensor_grad(c, x);
             if (!dx) return;
-#pragma omp parallel for schedule(static) if (x->n >= SHAPE_PAR_MIN)
+            PAR_FOR(schedule(static), x->n >= SHAPE_PAR_MIN,
             for (size_t o = 0; o < outer; o++) {
                 const float *gr = g + o * Dout * inner + off;
                 float *dr = dx + o * blk;
                 for (size_t j = 0; j < blk; j++) dr[j] += gr[j];
-            }
+            });
         }
         off += blk;
     }
@@ -217,9 +218,9 @@ static Tensor *concat_op(Ctx *c, Tensor *const *xs, int n, int dim) {
     for (int k = 0; k < n; k++) {
         const Tensor *x = xs[k];
         size_t blk = (size_t)x->shape[d] * inner;
-#pragma omp parallel for schedule(static) if (x->n >= SHAPE_PAR_MIN)
+        PAR_FOR(schedule(static), x->n >= SHAPE_PAR_MIN,
         for (size_t o = 0; o < outer; o++)
-            memcpy(out->data + o * Dout * inner + off, x->data + o * blk, blk * sizeof(float));
+            memcpy(out->data + o * Dout * inner + off, x->data + o * blk, blk * sizeof(float)););
         off += blk;
     }
     TapeNode *tn = tape_record(c, OP_CONCAT, concat_backward, out, xs, n);
@@ -237,12 +238,12 @@ static void slice_backward(Ctx *c, TapeNode *nd) {
     outer_inner(x, dim, &outer, &inner);
     size_t blk = (size_t)out->shape[dim] * inner;
     const float *g = out->grad;
-#pragma omp parallel for schedule(static) if (out->n >= SHAPE_PAR_MIN)
+    PAR_FOR(schedule(static), out->n >= SHAPE_PAR_MIN,
     for (size_t o = 0; o < outer; o++) {
         float *dr = dx + (o * D + start) * inner;
         const float *gr = g + o * blk;
         for (size_t j = 0; j < blk; j++) dr[j] += gr[j];
-    }
+    });
 }
 
 static Tensor *slice_op(Ctx *c, Tensor *x, int dim, int start, int len) {
@@ -268,8 +269,8 @@ static Tensor *slice_op(Ctx *c, Tensor *x, int dim, int start, int len) {
     size_t blk = (size_t)len * inner;
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (out->n >= SHAPE_PAR_MIN)
-    for (size_t o = 0; o < outer; o++) memcpy(y + o * blk, xd + (o * D + (size_t)start) * inner, blk * sizeof(float));
+    PAR_FOR(schedule(static), out->n >= SHAPE_PAR_MIN,
+    for (size_t o = 0; o < outer; o++) memcpy(y + o * blk, xd + (o * D + (size_t)start) * inner, blk * sizeof(float)););
     TapeNode *nd = tape_record(c, OP_SLICE, slice_backward, out, &x, 1);
     if (nd) {
         nd->iarg[0] = d;

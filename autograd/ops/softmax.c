@@ -6,6 +6,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/profile.h"
+#include "util/par.h"
 
 // Below this many elements the rows run on one thread.
 #define SOFTMAX_PAR_MIN 16384
@@ -16,7 +17,7 @@ static void softmax_backward(Ctx *c, TapeNode *nd) {
     if (!dx) return;
     size_t C = (size_t)tensor_dim(out, -1), R = C ? out->n / C : 0;
     const float *y = out->data, *g = out->grad;
-#pragma omp parallel for schedule(static) if (out->n >= SOFTMAX_PAR_MIN)
+    PAR_FOR(schedule(static), out->n >= SOFTMAX_PAR_MIN,
     for (size_t r = 0; r < R; r++) {
         const float *yr = y + r * C, *gr = g + r * C;
         float *dr = dx + r * C;
@@ -24,7 +25,7 @@ static void softmax_backward(Ctx *c, TapeNode *nd) {
         for (size_t i = 0; i < C; i++) dot += (double)gr[i] * (double)yr[i];
         float fdot = (float)dot;
         for (size_t i = 0; i < C; i++) dr[i] += yr[i] * (gr[i] - fdot);
-    }
+    });
 }
 
 static Tensor *softmax_op(Ctx *c, Tensor *x) {
@@ -38,7 +39,7 @@ static Tensor *softmax_op(Ctx *c, Tensor *x) {
     size_t C = (size_t)tensor_dim(x, -1), R = C ? x->n / C : 0;
     const float *xd = x->data;
     float *y = out->data;
-#pragma omp parallel for schedule(static) if (x->n >= SOFTMAX_PAR_MIN)
+    PAR_FOR(schedule(static), x->n >= SOFTMAX_PAR_MIN,
     for (size_t r = 0; r < R; r++) {
         const float *xr = xd + r * C;
         float *yr = y + r * C;
@@ -51,7 +52,7 @@ static Tensor *softmax_op(Ctx *c, Tensor *x) {
         }
         double inv = 1.0 / sum;
         for (size_t i = 0; i < C; i++) yr[i] = (float)(yr[i] * inv);
-    }
+    });
     tape_record(c, OP_SOFTMAX, softmax_backward, out, &x, 1);
     return out;
 }

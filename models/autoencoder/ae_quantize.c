@@ -3,6 +3,7 @@
 #include <float.h>
 
 #include "models/autoencoder/ae_impl.h"
+#include "util/par.h"
 
 // z (N, C, h, w), codebook e (n_embed, C). For every position p: d_j = |z_p|^2 + |e_j|^2 - 2 z_p.e_j
 // in float32 in that order (upstream: torch.sum(z**2) + torch.sum(e**2) - 2 * einsum), j* = first
@@ -32,7 +33,8 @@ Tensor *ae_quantize(Ctx *c, AeModel *m, Tensor *z) {
     int N = z->shape[0];
     size_t HW = (size_t)z->shape[2] * z->shape[3];
     long P = (long)N * (long)HW;
-#pragma omp parallel for schedule(static) if (P * (long)K >= 32768)  // tiny lookups stay on one thread
+    // tiny lookups stay on one thread
+    PAR_FOR(schedule(static), P * (long)K >= 32768,
     for (long p = 0; p < P; p++) {
         size_t n = (size_t)p / HW, q = (size_t)p % HW;
         const float *zp = z->data + n * C * HW + q;  // channel k of this position at zp[k * HW]
@@ -51,6 +53,6 @@ Tensor *ae_quantize(Ctx *c, AeModel *m, Tensor *z) {
         }
         float *op = out->data + n * C * HW + q;
         for (int k = 0; k < C; k++) op[k * HW] = zp[k * HW] + (E[(size_t)best * C + k] - zp[k * HW]);
-    }
+    });
     return out;
 }
