@@ -204,6 +204,9 @@ int main(int argc, char **argv) {
                em->n_layers, em->qlevel_bytes, em->qscale_bytes, em->qfp32_bytes,
                (double)em->qfp32_bytes / (double)(em->qlevel_bytes + em->qscale_bytes),
                (double)em->qfp32_bytes / (double)em->qlevel_bytes);
+        printf("      the integer path's unpacked weight operands (built at load): %zu bytes more, in all 1/%.2f of FP32\n",
+               em->qoperand_bytes,
+               (double)em->qfp32_bytes / (double)(em->qlevel_bytes + em->qscale_bytes + em->qoperand_bytes));
     }
 
     int C, H, W;

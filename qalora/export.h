@@ -185,7 +185,8 @@ typedef struct {
     int n_lut_layers;         // of those, layers it runs through 8-bit level tables (export_int.h; approximate)
     size_t qlevel_bytes;      // the quantized layers in memory: packed levels,
     size_t qscale_bytes;      //   per-channel Δ_w, z_w and kernel integers,
-    size_t qfp32_bytes;       //   and the FP32 weights they stand for
+    size_t qfp32_bytes;       //   and the FP32 weights they stand for;
+    size_t qoperand_bytes;    //   the integer path's unpacked weight operands (1 byte per weight)
     char source[1024];
     int ema;                  // effdm.ema "1": the UNet's weights were the teacher's EMA weights
 } ExportModel;

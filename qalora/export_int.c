@@ -173,6 +173,41 @@ static int act_tables(ExportLayer *L, Err *e) {
 
 /* ---- load time ----------------------------------------------------------------------- */
 
+static void int_row(int8_t *dst, const ExportLayer *q, int o);
+
+// The integer path's weight operands (export_int.h: w_s8, or w_col4 and w_colsum) from the
+// packed rows. 0, or -1 when out of memory.
+static int build_operands(ExportLayer *L) {
+    size_t kp = (size_t)L->K4 * 4, co = (size_t)L->cout;
+    if (L->layer->kind != LAYER_LINEAR) {
+        if (!(L->w_s8 = malloc((co + 1) * kp))) return -1;
+        for (int o = 0; o < L->cout; o++) int_row(L->w_s8 + (size_t)o * kp, L, o);
+        int8_t *ones = L->w_s8 + co * kp;
+        for (size_t k = 0; k < kp; k++) ones[k] = (int)(k % (size_t)L->cp) < L->cin ? 1 : 0;
+        return 0;
+    }
+    int8_t *row = malloc(kp);
+    L->w_col4 = malloc(kp * co);
+    L->w_colsum = malloc(co * sizeof(int32_t));
+    if (!row || !L->w_col4 || !L->w_colsum) {
+        free(row);
+        return -1;
+    }
+    // q of output o at column o of every k-group (0 past cin)
+    for (size_t o = 0; o < co; o++) {
+        int_row(row, L, (int)o);
+        int32_t sum = 0;
+        for (size_t k = 0; k < kp; k++) {
+            uint8_t v = (int)k < L->cin ? (uint8_t)(row[k] + L->w_ic) : 0;
+            L->w_col4[((k / 4) * co + o) * 4 + k % 4] = v;
+            sum += v;
+        }
+        L->w_colsum[o] = sum;
+    }
+    free(row);
+    return 0;
+}
+
 int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_delta, const float *w_zero, Err *e) {
     ModelLayer *l = L->layer;
     int co = l->weight.shape[0];
@@ -265,6 +300,7 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     if (L->w_lut_err > EXPORT_LUT_MAX_ERR || L->a_lut_err > EXPORT_LUT_MAX_ERR) ok = 0;  // too coarse: float path
     L->int_ok = ok;
     L->lut = ok && (L->w_lut || L->a_lut);
+    if (ok && build_operands(L)) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
     if (!L->n_side) return 0;
     size_t cnt = (size_t)co * (size_t)L->n_side;
     L->side_kpos = malloc(cnt * sizeof *L->side_kpos);
@@ -277,6 +313,15 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
         L->side_kpos[j] = (int32_t)kpos(L, ci, ki, kj);
         float dense = ((float)levels[(size_t)o * K + (size_t)p] - w_zero[o]) * w_delta[o];
         L->side_coef[j] = L->side_val[j] - dense;
+    }
+    if (l->kind != LAYER_LINEAR) return 0;
+    L->side_kpos_t = malloc(cnt * sizeof *L->side_kpos_t);
+    L->side_coef_t = malloc(cnt * sizeof *L->side_coef_t);
+    if (!L->side_kpos_t || !L->side_coef_t) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
+    for (size_t j = 0; j < cnt; j++) {
+        size_t o = j / (size_t)L->n_side, s = j % (size_t)L->n_side;
+        L->side_kpos_t[s * (size_t)co + o] = L->side_kpos[j];
+        L->side_coef_t[s * (size_t)co + o] = L->side_coef[j];
     }
     return 0;
 }
@@ -294,6 +339,11 @@ void export_layer_release(ExportLayer *L) {
     free(L->side_val);
     free(L->side_kpos);
     free(L->side_coef);
+    free(L->side_kpos_t);
+    free(L->side_coef_t);
+    free(L->w_s8);
+    free(L->w_col4);
+    free(L->w_colsum);
     free(L->w_lut);
     if (L->w_iscale != L->w_delta) free(L->w_iscale);
     free(L->w_delta);
@@ -304,6 +354,12 @@ void export_layer_release(ExportLayer *L) {
 }
 
 size_t export_layer_level_bytes(const ExportLayer *L) { return (size_t)L->cout * L->row_bytes; }
+
+size_t export_layer_operand_bytes(const ExportLayer *L) {
+    size_t kp = (size_t)L->K4 * 4, co = (size_t)L->cout;
+    size_t side_t = L->side_kpos_t ? co * (size_t)L->n_side * (sizeof(int32_t) + sizeof(float)) : 0;
+    return (L->w_s8 ? (co + 1) * kp : 0) + (L->w_col4 ? kp * co + co * sizeof(int32_t) : 0) + side_t;
+}
 
 size_t export_layer_scale_bytes(const ExportLayer *L) {
     // per channel Δ_w, z_w, zoff, rsum; per side entry its position, value, stored position,
@@ -392,6 +448,19 @@ static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, i
 // y[i] += c (col[4 i] - za) for i < n: one side-table weight's contribution over a column of
 // the col4 im2col (its input level is every 4th byte). Compiled for AVX-512, AVX2 and baseline
 // (picked at load time): the byte stride keeps the baseline loop scalar. Same bits in each.
+/* A linear layer's side correction of one output row y (co): y[o] += c[s][o] av[kpos[s][o]]
+   for each side entry s in order, av the row's activation levels minus z_a (exact as floats)
+   and c = side_coef Δ_a: per output the same products, added in the same order, as the
+   (o, s) loop of the float reference, but over the outputs (gathers) rather than entries. */
+FASTMATH_CLONES static void side_row(float *y, const float *av, const int32_t *kpos, const float *c, int co,
+                                     int n_side) {
+    for (int s = 0; s < n_side; s++) {
+        const int32_t *kp = kpos + (size_t)s * co;
+        const float *cs = c + (size_t)s * co;
+        for (int o = 0; o < co; o++) y[o] += cs[o] * av[kp[o]];
+    }
+}
+
 FASTMATH_CLONES static void side_add(float *y, const uint8_t *col, size_t n, float c, int za) {
     for (size_t i = 0; i < n; i++) y[i] += c * (float)((int)col[4 * i] - za);
 }
@@ -517,24 +586,12 @@ static void interleave4(uint8_t *A, const uint8_t *rows, int K4, size_t n) {
     for (int g = 0; g < K4; g++) interleave4_group(A, rows, g, n););
 }
 
-/* Ws (cout + 1, K4*4) s8: the layer's rows, then a row of ones over the real channels (its
-   GEMM row is S[n], the column sums of the activation levels). */
-static int8_t *weights_s8(Ctx *c, const ExportLayer *q) {
-    size_t kp = (size_t)q->K4 * 4;
-    int8_t *Ws = ctx_alloc(c, (size_t)(q->cout + 1) * kp);
-    if (!Ws) return NULL;
-    for (int o = 0; o < q->cout; o++) int_row(Ws + (size_t)o * kp, q, o);
-    int8_t *ones = Ws + (size_t)q->cout * kp;
-    for (size_t k = 0; k < kp; k++) ones[k] = (int)(k % (size_t)q->cp) < q->cin ? 1 : 0;
-    return Ws;
-}
-
-// int_gemm of Ws against A (n columns) into Cm (cout + 1, n) int32 from the arena.
+// int_gemm of the layer's s8 rows (and ones row) against A (n columns) into Cm (cout + 1, n)
+// int32 from the arena.
 static int32_t *gemm(Ctx *c, const ExportLayer *q, const uint8_t *A, size_t n) {
-    int8_t *Ws = weights_s8(c, q);
     int32_t *Cm = ctx_alloc(c, (size_t)(q->cout + 1) * n * sizeof(int32_t));
-    if (!Ws || !Cm) return NULL;
-    int_gemm(q->model->kernel, Cm, n, Ws, (size_t)q->K4 * 4, A, n, q->cout + 1, (int)n, q->K4,
+    if (!Cm) return NULL;
+    int_gemm(q->model->kernel, Cm, n, q->w_s8, (size_t)q->K4 * 4, A, n, q->cout + 1, (int)n, q->K4,
              q->wmax > 1 ? q->wmax : 1, q->a_imax);
     return Cm;
 }
@@ -627,11 +684,10 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
     Tensor *y = tensor_new(c, x->ndim, shape);
     if (!y) return NULL;
     size_t mark = arena_mark(&c->arena), kp = (size_t)K4 * 4, ldn = (size_t)co;
-    uint8_t *xq = ctx_alloc(c, n * kp), *Wt = ctx_alloc(c, kp * ldn);
-    int8_t *row = ctx_alloc(c, kp);
-    int32_t *Cm = ctx_alloc(c, n * ldn * sizeof(int32_t)), *Q = ctx_alloc(c, (size_t)co * sizeof(int32_t));
-    int32_t *S = ctx_alloc(c, n * sizeof(int32_t));
-    if (!xq || !Wt || !row || !Cm || !Q || !S) return NULL;
+    uint8_t *xq = ctx_alloc(c, n * kp);
+    int32_t *Cm = ctx_alloc(c, n * ldn * sizeof(int32_t)), *S = ctx_alloc(c, n * sizeof(int32_t));
+    const int32_t *Q = q->w_colsum;
+    if (!xq || !Cm || !S) return NULL;
     quantize_rows(q, entry, xq, x->data, n, (size_t)in, kp);
     // S[r] here, not as a GEMM column: out + 1 columns would cost a whole extra (masked)
     // 32-column strip of the kernel when out is a multiple of 32
@@ -643,41 +699,37 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
         S[r] = sum;
         for (size_t k = 0; k < kp; k++) a[k] ^= 0x80;  // a - 128 as s8 (padding: weights 0 there)
     });
-    // Wt col4 over ldn columns: q of output o at column o (0 past cin)
-    for (int o = 0; o < co; o++) {
-        int_row(row, q, o);
-        int32_t sum = 0;
-        for (size_t k = 0; k < kp; k++) {
-            uint8_t v = (int)k < in ? (uint8_t)(row[k] + q->w_ic) : 0;
-            Wt[((k / 4) * ldn + (size_t)o) * 4 + k % 4] = v;
-            sum += v;
-        }
-        Q[o] = sum;
-    }
-    int_gemm(q->model->kernel, Cm, ldn, (const int8_t *)xq, kp, Wt, ldn, (int)n, (int)ldn, K4, 128,
+    int_gemm(q->model->kernel, Cm, ldn, (const int8_t *)xq, kp, q->w_col4, ldn, (int)n, (int)ldn, K4, 128,
              q->w_umax);
     const float *bias = l->bias.data;
-    // per output, the parts that do not depend on the row: 128 Q - z_a R, and the scale
+    // per output, the parts that do not depend on the row: 128 Q - z_a R, and the scale; the
+    // side table's coefficients times Δ_a; per row its levels minus z_a as floats (side rows)
+    int ns = q->n_side;
     float *sc = ctx_alloc(c, (size_t)co * sizeof(float)), *bo = ctx_alloc(c, (size_t)co * sizeof(float));
     int32_t *k1 = ctx_alloc(c, (size_t)co * sizeof(int32_t)), *zw = ctx_alloc(c, (size_t)co * sizeof(int32_t));
-    if (!sc || !bo || !k1 || !zw) return NULL;
+    float *cd = ns ? ctx_alloc(c, (size_t)co * ns * sizeof(float)) : NULL;
+    float *av = ns ? ctx_alloc(c, n * (size_t)in * sizeof(float)) : NULL;
+    if (!sc || !bo || !k1 || !zw || (ns && (!cd || !av))) return NULL;
     for (int o = 0; o < co; o++) {
         k1[o] = 128 * Q[o] - za * q->rsum[o];
         zw[o] = q->zoff[o] + q->w_ic;
         sc[o] = da * q->w_iscale[o];
         bo[o] = bias ? bias[o] : 0.0f;
     }
+    for (size_t j = 0; j < (size_t)co * ns; j++) cd[j] = q->side_coef_t[j] * da;
     PAR_FOR(schedule(static), (size_t)co * n >= GEMM_OMP_MIN_WORK,
     for (size_t r = 0; r < n; r++) {
         const int32_t *cr = Cm + r * ldn;
         int32_t s = S[r];
         float *yr = y->data + r * co;
         for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
-        // the side table: the row's levels were flipped to a - 128 above
-        const uint8_t *a = xq + r * kp;
-        for (int o = 0, j = 0; o < co; o++)  // (j runs over the (co, n_side) table in order)
-            for (int e = 0; e < q->n_side; e++, j++)
-                yr[o] += q->side_coef[j] * da * (float)((int)(a[q->side_kpos[j]] ^ 0x80) - za);
+        if (ns) {
+            // the row's levels were flipped to a - 128 above
+            const uint8_t *a = xq + r * kp;
+            float *ar = av + r * (size_t)in;
+            for (int k = 0; k < in; k++) ar[k] = (float)((int)(a[k] ^ 0x80) - za);
+            side_row(yr, ar, q->side_kpos_t, cd, co, ns);
+        }
     });
     arena_release(&c->arena, mark);
     return y;

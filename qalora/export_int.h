@@ -10,7 +10,7 @@
    - integer path: x -> u8 levels with the active TALSQ entry (exactly t_fake_quant's
      levels), 4 channels interleaved into 32-bit words, im2col of the words (padding = z_a,
      the level of a real 0) straight into int_gemm's col4 layout, int_gemm against
-     the unpacked s8 weights (unpacked per call into arena scratch, 1 byte per weight),
+     the unpacked s8 weights (unpacked once at load, 1 byte per weight: w_s8 below),
      then y[o,n] = Δ_a Δ_w[o] (D[o,n] - zoff[o] S[n] - z_a R[o]) + bias[o], with
      D = Σ_k a_k (q_k - c), S[n] = Σ_k a_k (convs: a ones row of the same GEMM),
      R[o] = Σ_k (q_k - z_w[o]), zoff[o] = z_w[o] - c; c = 0 for 2/4-bit containers (q fits
@@ -78,6 +78,8 @@ struct ExportLayer {
     float *side_val;     // (cout, n_side)
     int32_t *side_kpos;  // (cout, n_side) positions in the stored (tap-major) row
     float *side_coef;    // (cout, n_side)
+    int32_t *side_kpos_t;  // linear layers: side_kpos and side_coef transposed, (n_side, cout), so
+    float *side_coef_t;    // that the epilogue's correction runs over the outputs (export_int.c)
     int int_ok;          // 1: the layer runs the integer path (exactly, or through level tables: lut)
     /* The level tables of a kind that is not affine but has monotone levels (qkind.h lut, e.g.
        nupes): the integer path runs its codes through them (export_int.c "level tables"); NULL
@@ -92,6 +94,14 @@ struct ExportLayer {
     int a_imax, w_umax;  // largest activation operand (2^a_bits - 1, 255 with a table); largest
                          // weight level q (u8, the linear GEMM's operand): 2^cbits - 1, 255 with a table
     int w_ic;            // the level of weight 0 in the linear GEMM's u8 operand: wc, 128 with a table
+    /* The integer path's weight operands, built once at load (export_layer_prepare) from the
+       packed rows, 1 byte per weight: unpacking them per call cost more than the GEMM at the
+       small batches of a batch-split part. Convs: w_s8 (cout + 1, K4*4), the s8 rows then a
+       ones row over the real channels (its GEMM row is S). Linear: w_col4, the u8 levels q in
+       int_gemm's col4 layout over cout columns, and w_colsum[o] = Σ_k q. NULL when !int_ok. */
+    int8_t *w_s8;
+    uint8_t *w_col4;
+    int32_t *w_colsum;
     double w_lut_err, a_lut_err;  // the tables' worst relative L2 level error (channel / entry); 0: none
 };
 
@@ -109,9 +119,11 @@ void export_layer_release(ExportLayer *L);
 // floats): the student's weight exactly, brought back to the layer's own basis (W_eff H) when the
 // layer is rotated. 0, or ERR_NOMEM (w untouched).
 int export_layer_dequant(const ExportLayer *L, float *w);
-// Bytes the layer's weights occupy in memory: packed levels, and Δ_w / z_w / zoff / rsum.
+// Bytes the layer's weights occupy in memory: packed levels, and Δ_w / z_w / zoff / rsum;
+// the integer path's unpacked operands (w_s8 / w_col4, w_colsum).
 size_t export_layer_level_bytes(const ExportLayer *L);
 size_t export_layer_scale_bytes(const ExportLayer *L);
+size_t export_layer_operand_bytes(const ExportLayer *L);
 // ModelLayer.quant_forward of an export layer: the integer or the float path (above).
 Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x);
 

@@ -457,6 +457,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         em->n_lut_layers += X->lut;
         em->qlevel_bytes += export_layer_level_bytes(X);
         em->qscale_bytes += export_layer_scale_bytes(X);
+        em->qoperand_bytes += export_layer_operand_bytes(X);
         em->qfp32_bytes += X->layer->weight.n * sizeof(float);
     }
     if ((rc = read_gains(f, "guidance_gain", em->train_sched.n, &em->guidance_gain, e)) ||  // optional (guidance_gain.h)
