@@ -134,5 +134,7 @@ Tensor *ldm_split_apply(Ctx *c, Ldm *m, Tensor *x, const float *t, const int *y)
 Tensor *ldm_split_decode(Ctx *c, Ldm *m, Tensor *z);
 // Frees the sub-batch contexts (ldm_free calls it).
 void ldm_split_free(Ldm *m);
+// Sum of the sub-batch contexts' arena high-water marks (bytes; memory reports).
+size_t ldm_split_peak(const Ldm *m);
 
 #endif

@@ -64,6 +64,12 @@ void ldm_split_free(Ldm *m) {
     m->n_split_ctx = 0;
 }
 
+size_t ldm_split_peak(const Ldm *m) {
+    size_t s = 0;
+    for (int k = 0; k < m->n_split_ctx; k++) s += m->split_ctx[k].arena.peak;
+    return s;
+}
+
 // Part p of x's batch (rows [p N / parts, (p + 1) N / parts)) on context w; only the result
 // stays in w's arena (the next part's intermediates reuse the memory, so a thread's parts
 // share one working set), until the next split call resets w.

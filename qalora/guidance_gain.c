@@ -161,6 +161,9 @@ int gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *guidance,
     r.h = (FitHook){q, 0, 0, (1L + (guidance ? GUIDANCE_GRID.n : 0) + (eps ? EPS_GRID.n : 0)) * r.batches + 1};
     if (o->on_progress) o->on_progress(0, r.h.total, o->user);
     m->guidance_gain = m->eps_gain = 0;
+    // teacher and student (calibrated, no hooks, grad off) read the model only: their batches
+    // may run on the threads at once (ldm.h)
+    m->split_batch = 1;
     if ((rc = run_all(&r.c, m, &r.h, o, r.y, r.zt, r.per, r.rng, e))) goto done;
     r.h.student = 1;
     GridPoint gp = {&r, m, o, 0, 0.0f, e};
@@ -170,6 +173,7 @@ int gain_fit(QModel *q, Ldm *m, const GuidanceFitOpts *o, GuidanceFit *guidance,
     if (eps && (rc = gain_search(&EPS_GRID, grid_point_err, &gp, eps))) goto done;
     if (o->on_progress) o->on_progress(r.h.total, r.h.total, o->user);
 done:
+    m->split_batch = 0;
     m->guidance_gain = m->eps_gain = 0;
     qmodel_enable(q, 0);
     ctx_free(&r.c);

@@ -16,6 +16,7 @@
 #include "io/dtype.h"
 #include "models/ldm.h"
 #include "qalora/qmodel.h"
+#include "util/threads.h"
 
 #define TEACHER_DIR TEST_DATA_DIR "/../../models/zoo/fmnist-ldm"
 static const double TOL_PTQ = 1e-5;   // same formulas, possibly another summation order in the convs
@@ -981,6 +982,54 @@ static void test_state_nupes(void **state) {
     ldm_free(m);
 }
 
+/* ---- batch split of the calibrated student (models/ldm_split.c) --------------------- */
+
+// The gain fit runs the fake-quantized student with the batch split (qalora/guidance_gain.c):
+// a calibrated student with grad mode off reads the model only, so on 2 threads each part's
+// output equals a plain forward of the part alone, bit for bit (rotated layers too).
+static void test_split_student(void **state) {
+    (void)state;
+    Ldm *m = teacher_load();
+    for (int rot = 0; rot <= 16; rot += 16) {
+        QModelConfig qc;
+        qmodel_config_defaults(&qc);
+        qc.rotate_block = rot;
+        QModel q;
+        student_init(&q, m, &qc, 5);
+        Ctx c;
+        Err e = {0};
+        assert_int_equal(ctx_init(&c, (size_t)1 << 30, &e), 0);
+        student_calibrate(&q, &c, m, 6);
+        qmodel_enable(&q, 1);
+        Inputs in = inputs_make(m, 5, 8);  // 2 parts: images [0, 2) and [2, 5)
+        qmodel_set_timestep(&q, (int)in.t[0]);
+        threads_set(1);
+        m->split_batch = 0;
+        Inputs a = {in.x, in.t, in.y, 2}, b;
+        int C, H, W;
+        ldm_latent_shape(m, &C, &H, &W);
+        b = (Inputs){in.x + (size_t)2 * C * H * W, in.t + 2, in.y + 2, 3};
+        size_t na, nb, ns;
+        float *ra = forward(&c, m, &a, &na), *rb = forward(&c, m, &b, &nb);
+        threads_set(2);
+        m->split_batch = 1;
+        assert_int_equal(ldm_split_applies(&c, m, in.n), 1);
+        float *rs = forward(&c, m, &in, &ns);
+        m->split_batch = 0;
+        threads_set(1);
+        assert_int_equal(ns, na + nb);
+        assert_memory_equal(rs, ra, na * sizeof(float));
+        assert_memory_equal(rs + na, rb, nb * sizeof(float));
+        free(ra);
+        free(rb);
+        free(rs);
+        inputs_free(&in);
+        ctx_free(&c);
+        qmodel_free(&q);
+    }
+    ldm_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_selection),        cmocka_unit_test(test_naive_ptq_and_fp),
@@ -989,6 +1038,7 @@ int main(void) {
         cmocka_unit_test(test_entry_calibration), cmocka_unit_test(test_state_quantizer_kinds),
         cmocka_unit_test(test_state_easyquant),
         cmocka_unit_test(test_state_nupes),
+        cmocka_unit_test(test_split_student),
     };
     return cmocka_run_group_tests_name("qmodel", tests, NULL, NULL);
 }

@@ -93,10 +93,13 @@ static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
     size_t peak0 = c->arena.peak, used0 = c->arena.used;
     c->arena.peak = used0;
     CtxScope sc = ctx_scope_begin(c);
+    // the FP teacher reads the model only: its rows may run on the threads at once (ldm.h)
+    tr->m->split_batch = 1;
     Tensor *p = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
+    tr->m->split_batch = 0;
     p = ctx_scope_end(c, sc, p);
     ctx_set_grad(c, prev);
-    tr->teacher_peak = c->arena.peak - used0;
+    tr->teacher_peak = c->arena.peak - used0 + ldm_split_peak(tr->m);
     tr->teacher_kept = c->arena.used - used0;
     tr->teacher_nodes = c->n_nodes;
     if (c->arena.peak < peak0) c->arena.peak = peak0;
