@@ -39,9 +39,30 @@ static void warn(Ldm *m, const char *fmt, ...) {
     va_end(ap);
 }
 
+Ldm *ldm_clone_unet(const Ldm *src) {
+    Ldm *m = malloc(sizeof *m);
+    if (!m) return NULL;
+    *m = *src;
+    m->borrowed = 1;
+    m->ae = NULL;
+    m->split_batch = 0;
+    m->split_ctx = NULL;
+    m->n_split_ctx = 0;
+    if (!(m->unet = src->unet ? unet_clone_layers(src->unet) : NULL) && src->unet) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
 void ldm_free(Ldm *m) {
     if (!m) return;
     ldm_split_free(m);
+    if (m->borrowed) {
+        unet_free(m->unet);
+        free(m);
+        return;
+    }
     unet_free(m->unet);
     ae_free(m->ae);
     free(m->class_emb_data);

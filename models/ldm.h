@@ -84,6 +84,7 @@ typedef struct {
     int split_batch;
     struct Ctx *split_ctx;     // the sub-batches' contexts (created on first use)
     int n_split_ctx;
+    int borrowed;              // ldm_clone_unet: only unet is this model's own
 } Ldm;
 
 // Loads a model from a CompVis YAML and a .ckpt / .safetensors file (opts may be NULL:
@@ -97,6 +98,10 @@ int ldm_load_from(Ldm **m, const LdmConfig *cfg, WeightFile *f, const LdmLoadOpt
 int ldm_new_random(Ldm **m, const LdmConfig *cfg, uint64_t seed, Err *e);
 // Accepts NULL.
 void ldm_free(Ldm *m);
+// A second model over src's weights with a UNet of its own layer array (unet_clone_layers):
+// the class embedding and schedule are src's, no first stage. src must outlive it. NULL
+// when out of memory.
+Ldm *ldm_clone_unet(const Ldm *src);
 
 // 1 for class-conditional models (ClassEmbedder + cross-attention).
 int ldm_is_class_conditional(const Ldm *m);

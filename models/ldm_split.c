@@ -1,7 +1,9 @@
 /* ldm_split.c: a no-grad forward or decode over a batch as sub-batches at once, one thread
    and one context each (see ldm.h). The threads run the same ldm_apply_model /
    ldm_decode_first_stage on their own Ctx: their ops' OpenMP regions are nested, hence
-   single-threaded (threads_set keeps one active level), and a worker's Ctx never splits again. */
+   single-threaded (threads_set keeps one active level), and a worker's Ctx never splits again.
+   Called inside another parallel region (a slot worker, train/slot_workers.c) it cuts the
+   same parts and runs them on the calling thread: the same bits either way. */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +37,7 @@ static int split_parts(int batch) {
 
 int ldm_split_applies(const Ctx *c, const Ldm *m, int batch) {
     return m->split_batch && !c->grad_enabled && !c->prof && !is_split_ctx(m, c) && batch >= 2 &&
-           m->cfg.image_size * m->cfg.image_size <= SPLIT_MAX_POSITIONS && (!m->unet || !unet_has_act_hook(m->unet)) &&
-           omp_get_level() == 0;
+           m->cfg.image_size * m->cfg.image_size <= SPLIT_MAX_POSITIONS && (!m->unet || !unet_has_act_hook(m->unet));
 }
 
 static int ensure_ctx(Ldm *m, int parts, Err *e) {

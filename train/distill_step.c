@@ -3,6 +3,7 @@
    update of the trajectory with the teacher's guided ε - the reference's
    DDIMSampler_trainer.p_sample_ddim. */
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "train/schedule.h"
@@ -57,9 +58,11 @@ static int op_failed(Ctx *c, Err *e, const char *what) {
 // The teacher's ε without gradient, the student's on the tape, the loss, and its backward
 // (weight w) into the slot's own gradient block; the slot record gets the gradient, the
 // guided ε that moves its x, the loss and a status (ERR_NAN: a non-finite loss, nothing
-// propagated). 0, or the op's error.
-static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
-    Ctx *c = &tr->ctx;
+// propagated). 0, or the op's error. Runs on env's model, student and context: the trainer's
+// own (env->primary: it alone keeps the split times and memory marks), or a slot worker's
+// (slot_workers.c), which may run at the same time as the others.
+static int slot_run(Trainer *tr, SlotEnv *env, int s, int t, float w, Err *e) {
+    Ctx *c = env->c;
     ctx_reset(c);
     double t0 = clock_seconds();
     float *rec = tr->slots + (size_t)s * tr->rec, *eps = rec + tr->q.n_grads;
@@ -70,38 +73,42 @@ static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
     const float scale = (float)tr->cfg.train.scale;
 
     // x_in = cat([x] * 2), c_in = cat([unconditional_conditioning, c]) as the reference
-    memcpy(tr->xin, tr->x + (size_t)b0 * tr->per, n * sizeof(float));
-    if (tr->pair) memcpy(tr->xin + n, tr->xin, n * sizeof(float));
-    for (int i = 0; i < rows; i++) tr->tin[i] = (float)t;
+    float *xin = env->xin, *tin = env->tin;
+    int *yin = env->yin;
+    memcpy(xin, tr->x + (size_t)b0 * tr->per, n * sizeof(float));
+    if (tr->pair) memcpy(xin + n, xin, n * sizeof(float));
+    for (int i = 0; i < rows; i++) tin[i] = (float)t;
     if (tr->cond) {
         for (int b = 0; b < P; b++) {
             if (tr->pair) {
-                tr->yin[b] = tr->uncond_label;
-                tr->yin[P + b] = tr->labels[b0 + b];
+                yin[b] = tr->uncond_label;
+                yin[P + b] = tr->labels[b0 + b];
             } else {
-                tr->yin[b] = tr->labels[b0 + b];
+                yin[b] = tr->labels[b0 + b];
             }
         }
     }
-    const int *y = tr->cond ? tr->yin : NULL;
+    const int *y = tr->cond ? yin : NULL;
 
     // teacher: FP path, grad mode off (records nothing), intermediates freed by the scope
-    qmodel_enable(&tr->q, 0);
-    c->prof = tr->prof_teacher;
+    qmodel_enable(env->q, 0);
+    c->prof = env->primary ? tr->prof_teacher : NULL;
     int prev = ctx_set_grad(c, 0);
     // the teacher's own high-water mark (TrainerMemory): restart the arena's, then restore it
     size_t peak0 = c->arena.peak, used0 = c->arena.used;
     c->arena.peak = used0;
     CtxScope sc = ctx_scope_begin(c);
     // the FP teacher reads the model only: its rows may run on the threads at once (ldm.h)
-    tr->m->split_batch = 1;
-    Tensor *p = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
-    tr->m->split_batch = 0;
+    env->m->split_batch = 1;
+    Tensor *p = ldm_apply_model(c, env->m, tensor_from(c, xin, 4, shape), tin, y);
+    env->m->split_batch = 0;
     p = ctx_scope_end(c, sc, p);
     ctx_set_grad(c, prev);
-    tr->teacher_peak = c->arena.peak - used0 + ldm_split_peak(tr->m);
-    tr->teacher_kept = c->arena.used - used0;
-    tr->teacher_nodes = c->n_nodes;
+    if (env->primary) {
+        tr->teacher_peak = c->arena.peak - used0 + ldm_split_peak(env->m);
+        tr->teacher_kept = c->arena.used - used0;
+        tr->teacher_nodes = c->n_nodes;
+    }
     if (c->arena.peak < peak0) c->arena.peak = peak0;
     if (!p) return op_failed(c, e, "teacher forward");
     if (!tr->pair)
@@ -111,14 +118,14 @@ static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
     else
         distill_guided(eps, p->data, n, scale);
     double t1 = clock_seconds();
-    tr->split[0] += t1 - t0;
+    if (env->primary) tr->split[0] += t1 - t0;
 
     // student: fake-quantized path at the TALSQ entry of t, on the tape
-    c->prof = tr->prof_student;
-    qmodel_enable(&tr->q, 1);
-    qmodel_set_timestep(&tr->q, t);
+    c->prof = env->primary ? tr->prof_student : NULL;
+    qmodel_enable(env->q, 1);
+    qmodel_set_timestep(env->q, t);
     ctx_set_grad(c, 1);
-    Tensor *qo = ldm_apply_model(c, tr->m, tensor_from(c, tr->xin, 4, shape), tr->tin, y);
+    Tensor *qo = ldm_apply_model(c, env->m, tensor_from(c, xin, 4, shape), tin, y);
     Tensor *loss = distill_loss(c, &tr->loss, qo, p);
     if (!loss) return op_failed(c, e, "student forward");
     if (tr->cfg.train.trajectory == RC_TRAJ_STUDENT) {  // the student's own guided ε drives x_{t-1}
@@ -131,17 +138,17 @@ static int slot_run(Trainer *tr, int s, int t, float w, Err *e) {
     }
     tail[0] = loss->data[0];
     double t2 = clock_seconds();
-    tr->split[1] += t2 - t1;
+    if (env->primary) tr->split[1] += t2 - t1;
     if (!isfinite(tail[0])) {
         tape_clear(c);
         tail[1] = (float)ERR_NAN;
         return 0;
     }
-    trainer_bind_grads(tr, rec);  // zeroes the slot's gradient block
-    tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
+    slot_env_bind_grads(env, rec);  // zeroes the slot's gradient block
+    if (env->primary) tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
     if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
     ctx_reset(c);
-    tr->split[2] += clock_seconds() - t2;
+    if (env->primary) tr->split[2] += clock_seconds() - t2;
     return 0;
 }
 
@@ -172,10 +179,32 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
 
     int lo, hi, rc = 0;
     dist_range(NS, tr->rank, tr->world, &lo, &hi);
-    for (int s = lo; s < hi; s++) {
-        float *tail = tr->slots + (size_t)s * tr->rec + ng + ne;
-        memset(tail, 0, SLOT_TAIL * sizeof(float));
-        if (!rc && (rc = slot_run(tr, s, t, w, e))) tail[1] = (float)rc;
+    for (int s = lo; s < hi; s++) memset(tr->slots + (size_t)s * tr->rec + ng + ne, 0, SLOT_TAIL * sizeof(float));
+    if ((rc = trainer_workers_ready(tr, hi - lo, e))) return rc;
+    if (tr->n_workers == 0) {
+        for (int s = lo; s < hi; s++)
+            if (!rc && (rc = slot_run(tr, &tr->env, s, t, w, e))) tr->slots[(size_t)s * tr->rec + ng + ne + 1] = (float)rc;
+    } else {
+        // the slots on the trainer's thread and its workers' (slot_workers.c), each slot's
+        // work the same as above, so the records are too; the first failed slot decides
+        int team = 1 + tr->n_workers;
+        trainer_workers_sync(tr);
+#pragma omp parallel num_threads(team)
+        {
+            int k = omp_get_thread_num(), nt = omp_get_num_threads();
+            SlotEnv *env = k == 0 ? &tr->env : &tr->workers[k - 1].env;
+            for (int s = lo + k; s < hi; s += nt) {
+                Err *es = &tr->slot_err[s - lo];
+                *es = (Err){0};
+                int r = slot_run(tr, env, s, t, w, es);
+                if (r) tr->slots[(size_t)s * tr->rec + ng + ne + 1] = (float)r;
+            }
+        }
+        for (int s = lo; s < hi && !rc; s++)
+            if (tr->slot_err[s - lo].code) {
+                *e = tr->slot_err[s - lo];
+                rc = e->code;
+            }
     }
     // this rank's stop request rides on its first slot, so every rank stops at the same step
     if (tr->stop_flag && *tr->stop_flag) tr->slots[(size_t)lo * tr->rec + ng + ne + 2] = 1.0f;

@@ -223,6 +223,7 @@ int trainer_open(Trainer **out, const TrainConfig *tc, const QModelConfig *stude
     if ((rc_code = ctx_init(&tr->ctx, (size_t)tc->arena_mb << 20, e))) goto fail;
     tr->ctx_ready = 1;
     if ((rc_code = trainer_load_val(tr, e))) goto fail;
+    tr->env = (SlotEnv){&tr->ctx, tr->m, &tr->q, tr->xin, tr->tin, tr->yin, tr->n_dw, tr->dw_from, tr->dw_to, 1};
     *out = tr;
     return 0;
 fail:
@@ -233,6 +234,7 @@ fail:
 void trainer_free(Trainer *tr) {
     if (!tr) return;
     run_log_close(&tr->log, NULL);
+    trainer_workers_free(tr);  // before the model they borrow from
     if (tr->q_ready) qmodel_free(&tr->q);
     adamw_free(&tr->opt);
     if (tr->ctx_ready) ctx_free(&tr->ctx);

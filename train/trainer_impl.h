@@ -18,6 +18,34 @@
 // AdamW groups per trainable layer: LoRA, Δ_w, the TALSQ tables, the quantizer kinds' own values
 #define TRAINER_GROUPS 4
 
+// What one slot runs on (distill_step.c slot_run): the trainer's model, student and context
+// (primary), or a slot worker's (slot_workers.c).
+typedef struct {
+    Ctx *c;
+    Ldm *m;
+    QModel *q;
+    float *xin, *tin;           // (2 per_slot, C, H, W), (2 per_slot): the slot's UNet batch
+    int *yin;                   // (2 per_slot)
+    int n_dw;                   // delta_w_update single: dw_from[i]->grad = dw_to[i]->grad
+    Tensor **dw_from, **dw_to;
+    int primary;                // 1: the trainer's own (split times, memory marks, profiles)
+} SlotEnv;
+
+// A thread's own student over the trainer's weights (slot_workers.c): a UNet clone with its own
+// layer array, a QModel restored from the trainer's and given its trainable values every step.
+typedef struct {
+    Ldm *m;
+    QModel q;
+    int q_ready;
+    Ctx ctx;
+    int ctx_ready;
+    SlotEnv env;
+    int n_sync;                 // trainable tensors: the trainer's values copied here every step
+    float **sync_dst;
+    const float **sync_src;
+    size_t *sync_n;
+} SlotWorker;
+
 struct Trainer {
     TrainConfig cfg;            // what the run asked for (train/train_config.h)
     char dir[TRAINER_PATH_MAX];
@@ -99,6 +127,11 @@ struct Trainer {
     // the last step's split (seconds): teacher forward, student forward + loss, backward,
     // AdamW + trajectory update; and the arena in use when the backward started
     double split[4];
+    SlotEnv env;                // the trainer's own slot environment
+    SlotWorker *workers;        // threads - 1 of them when slots run on threads (slot_workers.c)
+    int n_workers;
+    int workers_decided;        // trainer_workers_ready ran its decision
+    Err *slot_err;              // [slots of this rank] each slot's error on the threads path
     size_t step_arena_peak;
     size_t teacher_peak, teacher_kept;  // arena bytes of the last teacher forward: high-water, kept after it
     size_t teacher_nodes;               // tape nodes after it (0: no gradient bookkeeping)
@@ -119,6 +152,17 @@ int trainer_begin_epoch(Trainer *tr, Err *e);
 int trainer_step(Trainer *tr, float *loss, double *lr, Err *e);
 // Current schedule factor (train/schedule.h) at the optimizer's step count.
 double trainer_lr_factor(const Trainer *tr);
+
+/* slot_workers.c */
+// Points env's student's trainable gradients into grads, zeroed (trainer_bind_grads for env).
+void slot_env_bind_grads(SlotEnv *env, float *grads);
+// Decides once whether a step's `slots` (this rank's) run on threads, and builds the workers if
+// so: 2 or more threads and slots, no profiler, a UNet whose latents have at most 16 x 16
+// positions (each worker holds a student and an arena of its own). 0 or an ERR_ code.
+int trainer_workers_ready(Trainer *tr, int slots, Err *e);
+// Copies the trainer's trainable values (the optimizer's) into every worker's student.
+void trainer_workers_sync(Trainer *tr);
+void trainer_workers_free(Trainer *tr);
 
 /* sample_select.c */
 // Scores pool round `round` (teacher vs student final latents) and keeps its band in tr->sel.

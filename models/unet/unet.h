@@ -86,6 +86,11 @@ int unet_config_read_widths(UNetConfig *cfg, const WeightFile *f, const char *pr
 // Builds the module tree and allocates one weight block. 0 or an ERR_ code.
 int unet_new(UNet **m, const UNetConfig *cfg, Err *e);
 void unet_free(UNet *m);
+// A second UNet over src's weights: its own layer array (what a quantizer wraps: quant,
+// quant_forward), everything else, the weight block included, src's. For a thread that runs
+// its own student over the same model (train/slot_workers.c); src must outlive it, and its
+// params table (unet_param_at) points into src's layers. NULL when out of memory.
+UNet *unet_clone_layers(const UNet *src);
 // Reads every parameter `prefix + name` from f (shape-checked against the config). A
 // missing tensor is ERR_KEY naming it; a tensor of another shape is ERR_SHAPE naming it with
 // the expected and found shapes; extra tensors under prefix are reported through `unknown`

@@ -120,6 +120,7 @@ struct UNet {
 
     UNetActHook hook;
     void *hook_user;
+    int borrowed;              // unet_clone_layers: everything but layers / layer_ptrs is the source's
 };
 
 // unet_config.c: heads and head width CompVis gives the attention module at channel count

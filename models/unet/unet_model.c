@@ -44,8 +44,38 @@ fail:
     return e->code;
 }
 
+UNet *unet_clone_layers(const UNet *src) {
+    UNet *m = malloc(sizeof *m);
+    if (!m) return NULL;
+    *m = *src;
+    m->borrowed = 1;
+    m->hook = NULL;
+    m->hook_user = NULL;
+    m->layers = malloc((size_t)src->n_layers * sizeof *m->layers);
+    m->layer_ptrs = malloc((size_t)src->n_layers * sizeof *m->layer_ptrs);
+    if (!m->layers || !m->layer_ptrs) {
+        free(m->layers);
+        free(m->layer_ptrs);
+        free(m);
+        return NULL;
+    }
+    for (int i = 0; i < m->n_layers; i++) {
+        m->layers[i] = src->layers[i];
+        m->layers[i].quant_forward = NULL;  // the clone's own quantizer attaches itself
+        m->layers[i].quant = NULL;
+        m->layer_ptrs[i] = &m->layers[i];
+    }
+    return m;
+}
+
 void unet_free(UNet *m) {
     if (!m) return;
+    if (m->borrowed) {
+        free(m->layers);
+        free(m->layer_ptrs);
+        free(m);
+        return;
+    }
     free(m->layers);
     free(m->layer_ptrs);
     free(m->norms);
