@@ -640,6 +640,44 @@ static void test_sampled_validation(void **state) {
     fix_remove_run(d1);
 }
 
+// Slot workers (train/slot_workers.c): with 2 threads a step's slots run on two students at
+// once. Three steps of a batch of 4 (4 slots) on 1 and on 2 threads give the same losses and
+// the same trainable values, bit for bit, effdm recipe and reference recipe.
+static void test_slot_workers_match_one_thread(void **state) {
+    (void)state;
+    for (int recipe = 0; recipe < 2; recipe++) {
+        float *vals[2] = {NULL, NULL}, losses[2][8];
+        size_t nv = 0;
+        for (int threads = 1; threads <= 2; threads++) {
+            threads_set(threads);
+            char dir[] = "/tmp/effdm_test_trainer_XXXXXX";
+            assert_non_null(mkdtemp(dir));
+            RunConfig rc;
+            fix_config(&rc, recipe ? RC_RECIPE_REFERENCE : RC_RECIPE_EFFDM, dir);
+            rc.train.val_every = 0;
+            rc.train.batch = 4;
+            Err e = {0};
+            Trainer *tr = calibrated_trainer(&rc, dir);
+            Rec rec = {.stop_at = 3};
+            TrainerHooks h = {.on_step = rec_step, .user = &rec, .stop = &rec.stop};
+            assert_int_equal(trainer_run(tr, &h, NULL, &e), ERR_INTERRUPTED);
+            assert_int_equal(rec.n, 3);
+            memcpy(losses[threads - 1], rec.losses, 3 * sizeof(float));
+            QModel *q = trainer_qmodel(tr);
+            nv = q->n_params;
+            vals[threads - 1] = malloc(nv * sizeof(float));
+            memcpy(vals[threads - 1], q->params, nv * sizeof(float));
+            trainer_free(tr);
+            fix_remove_run(dir);
+        }
+        assert_memory_equal(losses[0], losses[1], 3 * sizeof(float));
+        assert_memory_equal(vals[0], vals[1], nv * sizeof(float));
+        free(vals[0]);
+        free(vals[1]);
+    }
+    threads_set(2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_closed_forms),
@@ -648,6 +686,7 @@ int main(void) {
         cmocka_unit_test(test_delta_w_update_modes),
         cmocka_unit_test(test_nan_stops_with_last_good_state),
         cmocka_unit_test(test_unconditional_model),
+        cmocka_unit_test(test_slot_workers_match_one_thread),
         cmocka_unit_test(test_sampled_validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
