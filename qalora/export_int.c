@@ -461,8 +461,20 @@ FASTMATH_CLONES static void side_row(float *y, const float *av, const int32_t *k
     }
 }
 
-FASTMATH_CLONES static void side_add(float *y, const uint8_t *col, size_t n, float c, int za) {
-    for (size_t i = 0; i < n; i++) y[i] += c * (float)((int)col[4 * i] - za);
+/* One output row of a conv, image g and output o (P positions): y = (D - zoff S - z_a R) Δ_a Δ_w
+   + bias, then the side table's entries: y += c Δ_a (a - z_a), the activation levels being A's
+   bytes at (group kpos/4, byte kpos%4) of the image's columns (Ag: A from the image's first
+   column on, n columns a group). One call per row, so both loops run in the clone's vectors. */
+FASTMATH_CLONES static void conv_row(float *yr, const int32_t *d, const int32_t *sg, size_t P, float sc, float b,
+                                     int32_t zo, int32_t zr, const uint8_t *Ag, size_t n, const int32_t *kpos,
+                                     const float *coef, int n_side, float da, int za) {
+    for (size_t i = 0; i < P; i++) yr[i] = (float)(d[i] - zo * sg[i] - zr) * sc + b;
+    for (int s = 0; s < n_side; s++) {
+        size_t kp = (size_t)kpos[s];
+        const uint8_t *col = Ag + (kp / 4) * n * 4 + kp % 4;
+        float c = coef[s] * da;
+        for (size_t i = 0; i < P; i++) yr[i] += c * (float)((int)col[4 * i] - za);
+    }
 }
 
 // The u8 operands of n activations of layer q with table entry `entry`: uniform levels
@@ -644,16 +656,11 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int en
     PAR_FOR(schedule(static) collapse(2), (size_t)co * n >= GEMM_OMP_MIN_WORK,
     for (int g = 0; g < N; g++) {
         for (int o = 0; o < co; o++) {
-            const int32_t *d = Cm + (size_t)o * n + (size_t)g * P, *sg = S + (size_t)g * P;
-            float *yr = y->data + ((size_t)g * co + o) * P;
-            float sc = da * q->w_iscale[o], b = bias ? bias[o] : 0.0f;
-            int32_t zo = q->zoff[o], zr = za * q->rsum[o];
-            for (size_t i = 0; i < P; i++) yr[i] = (float)(d[i] - zo * sg[i] - zr) * sc + b;
-            // the side table: its activation levels are A's bytes at (group kpos/4, byte kpos%4)
-            for (int s = 0; s < q->n_side; s++) {
-                size_t j = (size_t)o * q->n_side + s, kp = (size_t)q->side_kpos[j];
-                side_add(yr, A + ((kp / 4) * n + (size_t)g * P) * 4 + kp % 4, P, q->side_coef[j] * da, za);
-            }
+            size_t j = (size_t)o * q->n_side;
+            conv_row(y->data + ((size_t)g * co + o) * P, Cm + (size_t)o * n + (size_t)g * P, S + (size_t)g * P, P,
+                     da * q->w_iscale[o], bias ? bias[o] : 0.0f, q->zoff[o], za * q->rsum[o],
+                     A + (size_t)g * P * 4, n, q->n_side ? q->side_kpos + j : NULL,
+                     q->n_side ? q->side_coef + j : NULL, q->n_side, da, za);
         }
     });
     arena_release(&c->arena, mark);
