@@ -390,9 +390,7 @@ static void test_split_bit_exact(void **state) {
             threads_set(2);
             size_t n3;
             float *d = run_copy(&c, m, z, NULL, NULL, &n3);
-            assert_int_equal(n3, n1 + n2);
-            assert_memory_equal(d, d0, n1 * sizeof(float));
-            assert_memory_equal(d + n1, d1, n2 * sizeof(float));
+            assert_parts_equal(d, n3, d0, n1, d1, n2);
             free(d0);
             free(d1);
             free(d);

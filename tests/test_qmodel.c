@@ -1017,9 +1017,7 @@ static void test_split_student(void **state) {
         float *rs = forward(&c, m, &in, &ns);
         m->split_batch = 0;
         threads_set(1);
-        assert_int_equal(ns, na + nb);
-        assert_memory_equal(rs, ra, na * sizeof(float));
-        assert_memory_equal(rs + na, rb, nb * sizeof(float));
+        assert_parts_equal(rs, ns, ra, na, rb, nb);
         free(ra);
         free(rb);
         free(rs);

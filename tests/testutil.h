@@ -25,6 +25,15 @@ double rel_l2(const float *a, const float *b, size_t n);
 void assert_rel_l2_impl(const float *ours, const float *ref, size_t n, double tol, const char *what,
                         const char *file, int line);
 
+// cmocka failure unless whole (na + nb floats) is a's na floats then b's nb, bit for bit (a
+// batch computed at once against its two parts computed alone).
+#define assert_parts_equal(whole, n_whole, a, na, b, nb)                          \
+    do {                                                                      \
+        assert_int_equal((n_whole), (na) + (nb));                             \
+        assert_memory_equal((whole), (a), (na) * sizeof(float));              \
+        assert_memory_equal((whole) + (na), (b), (nb) * sizeof(float));       \
+    } while (0)
+
 // The op tests' context: one static Ctx with a 1 GiB arena, initialised afresh by each call
 // (ctx_free it before the next).
 Ctx *test_ctx_static(void);
