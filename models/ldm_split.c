@@ -1,5 +1,5 @@
-/* ldm_split.c: a no-grad forward or decode over a batch as sub-batches at once, one thread
-   and one context each (see ldm.h). The threads run the same ldm_apply_model /
+/* ldm_split.c: a no-grad forward or decode over a batch as sub-batches run on the threads at
+   once, each thread on a context of its own (see ldm.h). The threads run the same ldm_apply_model /
    ldm_decode_first_stage on their own Ctx: their ops' OpenMP regions are nested, hence
    single-threaded (threads_set keeps one active level), and a worker's Ctx never splits again.
    Called inside another parallel region (a slot worker, train/slot_workers.c) it cuts the
@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd/profile.h"
 #include "models/ldm.h"
 #include "util/threads.h"
 

@@ -200,11 +200,12 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
                 if (r) tr->slots[(size_t)s * tr->rec + ng + ne + 1] = (float)r;
             }
         }
-        for (int s = lo; s < hi && !rc; s++)
-            if (tr->slot_err[s - lo].code) {
-                *e = tr->slot_err[s - lo];
-                rc = e->code;
-            }
+        for (int s = lo; s < hi && !rc; s++) {
+            int r = (int)tr->slots[(size_t)s * tr->rec + ng + ne + 1];
+            if (!r || r == ERR_NAN) continue;  // a non-finite loss is decided after the exchange
+            *e = tr->slot_err[s - lo];
+            rc = e->code ? e->code : err_set(e, r, "gradient slot %d failed", s);
+        }
     }
     // this rank's stop request rides on its first slot, so every rank stops at the same step
     if (tr->stop_flag && *tr->stop_flag) tr->slots[(size_t)lo * tr->rec + ng + ne + 2] = 1.0f;

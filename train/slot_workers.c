@@ -38,13 +38,11 @@ static QTrainable *trainable_list(QModel *q, int *n) {
     return ts;
 }
 
-// The student's state written by the trainer's, read back into w->q (what resuming a run does).
+// The student's state written by the trainer's, read back into w->q (what resuming a run does),
+// through a file in the run directory, which the run writes its checkpoints to anyway.
 static int copy_state(Trainer *tr, SlotWorker *w, Err *e) {
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/effdm_slot_%ld_XXXXXX", (long)getpid());
-    int fd = mkstemp(path);
-    if (fd < 0) return err_set(e, ERR_IO, "slot workers: cannot create a temporary file in /tmp");
-    close(fd);
+    char path[TRAINER_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/.slot_worker_state.safetensors", tr->dir);
     StWriter sw = {0};
     WeightFile *f = NULL;
     int rc = qmodel_write_state(&tr->q, &sw, "q.", e);
