@@ -78,8 +78,8 @@ typedef struct {
     float eps_gain;
     char warning[768];         // non-fatal notes for the caller to show ("" when none)
     // Batch split (models/ldm_split.c): 1 lets a forward or decode with grad mode off, no
-    // profiler and no UNet hook run its batch as sub-batches at once, one thread and one
-    // context each. The owner sets it only while every layer's forward just reads the model
+    // profiler and no UNet hook run its batch as sub-batches on the threads at once, each
+    // thread on a context of its own. The owner sets it only while every layer's forward just reads the model
     // (the FP model, an export; never a calibrating or trainable student). 0 by default.
     int split_batch;
     struct Ctx *split_ctx;     // the sub-batches' contexts (created on first use)

@@ -30,14 +30,6 @@ void slot_env_bind_grads(SlotEnv *env, float *grads) {
     for (int i = 0; i < env->n_dw; i++) env->dw_from[i]->grad = env->dw_to[i]->grad;
 }
 
-// The trainable tensors of q, in the optimizer's order (the caller frees the list).
-static QTrainable *trainable_list(QModel *q, int *n) {
-    *n = qmodel_trainable(q, NULL);
-    QTrainable *ts = calloc((size_t)(*n > 0 ? *n : 1), sizeof *ts);
-    if (ts) qmodel_trainable(q, ts);
-    return ts;
-}
-
 // The student's state written by the trainer's, read back into w->q (what resuming a run does),
 // through a file in the run directory, which the run writes its checkpoints to anyway.
 static int copy_state(Trainer *tr, SlotWorker *w, Err *e) {
@@ -76,33 +68,19 @@ static int worker_init(Trainer *tr, SlotWorker *w, Err *e) {
     v->tin = calloc(2 * (size_t)tr->per_slot, sizeof(float));
     v->yin = calloc(2 * (size_t)tr->per_slot, sizeof(int));
     if (!v->xin || !v->tin || !v->yin) return err_set(e, ERR_NOMEM, "slot workers: out of memory");
-    if (tr->n_dw) {  // delta_w_update single: the same pairs as the trainer's (trainer.c)
-        int n;
-        QTrainable *ts = trainable_list(&w->q, &n);
-        v->dw_from = calloc((size_t)tr->n_dw, sizeof(Tensor *));
-        v->dw_to = calloc((size_t)tr->n_dw, sizeof(Tensor *));
-        if (!ts || !v->dw_from || !v->dw_to) {
-            free(ts);
-            return err_set(e, ERR_NOMEM, "slot workers: out of memory");
-        }
-        Tensor *wq = NULL;
-        for (int i = 0; i < n && v->n_dw < tr->n_dw; i++) {
-            if (ts[i].group == QMODEL_GROUP_W_DELTA_Q) wq = ts[i].t;
-            if (ts[i].group == QMODEL_GROUP_W_DELTA_BASE) {
-                v->dw_from[v->n_dw] = ts[i].t;
-                v->dw_to[v->n_dw++] = wq;
-            }
-        }
-        free(ts);
-    }
-    // the trainable tensors of both students in the same order (same config): what to copy
+    // the trainable tensors of both students in the same order (same config): the
+    // delta_w_update single pairs as the trainer's (trainer.c), and what to copy each step
     int n, m;
-    QTrainable *src = trainable_list(&tr->q, &n), *dst = trainable_list(&w->q, &m);
+    QTrainable *src = trainer_trainable_list(&tr->q, &n), *dst = trainer_trainable_list(&w->q, &m);
+    v->dw_from = calloc((size_t)(m > 0 ? m : 1), sizeof(Tensor *));
+    v->dw_to = calloc((size_t)(m > 0 ? m : 1), sizeof(Tensor *));
     w->sync_dst = calloc((size_t)(n > 0 ? n : 1), sizeof *w->sync_dst);
     w->sync_src = calloc((size_t)(n > 0 ? n : 1), sizeof *w->sync_src);
     w->sync_n = calloc((size_t)(n > 0 ? n : 1), sizeof *w->sync_n);
-    if (!src || !dst || !w->sync_dst || !w->sync_src || !w->sync_n) rc = err_set(e, ERR_NOMEM, "slot workers: out of memory");
+    if (!src || !dst || !v->dw_from || !v->dw_to || !w->sync_dst || !w->sync_src || !w->sync_n)
+        rc = err_set(e, ERR_NOMEM, "slot workers: out of memory");
     else if (n != m) rc = err_set(e, ERR_INTERNAL, "slot workers: %d trainable tensors in the copy, %d in the trainer", m, n);
+    else if (tr->n_dw) v->n_dw = trainer_dw_pairs(dst, m, v->dw_from, v->dw_to);
     for (int i = 0; !rc && i < n; i++) {
         if (src[i].t->n != dst[i].t->n) {
             rc = err_set(e, ERR_INTERNAL, "slot workers: trainable tensor '%s' differs in size", src[i].name);

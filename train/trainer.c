@@ -57,18 +57,37 @@ static int setup_model(Trainer *tr, Err *e) {
     return 0;
 }
 
+QTrainable *trainer_trainable_list(QModel *q, int *n) {
+    *n = qmodel_trainable(q, NULL);
+    QTrainable *ts = calloc((size_t)(*n > 0 ? *n : 1), sizeof *ts);
+    if (ts) qmodel_trainable(q, ts);
+    return ts;
+}
+
+int trainer_dw_pairs(const QTrainable *ts, int n, Tensor **from, Tensor **to) {
+    int k = 0;
+    Tensor *wq = NULL;
+    for (int i = 0; i < n; i++) {
+        if (ts[i].group == QMODEL_GROUP_W_DELTA_Q) wq = ts[i].t;
+        if (ts[i].group == QMODEL_GROUP_W_DELTA_BASE) {
+            from[k] = ts[i].t;
+            to[k++] = wq;
+        }
+    }
+    return k;
+}
+
 // AdamW slots in the gradient block's order, TRAINER_GROUPS groups per trainable layer (see trainer.h).
 static int setup_optimizer(Trainer *tr, Err *e) {
     QModel *q = &tr->q;
-    int nt = qmodel_trainable(q, NULL);
-    QTrainable *ts = calloc((size_t)(nt > 0 ? nt : 1), sizeof *ts);
+    int nt;
+    QTrainable *ts = trainer_trainable_list(q, &nt);
     int *tl_of = calloc((size_t)(q->n_q > 0 ? q->n_q : 1), sizeof *tl_of);
     if (!ts || !tl_of) {
         free(ts);
         free(tl_of);
         return err_set(e, ERR_NOMEM, "out of memory for the optimizer's slot table");
     }
-    qmodel_trainable(q, ts);
     tr->n_tl = 0;
     for (int i = 0; i < q->n_q; i++) tl_of[i] = q->q[i].special ? -1 : tr->n_tl++;
     int rc = 0;
@@ -114,14 +133,7 @@ static int setup_optimizer(Trainer *tr, Err *e) {
             rc = err_set(e, ERR_NOMEM, "out of memory for the optimizer's slot table");
             goto done;
         }
-        Tensor *wq = NULL;
-        for (int i = 0; i < nt; i++) {
-            if (ts[i].group == QMODEL_GROUP_W_DELTA_Q) wq = ts[i].t;
-            if (ts[i].group == QMODEL_GROUP_W_DELTA_BASE) {
-                tr->dw_from[tr->n_dw] = ts[i].t;
-                tr->dw_to[tr->n_dw++] = wq;
-            }
-        }
+        tr->n_dw = trainer_dw_pairs(ts, nt, tr->dw_from, tr->dw_to);
     }
     trainer_bind_grads(tr, tr->opt.grad);
 done:

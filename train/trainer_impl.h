@@ -138,6 +138,13 @@ struct Trainer {
     struct Profile *prof_teacher, *prof_student;  // trainer_set_profile (may be NULL)
 };
 
+/* trainer.c */
+// The student's trainable tensors in the optimizer's order (calloc'ed, *n of them), or NULL.
+QTrainable *trainer_trainable_list(QModel *q, int *n);
+// delta_w_update single: each base-path Δ_w tensor of ts (from) and the quantizer path's Δ_w
+// before it (to), whose gradient buffer it takes. Fills from / to; returns the pair count.
+int trainer_dw_pairs(const QTrainable *ts, int n, Tensor **from, Tensor **to);
+
 /* distill_step.c */
 // Floats after the gradient and ε of a slot record: loss, status (0 or an ERR_ code), stop.
 #define SLOT_TAIL 3
