@@ -24,6 +24,9 @@ const char *bench_cpu_flags(void);
 double bench_time(void (*fn)(void *), void *arg, double min_seconds);
 // ||a - b|| / ||b|| over n floats (in double); ||a - b|| when b is all zero.
 double bench_rel_l2(const float *a, const float *b, size_t n);
+// A comma-separated list of integers in 1..4096 ("1,8,32") into v (at most max): the count,
+// or 0 when s is not such a list.
+int bench_parse_list(const char *s, int *v, int max);
 // Seconds of one cblas_sgemm of (M x K) x (K x N), median over >= min_seconds.
 double bench_sgemm_seconds(int M, int N, int K, double min_seconds);
 

@@ -58,19 +58,6 @@ static void inc_run(void *p) {
     }
 }
 
-static int parse_list(const char *s, int *v) {
-    int n = 0;
-    while (*s && n < MAX_LIST) {
-        char *end;
-        long x = strtol(s, &end, 10);
-        if (end == s || x < 1 || x > 4096) return 0;
-        v[n++] = (int)x;
-        s = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return 0;
-    }
-    return n;
-}
-
 static double max_abs_diff(const float *a, const float *b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -124,8 +111,8 @@ int main(int argc, char **argv) {
     const char *weights = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--weights") && i + 1 < argc) weights = argv[++i];
-        else if (!strcmp(argv[i], "--batches") && i + 1 < argc && (nb = parse_list(argv[i + 1], batches))) i++;
-        else if (!strcmp(argv[i], "--threads-list") && i + 1 < argc && (nt = parse_list(argv[i + 1], thr))) i++;
+        else if (!strcmp(argv[i], "--batches") && i + 1 < argc && (nb = bench_parse_list(argv[i + 1], batches, MAX_LIST))) i++;
+        else if (!strcmp(argv[i], "--threads-list") && i + 1 < argc && (nt = bench_parse_list(argv[i + 1], thr, MAX_LIST))) i++;
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc && (seconds = atof(argv[i + 1])) >= 0) i++;
         else {
             fprintf(stderr, "usage: %s [--weights W.pth] [--batches 1,8,32] [--threads-list 1,2] [--seconds S]\n",

@@ -65,12 +65,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ldm-config") && i + 1 < argc) cfg = argv[++i];
         else if (!strcmp(argv[i], "--ckpt") && i + 1 < argc) ckpt = argv[++i];
         else if (!strcmp(argv[i], "--no-split")) split = 0;
-        else if (!strcmp(argv[i], "--batches") && i + 1 < argc) {
-            n_batches = 0;
-            for (char *tok = strtok(argv[++i], ","); tok && n_batches < 16; tok = strtok(NULL, ","))
-                if ((batches[n_batches] = atoi(tok)) > 0) n_batches++;
-            if (!n_batches) n_batches = 1, batches[0] = 16;
-        }
+        else if (!strcmp(argv[i], "--batches") && i + 1 < argc && (n_batches = bench_parse_list(argv[i + 1], batches, 16)))
+            i++;
         else {
             fprintf(stderr, "usage: %s [--threads N] [--ldm-config C.yaml --ckpt M.ckpt] [--no-split] [--batches 1,16,64]\n", argv[0]);
             return 2;
