@@ -53,6 +53,7 @@ typedef enum {
     OP_FAKE_QUANT,   // reserved for qalora/ (quantizer ops live there, recorded with this kind)
     OP_LORA_WEIGHT,  // reserved for qalora/: W_base + B·A of a trainable layer, before its fake-quant
     OP_ROTATE,       // reserved for qalora/: the block-Hadamard rotation of a layer's input (rotate.h)
+    OP_QWEIGHT,      // reserved for qalora/: q_w(W_base + B·A) in one op, rebuilt in backward (qlayer.h)
     OP_COUNT
 } OpKind;
 

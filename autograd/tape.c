@@ -13,14 +13,21 @@ int ctx_init(Ctx *c, size_t capacity, Err *e) {
 
 void ctx_free(Ctx *c) {
     arena_free(&c->arena);
+    pool_free_all(&c->grad_pool);
     memset(c, 0, sizeof *c);
 }
 
 void ctx_reset(Ctx *c) {
     arena_reset(&c->arena);
+    pool_reset(&c->grad_pool);
     c->last = NULL;
     c->n_nodes = 0;
     memset(&c->err, 0, sizeof c->err);
+}
+
+int ctx_pool_grads(Ctx *c, size_t capacity, Err *e) {
+    if (c->grad_pool.space.base) return 0;
+    return pool_init(&c->grad_pool, capacity, e);
 }
 
 int ctx_set_grad(Ctx *c, int enabled) {
@@ -81,14 +88,52 @@ Tensor *tensor_from(Ctx *c, const float *data, int ndim, const int *shape) {
     return t;
 }
 
+static void *pool_or_arena(Ctx *c, size_t bytes) {
+    if (!c->grad_pool.space.base) return ctx_alloc(c, bytes);
+    void *p = pool_alloc(&c->grad_pool, bytes);
+    if (!p)
+        err_set(&c->err, ERR_NOMEM, "gradient pool full: asked for %zu bytes with %zu of %zu in use (raise "
+                "the arena size)", bytes, c->grad_pool.space.used, c->grad_pool.space.capacity);
+    return p;
+}
+
+float *ctx_scratch(Ctx *c, size_t n) { return pool_or_arena(c, (n ? n : 1) * sizeof(float)); }
+
+void ctx_scratch_free(Ctx *c, float *p) {
+    if (pool_owns(&c->grad_pool, p)) pool_free(&c->grad_pool, p);
+}
+
+Tensor *tensor_new_transient(Ctx *c, int ndim, const int *shape) {
+    if (ndim < 0 || ndim > TENSOR_MAX_DIMS) {
+        err_set(&c->err, ERR_INTERNAL, "tensor_new_transient: %d dims (max %d)", ndim, TENSOR_MAX_DIMS);
+        return NULL;
+    }
+    Tensor *t = ctx_alloc(c, sizeof(Tensor));
+    if (!t) return NULL;
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->n = tensor_shape_numel(ndim, shape);
+    return tensor_rebuild_data(c, t) ? t : NULL;
+}
+
+float *tensor_rebuild_data(Ctx *c, Tensor *t) { return t->data = pool_or_arena(c, (t->n ? t->n : 1) * sizeof(float)); }
+
+void tensor_drop(Ctx *c, Tensor *t) {
+    if (!pool_owns(&c->grad_pool, t->data)) return;
+    pool_free(&c->grad_pool, t->data);
+    t->data = NULL;
+}
+
 float *tensor_grad(Ctx *c, Tensor *t) {
     if (t->grad) return t->grad;
     if (t->is_param) {
         err_set(&c->err, ERR_INTERNAL, "tensor_grad: frozen parameter has no gradient buffer");
         return NULL;
     }
-    t->grad = ctx_alloc(c, t->n * sizeof(float));
-    if (t->grad) memset(t->grad, 0, t->n * sizeof(float));
+    size_t bytes = t->n * sizeof(float);
+    t->grad = pool_or_arena(c, bytes);
+    if (t->grad) memset(t->grad, 0, bytes);
     return t->grad;
 }
 
@@ -137,6 +182,14 @@ int tape_backward(Ctx *c, Tensor *out, const float *dout) {
     }
     for (TapeNode *nd = c->last; nd; nd = nd->prev) {
         if (!nd->out->grad) continue;  // no gradient reached this op's output
+        for (int i = 0; i < nd->n_in; i++) {  // inputs dropped after the forward come back first
+            Tensor *x = nd->in[i];
+            if (!x || x->data || !x->remat) continue;
+            double t0 = c->prof ? prof_now() : 0;
+            x->remat->rebuild(c, x->remat);
+            if (c->prof) prof_add_backward(c->prof, x->remat, prof_now() - t0);
+        }
+        if (c->err.code) break;
         if (c->prof) {
             double t0 = prof_now();
             nd->backward(c, nd);
@@ -145,6 +198,13 @@ int tape_backward(Ctx *c, Tensor *out, const float *dout) {
             nd->backward(c, nd);
         }
         if (c->err.code) break;
+        // every reader of nd->out came later on the tape and has added its part: its
+        // gradient is dead (a reshape view of it shares the buffer, and its readers are done too)
+        if (pool_owns(&c->grad_pool, nd->out->grad)) {
+            pool_free(&c->grad_pool, nd->out->grad);
+            nd->out->grad = NULL;
+        }
+        if (nd->rebuild) tensor_drop(c, nd->out);  // a rebuilt value is dead too
     }
     tape_clear(c);
     return c->err.code;

@@ -23,6 +23,7 @@
 #define EFFDM_TAPE_H
 
 #include "autograd/arena.h"
+#include "autograd/pool.h"
 #include "autograd/tensor.h"
 #include "util/err.h"
 
@@ -43,6 +44,7 @@ typedef struct TapeNode {
     void *saved;                     // op-specific values kept for backward (arena memory)
     int iarg[8];                     // small integer op parameters
     float farg[4];                   // small float op parameters
+    BackwardFn rebuild;              // non-NULL: recomputes out->data (tensor_new_transient) after a drop
     int prof_block;                  // profiler block of the forward (autograd/profile.h)
     double prof_flops;               // its forward FLOPs (GEMM ops, when profiling)
     struct TapeNode *prev;
@@ -55,6 +57,7 @@ typedef struct Ctx {
     size_t n_nodes;
     Err err;               // first failure inside an op (ops then return NULL)
     struct Profile *prof;  // NULL: not profiling (autograd/profile.h)
+    BlockPool grad_pool;   // reserved by ctx_pool_grads: gradients of intermediates, freed in backward
 } Ctx;
 
 typedef struct {
@@ -67,6 +70,13 @@ int ctx_init(Ctx *c, size_t capacity, Err *e);
 void ctx_free(Ctx *c);
 // Clears tape and arena (all per-step tensors become invalid) and the error.
 void ctx_reset(Ctx *c);
+// From now on gradients of intermediate tensors come from a pool of `capacity` bytes (address
+// space only) instead of the arena, and tape_backward frees each one as soon as the op that
+// produced its tensor has run its backward: the step's memory then holds the saved
+// activations plus the gradients alive at once, not every gradient of the step. After a
+// backward only the gradients of tensors no op produced (parameters, inputs) stay readable.
+// 0 or ERR_NOMEM.
+int ctx_pool_grads(Ctx *c, size_t capacity, Err *e);
 // Sets grad mode; returns the previous value.
 int ctx_set_grad(Ctx *c, int enabled);
 
@@ -81,6 +91,22 @@ Tensor *tensor_new3(Ctx *c, int a, int b, int d);
 Tensor *tensor_new4(Ctx *c, int a, int b, int d, int e);
 // Per-step tensor holding a copy of n floats with the given shape.
 Tensor *tensor_from(Ctx *c, const float *data, int ndim, const int *shape);
+// Rebuildable tensors: a weight-sized value that is cheap to recompute need not stay in memory
+// from its forward to its backward. Its producer allocates it with tensor_new_transient (data
+// from the gradient pool; from the arena when there is none), records its node with a
+// `rebuild` function and sets out->remat to the node; whoever consumed it calls tensor_drop
+// after the forward. tape_backward calls rebuild before any node that reads the tensor runs
+// (tensor_rebuild_data gives it fresh memory) and frees the data again after the producer's
+// own backward.
+Tensor *tensor_new_transient(Ctx *c, int ndim, const int *shape);
+// Frees a transient tensor's data (pool memory only; otherwise it is kept) and sets data to NULL.
+void tensor_drop(Ctx *c, Tensor *t);
+// Fresh pool memory for t->data (inside a rebuild); NULL (and c->err set) when full.
+float *tensor_rebuild_data(Ctx *c, Tensor *t);
+// Pool scratch of n floats for an op's backward (the arena when there is no pool); give it back
+// with ctx_scratch_free in the same backward. NULL (and c->err set) when full.
+float *ctx_scratch(Ctx *c, size_t n);
+void ctx_scratch_free(Ctx *c, float *p);
 // Arena memory for op scratch / saved values; NULL (and c->err set) when full.
 void *ctx_alloc(Ctx *c, size_t bytes);
 // Gradient buffer of t, allocated zero-filled from the arena on first use; NULL if full.

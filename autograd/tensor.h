@@ -22,6 +22,8 @@ typedef struct Tensor {
     int shape[TENSOR_MAX_DIMS];
     int requires_grad;     // 1: backward must compute a gradient for this tensor
     int is_param;          // 1: persistent (model-owned); its grad is never arena memory
+    struct TapeNode *remat;  // non-NULL: data may be dropped after the forward; this node (its
+                             // producer) rebuilds it when the backward needs it (tape.h)
 } Tensor;
 
 // Points t at caller-owned data (a model's weight block); grad may be NULL (frozen).

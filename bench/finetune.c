@@ -4,13 +4,14 @@
 
        build/bench/finetune [--model fmnist|cin256] [--batch B] [--steps N] [--warmup N]
                             [--threads N] [--recipe reference|effdm] [--grad-slots S] [--profile]
-                            [--ldm-config cin256-v2.yaml]
+                            [--recompute auto|on|off] [--ldm-config cin256-v2.yaml]
 
    fmnist: the shipped teacher (models/zoo/fmnist-ldm, found as bench/sample finds it), W4A4,
    batch 2 then 8 (or --batch). cin256: the CompVis LDM-4 ImageNet UNet (cin256-v2.yaml, by
    default the copy in tests/data/compvis_configs) with random weights (ldm_new_random: no
    checkpoint is needed for a timing; the first stage is not part of a distillation step),
-   W4A4, batch 2, 64x64 latents: a few steps only (--steps 2 by default).
+   W4A4, batch 2, 64x64 latents: a few steps only (--steps 2 by default). --recompute sets
+   run.recompute_weights (auto: on for cin256, off for fmnist).
    Recipe "reference" by default (100 DDIM steps, eta 1, guidance 1.5, loss on the guided ε),
    as the PyTorch peer (scripts/bench_peer.sh) runs it. Each case calibrates a small run
    directory in /tmp first (calib.steps 20, 4 trajectories for fmnist; 2 steps, 1 trajectory
@@ -93,6 +94,7 @@ typedef struct {
     int batch, steps, warmup, profile;
     RcRecipe recipe;
     int grad_slots;  // train.grad_slots (0: one per trajectory, the default)
+    RcRecompute recompute;
 } Case;
 
 static int run_case(const Case *k) {
@@ -113,6 +115,7 @@ static int run_case(const Case *k) {
     rc.train.val_inputs = 1;
     rc.train.batch = k->batch;
     rc.train.grad_slots = k->grad_slots;
+    rc.run.recompute_weights = k->recompute;
     rc.train.sample_every = 0;
     rc.run.arena_mb = k->cin256 ? 65536 : 4096;  // address space only (MAP_NORESERVE)
     snprintf(rc.run.out, sizeof rc.run.out, "%s/run", dir);
@@ -195,14 +198,16 @@ static int run_case(const Case *k) {
     TrainerMemory mem;
     trainer_memory(tr, &mem);
     double weights = mib(mem.teacher + mem.student + mem.optimizer), rss = bench_peak_rss_mib();
+    double step_peak = mib(mem.arena_peak) + mib(mem.grad_peak);
     printf("  memory     peak RSS%s %.1f MiB  weights %.1f MiB (teacher FP %.1f + student QALoRA %.1f + AdamW %.1f)  "
-           "activations %.1f MiB (arena peak %.1f)  RSS / (weights + activations) %.2f\n",
+           "activations %.1f MiB (arena peak %.1f + gradients of intermediates alive at once %.1f, weights %s)  "
+           "RSS / (weights + activations) %.2f\n",
            reset ? " of the steps" : " (whole process)", rss, weights,
            mib(mem.teacher), mib(mem.student), mib(mem.optimizer), mib(mem.activations), mib(mem.arena_peak),
-           rss / (weights + mib(mem.activations)));
-    printf("             RSS / (weights + arena peak) %.2f (the backward's intermediate gradients come on top "
-           "of the saved activations); RSS before the steps %.1f MiB (weights, libraries, BLAS buffers)\n",
-           rss / (weights + mib(mem.arena_peak)), rss0);
+           mib(mem.grad_peak), mem.recompute ? "rebuilt in backward" : "kept", rss / (weights + mib(mem.activations)));
+    printf("             RSS / (weights + arena peak + gradient peak) %.2f (the gradient pool touched %.1f MiB); RSS "
+           "before the steps %.1f MiB (weights, libraries, BLAS buffers)\n", rss / (weights + step_peak),
+           mib(mem.grad_extent), rss0);
     printf("  teacher    %zu tape nodes after its forward; arena high-water %.1f MiB during it (block outputs "
            "kept for the skips + one block's intermediates), %.1f KiB kept (its output)\n", mem.teacher_nodes,
            mib(mem.teacher_peak), (double)mem.teacher_kept / 1024);
@@ -235,13 +240,15 @@ fail:
 
 static void usage(const char *argv0) {
     fprintf(stderr, "usage: %s [--model fmnist|cin256] [--batch B] [--steps N] [--warmup N] [--threads N] "
-            "[--recipe reference|effdm] [--grad-slots S] [--profile] [--ldm-config cin256-v2.yaml]\n", argv0);
+            "[--recipe reference|effdm] [--grad-slots S] [--profile] [--recompute auto|on|off] "
+            "[--ldm-config cin256-v2.yaml]\n", argv0);
 }
 
 int main(int argc, char **argv) {
     threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
     int threads = 0, batch = 0, steps = -1, warmup = -1, profile = 0, cin256 = 0, grad_slots = 0;
     RcRecipe recipe = RC_RECIPE_REFERENCE;
+    RcRecompute recompute = RC_RECOMPUTE_AUTO;
     const char *cfg = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -254,6 +261,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--warmup")) warmup = atoi(v), i++;
         else if (!strcmp(a, "--ldm-config")) cfg = v, i++;
         else if (!strcmp(a, "--model") && (!strcmp(v, "fmnist") || !strcmp(v, "cin256"))) cin256 = v[0] == 'c', i++;
+        else if (!strcmp(a, "--recompute") && (!strcmp(v, "auto") || !strcmp(v, "on") || !strcmp(v, "off")))
+            recompute = !strcmp(v, "auto") ? RC_RECOMPUTE_AUTO : !strcmp(v, "on") ? RC_RECOMPUTE_ON : RC_RECOMPUTE_OFF, i++;
         else if (!strcmp(a, "--recipe") && (!strcmp(v, "reference") || !strcmp(v, "effdm")))
             recipe = v[0] == 'r' ? RC_RECIPE_REFERENCE : RC_RECIPE_EFFDM, i++;
         else return usage(argv[0]), 2;
@@ -301,7 +310,7 @@ int main(int argc, char **argv) {
     int nb = batch ? 1 : (cin256 ? 1 : 2);
     for (int i = 0; i < nb; i++) {
         Case k = {cin256, cfg, tckpt, batch ? batch : (cin256 ? 2 : fm_batches[i]), steps, warmup, profile, recipe,
-                  grad_slots};
+                  grad_slots, recompute};
         if (run_case(&k)) return 1;
     }
     return 0;

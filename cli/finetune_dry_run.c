@@ -105,8 +105,9 @@ int finetune_dry_run(const RunConfig *given, Err *e) {
     printf("estimate     calibration %s (%d trajectory batch%s), %d optimizer steps %s: about %s, validations and "
            "sample grids on top\n", a, batches, batches == 1 ? "" : "es", T->epochs * S, b, c);
     printf("memory       peak RSS %.0f MiB in this trial: teacher %.0f MiB, student %.0f MiB, AdamW %.0f MiB, step "
-           "arena peak %.0f MiB\n", (double)ru.ru_maxrss / 1024.0, (double)mem.teacher / 1048576.0,
-           (double)mem.student / 1048576.0, (double)mem.optimizer / 1048576.0, (double)mem.arena_peak / 1048576.0);
+           "arena peak %.0f MiB + gradients %.0f MiB\n", (double)ru.ru_maxrss / 1024.0, (double)mem.teacher / 1048576.0,
+           (double)mem.student / 1048576.0, (double)mem.optimizer / 1048576.0, (double)mem.arena_peak / 1048576.0,
+           (double)mem.grad_peak / 1048576.0);
 done:;
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -297,14 +297,13 @@ static void qweight_compute(const QLayer *q, float *out) {
                 (int)K);
 }
 
-// in[0] = w_delta_base, in[1] = lora_a, in[2] = lora_b (NULL without LoRA), in[3] = the weight
-// kind's own values (NULL: none; their one gradient buffer takes both paths); saved = the QLayer.
+// Adds the decode's and LoRA's gradients for g = d loss / d(W_base + B·A):
 //   d Δ_w[o] += the decode's gradient (uniform: Σ_j g[o, j] (W_int[o, j] - z_w[o]));  dB += g Aᵀ;  dA += Bᵀ g
-static void qweight_backward(Ctx *c, TapeNode *nd) {
-    const QLayer *q = nd->saved;
-    const float *g = nd->out->grad;
+// into db_t (w_delta_base), a, b (NULL without LoRA) and p (the weight kind's own values; NULL:
+// none; their one gradient buffer takes both paths), each when it requires one.
+static void qweight_prequant_backward(Ctx *c, const QLayer *q, const float *g, Tensor *db_t, Tensor *a, Tensor *b,
+                                      Tensor *p) {
     size_t K = q->k;
-    Tensor *db_t = nd->in[0], *a = nd->in[1], *b = nd->in[2], *p = nd->in[3];
     float *dd = db_t->requires_grad ? tensor_grad(c, db_t) : NULL, *dp = p && p->requires_grad ? tensor_grad(c, p) : NULL;
     if ((db_t->requires_grad && !dd) || (p && p->requires_grad && !dp)) return;
     if (dd || dp) quantizer_decode_backward(&q->wq, dd, NULL, dp, g, q->w_int, (size_t)q->cout * K, 0);
@@ -318,6 +317,12 @@ static void qweight_backward(Ctx *c, TapeNode *nd) {
         if (!dA) return;
         gemm_rm(1, 0, q->rank, (int)K, q->cout, 1.0f, b->data, q->rank, g, (int)K, 1.0f, dA, (int)K);
     }
+}
+
+// in[0] = w_delta_base, in[1] = lora_a, in[2] = lora_b (NULL without LoRA), in[3] = the weight
+// kind's own values (NULL: none); saved = the QLayer.
+static void qweight_backward(Ctx *c, TapeNode *nd) {
+    qweight_prequant_backward(c, nd->saved, nd->out->grad, nd->in[0], nd->in[1], nd->in[2], nd->in[3]);
 }
 
 static Tensor *weight_prequant_op(Ctx *c, QLayer *q) {
@@ -347,6 +352,85 @@ Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q) {
 Tensor *qlayer_weight(Ctx *c, QLayer *q) {
     if (q->special) return &q->w_fq;
     return t_fake_quant(c, qlayer_weight_prequant(c, q), &q->wq, 0);
+}
+
+/* ---- the weight path as one op, rebuilt in backward -------------------------------- */
+
+// What the op's node keeps: the layer, and W_base + B·A from the rebuild until the backward
+// right after it (the conv / linear that reads W_eff is the op just before on the way back),
+// so that it is computed once more per step, not twice.
+typedef struct {
+    const QLayer *q;
+    float *pre;  // pool scratch between rebuild and backward, or NULL
+} QWeightSaved;
+
+// out = q_w(W_base + B·A) through the two ops' forward kernels; W_base + B·A into pre.
+static void qweight_fused_fill(const QLayer *q, float *pre, float *out, size_t n) {
+    qweight_compute(q, pre);
+    quantizer_fake(&q->wq, out, pre, n, 0);
+}
+
+// in[0..3] as qweight_backward's, in[4] = Δ_w (quantizer path), in[5] = z_w; saved = QWeightSaved.
+static void qweight_fused_rebuild(Ctx *c, TapeNode *nd) {
+    QWeightSaved *sv = nd->saved;
+    size_t n = nd->out->n;
+    if (!sv->pre && !(sv->pre = ctx_scratch(c, n))) return;
+    if (tensor_rebuild_data(c, nd->out)) qweight_fused_fill(sv->q, sv->pre, nd->out->data, n);
+}
+
+// The two ops' backwards in tape order: the fake-quant's (into d pre, dΔ_w, dz_w, the kind's
+// values), then the LoRA weight's on d pre.
+static void qweight_fused_backward(Ctx *c, TapeNode *nd) {
+    QWeightSaved *sv = nd->saved;
+    const QLayer *q = sv->q;
+    size_t n = nd->out->n;
+    Tensor *delta = nd->in[4], *zero = nd->in[5], *param = nd->in[3];
+    float *dd = delta->requires_grad ? tensor_grad(c, delta) : NULL;
+    float *dz = zero->requires_grad ? tensor_grad(c, zero) : NULL;
+    float *dp = param && param->requires_grad ? tensor_grad(c, param) : NULL;
+    if ((delta->requires_grad && !dd) || (zero->requires_grad && !dz) || (param && param->requires_grad && !dp)) return;
+    if (!sv->pre && (sv->pre = ctx_scratch(c, n))) qweight_compute(q, sv->pre);  // W_eff was never dropped
+    float *dpre = ctx_scratch(c, n);
+    if (sv->pre && dpre) {
+        memset(dpre, 0, n * sizeof(float));
+        quantizer_fake_backward_all(&q->wq, dpre, dd, dz, dp, nd->out->grad, sv->pre, n, 0);
+        qweight_prequant_backward(c, q, dpre, nd->in[0], nd->in[1], nd->in[2], param);
+    }
+    ctx_scratch_free(c, dpre);
+    ctx_scratch_free(c, sv->pre);
+    sv->pre = NULL;
+}
+
+static Tensor *weight_recompute_op(Ctx *c, QLayer *q) {
+    if (q->special) {
+        err_set(&c->err, ERR_INTERNAL, "layer '%s': a special layer has no LoRA weight path", q->layer->name);
+        return NULL;
+    }
+    const Tensor *w = &q->layer->weight;
+    Tensor *out = tensor_new_transient(c, w->ndim, w->shape);
+    float *pre = out ? ctx_scratch(c, out->n) : NULL;
+    if (!pre) return NULL;
+    qweight_fused_fill(q, pre, out->data, out->n);
+    ctx_scratch_free(c, pre);
+    Tensor *in[6] = {&q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL, q->rank > 0 ? &q->lora_b : NULL,
+                     q->wq.param.data ? &q->wq.param : NULL, &q->wq.delta, &q->wq.zero};
+    TapeNode *nd = tape_record(c, OP_QWEIGHT, qweight_fused_backward, out, in, 6);
+    if (c->err.code) return NULL;
+    if (nd) {
+        QWeightSaved *sv = ctx_alloc(c, sizeof *sv);
+        if (!sv) return NULL;
+        *sv = (QWeightSaved){q, NULL};
+        nd->saved = sv;
+        nd->rebuild = qweight_fused_rebuild;
+        out->remat = nd;
+    }
+    return out;
+}
+
+Tensor *qlayer_weight_recompute(Ctx *c, QLayer *q) {
+    // the LoRA product B·A: one (Cout, r) x (r, K) GEMM
+    PROF_OP(c, OP_QWEIGHT, weight_recompute_op(c, q),
+            out && !q->special ? 2.0 * (double)q->cout * (double)q->rank * (double)q->k : 0.0);
 }
 
 /* ---- forward --------------------------------------------------------------------- */
@@ -379,10 +463,12 @@ Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
         return NULL;
     }
     Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
-    Tensor *w = qlayer_weight(c, q);
+    int fused = q->recompute && !q->special;
+    Tensor *w = fused ? qlayer_weight_recompute(c, q) : qlayer_weight(c, q);
     Tensor *b = l->bias.data ? &l->bias : NULL;
-    if (l->kind == LAYER_LINEAR) return t_linear(c, xq, w, b);
-    return t_conv2d(c, xq, w, b, l->stride, l->pad);
+    Tensor *y = l->kind == LAYER_LINEAR ? t_linear(c, xq, w, b) : t_conv2d(c, xq, w, b, l->stride, l->pad);
+    if (fused && w) tensor_drop(c, w);  // rebuilt when the backward needs it (tape.h)
+    return y;
 }
 
 /* ---- merge / export -------------------------------------------------------------- */

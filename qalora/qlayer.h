@@ -110,6 +110,7 @@ typedef struct QLayer {
     Tensor lora_b;        // trainable, rank > 0: (Cout, r, 1, 1) or (out, r)
     Quantizer aq;         // layer-wise, of the activation kind: n_entries (trainable) or 1 (special) entries
 
+    int recompute;        // trainable: 1 = the weight path runs as one op (qlayer_weight_recompute)
     const int *entry;     // current TALSQ entry (driver-owned); NULL: entry 0
     int act_ready;        // 1 once aq holds calibrated (or loaded) values
     QCalibMode calib;
@@ -146,6 +147,13 @@ Tensor *qlayer_weight(Ctx *c, QLayer *q);
 // W_base + B·A before q_w (trainable layers), recorded as OP_LORA_WEIGHT: gradients to
 // w_delta_base, lora_a, lora_b. Exposed for tests.
 Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q);
+// qlayer_weight of a trainable layer as one op (OP_QWEIGHT) whose two weight-sized values need
+// not stay from the forward to the backward: W_base + B·A is scratch, and W_eff is a transient
+// tensor (tape.h) that the layer drops after its conv / linear and the tape rebuilds before that
+// op's backward. The same kernels in the same order as qlayer_weight, so the same bits, forward
+// and backward; it trades one more weight pass per layer and step for the memory of two weights
+// per layer (q->recompute selects it in qlayer_forward; with no gradient pool it saves nothing).
+Tensor *qlayer_weight_recompute(Ctx *c, QLayer *q);
 
 // The trainable tensors of a trainable layer in gradient-block order (lora_a, lora_b when
 // rank > 0, then wq.delta, w_delta_base, aq.delta, aq.zero), for the optimizer's slots;

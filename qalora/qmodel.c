@@ -220,6 +220,10 @@ void qmodel_free(QModel *q) {
     memset(q, 0, sizeof *q);
 }
 
+void qmodel_set_recompute(QModel *q, int on) {
+    for (int k = 0; k < q->n_q; k++) q->q[k].recompute = on;
+}
+
 void qmodel_enable(QModel *q, int on) {
     for (int k = 0; k < q->n_q; k++) {
         if (on) qlayer_attach(&q->q[k]);

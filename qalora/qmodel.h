@@ -140,6 +140,9 @@ int qmodel_init(QModel *q, UNet *unet, const QModelConfig *cfg, int T, Rng *rng,
 void qmodel_free(QModel *q);
 // 1: layer_forward runs the quantized path (student); 0: the FP path (teacher).
 void qmodel_enable(QModel *q, int on);
+// Every trainable layer's weight path as one op rebuilt in backward (on = 1) or as two ops whose
+// values stay on the tape (0, the default): qlayer_weight_recompute. Same results either way.
+void qmodel_set_recompute(QModel *q, int on);
 // Selects the TALSQ entry of the training timestep nearest to DDPM timestep t.
 void qmodel_set_timestep(QModel *q, int t);
 // Number of trainable / special / FP layers (FP: conv/linear layers left unquantized, incl. conv1d).

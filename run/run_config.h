@@ -110,10 +110,13 @@ typedef struct {
     int n_overrides;
 } RcQuant;
 
+typedef enum { RC_RECOMPUTE_AUTO, RC_RECOMPUTE_ON, RC_RECOMPUTE_OFF } RcRecompute;
+
 typedef struct {
     char out[RC_PATH_MAX];
     int threads;
     int arena_mb;
+    RcRecompute recompute_weights;
 } RcRun;
 
 // The calib, train and sample groups are the structs of the layers that read them

@@ -55,6 +55,9 @@ void run_train_config(TrainConfig *tc, const RunConfig *rc) {
     tc->sample = rc->sample;
     tc->uncond_label = rc->model.uncond_label;
     tc->arena_mb = rc->run.arena_mb;
+    tc->recompute_weights = rc->run.recompute_weights == RC_RECOMPUTE_AUTO  ? -1
+                            : rc->run.recompute_weights == RC_RECOMPUTE_ON ? 1
+                                                                           : 0;
     tc->init_seed = (uint64_t)rc->calib.seed;
     snprintf(tc->model_name, sizeof tc->model_name, "%s", rc->model.ldm_config);
 }

@@ -57,8 +57,11 @@ static void report(const char *prefix, const char *what, const float *ours, cons
 
 /* ---- the upstream fixture ------------------------------------------------------------ */
 
-static void run_fixture(const char *prefix, LayerKind kind) {
+// recompute: the weight path as one op rebuilt in backward, on a context with a gradient pool
+static void run_fixture(const char *prefix, LayerKind kind, int recompute) {
     Ctx *d = test_ctx_new((size_t)1 << 24), *c = test_ctx_new((size_t)1 << 26);
+    Err pe = {0};
+    if (recompute) assert_int_equal(ctx_pool_grads(c, (size_t)1 << 26, &pe), 0);
     Tensor *x = fx(d, prefix, "x"), *W = fx(d, prefix, "W"), *bias = fx(d, prefix, "bias");
     Tensor *w_delta = fx(d, prefix, "w_delta"), *w_zp = fx(d, prefix, "w_zero_point");
     Tensor *W_int = fx(d, prefix, "W_int"), *lA = fx(d, prefix, "lora_A"), *lB = fx(d, prefix, "lora_B");
@@ -81,6 +84,7 @@ static void run_fixture(const char *prefix, LayerKind kind) {
     rng_seed(&rng, 5, 0);
     Err e = {0};
     assert_int_equal(qlayer_init(&q, &l, &cfg, NULL, NULL, &rng, &e), 0);
+    q.recompute = recompute;
 
     // 'mse' init and W_int reproduce the upstream values exactly
     int cout = W->shape[0];
@@ -158,8 +162,14 @@ static void run_fixture(const char *prefix, LayerKind kind) {
     test_ctx_delete(d);
 }
 
-static void test_fixture_conv(void **state) { run_fixture("conv_", LAYER_CONV2D); }
-static void test_fixture_linear(void **state) { run_fixture("linear_", LAYER_LINEAR); }
+static void test_fixture_conv(void **state) {
+    run_fixture("conv_", LAYER_CONV2D, 0);
+    run_fixture("conv_", LAYER_CONV2D, 1);
+}
+static void test_fixture_linear(void **state) {
+    run_fixture("linear_", LAYER_LINEAR, 0);
+    run_fixture("linear_", LAYER_LINEAR, 1);
+}
 
 /* ---- helpers for synthetic layers ------------------------------------------------ */
 
@@ -269,6 +279,82 @@ static void gradcheck_prequant(LayerKind kind) {
 static void test_gradcheck_lora_path(void **state) {
     gradcheck_prequant(LAYER_CONV2D);
     gradcheck_prequant(LAYER_LINEAR);
+}
+
+/* ---- the weight path rebuilt in backward: the same bits as the two ops ------------ */
+
+// Forward + backward of q on x with gradient G at TALSQ entry 1; out[0] = the output, then dx
+// and the layer's trainable gradients, concatenated (n floats, returned). arena_kept: the
+// arena's growth over the forward.
+static size_t layer_step(QLayer *q, int recompute, const float *x0, int ndim, const int *shape, float *out,
+                         size_t *arena_kept) {
+    Ctx *c = test_ctx_new((size_t)1 << 24);
+    Err e = {0};
+    assert_int_equal(ctx_pool_grads(c, (size_t)1 << 24, &e), 0);
+    q->recompute = recompute;
+    Tensor *t[QLAYER_MAX_SLOTS];
+    int nt = qlayer_trainable(q, t);
+    for (int i = 0; i < nt; i++) memset(t[i]->grad, 0, t[i]->n * sizeof(float));
+    Tensor *x = tensor_from(c, x0, ndim, shape);
+    x->requires_grad = 1;
+    size_t before = c->arena.used;
+    Tensor *y = qlayer_forward(c, q, x);
+    assert_non_null(y);
+    *arena_kept = c->arena.used - before;
+    if (recompute) assert_int_equal(c->grad_pool.live, 0);  // W_eff dropped after the conv / linear
+    Rng r;
+    rng_seed(&r, 99, 0);
+    float *G = malloc(y->n * sizeof(float));
+    rng_normal_fill(&r, G, y->n);
+    size_t n = 0;
+    memcpy(out, y->data, y->n * sizeof(float));
+    n += y->n;
+    assert_int_equal(tape_backward(c, y, G), 0);
+    memcpy(out + n, x->grad, x->n * sizeof(float));
+    n += x->n;
+    for (int i = 0; i < nt; i++) {
+        memcpy(out + n, t[i]->grad, t[i]->n * sizeof(float));
+        n += t[i]->n;
+    }
+    free(G);
+    test_ctx_delete(c);
+    return n;
+}
+
+static void recompute_case(LayerKind kind, int rank) {
+    Rng r;
+    ModelLayer l;
+    QLayer q;
+    const int cout = 7, cin = 6, k = 3;
+    random_qlayer(&q, &l, &r, 21 + rank, kind, "middle_block.0.in_layers.2", cout, cin, k, 1, rank, 4);
+    if (rank) rng_normal_fill(&r, q.lora_b.data, q.lora_b.n);
+    for (size_t i = 0; i < q.lora_b.n; i++) q.lora_b.data[i] *= 0.05f;
+    qlayer_set_act(&q, 0.3f, 7.0f);
+    int entry = 1;
+    q.entry = &entry;
+    int shape_c[4] = {2, cin, 5, 5}, shape_l[2] = {9, cin};
+    int *shape = kind == LAYER_LINEAR ? shape_l : shape_c, ndim = kind == LAYER_LINEAR ? 2 : 4;
+    size_t nx = tensor_shape_numel(ndim, shape), cap = 4 * (nx + l.weight.n * 4 + 1024);
+    float *x = malloc(nx * sizeof(float)), *a = malloc(cap * sizeof(float)), *b = malloc(cap * sizeof(float));
+    rng_normal_fill(&r, x, nx);
+    size_t kept_two, kept_one;
+    size_t na = layer_step(&q, 0, x, ndim, shape, a, &kept_two);
+    size_t nb = layer_step(&q, 1, x, ndim, shape, b, &kept_one);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na * sizeof(float));
+    // the two weight-sized values (W_base + B·A and W_eff) no longer stay from forward to backward
+    assert_true(kept_one + 2 * l.weight.n * sizeof(float) <= kept_two);
+    free(x);
+    free(a);
+    free(b);
+    qlayer_free(&q);
+    layer_release(&l);
+}
+
+static void test_recompute_matches_two_ops(void **state) {
+    recompute_case(LAYER_CONV2D, 3);
+    recompute_case(LAYER_LINEAR, 3);
+    recompute_case(LAYER_CONV2D, 0);  // no LoRA: the decode alone
 }
 
 /* ---- special layers ------------------------------------------------------------ */
@@ -493,6 +579,7 @@ int main(void) {
         cmocka_unit_test(test_fixture_linear),
         cmocka_unit_test(test_init_is_naive_ptq),
         cmocka_unit_test(test_gradcheck_lora_path),
+        cmocka_unit_test(test_recompute_matches_two_ops),
         cmocka_unit_test(test_special_layer),
         cmocka_unit_test(test_calibration_and_entries),
         cmocka_unit_test(test_bad_layers),

@@ -37,7 +37,7 @@ static const char *const ALL_KEYS[] = {
     "train.optimizer.schedule", "train.optimizer.warmup_steps", "train.optimizer.delta_w_update",
     "sample.sampler", "sample.steps", "sample.eta", "sample.scale", "sample.grid_rows", "sample.grid_cols",
     "sample.seed",
-    "run.out", "run.threads", "run.arena_mb",
+    "run.out", "run.threads", "run.arena_mb", "run.recompute_weights",
 };
 
 // Sets a string field as the loader does: zeroed behind the NUL, so configs compare byte for byte.
@@ -585,7 +585,7 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"sample.eta", "sample: {eta: 1}"}, {"sample.scale", "sample: {scale: 1}"},
     {"sample.grid_rows", "sample: {grid_rows: 2}"}, {"sample.grid_cols", "sample: {grid_cols: 2}"},
     {"sample.seed", "sample: {seed: 2}"}, {"run.out", "run: {out: elsewhere}"}, {"run.threads", "run: {threads: 1}"},
-    {"run.arena_mb", "run: {arena_mb: 64}"},
+    {"run.arena_mb", "run: {arena_mb: 64}"}, {"run.recompute_weights", "run: {recompute_weights: on}"},
 };
 
 // Every key changed alone: run_config_first_diff names it, and run_config_compare refuses to

@@ -143,6 +143,88 @@ static void test_scope_frees_intermediates(void **state) {
     ctx_free(&c);
 }
 
+static void test_pool_reuses_blocks(void **state) {
+    BlockPool p;
+    Err e = {0};
+    assert_int_equal(pool_init(&p, 1 << 20, &e), 0);
+    void *a = pool_alloc(&p, 1000), *b = pool_alloc(&p, 4000);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal((size_t)a % ARENA_ALIGN, 0);
+    assert_int_equal(p.live, 1024 + 4032);
+    pool_free(&p, a);
+    assert_int_equal(p.live, 4032);
+    assert_ptr_not_equal(pool_alloc(&p, 2000), a);  // larger than the free block: new memory
+    assert_ptr_equal(pool_alloc(&p, 990), a);       // same aligned size: the freed block again
+    assert_int_equal(p.peak, 1024 + 4032 + 2048);
+    pool_free(&p, b);
+    void *c = pool_alloc(&p, 3000);                 // up to a third smaller: b's block serves it
+    assert_ptr_equal(c, b);
+    assert_int_equal(p.live, 1024 + 2048 + 4032);   // counted at its block's size
+    pool_free(&p, c);
+    assert_ptr_not_equal(pool_alloc(&p, 2500), b);  // less than two thirds of it: not reused
+    assert_true(pool_owns(&p, b));
+    assert_false(pool_owns(&p, &p));
+    assert_null(pool_alloc(&p, 2 << 20));
+    pool_reset(&p);
+    assert_int_equal(p.live, 0);
+    assert_ptr_equal(pool_alloc(&p, 1000), a);
+    pool_free_all(&p);
+}
+
+// loss = sum(silu(r) + y) with y = silu^L(x) and r a reshape view of y: a chain, a tensor read twice
+// and a view sharing its gradient. Fills gx with d loss / dx; returns the pool's peak (0 without).
+static size_t chain_grad(int pooled, const float *x0, int n, int L, float *gx) {
+    Ctx c;
+    Err e = {0};
+    assert_int_equal(ctx_init(&c, 1 << 24, &e), 0);
+    if (pooled) assert_int_equal(ctx_pool_grads(&c, 1 << 24, &e), 0);
+    Tensor *x = tensor_from(&c, x0, 1, (int[]){n});
+    x->requires_grad = 1;
+    Tensor *y = x;
+    for (int i = 0; i < L; i++) y = t_silu(&c, y);
+    Tensor *r = t_reshape(&c, y, 2, (int[]){2, n / 2});
+    Tensor *s = t_reshape(&c, t_silu(&c, r), 1, (int[]){n});
+    Tensor *loss = t_sum(&c, t_add(&c, s, y));
+    assert_non_null(loss);
+    assert_int_equal(tape_backward(&c, loss, NULL), 0);
+    memcpy(gx, x->grad, (size_t)n * sizeof(float));
+    size_t leaf = ((size_t)n * sizeof(float) + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    if (pooled) assert_int_equal(c.grad_pool.live, leaf);  // only the leaf's gradient remains
+    size_t peak = c.grad_pool.peak;
+    ctx_free(&c);
+    return peak;
+}
+
+static void test_grad_pool_frees_in_backward(void **state) {
+    enum { N = 1000, L = 12 };
+    float x[N], g_arena[N], g_pool[N];
+    Rng r;
+    rng_seed(&r, 7, 1);
+    rng_normal_fill(&r, x, N);
+    chain_grad(0, x, N, L, g_arena);
+    size_t peak = chain_grad(1, x, N, L, g_pool);
+    // freeing changes where gradients live, never what they are
+    assert_memory_equal(g_arena, g_pool, sizeof g_arena);
+    // alive at once: the leaf's, y's (shared with its view), one in flight, the loss's and the add's;
+    // without freeing all L + 5 would be
+    assert_true(peak <= 4 * (N * sizeof(float) + ARENA_ALIGN) + ARENA_ALIGN);
+    // and the gradient itself: silu' chained, against central differences of the loss in double
+    for (int k = 0; k < N; k += 97) {
+        double lp = 0, lm = 0, h = 1e-3;
+        for (int sgn = -1; sgn <= 1; sgn += 2) {
+            double v = x[k] + sgn * h, acc = 0;
+            for (int i = 0; i < N; i++) {
+                double y = i == k ? v : x[i];
+                for (int l = 0; l < L; l++) y = y / (1 + exp(-y));
+                acc += y + y / (1 + exp(-y));
+            }
+            if (sgn < 0) lm = acc; else lp = acc;
+        }
+        assert_true(fabs((lp - lm) / (2 * h) - g_pool[k]) < TOL_GRAD);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_arena_reuse),
@@ -151,6 +233,8 @@ int main(void) {
         cmocka_unit_test(test_reduce_gradcheck),
         cmocka_unit_test(test_frozen_and_accumulate),
         cmocka_unit_test(test_scope_frees_intermediates),
+        cmocka_unit_test(test_pool_reuses_blocks),
+        cmocka_unit_test(test_grad_pool_frees_in_backward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

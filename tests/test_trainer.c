@@ -646,34 +646,38 @@ static void test_sampled_validation(void **state) {
 static void test_slot_workers_match_one_thread(void **state) {
     (void)state;
     for (int recipe = 0; recipe < 2; recipe++) {
-        float *vals[2] = {NULL, NULL}, losses[2][8];
+        // 1 thread; 2 threads; 2 threads with the weight paths rebuilt in backward (qlayer.h)
+        float *vals[3] = {NULL, NULL, NULL}, losses[3][8];
         size_t nv = 0;
-        for (int threads = 1; threads <= 2; threads++) {
-            threads_set(threads);
+        for (int run = 0; run < 3; run++) {
+            threads_set(run ? 2 : 1);
             char dir[] = "/tmp/effdm_test_trainer_XXXXXX";
             assert_non_null(mkdtemp(dir));
             RunConfig rc;
             fix_config(&rc, recipe ? RC_RECIPE_REFERENCE : RC_RECIPE_EFFDM, dir);
             rc.train.val_every = 0;
             rc.train.batch = 4;
+            rc.run.recompute_weights = run == 2 ? RC_RECOMPUTE_ON : RC_RECOMPUTE_OFF;
             Err e = {0};
             Trainer *tr = calibrated_trainer(&rc, dir);
             Rec rec = {.stop_at = 3};
             TrainerHooks h = {.on_step = rec_step, .user = &rec, .stop = &rec.stop};
             assert_int_equal(trainer_run(tr, &h, NULL, &e), ERR_INTERRUPTED);
             assert_int_equal(rec.n, 3);
-            memcpy(losses[threads - 1], rec.losses, 3 * sizeof(float));
+            memcpy(losses[run], rec.losses, 3 * sizeof(float));
             QModel *q = trainer_qmodel(tr);
+            assert_int_equal(q->q[0].recompute, run == 2);
             nv = q->n_params;
-            vals[threads - 1] = malloc(nv * sizeof(float));
-            memcpy(vals[threads - 1], q->params, nv * sizeof(float));
+            vals[run] = malloc(nv * sizeof(float));
+            memcpy(vals[run], q->params, nv * sizeof(float));
             trainer_free(tr);
             fix_remove_run(dir);
         }
-        assert_memory_equal(losses[0], losses[1], 3 * sizeof(float));
-        assert_memory_equal(vals[0], vals[1], nv * sizeof(float));
-        free(vals[0]);
-        free(vals[1]);
+        for (int run = 1; run < 3; run++) {
+            assert_memory_equal(losses[0], losses[run], 3 * sizeof(float));
+            assert_memory_equal(vals[0], vals[run], nv * sizeof(float));
+        }
+        for (int run = 0; run < 3; run++) free(vals[run]);
     }
     threads_set(2);
 }

@@ -60,6 +60,8 @@ static int worker_init(Trainer *tr, SlotWorker *w, Err *e) {
     if ((rc = copy_state(tr, w, e))) return rc;
     if ((rc = ctx_init(&w->ctx, (size_t)tr->cfg.arena_mb << 20, e))) return rc;
     w->ctx_ready = 1;
+    if ((rc = ctx_pool_grads(&w->ctx, (size_t)tr->cfg.arena_mb << 20, e))) return rc;
+    qmodel_set_recompute(&w->q, tr->recompute);
     SlotEnv *v = &w->env;
     v->c = &w->ctx;
     v->m = w->m;

@@ -15,6 +15,9 @@
 #ifndef EFFDM_TRAIN_CONFIG_H
 #define EFFDM_TRAIN_CONFIG_H
 
+// run.recompute_weights auto: on from this many bytes of FP32 UNet weights
+#define TRAIN_RECOMPUTE_AUTO_BYTES ((size_t)256 << 20)
+
 #include <stdint.h>
 
 #include "sample/sampler.h"  // SamplerKind: sample.sampler names a row of the sampler table
@@ -72,6 +75,7 @@ typedef struct {
     RcSample sample;             // the sample.* keys: the grids drawn while fine-tuning
     int uncond_label;            // model.uncond_label; -1: the model's own (ldm_uncond_label)
     int arena_mb;                // run.arena_mb: the per-step arena, MiB
+    int recompute_weights;       // run.recompute_weights: 1 on, 0 off, -1 auto (TRAIN_RECOMPUTE_AUTO_BYTES)
     uint64_t init_seed;          // calib.seed: LoRA A's first draw (the state file then overwrites it)
     char model_name[1024];       // the teacher's config path, named in messages
 } TrainConfig;

@@ -234,6 +234,11 @@ int trainer_open(Trainer **out, const TrainConfig *tc, const QModelConfig *stude
     }
     if ((rc_code = ctx_init(&tr->ctx, (size_t)tc->arena_mb << 20, e))) goto fail;
     tr->ctx_ready = 1;
+    // the backward's gradients of intermediates are freed as it goes (tape.h)
+    if ((rc_code = ctx_pool_grads(&tr->ctx, (size_t)tc->arena_mb << 20, e))) goto fail;
+    tr->recompute = tc->recompute_weights >= 0 ? tc->recompute_weights
+                                               : unet_param_count(tr->m->unet) * sizeof(float) >= TRAIN_RECOMPUTE_AUTO_BYTES;
+    qmodel_set_recompute(&tr->q, tr->recompute);
     if ((rc_code = trainer_load_val(tr, e))) goto fail;
     tr->env = (SlotEnv){&tr->ctx, tr->m, &tr->q, tr->xin, tr->tin, tr->yin, tr->n_dw, tr->dw_from, tr->dw_to, 1};
     *out = tr;
@@ -296,6 +301,9 @@ void trainer_memory(const Trainer *tr, TrainerMemory *mem) {
     mem->optimizer = 3 * tr->opt.capacity * sizeof(float);  // grad, m, v
     mem->activations = tr->step_arena_peak;
     mem->arena_peak = tr->ctx.arena.peak;
+    mem->grad_peak = tr->ctx.grad_pool.peak;
+    mem->grad_extent = tr->ctx.grad_pool.space.peak;
+    mem->recompute = tr->recompute;
     mem->teacher_peak = tr->teacher_peak;
     mem->teacher_kept = tr->teacher_kept;
     mem->teacher_nodes = tr->teacher_nodes;

@@ -88,6 +88,9 @@ typedef struct {
     size_t optimizer;           // AdamW gradient block and moments
     size_t activations;         // arena in use when the last step's backward started (tape + saved values)
     size_t arena_peak;          // high-water mark of the step arena since open
+    size_t grad_peak;           // high-water mark of the gradients of intermediates alive at once (tape.h)
+    size_t grad_extent;         // memory the gradient pool touched for them (its blocks and headers)
+    int recompute;              // 1: the student's weights are rebuilt in backward (run.recompute_weights)
     // the last step's teacher forward (no grad, ctx scopes): its arena high-water mark above
     // the step's start, what it kept (its output), and the tape nodes it left (0 expected)
     size_t teacher_peak, teacher_kept, teacher_nodes;

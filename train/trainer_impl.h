@@ -133,6 +133,7 @@ struct Trainer {
     int workers_decided;        // trainer_workers_ready ran its decision
     Err *slot_err;              // [slots of this rank] each slot's error on the threads path
     size_t step_arena_peak;
+    int recompute;                // the student's weight paths are rebuilt in backward (run.recompute_weights)
     size_t teacher_peak, teacher_kept;  // arena bytes of the last teacher forward: high-water, kept after it
     size_t teacher_nodes;               // tape nodes after it (0: no gradient bookkeeping)
     struct Profile *prof_teacher, *prof_student;  // trainer_set_profile (may be NULL)
