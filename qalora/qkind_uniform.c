@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/ops/fastmath.h"
 #include "qalora/pack.h"
 #include "qalora/qkind.h"
 #include "util/par.h"
@@ -22,8 +23,17 @@ static inline float uq_level(float x, float delta, float zero, float qmax) {
     return u < 0.0f ? 0.0f : (u > qmax ? qmax : u);
 }
 
-void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float zero, int qmax) {
-    for (size_t i = 0; i < n; i++) y[i] = (uq_level(x[i], delta, zero, (float)qmax) - zero) * delta;
+// The weight path runs this and uq_backward over every weight twice per step: compiled for
+// AVX-512 / AVX2 too (fastmath.h), where rintf is one instruction instead of a branchy
+// sequence and the loop vectorizes. The same operations per element, so the same bits.
+FASTMATH_CLONES void quant_uniform_fake(float *y, const float *x, size_t n, float delta, float zero, int qmax) {
+    const float fq = (float)qmax;
+    for (size_t i = 0; i < n; i++) {
+        float u = rintf(x[i] / delta) + zero;
+        u = u < 0.0f ? 0.0f : u;  // as uq_level, one clamp at a time (NaN passes both)
+        u = u > fq ? fq : u;
+        y[i] = (u - zero) * delta;
+    }
 }
 
 /* ---- fit ----------------------------------------------------------------------------- */
@@ -157,19 +167,34 @@ static void uq_fake(const Quantizer *q, int k, float *y, const float *x, size_t 
 // Gradient of sum(q(x) * dy) over one slice: dx += (and g[0], g[1] = the slice's sums for Δ, z).
 // With u = round(x/Δ) + z and "inside" = 0 <= u <= qmax:
 //   dq/dx = inside; dq/dΔ = (clamp(u) - z) - inside * x/Δ; dq/dz = -Δ (1 - inside).
-static void uq_backward(const Quantizer *q, int k, float *dx, double g[QKIND_GRAD_SLOTS], const float *dy,
-                        const float *x, size_t n) {
+// The float work of a block vectorizes (clones as quant_uniform_fake); the sums stay one
+// double chain in element order, so the bits are those of the plain loop.
+#define UQ_BLOCK 256
+FASTMATH_CLONES static void uq_backward(const Quantizer *q, int k, float *dx, double g[QKIND_GRAD_SLOTS],
+                                        const float *dy, const float *x, size_t n) {
     float delta = q->delta.data[k], zero = q->zero.data[k], fq = (float)quantizer_qmax(q);
     double acc_d = 0, acc_z = 0;
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i] / delta;
-        float u = rintf(v) + zero;
-        int inside = u >= 0.0f && u <= fq;
-        float uc = inside ? u : (u < 0.0f ? 0.0f : fq);
-        float gi = dy[i];
-        if (dx && inside) dx[i] += gi;
-        acc_d += (double)gi * ((double)(uc - zero) - (inside ? (double)v : 0.0));
-        if (!inside) acc_z -= (double)gi * (double)delta;
+    // per element of a block: x/Δ where inside (else 0), clamp(u) - z, inside (1 or 0)
+    float vin[UQ_BLOCK], lvl[UQ_BLOCK], ins[UQ_BLOCK];
+    for (size_t b = 0; b < n; b += UQ_BLOCK) {
+        size_t m = n - b < UQ_BLOCK ? n - b : UQ_BLOCK;
+        const float *xb = x + b, *gb = dy + b;
+        for (size_t i = 0; i < m; i++) {
+            float v = xb[i] / delta;
+            float u = rintf(v) + zero;
+            // integer-mask selects (fastmath.h): a float ?: keeps GCC from vectorizing
+            uint32_t inside = -(uint32_t)((u >= 0.0f) & (u <= fq)), below = -(uint32_t)(u < 0.0f);
+            float uc = fm_select(inside, u, fm_select(below, 0.0f, fq));
+            vin[i] = fm_select(inside, v, 0.0f);
+            lvl[i] = uc - zero;
+            ins[i] = fm_select(inside, 1.0f, 0.0f);
+        }
+        if (dx)
+            for (size_t i = 0; i < m; i++) dx[b + i] = fm_select(-(uint32_t)(ins[i] != 0.0f), dx[b + i] + gb[i], dx[b + i]);
+        for (size_t i = 0; i < m; i++) {
+            acc_d += (double)gb[i] * ((double)lvl[i] - (double)vin[i]);
+            if (ins[i] == 0.0f) acc_z -= (double)gb[i] * (double)delta;
+        }
     }
     memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
     g[0] = acc_d;
