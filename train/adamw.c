@@ -1,4 +1,5 @@
 #include "train/adamw.h"
+#include "autograd/ops/fastmath.h"
 #include "util/grow.h"
 #include "util/par.h"
 
@@ -52,6 +53,24 @@ double adamw_lr_factor(const AdamW *o) {
     return f > 0 ? f : 0;
 }
 
+// One span of a slot's update (elementwise: the same bits however it is cut or vectorized).
+typedef struct {
+    float decay, b1, b2, one_b1, one_b2, bc2_sqrt, eps, step_size;
+} AdamWScalars;
+
+FASTMATH_CLONES static void adamw_span(float *p, const float *gr, float *m, float *v, size_t n, const AdamWScalars *k) {
+    const AdamWScalars s = *k;
+    for (size_t i = 0; i < n; i++) {
+        p[i] *= s.decay;
+        m[i] = s.b1 * m[i] + s.one_b1 * gr[i];
+        v[i] = s.b2 * v[i] + s.one_b2 * (gr[i] * gr[i]);
+        float denom = sqrtf(v[i]) / s.bc2_sqrt + s.eps;
+        p[i] -= s.step_size * (m[i] / denom);
+    }
+}
+
+#define ADAMW_CHUNK 16384
+
 void adamw_step(AdamW *o) {
     double factor = adamw_lr_factor(o);
     int64_t t = o->step + 1;
@@ -66,13 +85,12 @@ void adamw_step(AdamW *o) {
         float b1 = (float)g->beta1, b2 = (float)g->beta2, eps = (float)g->eps;
         float one_b1 = (float)(1.0 - g->beta1), one_b2 = (float)(1.0 - g->beta2);
         float *p = sl->data, *gr = o->grad + sl->off, *m = o->m + sl->off, *v = o->v + sl->off;
+        const AdamWScalars k = {decay, b1, b2, one_b1, one_b2, bc2_sqrt, eps, step_size};
+        size_t nc = (sl->n + ADAMW_CHUNK - 1) / ADAMW_CHUNK;
         PAR_FOR(schedule(static), sl->n > 65536,
-        for (size_t i = 0; i < sl->n; i++) {
-            p[i] *= decay;
-            m[i] = b1 * m[i] + one_b1 * gr[i];
-            v[i] = b2 * v[i] + one_b2 * (gr[i] * gr[i]);
-            float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-            p[i] -= step_size * (m[i] / denom);
+        for (size_t c = 0; c < nc; c++) {
+            size_t lo = c * ADAMW_CHUNK, len = sl->n - lo < ADAMW_CHUNK ? sl->n - lo : ADAMW_CHUNK;
+            adamw_span(p + lo, gr + lo, m + lo, v + lo, len, &k);
         });
     }
     o->step = t;
