@@ -333,12 +333,13 @@ static int conv_xgrad_flipped(Ctx *c, float *dx, const float *dy, const float *w
     size_t mark = arena_mark(&c->arena);
     float *wf = ctx_alloc(c, (size_t)Cin * Cout * khw * sizeof(float));
     if (!wf) return -1;
-    for (int ci = 0; ci < Cin; ci++)
-        for (int co = 0; co < Cout; co++)
-            for (int a = 0; a < kh; a++)
-                for (int b = 0; b < kw; b++)
-                    wf[(((size_t)ci * Cout + co) * kh + a) * kw + b] =
-                        w[(((size_t)co * Cin + ci) * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
+    // flipping both spatial axes reverses each kh x kw block: (kh-1-a) kw + (kw-1-b) = khw-1-(a kw + b)
+    for (int co = 0; co < Cout; co++)
+        for (int ci = 0; ci < Cin; ci++) {
+            const float *src = w + ((size_t)co * Cin + ci) * khw;
+            float *dst = wf + ((size_t)ci * Cout + co) * khw;
+            for (int j = 0; j < khw; j++) dst[j] = src[khw - 1 - j];
+        }
     Patch q = patch_make(Cout, p->Ho, p->Wo, kh, kw, 1, 1, kh - 1 - p->ph, kw - 1 - p->pw);
     int rc = patch_gemm(c, dx, dy, wf, Cin, NULL, 1, N, &q);
     arena_release(&c->arena, mark);
