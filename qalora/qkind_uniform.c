@@ -167,15 +167,25 @@ static void uq_fake(const Quantizer *q, int k, float *y, const float *x, size_t 
 // Gradient of sum(q(x) * dy) over one slice: dx += (and g[0], g[1] = the slice's sums for Δ, z).
 // With u = round(x/Δ) + z and "inside" = 0 <= u <= qmax:
 //   dq/dx = inside; dq/dΔ = (clamp(u) - z) - inside * x/Δ; dq/dz = -Δ (1 - inside).
-// The float work of a block vectorizes (clones as quant_uniform_fake); the sums stay one
-// double chain in element order, so the bits are those of the plain loop.
+// The float work of a block vectorizes (clones as quant_uniform_fake); the sums run in double
+// over UQ_LANES interleaved partial sums (element i into lane i % UQ_LANES, the lanes added
+// pairwise at the end), a fixed order whatever the threads: one chain of dependent double
+// adds per element was the slowest part of the weight path's backward.
 #define UQ_BLOCK 256
+#define UQ_LANES 8
+
+// Pairwise total of the lanes.
+static double lanes_total(const double *a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 FASTMATH_CLONES static void uq_backward(const Quantizer *q, int k, float *dx, double g[QKIND_GRAD_SLOTS],
                                         const float *dy, const float *x, size_t n) {
     float delta = q->delta.data[k], zero = q->zero.data[k], fq = (float)quantizer_qmax(q);
-    double acc_d = 0, acc_z = 0;
-    // per element of a block: x/Δ where inside (else 0), clamp(u) - z, inside (1 or 0)
-    float vin[UQ_BLOCK], lvl[UQ_BLOCK], ins[UQ_BLOCK];
+    double acc_d[UQ_LANES] = {0}, acc_z[UQ_LANES] = {0};
+    // per element of a block: x/Δ where inside (else 0), clamp(u) - z, inside (1 or 0), and
+    // Δ where outside (else 0)
+    float vin[UQ_BLOCK], lvl[UQ_BLOCK], ins[UQ_BLOCK], outd[UQ_BLOCK];
     for (size_t b = 0; b < n; b += UQ_BLOCK) {
         size_t m = n - b < UQ_BLOCK ? n - b : UQ_BLOCK;
         const float *xb = x + b, *gb = dy + b;
@@ -188,17 +198,23 @@ FASTMATH_CLONES static void uq_backward(const Quantizer *q, int k, float *dx, do
             vin[i] = fm_select(inside, v, 0.0f);
             lvl[i] = uc - zero;
             ins[i] = fm_select(inside, 1.0f, 0.0f);
+            outd[i] = fm_select(inside, 0.0f, delta);
         }
         if (dx)
             for (size_t i = 0; i < m; i++) dx[b + i] = fm_select(-(uint32_t)(ins[i] != 0.0f), dx[b + i] + gb[i], dx[b + i]);
-        for (size_t i = 0; i < m; i++) {
-            acc_d += (double)gb[i] * ((double)lvl[i] - (double)vin[i]);
-            if (ins[i] == 0.0f) acc_z -= (double)gb[i] * (double)delta;
+        // a block is UQ_BLOCK long (a multiple of the lanes) but for the last
+        for (size_t i0 = 0; i0 < m; i0 += UQ_LANES) {
+            size_t w = m - i0 < UQ_LANES ? m - i0 : UQ_LANES;
+            for (size_t j = 0; j < w; j++) {
+                size_t i = i0 + j;
+                acc_d[j] += (double)gb[i] * ((double)lvl[i] - (double)vin[i]);
+                acc_z[j] -= (double)gb[i] * (double)outd[i];
+            }
         }
     }
     memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
-    g[0] = acc_d;
-    g[1] = acc_z;
+    g[0] = lanes_total(acc_d);
+    g[1] = lanes_total(acc_z);
 }
 
 static void uq_encode(const Quantizer *q, int k, uint8_t *out, const float *x, size_t n) {
@@ -216,16 +232,20 @@ static void uq_decode(const Quantizer *q, int k, float *y, const uint8_t *in, si
 }
 
 // d/dΔ of Σ dy (l - z) Δ is Σ dy (l - z); d/dz is -Δ Σ dy.
-static void uq_decode_backward(const Quantizer *q, int k, double g[QKIND_GRAD_SLOTS], const float *dy,
-                               const uint8_t *in, size_t n) {
-    double z = (double)q->zero.data[k], sd = 0, sy = 0;
-    for (size_t i = 0; i < n; i++) {
-        sd += (double)dy[i] * ((double)in[i] - z);
-        sy += (double)dy[i];
+// Lanes as uq_backward's.
+FASTMATH_CLONES static void uq_decode_backward(const Quantizer *q, int k, double g[QKIND_GRAD_SLOTS],
+                                               const float *dy, const uint8_t *in, size_t n) {
+    double z = (double)q->zero.data[k], sd[UQ_LANES] = {0}, sy[UQ_LANES] = {0};
+    for (size_t i0 = 0; i0 < n; i0 += UQ_LANES) {
+        size_t w = n - i0 < UQ_LANES ? n - i0 : UQ_LANES;
+        for (size_t j = 0; j < w; j++) {
+            sd[j] += (double)dy[i0 + j] * ((double)in[i0 + j] - z);
+            sy[j] += (double)dy[i0 + j];
+        }
     }
     memset(g, 0, QKIND_GRAD_SLOTS * sizeof g[0]);
-    g[0] = sd;
-    g[1] = -(double)q->delta.data[k] * sy;
+    g[0] = lanes_total(sd);
+    g[1] = -(double)q->delta.data[k] * lanes_total(sy);
 }
 
 size_t qkind_uniform_packed_size(const Quantizer *q, size_t n) { return pack_size(n, q->bits); }
