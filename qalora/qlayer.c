@@ -325,11 +325,14 @@ static void qweight_backward(Ctx *c, TapeNode *nd) {
     qweight_prequant_backward(c, nd->saved, nd->out->grad, nd->in[0], nd->in[1], nd->in[2], nd->in[3]);
 }
 
+// 1 (and c->err set) for a special layer, which has no LoRA weight path.
+static int special_refused(Ctx *c, const QLayer *q) {
+    if (q->special) err_set(&c->err, ERR_INTERNAL, "layer '%s': a special layer has no LoRA weight path", q->layer->name);
+    return q->special;
+}
+
 static Tensor *weight_prequant_op(Ctx *c, QLayer *q) {
-    if (q->special) {
-        err_set(&c->err, ERR_INTERNAL, "layer '%s': a special layer has no LoRA weight path", q->layer->name);
-        return NULL;
-    }
+    if (special_refused(c, q)) return NULL;
     const Tensor *w = &q->layer->weight;
     Tensor *out = tensor_new(c, w->ndim, w->shape);
     if (!out) return NULL;
@@ -402,10 +405,7 @@ static void qweight_fused_backward(Ctx *c, TapeNode *nd) {
 }
 
 static Tensor *weight_recompute_op(Ctx *c, QLayer *q) {
-    if (q->special) {
-        err_set(&c->err, ERR_INTERNAL, "layer '%s': a special layer has no LoRA weight path", q->layer->name);
-        return NULL;
-    }
+    if (special_refused(c, q)) return NULL;
     const Tensor *w = &q->layer->weight;
     Tensor *out = tensor_new_transient(c, w->ndim, w->shape);
     float *pre = out ? ctx_scratch(c, out->n) : NULL;
