@@ -427,6 +427,29 @@ static Tensor *weight_recompute_op(Ctx *c, QLayer *q) {
     return out;
 }
 
+/* ---- the weight path once per step ------------------------------------------------ */
+
+void qlayer_weight_step(const QLayer *q, float *pre, float *eff) {
+    qweight_compute(q, pre);
+    quantizer_fake(&q->wq, eff, pre, q->layer->weight.n, 0);
+}
+
+void qlayer_weight_step_backward(Ctx *c, QLayer *q, const float *deff, const float *pre, float *dpre) {
+    size_t n = q->layer->weight.n;
+    Tensor *delta = &q->wq.delta, *zero = &q->wq.zero, *param = q->wq.param.data ? &q->wq.param : NULL;
+    float *dd = delta->requires_grad ? delta->grad : NULL, *dz = zero->requires_grad ? zero->grad : NULL;
+    float *dp = param && param->requires_grad ? param->grad : NULL;
+    memset(dpre, 0, n * sizeof(float));
+    quantizer_fake_backward_all(&q->wq, dpre, dd, dz, dp, deff, pre, n, 0);
+    qweight_prequant_backward(c, q, dpre, &q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL,
+                              q->rank > 0 ? &q->lora_b : NULL, param);
+}
+
+void qlayer_use_step_weight(QLayer *q, float *eff, float *grad) {
+    q->step_w = q->special ? NULL : eff;
+    if (q->step_w) tensor_init_param(&q->w_step, eff, grad, q->layer->weight.ndim, q->layer->weight.shape);
+}
+
 Tensor *qlayer_weight_recompute(Ctx *c, QLayer *q) {
     // the LoRA product B·A: one (Cout, r) x (r, K) GEMM
     PROF_OP(c, OP_QWEIGHT, weight_recompute_op(c, q),
@@ -463,8 +486,8 @@ Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
         return NULL;
     }
     Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
-    int fused = q->recompute && !q->special;
-    Tensor *w = fused ? qlayer_weight_recompute(c, q) : qlayer_weight(c, q);
+    int fused = q->recompute && !q->special && !q->step_w;
+    Tensor *w = q->step_w ? &q->w_step : fused ? qlayer_weight_recompute(c, q) : qlayer_weight(c, q);
     Tensor *b = l->bias.data ? &l->bias : NULL;
     Tensor *y = l->kind == LAYER_LINEAR ? t_linear(c, xq, w, b) : t_conv2d(c, xq, w, b, l->stride, l->pad);
     if (fused && w) tensor_drop(c, w);  // rebuilt when the backward needs it (tape.h)

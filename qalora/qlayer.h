@@ -111,6 +111,8 @@ typedef struct QLayer {
     Quantizer aq;         // layer-wise, of the activation kind: n_entries (trainable) or 1 (special) entries
 
     int recompute;        // trainable: 1 = the weight path runs as one op (qlayer_weight_recompute)
+    float *step_w;        // trainable, inside a training step: W_eff computed once for the step's
+    Tensor w_step;        // slots (qlayer_use_step_weight), and its leaf on the tape
     const int *entry;     // current TALSQ entry (driver-owned); NULL: entry 0
     int act_ready;        // 1 once aq holds calibrated (or loaded) values
     QCalibMode calib;
@@ -147,6 +149,16 @@ Tensor *qlayer_weight(Ctx *c, QLayer *q);
 // W_base + B·A before q_w (trainable layers), recorded as OP_LORA_WEIGHT: gradients to
 // w_delta_base, lora_a, lora_b. Exposed for tests.
 Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q);
+// The weight path once per step for all of a step's gradient slots (train/distill_step.c):
+// pre = W_base + B·A and eff = q_w(pre), through qlayer_weight's kernels (the weight's count each).
+void qlayer_weight_step(const QLayer *q, float *pre, float *eff);
+// Its backward for deff = d loss / d W_eff summed over the slots: the fake-quant's then the LoRA
+// weight's backward, as qlayer_weight's two ops, added into the layer's trainable gradients
+// (bound: no allocation from c). pre: qlayer_weight_step's; dpre: scratch of the weight's count.
+void qlayer_weight_step_backward(Ctx *c, QLayer *q, const float *deff, const float *pre, float *dpre);
+// From now on qlayer_forward takes eff as the weight, a leaf whose gradient is added into grad
+// (eff NULL: the weight path again).
+void qlayer_use_step_weight(QLayer *q, float *eff, float *grad);
 // qlayer_weight of a trainable layer as one op (OP_QWEIGHT) whose two weight-sized values need
 // not stay from the forward to the backward: W_base + B·A is scratch, and W_eff is a transient
 // tensor (tape.h) that the layer drops after its conv / linear and the tape rebuilds before that

@@ -220,6 +220,23 @@ void qmodel_free(QModel *q) {
     memset(q, 0, sizeof *q);
 }
 
+size_t qmodel_step_weight_size(const QModel *q) {
+    size_t n = 0;
+    for (int k = 0; k < q->n_q; k++)
+        if (!q->q[k].special) n += q->q[k].layer->weight.n;
+    return n;
+}
+
+void qmodel_use_step_weights(QModel *q, float *eff, float *grad) {
+    size_t off = 0;
+    for (int k = 0; k < q->n_q; k++) {
+        QLayer *l = &q->q[k];
+        if (l->special) continue;
+        qlayer_use_step_weight(l, eff ? eff + off : NULL, eff && grad ? grad + off : NULL);
+        off += l->layer->weight.n;
+    }
+}
+
 void qmodel_set_recompute(QModel *q, int on) {
     for (int k = 0; k < q->n_q; k++) q->q[k].recompute = on;
 }

@@ -143,6 +143,11 @@ void qmodel_enable(QModel *q, int on);
 // Every trainable layer's weight path as one op rebuilt in backward (on = 1) or as two ops whose
 // values stay on the tape (0, the default): qlayer_weight_recompute. Same results either way.
 void qmodel_set_recompute(QModel *q, int on);
+// Floats of every trainable layer's weight, in layer order: the size of the step weight blocks.
+size_t qmodel_step_weight_size(const QModel *q);
+// Every trainable layer takes its part of eff (layer order) as its weight, with its gradient
+// added into the same part of grad (qlayer_use_step_weight); eff NULL: the weight paths again.
+void qmodel_use_step_weights(QModel *q, float *eff, float *grad);
 // Selects the TALSQ entry of the training timestep nearest to DDPM timestep t.
 void qmodel_set_timestep(QModel *q, int t);
 // Number of trainable / special / FP layers (FP: conv/linear layers left unquantized, incl. conv1d).

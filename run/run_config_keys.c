@@ -443,11 +443,14 @@ const KeyDesc RC_KEYS[] = {
     {.path = "run.recompute_weights", .type = K_ENUM, .off = offsetof(RunConfig, run.recompute_weights),
      .names = EMA_NAMES, .n_names = N_OF(EMA_NAMES), .def = {RC_RECOMPUTE_AUTO, RC_RECOMPUTE_AUTO},
      .doc =
-     "`auto`, `on` or `off`: fine-tuning recomputes each quantized layer's weight (W_base + B·A and "
-     "its fake-quant) in the backward instead of keeping two weight-sized values per layer from the "
-     "forward to the backward. Same results; costs one more weight pass per layer and step. `auto`: "
-     "on when the UNet's FP32 weights reach 256 MiB (on the LDM-4 ImageNet UNet it saves about 3 GB "
-     "of a step's memory, see docs/PERFORMANCE.md)"},
+     "`auto`, `on` or `off`. `on`: each gradient slot computes each quantized layer's weight "
+     "(W_base + B·A and its fake-quant) and rebuilds it in its backward instead of keeping two "
+     "weight-sized values per layer from the forward to the backward (on the LDM-4 ImageNet UNet "
+     "about 3 GB less per step). `off`: the weights are computed once per step for all slots and "
+     "their backward runs once on the slots' summed gradient (faster; it holds the step's weights "
+     "and one weight gradient per slot). The two add the slots' gradients in another order, so "
+     "their results differ by float rounding; each is the same for any thread or rank count. "
+     "`auto`: on when the UNet's FP32 weights reach 256 MiB (docs/PERFORMANCE.md)"},
 };
 
 const int RC_N_KEYS = N_OF(RC_KEYS);

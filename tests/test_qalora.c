@@ -285,9 +285,21 @@ static void test_gradcheck_lora_path(void **state) {
 
 // Forward + backward of q on x with gradient G at TALSQ entry 1; out[0] = the output, then dx
 // and the layer's trainable gradients, concatenated (n floats, returned). arena_kept: the
-// arena's growth over the forward.
-static size_t layer_step(QLayer *q, int recompute, const float *x0, int ndim, const int *shape, float *out,
+// arena's growth over the forward. mode 0: the two weight ops; 1: the op rebuilt in backward;
+// 2: the weight computed before (qlayer_weight_step), a leaf on the tape, its backward after.
+static size_t layer_step(QLayer *q, int mode, const float *x0, int ndim, const int *shape, float *out,
                          size_t *arena_kept) {
+    int recompute = mode == 1;
+    size_t nw = q->layer->weight.n;
+    float *pre = NULL, *eff = NULL, *deff = NULL, *dpre = NULL;
+    if (mode == 2) {
+        pre = malloc(nw * sizeof(float));
+        eff = malloc(nw * sizeof(float));
+        deff = calloc(nw, sizeof(float));
+        dpre = malloc(nw * sizeof(float));
+        qlayer_weight_step(q, pre, eff);
+        qlayer_use_step_weight(q, eff, deff);
+    }
     Ctx *c = test_ctx_new((size_t)1 << 24);
     Err e = {0};
     assert_int_equal(ctx_pool_grads(c, (size_t)1 << 24, &e), 0);
@@ -310,6 +322,14 @@ static size_t layer_step(QLayer *q, int recompute, const float *x0, int ndim, co
     memcpy(out, y->data, y->n * sizeof(float));
     n += y->n;
     assert_int_equal(tape_backward(c, y, G), 0);
+    if (mode == 2) {
+        qlayer_weight_step_backward(c, q, deff, pre, dpre);
+        qlayer_use_step_weight(q, NULL, NULL);
+        free(pre);
+        free(eff);
+        free(deff);
+        free(dpre);
+    }
     memcpy(out + n, x->grad, x->n * sizeof(float));
     n += x->n;
     for (int i = 0; i < nt; i++) {
@@ -321,6 +341,8 @@ static size_t layer_step(QLayer *q, int recompute, const float *x0, int ndim, co
     return n;
 }
 
+// The two weight ops, the op rebuilt in backward and the weight path once per step: the same
+// output and gradients, byte for byte.
 static void recompute_case(LayerKind kind, int rank) {
     Rng r;
     ModelLayer l;
@@ -336,12 +358,17 @@ static void recompute_case(LayerKind kind, int rank) {
     int *shape = kind == LAYER_LINEAR ? shape_l : shape_c, ndim = kind == LAYER_LINEAR ? 2 : 4;
     size_t nx = tensor_shape_numel(ndim, shape), cap = 4 * (nx + l.weight.n * 4 + 1024);
     float *x = malloc(nx * sizeof(float)), *a = malloc(cap * sizeof(float)), *b = malloc(cap * sizeof(float));
+    float *s = malloc(cap * sizeof(float));
     rng_normal_fill(&r, x, nx);
-    size_t kept_two, kept_one;
+    size_t kept_two, kept_one, kept_step;
     size_t na = layer_step(&q, 0, x, ndim, shape, a, &kept_two);
     size_t nb = layer_step(&q, 1, x, ndim, shape, b, &kept_one);
+    size_t ns = layer_step(&q, 2, x, ndim, shape, s, &kept_step);
     assert_int_equal(na, nb);
     assert_memory_equal(a, b, na * sizeof(float));
+    assert_int_equal(na, ns);  // one slot: the step's weight path is the same computation
+    assert_memory_equal(a, s, na * sizeof(float));
+    free(s);
     // the two weight-sized values (W_base + B·A and W_eff) no longer stay from forward to backward
     assert_true(kept_one + 2 * l.weight.n * sizeof(float) <= kept_two);
     free(x);

@@ -120,14 +120,24 @@ static int slot_run(Trainer *tr, SlotEnv *env, int s, int t, float w, Err *e) {
     double t1 = clock_seconds();
     if (env->primary) tr->split[0] += t1 - t0;
 
-    // student: fake-quantized path at the TALSQ entry of t, on the tape
+    // student: fake-quantized path at the TALSQ entry of t, on the tape; with the step's shared
+    // weights (trainer_step) its d W_eff goes to the record's end, the weight path's backward
+    // runs once for all slots after the exchange
     c->prof = env->primary ? tr->prof_student : NULL;
+    if (tr->shared_w) {
+        float *dw = rec + tr->rec_dw;
+        memset(dw, 0, tr->n_sw * sizeof(float));
+        qmodel_use_step_weights(env->q, tr->sw_eff, dw);
+    }
     qmodel_enable(env->q, 1);
     qmodel_set_timestep(env->q, t);
     ctx_set_grad(c, 1);
     Tensor *qo = ldm_apply_model(c, env->m, tensor_from(c, xin, 4, shape), tin, y);
     Tensor *loss = distill_loss(c, &tr->loss, qo, p);
-    if (!loss) return op_failed(c, e, "student forward");
+    if (!loss) {
+        qmodel_use_step_weights(env->q, NULL, NULL);
+        return op_failed(c, e, "student forward");
+    }
     if (tr->cfg.train.trajectory == RC_TRAJ_STUDENT) {  // the student's own guided ε drives x_{t-1}
         if (!tr->pair)
             memcpy(eps, qo->data, n * sizeof(float));
@@ -141,15 +151,52 @@ static int slot_run(Trainer *tr, SlotEnv *env, int s, int t, float w, Err *e) {
     if (env->primary) tr->split[1] += t2 - t1;
     if (!isfinite(tail[0])) {
         tape_clear(c);
+        qmodel_use_step_weights(env->q, NULL, NULL);
         tail[1] = (float)ERR_NAN;
         return 0;
     }
     slot_env_bind_grads(env, rec);  // zeroes the slot's gradient block
     if (env->primary) tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
-    if (tape_backward(c, loss, &w)) return op_failed(c, e, "backward");
+    int brc = tape_backward(c, loss, &w);
+    qmodel_use_step_weights(env->q, NULL, NULL);
+    if (brc) return op_failed(c, e, "backward");
     ctx_reset(c);
     if (env->primary) tr->split[2] += clock_seconds() - t2;
     return 0;
+}
+
+/* The weight path once per step (tr->shared_w): every slot reads the same W_eff, so it is
+   computed before the slots, one trainable layer per thread at a time; after the exchange the
+   slots' d W_eff are summed in slot order and the weight path's backward runs once, again per
+   layer, on every rank alike. Each layer's work is the same whichever thread runs it. */
+static void step_weights_forward(Trainer *tr) {
+    QModel *q = &tr->q;
+    PAR_FOR(schedule(dynamic, 1), q->n_q > 1,
+    for (int k = 0; k < q->n_q; k++) {
+        if (q->q[k].special) continue;
+        size_t off = tr->sw_off[k];
+        qlayer_weight_step(&q->q[k], tr->sw_pre + off, tr->sw_eff + off);
+    });
+}
+
+static void step_weights_backward(Trainer *tr) {
+    QModel *q = &tr->q;
+    const int NS = tr->n_slots;
+    const float *s0 = tr->slots + tr->rec_dw;
+    float *d = tr->sw_dsum;
+    PAR_FOR(schedule(static), tr->n_sw * (size_t)NS >= 32768,
+    for (size_t i = 0; i < tr->n_sw; i++) {
+        float acc = s0[i];
+        for (int s = 1; s < NS; s++) acc += s0[(size_t)s * tr->rec + i];
+        d[i] = acc;
+    });
+    Ctx *c = &tr->ctx;
+    PAR_FOR(schedule(dynamic, 1), q->n_q > 1,
+    for (int k = 0; k < q->n_q; k++) {
+        if (q->q[k].special) continue;
+        size_t off = tr->sw_off[k];
+        qlayer_weight_step_backward(c, &q->q[k], d + off, tr->sw_pre + off, tr->sw_dpre + off);
+    });
 }
 
 /* One optimizer step. The batch's trajectories are cut into gradient slots
@@ -179,6 +226,11 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
 
     int lo, hi, rc = 0;
     dist_range(NS, tr->rank, tr->world, &lo, &hi);
+    if (tr->shared_w) {  // in the split: the student's forward
+        double t0 = clock_seconds();
+        step_weights_forward(tr);
+        tr->split[1] += clock_seconds() - t0;
+    }
     for (int s = lo; s < hi; s++) memset(tr->slots + (size_t)s * tr->rec + ng + ne, 0, SLOT_TAIL * sizeof(float));
     if ((rc = trainer_workers_ready(tr, hi - lo, e))) return rc;
     if (tr->n_workers == 0) {
@@ -252,6 +304,13 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
         for (int s = 1; s < NS; s++) acc += s0[(size_t)s * tr->rec + i];
         g[i] = acc;
     });
+    double post = 0;
+    if (tr->shared_w) {  // adds the weight paths' gradients into g; in the split: the backward
+        double t0 = clock_seconds();
+        step_weights_backward(tr);
+        post = clock_seconds() - t0;
+        tr->split[2] += post;
+    }
     for (int s = 0; s < NS; s++)
         memcpy(tr->eps_g + (size_t)s * ne, tr->slots + (size_t)s * tr->rec + ng, ne * sizeof(float));
     tr->failure_shared = 0;
@@ -281,6 +340,6 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     ddim_update(&tr->ddim, index, tr->x, tr->eps_g, noisy ? tr->noise : NULL, tr->x, NULL, n);
     tr->last_loss = raw;
     tr->step++;
-    tr->split[3] = clock_seconds() - t3;
+    tr->split[3] = clock_seconds() - t3 - post;
     return 0;
 }

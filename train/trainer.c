@@ -170,7 +170,24 @@ static int alloc_buffers(Trainer *tr, Err *e) {
         return err_set(e, ERR_NOMEM, "out of memory for the selection pool");
     // a slot record: the gradient block, the slot's guided ε, its loss and status; 16-float
     // aligned so every slot's gradient starts on a 64-byte line as opt.grad does
-    tr->rec = (tr->q.n_grads + (size_t)tr->per_slot * tr->per + SLOT_TAIL + 15) / 16 * 16;
+    tr->rec_dw = (tr->q.n_grads + (size_t)tr->per_slot * tr->per + SLOT_TAIL + 15) / 16 * 16;
+    tr->rec = tr->rec_dw;
+    if (tr->shared_w) {  // the weight path once per step: each slot's d W_eff at the record's end
+        tr->n_sw = qmodel_step_weight_size(&tr->q);
+        tr->rec += (tr->n_sw + 15) / 16 * 16;
+        tr->sw_pre = zalloc(tr->n_sw, sizeof(float));
+        tr->sw_eff = zalloc(tr->n_sw, sizeof(float));
+        tr->sw_dsum = zalloc(tr->n_sw, sizeof(float));
+        tr->sw_dpre = zalloc(tr->n_sw, sizeof(float));
+        tr->sw_off = zalloc((size_t)tr->q.n_q, sizeof(size_t));
+        if (!tr->sw_pre || !tr->sw_eff || !tr->sw_dsum || !tr->sw_dpre || !tr->sw_off)
+            return err_set(e, ERR_NOMEM, "out of memory for the step's weights (%zu MiB)", 4 * tr->n_sw * sizeof(float) >> 20);
+        size_t off = 0;  // qmodel_use_step_weights' layout
+        for (int k = 0; k < tr->q.n_q; k++) {
+            tr->sw_off[k] = off;
+            if (!tr->q.q[k].special) off += tr->q.q[k].layer->weight.n;
+        }
+    }
     tr->slots = zalloc((size_t)tr->n_slots * tr->rec, sizeof(float));
     if (!tr->x || !tr->noise || !tr->eps_g || !tr->xin || !tr->tin || !tr->yin || !tr->labels || !tr->stepw_mean ||
         !tr->stepw_count || !tr->slots)
@@ -222,6 +239,10 @@ int trainer_open(Trainer **out, const TrainConfig *tc, const QModelConfig *stude
         goto fail;
     }
     if ((rc_code = setup_optimizer(tr, e))) goto fail;
+    tr->recompute = tc->recompute_weights >= 0 ? tc->recompute_weights
+                                               : unet_param_count(tr->m->unet) * sizeof(float) >= TRAIN_RECOMPUTE_AUTO_BYTES;
+    qmodel_set_recompute(&tr->q, tr->recompute);
+    tr->shared_w = !tr->recompute;
     if ((rc_code = alloc_buffers(tr, e))) goto fail;
     rng_seed(&tr->rng, (uint64_t)tc->train.seed, 0);
     if ((rc_code = run_state_load(tr, e))) goto fail;
@@ -236,9 +257,6 @@ int trainer_open(Trainer **out, const TrainConfig *tc, const QModelConfig *stude
     tr->ctx_ready = 1;
     // the backward's gradients of intermediates are freed as it goes (tape.h)
     if ((rc_code = ctx_pool_grads(&tr->ctx, (size_t)tc->arena_mb << 20, e))) goto fail;
-    tr->recompute = tc->recompute_weights >= 0 ? tc->recompute_weights
-                                               : unet_param_count(tr->m->unet) * sizeof(float) >= TRAIN_RECOMPUTE_AUTO_BYTES;
-    qmodel_set_recompute(&tr->q, tr->recompute);
     if ((rc_code = trainer_load_val(tr, e))) goto fail;
     tr->env = (SlotEnv){&tr->ctx, tr->m, &tr->q, tr->xin, tr->tin, tr->yin, tr->n_dw, tr->dw_from, tr->dw_to, 1};
     *out = tr;
@@ -274,6 +292,11 @@ void trainer_free(Trainer *tr) {
     free(tr->val_y);
     free(tr->chk_teacher);
     free(tr->slots);
+    free(tr->sw_pre);
+    free(tr->sw_eff);
+    free(tr->sw_dsum);
+    free(tr->sw_dpre);
+    free(tr->sw_off);
     free(tr->dw_from);
     free(tr->dw_to);
     free(tr);

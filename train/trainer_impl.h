@@ -134,6 +134,13 @@ struct Trainer {
     Err *slot_err;              // [slots of this rank] each slot's error on the threads path
     size_t step_arena_peak;
     int recompute;                // the student's weight paths are rebuilt in backward (run.recompute_weights)
+    // recompute off: the weight path runs once per step for all slots (distill_step.c); a slot
+    // record then ends with the slot's d W_eff of every trainable layer, at rec_dw
+    int shared_w;
+    size_t n_sw, rec_dw;
+    float *sw_pre, *sw_eff;       // [n_sw] W_base + B·A and W_eff of the step, layer order
+    float *sw_dsum, *sw_dpre;     // [n_sw] d W_eff summed over the slots; the backward's scratch
+    size_t *sw_off;               // [q.n_q] each trainable layer's offset in them
     size_t teacher_peak, teacher_kept;  // arena bytes of the last teacher forward: high-water, kept after it
     size_t teacher_nodes;               // tape nodes after it (0: no gradient bookkeeping)
     struct Profile *prof_teacher, *prof_student;  // trainer_set_profile (may be NULL)
