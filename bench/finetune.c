@@ -197,14 +197,16 @@ static int run_case(const Case *k) {
 
     TrainerMemory mem;
     trainer_memory(tr, &mem);
-    double weights = mib(mem.teacher + mem.student + mem.optimizer), rss = bench_peak_rss_mib();
+    double weights = mib(mem.teacher + mem.student + mem.optimizer + mem.step_weights), rss = bench_peak_rss_mib();
     double step_peak = mib(mem.arena_peak) + mib(mem.grad_peak);
-    printf("  memory     peak RSS%s %.1f MiB  weights %.1f MiB (teacher FP %.1f + student QALoRA %.1f + AdamW %.1f)  "
+    printf("  memory     peak RSS%s %.1f MiB  weights %.1f MiB (teacher FP %.1f + student QALoRA %.1f + AdamW %.1f + the "
+           "step's weights %.1f)  "
            "activations %.1f MiB (arena peak %.1f + gradients of intermediates alive at once %.1f, weights %s)  "
            "RSS / (weights + activations) %.2f\n",
            reset ? " of the steps" : " (whole process)", rss, weights,
-           mib(mem.teacher), mib(mem.student), mib(mem.optimizer), mib(mem.activations), mib(mem.arena_peak),
-           mib(mem.grad_peak), mem.recompute ? "rebuilt in backward" : "kept", rss / (weights + mib(mem.activations)));
+           mib(mem.teacher), mib(mem.student), mib(mem.optimizer), mib(mem.step_weights), mib(mem.activations),
+           mib(mem.arena_peak),
+           mib(mem.grad_peak), mem.recompute ? "rebuilt in backward" : "once per step", rss / (weights + mib(mem.activations)));
     printf("             RSS / (weights + arena peak + gradient peak) %.2f (the gradient pool touched %.1f MiB); RSS "
            "before the steps %.1f MiB (weights, libraries, BLAS buffers)\n", rss / (weights + step_peak),
            mib(mem.grad_extent), rss0);

@@ -179,17 +179,21 @@ static void step_weights_forward(Trainer *tr) {
     });
 }
 
+// dst[i] = the n floats at src of every slot record (stride tr->rec), added in slot order.
+static void sum_slots(const Trainer *tr, float *dst, const float *src, size_t n) {
+    const int NS = tr->n_slots;
+    PAR_FOR(schedule(static), n * (size_t)NS >= 32768,
+    for (size_t i = 0; i < n; i++) {
+        float acc = src[i];
+        for (int s = 1; s < NS; s++) acc += src[(size_t)s * tr->rec + i];
+        dst[i] = acc;
+    });
+}
+
 static void step_weights_backward(Trainer *tr) {
     QModel *q = &tr->q;
-    const int NS = tr->n_slots;
-    const float *s0 = tr->slots + tr->rec_dw;
     float *d = tr->sw_dsum;
-    PAR_FOR(schedule(static), tr->n_sw * (size_t)NS >= 32768,
-    for (size_t i = 0; i < tr->n_sw; i++) {
-        float acc = s0[i];
-        for (int s = 1; s < NS; s++) acc += s0[(size_t)s * tr->rec + i];
-        d[i] = acc;
-    });
+    sum_slots(tr, d, tr->slots + tr->rec_dw, tr->n_sw);
     Ctx *c = &tr->ctx;
     PAR_FOR(schedule(dynamic, 1), q->n_q > 1,
     for (int k = 0; k < q->n_q; k++) {
@@ -296,14 +300,7 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     *loss_out = raw;
 
     // the slots' gradients summed in slot order, their ε gathered for the trajectory update
-    float *g = tr->opt.grad;
-    const float *s0 = tr->slots;
-    PAR_FOR(schedule(static), ng * (size_t)NS >= 32768,
-    for (size_t i = 0; i < ng; i++) {
-        float acc = s0[i];
-        for (int s = 1; s < NS; s++) acc += s0[(size_t)s * tr->rec + i];
-        g[i] = acc;
-    });
+    sum_slots(tr, tr->opt.grad, tr->slots, ng);
     double post = 0;
     if (tr->shared_w) {  // adds the weight paths' gradients into g; in the split: the backward
         double t0 = clock_seconds();

@@ -327,6 +327,7 @@ void trainer_memory(const Trainer *tr, TrainerMemory *mem) {
     mem->grad_peak = tr->ctx.grad_pool.peak;
     mem->grad_extent = tr->ctx.grad_pool.space.peak;
     mem->recompute = tr->recompute;
+    mem->step_weights = 4 * tr->n_sw * sizeof(float);
     mem->teacher_peak = tr->teacher_peak;
     mem->teacher_kept = tr->teacher_kept;
     mem->teacher_nodes = tr->teacher_nodes;

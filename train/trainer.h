@@ -91,6 +91,7 @@ typedef struct {
     size_t grad_peak;           // high-water mark of the gradients of intermediates alive at once (tape.h)
     size_t grad_extent;         // memory the gradient pool touched for them (its blocks and headers)
     int recompute;              // 1: the student's weights are rebuilt in backward (run.recompute_weights)
+    size_t step_weights;        // the step's weights, their summed gradient and scratch (4 floats per weight; 0 when rebuilt)
     // the last step's teacher forward (no grad, ctx scopes): its arena high-water mark above
     // the step's start, what it kept (its output), and the tape nodes it left (0 expected)
     size_t teacher_peak, teacher_kept, teacher_nodes;
