@@ -5,9 +5,9 @@
    read the tensor came later on the tape, so it has already added its part). In the step
    arena those gradients would stay until the next step: on the cin256 UNet that doubled the
    step's memory. The pool hands them out from its own arena and takes them back; a freed block
-   goes on a free list of its exact (aligned) size, and the next request of that size reuses it.
-   A UNet has few distinct tensor sizes, so the pool's footprint follows the gradients alive at
-   once, not all of them.
+   goes on a free list of its size, and the next request of that size, or of a size up to a
+   third smaller, reuses it. A UNet has few distinct tensor sizes, so the pool's footprint
+   follows the blocks alive at once, not all of them.
 
        BlockPool p; if (pool_init(&p, (size_t)8 << 30, &e)) return e.code;  // address space only
        float *g = pool_alloc(&p, n * sizeof(float));                    // NULL when full

@@ -367,10 +367,21 @@ typedef struct {
     float *pre;  // pool scratch between rebuild and backward, or NULL
 } QWeightSaved;
 
-// out = q_w(W_base + B·A) through the two ops' forward kernels; W_base + B·A into pre.
-static void qweight_fused_fill(const QLayer *q, float *pre, float *out, size_t n) {
+// qlayer_weight's two forward kernels: pre = W_base + B·A, eff = q_w(pre) (eff may be pre).
+void qlayer_weight_step(const QLayer *q, float *pre, float *eff) {
     qweight_compute(q, pre);
-    quantizer_fake(&q->wq, out, pre, n, 0);
+    quantizer_fake(&q->wq, eff, pre, q->layer->weight.n, 0);
+}
+
+// The two ops' backwards in tape order for deff = d loss / d W_eff: the fake-quant's (into
+// dpre, and dd, dz, dp: Δ_w's quantizer path, z_w, the kind's values; NULL: not needed), then
+// the LoRA weight's on dpre. pre = W_base + B·A; dpre: scratch of the weight's count.
+static void qweight_path_backward(Ctx *c, const QLayer *q, const float *deff, const float *pre, float *dpre, float *dd,
+                                  float *dz, float *dp, Tensor *db_t, Tensor *a, Tensor *b, Tensor *param) {
+    size_t n = q->layer->weight.n;
+    memset(dpre, 0, n * sizeof(float));
+    quantizer_fake_backward_all(&q->wq, dpre, dd, dz, dp, deff, pre, n, 0);
+    qweight_prequant_backward(c, q, dpre, db_t, a, b, param);
 }
 
 // in[0..3] as qweight_backward's, in[4] = Δ_w (quantizer path), in[5] = z_w; saved = QWeightSaved.
@@ -378,7 +389,7 @@ static void qweight_fused_rebuild(Ctx *c, TapeNode *nd) {
     QWeightSaved *sv = nd->saved;
     size_t n = nd->out->n;
     if (!sv->pre && !(sv->pre = ctx_scratch(c, n))) return;
-    if (tensor_rebuild_data(c, nd->out)) qweight_fused_fill(sv->q, sv->pre, nd->out->data, n);
+    if (tensor_rebuild_data(c, nd->out)) qlayer_weight_step(sv->q, sv->pre, nd->out->data);
 }
 
 // The two ops' backwards in tape order: the fake-quant's (into d pre, dΔ_w, dz_w, the kind's
@@ -394,11 +405,8 @@ static void qweight_fused_backward(Ctx *c, TapeNode *nd) {
     if ((delta->requires_grad && !dd) || (zero->requires_grad && !dz) || (param && param->requires_grad && !dp)) return;
     if (!sv->pre && (sv->pre = ctx_scratch(c, n))) qweight_compute(q, sv->pre);  // W_eff was never dropped
     float *dpre = ctx_scratch(c, n);
-    if (sv->pre && dpre) {
-        memset(dpre, 0, n * sizeof(float));
-        quantizer_fake_backward_all(&q->wq, dpre, dd, dz, dp, nd->out->grad, sv->pre, n, 0);
-        qweight_prequant_backward(c, q, dpre, nd->in[0], nd->in[1], nd->in[2], param);
-    }
+    if (sv->pre && dpre)
+        qweight_path_backward(c, q, nd->out->grad, sv->pre, dpre, dd, dz, dp, nd->in[0], nd->in[1], nd->in[2], param);
     ctx_scratch_free(c, dpre);
     ctx_scratch_free(c, sv->pre);
     sv->pre = NULL;
@@ -410,7 +418,7 @@ static Tensor *weight_recompute_op(Ctx *c, QLayer *q) {
     Tensor *out = tensor_new_transient(c, w->ndim, w->shape);
     float *pre = out ? ctx_scratch(c, out->n) : NULL;
     if (!pre) return NULL;
-    qweight_fused_fill(q, pre, out->data, out->n);
+    qlayer_weight_step(q, pre, out->data);
     ctx_scratch_free(c, pre);
     Tensor *in[6] = {&q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL, q->rank > 0 ? &q->lora_b : NULL,
                      q->wq.param.data ? &q->wq.param : NULL, &q->wq.delta, &q->wq.zero};
@@ -429,20 +437,12 @@ static Tensor *weight_recompute_op(Ctx *c, QLayer *q) {
 
 /* ---- the weight path once per step ------------------------------------------------ */
 
-void qlayer_weight_step(const QLayer *q, float *pre, float *eff) {
-    qweight_compute(q, pre);
-    quantizer_fake(&q->wq, eff, pre, q->layer->weight.n, 0);
-}
-
 void qlayer_weight_step_backward(Ctx *c, QLayer *q, const float *deff, const float *pre, float *dpre) {
-    size_t n = q->layer->weight.n;
     Tensor *delta = &q->wq.delta, *zero = &q->wq.zero, *param = q->wq.param.data ? &q->wq.param : NULL;
     float *dd = delta->requires_grad ? delta->grad : NULL, *dz = zero->requires_grad ? zero->grad : NULL;
     float *dp = param && param->requires_grad ? param->grad : NULL;
-    memset(dpre, 0, n * sizeof(float));
-    quantizer_fake_backward_all(&q->wq, dpre, dd, dz, dp, deff, pre, n, 0);
-    qweight_prequant_backward(c, q, dpre, &q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL,
-                              q->rank > 0 ? &q->lora_b : NULL, param);
+    qweight_path_backward(c, q, deff, pre, dpre, dd, dz, dp, &q->w_delta_base, q->rank > 0 ? &q->lora_a : NULL,
+                          q->rank > 0 ? &q->lora_b : NULL, param);
 }
 
 void qlayer_use_step_weight(QLayer *q, float *eff, float *grad) {
@@ -523,9 +523,8 @@ void qlayer_effective_weight(const QLayer *q, float *w) {
         memcpy(w, q->w_fq.data, n * sizeof(float));
         return;
     }
-    // qlayer_weight's two ops: weight_prequant_op's qweight_compute, then t_fake_quant's kernel
-    qweight_compute(q, w);
-    quantizer_fake(&q->wq, w, w, n, 0);
+    // qlayer_weight's two ops' kernels
+    qlayer_weight_step(q, w, w);
 }
 
 void qlayer_export_act(const QLayer *q, float *delta, float *zero) {

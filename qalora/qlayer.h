@@ -150,7 +150,8 @@ Tensor *qlayer_weight(Ctx *c, QLayer *q);
 // w_delta_base, lora_a, lora_b. Exposed for tests.
 Tensor *qlayer_weight_prequant(Ctx *c, QLayer *q);
 // The weight path once per step for all of a step's gradient slots (train/distill_step.c):
-// pre = W_base + B·A and eff = q_w(pre), through qlayer_weight's kernels (the weight's count each).
+// pre = W_base + B·A and eff = q_w(pre), through qlayer_weight's kernels (the weight's count each;
+// eff may be pre).
 void qlayer_weight_step(const QLayer *q, float *pre, float *eff);
 // Its backward for deff = d loss / d W_eff summed over the slots: the fake-quant's then the LoRA
 // weight's backward, as qlayer_weight's two ops, added into the layer's trainable gradients
