@@ -32,7 +32,9 @@ static const char *const usage[] = {
     "--layers loads an effdm export (effdm export) and prints one row per quantized layer",
     "instead: name, role (trainable / special), weight quantizer kind, weight and activation",
     "bits, weight shape, the range of the activation step size over the TALSQ timesteps",
-    "(min..max of the layer's table; one entry for special layers), how the layer runs (path:",
+    "(min..max of the layer's table; one entry for special layers; 'tok' marks a layer with",
+    "per-token activation ranges, quant.act_granularity token, whose table holds the clipping",
+    "ratio α instead of a step), how the layer runs (path:",
     "int = the integer kernels, exactly; int-lut = the integer kernels through 8-bit level",
     "tables, for a non-uniform kind such as nupes; float = the float path) and, for int-lut,",
     "the tables' rounding errors (weights: ||W - W_table|| / ||W||; activations: the worst",
@@ -260,7 +262,7 @@ static int info_layers(const char *path, const char *ckpt, const char *yaml, con
         char re[32] = "-";
         if (t) snprintf(re, sizeof re, "%.6g", r->rel_err);
         char da[40], te[40] = "-";
-        snprintf(da, sizeof da, "%.4g..%.4g", r->a_delta_min, r->a_delta_max);
+        snprintf(da, sizeof da, "%s%.4g..%.4g", r->a_token ? "tok " : "", r->a_delta_min, r->a_delta_max);
         if (r->w_lut_err > 0 || r->a_lut_err > 0) snprintf(te, sizeof te, "%.2g/%.2g", r->w_lut_err, r->a_lut_err);
         char ro[16] = "-";
         if (r->rot) snprintf(ro, sizeof ro, "%d", r->rot);

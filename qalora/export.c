@@ -126,6 +126,7 @@ char *export_quant_json(const QModel *q) {
         cJSON_AddStringToObject(l, "w_quantizer", quant_kind_name(ql->wq.kind));
         cJSON_AddStringToObject(l, "a_quantizer", quant_kind_name(ql->aq.kind));
         if (ql->rot) cJSON_AddNumberToObject(l, "rotate", ql->rot);
+        if (ql->a_token) cJSON_AddStringToObject(l, "a_granularity", "token");
         cJSON_AddItemToArray(layers, l);
     }
     char *s = cJSON_PrintUnformatted(o);
@@ -275,9 +276,10 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
 
     // metadata
     char num[64];
-    int rotated = 0;
-    for (int k = 0; k < q->n_q; k++) rotated |= q->q[k].rot > 0;
-    if (!rc) rc = st_writer_meta(&w, "effdm.format", rotated ? EXPORT_FORMAT_ROT : EXPORT_FORMAT, e);
+    int rotated = 0, token = 0;
+    for (int k = 0; k < q->n_q; k++) rotated |= q->q[k].rot > 0, token |= q->q[k].a_token;
+    const char *fmt = token ? EXPORT_FORMAT_TOKEN : rotated ? EXPORT_FORMAT_ROT : EXPORT_FORMAT;
+    if (!rc) rc = st_writer_meta(&w, "effdm.format", fmt, e);
     if (!rc) rc = st_writer_meta(&w, "effdm.ldm_config", info->yaml, e);
     if (!rc && !(json = export_quant_json(q))) rc = err_set(e, ERR_NOMEM, "export: out of memory for the metadata");
     if (!rc) rc = st_writer_meta(&w, "effdm.quant", json, e);

@@ -124,6 +124,9 @@
 // "2" with rotated layers ("rotate" entries in effdm.quant): written only when a layer is rotated,
 // so that a build that does not know rotation refuses the file instead of running it unrotated.
 #define EXPORT_FORMAT_ROT "3"
+// "3" with per-token activation layers ("a_granularity": "token" entries, token_quant.h): written
+// only when such a layer exists; its layers may be rotated too.
+#define EXPORT_FORMAT_TOKEN "4"
 
 typedef struct {
     size_t unet_bytes;        // bytes of the model.diffusion_model.* tensors
@@ -218,6 +221,7 @@ typedef struct {
     const char *path;         // how it runs: "int" (exact), "int-lut" (level tables), "float"
     double w_lut_err, a_lut_err;  // the level tables' worst relative level error (0: no table; export_int.h)
     int rot;                  // Hadamard block of the input channels (rotate.h; 0: not rotated)
+    int a_token;              // 1: per-token activation ranges (a_delta_*: the ratio α's range)
 } ExportLayerRow;
 // The rows of m's quantized layers in registration order (rows: m->n_layers). teacher: the
 // FP UNet the export came from (NULL: rel_err NaN); W_eff is export_layer_weight's, so

@@ -15,6 +15,7 @@
 #include "autograd/ops/gemm_util.h"
 #include "qalora/int_gemm.h"
 #include "qalora/pack.h"
+#include "qalora/token_quant.h"
 #include "qalora/qkind.h"
 #include "qalora/rotate.h"
 #include "util/par.h"
@@ -298,6 +299,7 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     }
     free(row);
     if (L->w_lut_err > EXPORT_LUT_MAX_ERR || L->a_lut_err > EXPORT_LUT_MAX_ERR) ok = 0;  // too coarse: float path
+    if (L->a_token) ok = 0;  // per-token ranges: no integer kernel yet
     L->int_ok = ok;
     L->lut = ok && (L->w_lut || L->a_lut);
     if (ok && build_operands(L)) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
@@ -431,7 +433,8 @@ int export_layer_dequant(const ExportLayer *L, float *w) {
 
 // fake_quant(x) with the table entry, then the FP op on W_eff (dequantized into the arena).
 static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
-    Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
+    Tensor *xq = q->a_token ? t_fake_quant_token(c, x, &q->aq, entry, l->kind != LAYER_LINEAR)
+                            : t_fake_quant(c, x, &q->aq, entry);
     Tensor *w = tensor_new(c, l->weight.ndim, l->weight.shape);
     if (!xq || !w) return NULL;
     int8_t *row = ctx_alloc(c, (size_t)q->K4 * 4);

@@ -50,6 +50,7 @@ struct ExportLayer {
     int special;
     int w_bits, a_bits, entries;
     int rot;             // Hadamard block of the input channels (rotate.h; 0: none): both paths rotate x
+    int a_token;         // 1: per-token activation ranges (token_quant.h; aq.delta holds α): the float path
                          // first, and the levels are those of the rotated weight W Hᵀ
     QuantKind w_kind, a_kind;  // quantizer kinds (qkind.h; uniform when the export names none)
     Quantizer wq;        // the weight quantizer: channel-wise over w_delta / w_zero (export_layer_prepare)

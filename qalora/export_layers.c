@@ -48,6 +48,7 @@ int export_layer_rows(const ExportModel *m, UNet *teacher, ExportLayerRow *rows,
         r->w_lut_err = L->w_lut_err;
         r->a_lut_err = L->a_lut_err;
         r->rot = L->rot;
+        r->a_token = L->a_token;
         if (!teacher) continue;
         const ModelLayer *t = teacher_layer(teacher, l->name);
         if (!t) {

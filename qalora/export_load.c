@@ -271,8 +271,10 @@ static ModelLayer *find_layer(ModelLayer **all, int n, const char *name) {
 }
 
 // effdm.quant -> layers, schedule, bits. ERR_FORMAT naming the key.
-// rot_ok: effdm.format is EXPORT_FORMAT_ROT, the only one whose layers may carry "rotate".
-static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int n_all, int rot_ok, const char *path,
+// rot_ok: effdm.format is EXPORT_FORMAT_ROT or _TOKEN, whose layers may carry "rotate"; token_ok: it
+// is EXPORT_FORMAT_TOKEN, whose layers may carry "a_granularity".
+static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int n_all, int rot_ok, int token_ok,
+                       const char *path,
                        Err *e) {
     cJSON *o = cJSON_Parse(json);
     int rc = 0;
@@ -354,7 +356,7 @@ static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int 
         if (cJSON_GetObjectItemCaseSensitive(L, "rotate")) {
             if (!rot_ok) {
                 rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s' is rotated in a file of effdm.format "
-                             "other than '%s'", path, nm->valuestring, EXPORT_FORMAT_ROT);
+                             "other than '%s' and '%s'", path, nm->valuestring, EXPORT_FORMAT_ROT, EXPORT_FORMAT_TOKEN);
                 goto done;
             }
             if ((rc = json_int(L, "rotate", &rot, path, e))) goto done;
@@ -364,7 +366,30 @@ static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int 
                          ">= 2 dividing its %d input channels)", path, nm->valuestring, rot, ml->weight.shape[1]);
             goto done;
         }
+        // "a_granularity": "token" (token_quant.h; absent: "tensor", one static range per entry)
+        int token = 0;
+        const cJSON *gr = cJSON_GetObjectItemCaseSensitive(L, "a_granularity");
+        if (gr) {
+            if (!token_ok) {
+                rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s' has an a_granularity in a file of "
+                             "effdm.format other than '%s'", path, nm->valuestring, EXPORT_FORMAT_TOKEN);
+                goto done;
+            }
+            if (!cJSON_IsString(gr) || (strcmp(gr->valuestring, "token") && strcmp(gr->valuestring, "tensor"))) {
+                rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s': a_granularity %s (expected \"token\" "
+                             "or \"tensor\")", path, nm->valuestring, cJSON_IsString(gr) ? gr->valuestring : "(not a string)");
+                goto done;
+            }
+            token = !strcmp(gr->valuestring, "token");
+            if (token && (special || ak != QUANT_UNIFORM)) {
+                rc = err_set(e, ERR_FORMAT, "%s: metadata effdm.quant: layer '%s': per-token activations on a %s "
+                             "layer with %s activations (expected a trainable layer, uniform)", path, nm->valuestring,
+                             special ? "special" : "trainable", quant_kind_name(ak));
+                goto done;
+            }
+        }
         ExportLayer *X = &em->layers[k];
+        X->a_token = token;
         X->rot = rot;
         X->layer = ml;
         X->special = special;
@@ -405,10 +430,11 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         rc = err_set(e, ERR_FORMAT, "%s: not an effdm export (no metadata 'effdm.format')", path);
         goto fail;
     }
-    int v1 = !strcmp(fmt, EXPORT_FORMAT_V1), rot_ok = !strcmp(fmt, EXPORT_FORMAT_ROT);
+    int v1 = !strcmp(fmt, EXPORT_FORMAT_V1), token_ok = !strcmp(fmt, EXPORT_FORMAT_TOKEN);
+    int rot_ok = token_ok || !strcmp(fmt, EXPORT_FORMAT_ROT);
     if (strcmp(fmt, EXPORT_FORMAT) != 0 && !v1 && !rot_ok) {
-        rc = err_set(e, ERR_UNSUPPORTED, "%s: effdm.format '%s' (this build reads '%s', '%s' and '%s')", path, fmt,
-                     EXPORT_FORMAT, EXPORT_FORMAT_V1, EXPORT_FORMAT_ROT);
+        rc = err_set(e, ERR_UNSUPPORTED, "%s: effdm.format '%s' (this build reads '%s', '%s', '%s' and '%s')", path, fmt,
+                     EXPORT_FORMAT, EXPORT_FORMAT_V1, EXPORT_FORMAT_ROT, EXPORT_FORMAT_TOKEN);
         goto fail;
     }
     const char *yaml = weights_metadata(f, "effdm.ldm_config"), *quant = weights_metadata(f, "effdm.quant");
@@ -431,7 +457,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
     em->ldm->unet = u;
     int n_all;
     ModelLayer **all = unet_layers(u, &n_all);
-    if ((rc = parse_quant(em, quant, all, n_all, rot_ok, path, e))) goto fail;
+    if ((rc = parse_quant(em, quant, all, n_all, rot_ok, token_ok, path, e))) goto fail;
     // FP parameters: everything that is not the weight of a listed layer
     for (int i = 0; i < unet_param_tensors(u); i++) {
         const char *pn;

@@ -10,6 +10,7 @@
 #include "autograd/profile.h"
 #include "qalora/qkind.h"
 #include "qalora/rotate.h"
+#include "qalora/token_quant.h"
 
 void qlayer_config_defaults(QLayerConfig *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -82,6 +83,9 @@ int qlayer_sizes(const ModelLayer *l, const QLayerConfig *cfg, size_t *n_params,
     if (qkind_get(cfg->a_kind)->weight_only)
         return err_set(e, ERR_VALUE, "layer '%s': the %s quantizer is for weights only, not activations", l->name,
                        quant_kind_name(cfg->a_kind));
+    if (cfg->a_token && !cfg->special && cfg->a_kind != QUANT_UNIFORM)
+        return err_set(e, ERR_VALUE, "layer '%s': per-token activation ranges need the uniform activation quantizer, "
+                       "not %s", l->name, quant_kind_name(cfg->a_kind));
     if (cfg->special) return 0;
     if (cfg->rank < 0 || cfg->n_entries < 1)
         return err_set(e, ERR_VALUE, "layer '%s': LoRA rank %d, %d TALSQ entries (expected rank >= 0, entries >= 1)",
@@ -157,6 +161,7 @@ int qlayer_init(QLayer *q, ModelLayer *l, const QLayerConfig *cfg, float *params
     }
     q->rank = cfg->rank;
     q->n_entries = cfg->n_entries;
+    q->a_token = cfg->a_token;
     if (!params) params = q->own_params = calloc(np, sizeof(float));
     if (!grads) grads = q->own_grads = calloc(ng, sizeof(float));
     q->fixed = malloc((size_t)q->cout * sizeof(float));
@@ -458,6 +463,20 @@ Tensor *qlayer_weight_recompute(Ctx *c, QLayer *q) {
 
 /* ---- forward --------------------------------------------------------------------- */
 
+// A per-token layer's calibration: α from x into entry `which` (< 0: every entry), zero points 0.
+static int token_fit(QLayer *q, const Tensor *x, int which, Err *e) {
+    size_t outer, C, inner;
+    if (token_quant_view(x, q->layer->kind != LAYER_LINEAR, &outer, &C, &inner))
+        return err_set(e, ERR_SHAPE, "an input of %d dimensions", x->ndim);
+    for (size_t i = 0; i < x->n; i++)
+        if (!isfinite(x->data[i])) return err_set(e, ERR_VALUE, "input value %zu is %g (expected finite)", i, x->data[i]);
+    float a = token_quant_fit(x->data, outer, C, inner, q->aq.bits, q->a_init, &q->aq.kp);
+    if (a < 0) return err_set(e, ERR_NOMEM, "out of memory");
+    for (int k = 0; k < q->aq.n; k++)
+        if (which < 0 || k == which) q->aq.delta.data[k] = a, q->aq.zero.data[k] = 0.0f;
+    return 0;
+}
+
 Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
     if (!x) return NULL;
     ModelLayer *l = q->layer;
@@ -469,7 +488,12 @@ Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
         // the reference fits on the input of this very forward, then quantizes it
         Err fe = {0};
         int which = fit_entry ? (q->entry ? *q->entry : 0) : -1;
-        if (quantizer_fit(&q->aq, x->data, x->n, q->a_init, which, &fe)) {
+        if (q->a_token) {
+            if (token_fit(q, x, which, &fe)) {
+                err_set(&c->err, fe.code, "layer '%s': activation calibration: %s", l->name, fe.msg);
+                return NULL;
+            }
+        } else if (quantizer_fit(&q->aq, x->data, x->n, q->a_init, which, &fe)) {
             err_set(&c->err, fe.code, "layer '%s': activation calibration: %s", l->name, fe.msg);
             return NULL;
         }
@@ -485,7 +509,8 @@ Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
         err_set(&c->err, ERR_VALUE, "layer '%s': TALSQ entry %d of %d", l->name, entry, q->aq.n);
         return NULL;
     }
-    Tensor *xq = t_fake_quant(c, x, &q->aq, entry);
+    Tensor *xq = q->a_token ? t_fake_quant_token(c, x, &q->aq, entry, l->kind != LAYER_LINEAR)
+                            : t_fake_quant(c, x, &q->aq, entry);
     int fused = q->recompute && !q->special && !q->step_w;
     Tensor *w = q->step_w ? &q->w_step : fused ? qlayer_weight_recompute(c, q) : qlayer_weight(c, q);
     Tensor *b = l->bias.data ? &l->bias : NULL;

@@ -90,6 +90,8 @@ typedef struct {
     int special;          // 1: special layer (see top)
     int rotate_block;     // block-Hadamard rotation of the input channels (rotate.h): the largest
                           // block allowed, 0 (default) or 1: none
+    int a_token;          // 1: dynamic per-token activation ranges (token_quant.h; trainable layers,
+                          // uniform activations only); 0 (default): one static range per entry
 } QLayerConfig;
 
 typedef struct QLayer {
@@ -109,6 +111,7 @@ typedef struct QLayer {
     Tensor lora_a;        // trainable, rank > 0: (r, Cin, kh, kw) or (r, in)
     Tensor lora_b;        // trainable, rank > 0: (Cout, r, 1, 1) or (out, r)
     Quantizer aq;         // layer-wise, of the activation kind: n_entries (trainable) or 1 (special) entries
+    int a_token;          // trainable: 1 = per-token ranges (token_quant.h): aq.delta holds the ratio α, aq.zero 0
 
     int recompute;        // trainable: 1 = the weight path runs as one op (qlayer_weight_recompute)
     float *step_w;        // trainable, inside a training step: W_eff computed once for the step's

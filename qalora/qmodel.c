@@ -107,6 +107,7 @@ static void layer_qconfig(const QModel *q, int i, QLayerConfig *lc) {
     lc->a_kind = ch->a_kind;
     lc->kp = q->cfg.kp;
     lc->rotate_block = q->cfg.rotate_block;
+    lc->a_token = q->cfg.a_token;
 }
 
 // The float16 copies of the layers left FP (conv1d included: the export's FP layers are the same set).
@@ -546,6 +547,10 @@ int qmodel_write_state(const QModel *q, StWriter *w, const char *prefix, Err *e)
         snprintf(name, sizeof name, "%ssel.rotate", prefix);
         if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){1}, &q->cfg.rotate_block, e)) return e->code;
     }
+    if (q->cfg.a_token) {  // only then, as sel.rotate
+        snprintf(name, sizeof name, "%ssel.act_token", prefix);
+        if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){1}, &q->cfg.a_token, e)) return e->code;
+    }
     snprintf(name, sizeof name, "%stalsq.timesteps", prefix);
     if (st_writer_add(w, name, DT_I32, 1, (int64_t[]){q->train_sched.n}, q->state_ts, e)) return e->code;
     for (int k = 0; k < q->n_q; k++) {
@@ -623,6 +628,12 @@ static int check_selection(QModel *q, WeightFile *f, const char *prefix, Err *e)
     if (rot != q->cfg.rotate_block)
         return err_set(e, ERR_VALUE, "%s: Hadamard rotation block %d in the state, %d in the config (quant.rotate)",
                        path, (int)rot, q->cfg.rotate_block);
+    int32_t tok = 0;  // absent: static per-tensor ranges
+    snprintf(name, sizeof name, "%ssel.act_token", prefix);
+    if (weights_find(f, name) && read_ints(f, name, DT_I32, 1, (int64_t[]){1}, &tok, 4, e)) return e->code;
+    if ((tok != 0) != (q->cfg.a_token != 0))
+        return err_set(e, ERR_VALUE, "%s: activation ranges per %s in the state, per %s in the config "
+                       "(quant.act_granularity)", path, tok ? "token" : "tensor", q->cfg.a_token ? "token" : "tensor");
     int32_t *sel = malloc((size_t)q->n_all * 3 * sizeof *sel);
     int32_t *ts = malloc((size_t)q->train_sched.n * sizeof *ts);
     int rc = 0;

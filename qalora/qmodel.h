@@ -74,6 +74,8 @@ typedef struct {
     int fp_f16;                 // 1: the FP conv/linear layers run float16-rounded weights (fplayer.h)
     int rotate_block;           // block-Hadamard rotation of every quantized layer's input (rotate.h): the
                                 // largest block; 0: none (quant.rotate)
+    int a_token;                // 1: dynamic per-token activation ranges in the trainable layers
+                                // (token_quant.h, quant.act_granularity: token)
     // Conv2d/Linear layers whose leaf name contains one of these stay FP ({"skip", "op"}).
     char fp_names[QMODEL_MAX_FP_NAMES][QMODEL_FP_NAME_MAX];
     int n_fp_names;
@@ -200,6 +202,7 @@ int qmodel_calibrate_ldm_entry(QModel *q, Ctx *c, Ldm *ldm, const float *x, cons
 //   sel.fp_bits  I32 (1)         16 or 32: the FP layers' weights (absent in states written
 //                                before quant.fp_layers existed: those are 32)
 //   sel.rotate   I32 (1)         quant.rotate, only when > 0 (absent: no rotation)
+//   sel.act_token I32 (1)        1 with quant.act_granularity: token (absent: per tensor)
 //   talsq.timesteps I32 (S)      training timesteps (entry i <-> timestep i)
 //   <layer>.w_int   U8 weight-shaped (trainable)   <layer>.w_delta, .w_zero F32 (Cout)
 //   <layer>.lora_a, .lora_b F32 (trainable, rank > 0)

@@ -72,6 +72,7 @@ enum {
 
 typedef enum { RC_EMA_AUTO, RC_EMA_ON, RC_EMA_OFF } RcEma;
 typedef enum { RC_INIT_MAX, RC_INIT_MSE } RcInit;
+typedef enum { RC_GRAN_TENSOR, RC_GRAN_TOKEN } RcGranularity;
 typedef enum { RC_FP_F32, RC_FP_F16 } RcFpLayers;
 
 typedef struct {
@@ -94,6 +95,7 @@ typedef struct {
     int weight_bits, act_bits;
     RcInit weight_init, act_init;
     int weight_quantizer, act_quantizer;  // quantizer kinds (qalora/qkind.h QuantKind)
+    int act_granularity;                 // RcGranularity: static per-tensor or dynamic per-token activation ranges
     double easyquant_outlier_fraction;
     int easyquant_steps;
     double easyquant_lr;

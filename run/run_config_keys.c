@@ -25,6 +25,7 @@ static const char *const SELECTION_NAMES[] = {"uniform", "adaptive"};
 static const char *const GAIN_NAMES[] = {"off", "fit"};
 static const char *const FP_LAYERS_NAMES[] = {"f32", "f16"};
 static const char *const ACT_RANGES_NAMES[] = {"shared", "per_step"};
+static const char *const ACT_GRAN_NAMES[] = {"tensor", "token"};
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 const double RC_BIG = 1e9;
@@ -86,6 +87,14 @@ const KeyDesc RC_KEYS[] = {
      "quantizer kind of the activations (layer inputs) of every quantized layer: `uniform` or `nupes` "
      "(its exponent searched per table entry on the calibration inputs); `easyquant` quantizes weights"
      " only"},
+    {.path = "quant.act_granularity", .type = K_ENUM, .off = offsetof(RunConfig, quant.act_granularity),
+     .names = ACT_GRAN_NAMES, .n_names = N_OF(ACT_GRAN_NAMES), .def = {RC_GRAN_TENSOR, RC_GRAN_TENSOR}, .resume = 1,
+     .doc =
+     "activation ranges of the trainable layers: `tensor` (EfficientDM: one static (Δ, z) per layer and "
+     "TALSQ entry) or `token` (dynamic: each token - a linear input's row, a conv input's pixel - "
+     "quantized over its channels with its own range, measured at run time; the TALSQ table then "
+     "holds a learned clipping ratio per entry, 1 = the whole range; `uniform` activations only; "
+     "the export runs such layers on its float path)"},
     // qalora/qlayer.h QLAYER_EQ_*
     {.path = "quant.easyquant_outlier_fraction", .type = K_DOUBLE,
      .off = offsetof(RunConfig, quant.easyquant_outlier_fraction), .lo = 0, .hi = 1, .hi_open = 1,

@@ -30,6 +30,7 @@ int run_qmodel_config(QModelConfig *cfg, const RunConfig *rc, Err *e) {
                             rq->mse_candidates, rq->mse_shrink, rq->mse_norm};
     cfg->rank = rq->lora_rank;
     cfg->rotate_block = rq->rotate;
+    cfg->a_token = rq->act_granularity == RC_GRAN_TOKEN;
     cfg->talsq = rq->talsq;
     cfg->train_steps = rc->train.steps;
     cfg->w_init = rq->weight_init == RC_INIT_MSE ? QUANT_INIT_MSE : QUANT_INIT_MAX;

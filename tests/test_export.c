@@ -83,6 +83,8 @@ static void write_format_v1(const char *src, const char *dst, const QModel *q) {
 
 // quant.rotate of the next check (0: none): rotated layers store the levels of W Hᵀ and rotate x.
 static int g_rotate;
+// quant.act_granularity token for the next check: per-token activation layers (the float path).
+static int g_token;
 
 // w_kind: the weight quantizer (with easyquant the export also holds each layer's side table).
 static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcFpLayers fp_layers, QuantKind w_kind,
@@ -102,6 +104,7 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
     rc.quant.act_quantizer = a_kind;
     rc.quant.fp_layers = fp_layers;
     rc.quant.rotate = g_rotate;
+    rc.quant.act_granularity = g_token ? RC_GRAN_TOKEN : RC_GRAN_TENSOR;
     QModel q;
     student_make(&q, c, &T, &rc, 1);
     ExportSummary s;
@@ -191,6 +194,9 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
             assert_int_equal(L->int_ok, L->lut);
             assert_int_equal(L->int_ok, (w_kind != QUANT_NUPES || L->w_bits <= 4) && fine);
         }
+        assert_int_equal(L->a_token, g_token && !q.q[k].special);
+        assert_int_equal(q.q[k].a_token, L->a_token);
+        if (L->a_token) assert_int_equal(L->int_ok, 0);  // no integer kernel for per-token ranges yet
         assert_int_equal(L->n_side, q.q[k].wq.n_side);
         if (w_kind == QUANT_EASYQUANT) assert_true(L->n_side > 0);
         if (L->n_side)
@@ -538,6 +544,58 @@ static void test_rotate_format(void **state) {
     teacher_close(&T);
 }
 
+// dynamic per-token activation ranges (quant.act_granularity token): the float path runs the
+// student's per-token quantizer with its learned ratios; format "4", whose per-layer field is
+// checked on load
+static void test_equivalence_token(void **state) {
+    g_token = 1;
+    check_equivalence(4, 4, 20, RC_FP_F16);
+    g_token = 0;
+    Teacher T = teacher_open();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    RunConfig rc = student_config(4, 4, 20);
+    rc.quant.act_granularity = RC_GRAN_TOKEN;
+    QModel q;
+    student_make(&q, c, &T, &rc, 0);
+    char *path = student_export(&q, &T, NULL), *bad = tmp_path(".safetensors");
+    Err e = {0};
+    WeightFile *f;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    assert_string_equal(weights_metadata(f, "effdm.format"), EXPORT_FORMAT_TOKEN);
+    const char *special = "\"name\":\"time_embed.0\",\"role\":\"special\",\"w_bits\":8,\"a_bits\":8,\"entries\":1,"
+                          "\"w_quantizer\":\"uniform\",\"a_quantizer\":\"uniform\"}";
+    assert_non_null(strstr(weights_metadata(f, "effdm.quant"), special));
+    assert_non_null(strstr(weights_metadata(f, "effdm.quant"), "\"a_granularity\":\"token\"}"));
+    weights_close(f);
+    struct {
+        Corruption k;
+        const char *named[2];
+    } cases[] = {
+        {{.edit_meta = "effdm.format", .from = "4", .to = "3"}, {"has an a_granularity", "other than '4'"}},
+        {{.edit_meta = "effdm.quant", .from = "\"a_granularity\":\"token\"}", .to = "\"a_granularity\":\"pixel\"}"},
+         {"a_granularity pixel", "layer '"}},
+        {{.edit_meta = "effdm.quant", .from = "\"a_quantizer\":\"uniform\"}", .to = "\"a_quantizer\":\"uniform\",\"a_granularity\":\"token\"}"},
+         {"time_embed.0", "special"}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        corrupt_copy(path, bad, &cases[i].k);
+        ExportModel *em = NULL;
+        e = (Err){0};
+        int r = export_load(&em, bad, &e);
+        print_message("  case %zu: %s (%s)\n", i, err_name(r), e.msg);
+        assert_int_equal(r, ERR_FORMAT);
+        assert_null(em);
+        for (int j = 0; j < 2; j++) assert_has(e.msg, cases[i].named[j]);
+    }
+    unlink(path);
+    unlink(bad);
+    free(path);
+    free(bad);
+    qmodel_free(&q);
+    test_ctx_delete(c);
+    teacher_close(&T);
+}
+
 /* ---- quantizer kinds in the export ------------------------------------------------------ */
 
 // Every layer records its quantizer kinds (effdm.quant layers[].w_quantizer / a_quantizer); an
@@ -799,7 +857,7 @@ int main(void) {
         cmocka_unit_test(test_cli),              cmocka_unit_test(test_guidance_parabola), cmocka_unit_test(test_gain_search),
         cmocka_unit_test(test_quantizer_kinds),  cmocka_unit_test(test_equivalence_easyquant),
         cmocka_unit_test(test_equivalence_nupes), cmocka_unit_test(test_equivalence_rotate),
-        cmocka_unit_test(test_rotate_format),
+        cmocka_unit_test(test_rotate_format),    cmocka_unit_test(test_equivalence_token),
     };
     return cmocka_run_group_tests_name("export", tests, NULL, NULL);
 }

@@ -665,6 +665,55 @@ static void test_state_rotate(void **state) {
     ldm_free(m);
 }
 
+/* ---- per-token activation ranges in the state ------------------------------------------ */
+
+// A student with quant.act_granularity token restored from its state computes what it computed
+// (its calibrated and perturbed ratios); a per-tensor student refuses its state and the other
+// way round, naming quant.act_granularity.
+static void test_state_token(void **state) {
+    Ldm *m = teacher_load();
+    Ctx *c = test_ctx_new((size_t)1 << 30);
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    qc.a_token = 1;
+    QModel a, b;
+    student_init(&a, m, &qc, 7);
+    student_calibrate(&a, c, m, 8);
+    int n_token = 0;
+    for (int k = 0; k < a.n_q; k++) {
+        n_token += a.q[k].a_token;
+        assert_int_equal(a.q[k].a_token, !a.q[k].special);
+        for (int i = 0; a.q[k].a_token && i < a.q[k].aq.n; i++)  // ratios in (0, 1], zero points unused
+            assert_true(a.q[k].aq.delta.data[i] > 0.0f && a.q[k].aq.delta.data[i] <= 1.0f && a.q[k].aq.zero.data[i] == 0.0f);
+    }
+    assert_true(n_token > 0);
+    perturb(&a, 9);
+    char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
+    write_state_file(&a, path);
+    Err e = {0};
+    WeightFile *f = NULL;
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    restore_and_compare(&a, &b, f, m, c, &qc);
+    qmodel_free(&b);
+    QModelConfig q0 = qc;
+    q0.a_token = 0;
+    expect_refused(m, &q0, f, "per token in the state, per tensor in the config (quant.act_granularity)");
+    weights_close(f);
+    unlink(path);
+    qmodel_free(&a);
+    student_init(&a, m, &q0, 7);
+    student_calibrate(&a, c, m, 8);
+    snprintf(path, sizeof path, "/tmp/effdm_test_qmodel_XXXXXX");
+    write_state_file(&a, path);
+    assert_int_equal(weights_open(&f, path, &e), 0);
+    expect_refused(m, &qc, f, "per tensor in the state, per token in the config");
+    weights_close(f);
+    unlink(path);
+    qmodel_free(&a);
+    test_ctx_delete(c);
+    ldm_free(m);
+}
+
 /* ---- the layers' quantizer kinds in the state ------------------------------------------- */
 
 // Copies the state src to dst with its kinds metadata replaced by `kinds` (NULL: left out, as
@@ -1032,7 +1081,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_selection),        cmocka_unit_test(test_naive_ptq_and_fp),
         cmocka_unit_test(test_timestep_entries), cmocka_unit_test(test_trainable),
-        cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_state_rotate), cmocka_unit_test(test_fp16_layers),
+        cmocka_unit_test(test_state_round_trip), cmocka_unit_test(test_state_rotate), cmocka_unit_test(test_state_token), cmocka_unit_test(test_fp16_layers),
         cmocka_unit_test(test_entry_calibration), cmocka_unit_test(test_state_quantizer_kinds),
         cmocka_unit_test(test_state_easyquant),
         cmocka_unit_test(test_state_nupes),

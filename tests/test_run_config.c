@@ -22,7 +22,7 @@
 static const char *const ALL_KEYS[] = {
     "model.ldm_config", "model.ckpt", "model.ema", "model.uncond_label",
     "quant.weight_bits", "quant.act_bits", "quant.weight_init", "quant.act_init", "quant.weight_quantizer",
-    "quant.act_quantizer", "quant.easyquant_outlier_fraction", "quant.easyquant_steps", "quant.easyquant_lr",
+    "quant.act_quantizer", "quant.act_granularity", "quant.easyquant_outlier_fraction", "quant.easyquant_steps", "quant.easyquant_lr",
     "quant.mse_candidates",
     "quant.mse_shrink", "quant.mse_norm", "quant.special_bits", "quant.special_first", "quant.special_last",
     "quant.rotate", "quant.fp_name_contains", "quant.lora_rank", "quant.talsq",
@@ -537,6 +537,7 @@ static const struct { const char *key; const char *yaml; } CHANGED[] = {
     {"quant.weight_init", "quant: {weight_init: mse}"}, {"quant.act_init", "quant: {act_init: max}"},
     {"quant.weight_quantizer", "quant: {weight_quantizer: easyquant}"},
     {"quant.act_quantizer", "quant: {act_quantizer: nupes}"},
+    {"quant.act_granularity", "quant: {act_granularity: token}"},
     {"quant.easyquant_outlier_fraction", "quant: {easyquant_outlier_fraction: 0.01}"},
     {"quant.easyquant_steps", "quant: {easyquant_steps: 10}"}, {"quant.easyquant_lr", "quant: {easyquant_lr: 0.1}"},
     {"quant.mse_candidates", "quant: {mse_candidates: 10}"}, {"quant.mse_shrink", "quant: {mse_shrink: 0.002}"},

@@ -66,6 +66,11 @@ static void test_qmodel_config(void **state) {
     rc.quant.rotate = 32;
     assert_int_equal(run_qmodel_config(&qc, &rc, &e), 0);
     assert_int_equal(qc.rotate_block, 32);
+    // quant.act_granularity reaches the model (per tensor by default)
+    assert_int_equal(qc.a_token, 0);
+    rc.quant.act_granularity = RC_GRAN_TOKEN;
+    assert_int_equal(run_qmodel_config(&qc, &rc, &e), 0);
+    assert_int_equal(qc.a_token, 1);
 }
 
 static void test_train_config(void **state) {
