@@ -265,6 +265,15 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
         zamax = 255;
         pad_ok = 1;  // the table's z is in 0..255
     }
+    int taps = L->kh * L->kw;
+    if (L->a_token) {
+        zamax = amax;  // each token's z is in 0..2^b - 1
+        pad_ok = 1;    // padding contributes through a step of 0 (int_conv_token)
+        if (l->kind == LAYER_CONV2D && !(L->rsum_tap = calloc((size_t)co * taps, sizeof(int32_t)))) {
+            free(row);
+            return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
+        }
+    }
     int ok = (l->kind == LAYER_LINEAR || l->kind == LAYER_CONV2D) && (wops->affine || L->w_lut) &&
              (aops->affine || L->a_lut);
     if (l->kind == LAYER_CONV2D && l->pad > 0 && !pad_ok) ok = 0;  // padding needs the level z_a
@@ -286,7 +295,9 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
                     uint8_t v = q[((size_t)ci * L->kh + ki) * L->kw + kj];
                     row[kpos(L, ci, ki, kj)] = v;
                     int iv = t ? t[v] : (int)v - L->wc;  // the s8 weight the kernel multiplies
-                    r += t ? (long long)iv : (long long)v - (long long)wz;
+                    long long dr = t ? (long long)iv : (long long)v - (long long)wz;
+                    r += dr;
+                    if (L->rsum_tap) L->rsum_tap[(size_t)o * taps + ki * L->kw + kj] += (int32_t)dr;
                     int a = abs(iv);
                     L->wmax = a > L->wmax ? a : L->wmax;
                 }
@@ -299,7 +310,6 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     }
     free(row);
     if (L->w_lut_err > EXPORT_LUT_MAX_ERR || L->a_lut_err > EXPORT_LUT_MAX_ERR) ok = 0;  // too coarse: float path
-    if (L->a_token) ok = 0;  // per-token ranges: no integer kernel yet
     L->int_ok = ok;
     L->lut = ok && (L->w_lut || L->a_lut);
     if (ok && build_operands(L)) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
@@ -308,7 +318,6 @@ int export_layer_prepare(ExportLayer *L, const uint8_t *levels, const float *w_d
     L->side_kpos = malloc(cnt * sizeof *L->side_kpos);
     L->side_coef = malloc(cnt * sizeof *L->side_coef);
     if (!L->side_kpos || !L->side_coef) return err_set(e, ERR_NOMEM, "out of memory loading layer '%s'", l->name);
-    int taps = L->kh * L->kw;
     for (size_t j = 0; j < cnt; j++) {
         int o = (int)(j / (size_t)L->n_side), p = L->side_idx[j];  // C order: p = (ci kh + ki) kw + kj
         int ci = p / taps, ki = p % taps / L->kw, kj = p % L->kw;
@@ -337,6 +346,7 @@ void export_layer_release(ExportLayer *L) {
     free(L->w_zero);
     free(L->zoff);
     free(L->rsum);
+    free(L->rsum_tap);
     free(L->side_idx);
     free(L->side_val);
     free(L->side_kpos);
@@ -477,6 +487,22 @@ FASTMATH_CLONES static void conv_row(float *yr, const int32_t *d, const int32_t 
         const uint8_t *col = Ag + (kp / 4) * n * 4 + kp % 4;
         float c = coef[s] * da;
         for (size_t i = 0; i < P; i++) yr[i] += c * (float)((int)col[4 * i] - za);
+    }
+}
+
+/* One output row of a per-token conv at one tap (int_conv_token): y += Δ_w Δ_src (D - zoff S - z_src R)
+   over the row's P positions, then the side entries that sit at this tap (kpos / cp == tap). */
+FASTMATH_CLONES static void conv_token_row(float *yr, const int32_t *d, const int32_t *sg, const float *ds,
+                                           const float *zs, size_t P, float sw, int32_t zo, int32_t rt,
+                                           const uint8_t *Ag, size_t n, const int32_t *kpos, const float *coef,
+                                           int n_side, int tap, int cp) {
+    for (size_t i = 0; i < P; i++) yr[i] += (float)(d[i] - zo * sg[i] - (int32_t)zs[i] * rt) * (ds[i] * sw);
+    for (int s = 0; s < n_side; s++) {
+        size_t kp = (size_t)kpos[s];
+        if ((int)(kp / (size_t)cp) != tap) continue;
+        const uint8_t *col = Ag + (kp / 4) * n * 4 + kp % 4;
+        float cf = coef[s];
+        for (size_t i = 0; i < P; i++) yr[i] += cf * ds[i] * ((float)col[4 * i] - zs[i]);
     }
 }
 
@@ -670,6 +696,76 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int en
     return y;
 }
 
+/* A per-token conv (token_quant.h): every input pixel has its own (Δ, z), which do not factor out
+   of im2col's columns (a column mixes kh kw pixels), so the GEMM runs tap by tap over the tap's
+   cp channels and each tap's sums are rescaled by the step of the pixel it read:
+       y[o, j] = bias[o] + Σ_tap Δ_w[o] Δ_src (D_tap - zoff S_tap - z_src R_tap[o])
+   with D_tap, S_tap the tap's rows of the GEMM (weights, ones), R_tap = rsum_tap, and Δ_src = 0
+   where the tap reads padding. Side-table entries add coef Δ_src (a - z_src) at their tap. */
+static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
+    if (x->ndim != 4 || x->shape[1] != q->cin) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': input of %d dims, %d channels (expected 4, %d)", l->name,
+                x->ndim, x->ndim > 1 ? x->shape[1] : 0, q->cin);
+        return NULL;
+    }
+    int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int kh = q->kh, kw = q->kw, s = l->stride, p = l->pad, C4 = q->cp / 4, co = q->cout;
+    int Ho = (H + 2 * p - kh) / s + 1, Wo = (W + 2 * p - kw) / s + 1;
+    size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W;
+    if (Ho < 1 || Wo < 1 || n > INT_MAX) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': %dx%d input gives no output or too many", l->name, H, W);
+        return NULL;
+    }
+    Tensor *y = tensor_new4(c, N, co, Ho, Wo);
+    if (!y) return NULL;
+    size_t mark = arena_mark(&c->arena);
+    size_t nxp = (size_t)N * q->cp * HW;
+    uint8_t *xq = ctx_alloc(c, nxp), *x4 = ctx_alloc(c, nxp), *A = ctx_alloc(c, (size_t)q->K4 * 4 * n);
+    float *dpix = ctx_alloc(c, 2 * (size_t)N * HW * sizeof(float)), *zpix = dpix ? dpix + (size_t)N * HW : NULL;
+    float *dsrc = ctx_alloc(c, 2 * n * sizeof(float)), *zsrc = dsrc ? dsrc + n : NULL;
+    int32_t *Cm = ctx_alloc(c, (size_t)(co + 1) * n * sizeof(int32_t));
+    if (!xq || !x4 || !A || !dpix || !dsrc || !Cm) return NULL;
+    token_quant_levels(xq, (size_t)q->cp * HW, dpix, zpix, x->data, (size_t)N, (size_t)C, HW,
+                       q->aq.delta.data[entry], q->a_bits);
+    interleave4(x4, xq, N * C4, HW);
+    im2col_words((uint32_t *)(void *)A, n, (const uint32_t *)(const void *)x4, N, C4, H, W, kh, kw, s, p, Ho, Wo, 0);
+    const float *bias = l->bias.data;
+    PAR_FOR(schedule(static), (size_t)co * n >= GEMM_OMP_MIN_WORK,
+    for (size_t r = 0; r < (size_t)N * co; r++) {
+        float b = bias ? bias[r % co] : 0.0f, *yr = y->data + r * P;
+        for (size_t i = 0; i < P; i++) yr[i] = b;
+    });
+    int taps = kh * kw, ns = q->n_side;
+    size_t kp = (size_t)q->K4 * 4;
+    for (int tap = 0; tap < taps; tap++) {
+        int ki = tap / kw, kj = tap % kw;
+        int_gemm(q->model->kernel, Cm, n, q->w_s8 + (size_t)tap * q->cp, kp, A + (size_t)tap * C4 * n * 4, n, co + 1,
+                 (int)n, C4, q->wmax > 1 ? q->wmax : 1, q->a_imax);
+        // the step and zero point of the pixel each column read at this tap (0: padding)
+        for (int g = 0; g < N; g++)
+            for (int oh = 0; oh < Ho; oh++)
+                for (int ow = 0; ow < Wo; ow++) {
+                    int ih = oh * s - p + ki, iw = ow * s - p + kj;
+                    size_t j = (size_t)g * P + (size_t)oh * Wo + ow, src = (size_t)g * HW + (size_t)ih * W + iw;
+                    int in = ih >= 0 && ih < H && iw >= 0 && iw < W;
+                    dsrc[j] = in ? dpix[src] : 0.0f;
+                    zsrc[j] = in ? zpix[src] : 0.0f;
+                }
+        const int32_t *Sr = Cm + (size_t)co * n;
+        PAR_FOR(schedule(static) collapse(2), (size_t)co * n >= GEMM_OMP_MIN_WORK,
+        for (int g = 0; g < N; g++) {
+            for (int o = 0; o < co; o++)
+                conv_token_row(y->data + ((size_t)g * co + o) * P, Cm + (size_t)o * n + (size_t)g * P,
+                               Sr + (size_t)g * P, dsrc + (size_t)g * P, zsrc + (size_t)g * P, P, q->w_iscale[o],
+                               q->zoff[o], q->rsum_tap[(size_t)o * taps + tap], A + (size_t)g * P * 4, n,
+                               ns ? q->side_kpos + (size_t)o * ns : NULL, ns ? q->side_coef + (size_t)o * ns : NULL,
+                               ns, tap, q->cp);
+        });
+    }
+    arena_release(&c->arena, mark);
+    return y;
+}
+
 /* A linear layer computes y (rows, out) with the operands' roles swapped, so that the GEMM
    writes y's layout and no transpose is needed: the activation levels become the broadcast
    s8 operand as a' = a - 128 (XOR 0x80), the weight levels q (0..255) the u8 col4 operand
@@ -697,8 +793,13 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
     uint8_t *xq = ctx_alloc(c, n * kp);
     int32_t *Cm = ctx_alloc(c, n * ldn * sizeof(int32_t)), *S = ctx_alloc(c, n * sizeof(int32_t));
     const int32_t *Q = q->w_colsum;
-    if (!xq || !Cm || !S) return NULL;
-    quantize_rows(q, entry, xq, x->data, n, (size_t)in, kp);
+    // per-token layers: each row's own (Δ_r, z_r) (token_quant.h)
+    float *dr = q->a_token ? ctx_alloc(c, 2 * n * sizeof(float)) : NULL, *zr = dr ? dr + n : NULL;
+    if (!xq || !Cm || !S || (q->a_token && !dr)) return NULL;
+    if (q->a_token)
+        token_quant_levels(xq, kp, dr, zr, x->data, n, (size_t)in, 1, q->aq.delta.data[entry], q->a_bits);
+    else
+        quantize_rows(q, entry, xq, x->data, n, (size_t)in, kp);
     // S[r] here, not as a GEMM column: out + 1 columns would cost a whole extra (masked)
     // 32-column strip of the kernel when out is a multiple of 32
     PAR_FOR(schedule(static), n * kp >= GEMM_OMP_MIN_WORK,
@@ -727,6 +828,28 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
         bo[o] = bias ? bias[o] : 0.0f;
     }
     for (size_t j = 0; j < (size_t)co * ns; j++) cd[j] = q->side_coef_t[j] * da;
+    if (q->a_token) {
+        // as below with the row's Δ_r, z_r: 128 Q - z_r R and Δ_r Δ_w per row; the side rows'
+        // levels scaled by Δ_r (the coefficients are then the stored ones)
+        for (int o = 0; o < co; o++) k1[o] = 128 * Q[o];
+        for (size_t j = 0; j < (size_t)co * ns; j++) cd[j] = q->side_coef_t[j];
+        PAR_FOR(schedule(static), (size_t)co * n >= GEMM_OMP_MIN_WORK,
+        for (size_t r = 0; r < n; r++) {
+            const int32_t *cr = Cm + r * ldn;
+            int32_t s = S[r], z = (int32_t)zr[r];
+            float d = dr[r], *yr = y->data + r * co;
+            for (int o = 0; o < co; o++)
+                yr[o] = (float)(cr[o] + k1[o] - z * q->rsum[o] - zw[o] * s) * (d * q->w_iscale[o]) + bo[o];
+            if (ns) {
+                const uint8_t *a = xq + r * kp;
+                float *ar = av + r * (size_t)in;
+                for (int k = 0; k < in; k++) ar[k] = (float)((int)(a[k] ^ 0x80) - z) * d;
+                side_row(yr, ar, q->side_kpos_t, cd, co, ns);
+            }
+        });
+        arena_release(&c->arena, mark);
+        return y;
+    }
     PAR_FOR(schedule(static), (size_t)co * n >= GEMM_OMP_MIN_WORK,
     for (size_t r = 0; r < n; r++) {
         const int32_t *cr = Cm + r * ldn;
@@ -751,6 +874,7 @@ Tensor *export_layer_forward(Ctx *c, ModelLayer *l, Tensor *x) {
     if (q->rot && !(x = t_rotate(c, x, l->kind != LAYER_LINEAR, q->rot))) return NULL;
     int entry = (q->special || q->aq.n == 1) ? 0 : q->model->entry;
     if (q->model->use_float || !q->int_ok) return float_forward(c, l, q, x, entry);
+    if (q->a_token) return l->kind == LAYER_LINEAR ? int_linear(c, l, q, x, entry, 0.0f, 0) : int_conv_token(c, l, q, x, entry);
     float da = q->a_lut ? q->a_iscale[entry] : q->aq.delta.data[entry];
     int za = (int)(q->a_lut ? q->a_izero[entry] : q->aq.zero.data[entry]);
     if (l->kind == LAYER_LINEAR) return int_linear(c, l, q, x, entry, da, za);

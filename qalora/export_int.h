@@ -50,8 +50,9 @@ struct ExportLayer {
     int special;
     int w_bits, a_bits, entries;
     int rot;             // Hadamard block of the input channels (rotate.h; 0: none): both paths rotate x
-    int a_token;         // 1: per-token activation ranges (token_quant.h; aq.delta holds α): the float path
                          // first, and the levels are those of the rotated weight W Hᵀ
+    int a_token;         // 1: per-token activation ranges (token_quant.h; aq.delta holds the ratio α, one
+                         // (Δ, z) per token at run time: a linear input's row, a conv input's pixel)
     QuantKind w_kind, a_kind;  // quantizer kinds (qkind.h; uniform when the export names none)
     Quantizer wq;        // the weight quantizer: channel-wise over w_delta / w_zero (export_layer_prepare)
     Quantizer aq;        // the activation table (rounded z_a), of a_kind
@@ -71,6 +72,7 @@ struct ExportLayer {
     float *w_zero;       // (cout) z_w (integers)
     int32_t *zoff;       // (cout) z_w - c
     int32_t *rsum;       // (cout) Σ_k (q - z_w)
+    int32_t *rsum_tap;   // per-token convs: (cout, kh kw) Σ_k (q - z_w) over each tap's channels
     // the weight kind's side table (n_side per channel; set before export_layer_prepare), and per
     // entry its position in a stored row and the integer path's correction coefficient
     // v - (q - z_w) Δ_w (the side value minus what the dense levels contribute there)

@@ -116,6 +116,32 @@ void token_quant_fake(float *y, const float *x, size_t outer, size_t C, size_t i
     free(own);
 }
 
+FASTMATH_CLONES static void token_levels_slice(uint8_t *q, const float *x, size_t C, size_t inner, const float *d,
+                                               const float *z, float L) {
+    for (size_t c = 0; c < C; c++) {
+        const float *xc = x + c * inner;
+        uint8_t *qc = q + c * inner;
+        for (size_t p = 0; p < inner; p++) {
+            float u = rintf(xc[p] / d[p]) + z[p];
+            u = u < 0.0f ? 0.0f : u;
+            u = u > L ? L : u;
+            qc[p] = (uint8_t)(u == u ? u : 0.0f);  // NaN: level 0
+        }
+    }
+}
+
+void token_quant_levels(uint8_t *q, size_t ldq, float *d, float *z, const float *x, size_t outer, size_t C,
+                        size_t inner, float alpha, int bits) {
+    const float L = (float)((1 << bits) - 1);
+    size_t slice = C * inner;
+    PAR_FOR(schedule(static), outer > 1 && outer * slice >= TOKQ_OMP_MIN_WORK,
+    for (size_t o = 0; o < outer; o++) {
+        token_ranges(d + o * inner, z + o * inner, NULL, x + o * slice, C, inner, alpha, L);
+        token_levels_slice(q + o * ldq, x + o * slice, C, inner, d + o * inner, z + o * inner, L);
+        memset(q + o * ldq + slice, 0, ldq - slice);
+    });
+}
+
 size_t token_quant_backward_scratch(size_t outer, size_t inner) {
     return outer * inner * (3 * sizeof(float) + sizeof(double));
 }

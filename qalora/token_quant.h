@@ -29,6 +29,7 @@
 #define EFFDM_TOKEN_QUANT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "autograd/ops.h"
 #include "qalora/quantizer.h"
@@ -37,6 +38,11 @@
 // op passes arena memory).
 void token_quant_fake(float *y, const float *x, size_t outer, size_t C, size_t inner, float alpha, int bits,
                       float *scratch);
+// The integer levels of q (the export's integer path): slice o's C·inner levels at q + o·ldq (the
+// rest of its ldq bytes 0), level = clamp(rint(x/Δ_t) + z_t, 0, L), so that (level - z_t)·Δ_t is
+// token_quant_fake's value bit for bit; and each token's Δ_t, z_t into d, z (outer·inner).
+void token_quant_levels(uint8_t *q, size_t ldq, float *d, float *z, const float *x, size_t outer, size_t C,
+                        size_t inner, float alpha, int bits);
 // The gradient of sum(q(x)·dy) in α (returned, double) and, dx != NULL, added into dx.
 // Scratch: 3 outer·inner floats and outer·inner doubles, or NULL (allocated here).
 double token_quant_backward(float *dx, const float *dy, const float *x, size_t outer, size_t C, size_t inner,

@@ -93,8 +93,7 @@ const KeyDesc RC_KEYS[] = {
      "activation ranges of the trainable layers: `tensor` (EfficientDM: one static (Δ, z) per layer and "
      "TALSQ entry) or `token` (dynamic: each token - a linear input's row, a conv input's pixel - "
      "quantized over its channels with its own range, measured at run time; the TALSQ table then "
-     "holds a learned clipping ratio per entry, 1 = the whole range; `uniform` activations only; "
-     "the export runs such layers on its float path)"},
+     "holds a learned clipping ratio per entry, 1 = the whole range; `uniform` activations only)"},
     // qalora/qlayer.h QLAYER_EQ_*
     {.path = "quant.easyquant_outlier_fraction", .type = K_DOUBLE,
      .off = offsetof(RunConfig, quant.easyquant_outlier_fraction), .lo = 0, .hi = 1, .hi_open = 1,

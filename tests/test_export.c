@@ -196,7 +196,7 @@ static void check_equivalence_kinds(int w_bits, int a_bits, int train_steps, RcF
         }
         assert_int_equal(L->a_token, g_token && !q.q[k].special);
         assert_int_equal(q.q[k].a_token, L->a_token);
-        if (L->a_token) assert_int_equal(L->int_ok, 0);  // no integer kernel for per-token ranges yet
+        if (L->a_token) assert_int_equal(L->int_ok, 1);  // uniform weights: the integer kernels (test_int_kernels)
         assert_int_equal(L->n_side, q.q[k].wq.n_side);
         if (w_kind == QUANT_EASYQUANT) assert_true(L->n_side > 0);
         if (L->n_side)

@@ -618,6 +618,9 @@ static ExportModel *student_round_trip(Teacher *T, Ctx *c, const RunConfig *rc, 
 
 // quant.rotate of the next check (0: none): both paths rotate the layer's input first.
 static int g_rotate;
+// quant.act_granularity token for the next check: per-token activation ranges (a linear layer's
+// rows, a conv's pixels; the conv's integer GEMM runs tap by tap).
+static int g_token;
 
 // w_kind: the weight quantizer (easyquant: with 'mse' weight ranges, so that some zero points
 // fall outside the levels and the stored outlier level is not z_w).
@@ -628,12 +631,14 @@ static void check_layers_kind(int w_bits, int a_bits, QuantKind w_kind) {
     rc.quant.weight_quantizer = w_kind;
     if (w_kind == QUANT_EASYQUANT) rc.quant.weight_init = RC_INIT_MSE;
     rc.quant.rotate = g_rotate;
+    rc.quant.act_granularity = g_token ? RC_GRAN_TOKEN : RC_GRAN_TENSOR;
     ExportSummary s;
     char *path;
     ExportModel *em = student_round_trip(&T, c, &rc, &s, &path);
     Err e = {0};
     assert_int_equal(em->n_int_layers, em->n_layers);
     for (int k = 0; k < em->n_layers; k++) assert_int_equal(em->layers[k].rot > 0, g_rotate > 0);
+    for (int k = 0; k < em->n_layers; k++) assert_int_equal(em->layers[k].a_token, g_token && !em->layers[k].special);
 
     // memory: the 4-bit layers' levels are 1/8 of their FP32 weights (rows padded to 4 levels)
     size_t lv4 = 0, fp4 = 0;
@@ -836,6 +841,12 @@ static void test_layers_rotate_w4a4(void **state) {
     check_layers(4, 4);
     g_rotate = 0;
 }
+static void test_layers_token_w4a4(void **state) {
+    g_token = 1;
+    check_layers(4, 4);
+    check_layers_kind(4, 4, QUANT_EASYQUANT);  // side tables at every tap
+    g_token = 0;
+}
 static void test_layers_w4a8(void **state) { check_layers(4, 8); }
 static void test_layers_w2a8(void **state) { check_layers(2, 8); }
 static void test_layers_easyquant_w4a4(void **state) { check_layers_kind(4, 4, QUANT_EASYQUANT); }
@@ -847,6 +858,7 @@ int main(void) {
         cmocka_unit_test(test_lut_variants),
         cmocka_unit_test(test_layer_shapes),
         cmocka_unit_test(test_layers_w4a4), cmocka_unit_test(test_layers_rotate_w4a4),
+        cmocka_unit_test(test_layers_token_w4a4),
         cmocka_unit_test(test_layers_w4a8),
         cmocka_unit_test(test_layers_w2a8),
         cmocka_unit_test(test_layer_shapes_side),

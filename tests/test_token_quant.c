@@ -5,6 +5,7 @@
      definition; bit-equal. At α = 1 no value is off by more than the token's step s_t.
    - backward: dx and dα against the same kernel's backward per token (dα = Σ_t s_t dΔ_t);
      only the active table entry gets a gradient.
+   - the integer levels (the export's operands) decode to the forward's values bit for bit;
    - a conv input (N, C, H, W) gives the bits of a linear input (N·H·W, C) holding the same tokens;
    - the op's outputs and gradients do not depend on the thread count;
    - calibration: 'max' gives 1, 'mse' the best candidate of the grid (scored here by the forward);
@@ -136,6 +137,37 @@ static void test_error_bound(void **state) {
         }
     free(x);
     free(y);
+}
+
+// The integer levels decode to the forward's values bit for bit: (level - z_t) Δ_t, slices at
+// a stride with zero-filled padding (the export's operands).
+static void test_levels(void **state) {
+    size_t outer = 3, C = 10, inner = 7, slice = C * inner, ld = slice + 5, n = outer * slice;
+    float *x = make_input(outer, C, inner, 13), *y = malloc(n * sizeof(float));
+    float *d = malloc(outer * inner * sizeof(float)), *z = malloc(outer * inner * sizeof(float));
+    uint8_t *q = malloc(outer * ld);
+    memset(q, 0xAB, outer * ld);
+    x[5] = NAN;  // NaN: level 0, as the static quantizer's integers
+    token_quant_fake(y, x, outer, C, inner, 0.9f, 4, NULL);
+    token_quant_levels(q, ld, d, z, x, outer, C, inner, 0.9f, 4);
+    for (size_t o = 0; o < outer; o++) {
+        for (size_t i = 0; i < slice; i++) {
+            size_t t = o * inner + i % inner;
+            uint8_t l = q[o * ld + i];
+            assert_true(l <= 15);
+            if (o == 0 && i == 5) {
+                assert_int_equal(l, 0);
+                continue;
+            }
+            assert_true(((float)l - z[t]) * d[t] == y[o * slice + i]);
+        }
+        for (size_t i = slice; i < ld; i++) assert_int_equal(q[o * ld + i], 0);
+    }
+    free(x);
+    free(y);
+    free(d);
+    free(z);
+    free(q);
 }
 
 // (N, C, H, W) against the same tokens as rows of a linear input (N·H·W, C).
@@ -277,7 +309,8 @@ static void test_layer_refuses_kind(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reference), cmocka_unit_test(test_error_bound), cmocka_unit_test(test_layouts),
+        cmocka_unit_test(test_reference), cmocka_unit_test(test_error_bound), cmocka_unit_test(test_levels),
+        cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_op_threads), cmocka_unit_test(test_op_refusals), cmocka_unit_test(test_fit),
         cmocka_unit_test(test_layer_refuses_kind),
     };
