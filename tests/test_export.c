@@ -486,6 +486,26 @@ static void test_corrupt(void **state) {
 // An export with rotated layers is marked effdm.format "3" (one without stays "2"), so that a
 // build that does not know rotation refuses it; a "rotate" entry in a file of another format, or
 // a block that is not a power of two dividing the layer's input channels, is refused naming the layer.
+// A copy of the export at path with one metadata edit (written to bad) is refused as
+// ERR_FORMAT, the message naming both parts.
+typedef struct {
+    Corruption k;
+    const char *named[2];
+} FormatCase;
+
+static void expect_format_refusals(const char *path, const char *bad, const FormatCase *cases, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        corrupt_copy(path, bad, &cases[i].k);
+        ExportModel *em = NULL;
+        Err e = {0};
+        int r = export_load(&em, bad, &e);
+        print_message("  case %zu: %s (%s)\n", i, err_name(r), e.msg);
+        assert_int_equal(r, ERR_FORMAT);
+        assert_null(em);
+        for (int j = 0; j < 2; j++) assert_has(e.msg, cases[i].named[j]);
+    }
+}
+
 static void test_rotate_format(void **state) {
     Teacher T = teacher_open();
     Ctx *c = test_ctx_new((size_t)1 << 30);
@@ -502,10 +522,7 @@ static void test_rotate_format(void **state) {
     // time_embed.0 (32 input channels) is rotated with block 32
     const char *entry = "\"name\":\"time_embed.0\",\"role\":\"special\",\"w_bits\":8,\"a_bits\":8,\"entries\":1,"
                         "\"w_quantizer\":\"uniform\",\"a_quantizer\":\"uniform\",\"rotate\":32}";
-    struct {
-        Corruption k;
-        const char *named[2];
-    } cases[] = {
+    const FormatCase cases[] = {
         {{.edit_meta = "effdm.format", .from = "3", .to = "2"}, {"time_embed.0", "effdm.format"}},
         {{.edit_meta = "effdm.quant", .from = "\"rotate\":32}", .to = "\"rotate\":24}"}, {"time_embed.0", "rotate 24"}},
         {{.edit_meta = "effdm.quant", .from = "\"rotate\":32}", .to = "\"rotate\":64}"}, {"time_embed.0", "rotate 64"}},
@@ -514,16 +531,7 @@ static void test_rotate_format(void **state) {
     assert_int_equal(weights_open(&f, path, &e), 0);
     assert_non_null(strstr(weights_metadata(f, "effdm.quant"), entry));
     weights_close(f);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        corrupt_copy(path, bad, &cases[i].k);
-        ExportModel *em = NULL;
-        e = (Err){0};
-        int r = export_load(&em, bad, &e);
-        print_message("  case %zu: %s (%s)\n", i, err_name(r), e.msg);
-        assert_int_equal(r, ERR_FORMAT);
-        assert_null(em);
-        for (int j = 0; j < 2; j++) assert_non_null(strstr(e.msg, cases[i].named[j]));
-    }
+    expect_format_refusals(path, bad, cases, sizeof cases / sizeof cases[0]);
     qmodel_free(&q);
     unlink(path);
     free(path);
@@ -567,26 +575,14 @@ static void test_equivalence_token(void **state) {
     assert_non_null(strstr(weights_metadata(f, "effdm.quant"), special));
     assert_non_null(strstr(weights_metadata(f, "effdm.quant"), "\"a_granularity\":\"token\"}"));
     weights_close(f);
-    struct {
-        Corruption k;
-        const char *named[2];
-    } cases[] = {
+    const FormatCase cases[] = {
         {{.edit_meta = "effdm.format", .from = "4", .to = "3"}, {"has an a_granularity", "other than '4'"}},
         {{.edit_meta = "effdm.quant", .from = "\"a_granularity\":\"token\"}", .to = "\"a_granularity\":\"pixel\"}"},
          {"a_granularity pixel", "layer '"}},
         {{.edit_meta = "effdm.quant", .from = "\"a_quantizer\":\"uniform\"}", .to = "\"a_quantizer\":\"uniform\",\"a_granularity\":\"token\"}"},
          {"time_embed.0", "special"}},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        corrupt_copy(path, bad, &cases[i].k);
-        ExportModel *em = NULL;
-        e = (Err){0};
-        int r = export_load(&em, bad, &e);
-        print_message("  case %zu: %s (%s)\n", i, err_name(r), e.msg);
-        assert_int_equal(r, ERR_FORMAT);
-        assert_null(em);
-        for (int j = 0; j < 2; j++) assert_has(e.msg, cases[i].named[j]);
-    }
+    expect_format_refusals(path, bad, cases, sizeof cases / sizeof cases[0]);
     unlink(path);
     unlink(bad);
     free(path);

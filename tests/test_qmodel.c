@@ -618,46 +618,37 @@ static void test_state_round_trip(void **state) {
     ldm_free(m);
 }
 
-/* ---- a rotated student in the state ------------------------------------------------------ */
+/* ---- switches recorded in the state (quant.rotate, quant.act_granularity) ------------------ */
 
-// A student with quant.rotate restored from its state computes what it computed (the special
-// layers' fixed weights refitted in the rotated basis); a student of another rotation is
-// refused naming quant.rotate, both ways.
-static void test_state_rotate(void **state) {
+// A student of config `on` restored from its state computes what it computed; a student of `off`
+// is refused its state naming refuse_off, and a student of `on` the state of an `off` student
+// naming refuse_on. check (NULL: none) sees the calibrated `on` student first.
+static void check_state_switch(const QModelConfig *on, const QModelConfig *off, const char *refuse_off,
+                               const char *refuse_on, void (*check)(const QModel *q)) {
     Ldm *m = teacher_load();
     Ctx *c = test_ctx_new((size_t)1 << 30);
-    QModelConfig qc;
-    qmodel_config_defaults(&qc);
-    qc.rotate_block = 64;
-    QModel a;
-    student_init(&a, m, &qc, 7);
+    QModel a, b;
+    student_init(&a, m, on, 7);
     student_calibrate(&a, c, m, 8);
+    if (check) check(&a);
     perturb(&a, 9);
     char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
     write_state_file(&a, path);
-    int n_special = 0;
-    for (int k = 0; k < a.n_q; k++) n_special += a.q[k].special && a.q[k].rot > 0;
-    assert_true(n_special > 0);
-
     Err e = {0};
     WeightFile *f = NULL;
     assert_int_equal(weights_open(&f, path, &e), 0);
-    QModel b;
-    restore_and_compare(&a, &b, f, m, c, &qc);
+    restore_and_compare(&a, &b, f, m, c, on);
     qmodel_free(&b);
-    QModelConfig q0 = qc;
-    q0.rotate_block = 0;
-    expect_refused(m, &q0, f, "quant.rotate");
+    expect_refused(m, off, f, refuse_off);
     weights_close(f);
     unlink(path);
-    // an unrotated state into a rotated student
     qmodel_free(&a);
-    student_init(&a, m, &q0, 7);
+    student_init(&a, m, off, 7);
     student_calibrate(&a, c, m, 8);
     snprintf(path, sizeof path, "/tmp/effdm_test_qmodel_XXXXXX");
     write_state_file(&a, path);
     assert_int_equal(weights_open(&f, path, &e), 0);
-    expect_refused(m, &qc, f, "block 0 in the state, 64");
+    expect_refused(m, on, f, refuse_on);
     weights_close(f);
     unlink(path);
     qmodel_free(&a);
@@ -665,53 +656,49 @@ static void test_state_rotate(void **state) {
     ldm_free(m);
 }
 
-/* ---- per-token activation ranges in the state ------------------------------------------ */
+// Some special layer is rotated: its fixed weight is refitted in the rotated basis on restore.
+static void check_rotated_special(const QModel *q) {
+    int n_special = 0;
+    for (int k = 0; k < q->n_q; k++) n_special += q->q[k].special && q->q[k].rot > 0;
+    assert_true(n_special > 0);
+}
+
+// A student with quant.rotate restored from its state computes what it computed (the special
+// layers' fixed weights refitted in the rotated basis); a student of another rotation is
+// refused naming quant.rotate, both ways.
+static void test_state_rotate(void **state) {
+    QModelConfig qc;
+    qmodel_config_defaults(&qc);
+    qc.rotate_block = 64;
+    QModelConfig q0 = qc;
+    q0.rotate_block = 0;
+    check_state_switch(&qc, &q0, "quant.rotate", "block 0 in the state, 64", check_rotated_special);
+}
+
+// Every trainable layer is per-token after calibration, its ratios in (0, 1], its zero points 0.
+static void check_token_layers(const QModel *q) {
+    int n_token = 0;
+    for (int k = 0; k < q->n_q; k++) {
+        const QLayer *l = &q->q[k];
+        n_token += l->a_token;
+        assert_int_equal(l->a_token, !l->special);
+        for (int i = 0; l->a_token && i < l->aq.n; i++)
+            assert_true(l->aq.delta.data[i] > 0.0f && l->aq.delta.data[i] <= 1.0f && l->aq.zero.data[i] == 0.0f);
+    }
+    assert_true(n_token > 0);
+}
 
 // A student with quant.act_granularity token restored from its state computes what it computed
 // (its calibrated and perturbed ratios); a per-tensor student refuses its state and the other
 // way round, naming quant.act_granularity.
 static void test_state_token(void **state) {
-    Ldm *m = teacher_load();
-    Ctx *c = test_ctx_new((size_t)1 << 30);
     QModelConfig qc;
     qmodel_config_defaults(&qc);
     qc.a_token = 1;
-    QModel a, b;
-    student_init(&a, m, &qc, 7);
-    student_calibrate(&a, c, m, 8);
-    int n_token = 0;
-    for (int k = 0; k < a.n_q; k++) {
-        n_token += a.q[k].a_token;
-        assert_int_equal(a.q[k].a_token, !a.q[k].special);
-        for (int i = 0; a.q[k].a_token && i < a.q[k].aq.n; i++)  // ratios in (0, 1], zero points unused
-            assert_true(a.q[k].aq.delta.data[i] > 0.0f && a.q[k].aq.delta.data[i] <= 1.0f && a.q[k].aq.zero.data[i] == 0.0f);
-    }
-    assert_true(n_token > 0);
-    perturb(&a, 9);
-    char path[] = "/tmp/effdm_test_qmodel_XXXXXX";
-    write_state_file(&a, path);
-    Err e = {0};
-    WeightFile *f = NULL;
-    assert_int_equal(weights_open(&f, path, &e), 0);
-    restore_and_compare(&a, &b, f, m, c, &qc);
-    qmodel_free(&b);
     QModelConfig q0 = qc;
     q0.a_token = 0;
-    expect_refused(m, &q0, f, "per token in the state, per tensor in the config (quant.act_granularity)");
-    weights_close(f);
-    unlink(path);
-    qmodel_free(&a);
-    student_init(&a, m, &q0, 7);
-    student_calibrate(&a, c, m, 8);
-    snprintf(path, sizeof path, "/tmp/effdm_test_qmodel_XXXXXX");
-    write_state_file(&a, path);
-    assert_int_equal(weights_open(&f, path, &e), 0);
-    expect_refused(m, &qc, f, "per tensor in the state, per token in the config");
-    weights_close(f);
-    unlink(path);
-    qmodel_free(&a);
-    test_ctx_delete(c);
-    ldm_free(m);
+    check_state_switch(&qc, &q0, "per token in the state, per tensor in the config (quant.act_granularity)",
+                       "per tensor in the state, per token in the config", check_token_layers);
 }
 
 /* ---- the layers' quantizer kinds in the state ------------------------------------------- */
