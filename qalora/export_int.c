@@ -651,20 +651,29 @@ static void quantize_rows(const ExportLayer *q, int entry, uint8_t *xq, const fl
     });
 }
 
-static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry, float da, int za) {
+// A conv's input x checked against the layer, and its output size (Ho, Wo): 0, or -1 with c->err set.
+static int conv_out_size(Ctx *c, const ModelLayer *l, const ExportLayer *q, const Tensor *x, int *Ho, int *Wo) {
     if (x->ndim != 4 || x->shape[1] != q->cin) {
         err_set(&c->err, ERR_SHAPE, "export layer '%s': input of %d dims, %d channels (expected 4, %d)", l->name,
                 x->ndim, x->ndim > 1 ? x->shape[1] : 0, q->cin);
-        return NULL;
+        return -1;
     }
+    int H = x->shape[2], W = x->shape[3];
+    *Ho = (H + 2 * l->pad - q->kh) / l->stride + 1;
+    *Wo = (W + 2 * l->pad - q->kw) / l->stride + 1;
+    if (*Ho < 1 || *Wo < 1 || (size_t)x->shape[0] * (size_t)*Ho * (size_t)*Wo > INT_MAX) {
+        err_set(&c->err, ERR_SHAPE, "export layer '%s': %dx%d input gives no output or too many", l->name, H, W);
+        return -1;
+    }
+    return 0;
+}
+
+static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry, float da, int za) {
+    int Ho, Wo;
+    if (conv_out_size(c, l, q, x, &Ho, &Wo)) return NULL;
     int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     int kh = q->kh, kw = q->kw, s = l->stride, p = l->pad, C4 = q->cp / 4;
-    int Ho = (H + 2 * p - kh) / s + 1, Wo = (W + 2 * p - kw) / s + 1;
     size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W;
-    if (Ho < 1 || Wo < 1 || n > INT_MAX) {
-        err_set(&c->err, ERR_SHAPE, "export layer '%s': %dx%d input gives no output or too many", l->name, H, W);
-        return NULL;
-    }
     Tensor *y = tensor_new4(c, N, q->cout, Ho, Wo);
     if (!y) return NULL;
     size_t mark = arena_mark(&c->arena);
@@ -703,19 +712,11 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int en
    with D_tap, S_tap the tap's rows of the GEMM (weights, ones), R_tap = rsum_tap, and Δ_src = 0
    where the tap reads padding. Side-table entries add coef Δ_src (a - z_src) at their tap. */
 static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
-    if (x->ndim != 4 || x->shape[1] != q->cin) {
-        err_set(&c->err, ERR_SHAPE, "export layer '%s': input of %d dims, %d channels (expected 4, %d)", l->name,
-                x->ndim, x->ndim > 1 ? x->shape[1] : 0, q->cin);
-        return NULL;
-    }
+    int Ho, Wo;
+    if (conv_out_size(c, l, q, x, &Ho, &Wo)) return NULL;
     int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     int kh = q->kh, kw = q->kw, s = l->stride, p = l->pad, C4 = q->cp / 4, co = q->cout;
-    int Ho = (H + 2 * p - kh) / s + 1, Wo = (W + 2 * p - kw) / s + 1;
     size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W;
-    if (Ho < 1 || Wo < 1 || n > INT_MAX) {
-        err_set(&c->err, ERR_SHAPE, "export layer '%s': %dx%d input gives no output or too many", l->name, H, W);
-        return NULL;
-    }
     Tensor *y = tensor_new4(c, N, co, Ho, Wo);
     if (!y) return NULL;
     size_t mark = arena_mark(&c->arena);

@@ -274,8 +274,7 @@ static ModelLayer *find_layer(ModelLayer **all, int n, const char *name) {
 // rot_ok: effdm.format is EXPORT_FORMAT_ROT or _TOKEN, whose layers may carry "rotate"; token_ok: it
 // is EXPORT_FORMAT_TOKEN, whose layers may carry "a_granularity".
 static int parse_quant(ExportModel *em, const char *json, ModelLayer **all, int n_all, int rot_ok, int token_ok,
-                       const char *path,
-                       Err *e) {
+                       const char *path, Err *e) {
     cJSON *o = cJSON_Parse(json);
     int rc = 0;
     if (!o || !cJSON_IsObject(o)) {

@@ -469,7 +469,8 @@ static int token_fit(QLayer *q, const Tensor *x, int which, Err *e) {
     if (token_quant_view(x, q->layer->kind != LAYER_LINEAR, &outer, &C, &inner))
         return err_set(e, ERR_SHAPE, "an input of %d dimensions", x->ndim);
     for (size_t i = 0; i < x->n; i++)
-        if (!isfinite(x->data[i])) return err_set(e, ERR_VALUE, "input value %zu is %g (expected finite)", i, x->data[i]);
+        if (!isfinite(x->data[i]))  // as quantizer_fit
+            return err_set(e, ERR_VALUE, "quantizer: non-finite value %g at index %zu", x->data[i], i);
     float a = token_quant_fit(x->data, outer, C, inner, q->aq.bits, q->a_init, &q->aq.kp);
     if (a < 0) return err_set(e, ERR_NOMEM, "out of memory");
     for (int k = 0; k < q->aq.n; k++)
@@ -488,12 +489,8 @@ Tensor *qlayer_forward(Ctx *c, QLayer *q, Tensor *x) {
         // the reference fits on the input of this very forward, then quantizes it
         Err fe = {0};
         int which = fit_entry ? (q->entry ? *q->entry : 0) : -1;
-        if (q->a_token) {
-            if (token_fit(q, x, which, &fe)) {
-                err_set(&c->err, fe.code, "layer '%s': activation calibration: %s", l->name, fe.msg);
-                return NULL;
-            }
-        } else if (quantizer_fit(&q->aq, x->data, x->n, q->a_init, which, &fe)) {
+        int rc = q->a_token ? token_fit(q, x, which, &fe) : quantizer_fit(&q->aq, x->data, x->n, q->a_init, which, &fe);
+        if (rc) {
             err_set(&c->err, fe.code, "layer '%s': activation calibration: %s", l->name, fe.msg);
             return NULL;
         }
