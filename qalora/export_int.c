@@ -180,6 +180,24 @@ static void int_row(int8_t *dst, const ExportLayer *q, int o);
 // packed rows. 0, or -1 when out of memory.
 static int build_operands(ExportLayer *L) {
     size_t kp = (size_t)L->K4 * 4, co = (size_t)L->cout;
+    if (L->layer->kind != LAYER_LINEAR && L->a_token && int_gemm_taps_ok(L->a_imax) &&
+        (double)(383 + L->wmax) * L->a_imax * kp < 2147483647.0) {
+        // int_gemm_taps' operands; |a - z| <= a_imax, u <= 255, |kz| <= 128 + |zoff| <= 255 + wmax
+        int8_t *row = malloc(kp);
+        L->w_u8 = malloc(co * kp);
+        L->kz = malloc(co * sizeof(int32_t));
+        if (!row || !L->w_u8 || !L->kz) {
+            free(row);
+            return -1;
+        }
+        for (int o = 0; o < L->cout; o++) {
+            int_row(row, L, o);
+            for (size_t k = 0; k < kp; k++) L->w_u8[(size_t)o * kp + k] = (uint8_t)(row[k] + 128);
+            L->kz[o] = 128 + L->zoff[o];
+        }
+        free(row);
+        return 0;
+    }
     if (L->layer->kind != LAYER_LINEAR) {
         if (!(L->w_s8 = malloc((co + 1) * kp))) return -1;
         for (int o = 0; o < L->cout; o++) int_row(L->w_s8 + (size_t)o * kp, L, o);
@@ -354,6 +372,8 @@ void export_layer_release(ExportLayer *L) {
     free(L->side_kpos_t);
     free(L->side_coef_t);
     free(L->w_s8);
+    free(L->w_u8);
+    free(L->kz);
     free(L->w_col4);
     free(L->w_colsum);
     free(L->w_lut);
@@ -370,7 +390,8 @@ size_t export_layer_level_bytes(const ExportLayer *L) { return (size_t)L->cout *
 size_t export_layer_operand_bytes(const ExportLayer *L) {
     size_t kp = (size_t)L->K4 * 4, co = (size_t)L->cout;
     size_t side_t = L->side_kpos_t ? co * (size_t)L->n_side * (sizeof(int32_t) + sizeof(float)) : 0;
-    return (L->w_s8 ? (co + 1) * kp : 0) + (L->w_col4 ? kp * co + co * sizeof(int32_t) : 0) + side_t;
+    return (L->w_s8 ? (co + 1) * kp : 0) + (L->w_u8 ? co * kp + co * sizeof(int32_t) : 0) +
+           (L->w_col4 ? kp * co + co * sizeof(int32_t) : 0) + side_t;
 }
 
 size_t export_layer_scale_bytes(const ExportLayer *L) {
@@ -504,6 +525,21 @@ FASTMATH_CLONES static void conv_token_row(float *yr, const int32_t *d, const in
         float cf = coef[s];
         for (size_t i = 0; i < P; i++) yr[i] += cf * ds[i] * ((float)col[4 * i] - zs[i]);
     }
+}
+
+/* One row of a linear layer's output from its GEMM row cr (int_linear): the per-output
+   constants k1, zw, sc, bo and the row's level sum s. Compiled for the vector widths (the
+   products of int32 need AVX2's pmulld to vectorize). */
+FASTMATH_CLONES static void linear_row(float *yr, const int32_t *cr, const int32_t *k1, const int32_t *zw,
+                                       const float *sc, const float *bo, int32_t s, int co) {
+    for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
+}
+
+// linear_row of a per-token layer: the row's own zero point z (times R) and step d.
+FASTMATH_CLONES static void linear_token_row(float *yr, const int32_t *cr, const int32_t *k1, const int32_t *rsum,
+                                             const int32_t *zw, const float *ws, const float *bo, int32_t z, int32_t s,
+                                             float d, int co) {
+    for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - z * rsum[o] - zw[o] * s) * (d * ws[o]) + bo[o];
 }
 
 // The u8 operands of n activations of layer q with table entry `entry`: uniform levels
@@ -705,13 +741,14 @@ static Tensor *int_conv(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int en
     return y;
 }
 
-/* A per-token conv (token_quant.h): every input pixel has its own (Δ, z), which do not factor out
-   of im2col's columns (a column mixes kh kw pixels), so the GEMM runs tap by tap over the tap's
-   cp channels and each tap's sums are rescaled by the step of the pixel it read:
+/* A per-token conv when its activations do not fit int_gemm_taps (a_bits > 6): every input
+   pixel has its own (Δ, z), which do not factor out of im2col's columns (a column mixes kh kw
+   pixels), so the GEMM runs tap by tap over the tap's cp channels and each tap's sums are
+   rescaled by the step of the pixel it read:
        y[o, j] = bias[o] + Σ_tap Δ_w[o] Δ_src (D_tap - zoff S_tap - z_src R_tap[o])
    with D_tap, S_tap the tap's rows of the GEMM (weights, ones), R_tap = rsum_tap, and Δ_src = 0
    where the tap reads padding. Side-table entries add coef Δ_src (a - z_src) at their tap. */
-static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
+static Tensor *int_conv_token_bytap(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
     int Ho, Wo;
     if (conv_out_size(c, l, q, x, &Ho, &Wo)) return NULL;
     int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
@@ -763,6 +800,99 @@ static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, 
                                ns, tap, q->cp);
         });
     }
+    arena_release(&c->arena, mark);
+    return y;
+}
+
+/* One output row of int_conv_token: the kernel's row Yr (P positions), then the side entries:
+   y += coef Δ_src (a - z_src), the centred levels (s8) at A's bytes (group kpos/4, byte kpos%4)
+   of the image's columns and Δ_src the tap's row of E (Ag, Eg: from the image's first column
+   on, n columns a group / tap). */
+FASTMATH_CLONES static void conv_token_out(float *yr, const float *Yr, size_t P, const int8_t *Ag, const float *Eg,
+                                           size_t n, const int32_t *kpos, const float *coef, int n_side, int cp) {
+    memcpy(yr, Yr, P * sizeof(float));
+    for (int k = 0; k < n_side; k++) {
+        size_t kp = (size_t)kpos[k];
+        const int8_t *col = Ag + (kp / 4) * n * 4 + kp % 4;
+        const float *e = Eg + (kp / (size_t)cp) * n;
+        float cf = coef[k];
+        for (size_t i = 0; i < P; i++) yr[i] += cf * e[i] * (float)col[4 * i];
+    }
+}
+
+/* The levels of n images (planes of ld bytes, C channels of HW pixels) minus their pixel's zero
+   point, in place, as s8; T[g HW + p] = Σ_c (q - z) over the pixel's channels. */
+FASTMATH_CLONES static void center_image(uint8_t *xq, int32_t *T, const float *zpix, size_t C, size_t HW) {
+    for (size_t p = 0; p < HW; p++) T[p] = 0;
+    for (size_t ci = 0; ci < C; ci++) {
+        uint8_t *r = xq + ci * HW;
+        for (size_t p = 0; p < HW; p++) {
+            int32_t v = (int32_t)r[p] - (int32_t)zpix[p];
+            r[p] = (uint8_t)(int8_t)v;
+            T[p] += v;
+        }
+    }
+}
+
+/* A per-token conv (token_quant.h): every input pixel has its own (Δ, z), which do not factor out
+   of im2col's columns (a column mixes kh kw pixels). So the columns hold the levels minus their
+   pixel's zero point (s8, 0 at padding) and int_gemm_taps keeps each tap's sum exact in int32,
+   rescaling it by the step of the pixel it read before adding it up in float:
+       y[o, j] = bias[o] + Δ_w[o] Σ_tap Δ_src (Σ_c (w_s8 - zoff)(a - z_src))
+   where Σ_c (w_s8 - zoff)(a - z) = Σ_c (w_s8 + 128)(a - z) - (128 + zoff) T_src, T the pixel's
+   Σ_c (a - z): the kernel's u8 weights w_u8, kz = 128 + zoff and Z = -T. Side-table entries add
+   coef Δ_src (a - z_src) at their tap. */
+static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
+    if (!q->w_u8) return int_conv_token_bytap(c, l, q, x, entry);
+    int Ho, Wo;
+    if (conv_out_size(c, l, q, x, &Ho, &Wo)) return NULL;
+    int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int kh = q->kh, kw = q->kw, s = l->stride, p = l->pad, C4 = q->cp / 4, co = q->cout, taps = kh * kw;
+    size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W, ldq = (size_t)q->cp * HW;
+    Tensor *y = tensor_new4(c, N, co, Ho, Wo);
+    if (!y) return NULL;
+    size_t mark = arena_mark(&c->arena);
+    uint8_t *xq = ctx_alloc(c, (size_t)N * ldq), *x4 = ctx_alloc(c, (size_t)N * ldq);
+    uint8_t *A = ctx_alloc(c, (size_t)q->K4 * 4 * n);
+    float *dpix = ctx_alloc(c, 2 * (size_t)N * HW * sizeof(float)), *zpix = dpix ? dpix + (size_t)N * HW : NULL;
+    int32_t *T = ctx_alloc(c, (size_t)N * HW * sizeof(int32_t)), *Z = ctx_alloc(c, (size_t)taps * n * sizeof(int32_t));
+    float *E = ctx_alloc(c, (size_t)taps * n * sizeof(float)), *Y = ctx_alloc(c, (size_t)co * n * sizeof(float));
+    if (!xq || !x4 || !A || !dpix || !T || !Z || !E || !Y) return NULL;
+    token_quant_levels(xq, ldq, dpix, zpix, x->data, (size_t)N, (size_t)C, HW, q->aq.delta.data[entry], q->a_bits);
+    PAR_FOR(schedule(static), N > 1 && (size_t)N * ldq >= GEMM_OMP_MIN_WORK,
+    for (int g = 0; g < N; g++) center_image(xq + (size_t)g * ldq, T + (size_t)g * HW, zpix + (size_t)g * HW,
+                                             (size_t)C, HW););
+    interleave4(x4, xq, N * C4, HW);
+    im2col_words((uint32_t *)(void *)A, n, (const uint32_t *)(const void *)x4, N, C4, H, W, kh, kw, s, p, Ho, Wo, 0);
+    // per tap and column: the step of the pixel it read and minus its level sum (0 at padding)
+    PAR_FOR(schedule(static) collapse(2), (size_t)taps * n >= GEMM_OMP_MIN_WORK / 4,
+    for (int tap = 0; tap < taps; tap++)
+        for (int g = 0; g < N; g++) {
+            int ki = tap / kw, kj = tap % kw;
+            float *e = E + (size_t)tap * n + (size_t)g * P;
+            int32_t *z = Z + (size_t)tap * n + (size_t)g * P;
+            const float *dg = dpix + (size_t)g * HW;
+            const int32_t *tg = T + (size_t)g * HW;
+            for (int oh = 0; oh < Ho; oh++) {
+                int ih = oh * s - p + ki;
+                for (int ow = 0; ow < Wo; ow++) {
+                    int iw = ow * s - p + kj, in = ih >= 0 && ih < H && iw >= 0 && iw < W;
+                    size_t src = in ? (size_t)ih * W + iw : 0;
+                    e[oh * Wo + ow] = in ? dg[src] : 0.0f;
+                    z[oh * Wo + ow] = in ? -tg[src] : 0;
+                }
+            }
+        });
+    int_gemm_taps(q->model->kernel, Y, n, q->w_u8, (size_t)q->K4 * 4, q->kz, (const int8_t *)A, n, Z, E, n,
+                  q->w_iscale, l->bias.data, co, (int)n, taps, C4);
+    int ns = q->n_side;
+    PAR_FOR(schedule(static) collapse(2), (size_t)co * n >= GEMM_OMP_MIN_WORK,
+    for (int g = 0; g < N; g++)
+        for (int o = 0; o < co; o++)
+            conv_token_out(y->data + ((size_t)g * co + o) * P, Y + (size_t)o * n + (size_t)g * P, P,
+                           (const int8_t *)A + (size_t)g * P * 4, E + (size_t)g * P, n,
+                           ns ? q->side_kpos + (size_t)o * ns : NULL, ns ? q->side_coef + (size_t)o * ns : NULL, ns,
+                           q->cp););
     arena_release(&c->arena, mark);
     return y;
 }
@@ -839,8 +969,7 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
             const int32_t *cr = Cm + r * ldn;
             int32_t s = S[r], z = (int32_t)zr[r];
             float d = dr[r], *yr = y->data + r * co;
-            for (int o = 0; o < co; o++)
-                yr[o] = (float)(cr[o] + k1[o] - z * q->rsum[o] - zw[o] * s) * (d * q->w_iscale[o]) + bo[o];
+            linear_token_row(yr, cr, k1, q->rsum, zw, q->w_iscale, bo, z, s, d, co);
             if (ns) {
                 const uint8_t *a = xq + r * kp;
                 float *ar = av + r * (size_t)in;
@@ -856,7 +985,7 @@ static Tensor *int_linear(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int 
         const int32_t *cr = Cm + r * ldn;
         int32_t s = S[r];
         float *yr = y->data + r * co;
-        for (int o = 0; o < co; o++) yr[o] = (float)(cr[o] + k1[o] - zw[o] * s) * sc[o] + bo[o];
+        linear_row(yr, cr, k1, zw, sc, bo, s, co);
         if (ns) {
             // the row's levels were flipped to a - 128 above
             const uint8_t *a = xq + r * kp;

@@ -104,6 +104,12 @@ struct ExportLayer {
        int_gemm's col4 layout over cout columns, and w_colsum[o] = Σ_k q. NULL when !int_ok. */
     int8_t *w_s8;
     uint8_t *w_col4;
+    /* Per-token convs whose activations fit int_gemm_taps (a_bits <= 6): the weights as its u8
+       operand w_u8 = w_s8 + 128 (cout, K4*4), and kz[o] = 128 + zoff[o], the multiple of a
+       column's level sum that takes the 128 and the weight zero point back out (w_s8 is not
+       built then); NULL otherwise (the tap-by-tap int_gemm path). */
+    uint8_t *w_u8;
+    int32_t *kz;
     int32_t *w_colsum;
     double w_lut_err, a_lut_err;  // the tables' worst relative L2 level error (channel / entry); 0: none
 };

@@ -85,6 +85,61 @@ void int_gemm(IntGemmKind k, int32_t *C, size_t ldc, const int8_t *W, size_t ldw
         for (int i = 0; i < tm; i++) int_gemm_tile(k, C, ldc, W, ldw, A, lda, M, N, K4, wide, i, j););
 }
 
+int int_gemm_taps_ok(int amax) { return amax >= 0 && amax <= 64; }
+
+void int_gemm_taps_ref(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz, const int8_t *A,
+                       size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale, const float *bias,
+                       int M, int N, int taps, int G) {
+    for (int m = 0; m < M; m++) {
+        const uint8_t *w = Wu + (size_t)m * ldw;
+        for (int n = 0; n < N; n++) {
+            float f = 0.0f;
+            for (int t = 0; t < taps; t++) {
+                int32_t s = kz[m] * Z[(size_t)t * lde + n];
+                for (int g = t * G; g < (t + 1) * G; g++) {
+                    const int8_t *a = A + ((size_t)g * lda + n) * 4;
+                    s += w[4 * g] * a[0] + w[4 * g + 1] * a[1] + w[4 * g + 2] * a[2] + w[4 * g + 3] * a[3];
+                }
+                f = fmaf((float)s, E[(size_t)t * lde + n], f);
+            }
+            Y[(size_t)m * ldy + n] = fmaf(scale[m], f, bias ? bias[m] : 0.0f);
+        }
+    }
+}
+
+void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz,
+                   const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale,
+                   const float *bias, int M, int N, int taps, int G) {
+    int tn = (N + INT_TILE_N - 1) / INT_TILE_N, tm = (M + INT_TILE_M - 1) / INT_TILE_M;
+    size_t work = (size_t)M * N * (size_t)taps * G;
+    PAR_FOR(schedule(static) collapse(2), work >= 4 * GEMM_OMP_MIN_WORK,
+    for (int j = 0; j < tn; j++)
+        for (int i = 0; i < tm; i++) {
+            int n0 = j * INT_TILE_N, m0 = i * INT_TILE_M;
+            int nn = N - n0 < INT_TILE_N ? N - n0 : INT_TILE_N, mm = M - m0 < INT_TILE_M ? M - m0 : INT_TILE_M;
+            float *y = Y + (size_t)m0 * ldy + n0;
+            const uint8_t *w = Wu + (size_t)m0 * ldw;
+            const int8_t *a = A + (size_t)n0 * 4;
+            const float *b = bias ? bias + m0 : NULL;
+            switch (k) {
+#if defined(__x86_64__) && defined(__GNUC__)
+            case INT_GEMM_VNNI:
+                int_gemm_taps_vnni_tile(y, ldy, w, ldw, kz + m0, a, lda, Z + n0, E + n0, lde, scale + m0, b, mm, nn,
+                                        taps, G);
+                break;
+            case INT_GEMM_AVX2:
+                int_gemm_taps_avx2_tile(y, ldy, w, ldw, kz + m0, a, lda, Z + n0, E + n0, lde, scale + m0, b, mm, nn,
+                                        taps, G);
+                break;
+#endif
+            default:
+                int_gemm_taps_ref(y, ldy, w, ldw, kz + m0, a, lda, Z + n0, E + n0, lde, scale + m0, b, mm, nn, taps,
+                                  G);
+                break;
+            }
+        });
+}
+
 void int_quant_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (k != INT_GEMM_REF) {

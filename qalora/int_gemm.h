@@ -52,12 +52,37 @@ void int_quant_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, float del
 // "level tables"). nb + 1 entries in tab. Serial: the caller splits the work.
 void int_lut_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab);
 
+/* The per-token conv's GEMM (export_int.c int_conv_token): the sums of every kernel tap
+   (G k-groups = 4G channels) exact in int32, then rescaled per column and tap in float:
+       Y[m][n] = scale[m] Σ_t E[t][n] (kz[m] Z[t][n] + Σ_{g < G, i < 4} Wu[m][4(tG + g) + i] a_{tG+g,i}[n]) + bias[m]
+   over t = 0 .. taps - 1 in order, f = fma(float(sum_t), E[t][n], f), then fma(scale, f, bias):
+   the same float operations in every variant, so the variants agree bit for bit.
+   The operands' roles are int_gemm's swapped: Wu (M, ldw) u8 is the broadcast operand, A the
+   s8 col4 operand (levels minus the pixel's zero point, int_conv_token), so amax bounds |A|:
+   <= 64 keeps AVX2's maddubs pairs (2 * 255 * 64) inside s16; above it the kernel is not
+   available (int_gemm_taps_ok). E and Z are (taps, lde); bias may be NULL. */
+// 1 when int_gemm_taps handles activations of magnitude up to amax.
+int int_gemm_taps_ok(int amax);
+void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz,
+                   const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale,
+                   const float *bias, int M, int N, int taps, int G);
+// The portable variant (single-threaded over the given tile), the reference of the tests.
+void int_gemm_taps_ref(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz, const int8_t *A,
+                       size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale, const float *bias,
+                       int M, int N, int taps, int G);
+
 /* Variant entry points (int_gemm_avx2.c, int_gemm_vnni.c); call through int_gemm. Each
    handles one tile serially. */
 void int_gemm_avx2_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M,
                         int N, int K4, int wide);
 void int_gemm_vnni_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw, const uint8_t *A, size_t lda, int M,
                         int N, int K4);
+void int_gemm_taps_avx2_tile(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz, const int8_t *A,
+                             size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale,
+                             const float *bias, int M, int N, int taps, int G);
+void int_gemm_taps_vnni_tile(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz, const int8_t *A,
+                             size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale,
+                             const float *bias, int M, int N, int taps, int G);
 void int_quant_u8_avx2(uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax);
 void int_lut_u8_avx2(uint8_t *q, const float *x, size_t n, const float *bound, int nb, const uint8_t *tab);
 

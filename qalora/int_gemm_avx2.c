@@ -109,6 +109,54 @@ AVX2 void int_gemm_avx2_tile(int32_t *C, size_t ldc, const int8_t *W, size_t ldw
     }
 }
 
+/* int_gemm_taps (int_gemm.h): rows [0, MR) x 8 columns, MR <= 4. maddubs multiplies the u8
+   weights by the s8 activations (|a| <= 64: a pair stays inside s16), madd with ones widens
+   the pairs to the 4-product int32 sums. */
+AVX2_INLINE void taps_micro(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz, const int8_t *A,
+                            size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale,
+                            const float *bias, int MR, int n, int taps, int G) {
+    __m256i m0 = lane_mask(n);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 f[4];
+    for (int r = 0; r < MR; r++) f[r] = _mm256_setzero_ps();
+    for (int t = 0; t < taps; t++) {
+        __m256i z0 = _mm256_maskload_epi32(Z + (size_t)t * lde, m0);
+        __m256i acc[4];
+        for (int r = 0; r < MR; r++) acc[r] = _mm256_mullo_epi32(_mm256_set1_epi32(kz[r]), z0);
+        for (int g = t * G; g < (t + 1) * G; g++) {
+            __m256i a0 = _mm256_maskload_epi32((const int *)(A + (size_t)g * lda * 4), m0);
+            for (int r = 0; r < MR; r++) {
+                int32_t wv;
+                memcpy(&wv, Wu + r * ldw + 4 * g, 4);
+                __m256i p = _mm256_maddubs_epi16(_mm256_set1_epi32(wv), a0);
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+            }
+        }
+        __m256 e0 = _mm256_maskload_ps(E + (size_t)t * lde, m0);
+        for (int r = 0; r < MR; r++) f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), e0, f[r]);
+    }
+    for (int r = 0; r < MR; r++) {
+        __m256 sc = _mm256_set1_ps(scale[r]), b = _mm256_set1_ps(bias ? bias[r] : 0.0f);
+        _mm256_maskstore_ps(Y + r * ldy, m0, _mm256_fmadd_ps(sc, f[r], b));
+    }
+}
+
+AVX2 void int_gemm_taps_avx2_tile(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz,
+                                  const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde,
+                                  const float *scale, const float *bias, int M, int N, int taps, int G) {
+    for (int n0 = 0; n0 < N; n0 += 8) {
+        int n = N - n0 < 8 ? N - n0 : 8;
+        const int8_t *a = A + (size_t)n0 * 4;
+        int m = 0;
+        for (; m + 4 <= M; m += 4)
+            taps_micro(Y + (size_t)m * ldy + n0, ldy, Wu + (size_t)m * ldw, ldw, kz + m, a, lda, Z + n0, E + n0, lde,
+                       scale + m, bias ? bias + m : NULL, 4, n, taps, G);
+        for (; m < M; m++)
+            taps_micro(Y + (size_t)m * ldy + n0, ldy, Wu + (size_t)m * ldw, ldw, kz + m, a, lda, Z + n0, E + n0, lde,
+                       scale + m, bias ? bias + m : NULL, 1, n, taps, G);
+    }
+}
+
 AVX2 void int_quant_u8_avx2(uint8_t *q, const float *x, size_t n, float delta, float zero, int qmax) {
     const __m256 d = _mm256_set1_ps(delta), z = _mm256_set1_ps(zero), lo = _mm256_setzero_ps(),
                  hi = _mm256_set1_ps((float)qmax);

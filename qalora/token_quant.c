@@ -20,10 +20,22 @@
 FASTMATH_CLONES static void token_ranges(float *d, float *z, float *s, const float *x, size_t C, size_t inner,
                                          float alpha, float L) {
     if (inner == 1) {  // a row: one token, contiguous
-        float lo = 0.0f, hi = 0.0f;
-        for (size_t c = 0; c < C; c++) {
+        // 16 running extremes, so that the loop runs in vectors (a min or max is the same in
+        // any order: equal values have equal bits, NaN is never taken)
+        float lo16[16] = {0}, hi16[16] = {0}, lo = 0.0f, hi = 0.0f;
+        size_t c = 0;
+        for (; c + 16 <= C; c += 16)
+            for (int i = 0; i < 16; i++) {
+                lo16[i] = x[c + i] < lo16[i] ? x[c + i] : lo16[i];
+                hi16[i] = x[c + i] > hi16[i] ? x[c + i] : hi16[i];
+            }
+        for (; c < C; c++) {
             lo = x[c] < lo ? x[c] : lo;
             hi = x[c] > hi ? x[c] : hi;
+        }
+        for (int i = 0; i < 16; i++) {
+            lo = lo16[i] < lo ? lo16[i] : lo;
+            hi = hi16[i] > hi ? hi16[i] : hi;
         }
         d[0] = lo, z[0] = hi;
     } else {
@@ -48,16 +60,19 @@ FASTMATH_CLONES static void token_ranges(float *d, float *z, float *s, const flo
 
 FASTMATH_CLONES static void token_fake_slice(float *y, const float *x, size_t C, size_t inner, const float *d,
                                              const float *z, float L) {
+    if (inner == 1) {  // a row, as token_levels_slice
+        const float dd = d[0], zz = z[0];
+        for (size_t c = 0; c < C; c++) {
+            float u = rintf(x[c] / dd) + zz;
+            u = u < 0.0f ? 0.0f : u;
+            u = u > L ? L : u;
+            y[c] = (u - zz) * dd;
+        }
+        return;
+    }
     for (size_t c = 0; c < C; c++) {
         const float *xc = x + c * inner;
         float *yc = y + c * inner;
-        if (inner == 1) {
-            float u = rintf(xc[0] / d[0]) + z[0];
-            u = u < 0.0f ? 0.0f : u;
-            u = u > L ? L : u;
-            yc[0] = (u - z[0]) * d[0];
-            continue;
-        }
         for (size_t p = 0; p < inner; p++) {
             float u = rintf(xc[p] / d[p]) + z[p];
             u = u < 0.0f ? 0.0f : u;  // one clamp at a time, as the static kernel (NaN passes both)
@@ -118,6 +133,16 @@ void token_quant_fake(float *y, const float *x, size_t outer, size_t C, size_t i
 
 FASTMATH_CLONES static void token_levels_slice(uint8_t *q, const float *x, size_t C, size_t inner, const float *d,
                                                const float *z, float L) {
+    if (inner == 1) {  // a row: the channels are contiguous, the token's step and zero point fixed
+        const float dd = d[0], zz = z[0];
+        for (size_t c = 0; c < C; c++) {
+            float u = rintf(x[c] / dd) + zz;
+            u = u < 0.0f ? 0.0f : u;
+            u = u > L ? L : u;
+            q[c] = (uint8_t)(u == u ? u : 0.0f);  // NaN: level 0
+        }
+        return;
+    }
     for (size_t c = 0; c < C; c++) {
         const float *xc = x + c * inner;
         uint8_t *qc = q + c * inner;

@@ -3,7 +3,8 @@
    - Kernels: every variant this CPU runs (ref, avx2, vnni) against a naive int32 loop over
      the plain (K, N) matrices, bit for bit: 2-, 4- and 8-bit weights (W8 A8 is the AVX2
      widening path), 4- and 8-bit activations, sizes that are not multiples of any vector or
-     tile width, a leading dimension wider than N. The activation quantizer of each variant
+     tile width, a leading dimension wider than N. The per-token conv's tap GEMM
+     (int_gemm_taps) the same way, with its per-tap float rescale. The activation quantizer of each variant
      against the fake-quant level (quant_uniform_fake) on halfway points, clamps and NaN.
    - Synthetic layers the teacher lacks (input channels not a multiple of 4, strided and
      pointwise convs, linear layers of odd sizes on 3-D inputs), every weight/activation
@@ -108,6 +109,80 @@ static void test_gemm_variants(void **state) {
     for (int kind = 0; kind < INT_GEMM_COUNT; kind++)
         print_message("  %s: %s\n", int_gemm_name((IntGemmKind)kind),
                       int_gemm_supported((IntGemmKind)kind) ? "checked" : "not supported here");
+}
+
+/* int_gemm_taps over plain matrices: u (M, K) u8 weights, a (K, N) s8 activations, K = taps G4 4;
+   per tap the int32 sum kz Z + Σ u a, then the float steps the kernel documents. */
+static void naive_taps(float *Y, const uint8_t *u, const int8_t *a, const int32_t *kz, const int32_t *Z, const float *E,
+                       const float *scale, const float *bias, int M, int N, int taps, int G) {
+    int kt = 4 * G, K = taps * kt;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            float f = 0.0f;
+            for (int t = 0; t < taps; t++) {
+                int32_t sum = kz[m] * Z[(size_t)t * N + n];
+                for (int k = t * kt; k < (t + 1) * kt; k++) sum += u[(size_t)m * K + k] * a[(size_t)k * N + n];
+                f = fmaf((float)sum, E[(size_t)t * N + n], f);
+            }
+            Y[(size_t)m * N + n] = fmaf(scale[m], f, bias ? bias[m] : 0.0f);
+        }
+}
+
+static void check_taps_case(int M, int N, int taps, int G, int amax, int with_bias, Rng *r) {
+    int K = taps * G * 4;
+    size_t ldw = (size_t)K + 4, lda = (size_t)N + 3, ldy = (size_t)N + 5;
+    uint8_t *u = malloc((size_t)M * K), *Wu = calloc((size_t)M * ldw, 1);
+    int8_t *a = malloc((size_t)K * N), *A = calloc((size_t)K / 4 * lda * 4, 1);
+    int32_t *kz = malloc((size_t)M * sizeof(int32_t)), *Z = malloc((size_t)taps * N * sizeof(int32_t));
+    float *E = malloc((size_t)taps * N * sizeof(float)), *sc = malloc((size_t)M * sizeof(float));
+    float *b = malloc((size_t)M * sizeof(float)), *ref = malloc((size_t)M * N * sizeof(float));
+    float *Y = malloc((size_t)M * ldy * sizeof(float));
+    for (int m = 0; m < M; m++) {
+        kz[m] = 128 + (int)rng_below(r, 17) - 8;
+        sc[m] = 0.01f + 0.001f * (float)rng_below(r, 100);
+        b[m] = (float)rng_below(r, 1000) / 100.0f - 5.0f;
+        for (int k = 0; k < K; k++) Wu[(size_t)m * ldw + k] = u[(size_t)m * K + k] = (uint8_t)rng_below(r, 256);
+        Wu[(size_t)m * ldw] = u[(size_t)m * K] = 255;  // extremes: a saturating s16 pair would show
+    }
+    for (int k = 0; k < K; k++)
+        for (int n = 0; n < N; n++) {
+            int v = (int)rng_below(r, 2u * amax + 1) - amax;
+            if (k % 5 == 0 && n % 3 == 0) v = (k / 5) % 2 ? amax : -amax;
+            a[(size_t)k * N + n] = (int8_t)v;
+            A[((size_t)(k / 4) * lda + n) * 4 + k % 4] = (int8_t)v;
+        }
+    for (int i = 0; i < taps * N; i++) {
+        Z[i] = -(int)rng_below(r, 2000);
+        E[i] = i % 11 == 0 ? 0.0f : 0.001f * (float)(1 + rng_below(r, 500));  // 0: a tap at padding
+    }
+    naive_taps(ref, u, a, kz, Z, E, sc, with_bias ? b : NULL, M, N, taps, G);
+    for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
+        if (!int_gemm_supported((IntGemmKind)kind)) continue;
+        for (size_t i = 0; i < (size_t)M * ldy; i++) Y[i] = -7.0f;
+        int_gemm_taps((IntGemmKind)kind, Y, ldy, Wu, ldw, kz, A, lda, Z, E, (size_t)N, sc, with_bias ? b : NULL, M,
+                      N, taps, G);
+        for (int m = 0; m < M; m++) {
+            if (memcmp(Y + (size_t)m * ldy, ref + (size_t)m * N, (size_t)N * sizeof(float)) != 0)
+                fail_msg("taps %s: M=%d N=%d taps=%d G=%d amax %d: row %d differs", int_gemm_name((IntGemmKind)kind),
+                         M, N, taps, G, amax, m);
+            assert_true(Y[(size_t)m * ldy + N] == -7.0f);  // nothing past the row's N columns
+        }
+    }
+    free(u), free(Wu), free(a), free(A), free(kz), free(Z), free(E), free(sc), free(b), free(ref), free(Y);
+}
+
+/* int_gemm_taps, every variant against the plain-matrix definition, bit for bit: one tap (a
+   pointwise conv), 3x3 taps, sizes off every vector and tile width, |a| up to the bound (64). */
+static void test_gemm_taps_variants(void **state) {
+    Rng r;
+    rng_seed(&r, 7, 0);
+    const int shapes[][4] = {{1, 1, 1, 1}, {5, 7, 9, 1}, {13, 33, 9, 3}, {70, 130, 9, 8}, {33, 17, 1, 16},
+                             {129, 300, 4, 5}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        check_taps_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 15, 1, &r);
+        check_taps_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 64, (int)i % 2, &r);
+    }
+    assert_true(int_gemm_taps_ok(63) && int_gemm_taps_ok(64) && !int_gemm_taps_ok(65));
 }
 
 static void test_quant_variants(void **state) {
@@ -845,6 +920,7 @@ static void test_layers_token_w4a4(void **state) {
     g_token = 1;
     check_layers(4, 4);
     check_layers_kind(4, 4, QUANT_EASYQUANT);  // side tables at every tap
+    check_layers(4, 8);  // 8-bit levels minus z do not fit int_gemm_taps: the tap-by-tap path
     g_token = 0;
 }
 static void test_layers_w4a8(void **state) { check_layers(4, 8); }
@@ -854,6 +930,7 @@ static void test_layers_easyquant_w4a4(void **state) { check_layers_kind(4, 4, Q
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_variants),
+        cmocka_unit_test(test_gemm_taps_variants),
         cmocka_unit_test(test_quant_variants),
         cmocka_unit_test(test_lut_variants),
         cmocka_unit_test(test_layer_shapes),
