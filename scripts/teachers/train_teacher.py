@@ -44,7 +44,8 @@ SHAPES = {
                   num_head_channels=16, use_spatial_transformer=True, transformer_depth=1,
                   context_dim=64, cond=True),
     # 4 levels down to 1x1, wider top, 2 res blocks, 4 heads, a 2-deep transformer, 48-d context
-    'deep4': dict(model_channels=24, channel_mult=[1, 2, 3, 4], num_res_blocks=2,
+    # (every width a multiple of 32: CompVis' GroupNorm32 has 32 groups)
+    'deep4': dict(model_channels=32, channel_mult=[1, 2, 2, 4], num_res_blocks=2,
                   attention_resolutions=[2, 4], num_heads=4, use_spatial_transformer=True,
                   transformer_depth=2, context_dim=48, cond=True),
     # unconditional (LSUN-style): self-attention AttentionBlock (Conv1d qkv), scale-shift norm,
