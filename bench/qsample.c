@@ -1,9 +1,9 @@
 /* bench/qsample.c: sampling speed of exported low-bit models against their FP32 teacher, in
-   one run: the teacher, and each export with the integer kernels and with the float
+   one run: the teacher, and each export (a third with --extra) with the integer kernels and with the float
    reference path (EFFDM_KERNEL=float: fake-quantized input, W_eff dequantized per call).
 
-       build/bench/qsample --w4a8 W4A8.safetensors --w4a4 W4A4.safetensors [--threads N]
-                           [--kernel vnni|avx2|ref] [--rounds R] [--no-split]
+       build/bench/qsample --w4a8 W4A8.safetensors --w4a4 W4A4.safetensors [--extra M.safetensors]
+                           [--threads N] [--kernel vnni|avx2|ref] [--rounds R] [--no-split]
 
    Rows: ms per image of one UNet forward at batch 16 (class labels, timestep 500), the
    share of it spent in the quantized conv/linear layers (timed by a hook around each
@@ -113,17 +113,18 @@ static float *forward_copy(Ctx *c, Case *k, BenchFwd *f) {
 int main(int argc, char **argv) {
     threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
     int threads = 0, rounds = 3, split = 1;
-    const char *w4a8 = NULL, *w4a4 = NULL, *kernel = "auto";
+    const char *w4a8 = NULL, *w4a4 = NULL, *extra = NULL, *kernel = "auto";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--w4a8") && i + 1 < argc) w4a8 = argv[++i];
         else if (!strcmp(argv[i], "--w4a4") && i + 1 < argc) w4a4 = argv[++i];
+        else if (!strcmp(argv[i], "--extra") && i + 1 < argc) extra = argv[++i];
         else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) kernel = argv[++i];
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-split")) split = 0;
         else {
-            fprintf(stderr, "usage: %s --w4a8 M.safetensors --w4a4 M.safetensors [--threads N] [--kernel K] "
-                            "[--rounds R] [--no-split]\n", argv[0]);
+            fprintf(stderr, "usage: %s --w4a8 M.safetensors --w4a4 M.safetensors [--extra M.safetensors] "
+                            "[--threads N] [--kernel K] [--rounds R] [--no-split]\n", argv[0]);
             return 2;
         }
     }
@@ -133,8 +134,8 @@ int main(int argc, char **argv) {
     }
     threads_set(threads);
     Err e = {0};
-    ExportModel *e8 = NULL, *e4 = NULL;
-    if (export_load(&e8, w4a8, &e) || export_load(&e4, w4a4, &e)) {
+    ExportModel *e8 = NULL, *e4 = NULL, *ex = NULL;
+    if (export_load(&e8, w4a8, &e) || export_load(&e4, w4a4, &e) || (extra && export_load(&ex, extra, &e))) {
         fprintf(stderr, "bench qsample: %s\n", e.msg);
         return 2;
     }
@@ -153,10 +154,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *kname = export_kernel_name(e8);
-    // rows named by the files (any two exports: e.g. a uniform and a nupes W4A4)
-    char lab[4][48];
-    const char *files[2] = {w4a8, w4a4};
-    for (int j = 0; j < 2; j++) {
+    // rows named by the files (any exports: e.g. a uniform and a nupes W4A4)
+    char lab[6][48];
+    const char *files[3] = {w4a8, w4a4, extra};
+    ExportModel *ems[3] = {e8, e4, ex};
+    const int n_ems = extra ? 3 : 2;
+    for (int j = 0; j < n_ems; j++) {
         const char *b = strrchr(files[j], '/');
         char base[32];
         snprintf(base, sizeof base, "%s", b ? b + 1 : files[j]);
@@ -165,19 +168,16 @@ int main(int argc, char **argv) {
         snprintf(lab[2 * j], sizeof lab[0], "%s int", base);
         snprintf(lab[2 * j + 1], sizeof lab[0], "%s float", base);
     }
-    Case cases[5] = {
-        {"fp32 teacher", teacher, NULL, NULL, {0}, {0}, {0}},
-        {lab[0], e8->ldm, e8, kname, {0}, {0}, {0}},
-        {lab[1], e8->ldm, e8, "float", {0}, {0}, {0}},
-        {lab[2], e4->ldm, e4, kname, {0}, {0}, {0}},
-        {lab[3], e4->ldm, e4, "float", {0}, {0}, {0}},
-    };
-    const int n_cases = 5;
+    Case cases[7] = {{"fp32 teacher", teacher, NULL, NULL, {0}, {0}, {0}}};
+    const int n_cases = 1 + 2 * n_ems;
+    for (int j = 0; j < n_ems; j++) {
+        cases[1 + 2 * j] = (Case){lab[2 * j], ems[j]->ldm, ems[j], kname, {0}, {0}, {0}};
+        cases[2 + 2 * j] = (Case){lab[2 * j + 1], ems[j]->ldm, ems[j], "float", {0}, {0}, {0}};
+    }
     // hooks: every quantized layer of the exports, the same layers of the teacher
     int n_all;
     ModelLayer **tl = unet_layers(teacher->unet, &n_all);
-    ExportModel *ems[2] = {e8, e4};
-    for (int j = 0; j < 2 && !split; j++) {
+    for (int j = 0; j < n_ems && !split; j++) {
         int n;
         ModelLayer **L = unet_layers(ems[j]->ldm->unet, &n);
         for (int i = 0; i < n; i++) {
@@ -187,7 +187,8 @@ int main(int argc, char **argv) {
             if (j == 0) tl[i]->quant_forward = timed_fp_layer;
         }
     }
-    teacher->split_batch = e8->ldm->split_batch = e4->ldm->split_batch = split;
+    teacher->split_batch = split;
+    for (int j = 0; j < n_ems; j++) ems[j]->ldm->split_batch = split;
     Ctx c;
     if (ctx_init(&c, (size_t)16 << 30, &e)) {
         fprintf(stderr, "bench qsample: %s\n", e.msg);
@@ -197,7 +198,7 @@ int main(int argc, char **argv) {
     printf("qsample bench  thr=%d blas=%s simd=%s kernel=%s rounds=%d batch split %s\n", threads_get(),
            threads_blas_name(), bench_cpu_flags(), kname, rounds, split ? "on" : "off (--no-split)");
     printf("teacher %s\n", e8->source);
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < n_ems; j++) {
         ExportModel *em = ems[j];
         printf("W%dA%d: %d/%d layers integer; quantized weights in memory: levels %zu + per-channel %zu bytes vs "
                "FP32 %zu bytes: 1/%.2f (levels alone 1/%.2f)\n", em->w_bits, em->a_bits, em->n_int_layers,
@@ -220,8 +221,7 @@ int main(int argc, char **argv) {
     Tensor *x = tensor_zeros(&c, 4, (int[]){BATCH, C, H, W});
     for (size_t i = 0; i < x->n; i++) x->data[i] = (float)((i * 7919) % 201) / 100.0f - 1.0f;
     BenchFwd f = {&c, NULL, x, t, ldm_is_class_conditional(teacher) ? y : NULL};
-    export_set_timestep(e8, 500);
-    export_set_timestep(e4, 500);
+    for (int j = 0; j < n_ems; j++) export_set_timestep(ems[j], 500);
     for (int k = 1; k < n_cases; k += 2) {
         float *yi = forward_copy(&c, &cases[k], &f), *yf = forward_copy(&c, &cases[k + 1], &f);
         printf("check: %s vs %s forward: relative L2 %.2g\n", cases[k].label, cases[k + 1].label,
@@ -304,7 +304,6 @@ int main(int argc, char **argv) {
     ctx_free(&c);
     for (int i = 0; i < n_all; i++) tl[i]->quant_forward = NULL;
     ldm_free(teacher);
-    export_free(e8);
-    export_free(e4);
+    for (int j = 0; j < n_ems; j++) export_free(ems[j]);
     return 0;
 }

@@ -12,11 +12,13 @@
 #                  bench/peer_sample.py (the CompVis modules in PyTorch)       target torch/effdm >= 2
 #   ddim50         50-step DDIM, guidance 3, 64 images at batch 64, decode included: the same two
 #                                                                             target torch/effdm >= 2
-#   w4a4, w4a8     20-step guided DDIM over 64 images (batch 16, end to end) of the FP teacher
-#                  against W4A4 / W4A8 exports with the integer kernels: bench/qsample, wall-time
-#                  medians. The exports are calibrate-only runs of configs/fmnist-ldm-w4a4.yaml /
-#                  -w4a8.yaml in a temp dir (speed does not depend on the fine-tuning)
-#                                                                    target FP/W4A4 >= 3 (W4A8: none)
+#   w4a4, w4a4-static, w4a8
+#                  20-step guided DDIM over 64 images (batch 16, end to end) of the FP teacher
+#                  against W4A4 (the default config: per-token activation ranges), W4A4 with
+#                  static ranges and W4A8 exports with the integer kernels: bench/qsample,
+#                  wall-time medians. The exports are calibrate-only runs of
+#                  configs/fmnist-ldm-w4a4.yaml / -w4a4-static.yaml / -w4a8.yaml in a temp dir
+#                  (speed does not depend on the fine-tuning)  target FP/W4A4 >= 3 (W4A8: none)
 #   inception      FID Inception images/s, 299 x 299, pool3 features, 2 threads, batch 32 (quick: 8):
 #                  bench/inception (no PyTorch column: torchvision is not installed)  target >= 20
 #   cin256 (--cin256 only: PyTorch needs ~32 s/step and 23 GB) W4A4 step of the LDM-4 ImageNet UNet,
@@ -145,7 +147,7 @@ num "$P" && num "$E" || { echo "$0: cannot read the DDIM rows" >&2; exit 1; }
 row "FP DDIM 50 steps, guidance 3, 64 images, batch 64 (s)" "$P" "$E" "$(ratio "$P" "$E")" ">= 2"
 
 # ---- exports: calibrate-only W4A4 / W4A8, then bench/qsample ----
-for q in w4a4 w4a8; do
+for q in w4a4 w4a4-static w4a8; do
     if [ $QUICK = 1 ]; then SMALL="--set calib.steps=50 --set calib.n_samples=4"; else SMALL=; fi
     # shellcheck disable=SC2086
     # no sampling-gain fits at export (minutes of sampling; a gain does not change the speed)
@@ -155,18 +157,22 @@ for q in w4a4 w4a8; do
 done
 if [ $QUICK = 1 ]; then ROUNDS=1; else ROUNDS=3; fi
 run qsample build/bench/qsample --w4a8 "$TMP/w4a8.safetensors" --w4a4 "$TMP/w4a4.safetensors" \
-    --threads "$THREADS" --rounds "$ROUNDS"
+    --extra "$TMP/w4a4-static.safetensors" --threads "$THREADS" --rounds "$ROUNDS"
 sed 's/^/  effdm: /' "$TMP/qsample.out"
 KERNEL=$(sed -n 's/.*kernel=\([^ ]*\).*/\1/p' "$TMP/qsample.out" | head -n 1)
 # the wall-time rows: "<label: two words> fwd-ms speedup ddim-s speedup"
 qwall() { awk -v a="$1" -v b="$2" '/^wall time/ { w = 1; next } /^(CPU time|per round)/ { w = 0 }
                                    w && $1 == a && $2 == b { print $(NF - 1) }' "$TMP/qsample.out"; }
 FP=$(qwall fp32 teacher)
-for q in W4A4 W4A8; do
+for q in W4A4 W4A4-static W4A8; do
     Q=$(qwall "$(echo $q | tr "[:upper:]" "[:lower:]")" int)
     num "$FP" && num "$Q" || { echo "$0: cannot read bench/qsample's wall-time rows" >&2; exit 1; }
-    if [ $q = W4A4 ]; then T=">= 3"; else T="-"; fi
-    row "$q export ($KERNEL kernel) sampling: DDIM 20 steps, guidance 3, 64 images (s: effdm FP / $q)" \
+    case $q in
+        W4A4) T=">= 3"; L="W4A4 export (default config, per-token ranges)" ;;
+        W4A4-static) T=">= 3"; L="W4A4 export (static ranges)" ;;
+        *) T="-"; L="$q export" ;;
+    esac
+    row "$L ($KERNEL kernel) sampling: DDIM 20 steps, guidance 3, 64 images (s: effdm FP / ${q%-static})" \
         "-" "$(awk -v a="$FP" -v b="$Q" 'BEGIN { printf "%.4g / %.4g", a, b }')" "$(ratio "$FP" "$Q")" "$T"
 done
 
