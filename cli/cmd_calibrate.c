@@ -77,8 +77,9 @@ int cmd_calibrate(int argc, char **argv) {
     if (s.warning[0]) fprintf(stderr, "effdm calibrate: note: %s\n", s.warning);
     printf("calibrated %s in %.1f s (teacher trajectories %.1f s, activation ranges %.1f s)\n", rc.run.out,
            s.sec_total, s.sec_record, s.sec_calib);
-    printf("  layers: %d trainable (W%dA%d, LoRA rank %d, %d TALSQ entr%s), %d special (W%dA%d), %d FP%s\n",
-           s.trainable, s.w_bits, s.a_bits, s.rank, s.entries, s.entries == 1 ? "y" : "ies", s.special,
+    printf("  layers: %d trainable (W%dA%d%s, LoRA rank %d, %d TALSQ entr%s), %d special (W%dA%d), %d FP%s\n",
+           s.trainable, s.w_bits, s.a_bits, rc.quant.act_granularity == RC_GRAN_TOKEN ? " per-token" : "", s.rank,
+           s.entries, s.entries == 1 ? "y" : "ies", s.special,
            s.special_bits, s.special_bits, s.fp, rc.quant.fp_layers == RC_FP_F16 ? " (float16 weights)" : "");
     printf("  calibration: %d trajectories x %d DDIM steps (eta %g, scale %g), %d UNet inputs recorded, %d used "
            "for the activation ranges%s\n",

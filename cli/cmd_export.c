@@ -141,8 +141,9 @@ int cmd_export(int argc, char **argv) {
     printf("exported %s (%s) to %s%s\n", run, epoch, out,
            !s.fp16_layers ? "" : (s.exact ? " (FP layers as float16, as the student ran them)"
                                           : " (FP layers rounded to float16 at export: not bit-exact to the student)"));
-    printf("  layers: %d trainable (W%dA%d, %d TALSQ entr%s), %d special (W%dA%d), %d FP\n", s.trainable, s.w_bits,
-           s.a_bits, s.entries, s.entries == 1 ? "y" : "ies", s.special, s.special_bits, s.special_bits, s.fp);
+    printf("  layers: %d trainable (W%dA%d%s, %d TALSQ entr%s), %d special (W%dA%d), %d FP\n", s.trainable, s.w_bits,
+           s.a_bits, s.token ? " per-token" : "", s.entries, s.entries == 1 ? "y" : "ies", s.special, s.special_bits,
+           s.special_bits, s.fp);
     printf("  UNet part: %zu bytes (%.2f MiB) vs FP32 UNet %zu bytes (%.2f MiB): 1/%.2f\n", s.unet_bytes,
            (double)s.unet_bytes / 1048576.0, s.unet_fp32_bytes, (double)s.unet_fp32_bytes / 1048576.0,
            s.unet_bytes ? (double)s.unet_fp32_bytes / (double)s.unet_bytes : 0.0);

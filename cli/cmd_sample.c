@@ -335,8 +335,9 @@ int cmd_sample(int argc, char **argv) {
     st.out = out;
     if (m->warning[0]) fprintf(stderr, "effdm sample: note: %s\n", m->warning);
     if (em)
-        printf("model:    %s (effdm export W%dA%d, %d TALSQ entr%s, UNet part %zu bytes = 1/%.2f of FP32%s)\n",
-               model_path, em->w_bits, em->a_bits, em->train_sched.n, em->train_sched.n == 1 ? "y" : "ies",
+        printf("model:    %s (effdm export W%dA%d%s, %d TALSQ entr%s, UNet part %zu bytes = 1/%.2f of FP32%s)\n",
+               model_path, em->w_bits, em->a_bits, em->n_token_layers ? " per-token" : "", em->train_sched.n,
+               em->train_sched.n == 1 ? "y" : "ies",
                em->unet_bytes, (double)em->unet_fp32_bytes / (double)em->unet_bytes,
                st.class_cond ? ", class-conditional" : ", unconditional");
     if (em)

@@ -305,6 +305,7 @@ int export_write(const QModel *q, Ldm *m, WeightFile *teacher, const ExportInfo 
         s->a_bits = q->cfg.sel.a_bits;
         s->special_bits = q->cfg.sel.special_bits;
         s->entries = q->cfg.talsq ? q->train_sched.n : 1;
+        s->token = token;
         s->fp16_layers = fp16;
         s->exact = !fp16 || q->cfg.fp_f16;
     }

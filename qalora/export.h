@@ -135,6 +135,7 @@ typedef struct {
     int trainable, special, fp;
     int w_bits, a_bits, special_bits;
     int entries;
+    int token;                // 1: the trainable layers' activation ranges are per token (token_quant.h)
     int fp16_layers;          // the FP conv/linear weights were written as F16
     int exact;                // 0: F16 forced on a float32 student (fp16_layers): not bit-exact
     int n_gain;               // guidance gains written (0: none)
@@ -186,6 +187,7 @@ typedef struct {
     IntGemmKind kernel;       // the integer kernel variant (export_set_kernel)
     int n_int_layers;         // layers the integer path computes; the others always run the float path
     int n_lut_layers;         // of those, layers it runs through 8-bit level tables (export_int.h; approximate)
+    int n_token_layers;       // layers with per-token activation ranges (token_quant.h)
     size_t qlevel_bytes;      // the quantized layers in memory: packed levels,
     size_t qscale_bytes;      //   per-channel Δ_w, z_w and kernel integers,
     size_t qfp32_bytes;       //   and the FP32 weights they stand for;

@@ -479,6 +479,7 @@ int export_load(ExportModel **out, const char *path, Err *e) {
         X->layer->quant = X;
         X->layer->quant_forward = export_layer_forward;
         em->n_int_layers += X->int_ok;
+        em->n_token_layers += X->a_token;
         em->n_lut_layers += X->lut;
         em->qlevel_bytes += export_layer_level_bytes(X);
         em->qscale_bytes += export_layer_scale_bytes(X);

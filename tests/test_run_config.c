@@ -760,8 +760,8 @@ static void test_retired_key(void **state) {
 static void test_shipped_configs(void **state) {
     static const struct { const char *file; int wb, ab; RcRecipe recipe; const char *ckpt; const char *out; } cfgs[] = {
         {"fmnist-ldm-w4a4.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a4"},
-        {"fmnist-ldm-w4a4-token.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt",
-         "runs/fmnist-ldm-w4a4-token"},
+        {"fmnist-ldm-w4a4-static.yaml", 4, 4, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt",
+         "runs/fmnist-ldm-w4a4-static"},
         {"fmnist-ldm-w2a8-nupes.yaml", 2, 8, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt",
          "runs/fmnist-ldm-w2a8-nupes"},
         {"fmnist-ldm-w4a8.yaml", 4, 8, RC_RECIPE_EFFDM, "models/zoo/fmnist-ldm/model.ckpt", "runs/fmnist-ldm-w4a8"},
@@ -795,8 +795,9 @@ static void test_shipped_configs(void **state) {
         // the shipped configs whose quantizers are not the default: nupes weights, and at 4-bit
         // activations nupes activations too (W2A8 keeps uniform 8-bit activations); the W4A4
         // default config has easyquant weights (session 10: closer to FP on every teacher measured)
-        int tok = strstr(cfgs[i].file, "token") != NULL;  // EasyQuant weights and per-token activations
-        int nupes = strstr(cfgs[i].file, "nupes") != NULL, eq = !strcmp(cfgs[i].file, "fmnist-ldm-w4a4.yaml") || tok;
+        // and per-token activation ranges (session 14), the static W4A4 config easyquant weights
+        int tok = !strcmp(cfgs[i].file, "fmnist-ldm-w4a4.yaml");
+        int nupes = strstr(cfgs[i].file, "nupes") != NULL, eq = tok || strstr(cfgs[i].file, "static") != NULL;
         assert_int_equal(c.quant.act_granularity, tok ? RC_GRAN_TOKEN : RC_GRAN_TENSOR);
         assert_int_equal(c.quant.weight_quantizer, nupes ? QUANT_NUPES : eq ? QUANT_EASYQUANT : QUANT_UNIFORM);
         assert_int_equal(c.quant.act_quantizer, nupes && cfgs[i].ab == 4 ? QUANT_NUPES : QUANT_UNIFORM);
