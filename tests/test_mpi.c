@@ -3,7 +3,8 @@
    --allow-run-as-root --oversubscribe), on the same tiny run config (shipped teacher, W4A4,
    batch 3 so the ranks hold 2 and 1 trajectories). Checks:
    - the 2-rank run writes calib, state and best files byte-identical to the single process
-     (and the same log rows, wall times aside);
+     (and the same log rows, wall times aside), with uniform quantizers and with the default
+     config's (EasyQuant weights, per-token activation ranges);
    - SIGKILL of one rank ends the job with a message and a non-zero status; the run
      directory then resumes, on 1 rank, to the same final state as the uninterrupted run. */
 #include "testutil.h"
@@ -26,15 +27,16 @@
 
 static char tmp[64], cfg[128];
 
-static void write_config(const char *path) {
+// quant: extra quant keys ("" or ", key: value ...").
+static void write_config(const char *path, const char *quant) {
     test_write_file(path,
                     "model:\n  ldm_config: %s/models/zoo/fmnist-ldm/config.yaml\n  ckpt: %s/models/zoo/fmnist-ldm/model.ckpt\n"
-                    "quant: {weight_bits: 4, act_bits: 4, fp_layers: f16}\n"
+                    "quant: {weight_bits: 4, act_bits: 4, fp_layers: f16%s}\n"
                     "calib: {steps: 10, n_samples: 4, batch: 2, n_inputs: 8}\n"
                     "train:\n  recipe: effdm\n  epochs: 4\n  steps: 4\n  batch: 3\n  val_every: 1\n  val_inputs: 6\n"
                     "  val_samples: 0\n  sample_every: 0\n  guidance_gain: off\n  checkpoint_every: 1\n"
                     "run: {arena_mb: 512}\n",
-                    ROOT, ROOT);
+                    ROOT, ROOT, quant);
 }
 
 // Starts `[mpirun -np np] effdm finetune ARGS...` with stderr to err_path; returns the pid.
@@ -128,7 +130,7 @@ static int setup(void **state) {
     snprintf(tmp, sizeof tmp, "/tmp/effdm_test_mpi_XXXXXX");
     if (!mkdtemp(tmp)) return -1;
     snprintf(cfg, sizeof cfg, "%s/run.yaml", tmp);
-    write_config(cfg);
+    write_config(cfg, "");
     snprintf(ref, sizeof ref, "%s/one", tmp);
     return run(0, ref, "2");  // the reference: one process, 2 threads
 }
@@ -148,6 +150,28 @@ static void test_two_ranks_match_one_process(void **state) {
     assert_same_file(ref, two, "state.safetensors");
     assert_same_file(ref, two, "best.safetensors");
     char *a = log_rows(ref), *b = log_rows(two);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+}
+
+/* The same with the default W4A4 config's quantizers (EasyQuant weights, per-token activation
+   ranges): their gradients (the side table's, the clipping ratios') sum over ranks as the others. */
+static void test_two_ranks_match_one_process_token(void **state) {
+    char one[128], two[128], cfg_tok[128];
+    snprintf(cfg_tok, sizeof cfg_tok, "%s/run_tok.yaml", tmp);
+    write_config(cfg_tok, ", weight_quantizer: easyquant, act_granularity: token");
+    snprintf(one, sizeof one, "%s/one_tok", tmp);
+    snprintf(two, sizeof two, "%s/two_tok", tmp);
+    snprintf(cfg, sizeof cfg, "%s", cfg_tok);
+    int r1 = run(0, one, "2"), r2 = run(2, two, "1");
+    snprintf(cfg, sizeof cfg, "%s/run.yaml", tmp);
+    assert_int_equal(r1, 0);
+    assert_int_equal(r2, 0);
+    assert_same_file(one, two, "calib.safetensors");
+    assert_same_file(one, two, "state.safetensors");
+    assert_same_file(one, two, "best.safetensors");
+    char *a = log_rows(one), *b = log_rows(two);
     assert_string_equal(a, b);
     free(a);
     free(b);
@@ -222,6 +246,7 @@ static void test_sigkill_one_rank_then_resume(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_ranks_match_one_process),
+        cmocka_unit_test(test_two_ranks_match_one_process_token),
         cmocka_unit_test(test_sigkill_one_rank_then_resume),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
