@@ -8,7 +8,8 @@
      against the fake-quant level (quant_uniform_fake) on halfway points, clamps and NaN.
    - Synthetic layers the teacher lacks (input channels not a multiple of 4, strided and
      pointwise convs, linear layers of odd sizes on 3-D inputs), every weight/activation
-     width: integer path vs float path, and the stored rows dequantize to W_eff exactly.
+     width, static and per-token activation ranges: integer path vs float path, and the
+     stored rows dequantize to W_eff exactly.
    - Layers: exports of a calibrated, perturbed student (W4A4, W4A8, W2A8; the first 3 and
      the last layer are the 8-bit special layers) run with every variant; each quantized
      layer computes its output by the integer path and by the float path (fake quant +
@@ -320,6 +321,10 @@ static void random_levels(size_t nw, int cout, int w_bits, Rng *r, uint8_t **lv,
 // One synthetic quantized layer (random levels, Δ_w, z_w, table) run by both paths; with
 // n_side > 0 an easyquant weight whose side table holds n_side random positions per channel
 // (random levels stored there: the integer path's correction is not the side value alone).
+// g_syn_token: the synthetic layers take per-token activation ranges (token_quant.h: the table
+// holds clipping ratios, zeros 0), as a per-token export's trainable layers.
+static int g_syn_token;
+
 static void check_synthetic_side(LayerKind kind, int cout, int cin, int k, int stride, int pad, int w_bits, int a_bits,
                                  const int *xshape, int xdim, int n_side, Rng *r) {
     ModelLayer ml;
@@ -331,6 +336,12 @@ static void check_synthetic_side(LayerKind kind, int cout, int cin, int k, int s
     L.a_zero[0] = (float)(amax / 3);
     L.a_delta[1] = 6.0f / (float)amax;
     L.a_zero[1] = (float)amax;  // a table entry at the top of the range
+    if (g_syn_token) {
+        L.a_token = 1;
+        L.a_delta[0] = 1.0f;  // the token's whole range
+        L.a_delta[1] = 0.8f;  // clipped
+        L.a_zero[0] = L.a_zero[1] = 0.0f;
+    }
     quantizer_setup(&L.aq, QUANT_UNIFORM, a_bits, 0, 2, L.a_delta, L.a_zero, NULL, NULL);
     uint8_t *lv;
     float *wd, *wz;
@@ -352,6 +363,8 @@ static void check_synthetic_side(LayerKind kind, int cout, int cin, int k, int s
     Err e = {0};
     assert_int_equal(export_layer_prepare(&L, lv, wd, wz, &e), 0);
     assert_true(L.int_ok);
+    // per-token convs take the fused tap GEMM when the centred levels fit it
+    assert_int_equal(L.w_u8 != NULL, g_syn_token && kind == LAYER_CONV2D && a_bits <= 6);
     ml.quant = &L;
     ml.quant_forward = export_layer_forward;
     float *w = malloc(nw * sizeof(float));
@@ -425,6 +438,28 @@ static void test_layer_shapes(void **state) {
 }
 
 // The same shapes with a side table (easyquant's outliers added back after the dense kernel).
+/* Per-token layers of the same shapes (odd channel counts, strides, pointwise convs, linear
+   rows), 4- to 8-bit activations: the fused tap GEMM (A <= 6 bits) and the tap-by-tap form
+   (A7, A8), with and without side tables. */
+static void test_layer_shapes_token(void **state) {
+    Rng r;
+    rng_seed(&r, 13, 0);
+    const int wb[] = {2, 4, 8}, ab[] = {4, 6, 7, 8};
+    g_syn_token = 1;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) {
+            check_synthetic(LAYER_CONV2D, 7, 5, 3, 1, 1, wb[i], ab[j], (int[]){3, 5, 6, 5}, 4, &r);
+            check_synthetic(LAYER_CONV2D, 9, 6, 3, 2, 1, wb[i], ab[j], (int[]){2, 6, 7, 7}, 4, &r);
+            check_synthetic(LAYER_CONV2D, 17, 8, 1, 1, 0, wb[i], ab[j], (int[]){2, 8, 4, 4}, 4, &r);
+            check_synthetic(LAYER_LINEAR, 13, 7, 1, 1, 0, wb[i], ab[j], (int[]){2, 5, 7}, 3, &r);
+            if (wb[i] == 4) {
+                check_synthetic_side(LAYER_CONV2D, 70, 37, 3, 1, 1, 4, ab[j], (int[]){2, 37, 9, 8}, 4, 3, &r);
+                check_synthetic_side(LAYER_CONV2D, 11, 12, 3, 2, 1, 4, ab[j], (int[]){1, 12, 5, 6}, 4, 2, &r);
+            }
+        }
+    g_syn_token = 0;
+}
+
 static void test_layer_shapes_side(void **state) {
     Rng r;
     rng_seed(&r, 12, 0);
@@ -939,6 +974,7 @@ int main(void) {
         cmocka_unit_test(test_layers_w4a8),
         cmocka_unit_test(test_layers_w2a8),
         cmocka_unit_test(test_layer_shapes_side),
+        cmocka_unit_test(test_layer_shapes_token),
         cmocka_unit_test(test_layer_shapes_lut),
         cmocka_unit_test(test_layers_easyquant_w4a4),
         cmocka_unit_test(test_layers_nupes_w4a4),
