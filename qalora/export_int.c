@@ -180,9 +180,11 @@ static void int_row(int8_t *dst, const ExportLayer *q, int o);
 // packed rows. 0, or -1 when out of memory.
 static int build_operands(ExportLayer *L) {
     size_t kp = (size_t)L->K4 * 4, co = (size_t)L->cout;
+    int kzmax = 0;  // int_gemm_taps' tap sums: |Σ u (a - z) + kz Z| <= (255 + |kz|) a_imax cp < 2^31
+    for (int o = 0; o < L->cout; o++) kzmax = abs(128 + L->zoff[o]) > kzmax ? abs(128 + L->zoff[o]) : kzmax;
     if (L->layer->kind != LAYER_LINEAR && L->a_token && int_gemm_taps_ok(L->a_imax) &&
-        (double)(383 + L->wmax) * L->a_imax * kp < 2147483647.0) {
-        // int_gemm_taps' operands; |a - z| <= a_imax, u <= 255, |kz| <= 128 + |zoff| <= 255 + wmax
+        (255.0 + kzmax) * L->a_imax * (double)kp < 2147483647.0) {
+        // int_gemm_taps' operands
         int8_t *row = malloc(kp);
         L->w_u8 = malloc(co * kp);
         L->kz = malloc(co * sizeof(int32_t));

@@ -142,17 +142,22 @@ static int teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+// Run directories one and two hold the same calib, state and best files and log rows.
+static void assert_same_run(const char *one, const char *two) {
+    assert_same_file(one, two, "calib.safetensors");
+    assert_same_file(one, two, "state.safetensors");
+    assert_same_file(one, two, "best.safetensors");
+    char *a = log_rows(one), *b = log_rows(two);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+}
+
 static void test_two_ranks_match_one_process(void **state) {
     char two[128];
     snprintf(two, sizeof two, "%s/two", tmp);
     assert_int_equal(run(2, two, "1"), 0);
-    assert_same_file(ref, two, "calib.safetensors");
-    assert_same_file(ref, two, "state.safetensors");
-    assert_same_file(ref, two, "best.safetensors");
-    char *a = log_rows(ref), *b = log_rows(two);
-    assert_string_equal(a, b);
-    free(a);
-    free(b);
+    assert_same_run(ref, two);
 }
 
 /* The same with the default W4A4 config's quantizers (EasyQuant weights, per-token activation
@@ -168,13 +173,7 @@ static void test_two_ranks_match_one_process_token(void **state) {
     snprintf(cfg, sizeof cfg, "%s/run.yaml", tmp);
     assert_int_equal(r1, 0);
     assert_int_equal(r2, 0);
-    assert_same_file(one, two, "calib.safetensors");
-    assert_same_file(one, two, "state.safetensors");
-    assert_same_file(one, two, "best.safetensors");
-    char *a = log_rows(one), *b = log_rows(two);
-    assert_string_equal(a, b);
-    free(a);
-    free(b);
+    assert_same_run(one, two);
 }
 
 // The children of process `parent` (mpirun's: its ranks).
