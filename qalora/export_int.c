@@ -488,8 +488,8 @@ static Tensor *float_forward(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, i
    for each side entry s in order, av the row's activation levels minus z_a (exact as floats)
    and c = side_coef Δ_a: per output the same products, added in the same order, as the
    (o, s) loop of the float reference, but over the outputs (gathers) rather than entries. */
-FASTMATH_CLONES static void side_row(float *y, const float *av, const int32_t *kpos, const float *c, int co,
-                                     int n_side) {
+FASTMATH_CLONES static void side_row(float *restrict y, const float *restrict av, const int32_t *restrict kpos,
+                                     const float *restrict c, int co, int n_side) {
     for (int s = 0; s < n_side; s++) {
         const int32_t *kp = kpos + (size_t)s * co;
         const float *cs = c + (size_t)s * co;
@@ -501,15 +501,18 @@ FASTMATH_CLONES static void side_row(float *y, const float *av, const int32_t *k
    + bias, then the side table's entries: y += c Δ_a (a - z_a), the activation levels being A's
    bytes at (group kpos/4, byte kpos%4) of the image's columns (Ag: A from the image's first
    column on, n columns a group). One call per row, so both loops run in the clone's vectors. */
-FASTMATH_CLONES static void conv_row(float *yr, const int32_t *d, const int32_t *sg, size_t P, float sc, float b,
-                                     int32_t zo, int32_t zr, const uint8_t *Ag, size_t n, const int32_t *kpos,
-                                     const float *coef, int n_side, float da, int za) {
+FASTMATH_CLONES static void conv_row(float *restrict yr, const int32_t *restrict d, const int32_t *restrict sg,
+                                     size_t P, float sc, float b, int32_t zo, int32_t zr, const uint8_t *restrict Ag,
+                                     size_t n, const int32_t *kpos, const float *coef, int n_side, float da, int za) {
     for (size_t i = 0; i < P; i++) yr[i] = (float)(d[i] - zo * sg[i] - zr) * sc + b;
     for (int s = 0; s < n_side; s++) {
         size_t kp = (size_t)kpos[s];
-        const uint8_t *col = Ag + (kp / 4) * n * 4 + kp % 4;
+        // the level is byte kp % 4 of each column's 4-byte word: read as words (as im2col_words
+        // wrote them), so that the loop runs in 32-bit lanes at any P
+        const uint32_t *col = (const uint32_t *)(const void *)Ag + (kp / 4) * n;
+        int sh = 8 * (int)(kp % 4);
         float c = coef[s] * da;
-        for (size_t i = 0; i < P; i++) yr[i] += c * (float)((int)col[4 * i] - za);
+        for (size_t i = 0; i < P; i++) yr[i] += c * (float)((int)((col[i] >> sh) & 0xFFu) - za);
     }
 }
 
@@ -810,15 +813,18 @@ static Tensor *int_conv_token_bytap(Ctx *c, ModelLayer *l, ExportLayer *q, Tenso
    y += coef Δ_src (a - z_src), the centred levels (s8) at A's bytes (group kpos/4, byte kpos%4)
    of the image's columns and Δ_src the tap's row of E (Ag, Eg: from the image's first column
    on, n columns a group / tap). */
-FASTMATH_CLONES static void conv_token_out(float *yr, const float *Yr, size_t P, const int8_t *Ag, const float *Eg,
-                                           size_t n, const int32_t *kpos, const float *coef, int n_side, int cp) {
+FASTMATH_CLONES static void conv_token_out(float *restrict yr, const float *restrict Yr, size_t P,
+                                           const int8_t *restrict Ag, const float *restrict Eg, size_t n,
+                                           const int32_t *kpos, const float *coef, int n_side, int cp) {
     memcpy(yr, Yr, P * sizeof(float));
     for (int k = 0; k < n_side; k++) {
         size_t kp = (size_t)kpos[k];
-        const int8_t *col = Ag + (kp / 4) * n * 4 + kp % 4;
+        // byte kp % 4 of each column's word, sign-extended (as conv_row)
+        const uint32_t *col = (const uint32_t *)(const void *)Ag + (kp / 4) * n;
+        int sh = 24 - 8 * (int)(kp % 4);
         const float *e = Eg + (kp / (size_t)cp) * n;
         float cf = coef[k];
-        for (size_t i = 0; i < P; i++) yr[i] += cf * e[i] * (float)col[4 * i];
+        for (size_t i = 0; i < P; i++) yr[i] += cf * e[i] * (float)((int32_t)(col[i] << sh) >> 24);
     }
 }
 
