@@ -25,6 +25,7 @@ FASTMATH_CLONES static void token_ranges(float *d, float *z, float *s, const flo
         float lo16[16] = {0}, hi16[16] = {0}, lo = 0.0f, hi = 0.0f;
         size_t c = 0;
         for (; c + 16 <= C; c += 16)
+#pragma GCC unroll 1  // kept a loop for the vectorizer (unrolled, its 16 statements stayed scalar)
             for (int i = 0; i < 16; i++) {
                 lo16[i] = x[c + i] < lo16[i] ? x[c + i] : lo16[i];
                 hi16[i] = x[c + i] > hi16[i] ? x[c + i] : hi16[i];
