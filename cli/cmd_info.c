@@ -194,17 +194,19 @@ static void print_export(WeightFile *f) {
         printf("  timesteps:  ");
         cJSON_ArrayForEach(t, ts) printf(" %d", t->valueint);
         printf("\n  layers (%d quantized; name, role, weight/activation bits, table entries, weight/activation "
-               "quantizers):\n", cJSON_GetArraySize(layers));
+               "quantizers; 'per-token': per-token activation ranges):\n", cJSON_GetArraySize(layers));
         const cJSON *l;
         cJSON_ArrayForEach(l, layers) {
             const cJSON *nm = cJSON_GetObjectItemCaseSensitive(l, "name"), *ro = cJSON_GetObjectItemCaseSensitive(l, "role");
             // exports written before quantizer kinds existed name none: uniform
             const cJSON *wk = cJSON_GetObjectItemCaseSensitive(l, "w_quantizer");
             const cJSON *ak = cJSON_GetObjectItemCaseSensitive(l, "a_quantizer");
-            printf("    %-58s %-9s W%d A%d %3d %s/%s\n", cJSON_IsString(nm) ? nm->valuestring : "?",
+            const cJSON *gr = cJSON_GetObjectItemCaseSensitive(l, "a_granularity");
+            printf("    %-58s %-9s W%d A%d %3d %s/%s%s\n", cJSON_IsString(nm) ? nm->valuestring : "?",
                    cJSON_IsString(ro) ? ro->valuestring : "?", json_int_or(l, "w_bits", 0), json_int_or(l, "a_bits", 0),
                    json_int_or(l, "entries", 0), cJSON_IsString(wk) ? wk->valuestring : "uniform",
-                   cJSON_IsString(ak) ? ak->valuestring : "uniform");
+                   cJSON_IsString(ak) ? ak->valuestring : "uniform",
+                   cJSON_IsString(gr) && !strcmp(gr->valuestring, "token") ? " per-token" : "");
         }
     }
     cJSON_Delete(q);
