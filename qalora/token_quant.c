@@ -59,27 +59,25 @@ FASTMATH_CLONES static void token_ranges(float *d, float *z, float *s, const flo
     }
 }
 
+// A token's level before rounding to an integer type: clamp(rint(x / d) + z, 0, L), one clamp at
+// a time as the static kernel (NaN passes both).
+static inline float token_level(float x, float d, float z, float L) {
+    float u = rintf(x / d) + z;
+    u = u < 0.0f ? 0.0f : u;
+    return u > L ? L : u;
+}
+
 FASTMATH_CLONES static void token_fake_slice(float *y, const float *x, size_t C, size_t inner, const float *d,
                                              const float *z, float L) {
     if (inner == 1) {  // a row, as token_levels_slice
         const float dd = d[0], zz = z[0];
-        for (size_t c = 0; c < C; c++) {
-            float u = rintf(x[c] / dd) + zz;
-            u = u < 0.0f ? 0.0f : u;
-            u = u > L ? L : u;
-            y[c] = (u - zz) * dd;
-        }
+        for (size_t c = 0; c < C; c++) y[c] = (token_level(x[c], dd, zz, L) - zz) * dd;
         return;
     }
     for (size_t c = 0; c < C; c++) {
         const float *xc = x + c * inner;
         float *yc = y + c * inner;
-        for (size_t p = 0; p < inner; p++) {
-            float u = rintf(xc[p] / d[p]) + z[p];
-            u = u < 0.0f ? 0.0f : u;  // one clamp at a time, as the static kernel (NaN passes both)
-            u = u > L ? L : u;
-            yc[p] = (u - z[p]) * d[p];
-        }
+        for (size_t p = 0; p < inner; p++) yc[p] = (token_level(xc[p], d[p], z[p], L) - z[p]) * d[p];
     }
 }
 
@@ -137,9 +135,7 @@ FASTMATH_CLONES static void token_levels_slice(uint8_t *q, const float *x, size_
     if (inner == 1) {  // a row: the channels are contiguous, the token's step and zero point fixed
         const float dd = d[0], zz = z[0];
         for (size_t c = 0; c < C; c++) {
-            float u = rintf(x[c] / dd) + zz;
-            u = u < 0.0f ? 0.0f : u;
-            u = u > L ? L : u;
+            float u = token_level(x[c], dd, zz, L);
             q[c] = (uint8_t)(u == u ? u : 0.0f);  // NaN: level 0
         }
         return;
@@ -148,9 +144,7 @@ FASTMATH_CLONES static void token_levels_slice(uint8_t *q, const float *x, size_
         const float *xc = x + c * inner;
         uint8_t *qc = q + c * inner;
         for (size_t p = 0; p < inner; p++) {
-            float u = rintf(xc[p] / d[p]) + z[p];
-            u = u < 0.0f ? 0.0f : u;
-            u = u > L ? L : u;
+            float u = token_level(xc[p], d[p], z[p], L);
             qc[p] = (uint8_t)(u == u ? u : 0.0f);  // NaN: level 0
         }
     }
@@ -200,8 +194,7 @@ static double token_err_slice(const float *x, size_t C, size_t inner, const floa
     for (size_t c = 0; c < C; c++) {
         const float *xc = x + c * inner;
         for (size_t q = 0; q < inner; q++) {
-            float u = rintf(xc[q] / d[q]) + z[q];
-            u = u < 0.0f ? 0.0f : (u > L ? L : u);
+            float u = token_level(xc[q], d[q], z[q], L);
             sum += (double)powf(fabsf(xc[q] - (u - z[q]) * d[q]), p);
         }
     }
