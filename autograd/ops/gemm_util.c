@@ -4,6 +4,8 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util/par.h"
@@ -22,6 +24,44 @@
 #define GEMM_TILE_WORK ((size_t)1 << 17)
 #define GEMM_TILE_MAX 64
 #define GEMM_TILE_ALIGN 16
+
+// -1 until the first gemm_kernel_init / gemm_kernel_set / gemm_rm; then a GemmKernel
+static _Atomic int g_kernel = -1;
+
+const char *gemm_kernel_name(GemmKernel k) { return k == GEMM_KERNEL_AVX512 ? "avx512" : "blas"; }
+
+int gemm_kernel_supported(GemmKernel k) { return k == GEMM_KERNEL_BLAS || sgemm_avx512_supported(); }
+
+int gemm_kernel_init(char *msg, size_t msg_len) {
+    const char *s = getenv("EFFDM_SGEMM");
+    GemmKernel k;
+    if (!s || !*s || !strcmp(s, "auto")) k = sgemm_avx512_supported() ? GEMM_KERNEL_AVX512 : GEMM_KERNEL_BLAS;
+    else if (!strcmp(s, "blas")) k = GEMM_KERNEL_BLAS;
+    else if (!strcmp(s, "avx512")) k = GEMM_KERNEL_AVX512;
+    else {
+        snprintf(msg, msg_len, "EFFDM_SGEMM '%s': expected auto, blas or avx512", s);
+        return -1;
+    }
+    if (!gemm_kernel_supported(k)) {
+        snprintf(msg, msg_len, "EFFDM_SGEMM '%s': this CPU has no AVX-512F (use auto or blas)", s);
+        return -1;
+    }
+    g_kernel = (int)k;
+    return 0;
+}
+
+GemmKernel gemm_kernel_get(void) {
+    if (g_kernel < 0) {
+        char msg[160];
+        if (gemm_kernel_init(msg, sizeof msg)) {
+            fprintf(stderr, "effdm: %s\n", msg);
+            exit(2);
+        }
+    }
+    return (GemmKernel)g_kernel;
+}
+
+void gemm_kernel_set(GemmKernel k) { g_kernel = (int)k; }
 
 typedef struct {
     int pm, pn;  // tiles along M and N
@@ -62,6 +102,43 @@ static void gemm_tile(int trans_a, int trans_b, int M, int N, int K, float alpha
                 n1 - n0, K, alpha, a, lda, b, ldb, beta, C + (size_t)m0 * ldc + n0, ldc);
 }
 
+/* The AVX-512 kernel sums every element of C in the same order wherever the element sits in
+   a tile (its depth blocks start at k = 0, its lanes never mix), so here the cut may follow
+   the thread count: one part per thread along the longer side, in whole micro-tiles, and
+   one call for the whole product on one thread or inside a parallel region. Bits are the
+   same for any cut. */
+static void gemm_rm_own(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc) {
+    int along_n = N >= M, len = along_n ? N : M, align = along_n ? 32 : 12;
+    size_t work = (size_t)M * (size_t)N * (size_t)K, parts = work / GEMM_TILE_WORK;
+    size_t threads = omp_in_parallel() ? 1 : (size_t)omp_get_max_threads();
+    if (parts > threads) parts = threads;
+    if (parts > (size_t)(len / align)) parts = (size_t)(len / align);
+    if (parts < 1) parts = 1;
+    int np = (int)parts;
+    PAR_FOR(schedule(static), np > 1,
+    for (int i = 0; i < np; i++) {
+        int s0 = (int)((int64_t)len * i / np) / align * align;
+        int s1 = i + 1 == np ? len : (int)((int64_t)len * (i + 1) / np) / align * align;
+        if (s1 <= s0) continue;
+        const float *a = A, *b = B;
+        float *c = C;
+        int m = M, n = N;
+        if (along_n) {
+            b = trans_b ? B + (size_t)s0 * ldb : B + s0;
+            c = C + s0;
+            n = s1 - s0;
+        } else {
+            a = trans_a ? A + s0 : A + (size_t)s0 * lda;
+            c = C + (size_t)s0 * ldc;
+            m = s1 - s0;
+        }
+        if (!sgemm_avx512_tile(trans_a, trans_b, m, n, K, alpha, a, lda, b, ldb, beta, c, ldc))
+            cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m,
+                        n, K, alpha, a, lda, b, ldb, beta, c, ldc);
+    });
+}
+
 void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -72,6 +149,11 @@ void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
             if (beta == 0.0f) memset(row, 0, (size_t)N * sizeof(float));
             else for (int j = 0; j < N; j++) row[j] *= beta;
         }
+        return;
+    }
+    GemmKernel kern = gemm_kernel_get();
+    if (kern == GEMM_KERNEL_AVX512) {
+        gemm_rm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     GemmTiles t = gemm_tiles(M, N, K);

@@ -5,7 +5,8 @@
        gemm_colsum_add(db, dy, rows, N);                       // db[j] += sum_r dy[r][j]
 
    gemm_rm's result does not depend on the thread count: it cuts C into tiles by the shape
-   alone and spreads them over the OpenMP threads (OpenBLAS itself runs one thread). Inside
+   alone and spreads them over the OpenMP threads (each tile one single-thread kernel call:
+   OpenBLAS, or effdm's AVX-512 kernel, see GemmKernel). Inside
    an OpenMP parallel region it runs the same tiles in order. Row-major only.
 */
 #ifndef EFFDM_GEMM_UTIL_H
@@ -22,6 +23,27 @@
 // does nothing; K == 0 leaves beta C (zeros when beta == 0).
 void gemm_rm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc);
+
+// The single-thread kernel every tile of gemm_rm runs: OpenBLAS's cblas_sgemm, or
+// effdm's AVX-512 kernel (sgemm_avx512.c). Picked once: EFFDM_SGEMM=auto|blas|avx512, auto
+// (the default) takes avx512 when the CPU has AVX-512F. Different kernels add in different
+// orders, so results agree to float rounding, not in every bit; one kernel is
+// deterministic for any thread count.
+typedef enum { GEMM_KERNEL_BLAS, GEMM_KERNEL_AVX512 } GemmKernel;
+const char *gemm_kernel_name(GemmKernel k);
+int gemm_kernel_supported(GemmKernel k);
+// Reads EFFDM_SGEMM and sets the kernel; on a bad value or a kernel this CPU lacks, writes a
+// one-line message to msg and returns -1 (nothing set). Entry points call it first; without
+// it the first gemm_rm does the same and exits with status 2 on a bad value.
+int gemm_kernel_init(char *msg, size_t msg_len);
+GemmKernel gemm_kernel_get(void);
+void gemm_kernel_set(GemmKernel k);  // tests and benches: k must be supported
+
+// One tile with the AVX-512 kernel; returns 0 when its pack buffers cannot be allocated
+// (gemm_rm then uses cblas_sgemm for the tile) or the build has no x86 kernel.
+int sgemm_avx512_tile(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc);
+int sgemm_avx512_supported(void);
 
 // db[j] += sum over r of dy[r * cols + j], for dy (rows, cols). Each column is summed in
 // double in row order, so the result does not depend on the thread count.
