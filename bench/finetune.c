@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "autograd/profile.h"
+#include "autograd/ops/gemm_util.h"
 #include "bench/benchutil.h"
 #include "models/ldm.h"
 #include "run/run_calibrate.h"
@@ -303,8 +304,8 @@ int main(int argc, char **argv) {
             }
         fclose(fp);
     }
-    printf("finetune bench  %s  cores %ld  thr=%d blas=%s simd=%s OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n",
-           model, sysconf(_SC_NPROCESSORS_ONLN), threads_get(), threads_blas_name(), bench_cpu_flags(),
+    printf("finetune bench  %s  cores %ld  thr=%d blas=%s gemm=%s simd=%s OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n",
+           model, sysconf(_SC_NPROCESSORS_ONLN), threads_get(), threads_blas_name(), gemm_kernel_name(gemm_kernel_get()), bench_cpu_flags(),
            getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "(default)",
            getenv("GOMP_SPINCOUNT") ? getenv("GOMP_SPINCOUNT") : "(default)");
     printf("model config %s\n", cfg);

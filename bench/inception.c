@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "bench/benchutil.h"
 #include "eval/inception.h"
 #include "io/npy.h"
@@ -137,7 +138,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     threads_set(thr[nt - 1]);
-    printf("inception bench  weights=%s  blas=%s simd=%s\n", weights, threads_blas_name(), bench_cpu_flags());
+    printf("inception bench  weights=%s  blas=%s gemm=%s simd=%s\n", weights, threads_blas_name(), gemm_kernel_name(gemm_kernel_get()), bench_cpu_flags());
     if (access(fix_w, R_OK) == 0) {
         double r = check_case(net, &c, fix_dir, "x299.npy", "pool3_299.npy", "logits_299.npy");
         double r2 = check_case(net, &c, fix_dir, "x32.npy", "pool3_32.npy", "logits_32.npy");

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "autograd/ops.h"
+#include "autograd/ops/gemm_util.h"
 #include "bench/benchutil.h"
 #include "util/rng.h"
 #include "util/threads.h"
@@ -562,8 +563,8 @@ int main(int argc, char **argv) {
     }
     threads_set(threads);
     const char *flags = bench_cpu_flags();
-    snprintf(g_tags, sizeof g_tags, "thr=%d blas=%s simd=%s", threads_get(), threads_blas_name(),
-             strstr(flags, "avx512f") ? "avx512" : strstr(flags, "avx2") ? "avx2" : "none");
+    snprintf(g_tags, sizeof g_tags, "thr=%d blas=%s gemm=%s simd=%s", threads_get(), threads_blas_name(),
+             gemm_kernel_name(gemm_kernel_get()), strstr(flags, "avx512f") ? "avx512" : strstr(flags, "avx2") ? "avx2" : "none");
     const char *policy = getenv("OMP_WAIT_POLICY");
     const char *spin = getenv("GOMP_SPINCOUNT");
     printf("bench ops: threads=%d blas=%s (core %s) OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s cpu flags: %s\n",

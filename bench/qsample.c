@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "bench/benchutil.h"
 #include "models/ldm.h"
 #include "qalora/export.h"
@@ -195,8 +196,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     ctx_set_grad(&c, 0);
-    printf("qsample bench  thr=%d blas=%s simd=%s kernel=%s rounds=%d batch split %s\n", threads_get(),
-           threads_blas_name(), bench_cpu_flags(), kname, rounds, split ? "on" : "off (--no-split)");
+    printf("qsample bench  thr=%d blas=%s gemm=%s simd=%s kernel=%s rounds=%d batch split %s\n", threads_get(),
+           threads_blas_name(), gemm_kernel_name(gemm_kernel_get()), bench_cpu_flags(), kname, rounds, split ? "on" : "off (--no-split)");
     printf("teacher %s\n", e8->source);
     for (int j = 0; j < n_ems; j++) {
         ExportModel *em = ems[j];

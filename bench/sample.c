@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "bench/benchutil.h"
 #include "io/npy.h"
 #include "models/ldm.h"
@@ -102,7 +103,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     ctx_set_grad(&c, 0);
-    printf("sample bench  model=%s  thr=%d blas=%s simd=%s  batch split %s\n", cfg, threads_get(), threads_blas_name(),
+    printf("sample bench  model=%s  thr=%d blas=%s gemm=%s simd=%s  batch split %s\n", cfg, threads_get(), threads_blas_name(), gemm_kernel_name(gemm_kernel_get()),
            bench_cpu_flags(), split ? "on" : "off (--no-split)");
     if (cfg == tcfg) {
         snprintf(ref, sizeof ref, "%s/../../tests/data/teacher/ddim_ref", exe_dir);

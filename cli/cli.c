@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "autograd/profile.h"
 #include "io/fileio.h"
 #include "qalora/calibrate.h"
@@ -101,6 +102,8 @@ int cli_threads(int threads, Err *e) {
         if (end == s || *end || v <= 0 || v > 4096)
             return err_set(e, ERR_ARG, "EFFDM_THREADS: expected a positive integer up to 4096, found '%s'", s);
     }
+    char msg[160];
+    if (gemm_kernel_init(msg, sizeof msg)) return err_set(e, ERR_ARG, "%s", msg);
     threads_set(threads < 0 ? 0 : threads);
     // more threads than cores: each waits for the others at every parallel loop
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

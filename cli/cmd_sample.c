@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "autograd/profile.h"
+#include "autograd/ops/gemm_util.h"
 #include "cli/cli.h"
 #include "util/zoo.h"
 #include "eval/eval.h"
@@ -361,6 +362,7 @@ int cmd_sample(int argc, char **argv) {
     if (!em)
         printf("model:    %s (%s, %s%s)\n", cfg_path, ckpt_path, m->using_ema ? "EMA weights" : "raw weights",
                st.class_cond ? ", class-conditional" : ", unconditional");
+    printf("fp gemm:  %s (EFFDM_SGEMM=auto|blas|avx512)\n", gemm_kernel_name(gemm_kernel_get()));
     printf("sampler:  %s, %d steps (requested %d), eta %g, guidance scale %g%s, seed %d\n",
            SAMPLER_NAMES[sampler], real_steps, steps, (double)eta, (double)scale,
            st.class_cond ? "" : " (unused: unconditional model)", seed);

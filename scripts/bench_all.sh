@@ -30,7 +30,9 @@
 # Before the table it prints the machine (CPU model, cores, avx2/avx512f/avx512_vnni/amx flags, load
 # average), the BLAS each side resolved (torch: the libblas/openblas mapped into the process after
 # a matmul; effdm: the libopenblas build/effdm links, its openblas_get_config(), the kernels it
-# runs (openblas_get_corename, $OPENBLAS_CORETYPE) and the threading effdm uses), and the integer kernel bench/qsample picked ($EFFDM_KERNEL forces one).
+# runs (openblas_get_corename, $OPENBLAS_CORETYPE) and the threading effdm uses), the FP32 GEMM kernel
+# effdm picked (its own AVX-512 one or OpenBLAS; $EFFDM_SGEMM forces one), and the integer kernel
+# bench/qsample picked ($EFFDM_KERNEL forces one).
 # Every bench's full output is kept in the temp dir while it runs and printed on failure. The
 # benches run at the script's own priority, all alike (`nice scripts/bench_all.sh` to lower it:
 # a nice inside would stack onto the caller's and starve the peer on a loaded machine).
@@ -200,6 +202,8 @@ if [ $CIN256 = 1 ]; then
 fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "integer kernel: $KERNEL (EFFDM_KERNEL=${EFFDM_KERNEL:-unset: the runtime pick})"
+GEMM=$(sed -n 's/.* gemm=\([^ ]*\).*/\1/p' "$TMP/sample.out" | head -n 1)
+echo "effdm FP32 GEMM kernel: $GEMM (EFFDM_SGEMM=${EFFDM_SGEMM:-unset: the runtime pick}; avx512 is effdm's own, blas is the OpenBLAS above)"
 
 # ---- the table: met? compares the ratio column (the effdm column for an absolute target) ----
 awk -F'\t' -v quick="$QUICK" '

@@ -69,17 +69,21 @@ static void pack_a(float *dst, int ta, const float *A, int lda, int i0, int mc, 
     }
 }
 
+AVX512_INLINE __mmask16 first_lanes(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
 // op(B) depth [p0, p0 + kc) x columns [j0, j0 + nc) into 32-column panels: dst[panel][k][c].
-static void pack_b(float *dst, int tb, const float *B, int ldb, int p0, int kc, int j0, int nc) {
+AVX512 static void pack_b(float *dst, int tb, const float *B, int ldb, int p0, int kc, int j0, int nc) {
     for (int jr = 0; jr < nc; jr += NR) {
         int w = nc - jr < NR ? nc - jr : NR;
         float *d = dst + (size_t)jr * kc;
-        if (!tb) {  // op(B)(k, j) = B[k][j]: a panel row is contiguous in B
-            for (int k = 0; k < kc; k++) {
-                const float *s = B + (size_t)(p0 + k) * ldb + j0 + jr;
-                float *dk = d + (size_t)k * NR;
-                memcpy(dk, s, sizeof(float) * (size_t)w);
-                for (int c = w; c < NR; c++) dk[c] = 0.0f;
+        if (!tb) {  // op(B)(k, j) = B[k][j]: a panel row is contiguous in B (masked loads zero the tail)
+            __mmask16 m0 = first_lanes(w), m1 = first_lanes(w - 16);
+            const float *s = B + (size_t)p0 * ldb + j0 + jr;
+            for (int k = 0; k < kc; k++, s += ldb) {
+                _mm512_store_ps(d + (size_t)k * NR, _mm512_maskz_loadu_ps(m0, s));
+                _mm512_store_ps(d + (size_t)k * NR + 16, _mm512_maskz_loadu_ps(m1, s + 16));
             }
         } else {
             for (int c = 0; c < w; c++) {
@@ -90,10 +94,6 @@ static void pack_b(float *dst, int tb, const float *B, int ldb, int p0, int kc, 
                 for (int k = 0; k < kc; k++) d[(size_t)k * NR + c] = 0.0f;
         }
     }
-}
-
-AVX512_INLINE __mmask16 first_lanes(int n) {
-    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
 
 // C[0..mr) x [0..nr) = alpha * (a panel . b panel) + beta * C (beta == 0: C is not read).
