@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "util/threads.h"
 
 static const double TOL_FORWARD = 1e-5;     // float32 GEMM vs double loops (K up to ~600)
@@ -119,6 +120,8 @@ static const ConvCase CONV_CASES[] = {
     {2, 3, 32, 33, 4, 1, 1, 1, 1, 0, 0, 1}, // 1x1: x is its own col
     {2, 3, 32, 32, 5, 3, 3, 1, 1, 1, 1, 1}, // flipped-kernel input gradient
     {1, 2, 66, 66, 3, 3, 3, 2, 2, 1, 1, 1}, // strided: col2im
+    {1, 3, 40, 70, 4, 1, 7, 1, 1, 0, 3, 1}, // 1x7, pad (0, 3), P = 2800: not whole 32-column panels
+    {1, 2, 71, 45, 3, 3, 2, 2, 1, 0, 2, 0}, // non-square kernel, strides and pads, P = 1680
 };
 
 // Forward and backward of conv case k against the naive loops; gradcheck when small.
@@ -167,8 +170,16 @@ static void check_conv_case(const ConvCase *k, int do_gradcheck) {
     finish_bilinear(c, y, in, &g, do_gradcheck ? f_conv : NULL, (void *)k, 500);
 }
 
+// Every case with each FP32 GEMM kernel this CPU runs: OpenBLAS (im2col + gemm_rm) and the
+// AVX-512 kernel (which takes large feature maps through im2col_panels).
 static void test_conv2d(void **state) {
-    for (size_t i = 0; i < sizeof CONV_CASES / sizeof CONV_CASES[0]; i++) check_conv_case(&CONV_CASES[i], 1);
+    for (int kern = GEMM_KERNEL_BLAS; kern <= GEMM_KERNEL_AVX512; kern++) {
+        if (!gemm_kernel_supported((GemmKernel)kern)) continue;
+        gemm_kernel_set((GemmKernel)kern);
+        for (size_t i = 0; i < sizeof CONV_CASES / sizeof CONV_CASES[0]; i++) check_conv_case(&CONV_CASES[i], 1);
+    }
+    char msg[160];
+    assert_int_equal(gemm_kernel_init(msg, sizeof msg), 0);
 }
 
 // Large enough that im2col processes the batch in groups of 2 images and a last group of 1
