@@ -2,7 +2,8 @@
    outputs in shared/fixtures/fid/inception (random fp16 weights with the real file's
    names and shapes; see that folder's README). The fixture folder is too large for the
    repo: when it is absent the parity test prints "skipped: fixture not present" (the one
-   allowed skip). The bilinear resize is also checked against closed forms. */
+   allowed skip). The same fixture checks the batch split on several threads. The bilinear
+   resize is also checked against closed forms. */
 #include "testutil.h"
 
 #include <math.h>
@@ -11,8 +12,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "eval/inception.h"
 #include "io/npy.h"
+#include "util/threads.h"
 
 #define FIXTURE_DIR SHARED_DIR "/fixtures/fid/inception"
 
@@ -98,6 +101,56 @@ static void check_case(Inception *net, Ctx *c, const char *input, const char *po
     npy_free(&logits);
 }
 
+/* The batch split (inception_forward on several threads): 5 images, the fixture's first
+   three times then its second twice (so no two parts see the same images), in parts of
+   2, 2 and 1 on 2 threads. Each image's outputs match the fixture's, and
+   those of the unsplit forward on one thread: bit for bit with the AVX-512 GEMM kernel
+   (its sums do not depend on how many images a GEMM spans), within 1e-6 with OpenBLAS. */
+static void check_split(Inception *net, Ctx *c) {
+    NpyArray x = load("x32.npy"), pool = load("pool3_32.npy"), logits = load("logits_32.npy");
+    const int n0 = x.shape[0], N = 5, H = x.shape[2], W = x.shape[3];
+    int src[5] = {0, 0, 0, 1, 1};  // image i is the fixture's src[i] (n0 = 2)
+    assert_int_equal(n0, 2);
+    size_t per = (size_t)3 * H * W;
+    float *xs = malloc((size_t)N * per * sizeof(float));
+    float *p[2], *l[2];
+    for (int i = 0; i < N; i++) memcpy(xs + (size_t)i * per, x.data + (size_t)src[i] * per, per * sizeof(float));
+    int prev = threads_get();
+    for (int run = 0; run < 2; run++) {  // run 0: one thread, whole batch; run 1: two threads, split
+        p[run] = malloc((size_t)N * INCEPTION_FEATURES * sizeof(float));
+        l[run] = malloc((size_t)N * INCEPTION_CLASSES * sizeof(float));
+        threads_set(run ? 2 : 1);
+        Err e = {0};
+        size_t used = c->arena.used;
+        if (inception_forward(net, c, xs, N, H, W, p[run], l[run], NULL, NULL, NULL, &e)) print_error("%s\n", e.msg);
+        assert_int_equal(e.code, 0);
+        assert_int_equal(c->arena.used, used);
+    }
+    threads_set(prev);
+    for (int i = 0; i < N; i++) {
+        assert_rel_l2(p[1] + (size_t)i * INCEPTION_FEATURES, pool.data + (size_t)src[i] * INCEPTION_FEATURES,
+                      INCEPTION_FEATURES, TOL_OUT);
+        assert_rel_l2(l[1] + (size_t)i * INCEPTION_CLASSES, logits.data + (size_t)src[i] * INCEPTION_CLASSES,
+                      INCEPTION_CLASSES, TOL_OUT);
+    }
+    double d = rel_l2(p[1], p[0], (size_t)N * INCEPTION_FEATURES);
+    print_message("split (3 parts, 2 threads) vs whole batch (1 thread): pool3 rel L2 %.3g\n", d);
+    if (gemm_kernel_get() == GEMM_KERNEL_AVX512) {
+        assert_memory_equal(p[1], p[0], (size_t)N * INCEPTION_FEATURES * sizeof(float));
+        assert_memory_equal(l[1], l[0], (size_t)N * INCEPTION_CLASSES * sizeof(float));
+    } else {
+        assert_true(d <= 1e-6);
+    }
+    for (int run = 0; run < 2; run++) {
+        free(p[run]);
+        free(l[run]);
+    }
+    free(xs);
+    npy_free(&x);
+    npy_free(&pool);
+    npy_free(&logits);
+}
+
 static void test_inception_parity(void **state) {
     if (!fixture_present()) {
         print_message("skipped: fixture not present (%s)\n", FIXTURE_DIR);
@@ -111,6 +164,7 @@ static void test_inception_parity(void **state) {
     assert_int_equal(ctx_init(&c, (size_t)8 << 30, &e), 0);
     check_case(net, &c, "x299.npy", "pool3_299.npy", "logits_299.npy", 1);
     check_case(net, &c, "x32.npy", "pool3_32.npy", "logits_32.npy", 0);
+    check_split(net, &c);
     print_message("peak arena %.1f MiB for 2 images\n", c.arena.peak / 1048576.0);
     ctx_free(&c);
     inception_free(net);
