@@ -116,7 +116,7 @@ import ctypes, os, sys
 lib = ctypes.CDLL(sys.argv[1])
 lib.openblas_get_config.restype = lib.openblas_get_corename.restype = ctypes.c_char_p
 print('effdm BLAS: %s (%s), %s, kernels %s (OPENBLAS_CORETYPE=%s); effdm runs it single-threaded inside its own '
-      'OpenMP GEMM tiles' % (sys.argv[1], os.path.realpath(sys.argv[1]), lib.openblas_get_config().decode(),
+      'OpenMP GEMM tiles when its FP32 GEMM kernel (below) is blas' % (sys.argv[1], os.path.realpath(sys.argv[1]), lib.openblas_get_config().decode(),
                              lib.openblas_get_corename().decode(), os.environ.get('OPENBLAS_CORETYPE', 'unset')))
 EOF
 
