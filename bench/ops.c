@@ -3,6 +3,7 @@
    on the same threads.
 
        ./build/bench/ops --threads 2 [--seconds 1]
+       ./build/bench/ops --threads 1 --gemm     # the FP32 GEMM kernels side by side
 
    It restarts itself once with effdm's OpenMP spin setting (util/threads.h); the header
    line says which policy ran.
@@ -531,16 +532,88 @@ static void bench_group_norm(int N, int C, int HW, int G, Rng *rng) {
 #endif
 }
 
+/* ---- --gemm: the FP32 GEMM kernels side by side ---------------------------------- */
+
+typedef struct {
+    int ta, tb, M, N, K;
+    const float *A, *B;
+    float *C;
+} GemmArgs;
+
+static void gemm_body(void *u) {
+    GemmArgs *g = u;
+    gemm_rm(g->ta, g->tb, g->M, g->N, g->K, 1.0f, g->A, g->ta ? g->M : g->K, g->B, g->tb ? g->K : g->N, 0.0f, g->C,
+            g->N);
+}
+
+// gemm_rm of one shape with each kernel this CPU runs, rounds interleaved, medians; the
+// kernels' results are compared first (float rounding apart: relative L2 < 1e-5).
+static void bench_gemm_shape(const char *what, int ta, int tb, int M, int N, int K, Rng *r) {
+    GemmArgs g = {ta, tb, M, N, K, NULL, NULL, NULL};
+    float *A = malloc((size_t)M * K * sizeof(float)), *B = malloc((size_t)K * N * sizeof(float));
+    float *C[2] = {malloc((size_t)M * N * sizeof(float)), malloc((size_t)M * N * sizeof(float))};
+    if (!A || !B || !C[0] || !C[1]) die("gemm", "out of memory");
+    rng_normal_fill(r, A, (size_t)M * K);
+    rng_normal_fill(r, B, (size_t)K * N);
+    g.A = A;
+    g.B = B;
+    int nk = gemm_kernel_supported(GEMM_KERNEL_AVX512) ? 2 : 1;
+    double t[2][ROUNDS];
+    for (int k = 0; k < nk; k++) {
+        gemm_kernel_set((GemmKernel)k);
+        g.C = C[k];
+        gemm_body(&g);
+    }
+    if (nk == 2 && bench_rel_l2(C[1], C[0], (size_t)M * N) > 1e-5) die("gemm", "avx512 and blas results differ");
+    for (int i = 0; i < ROUNDS; i++)
+        for (int k = 0; k < nk; k++) {
+            gemm_kernel_set((GemmKernel)k);
+            g.C = C[k];
+            t[k][i] = bench_time(gemm_body, &g, g_seconds / ROUNDS);
+        }
+    double flop = 2.0 * M * N * K, gf[2];
+    for (int k = 0; k < nk; k++) gf[k] = flop / median(t[k], ROUNDS) * 1e-9;
+    printf("gemm  %-30s %5d x %5d x %5d  %c%c  blas %6.1f GFLOP/s", what, M, N, K, ta ? 'T' : 'N', tb ? 'T' : 'N',
+           gf[0]);
+    if (nk == 2) printf("  avx512 %6.1f GFLOP/s  ratio %.2f", gf[1], gf[1] / gf[0]);
+    printf("  thr=%d\n", threads_get());
+    free(A);
+    free(B);
+    free(C[0]);
+    free(C[1]);
+}
+
+static void bench_gemm(Rng *r) {
+    printf("FP32 GEMM kernels, gemm_rm: blas = OpenBLAS %s kernels (single-threaded per tile), avx512 = effdm's own\n",
+           openblas_get_corename());
+    bench_gemm_shape("teacher conv 32 ch, 8x8 x32", 0, 0, 32, 2048, 288, r);
+    bench_gemm_shape("teacher conv 64 ch, 4x4 x32", 0, 0, 64, 512, 576, r);
+    bench_gemm_shape("step conv, 1 image 8x8 x2", 0, 0, 64, 128, 576, r);
+    bench_gemm_shape("step conv dW (dY col^T)", 0, 1, 64, 576, 128, r);
+    bench_gemm_shape("step conv dcol (W^T dY)", 1, 0, 576, 128, 64, r);
+    bench_gemm_shape("linear 4096 x 512 -> 512", 0, 1, 4096, 512, 512, r);
+    bench_gemm_shape("Inception 147x147 conv", 0, 0, 32, 21609, 288, r);
+    bench_gemm_shape("LDM 32x32 conv, 320 ch", 0, 0, 320, 1024, 2880, r);
+    bench_gemm_shape("square", 0, 0, 1024, 1024, 1024, r);
+    gemm_kernel_set(gemm_kernel_supported(GEMM_KERNEL_AVX512) ? GEMM_KERNEL_AVX512 : GEMM_KERNEL_BLAS);
+}
+
 static void usage(void) {
-    fprintf(stderr, "usage: ops [--threads N] [--seconds S]\n"
+    fprintf(stderr, "usage: ops [--threads N] [--seconds S] [--gemm]\n"
                     "  --threads N   OpenMP and OpenBLAS threads (default: EFFDM_THREADS or all cores)\n"
-                    "  --seconds S   minimum timing per measurement (default 1)\n");
+                    "  --seconds S   minimum timing per measurement (default 1)\n"
+                    "  --gemm        only the FP32 GEMM kernels (OpenBLAS, effdm's AVX-512) on the UNet's,\n"
+                    "                the step's and Inception's shapes\n");
 }
 
 int main(int argc, char **argv) {
     threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
-    int threads = 0;
+    int threads = 0, gemm_only = 0;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--gemm")) {
+            gemm_only = 1;
+            continue;
+        }
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             char *end;
             long v = strtol(argv[++i], &end, 10);
@@ -572,6 +645,10 @@ int main(int argc, char **argv) {
            spin ? spin : "(default)", flags);
     Rng rng;
     rng_seed(&rng, 2024, 0);
+    if (gemm_only) {
+        bench_gemm(&rng);
+        return 0;
+    }
     bench_conv(8, 64, 32, 3, &rng);
     bench_conv(8, 128, 16, 3, &rng);
     bench_conv(16, 64, 8, 3, &rng);  // the small teacher's 8x8 latents: one GEMM per group
