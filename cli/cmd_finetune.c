@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "autograd/profile.h"
 #include "cli/cli.h"
 #include "cli/commands.h"
@@ -274,6 +275,11 @@ int cmd_finetune(int argc, char **argv) {
         fprintf(stderr, "effdm finetune: note: the run was computed on %d MPI rank%s, it continues on %d: the result "
                 "is the same (the trajectories of a step are split among the ranks, their gradients summed in a "
                 "fixed order)\n", saved_ranks, saved_ranks == 1 ? "" : "s", world);
+    const char *saved_gemm = trainer_saved_fp_gemm(tr), *gemm = gemm_kernel_name(gemm_kernel_get());
+    if (talk && saved_gemm && strcmp(saved_gemm, gemm) && epoch < rc.train.epochs)
+        fprintf(stderr, "effdm finetune: note: the run was computed with the %s FP32 GEMM kernel, it continues with "
+                "%s: correct, but not bit-identical to an uninterrupted run (EFFDM_SGEMM=%s keeps the bits)\n",
+                saved_gemm, gemm, saved_gemm);
     if (talk) progress_start(&v.bar, "finetune", (long)(total - v.first));
     install_handlers();
     TrainerHooks h = {.on_step = on_step, .on_val = on_val, .on_note = on_note, .on_checkpoint = on_checkpoint,

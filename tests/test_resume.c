@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "io/fileio.h"
 #include "io/weights.h"
 #include "test_trainer_fixture.h"
@@ -179,6 +180,24 @@ static void assert_same_run(const char *dir, const Rec *rec) {
     free(pb);
 }
 
+// state.json names the FP32 GEMM kernel the run computed with (finetune --resume compares it
+// with the current one and says when the bits cannot be kept).
+static void assert_state_json_kernel(const char *dir) {
+    char path[256], want[64];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    snprintf(want, sizeof want, "\"fp_gemm\": \"%s\"", gemm_kernel_name(gemm_kernel_get()));
+    unsigned char *buf;
+    size_t n;
+    Err e = {0};
+    if (file_read_all(path, &buf, &n, &e)) fail_msg("%s", e.msg);
+    char *txt = malloc(n + 1);
+    memcpy(txt, buf, n);
+    txt[n] = 0;
+    if (!strstr(txt, want)) fail_msg("%s: no %s in %s", path, want, txt);
+    free(txt);
+    free(buf);
+}
+
 static void resume_after(int64_t k) {
     char dir[64];
     snprintf(dir, sizeof dir, "/tmp/effdm_test_resume_k_XXXXXX");
@@ -187,6 +206,7 @@ static void resume_after(int64_t k) {
     Rec rec = {.stop_at = k};
     assert_int_equal(run_dir(dir, &rec), ERR_INTERRUPTED);
     assert_int_equal(rec.n, (int)k);
+    assert_state_json_kernel(dir);
     rec.stop_at = 0;
     rec.stop = 0;
     // a new Trainer, from the files alone, on another thread count (the reference ran 2)

@@ -23,7 +23,9 @@
    only what the computation determines, so runs on any thread or MPI rank count write the
    same bytes (cmp them). What the machine determines goes beside it, in state.json, written
    right after it: {"seconds": training seconds so far, "ranks": MPI ranks, "threads": threads
-   per rank} (informational; a missing or unreadable state.json means 0 s and 1 rank). States
+   per rank, "fp_gemm": the FP32 GEMM kernel, autograd/ops/gemm_util.h} (informational; a
+   missing or unreadable state.json means 0 s and 1 rank; resuming with another FP32 GEMM
+   kernel is correct but not bit-identical, and finetune says so). States
    of older versions hold train.seconds F64 (1) themselves, and it is read.
    A calibrated run directory's state.safetensors has the q.* tensors only: fine-tuning
    starts from it.
@@ -42,6 +44,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "autograd/ops/gemm_util.h"
 #include "io/dtype.h"
 #include "io/fileio.h"
 #include "io/safetensors.h"
@@ -138,9 +141,9 @@ int run_state_save(Trainer *tr, Err *e) {
     state_path(tr, "state.safetensors", path, sizeof path);
     keep_previous(tr);
     if ((rc = st_write(&w, path, e))) goto done;
-    char json[160];
-    int n = snprintf(json, sizeof json, "{\"seconds\": %.3f, \"ranks\": %d, \"threads\": %d}\n", tr->seconds,
-                     tr->world, threads_get());
+    char json[200];
+    int n = snprintf(json, sizeof json, "{\"seconds\": %.3f, \"ranks\": %d, \"threads\": %d, \"fp_gemm\": \"%s\"}\n",
+                     tr->seconds, tr->world, threads_get(), gemm_kernel_name(gemm_kernel_get()));
     state_path(tr, "state.json", path, sizeof path);
     AtomicFile af;
     if (!(rc = atomic_open(&af, path, e))) {
@@ -276,6 +279,7 @@ static void read_state_json(Trainer *tr) {
     state_path(tr, "state.json", path, sizeof path);
     tr->seconds = 0;
     tr->saved_ranks = 1;
+    tr->saved_fp_gemm[0] = '\0';
     unsigned char *buf;
     size_t n;
     Err ignored = {0};
@@ -286,6 +290,8 @@ static void read_state_json(Trainer *tr) {
     const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(j, "ranks");
     if (cJSON_IsNumber(sec) && isfinite(sec->valuedouble) && sec->valuedouble >= 0) tr->seconds = sec->valuedouble;
     if (cJSON_IsNumber(ranks) && ranks->valueint >= 1) tr->saved_ranks = ranks->valueint;
+    const cJSON *gemm = cJSON_GetObjectItemCaseSensitive(j, "fp_gemm");
+    if (cJSON_IsString(gemm)) snprintf(tr->saved_fp_gemm, sizeof tr->saved_fp_gemm, "%s", gemm->valuestring);
     cJSON_Delete(j);
 }
 

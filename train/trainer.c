@@ -309,6 +309,10 @@ void trainer_position(const Trainer *tr, int *epoch, int *step) {
 int trainer_steps_per_epoch(const Trainer *tr) { return tr->S; }
 int trainer_resumed(const Trainer *tr) { return tr->resumed; }
 int trainer_saved_ranks(const Trainer *tr) { return tr->resumed ? tr->saved_ranks : 0; }
+
+const char *trainer_saved_fp_gemm(const Trainer *tr) {
+    return tr->resumed && tr->saved_fp_gemm[0] ? tr->saved_fp_gemm : NULL;
+}
 int trainer_failure_shared(const Trainer *tr) { return tr->failure_shared; }
 const char *trainer_open_note(const Trainer *tr) { return tr->open_note[0] ? tr->open_note : NULL; }
 Ldm *trainer_ldm(Trainer *tr) { return tr->m; }

@@ -180,6 +180,9 @@ int trainer_steps_per_epoch(const Trainer *tr);
 int trainer_resumed(const Trainer *tr);
 // MPI ranks of the run that wrote the opened state (0: not a run in progress).
 int trainer_saved_ranks(const Trainer *tr);
+// The FP32 GEMM kernel (gemm_kernel_name) the opened run in progress was computed with, as
+// its state.json recorded it; NULL when not a run in progress or not recorded.
+const char *trainer_saved_fp_gemm(const Trainer *tr);
 // 1 when trainer_run's error came from a step's exchange, so every MPI rank returned it
 // (print it once); 0 when only this rank saw it.
 int trainer_failure_shared(const Trainer *tr);

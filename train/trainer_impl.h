@@ -103,6 +103,7 @@ struct Trainer {
     float last_loss;
     int resumed;                // the opened state was a run in progress
     int saved_ranks;            // effdm.ranks of the opened state (1 when not recorded)
+    char saved_fp_gemm[16];     // state.json's fp_gemm: the FP32 GEMM kernel of the run so far ("": not recorded)
     int failure_shared;         // the last error came from a step's exchange: every rank has it
     char open_note[800];        // run_state_load fell back to state.prev.safetensors: why (else empty)
     int ran;                    // trainer_run was called before (the log holds this run's rows)
