@@ -17,6 +17,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,21 +30,59 @@
 #define MC 144   // rows of one packed A block: 144 kB (L2)
 #define NC 1024  // columns of one packed B block: 1 MB (L2 / L3)
 
-// Per-thread pack buffers, allocated on a thread's first call and kept: the hot loop
-// never allocates. (Thread-local arrays of this size would sit in every thread's stack.)
-static _Thread_local float *t_pack_a, *t_pack_b;
+/* Per-thread pack buffers, allocated on a thread's first call and kept: the hot loop never
+   allocates. (Thread-local arrays of this size would sit in every thread's stack.) A thread's
+   buffers are freed when it exits (a pthread key's destructor); until then they also hang
+   from a global list, so leak checkers see them reachable from any thread. */
+typedef struct PackBufs {
+    float *a, *b;
+    struct PackBufs *prev, *next;
+} PackBufs;
 
-static int pack_buffers(void) {
-    if (t_pack_a) return 1;
-    float *a = aligned_alloc(64, sizeof(float) * MC * KC), *b = aligned_alloc(64, sizeof(float) * KC * NC);
-    if (!a || !b) {
-        free(a);
-        free(b);
-        return 0;
+static pthread_key_t g_pack_key;
+static pthread_once_t g_pack_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_pack_mu = PTHREAD_MUTEX_INITIALIZER;
+static PackBufs *g_pack_list;
+static int g_pack_key_ok;
+
+static void pack_free(void *v) {
+    PackBufs *p = v;
+    pthread_mutex_lock(&g_pack_mu);
+    if (p->prev) p->prev->next = p->next;
+    else g_pack_list = p->next;
+    if (p->next) p->next->prev = p->prev;
+    pthread_mutex_unlock(&g_pack_mu);
+    free(p->a);
+    free(p->b);
+    free(p);
+}
+
+static void pack_key_init(void) { g_pack_key_ok = pthread_key_create(&g_pack_key, pack_free) == 0; }
+
+static PackBufs *pack_buffers(void) {
+    pthread_once(&g_pack_once, pack_key_init);
+    if (!g_pack_key_ok) return NULL;
+    PackBufs *p = pthread_getspecific(g_pack_key);
+    if (p) return p;
+    p = calloc(1, sizeof *p);
+    if (p) {
+        p->a = aligned_alloc(64, sizeof(float) * MC * KC);
+        p->b = aligned_alloc(64, sizeof(float) * KC * NC);
     }
-    t_pack_a = a;
-    t_pack_b = b;
-    return 1;
+    if (!p || !p->a || !p->b || pthread_setspecific(g_pack_key, p)) {
+        if (p) {
+            free(p->a);
+            free(p->b);
+        }
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_lock(&g_pack_mu);
+    p->next = g_pack_list;
+    if (g_pack_list) g_pack_list->prev = p;
+    g_pack_list = p;
+    pthread_mutex_unlock(&g_pack_mu);
+    return p;
 }
 
 AVX512_INLINE __mmask16 first_lanes(int n) {
@@ -178,8 +217,9 @@ AVX512 static void micro_12x32(int kc, const float *restrict a, const float *res
 
 int sgemm_avx512_tile(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc) {
-    if (!pack_buffers()) return 0;
-    float *pa = t_pack_a, *pb = t_pack_b;
+    PackBufs *bufs = pack_buffers();
+    if (!bufs) return 0;
+    float *pa = bufs->a, *pb = bufs->b;
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
         for (int pc = 0; pc < K; pc += KC) {
