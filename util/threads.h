@@ -1,6 +1,7 @@
 /* threads.h: the single thread-count setting. OpenMP threads every loop, GEMMs included
-   (gemm_rm cuts a GEMM into tiles by its shape alone and runs each as a single-threaded
-   OpenBLAS call), so every result is bit-identical for any thread count.
+   (gemm_rm cuts a GEMM into parts whose sums do not depend on the cut, each part one
+   single-threaded kernel call: OpenBLAS or effdm's AVX-512 kernel, autograd/ops/gemm_util.h),
+   so every result is bit-identical for any thread count.
    The CLI calls threads_set once (from --threads, else EFFDM_THREADS, else all cores);
    nothing else touches thread counts. */
 #ifndef EFFDM_THREADS_H

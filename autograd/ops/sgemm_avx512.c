@@ -11,8 +11,10 @@
    panels, op(A) in MC x KC blocks of 12-row panels (the transposes are taken in the
    packing, so the four cases share one kernel), and a 12 x 32 micro-tile of C lives in 24
    zmm registers while KC rank-1 updates go by: per k, two loads of B and 12 broadcasts of
-   A feed 24 FMAs. Partial tiles are zero-padded in the packs and stored with masks. The
-   order of the sums depends on (M, N, K) only, so the result is the same on every run. */
+   A feed 24 FMAs. Partial tiles are zero-padded in the packs and stored with masks. Each
+   element of C is summed over k in the same order (depth blocks of KC from k = 0, one lane
+   of one accumulator) whatever M, N or the tile it sits in: gemm_rm may cut a product any
+   way (per thread) and the result is still the same bits. */
 #include "autograd/ops/gemm_util.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
