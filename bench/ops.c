@@ -595,7 +595,6 @@ static void bench_gemm(Rng *r) {
     bench_gemm_shape("Inception 147x147 conv", 0, 0, 32, 21609, 288, r);
     bench_gemm_shape("LDM 32x32 conv, 320 ch", 0, 0, 320, 1024, 2880, r);
     bench_gemm_shape("square", 0, 0, 1024, 1024, 1024, r);
-    gemm_kernel_set(gemm_kernel_supported(GEMM_KERNEL_AVX512) ? GEMM_KERNEL_AVX512 : GEMM_KERNEL_BLAS);
 }
 
 static void usage(void) {

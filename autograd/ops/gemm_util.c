@@ -107,9 +107,14 @@ static void gemm_tile(int trans_a, int trans_b, int M, int N, int K, float alpha
    the thread count: one part per thread along the longer side, in whole micro-tiles, and
    one call for the whole product on one thread or inside a parallel region. Bits are the
    same for any cut. */
+// Cuts at whole micro-tiles of the AVX-512 kernel (12 rows x 32 columns): any cut gives the
+// same bits, these waste no lanes.
+#define OWN_CUT_ROWS 12
+#define OWN_CUT_COLS 32
+
 static void gemm_rm_own(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc) {
-    int along_n = N >= M, len = along_n ? N : M, align = along_n ? 32 : 12;
+    int along_n = N >= M, len = along_n ? N : M, align = along_n ? OWN_CUT_COLS : OWN_CUT_ROWS;
     size_t work = (size_t)M * (size_t)N * (size_t)K, parts = work / GEMM_TILE_WORK;
     size_t threads = omp_in_parallel() ? 1 : (size_t)omp_get_max_threads();
     if (parts > threads) parts = threads;
@@ -133,9 +138,15 @@ static void gemm_rm_own(int trans_a, int trans_b, int M, int N, int K, float alp
             c = C + (size_t)s0 * ldc;
             m = s1 - s0;
         }
-        if (!sgemm_avx512_tile(trans_a, trans_b, m, n, K, alpha, a, lda, b, ldb, beta, c, ldc))
+        if (!sgemm_avx512_tile(trans_a, trans_b, m, n, K, alpha, a, lda, b, ldb, beta, c, ldc)) {
+            // no memory for this thread's pack buffers: OpenBLAS computes the part (same values,
+            // other rounding), and the user is told once
+            static _Atomic int told;
+            if (!told++) fprintf(stderr, "effdm: note: out of memory for the AVX-512 GEMM's pack buffers: "
+                                         "OpenBLAS computes those products (results not bit-identical)\n");
             cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m,
                         n, K, alpha, a, lda, b, ldb, beta, c, ldc);
+        }
     });
 }
 

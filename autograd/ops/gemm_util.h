@@ -40,7 +40,8 @@ GemmKernel gemm_kernel_get(void);
 void gemm_kernel_set(GemmKernel k);  // tests and benches: k must be supported
 
 // One tile with the AVX-512 kernel; returns 0 when its pack buffers cannot be allocated
-// (gemm_rm then uses cblas_sgemm for the tile) or the build has no x86 kernel.
+// (gemm_rm then uses cblas_sgemm for the tile, with a note on stderr) or the build has no
+// x86 kernel.
 int sgemm_avx512_tile(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc);
 int sgemm_avx512_supported(void);
