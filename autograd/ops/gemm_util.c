@@ -1,4 +1,5 @@
-/* gemm_util.c: the cblas_sgemm wrapper and the deterministic bias-gradient sums. */
+/* gemm_util.c: gemm_rm (the FP32 GEMM kernel pick and the cut of a product over the threads)
+   and the deterministic bias-gradient sums. */
 #include "autograd/ops/gemm_util.h"
 
 #include <cblas.h>

@@ -4,10 +4,14 @@
        gemm_rm(0, 1, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);   // y (M,N) = x (M,K) w^T
        gemm_colsum_add(db, dy, rows, N);                       // db[j] += sum_r dy[r][j]
 
-   gemm_rm's result does not depend on the thread count: it cuts C into tiles by the shape
-   alone and spreads them over the OpenMP threads (each tile one single-thread kernel call:
-   OpenBLAS, or effdm's AVX-512 kernel, see GemmKernel). Inside
-   an OpenMP parallel region it runs the same tiles in order. Row-major only.
+   gemm_rm's result does not depend on the thread count. It cuts C into parts, each one
+   single-thread kernel call (GemmKernel), and spreads them over the OpenMP threads (inside
+   a parallel region they run in order on the calling thread):
+   - OpenBLAS rounds a part differently for different part shapes, so its cut (tiles)
+     depends on the shape alone;
+   - effdm's AVX-512 kernel sums each element the same way whatever the cut, so its cut
+     follows the thread count (one part per thread, one call inside a parallel region).
+   Row-major only.
 */
 #ifndef EFFDM_GEMM_UTIL_H
 #define EFFDM_GEMM_UTIL_H
