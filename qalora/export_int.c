@@ -809,14 +809,13 @@ static Tensor *int_conv_token_bytap(Ctx *c, ModelLayer *l, ExportLayer *q, Tenso
     return y;
 }
 
-/* One output row of int_conv_token: the kernel's row Yr (P positions), then the side entries:
+/* The side entries of one output row of int_conv_token (P positions of yr, already the kernel's):
    y += coef Δ_src (a - z_src), the centred levels (s8) at A's bytes (group kpos/4, byte kpos%4)
    of the image's columns and Δ_src the tap's row of E (Ag, Eg: from the image's first column
    on, n columns a group / tap). */
-FASTMATH_CLONES static void conv_token_out(float *restrict yr, const float *restrict Yr, size_t P,
-                                           const int8_t *restrict Ag, const float *restrict Eg, size_t n,
-                                           const int32_t *kpos, const float *coef, int n_side, int cp) {
-    memcpy(yr, Yr, P * sizeof(float));
+FASTMATH_CLONES static void conv_token_side(float *restrict yr, size_t P, const int8_t *restrict Ag,
+                                            const float *restrict Eg, size_t n, const int32_t *kpos, const float *coef,
+                                            int n_side, int cp) {
     for (int k = 0; k < n_side; k++) {
         size_t kp = (size_t)kpos[k];
         // byte kp % 4 of each column's word, sign-extended (as conv_row)
@@ -828,20 +827,6 @@ FASTMATH_CLONES static void conv_token_out(float *restrict yr, const float *rest
     }
 }
 
-/* The levels of n images (planes of ld bytes, C channels of HW pixels) minus their pixel's zero
-   point, in place, as s8; T[g HW + p] = Σ_c (q - z) over the pixel's channels. */
-FASTMATH_CLONES static void center_image(uint8_t *xq, int32_t *T, const float *zpix, size_t C, size_t HW) {
-    for (size_t p = 0; p < HW; p++) T[p] = 0;
-    for (size_t ci = 0; ci < C; ci++) {
-        uint8_t *r = xq + ci * HW;
-        for (size_t p = 0; p < HW; p++) {
-            int32_t v = (int32_t)r[p] - (int32_t)zpix[p];
-            r[p] = (uint8_t)(int8_t)v;
-            T[p] += v;
-        }
-    }
-}
-
 /* A per-token conv (token_quant.h): every input pixel has its own (Δ, z), which do not factor out
    of im2col's columns (a column mixes kh kw pixels). So the columns hold the levels minus their
    pixel's zero point (s8, 0 at padding) and int_gemm_taps keeps each tap's sum exact in int32,
@@ -849,29 +834,26 @@ FASTMATH_CLONES static void center_image(uint8_t *xq, int32_t *T, const float *z
        y[o, j] = bias[o] + Δ_w[o] Σ_tap Δ_src (Σ_c (w_s8 - zoff)(a - z_src))
    where Σ_c (w_s8 - zoff)(a - z) = Σ_c (w_s8 + 128)(a - z) - (128 + zoff) T_src, T the pixel's
    Σ_c (a - z): the kernel's u8 weights w_u8, kz = 128 + zoff and Z = -T. Side-table entries add
-   coef Δ_src (a - z_src) at their tap. */
+   coef Δ_src (a - z_src) at their tap. The centred levels come 4 channels to a word in one pass
+   (token_quant_words) and the kernel writes y's (N, cout, P) layout itself. */
 static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
     if (!q->w_u8) return int_conv_token_bytap(c, l, q, x, entry);
     int Ho, Wo;
     if (conv_out_size(c, l, q, x, &Ho, &Wo)) return NULL;
     int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     int kh = q->kh, kw = q->kw, s = l->stride, p = l->pad, C4 = q->cp / 4, co = q->cout, taps = kh * kw;
-    size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W, ldq = (size_t)q->cp * HW;
+    size_t P = (size_t)Ho * Wo, n = (size_t)N * P, HW = (size_t)H * W;
     Tensor *y = tensor_new4(c, N, co, Ho, Wo);
     if (!y) return NULL;
     size_t mark = arena_mark(&c->arena);
-    uint8_t *xq = ctx_alloc(c, (size_t)N * ldq), *x4 = ctx_alloc(c, (size_t)N * ldq);
+    uint32_t *x4 = ctx_alloc(c, (size_t)N * C4 * HW * sizeof(uint32_t));
     uint8_t *A = ctx_alloc(c, (size_t)q->K4 * 4 * n);
     float *dpix = ctx_alloc(c, 2 * (size_t)N * HW * sizeof(float)), *zpix = dpix ? dpix + (size_t)N * HW : NULL;
     int32_t *T = ctx_alloc(c, (size_t)N * HW * sizeof(int32_t)), *Z = ctx_alloc(c, (size_t)taps * n * sizeof(int32_t));
-    float *E = ctx_alloc(c, (size_t)taps * n * sizeof(float)), *Y = ctx_alloc(c, (size_t)co * n * sizeof(float));
-    if (!xq || !x4 || !A || !dpix || !T || !Z || !E || !Y) return NULL;
-    token_quant_levels(xq, ldq, dpix, zpix, x->data, (size_t)N, (size_t)C, HW, q->aq.delta.data[entry], q->a_bits);
-    PAR_FOR(schedule(static), N > 1 && (size_t)N * ldq >= GEMM_OMP_MIN_WORK,
-    for (int g = 0; g < N; g++) center_image(xq + (size_t)g * ldq, T + (size_t)g * HW, zpix + (size_t)g * HW,
-                                             (size_t)C, HW););
-    interleave4(x4, xq, N * C4, HW);
-    im2col_words((uint32_t *)(void *)A, n, (const uint32_t *)(const void *)x4, N, C4, H, W, kh, kw, s, p, Ho, Wo, 0);
+    float *E = ctx_alloc(c, (size_t)taps * n * sizeof(float));
+    if (!x4 || !A || !dpix || !T || !Z || !E) return NULL;
+    token_quant_words(x4, T, dpix, zpix, x->data, (size_t)N, (size_t)C, HW, q->aq.delta.data[entry], q->a_bits);
+    im2col_words((uint32_t *)(void *)A, n, x4, N, C4, H, W, kh, kw, s, p, Ho, Wo, 0);
     // per tap and column: the step of the pixel it read and minus its level sum (0 at padding)
     PAR_FOR(schedule(static) collapse(2), (size_t)taps * n >= GEMM_OMP_MIN_WORK / 4,
     for (int tap = 0; tap < taps; tap++)
@@ -891,16 +873,16 @@ static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, 
                 }
             }
         });
-    int_gemm_taps(q->model->kernel, Y, n, q->w_u8, (size_t)q->K4 * 4, q->kz, (const int8_t *)A, n, Z, E, n,
-                  q->w_iscale, l->bias.data, co, (int)n, taps, C4);
+    int_gemm_taps(q->model->kernel, y->data, P, (size_t)co * P, (int)P, q->w_u8, (size_t)q->K4 * 4, q->kz,
+                  (const int8_t *)A, n, Z, E, n, q->w_iscale, l->bias.data, co, (int)n, taps, C4);
     int ns = q->n_side;
-    PAR_FOR(schedule(static) collapse(2), (size_t)co * n >= GEMM_OMP_MIN_WORK,
-    for (int g = 0; g < N; g++)
-        for (int o = 0; o < co; o++)
-            conv_token_out(y->data + ((size_t)g * co + o) * P, Y + (size_t)o * n + (size_t)g * P, P,
-                           (const int8_t *)A + (size_t)g * P * 4, E + (size_t)g * P, n,
-                           ns ? q->side_kpos + (size_t)o * ns : NULL, ns ? q->side_coef + (size_t)o * ns : NULL, ns,
-                           q->cp););
+    if (ns)
+        PAR_FOR(schedule(static) collapse(2), (size_t)co * n >= GEMM_OMP_MIN_WORK,
+        for (int g = 0; g < N; g++)
+            for (int o = 0; o < co; o++)
+                conv_token_side(y->data + ((size_t)g * co + o) * P, P, (const int8_t *)A + (size_t)g * P * 4,
+                                E + (size_t)g * P, n, q->side_kpos + (size_t)o * ns, q->side_coef + (size_t)o * ns, ns,
+                                q->cp););
     arena_release(&c->arena, mark);
     return y;
 }

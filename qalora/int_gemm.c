@@ -107,17 +107,18 @@ void int_gemm_taps_ref(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, cons
     }
 }
 
-void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz,
-                   const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale,
-                   const float *bias, int M, int N, int taps, int G) {
-    int tn = (N + INT_TILE_N - 1) / INT_TILE_N, tm = (M + INT_TILE_M - 1) / INT_TILE_M;
+void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, size_t ldimg, int P, const uint8_t *Wu, size_t ldw,
+                   const int32_t *kz, const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde,
+                   const float *scale, const float *bias, int M, int N, int taps, int G) {
+    // tiles never cross an image: each image's P columns are cut alone
+    int tpi = (P + INT_TILE_N - 1) / INT_TILE_N, tn = N / P * tpi, tm = (M + INT_TILE_M - 1) / INT_TILE_M;
     size_t work = (size_t)M * N * (size_t)taps * G;
     PAR_FOR(schedule(static) collapse(2), work >= 4 * GEMM_OMP_MIN_WORK,
     for (int j = 0; j < tn; j++)
         for (int i = 0; i < tm; i++) {
-            int n0 = j * INT_TILE_N, m0 = i * INT_TILE_M;
-            int nn = N - n0 < INT_TILE_N ? N - n0 : INT_TILE_N, mm = M - m0 < INT_TILE_M ? M - m0 : INT_TILE_M;
-            float *y = Y + (size_t)m0 * ldy + n0;
+            int g = j / tpi, c0 = j % tpi * INT_TILE_N, n0 = g * P + c0, m0 = i * INT_TILE_M;
+            int nn = P - c0 < INT_TILE_N ? P - c0 : INT_TILE_N, mm = M - m0 < INT_TILE_M ? M - m0 : INT_TILE_M;
+            float *y = Y + (size_t)g * ldimg + (size_t)m0 * ldy + c0;
             const uint8_t *w = Wu + (size_t)m0 * ldw;
             const int8_t *a = A + (size_t)n0 * 4;
             const float *b = bias ? bias + m0 : NULL;

@@ -60,12 +60,15 @@ void int_lut_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, const float
    The operands' roles are int_gemm's swapped: Wu (M, ldw) u8 is the broadcast operand, A the
    s8 col4 operand (levels minus the pixel's zero point, int_conv_token), so amax bounds |A|:
    <= 64 keeps AVX2's maddubs pairs (2 * 255 * 64) inside s16; above it the kernel is not
-   available (int_gemm_taps_ok). E and Z are (taps, lde); bias may be NULL. */
+   available (int_gemm_taps_ok). E and Z are (taps, lde); bias may be NULL.
+   The N columns are images of P columns each (P divides N): column g P + i of row m is written
+   at Y[g ldimg + m ldy + i], so a conv's output lands in its (images, M, P) layout directly
+   (one image: P = N, ldimg unused). */
 // 1 when int_gemm_taps handles activations of magnitude up to amax.
 int int_gemm_taps_ok(int amax);
-void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz,
-                   const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale,
-                   const float *bias, int M, int N, int taps, int G);
+void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, size_t ldimg, int P, const uint8_t *Wu, size_t ldw,
+                   const int32_t *kz, const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde,
+                   const float *scale, const float *bias, int M, int N, int taps, int G);
 // The portable variant (single-threaded over the given tile), the reference of the tests.
 void int_gemm_taps_ref(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz, const int8_t *A,
                        size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale, const float *bias,

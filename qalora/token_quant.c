@@ -162,6 +162,46 @@ void token_quant_levels(uint8_t *q, size_t ldq, float *d, float *z, const float 
     });
 }
 
+// A level minus its token's zero point (NaN: level 0).
+static inline int32_t token_centred(float x, float d, float z, float L) {
+    float u = token_level(x, d, z, L);
+    return (int32_t)(u == u ? u : 0.0f) - (int32_t)z;
+}
+
+// token_quant_words' slice: channel c's s8 (level - z) into byte c % 4 of word row c / 4 (the
+// first channel of a word sets it, so pad bytes past C stay 0), its sum into T.
+FASTMATH_CLONES static void token_words_slice(uint32_t *w, int32_t *T, const float *x, size_t C, size_t inner,
+                                              const float *d, const float *z, float L) {
+    for (size_t p = 0; p < inner; p++) T[p] = 0;
+    for (size_t c = 0; c < C; c++) {
+        const float *xc = x + c * inner;
+        uint32_t *wc = w + c / 4 * inner, sh = 8 * (uint32_t)(c % 4);
+        if (sh == 0)
+            for (size_t p = 0; p < inner; p++) {
+                int32_t v = token_centred(xc[p], d[p], z[p], L);
+                T[p] += v;
+                wc[p] = (uint32_t)v & 0xffu;
+            }
+        else
+            for (size_t p = 0; p < inner; p++) {
+                int32_t v = token_centred(xc[p], d[p], z[p], L);
+                T[p] += v;
+                wc[p] |= ((uint32_t)v & 0xffu) << sh;
+            }
+    }
+}
+
+void token_quant_words(uint32_t *w, int32_t *T, float *d, float *z, const float *x, size_t outer, size_t C,
+                       size_t inner, float alpha, int bits) {
+    const float L = (float)((1 << bits) - 1);
+    size_t slice = C * inner, ldw = (C + 3) / 4 * inner;
+    PAR_FOR(schedule(static), outer > 1 && outer * slice >= TOKQ_OMP_MIN_WORK,
+    for (size_t o = 0; o < outer; o++) {
+        token_ranges(d + o * inner, z + o * inner, NULL, x + o * slice, C, inner, alpha, L);
+        token_words_slice(w + o * ldw, T + o * inner, x + o * slice, C, inner, d + o * inner, z + o * inner, L);
+    });
+}
+
 size_t token_quant_backward_scratch(size_t outer, size_t inner) {
     return outer * inner * (3 * sizeof(float) + sizeof(double));
 }

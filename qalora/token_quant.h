@@ -43,6 +43,12 @@ void token_quant_fake(float *y, const float *x, size_t outer, size_t C, size_t i
 // token_quant_fake's value bit for bit; and each token's Δ_t, z_t into d, z (outer·inner).
 void token_quant_levels(uint8_t *q, size_t ldq, float *d, float *z, const float *x, size_t outer, size_t C,
                         size_t inner, float alpha, int bits);
+// The per-token conv's operand (export_int.c int_conv_token) in one pass over x: each level minus
+// its token's z_t as s8, 4 channels to a 32-bit word (channel 4j + i in byte i, channels past C
+// 0): words (outer, ceil(C / 4), inner); T[o·inner + p] = Σ_c (level - z_t) over token p's
+// channels; d, z as token_quant_levels (a NaN's level is 0, as there).
+void token_quant_words(uint32_t *w, int32_t *T, float *d, float *z, const float *x, size_t outer, size_t C,
+                       size_t inner, float alpha, int bits);
 // The gradient of sum(q(x)·dy) in α (returned, double) and, dx != NULL, added into dx.
 // Scratch: 3 outer·inner floats and outer·inner doubles, or NULL (allocated here).
 double token_quant_backward(float *dx, const float *dy, const float *x, size_t outer, size_t C, size_t inner,

@@ -129,15 +129,18 @@ static void naive_taps(float *Y, const uint8_t *u, const int8_t *a, const int32_
         }
 }
 
-static void check_taps_case(int M, int N, int taps, int G, int amax, int with_bias, Rng *r) {
-    int K = taps * G * 4;
-    size_t ldw = (size_t)K + 4, lda = (size_t)N + 3, ldy = (size_t)N + 5;
+/* One case; the N columns are images of P columns (P divides N), each written at its own
+   place: row m of image g at Y + g ldimg + m ldy, ldy and ldimg past what they must be, so that
+   a write outside its image row shows in the sentinels. */
+static void check_taps_case(int M, int N, int P, int taps, int G, int amax, int with_bias, Rng *r) {
+    int K = taps * G * 4, imgs = N / P;
+    size_t ldw = (size_t)K + 4, lda = (size_t)N + 3, ldy = (size_t)P + 5, ldimg = (size_t)M * ldy + 7;
     uint8_t *u = malloc((size_t)M * K), *Wu = calloc((size_t)M * ldw, 1);
     int8_t *a = malloc((size_t)K * N), *A = calloc((size_t)K / 4 * lda * 4, 1);
     int32_t *kz = malloc((size_t)M * sizeof(int32_t)), *Z = malloc((size_t)taps * N * sizeof(int32_t));
     float *E = malloc((size_t)taps * N * sizeof(float)), *sc = malloc((size_t)M * sizeof(float));
     float *b = malloc((size_t)M * sizeof(float)), *ref = malloc((size_t)M * N * sizeof(float));
-    float *Y = malloc((size_t)M * ldy * sizeof(float));
+    float *Y = malloc((size_t)imgs * ldimg * sizeof(float));
     for (int m = 0; m < M; m++) {
         kz[m] = 128 + (int)rng_below(r, 17) - 8;
         sc[m] = 0.01f + 0.001f * (float)rng_below(r, 100);
@@ -159,15 +162,17 @@ static void check_taps_case(int M, int N, int taps, int G, int amax, int with_bi
     naive_taps(ref, u, a, kz, Z, E, sc, with_bias ? b : NULL, M, N, taps, G);
     for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
         if (!int_gemm_supported((IntGemmKind)kind)) continue;
-        for (size_t i = 0; i < (size_t)M * ldy; i++) Y[i] = -7.0f;
-        int_gemm_taps((IntGemmKind)kind, Y, ldy, Wu, ldw, kz, A, lda, Z, E, (size_t)N, sc, with_bias ? b : NULL, M,
-                      N, taps, G);
-        for (int m = 0; m < M; m++) {
-            if (memcmp(Y + (size_t)m * ldy, ref + (size_t)m * N, (size_t)N * sizeof(float)) != 0)
-                fail_msg("taps %s: M=%d N=%d taps=%d G=%d amax %d: row %d differs", int_gemm_name((IntGemmKind)kind),
-                         M, N, taps, G, amax, m);
-            assert_true(Y[(size_t)m * ldy + N] == -7.0f);  // nothing past the row's N columns
-        }
+        for (size_t i = 0; i < (size_t)imgs * ldimg; i++) Y[i] = -7.0f;
+        int_gemm_taps((IntGemmKind)kind, Y, ldy, ldimg, P, Wu, ldw, kz, A, lda, Z, E, (size_t)N, sc,
+                      with_bias ? b : NULL, M, N, taps, G);
+        for (int g = 0; g < imgs; g++)
+            for (int m = 0; m < M; m++) {
+                const float *yr = Y + (size_t)g * ldimg + (size_t)m * ldy;
+                if (memcmp(yr, ref + (size_t)m * N + (size_t)g * P, (size_t)P * sizeof(float)) != 0)
+                    fail_msg("taps %s: M=%d N=%d P=%d taps=%d G=%d amax %d: image %d row %d differs",
+                             int_gemm_name((IntGemmKind)kind), M, N, P, taps, G, amax, g, m);
+                for (size_t i = (size_t)P; i < ldy; i++) assert_true(yr[i] == -7.0f);  // nothing past P columns
+            }
     }
     free(u), free(Wu), free(a), free(A), free(kz), free(Z), free(E), free(sc), free(b), free(ref), free(Y);
 }
@@ -180,9 +185,13 @@ static void test_gemm_taps_variants(void **state) {
     const int shapes[][4] = {{1, 1, 1, 1}, {5, 7, 9, 1}, {13, 33, 9, 3}, {70, 130, 9, 8}, {33, 17, 1, 16},
                              {129, 300, 4, 5}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        check_taps_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 15, 1, &r);
-        check_taps_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 64, (int)i % 2, &r);
+        check_taps_case(shapes[i][0], shapes[i][1], shapes[i][1], shapes[i][2], shapes[i][3], 15, 1, &r);
+        check_taps_case(shapes[i][0], shapes[i][1], shapes[i][1], shapes[i][2], shapes[i][3], 64, (int)i % 2, &r);
     }
+    // images of P columns: below, at and across the 64-column tile, a tile edge mid-image
+    const int imgs[][3] = {{9, 3 * 16, 16}, {70, 4 * 49, 49}, {13, 2 * 64, 64}, {40, 3 * 100, 100}, {7, 5, 1}};
+    for (size_t i = 0; i < sizeof imgs / sizeof imgs[0]; i++)
+        check_taps_case(imgs[i][0], imgs[i][1], imgs[i][2], 9, 2, 15, (int)i % 2, &r);
     assert_true(int_gemm_taps_ok(63) && int_gemm_taps_ok(64) && !int_gemm_taps_ok(65));
 }
 

@@ -170,6 +170,39 @@ static void test_levels(void **state) {
     free(q);
 }
 
+// The per-token conv's word operand: byte c % 4 of word (c / 4, p) is channel c's level minus
+// z_t, and (byte) Δ_t is the forward's value bit for bit; bytes past C are 0; T sums the bytes.
+// C = 10 leaves a half-filled last word; a NaN's level is 0 (its byte -z_t).
+static void test_words(void **state) {
+    size_t outer = 3, C = 10, inner = 7, C4 = 3, n = outer * C * inner;
+    float *x = make_input(outer, C, inner, 17), *y = malloc(n * sizeof(float));
+    float *d = malloc(outer * inner * sizeof(float)), *z = malloc(outer * inner * sizeof(float));
+    uint32_t *w = malloc(outer * C4 * inner * sizeof(uint32_t));
+    int32_t *T = malloc(outer * inner * sizeof(int32_t));
+    memset(w, 0xAB, outer * C4 * inner * sizeof(uint32_t));
+    x[inner + 2] = NAN;  // image 0, channel 1, token 2
+    token_quant_fake(y, x, outer, C, inner, 0.9f, 4, NULL);
+    token_quant_words(w, T, d, z, x, outer, C, inner, 0.9f, 4);
+    for (size_t o = 0; o < outer; o++)
+        for (size_t p = 0; p < inner; p++) {
+            size_t t = o * inner + p;
+            int32_t sum = 0;
+            for (size_t c = 0; c < C4 * 4; c++) {
+                int v = (int8_t)(uint8_t)(w[(o * C4 + c / 4) * inner + p] >> (8 * (c % 4)));
+                if (c >= C) {
+                    assert_int_equal(v, 0);
+                    continue;
+                }
+                sum += v;
+                assert_true(v + z[t] >= 0.0f && v + z[t] <= 15.0f);
+                if (o == 0 && c == 1 && p == 2) assert_true((float)v == -z[t]);
+                else assert_true((float)v * d[t] == y[(o * C + c) * inner + p]);
+            }
+            assert_int_equal(T[t], sum);
+        }
+    free(x), free(y), free(d), free(z), free(w), free(T);
+}
+
 // (N, C, H, W) against the same tokens as rows of a linear input (N·H·W, C).
 static void test_layouts(void **state) {
     size_t N = 2, C = 12, P = 10, n = N * C * P;
@@ -310,6 +343,7 @@ static void test_layer_refuses_kind(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference), cmocka_unit_test(test_error_bound), cmocka_unit_test(test_levels),
+        cmocka_unit_test(test_words),
         cmocka_unit_test(test_layouts),
         cmocka_unit_test(test_op_threads), cmocka_unit_test(test_op_refusals), cmocka_unit_test(test_fit),
         cmocka_unit_test(test_layer_refuses_kind),
