@@ -809,24 +809,6 @@ static Tensor *int_conv_token_bytap(Ctx *c, ModelLayer *l, ExportLayer *q, Tenso
     return y;
 }
 
-/* The side entries of one output row of int_conv_token (P positions of yr, already the kernel's):
-   y += coef Δ_src (a - z_src), the centred levels (s8) at A's bytes (group kpos/4, byte kpos%4)
-   of the image's columns and Δ_src the tap's row of E (Ag, Eg: from the image's first column
-   on, n columns a group / tap). */
-FASTMATH_CLONES static void conv_token_side(float *restrict yr, size_t P, const int8_t *restrict Ag,
-                                            const float *restrict Eg, size_t n, const int32_t *kpos, const float *coef,
-                                            int n_side, int cp) {
-    for (int k = 0; k < n_side; k++) {
-        size_t kp = (size_t)kpos[k];
-        // byte kp % 4 of each column's word, sign-extended (as conv_row)
-        const uint32_t *col = (const uint32_t *)(const void *)Ag + (kp / 4) * n;
-        int sh = 24 - 8 * (int)(kp % 4);
-        const float *e = Eg + (kp / (size_t)cp) * n;
-        float cf = coef[k];
-        for (size_t i = 0; i < P; i++) yr[i] += cf * e[i] * (float)((int32_t)(col[i] << sh) >> 24);
-    }
-}
-
 /* A per-token conv (token_quant.h): every input pixel has its own (Δ, z), which do not factor out
    of im2col's columns (a column mixes kh kw pixels). So the columns hold the levels minus their
    pixel's zero point (s8, 0 at padding) and int_gemm_taps keeps each tap's sum exact in int32,
@@ -834,8 +816,9 @@ FASTMATH_CLONES static void conv_token_side(float *restrict yr, size_t P, const 
        y[o, j] = bias[o] + Δ_w[o] Σ_tap Δ_src (Σ_c (w_s8 - zoff)(a - z_src))
    where Σ_c (w_s8 - zoff)(a - z) = Σ_c (w_s8 + 128)(a - z) - (128 + zoff) T_src, T the pixel's
    Σ_c (a - z): the kernel's u8 weights w_u8, kz = 128 + zoff and Z = -T. Side-table entries add
-   coef Δ_src (a - z_src) at their tap. The centred levels come 4 channels to a word in one pass
-   (token_quant_words) and the kernel writes y's (N, cout, P) layout itself. */
+   coef Δ_src (a - z_src) at their tap (int_gemm_taps adds them on each tile). The centred levels
+   come 4 channels to a word in one pass (token_quant_words) and the kernel writes y's (N, cout,
+   P) layout itself. */
 static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, int entry) {
     if (!q->w_u8) return int_conv_token_bytap(c, l, q, x, entry);
     int Ho, Wo;
@@ -873,16 +856,10 @@ static Tensor *int_conv_token(Ctx *c, ModelLayer *l, ExportLayer *q, Tensor *x, 
                 }
             }
         });
+    IntTapsSide side = {q->side_kpos, q->side_coef, q->n_side, q->cp};
     int_gemm_taps(q->model->kernel, y->data, P, (size_t)co * P, (int)P, q->w_u8, (size_t)q->K4 * 4, q->kz,
-                  (const int8_t *)A, n, Z, E, n, q->w_iscale, l->bias.data, co, (int)n, taps, C4);
-    int ns = q->n_side;
-    if (ns)
-        PAR_FOR(schedule(static) collapse(2), (size_t)co * n >= GEMM_OMP_MIN_WORK,
-        for (int g = 0; g < N; g++)
-            for (int o = 0; o < co; o++)
-                conv_token_side(y->data + ((size_t)g * co + o) * P, P, (const int8_t *)A + (size_t)g * P * 4,
-                                E + (size_t)g * P, n, q->side_kpos + (size_t)o * ns, q->side_coef + (size_t)o * ns, ns,
-                                q->cp););
+                  (const int8_t *)A, n, Z, E, n, q->w_iscale, l->bias.data, co, (int)n, taps, C4,
+                  q->n_side ? &side : NULL);
     arena_release(&c->arena, mark);
     return y;
 }

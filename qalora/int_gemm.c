@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "autograd/ops/fastmath.h"
 #include "autograd/ops/gemm_util.h"
 #include "util/par.h"
 
@@ -107,9 +108,29 @@ void int_gemm_taps_ref(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, cons
     }
 }
 
+// The side table of rows [m0, m0 + mm) on one tile's nn columns (Y, A, E at the tile's first
+// column): byte k % 4 of each column's word of group k / 4, sign-extended.
+FASTMATH_CLONES static void taps_side_tile(float *restrict Y, size_t ldy, const int8_t *restrict A, size_t lda,
+                                           const float *restrict E, size_t lde, const IntTapsSide *side, int m0,
+                                           int mm, int nn) {
+    for (int m = 0; m < mm; m++) {
+        float *restrict y = Y + (size_t)m * ldy;
+        const int32_t *kpos = side->kpos + (size_t)(m0 + m) * side->n;
+        const float *coef = side->coef + (size_t)(m0 + m) * side->n;
+        for (int s = 0; s < side->n; s++) {
+            size_t kp = (size_t)kpos[s];
+            const uint32_t *col = (const uint32_t *)(const void *)A + (kp / 4) * lda;
+            const float *e = E + (kp / (size_t)side->cp) * lde;
+            int sh = 24 - 8 * (int)(kp % 4);
+            float cf = coef[s];
+            for (int i = 0; i < nn; i++) y[i] += cf * e[i] * (float)((int32_t)(col[i] << sh) >> 24);
+        }
+    }
+}
+
 void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, size_t ldimg, int P, const uint8_t *Wu, size_t ldw,
                    const int32_t *kz, const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde,
-                   const float *scale, const float *bias, int M, int N, int taps, int G) {
+                   const float *scale, const float *bias, int M, int N, int taps, int G, const IntTapsSide *side) {
     // tiles never cross an image: each image's P columns are cut alone
     int tpi = (P + INT_TILE_N - 1) / INT_TILE_N, tn = N / P * tpi, tm = (M + INT_TILE_M - 1) / INT_TILE_M;
     size_t work = (size_t)M * N * (size_t)taps * G;
@@ -138,6 +159,7 @@ void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, size_t ldimg, int P, con
                                   G);
                 break;
             }
+            if (side && side->n) taps_side_tile(y, ldy, a, lda, E + n0, lde, side, m0, mm, nn);
         });
 }
 

@@ -63,12 +63,22 @@ void int_lut_u8(IntGemmKind k, uint8_t *q, const float *x, size_t n, const float
    available (int_gemm_taps_ok). E and Z are (taps, lde); bias may be NULL.
    The N columns are images of P columns each (P divides N): column g P + i of row m is written
    at Y[g ldimg + m ldy + i], so a conv's output lands in its (images, M, P) layout directly
-   (one image: P = N, ldimg unused). */
+   (one image: P = N, ldimg unused). side: NULL, or the side table below. */
 // 1 when int_gemm_taps handles activations of magnitude up to amax.
 int int_gemm_taps_ok(int amax);
+/* A weight kind's side table (export_int.h: easyquant's outliers) as int_gemm_taps adds it: row m
+   has n entries at kpos[m n ..] (positions k in the row: group k / 4, byte k % 4 of A; tap
+   k / cp) with coefficients coef[m n ..], and each adds, in entry order after the row's value,
+       Y[m][j] += coef E[tap][j] a_k[j]
+   (as float: (coef E) a, then the add). Done on each tile while its A columns are in cache. */
+typedef struct {
+    const int32_t *kpos;
+    const float *coef;
+    int n, cp;
+} IntTapsSide;
 void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, size_t ldimg, int P, const uint8_t *Wu, size_t ldw,
                    const int32_t *kz, const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde,
-                   const float *scale, const float *bias, int M, int N, int taps, int G);
+                   const float *scale, const float *bias, int M, int N, int taps, int G, const IntTapsSide *side);
 // The portable variant (single-threaded over the given tile), the reference of the tests.
 void int_gemm_taps_ref(float *Y, size_t ldy, const uint8_t *Wu, size_t ldw, const int32_t *kz, const int8_t *A,
                        size_t lda, const int32_t *Z, const float *E, size_t lde, const float *scale, const float *bias,

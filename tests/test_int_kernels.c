@@ -160,11 +160,25 @@ static void check_taps_case(int M, int N, int P, int taps, int G, int amax, int 
         E[i] = i % 11 == 0 ? 0.0f : 0.001f * (float)(1 + rng_below(r, 500));  // 0: a tap at padding
     }
     naive_taps(ref, u, a, kz, Z, E, sc, with_bias ? b : NULL, M, N, taps, G);
+    // a side table of ns entries per row (ns = 0, 1, 3 by shape): each adds (coef E[tap]) a_k
+    // after the row's value, in entry order
+    int ns = (M + N) % 3 == 0 ? 0 : (M + N) % 3 == 1 ? 1 : 3;
+    int32_t *kpos = malloc((size_t)M * 3 * sizeof(int32_t));
+    float *coef = malloc((size_t)M * 3 * sizeof(float));
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < ns; j++) {
+            int k = (int)rng_below(r, (uint32_t)K);
+            kpos[m * ns + j] = k;
+            coef[m * ns + j] = (float)rng_below(r, 2001) / 1000.0f - 1.0f;
+            for (int n = 0; n < N; n++)
+                ref[(size_t)m * N + n] += coef[m * ns + j] * E[(size_t)(k / (4 * G)) * N + n] * (float)a[(size_t)k * N + n];
+        }
+    IntTapsSide side = {kpos, coef, ns, 4 * G};
     for (int kind = 0; kind < INT_GEMM_COUNT; kind++) {
         if (!int_gemm_supported((IntGemmKind)kind)) continue;
         for (size_t i = 0; i < (size_t)imgs * ldimg; i++) Y[i] = -7.0f;
         int_gemm_taps((IntGemmKind)kind, Y, ldy, ldimg, P, Wu, ldw, kz, A, lda, Z, E, (size_t)N, sc,
-                      with_bias ? b : NULL, M, N, taps, G);
+                      with_bias ? b : NULL, M, N, taps, G, ns ? &side : NULL);
         for (int g = 0; g < imgs; g++)
             for (int m = 0; m < M; m++) {
                 const float *yr = Y + (size_t)g * ldimg + (size_t)m * ldy;
@@ -175,6 +189,7 @@ static void check_taps_case(int M, int N, int P, int taps, int G, int amax, int 
             }
     }
     free(u), free(Wu), free(a), free(A), free(kz), free(Z), free(E), free(sc), free(b), free(ref), free(Y);
+    free(kpos), free(coef);
 }
 
 /* int_gemm_taps, every variant against the plain-matrix definition, bit for bit: one tap (a
