@@ -1,8 +1,9 @@
 /* bench/sample.c: sampling speed of a CompVis LDM (default: the shipped teacher fmnist-ldm):
    seconds per UNet forward (no grad, class labels) at batch 1, 16, 64, and images/s of a
-   50-step DDIM run with guidance 3 over 64 images (decode included), peak RSS.
+   50-step DDIM run with guidance 3 over 64 images (decode included; the median of --reps
+   runs, default 3, each run's seconds printed after it), peak RSS.
 
-       build/bench/sample [--threads N] [--ldm-config C.yaml --ckpt M.ckpt]
+       build/bench/sample [--threads N] [--ldm-config C.yaml --ckpt M.ckpt] [--reps R]
 
    The teacher is found as `effdm sample` finds it: $EFFDM_ZOO/fmnist-ldm, else
    <bench dir>/../../models/zoo/fmnist-ldm. Before timing, when the source tree's
@@ -59,17 +60,18 @@ static int count_batch(const float *images, const int *shape, const float *z, co
 
 int main(int argc, char **argv) {
     threads_reexec_spinning(argv);  // as effdm does (util/threads.h)
-    int threads = 0, split = 1, batches[16] = {1, 16, 64}, n_batches = 3;
+    int threads = 0, split = 1, batches[16] = {1, 16, 64}, n_batches = 3, reps = 3;
     const char *cfg = NULL, *ckpt = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ldm-config") && i + 1 < argc) cfg = argv[++i];
         else if (!strcmp(argv[i], "--ckpt") && i + 1 < argc) ckpt = argv[++i];
         else if (!strcmp(argv[i], "--no-split")) split = 0;
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc && (reps = atoi(argv[i + 1])) >= 1 && reps <= 9) i++;
         else if (!strcmp(argv[i], "--batches") && i + 1 < argc && (n_batches = bench_parse_list(argv[i + 1], batches, 16)))
             i++;
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--ldm-config C.yaml --ckpt M.ckpt] [--no-split] [--batches 1,16,64]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--ldm-config C.yaml --ckpt M.ckpt] [--no-split] [--batches 1,16,64] [--reps 1..9]\n", argv[0]);
             return 2;
         }
     }
@@ -138,16 +140,31 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench sample: %s\n", e.msg);
             return 1;
         }
-        GenerateOpts g = {.sampler = {.kind = SAMPLER_DDIM, .steps = 50, .eta = 0.0f, .scale = 3.0f},
-                          .seed = 1, .batch = run_batches[k], .on_batch = count_batch, .user = &done};
-        double t0 = bench_now();
-        if (sample_generate(&c, m, &g, ldm_is_class_conditional(m) ? y : NULL, n, &e)) {
-            fprintf(stderr, "bench sample: %s\n", e.msg);
-            return 1;
+        double ts[9];
+        for (int r = 0; r < reps; r++) {
+            GenerateOpts g = {.sampler = {.kind = SAMPLER_DDIM, .steps = 50, .eta = 0.0f, .scale = 3.0f},
+                              .seed = 1, .batch = run_batches[k], .on_batch = count_batch, .user = &done};
+            done = 0;
+            double t0 = bench_now();
+            if (sample_generate(&c, m, &g, ldm_is_class_conditional(m) ? y : NULL, n, &e)) {
+                fprintf(stderr, "bench sample: %s\n", e.msg);
+                return 1;
+            }
+            ts[r] = bench_now() - t0;
         }
-        double s = bench_now() - t0;
-        printf("ddim 50 steps guidance 3  %d images  batch %-3d  %7.2f s  %6.2f images/s  peak arena %.1f MiB\n",
-               done, run_batches[k], s, done / s, (double)c.arena.peak / (1 << 20));
+        double sorted[9];
+        memcpy(sorted, ts, (size_t)reps * sizeof(double));
+        for (int i = 1; i < reps; i++)  // insertion sort: at most 9
+            for (int j = i; j > 0 && sorted[j] < sorted[j - 1]; j--) {
+                double tmp = sorted[j];
+                sorted[j] = sorted[j - 1];
+                sorted[j - 1] = tmp;
+            }
+        double s = reps % 2 ? sorted[reps / 2] : 0.5 * (sorted[reps / 2 - 1] + sorted[reps / 2]);
+        printf("ddim 50 steps guidance 3  %d images  batch %-3d  %7.2f s  %6.2f images/s  peak arena %.1f MiB  "
+               "(median of %d:", done, run_batches[k], s, done / s, (double)c.arena.peak / (1 << 20), reps);
+        for (int r = 0; r < reps; r++) printf(" %.2f", ts[r]);
+        printf(")\n");
         free(y);
     }
     printf("peak RSS %.1f MiB\n", bench_peak_rss_mib());

@@ -11,7 +11,7 @@
 #   unet b16, b64  one FP UNet forward of the shipped teacher at batch 16 / 64: bench/sample against
 #                  bench/peer_sample.py (the CompVis modules in PyTorch)       target torch/effdm >= 2
 #   ddim50         50-step DDIM, guidance 3, 64 images at batch 64, decode included: the same two
-#                                                                             target torch/effdm >= 2
+#                  (effdm: median of 3 runs; torch: of 2 after a warm-up)     target torch/effdm >= 2
 #   w4a4, w4a4-static, w4a8
 #                  20-step guided DDIM over 64 images (batch 16, end to end) of the FP teacher
 #                  against W4A4 (the default config: per-token activation ranges), W4A4 with
@@ -133,7 +133,8 @@ row "W4A4 distillation step, batch 2 (s/step)" "$P" "$E" "$(ratio "$P" "$E")" ">
 # ---- FP UNet forward and 50-step DDIM: peer_sample.py and bench/sample ----
 if [ $QUICK = 1 ]; then REPS=1; else REPS=5; fi
 run peer_sample /usr/bin/python3 bench/peer_sample.py --threads "$THREADS" --reps "$REPS"
-run sample build/bench/sample --threads "$THREADS"
+if [ $QUICK = 1 ]; then SREPS=1; else SREPS=3; fi
+run sample build/bench/sample --threads "$THREADS" --reps "$SREPS"
 sed 's/^/  torch: /' "$TMP/peer_sample.err" | grep -E 'unet|ddim'
 sed 's/^/  effdm: /' "$TMP/sample.out"
 pj() { tail -n 1 "$TMP/peer_sample.out" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }

@@ -11,7 +11,8 @@
 # the doubled batch [uncond | cond]), loss on the guided eps, AdamW over LoRA / delta_w / TALSQ.
 # The peer times E epochs x 100 steps (default 2, as its README's timing command) and reports
 # the median of its per-step times (p_sample_ddim: teacher + student forward, backward, AdamW);
-# effdm reports the median of 20 steps after 3 warm-up steps.
+# effdm reports the median of 100 steps (one of the peer's epochs) after 3 warm-up steps: over
+# 20 steps (until session 16) one burst of this VM's noise moved the median by 30%.
 # Needs: build/bench/finetune (cmake --build build), the peer's Python setup
 # (python3-torch, python3-yaml, python3-tqdm, libopenblas0-pthread; omegaconf: scripts/teachers' stand-in; $LDM and
 # $EDM checkouts, default /tmp/ldm and /tmp/edm_ref). $PEER overrides the peer's folder.
@@ -51,12 +52,12 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "threads: $THREADS, OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
 
 effdm_run() {
-    "$BENCH" --model fmnist --batch 2 --steps 20 --warmup 3 --threads "$THREADS" > "$TMP/effdm$1.txt"
+    "$BENCH" --model fmnist --batch 2 --steps 100 --warmup 3 --threads "$THREADS" > "$TMP/effdm$1.txt"
     grep -E '^  s/step +median' "$TMP/effdm$1.txt" | awk '{print $3}'
 }
 
 E1=$(effdm_run 1)
-echo "effdm  run 1: $E1 s/step (median of 20)"
+echo "effdm  run 1: $E1 s/step (median of 100)"
 LDM="$LDM" EDM="$EDM" /usr/bin/python3 "$PEER/peer_edm.py" 4 4 "$EPOCHS" --threads "$THREADS" \
     > "$TMP/peer.json" 2> "$TMP/peer.err" || { tail -5 "$TMP/peer.err" >&2; exit 1; }
 # CompVis prints a few lines on stdout too: the result is the last line
@@ -68,7 +69,7 @@ PMEAN=$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))
 BLAS=$(/usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['blas'], 'torch', d['torch'], 'peak RSS', round(d['peak_rss_mb']), 'MB')" "$TMP/peer.json")
 echo "peer   (PyTorch EfficientDM reference): $P s/step median, $PMEAN mean ($BLAS)"
 E2=$(effdm_run 2)
-echo "effdm  run 2: $E2 s/step (median of 20)"
+echo "effdm  run 2: $E2 s/step (median of 100)"
 grep -E 'split|memory' "$TMP/effdm2.txt" | sed 's/^ */effdm  /'
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 awk -v e1="$E1" -v e2="$E2" -v p="$P" 'BEGIN {
