@@ -116,6 +116,8 @@ static const ConvCase CONV_CASES[] = {
     {1, 2, 5, 5, 3, 5, 5, 1, 1, 2, 2, 0},   // kernel as large as the image
     {2, 3, 5, 6, 4, 1, 1, 1, 1, 1, 1, 1},   // pad >= kernel: stride 1 through col2im
     {1, 2, 40, 40, 3, 3, 3, 2, 2, 1, 1, 1}, // strided, staged: col2im
+    {2, 3, 6, 8, 4, 2, 3, 1, 1, 0, 1, 1},   // same width, Ho = H - 1 (2x3, pad (0, 1))
+    {1, 2, 5, 6, 3, 3, 3, 1, 1, 2, 1, 1},   // same width, Ho = H + 2 (pad (2, 1))
     // P >= 1024 output positions: one GEMM per image instead of per group
     {2, 3, 32, 33, 4, 1, 1, 1, 1, 0, 0, 1}, // 1x1: x is its own col
     {2, 3, 32, 32, 5, 3, 3, 1, 1, 1, 1, 1}, // flipped-kernel input gradient
