@@ -3,7 +3,7 @@
    on the same threads.
 
        ./build/bench/ops --threads 2 [--seconds 1]
-       ./build/bench/ops --threads 1 --gemm     # the FP32 GEMM kernels side by side
+       ./build/bench/ops --threads 1 --gemm     # the FP32 GEMM kernels side by side, and int8
 
    It restarts itself once with effdm's OpenMP spin setting (util/threads.h); the header
    line says which policy ran.
@@ -31,6 +31,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/ops/gemm_util.h"
+#include "qalora/int_gemm.h"
 #include "bench/benchutil.h"
 #include "util/rng.h"
 #include "util/threads.h"
@@ -546,6 +547,19 @@ static void gemm_body(void *u) {
             g->N);
 }
 
+typedef struct {
+    IntGemmKind k;
+    int32_t *C;
+    const int8_t *W;
+    const uint8_t *A;
+    int M, N, K4;
+} IntGemmArgs;
+
+static void int_gemm_body(void *u) {
+    IntGemmArgs *g = u;
+    int_gemm(g->k, g->C, (size_t)g->N, g->W, (size_t)g->K4 * 4, g->A, (size_t)g->N, g->M, g->N, g->K4, 7, 15);
+}
+
 // gemm_rm of one shape with each kernel this CPU runs, rounds interleaved, medians; the
 // kernels' results are compared first (float rounding apart: relative L2 < 1e-5).
 static void bench_gemm_shape(const char *what, int ta, int tb, int M, int N, int K, Rng *r) {
@@ -576,6 +590,24 @@ static void bench_gemm_shape(const char *what, int ta, int tb, int M, int N, int
     printf("gemm  %-30s %5d x %5d x %5d  %c%c  blas %6.1f GFLOP/s", what, M, N, K, ta ? 'T' : 'N', tb ? 'T' : 'N',
            gf[0]);
     if (nk == 2) printf("  avx512 %6.1f GFLOP/s  ratio %.2f", gf[1], gf[1] / gf[0]);
+    if (!ta && !tb && K % 4 == 0) {
+        // the export's integer GEMM of the same shape (int_gemm: s8 weights, u8 col4 activations,
+        // int32 sums; 4-bit levels as the W4A4 layers hold them), its rounds after the FP ones
+        int K4 = K / 4;
+        int8_t *W = malloc((size_t)M * K);
+        uint8_t *Aq = malloc((size_t)K * N);
+        int32_t *Ci = malloc((size_t)M * N * sizeof(int32_t));
+        if (!W || !Aq || !Ci) die("gemm", "out of memory");
+        for (size_t i = 0; i < (size_t)M * K; i++) W[i] = (int8_t)((int)rng_below(r, 15) - 7);
+        for (size_t i = 0; i < (size_t)K * N; i++) Aq[i] = (uint8_t)rng_below(r, 16);
+        IntGemmArgs ig = {int_gemm_best(), Ci, W, Aq, M, N, K4};
+        double ti[ROUNDS];
+        for (int i = 0; i < ROUNDS; i++) ti[i] = bench_time(int_gemm_body, &ig, g_seconds / ROUNDS);
+        double gi = flop / median(ti, ROUNDS) * 1e-9;
+        printf("  int8 %s %6.1f GOP/s  int8/%s %.2f", int_gemm_name(ig.k), gi, nk == 2 ? "avx512" : "blas",
+               gi / gf[nk - 1]);
+        free(W), free(Aq), free(Ci);
+    }
     printf("  thr=%d\n", threads_get());
     free(A);
     free(B);
@@ -602,7 +634,8 @@ static void usage(void) {
                     "  --threads N   OpenMP and OpenBLAS threads (default: EFFDM_THREADS or all cores)\n"
                     "  --seconds S   minimum timing per measurement (default 1)\n"
                     "  --gemm        only the FP32 GEMM kernels (OpenBLAS, effdm's AVX-512) on the UNet's,\n"
-                    "                the step's and Inception's shapes\n");
+                    "                the step's and Inception's shapes, and on the untransposed ones the\n"
+                    "                exports' int8 GEMM (int_gemm, the best kernel this CPU runs)\n");
 }
 
 int main(int argc, char **argv) {
