@@ -131,6 +131,7 @@ FASTMATH_CLONES static void taps_side_tile(float *restrict Y, size_t ldy, const 
 void int_gemm_taps(IntGemmKind k, float *Y, size_t ldy, size_t ldimg, int P, const uint8_t *Wu, size_t ldw,
                    const int32_t *kz, const int8_t *A, size_t lda, const int32_t *Z, const float *E, size_t lde,
                    const float *scale, const float *bias, int M, int N, int taps, int G, const IntTapsSide *side) {
+    if (M <= 0 || N <= 0 || P <= 0) return;
     // tiles never cross an image: each image's P columns are cut alone
     int tpi = (P + INT_TILE_N - 1) / INT_TILE_N, tn = N / P * tpi, tm = (M + INT_TILE_M - 1) / INT_TILE_M;
     size_t work = (size_t)M * N * (size_t)taps * G;

@@ -7,7 +7,8 @@
 # Rows (each runs an existing bench; this script only runs them and reads their output):
 #   step           seconds per W4A4 distillation step, shipped teacher, batch 2, reference recipe:
 #                  scripts/bench_peer.sh (effdm bench/finetune, the PyTorch EfficientDM peer, effdm
-#                  again; the ratio uses the mean of the two effdm medians)   target peer/effdm >= 10
+#                  twice again; the ratio uses the median of the three effdm medians)
+#                                                                             target peer/effdm >= 10
 #   unet b16, b64  one FP UNet forward of the shipped teacher at batch 16 / 64: bench/sample against
 #                  bench/peer_sample.py (the CompVis modules in PyTorch)       target torch/effdm >= 2
 #   ddim50         50-step DDIM, guidance 3, 64 images at batch 64, decode included: the same two
@@ -120,7 +121,7 @@ print('effdm BLAS: %s (%s), %s, kernels %s (OPENBLAS_CORETYPE=%s); effdm runs it
                              lib.openblas_get_corename().decode(), os.environ.get('OPENBLAS_CORETYPE', 'unset')))
 EOF
 
-# ---- distillation step: bench_peer.sh (effdm, peer, effdm) ----
+# ---- distillation step: bench_peer.sh (effdm, peer, effdm, effdm) ----
 if [ $QUICK = 1 ]; then EPOCHS=1; else EPOCHS=2; fi
 run step scripts/bench_peer.sh --threads "$THREADS" --epochs "$EPOCHS"
 sed 's/^/  /' "$TMP/step.out"
