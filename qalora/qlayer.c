@@ -256,14 +256,21 @@ int qlayer_trainable(QLayer *q, Tensor *out[QLAYER_MAX_SLOTS]) {
     return n;
 }
 
-void qlayer_bind_grads(QLayer *q, float *grads) {
+int qlayer_is_act_tensor(const QLayer *q, const Tensor *t) {
+    return t == &q->aq.delta || t == &q->aq.zero || (q->aq.param.data && t == &q->aq.param);
+}
+
+void qlayer_bind_grads(QLayer *q, float *grads) { qlayer_bind_grads_ex(q, grads, QGRAD_ZERO_ALL); }
+
+void qlayer_bind_grads_ex(QLayer *q, float *grads, QGradZero zero) {
     Tensor *t[QLAYER_MAX_SLOTS];
     int n = qlayer_trainable(q, t);
     float *g = grads;
     for (int i = 0; i < n; i++) {
         t[i]->grad = g;
         t[i]->requires_grad = 1;
-        memset(g, 0, t[i]->n * sizeof(float));
+        if (zero == QGRAD_ZERO_ALL || (zero == QGRAD_ZERO_ACT && qlayer_is_act_tensor(q, t[i])))
+            memset(g, 0, t[i]->n * sizeof(float));
         g += t[i]->n;
     }
     if (n) {

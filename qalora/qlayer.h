@@ -179,6 +179,13 @@ int qlayer_trainable(QLayer *q, Tensor *out[QLAYER_MAX_SLOTS]);
 // Points every gradient at `grads` (qlayer_sizes floats, same layout; e.g. the
 // optimizer's flat buffer at the first slot's offset) and zeroes it; frees the layer's own.
 void qlayer_bind_grads(QLayer *q, float *grads);
+// Which gradients a binding zeroes: all; none (the caller overwrites the block); or only the
+// activation quantizer's (Δ_a, z_a, its kind's values): what a backward writes when the layer
+// runs on a shared step weight (qlayer_use_step_weight), whose weight-path gradients come later.
+typedef enum { QGRAD_ZERO_ALL, QGRAD_ZERO_NONE, QGRAD_ZERO_ACT } QGradZero;
+void qlayer_bind_grads_ex(QLayer *q, float *grads, QGradZero zero);
+// 1 when t is one of q's activation quantizer tensors (the QGRAD_ZERO_ACT set).
+int qlayer_is_act_tensor(const QLayer *q, const Tensor *t);
 
 // A special layer's fake-quantized weight again from the FP weight (in the layer's basis) and
 // the weight quantizer's current ranges (after they were restored from a state). 0 or ERR_NOMEM.

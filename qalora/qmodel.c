@@ -325,9 +325,32 @@ double qmodel_lora_lr(const QModel *q, int layer, double divisor) {
     return s / (double)ql->wq.n / divisor;
 }
 
-void qmodel_bind_grads(QModel *q, float *grads) {
+void qmodel_bind_grads(QModel *q, float *grads) { qmodel_bind_grads_ex(q, grads, QGRAD_ZERO_ALL); }
+
+size_t qmodel_act_grad_ranges(QModel *q, size_t *off, size_t *len) {
+    size_t n = 0, end = (size_t)-1;  // end of the last range: a range that starts there extends it
+    for (int k = 0; k < q->n_q; k++) {
+        if (q->q[k].special) continue;
+        Tensor *t[QLAYER_MAX_SLOTS];
+        int nt = qlayer_trainable(&q->q[k], t);
+        size_t o = q->grad_off[k];
+        for (int i = 0; i < nt; o += t[i]->n, i++) {
+            if (!qlayer_is_act_tensor(&q->q[k], t[i])) continue;
+            if (n && o == end) {
+                if (len) len[n - 1] += t[i]->n;
+            } else {
+                if (off) off[n] = o, len[n] = t[i]->n;
+                n++;
+            }
+            end = o + t[i]->n;
+        }
+    }
+    return n;
+}
+
+void qmodel_bind_grads_ex(QModel *q, float *grads, QGradZero zero) {
     for (int k = 0; k < q->n_q; k++)
-        if (!q->q[k].special) qlayer_bind_grads(&q->q[k], grads + q->grad_off[k]);
+        if (!q->q[k].special) qlayer_bind_grads_ex(&q->q[k], grads + q->grad_off[k], zero);
     if (grads != q->own_grads) {
         free(q->own_grads);
         q->own_grads = NULL;

@@ -473,6 +473,61 @@ static void test_trainable(void **state) {
     assert_true(gb > 0);
     qmodel_zero_grads(&q);
     for (size_t j = 0; j < q.n_grads; j++) assert_true(g[j] == 0.0f);
+
+    // the activation quantizers' ranges: each activation tensor (Δ_a, z_a, their kind's values)
+    // inside one, nothing else in any
+    size_t nr = qmodel_act_grad_ranges(&q, NULL, NULL), *ro = malloc(nr * sizeof(size_t)), *rl = malloc(nr * sizeof(size_t));
+    assert_int_equal(qmodel_act_grad_ranges(&q, ro, rl), nr);
+    unsigned char *in_range = calloc(q.n_grads, 1);
+    for (size_t r = 0; r < nr; r++) {
+        assert_true(r == 0 || ro[r] > ro[r - 1] + rl[r - 1]);  // ordered, adjacent ones merged
+        for (size_t j = 0; j < rl[r]; j++) in_range[ro[r] + j] = 1;
+    }
+    size_t n_act = 0;
+    for (int i = 0; i < n; i++) {
+        int act = qlayer_is_act_tensor(&q.q[t[i].layer], t[i].t);
+        assert_true(!act || t[i].group == QMODEL_GROUP_ACT || t[i].group == QMODEL_GROUP_KIND);
+        if (t[i].group == QMODEL_GROUP_ACT) assert_true(act);
+        n_act += act ? t[i].t->n : 0;
+        for (size_t j = 0; j < t[i].t->n; j++) assert_int_equal(in_range[t[i].grad_off + j], act);
+    }
+    size_t covered = 0;
+    for (size_t r = 0; r < nr; r++) covered += rl[r];
+    assert_int_equal(covered, n_act);
+
+    // what QGRAD_ZERO_ACT relies on: a backward through the shared step weights writes the
+    // activation ranges and nothing else of the block (the weight paths' gradients go to the
+    // step weights' own buffer, d W_eff)
+    size_t nsw = qmodel_step_weight_size(&q);
+    float *pre = malloc(nsw * sizeof(float)), *eff = malloc(nsw * sizeof(float)), *dw = calloc(nsw, sizeof(float));
+    for (int k = 0, off = 0; k < q.n_q; k++) {
+        if (q.q[k].special) continue;
+        qlayer_weight_step(&q.q[k], pre + off, eff + off);
+        off += (int)q.q[k].layer->weight.n;
+    }
+    for (size_t j = 0; j < q.n_grads; j++) g[j] = 7.0f;  // the weight paths' part must keep this
+    qmodel_bind_grads_ex(&q, g, QGRAD_ZERO_ACT);
+    for (size_t j = 0; j < q.n_grads; j++) assert_true(g[j] == (in_range[j] ? 0.0f : 7.0f));
+    qmodel_use_step_weights(&q, eff, dw);
+    ctx_reset(c);
+    x = tensor_from(c, in.x, 4, (int[]){in.n, C, H, W});
+    out = ldm_apply_model(c, m, x, in.t, in.y);
+    assert_non_null(out);
+    loss = t_sum(c, out);
+    assert_int_equal(tape_backward(c, loss, NULL), 0);
+    qmodel_use_step_weights(&q, NULL, NULL);
+    double ga = 0, gd = 0;
+    for (size_t j = 0; j < q.n_grads; j++) {
+        if (!in_range[j]) assert_true(g[j] == 7.0f);
+        else ga += fabs(g[j]);
+    }
+    for (size_t j = 0; j < nsw; j++) gd += fabs(dw[j]);
+    assert_true(ga > 0 && gd > 0);
+    // QGRAD_ZERO_NONE leaves the block as it is
+    qmodel_bind_grads_ex(&q, g, QGRAD_ZERO_NONE);
+    for (size_t j = 0; j < q.n_grads; j++)
+        if (!in_range[j]) assert_true(g[j] == 7.0f);
+    free(ro), free(rl), free(in_range), free(pre), free(eff), free(dw);
     qmodel_free(&q);
     free(g);
     free(t);

@@ -155,7 +155,9 @@ static int slot_run(Trainer *tr, SlotEnv *env, int s, int t, float w, Err *e) {
         tail[1] = (float)ERR_NAN;
         return 0;
     }
-    slot_env_bind_grads(env, rec);  // zeroes the slot's gradient block
+    // zeroes the slot's gradient block; with the step's shared weights only what the backward
+    // writes (the activation quantizers'): the weight paths' part stays 0 (trainer_impl.h)
+    slot_env_bind_grads(env, rec, tr->shared_w ? QGRAD_ZERO_ACT : QGRAD_ZERO_ALL);
     if (env->primary) tr->step_arena_peak = c->arena.used;  // everything the backward reads is allocated by now
     int brc = tape_backward(c, loss, &w);
     qmodel_use_step_weights(env->q, NULL, NULL);
@@ -265,7 +267,7 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     }
     // this rank's stop request rides on its first slot, so every rank stops at the same step
     if (tr->stop_flag && *tr->stop_flag) tr->slots[(size_t)lo * tr->rec + ng + ne + 2] = 1.0f;
-    trainer_bind_grads(tr, tr->opt.grad);
+    trainer_bind_grads_ex(tr, tr->opt.grad, QGRAD_ZERO_NONE);  // written below (sum_slots)
     double t3 = clock_seconds();
     if (dist_gather_records(tr->slots, tr->rec, NS, e)) return e->code;
 
@@ -299,8 +301,16 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     if (mean) raw /= (float)NS;
     *loss_out = raw;
 
-    // the slots' gradients summed in slot order, their ε gathered for the trajectory update
-    sum_slots(tr, tr->opt.grad, tr->slots, ng);
+    // the slots' gradients summed in slot order, their ε gathered for the trajectory update;
+    // with the step's shared weights only the ranges the slots write (the rest of every record
+    // is 0: the sum would be +0 there, which the memset writes)
+    if (tr->shared_w) {
+        memset(tr->opt.grad, 0, ng * sizeof(float));
+        for (size_t r = 0; r < tr->n_act; r++)
+            sum_slots(tr, tr->opt.grad + tr->act_off[r], tr->slots + tr->act_off[r], tr->act_len[r]);
+    } else {
+        sum_slots(tr, tr->opt.grad, tr->slots, ng);
+    }
     double post = 0;
     if (tr->shared_w) {  // adds the weight paths' gradients into g; in the split: the backward
         double t0 = clock_seconds();

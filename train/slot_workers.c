@@ -25,8 +25,8 @@
 
 #define WORKERS_MAX_POSITIONS 256
 
-void slot_env_bind_grads(SlotEnv *env, float *grads) {
-    qmodel_bind_grads(env->q, grads);
+void slot_env_bind_grads(SlotEnv *env, float *grads, QGradZero zero) {
+    qmodel_bind_grads_ex(env->q, grads, zero);
     for (int i = 0; i < env->n_dw; i++) env->dw_from[i]->grad = env->dw_to[i]->grad;
 }
 

@@ -142,8 +142,10 @@ done:
     return rc;
 }
 
-void trainer_bind_grads(Trainer *tr, float *grads) {
-    qmodel_bind_grads(&tr->q, grads);
+void trainer_bind_grads(Trainer *tr, float *grads) { trainer_bind_grads_ex(tr, grads, QGRAD_ZERO_ALL); }
+
+void trainer_bind_grads_ex(Trainer *tr, float *grads, QGradZero zero) {
+    qmodel_bind_grads_ex(&tr->q, grads, zero);
     for (int i = 0; i < tr->n_dw; i++) tr->dw_from[i]->grad = tr->dw_to[i]->grad;
 }
 
@@ -187,6 +189,11 @@ static int alloc_buffers(Trainer *tr, Err *e) {
             tr->sw_off[k] = off;
             if (!tr->q.q[k].special) off += tr->q.q[k].layer->weight.n;
         }
+        tr->n_act = qmodel_act_grad_ranges(&tr->q, NULL, NULL);
+        tr->act_off = zalloc(tr->n_act + 1, sizeof(size_t));
+        tr->act_len = zalloc(tr->n_act + 1, sizeof(size_t));
+        if (!tr->act_off || !tr->act_len) return err_set(e, ERR_NOMEM, "out of memory for the gradient ranges");
+        qmodel_act_grad_ranges(&tr->q, tr->act_off, tr->act_len);
     }
     tr->slots = zalloc((size_t)tr->n_slots * tr->rec, sizeof(float));
     if (!tr->x || !tr->noise || !tr->eps_g || !tr->xin || !tr->tin || !tr->yin || !tr->labels || !tr->stepw_mean ||
@@ -297,6 +304,8 @@ void trainer_free(Trainer *tr) {
     free(tr->sw_dsum);
     free(tr->sw_dpre);
     free(tr->sw_off);
+    free(tr->act_off);
+    free(tr->act_len);
     free(tr->dw_from);
     free(tr->dw_to);
     free(tr);

@@ -142,6 +142,9 @@ struct Trainer {
     float *sw_pre, *sw_eff;       // [n_sw] W_base + B·A and W_eff of the step, layer order
     float *sw_dsum, *sw_dpre;     // [n_sw] d W_eff summed over the slots; the backward's scratch
     size_t *sw_off;               // [q.n_q] each trainable layer's offset in them
+    // shared_w: the gradient block's ranges a slot writes (the activation quantizers'); the rest
+    // of a slot record's block (the weight paths') is never written and stays 0 from allocation
+    size_t n_act, *act_off, *act_len;
     size_t teacher_peak, teacher_kept;  // arena bytes of the last teacher forward: high-water, kept after it
     size_t teacher_nodes;               // tape nodes after it (0: no gradient bookkeeping)
     struct Profile *prof_teacher, *prof_student;  // trainer_set_profile (may be NULL)
@@ -159,6 +162,7 @@ int trainer_dw_pairs(const QTrainable *ts, int n, Tensor **from, Tensor **to);
 #define SLOT_TAIL 3
 // Points the student's trainable gradients into grads (q->n_grads floats), zeroed.
 void trainer_bind_grads(Trainer *tr, float *grads);
+void trainer_bind_grads_ex(Trainer *tr, float *grads, QGradZero zero);
 // Draws the epoch's labels and x_T from the run's RNG (adaptive selection: from the kept pool,
 // scoring a new pool first when the epoch starts a round). 0 or an ERR_ code.
 int trainer_begin_epoch(Trainer *tr, Err *e);
@@ -171,7 +175,7 @@ double trainer_lr_factor(const Trainer *tr);
 
 /* slot_workers.c */
 // Points env's student's trainable gradients into grads, zeroed (trainer_bind_grads for env).
-void slot_env_bind_grads(SlotEnv *env, float *grads);
+void slot_env_bind_grads(SlotEnv *env, float *grads, QGradZero zero);
 // Decides once whether a step's `slots` (this rank's) run on threads, and builds the workers if
 // so: 2 or more threads and slots, no profiler, a UNet whose latents have at most 16 x 16
 // positions (each worker holds a student and an arena of its own). 0 or an ERR_ code.
