@@ -337,9 +337,9 @@ size_t qmodel_act_grad_ranges(QModel *q, size_t *off, size_t *len) {
         for (int i = 0; i < nt; o += t[i]->n, i++) {
             if (!qlayer_is_act_tensor(&q->q[k], t[i])) continue;
             if (n && o == end) {
-                if (len) len[n - 1] += t[i]->n;
+                if (off && len) len[n - 1] += t[i]->n;
             } else {
-                if (off) off[n] = o, len[n] = t[i]->n;
+                if (off && len) off[n] = o, len[n] = t[i]->n;
                 n++;
             }
             end = o + t[i]->n;

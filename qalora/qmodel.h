@@ -174,7 +174,7 @@ void qmodel_bind_grads(QModel *q, float *grads);
 // The same, zeroing as `zero` says (qlayer.h QGradZero).
 void qmodel_bind_grads_ex(QModel *q, float *grads, QGradZero zero);
 // The gradient block's ranges of activation quantizer tensors (the QGRAD_ZERO_ACT set), adjacent
-// ones merged, in block order: their count, and when off / len are not NULL the ranges.
+// ones merged, in block order: their count, and when off and len are not NULL the ranges.
 size_t qmodel_act_grad_ranges(QModel *q, size_t *off, size_t *len);
 // Zeroes the gradient block.
 void qmodel_zero_grads(QModel *q);
