@@ -61,6 +61,19 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+double bench_median(const double *v, int n) {
+    double *t = malloc((size_t)n * sizeof *t);
+    if (!t) {
+        fprintf(stderr, "bench: out of memory\n");
+        exit(1);
+    }
+    memcpy(t, v, (size_t)n * sizeof *t);
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    double m = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    free(t);
+    return m;
+}
+
 double bench_time(void (*fn)(void *), void *arg, double min_seconds) {
     fn(arg);  // warm-up: page faults, BLAS thread start-up
     double times[1000];

@@ -22,6 +22,8 @@ const char *bench_cpu_flags(void);
 // Runs fn(arg) once to warm up, then repeatedly for at least min_seconds (and 3 runs);
 // returns the median seconds per run.
 double bench_time(void (*fn)(void *), void *arg, double min_seconds);
+// The median of v[0..n) (n >= 1; the mean of the middle two for even n); v is left as it is.
+double bench_median(const double *v, int n);
 // ||a - b|| / ||b|| over n floats (in double); ||a - b|| when b is all zero.
 double bench_rel_l2(const float *a, const float *b, size_t n);
 // A comma-separated list of integers in 1..4096 ("1,8,32") into v (at most max): the count,

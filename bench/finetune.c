@@ -59,17 +59,6 @@ static void on_step(const TrainerStep *s, void *user) {
     l->n++;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n) {
-    double t[MAX_STEPS];
-    memcpy(t, v, (size_t)n * sizeof *t);
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
@@ -175,13 +164,12 @@ static int run_case(const Case *k) {
     double wall = bench_now() - t1;
     trainer_set_profile(tr, NULL, NULL);
     int n = log.n;
-    double sorted[MAX_STEPS];
-    memcpy(sorted, log.sec, (size_t)n * sizeof *sorted);
-    qsort(sorted, (size_t)n, sizeof *sorted, cmp_double);
-    printf("  s/step     median %.4f  (min %.4f  max %.4f  over %d steps after %d warm-up)\n", median(log.sec, n),
-           sorted[0], sorted[n - 1], n, k->warmup);
+    double lo = log.sec[0], hi = log.sec[0];
+    for (int i = 1; i < n; i++) lo = log.sec[i] < lo ? log.sec[i] : lo, hi = log.sec[i] > hi ? log.sec[i] : hi;
+    printf("  s/step     median %.4f  (min %.4f  max %.4f  over %d steps after %d warm-up)\n", bench_median(log.sec, n),
+           lo, hi, n, k->warmup);
     double sp[4];
-    for (int i = 0; i < 4; i++) sp[i] = median(log.split[i], n);
+    for (int i = 0; i < 4; i++) sp[i] = bench_median(log.split[i], n);
     double ssum = sp[0] + sp[1] + sp[2] + sp[3];
     printf("  split      teacher fwd %.4f (%.0f%%)  student fwd %.4f (%.0f%%)  backward %.4f (%.0f%%)  "
            "optimizer %.4f (%.0f%%)\n", sp[0], 100 * sp[0] / ssum, sp[1], 100 * sp[1] / ssum, sp[2],

@@ -31,15 +31,6 @@
 #define MAX_LIST 8
 #define MAX_RUNS 200
 
-static double median(double *v, int n) {
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct {
     Inception *net;
@@ -175,7 +166,7 @@ int main(int argc, char **argv) {
                 cpu[n] = bench_cpu_now() - c0;
                 wall[n++] = bench_now() - w0;
             }
-            double s = median(wall, n), sc = median(cpu, n);
+            double s = bench_median(wall, n), sc = bench_median(cpu, n);
             printf("inception  threads %d  batch %-3d  %8.3f s/forward  %7.2f images/s  (CPU %.3f s: %.2f images/CPU-s)"
                    "  %d runs  peak arena %.0f MiB\n", threads_get(), batches[k], s, batches[k] / s, sc,
                    batches[k] / sc, n, (double)c.arena.peak / (1 << 20));

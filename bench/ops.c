@@ -110,16 +110,6 @@ typedef struct {
     double peak_mib;
 } Timing;
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof v[0], cmp_double);
-    return v[n / 2];
-}
-
 // Times op forward, then its recorded node's backward with a random output gradient,
 // each interleaved with its sgemm reference.
 static Timing time_op(OpFn op, void *args, Rng *rng, SgemmShape fwd, SgemmShape bwd) {
@@ -133,8 +123,8 @@ static Timing time_op(OpFn op, void *args, Rng *rng, SgemmShape fwd, SgemmShape 
         t_op[i] = bench_time(run_forward, &r, part);
         t_sg[i] = fwd.M ? bench_sgemm_seconds(fwd.M, fwd.N, fwd.K, part) : 0;
     }
-    t.fwd_s = median(t_op, ROUNDS);
-    t.fwd_sgemm_s = median(t_sg, ROUNDS);
+    t.fwd_s = bench_median(t_op, ROUNDS);
+    t.fwd_sgemm_s = bench_median(t_sg, ROUNDS);
     run_forward(&r);
     r.node = c.last;
     if (!r.node) die("backward", "forward recorded no node");
@@ -145,8 +135,8 @@ static Timing time_op(OpFn op, void *args, Rng *rng, SgemmShape fwd, SgemmShape 
         t_op[i] = bench_time(run_backward, &r, part);
         t_sg[i] = bwd.M ? bench_sgemm_seconds(bwd.M, bwd.N, bwd.K, part) : 0;
     }
-    t.bwd_s = median(t_op, ROUNDS);
-    t.bwd_sgemm_s = median(t_sg, ROUNDS);
+    t.bwd_s = bench_median(t_op, ROUNDS);
+    t.bwd_sgemm_s = bench_median(t_sg, ROUNDS);
     t.peak_mib = (double)c.arena.peak / (1024.0 * 1024.0);
     ctx_free(&c);
     return t;
@@ -586,7 +576,7 @@ static void bench_gemm_shape(const char *what, int ta, int tb, int M, int N, int
             t[k][i] = bench_time(gemm_body, &g, g_seconds / ROUNDS);
         }
     double flop = 2.0 * M * N * K, gf[2];
-    for (int k = 0; k < nk; k++) gf[k] = flop / median(t[k], ROUNDS) * 1e-9;
+    for (int k = 0; k < nk; k++) gf[k] = flop / bench_median(t[k], ROUNDS) * 1e-9;
     printf("gemm  %-30s %5d x %5d x %5d  %c%c  blas %6.1f GFLOP/s", what, M, N, K, ta ? 'T' : 'N', tb ? 'T' : 'N',
            gf[0]);
     if (nk == 2) printf("  avx512 %6.1f GFLOP/s  ratio %.2f", gf[1], gf[1] / gf[0]);
@@ -603,7 +593,7 @@ static void bench_gemm_shape(const char *what, int ta, int tb, int M, int N, int
         IntGemmArgs ig = {int_gemm_best(), Ci, W, Aq, M, N, K4};
         double ti[ROUNDS];
         for (int i = 0; i < ROUNDS; i++) ti[i] = bench_time(int_gemm_body, &ig, g_seconds / ROUNDS);
-        double gi = flop / median(ti, ROUNDS) * 1e-9;
+        double gi = flop / bench_median(ti, ROUNDS) * 1e-9;
         printf("  int8 %s %6.1f GOP/s  int8/%s %.2f", int_gemm_name(ig.k), gi, nk == 2 ? "avx512" : "blas",
                gi / gf[nk - 1]);
         free(W), free(Aq), free(Ci);

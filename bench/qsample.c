@@ -76,17 +76,6 @@ static double minimum(const double *v, int n) {
     return m;
 }
 
-static double median(double *v, int n) {
-    double s[MAX_ROUNDS];
-    memcpy(s, v, (size_t)n * sizeof(double));
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && s[j] < s[j - 1]; j--) {
-            double t = s[j];
-            s[j] = s[j - 1];
-            s[j - 1] = t;
-        }
-    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
 
 static void select_case(Case *k) {
     Err e = {0};
@@ -272,20 +261,20 @@ int main(int argc, char **argv) {
         }
         fprintf(stderr, "round %d/%d done\n", r + 1, rounds);
     }
-    double f0 = median(cases[0].fwd, rounds), d0 = median(cases[0].ddim, rounds);
+    double f0 = bench_median(cases[0].fwd, rounds), d0 = bench_median(cases[0].ddim, rounds);
     printf("CPU time (medians over rounds; ratios = teacher / model):\n");
     printf("%-30s %16s %8s %12s %18s %8s\n", "model", "fwd b=16 ms/img", "speedup", "layer share", "ddim20 64 img s",
            "speedup");
     for (int k = 0; k < n_cases; k++) {
-        double fm = median(cases[k].fwd, rounds), dm = median(cases[k].ddim, rounds);
+        double fm = bench_median(cases[k].fwd, rounds), dm = bench_median(cases[k].ddim, rounds);
         char share[16] = "-";
-        if (!split) snprintf(share, sizeof share, "%.0f%%", 100 * median(cases[k].share, rounds));
+        if (!split) snprintf(share, sizeof share, "%.0f%%", 100 * bench_median(cases[k].share, rounds));
         printf("%-30s %16.3f %7.2fx %12s %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, f0 / fm, share, dm, d0 / dm);
     }
-    double fw0 = median(cases[0].fwd_wall, rounds), dw0 = median(cases[0].ddim_wall, rounds);
+    double fw0 = bench_median(cases[0].fwd_wall, rounds), dw0 = bench_median(cases[0].ddim_wall, rounds);
     printf("wall time (medians; includes waiting for a core on a shared machine):\n");
     for (int k = 0; k < n_cases; k++) {
-        double fm = median(cases[k].fwd_wall, rounds), dm = median(cases[k].ddim_wall, rounds);
+        double fm = bench_median(cases[k].fwd_wall, rounds), dm = bench_median(cases[k].ddim_wall, rounds);
         printf("%-30s %16.3f %7.2fx %12s %18.2f %7.2fx\n", cases[k].label, 1e3 * fm, fw0 / fm, "", dm, dw0 / dm);
     }
     double f1 = minimum(cases[0].fwd, rounds), d1 = minimum(cases[0].ddim, rounds);

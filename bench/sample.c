@@ -152,15 +152,7 @@ int main(int argc, char **argv) {
             }
             ts[r] = bench_now() - t0;
         }
-        double sorted[9];
-        memcpy(sorted, ts, (size_t)reps * sizeof(double));
-        for (int i = 1; i < reps; i++)  // insertion sort: at most 9
-            for (int j = i; j > 0 && sorted[j] < sorted[j - 1]; j--) {
-                double tmp = sorted[j];
-                sorted[j] = sorted[j - 1];
-                sorted[j - 1] = tmp;
-            }
-        double s = reps % 2 ? sorted[reps / 2] : 0.5 * (sorted[reps / 2 - 1] + sorted[reps / 2]);
+        double s = bench_median(ts, reps);
         printf("ddim 50 steps guidance 3  %d images  batch %-3d  %7.2f s  %6.2f images/s  peak arena %.1f MiB  "
                "(median of %d:", done, run_batches[k], s, done / s, (double)c.arena.peak / (1 << 20), reps);
         for (int r = 0; r < reps; r++) printf(" %.2f", ts[r]);
