@@ -16,7 +16,10 @@
    exports may be any two (rows are named by their files: e.g. a uniform and a nupes W4A4). Before timing, each export's integer forward is
    checked against its float path (relative L2 printed). Also prints the memory of the
    quantized layers' weights (packed levels + per-channel values) against FP32. Every model
-   runs with the batch split of effdm sample (models/ldm.h) unless --no-split. */
+   runs with the batch split of effdm sample (models/ldm.h) unless --no-split.
+   The last row, "free layers (bound)", is the teacher with the layers the --w4a4 export
+   quantizes replaced by a zero output: the time of everything else (FP first stage, norms,
+   activations, attention), so teacher / bound is the most a W4A4 kernel could gain. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +65,24 @@ static Tensor *timed_fp_layer(Ctx *c, ModelLayer *l, Tensor *x) {
     l->quant_forward = timed_fp_layer;
     g_layer_seconds += bench_cpu_now() - t0;
     return y;
+}
+
+/* The bound case: the teacher with every layer the W4A4 export quantizes costing nothing (its
+   output a zero tensor of the right shape, the one write any layer must do). What is left is
+   what no integer kernel can speed up: the FP first stage, norms, activations, attention, adds.
+   teacher / bound is the most any W4A4 kernel could give end to end. */
+static Tensor *free_layer(Ctx *c, ModelLayer *l, Tensor *x) {
+    int shape[TENSOR_MAX_DIMS], nd = x->ndim;
+    memcpy(shape, x->shape, sizeof shape);
+    if (l->kind == LAYER_LINEAR) {
+        shape[nd - 1] = l->weight.shape[0];
+    } else {
+        int kh = l->weight.shape[2], kw = l->weight.shape[3];
+        shape[1] = l->weight.shape[0];
+        shape[2] = (shape[2] + 2 * l->pad - kh) / l->stride + 1;
+        shape[3] = (shape[3] + 2 * l->pad - kw) / l->stride + 1;
+    }
+    return tensor_zeros(c, nd, shape);
 }
 
 static int count_batch(const float *images, const int *shape, const float *z, const int *labels, int first, int count,
@@ -158,8 +179,20 @@ int main(int argc, char **argv) {
         snprintf(lab[2 * j], sizeof lab[0], "%s int", base);
         snprintf(lab[2 * j + 1], sizeof lab[0], "%s float", base);
     }
-    Case cases[7] = {{"fp32 teacher", teacher, NULL, NULL, {0}, {0}, {0}}};
-    const int n_cases = 1 + 2 * n_ems;
+    // the bound: a second teacher whose layers quantized in the W4A4 export are free
+    Ldm *bound = NULL;
+    if (ldm_load(&bound, cfg, e8->source, NULL, &e)) {
+        fprintf(stderr, "bench qsample: teacher: %s\n", e.msg);
+        return 2;
+    }
+    {
+        int nb, n4;
+        ModelLayer **B = unet_layers(bound->unet, &nb), **L4 = unet_layers(e4->ldm->unet, &n4);
+        for (int i = 0; i < nb && i < n4; i++)
+            if (L4[i]->quant) B[i]->quant_forward = free_layer;
+    }
+    Case cases[8] = {{"fp32 teacher", teacher, NULL, NULL, {0}, {0}, {0}}};
+    int n_cases = 1 + 2 * n_ems;
     for (int j = 0; j < n_ems; j++) {
         cases[1 + 2 * j] = (Case){lab[2 * j], ems[j]->ldm, ems[j], kname, {0}, {0}, {0}};
         cases[2 + 2 * j] = (Case){lab[2 * j + 1], ems[j]->ldm, ems[j], "float", {0}, {0}, {0}};
@@ -177,7 +210,9 @@ int main(int argc, char **argv) {
             if (j == 0) tl[i]->quant_forward = timed_fp_layer;
         }
     }
+    cases[n_cases++] = (Case){"free layers (bound)", bound, NULL, NULL, {0}, {0}, {0}};
     teacher->split_batch = split;
+    bound->split_batch = split;
     for (int j = 0; j < n_ems; j++) ems[j]->ldm->split_batch = split;
     Ctx c;
     if (ctx_init(&c, (size_t)16 << 30, &e)) {
@@ -212,7 +247,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < x->n; i++) x->data[i] = (float)((i * 7919) % 201) / 100.0f - 1.0f;
     BenchFwd f = {&c, NULL, x, t, ldm_is_class_conditional(teacher) ? y : NULL};
     for (int j = 0; j < n_ems; j++) export_set_timestep(ems[j], 500);
-    for (int k = 1; k < n_cases; k += 2) {
+    for (int k = 1; k < 1 + 2 * n_ems; k += 2) {
         float *yi = forward_copy(&c, &cases[k], &f), *yf = forward_copy(&c, &cases[k + 1], &f);
         printf("check: %s vs %s forward: relative L2 %.2g\n", cases[k].label, cases[k + 1].label,
                bench_rel_l2(yi, yf, (size_t)BATCH * C * H * W));
@@ -294,6 +329,7 @@ int main(int argc, char **argv) {
     ctx_free(&c);
     for (int i = 0; i < n_all; i++) tl[i]->quant_forward = NULL;
     ldm_free(teacher);
+    ldm_free(bound);
     for (int j = 0; j < n_ems; j++) export_free(ems[j]);
     return 0;
 }

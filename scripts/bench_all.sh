@@ -20,6 +20,9 @@
 #                  wall-time medians. The exports are calibrate-only runs of
 #                  configs/fmnist-ldm-w4a4.yaml / -w4a4-static.yaml / -w4a8.yaml in a temp dir
 #                  (speed does not depend on the fine-tuning)  target FP/W4A4 >= 3 (W4A8: none)
+#   bound          the same sampling of the FP teacher with every layer the W4A4 export quantizes
+#                  costing nothing (bench/qsample's "free layers" row): FP / bound is the most any
+#                  W4A4 kernel could reach end to end                        no target (a ceiling)
 #   inception      FID Inception images/s, 299 x 299, pool3 features, 2 threads, batch 32 (quick: 8):
 #                  bench/inception (no PyTorch column: torchvision is not installed)  target >= 20
 #   cin256 (--cin256 only: PyTorch needs ~32 s/step and 23 GB) W4A4 step of the LDM-4 ImageNet UNet,
@@ -179,6 +182,11 @@ for q in W4A4 W4A4-static W4A8; do
     row "$L ($KERNEL kernel) sampling: DDIM 20 steps, guidance 3, 64 images (s: effdm FP / ${q%-static})" \
         "-" "$(awk -v a="$FP" -v b="$Q" 'BEGIN { printf "%.4g / %.4g", a, b }')" "$(ratio "$FP" "$Q")" "$T"
 done
+# the bound: the teacher with the W4A4 export's quantized layers costing nothing (bench/qsample)
+Q=$(qwall free layers)
+num "$Q" || { echo "$0: cannot read bench/qsample's bound row" >&2; exit 1; }
+row "Bound for any W4A4 kernel: the same sampling with the quantized layers free (s: effdm FP / free layers)" \
+    "-" "$(awk -v a="$FP" -v b="$Q" 'BEGIN { printf "%.4g / %.4g", a, b }')" "$(ratio "$FP" "$Q")" "-"
 
 # ---- Inception ----
 if [ $QUICK = 1 ]; then IB=8; IS=1; else IB=32; IS=3; fi
