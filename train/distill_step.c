@@ -192,15 +192,24 @@ static void sum_slots(const Trainer *tr, float *dst, const float *src, size_t n)
     });
 }
 
+// Each layer's d W_eff is summed over the slots (in slot order, as sum_slots) by the thread
+// that runs the layer's weight-path backward, right before it: the sum stays in that core's
+// cache instead of a separate pass over all layers first.
 static void step_weights_backward(Trainer *tr) {
     QModel *q = &tr->q;
     float *d = tr->sw_dsum;
-    sum_slots(tr, d, tr->slots + tr->rec_dw, tr->n_sw);
+    const float *src = tr->slots + tr->rec_dw;
+    const int NS = tr->n_slots;
     Ctx *c = &tr->ctx;
     PAR_FOR(schedule(dynamic, 1), q->n_q > 1,
     for (int k = 0; k < q->n_q; k++) {
         if (q->q[k].special) continue;
-        size_t off = tr->sw_off[k];
+        size_t off = tr->sw_off[k], len = q->q[k].layer->weight.n;
+        for (size_t i = off; i < off + len; i++) {
+            float acc = src[i];
+            for (int s = 1; s < NS; s++) acc += src[(size_t)s * tr->rec + i];
+            d[i] = acc;
+        }
         qlayer_weight_step_backward(c, &q->q[k], d + off, tr->sw_pre + off, tr->sw_dpre + off);
     });
 }
@@ -333,7 +342,8 @@ int trainer_step(Trainer *tr, float *loss_out, double *lr_out, Err *e) {
     double f = trainer_lr_factor(tr);
     for (int gi = 0; gi < tr->opt.n_groups; gi++) tr->opt.groups[gi].lr = tr->base_lr[gi] * f;
     adamw_step(&tr->opt);
-    adamw_zero_grad(&tr->opt);
+    // no adamw_zero_grad: the next step writes every element of opt.grad before it reads one
+    // (the memset and sums above)
     *lr_out = tr->cfg.train.optimizer.lr_act * f;
 
     double cnt = (double)tr->stepw_count[tr->step];
