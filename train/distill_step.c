@@ -182,34 +182,38 @@ static void step_weights_forward(Trainer *tr) {
 }
 
 // dst[i] = the n floats at src of every slot record (stride tr->rec), added in slot order.
-static void sum_slots(const Trainer *tr, float *dst, const float *src, size_t n) {
+// On the calling thread.
+static void slot_sum_serial(const Trainer *tr, float *dst, const float *src, size_t n) {
     const int NS = tr->n_slots;
-    PAR_FOR(schedule(static), n * (size_t)NS >= 32768,
     for (size_t i = 0; i < n; i++) {
         float acc = src[i];
         for (int s = 1; s < NS; s++) acc += src[(size_t)s * tr->rec + i];
         dst[i] = acc;
-    });
+    }
 }
 
-// Each layer's d W_eff is summed over the slots (in slot order, as sum_slots) by the thread
-// that runs the layer's weight-path backward, right before it: the sum stays in that core's
-// cache instead of a separate pass over all layers first.
+// slot_sum_serial over the threads, in chunks (each element's sum is the same whichever
+// thread adds it).
+#define SLOT_SUM_CHUNK 4096
+static void sum_slots(const Trainer *tr, float *dst, const float *src, size_t n) {
+    PAR_FOR(schedule(static), n * (size_t)tr->n_slots >= 32768,
+    for (size_t i0 = 0; i0 < n; i0 += SLOT_SUM_CHUNK)
+        slot_sum_serial(tr, dst + i0, src + i0, n - i0 < SLOT_SUM_CHUNK ? n - i0 : SLOT_SUM_CHUNK););
+}
+
+// Each layer's d W_eff is summed over the slots by the thread that runs the layer's
+// weight-path backward, right before it: the sum stays in that core's cache instead of a
+// separate pass over all layers first.
 static void step_weights_backward(Trainer *tr) {
     QModel *q = &tr->q;
     float *d = tr->sw_dsum;
     const float *src = tr->slots + tr->rec_dw;
-    const int NS = tr->n_slots;
     Ctx *c = &tr->ctx;
     PAR_FOR(schedule(dynamic, 1), q->n_q > 1,
     for (int k = 0; k < q->n_q; k++) {
         if (q->q[k].special) continue;
-        size_t off = tr->sw_off[k], len = q->q[k].layer->weight.n;
-        for (size_t i = off; i < off + len; i++) {
-            float acc = src[i];
-            for (int s = 1; s < NS; s++) acc += src[(size_t)s * tr->rec + i];
-            d[i] = acc;
-        }
+        size_t off = tr->sw_off[k];
+        slot_sum_serial(tr, d + off, src + off, q->q[k].layer->weight.n);
         qlayer_weight_step_backward(c, &q->q[k], d + off, tr->sw_pre + off, tr->sw_dpre + off);
     });
 }
