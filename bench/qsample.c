@@ -159,8 +159,9 @@ int main(int argc, char **argv) {
     snprintf(cfg, sizeof cfg, "%s", e8->source);
     char *slash = strrchr(cfg, '/');
     if (slash) snprintf(slash + 1, sizeof cfg - (size_t)(slash + 1 - cfg), "config.yaml");
-    Ldm *teacher = NULL;
-    if (ldm_load(&teacher, cfg, e8->source, NULL, &e)) {
+    // the teacher, and a second copy of it for the bound row (below)
+    Ldm *teacher = NULL, *bound = NULL;
+    if (ldm_load(&teacher, cfg, e8->source, NULL, &e) || ldm_load(&bound, cfg, e8->source, NULL, &e)) {
         fprintf(stderr, "bench qsample: teacher: %s\n", e.msg);
         return 2;
     }
@@ -179,13 +180,7 @@ int main(int argc, char **argv) {
         snprintf(lab[2 * j], sizeof lab[0], "%s int", base);
         snprintf(lab[2 * j + 1], sizeof lab[0], "%s float", base);
     }
-    // the bound: a second teacher whose layers quantized in the W4A4 export are free
-    Ldm *bound = NULL;
-    if (ldm_load(&bound, cfg, e8->source, NULL, &e)) {
-        fprintf(stderr, "bench qsample: teacher: %s\n", e.msg);
-        return 2;
-    }
-    {
+    {  // the bound: the teacher copy whose layers quantized in the W4A4 export are free
         int nb, n4;
         ModelLayer **B = unet_layers(bound->unet, &nb), **L4 = unet_layers(e4->ldm->unet, &n4);
         for (int i = 0; i < nb && i < n4; i++)
